@@ -1,0 +1,15 @@
+//! Credentials: password hashing (argon2id, off the async runtime), random tokens stored as
+//! SHA-256, CSRF tokens, the login throttle and secrets derived from the hub's key.
+//! Sign-in with identity providers (OAuth2/OIDC) lives in `oidc`.
+
+pub mod csrf;
+pub mod keys;
+pub mod passwords;
+pub mod throttle;
+pub mod tokens;
+
+pub use csrf::CsrfKey;
+pub use keys::HubKey;
+pub use passwords::{PasswordError, PasswordHasher, PasswordPolicy};
+pub use throttle::{LoginThrottle, ThrottleSettings};
+pub use tokens::{TokenHash, new_token, sha256};

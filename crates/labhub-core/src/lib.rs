@@ -1,0 +1,19 @@
+//! labhub's domain: validated names, images and resources, roles, and the seams
+//! (`Spawner`, `Clock`) that the rest of the hub is written against.
+//!
+//! Nothing here knows about HTTP, SQL or Docker.
+
+pub mod clock;
+pub mod image;
+pub mod names;
+pub mod resources;
+pub mod role;
+pub mod secret;
+pub mod spawner;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use image::{ImageKind, ImageRef};
+pub use names::{GroupName, NameError, ServerName, UserName};
+pub use resources::Resources;
+pub use role::{AccountState, GroupRole, Role};
+pub use secret::Secret;

@@ -1,0 +1,247 @@
+//! Validated names: one rule per kind of name, applied everywhere a name enters the hub.
+//!
+//! The user-name rule (documented in the README):
+//! - ASCII only; upper case is folded to lower case, so `Alice` and `alice` are one user;
+//! - 1 to 64 characters from `a-z`, `0-9`, `.`, `_`, `-`, `@`;
+//! - starts and ends with a letter or a digit.
+//!
+//! ASCII-only rules out look-alike letters (Cyrillic `а` for Latin `a`), and the
+//! first/last-character rule rules out `..`, `.` and trailing dots as whole names.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a name was refused, worded for the person who typed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{kind} must not be empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} must be at most {max} characters long")]
+    TooLong { kind: &'static str, max: usize },
+    #[error("{kind} may only use the letters a-z, digits and {extra}")]
+    BadCharacter { kind: &'static str, extra: &'static str },
+    #[error("{kind} must start and end with a letter or a digit")]
+    BadEdge { kind: &'static str },
+}
+
+/// The shared validation: fold ASCII case, then check length, alphabet and edges.
+fn validate(
+    raw: &str,
+    kind: &'static str,
+    max: usize,
+    extra_chars: &[u8],
+    extra: &'static str,
+) -> Result<String, NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    // Count characters, not bytes, so a long unicode name gets the length message
+    // only when it is really too long; the alphabet check below refuses it anyway.
+    if raw.chars().count() > max {
+        return Err(NameError::TooLong { kind, max });
+    }
+    let folded = raw.to_ascii_lowercase();
+    let bytes = folded.as_bytes();
+    if !bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra_chars.contains(b)) {
+        return Err(NameError::BadCharacter { kind, extra });
+    }
+    let edge_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !bytes.first().is_some_and(edge_ok) || !bytes.last().is_some_and(edge_ok) {
+        return Err(NameError::BadEdge { kind });
+    }
+    Ok(folded)
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// The normalised name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A user's name, normalised to lower case (see the module docs for the rule).
+    UserName
+);
+name_type!(
+    /// A named server's name; the default server has none (see `ServerName::parse`).
+    ServerName
+);
+name_type!(
+    /// A group's name.
+    GroupName
+);
+
+impl UserName {
+    /// The longest user name accepted.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates and normalises a user name.
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a user name", Self::MAX_LEN, b"._-@", "'.', '_', '-', '@'").map(Self)
+    }
+}
+
+impl ServerName {
+    /// The longest server name accepted.
+    pub const MAX_LEN: usize = 32;
+
+    /// Validates a server name: 1 to 32 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
+    /// Narrower than user names because it becomes part of a container name and a URL segment.
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a server name", Self::MAX_LEN, b"-", "'-'").map(Self)
+    }
+
+    /// Parses the optional name used by the API and the database, where `""` is the default server.
+    pub fn parse_optional(raw: &str) -> Result<Option<Self>, NameError> {
+        if raw.is_empty() { Ok(None) } else { Self::parse(raw).map(Some) }
+    }
+}
+
+impl GroupName {
+    /// The longest group name accepted.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates and normalises a group name (the user-name alphabet without `@`).
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a group name", Self::MAX_LEN, b"._-", "'.', '_', '-'").map(Self)
+    }
+}
+
+/// Escapes a name so that it can be joined with `_` into a Docker object name and still
+/// be read back unambiguously: `a-z`, `0-9` and `.` stay, every other byte becomes `-XX`
+/// (lower-case hex). The output never contains `_`, so `_` is a safe separator and
+/// distinct (user, server) pairs give distinct joined names.
+pub fn docker_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("-{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`docker_escape`]; `None` when the input is not an escaped name.
+pub fn docker_unescape(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'-' {
+            let hex = escaped.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_fold_case_and_keep_the_safe_alphabet() {
+        assert_eq!(UserName::parse("Alice").unwrap().as_str(), "alice");
+        assert_eq!(UserName::parse("a.b_c-d@uni.edu").unwrap().as_str(), "a.b_c-d@uni.edu");
+        assert_eq!(UserName::parse("ALICE").unwrap(), UserName::parse("alice").unwrap());
+    }
+
+    #[test]
+    fn hostile_user_names_are_refused_with_a_reason() {
+        let cases: &[(&str, NameError)] = &[
+            ("", NameError::Empty { kind: "a user name" }),
+            ("../etc", NameError::BadCharacter { kind: "a user name", extra: "'.', '_', '-', '@'" }),
+            ("..", NameError::BadEdge { kind: "a user name" }),
+            ("alice.", NameError::BadEdge { kind: "a user name" }),
+            ("-alice", NameError::BadEdge { kind: "a user name" }),
+            ("al ice", NameError::BadCharacter { kind: "a user name", extra: "'.', '_', '-', '@'" }),
+            // Cyrillic 'а' (U+0430) looks like Latin 'a'.
+            ("\u{0430}lice", NameError::BadCharacter { kind: "a user name", extra: "'.', '_', '-', '@'" }),
+            ("al%2fice", NameError::BadCharacter { kind: "a user name", extra: "'.', '_', '-', '@'" }),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(UserName::parse(raw).unwrap_err(), *want, "{raw:?}");
+        }
+        let long = "a".repeat(65);
+        assert!(matches!(UserName::parse(&long), Err(NameError::TooLong { max: 64, .. })));
+        assert!(UserName::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn server_names_are_narrower() {
+        assert!(ServerName::parse("gpu-1").is_ok());
+        assert!(ServerName::parse("a.b").is_err());
+        assert!(ServerName::parse("a_b").is_err());
+        assert_eq!(ServerName::parse_optional("").unwrap(), None);
+        assert!(ServerName::parse(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn docker_escape_is_reversible_and_never_emits_the_separator() {
+        for name in ["alice", "a-b", "a_b", "a@b.c", "x-2d", "-", "_"] {
+            let e = docker_escape(name);
+            assert!(!e.contains('_'), "{e}");
+            assert_eq!(docker_unescape(&e).as_deref(), Some(name));
+        }
+        // The pair that naive joining confuses: user "alice-foo" vs user "alice" + server "foo".
+        let a = format!("{}_{}", docker_escape("alice"), docker_escape("foo"));
+        let b = docker_escape("alice-foo");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,136 @@
+//! The `sessions` table: browser sessions, stored by the SHA-256 of their cookie token.
+
+use sqlx::PgExecutor;
+use time::OffsetDateTime;
+
+use crate::DbError;
+use crate::users::{self, User};
+
+/// One browser session.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Session {
+    pub session_id: i64,
+    pub user_id: i64,
+    pub created_at: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub user_agent: String,
+    pub client_addr: String,
+}
+
+/// A new session.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    pub token_hash: &'a [u8; 32],
+    pub user_id: i64,
+    pub now: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub user_agent: &'a str,
+    pub client_addr: &'a str,
+}
+
+/// Stores a session.
+pub async fn insert(db: impl PgExecutor<'_>, new: &NewSession<'_>) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar(
+        "insert into sessions (token_hash, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr)
+         values ($1, $2, $3, $3, $4, $5, $6) returning session_id",
+    )
+    .bind(&new.token_hash[..])
+    .bind(new.user_id)
+    .bind(new.now)
+    .bind(new.expires_at)
+    .bind(new.user_agent)
+    .bind(new.client_addr)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The session with this token hash and its user, whatever their state (the caller checks expiry).
+pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<Option<(Session, User)>, DbError> {
+    use sqlx::FromRow;
+    let row = sqlx::query(concat!(
+        "select s.session_id, s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.user_agent, s.client_addr, ",
+        users::prefixed_user_columns!(),
+        " from sessions s join users u on u.user_id = s.user_id where s.token_hash = $1"
+    ))
+    .bind(&hash[..])
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some((Session::from_row(&row)?, users::from_prefixed_row(&row)?)))
+}
+
+/// Marks a session as used now (the idle limit counts from here).
+pub async fn touch(db: impl PgExecutor<'_>, session_id: i64, now: OffsetDateTime) -> Result<(), DbError> {
+    sqlx::query("update sessions set last_seen_at = $2 where session_id = $1 and last_seen_at < $2")
+        .bind(session_id)
+        .bind(now)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Ends one session; returns whether it existed.
+pub async fn delete_by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<bool, DbError> {
+    let r = sqlx::query("delete from sessions where token_hash = $1").bind(&hash[..]).execute(db).await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Ends one session by id, only if it belongs to `user_id`; returns whether it existed.
+pub async fn delete_for_user_by_id(db: impl PgExecutor<'_>, user_id: i64, session_id: i64) -> Result<bool, DbError> {
+    let r = sqlx::query("delete from sessions where user_id = $1 and session_id = $2")
+        .bind(user_id)
+        .bind(session_id)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Ends every session of a user; returns how many ended.
+pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<u64, DbError> {
+    let r = sqlx::query("delete from sessions where user_id = $1").bind(user_id).execute(db).await?;
+    Ok(r.rows_affected())
+}
+
+/// Removes sessions past their absolute expiry or idle longer than allowed.
+pub async fn delete_expired(
+    db: impl PgExecutor<'_>,
+    now: OffsetDateTime,
+    idle_cutoff: OffsetDateTime,
+) -> Result<u64, DbError> {
+    let r = sqlx::query("delete from sessions where expires_at <= $1 or last_seen_at <= $2")
+        .bind(now)
+        .bind(idle_cutoff)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// A user's live sessions, newest first.
+pub async fn list_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    now: OffsetDateTime,
+) -> Result<Vec<Session>, DbError> {
+    Ok(sqlx::query_as(
+        "select session_id, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr
+         from sessions where user_id = $1 and expires_at > $2 order by last_seen_at desc",
+    )
+    .bind(user_id)
+    .bind(now)
+    .fetch_all(db)
+    .await?)
+}
+
+/// How many sessions are live (for the metrics gauge).
+pub async fn count_live(
+    db: impl PgExecutor<'_>,
+    now: OffsetDateTime,
+    idle_cutoff: OffsetDateTime,
+) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar("select count(*) from sessions where expires_at > $1 and last_seen_at > $2")
+        .bind(now)
+        .bind(idle_cutoff)
+        .fetch_one(db)
+        .await?)
+}

@@ -1,0 +1,291 @@
+//! `/hub/api`, `/hub/api/info`, `/hub/api/user`, `/hub/api/users…`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use labhub_core::{AccountState, Secret, UserName};
+use labhub_db::users::{ServerStateFilter, UserFilter, UserSort};
+use labhub_service::ServiceError;
+use labhub_service::accounts::NewAccount;
+use labhub_service::audit::Actor;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::models::{UserModel, user_models};
+use super::{ApiJson, JUPYTERHUB_API_VERSION};
+use crate::extract::{AdminUser, CurrentUser};
+use crate::{AppError, AppState};
+
+/// `GET /hub/api` (anyone): the API version.
+pub async fn root() -> Json<serde_json::Value> {
+    Json(json!({ "version": JUPYTERHUB_API_VERSION, "labhub_version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /hub/api/info` (admins): versions and the plugged-in parts.
+pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Json<serde_json::Value> {
+    let settings = state.hub().account_settings();
+    Json(json!({
+        "version": JUPYTERHUB_API_VERSION,
+        "labhub_version": env!("CARGO_PKG_VERSION"),
+        "authenticator": {
+            "class": "labhub.LocalAuthenticator",
+            "password_login": settings.password_login,
+            "signup": settings.signup,
+        },
+    }))
+}
+
+/// `GET /hub/api/user` (any token or session): who am I.
+pub async fn me(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<UserModel>, AppError> {
+    let user = state.hub().get_user(Actor::User(&me), &me.name).await?;
+    Ok(Json(UserModel::of(&user)))
+}
+
+const DEFAULT_LIMIT: i64 = 200;
+const MAX_LIMIT: i64 = 1000;
+
+fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError> {
+    let int = |key: &str| -> Result<Option<i64>, AppError> {
+        q.get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| AppError::BadRequest(format!("'{key}' must be a whole number, not {v:?}")))
+            })
+            .transpose()
+    };
+    let offset = int("offset")?.unwrap_or(0);
+    if offset < 0 {
+        return Err(AppError::BadRequest("'offset' must not be negative".into()));
+    }
+    let limit = int("limit")?.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AppError::BadRequest(format!("'limit' must be between 1 and {MAX_LIMIT}")));
+    }
+    let server_state = q
+        .get("state")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            ServerStateFilter::parse(s)
+                .ok_or_else(|| AppError::BadRequest(format!("'state' must be ready, active or inactive, not {s:?}")))
+        })
+        .transpose()?;
+    let sort = q
+        .get("sort")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            UserSort::parse(s).ok_or_else(|| {
+                AppError::BadRequest(format!(
+                    "'sort' must be name, created or last_activity (prefix '-' for descending), not {s:?}"
+                ))
+            })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(UserFilter {
+        name_prefix: q.get("name_filter").filter(|s| !s.is_empty()).cloned(),
+        server_state,
+        sort,
+        offset,
+        limit,
+        ..UserFilter::default()
+    })
+}
+
+/// `GET /hub/api/users` (admins): with `offset`, `limit`, `name_filter`, `state`, `sort`, and
+/// JupyterHub's pagination envelope when asked for with
+/// `Accept: application/jupyterhub-pagination+json`.
+pub async fn list(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
+    let filter = parse_list_query(&q)?;
+    let hub = state.hub();
+    let (users, total) = hub.list_users(Actor::User(&me), &filter).await?;
+    let items: Vec<serde_json::Value> =
+        user_models(hub, users).await?.into_iter().map(|u| serde_json::to_value(u).unwrap_or_default()).collect();
+    let wants_envelope = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/jupyterhub-pagination+json"));
+    if !wants_envelope {
+        return Ok(Json(items).into_response());
+    }
+    let next_offset = filter.offset + filter.limit;
+    let next = (next_offset < total).then(|| {
+        let mut url = state.settings().public_url.join("hub/api/users").expect("a fixed relative path");
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in &q {
+                if k != "offset" && k != "limit" {
+                    pairs.append_pair(k, v);
+                }
+            }
+            pairs.append_pair("offset", &next_offset.to_string()).append_pair("limit", &filter.limit.to_string());
+        }
+        json!({ "offset": next_offset, "limit": filter.limit, "url": url.as_str() })
+    });
+    let body = json!({
+        "items": items,
+        "_pagination": { "offset": filter.offset, "limit": filter.limit, "total": total, "next": next },
+    });
+    Ok(([(header::CONTENT_TYPE, "application/jupyterhub-pagination+json")], body.to_string()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMany {
+    usernames: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// `POST /hub/api/users` (admins): `{"usernames": [...], "admin": false}`. Names that exist are
+/// skipped, as JupyterHub does; if all exist, 409. Any invalid name refuses the whole request.
+pub async fn create_many(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    ApiJson(body): ApiJson<CreateMany>,
+) -> Result<Response, AppError> {
+    if body.usernames.is_empty() {
+        return Err(AppError::BadRequest("'usernames' must list at least one name".into()));
+    }
+    let mut names = Vec::new();
+    for raw in &body.usernames {
+        let n = UserName::parse(raw).map_err(|e| AppError::BadRequest(format!("{raw:?}: {e}")))?;
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let hub = state.hub();
+    let mut created = Vec::new();
+    for name in names {
+        match hub.create_user(Actor::User(&me), NewAccount { name, password: None, admin: body.admin }).await {
+            Ok(u) => created.push(u),
+            Err(ServiceError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if created.is_empty() {
+        return Err(ServiceError::Conflict("all of these users already exist".into()).into());
+    }
+    Ok((StatusCode::CREATED, Json(user_models(hub, created).await?)).into_response())
+}
+
+fn path_name(raw: &str) -> Result<UserName, AppError> {
+    UserName::parse(raw).map_err(|e| AppError::NotFound(format!("no user named {raw:?} ({e})")))
+}
+
+/// `GET /hub/api/users/{name}` (that user or an admin).
+pub async fn get_one(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+) -> Result<Json<UserModel>, AppError> {
+    let name = path_name(&name)?;
+    let hub = state.hub();
+    let user = hub.get_user(Actor::User(&me), &name).await.map_err(hide_others)?;
+    Ok(Json(user_models(hub, vec![user]).await?.remove(0)))
+}
+
+/// A member asking about someone else learns nothing, not even whether they exist.
+fn hide_others(e: ServiceError) -> ServiceError {
+    match e {
+        ServiceError::Forbidden(_) => ServiceError::Forbidden("you may only see your own account".into()),
+        other => other,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOne {
+    #[serde(default)]
+    admin: bool,
+    /// labhub's own: an initial password for a local account.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /hub/api/users/{name}` (admins): creates one account.
+pub async fn create_one(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<CreateOne>,
+) -> Result<Response, AppError> {
+    let name = UserName::parse(&name).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let hub = state.hub();
+    let user = hub
+        .create_user(Actor::User(&me), NewAccount { name, password: body.password.map(Secret::new), admin: body.admin })
+        .await?;
+    Ok((StatusCode::CREATED, Json(user_models(hub, vec![user]).await?.remove(0))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    name: Option<String>,
+    admin: Option<bool>,
+    password: Option<String>,
+    account_state: Option<String>,
+}
+
+/// `PATCH /hub/api/users/{name}` (admins): `name`, `admin`, and labhub's `password` and
+/// `account_state` (`active` or `disabled`). All checked before anything changes.
+pub async fn patch(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Patch>,
+) -> Result<Json<UserModel>, AppError> {
+    let name = path_name(&name)?;
+    let new_name = body
+        .name
+        .as_deref()
+        .map(|n| UserName::parse(n).map_err(|e| AppError::BadRequest(e.to_string())))
+        .transpose()?;
+    let account_state = body
+        .account_state
+        .as_deref()
+        .map(|s| match s {
+            "active" => Ok(AccountState::Active),
+            "disabled" => Ok(AccountState::Disabled),
+            other => Err(AppError::BadRequest(format!("'account_state' must be active or disabled, not {other:?}"))),
+        })
+        .transpose()?;
+    if let Some(p) = &body.password {
+        labhub_auth::PasswordPolicy { min_len: state.hub().account_settings().password_min_len }
+            .check(p)
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    }
+    let hub = state.hub();
+    let actor = Actor::User(&me);
+    let mut user = hub.user_by_name(&name).await?;
+    if let Some(admin) = body.admin {
+        user = hub.set_admin(actor, &user.name, admin).await?;
+    }
+    if let Some(s) = account_state {
+        user = hub.set_account_state(actor, &user.name, s).await?;
+    }
+    if let Some(p) = body.password {
+        hub.set_password(actor, &user.name, Secret::new(p)).await?;
+    }
+    if let Some(n) = new_name {
+        user = hub.rename_user(actor, &user.name, &n).await?;
+    }
+    Ok(Json(user_models(hub, vec![user]).await?.remove(0)))
+}
+
+/// `DELETE /hub/api/users/{name}` (admins).
+pub async fn delete(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let name = path_name(&name)?;
+    state.hub().delete_user(Actor::User(&me), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

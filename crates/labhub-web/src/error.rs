@@ -1,0 +1,177 @@
+//! One error type for every handler, mapped to a status once, rendered by the surface the
+//! request came through: JSON `{"status", "message"}` for the API, a page with a way back
+//! for people. Internal details are logged with the request id, never shown.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use labhub_service::ServiceError;
+
+use crate::middleware::RequestId;
+use crate::views;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The service refused or failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// Nobody is signed in (pages redirect to the sign-in page).
+    #[error("you need to sign in")]
+    LoginRequired,
+    /// The request's credentials are present but not valid.
+    #[error("{0}")]
+    BadCredentials(String),
+    /// A form or cookie-authenticated call without a genuine CSRF token or origin.
+    #[error("{0}")]
+    Csrf(&'static str),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such page or object.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than the hub accepts.
+    #[error("The request is too large.")]
+    TooLarge,
+    /// Signed in, but this needs more rights.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// What a surface needs to render an error; travels in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    pub message: String,
+    pub login_required: bool,
+}
+
+impl AppError {
+    /// The one mapping from errors to statuses.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Service(e) => match e {
+                ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+                ServiceError::Conflict(_) => StatusCode::CONFLICT,
+                ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+                ServiceError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            AppError::LoginRequired | AppError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            AppError::Csrf(_) | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            AppError::Service(ServiceError::Internal(_)) => {
+                "Something went wrong inside the hub. It has been logged; try again, and tell an admin if it keeps happening."
+                    .to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let AppError::Service(ServiceError::Internal(detail)) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let retry_after = match &self {
+            AppError::Service(ServiceError::TooMany { retry_after, .. }) => Some(retry_after.as_secs().max(1)),
+            AppError::Service(ServiceError::Unavailable(_)) => Some(5),
+            _ => None,
+        };
+        let report =
+            ErrorReport { message: self.public_message(), login_required: matches!(self, AppError::LoginRequired) };
+        let mut resp = (status, report.message.clone()).into_response();
+        if let Some(s) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp.extensions_mut().insert(report);
+        resp
+    }
+}
+
+/// The report of an error response, whether it came from a handler (`AppError`) or from axum
+/// itself (a rejected body, an unknown route), whose plain-text body becomes the message.
+async fn report_of(resp: Response) -> (axum::http::response::Parts, ErrorReport) {
+    let (parts, body) = resp.into_parts();
+    if let Some(r) = parts.extensions.get::<ErrorReport>() {
+        return (parts.clone(), r.clone());
+    }
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = match parts.status {
+            StatusCode::NOT_FOUND => "There is nothing at this address.".to_string(),
+            StatusCode::METHOD_NOT_ALLOWED => "This address does not accept that method.".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE => "The request is too large.".to_string(),
+            s => s.canonical_reason().unwrap_or("Error").to_string(),
+        };
+    } else if parts.status == StatusCode::PAYLOAD_TOO_LARGE {
+        message = "The request is too large.".to_string();
+    }
+    let report = ErrorReport { message, login_required: false };
+    (parts, report)
+}
+
+fn is_error(resp: &Response) -> bool {
+    resp.status().is_client_error() || resp.status().is_server_error()
+}
+
+/// Renders API errors as JuptyerHub does: `{"status": N, "message": "…"}`.
+pub async fn render_api_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if !is_error(&resp) {
+        return resp;
+    }
+    let already_json =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if already_json && resp.extensions().get::<ErrorReport>().is_none() {
+        return resp;
+    }
+    let (mut parts, report) = report_of(resp).await;
+    let body = serde_json::json!({ "status": parts.status.as_u16(), "message": report.message });
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+/// Renders page errors as a page with a way back; "sign in first" becomes a redirect to the
+/// sign-in page that returns here afterwards.
+pub async fn render_page_errors(req: Request, next: Next) -> Response {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let is_get = req.method() == axum::http::Method::GET;
+    let here = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/hub/home".into());
+    let resp = next.run(req).await;
+    if !is_error(&resp) {
+        return resp;
+    }
+    let is_html = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_html && resp.extensions().get::<ErrorReport>().is_none() {
+        return resp;
+    }
+    let (parts, report) = report_of(resp).await;
+    if report.login_required {
+        let target = if is_get { views::login_url(Some(&here)) } else { views::login_url(None) };
+        return Redirect::to(&target).into_response();
+    }
+    let page = views::ErrorPage::new(parts.status, report.message, request_id);
+    let mut rendered = page.into_response();
+    *rendered.status_mut() = parts.status;
+    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+        rendered.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    rendered
+}

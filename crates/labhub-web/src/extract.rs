@@ -1,0 +1,201 @@
+//! Extractors: who is asking (and with what right), whether a form is genuine, where a
+//! request came from. A handler states the role it needs by the extractor it takes:
+//! [`MaybeUser`] (anyone), [`CurrentUser`] (any signed-in user), [`AdminUser`] (admins).
+//! Group leads get their own checks in the service, per group.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{Method, header};
+use axum_extra::extract::CookieJar;
+use labhub_service::Principal;
+use serde::de::DeserializeOwned;
+
+use crate::{AppError, AppState, cookies};
+
+/// Which surface a request came through; set by a layer on each router. It decides which
+/// credentials count: pages take the session cookie only; the API also takes
+/// API tokens (`Authorization: token|Bearer …`, or `?token=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Page,
+    Api,
+}
+
+/// The result of authenticating a request, kept so several extractors share one lookup.
+#[derive(Clone)]
+struct Resolved(Option<Principal>);
+
+fn token_from_header(parts: &Parts) -> Result<Option<&str>, AppError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| AppError::BadCredentials("the Authorization header is not valid".into()))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Some(token.trim()))
+    } else {
+        Err(AppError::BadCredentials("use 'Authorization: token <token>' or 'Authorization: Bearer <token>'".into()))
+    }
+}
+
+/// The value of `?token=` in the query, as JupyterHub accepts it.
+pub(crate) fn token_from_query(parts: &Parts) -> Option<String> {
+    let q = parts.uri.query()?;
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+}
+
+/// The session cookie's value, if any.
+pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> {
+    CookieJar::from_headers(&parts.headers).get(&state.settings().cookie_name).map(|c| c.value().to_string())
+}
+
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether a cookie-authenticated request comes from the hub's own pages: its `Origin` (or,
+/// failing that, its `Referer`) must be the hub's public origin.
+pub(crate) fn same_origin(parts: &Parts, state: &AppState) -> bool {
+    if let Some(o) = parts.headers.get(header::ORIGIN) {
+        return o.as_bytes() == state.origin().as_bytes();
+    }
+    parts
+        .headers
+        .get(header::REFERER)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| url::Url::parse(r).ok())
+        .is_some_and(|u| u.origin().ascii_serialization() == state.origin())
+}
+
+async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal>, AppError> {
+    if let Some(r) = parts.extensions.get::<Resolved>() {
+        return Ok(r.0.clone());
+    }
+    let surface = parts.extensions.get::<Surface>().copied().unwrap_or(Surface::Page);
+    let hub = state.hub();
+    let mut principal = None;
+    if surface != Surface::Page {
+        let header_token = token_from_header(parts)?.map(str::to_string);
+        if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
+            principal = hub.token_principal(&token).await?;
+            if principal.is_none() {
+                return Err(AppError::BadCredentials("the API token is not valid: unknown, expired or revoked".into()));
+            }
+        }
+    }
+    if principal.is_none() {
+        if let Some(cookie) = session_cookie(parts, state) {
+            principal = hub.session_principal(&cookie).await?;
+            if principal.is_some() && surface == Surface::Api && is_unsafe(&parts.method) && !same_origin(parts, state)
+            {
+                return Err(AppError::Csrf(
+                    "cookie-authenticated API calls that change things must come from the hub's own pages (Origin check failed); scripts should use an API token",
+                ));
+            }
+        }
+    }
+    parts.extensions.insert(Resolved(principal.clone()));
+    Ok(principal)
+}
+
+/// Anyone: the signed-in user if there is one.
+pub struct MaybeUser(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        resolve(parts, state).await.map(MaybeUser)
+    }
+}
+
+/// Any signed-in, active user.
+pub struct CurrentUser(pub Principal);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        resolve(parts, state).await?.map(CurrentUser).ok_or(AppError::LoginRequired)
+    }
+}
+
+impl OptionalFromRequestParts<AppState> for CurrentUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Option<Self>, Self::Rejection> {
+        Ok(resolve(parts, state).await?.map(CurrentUser))
+    }
+}
+
+/// An admin.
+pub struct AdminUser(pub Principal);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let p = resolve(parts, state).await?.ok_or(AppError::LoginRequired)?;
+        if p.admin { Ok(AdminUser(p)) } else { Err(AppError::Forbidden("this needs an admin".into())) }
+    }
+}
+
+/// Where a request came from: the peer address, or the first `X-Forwarded-For` entry when the
+/// hub is configured to trust its reverse proxy.
+pub struct ClientAddr(pub String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.settings().trust_forwarded_for {
+            if let Some(first) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+            {
+                return Ok(ClientAddr(first.to_string()));
+            }
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        Ok(ClientAddr(peer.unwrap_or_else(|| "unknown".into())))
+    }
+}
+
+/// What a browser's CSRF tokens are bound to: its session, or before sign-in its pre-login cookie.
+pub(crate) fn csrf_binding(parts: &Parts, state: &AppState) -> Option<Vec<u8>> {
+    if let Some(s) = session_cookie(parts, state) {
+        return Some(labhub_auth::sha256(&s).to_vec());
+    }
+    CookieJar::from_headers(&parts.headers)
+        .get(cookies::LOGIN_CSRF_COOKIE)
+        .map(|c| c.value().as_bytes().to_vec())
+        .filter(|v| v.len() >= 32)
+}
+
+/// A form whose `_csrf` field matched the browser it came from. Every state-changing page
+/// handler takes its input through this extractor, so no form can skip the check.
+pub struct CsrfForm<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        const EXPIRED: &str =
+            "This form has expired or did not come from this hub. Go back, reload the page and try again.";
+        let (parts, body) = req.into_parts();
+        let binding = csrf_binding(&parts, state).ok_or(AppError::Csrf(EXPIRED))?;
+        let bytes =
+            axum::body::to_bytes(body, state.settings().max_body_bytes).await.map_err(|_| AppError::TooLarge)?;
+        let token = url::form_urlencoded::parse(&bytes).find(|(k, _)| k == "_csrf").map(|(_, v)| v.into_owned());
+        if !token.is_some_and(|t| state.csrf().verify(&binding, &t)) {
+            return Err(AppError::Csrf(EXPIRED));
+        }
+        serde_urlencoded::from_bytes(&bytes)
+            .map(CsrfForm)
+            .map_err(|e| AppError::BadRequest(format!("The form is not valid: {e}.")))
+    }
+}

@@ -1,0 +1,36 @@
+//! The hub's HTTP surface: server-rendered pages for people, the JupyterHub-shaped REST API
+//! for scripts, and the route that hands `/user/…` traffic to the proxy.
+//!
+//! A request goes router → extractor (who is asking, is the form genuine) → service → back.
+//! Handlers return [`AppError`] on failure; each surface renders it once, as a page or as JSON.
+
+mod api;
+mod cookies;
+mod error;
+mod extract;
+mod middleware;
+mod pages;
+mod state;
+mod static_files;
+mod views;
+
+pub use error::AppError;
+pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
+pub use state::{AppState, WebSettings};
+
+use axum::Router;
+
+/// The hub's whole router.
+pub fn router(state: AppState) -> Router {
+    let api = api::router(state.settings().max_body_bytes).layer(axum::middleware::from_fn(error::render_api_errors));
+    let pages = pages::router().layer(axum::middleware::from_fn(error::render_page_errors));
+    Router::new()
+        .merge(api)
+        .merge(pages)
+        .route("/hub/health", axum::routing::get(middleware::health))
+        .route("/hub/metrics", axum::routing::get(middleware::metrics))
+        .route("/hub/static/{file}", axum::routing::get(static_files::serve))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .with_state(state)
+}

@@ -1,0 +1,101 @@
+//! Cross-cutting layers: request ids, tracing, metrics, security headers; and the two
+//! unauthenticated endpoints, health and metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::AppState;
+
+/// The id of one request; in logs, in the `X-Request-Id` response header and on error pages.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn new_request_id() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..16].to_string()
+}
+
+/// Gives each request an id, a tracing span, and counts it in the metrics by route.
+pub async fn observe(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map_or_else(new_request_id, str::to_string);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().clone();
+    // The path only (no query string: it may carry a token).
+    let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path());
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, ms = elapsed.as_millis() as u64, "served");
+        } else {
+            tracing::debug!(status, ms = elapsed.as_millis() as u64, "served");
+        }
+    });
+    metrics::counter!("labhub_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("labhub_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Security headers for the hub's own pages and API (not for proxied user content, which
+/// sets its own).
+pub async fn security_headers(State(_state): State<AppState>, req: Request, next: Next) -> Response {
+    let proxied = req.uri().path().starts_with("/user/");
+    let mut resp = next.run(req).await;
+    if proxied {
+        return resp;
+    }
+    let h = resp.headers_mut();
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; \
+         frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+    ));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /hub/health`: no authentication; 200 when the hub and its database answer, 503 otherwise.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let db_ok = sqlx_ping(&state).await;
+    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if db_ok { "ok" } else { "degraded" },
+        "database": if db_ok { "ok" } else { "unavailable" },
+    });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn sqlx_ping(state: &AppState) -> bool {
+    labhub_db::ping(state.hub().db()).await
+}
+
+/// `GET /hub/metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(n) = state.hub().count_live_sessions().await {
+        metrics::gauge!("labhub_active_sessions").set(n as f64);
+    }
+    match state.metrics() {
+        Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are turned off").into_response(),
+    }
+}

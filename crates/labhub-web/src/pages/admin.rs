@@ -1,0 +1,342 @@
+//! Admin pages: users and the audit log.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use labhub_core::{AccountState, Secret, UserName};
+use labhub_db::audit::AuditFilter;
+use labhub_db::users::UserFilter;
+use labhub_service::ServiceError;
+use labhub_service::accounts::NewAccount;
+use labhub_service::audit::Actor;
+use serde::Deserialize;
+
+use super::NAME_RULE;
+use crate::extract::{AdminUser, CsrfForm};
+use crate::pages::login::Empty;
+use crate::views::{Chrome, Page, When, redirect_with_error, redirect_with_flash};
+use crate::{AppError, AppState};
+
+const PAGE_SIZE: i64 = 50;
+
+struct UserRow {
+    name: String,
+    admin: bool,
+    state: &'static str,
+    last_activity: When,
+    created: When,
+    /// (path segment, label, asks for confirmation)
+    actions: Vec<(&'static str, &'static str, bool)>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin_users.html")]
+struct UsersPage {
+    c: Chrome,
+    admin_tab: &'static str,
+    users: Vec<UserRow>,
+    total: i64,
+    q: String,
+    state: String,
+    state_options: Vec<(&'static str, &'static str)>,
+    page: i64,
+    pages: i64,
+    error: Option<String>,
+    new_name: String,
+    name_rule: &'static str,
+}
+
+#[derive(Deserialize, Default)]
+pub struct UsersQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    page: Option<i64>,
+}
+
+fn actions_for(state: AccountState, admin: bool) -> Vec<(&'static str, &'static str, bool)> {
+    let mut a = Vec::new();
+    match state {
+        AccountState::Pending => a.push(("approve", "Approve", false)),
+        AccountState::Active => a.push(("disable", "Disable", true)),
+        AccountState::Disabled => a.push(("enable", "Enable", false)),
+    }
+    if admin {
+        a.push(("unadmin", "Remove admin", true));
+    } else {
+        a.push(("admin", "Make admin", false));
+    }
+    a.push(("end-sessions", "End sessions", true));
+    a.push(("delete", "Delete", true));
+    a
+}
+
+async fn users_page(
+    state: &AppState,
+    me: &labhub_service::Principal,
+    page: &Page,
+    q: UsersQuery,
+    error: Option<String>,
+    new_name: String,
+) -> Result<UsersPage, AppError> {
+    let hub = state.hub();
+    let account_state = match q.state.as_str() {
+        "active" => Some(AccountState::Active),
+        "pending" => Some(AccountState::Pending),
+        "disabled" => Some(AccountState::Disabled),
+        _ => None,
+    };
+    let page_no = q.page.unwrap_or(1).max(1);
+    let filter = UserFilter {
+        name_contains: Some(q.q.trim().to_string()).filter(|s| !s.is_empty()),
+        account_state,
+        offset: (page_no - 1) * PAGE_SIZE,
+        limit: PAGE_SIZE,
+        ..UserFilter::default()
+    };
+    let (users, total) = hub.list_users(Actor::User(me), &filter).await?;
+    let now = hub.now();
+    let rows = users
+        .into_iter()
+        .map(|u| UserRow {
+            name: u.name.to_string(),
+            admin: u.admin,
+            state: u.state.as_str(),
+            last_activity: When::opt(now, u.last_activity),
+            created: When::new(now, u.created_at),
+            actions: actions_for(u.state, u.admin),
+        })
+        .collect();
+    Ok(UsersPage {
+        c: page.chrome("admin"),
+        admin_tab: "users",
+        users: rows,
+        total,
+        q: q.q,
+        state: if account_state.is_some() { q.state } else { String::new() },
+        state_options: vec![
+            ("", "everyone"),
+            ("active", "active"),
+            ("pending", "waiting for approval"),
+            ("disabled", "disabled"),
+        ],
+        page: page_no,
+        pages: ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1),
+        error,
+        new_name,
+        name_rule: NAME_RULE,
+    })
+}
+
+/// `GET /hub/admin/users` (admins).
+pub async fn users(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+    Query(q): Query<UsersQuery>,
+) -> Result<Response, AppError> {
+    let view = users_page(&state, &me, &page, q, None, String::new()).await?;
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize)]
+pub struct AddUserForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    admin: Option<String>,
+}
+
+/// `POST /hub/admin/users` (admins): adds an account.
+pub async fn add_user(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+    CsrfForm(form): CsrfForm<AddUserForm>,
+) -> Result<Response, AppError> {
+    let result = async {
+        let name = UserName::parse(form.username.trim())?;
+        let password = Some(form.password.clone()).filter(|p| !p.is_empty()).map(Secret::new);
+        state.hub().create_user(Actor::User(&me), NewAccount { name, password, admin: form.admin.is_some() }).await
+    }
+    .await;
+    match result {
+        Ok(u) => Ok(redirect_with_flash(&state, "/hub/admin/users", &format!("Added {}.", u.name))),
+        Err(e @ (ServiceError::Invalid(_) | ServiceError::Conflict(_))) => {
+            let status =
+                if matches!(e, ServiceError::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+            let view =
+                users_page(&state, &me, &page, UsersQuery::default(), Some(e.to_string()), form.username).await?;
+            Ok(page.render_status(status, view))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /hub/admin/users/{name}/{action}` (admins): approve, disable, enable, admin, unadmin,
+/// end-sessions, delete.
+pub async fn user_action(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    Path((name, action)): Path<(String, String)>,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, AppError> {
+    let hub = state.hub();
+    let actor = Actor::User(&me);
+    let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
+    let result: Result<String, ServiceError> = match action.as_str() {
+        "approve" => {
+            hub.set_account_state(actor, &name, AccountState::Active).await.map(|_| format!("Approved {name}."))
+        }
+        "enable" => hub.set_account_state(actor, &name, AccountState::Active).await.map(|_| format!("Enabled {name}.")),
+        "disable" => hub
+            .set_account_state(actor, &name, AccountState::Disabled)
+            .await
+            .map(|_| format!("Disabled {name}; their sessions ended.")),
+        "admin" => hub.set_admin(actor, &name, true).await.map(|_| format!("{name} is now an admin.")),
+        "unadmin" => hub.set_admin(actor, &name, false).await.map(|_| format!("{name} is no longer an admin.")),
+        "end-sessions" => hub
+            .end_all_sessions(actor, &name)
+            .await
+            .map(|n| format!("Ended {n} session{} of {name}.", if n == 1 { "" } else { "s" })),
+        "delete" => hub.delete_user(actor, &name).await.map(|_| format!("Deleted {name}.")),
+        _ => return Err(AppError::NotFound(format!("there is no action '{action}'"))),
+    };
+    Ok(match result {
+        Ok(msg) => redirect_with_flash(&state, "/hub/admin/users", &msg),
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_) | ServiceError::Invalid(_))) => {
+            redirect_with_error(&state, "/hub/admin/users", &e.to_string())
+        }
+        Err(e) => return Err(e.into()),
+    })
+}
+
+struct AuditRow {
+    when: When,
+    actor: String,
+    action: String,
+    target: String,
+    detail: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin_audit.html")]
+struct AuditPage {
+    c: Chrome,
+    admin_tab: &'static str,
+    entries: Vec<AuditRow>,
+    total: i64,
+    actor: String,
+    action: String,
+    target: String,
+    since: String,
+    query: String,
+    known_actions: Vec<&'static str>,
+    page: i64,
+    pages: i64,
+    error: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct AuditQuery {
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    page: Option<i64>,
+}
+
+/// The actions the hub records, for the filter's suggestions.
+const KNOWN_ACTIONS: &[&str] = &[
+    "user.",
+    "user.create",
+    "user.delete",
+    "user.set_admin",
+    "user.approve",
+    "user.disable",
+    "user.enable",
+    "user.rename",
+    "user.set_password",
+    "user.sessions_ended",
+    "user.signup",
+    "token.create",
+    "token.revoke",
+];
+
+/// `GET /hub/admin/audit` (admins).
+pub async fn audit(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, AppError> {
+    let hub = state.hub();
+    let mut error = None;
+    let since = if q.since.is_empty() {
+        None
+    } else {
+        let f = time::macros::format_description!("[year]-[month]-[day]");
+        match time::Date::parse(&q.since, &f) {
+            Ok(d) => Some(d.midnight().assume_utc()),
+            Err(_) => {
+                error = Some("'since' must be a date like 2026-01-31".to_string());
+                None
+            }
+        }
+    };
+    let page_no = q.page.unwrap_or(1).max(1);
+    let nonempty = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+    let filter = AuditFilter {
+        actor: nonempty(&q.actor).map(|a| a.to_ascii_lowercase()),
+        action: nonempty(&q.action),
+        target: nonempty(&q.target),
+        since,
+        until: None,
+        offset: (page_no - 1) * PAGE_SIZE,
+        limit: PAGE_SIZE,
+    };
+    let (entries, total) = hub.audit_log(Actor::User(&me), &filter).await?;
+    let now = hub.now();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("actor", &q.actor)
+        .append_pair("action", &q.action)
+        .append_pair("target", &q.target)
+        .append_pair("since", &q.since)
+        .finish();
+    let view = AuditPage {
+        c: page.chrome("admin"),
+        admin_tab: "audit",
+        entries: entries
+            .into_iter()
+            .map(|e| AuditRow {
+                when: When::new(now, e.at),
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                detail: if e.detail == serde_json::json!({}) { String::new() } else { e.detail.to_string() },
+            })
+            .collect(),
+        total,
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
+        since: q.since,
+        query,
+        known_actions: KNOWN_ACTIONS.to_vec(),
+        page: page_no,
+        pages: ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1),
+        error,
+    };
+    Ok(page.render(view))
+}

@@ -1,0 +1,196 @@
+//! Signing in and out, and signing up.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::CookieJar;
+use labhub_core::Secret;
+use labhub_service::{ServiceError, SignupPolicy};
+use serde::Deserialize;
+
+use super::NAME_RULE;
+use crate::extract::{ClientAddr, CsrfForm, session_cookie};
+use crate::views::{Chrome, Page, redirect_with_flash, safe_next};
+use crate::{AppError, AppState, cookies};
+
+#[derive(Template, WebTemplate)]
+#[template(path = "login.html")]
+struct LoginPage {
+    c: Chrome,
+    next: String,
+    username: String,
+    error: Option<String>,
+    signup: bool,
+    password_login: bool,
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    #[serde(default)]
+    next: String,
+}
+
+/// `GET /hub/`: home when signed in, the sign-in page otherwise.
+pub async fn root(page: Page) -> Response {
+    if page.user.is_some() { Redirect::to("/hub/home") } else { Redirect::to("/hub/login") }.into_response()
+}
+
+fn login_page(state: &AppState, page: &Page, next: String, username: String, error: Option<String>) -> LoginPage {
+    let settings = state.hub().account_settings();
+    LoginPage {
+        c: page.chrome("login"),
+        next: if safe_next(&next) { next } else { String::new() },
+        username,
+        error,
+        signup: settings.signup != SignupPolicy::Closed,
+        password_login: settings.password_login,
+    }
+}
+
+/// `GET /hub/login` (anyone).
+pub async fn login_form(State(state): State<AppState>, page: Page, Query(q): Query<NextQuery>) -> Response {
+    if page.user.is_some() {
+        let to = if safe_next(&q.next) { q.next } else { "/hub/home".to_string() };
+        return Redirect::to(&to).into_response();
+    }
+    let view = login_page(&state, &page, q.next, String::new(), None);
+    page.render(view)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `POST /hub/login` (anyone, with the sign-in form's CSRF token).
+pub async fn login(
+    State(state): State<AppState>,
+    page: Page,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    CsrfForm(form): CsrfForm<LoginForm>,
+) -> Result<Response, AppError> {
+    let hub = state.hub();
+    let result = hub.password_login(&form.username, Secret::new(form.password), &addr).await;
+    let user = match result {
+        Ok(u) => u,
+        Err(e @ (ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) | ServiceError::TooMany { .. })) => {
+            let retry = match &e {
+                ServiceError::TooMany { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+                _ => None,
+            };
+            let err = AppError::from(e);
+            let view = login_page(&state, &page, form.next, form.username, Some(err.to_string()));
+            let mut resp = page.render_status(err.status(), view);
+            if let Some(s) = retry {
+                resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+            }
+            return Ok(resp);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let token = hub.start_session(&user, ua, &addr).await?;
+    let to = if safe_next(&form.next) { form.next } else { "/hub/home".to_string() };
+    let jar = CookieJar::new().add(cookies::session(&state, token.expose()));
+    Ok((jar, Redirect::to(&to)).into_response())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "logout.html")]
+struct LogoutPage {
+    c: Chrome,
+}
+
+/// `GET /hub/logout` (anyone): a button, because signing out changes state and takes a CSRF token.
+pub async fn logout_form(page: Page) -> Response {
+    let view = LogoutPage { c: page.chrome("") };
+    page.render(view)
+}
+
+#[derive(Deserialize)]
+pub struct Empty {}
+
+/// `POST /hub/logout` (anyone with a session): ends this browser's session.
+pub async fn logout(
+    State(state): State<AppState>,
+    parts: axum::http::request::Parts,
+    CsrfForm(_): CsrfForm<Empty>,
+) -> Result<Response, AppError> {
+    if let Some(cookie) = session_cookie(&parts, &state) {
+        state.hub().end_session(&cookie).await?;
+    }
+    let jar = CookieJar::new().add(cookies::session_removal(&state)).add(cookies::flash(&state, "You are signed out."));
+    Ok((jar, Redirect::to("/hub/login")).into_response())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "signup.html")]
+struct SignupPage {
+    c: Chrome,
+    username: String,
+    error: Option<String>,
+    approval: bool,
+    min_password: usize,
+    name_rule: &'static str,
+}
+
+fn signup_page(state: &AppState, page: &Page, username: String, error: Option<String>) -> Result<SignupPage, AppError> {
+    let settings = state.hub().account_settings();
+    if settings.signup == SignupPolicy::Closed {
+        return Err(AppError::NotFound("Sign-up is closed on this hub; ask an admin for an account.".into()));
+    }
+    Ok(SignupPage {
+        c: page.chrome("login"),
+        username,
+        error,
+        approval: settings.signup == SignupPolicy::Approval,
+        min_password: settings.password_min_len,
+        name_rule: NAME_RULE,
+    })
+}
+
+/// `GET /hub/signup` (anyone, when sign-up is open).
+pub async fn signup_form(State(state): State<AppState>, page: Page) -> Result<Response, AppError> {
+    let view = signup_page(&state, &page, String::new(), None)?;
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize)]
+pub struct SignupForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /hub/signup` (anyone, when sign-up is open).
+pub async fn signup(
+    State(state): State<AppState>,
+    page: Page,
+    CsrfForm(form): CsrfForm<SignupForm>,
+) -> Result<Response, AppError> {
+    match state.hub().sign_up(&form.username, Secret::new(form.password)).await {
+        Ok(user) => {
+            let msg = if user.state == labhub_core::AccountState::Pending {
+                format!("Account {} created. An admin will approve it; you can sign in once they have.", user.name)
+            } else {
+                format!("Account {} created. You can sign in now.", user.name)
+            };
+            Ok(redirect_with_flash(&state, "/hub/login", &msg))
+        }
+        Err(e @ (ServiceError::Invalid(_) | ServiceError::Conflict(_))) => {
+            let err = AppError::from(e);
+            let view = signup_page(&state, &page, form.username, Some(err.to_string()))?;
+            Ok(page.render_status(err.status(), view))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

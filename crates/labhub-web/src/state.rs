@@ -1,0 +1,78 @@
+use std::sync::Arc;
+
+use labhub_auth::CsrfKey;
+use labhub_service::Hub;
+use metrics_exporter_prometheus::PrometheusHandle;
+use url::Url;
+
+/// How the web surface presents itself.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// The address people use to reach the hub (scheme, host, port); decides cookie `Secure`
+    /// and the origin that cookie-authenticated API calls and WebSockets must come from.
+    pub public_url: Url,
+    /// The session cookie's name.
+    pub cookie_name: String,
+    /// Largest request body accepted by pages and the API (the proxy streams without limit).
+    pub max_body_bytes: usize,
+    /// Believe `X-Forwarded-For` for the client address (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl WebSettings {
+    /// Whether cookies must be `Secure` (the public URL is https).
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// The public origin, `scheme://host[:port]`, as browsers send it in `Origin`.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+}
+
+/// Everything a handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    hub: Hub,
+    settings: WebSettings,
+    csrf: CsrfKey,
+    metrics: Option<PrometheusHandle>,
+    origin: String,
+}
+
+impl AppState {
+    /// The web surface over these services.
+    pub fn new(hub: Hub, settings: WebSettings, metrics: Option<PrometheusHandle>) -> Self {
+        let csrf = CsrfKey::new(hub.key().clone());
+        let origin = settings.public_origin();
+        Self(Arc::new(Inner { hub, settings, csrf, metrics, origin }))
+    }
+
+    /// The hub's services.
+    pub fn hub(&self) -> &Hub {
+        &self.0.hub
+    }
+
+    /// The web settings.
+    pub fn settings(&self) -> &WebSettings {
+        &self.0.settings
+    }
+
+    /// CSRF token maker.
+    pub fn csrf(&self) -> &CsrfKey {
+        &self.0.csrf
+    }
+
+    /// The Prometheus exporter, when metrics are on.
+    pub fn metrics(&self) -> Option<&PrometheusHandle> {
+        self.0.metrics.as_ref()
+    }
+
+    /// The public origin (`scheme://host[:port]`).
+    pub fn origin(&self) -> &str {
+        &self.0.origin
+    }
+}

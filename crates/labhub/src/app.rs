@@ -1,0 +1,101 @@
+//! Assembling the hub from its crates, and serving it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use labhub_auth::passwords::HashCost;
+use labhub_auth::{HubKey, PasswordHasher};
+use labhub_core::{Clock, SystemClock};
+use labhub_db::PgPool;
+use labhub_service::{Hub, HubParts};
+use labhub_web::{AppState, WebSettings};
+use tokio::net::TcpListener;
+
+use crate::Config;
+
+/// What tests may swap out; the binary uses the defaults.
+pub struct Overrides {
+    /// The hub's clock.
+    pub clock: Arc<dyn Clock>,
+    /// Password hashing cost.
+    pub hash_cost: HashCost,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Self { clock: Arc::new(SystemClock), hash_cost: HashCost::DEFAULT }
+    }
+}
+
+/// A built hub: its services and its router.
+pub struct App {
+    /// The services (for background tasks and tests).
+    pub hub: Hub,
+    /// The HTTP surface.
+    pub router: Router,
+}
+
+/// Builds the hub on an open, migrated database.
+pub fn build(config: &Config, db: PgPool, key: HubKey, overrides: Overrides) -> anyhow::Result<App> {
+    let passwords = PasswordHasher::new(overrides.hash_cost)?;
+    let hub = Hub::new(HubParts { db, clock: overrides.clock, passwords, key, accounts: config.account_settings() });
+    let web = WebSettings {
+        public_url: config.public_url(),
+        cookie_name: config.session.cookie_name.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+        trust_forwarded_for: config.http.trust_forwarded_for,
+    };
+    let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
+    let state = AppState::new(hub.clone(), web, metrics);
+    Ok(App { hub, router: labhub_web::router(state) })
+}
+
+/// Serves the router until `shutdown` resolves, then drains open requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The hub's secret key: from the configuration, or generated once into `<data_dir>/secret_key`.
+pub fn load_key(config: &Config) -> anyhow::Result<HubKey> {
+    if let Some(hex_key) = &config.secret_key {
+        let bytes = hex::decode(hex_key.expose()).context("secret_key is not hex")?;
+        return HubKey::new(bytes).context("secret_key must be at least 32 bytes");
+    }
+    let path = config.data_dir.join("secret_key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
+        let bytes = hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
+        return HubKey::new(bytes).with_context(|| format!("{} holds a key shorter than 32 bytes", path.display()));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("could not create the data directory {}", config.data_dir.display()))?;
+    // A new random token is 32 random bytes in hex: exactly a key file's contents.
+    let (hex_key, _) = labhub_auth::new_token();
+    write_private(&path, &hex_key)?;
+    HubKey::new(hex::decode(&hex_key)?).context("a generated key is 32 bytes")
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not write {}", path.display()))?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("could not write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The command line. Errors are one sentence on stderr and a non-zero exit.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use labhub_core::{Secret, UserName};
+use labhub_db::users::UserFilter;
+use labhub_service::accounts::NewAccount;
+use labhub_service::audit::Actor;
+
+use crate::app::{self, Overrides};
+use crate::config::{Config, LogFormat};
+use crate::database::Database;
+
+/// labhub: a multi-user lab server for Jupyter and RStudio.
+#[derive(Parser)]
+#[command(name = "labhub", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). `LABHUB_*` variables override it.
+    #[arg(long, global = true, env = "LABHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub (migrates the database first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account. Without --password-stdin a random password is generated and printed.
+    Add {
+        name: String,
+        /// Make the account an admin.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Create the account without a password (it signs in through an identity provider).
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+    },
+    /// List accounts.
+    List,
+    /// Set an account's password (read from standard input, or generated and printed).
+    SetPassword {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account with its sessions and tokens.
+    Delete { name: String },
+    /// Grant (true) or revoke (false) admin rights.
+    SetAdmin {
+        name: String,
+        #[arg(action = clap::ArgAction::Set)]
+        admin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new API token for a user (for automation).
+    Create {
+        name: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Expiry such as 30d or 12h; no expiry when left out.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration with secrets redacted.
+    Check,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("labhub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init_logging(if cli.log_json { LogFormat::Json } else { config.log_format });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("labhub: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("labhub: {}", sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes as one sentence.
+fn sentence(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.dedup();
+    let mut s = parts.join(": ");
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = Database::open(&config).await?;
+            let r = db.migrate(Duration::from_secs(10)).await;
+            db.close().await;
+            r?;
+            println!("The database is up to date.");
+            Ok(())
+        }
+        Command::User(cmd) => with_hub(&config, |hub| async move { user(hub, cmd).await }).await,
+        Command::Token(cmd) => with_hub(&config, |hub| async move { token(hub, cmd).await }).await,
+    }
+}
+
+/// Opens the database and the hub's services for one command, then closes them.
+async fn with_hub<F, Fut>(config: &Config, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(labhub_service::Hub) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let db = Database::open(config).await?;
+    let result = async {
+        db.migrate(Duration::from_secs(10)).await?;
+        let key = app::load_key(config)?;
+        let built = app::build(config, db.pool.clone(), key, Overrides::default())?;
+        f(built.hub).await
+    }
+    .await;
+    db.close().await;
+    result
+}
+
+fn name(raw: &str) -> anyhow::Result<UserName> {
+    UserName::parse(raw).with_context(|| format!("{raw:?} is not a valid user name"))
+}
+
+fn read_password_stdin() -> anyhow::Result<Secret<String>> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).context("could not read the password from standard input")?;
+    let line = s.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        bail!("standard input held no password");
+    }
+    Ok(Secret::new(line))
+}
+
+fn generated_password() -> Secret<String> {
+    Secret::new(labhub_auth::new_token().0[..20].to_string())
+}
+
+async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add { name: raw, admin, password_stdin, no_password } => {
+            let name = name(&raw)?;
+            let (password, show) = match (password_stdin, no_password) {
+                (true, _) => (Some(read_password_stdin()?), false),
+                (false, true) => (None, false),
+                (false, false) => (Some(generated_password()), true),
+            };
+            let user = hub.create_user(Actor::System, NewAccount { name, password: password.clone(), admin }).await?;
+            println!("Created {}{}.", user.name, if user.admin { " (admin)" } else { "" });
+            if let (true, Some(p)) = (show, password) {
+                println!("Password: {}", p.expose());
+            }
+        }
+        UserCommand::List => {
+            let filter = UserFilter { limit: i64::MAX, ..UserFilter::default() };
+            let (users, _) = hub.list_users(Actor::System, &filter).await?;
+            println!("{:<32} {:<6} {:<9} created", "name", "admin", "state");
+            for u in users {
+                println!(
+                    "{:<32} {:<6} {:<9} {}",
+                    u.name.as_str(),
+                    if u.admin { "yes" } else { "no" },
+                    u.state.as_str(),
+                    u.created_at.date()
+                );
+            }
+        }
+        UserCommand::SetPassword { name: raw, password_stdin } => {
+            let name = name(&raw)?;
+            let (password, show) =
+                if password_stdin { (read_password_stdin()?, false) } else { (generated_password(), true) };
+            hub.set_password(Actor::System, &name, password.clone()).await?;
+            println!("Password of {name} changed; their sessions ended.");
+            if show {
+                println!("Password: {}", password.expose());
+            }
+        }
+        UserCommand::Delete { name: raw } => {
+            let name = name(&raw)?;
+            hub.delete_user(Actor::System, &name).await?;
+            println!("Deleted {name}.");
+        }
+        UserCommand::SetAdmin { name: raw, admin } => {
+            let name = name(&raw)?;
+            hub.set_admin(Actor::System, &name, admin).await?;
+            println!("{name} is {}an admin.", if admin { "now " } else { "no longer " });
+        }
+    }
+    Ok(())
+}
+
+async fn token(hub: labhub_service::Hub, cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name: raw, note, expires_in } => {
+            let name = name(&raw)?;
+            let (token, _) = hub.create_token(Actor::System, &name, &note, expires_in).await?;
+            println!("{}", token.expose());
+        }
+    }
+    Ok(())
+}
+
+/// `labhub serve`.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("could not listen on {} (is another program using it? set 'bind')", config.bind))?;
+    let db = Database::open(&config).await?;
+    let result = serve_on(&config, &db, listener, started).await;
+    db.close().await;
+    result
+}
+
+async fn serve_on(
+    config: &Config,
+    db: &Database,
+    listener: tokio::net::TcpListener,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    db.migrate(Duration::from_secs(30)).await?;
+    let key = app::load_key(config)?;
+    let built = app::build(config, db.pool.clone(), key, Overrides::default())?;
+    if let Some((admin, password)) = built.hub.bootstrap_admins().await? {
+        let path = config.data_dir.join("initial-admin-password");
+        std::fs::create_dir_all(&config.data_dir)?;
+        app::write_private(&path, &format!("{}\n", password.expose()))?;
+        tracing::warn!(
+            user = %admin,
+            file = %path.display(),
+            "no admin existed: created account '{admin}' with a random password, written to {}",
+            path.display()
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
+    tracing::info!(
+        url = %config.public_url(),
+        bind = %config.bind,
+        ms = started.elapsed().as_millis() as u64,
+        "labhub is ready"
+    );
+    let server = app::serve(listener, built.router, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing open requests; user servers keep running");
+    });
+    let result = server.await.context("the HTTP server failed");
+    let _ = stop_tx.send(true);
+    let _ = maintenance.await;
+    result
+}
+
+async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}

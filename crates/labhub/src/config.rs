@@ -1,0 +1,320 @@
+//! The configuration: a TOML file (`--config`, `LABHUB_CONFIG`) with `LABHUB_*` environment
+//! overrides (`__` separates sections: `LABHUB_SESSION__IDLE_TIMEOUT=2h`) and `DATABASE_URL`.
+//! Every key has a documented default; an unknown key or a bad value stops the hub with an
+//! error that names the key. Secrets print as `[redacted]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use labhub_core::{Secret, UserName};
+use labhub_service::SignupPolicy;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port the hub listens on.
+    pub bind: SocketAddr,
+    /// The address people use to reach the hub; defaults to `http://<bind>/`
+    /// (`localhost` for an unspecified bind address). An https URL makes cookies `Secure`.
+    pub public_url: Option<Url>,
+    /// Where the hub keeps its secret key, its embedded database and its logs.
+    pub data_dir: PathBuf,
+    /// The hub's secret key (64 hex characters). Unset: generated once into `<data_dir>/secret_key`.
+    pub secret_key: Option<Secret<String>>,
+    /// `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// Browser sessions.
+    pub session: SessionConfig,
+    /// Accounts and sign-in.
+    pub auth: AuthConfig,
+    /// HTTP limits and behaviour.
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            public_url: None,
+            data_dir: PathBuf::from("labhub-data"),
+            secret_key: None,
+            log_format: LogFormat::Text,
+            database: DatabaseConfig::default(),
+            session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// A `postgres://` URL (or `DATABASE_URL`). Unset: the hub runs its own embedded Postgres
+    /// under `<data_dir>/postgres`.
+    pub url: Option<Secret<String>>,
+    /// Folder with the Postgres server binaries for the embedded database (or `LABHUB_PG_BIN`).
+    /// Unset: the newest `/usr/lib/postgresql/<v>/bin`, `pg_config --bindir`, or `PATH`.
+    pub pg_bin: Option<PathBuf>,
+    /// Most database connections.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the hub answers 503.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, pg_bin: None, max_connections: 16, acquire_timeout: Duration::from_secs(3) }
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// The session cookie's name.
+    pub cookie_name: String,
+    /// A session ends after this long without use.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, however much it is used.
+    #[serde(with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: "labhub-session".into(),
+            idle_timeout: Duration::from_secs(8 * 3600),
+            absolute_timeout: Duration::from_secs(14 * 86400),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Names that are always admins. With no admin at all, the first (or `admin`) is created
+    /// at start with a random password written to `<data_dir>/initial-admin-password`.
+    pub admin_users: Vec<UserName>,
+    /// Self-service sign-up: `closed`, `approval` (an admin approves) or `open`.
+    pub signup: SignupPolicy,
+    /// Offer the password form (turn off when only identity providers sign people in).
+    pub password_login: bool,
+    /// Shortest password accepted.
+    pub min_password_length: usize,
+    /// Failed sign-ins allowed per account name within `failed_login_window`.
+    pub max_failed_logins_per_account: usize,
+    /// Failed sign-ins allowed per client address within `failed_login_window`.
+    pub max_failed_logins_per_address: usize,
+    /// The window in which failed sign-ins are counted.
+    #[serde(with = "humantime_serde")]
+    pub failed_login_window: Duration,
+    /// Longest lifetime of an API token; unset allows tokens that never expire.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Option<Duration>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let d = labhub_service::AccountSettings::default();
+        Self {
+            admin_users: Vec::new(),
+            signup: SignupPolicy::Closed,
+            password_login: true,
+            min_password_length: d.password_min_len,
+            max_failed_logins_per_account: d.throttle.per_account,
+            max_failed_logins_per_address: d.throttle.per_address,
+            failed_login_window: d.throttle.window,
+            max_token_lifetime: None,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body for pages and the API, in bytes (the proxy streams without limit).
+    pub max_body_bytes: usize,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    /// Serve Prometheus metrics at `/hub/metrics`.
+    pub metrics: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, trust_forwarded_for: false, metrics: true }
+    }
+}
+
+/// A configuration that could not be loaded, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the file (if any), then the environment, then checks what serde cannot.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("the configuration file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::raw().only(&["LABHUB_PG_BIN"]).map(|_| "database.pg_bin".into()))
+            .merge(Env::prefixed("LABHUB_").ignore(&["CONFIG", "PG_BIN", "LOG"]).split("__"));
+        let config: Config = fig.extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid configuration: '{key}' {why}")));
+        if let Some(u) = &self.public_url {
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return bad("public_url", "must be an http:// or https:// URL with a host");
+            }
+            if u.path() != "/" {
+                return bad("public_url", "must not have a path: labhub is served at the root of its host");
+            }
+        }
+        if let Some(k) = &self.secret_key {
+            if hex::decode(k.expose()).map_or(true, |b| b.len() < 32) {
+                return bad("secret_key", "must be at least 64 hex characters (32 bytes)");
+            }
+        }
+        if self.session.cookie_name.is_empty()
+            || !self.session.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return bad("session.cookie_name", "may only use letters, digits, '-' and '_'");
+        }
+        if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {
+            return bad("session", "timeouts must be longer than zero");
+        }
+        if self.auth.min_password_length < 8 {
+            return bad("auth.min_password_length", "must be at least 8");
+        }
+        if self.auth.max_failed_logins_per_account == 0 || self.auth.max_failed_logins_per_address == 0 {
+            return bad("auth", "failed-login limits must be at least 1");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The public URL, derived from the bind address when not set.
+    pub fn public_url(&self) -> Url {
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        let host = if self.bind.ip().is_unspecified() { "localhost".to_string() } else { self.bind.ip().to_string() };
+        let host = if self.bind.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
+        Url::parse(&format!("http://{host}:{}/", self.bind.port())).expect("a valid URL")
+    }
+
+    /// The account rules for the service.
+    pub fn account_settings(&self) -> labhub_service::AccountSettings {
+        labhub_service::AccountSettings {
+            session_idle: self.session.idle_timeout,
+            session_absolute: self.session.absolute_timeout,
+            signup: self.auth.signup,
+            admin_users: self.auth.admin_users.clone(),
+            password_min_len: self.auth.min_password_length,
+            throttle: labhub_auth::ThrottleSettings {
+                per_account: self.auth.max_failed_logins_per_account,
+                per_address: self.auth.max_failed_logins_per_address,
+                window: self.auth.failed_login_window,
+            },
+            password_login: self.auth.password_login,
+            max_token_lifetime: self.auth.max_token_lifetime,
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`labhub config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not print the configuration: {e}\n"))
+    }
+}
+
+/// Turns figment's error into one sentence that names the key and where it came from.
+fn describe(e: figment::Error) -> ConfigError {
+    let mut out = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let source = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let what = err.kind.to_string();
+        let place = if key.is_empty() { String::from("at the top level") } else { format!("'{key}'") };
+        let from = if source.is_empty() { String::new() } else { format!(" (from {source})") };
+        out.push(format!("invalid configuration {place}: {what}{from}"));
+    }
+    ConfigError(out.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("labhub.toml");
+        std::fs::write(&p, toml).unwrap();
+        Config::load(Some(&p))
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let c = load_str("[session]\nidle_timeout = \"2h\"\n").unwrap();
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(7200));
+        assert_eq!(c.public_url().as_str(), "http://127.0.0.1:8000/");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = load_str("[session]\nidel_timeout = \"2h\"\n").unwrap_err().to_string();
+        assert!(e.contains("'session'") && e.contains("idel_timeout"), "{e}");
+        let e = load_str("bind = \"nonsense\"\n").unwrap_err().to_string();
+        assert!(e.contains("'bind'"), "{e}");
+        let e = load_str("[auth]\nadmin_users = [\"Bad Name\"]\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.admin_users"), "{e}");
+        let e = load_str("public_url = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("'public_url'"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let c = load_str("secret_key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[database]\nurl = \"postgres://u:hunter2@db/x\"\n").unwrap();
+        let printed = c.to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
