@@ -17,3 +17,4 @@ pub use names::{GroupName, NameError, ServerName, UserName};
 pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};
 pub use secret::Secret;
+pub use spawner::ServerState;

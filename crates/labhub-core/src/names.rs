@@ -23,6 +23,8 @@ pub enum NameError {
     BadCharacter { kind: &'static str, extra: &'static str },
     #[error("{kind} must start and end with a letter or a digit")]
     BadEdge { kind: &'static str },
+    #[error("'{name}' is reserved: it is a path of the servers themselves; choose another server name")]
+    Reserved { name: String },
 }
 
 /// The shared validation: fold ASCII case, then check length, alphabet and edges.
@@ -135,10 +137,41 @@ impl ServerName {
     /// The longest server name accepted.
     pub const MAX_LEN: usize = 32;
 
-    /// Validates a server name: 1 to 32 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
-    /// Narrower than user names because it becomes part of a container name and a URL segment.
+    /// Names a server may not take: `/user/alice/<name>/` would shadow a path of the default
+    /// server's Jupyter or RStudio.
+    pub const RESERVED: &'static [&'static str] = &[
+        "api",
+        "auth-sign-in",
+        "custom",
+        "doc",
+        "edit",
+        "files",
+        "kernels",
+        "lab",
+        "login",
+        "logout",
+        "nbconvert",
+        "nbextensions",
+        "notebooks",
+        "rpc",
+        "rstudio",
+        "server",
+        "static",
+        "terminals",
+        "tree",
+        "view",
+        "voila",
+    ];
+
+    /// Validates a server name: 1 to 32 of `a-z`, `0-9`, `-`, starting and ending alphanumeric,
+    /// and not one of [`ServerName::RESERVED`]. Narrower than user names because it becomes part
+    /// of a container name and a URL segment.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
-        validate(raw, "a server name", Self::MAX_LEN, b"-", "'-'").map(Self)
+        let name = validate(raw, "a server name", Self::MAX_LEN, b"-", "'-'")?;
+        if Self::RESERVED.contains(&name.as_str()) {
+            return Err(NameError::Reserved { name });
+        }
+        Ok(Self(name))
     }
 
     /// Parses the optional name used by the API and the database, where `""` is the default server.
@@ -230,6 +263,8 @@ mod tests {
         assert!(ServerName::parse("a_b").is_err());
         assert_eq!(ServerName::parse_optional("").unwrap(), None);
         assert!(ServerName::parse(&"a".repeat(33)).is_err());
+        assert!(matches!(ServerName::parse("Lab"), Err(NameError::Reserved { .. })));
+        assert!(ServerName::parse("lab2").is_ok());
     }
 
     #[test]

@@ -182,3 +182,52 @@ pub trait Spawner: Send + Sync + 'static {
     /// What the runtime holds of an image, `None` when absent.
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError>;
 }
+
+/// Where a server is in its life, as the hub records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// Starting: the container is being created or the server is not answering yet.
+    Pending,
+    /// Up and reachable through the proxy.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Not running (never started, stopped, or failed to start).
+    Stopped,
+}
+
+impl ServerState {
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl TryFrom<String> for ServerState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "pending" => Ok(Self::Pending),
+            "running" => Ok(Self::Running),
+            "stopping" => Ok(Self::Stopping),
+            "stopped" => Ok(Self::Stopped),
+            _ => Err(format!("unknown server state {s:?}")),
+        }
+    }
+}
+
+/// Builds catalogue images locally from recipes, for machines that cannot pull them.
+#[async_trait::async_trait]
+pub trait ImageBuilder: Send + Sync + 'static {
+    /// The names of the recipes this builder knows.
+    fn recipes(&self) -> Vec<String>;
+
+    /// Builds `recipe` and tags the result `tag`; returns the image's content id.
+    async fn build(&self, recipe: &str, tag: &ImageRef, progress: ProgressSender) -> Result<String, SpawnError>;
+}

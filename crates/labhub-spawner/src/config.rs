@@ -1,0 +1,210 @@
+//! The Docker spawner's settings, as read from the hub's configuration file.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A hub id that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a hub id: use 1 to {max} characters from a-z, 0-9, '.', '-', starting with a letter or digit",
+    max = HubId::MAX_LEN
+)]
+pub struct HubIdError(pub String);
+
+/// A network name that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a Docker network name: use 1 to 64 characters from a-z, A-Z, 0-9, '.', '_', '-', starting with a letter or digit"
+)]
+pub struct NetworkNameError(pub String);
+
+/// Names this hub's containers, volumes and network, so several hubs can share one engine.
+///
+/// No `_` and no upper case: `_` separates the parts of a container name and upper case marks
+/// a hashed name (see `naming`), so neither may appear in the prefix.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HubId(String);
+
+impl HubId {
+    /// The longest hub id accepted; it prefixes every container and volume name.
+    pub const MAX_LEN: usize = 32;
+
+    /// Validates a hub id.
+    pub fn parse(raw: &str) -> Result<Self, HubIdError> {
+        let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+        let bytes = raw.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+            && bytes.iter().all(|&b| ok_char(b));
+        if valid { Ok(Self(raw.to_string())) } else { Err(HubIdError(raw.to_string())) }
+    }
+
+    /// The id as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HubId {
+    type Error = HubIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<HubId> for String {
+    fn from(id: HubId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for HubId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for HubId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// The name of the Docker network users' servers join.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NetworkName(String);
+
+impl NetworkName {
+    /// Validates a network name against Docker's object-name grammar.
+    pub fn parse(raw: &str) -> Result<Self, NetworkNameError> {
+        let bytes = raw.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 64
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if valid { Ok(Self(raw.to_string())) } else { Err(NetworkNameError(raw.to_string())) }
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NetworkName {
+    type Error = NetworkNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<NetworkName> for String {
+    fn from(n: NetworkName) -> Self {
+        n.0
+    }
+}
+
+impl fmt::Display for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// When the spawner may pull an image that is not on the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull only when the image is absent locally.
+    #[default]
+    IfMissing,
+    /// Never pull: an absent image is an error (air-gapped sites).
+    Never,
+}
+
+/// Settings of the Docker spawner (`[spawner.docker]` in the hub's configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Prefixes container, volume and network names and fills the `io.labhub.hub` label.
+    pub hub_id: HubId,
+    /// The bridge network users' servers join; created (inter-container traffic off) when missing.
+    pub network: NetworkName,
+    /// One volume per named server instead of one per user.
+    pub volume_per_server: bool,
+    /// Most processes (and threads) a server may run; stops fork bombs.
+    pub pids_limit: u32,
+    /// Whether an absent image may be pulled.
+    pub pull_policy: PullPolicy,
+    /// Longest time a pull may take before the start fails.
+    #[serde(with = "humantime_serde")]
+    pub pull_timeout: Duration,
+    /// Reject connections from servers to the host itself (an iptables rule on the network's bridge).
+    pub isolate_host: bool,
+    /// Let servers reach the internet; off makes the network `internal`.
+    pub internet_access: bool,
+    /// How often a starting server is asked whether it answers yet.
+    #[serde(with = "humantime_serde")]
+    pub readiness_interval: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            hub_id: HubId("labhub".to_string()),
+            network: NetworkName("labhub-users".to_string()),
+            volume_per_server: false,
+            pids_limit: 1024,
+            pull_policy: PullPolicy::IfMissing,
+            pull_timeout: Duration::from_secs(120),
+            isolate_host: true,
+            internet_access: true,
+            readiness_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_durations_round_trip() {
+        let c: DockerConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, DockerConfig::default());
+        let c: DockerConfig = serde_json::from_str(
+            r#"{"hub_id": "lab2", "pull_timeout": "5m", "readiness_interval": "100ms", "pull_policy": "never"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.hub_id.as_str(), "lab2");
+        assert_eq!(c.pull_timeout, Duration::from_secs(300));
+        assert_eq!(c.readiness_interval, Duration::from_millis(100));
+        assert_eq!(c.pull_policy, PullPolicy::Never);
+        let back: DockerConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_names_are_refused() {
+        assert!(serde_json::from_str::<DockerConfig>(r#"{"hubid": "x"}"#).is_err());
+        for bad in ["", "Lab", "a_b", "-a", "a/b", &"a".repeat(33)] {
+            assert!(HubId::parse(bad).is_err(), "{bad}");
+        }
+        for good in ["labhub", "lab-2.prod", "0"] {
+            assert!(HubId::parse(good).is_ok(), "{good}");
+        }
+        assert!(NetworkName::parse("labhub_users-1.x").is_ok());
+        assert!(NetworkName::parse("_x").is_err());
+        assert!(NetworkName::parse("a b").is_err());
+    }
+}
