@@ -1,0 +1,370 @@
+//! Forwarding one request (plain, streamed, long poll or WebSocket upgrade) to its server.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{self, PathAndQuery};
+use http::{Extensions, Method, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Error as ClientError;
+use labhub_core::ImageKind;
+use tokio::time::Instant;
+
+use crate::body::{ProgressBody, ProxiedBody};
+use crate::error::ProxyError;
+use crate::headers::{self, LocationRewrite};
+use crate::limits::Lease;
+use crate::route::{RouteEntry, RouteTable};
+use crate::tunnel;
+
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_RSTUDIO_ROOT_PATH: HeaderName = HeaderName::from_static("x-rstudio-root-path");
+
+/// How the proxy talks to servers, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// How long to wait for a server's TCP connection; past it the server is `Unreachable`.
+    pub connect_timeout: Duration,
+    /// How long a server may stay silent before its response headers, counted from the last
+    /// bytes of the request body that moved (so a slow upload is never cut). Response bodies
+    /// (SSE, downloads) have no timeout: the client decides how long it listens. The
+    /// configuration layer should refuse less than 60 s (RStudio long-polls).
+    pub read_timeout: Duration,
+    /// Concurrent requests and tunnels per server.
+    pub max_connections_per_server: usize,
+    /// Concurrent requests and tunnels over all servers.
+    pub max_connections_total: usize,
+    /// The largest request line plus headers (names and values) accepted.
+    pub max_request_header_bytes: usize,
+    /// The hub's session cookie, removed from `Cookie` before forwarding.
+    pub strip_cookie: String,
+    /// What `Busy` suggests as `Retry-After`.
+    pub busy_retry_after: Duration,
+}
+
+impl ProxySettings {
+    /// The defaults, stripping the hub's session cookie `strip_cookie`.
+    pub fn new(strip_cookie: impl Into<String>) -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(300),
+            max_connections_per_server: 256,
+            max_connections_total: 8192,
+            max_request_header_bytes: 64 * 1024,
+            strip_cookie: strip_cookie.into(),
+            busy_retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the browser reached the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS (terminated by the hub or a proxy in front of it).
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// Who is asking, as the web layer established it; becomes the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub addr: IpAddr,
+    /// The scheme the browser used.
+    pub scheme: Scheme,
+    /// The `Host` the browser used (with its port, if any).
+    pub host: String,
+}
+
+struct ProxyInner {
+    settings: ProxySettings,
+    table: RouteTable,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Forwards requests to the servers in a route table. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("settings", &self.inner.settings).field("in_flight", &self.in_flight()).finish()
+    }
+}
+
+impl Proxy {
+    /// A proxy for the routes in `table`.
+    pub fn new(settings: ProxySettings, table: RouteTable) -> Self {
+        Self { inner: Arc::new(ProxyInner { settings, table, in_flight: Arc::new(AtomicUsize::new(0)) }) }
+    }
+
+    /// The route table this proxy serves.
+    pub fn table(&self) -> &RouteTable {
+        &self.inner.table
+    }
+
+    /// Requests and tunnels in progress over all servers.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Forwards one request (plain HTTP, SSE, long poll, or a WebSocket upgrade) to the
+    /// route's server. The caller has authenticated and authorised it (and checked `Origin`
+    /// for upgrades); `req`'s path must be under the route's prefix.
+    pub async fn forward(
+        &self,
+        route: Arc<RouteEntry>,
+        req: Request,
+        client: ClientInfo,
+    ) -> Result<Response, ProxyError> {
+        let settings = &self.inner.settings;
+        if route.is_removed() {
+            return Err(ProxyError::Unreachable);
+        }
+        if header_bytes(&req) > settings.max_request_header_bytes {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+        let prefix = route.prefix();
+        let path = req.uri().path();
+        if !path.starts_with(prefix) {
+            if path == prefix.trim_end_matches('/') {
+                return Ok(add_slash(prefix, req.uri().query()));
+            }
+            return Err(ProxyError::BadRequest("the path is not under the server's prefix".into()));
+        }
+        let uri = upstream_uri(&route, req.uri())?;
+
+        let lease = Lease::try_acquire(
+            &route,
+            &self.inner.in_flight,
+            settings.max_connections_per_server,
+            settings.max_connections_total,
+        )
+        .ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
+        route.touch();
+
+        let mut req = req;
+        // Without hyper's upgrade handle (HTTP/2, or a caller that consumed it) there is
+        // nothing to tunnel into: forward it as a plain request.
+        let upgrade = req.method() == Method::GET
+            && headers::is_websocket_upgrade(req.headers())
+            && req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        prepare_headers(&mut parts.headers, &route, settings, &client, upgrade)?;
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        parts.extensions = Extensions::new();
+
+        let (body, progress) = if upgrade || body.is_end_stream() {
+            (if upgrade { Body::empty() } else { body }, None)
+        } else {
+            let progress = Arc::new(crate::body::Progress::new());
+            (Body::new(ProgressBody::new(body, progress.clone())), Some(progress))
+        };
+        let sent = route.client(settings).request(http::Request::from_parts(parts, body));
+        let response = match progress {
+            None => tokio::time::timeout(settings.read_timeout, sent).await.map_err(|_| ProxyError::Timeout)?,
+            Some(progress) => {
+                let mut sent = sent;
+                loop {
+                    let deadline = progress.last() + settings.read_timeout;
+                    match tokio::time::timeout_at(deadline, &mut sent).await {
+                        Ok(done) => break done,
+                        // The body moved since the timer was set: the server is reading.
+                        Err(_) if progress.last() + settings.read_timeout > Instant::now() => continue,
+                        Err(_) => return Err(ProxyError::Timeout),
+                    }
+                }
+            }
+        };
+        let response = response.map_err(|e| upstream_error(&e, &route))?;
+
+        if let Some(client_upgrade) = client_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            return Ok(switch_protocols(route, lease, client_upgrade, response));
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
+        }
+        Ok(pass_response(&route, &client, lease, response))
+    }
+}
+
+/// Request line plus header names and values, the size `max_request_header_bytes` limits.
+fn header_bytes(req: &Request) -> usize {
+    let uri = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    req.headers().iter().fold(uri, |n, (k, v)| n + k.as_str().len() + v.len())
+}
+
+/// `/user/alice` → `/user/alice/`: servers only answer under their prefix.
+fn add_slash(prefix: &str, query: Option<&str>) -> Response {
+    let location = match query {
+        Some(q) => format!("{prefix}?{q}"),
+        None => prefix.to_string(),
+    };
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::try_from(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// The upstream URI: the server's address, the path (without the prefix for RStudio) and
+/// the query without the hub's `token` parameter, otherwise byte for byte.
+fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
+    let rstudio = route.route().kind == ImageKind::Rstudio;
+    let stripped_query = original.query().and_then(headers::strip_token_param);
+    let path_and_query = if !rstudio && stripped_query.is_none() {
+        original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+    } else {
+        let path = original.path();
+        // Keep the prefix's final '/' so the path stays absolute.
+        let path = if rstudio { path.get(route.prefix().len() - 1..).unwrap_or("/") } else { path };
+        let query = match &stripped_query {
+            Some(q) => Some(q.as_str()),
+            None => original.query(),
+        };
+        let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(path);
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        PathAndQuery::try_from(pq).map_err(|e| ProxyError::BadRequest(e.to_string()))?
+    };
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(uri::Scheme::HTTP);
+    parts.authority = Some(route.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))
+}
+
+/// The request headers as the server must see them: hop-by-hop gone, the hub's cookie and
+/// the client's credentials gone, the server's token in, `X-Forwarded-*` set, `Host` kept.
+fn prepare_headers(
+    h: &mut http::HeaderMap,
+    route: &RouteEntry,
+    settings: &ProxySettings,
+    client: &ClientInfo,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    let upgrade_to = if upgrade { h.get(header::UPGRADE).cloned() } else { None };
+    headers::remove_hop_by_hop(h);
+    if let Some(to) = upgrade_to {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, to);
+    }
+    headers::strip_cookie(h, &settings.strip_cookie);
+    // `insert` replaces every value: no client credential (hub token, basic auth) survives.
+    h.insert(header::AUTHORIZATION, route.authorization.clone());
+    headers::append_forwarded_for(h, client.addr);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme.as_str()));
+    // jupyter_server compares Origin with Host, so the browser's Host goes through as is;
+    // HTTP/2 requests carry it in the URI instead, so it is put back from the client info.
+    let forwarded_host = match h.get(header::HOST) {
+        Some(host) if host.as_bytes() == client.host.as_bytes() => host.clone(),
+        _ => HeaderValue::try_from(client.host.as_str()).map_err(|_| ProxyError::BadRequest("bad Host".into()))?,
+    };
+    if !h.contains_key(header::HOST) {
+        h.insert(header::HOST, forwarded_host.clone());
+    }
+    h.insert(X_FORWARDED_HOST, forwarded_host);
+    match &route.root_path {
+        Some(root) => h.insert(X_RSTUDIO_ROOT_PATH, root.clone()),
+        None => h.remove(X_RSTUDIO_ROOT_PATH),
+    };
+    Ok(())
+}
+
+/// Puts a failure to get response headers into words.
+fn upstream_error(e: &ClientError, route: &RouteEntry) -> ProxyError {
+    if route.is_removed() || e.is_connect() {
+        return ProxyError::Unreachable;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            let why = if h.is_incomplete_message() {
+                "it closed the connection before answering".to_string()
+            } else if h.is_parse() {
+                "its response was malformed".to_string()
+            } else if h.is_user() {
+                // Reading the client's request body failed: the client went away mid-upload.
+                return ProxyError::BadRequest("the request body could not be read".into());
+            } else {
+                h.to_string()
+            };
+            return ProxyError::Upstream(why);
+        }
+        source = s.source();
+    }
+    ProxyError::Upstream(e.to_string())
+}
+
+/// The upstream agreed to a WebSocket: answer the client 101 with the upstream's handshake
+/// headers (accept key, subprotocol, extensions) and tunnel once both sides switched.
+fn switch_protocols(
+    route: Arc<RouteEntry>,
+    lease: Lease,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    mut response: http::Response<Incoming>,
+) -> Response {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, upgrade_to.unwrap_or_else(|| HeaderValue::from_static("websocket")));
+    parts.extensions = Extensions::new();
+    tunnel::spawn(route, lease, client_upgrade, upstream_upgrade);
+    Response::from_parts(parts, Body::empty())
+}
+
+/// An ordinary response: hop-by-hop headers dropped, `Location` mapped back to hub paths,
+/// and the body streamed while holding the lease.
+fn pass_response(
+    route: &RouteEntry,
+    client: &ClientInfo,
+    lease: Lease,
+    response: http::Response<Incoming>,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        let rewrite = LocationRewrite {
+            internal_origin: &route.internal_origin,
+            browser_host: &client.host,
+            rstudio_prefix: (route.route().kind == ImageKind::Rstudio).then(|| route.prefix()),
+        };
+        if let Some(v) = rewrite.apply(location).and_then(|l| HeaderValue::try_from(l).ok()) {
+            parts.headers.insert(header::LOCATION, v);
+        }
+    }
+    parts.extensions = Extensions::new();
+    Response::from_parts(parts, Body::new(ProxiedBody::new(body, lease)))
+}

@@ -1,0 +1,353 @@
+//! The header, query and `Location` rewrites applied on the way through, as pure functions.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and must not be passed on (RFC 9110 §7.6.1), plus the
+/// `Proxy-*` ones RFC 9110 reserves for the client–proxy hop.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Whether a `Connection` header lists `token` (case-insensitive, comma separated).
+pub(crate) fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether the request asks to become a WebSocket (`Connection: upgrade` + `Upgrade: websocket`).
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    connection_has_token(headers, "upgrade")
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Removes hop-by-hop headers: the fixed list, `Upgrade`, every `Proxy-*`, and whatever
+/// the `Connection` header names. Upgrades put back their own `Connection`/`Upgrade` pair.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Tokens other than these name extra headers to drop; collecting them allocates only
+    // when a peer actually lists one.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            let common = token.is_empty()
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"upgrade");
+            if !common && let Ok(name) = HeaderName::from_bytes(token) {
+                listed.push(name);
+            }
+        }
+    }
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the cookie called `name` from every `Cookie` header, keeping the others (such as
+/// Jupyter's `_xsrf`) in their order, as one `Cookie` header; drops it when nothing is left.
+/// HTTP/2 clients send one header per cookie, but an HTTP/1.1 server expects a single line
+/// (RFC 9113 §8.2.3), so several are always joined.
+pub(crate) fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let name = name.as_bytes();
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let several = values.nth(1).is_some();
+    let mentioned = !name.is_empty()
+        && headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(name.len()).any(|w| w == name));
+    if !several && !mentioned {
+        return;
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let cookie_name = pair.split(|b| *b == b'=').next().unwrap_or(pair).trim_ascii();
+            if !name.is_empty() && cookie_name == name {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+    }
+    headers.remove(header::COOKIE);
+    // The bytes come from valid header values joined with "; ", so this cannot fail; if it
+    // ever did, dropping the header is the safe side.
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_bytes(&kept)
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Appends `client` to `X-Forwarded-For`, keeping what earlier proxies wrote.
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
+    use std::fmt::Write as _;
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    // One buffer, frozen into the header value without another copy.
+    let mut joined = bytes::BytesMut::with_capacity(64);
+    for value in headers.get_all(&XFF) {
+        let v = value.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            joined.extend_from_slice(v);
+            joined.extend_from_slice(b", ");
+        }
+    }
+    // Writing an address into a growable buffer cannot fail.
+    let _ = write!(joined, "{client}");
+    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        headers.insert(XFF, value);
+    }
+}
+
+/// The query without its `token` parameters (the hub's own credential, which JupyterHub
+/// accepts as `?token=`), every other byte kept as sent. `None` when there is none to remove.
+/// The key is compared after percent-decoding, because the server would decode it too.
+pub(crate) fn strip_token_param(query: &str) -> Option<String> {
+    let is_token = |part: &str| {
+        let key = part.split('=').next().unwrap_or(part);
+        key == "token"
+            || (key.contains('%') && percent_encoding::percent_decode_str(key).decode_utf8_lossy() == "token")
+    };
+    if !query.split('&').any(is_token) {
+        return None;
+    }
+    let mut kept = String::with_capacity(query.len());
+    for part in query.split('&').filter(|p| !is_token(p)) {
+        if !kept.is_empty() {
+            kept.push('&');
+        }
+        kept.push_str(part);
+    }
+    Some(kept)
+}
+
+/// How `Location` headers from one upstream are read back into hub paths.
+pub(crate) struct LocationRewrite<'a> {
+    /// `http://10.0.0.5:8888`: the server's internal origin.
+    pub internal_origin: &'a str,
+    /// The `Host` the browser used, for RStudio's absolute redirects to it.
+    pub browser_host: &'a str,
+    /// For RStudio, the route prefix that redirects must stay under.
+    pub rstudio_prefix: Option<&'a str>,
+}
+
+impl LocationRewrite<'_> {
+    /// The rewritten `Location`, or `None` to keep it as it is.
+    pub(crate) fn apply(&self, location: &str) -> Option<String> {
+        let internal = strip_origin(location, "http://", self.internal_origin.trim_start_matches("http://"));
+        let Some(prefix) = self.rstudio_prefix else {
+            return internal.map(root_relative);
+        };
+        // RStudio before 1.4 sent its sign-in page to `/auth-sign-in` (rstudio/rstudio#8888),
+        // or to the browser's host without the prefix (rstudio/rstudio#1676): every redirect
+        // that is not already under the prefix gets it.
+        let path = match internal {
+            Some(rest) => root_relative(rest),
+            None => {
+                let own = strip_origin(location, "https://", self.browser_host)
+                    .or_else(|| strip_origin(location, "http://", self.browser_host));
+                match own {
+                    Some(rest) => root_relative(rest),
+                    // `//host/x` is another origin, not a path.
+                    None if location.starts_with('/') && !location.starts_with("//") => location.to_string(),
+                    None => return None,
+                }
+            }
+        };
+        let bare = prefix.trim_end_matches('/');
+        let under = path.starts_with(prefix)
+            || path.strip_prefix(bare).is_some_and(|r| r.is_empty() || r.starts_with('?') || r.starts_with('#'));
+        if under {
+            return (path != location).then_some(path);
+        }
+        Some(format!("{prefix}{}", path.trim_start_matches('/')))
+    }
+}
+
+/// `rest` after `scheme + host` (case-insensitive), when the origin is exactly that.
+fn strip_origin<'a>(location: &'a str, scheme: &str, host: &str) -> Option<&'a str> {
+    let n = scheme.len() + host.len();
+    let head = location.get(..n)?;
+    let (s, h) = head.split_at(scheme.len());
+    if !s.eq_ignore_ascii_case(scheme) || !h.eq_ignore_ascii_case(host) || host.is_empty() {
+        return None;
+    }
+    let rest = &location[n..];
+    (rest.is_empty() || rest.starts_with(['/', '?', '#'])).then_some(rest)
+}
+
+fn root_relative(rest: &str) -> String {
+    if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_lists_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "close"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-foo", "bar"),
+            ("accept", "*/*"),
+            ("cookie", "a=b"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept", "cookie"]);
+    }
+
+    #[test]
+    fn websocket_upgrades_are_recognised_by_tokens() {
+        assert!(is_websocket_upgrade(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")])));
+        assert!(!is_websocket_upgrade(&map(&[("connection", "keep-alive"), ("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&map(&[("connection", "upgrade"), ("upgrade", "h2c")])));
+        assert!(!is_websocket_upgrade(&map(&[("connection", "upgraded"), ("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn only_the_hub_cookie_is_stripped() {
+        let cases: &[(&[&'static str], Option<&str>)] = &[
+            (&["labhub=secret; _xsrf=2|abc"], Some("_xsrf=2|abc")),
+            (&["_xsrf=x;labhub=secret;theme=dark"], Some("_xsrf=x; theme=dark")),
+            (&["labhub=secret"], None),
+            (&["a=1", "labhub=s", "b=2"], Some("a=1; b=2")),
+            // Look-alike names stay: they are other cookies.
+            (&["labhub-csrf=1; xlabhub=2; labhub =3"], Some("labhub-csrf=1; xlabhub=2")),
+            (&["_xsrf=untouched;;  spaced = v "], Some("_xsrf=untouched;;  spaced = v ")),
+            // HTTP/2 sends a header per cookie; HTTP/1.1 servers want one line.
+            (&["a=1", "b=2"], Some("a=1; b=2")),
+        ];
+        for (values, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in values.iter() {
+                h.append(header::COOKIE, HeaderValue::from_static(v));
+            }
+            strip_cookie(&mut h, "labhub");
+            let got: Vec<&str> = h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+            assert_eq!(got, want.map(|w| vec![w]).unwrap_or_default(), "{values:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_not_replaced() {
+        let mut h = map(&[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-for", "10.1.1.1")]);
+        append_forwarded_for(&mut h, "192.0.2.1".parse().unwrap());
+        assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"203.0.113.7, 10.1.1.1, 192.0.2.1"[..]));
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, std::net::Ipv6Addr::LOCALHOST.into());
+        assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"::1"[..]));
+    }
+
+    #[test]
+    fn token_parameters_are_removed_and_the_rest_kept_byte_for_byte() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("a=1&b=%2F+x", None),
+            ("tokens=1&xtoken=2&token_type=3", None),
+            ("token=abc", Some("")),
+            ("a=1&token=abc&b=%2f&c", Some("a=1&b=%2f&c")),
+            ("token=1&token=2&a=%E2%9C%93", Some("a=%E2%9C%93")),
+            ("%74oken=abc&a=1", Some("a=1")),
+            ("tok%65n=abc&a=1", Some("a=1")),
+            ("token&a=1", Some("a=1")),
+            ("a=1&&b=2&token=x", Some("a=1&&b=2")),
+        ];
+        for (q, want) in cases {
+            assert_eq!(strip_token_param(q).as_deref(), *want, "{q}");
+        }
+    }
+
+    #[test]
+    fn jupyter_redirects_to_the_internal_address_become_hub_paths() {
+        let r = LocationRewrite {
+            internal_origin: "http://10.0.0.5:8888",
+            browser_host: "hub.example",
+            rstudio_prefix: None,
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            ("http://10.0.0.5:8888/user/alice/lab?x=1", Some("/user/alice/lab?x=1")),
+            ("HTTP://10.0.0.5:8888/user/alice/", Some("/user/alice/")),
+            ("http://10.0.0.5:8888", Some("/")),
+            ("http://10.0.0.5:8888?x", Some("/?x")),
+            ("http://10.0.0.5:88889/x", None),
+            ("http://10.0.0.5:8888.evil.com/x", None),
+            ("https://hub.example/user/alice/", None),
+            ("/user/alice/tree", None),
+            ("//evil.com/x", None),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(r.apply(loc).as_deref(), *want, "{loc}");
+        }
+    }
+
+    #[test]
+    fn rstudio_redirects_stay_under_the_prefix() {
+        let r = LocationRewrite {
+            internal_origin: "http://10.0.0.6:8787",
+            browser_host: "hub.example:8443",
+            rstudio_prefix: Some("/user/alice/rs/"),
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/auth-sign-in?appUri=%2F", Some("/user/alice/rs/auth-sign-in?appUri=%2F")),
+            ("http://10.0.0.6:8787/auth-sign-in", Some("/user/alice/rs/auth-sign-in")),
+            ("http://10.0.0.6:8787/", Some("/user/alice/rs/")),
+            ("https://hub.example:8443/auth-sign-in", Some("/user/alice/rs/auth-sign-in")),
+            ("http://hub.example:8443/", Some("/user/alice/rs/")),
+            ("https://hub.example:8443/user/alice/rs/", Some("/user/alice/rs/")),
+            ("/user/alice/rs/", None),
+            ("/user/alice/rs", None),
+            ("/user/alice/rs?x", None),
+            ("http://10.0.0.6:8787/user/alice/rs/x", Some("/user/alice/rs/x")),
+            ("auth-sign-in", None),
+            ("//evil.com/", None),
+            ("https://elsewhere.example/x", None),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(r.apply(loc).as_deref(), *want, "{loc}");
+        }
+    }
+}

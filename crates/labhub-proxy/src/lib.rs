@@ -1,0 +1,83 @@
+//! The route table and the forwarding of HTTP and WebSocket traffic to users' servers.
+//!
+//! The hub's web layer authenticates and authorises a request under `/user/…` (and checks
+//! `Origin` on WebSocket upgrades), picks the route with [`parse_user_path`] and
+//! [`RouteTable::resolve`], and hands both to [`Proxy::forward`]. This crate owns no auth.
+//!
+//! # Routing
+//! [`parse_user_path`] reads the raw, still percent-encoded path and refuses anything that
+//! could make two readings of it disagree: `.`/`..` segments, percent-encoded dots, slashes,
+//! backslashes and NUL, raw backslashes, non-ASCII, empty user or server segments, escapes
+//! in the user or server segment, and user names not already lower case (the error carries
+//! the canonical path for a redirect). Lookups are exact on both segments: `alice` never
+//! matches `alice2`. `/user/alice/lab/` goes to the named server `lab` when alice runs one,
+//! else to her default server. [`Proxy::forward`] re-checks that the path is under the
+//! route's prefix (refusing it otherwise) and answers the bare prefix (`/user/alice`) with a
+//! redirect to `/user/alice/`.
+//!
+//! # One pool per route, closed with it
+//! Each [`RouteEntry`] has its own hyper-util client (HTTP/1.1, keep-alive pool), built on
+//! first use. Its sockets and tunnels watch the route, so removing or replacing a
+//! route closes its idle pooled sockets, its in-flight upstream connections and its
+//! WebSocket tunnels at once — configurable-http-proxy left sockets to stopped servers open
+//! for years. Requests that still hold the old entry fail cleanly (`Unreachable`).
+//!
+//! # Streaming
+//! Request and response bodies are passed frame by frame, never collected: memory per
+//! request is bounded by hyper's buffers whatever the size, and SSE events and long-poll
+//! answers reach the browser as the server writes them.
+//!
+//! # What the server sees
+//! - Removed: hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
+//!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on WebSocket upgrades, every
+//!   `Proxy-*`); the hub's session cookie (other cookies, like Jupyter's `_xsrf`, stay); the
+//!   client's `Authorization` (it may carry the hub token); every `token` query parameter
+//!   (JupyterHub accepts the hub token as `?token=`), the rest of the query byte for byte.
+//! - Added: `Authorization: token <server secret>`; `X-Forwarded-For` (appended),
+//!   `X-Forwarded-Proto`, `X-Forwarded-Host`. `Host` stays the browser's: jupyter_server
+//!   compares it with `Origin` and refuses cross-origin WebSockets otherwise.
+//! - RStudio: the prefix is stripped from the path and `X-RStudio-Root-Path` carries it
+//!   without its trailing slash (`/user/alice/rs`), the form Posit's proxy guide uses and
+//!   the one rserver normalises to (`Request::rootPath`).
+//!
+//! `Location` headers pointing at a server's internal address become hub paths; for
+//! RStudio, redirects not under the prefix (its sign-in page went to `/auth-sign-in` before
+//! 1.4) get it.
+//!
+//! # WebSockets
+//! The upgrade is forwarded first; the client gets 101 only after the server answered 101,
+//! with the server's `Sec-WebSocket-Accept`/`-Protocol`/`-Extensions`. A refusal (403, 404…)
+//! is passed back as it is. Then bytes are copied both ways untouched (so compression and
+//! close codes are end to end) until either side closes or the route is removed. Tunnels
+//! are counted per route and in total by guards that decrement on drop.
+//!
+//! # Limits and timeouts
+//! A slot per route (`max_connections_per_server`) and one in total
+//! (`max_connections_total`) are held for the life of a request — until its response body
+//! is finished or dropped — or of a tunnel; when none is free the answer is an immediate
+//! [`ProxyError::Busy`], never a wait. Request lines plus headers above
+//! `max_request_header_bytes` are refused. A failed or timed-out connect is
+//! [`ProxyError::Unreachable`]. The read timeout bounds only the wait for response headers
+//! and counts from the last movement of the request body, so uploads slower than the
+//! timeout pass while a silent server is cut; response bodies have no timeout, so slow SSE
+//! streams and downloads run as long as the client listens.
+//!
+//! # Activity
+//! Every request and tunnel traffic stamps its route's last activity (an atomic, written
+//! at most once a second); [`RouteTable::take_activity`] drains it for batched writes.
+
+mod body;
+mod closer;
+mod connector;
+mod error;
+mod forward;
+mod headers;
+mod limits;
+mod path;
+mod route;
+mod tunnel;
+
+pub use error::ProxyError;
+pub use forward::{ClientInfo, Proxy, ProxySettings, Scheme};
+pub use path::{PathError, UserPath, parse_user_path};
+pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable};

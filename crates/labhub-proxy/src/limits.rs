@@ -1,0 +1,67 @@
+//! Connection slots per route and in total, and the count of open tunnels, each released by
+//! a guard's `Drop` so that no exit path (finished, failed, hung up, cancelled) can leak one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::route::RouteEntry;
+
+/// Takes one slot of `counter` unless all `max` are in use; exact under contention.
+fn take(counter: &AtomicUsize, max: usize) -> bool {
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+}
+
+/// One upstream connection's worth of capacity, on the route and in total, held for the
+/// life of a request (until its response body is gone) or of a tunnel.
+pub(crate) struct Lease {
+    route: Arc<RouteEntry>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Lease {
+    /// Takes a slot on the route and one in total, or neither.
+    pub(crate) fn try_acquire(
+        route: &Arc<RouteEntry>,
+        total: &Arc<AtomicUsize>,
+        max_per_route: usize,
+        max_total: usize,
+    ) -> Option<Self> {
+        if !take(&route.in_flight, max_per_route) {
+            return None;
+        }
+        if !take(total, max_total) {
+            route.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self { route: route.clone(), total: total.clone() })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // The end of a response is traffic too: a long download counts until its last byte.
+        self.route.touch();
+        self.route.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts one open WebSocket tunnel on its route and in the route table.
+pub(crate) struct TunnelGuard {
+    route: Arc<RouteEntry>,
+}
+
+impl TunnelGuard {
+    pub(crate) fn new(route: Arc<RouteEntry>) -> Self {
+        route.tunnels.fetch_add(1, Ordering::AcqRel);
+        route.shared.open_tunnels.fetch_add(1, Ordering::AcqRel);
+        Self { route }
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.route.tunnels.fetch_sub(1, Ordering::AcqRel);
+        self.route.shared.open_tunnels.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,470 @@
+//! The in-memory route table: which running server answers for `/user/{name}/[{server}/]`,
+//! how to reach it, and when it last saw traffic.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::closer::Closer;
+use crate::connector::RouteConnector;
+use crate::forward::ProxySettings;
+use crate::path::UserPath;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use http::HeaderValue;
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use labhub_core::{Clock, ImageKind, Secret, ServerName, UserName};
+use time::OffsetDateTime;
+
+/// Idle keep-alive connections are closed after this long. Servers such as uvicorn close
+/// idle connections after a few seconds on their own; hyper notices that while idle, and a
+/// short pool life keeps the number of parked sockets per server small.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Activity timestamps are written at most this often per route (or tunnel): the culler
+/// works in minutes, and a store per byte would only cost.
+const ACTIVITY_RESOLUTION_MS: i64 = 1_000;
+
+/// No activity recorded since the last `take_activity`.
+const NO_ACTIVITY: i64 = i64::MIN;
+
+/// Which server: a user's default server (`server: None`) or a named one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    /// The server's owner.
+    pub user: UserName,
+    /// The server's name; `None` for the default server.
+    pub server: Option<ServerName>,
+}
+
+impl RouteKey {
+    /// The key of `user`'s default server (`None`) or of a named one.
+    pub fn new(user: UserName, server: Option<ServerName>) -> Self {
+        Self { user, server }
+    }
+
+    /// The URL prefix the hub serves this server under: `/user/alice/` or `/user/alice/gpu/`.
+    pub fn prefix(&self) -> String {
+        match &self.server {
+            None => format!("/user/{}/", self.user),
+            Some(s) => format!("/user/{}/{s}/", self.user),
+        }
+    }
+
+    fn table_key(&self) -> String {
+        format!("{}/{}", self.user, self.server.as_ref().map_or("", ServerName::as_str))
+    }
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.server {
+            None => write!(f, "{}", self.user),
+            Some(s) => write!(f, "{}/{s}", self.user),
+        }
+    }
+}
+
+/// Where a running server is reached and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Which server this is.
+    pub key: RouteKey,
+    /// The server's address on the hub's network.
+    pub endpoint: SocketAddr,
+    /// The server's secret, sent upstream as `Authorization: token …`.
+    pub token: Secret<String>,
+    /// What runs there; RStudio gets its prefix stripped and `X-RStudio-Root-Path`.
+    pub kind: ImageKind,
+    /// The path the hub serves it under, starting and ending with `/`: `/user/alice/`.
+    pub prefix: String,
+}
+
+impl Route {
+    /// A route under the standard prefix for its key.
+    pub fn new(key: RouteKey, endpoint: SocketAddr, token: Secret<String>, kind: ImageKind) -> Self {
+        let prefix = key.prefix();
+        Self { key, endpoint, token, kind, prefix }
+    }
+}
+
+/// Why a route could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("a route prefix must be printable ASCII starting and ending with '/', not {0:?}")]
+    BadPrefix(String),
+    #[error("the server's token cannot be sent in an HTTP header (non-empty, printable ASCII only)")]
+    BadToken,
+}
+
+/// The hyper-util client of one route: its own pool, so the route's sockets go with it.
+pub(crate) type UpstreamClient = Client<RouteConnector, axum::body::Body>;
+
+/// What every route shares with its table.
+pub(crate) struct TableShared {
+    clock: Arc<dyn Clock>,
+    /// Open WebSocket tunnels over all routes.
+    pub(crate) open_tunnels: AtomicUsize,
+}
+
+/// A route as the proxy uses it: the route plus its pool, what closes its sockets, its
+/// counters and its last activity. Handed out as `Arc`; stays usable (but closed) after
+/// removal, so in-flight requests finish with an error rather than a panic.
+pub struct RouteEntry {
+    route: Route,
+    pub(crate) authority: Authority,
+    pub(crate) internal_origin: String,
+    pub(crate) authorization: HeaderValue,
+    pub(crate) root_path: Option<HeaderValue>,
+    client: OnceLock<UpstreamClient>,
+    pub(crate) closer: Arc<Closer>,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) tunnels: AtomicUsize,
+    last_activity_ms: AtomicI64,
+    pub(crate) shared: Arc<TableShared>,
+}
+
+impl RouteEntry {
+    fn new(route: Route, shared: Arc<TableShared>) -> Result<Self, RouteError> {
+        let p = &route.prefix;
+        let printable = p.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !p.starts_with('/') || !p.ends_with('/') || !printable {
+            return Err(RouteError::BadPrefix(p.clone()));
+        }
+        let bad_prefix = || RouteError::BadPrefix(p.clone());
+        let token = route.token.expose();
+        if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(RouteError::BadToken);
+        }
+        let mut authorization = HeaderValue::try_from(format!("token {token}")).map_err(|_| RouteError::BadToken)?;
+        // Kept out of hyper's header debug output and HPACK tables.
+        authorization.set_sensitive(true);
+        // rserver strips a trailing slash from the root path itself (Request::rootPath);
+        // Posit's own proxy examples send it without one, so do we.
+        let root_path = match route.kind {
+            ImageKind::Rstudio => {
+                let bare = p.trim_end_matches('/');
+                Some(HeaderValue::from_str(if bare.is_empty() { "/" } else { bare }).map_err(|_| bad_prefix())?)
+            }
+            ImageKind::Jupyter | ImageKind::Custom => None,
+        };
+        let authority = Authority::try_from(route.endpoint.to_string()).map_err(|_| bad_prefix())?;
+        Ok(Self {
+            internal_origin: format!("http://{}", route.endpoint),
+            route,
+            authority,
+            authorization,
+            root_path,
+            client: OnceLock::new(),
+            closer: Arc::new(Closer::default()),
+            in_flight: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
+            last_activity_ms: AtomicI64::new(NO_ACTIVITY),
+            shared,
+        })
+    }
+
+    /// The route this entry serves.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// Which server this is.
+    pub fn key(&self) -> &RouteKey {
+        &self.route.key
+    }
+
+    /// The path prefix, ending with `/`.
+    pub fn prefix(&self) -> &str {
+        &self.route.prefix
+    }
+
+    /// Requests and tunnels currently holding one of this route's connection slots.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// WebSocket tunnels currently open to this server.
+    pub fn open_tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Acquire)
+    }
+
+    /// Whether the route was removed or replaced: its sockets and tunnels are closed.
+    pub fn is_removed(&self) -> bool {
+        self.closer.is_closed()
+    }
+
+    /// The route's client, built on first use so idle routes cost no pool (with the
+    /// settings of the proxy that used it first: one proxy per table is the design).
+    pub(crate) fn client(&self, settings: &ProxySettings) -> &UpstreamClient {
+        self.client.get_or_init(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(settings.max_connections_per_server)
+                .pool_timer(TokioTimer::new())
+                .build(RouteConnector::new(settings.connect_timeout, self.closer.clone()))
+        })
+    }
+
+    /// Records traffic now (at most once per second actually writes).
+    pub(crate) fn touch(&self) {
+        let now = self.shared.clock.now();
+        let ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let last = self.last_activity_ms.load(Ordering::Relaxed);
+        if last == NO_ACTIVITY || ms < last || ms >= last.saturating_add(ACTIVITY_RESOLUTION_MS) {
+            self.last_activity_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The activity recorded since the last call, if any.
+    fn take_activity(&self) -> Option<OffsetDateTime> {
+        let ms = self.last_activity_ms.swap(NO_ACTIVITY, Ordering::Relaxed);
+        if ms == NO_ACTIVITY {
+            return None;
+        }
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    }
+}
+
+impl fmt::Debug for RouteEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteEntry")
+            .field("route", &self.route)
+            .field("in_flight", &self.in_flight())
+            .field("open_tunnels", &self.open_tunnels())
+            .field("removed", &self.is_removed())
+            .finish()
+    }
+}
+
+struct TableInner {
+    /// Keyed by `user/server` (`user/` for the default server), so that a lookup by two
+    /// `&str`s needs no allocation.
+    routes: DashMap<String, Arc<RouteEntry>>,
+    shared: Arc<TableShared>,
+    /// Activity of routes removed since the last `take_activity`, so none is lost.
+    departed: Mutex<Vec<(RouteKey, OffsetDateTime)>>,
+}
+
+/// The routes of all running servers. Cheap to clone; clones share the table.
+#[derive(Clone)]
+pub struct RouteTable {
+    inner: Arc<TableInner>,
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable").field("routes", &self.len()).field("open_tunnels", &self.open_tunnels()).finish()
+    }
+}
+
+/// The longest `user/server` key (names are ASCII, so bytes are characters).
+const KEY_MAX: usize = UserName::MAX_LEN + 1 + ServerName::MAX_LEN;
+
+impl RouteTable {
+    /// An empty table; activity times are read from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let shared = Arc::new(TableShared { clock, open_tunnels: AtomicUsize::new(0) });
+        Self { inner: Arc::new(TableInner { routes: DashMap::new(), shared, departed: Mutex::new(Vec::new()) }) }
+    }
+
+    /// Adds a route, or replaces the key's route and closes the old one's tunnels and
+    /// sockets. Inserting a route equal to the current one keeps it (and its tunnels).
+    pub fn insert(&self, route: Route) -> Result<(), RouteError> {
+        let key = route.key.table_key();
+        let entry = Arc::new(RouteEntry::new(route, self.inner.shared.clone())?);
+        let replaced = match self.inner.routes.entry(key) {
+            Entry::Occupied(o) if o.get().route == entry.route => return Ok(()),
+            Entry::Occupied(mut o) => Some(o.insert(entry)),
+            Entry::Vacant(v) => {
+                v.insert(entry);
+                None
+            }
+        };
+        if let Some(old) = replaced {
+            self.retire(&old);
+        }
+        Ok(())
+    }
+
+    /// Removes a route, closing its open tunnels and its pooled upstream connections at once.
+    pub fn remove(&self, key: &RouteKey) -> bool {
+        match self.inner.routes.remove(&key.table_key()) {
+            Some((_, old)) => {
+                self.retire(&old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn retire(&self, old: &RouteEntry) {
+        old.closer.close();
+        if let Some(at) = old.take_activity() {
+            self.departed().push((old.key().clone(), at));
+        }
+    }
+
+    fn departed(&self) -> std::sync::MutexGuard<'_, Vec<(RouteKey, OffsetDateTime)>> {
+        self.inner.departed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The route of `user`'s default server (`None`) or named server; exact on both segments.
+    pub fn get(&self, user: &str, server: Option<&str>) -> Option<Arc<RouteEntry>> {
+        let server = server.unwrap_or("");
+        let len = user.len() + 1 + server.len();
+        if len > KEY_MAX {
+            return None;
+        }
+        let mut buf = [0u8; KEY_MAX];
+        buf[..user.len()].copy_from_slice(user.as_bytes());
+        buf[user.len()] = b'/';
+        buf[user.len() + 1..len].copy_from_slice(server.as_bytes());
+        let key = std::str::from_utf8(&buf[..len]).ok()?;
+        self.inner.routes.get(key).map(|e| e.value().clone())
+    }
+
+    /// The route a parsed path goes to: the named server its second segment names, when the
+    /// user has one running under that name, else the user's default server.
+    pub fn resolve(&self, path: &UserPath<'_>) -> Option<Arc<RouteEntry>> {
+        let user = path.user.as_str();
+        path.server.as_ref().and_then(|s| self.get(user, Some(s.as_str()))).or_else(|| self.get(user, None))
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.inner.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.inner.routes.is_empty()
+    }
+
+    /// WebSocket tunnels open over all routes.
+    pub fn open_tunnels(&self) -> usize {
+        self.inner.shared.open_tunnels.load(Ordering::Acquire)
+    }
+
+    /// The last traffic time of each route that saw traffic since the previous call
+    /// (including routes removed meanwhile), for a batched write to the database.
+    pub fn take_activity(&self) -> Vec<(RouteKey, OffsetDateTime)> {
+        let mut out = std::mem::take(&mut *self.departed());
+        for entry in self.inner.routes.iter() {
+            if let Some(at) = entry.value().take_activity() {
+                out.push((entry.value().key().clone(), at));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labhub_core::ManualClock;
+
+    fn key(user: &str, server: Option<&str>) -> RouteKey {
+        RouteKey::new(UserName::parse(user).unwrap(), server.map(|s| ServerName::parse(s).unwrap()))
+    }
+
+    fn route(user: &str, server: Option<&str>, port: u16) -> Route {
+        Route::new(key(user, server), ([127, 0, 0, 1], port).into(), Secret::new("t0k".into()), ImageKind::Jupyter)
+    }
+
+    fn table() -> (RouteTable, ManualClock) {
+        let clock = ManualClock::new(time::macros::datetime!(2026-01-01 0:00 UTC));
+        (RouteTable::new(Arc::new(clock.clone())), clock)
+    }
+
+    #[test]
+    fn lookups_are_exact_on_user_and_server() {
+        let (t, _) = table();
+        t.insert(route("alice", None, 1)).unwrap();
+        t.insert(route("alice", Some("gpu"), 2)).unwrap();
+        t.insert(route("alice2", None, 3)).unwrap();
+        let port = |e: Option<Arc<RouteEntry>>| e.map(|e| e.route().endpoint.port());
+        assert_eq!(port(t.get("alice", None)), Some(1));
+        assert_eq!(port(t.get("alice", Some("gpu"))), Some(2));
+        assert_eq!(port(t.get("alice2", None)), Some(3));
+        assert_eq!(port(t.get("alice", Some("gp"))), None);
+        assert_eq!(port(t.get("alic", None)), None);
+        assert_eq!(port(t.get("alice/gpu", None)), None);
+        assert_eq!(port(t.get("alice", Some(""))), Some(1), "the empty server name is the default server");
+        assert_eq!(port(t.get(&"a".repeat(200), None)), None);
+        assert_eq!(t.len(), 3);
+
+        let resolve = |p: &str| port(t.resolve(&crate::parse_user_path(p).unwrap()));
+        assert_eq!(resolve("/user/alice/gpu/x"), Some(2));
+        assert_eq!(resolve("/user/alice/lab/x"), Some(1));
+        assert_eq!(resolve("/user/alice2/gpu/x"), Some(3));
+        assert_eq!(resolve("/user/bob/"), None);
+    }
+
+    #[test]
+    fn replacing_a_route_closes_the_old_one_but_an_equal_insert_keeps_it() {
+        let (t, _) = table();
+        t.insert(route("alice", None, 1)).unwrap();
+        let first = t.get("alice", None).unwrap();
+        t.insert(route("alice", None, 1)).unwrap();
+        assert!(!first.is_removed());
+        assert!(Arc::ptr_eq(&first, &t.get("alice", None).unwrap()));
+        t.insert(route("alice", None, 9)).unwrap();
+        assert!(first.is_removed());
+        assert_eq!(t.get("alice", None).unwrap().route().endpoint.port(), 9);
+        assert!(t.remove(&key("alice", None)));
+        assert!(!t.remove(&key("alice", None)));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bad_prefixes_and_tokens_are_refused() {
+        let (t, _) = table();
+        let mut r = route("alice", None, 1);
+        r.prefix = "/user/alice".into();
+        assert!(matches!(t.insert(r), Err(RouteError::BadPrefix(_))));
+        let mut r = route("alice", None, 1);
+        r.token = Secret::new("a b".into());
+        assert_eq!(t.insert(r), Err(RouteError::BadToken));
+        let mut r = route("alice", None, 1);
+        r.token = Secret::new("a\nb".into());
+        assert_eq!(t.insert(r), Err(RouteError::BadToken));
+    }
+
+    #[test]
+    fn activity_is_drained_once_and_survives_removal() {
+        let (t, clock) = table();
+        t.insert(route("alice", None, 1)).unwrap();
+        t.insert(route("bob", None, 2)).unwrap();
+        assert!(t.take_activity().is_empty());
+        let alice = t.get("alice", None).unwrap();
+        alice.touch();
+        clock.advance(time::Duration::minutes(5));
+        alice.touch();
+        let got = t.take_activity();
+        assert_eq!(got, vec![(key("alice", None), time::macros::datetime!(2026-01-01 0:05 UTC))]);
+        assert!(t.take_activity().is_empty());
+
+        alice.touch();
+        t.remove(&key("alice", None));
+        assert_eq!(t.take_activity(), vec![(key("alice", None), time::macros::datetime!(2026-01-01 0:05 UTC))]);
+    }
+
+    #[test]
+    fn prefixes_and_root_paths() {
+        assert_eq!(key("alice", None).prefix(), "/user/alice/");
+        assert_eq!(key("alice", Some("gpu")).prefix(), "/user/alice/gpu/");
+        let (t, _) = table();
+        let mut r = route("alice", Some("rs"), 1);
+        r.kind = ImageKind::Rstudio;
+        t.insert(r).unwrap();
+        let e = t.get("alice", Some("rs")).unwrap();
+        assert_eq!(e.root_path.as_ref().map(|v| v.as_bytes()), Some(&b"/user/alice/rs"[..]));
+        assert!(format!("{e:?}").contains("[redacted]"));
+        assert!(!format!("{e:?}").contains("t0k"));
+    }
+}
