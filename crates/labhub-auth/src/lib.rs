@@ -4,6 +4,7 @@
 
 pub mod csrf;
 pub mod keys;
+pub mod oidc;
 pub mod passwords;
 pub mod throttle;
 pub mod tokens;

@@ -175,14 +175,28 @@ impl EmbeddedPostgres {
             fs::OpenOptions::new().create(true).append(true).open(&self.log_file).map_err(io_err(&self.log_file))?;
         let log2 = log.try_clone().map_err(io_err(&self.log_file))?;
         cmd.stdout(log).stderr(log2).stdin(Stdio::null());
-        let mut child =
-            cmd.spawn().map_err(|e| EmbeddedError::Command { step: "postgres".into(), detail: e.to_string() })?;
-        // The parent-death signal fires when the *thread* that spawned the child ends, so
-        // the wait happens on a thread of its own that lives until the process exits.
-        std::thread::spawn(move || child.wait());
+        // The parent-death signal fires when the *thread* that forked the child ends, so the
+        // fork happens on a thread of its own that waits for the child and so lives as long as it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(()));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let step = |detail: String| EmbeddedError::Command { step: "postgres".into(), detail };
+        rx.recv().map_err(|e| step(e.to_string()))?.map_err(|e| step(e.to_string()))?;
+        // Accepting TCP is not enough: the server also accepts while it is still starting up.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let ready = Command::new(self.bin_dir.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -366,11 +380,13 @@ impl EmbeddedPostgres {
         .map_err(|e| EmbeddedError::Command { step: "stopping postgres".into(), detail: e.to_string() })?
     }
 
-    /// Stops the server at once, dropping every connection (tests of the hub losing its database).
-    pub fn kill_blocking(&self) -> Result<(), EmbeddedError> {
+    /// Stops the server, dropping every connection (tests of the hub losing its database). A fast
+    /// shutdown, not an immediate one: a throwaway cluster runs without fsync, so a crash would
+    /// also lose its data.
+    pub fn stop_blocking(&self) -> Result<(), EmbeddedError> {
         self.run_step(
             "pg_ctl stop",
-            self.tool("pg_ctl").args(["-m", "immediate", "-w", "-D"]).arg(&self.data_dir).arg("stop"),
+            self.tool("pg_ctl").args(["-m", "fast", "-w", "-D"]).arg(&self.data_dir).arg("stop"),
         )
     }
 

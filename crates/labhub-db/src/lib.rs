@@ -7,6 +7,9 @@
 pub mod audit;
 pub mod embedded;
 mod error;
+pub mod identities;
+pub mod images;
+pub mod servers;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -14,7 +17,9 @@ pub mod users;
 use std::time::Duration;
 
 pub use error::{DbError, ResultExt};
-pub use sqlx::{PgConnection, PgExecutor, PgPool};
+/// The SQL toolkit itself, for tests and tools that need a query of their own.
+pub use sqlx;
+pub use sqlx::{AssertSqlSafe, Executor, PgConnection, PgExecutor, PgPool};
 
 /// A transaction on the hub's database.
 pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;

@@ -2,9 +2,10 @@
 //! goes through.
 
 use labhub_auth::PasswordPolicy;
+use labhub_auth::oidc::{ExternalIdentity, Provider};
 use labhub_core::{AccountState, Secret, UserName};
-use labhub_db::ResultExt;
 use labhub_db::users::{self, NewUser, User, UserFilter};
+use labhub_db::{PgConnection, ResultExt};
 use serde_json::json;
 
 use crate::audit::Actor;
@@ -13,6 +14,36 @@ use crate::{Hub, Principal, ServiceError, SignupPolicy};
 /// The one message for every failed password sign-in, so a failure never tells whether the
 /// account exists.
 pub const BAD_CREDENTIALS: &str = "Invalid user name or password.";
+
+/// How a person proved who they are, as the sign-in policy sees it.
+pub(crate) enum SignIn<'a> {
+    /// The account's password matched.
+    Password(User),
+    /// A provider vouched for this identity.
+    Provider(&'a Provider, &'a ExternalIdentity),
+}
+
+/// What the sign-in policy decided.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// In, as this account.
+    Active(User),
+    /// The account (perhaps created just now) waits for an admin's approval.
+    Pending(User),
+}
+
+impl Admission {
+    /// The account, if it may start a session now.
+    pub(crate) fn into_active(self) -> Result<User, ServiceError> {
+        match self {
+            Admission::Active(user) => Ok(user),
+            Admission::Pending(user) => Err(ServiceError::Forbidden(format!(
+                "Your account {} is waiting for an admin's approval. You can sign in once it is approved.",
+                user.name
+            ))),
+        }
+    }
+}
 
 /// A new account, as an admin (or the CLI) asks for it.
 #[derive(Debug)]
@@ -215,19 +246,33 @@ impl Hub {
         Ok(User { name: new_name.clone(), ..user })
     }
 
-    /// Deletes an account with its sessions and tokens.
+    /// Deletes an account with its sessions and tokens, stopping its servers first (their
+    /// storage is kept until an admin removes it).
     pub async fn delete_user(&self, actor: Actor<'_>, name: &UserName) -> Result<(), ServiceError> {
         actor.require_admin()?;
+        if let Actor::User(p) = actor
+            && &p.name == name
+        {
+            return Err(ServiceError::Conflict("you cannot delete your own account while signed in to it".into()));
+        }
+        if let Some(user) = users::by_name(self.db(), name).await? {
+            for s in labhub_db::servers::list_for_user(self.db(), user.user_id).await? {
+                if s.state != labhub_core::ServerState::Stopped {
+                    let server = labhub_core::ServerName::parse_optional(&s.name)?;
+                    self.stop_as(
+                        name,
+                        server.as_ref(),
+                        crate::servers::StopReason::Hub("the account was deleted".into()),
+                    )
+                    .await?;
+                }
+            }
+        }
         let mut tx = labhub_db::begin(self.db()).await?;
         users::lock_admins(&mut *tx).await?;
         let user = users::by_name_for_update(&mut *tx, name)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no user named {name}")))?;
-        if let Actor::User(p) = actor {
-            if p.user_id == user.user_id {
-                return Err(ServiceError::Conflict("you cannot delete your own account while signed in to it".into()));
-            }
-        }
         self.keep_an_admin(&mut tx, &user, "delete them").await?;
         users::delete(&mut *tx, user.user_id).await?;
         self.audit(&mut *tx, actor, "user.delete", name.as_str(), json!({ "admin": user.admin })).await?;
@@ -269,40 +314,73 @@ impl Hub {
             return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()));
         };
         self.0.throttle.record_success(&throttle_key);
-        let user = self.admit(user).await?;
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let admission = self.admit(&mut tx, SignIn::Password(user)).await?;
+        labhub_db::commit(tx).await?;
+        let user = admission.into_active()?;
         metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
         Ok(user)
     }
 
-    /// The sign-in policy shared by every way of signing in: the account must be active, and
-    /// names listed in `admin_users` are made admins.
-    pub async fn admit(&self, user: User) -> Result<User, ServiceError> {
+    /// The one sign-in policy, for every way of signing in. For a provider's identity, in order:
+    /// the claimed name must pass the account name rule; the provider's allowed users and groups
+    /// (admins by `admin_users` or `admin_groups` always pass); then the account the identity
+    /// belongs to is found, linked or created (see `account_for_identity`). For everyone: a
+    /// disabled account is refused, a pending one waits, and admin rights are set from
+    /// `admin_users` and, for a provider with `admin_groups`, from membership at this sign-in.
+    /// Runs in the caller's transaction, so a refusal leaves nothing behind.
+    pub(crate) async fn admit(&self, tx: &mut PgConnection, sign_in: SignIn<'_>) -> Result<Admission, ServiceError> {
+        let (user, in_admin_group) = match sign_in {
+            SignIn::Password(user) => (user, None),
+            SignIn::Provider(provider, identity) => {
+                let via = provider.display_name();
+                let name = UserName::parse(identity.username.trim()).map_err(|e| {
+                    ServiceError::Forbidden(format!(
+                        "{via} calls you '{}', which is not a valid account name on this hub ({e}). Ask an admin.",
+                        identity.username
+                    ))
+                })?;
+                let rules = provider.rules();
+                let member_of = |groups: &[String]| identity.groups.iter().any(|g| groups.contains(g));
+                let in_admin_group = (!rules.admin_groups.is_empty()).then(|| member_of(&rules.admin_groups));
+                let restricted = !rules.allowed_users.is_empty() || !rules.allowed_groups.is_empty();
+                let allowed = self.0.accounts.admin_users.contains(&name)
+                    || in_admin_group == Some(true)
+                    || rules.allowed_users.contains(&name)
+                    || member_of(&rules.allowed_groups);
+                if restricted && !allowed {
+                    return Err(ServiceError::Forbidden(format!(
+                        "{name} may not sign in to this hub with {via}: neither the name nor any of your groups there is on the list of those allowed. Ask an admin if you think this is wrong."
+                    )));
+                }
+                (self.account_for_identity(tx, provider, identity, &name).await?, in_admin_group)
+            }
+        };
         match user.state {
             AccountState::Active => {}
-            AccountState::Pending => {
-                return Err(ServiceError::Forbidden(
-                    "Your account is waiting for an admin's approval. You can sign in once it is approved.".into(),
-                ));
-            }
+            AccountState::Pending => return Ok(Admission::Pending(user)),
             AccountState::Disabled => {
                 return Err(ServiceError::Forbidden(
                     "This account is disabled. Ask an admin if you think this is wrong.".into(),
                 ));
             }
         }
-        if !user.admin && self.0.accounts.admin_users.contains(&user.name) {
-            users::set_admin(self.db(), user.user_id, true).await?;
+        let listed = self.0.accounts.admin_users.contains(&user.name);
+        let admin = listed || in_admin_group.unwrap_or(user.admin);
+        if admin != user.admin {
+            users::set_admin(&mut *tx, user.user_id, admin).await?;
+            let reason = if listed { "admin_users" } else { "admin_groups" };
             self.audit(
-                self.db(),
+                &mut *tx,
                 Actor::System,
                 "user.set_admin",
                 user.name.as_str(),
-                json!({ "reason": "admin_users" }),
+                json!({ "reason": reason, "after": admin }),
             )
             .await?;
-            return Ok(User { admin: true, ..user });
+            self.forget_cached(user.user_id);
         }
-        Ok(user)
+        Ok(Admission::Active(User { admin, ..user }))
     }
 
     /// Self-service sign-up, when the configuration allows it. Returns the new account (pending
@@ -338,18 +416,18 @@ impl Hub {
     /// operator can sign in.
     pub async fn bootstrap_admins(&self) -> Result<Option<(UserName, Secret<String>)>, ServiceError> {
         for name in &self.0.accounts.admin_users {
-            if let Some(u) = users::by_name(self.db(), name).await? {
-                if !u.admin {
-                    users::set_admin(self.db(), u.user_id, true).await?;
-                    self.audit(
-                        self.db(),
-                        Actor::System,
-                        "user.set_admin",
-                        name.as_str(),
-                        json!({ "reason": "admin_users" }),
-                    )
-                    .await?;
-                }
+            if let Some(u) = users::by_name(self.db(), name).await?
+                && !u.admin
+            {
+                users::set_admin(self.db(), u.user_id, true).await?;
+                self.audit(
+                    self.db(),
+                    Actor::System,
+                    "user.set_admin",
+                    name.as_str(),
+                    json!({ "reason": "admin_users" }),
+                )
+                .await?;
             }
         }
         if users::count_active_admins(self.db()).await? > 0 {

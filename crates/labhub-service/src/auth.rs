@@ -97,23 +97,23 @@ impl Hub {
         let hash = sha256(token);
         let now = self.now();
         let cache = &self.0.auth_cache;
-        if let Some(mut hit) = cache.sessions.get_mut(&hash) {
-            if now - hit.fetched < CACHE_TTL {
-                if hit.expires_at <= now || now - hit.last_seen > self.idle_limit() {
-                    drop(hit);
-                    cache.sessions.remove(&hash);
-                    sessions::delete_by_token_hash(self.db(), &hash).await?;
-                    return Ok(None);
-                }
-                if now - hit.last_seen >= TOUCH_EVERY {
-                    hit.last_seen = now;
-                    let session_id = hit.session_id;
-                    drop(hit);
-                    sessions::touch(self.db(), session_id, now).await?;
-                    return Ok(cache.sessions.get(&hash).map(|h| h.principal.clone()));
-                }
-                return Ok(Some(hit.principal.clone()));
+        if let Some(mut hit) = cache.sessions.get_mut(&hash)
+            && now - hit.fetched < CACHE_TTL
+        {
+            if hit.expires_at <= now || now - hit.last_seen > self.idle_limit() {
+                drop(hit);
+                cache.sessions.remove(&hash);
+                sessions::delete_by_token_hash(self.db(), &hash).await?;
+                return Ok(None);
             }
+            if now - hit.last_seen >= TOUCH_EVERY {
+                hit.last_seen = now;
+                let session_id = hit.session_id;
+                drop(hit);
+                sessions::touch(self.db(), session_id, now).await?;
+                return Ok(cache.sessions.get(&hash).map(|h| h.principal.clone()));
+            }
+            return Ok(Some(hit.principal.clone()));
         }
         let Some((session, user)) = sessions::by_token_hash(self.db(), &hash).await? else {
             cache.sessions.remove(&hash);
@@ -188,18 +188,18 @@ impl Hub {
         let hash = sha256(token);
         let now = self.now();
         let cache = &self.0.auth_cache;
-        if let Some(hit) = cache.tokens.get(&hash) {
-            if now - hit.fetched < CACHE_TTL {
-                if hit.expires_at.is_some_and(|e| e <= now) {
-                    drop(hit);
-                    cache.tokens.remove(&hash);
-                    return Ok(None);
-                }
-                if let AuthVia::Token { token_id } = hit.principal.via {
-                    cache.used_tokens.insert(token_id);
-                }
-                return Ok(Some(hit.principal.clone()));
+        if let Some(hit) = cache.tokens.get(&hash)
+            && now - hit.fetched < CACHE_TTL
+        {
+            if hit.expires_at.is_some_and(|e| e <= now) {
+                drop(hit);
+                cache.tokens.remove(&hash);
+                return Ok(None);
             }
+            if let AuthVia::Token { token_id } = hit.principal.via {
+                cache.used_tokens.insert(token_id);
+            }
+            return Ok(Some(hit.principal.clone()));
         }
         let Some((tok, user)) = tokens::by_token_hash(self.db(), &hash).await? else {
             cache.tokens.remove(&hash);
@@ -242,13 +242,13 @@ impl Hub {
         if note.chars().count() > 200 {
             return Err(ServiceError::Invalid("the note must be at most 200 characters".into()));
         }
-        if let (Some(max), want) = (self.0.accounts.max_token_lifetime, expires_in) {
-            if want.is_none_or(|w| w > max) {
-                return Err(ServiceError::Invalid(format!(
-                    "tokens may live at most {}; choose a shorter expiry",
-                    humanize(max)
-                )));
-            }
+        if let (Some(max), want) = (self.0.accounts.max_token_lifetime, expires_in)
+            && want.is_none_or(|w| w > max)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "tokens may live at most {}; choose a shorter expiry",
+                humanize(max)
+            )));
         }
         if expires_in.is_some_and(|d| d.is_zero() || d > Duration::from_secs(10 * 365 * 86400)) {
             return Err(ServiceError::Invalid("the expiry must be between 1 second and 10 years".into()));

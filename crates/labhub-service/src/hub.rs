@@ -5,8 +5,9 @@ use labhub_core::Clock;
 use labhub_db::PgPool;
 use time::OffsetDateTime;
 
-use crate::AccountSettings;
 use crate::auth::AuthCache;
+use crate::servers::ServerRuntime;
+use crate::{AccountSettings, ServerSettings};
 
 /// What the hub is built from.
 pub struct HubParts {
@@ -20,6 +21,17 @@ pub struct HubParts {
     pub key: HubKey,
     /// Account and session rules.
     pub accounts: AccountSettings,
+    /// Where servers run; `None` when the container runtime is unreachable (servers then
+    /// cannot start, everything else works).
+    pub spawner: Option<Arc<dyn labhub_core::spawner::Spawner>>,
+    /// Builds catalogue images from recipes.
+    pub builder: Option<Arc<dyn labhub_core::spawner::ImageBuilder>>,
+    /// The proxy's route table, filled as servers start and at reconcile.
+    pub routes: labhub_proxy::RouteTable,
+    /// Rules for servers.
+    pub servers: ServerSettings,
+    /// The identity providers people may sign in with.
+    pub providers: labhub_auth::oidc::Providers,
 }
 
 /// The hub's services. Cheap to clone; every clone shares the same caches.
@@ -34,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) key: HubKey,
     pub(crate) accounts: AccountSettings,
     pub(crate) auth_cache: AuthCache,
+    pub(crate) servers: ServerRuntime,
+    pub(crate) providers: labhub_auth::oidc::Providers,
 }
 
 impl std::fmt::Debug for Hub {
@@ -54,6 +68,8 @@ impl Hub {
             auth_cache: AuthCache::default(),
             clock: parts.clock,
             accounts: parts.accounts,
+            servers: ServerRuntime::new(parts.spawner, parts.builder, parts.routes, parts.servers),
+            providers: parts.providers,
         }))
     }
 
@@ -82,8 +98,13 @@ impl Hub {
         &self.0.accounts
     }
 
-    /// Periodic housekeeping: flushes token use times, removes expired sessions, refreshes
-    /// the session gauge. Runs until `shutdown` resolves, then flushes once more.
+    /// The identity providers people may sign in with.
+    pub fn providers(&self) -> &labhub_auth::oidc::Providers {
+        &self.0.providers
+    }
+
+    /// Periodic housekeeping: flushes token use times and proxied activity, removes expired
+    /// sessions, refreshes the session gauge. Runs until `shutdown` resolves, then flushes once more.
     pub async fn run_maintenance(self, shutdown: impl std::future::Future<Output = ()>) {
         let mut flush = tokio::time::interval(std::time::Duration::from_secs(10));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,12 +119,16 @@ impl Hub {
             if let Err(e) = self.flush_token_use().await {
                 tracing::debug!(error = %e, "token use not flushed yet");
             }
-            if ticks % 30 == 1 {
-                if let Err(e) = self.expire_sessions().await {
-                    tracing::debug!(error = %e, "sessions not expired yet");
-                }
+            if let Err(e) = self.flush_activity().await {
+                tracing::debug!(error = %e, "activity not flushed yet");
+            }
+            if ticks % 30 == 1
+                && let Err(e) = self.expire_sessions().await
+            {
+                tracing::debug!(error = %e, "sessions not expired yet");
             }
         }
         let _ = self.flush_token_use().await;
+        let _ = self.flush_activity().await;
     }
 }

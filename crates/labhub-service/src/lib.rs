@@ -9,11 +9,15 @@ pub mod audit;
 pub mod auth;
 mod error;
 mod hub;
+pub mod images;
+pub mod progress;
+pub mod servers;
 pub mod settings;
+pub mod sso;
 
 pub use error::ServiceError;
 pub use hub::{Hub, HubParts};
-pub use settings::{AccountSettings, SignupPolicy};
+pub use settings::{AccountSettings, ServerSettings, SignupPolicy};
 
 /// Who is asking: an authenticated, active user, and how they proved it.
 #[derive(Debug, Clone)]

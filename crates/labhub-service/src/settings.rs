@@ -54,3 +54,33 @@ impl Default for AccountSettings {
         }
     }
 }
+
+/// Rules for users' servers.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Named servers a user may have besides their default one (0 turns named servers off).
+    pub named_server_limit: u32,
+    /// How long a server may take to answer before its start is given up.
+    pub start_timeout: Duration,
+    /// Starts in flight at once, hub-wide; past it a start is answered 429 with `Retry-After`.
+    pub concurrent_spawn_limit: usize,
+    /// How long the API waits for a start before answering 202 (pending) instead of 201.
+    pub slow_spawn_timeout: Duration,
+    /// How long the API waits for a stop before answering 202 instead of 204.
+    pub slow_stop_timeout: Duration,
+    /// Build a missing catalogue image from its recipe when the hub starts (instead of at the first start).
+    pub build_missing_images_at_boot: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            named_server_limit: 3,
+            start_timeout: Duration::from_secs(120),
+            concurrent_spawn_limit: 20,
+            slow_spawn_timeout: Duration::from_secs(10),
+            slow_stop_timeout: Duration::from_secs(10),
+            build_missing_images_at_boot: true,
+        }
+    }
+}

@@ -36,6 +36,9 @@ pub enum AppError {
     /// The body is larger than the hub accepts.
     #[error("The request is too large.")]
     TooLarge,
+    /// A server failed to start; the message (from the spawner) is for the user.
+    #[error("{0}")]
+    SpawnFailed(String),
     /// Signed in, but this needs more rights.
     #[error("{0}")]
     Forbidden(String),
@@ -67,6 +70,7 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::SpawnFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

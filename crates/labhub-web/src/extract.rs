@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{Method, header};
+use axum::http::{HeaderMap, Method, header};
 use axum_extra::extract::CookieJar;
 use labhub_service::Principal;
 use serde::de::DeserializeOwned;
@@ -15,12 +15,13 @@ use serde::de::DeserializeOwned;
 use crate::{AppError, AppState, cookies};
 
 /// Which surface a request came through; set by a layer on each router. It decides which
-/// credentials count: pages take the session cookie only; the API also takes
+/// credentials count: pages take the session cookie only; the API and the proxy also take
 /// API tokens (`Authorization: token|Bearer …`, or `?token=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
     Page,
     Api,
+    Proxy,
 }
 
 /// The result of authenticating a request, kept so several extractors share one lookup.
@@ -55,12 +56,11 @@ fn is_unsafe(method: &Method) -> bool {
 
 /// Whether a cookie-authenticated request comes from the hub's own pages: its `Origin` (or,
 /// failing that, its `Referer`) must be the hub's public origin.
-pub(crate) fn same_origin(parts: &Parts, state: &AppState) -> bool {
-    if let Some(o) = parts.headers.get(header::ORIGIN) {
+pub(crate) fn same_origin(headers: &HeaderMap, state: &AppState) -> bool {
+    if let Some(o) = headers.get(header::ORIGIN) {
         return o.as_bytes() == state.origin().as_bytes();
     }
-    parts
-        .headers
+    headers
         .get(header::REFERER)
         .and_then(|r| r.to_str().ok())
         .and_then(|r| url::Url::parse(r).ok())
@@ -83,15 +83,18 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
             }
         }
     }
-    if principal.is_none() {
-        if let Some(cookie) = session_cookie(parts, state) {
-            principal = hub.session_principal(&cookie).await?;
-            if principal.is_some() && surface == Surface::Api && is_unsafe(&parts.method) && !same_origin(parts, state)
-            {
-                return Err(AppError::Csrf(
-                    "cookie-authenticated API calls that change things must come from the hub's own pages (Origin check failed); scripts should use an API token",
-                ));
-            }
+    if principal.is_none()
+        && let Some(cookie) = session_cookie(parts, state)
+    {
+        principal = hub.session_principal(&cookie).await?;
+        if principal.is_some()
+            && surface == Surface::Api
+            && is_unsafe(&parts.method)
+            && !same_origin(&parts.headers, state)
+        {
+            return Err(AppError::Csrf(
+                "cookie-authenticated API calls that change things must come from the hub's own pages (Origin check failed); scripts should use an API token",
+            ));
         }
     }
     parts.extensions.insert(Resolved(principal.clone()));
@@ -148,21 +151,24 @@ impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if state.settings().trust_forwarded_for {
-            if let Some(first) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
-            {
-                return Ok(ClientAddr(first.to_string()));
-            }
-        }
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-        Ok(ClientAddr(peer.unwrap_or_else(|| "unknown".into())))
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        Ok(ClientAddr(client_addr(&parts.headers, peer, state).map_or_else(|| "unknown".into(), |a| a.to_string())))
     }
+}
+
+/// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
+pub(crate) fn client_addr(headers: &HeaderMap, peer: Option<SocketAddr>, state: &AppState) -> Option<std::net::IpAddr> {
+    if state.settings().trust_forwarded_for {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|s| s.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer.map(|p| p.ip())
 }
 
 /// What a browser's CSRF tokens are bound to: its session, or before sign-in its pre-login cookie.

@@ -8,8 +8,11 @@ mod api;
 mod cookies;
 mod error;
 mod extract;
+mod images_input;
 mod middleware;
 mod pages;
+mod proxy_route;
+mod sse;
 mod state;
 mod static_files;
 mod views;
@@ -30,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hub/health", axum::routing::get(middleware::health))
         .route("/hub/metrics", axum::routing::get(middleware::metrics))
         .route("/hub/static/{file}", axum::routing::get(static_files::serve))
+        .route("/user/{*rest}", axum::routing::any(proxy_route::handle))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use labhub_auth::CsrfKey;
+use labhub_proxy::Proxy;
 use labhub_service::Hub;
 use metrics_exporter_prometheus::PrometheusHandle;
 use url::Url;
@@ -41,14 +42,21 @@ struct Inner {
     csrf: CsrfKey,
     metrics: Option<PrometheusHandle>,
     origin: String,
+    proxy: Proxy,
 }
 
 impl AppState {
-    /// The web surface over these services.
-    pub fn new(hub: Hub, settings: WebSettings, metrics: Option<PrometheusHandle>) -> Self {
+    /// The web surface over these services, proxying users' traffic with `proxy` (which must
+    /// read the hub's route table).
+    pub fn new(hub: Hub, settings: WebSettings, metrics: Option<PrometheusHandle>, proxy: Proxy) -> Self {
         let csrf = CsrfKey::new(hub.key().clone());
         let origin = settings.public_origin();
-        Self(Arc::new(Inner { hub, settings, csrf, metrics, origin }))
+        Self(Arc::new(Inner { hub, settings, csrf, metrics, origin, proxy }))
+    }
+
+    /// The proxy to users' servers.
+    pub fn proxy(&self) -> &Proxy {
+        &self.0.proxy
     }
 
     /// The hub's services.

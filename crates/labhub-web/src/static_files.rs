@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 const FILES: &[(&str, &str, &[u8])] = &[
     ("style.css", "text/css; charset=utf-8", include_bytes!("../../../static/style.css")),
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../../static/app.js")),
+    ("progress.js", "text/javascript; charset=utf-8", include_bytes!("../../../static/progress.js")),
     ("favicon.svg", "image/svg+xml", include_bytes!("../../../static/favicon.svg")),
 ];
 

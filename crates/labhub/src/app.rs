@@ -9,8 +9,10 @@ use anyhow::Context;
 use axum::Router;
 use labhub_auth::passwords::HashCost;
 use labhub_auth::{HubKey, PasswordHasher};
+use labhub_core::spawner::{ImageBuilder, Spawner};
 use labhub_core::{Clock, SystemClock};
 use labhub_db::PgPool;
+use labhub_proxy::{Proxy, RouteTable};
 use labhub_service::{Hub, HubParts};
 use labhub_web::{AppState, WebSettings};
 use tokio::net::TcpListener;
@@ -31,6 +33,31 @@ impl Default for Overrides {
     }
 }
 
+/// Where servers run and how images are built; both absent when the engine is unreachable.
+#[derive(Default, Clone)]
+pub struct Runtime {
+    /// Runs users' servers.
+    pub spawner: Option<Arc<dyn Spawner>>,
+    /// Builds catalogue images from recipes.
+    pub builder: Option<Arc<dyn ImageBuilder>>,
+}
+
+impl Runtime {
+    /// Connects to the Docker engine; on failure the hub runs without servers and says why.
+    pub async fn docker(config: &labhub_spawner::DockerConfig) -> Self {
+        match labhub_spawner::DockerSpawner::connect(config.clone()).await {
+            Ok(d) => {
+                let d = Arc::new(d);
+                Self { spawner: Some(d.clone()), builder: Some(d) }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "servers cannot start until the hub can reach the Docker engine");
+                Self::default()
+            }
+        }
+    }
+}
+
 /// A built hub: its services and its router.
 pub struct App {
     /// The services (for background tasks and tests).
@@ -40,9 +67,22 @@ pub struct App {
 }
 
 /// Builds the hub on an open, migrated database.
-pub fn build(config: &Config, db: PgPool, key: HubKey, overrides: Overrides) -> anyhow::Result<App> {
+pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrides: Overrides) -> anyhow::Result<App> {
     let passwords = PasswordHasher::new(overrides.hash_cost)?;
-    let hub = Hub::new(HubParts { db, clock: overrides.clock, passwords, key, accounts: config.account_settings() });
+    let routes = RouteTable::new(overrides.clock.clone());
+    let hub = Hub::new(HubParts {
+        db,
+        clock: overrides.clock,
+        passwords,
+        key,
+        accounts: config.account_settings(),
+        providers: labhub_auth::oidc::Providers::new(&config.auth.providers, &config.public_url())?,
+        spawner: runtime.spawner,
+        builder: runtime.builder,
+        routes: routes.clone(),
+        servers: config.server_settings(),
+    });
+    let proxy = Proxy::new(config.proxy_settings(), routes);
     let web = WebSettings {
         public_url: config.public_url(),
         cookie_name: config.session.cookie_name.clone(),
@@ -50,8 +90,35 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, overrides: Overrides) -> 
         trust_forwarded_for: config.http.trust_forwarded_for,
     };
     let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
-    let state = AppState::new(hub.clone(), web, metrics);
+    let state = AppState::new(hub.clone(), web, metrics, proxy);
     Ok(App { hub, router: labhub_web::router(state) })
+}
+
+/// Brings the hub's view of servers up to date and starts its background work: the default
+/// catalogue entry, reconciling with the runtime, watching for servers that end, building
+/// missing images. Returns the watcher's task.
+pub async fn boot(
+    hub: &Hub,
+    build_missing_images: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    hub.ensure_default_catalogue().await.context("could not prepare the image catalogue")?;
+    match hub.reconcile().await {
+        Ok(report) => {
+            for s in &report.adopted {
+                tracing::info!(server = %s, "adopted a running server");
+            }
+            for s in &report.vanished {
+                tracing::warn!(server = %s, "a server's container was gone; marked stopped");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not reconcile servers with the container runtime"),
+    }
+    tokio::spawn(hub.clone().watch_exits(shutdown));
+    if build_missing_images && let Err(e) = hub.build_missing_images().await {
+        tracing::warn!(error = %e, "could not start building missing images");
+    }
+    Ok(())
 }
 
 /// Serves the router until `shutdown` resolves, then drains open requests.

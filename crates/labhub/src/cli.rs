@@ -168,7 +168,7 @@ where
     let result = async {
         db.migrate(Duration::from_secs(10)).await?;
         let key = app::load_key(config)?;
-        let built = app::build(config, db.pool.clone(), key, Overrides::default())?;
+        let built = app::build(config, db.pool.clone(), key, app::Runtime::default(), Overrides::default())?;
         f(built.hub).await
     }
     .await;
@@ -278,7 +278,8 @@ async fn serve_on(
 ) -> anyhow::Result<()> {
     db.migrate(Duration::from_secs(30)).await?;
     let key = app::load_key(config)?;
-    let built = app::build(config, db.pool.clone(), key, Overrides::default())?;
+    let runtime = app::Runtime::docker(&config.docker).await;
+    let built = app::build(config, db.pool.clone(), key, runtime, Overrides::default())?;
     if let Some((admin, password)) = built.hub.bootstrap_admins().await? {
         let path = config.data_dir.join("initial-admin-password");
         std::fs::create_dir_all(&config.data_dir)?;
@@ -291,6 +292,7 @@ async fn serve_on(
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
     tracing::info!(
         url = %config.public_url(),

@@ -37,6 +37,12 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTP limits and behaviour.
     pub http: HttpConfig,
+    /// Users' servers.
+    pub servers: ServersConfig,
+    /// The Docker engine users' servers run on.
+    pub docker: labhub_spawner::DockerConfig,
+    /// The proxy to users' servers.
+    pub proxy: ProxyConfig,
 }
 
 impl Default for Config {
@@ -51,6 +57,9 @@ impl Default for Config {
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            servers: ServersConfig::default(),
+            docker: labhub_spawner::DockerConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -133,6 +142,8 @@ pub struct AuthConfig {
     /// Longest lifetime of an API token; unset allows tokens that never expire.
     #[serde(with = "humantime_serde")]
     pub max_token_lifetime: Option<Duration>,
+    /// Identity providers (`[[auth.providers]]`, see docs/sign-in.md).
+    pub providers: Vec<labhub_auth::oidc::ProviderConfig>,
 }
 
 impl Default for AuthConfig {
@@ -147,6 +158,7 @@ impl Default for AuthConfig {
             max_failed_logins_per_address: d.throttle.per_address,
             failed_login_window: d.throttle.window,
             max_token_lifetime: None,
+            providers: Vec::new(),
         }
     }
 }
@@ -166,6 +178,73 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self { max_body_bytes: 1 << 20, trust_forwarded_for: false, metrics: true }
+    }
+}
+
+/// `[servers]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServersConfig {
+    /// Named servers a user may have besides the default one (0 turns them off).
+    pub named_server_limit: u32,
+    /// How long a server may take to answer before its start is given up and cleaned up.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// Starts in flight at once, hub-wide; past it starts are answered 429 with `Retry-After`.
+    pub concurrent_spawn_limit: usize,
+    /// How long the API waits for a start before answering 202 instead of 201.
+    #[serde(with = "humantime_serde")]
+    pub slow_spawn_timeout: Duration,
+    /// How long the API waits for a stop before answering 202 instead of 204.
+    #[serde(with = "humantime_serde")]
+    pub slow_stop_timeout: Duration,
+    /// Build missing catalogue images from their recipes when the hub starts.
+    pub build_missing_images_at_boot: bool,
+}
+
+impl Default for ServersConfig {
+    fn default() -> Self {
+        let d = labhub_service::ServerSettings::default();
+        Self {
+            named_server_limit: d.named_server_limit,
+            start_timeout: d.start_timeout,
+            concurrent_spawn_limit: d.concurrent_spawn_limit,
+            slow_spawn_timeout: d.slow_spawn_timeout,
+            slow_stop_timeout: d.slow_stop_timeout,
+            build_missing_images_at_boot: d.build_missing_images_at_boot,
+        }
+    }
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// How long to wait for a server's TCP connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a server may stay silent before its response headers (at least 60 s: RStudio
+    /// long-polls). Response bodies (downloads, event streams) have no timeout.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Concurrent requests and WebSockets per server; past it, 503 with `Retry-After`.
+    pub max_connections_per_server: usize,
+    /// Concurrent requests and WebSockets over all servers.
+    pub max_connections_total: usize,
+    /// Largest request line plus headers accepted.
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let d = labhub_proxy::ProxySettings::new("");
+        Self {
+            connect_timeout: d.connect_timeout,
+            read_timeout: d.read_timeout,
+            max_connections_per_server: d.max_connections_per_server,
+            max_connections_total: d.max_connections_total,
+            max_request_header_bytes: d.max_request_header_bytes,
+        }
     }
 }
 
@@ -203,10 +282,10 @@ impl Config {
                 return bad("public_url", "must not have a path: labhub is served at the root of its host");
             }
         }
-        if let Some(k) = &self.secret_key {
-            if hex::decode(k.expose()).map_or(true, |b| b.len() < 32) {
-                return bad("secret_key", "must be at least 64 hex characters (32 bytes)");
-            }
+        if let Some(k) = &self.secret_key
+            && hex::decode(k.expose()).map_or(true, |b| b.len() < 32)
+        {
+            return bad("secret_key", "must be at least 64 hex characters (32 bytes)");
         }
         if self.session.cookie_name.is_empty()
             || !self.session.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
@@ -222,11 +301,31 @@ impl Config {
         if self.auth.max_failed_logins_per_account == 0 || self.auth.max_failed_logins_per_address == 0 {
             return bad("auth", "failed-login limits must be at least 1");
         }
+        for (i, p) in self.auth.providers.iter().enumerate() {
+            if let Err(problem) = p.check() {
+                return bad(&format!("auth.providers[{i}].{}", problem.key), &problem.why);
+            }
+            if self.auth.providers[..i].iter().any(|q| q.id == p.id) {
+                return bad(&format!("auth.providers[{i}].id"), &format!("repeats the id '{}'", p.id));
+            }
+        }
+        if !self.auth.password_login && self.auth.providers.is_empty() {
+            return bad("auth.password_login", "can only be false when [[auth.providers]] lets people sign in");
+        }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes", "must be at least 1024");
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");
+        }
+        if self.proxy.read_timeout < Duration::from_secs(60) {
+            return bad("proxy.read_timeout", "must be at least 60s (RStudio's long polls last about a minute)");
+        }
+        if self.proxy.max_connections_per_server == 0 || self.proxy.max_connections_total == 0 {
+            return bad("proxy", "connection limits must be at least 1");
+        }
+        if self.servers.concurrent_spawn_limit == 0 {
+            return bad("servers.concurrent_spawn_limit", "must be at least 1");
         }
         Ok(())
     }
@@ -256,6 +355,32 @@ impl Config {
             },
             password_login: self.auth.password_login,
             max_token_lifetime: self.auth.max_token_lifetime,
+        }
+    }
+
+    /// The server rules for the service.
+    pub fn server_settings(&self) -> labhub_service::ServerSettings {
+        let s = &self.servers;
+        labhub_service::ServerSettings {
+            named_server_limit: s.named_server_limit,
+            start_timeout: s.start_timeout,
+            concurrent_spawn_limit: s.concurrent_spawn_limit,
+            slow_spawn_timeout: s.slow_spawn_timeout,
+            slow_stop_timeout: s.slow_stop_timeout,
+            build_missing_images_at_boot: s.build_missing_images_at_boot,
+        }
+    }
+
+    /// The proxy's settings.
+    pub fn proxy_settings(&self) -> labhub_proxy::ProxySettings {
+        let p = &self.proxy;
+        labhub_proxy::ProxySettings {
+            connect_timeout: p.connect_timeout,
+            read_timeout: p.read_timeout,
+            max_connections_per_server: p.max_connections_per_server,
+            max_connections_total: p.max_connections_total,
+            max_request_header_bytes: p.max_request_header_bytes,
+            ..labhub_proxy::ProxySettings::new(self.session.cookie_name.clone())
         }
     }
 
@@ -300,13 +425,41 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let e = load_str("[session]\nidel_timeout = \"2h\"\n").unwrap_err().to_string();
-        assert!(e.contains("'session'") && e.contains("idel_timeout"), "{e}");
+        assert!(e.contains("'session") && e.contains("idel_timeout"), "{e}");
         let e = load_str("bind = \"nonsense\"\n").unwrap_err().to_string();
         assert!(e.contains("'bind'"), "{e}");
         let e = load_str("[auth]\nadmin_users = [\"Bad Name\"]\n").unwrap_err().to_string();
         assert!(e.contains("'auth.admin_users"), "{e}");
         let e = load_str("public_url = \"ftp://x\"\n").unwrap_err().to_string();
         assert!(e.contains("'public_url'"), "{e}");
+    }
+
+    #[test]
+    fn providers_are_read_and_checked_by_key() {
+        let c = load_str(
+            "[[auth.providers]]\nid = \"lab\"\nkind = \"oidc\"\nissuer = \"https://id.example.org/realms/lab\"\nclient_id = \"labhub\"\nclient_secret = \"s3cret\"\ntimeout = \"5s\"\nallowed_groups = [\"staff\"]\n",
+        )
+        .unwrap();
+        let p = &c.auth.providers[0];
+        assert_eq!(p.id.as_str(), "lab");
+        assert_eq!(p.timeout, Duration::from_secs(5));
+        assert!(!c.to_toml().contains("s3cret"), "the client secret is redacted");
+        let e =
+            load_str("[[auth.providers]]\nid = \"lab\"\nkind = \"oidc\"\nclient_id = \"x\"\nclient_secret = \"y\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("'auth.providers[0].issuer'"), "{e}");
+        let e = load_str(
+            "[[auth.providers]]\nid = \"Lab!\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.providers") && e.contains("not a provider id"), "{e}");
+        let twice = "[[auth.providers]]\nid = \"gh\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n";
+        let e = load_str(&format!("{twice}{twice}")).unwrap_err().to_string();
+        assert!(e.contains("'auth.providers[1].id'"), "{e}");
+        let e = load_str("[auth]\npassword_login = false\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.password_login'"), "{e}");
     }
 
     #[test]

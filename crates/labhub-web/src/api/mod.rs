@@ -1,13 +1,15 @@
 //! The REST API under `/hub/api`, shaped like JupyterHub's so its clients and scripts work.
 //! Errors are `{"status": N, "message": "…"}`.
 
-mod models;
+mod images;
+pub(crate) mod models;
+mod servers;
 mod tokens;
 mod users;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
 use crate::extract::Surface;
@@ -28,6 +30,17 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
             "/hub/api/users/{name}",
             get(users::get_one).post(users::create_one).patch(users::patch).delete(users::delete),
         )
+        .route("/hub/api/users/{name}/server", post(servers::start_default).delete(servers::stop_default))
+        .route("/hub/api/users/{name}/server/progress", get(servers::progress_default))
+        .route(
+            "/hub/api/users/{name}/servers/{server}",
+            get(servers::get_named).post(servers::start_named).delete(servers::stop_named),
+        )
+        .route("/hub/api/users/{name}/servers/{server}/progress", get(servers::progress_named))
+        .route("/hub/api/images", get(images::list).post(images::create))
+        .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))
+        .route("/hub/api/images/{name}/build", post(images::build))
+        .route("/hub/api/images/{name}/build/progress", get(images::build_progress))
         .route("/hub/api/users/{name}/tokens", get(tokens::list).post(tokens::create))
         .route("/hub/api/users/{name}/tokens/{id}", get(tokens::get_one).delete(tokens::delete))
         .route("/hub/api/{*rest}", axum::routing::any(not_found))

@@ -1,5 +1,7 @@
 //! JSON models with JupyterHub's field names.
 
+use labhub_core::{ServerName, ServerState, UserName};
+use labhub_db::servers::Server;
 use labhub_db::tokens::ApiToken;
 use labhub_db::users::User;
 use serde::Serialize;
@@ -47,9 +49,80 @@ impl UserModel {
     }
 }
 
-/// The models of several accounts, with their servers and groups.
-pub async fn user_models(_hub: &labhub_service::Hub, users: Vec<User>) -> Result<Vec<UserModel>, crate::AppError> {
-    Ok(users.iter().map(UserModel::of).collect())
+/// The models of several accounts, with their active servers.
+pub async fn user_models(hub: &labhub_service::Hub, users: Vec<User>) -> Result<Vec<UserModel>, crate::AppError> {
+    let ids: Vec<i64> = users.iter().map(|u| u.user_id).collect();
+    let mut servers = hub.servers_of_users(&ids).await?;
+    Ok(users
+        .iter()
+        .map(|u| {
+            let mut m = UserModel::of(u);
+            for s in servers.remove(&u.user_id).unwrap_or_default() {
+                if s.state == ServerState::Stopped {
+                    continue;
+                }
+                let model = ServerModel::of(&u.name, &s);
+                if s.name.is_empty() {
+                    m.server = model.ready.then(|| model.url.clone());
+                    m.pending = model.pending.map(str::to_string);
+                }
+                m.servers.insert(s.name.clone(), serde_json::to_value(model).unwrap_or_default());
+            }
+            m
+        })
+        .collect())
+}
+
+/// JupyterHub's server model.
+#[derive(Debug, Serialize)]
+pub struct ServerModel {
+    pub name: String,
+    pub ready: bool,
+    /// `"spawn"` while starting, `"stop"` while stopping.
+    pub pending: Option<&'static str>,
+    pub stopped: bool,
+    pub url: String,
+    pub progress_url: String,
+    pub started: Option<String>,
+    pub last_activity: Option<String>,
+    pub state: serde_json::Value,
+    pub user_options: serde_json::Value,
+    /// labhub's own: the image reference and the content id it really runs.
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
+    /// labhub's own: why it last stopped.
+    pub stop_reason: Option<String>,
+}
+
+impl ServerModel {
+    /// The model of one of `owner`'s servers.
+    pub fn of(owner: &UserName, s: &Server) -> Self {
+        let server = ServerName::parse_optional(&s.name).ok().flatten();
+        let url = labhub_service::servers::route_prefix(owner, server.as_ref());
+        let progress_url = match &server {
+            Some(n) => format!("/hub/api/users/{owner}/servers/{n}/progress"),
+            None => format!("/hub/api/users/{owner}/server/progress"),
+        };
+        Self {
+            name: s.name.clone(),
+            ready: s.state == ServerState::Running,
+            pending: match s.state {
+                ServerState::Pending => Some("spawn"),
+                ServerState::Stopping => Some("stop"),
+                _ => None,
+            },
+            stopped: s.state == ServerState::Stopped,
+            url,
+            progress_url,
+            started: s.started_at.map(iso),
+            last_activity: s.last_activity.map(iso),
+            state: serde_json::json!({}),
+            user_options: serde_json::json!({}),
+            image: s.image_ref.clone(),
+            image_digest: s.image_digest.clone(),
+            stop_reason: s.stop_reason.clone(),
+        }
+    }
 }
 
 /// JupyterHub's token model.

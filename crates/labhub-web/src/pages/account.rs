@@ -15,34 +15,9 @@ use serde::Deserialize;
 
 use crate::extract::{CsrfForm, CurrentUser};
 use crate::pages::login::Empty;
+use crate::pages::oauth::{IdentityView, identity_views};
 use crate::views::{Chrome, Page, When, redirect_with_flash};
 use crate::{AppError, AppState, cookies};
-
-#[derive(Template, WebTemplate)]
-#[template(path = "home.html")]
-struct HomePage {
-    c: Chrome,
-    name: String,
-    admin: bool,
-    created: When,
-}
-
-/// `GET /hub/home` (any signed-in user).
-pub async fn home(
-    State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
-    page: Page,
-) -> Result<Response, AppError> {
-    let hub = state.hub();
-    let user = hub.get_user(Actor::User(&me), &me.name).await?;
-    let view = HomePage {
-        c: page.chrome("home"),
-        name: me.name.to_string(),
-        admin: me.admin,
-        created: When::new(hub.now(), user.created_at),
-    };
-    Ok(page.render(view))
-}
 
 struct SessionView {
     id: i64,
@@ -64,6 +39,7 @@ struct AccountPage {
     min_password: usize,
     error: Option<String>,
     sessions: Vec<SessionView>,
+    identities: Vec<IdentityView>,
 }
 
 async fn account_page(
@@ -92,6 +68,7 @@ async fn account_page(
             current: Some(s.session_id) == current,
         })
         .collect();
+    let identities = identity_views(state, hub.list_identities(Actor::User(me), &me.name).await?);
     Ok(AccountPage {
         c: page.chrome("account"),
         name: me.name.to_string(),
@@ -101,6 +78,7 @@ async fn account_page(
         min_password: hub.account_settings().password_min_len,
         error,
         sessions,
+        identities,
     })
 }
 

@@ -25,6 +25,7 @@ struct UserRow {
     name: String,
     admin: bool,
     state: &'static str,
+    servers: String,
     last_activity: When,
     created: When,
     /// (path segment, label, asks for confirmation)
@@ -100,9 +101,26 @@ async fn users_page(
     };
     let (users, total) = hub.list_users(Actor::User(me), &filter).await?;
     let now = hub.now();
+    let servers = hub.servers_of_users(&users.iter().map(|u| u.user_id).collect::<Vec<_>>()).await?;
     let rows = users
         .into_iter()
         .map(|u| UserRow {
+            servers: {
+                let active: Vec<String> = servers
+                    .get(&u.user_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.state != labhub_core::ServerState::Stopped)
+                    .map(|s| {
+                        if s.name.is_empty() {
+                            s.state.as_str().to_string()
+                        } else {
+                            format!("{}: {}", s.name, s.state.as_str())
+                        }
+                    })
+                    .collect();
+                if active.is_empty() { "—".to_string() } else { active.join(", ") }
+            },
             name: u.name.to_string(),
             admin: u.admin,
             state: u.state.as_str(),
@@ -339,4 +357,183 @@ pub async fn audit(
         error,
     };
     Ok(page.render(view))
+}
+
+struct ActiveServerRow {
+    owner: String,
+    name: String,
+    label: String,
+    state: &'static str,
+    image: String,
+    digest: String,
+    limits: String,
+    started: When,
+    last_activity: When,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin_servers.html")]
+struct ServersPage {
+    c: Chrome,
+    admin_tab: &'static str,
+    servers: Vec<ActiveServerRow>,
+    strangers: Vec<String>,
+}
+
+/// `GET /hub/admin/servers` (admins): every active server.
+pub async fn servers(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+) -> Result<Response, AppError> {
+    let hub = state.hub();
+    let now = hub.now();
+    let rows = hub
+        .active_servers(Actor::User(&me))
+        .await?
+        .into_iter()
+        .map(|r| {
+            let s = r.server;
+            ActiveServerRow {
+                owner: r.owner.to_string(),
+                label: if s.name.is_empty() { "default".into() } else { s.name.clone() },
+                name: s.name,
+                state: s.state.as_str(),
+                image: s.image_ref.unwrap_or_default(),
+                digest: s.image_digest.as_deref().map(labhub_service::images::short_id).unwrap_or_default(),
+                limits: match (s.cpu_millis, s.memory_bytes) {
+                    (Some(c), Some(m)) => {
+                        labhub_core::Resources { cpu_millis: c as u32, memory_bytes: m as u64, gpus: s.gpus as u32 }
+                            .to_string()
+                    }
+                    _ => String::new(),
+                },
+                started: When::opt(now, s.started_at),
+                last_activity: When::opt(now, s.last_activity),
+            }
+        })
+        .collect();
+    let view = ServersPage {
+        c: page.chrome("admin"),
+        admin_tab: "servers",
+        servers: rows,
+        strangers: hub.stranger_containers(),
+    };
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ServerQuery {
+    #[serde(default)]
+    server: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin_logs.html")]
+struct LogsPage {
+    c: Chrome,
+    admin_tab: &'static str,
+    label: String,
+    tail: usize,
+    logs: String,
+}
+
+/// `GET /hub/admin/servers/{user}/logs?server=` (admins): the server's last log lines.
+pub async fn server_logs(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+    Path(user): Path<String>,
+    Query(q): Query<ServerQuery>,
+) -> Result<Response, AppError> {
+    let owner = UserName::parse(&user).map_err(|e| AppError::NotFound(e.to_string()))?;
+    let server = labhub_core::ServerName::parse_optional(&q.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let tail = 200;
+    let logs = state.hub().server_logs(Actor::User(&me), &owner, server.as_ref(), tail).await?;
+    let label = match &server {
+        Some(s) => format!("{owner}/{s}"),
+        None => owner.to_string(),
+    };
+    let view = LogsPage { c: page.chrome("admin"), admin_tab: "servers", label, tail, logs };
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize)]
+pub struct ServerForm {
+    #[serde(default)]
+    server: String,
+}
+
+/// `POST /hub/admin/servers/{user}/stop` (admins): stops a user's server.
+pub async fn stop_server(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    Path(user): Path<String>,
+    CsrfForm(form): CsrfForm<ServerForm>,
+) -> Result<Response, AppError> {
+    let owner = UserName::parse(&user).map_err(|e| AppError::NotFound(e.to_string()))?;
+    let server =
+        labhub_core::ServerName::parse_optional(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    Ok(match state.hub().stop_server(Actor::User(&me), &owner, server.as_ref()).await {
+        Ok(_) => redirect_with_flash(&state, "/hub/admin/servers", &format!("Stopping {owner}'s server.")),
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
+            redirect_with_error(&state, "/hub/admin/servers", &e.to_string())
+        }
+        Err(e) => return Err(e.into()),
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin_storage.html")]
+struct StoragePage {
+    c: Chrome,
+    admin_tab: &'static str,
+    name: String,
+    error: Option<String>,
+}
+
+/// `GET /hub/admin/users/{name}/storage` (admins): asks to confirm removing a user's files.
+pub async fn storage_form(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
+    state.hub().get_user(Actor::User(&me), &name).await?;
+    let view = StoragePage { c: page.chrome("admin"), admin_tab: "users", name: name.to_string(), error: None };
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize)]
+pub struct ConfirmForm {
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /hub/admin/users/{name}/storage` (admins, after typing the name): deletes their storage.
+pub async fn remove_storage(
+    State(state): State<AppState>,
+    AdminUser(me): AdminUser,
+    page: Page,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<ConfirmForm>,
+) -> Result<Response, AppError> {
+    let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
+    let error = if form.confirm.trim().to_ascii_lowercase() != name.as_str() {
+        Some("The name you typed does not match; nothing was removed.".to_string())
+    } else {
+        match state.hub().remove_storage(Actor::User(&me), &name, None).await {
+            Ok(true) => {
+                return Ok(redirect_with_flash(&state, "/hub/admin/users", &format!("Removed {name}'s storage.")));
+            }
+            Ok(false) => {
+                return Ok(redirect_with_flash(&state, "/hub/admin/users", &format!("{name} had no storage.")));
+            }
+            Err(e @ ServiceError::Conflict(_)) => Some(e.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let view = StoragePage { c: page.chrome("admin"), admin_tab: "users", name: name.to_string(), error };
+    Ok(page.render_status(StatusCode::BAD_REQUEST, view))
 }

@@ -24,6 +24,13 @@ struct LoginPage {
     error: Option<String>,
     signup: bool,
     password_login: bool,
+    providers: Vec<ProviderButton>,
+}
+
+/// A "Sign in with …" button.
+struct ProviderButton {
+    id: String,
+    display_name: String,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +53,20 @@ fn login_page(state: &AppState, page: &Page, next: String, username: String, err
         error,
         signup: settings.signup != SignupPolicy::Closed,
         password_login: settings.password_login,
+        providers: state
+            .hub()
+            .providers()
+            .iter()
+            .map(|p| ProviderButton { id: p.id().to_string(), display_name: p.display_name().to_string() })
+            .collect(),
     }
+}
+
+/// The answer to a successful sign-in, however it was made: the session cookie (added to
+/// `jar`) and a redirect to `next` when it stays on the hub, else home.
+pub(super) fn enter(state: &AppState, jar: CookieJar, token: &Secret<String>, next: &str) -> Response {
+    let to = if safe_next(next) { next } else { "/hub/home" };
+    (jar.add(cookies::session(state, token.expose())), Redirect::to(to)).into_response()
 }
 
 /// `GET /hub/login` (anyone).
@@ -98,9 +118,7 @@ pub async fn login(
     };
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let token = hub.start_session(&user, ua, &addr).await?;
-    let to = if safe_next(&form.next) { form.next } else { "/hub/home".to_string() };
-    let jar = CookieJar::new().add(cookies::session(&state, token.expose()));
-    Ok((jar, Redirect::to(&to)).into_response())
+    Ok(enter(&state, CookieJar::new(), &token, &form.next))
 }
 
 #[derive(Template, WebTemplate)]

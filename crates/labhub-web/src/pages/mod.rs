@@ -2,7 +2,10 @@
 
 mod account;
 mod admin;
+mod admin_images;
 mod login;
+mod oauth;
+pub(crate) mod servers;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,7 +24,16 @@ pub fn router() -> Router<AppState> {
         .route("/hub/login", get(login::login_form).post(login::login))
         .route("/hub/logout", get(login::logout_form).post(login::logout))
         .route("/hub/signup", get(login::signup_form).post(login::signup))
-        .route("/hub/home", get(account::home))
+        .route("/hub/oauth_login/{provider}", get(oauth::oauth_login))
+        .route("/hub/oauth_callback", get(oauth::oauth_callback))
+        .route("/hub/home", get(servers::home))
+        .route("/hub/home/stop", post(servers::stop))
+        .route("/hub/home/delete", post(servers::delete))
+        .route("/hub/spawn", get(servers::spawn_form).post(servers::spawn))
+        .route("/hub/spawn/{user}", get(servers::spawn_form).post(servers::spawn))
+        .route("/hub/spawn/{user}/{server}", get(servers::spawn_form).post(servers::spawn))
+        .route("/hub/spawn-pending/{user}", get(servers::spawn_pending))
+        .route("/hub/spawn-pending/{user}/{server}", get(servers::spawn_pending))
         .route("/hub/account", get(account::account))
         .route("/hub/account/password", post(account::change_password))
         .route("/hub/account/logout-everywhere", post(account::logout_everywhere))
@@ -30,7 +42,17 @@ pub fn router() -> Router<AppState> {
         .route("/hub/token/{id}/revoke", post(account::revoke_token))
         .route("/hub/admin", get(|| async { Redirect::to("/hub/admin/users") }))
         .route("/hub/admin/users", get(admin::users).post(admin::add_user))
+        .route("/hub/admin/users/{name}/storage", get(admin::storage_form).post(admin::remove_storage))
+        .route("/hub/admin/users/{name}/identities", get(oauth::identities))
+        .route("/hub/admin/users/{name}/identities/{id}/unlink", post(oauth::unlink))
         .route("/hub/admin/users/{name}/{action}", post(admin::user_action))
+        .route("/hub/admin/servers", get(admin::servers))
+        .route("/hub/admin/servers/{user}/logs", get(admin::server_logs))
+        .route("/hub/admin/servers/{user}/stop", post(admin::stop_server))
+        .route("/hub/admin/images", get(admin_images::list).post(admin_images::add))
+        .route("/hub/admin/images/{name}", get(admin_images::edit_form).post(admin_images::edit))
+        .route("/hub/admin/images/{name}/build", post(admin_images::build))
+        .route("/hub/admin/images/{name}/delete", post(admin_images::delete))
         .route("/hub/admin/audit", get(admin::audit))
         .fallback(|| async { crate::AppError::NotFound("There is no page at this address.".into()) })
         .layer(DefaultBodyLimit::disable())

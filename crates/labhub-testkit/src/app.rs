@@ -1,0 +1,257 @@
+//! The real hub, in-process on a loopback port, against a fresh database.
+
+use std::sync::Arc;
+
+use labhub::Config;
+use labhub::app::{self, Overrides};
+use labhub_auth::HubKey;
+use labhub_auth::passwords::HashCost;
+use labhub_core::{Clock, ManualClock, Secret, SystemClock, UserName};
+use labhub_db::PgPool;
+use labhub_service::Hub;
+use labhub_service::accounts::NewAccount;
+use labhub_service::audit::Actor;
+use reqwest::{Client, Response, StatusCode, redirect};
+use tokio::sync::oneshot;
+
+use crate::docker::DockerScope;
+use crate::pg::{TestCluster, TestDb};
+
+/// Builds a [`TestApp`] with a changed configuration or clock.
+pub struct TestAppBuilder {
+    config: Config,
+    manual_clock: Option<ManualClock>,
+    public_url: Option<String>,
+    runtime: app::Runtime,
+    docker: Option<Arc<DockerScope>>,
+}
+
+/// A running hub for one test. Dropping it stops the server.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`, no trailing slash.
+    pub url: String,
+    /// The hub's services.
+    pub hub: Hub,
+    /// The test's database.
+    pub db: PgPool,
+    /// The test database's name.
+    pub db_name: String,
+    /// The clock, when the test asked for a manual one.
+    pub clock: Option<ManualClock>,
+    /// The configuration the hub runs with.
+    pub config: Config,
+    /// The Docker scope servers run in, when the test asked for one.
+    pub docker: Option<Arc<DockerScope>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+impl Default for TestAppBuilder {
+    fn default() -> Self {
+        let config = Config { data_dir: std::env::temp_dir().join("labhub-test-data"), ..Config::default() };
+        Self { config, manual_clock: None, public_url: None, runtime: app::Runtime::default(), docker: None }
+    }
+}
+
+impl TestAppBuilder {
+    /// Changes the configuration before the hub starts.
+    pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Runs the hub on a clock the test moves by hand.
+    pub fn manual_clock(mut self) -> Self {
+        self.manual_clock = Some(ManualClock::new(time::OffsetDateTime::now_utc()));
+        self
+    }
+
+    /// Runs users' servers in this Docker scope (its hub id and network); the scope lives as
+    /// long as the hub.
+    pub fn docker(mut self, scope: Arc<DockerScope>) -> Self {
+        self.config.docker = scope.config.clone();
+        self.runtime = app::Runtime { spawner: Some(scope.spawner.clone()), builder: Some(scope.spawner.clone()) };
+        self.docker = Some(scope);
+        self
+    }
+
+    /// Presents the hub under another public URL (e.g. https, to test `Secure` cookies).
+    pub fn public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(url.to_string());
+        self
+    }
+
+    /// Starts the hub on a fresh database.
+    pub async fn spawn(self) -> TestApp {
+        let TestDb { name, pool, .. } = TestCluster::get().fresh_database().await;
+        self.spawn_with(pool, name).await
+    }
+
+    /// Starts the hub on the database at `url` (migrated first), e.g. a cluster the test stops.
+    pub async fn spawn_on_url(self, url: &str) -> TestApp {
+        let options: labhub_db::PgConnectOptions = url.parse().expect("a database URL");
+        let settings =
+            labhub_db::PoolSettings { max_connections: 4, acquire_timeout: self.config.database.acquire_timeout };
+        let pool = labhub_db::connect_lazy(options, settings);
+        labhub_db::migrate(&pool).await.expect("migrating");
+        self.spawn_with(pool, String::new()).await
+    }
+
+    async fn spawn_with(self, pool: PgPool, name: String) -> TestApp {
+        init_tracing();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        let mut config = self.config;
+        config.bind = addr;
+        let public = self.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
+        config.public_url = Some(public.parse().expect("a URL"));
+        let clock: Arc<dyn Clock> = match &self.manual_clock {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let built = app::build(
+            &config,
+            pool.clone(),
+            HubKey::generate(),
+            self.runtime.clone(),
+            Overrides { clock, hash_cost: HashCost::INSECURE_FOR_TESTS },
+        )
+        .expect("building the hub");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app::serve(listener, built.router, async move {
+            let _ = stop_rx.await;
+        }));
+        TestApp {
+            url: format!("http://{addr}"),
+            hub: built.hub,
+            db: pool,
+            db_name: name,
+            clock: self.manual_clock,
+            config,
+            docker: self.docker,
+            stop: Some(stop_tx),
+            server: Some(server),
+        }
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("LABHUB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects (tests assert them).
+pub fn browser() -> Client {
+    Client::builder().cookie_store(true).redirect(redirect::Policy::none()).build().expect("an HTTP client")
+}
+
+/// A script-like client: no cookies, no redirects.
+pub fn script() -> Client {
+    Client::builder().redirect(redirect::Policy::none()).build().expect("an HTTP client")
+}
+
+/// The value of the first `_csrf` field in a page.
+pub fn csrf_of(html: &str) -> String {
+    let marker = "name=\"_csrf\" value=\"";
+    let start = html.find(marker).map(|i| i + marker.len()).expect("a CSRF field on the page");
+    let end = html[start..].find('"').expect("a closing quote") + start;
+    html[start..end].to_string()
+}
+
+impl TestApp {
+    /// A hub with the default test configuration.
+    pub async fn spawn() -> TestApp {
+        TestAppBuilder::default().spawn().await
+    }
+
+    /// A hub with a changed configuration or clock.
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder::default()
+    }
+
+    /// The absolute URL of a path on the hub.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Creates an active account directly through the service.
+    pub async fn add_user(&self, name: &str, password: &str, admin: bool) -> UserName {
+        let name = UserName::parse(name).expect("a valid test user name");
+        self.hub
+            .create_user(
+                Actor::System,
+                NewAccount { name: name.clone(), password: Some(Secret::new(password.into())), admin },
+            )
+            .await
+            .expect("creating a test user");
+        name
+    }
+
+    /// An API token for a user.
+    pub async fn token(&self, name: &str) -> String {
+        let name = UserName::parse(name).expect("a valid name");
+        self.hub.create_token(Actor::System, &name, "test", None).await.expect("a token").0.expose().clone()
+    }
+
+    /// Fetches a page and returns the CSRF token its forms carry.
+    pub async fn csrf(&self, client: &Client, path: &str) -> String {
+        let html = client.get(self.at(path)).send().await.expect("the page").text().await.expect("its text");
+        csrf_of(&html)
+    }
+
+    /// Signs a browser in through the login form; returns the form's answer.
+    pub async fn login(&self, client: &Client, name: &str, password: &str) -> Response {
+        let csrf = self.csrf(client, "/hub/login").await;
+        client
+            .post(self.at("/hub/login"))
+            .form(&[("_csrf", csrf.as_str()), ("username", name), ("password", password), ("next", "")])
+            .send()
+            .await
+            .expect("the login answer")
+    }
+
+    /// Adds the Docker scope's test image to the catalogue as `name` (kind jupyter: the test
+    /// server answers `jupyter lab …` like JupyterLab).
+    pub async fn add_test_image(&self, name: &str) {
+        let scope = self.docker.as_ref().expect("a hub started with .docker(..)");
+        let fields = labhub_db::images::ImageFields {
+            display_name: format!("Test server {name}"),
+            description: "the tiny test server".into(),
+            reference: scope.test_image.clone(),
+            kind: labhub_core::ImageKind::Jupyter,
+            port: None,
+            command: None,
+            cpu_millis: 500,
+            memory_bytes: 256 << 20,
+            enabled: true,
+            recipe: None,
+        };
+        self.hub.add_image(Actor::System, name, fields).await.expect("adding the test image");
+    }
+
+    /// The single number a query returns (`select count(*) …`).
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        labhub_db::sqlx::query_scalar(sql).fetch_one(&self.db).await.expect("a count")
+    }
+
+    /// A browser already signed in as `name`.
+    pub async fn signed_in(&self, name: &str, password: &str) -> Client {
+        let c = browser();
+        let r = self.login(&c, name, password).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "signing in {name}");
+        c
+    }
+}

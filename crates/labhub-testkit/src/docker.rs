@@ -1,0 +1,148 @@
+//! A private corner of the real Docker engine for one test: its own hub id (so container,
+//! volume and network names cannot meet another test's) and its own network, removed with
+//! everything in it when the scope is dropped, also on panic.
+//!
+//! Hub ids carry the test process's id (`lhtest<pid>x<random>`), so a run that was killed
+//! before it could clean up is swept by the next one: anything labelled for a process that
+//! no longer exists is removed the first time a scope is made.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+};
+use labhub_core::ImageRef;
+use labhub_spawner::{DockerConfig, DockerSpawner, HubId, LABEL_HUB, NetworkName};
+
+use crate::images;
+
+/// One test's hub id, network, spawner and test image.
+pub struct DockerScope {
+    /// The spawner's configuration (hub id, network).
+    pub config: DockerConfig,
+    /// The spawner, already connected.
+    pub spawner: Arc<DockerSpawner>,
+    /// The tiny test image (`labhub-test/testserver:<hash>`).
+    pub test_image: ImageRef,
+}
+
+const PREFIX: &str = "lhtest";
+
+impl DockerScope {
+    /// A scope with the default spawner settings; `server_binary` is the test server's path
+    /// (`env!("CARGO_BIN_EXE_labhub-testserver")` in this package's integration tests).
+    pub async fn new(server_binary: &Path) -> Self {
+        Self::with(server_binary, |_| {}).await
+    }
+
+    /// A scope whose spawner settings the test adjusts.
+    pub async fn with(server_binary: &Path, adjust: impl FnOnce(&mut DockerConfig)) -> Self {
+        let rand = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let id = format!("{PREFIX}{}x{rand}", std::process::id());
+        let mut config = DockerConfig {
+            hub_id: HubId::parse(&id).expect("a valid hub id"),
+            network: NetworkName::parse(&format!("{id}-net")).expect("a valid network name"),
+            readiness_interval: Duration::from_millis(100),
+            ..DockerConfig::default()
+        };
+        adjust(&mut config);
+        let spawner = DockerSpawner::connect(config.clone()).await.expect("the Docker engine answers");
+        sweep_dead_runs_once(spawner.docker()).await;
+        let test_image =
+            images::test_server_image(spawner.docker(), server_binary).await.expect("the test image builds");
+        Self { config, spawner: Arc::new(spawner), test_image }
+    }
+
+    /// The engine.
+    pub fn docker(&self) -> &Docker {
+        self.spawner.docker()
+    }
+}
+
+impl Drop for DockerScope {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        // A fresh runtime on its own thread: the test's runtime may be the one dropping us (or
+        // unwinding from a panic) and cannot run more work.
+        let cleaner = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(clean_up(config));
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// Removes every container and volume labelled for `config`'s hub id, then its network.
+async fn clean_up(config: DockerConfig) {
+    let Ok(spawner) = DockerSpawner::connect(config.clone()).await else { return };
+    remove_labelled(spawner.docker(), config.hub_id.as_str()).await;
+    if let Err(e) = spawner.remove_network().await {
+        eprintln!("cleanup of {}: {e}", config.network);
+    }
+}
+
+async fn remove_labelled(docker: &Docker, hub_id: &str) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_HUB}={hub_id}")])]);
+    let list = ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() };
+    for c in docker.list_containers(Some(list)).await.unwrap_or_default() {
+        let options = RemoveContainerOptions { force: true, ..Default::default() };
+        let _ = docker.remove_container(c.id.as_deref().unwrap_or_default(), Some(options)).await;
+    }
+    let volumes = docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await;
+    for v in volumes.ok().and_then(|r| r.volumes).unwrap_or_default() {
+        let _ = docker.remove_volume(&v.name, None::<RemoveVolumeOptions>).await;
+    }
+}
+
+/// The process id in a test hub id, if it is one.
+fn pid_of(hub_id: &str) -> Option<u32> {
+    hub_id.strip_prefix(PREFIX)?.split('x').next()?.parse().ok()
+}
+
+async fn sweep_dead_runs_once(docker: &Docker) {
+    static ONCE: Once = Once::new();
+    let mut first = false;
+    ONCE.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    let containers = docker
+        .list_containers(Some(ListContainersOptions { all: true, ..Default::default() }))
+        .await
+        .unwrap_or_default();
+    let mut dead: Vec<String> = containers
+        .iter()
+        .filter_map(|c| c.labels.as_ref()?.get(LABEL_HUB).cloned())
+        .filter(|h| pid_of(h).is_some_and(|p| !alive(p)))
+        .collect();
+    let volumes =
+        docker.list_volumes(None::<ListVolumesOptions>).await.ok().and_then(|r| r.volumes).unwrap_or_default();
+    dead.extend(
+        volumes
+            .iter()
+            .filter_map(|v| v.labels.get(LABEL_HUB).cloned())
+            .filter(|h| pid_of(h).is_some_and(|p| !alive(p))),
+    );
+    dead.sort();
+    dead.dedup();
+    for hub in &dead {
+        remove_labelled(docker, hub).await;
+    }
+    let networks = docker.list_networks(None::<ListNetworksOptions>).await.unwrap_or_default();
+    for n in networks {
+        let name = n.name.unwrap_or_default();
+        if let Some(hub) = name.strip_suffix("-net").filter(|h| pid_of(h).is_some_and(|p| !alive(p))) {
+            let config = DockerConfig {
+                hub_id: HubId::parse(hub).expect("a test hub id"),
+                network: NetworkName::parse(&name).expect("a test network name"),
+                ..DockerConfig::default()
+            };
+            clean_up(config).await;
+        }
+    }
+}

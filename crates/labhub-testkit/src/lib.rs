@@ -1,0 +1,14 @@
+//! Test harness: a throwaway Postgres (or `DATABASE_URL`), a fresh database per test, the
+//! real hub on port 0, a private corner of the Docker engine, locally built images, a real
+//! OpenID Connect provider and fakes of GitHub and GitLab's APIs.
+//!
+//! Tests using it live in this package's `tests/it/` (one test binary, so the suite links once).
+
+pub mod app;
+pub mod docker;
+pub mod fake_forges;
+pub mod images;
+pub mod oidc;
+pub mod pg;
+
+pub use app::{TestApp, TestAppBuilder};

@@ -1,0 +1,150 @@
+//! The `labhub` command as a real process: configuration, accounts, tokens, and `serve` with
+//! its own embedded Postgres.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labhub_testkit::TestApp;
+use labhub_testkit::pg::{TestCluster, free_port};
+
+const EXE: &str = env!("CARGO_BIN_EXE_labhub-exe");
+
+fn labhub(args: &[&str]) -> Command {
+    let mut c = Command::new(EXE);
+    c.args(args).env_remove("LABHUB_CONFIG").env_remove("DATABASE_URL").env("LABHUB_LOG", "warn");
+    c
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("running labhub");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_without_secrets() {
+    let (code, out, err) = run(labhub(&["config", "check"])
+        .env("DATABASE_URL", "postgres://lab:hunter2@db.example/labhub")
+        .env("LABHUB_SESSION__IDLE_TIMEOUT", "2h"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("idle_timeout = \"2h\""), "{out}");
+    assert!(out.contains("[redacted]") && !out.contains("hunter2"), "{out}");
+}
+
+#[test]
+fn configuration_mistakes_are_one_sentence_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("labhub.toml");
+    std::fs::write(&file, "[auth]\nsignup = \"sometimes\"\n").unwrap();
+    let (code, _, err) = run(&mut labhub(&["--config", file.to_str().unwrap(), "config", "check"]));
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("'auth.signup'"), "{err}");
+    let (code, _, err) = run(labhub(&["config", "check"]).env("LABHUB_BIND", "not-an-address"));
+    assert_ne!(code, 0);
+    assert!(err.contains("'bind'"), "{err}");
+    let (code, _, err) = run(labhub(&["config", "check"]).env("LABHUB_NO_SUCH_KEY", "1"));
+    assert_ne!(code, 0);
+    assert!(err.contains("no_such_key"), "{err}");
+    let (code, _, err) = run(&mut labhub(&["--config", "/nonexistent/labhub.toml", "config", "check"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn user_and_token_commands_drive_the_same_database() {
+    let app = TestApp::spawn().await;
+    let url = TestCluster::get().url(&app.db_name);
+    let (code, out, err) = run(labhub(&["user", "add", "Carol", "--admin"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Created carol (admin)."), "{out}");
+    let password = out.lines().find_map(|l| l.strip_prefix("Password: ")).expect("a generated password").to_string();
+    let mut add = labhub(&["user", "add", "dave", "--password-stdin"]);
+    add.env("DATABASE_URL", &url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = add.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"a chosen password\n").unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    let (code, token, err) =
+        run(labhub(&["token", "create", "carol", "--note", "ci", "--expires-in", "1d"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    assert_eq!(token.len(), 64);
+    let me: serde_json::Value = labhub_testkit::app::script()
+        .get(app.at("/hub/api/user"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "carol");
+    assert_eq!(me["admin"], true);
+    assert_eq!(app.login(&labhub_testkit::app::browser(), "carol", &password).await.status(), 303);
+    assert_eq!(app.login(&labhub_testkit::app::browser(), "dave", "a chosen password").await.status(), 303);
+
+    let (code, out, _) = run(labhub(&["user", "list"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 0);
+    assert!(out.contains("carol") && out.contains("dave"));
+
+    let (code, _, err) = run(labhub(&["user", "add", "../evil"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not a valid user name"), "{err}");
+    let (code, _, err) = run(labhub(&["user", "add", "CAROL"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 1);
+    assert!(err.contains("taken"), "{err}");
+    let (code, _, err) = run(labhub(&["user", "set-admin", "carol", "false"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 1, "the last admin stays");
+    assert!(err.contains("last active admin"), "{err}");
+}
+
+#[test]
+fn serve_runs_its_own_postgres_and_stops_it_on_shutdown() {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let port = free_port();
+    let mut child = labhub(&["serve"])
+        .env("LABHUB_DATA_DIR", dir.path())
+        .env("LABHUB_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = loop {
+        if let Ok(r) = reqwest::blocking_get(&format!("http://127.0.0.1:{port}/hub/health")) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the hub did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health, 200);
+    let password =
+        std::fs::read_to_string(dir.path().join("initial-admin-password")).expect("the first admin's password");
+    assert!(password.trim().len() >= 16);
+    let pid_file = dir.path().join("postgres/data/postmaster.pid");
+    assert!(pid_file.exists(), "the embedded database runs under the data dir");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(!pid_file.exists(), "the embedded database stopped with the hub");
+}
+
+mod reqwest {
+    /// A tiny blocking GET (status only), so this test needs no runtime of its own.
+    pub fn blocking_get(url: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let u = url.strip_prefix("http://").unwrap_or(url);
+        let (host, path) = u.split_once('/').unwrap_or((u, ""));
+        let mut s = std::net::TcpStream::connect(host)?;
+        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("no status"))
+    }
+}

@@ -1,0 +1,212 @@
+//! `/hub/api/users/{name}/server`, `/hub/api/users/{name}/servers/{server}` and their progress.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use labhub_core::{ServerName, ServerState, UserName};
+use labhub_service::Principal;
+use labhub_service::audit::Actor;
+use labhub_service::progress::ProgressEvent;
+use labhub_service::servers::{StartOutcome, StartRequest, StopOutcome, route_prefix};
+use serde::Deserialize;
+
+use super::ApiJson;
+use super::models::ServerModel;
+use crate::extract::CurrentUser;
+use crate::{AppError, AppState, sse};
+
+fn owner(raw: &str) -> Result<UserName, AppError> {
+    UserName::parse(raw).map_err(|e| AppError::NotFound(format!("no user named {raw:?} ({e})")))
+}
+
+fn server_name(raw: &str) -> Result<ServerName, AppError> {
+    ServerName::parse(raw).map_err(|e| AppError::BadRequest(e.to_string()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    /// The catalogue image's name.
+    #[serde(default)]
+    image: Option<String>,
+    /// KubeSpawner's name for the same choice.
+    #[serde(default)]
+    profile: Option<String>,
+}
+
+async fn start(
+    state: &AppState,
+    me: &Principal,
+    owner: UserName,
+    server: Option<ServerName>,
+    body: StartBody,
+) -> Result<Response, AppError> {
+    let hub = state.hub();
+    let label = match &server {
+        Some(s) => format!("{owner}/{s}"),
+        None => format!("{owner}'s server"),
+    };
+    let request = StartRequest { image: body.image.or(body.profile) };
+    match hub.start_server(Actor::User(me), &owner, server.as_ref(), request).await? {
+        StartOutcome::AlreadyRunning => return Err(AppError::BadRequest(format!("{label} is already running"))),
+        StartOutcome::AlreadyPending => return Err(AppError::BadRequest(format!("{label} is already starting"))),
+        StartOutcome::Started => {}
+    }
+    let row = server_row(state, me, &owner, server.as_ref()).await?;
+    let last = hub.wait_for_start(row.server_id, hub.server_settings().slow_spawn_timeout).await;
+    match last {
+        Some(e) if e.failed => Err(AppError::SpawnFailed(e.message)),
+        Some(e) if e.ready => Ok((
+            StatusCode::CREATED,
+            Json(ServerModel::of(&owner, &server_row(state, me, &owner, server.as_ref()).await?)),
+        )
+            .into_response()),
+        _ => Ok((StatusCode::ACCEPTED, Json(ServerModel::of(&owner, &row))).into_response()),
+    }
+}
+
+async fn server_row(
+    state: &AppState,
+    me: &Principal,
+    owner: &UserName,
+    server: Option<&ServerName>,
+) -> Result<labhub_db::servers::Server, AppError> {
+    let name = server.map_or("", ServerName::as_str);
+    state
+        .hub()
+        .servers_of(Actor::User(me), owner)
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| AppError::NotFound(format!("{owner} has no server named {name:?}")))
+}
+
+async fn stop(
+    state: &AppState,
+    me: &Principal,
+    owner: UserName,
+    server: Option<ServerName>,
+) -> Result<StatusCode, AppError> {
+    match state.hub().stop_server(Actor::User(me), &owner, server.as_ref()).await? {
+        StopOutcome::Stopped => Ok(StatusCode::NO_CONTENT),
+        StopOutcome::Stopping => Ok(StatusCode::ACCEPTED),
+    }
+}
+
+/// `POST /hub/api/users/{name}/server` (that user or an admin): `{"image": "<name>"}` optional.
+/// 201 when the server answered within the hub's patience, 202 while it is still starting.
+pub async fn start_default(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<StartBody>,
+) -> Result<Response, AppError> {
+    start(&state, &me, owner(&name)?, None, body).await
+}
+
+/// `DELETE /hub/api/users/{name}/server` (that user or an admin): 204 stopped, 202 stopping.
+pub async fn stop_default(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    stop(&state, &me, owner(&name)?, None).await
+}
+
+/// `POST /hub/api/users/{name}/servers/{server}` (that user or an admin).
+pub async fn start_named(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path((name, server)): Path<(String, String)>,
+    ApiJson(body): ApiJson<StartBody>,
+) -> Result<Response, AppError> {
+    start(&state, &me, owner(&name)?, Some(server_name(&server)?), body).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopBody {
+    /// Also forget the named server (JupyterHub's `remove`); its storage stays.
+    #[serde(default)]
+    remove: bool,
+}
+
+/// `DELETE /hub/api/users/{name}/servers/{server}` (that user or an admin); `{"remove": true}`
+/// also forgets it once stopped.
+pub async fn stop_named(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path((name, server)): Path<(String, String)>,
+    ApiJson(body): ApiJson<StopBody>,
+) -> Result<StatusCode, AppError> {
+    let (owner, server) = (owner(&name)?, server_name(&server)?);
+    let status = stop(&state, &me, owner.clone(), Some(server.clone())).await?;
+    if body.remove {
+        if status == StatusCode::ACCEPTED {
+            return Err(AppError::Service(labhub_service::ServiceError::Conflict(
+                "the server is still stopping; remove it once it has stopped".into(),
+            )));
+        }
+        state.hub().delete_named_server(Actor::User(&me), &owner, &server).await?;
+    }
+    Ok(status)
+}
+
+/// `GET /hub/api/users/{name}/servers/{server}` (that user or an admin): the server model.
+pub async fn get_named(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path((name, server)): Path<(String, String)>,
+) -> Result<Json<ServerModel>, AppError> {
+    let (owner, server) = (owner(&name)?, server_name(&server)?);
+    let row = server_row(&state, &me, &owner, Some(&server)).await?;
+    Ok(Json(ServerModel::of(&owner, &row)))
+}
+
+async fn progress(
+    state: &AppState,
+    me: &Principal,
+    owner: UserName,
+    server: Option<ServerName>,
+) -> Result<Response, AppError> {
+    let row = server_row(state, me, &owner, server.as_ref()).await?;
+    let hub = state.hub();
+    let url = route_prefix(&owner, server.as_ref());
+    Ok(match row.state {
+        ServerState::Running => {
+            sse::single(ProgressEvent::ready(format!("Server ready at {url}"), Some(url))).into_response()
+        }
+        ServerState::Pending => match hub.spawn_progress(row.server_id) {
+            Some(log) => sse::stream(log).into_response(),
+            None => sse::single(ProgressEvent::step(50, "The server is starting")).into_response(),
+        },
+        ServerState::Stopping => sse::single(ProgressEvent::failed("The server is stopping")).into_response(),
+        ServerState::Stopped => match hub.spawn_progress(row.server_id).filter(|l| l.finished()) {
+            Some(log) => sse::stream(log).into_response(),
+            None => {
+                let why = row.stop_reason.map(|r| format!(" (it stopped: {r})")).unwrap_or_default();
+                sse::single(ProgressEvent::failed(format!("The server is not running{why}"))).into_response()
+            }
+        },
+    })
+}
+
+/// `GET /hub/api/users/{name}/server/progress` (that user or an admin): Server-Sent Events,
+/// `{progress, message, ready, failed, url}`.
+pub async fn progress_default(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    progress(&state, &me, owner(&name)?, None).await
+}
+
+/// `GET /hub/api/users/{name}/servers/{server}/progress` (that user or an admin).
+pub async fn progress_named(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path((name, server)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    progress(&state, &me, owner(&name)?, Some(server_name(&server)?)).await
+}

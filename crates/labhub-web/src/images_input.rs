@@ -1,0 +1,105 @@
+//! Reading a catalogue entry from a form or a JSON body, with one set of messages.
+
+use labhub_core::resources::{parse_cpu, parse_memory};
+use labhub_core::{ImageKind, ImageRef};
+use labhub_db::images::ImageFields;
+use serde::Deserialize;
+
+use crate::AppError;
+
+/// A number or the text people type ("1.5", "2G").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Number(f64),
+    Text(String),
+}
+
+impl Amount {
+    fn text(&self) -> String {
+        match self {
+            Amount::Number(n) => n.to_string(),
+            Amount::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// A command as words (JSON) or as one line (forms), split on spaces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Words(Vec<String>),
+    Line(String),
+}
+
+/// What an admin submits for a catalogue entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    pub display_name: String,
+    #[serde(default)]
+    pub description: String,
+    pub reference: String,
+    pub kind: String,
+    #[serde(default)]
+    pub port: Option<Amount>,
+    #[serde(default)]
+    pub command: Option<Command>,
+    /// Cores, e.g. 1 or "0.5".
+    pub cpu: Amount,
+    /// Bytes, or a size such as "2G".
+    pub memory: Amount,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub recipe: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ImageInput {
+    /// Checks everything and returns the fields to store.
+    pub fn into_fields(self) -> Result<ImageFields, AppError> {
+        let bad = |m: String| AppError::BadRequest(m);
+        let reference = ImageRef::parse(self.reference.trim()).map_err(|e| bad(e.to_string()))?;
+        let kind = ImageKind::parse(self.kind.trim())
+            .ok_or_else(|| bad(format!("'kind' must be jupyter, rstudio or custom, not {:?}", self.kind)))?;
+        let port = match &self.port {
+            None => None,
+            Some(p) if p.text().trim().is_empty() => None,
+            Some(p) => Some(
+                p.text()
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad("'port' must be 1-65535".into()))?,
+            ),
+        };
+        let command = match self.command {
+            None => None,
+            Some(Command::Words(w)) => Some(w),
+            Some(Command::Line(l)) => Some(l.split_whitespace().map(str::to_string).collect()),
+        }
+        .filter(|c: &Vec<String>| !c.is_empty());
+        let cpu_millis = parse_cpu(&self.cpu.text()).map_err(|e| bad(e.to_string()))?;
+        let memory_bytes = match &self.memory {
+            Amount::Number(n) if *n >= 0.0 => *n as u64,
+            other => parse_memory(&other.text()).map_err(|e| bad(e.to_string()))?,
+        };
+        Ok(ImageFields {
+            display_name: self.display_name.trim().to_string(),
+            description: self.description.trim().to_string(),
+            reference,
+            kind,
+            port,
+            command,
+            cpu_millis,
+            memory_bytes,
+            enabled: self.enabled,
+            recipe: self.recipe.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()),
+        })
+    }
+}

@@ -1,0 +1,427 @@
+//! A member's servers: the list on the home page, choosing an environment, following a start.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use labhub_core::resources::format_bytes;
+use labhub_core::{Resources, ServerName, ServerState, UserName};
+use labhub_service::audit::Actor;
+use labhub_service::images::short_id;
+use labhub_service::servers::{StartOutcome, StartRequest, route_prefix};
+use labhub_service::{Principal, ServiceError};
+use serde::Deserialize;
+
+use crate::extract::{CsrfForm, CurrentUser};
+use crate::views::{Chrome, Page, When, redirect_with_error, redirect_with_flash};
+use crate::{AppError, AppState};
+
+/// A server as the home page shows it.
+pub struct ServerRow {
+    pub name: String,
+    pub label: String,
+    pub state: &'static str,
+    pub state_text: String,
+    pub note: String,
+    pub image: String,
+    pub digest: String,
+    pub digest_full: String,
+    pub started: When,
+    pub last_activity: When,
+    pub url: String,
+    pub spawn_url: String,
+    pub pending_url: String,
+}
+
+fn spawn_path(kind: &str, owner: &UserName, server: Option<&ServerName>) -> String {
+    match server {
+        Some(s) => format!("/hub/{kind}/{owner}/{s}"),
+        None => format!("/hub/{kind}/{owner}"),
+    }
+}
+
+fn server_label(server: Option<&ServerName>) -> String {
+    server.map_or_else(|| "Default server".to_string(), |s| s.to_string())
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "home.html")]
+struct HomePage {
+    c: Chrome,
+    name: String,
+    admin: bool,
+    created: When,
+    servers: Vec<ServerRow>,
+    warnings: Vec<String>,
+    named_limit: u32,
+    named_count: usize,
+}
+
+/// `GET /hub/home` (any signed-in user): their servers and account.
+pub async fn home(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+) -> Result<Response, AppError> {
+    let hub = state.hub();
+    let user = hub.get_user(Actor::User(&me), &me.name).await?;
+    let now = hub.now();
+    let mut rows = hub.servers_of(Actor::User(&me), &me.name).await?;
+    if !rows.iter().any(|s| s.name.is_empty()) {
+        // The default server is always listed, even before its first start.
+        rows.insert(
+            0,
+            labhub_db::servers::Server {
+                server_id: 0,
+                user_id: user.user_id,
+                name: String::new(),
+                state: ServerState::Stopped,
+                image_id: None,
+                image_ref: None,
+                image_digest: None,
+                kind: None,
+                cpu_millis: None,
+                memory_bytes: None,
+                gpus: 0,
+                spawn_id: None,
+                spawner_state: serde_json::json!({}),
+                endpoint: None,
+                created_at: now,
+                started_at: None,
+                last_activity: None,
+                stopped_at: None,
+                stop_reason: None,
+            },
+        );
+    }
+    let named_count = rows.iter().filter(|s| !s.name.is_empty()).count();
+    let servers = rows
+        .into_iter()
+        .map(|s| {
+            let server = ServerName::parse_optional(&s.name).ok().flatten();
+            let (state_text, note) = match s.state {
+                ServerState::Running => ("running".to_string(), String::new()),
+                ServerState::Pending => ("starting".to_string(), String::new()),
+                ServerState::Stopping => ("stopping".to_string(), String::new()),
+                ServerState::Stopped => (
+                    "stopped".to_string(),
+                    s.stop_reason.clone().map(|r| format!("Last stop: {r}")).unwrap_or_default(),
+                ),
+            };
+            let resources = match (s.cpu_millis, s.memory_bytes) {
+                (Some(c), Some(m)) if s.state != ServerState::Stopped => {
+                    format!(" · {}", Resources { cpu_millis: c as u32, memory_bytes: m as u64, gpus: s.gpus as u32 })
+                }
+                _ => String::new(),
+            };
+            ServerRow {
+                label: server_label(server.as_ref()),
+                state: s.state.as_str(),
+                state_text,
+                note,
+                image: s.image_ref.clone().map(|i| format!("{i}{resources}")).unwrap_or_else(|| "—".into()),
+                digest: s.image_digest.as_deref().map(short_id).unwrap_or_default(),
+                digest_full: s.image_digest.clone().unwrap_or_default(),
+                started: When::opt(now, s.started_at.filter(|_| s.state == ServerState::Running)),
+                last_activity: When::opt(now, s.last_activity),
+                url: route_prefix(&me.name, server.as_ref()),
+                spawn_url: spawn_path("spawn", &me.name, server.as_ref()),
+                pending_url: spawn_path("spawn-pending", &me.name, server.as_ref()),
+                name: s.name,
+            }
+        })
+        .collect();
+    let view = HomePage {
+        c: page.chrome("home"),
+        name: me.name.to_string(),
+        admin: me.admin,
+        created: When::new(now, user.created_at),
+        servers,
+        warnings: Vec::new(),
+        named_limit: hub.server_settings().named_server_limit,
+        named_count,
+    };
+    Ok(page.render(view))
+}
+
+/// An environment on the start page.
+struct ImageChoice {
+    name: String,
+    display_name: String,
+    description: String,
+    reference: String,
+    resources: String,
+    present: bool,
+    fetch: &'static str,
+    checked: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "spawn.html")]
+struct SpawnPage {
+    c: Chrome,
+    label: String,
+    action: String,
+    images: Vec<ImageChoice>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct SpawnQuery {
+    /// From the home page's "new named server" form.
+    #[serde(default)]
+    server: Option<String>,
+}
+
+/// Which user's which server a page is about; the owner or an admin may act on it.
+fn target(
+    me: &Principal,
+    user: Option<String>,
+    server: Option<String>,
+) -> Result<(UserName, Option<ServerName>), AppError> {
+    let owner = match user {
+        Some(u) => UserName::parse(&u).map_err(|e| AppError::NotFound(e.to_string()))?,
+        None => me.name.clone(),
+    };
+    if owner != me.name && !me.admin {
+        return Err(AppError::Forbidden("you may only start your own servers".into()));
+    }
+    let server = match server.filter(|s| !s.is_empty()) {
+        Some(s) => Some(ServerName::parse(&s).map_err(|e| AppError::BadRequest(e.to_string()))?),
+        None => None,
+    };
+    Ok((owner, server))
+}
+
+async fn spawn_page(
+    state: &AppState,
+    page: &Page,
+    owner: &UserName,
+    server: Option<&ServerName>,
+    chosen: Option<&str>,
+    error: Option<String>,
+) -> Result<SpawnPage, AppError> {
+    let images = state.hub().images().await?;
+    let enabled: Vec<_> = images.into_iter().filter(|s| s.image.enabled).collect();
+    let first = enabled.first().map(|s| s.image.name.clone());
+    let chosen = chosen.map(str::to_string).or(first);
+    Ok(SpawnPage {
+        c: page.chrome("home"),
+        label: match server {
+            Some(s) => format!("{owner}'s server {s}"),
+            None => format!("{owner}'s server"),
+        },
+        action: spawn_path("spawn", owner, server),
+        images: enabled
+            .into_iter()
+            .map(|s| ImageChoice {
+                checked: Some(&s.image.name) == chosen.as_ref(),
+                resources: format!(
+                    "{} CPU, {}",
+                    labhub_core::resources::format_cpu(s.image.cpu_millis),
+                    format_bytes(s.image.memory_bytes)
+                ),
+                present: s.local.is_some(),
+                fetch: if s.image.recipe.is_some() {
+                    "it is built on the first start (a few minutes)"
+                } else {
+                    "it is pulled on the first start"
+                },
+                name: s.image.name,
+                display_name: s.image.display_name,
+                description: s.image.description,
+                reference: s.image.reference.to_string(),
+            })
+            .collect(),
+        error,
+    })
+}
+
+/// `GET /hub/spawn[/{user}[/{server}]]` (the owner or an admin): choose an environment.
+pub async fn spawn_form(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    path: Option<Path<Vec<String>>>,
+    Query(q): Query<SpawnQuery>,
+) -> Result<Response, AppError> {
+    let mut segs = path.map(|p| p.0).unwrap_or_default().into_iter();
+    let (user, server) = (segs.next(), segs.next());
+    if user.is_none()
+        && let Some(s) = q.server.filter(|s| !s.trim().is_empty())
+    {
+        // The home page's form: normalise and move to the server's own address.
+        let server = ServerName::parse(s.trim()).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        return Ok(Redirect::to(&spawn_path("spawn", &me.name, Some(&server))).into_response());
+    }
+    let (owner, server) = target(&me, user, server)?;
+    let view = spawn_page(&state, &page, &owner, server.as_ref(), None, None).await?;
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize)]
+pub struct SpawnForm {
+    #[serde(default)]
+    image: Option<String>,
+}
+
+/// `POST /hub/spawn[/{user}[/{server}]]` (the owner or an admin): starts it, then shows progress.
+pub async fn spawn(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    path: Option<Path<Vec<String>>>,
+    CsrfForm(form): CsrfForm<SpawnForm>,
+) -> Result<Response, AppError> {
+    let mut segs = path.map(|p| p.0).unwrap_or_default().into_iter();
+    let (owner, server) = target(&me, segs.next(), segs.next())?;
+    let pending = spawn_path("spawn-pending", &owner, server.as_ref());
+    let request = StartRequest { image: form.image.clone() };
+    match state.hub().start_server(Actor::User(&me), &owner, server.as_ref(), request).await {
+        Ok(StartOutcome::Started | StartOutcome::AlreadyPending) => Ok(Redirect::to(&pending).into_response()),
+        Ok(StartOutcome::AlreadyRunning) => Ok(Redirect::to(&route_prefix(&owner, server.as_ref())).into_response()),
+        Err(
+            e @ (ServiceError::Invalid(_)
+            | ServiceError::Conflict(_)
+            | ServiceError::Forbidden(_)
+            | ServiceError::TooMany { .. }),
+        ) => {
+            let err = AppError::from(e);
+            let status = err.status();
+            let view = spawn_page(&state, &page, &owner, server.as_ref(), form.image.as_deref(), Some(err.to_string()))
+                .await?;
+            Ok(page.render_status(status, view))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "spawn_pending.html")]
+struct PendingPage {
+    c: Chrome,
+    label: String,
+    message: String,
+    percent: u8,
+    progress_url: String,
+    url: String,
+    spawn_url: String,
+}
+
+/// `GET /hub/spawn-pending/{user}[/{server}]` (the owner or an admin): a live progress bar.
+pub async fn spawn_pending(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    Path(segs): Path<Vec<String>>,
+) -> Result<Response, AppError> {
+    let mut segs = segs.into_iter();
+    let (owner, server) = target(&me, segs.next(), segs.next())?;
+    let row = state
+        .hub()
+        .servers_of(Actor::User(&me), &owner)
+        .await?
+        .into_iter()
+        .find(|s| s.name == server.as_ref().map_or("", ServerName::as_str));
+    let url = route_prefix(&owner, server.as_ref());
+    if row.as_ref().is_some_and(|r| r.state == ServerState::Running) {
+        return Ok(Redirect::to(&url).into_response());
+    }
+    let last = row.as_ref().and_then(|r| state.hub().spawn_progress(r.server_id)).and_then(|l| l.last());
+    let progress_url = match &server {
+        Some(s) => format!("/hub/api/users/{owner}/servers/{s}/progress"),
+        None => format!("/hub/api/users/{owner}/server/progress"),
+    };
+    let view = PendingPage {
+        c: page.chrome("home"),
+        label: match &server {
+            Some(s) => format!("{owner}'s server {s}"),
+            None => format!("{owner}'s server"),
+        },
+        message: last.as_ref().map_or_else(|| "Waiting for the server…".to_string(), |e| e.message.clone()),
+        percent: last.map_or(0, |e| e.progress),
+        progress_url,
+        url,
+        spawn_url: spawn_path("spawn", &owner, server.as_ref()),
+    };
+    Ok(page.render(view))
+}
+
+#[derive(Deserialize)]
+pub struct ServerForm {
+    #[serde(default)]
+    server: String,
+}
+
+/// `POST /hub/home/stop` (any signed-in user, their own servers).
+pub async fn stop(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    CsrfForm(form): CsrfForm<ServerForm>,
+) -> Result<Response, AppError> {
+    let server = ServerName::parse_optional(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let label = server_label(server.as_ref());
+    Ok(match state.hub().stop_server(Actor::User(&me), &me.name, server.as_ref()).await {
+        Ok(labhub_service::servers::StopOutcome::Stopped) => {
+            redirect_with_flash(&state, "/hub/home", &format!("{label} stopped. Your files are kept."))
+        }
+        Ok(labhub_service::servers::StopOutcome::Stopping) => {
+            redirect_with_flash(&state, "/hub/home", &format!("{label} is stopping."))
+        }
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
+            redirect_with_error(&state, "/hub/home", &e.to_string())
+        }
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// `POST /hub/home/delete` (any signed-in user, their own stopped named servers).
+pub async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    CsrfForm(form): CsrfForm<ServerForm>,
+) -> Result<Response, AppError> {
+    let server = ServerName::parse(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    Ok(match state.hub().delete_named_server(Actor::User(&me), &me.name, &server).await {
+        Ok(()) => {
+            redirect_with_flash(&state, "/hub/home", &format!("Forgot the server {server}; your files are kept."))
+        }
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
+            redirect_with_error(&state, "/hub/home", &e.to_string())
+        }
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// The page for `/user/…` when the server is not running: offers to start it.
+#[derive(Template, WebTemplate)]
+#[template(path = "not_running.html")]
+pub struct NotRunningPage {
+    pub c: Chrome,
+    pub label: String,
+    pub reason: String,
+    pub can_start: bool,
+    pub spawn_url: String,
+}
+
+impl NotRunningPage {
+    /// The page for a user's server that is not running.
+    pub fn new(
+        c: Chrome,
+        owner: &UserName,
+        server: Option<&ServerName>,
+        reason: Option<String>,
+        can_start: bool,
+    ) -> Self {
+        Self {
+            c,
+            label: match server {
+                Some(s) => format!("{owner}'s server {s}"),
+                None => format!("{owner}'s server"),
+            },
+            reason: reason.unwrap_or_default(),
+            can_start,
+            spawn_url: spawn_path("spawn", owner, server),
+        }
+    }
+}

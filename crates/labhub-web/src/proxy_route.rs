@@ -1,0 +1,170 @@
+//! `/user/{name}/[{server}/]…`: who may reach a user's server, and the hand-off to the proxy.
+//!
+//! Every request and every WebSocket upgrade is authenticated (session cookie, API token in
+//! `Authorization`, or `?token=`) and must come from the owner or an admin. Cookie-
+//! authenticated requests that change state, and every cookie-authenticated WebSocket, must
+//! come from the hub's own origin: the proxy authenticates to the server with the server's
+//! token, which makes jupyter_server skip its own XSRF check, so this check takes its place.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use labhub_core::{ServerName, UserName};
+use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path};
+use labhub_service::{AuthVia, Principal};
+
+use crate::AppState;
+use crate::extract::{MaybeUser, Surface, client_addr, same_origin};
+use crate::pages::servers::NotRunningPage;
+use crate::views::{ErrorPage, Page, login_url};
+
+/// Whether the request is a person's browser navigating (answered with pages and
+/// redirects) rather than a script or a page's own fetch (answered with JSON).
+fn is_navigation(req: &Request) -> bool {
+    req.method() == Method::GET
+        && !is_upgrade(req)
+        && req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
+fn is_upgrade(req: &Request) -> bool {
+    req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "status": status.as_u16(), "message": message });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn page_error(status: StatusCode, message: &str, req: &Request) -> Response {
+    let id = req.extensions().get::<crate::middleware::RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let mut resp = ErrorPage::new(status, message.to_string(), id).into_response();
+    *resp.status_mut() = status;
+    resp
+}
+
+fn refuse(status: StatusCode, message: &str, navigation: bool, req: &Request) -> Response {
+    if navigation { page_error(status, message, req) } else { json_error(status, message) }
+}
+
+/// `ANY /user/{*rest}`: the proxied traffic.
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let navigation = is_navigation(&req);
+    let raw_path = req.uri().path().to_string();
+    let user_path = match parse_user_path(&raw_path) {
+        Ok(p) => p,
+        Err(PathError::NotLowerCase { canonical }) if req.method() == Method::GET => {
+            let target = match req.uri().query() {
+                Some(q) => format!("{canonical}?{q}"),
+                None => canonical,
+            };
+            return Redirect::permanent(&target).into_response();
+        }
+        Err(e) => {
+            return refuse(StatusCode::BAD_REQUEST, &format!("This address is not valid: {e}."), navigation, &req);
+        }
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(Surface::Proxy);
+    let principal = match MaybeUser::from_request_parts(&mut parts, &state).await {
+        Ok(MaybeUser(p)) => p,
+        Err(e) => {
+            let req = Request::from_parts(parts, body);
+            return refuse(e.status(), &e.to_string(), navigation, &req);
+        }
+    };
+    let req = Request::from_parts(parts, body);
+    let Some(me) = principal else {
+        if navigation {
+            let here = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or(raw_path);
+            return Redirect::to(&login_url(Some(&here))).into_response();
+        }
+        return json_error(StatusCode::UNAUTHORIZED, "sign in, or send an API token, to reach this server");
+    };
+    if me.name != user_path.user && !me.admin {
+        return refuse(StatusCode::FORBIDDEN, "This server belongs to someone else.", navigation, &req);
+    }
+    let by_cookie = matches!(me.via, AuthVia::Session { .. });
+    let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let has_origin = req.headers().contains_key(header::ORIGIN);
+    if (by_cookie && (unsafe_method || is_upgrade(&req)) || has_origin && is_upgrade(&req))
+        && !same_origin(req.headers(), &state)
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This request did not come from the hub's own pages (Origin check failed).",
+            navigation,
+            &req,
+        );
+    }
+    let Some(route) = state.hub().routes().resolve(&user_path) else {
+        let cookies = req.headers().get(header::COOKIE).cloned();
+        return not_running(&state, &me, &user_path.user, user_path.server.as_ref(), navigation, cookies).await;
+    };
+    let client = client_info(&state, &req);
+    let owner = route.key().user.clone();
+    let server = route.key().server.clone();
+    // Kept only to render the "not running" page if the server turns out to be gone.
+    let cookies = if navigation { req.headers().get(header::COOKIE).cloned() } else { None };
+    match state.proxy().forward(route, req, client).await {
+        Ok(resp) => resp,
+        Err(ProxyError::Unreachable) => not_running(&state, &me, &owner, server.as_ref(), navigation, cookies).await,
+        Err(e) => {
+            let mut resp = json_error(e.status(), &e.to_string());
+            if let Some(s) = e.retry_after_secs() {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            resp
+        }
+    }
+}
+
+fn client_info(state: &AppState, req: &Request) -> ClientInfo {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
+    ClientInfo {
+        addr: client_addr(req.headers(), peer, state).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        scheme,
+        host: req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| state.settings().public_url.host_str().unwrap_or_default().to_string()),
+    }
+}
+
+/// No route: the server is not running. A person gets a page offering to start it; a script
+/// gets a JSON 503.
+async fn not_running(
+    state: &AppState,
+    me: &Principal,
+    owner: &UserName,
+    candidate: Option<&ServerName>,
+    navigation: bool,
+    cookies: Option<HeaderValue>,
+) -> Response {
+    // `/user/alice/foo/…` is about the named server `foo` only if alice has one.
+    let rows = state.hub().servers_of(labhub_service::audit::Actor::User(me), owner).await.unwrap_or_default();
+    let named = candidate.filter(|c| rows.iter().any(|r| r.name == c.as_str()));
+    let row = rows.iter().find(|r| r.name == named.map_or("", ServerName::as_str));
+    let label = match named {
+        Some(s) => format!("{owner}'s server {s}"),
+        None => format!("{owner}'s server"),
+    };
+    if !navigation {
+        let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("{label} is not running"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    }
+    let (mut parts, _) = Request::new(()).into_parts();
+    if let Some(c) = cookies {
+        parts.headers.insert(header::COOKIE, c);
+    }
+    let page = match Page::from_request_parts(&mut parts, state).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let reason = row.and_then(|r| r.stop_reason.clone());
+    let view = NotRunningPage::new(page.chrome("home"), owner, named, reason, true);
+    page.render_status(StatusCode::SERVICE_UNAVAILABLE, view)
+}
