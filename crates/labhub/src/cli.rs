@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use labhub_core::{Secret, UserName};
+use labhub_core::{ImageKind, ImageRef, Secret, UserName};
+use labhub_db::images::ImageFields;
 use labhub_db::users::UserFilter;
 use labhub_service::accounts::NewAccount;
 use labhub_service::audit::Actor;
@@ -18,7 +19,7 @@ use crate::database::Database;
 
 /// labhub: a multi-user lab server for Jupyter and RStudio.
 #[derive(Parser)]
-#[command(name = "labhub", version, about, long_about = None)]
+#[command(name = "labhub", version)]
 struct Cli {
     /// Configuration file (TOML). `LABHUB_*` variables override it.
     #[arg(long, global = true, env = "LABHUB_CONFIG")]
@@ -42,9 +43,70 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the image catalogue.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// A catalogue entry's fields on the command line.
+#[derive(clap::Args)]
+struct ImageArgs {
+    /// What members see, e.g. "Python 3 (JupyterLab)".
+    #[arg(long)]
+    display_name: Option<String>,
+    /// A sentence about the environment.
+    #[arg(long)]
+    description: Option<String>,
+    /// The container image reference, e.g. registry.example.org/lab/scipy:2026.1.
+    #[arg(long)]
+    reference: Option<String>,
+    /// jupyter, rstudio or custom.
+    #[arg(long)]
+    kind: Option<String>,
+    /// For custom images: the port the server listens on.
+    #[arg(long)]
+    port: Option<u16>,
+    /// For custom images: the command, one word per --command ({base_url} and {port} are filled in).
+    #[arg(long = "command", num_args = 1..)]
+    command: Option<Vec<String>>,
+    /// Default CPUs, e.g. 1 or 0.5.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Default memory, e.g. 2G.
+    #[arg(long)]
+    memory: Option<String>,
+    /// A built-in recipe that can build the image locally (jupyterlab).
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Whether members can start it.
+    #[arg(long)]
+    enabled: Option<bool>,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List the catalogue and whether each image is on this machine.
+    List,
+    /// Add an entry (needs --display-name, --reference, --kind, --cpu and --memory).
+    Add {
+        /// Short name used in forms and the API, e.g. scipy.
+        name: String,
+        #[command(flatten)]
+        fields: ImageArgs,
+    },
+    /// Change an entry; only the options given change.
+    Set {
+        name: String,
+        #[command(flatten)]
+        fields: ImageArgs,
+    },
+    /// Remove an entry (running servers keep running).
+    Remove { name: String },
+    /// Build an entry's image from its recipe, printing the progress (takes minutes).
+    Build { name: String },
 }
 
 #[derive(Subcommand)]
@@ -153,13 +215,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             println!("The database is up to date.");
             Ok(())
         }
-        Command::User(cmd) => with_hub(&config, |hub| async move { user(hub, cmd).await }).await,
-        Command::Token(cmd) => with_hub(&config, |hub| async move { token(hub, cmd).await }).await,
+        Command::User(cmd) => with_hub(&config, false, |hub| async move { user(hub, cmd).await }).await,
+        Command::Token(cmd) => with_hub(&config, false, |hub| async move { token(hub, cmd).await }).await,
+        Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
     }
 }
 
-/// Opens the database and the hub's services for one command, then closes them.
-async fn with_hub<F, Fut>(config: &Config, f: F) -> anyhow::Result<()>
+/// Opens the database and the hub's services (with the Docker engine when `docker`) for one
+/// command, then closes them.
+async fn with_hub<F, Fut>(config: &Config, docker: bool, f: F) -> anyhow::Result<()>
 where
     F: FnOnce(labhub_service::Hub) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -168,7 +232,8 @@ where
     let result = async {
         db.migrate(Duration::from_secs(10)).await?;
         let key = app::load_key(config)?;
-        let built = app::build(config, db.pool.clone(), key, app::Runtime::default(), Overrides::default())?;
+        let runtime = if docker { app::Runtime::docker(&config.docker).await } else { app::Runtime::default() };
+        let built = app::build(config, db.pool.clone(), key, runtime, Overrides::default())?;
         f(built.hub).await
     }
     .await;
@@ -253,6 +318,103 @@ async fn token(hub: labhub_service::Hub, cmd: TokenCommand) -> anyhow::Result<()
             let name = name(&raw)?;
             let (token, _) = hub.create_token(Actor::System, &name, &note, expires_in).await?;
             println!("{}", token.expose());
+        }
+    }
+    Ok(())
+}
+
+fn image_fields(args: ImageArgs, base: Option<labhub_db::images::Image>) -> anyhow::Result<ImageFields> {
+    let missing = |what: &str| anyhow::anyhow!("--{what} is required to add an image");
+    let reference = match (args.reference, &base) {
+        (Some(r), _) => ImageRef::parse(&r)?,
+        (None, Some(b)) => b.reference.clone(),
+        (None, None) => return Err(missing("reference")),
+    };
+    let kind = match (args.kind, &base) {
+        (Some(k), _) => {
+            ImageKind::parse(&k).with_context(|| format!("--kind must be jupyter, rstudio or custom, not {k:?}"))?
+        }
+        (None, Some(b)) => b.kind,
+        (None, None) => return Err(missing("kind")),
+    };
+    let cpu_millis = match (args.cpu, &base) {
+        (Some(c), _) => labhub_core::resources::parse_cpu(&c)?,
+        (None, Some(b)) => b.cpu_millis,
+        (None, None) => return Err(missing("cpu")),
+    };
+    let memory_bytes = match (args.memory, &base) {
+        (Some(m), _) => labhub_core::resources::parse_memory(&m)?,
+        (None, Some(b)) => b.memory_bytes,
+        (None, None) => return Err(missing("memory")),
+    };
+    let display_name = match (args.display_name, &base) {
+        (Some(d), _) => d,
+        (None, Some(b)) => b.display_name.clone(),
+        (None, None) => return Err(missing("display-name")),
+    };
+    Ok(ImageFields {
+        display_name,
+        description: args.description.or_else(|| base.as_ref().map(|b| b.description.clone())).unwrap_or_default(),
+        reference,
+        kind,
+        port: args.port.or_else(|| base.as_ref().and_then(|b| b.port)),
+        command: args.command.or_else(|| base.as_ref().and_then(|b| b.command.clone())),
+        cpu_millis,
+        memory_bytes,
+        enabled: args.enabled.or_else(|| base.as_ref().map(|b| b.enabled)).unwrap_or(true),
+        recipe: args.recipe.filter(|r| !r.is_empty()).or_else(|| base.as_ref().and_then(|b| b.recipe.clone())),
+    })
+}
+
+async fn image(hub: labhub_service::Hub, cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::List => {
+            println!("{:<16} {:<8} {:<8} {:<40} on this machine", "name", "kind", "enabled", "reference");
+            for s in hub.images().await? {
+                let local =
+                    s.local.map_or_else(|| "missing".to_string(), |l| labhub_service::images::short_id(&l.digest));
+                println!(
+                    "{:<16} {:<8} {:<8} {:<40} {local}",
+                    s.image.name,
+                    s.image.kind.as_str(),
+                    if s.image.enabled { "yes" } else { "no" },
+                    s.image.reference.as_str()
+                );
+            }
+        }
+        ImageCommand::Add { name, fields } => {
+            let image = hub.add_image(Actor::System, &name, image_fields(fields, None)?).await?;
+            println!("Added {} ({}).", image.name, image.reference);
+        }
+        ImageCommand::Set { name, fields } => {
+            let base = hub.image(&name).await?;
+            let image = hub.update_image(Actor::System, &name, image_fields(fields, Some(base))?).await?;
+            println!("Saved {} ({}).", image.name, image.reference);
+        }
+        ImageCommand::Remove { name } => {
+            hub.remove_image(Actor::System, &name).await?;
+            println!("Removed {name} from the catalogue.");
+        }
+        ImageCommand::Build { name } => {
+            let log = hub.build_image(Actor::System, &name).await?;
+            let mut rx = log.subscribe();
+            let mut seen = 0;
+            loop {
+                let (new, done) = {
+                    let all = rx.borrow_and_update();
+                    (all[seen..].to_vec(), all.last().is_some_and(|e| e.is_final()))
+                };
+                seen += new.len();
+                for e in &new {
+                    println!("[{:>3}%] {}", e.progress, e.message);
+                    if e.failed {
+                        bail!("{}", e.message);
+                    }
+                }
+                if done || rx.changed().await.is_err() {
+                    break;
+                }
+            }
         }
     }
     Ok(())

@@ -108,9 +108,15 @@ async fn user_and_token_commands_drive_the_same_database() {
 fn serve_runs_its_own_postgres_and_stops_it_on_shutdown() {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let port = free_port();
+    // A hub id of this test's own, and no image build: the test must not touch what a real hub
+    // on this machine owns.
+    let hub_id = format!("lhtest{}xserve", std::process::id());
     let mut child = labhub(&["serve"])
         .env("LABHUB_DATA_DIR", dir.path())
         .env("LABHUB_BIND", format!("127.0.0.1:{port}"))
+        .env("LABHUB_DOCKER__HUB_ID", &hub_id)
+        .env("LABHUB_DOCKER__NETWORK", format!("{hub_id}-net"))
+        .env("LABHUB_SERVERS__BUILD_MISSING_IMAGES_AT_BOOT", "false")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -147,4 +153,85 @@ mod reqwest {
         s.read_to_string(&mut buf)?;
         buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("no status"))
     }
+}
+
+#[tokio::test]
+async fn image_commands_manage_the_catalogue() {
+    let app = TestApp::spawn().await;
+    let url = TestCluster::get().url(&app.db_name);
+    let (code, out, err) = run(labhub(&[
+        "image",
+        "add",
+        "scipy",
+        "--display-name",
+        "SciPy",
+        "--reference",
+        "127.0.0.1:9/lab/scipy:1",
+        "--kind",
+        "jupyter",
+        "--cpu",
+        "1.5",
+        "--memory",
+        "3G",
+    ])
+    .env("DATABASE_URL", &url));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Added scipy"), "{out}");
+    let (code, out, err) = run(labhub(&["image", "set", "scipy", "--enabled", "false"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Saved scipy"));
+    let image = app.hub.image("scipy").await.unwrap();
+    assert_eq!((image.cpu_millis, image.memory_bytes, image.enabled), (1500, 3 << 30, false));
+    let (code, out, _) = run(labhub(&["image", "list"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.starts_with("scipy")).expect("listed");
+    assert!(line.contains("no") && line.ends_with("missing"), "{line}");
+    let (code, _, err) = run(labhub(&[
+        "image",
+        "add",
+        "bad",
+        "--display-name",
+        "x",
+        "--reference",
+        "UPPER/case",
+        "--kind",
+        "jupyter",
+        "--cpu",
+        "1",
+        "--memory",
+        "1G",
+    ])
+    .env("DATABASE_URL", &url));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an image reference"), "{err}");
+    let (code, _, err) = run(labhub(&["image", "add", "half", "--reference", "lab/x:1"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 1);
+    assert!(err.contains("is required"), "{err}");
+    let (code, _, err) = run(labhub(&["image", "build", "scipy"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 1);
+    assert!(err.contains("has no recipe"), "{err}");
+    let (code, out, _) = run(labhub(&["image", "remove", "scipy"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 0);
+    assert!(out.contains("Removed scipy"));
+    assert!(app.hub.image("scipy").await.is_err());
+}
+
+#[test]
+fn the_compose_file_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let compose = |password: Option<&str>| {
+        let mut c = Command::new("docker-compose");
+        c.arg("config").current_dir(&root).env_remove("LABHUB_DB_PASSWORD");
+        if let Some(p) = password {
+            c.env("LABHUB_DB_PASSWORD", p);
+        }
+        c.output().expect("docker-compose")
+    };
+    let ok = compose(Some("s3cret"));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("/var/run/docker.sock") && text.contains("network_mode: host"), "{text}");
+    let missing = compose(None);
+    assert!(!missing.status.success(), "a database password is required");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("LABHUB_DB_PASSWORD"));
 }
