@@ -131,6 +131,8 @@ pub struct EmbeddedPostgres {
     run_as: Option<RunAs>,
     tcp_port: Option<u16>,
     log_file: PathBuf,
+    /// Whether it was already running when this process started it (another hub or command owns it).
+    adopted: bool,
 }
 
 impl EmbeddedPostgres {
@@ -140,8 +142,9 @@ impl EmbeddedPostgres {
         let root = root.to_path_buf();
         let bin = bin.map(Path::to_path_buf);
         tokio::task::spawn_blocking(move || {
-            let pg = Self::prepare(&root, bin.as_deref(), None, true)?;
-            if !pg.is_running() {
+            let mut pg = Self::prepare(&root, bin.as_deref(), None, true)?;
+            pg.adopted = pg.is_running();
+            if !pg.adopted {
                 pg.run_step(
                     "pg_ctl start",
                     pg.tool("pg_ctl")
@@ -216,7 +219,15 @@ impl EmbeddedPostgres {
             let digest = sha_prefix(root.as_os_str().as_encoded_bytes());
             socket_dir = std::env::temp_dir().join(format!("labhub-pg-{digest}"));
         }
-        let pg = Self { log_file: root.join("postgres.log"), data_dir, socket_dir, bin_dir, run_as, tcp_port };
+        let pg = Self {
+            log_file: root.join("postgres.log"),
+            data_dir,
+            socket_dir,
+            bin_dir,
+            run_as,
+            tcp_port,
+            adopted: false,
+        };
         for dir in [&root, &pg.socket_dir] {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
@@ -388,6 +399,11 @@ impl EmbeddedPostgres {
             "pg_ctl stop",
             self.tool("pg_ctl").args(["-m", "fast", "-w", "-D"]).arg(&self.data_dir).arg("stop"),
         )
+    }
+
+    /// Whether the cluster was already running when it was started here (so someone else owns it).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// Where the cluster's server log is written.

@@ -91,6 +91,24 @@ pub struct ImageFields {
 /// The unique index on names.
 pub const NAME_KEY: &str = "images_name_key";
 
+type RowQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, Row, sqlx::postgres::PgArguments>;
+
+/// Binds `$1`..`$12` — the name, every field, the time — in the order insert and update share.
+fn bind_fields<'q>(q: RowQuery<'q>, name: &'q str, f: &'q ImageFields, now: OffsetDateTime) -> RowQuery<'q> {
+    q.bind(name)
+        .bind(&f.display_name)
+        .bind(&f.description)
+        .bind(f.reference.as_str())
+        .bind(f.kind.as_str())
+        .bind(f.port.map(i32::from))
+        .bind(f.command.clone().map(sqlx::types::Json))
+        .bind(f.cpu_millis as i32)
+        .bind(f.memory_bytes as i64)
+        .bind(f.enabled)
+        .bind(&f.recipe)
+        .bind(now)
+}
+
 /// Adds an entry.
 pub async fn insert(
     db: impl PgExecutor<'_>,
@@ -98,26 +116,13 @@ pub async fn insert(
     f: &ImageFields,
     now: OffsetDateTime,
 ) -> Result<Image, DbError> {
-    let row: Row = sqlx::query_as(concat!(
+    let q = sqlx::query_as(concat!(
         "insert into images (name, display_name, description, reference, kind, port, command, cpu_millis, memory_bytes,
                              enabled, recipe, created_at, updated_at)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) returning ",
         columns!()
-    ))
-    .bind(name)
-    .bind(&f.display_name)
-    .bind(&f.description)
-    .bind(f.reference.as_str())
-    .bind(f.kind.as_str())
-    .bind(f.port.map(i32::from))
-    .bind(f.command.clone().map(sqlx::types::Json))
-    .bind(f.cpu_millis as i32)
-    .bind(f.memory_bytes as i64)
-    .bind(f.enabled)
-    .bind(&f.recipe)
-    .bind(now)
-    .fetch_one(db)
-    .await?;
+    ));
+    let row: Row = bind_fields(q, name, f, now).fetch_one(db).await?;
     row.try_into()
 }
 
@@ -128,26 +133,13 @@ pub async fn update(
     f: &ImageFields,
     now: OffsetDateTime,
 ) -> Result<Option<Image>, DbError> {
-    let row: Option<Row> = sqlx::query_as(concat!(
+    let q = sqlx::query_as(concat!(
         "update images set display_name = $2, description = $3, reference = $4, kind = $5, port = $6, command = $7,
                 cpu_millis = $8, memory_bytes = $9, enabled = $10, recipe = $11, updated_at = $12
          where name = $1 returning ",
         columns!()
-    ))
-    .bind(name)
-    .bind(&f.display_name)
-    .bind(&f.description)
-    .bind(f.reference.as_str())
-    .bind(f.kind.as_str())
-    .bind(f.port.map(i32::from))
-    .bind(f.command.clone().map(sqlx::types::Json))
-    .bind(f.cpu_millis as i32)
-    .bind(f.memory_bytes as i64)
-    .bind(f.enabled)
-    .bind(&f.recipe)
-    .bind(now)
-    .fetch_optional(db)
-    .await?;
+    ));
+    let row: Option<Row> = bind_fields(q, name, f, now).fetch_optional(db).await?;
     row.map(Image::try_from).transpose()
 }
 

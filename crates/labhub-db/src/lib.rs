@@ -7,11 +7,14 @@
 pub mod audit;
 pub mod embedded;
 mod error;
+pub mod groups;
 pub mod identities;
 pub mod images;
+pub mod quotas;
 pub mod servers;
 pub mod sessions;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 
 use std::time::Duration;

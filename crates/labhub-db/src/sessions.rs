@@ -60,36 +60,82 @@ pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<O
     Ok(Some((Session::from_row(&row)?, users::from_prefixed_row(&row)?)))
 }
 
-/// Marks a session as used now (the idle limit counts from here).
+/// Marks a session, and the session it was handed out by, as used now (the idle limit counts
+/// from here: working in a server on its own host keeps the hub session alive).
 pub async fn touch(db: impl PgExecutor<'_>, session_id: i64, now: OffsetDateTime) -> Result<(), DbError> {
-    sqlx::query("update sessions set last_seen_at = $2 where session_id = $1 and last_seen_at < $2")
-        .bind(session_id)
-        .bind(now)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "update sessions set last_seen_at = $2
+         where (session_id = $1 or session_id = (select parent_session_id from sessions where session_id = $1))
+           and last_seen_at < $2",
+    )
+    .bind(session_id)
+    .bind(now)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
-/// Ends one session; returns whether it existed.
-pub async fn delete_by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<bool, DbError> {
-    let r = sqlx::query("delete from sessions where token_hash = $1").bind(&hash[..]).execute(db).await?;
-    Ok(r.rows_affected() > 0)
+/// Ends one session and the sessions it handed to users' server hosts; returns the token
+/// hashes that ended, so caches can forget them.
+pub async fn delete_by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<Vec<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar(
+        "delete from sessions where token_hash = $1
+            or parent_session_id = (select session_id from sessions where token_hash = $1)
+         returning token_hash",
+    )
+    .bind(&hash[..])
+    .fetch_all(db)
+    .await?)
 }
 
-/// Ends one session by id, only if it belongs to `user_id`; returns whether it existed.
-pub async fn delete_for_user_by_id(db: impl PgExecutor<'_>, user_id: i64, session_id: i64) -> Result<bool, DbError> {
-    let r = sqlx::query("delete from sessions where user_id = $1 and session_id = $2")
-        .bind(user_id)
-        .bind(session_id)
-        .execute(db)
-        .await?;
-    Ok(r.rows_affected() > 0)
+/// Stores a session for a user server's host, ending with `parent` and at its expiry.
+pub async fn insert_child(
+    db: impl PgExecutor<'_>,
+    parent: i64,
+    token_hash: &[u8; 32],
+    now: OffsetDateTime,
+) -> Result<Option<i64>, DbError> {
+    Ok(sqlx::query_scalar(
+        "insert into sessions (token_hash, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr,
+                               parent_session_id)
+         select $2, user_id, $3, $3, expires_at, user_agent, client_addr, session_id
+         from sessions where session_id = $1 and expires_at > $3
+         returning session_id",
+    )
+    .bind(parent)
+    .bind(&token_hash[..])
+    .bind(now)
+    .fetch_optional(db)
+    .await?)
 }
 
-/// Ends every session of a user; returns how many ended.
+/// Ends one session by id (and its children), only if it belongs to `user_id`; returns the
+/// token hashes that ended.
+pub async fn delete_for_user_by_id(
+    db: impl PgExecutor<'_>,
+    user_id: i64,
+    session_id: i64,
+) -> Result<Vec<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar(
+        "delete from sessions where user_id = $1 and (session_id = $2 or parent_session_id = $2) returning token_hash",
+    )
+    .bind(user_id)
+    .bind(session_id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Ends every session of a user; returns how many browser sessions ended (not counting the
+/// ones handed to server hosts, which end with them).
 pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<u64, DbError> {
-    let r = sqlx::query("delete from sessions where user_id = $1").bind(user_id).execute(db).await?;
-    Ok(r.rows_affected())
+    let n: i64 = sqlx::query_scalar(
+        "with ended as (delete from sessions where user_id = $1 returning parent_session_id)
+         select count(*) from ended where parent_session_id is null",
+    )
+    .bind(user_id)
+    .fetch_one(db)
+    .await?;
+    Ok(n as u64)
 }
 
 /// Removes sessions past their absolute expiry or idle longer than allowed.

@@ -18,6 +18,7 @@ use labhub_core::ImageKind;
 use tokio::time::Instant;
 
 use crate::body::{ProgressBody, ProxiedBody};
+use crate::closer::{Closer, Watch};
 use crate::error::ProxyError;
 use crate::headers::{self, LocationRewrite};
 use crate::limits::Lease;
@@ -44,22 +45,23 @@ pub struct ProxySettings {
     pub max_connections_total: usize,
     /// The largest request line plus headers (names and values) accepted.
     pub max_request_header_bytes: usize,
-    /// The hub's session cookie, removed from `Cookie` before forwarding.
-    pub strip_cookie: String,
+    /// The hub's session cookies (its own host's and users' hosts'), removed from `Cookie`
+    /// before forwarding.
+    pub strip_cookies: Vec<String>,
     /// What `Busy` suggests as `Retry-After`.
     pub busy_retry_after: Duration,
 }
 
 impl ProxySettings {
-    /// The defaults, stripping the hub's session cookie `strip_cookie`.
-    pub fn new(strip_cookie: impl Into<String>) -> Self {
+    /// The defaults, stripping the hub's session cookies `strip_cookies`.
+    pub fn new<S: Into<String>>(strip_cookies: impl IntoIterator<Item = S>) -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(300),
             max_connections_per_server: 256,
             max_connections_total: 8192,
             max_request_header_bytes: 64 * 1024,
-            strip_cookie: strip_cookie.into(),
+            strip_cookies: strip_cookies.into_iter().map(Into::into).collect(),
             busy_retry_after: Duration::from_secs(1),
         }
     }
@@ -99,6 +101,15 @@ struct ProxyInner {
     settings: ProxySettings,
     table: RouteTable,
     in_flight: Arc<AtomicUsize>,
+    /// Tripped when the last clone goes (the hub's router was dropped after shutdown): the
+    /// tunnels it opened are not left running without it.
+    tunnels_closer: Arc<Closer>,
+}
+
+impl Drop for ProxyInner {
+    fn drop(&mut self) {
+        self.tunnels_closer.close();
+    }
 }
 
 /// Forwards requests to the servers in a route table. Cheap to clone.
@@ -116,7 +127,9 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// A proxy for the routes in `table`.
     pub fn new(settings: ProxySettings, table: RouteTable) -> Self {
-        Self { inner: Arc::new(ProxyInner { settings, table, in_flight: Arc::new(AtomicUsize::new(0)) }) }
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let tunnels_closer = Arc::new(Closer::default());
+        Self { inner: Arc::new(ProxyInner { settings, table, in_flight, tunnels_closer }) }
     }
 
     /// The route table this proxy serves.
@@ -205,7 +218,8 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
-            return Ok(switch_protocols(route, lease, client_upgrade, response));
+            let shutdown = self.inner.tunnels_closer.watch();
+            return Ok(switch_protocols(route, lease, client_upgrade, response, shutdown));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
@@ -279,7 +293,7 @@ fn prepare_headers(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, to);
     }
-    headers::strip_cookie(h, &settings.strip_cookie);
+    headers::strip_cookies(h, &settings.strip_cookies);
     // `insert` replaces every value: no client credential (hub token, basic auth) survives.
     h.insert(header::AUTHORIZATION, route.authorization.clone());
     headers::append_forwarded_for(h, client.addr);
@@ -333,6 +347,7 @@ fn switch_protocols(
     lease: Lease,
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: http::Response<Incoming>,
+    shutdown: Arc<Watch>,
 ) -> Response {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
@@ -341,7 +356,7 @@ fn switch_protocols(
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade_to.unwrap_or_else(|| HeaderValue::from_static("websocket")));
     parts.extensions = Extensions::new();
-    tunnel::spawn(route, lease, client_upgrade, upstream_upgrade);
+    tunnel::spawn(route, lease, client_upgrade, upstream_upgrade, shutdown);
     Response::from_parts(parts, Body::empty())
 }
 

@@ -66,16 +66,18 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the cookie called `name` from every `Cookie` header, keeping the others (such as
+/// Removes the cookies called `names` from every `Cookie` header, keeping the others (such as
 /// Jupyter's `_xsrf`) in their order, as one `Cookie` header; drops it when nothing is left.
 /// HTTP/2 clients send one header per cookie, but an HTTP/1.1 server expects a single line
 /// (RFC 9113 §8.2.3), so several are always joined.
-pub(crate) fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    let name = name.as_bytes();
+pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
+    let names: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).filter(|n| !n.is_empty()).collect();
     let mut values = headers.get_all(header::COOKIE).iter();
     let several = values.nth(1).is_some();
-    let mentioned = !name.is_empty()
-        && headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(name.len()).any(|w| w == name));
+    let mentioned = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| names.iter().any(|name| v.as_bytes().windows(name.len()).any(|w| w == *name)));
     if !several && !mentioned {
         return;
     }
@@ -87,7 +89,7 @@ pub(crate) fn strip_cookie(headers: &mut HeaderMap, name: &str) {
                 continue;
             }
             let cookie_name = pair.split(|b| *b == b'=').next().unwrap_or(pair).trim_ascii();
-            if !name.is_empty() && cookie_name == name {
+            if names.contains(&cookie_name) {
                 continue;
             }
             if !kept.is_empty() {
@@ -267,7 +269,7 @@ mod tests {
             for v in values.iter() {
                 h.append(header::COOKIE, HeaderValue::from_static(v));
             }
-            strip_cookie(&mut h, "labhub");
+            strip_cookies(&mut h, &["labhub".to_string()]);
             let got: Vec<&str> = h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
             assert_eq!(got, want.map(|w| vec![w]).unwrap_or_default(), "{values:?}");
         }

@@ -30,7 +30,7 @@
 //! # What the server sees
 //! - Removed: hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on WebSocket upgrades, every
-//!   `Proxy-*`); the hub's session cookie (other cookies, like Jupyter's `_xsrf`, stay); the
+//!   `Proxy-*`); the hub's session cookies (other cookies, like Jupyter's `_xsrf`, stay); the
 //!   client's `Authorization` (it may carry the hub token); every `token` query parameter
 //!   (JupyterHub accepts the hub token as `?token=`), the rest of the query byte for byte.
 //! - Added: `Authorization: token <server secret>`; `X-Forwarded-For` (appended),
@@ -48,8 +48,9 @@
 //! The upgrade is forwarded first; the client gets 101 only after the server answered 101,
 //! with the server's `Sec-WebSocket-Accept`/`-Protocol`/`-Extensions`. A refusal (403, 404…)
 //! is passed back as it is. Then bytes are copied both ways untouched (so compression and
-//! close codes are end to end) until either side closes or the route is removed. Tunnels
-//! are counted per route and in total by guards that decrement on drop.
+//! close codes are end to end) until either side closes, the route is removed, or the proxy
+//! itself is dropped (the hub shut down: its tunnels do not outlive it). Tunnels are counted
+//! per route and in total by guards that decrement on drop.
 //!
 //! # Limits and timeouts
 //! A slot per route (`max_connections_per_server`) and one in total

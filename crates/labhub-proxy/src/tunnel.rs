@@ -12,6 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::closer::Watch;
 use crate::limits::{Lease, TunnelGuard};
 use crate::route::RouteEntry;
 
@@ -23,8 +24,15 @@ const ACTIVITY_EVERY: Duration = Duration::from_secs(1);
 const BUFFER: usize = 8 * 1024;
 
 /// Starts the tunnel between the client's and the server's upgraded connections. The lease
-/// and the tunnel count are held by the task and released however it ends.
-pub(crate) fn spawn(route: Arc<RouteEntry>, lease: Lease, client: OnUpgrade, upstream: OnUpgrade) {
+/// and the tunnel count are held by the task and released however it ends. It ends when
+/// either side closes, the route goes, or `shutdown` trips (the proxy itself went).
+pub(crate) fn spawn(
+    route: Arc<RouteEntry>,
+    lease: Lease,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    shutdown: Arc<Watch>,
+) {
     let guard = TunnelGuard::new(route.clone());
     let closed = route.closer.watch();
     tokio::spawn(async move {
@@ -37,6 +45,7 @@ pub(crate) fn spawn(route: Arc<RouteEntry>, lease: Lease, client: OnUpgrade, ups
         tokio::select! {
             biased;
             () = closed.closed() => tracing::debug!(route = %key, "tunnel closed: the route was removed"),
+            () = shutdown.closed() => tracing::debug!(route = %key, "tunnel closed: the hub is shutting down"),
             done = run => match done {
                 Ok(()) => tracing::debug!(route = %key, "tunnel closed"),
                 // A hang-up on either side is how tunnels usually end.

@@ -155,14 +155,21 @@ impl Hub {
         Ok(())
     }
 
-    /// Grants or revokes admin rights.
-    pub async fn set_admin(&self, actor: Actor<'_>, name: &UserName, admin: bool) -> Result<User, ServiceError> {
-        actor.require_admin()?;
+    /// Opens a transaction holding every admin's row and `name`'s row, so concurrent changes
+    /// cannot together pass the last-admin check.
+    async fn lock_for_admin_change(&self, name: &UserName) -> Result<(labhub_db::Tx, User), ServiceError> {
         let mut tx = labhub_db::begin(self.db()).await?;
         users::lock_admins(&mut *tx).await?;
         let user = users::by_name_for_update(&mut *tx, name)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no user named {name}")))?;
+        Ok((tx, user))
+    }
+
+    /// Grants or revokes admin rights.
+    pub async fn set_admin(&self, actor: Actor<'_>, name: &UserName, admin: bool) -> Result<User, ServiceError> {
+        actor.require_admin()?;
+        let (mut tx, user) = self.lock_for_admin_change(name).await?;
         if user.admin == admin {
             return Ok(user);
         }
@@ -190,11 +197,7 @@ impl Hub {
         state: AccountState,
     ) -> Result<User, ServiceError> {
         actor.require_admin()?;
-        let mut tx = labhub_db::begin(self.db()).await?;
-        users::lock_admins(&mut *tx).await?;
-        let user = users::by_name_for_update(&mut *tx, name)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no user named {name}")))?;
+        let (mut tx, user) = self.lock_for_admin_change(name).await?;
         if user.state == state {
             return Ok(user);
         }

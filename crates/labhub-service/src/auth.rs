@@ -38,10 +38,22 @@ struct CachedToken {
     fetched: OffsetDateTime,
 }
 
+/// How long a code for a server's own host stays valid.
+const HOST_CODE_LIFETIME: time::Duration = time::Duration::seconds(60);
+
+/// A code a user server's host may exchange once for a session of its own.
+struct HostCode {
+    session_id: i64,
+    host: String,
+    expires_at: OffsetDateTime,
+}
+
 /// The in-memory cache of recognised credentials.
 #[derive(Default)]
 pub(crate) struct AuthCache {
     sessions: DashMap<TokenHash, CachedSession>,
+    /// Codes handed out for users' server hosts, by their hash.
+    host_codes: DashMap<TokenHash, HostCode>,
     tokens: DashMap<TokenHash, CachedToken>,
     /// Tokens used since the last flush of `last_used_at`.
     used_tokens: DashSet<i64>,
@@ -102,8 +114,9 @@ impl Hub {
         {
             if hit.expires_at <= now || now - hit.last_seen > self.idle_limit() {
                 drop(hit);
+                let ended = sessions::delete_by_token_hash(self.db(), &hash).await?;
                 cache.sessions.remove(&hash);
-                sessions::delete_by_token_hash(self.db(), &hash).await?;
+                self.forget_sessions(ended);
                 return Ok(None);
             }
             if now - hit.last_seen >= TOUCH_EVERY {
@@ -120,8 +133,9 @@ impl Hub {
             return Ok(None);
         };
         if session.expires_at <= now || now - session.last_seen_at > self.idle_limit() {
-            sessions::delete_by_token_hash(self.db(), &hash).await?;
+            let ended = sessions::delete_by_token_hash(self.db(), &hash).await?;
             cache.sessions.remove(&hash);
+            self.forget_sessions(ended);
             return Ok(None);
         }
         if user.state != AccountState::Active {
@@ -154,12 +168,59 @@ impl Hub {
         Ok(Some(principal))
     }
 
-    /// Ends the session behind a cookie (logout). Unknown cookies are ignored.
+    /// Ends the session behind a cookie (logout), with the sessions it handed to users' server
+    /// hosts. Unknown cookies are ignored.
     pub async fn end_session(&self, token: &str) -> Result<(), ServiceError> {
         let hash = sha256(token);
         self.0.auth_cache.sessions.remove(&hash);
-        sessions::delete_by_token_hash(self.db(), &hash).await?;
+        let ended = sessions::delete_by_token_hash(self.db(), &hash).await?;
+        self.forget_sessions(ended);
         Ok(())
+    }
+
+    /// Forgets cached sessions by their token hashes.
+    fn forget_sessions(&self, hashes: Vec<Vec<u8>>) {
+        for h in hashes {
+            if let Ok(h) = <TokenHash>::try_from(h.as_slice()) {
+                self.0.auth_cache.sessions.remove(&h);
+            }
+        }
+    }
+
+    /// A one-time code (valid for a minute) that a user server's own host exchanges, with
+    /// [`Hub::redeem_host_code`], for a session of its own tied to `principal`'s hub session.
+    /// Only browser sessions can hand out codes.
+    pub fn host_code(&self, principal: &Principal, host: &str) -> Result<String, ServiceError> {
+        let AuthVia::Session { session_id } = principal.via else {
+            return Err(ServiceError::Forbidden("only a signed-in browser can open a server on its own host".into()));
+        };
+        let (code, hash) = new_token();
+        let now = self.now();
+        let codes = &self.0.auth_cache.host_codes;
+        if codes.len() >= CACHE_MAX {
+            codes.retain(|_, c| c.expires_at > now);
+        }
+        codes.insert(hash, HostCode { session_id, host: host.to_string(), expires_at: now + HOST_CODE_LIFETIME });
+        Ok(code)
+    }
+
+    /// Exchanges a one-time code on the host it was issued for; returns the new session's cookie
+    /// value. A code works once.
+    pub async fn redeem_host_code(&self, code: &str, host: &str) -> Result<Secret<String>, ServiceError> {
+        let refused = || {
+            ServiceError::Unauthenticated("this sign-in link is unknown, used or expired; open the server again".into())
+        };
+        if !looks_like_token(code) {
+            return Err(refused());
+        }
+        let (_, pending) = self.0.auth_cache.host_codes.remove(&sha256(code)).ok_or_else(refused)?;
+        let now = self.now();
+        if pending.expires_at <= now || pending.host != host {
+            return Err(refused());
+        }
+        let (token, hash) = new_token();
+        sessions::insert_child(self.db(), pending.session_id, &hash, now).await?.ok_or_else(refused)?;
+        Ok(Secret::new(token))
     }
 
     /// Ends every session of a user ("log out everywhere", or an admin's action); returns how many.
@@ -384,10 +445,11 @@ impl Hub {
     ) -> Result<(), ServiceError> {
         let user = self.user_by_name(name).await?;
         actor.require_self_or_admin(user.user_id)?;
-        if !sessions::delete_for_user_by_id(self.db(), user.user_id, session_id).await? {
+        let ended = sessions::delete_for_user_by_id(self.db(), user.user_id, session_id).await?;
+        if ended.is_empty() {
             return Err(ServiceError::NotFound("that session has already ended".into()));
         }
-        self.0.auth_cache.sessions.retain(|_, s| s.session_id != session_id);
+        self.forget_sessions(ended);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use crate::auth::AuthCache;
 use crate::servers::ServerRuntime;
-use crate::{AccountSettings, ServerSettings};
+use crate::{AccountSettings, QuotaSettings, ServerSettings};
 
 /// What the hub is built from.
 pub struct HubParts {
@@ -32,6 +32,8 @@ pub struct HubParts {
     pub servers: ServerSettings,
     /// The identity providers people may sign in with.
     pub providers: labhub_auth::oidc::Providers,
+    /// The site default quota, and how often servers are culled, sampled and measured.
+    pub quotas: QuotaSettings,
 }
 
 /// The hub's services. Cheap to clone; every clone shares the same caches.
@@ -48,6 +50,7 @@ pub(crate) struct Inner {
     pub(crate) auth_cache: AuthCache,
     pub(crate) servers: ServerRuntime,
     pub(crate) providers: labhub_auth::oidc::Providers,
+    pub(crate) quotas: QuotaSettings,
 }
 
 impl std::fmt::Debug for Hub {
@@ -70,6 +73,7 @@ impl Hub {
             accounts: parts.accounts,
             servers: ServerRuntime::new(parts.spawner, parts.builder, parts.routes, parts.servers),
             providers: parts.providers,
+            quotas: parts.quotas,
         }))
     }
 
@@ -96,6 +100,11 @@ impl Hub {
     /// The account rules in force.
     pub fn account_settings(&self) -> &AccountSettings {
         &self.0.accounts
+    }
+
+    /// The quota rules in force.
+    pub fn quota_settings(&self) -> &QuotaSettings {
+        &self.0.quotas
     }
 
     /// The identity providers people may sign in with.

@@ -7,17 +7,21 @@
 pub mod accounts;
 pub mod audit;
 pub mod auth;
+pub mod culler;
 mod error;
+pub mod groups;
 mod hub;
 pub mod images;
 pub mod progress;
+pub mod quotas;
 pub mod servers;
 pub mod settings;
 pub mod sso;
+pub mod usage;
 
 pub use error::ServiceError;
 pub use hub::{Hub, HubParts};
-pub use settings::{AccountSettings, ServerSettings, SignupPolicy};
+pub use settings::{AccountSettings, QuotaSettings, ServerSettings, SignupPolicy};
 
 /// Who is asking: an authenticated, active user, and how they proved it.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures::StreamExt;
 use labhub_core::spawner::{ImageBuilder, ServerSpec, ServerStatus, SpawnError, Spawner};
-use labhub_core::{ImageKind, Resources, ServerName, ServerState, UserName};
+use labhub_core::{ImageKind, ServerName, ServerState, UserName};
 use labhub_db::images::Image;
 use labhub_db::servers::{self, Server};
 use labhub_db::users;
@@ -73,6 +73,15 @@ struct Spawn {
 pub struct StartRequest {
     /// The catalogue image's name; the first enabled image when not given.
     pub image: Option<String>,
+    /// The group to start under (and charge); when not given and the owner is in several,
+    /// the most generous group whose limits admit the request.
+    pub group: Option<labhub_core::GroupName>,
+    /// A CPU limit in millicores; the image's own, within the group's limit, when not given.
+    pub cpu_millis: Option<u32>,
+    /// A memory limit in bytes; the image's own, within the group's limit, when not given.
+    pub memory_bytes: Option<u64>,
+    /// GPUs to request; none when not given.
+    pub gpus: Option<u32>,
 }
 
 /// What a start request led to.
@@ -98,17 +107,29 @@ pub enum StopOutcome {
 /// Why a server stops, in words for its owner.
 #[derive(Debug, Clone)]
 pub enum StopReason {
-    /// Its owner or an admin asked.
+    /// Its owner, an admin or a lead of its group asked.
     Requested { by: String, owner: bool },
-    /// The hub stopped it (idle, lifetime), with why.
+    /// The culler: no proxied activity for longer than its group's idle timeout.
+    Idle(Duration),
+    /// The culler: it ran for its group's maximum lifetime.
+    Lifetime(Duration),
+    /// The hub stopped it for another reason, with why.
     Hub(String),
 }
 
 impl StopReason {
-    fn text(&self) -> String {
+    /// The reason as its owner reads it on the home page.
+    pub fn text(&self) -> String {
         match self {
             StopReason::Requested { owner: true, .. } => "stopped by you".into(),
             StopReason::Requested { by, owner: false } => format!("stopped by {by}"),
+            StopReason::Idle(limit) => {
+                format!("stopped after {} without activity", crate::quotas::format_duration(*limit))
+            }
+            StopReason::Lifetime(limit) => format!(
+                "stopped after running for {}, the longest a server may run",
+                crate::quotas::format_duration(*limit)
+            ),
             StopReason::Hub(why) => why.clone(),
         }
     }
@@ -166,6 +187,12 @@ impl Hub {
         server: Option<&ServerName>,
         request: StartRequest,
     ) -> Result<StartOutcome, ServiceError> {
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %owner,
+            server = server.map_or("", ServerName::as_str),
+            "start.accepted"
+        );
         let spawner = self.spawner()?.clone();
         let user = self.user_by_name(owner).await?;
         actor.require_self_or_admin(user.user_id)?;
@@ -203,11 +230,14 @@ impl Hub {
                 )));
             }
         }
+        // The quota check and the pending row below share this transaction, and the check
+        // locks the group it charges: concurrent starts cannot together pass a budget.
+        let charge = self.charge_start(&mut tx, &user, name, &image, &request).await?;
         let permit = self.runtime().spawn_slots.clone().try_acquire_owned().map_err(|_| ServiceError::TooMany {
             message: "Many servers are starting right now. Try again in a few seconds.".into(),
             retry_after: Duration::from_secs(5),
         })?;
-        let resources = Resources { cpu_millis: image.cpu_millis, memory_bytes: image.memory_bytes, gpus: 0 };
+        let resources = charge.resources;
         let spawn_id = Uuid::new_v4();
         servers::mark_pending(
             &mut *tx,
@@ -223,13 +253,15 @@ impl Hub {
             },
         )
         .await?;
+        labhub_db::quotas::set_server_group(&mut *tx, row.server_id, charge.group_id).await?;
         if !matches!(actor, Actor::User(p) if p.user_id == user.user_id) {
             self.audit(
                 &mut *tx,
                 actor,
                 "server.start",
                 &server_label(owner, server),
-                json!({ "image": image.name, "reference": image.reference }),
+                json!({ "before": "stopped", "after": "pending", "image": image.name, "reference": image.reference,
+                        "resources": resources, "group": charge.group }),
             )
             .await?;
         }
@@ -341,6 +373,12 @@ impl Hub {
                     spawn.progress.push(ProgressEvent::failed(format!("Spawn failed: {e}")));
                     return;
                 }
+                tracing::debug!(
+                    target: "labhub::timing",
+                    user = %spec.user,
+                    server = spec.server.as_ref().map_or("", ServerName::as_str),
+                    "start.route_ready"
+                );
                 tracing::info!(server = %label, endpoint = %started.endpoint, "server ready");
                 metrics::counter!("labhub_spawns_total", "result" => "ok").increment(1);
                 spawn
@@ -418,7 +456,8 @@ impl Hub {
         log.last()
     }
 
-    /// Stops one of a user's servers (the owner, or an admin); its storage is kept.
+    /// Stops one of a user's servers (the owner, an admin, or a lead of the group it runs
+    /// under); its storage is kept.
     pub async fn stop_server(
         &self,
         actor: Actor<'_>,
@@ -426,14 +465,52 @@ impl Hub {
         server: Option<&ServerName>,
     ) -> Result<StopOutcome, ServiceError> {
         let user = self.user_by_name(owner).await?;
-        actor.require_self_or_admin(user.user_id)?;
+        if actor.require_self_or_admin(user.user_id).is_err() {
+            self.require_lead_of_server(actor, &user, server).await?;
+        }
         let by_owner = matches!(actor, Actor::User(p) if p.user_id == user.user_id);
         let reason = StopReason::Requested { by: actor.name().to_string(), owner: by_owner };
-        let outcome = self.stop_as(owner, server, reason).await?;
+        let outcome = self.stop_as(owner, server, reason.clone()).await?;
         if !by_owner {
-            self.audit(self.db(), actor, "server.stop", &server_label(owner, server), json!({})).await?;
+            let after = match outcome {
+                StopOutcome::Stopped => "stopped",
+                StopOutcome::Stopping => "stopping",
+            };
+            self.audit(
+                self.db(),
+                actor,
+                "server.stop",
+                &server_label(owner, server),
+                json!({ "before": "active", "after": after, "reason": reason.text() }),
+            )
+            .await?;
         }
         Ok(outcome)
+    }
+
+    /// Refuses unless the actor leads the group the server's latest start was charged to.
+    async fn require_lead_of_server(
+        &self,
+        actor: Actor<'_>,
+        user: &users::User,
+        server: Option<&ServerName>,
+    ) -> Result<(), ServiceError> {
+        let refused =
+            || ServiceError::Forbidden("you may only stop your own servers and those of groups you lead".into());
+        let Actor::User(p) = actor else { return Err(refused()) };
+        let row = servers::get(self.db(), user.user_id, server.map_or("", ServerName::as_str)).await?;
+        let group_id = match &row {
+            Some(r) => labhub_db::quotas::server_group(self.db(), r.server_id).await?,
+            None => None,
+        };
+        match group_id {
+            Some(g)
+                if labhub_db::groups::role_of(self.db(), g, p.user_id).await? == Some(labhub_core::GroupRole::Lead) =>
+            {
+                Ok(())
+            }
+            _ => Err(refused()),
+        }
     }
 
     /// Stops a server for a reason; shared by people's requests and the hub's own (culling).

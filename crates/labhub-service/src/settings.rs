@@ -84,3 +84,44 @@ impl Default for ServerSettings {
         }
     }
 }
+
+/// Quotas and the hub's periodic work on running servers (culling, sampling, measuring).
+#[derive(Debug, Clone)]
+pub struct QuotaSettings {
+    /// The limits of users in no group, and of groups whose quota or ceiling was never set.
+    pub site_default: labhub_db::quotas::Quota,
+    /// The home page warns once storage reaches this percentage of the limit.
+    pub storage_warning_percent: u8,
+    /// How often the culler looks for idle and expired servers.
+    pub cull_interval: Duration,
+    /// How often live resource use is sampled for the usage view.
+    pub usage_interval: Duration,
+    /// How often users' storage is measured.
+    pub storage_interval: Duration,
+    /// How long usage samples are kept.
+    pub usage_retention: Duration,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self {
+            site_default: labhub_db::quotas::Quota {
+                max_cpu_millis: 4000,
+                max_memory_bytes: 8 << 30,
+                max_gpus: 0,
+                images: labhub_db::quotas::ImageAllowance::All,
+                max_servers_per_member: 4,
+                budget_cpu_millis: None,
+                budget_memory_bytes: None,
+                storage_bytes: None,
+                idle_timeout: Some(Duration::from_secs(3600)),
+                max_lifetime: None,
+            },
+            storage_warning_percent: 90,
+            cull_interval: Duration::from_secs(60),
+            usage_interval: Duration::from_secs(60),
+            storage_interval: Duration::from_secs(600),
+            usage_retention: Duration::from_secs(8 * 86400),
+        }
+    }
+}

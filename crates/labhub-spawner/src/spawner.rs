@@ -428,6 +428,12 @@ impl DockerSpawner {
             .start_container(id, None::<StartContainerOptions>)
             .await
             .map_err(|e| runtime_error("starting the container", e))?;
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %spec.user,
+            server = spec.server.as_ref().map_or("", ServerName::as_str),
+            "spawn.container_running"
+        );
         send(progress, 70, "waiting for the server to answer");
         self.wait_ready(id, spec, &plan.readiness, progress).await
     }
@@ -596,6 +602,12 @@ impl Spawner for DockerSpawner {
         let names =
             ServerNames::new(&self.config.hub_id, &spec.user, spec.server.as_ref(), self.config.volume_per_server);
         tracing::info!(user = %spec.user, server = ?spec.server, image = %spec.image, container = %names.container, "starting a server");
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %spec.user,
+            server = spec.server.as_ref().map_or("", ServerName::as_str),
+            "spawn.begin"
+        );
 
         send(&progress, 2, format!("checking image {}", spec.image));
         let image = self.ensure_image(&spec.image, &progress).await?;
@@ -625,6 +637,12 @@ impl Spawner for DockerSpawner {
         send(&progress, 55, "creating the container");
         self.clear_stale(spec, &names.container).await?;
         let options = CreateContainerOptions { name: Some(names.container.clone()), ..Default::default() };
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %spec.user,
+            server = spec.server.as_ref().map_or("", ServerName::as_str),
+            "spawn.create_container"
+        );
         let created = match self.docker.create_container(Some(options), plan.body.clone()).await {
             Ok(c) => c,
             // Another start of the same server won the race for the name.
@@ -637,6 +655,12 @@ impl Spawner for DockerSpawner {
         match self.run_container(&id, spec, &plan, &progress).await {
             Ok(endpoint) => {
                 guard.disarm();
+                tracing::debug!(
+                    target: "labhub::timing",
+                    user = %spec.user,
+                    server = spec.server.as_ref().map_or("", ServerName::as_str),
+                    "spawn.server_answers"
+                );
                 send(&progress, 90, "the server answers");
                 tracing::info!(container = %names.container, %endpoint, "server ready");
                 let state = DockerState {

@@ -86,7 +86,8 @@ impl TestAppBuilder {
         self
     }
 
-    /// Presents the hub under another public URL (e.g. https, to test `Secure` cookies).
+    /// Presents the hub under another public URL (e.g. https, to test `Secure` cookies);
+    /// `{port}` in it becomes the port the hub listens on.
     pub fn public_url(mut self, url: &str) -> Self {
         self.public_url = Some(url.to_string());
         self
@@ -114,7 +115,10 @@ impl TestAppBuilder {
         let addr = listener.local_addr().expect("a bound address");
         let mut config = self.config;
         config.bind = addr;
-        let public = self.public_url.clone().unwrap_or_else(|| format!("http://{addr}/"));
+        let public = self
+            .public_url
+            .clone()
+            .map_or_else(|| format!("http://{addr}/"), |u| u.replace("{port}", &addr.port().to_string()));
         config.public_url = Some(public.parse().expect("a URL"));
         let clock: Arc<dyn Clock> = match &self.manual_clock {
             Some(c) => Arc::new(c.clone()),

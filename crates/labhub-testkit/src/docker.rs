@@ -28,6 +28,19 @@ pub struct DockerScope {
     pub spawner: Arc<DockerSpawner>,
     /// The tiny test image (`labhub-test/testserver:<hash>`).
     pub test_image: ImageRef,
+    /// Shared with other scopes, or held alone by an exclusive one; released after cleanup.
+    _turn: Turn,
+}
+
+/// Every scope makes and removes a Docker network, and a new bridge address makes Chromium
+/// abort whatever it was loading (`net::ERR_NETWORK_CHANGED`). Scopes share this lock; a
+/// browser test takes it alone, so no network comes or goes while the browser runs.
+static NETWORK_CHURN: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A scope's hold on [`NETWORK_CHURN`]: one of the two guards.
+struct Turn {
+    _shared: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+    _alone: Option<tokio::sync::RwLockWriteGuard<'static, ()>>,
 }
 
 const PREFIX: &str = "lhtest";
@@ -41,6 +54,20 @@ impl DockerScope {
 
     /// A scope whose spawner settings the test adjusts.
     pub async fn with(server_binary: &Path, adjust: impl FnOnce(&mut DockerConfig)) -> Self {
+        let turn = Turn { _shared: Some(NETWORK_CHURN.read().await), _alone: None };
+        Self::make(server_binary, adjust, turn).await
+    }
+
+    /// A scope that runs while no other scope exists, with its network made up front: for a
+    /// browser, which aborts its page loads whenever the host's networks change.
+    pub async fn exclusive(server_binary: &Path) -> Self {
+        let turn = Turn { _shared: None, _alone: Some(NETWORK_CHURN.write().await) };
+        let scope = Self::make(server_binary, |_| {}, turn).await;
+        scope.spawner.prepare_network().await.expect("the users' network can be made");
+        scope
+    }
+
+    async fn make(server_binary: &Path, adjust: impl FnOnce(&mut DockerConfig), turn: Turn) -> Self {
         let rand = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let id = format!("{PREFIX}{}x{rand}", std::process::id());
         let mut config = DockerConfig {
@@ -54,7 +81,7 @@ impl DockerScope {
         sweep_dead_runs_once(spawner.docker()).await;
         let test_image =
             images::test_server_image(spawner.docker(), server_binary).await.expect("the test image builds");
-        Self { config, spawner: Arc::new(spawner), test_image }
+        Self { config, spawner: Arc::new(spawner), test_image, _turn: turn }
     }
 
     /// The engine.
@@ -133,6 +160,7 @@ async fn sweep_dead_runs_once(docker: &Docker) {
     for hub in &dead {
         remove_labelled(docker, hub).await;
     }
+    remove_orphan_firewall_rules();
     let networks = docker.list_networks(None::<ListNetworksOptions>).await.unwrap_or_default();
     for n in networks {
         let name = n.name.unwrap_or_default();
@@ -145,4 +173,36 @@ async fn sweep_dead_runs_once(docker: &Docker) {
             clean_up(config).await;
         }
     }
+}
+
+/// Removes the hub's host-isolation rules whose bridge interface no longer exists (left by
+/// networks removed behind the spawner's back, e.g. by a killed test run).
+fn remove_orphan_firewall_rules() {
+    let Ok(out) = std::process::Command::new("iptables").args(["-S", "INPUT"]).output() else { return };
+    for rule in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(iface) = rule.split_whitespace().skip_while(|w| *w != "-i").nth(1) else { continue };
+        if !iface.starts_with("lh-") || !rule.contains("labhub:") || Path::new("/sys/class/net").join(iface).exists() {
+            continue;
+        }
+        let words: Vec<&str> = shell_words(rule.trim_start_matches("-A "));
+        let _ = std::process::Command::new("iptables").arg("-D").args(&words).status();
+    }
+}
+
+/// Splits an `iptables -S` line into arguments, keeping quoted comments whole.
+fn shell_words(line: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            words.push(&quoted[..end]);
+            rest = quoted.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            words.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    words
 }

@@ -5,6 +5,7 @@
 //! Tests using it live in this package's `tests/it/` (one test binary, so the suite links once).
 
 pub mod app;
+pub mod browser;
 pub mod docker;
 pub mod fake_forges;
 pub mod images;

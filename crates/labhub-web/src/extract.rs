@@ -45,26 +45,33 @@ pub(crate) fn token_from_query(parts: &Parts) -> Option<String> {
     url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
 }
 
-/// The session cookie's value, if any.
+/// The session cookie's value, if any: the hub's on the hub's host, the user host's session on
+/// a user's own host (origin isolation).
 pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> {
-    CookieJar::from_headers(&parts.headers).get(&state.settings().cookie_name).map(|c| c.value().to_string())
+    let name = match state.host_kind(&parts.headers) {
+        crate::hosts::HostKind::User(_) => crate::hosts::USER_HOST_COOKIE,
+        _ => state.settings().cookie_name.as_str(),
+    };
+    CookieJar::from_headers(&parts.headers).get(name).map(|c| c.value().to_string())
 }
 
 fn is_unsafe(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Whether a cookie-authenticated request comes from the hub's own pages: its `Origin` (or,
-/// failing that, its `Referer`) must be the hub's public origin.
+/// Whether a cookie-authenticated request comes from the pages of the host it was sent to: its
+/// `Origin` (or, failing that, its `Referer`) must be that host's public origin — the hub's, or
+/// with origin isolation a user's host's.
 pub(crate) fn same_origin(headers: &HeaderMap, state: &AppState) -> bool {
+    let expected = state.expected_origin(headers);
     if let Some(o) = headers.get(header::ORIGIN) {
-        return o.as_bytes() == state.origin().as_bytes();
+        return o.as_bytes() == expected.as_bytes();
     }
     headers
         .get(header::REFERER)
         .and_then(|r| r.to_str().ok())
         .and_then(|r| url::Url::parse(r).ok())
-        .is_some_and(|u| u.origin().ascii_serialization() == state.origin())
+        .is_some_and(|u| u.origin().ascii_serialization() == expected)
 }
 
 async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal>, AppError> {

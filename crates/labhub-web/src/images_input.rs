@@ -22,6 +22,19 @@ impl Amount {
             Amount::Text(t) => t.clone(),
         }
     }
+
+    /// Cores ("0.5", 2) as millicores.
+    pub fn cpu_millis(&self) -> Result<u32, AppError> {
+        parse_cpu(&self.text()).map_err(|e| AppError::BadRequest(e.to_string()))
+    }
+
+    /// A number of bytes, or a size such as "2G".
+    pub fn memory_bytes(&self) -> Result<u64, AppError> {
+        match self {
+            Amount::Number(n) if *n >= 0.0 => Ok(*n as u64),
+            other => parse_memory(&other.text()).map_err(|e| AppError::BadRequest(e.to_string())),
+        }
+    }
 }
 
 /// A command as words (JSON) or as one line (forms), split on spaces.
@@ -84,11 +97,8 @@ impl ImageInput {
             Some(Command::Line(l)) => Some(l.split_whitespace().map(str::to_string).collect()),
         }
         .filter(|c: &Vec<String>| !c.is_empty());
-        let cpu_millis = parse_cpu(&self.cpu.text()).map_err(|e| bad(e.to_string()))?;
-        let memory_bytes = match &self.memory {
-            Amount::Number(n) if *n >= 0.0 => *n as u64,
-            other => parse_memory(&other.text()).map_err(|e| bad(e.to_string()))?,
-        };
+        let cpu_millis = self.cpu.cpu_millis()?;
+        let memory_bytes = self.memory.memory_bytes()?;
         Ok(ImageFields {
             display_name: self.display_name.trim().to_string(),
             description: self.description.trim().to_string(),

@@ -8,6 +8,7 @@ mod api;
 mod cookies;
 mod error;
 mod extract;
+pub(crate) mod hosts;
 mod images_input;
 mod middleware;
 mod pages;
@@ -19,6 +20,7 @@ mod views;
 
 pub use error::AppError;
 pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
+pub use hosts::USER_HOST_COOKIE;
 pub use state::{AppState, WebSettings};
 
 use axum::Router;
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hub/static/{file}", axum::routing::get(static_files::serve))
         .route("/user/{*rest}", axum::routing::any(proxy_route::handle))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route_hosts))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
 }

@@ -39,7 +39,9 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     span.in_scope(|| {
-        if status >= 500 {
+        // 503 is the hub working as intended (a server not running, the database away, limits);
+        // what deserves attention is an error the hub or a server did not expect.
+        if status >= 500 && status != 503 {
             tracing::warn!(status, ms = elapsed.as_millis() as u64, "served");
         } else {
             tracing::debug!(status, ms = elapsed.as_millis() as u64, "served");

@@ -63,6 +63,10 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             return refuse(StatusCode::BAD_REQUEST, &format!("This address is not valid: {e}."), navigation, &req);
         }
     };
+    let mut req = req;
+    if let Some(route) = state.hub().routes().resolve(&user_path) {
+        forget_server_token(&mut req, route.route().token.expose());
+    }
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Surface::Proxy);
     let principal = match MaybeUser::from_request_parts(&mut parts, &state).await {
@@ -114,6 +118,44 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
             }
             resp
+        }
+    }
+}
+
+/// JupyterLab reads its server's token from the page jupyter_server rendered and sends it back
+/// on every API call (`Authorization: token …`) and WebSocket (`?token=…`). That is the
+/// server's credential, not a hub one, so it is dropped before the hub authenticates: the
+/// request is judged by its session cookie like any other browser request (and the proxy
+/// sends the server's credential upstream itself). Compared by digest, never byte by byte.
+fn forget_server_token(req: &mut Request, secret: &str) {
+    let secret = labhub_auth::sha256(secret);
+    let is_secret = |token: &str| !token.is_empty() && labhub_auth::sha256(token) == secret;
+    let in_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")) && is_secret(token.trim())
+        });
+    if in_header {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    let Some(query) = req.uri().query() else { return };
+    let is_secret_param = |part: &str| {
+        url::form_urlencoded::parse(part.as_bytes()).next().is_some_and(|(k, v)| k == "token" && is_secret(&v))
+    };
+    if !query.split('&').any(is_secret_param) {
+        return;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_secret_param(p)).collect();
+    let path_and_query =
+        if kept.is_empty() { req.uri().path().to_string() } else { format!("{}?{}", req.uri().path(), kept.join("&")) };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
         }
     }
 }

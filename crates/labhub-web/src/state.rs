@@ -18,6 +18,8 @@ pub struct WebSettings {
     pub max_body_bytes: usize,
     /// Believe `X-Forwarded-For` for the client address (only behind a trusted reverse proxy).
     pub trust_forwarded_for: bool,
+    /// Serve each user's servers from a host of their own, `{user}.{hub host}` (origin isolation).
+    pub user_subdomains: bool,
 }
 
 impl WebSettings {

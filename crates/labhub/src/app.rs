@@ -81,6 +81,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         builder: runtime.builder,
         routes: routes.clone(),
         servers: config.server_settings(),
+        quotas: config.quota_settings(),
     });
     let proxy = Proxy::new(config.proxy_settings(), routes);
     let web = WebSettings {
@@ -88,6 +89,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         cookie_name: config.session.cookie_name.clone(),
         max_body_bytes: config.http.max_body_bytes,
         trust_forwarded_for: config.http.trust_forwarded_for,
+        user_subdomains: config.proxy.user_subdomains,
     };
     let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
     let state = AppState::new(hub.clone(), web, metrics, proxy);
@@ -121,15 +123,45 @@ pub async fn boot(
     Ok(())
 }
 
-/// Serves the router until `shutdown` resolves, then drains open requests.
+/// How long a shutdown waits for open requests before cutting them: proxied event streams,
+/// long polls and WebSockets to users' servers may never end by themselves.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the router until `shutdown` resolves, then drains open requests for at most
+/// [`SHUTDOWN_DRAIN`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    use axum::serve::ListenerExt;
+    // Small proxied responses must not wait for Nagle's algorithm (nginx sets this too).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = draining_tx.send(());
+    };
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::pin!(server);
+    let deadline = async {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = &mut server => r,
+        () = deadline => {
+            tracing::warn!(seconds = SHUTDOWN_DRAIN.as_secs(), "open connections did not finish; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// The hub's secret key: from the configuration, or generated once into `<data_dir>/secret_key`.

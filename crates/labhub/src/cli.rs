@@ -46,6 +46,9 @@ enum Command {
     /// Manage the image catalogue.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage groups, their leads and their quotas.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -157,6 +160,122 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group (it follows the site default quota until one is set).
+    Create { name: String },
+    /// List groups with their members, leads and limits.
+    List,
+    /// Delete a group (refused while servers run under it).
+    Delete { name: String },
+    /// Rename a group.
+    Rename { name: String, new_name: String },
+    /// Add users to a group.
+    AddMember {
+        group: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Take users out of a group.
+    RemoveMember {
+        group: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Make a user a lead of the group, joining it (true), or a plain member again (false).
+    SetLead {
+        group: String,
+        user: String,
+        #[arg(action = clap::ArgAction::Set)]
+        lead: bool,
+    },
+    /// Change some of a group's limits; with --ceiling, the most its leads may grant (the
+    /// limits in force are lowered to fit).
+    SetQuota {
+        group: String,
+        #[command(flatten)]
+        limits: QuotaArgs,
+        /// Change the ceiling instead of the limits in force.
+        #[arg(long)]
+        ceiling: bool,
+    },
+}
+
+/// The limits `group set-quota` changes; those left out keep their value.
+#[derive(clap::Args)]
+struct QuotaArgs {
+    /// CPU per server, in cores (e.g. 2 or 0.5).
+    #[arg(long)]
+    max_cpu: Option<String>,
+    /// Memory per server (e.g. 4G).
+    #[arg(long)]
+    max_memory: Option<String>,
+    /// GPUs per server.
+    #[arg(long)]
+    max_gpus: Option<u32>,
+    /// Catalogue images the group may start, comma-separated, or "all".
+    #[arg(long)]
+    images: Option<String>,
+    /// Servers one member may run at once under the group.
+    #[arg(long)]
+    max_servers_per_member: Option<u32>,
+    /// CPU all the group's servers may reserve together, in cores, or "none".
+    #[arg(long)]
+    budget_cpu: Option<String>,
+    /// Memory all the group's servers may reserve together (e.g. 64G), or "none".
+    #[arg(long)]
+    budget_memory: Option<String>,
+    /// Storage per member (e.g. 20G), or "none".
+    #[arg(long)]
+    storage: Option<String>,
+    /// Stop servers idle this long (e.g. 1h), or "never".
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Stop servers running this long (e.g. 12h), or "never".
+    #[arg(long)]
+    max_lifetime: Option<String>,
+}
+
+/// A limit that may be removed: `None` when not given, `Some(None)` for the `off` word.
+fn removable<T>(
+    raw: &Option<String>,
+    off: &str,
+    parse: impl Fn(&str) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<Option<T>>> {
+    raw.as_deref().map(|r| if r.eq_ignore_ascii_case(off) { Ok(None) } else { parse(r).map(Some) }).transpose()
+}
+
+impl QuotaArgs {
+    fn patch(&self) -> anyhow::Result<labhub_service::quotas::QuotaPatch> {
+        use labhub_core::resources::{parse_cpu, parse_memory};
+        use labhub_db::quotas::ImageAllowance;
+        let cpu = |r: &str| parse_cpu(r).map_err(anyhow::Error::from);
+        let memory = |r: &str| parse_memory(r).map_err(anyhow::Error::from);
+        let duration =
+            |r: &str| humantime::parse_duration(r).with_context(|| format!("{r:?} is not a duration such as 1h"));
+        Ok(labhub_service::quotas::QuotaPatch {
+            max_cpu_millis: self.max_cpu.as_deref().map(cpu).transpose()?,
+            max_memory_bytes: self.max_memory.as_deref().map(memory).transpose()?,
+            max_gpus: self.max_gpus,
+            images: self.images.as_deref().map(|i| {
+                if i.eq_ignore_ascii_case("all") {
+                    ImageAllowance::All
+                } else {
+                    ImageAllowance::Only(
+                        i.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect(),
+                    )
+                }
+            }),
+            max_servers_per_member: self.max_servers_per_member,
+            budget_cpu_millis: removable(&self.budget_cpu, "none", |r| cpu(r).map(u64::from))?,
+            budget_memory_bytes: removable(&self.budget_memory, "none", memory)?,
+            storage_bytes: removable(&self.storage, "none", memory)?,
+            idle_timeout: removable(&self.idle_timeout, "never", duration)?,
+            max_lifetime: removable(&self.max_lifetime, "never", duration)?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration with secrets redacted.
     Check,
@@ -210,7 +329,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Migrate => {
             let db = Database::open(&config).await?;
             let r = db.migrate(Duration::from_secs(10)).await;
-            db.close().await;
+            db.close(false).await;
             r?;
             println!("The database is up to date.");
             Ok(())
@@ -218,6 +337,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::User(cmd) => with_hub(&config, false, |hub| async move { user(hub, cmd).await }).await,
         Command::Token(cmd) => with_hub(&config, false, |hub| async move { token(hub, cmd).await }).await,
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
+        Command::Group(cmd) => with_hub(&config, false, |hub| async move { group(hub, cmd).await }).await,
     }
 }
 
@@ -237,7 +357,7 @@ where
         f(built.hub).await
     }
     .await;
-    db.close().await;
+    db.close(false).await;
     result
 }
 
@@ -420,6 +540,81 @@ async fn image(hub: labhub_service::Hub, cmd: ImageCommand) -> anyhow::Result<()
     Ok(())
 }
 
+fn group_name(raw: &str) -> anyhow::Result<labhub_core::GroupName> {
+    labhub_core::GroupName::parse(raw).with_context(|| format!("{raw:?} is not a valid group name"))
+}
+
+fn names(raw: &[String]) -> anyhow::Result<Vec<UserName>> {
+    raw.iter().map(|n| name(n)).collect()
+}
+
+fn members_line(d: &labhub_service::groups::GroupDetail) -> String {
+    let n = d.members.len();
+    format!("{} now has {n} member{}.", d.group.name, if n == 1 { "" } else { "s" })
+}
+
+async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow::Result<()> {
+    let actor = Actor::System;
+    match cmd {
+        GroupCommand::Create { name } => {
+            let g = hub.create_group(actor, &group_name(&name)?).await?;
+            println!("Created the group {}.", g.name);
+        }
+        GroupCommand::List => {
+            let (groups, _) = hub.list_groups(actor, 0, i64::MAX).await?;
+            println!("{:<24} {:<7} {:<24} limits", "name", "members", "leads");
+            for d in groups {
+                let leads: Vec<String> = d.leads().iter().map(ToString::to_string).collect();
+                println!(
+                    "{:<24} {:<7} {:<24} {}",
+                    d.group.name.as_str(),
+                    d.members.len(),
+                    if leads.is_empty() { "-".to_string() } else { leads.join(",") },
+                    labhub_service::quotas::describe(&d.quota)
+                );
+            }
+        }
+        GroupCommand::Delete { name } => {
+            let name = group_name(&name)?;
+            hub.delete_group(actor, &name).await?;
+            println!("Deleted the group {name}.");
+        }
+        GroupCommand::Rename { name, new_name } => {
+            let g = hub.rename_group(actor, &group_name(&name)?, &group_name(&new_name)?).await?;
+            println!("Renamed {name} to {}.", g.name);
+        }
+        GroupCommand::AddMember { group, users } => {
+            println!("{}", members_line(&hub.add_group_members(actor, &group_name(&group)?, &names(&users)?).await?));
+        }
+        GroupCommand::RemoveMember { group, users } => {
+            println!(
+                "{}",
+                members_line(&hub.remove_group_members(actor, &group_name(&group)?, &names(&users)?).await?)
+            );
+        }
+        GroupCommand::SetLead { group, user, lead } => {
+            let (g, u) = (group_name(&group)?, name(&user)?);
+            hub.set_group_lead(actor, &g, &u, lead).await?;
+            println!("{u} {} {g}.", if lead { "now leads" } else { "no longer leads" });
+        }
+        GroupCommand::SetQuota { group, limits, ceiling } => {
+            let g = group_name(&group)?;
+            let patch = limits.patch()?;
+            if patch.is_empty() {
+                bail!("give at least one limit to change (see --help)");
+            }
+            let d = if ceiling {
+                hub.set_group_ceiling(actor, &g, &patch).await?
+            } else {
+                hub.set_group_quota(actor, &g, &patch).await?
+            };
+            let (what, q) = if ceiling { ("ceiling", &d.ceiling) } else { ("limits", &d.quota) };
+            println!("The {what} of {g}: {}", labhub_service::quotas::describe(q));
+        }
+    }
+    Ok(())
+}
+
 /// `labhub serve`.
 async fn serve(config: Config) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -428,7 +623,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("could not listen on {} (is another program using it? set 'bind')", config.bind))?;
     let db = Database::open(&config).await?;
     let result = serve_on(&config, &db, listener, started).await;
-    db.close().await;
+    db.close(true).await;
     result
 }
 
@@ -456,6 +651,10 @@ async fn serve_on(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
+    tokio::spawn(built.hub.clone().run_usage_sampler(wait_true(stop_rx.clone())));
+    if config.culler.enabled {
+        tokio::spawn(built.hub.clone().run_culler(wait_true(stop_rx.clone())));
+    }
     tracing::info!(
         url = %config.public_url(),
         bind = %config.bind,

@@ -43,6 +43,12 @@ pub struct Config {
     pub docker: labhub_spawner::DockerConfig,
     /// The proxy to users' servers.
     pub proxy: ProxyConfig,
+    /// The site default quota: for users in no group, and for groups until one is set.
+    pub quota: QuotaConfig,
+    /// The built-in idle culler.
+    pub culler: CullerConfig,
+    /// Sampling resource use and measuring storage.
+    pub usage: UsageConfig,
 }
 
 impl Default for Config {
@@ -60,6 +66,9 @@ impl Default for Config {
             servers: ServersConfig::default(),
             docker: labhub_spawner::DockerConfig::default(),
             proxy: ProxyConfig::default(),
+            quota: QuotaConfig::default(),
+            culler: CullerConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -233,18 +242,221 @@ pub struct ProxyConfig {
     pub max_connections_total: usize,
     /// Largest request line plus headers accepted.
     pub max_request_header_bytes: usize,
+    /// Serve each user's servers from a host of their own, `{user}.{public_url's host}`, so a
+    /// notebook's JavaScript never shares an origin with the hub or other users (needs wildcard
+    /// DNS and a wildcard TLS certificate for `*.{host}`).
+    pub user_subdomains: bool,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        let d = labhub_proxy::ProxySettings::new("");
+        let d = labhub_proxy::ProxySettings::new([""]);
         Self {
             connect_timeout: d.connect_timeout,
             read_timeout: d.read_timeout,
             max_connections_per_server: d.max_connections_per_server,
             max_connections_total: d.max_connections_total,
             max_request_header_bytes: d.max_request_header_bytes,
+            user_subdomains: false,
         }
+    }
+}
+
+/// A CPU or memory amount as people write it: a number, or text such as "0.5" or "2G".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Amount {
+    Number(f64),
+    Text(String),
+}
+
+impl Amount {
+    fn text(&self) -> String {
+        match self {
+            Amount::Number(n) => n.to_string(),
+            Amount::Text(t) => t.trim().to_string(),
+        }
+    }
+}
+
+/// Cores in the file ("2", 0.5), millicores in memory.
+mod cores {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(millis: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&labhub_core::resources::format_cpu(*millis))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let a = super::Amount::deserialize(d)?;
+        labhub_core::resources::parse_cpu(&a.text()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional number of cores; unset means no limit.
+mod opt_cores {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(millis: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match millis {
+            Some(m) => super::cores::serialize(&u32::try_from(*m).unwrap_or(u32::MAX), s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::cores::deserialize(d).map(|m| Some(u64::from(m)))
+    }
+}
+
+/// Bytes in memory; "8G" (or a number of bytes) in the file.
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&labhub_service::quotas::memory_text(*bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match super::Amount::deserialize(d)? {
+            super::Amount::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as u64),
+            other => labhub_core::resources::parse_memory(&other.text()).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// An optional size; unset means no limit.
+mod opt_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => super::bytes::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::bytes::deserialize(d).map(Some)
+    }
+}
+
+/// An optional length of time: "1h", or "never" for none.
+mod duration_or_never {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("never"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let raw = String::deserialize(d)?;
+        if raw.trim().eq_ignore_ascii_case("never") {
+            return Ok(None);
+        }
+        humantime::parse_duration(raw.trim())
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; write a duration such as \"1h\" or \"never\"")))
+    }
+}
+
+/// `[quota]`: the site default. Users in no group get it; a group follows it until an admin
+/// or a lead sets the group's own (the admin's ceiling starts at it too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Largest CPU limit of one server, in cores.
+    #[serde(with = "cores")]
+    pub max_cpu: u32,
+    /// Largest memory limit of one server ("8G").
+    #[serde(with = "bytes")]
+    pub max_memory: u64,
+    /// Most GPUs one server may request.
+    pub max_gpus: u32,
+    /// Catalogue images that may be started (by name); empty: every enabled image.
+    pub images: Vec<String>,
+    /// Servers one user may run at once.
+    pub max_servers_per_member: u32,
+    /// CPU all servers of users in no group may reserve together, in cores; unset: no budget.
+    #[serde(with = "opt_cores", skip_serializing_if = "Option::is_none")]
+    pub budget_cpu: Option<u64>,
+    /// Memory all servers of users in no group may reserve together; unset: no budget.
+    #[serde(with = "opt_bytes", skip_serializing_if = "Option::is_none")]
+    pub budget_memory: Option<u64>,
+    /// The size a user's storage may reach before their starts are refused; unset: no limit.
+    #[serde(with = "opt_bytes", skip_serializing_if = "Option::is_none")]
+    pub storage: Option<u64>,
+    /// The home page warns once storage reaches this percentage of the limit.
+    pub storage_warning_percent: u8,
+    /// A server without proxied activity for this long is stopped ("never" to keep them).
+    #[serde(with = "duration_or_never")]
+    pub idle_timeout: Option<Duration>,
+    /// A server running this long is stopped, active or not ("never" to keep them).
+    #[serde(with = "duration_or_never")]
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        let d = labhub_service::QuotaSettings::default();
+        let q = d.site_default;
+        Self {
+            max_cpu: q.max_cpu_millis,
+            max_memory: q.max_memory_bytes,
+            max_gpus: q.max_gpus,
+            images: Vec::new(),
+            max_servers_per_member: q.max_servers_per_member,
+            budget_cpu: q.budget_cpu_millis,
+            budget_memory: q.budget_memory_bytes,
+            storage: q.storage_bytes,
+            storage_warning_percent: d.storage_warning_percent,
+            idle_timeout: q.idle_timeout,
+            max_lifetime: q.max_lifetime,
+        }
+    }
+}
+
+/// `[culler]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CullerConfig {
+    /// Stop idle servers and servers past their lifetime (turn off to use an external culler).
+    pub enabled: bool,
+    /// How often to look for them.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for CullerConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: labhub_service::QuotaSettings::default().cull_interval }
+    }
+}
+
+/// `[usage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often to sample running servers' CPU and memory use (`docker stats`).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// How often to measure users' storage.
+    #[serde(with = "humantime_serde")]
+    pub storage_interval: Duration,
+    /// How long samples are kept (the usage view shows up to a week).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        let d = labhub_service::QuotaSettings::default();
+        Self { sample_interval: d.usage_interval, storage_interval: d.storage_interval, retention: d.usage_retention }
     }
 }
 
@@ -324,8 +536,41 @@ impl Config {
         if self.proxy.max_connections_per_server == 0 || self.proxy.max_connections_total == 0 {
             return bad("proxy", "connection limits must be at least 1");
         }
+        if self.proxy.user_subdomains {
+            let named =
+                self.public_url.as_ref().and_then(|u| u.host()).is_some_and(|h| matches!(h, url::Host::Domain(_)));
+            if !named {
+                return bad(
+                    "proxy.user_subdomains",
+                    "needs public_url with a host name (users' servers get its subdomains)",
+                );
+            }
+        }
         if self.servers.concurrent_spawn_limit == 0 {
             return bad("servers.concurrent_spawn_limit", "must be at least 1");
+        }
+        if self.quota.max_cpu == 0 {
+            return bad("quota.max_cpu", "must be more than 0");
+        }
+        if self.quota.max_memory < 64 << 20 {
+            return bad("quota.max_memory", "must be at least 64M");
+        }
+        if !(1..=100).contains(&self.quota.storage_warning_percent) {
+            return bad("quota.storage_warning_percent", "must be between 1 and 100");
+        }
+        if self.quota.idle_timeout.is_some_and(|d| d.as_secs() == 0)
+            || self.quota.max_lifetime.is_some_and(|d| d.as_secs() == 0)
+        {
+            return bad("quota", "timeouts must be at least 1s (write \"never\" for none)");
+        }
+        if self.culler.interval.as_secs() == 0 {
+            return bad("culler.interval", "must be at least 1s");
+        }
+        if self.usage.sample_interval.as_secs() == 0 || self.usage.storage_interval.as_secs() == 0 {
+            return bad("usage", "intervals must be at least 1s");
+        }
+        if self.usage.retention < Duration::from_secs(3600) {
+            return bad("usage.retention", "must be at least 1h");
         }
         Ok(())
     }
@@ -371,6 +616,35 @@ impl Config {
         }
     }
 
+    /// The site default quota and the culler's and sampler's timing, for the service.
+    pub fn quota_settings(&self) -> labhub_service::QuotaSettings {
+        let q = &self.quota;
+        let images = if q.images.is_empty() {
+            labhub_db::quotas::ImageAllowance::All
+        } else {
+            labhub_db::quotas::ImageAllowance::Only(q.images.clone())
+        };
+        labhub_service::QuotaSettings {
+            site_default: labhub_db::quotas::Quota {
+                max_cpu_millis: q.max_cpu,
+                max_memory_bytes: q.max_memory,
+                max_gpus: q.max_gpus,
+                images,
+                max_servers_per_member: q.max_servers_per_member,
+                budget_cpu_millis: q.budget_cpu,
+                budget_memory_bytes: q.budget_memory,
+                storage_bytes: q.storage,
+                idle_timeout: q.idle_timeout,
+                max_lifetime: q.max_lifetime,
+            },
+            storage_warning_percent: q.storage_warning_percent,
+            cull_interval: self.culler.interval,
+            usage_interval: self.usage.sample_interval,
+            storage_interval: self.usage.storage_interval,
+            usage_retention: self.usage.retention,
+        }
+    }
+
     /// The proxy's settings.
     pub fn proxy_settings(&self) -> labhub_proxy::ProxySettings {
         let p = &self.proxy;
@@ -380,7 +654,10 @@ impl Config {
             max_connections_per_server: p.max_connections_per_server,
             max_connections_total: p.max_connections_total,
             max_request_header_bytes: p.max_request_header_bytes,
-            ..labhub_proxy::ProxySettings::new(self.session.cookie_name.clone())
+            ..labhub_proxy::ProxySettings::new([
+                self.session.cookie_name.clone(),
+                labhub_web::USER_HOST_COOKIE.to_string(),
+            ])
         }
     }
 
@@ -460,6 +737,35 @@ mod tests {
         assert!(e.contains("'auth.providers[1].id'"), "{e}");
         let e = load_str("[auth]\npassword_login = false\n").unwrap_err().to_string();
         assert!(e.contains("'auth.password_login'"), "{e}");
+    }
+
+    #[test]
+    fn the_site_quota_reads_amounts_as_people_write_them_and_prints_them_back() {
+        let c = load_str(
+            "[quota]\nmax_cpu = 0.5\nmax_memory = \"1.5G\"\nbudget_cpu = \"8\"\nstorage = \"10G\"\nidle_timeout = \"never\"\nmax_lifetime = \"8h\"\nimages = [\"jupyterlab\"]\n",
+        )
+        .unwrap();
+        let q = c.quota_settings().site_default;
+        assert_eq!(q.max_cpu_millis, 500);
+        assert_eq!(q.max_memory_bytes, 3 << 29);
+        assert_eq!(q.budget_cpu_millis, Some(8000));
+        assert_eq!(q.budget_memory_bytes, None);
+        assert_eq!(q.storage_bytes, Some(10 << 30));
+        assert_eq!(q.idle_timeout, None);
+        assert_eq!(q.max_lifetime, Some(Duration::from_secs(8 * 3600)));
+        let printed = c.to_toml();
+        assert!(
+            printed.contains("max_memory = \"1536M\"") && printed.contains("idle_timeout = \"never\""),
+            "{printed}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("again.toml");
+        std::fs::write(&p, &printed).unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().quota_settings().site_default, q, "what is printed reads back");
+        let e = load_str("[quota]\nmax_memory = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains("'quota.max_memory'"), "{e}");
+        let e = load_str("[quota]\nidle_timeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("'quota.idle_timeout'") && e.contains("never"), "{e}");
     }
 
     #[test]

@@ -51,10 +51,12 @@ impl Database {
         }
     }
 
-    /// Closes the pool and stops the embedded cluster, if the hub runs one.
-    pub async fn close(self) {
+    /// Closes the pool and stops the embedded cluster when this process owns it: always for
+    /// `serve` (`owner`: it adopts a cluster a crashed hub left running), and for a command only
+    /// when the command started it — never the cluster of a hub that is running.
+    pub async fn close(self, owner: bool) {
         self.pool.close().await;
-        if let Some(pg) = self.embedded {
+        if let Some(pg) = self.embedded.filter(|pg| owner || !pg.adopted()) {
             if let Err(e) = pg.stop().await {
                 tracing::warn!(error = %e, "the embedded database did not stop cleanly");
             } else {

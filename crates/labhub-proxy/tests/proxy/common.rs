@@ -35,7 +35,7 @@ pub const SERVER_TOKEN: &str = "server-secret-0123";
 pub const HUB_COOKIE: &str = "labhub-session";
 
 pub fn settings() -> ProxySettings {
-    let mut s = ProxySettings::new(HUB_COOKIE);
+    let mut s = ProxySettings::new([HUB_COOKIE]);
     s.read_timeout = Duration::from_secs(5);
     s.connect_timeout = Duration::from_secs(2);
     s

@@ -135,6 +135,12 @@ fn serve_runs_its_own_postgres_and_stops_it_on_shutdown() {
     assert!(password.trim().len() >= 16);
     let pid_file = dir.path().join("postgres/data/postmaster.pid");
     assert!(pid_file.exists(), "the embedded database runs under the data dir");
+    // A command run beside the hub uses the hub's database and leaves it running.
+    let (code, out, err) = run(labhub(&["user", "add", "bob"]).env("LABHUB_DATA_DIR", dir.path()));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Created bob"), "{out}");
+    assert!(pid_file.exists(), "the command did not stop the hub's database");
+    assert_eq!(reqwest::blocking_get(&format!("http://127.0.0.1:{port}/hub/health")).unwrap(), 200);
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");

@@ -3,11 +3,19 @@
 
 mod api_users;
 mod auth_api;
+mod browser;
 mod cli;
 mod common;
+mod culling;
 mod db_outage;
+mod groups;
 mod oidc;
 mod pages;
+mod proxy;
+mod proxy_auth;
+mod quotas;
+mod restart;
 mod servers;
 mod sessions;
 mod spawner;
+mod subdomains;

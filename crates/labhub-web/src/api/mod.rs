@@ -1,6 +1,7 @@
 //! The REST API under `/hub/api`, shaped like JupyterHub's so its clients and scripts work.
 //! Errors are `{"status": N, "message": "…"}`.
 
+mod groups;
 mod images;
 pub(crate) mod models;
 mod servers;
@@ -37,6 +38,15 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
             get(servers::get_named).post(servers::start_named).delete(servers::stop_named),
         )
         .route("/hub/api/users/{name}/servers/{server}/progress", get(servers::progress_named))
+        .route("/hub/api/groups", get(groups::list).post(groups::create_many))
+        .route(
+            "/hub/api/groups/{name}",
+            get(groups::get_one).post(groups::create_one).patch(groups::rename).delete(groups::delete),
+        )
+        .route("/hub/api/groups/{name}/users", post(groups::add_users).delete(groups::remove_users))
+        .route("/hub/api/groups/{name}/leads", post(groups::add_leads).delete(groups::remove_leads))
+        .route("/hub/api/groups/{name}/quota", get(groups::get_quota).patch(groups::patch_quota))
+        .route("/hub/api/groups/{name}/usage", get(groups::usage))
         .route("/hub/api/images", get(images::list).post(images::create))
         .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))
         .route("/hub/api/images/{name}/build", post(images::build))
@@ -46,6 +56,77 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(Surface::Api))
+}
+
+const DEFAULT_LIMIT: i64 = 200;
+const MAX_LIMIT: i64 = 1000;
+
+/// A list's `offset` and `limit` query parameters, checked.
+pub(crate) fn offset_limit(q: &std::collections::HashMap<String, String>) -> Result<(i64, i64), AppError> {
+    let int = |key: &str| -> Result<Option<i64>, AppError> {
+        q.get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| AppError::BadRequest(format!("'{key}' must be a whole number, not {v:?}")))
+            })
+            .transpose()
+    };
+    let offset = int("offset")?.unwrap_or(0);
+    if offset < 0 {
+        return Err(AppError::BadRequest("'offset' must not be negative".into()));
+    }
+    let limit = int("limit")?.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AppError::BadRequest(format!("'limit' must be between 1 and {MAX_LIMIT}")));
+    }
+    Ok((offset, limit))
+}
+
+/// Which slice of a list an answer holds.
+pub(crate) struct Page {
+    pub offset: i64,
+    pub limit: i64,
+    pub total: i64,
+}
+
+/// A list answer: a plain JSON array, or JupyterHub's pagination envelope (with the URL of the
+/// next page, keeping the other query parameters) when the client asks for it with
+/// `Accept: application/jupyterhub-pagination+json`.
+pub(crate) fn paged(
+    state: &AppState,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+    items: Vec<serde_json::Value>,
+    page: Page,
+) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let wants_envelope = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/jupyterhub-pagination+json"));
+    if !wants_envelope {
+        return axum::Json(items).into_response();
+    }
+    let next_offset = page.offset + page.limit;
+    let next = (next_offset < page.total).then(|| {
+        let mut url = state.settings().public_url.join(path).expect("a fixed relative path");
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                if k != "offset" && k != "limit" {
+                    pairs.append_pair(k, v);
+                }
+            }
+            pairs.append_pair("offset", &next_offset.to_string()).append_pair("limit", &page.limit.to_string());
+        }
+        serde_json::json!({ "offset": next_offset, "limit": page.limit, "url": url.as_str() })
+    });
+    let body = serde_json::json!({
+        "items": items,
+        "_pagination": { "offset": page.offset, "limit": page.limit, "total": page.total, "next": next },
+    });
+    ([(header::CONTENT_TYPE, "application/jupyterhub-pagination+json")], body.to_string()).into_response()
 }
 
 async fn not_found() -> AppError {

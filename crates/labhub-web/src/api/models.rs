@@ -49,14 +49,16 @@ impl UserModel {
     }
 }
 
-/// The models of several accounts, with their active servers.
+/// The models of several accounts, with their groups and active servers.
 pub async fn user_models(hub: &labhub_service::Hub, users: Vec<User>) -> Result<Vec<UserModel>, crate::AppError> {
     let ids: Vec<i64> = users.iter().map(|u| u.user_id).collect();
     let mut servers = hub.servers_of_users(&ids).await?;
+    let mut groups = hub.group_names_of_users(&ids).await?;
     Ok(users
         .iter()
         .map(|u| {
             let mut m = UserModel::of(u);
+            m.groups = groups.remove(&u.user_id).unwrap_or_default();
             for s in servers.remove(&u.user_id).unwrap_or_default() {
                 if s.state == ServerState::Stopped {
                     continue;

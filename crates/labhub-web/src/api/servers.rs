@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use labhub_core::{ServerName, ServerState, UserName};
+use labhub_core::{GroupName, ServerName, ServerState, UserName};
 use labhub_service::Principal;
 use labhub_service::audit::Actor;
 use labhub_service::progress::ProgressEvent;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::ApiJson;
 use super::models::ServerModel;
 use crate::extract::CurrentUser;
+use crate::images_input::Amount;
 use crate::{AppError, AppState, sse};
 
 fn owner(raw: &str) -> Result<UserName, AppError> {
@@ -33,6 +34,33 @@ pub struct StartBody {
     /// KubeSpawner's name for the same choice.
     #[serde(default)]
     profile: Option<String>,
+    /// labhub's own: the group to start under (and charge), when the owner is in several.
+    #[serde(default)]
+    group: Option<String>,
+    /// labhub's own: a CPU limit in cores (within the group's limit).
+    #[serde(default)]
+    cpu: Option<Amount>,
+    /// labhub's own: a memory limit, in bytes or as "2G" (within the group's limit).
+    #[serde(default)]
+    memory: Option<Amount>,
+    /// labhub's own: GPUs to request.
+    #[serde(default)]
+    gpus: Option<u32>,
+}
+
+impl StartBody {
+    fn into_request(self) -> Result<StartRequest, AppError> {
+        Ok(StartRequest {
+            image: self.image.or(self.profile),
+            group: self
+                .group
+                .map(|g| GroupName::parse(&g).map_err(|e| AppError::BadRequest(e.to_string())))
+                .transpose()?,
+            cpu_millis: self.cpu.as_ref().map(Amount::cpu_millis).transpose()?,
+            memory_bytes: self.memory.as_ref().map(Amount::memory_bytes).transpose()?,
+            gpus: self.gpus,
+        })
+    }
 }
 
 async fn start(
@@ -47,7 +75,7 @@ async fn start(
         Some(s) => format!("{owner}/{s}"),
         None => format!("{owner}'s server"),
     };
-    let request = StartRequest { image: body.image.or(body.profile) };
+    let request = body.into_request()?;
     match hub.start_server(Actor::User(me), &owner, server.as_ref(), request).await? {
         StartOutcome::AlreadyRunning => return Err(AppError::BadRequest(format!("{label} is already running"))),
         StartOutcome::AlreadyPending => return Err(AppError::BadRequest(format!("{label} is already starting"))),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use labhub_core::{AccountState, Secret, UserName};
 use labhub_db::users::{ServerStateFilter, UserFilter, UserSort};
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::models::{UserModel, user_models};
-use super::{ApiJson, JUPYTERHUB_API_VERSION};
+use super::{ApiJson, JUPYTERHUB_API_VERSION, Page, offset_limit, paged};
 use crate::extract::{AdminUser, CurrentUser};
 use crate::{AppError, AppState};
 
@@ -40,29 +40,13 @@ pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Jso
 
 /// `GET /hub/api/user` (any token or session): who am I.
 pub async fn me(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<UserModel>, AppError> {
-    let user = state.hub().get_user(Actor::User(&me), &me.name).await?;
-    Ok(Json(UserModel::of(&user)))
+    let hub = state.hub();
+    let user = hub.get_user(Actor::User(&me), &me.name).await?;
+    Ok(Json(user_models(hub, vec![user]).await?.remove(0)))
 }
 
-const DEFAULT_LIMIT: i64 = 200;
-const MAX_LIMIT: i64 = 1000;
-
 fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError> {
-    let int = |key: &str| -> Result<Option<i64>, AppError> {
-        q.get(key)
-            .map(|v| {
-                v.parse::<i64>().map_err(|_| AppError::BadRequest(format!("'{key}' must be a whole number, not {v:?}")))
-            })
-            .transpose()
-    };
-    let offset = int("offset")?.unwrap_or(0);
-    if offset < 0 {
-        return Err(AppError::BadRequest("'offset' must not be negative".into()));
-    }
-    let limit = int("limit")?.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AppError::BadRequest(format!("'limit' must be between 1 and {MAX_LIMIT}")));
-    }
+    let (offset, limit) = offset_limit(q)?;
     let server_state = q
         .get("state")
         .filter(|s| !s.is_empty())
@@ -107,32 +91,7 @@ pub async fn list(
     let (users, total) = hub.list_users(Actor::User(&me), &filter).await?;
     let items: Vec<serde_json::Value> =
         user_models(hub, users).await?.into_iter().map(|u| serde_json::to_value(u).unwrap_or_default()).collect();
-    let wants_envelope = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/jupyterhub-pagination+json"));
-    if !wants_envelope {
-        return Ok(Json(items).into_response());
-    }
-    let next_offset = filter.offset + filter.limit;
-    let next = (next_offset < total).then(|| {
-        let mut url = state.settings().public_url.join("hub/api/users").expect("a fixed relative path");
-        {
-            let mut pairs = url.query_pairs_mut();
-            for (k, v) in &q {
-                if k != "offset" && k != "limit" {
-                    pairs.append_pair(k, v);
-                }
-            }
-            pairs.append_pair("offset", &next_offset.to_string()).append_pair("limit", &filter.limit.to_string());
-        }
-        json!({ "offset": next_offset, "limit": filter.limit, "url": url.as_str() })
-    });
-    let body = json!({
-        "items": items,
-        "_pagination": { "offset": filter.offset, "limit": filter.limit, "total": total, "next": next },
-    });
-    Ok(([(header::CONTENT_TYPE, "application/jupyterhub-pagination+json")], body.to_string()).into_response())
+    Ok(paged(&state, "hub/api/users", &headers, &q, items, Page { offset: filter.offset, limit: filter.limit, total }))
 }
 
 #[derive(Deserialize)]

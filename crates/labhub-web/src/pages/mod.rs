@@ -3,6 +3,7 @@
 mod account;
 mod admin;
 mod admin_images;
+mod groups;
 mod login;
 mod oauth;
 pub(crate) mod servers;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub", get(|| async { Redirect::to("/hub/") }))
         .route("/hub/", get(login::root))
         .route("/hub/login", get(login::login_form).post(login::login))
+        .route("/hub/host-login", get(crate::hosts::host_login))
         .route("/hub/logout", get(login::logout_form).post(login::logout))
         .route("/hub/signup", get(login::signup_form).post(login::signup))
         .route("/hub/oauth_login/{provider}", get(oauth::oauth_login))
@@ -54,6 +56,17 @@ pub fn router() -> Router<AppState> {
         .route("/hub/admin/images/{name}/build", post(admin_images::build))
         .route("/hub/admin/images/{name}/delete", post(admin_images::delete))
         .route("/hub/admin/audit", get(admin::audit))
+        .route("/hub/admin/groups", get(groups::admin_list).post(groups::create))
+        .route("/hub/groups", get(groups::mine))
+        .route("/hub/groups/{name}", get(groups::show))
+        .route("/hub/groups/{name}/members", post(groups::add_members))
+        .route("/hub/groups/{name}/members/{user}/{action}", post(groups::member_action))
+        .route("/hub/groups/{name}/quota", post(groups::set_quota))
+        .route("/hub/groups/{name}/images", post(groups::set_images))
+        .route("/hub/groups/{name}/ceiling", post(groups::set_ceiling))
+        .route("/hub/groups/{name}/rename", post(groups::rename))
+        .route("/hub/groups/{name}/delete", post(groups::delete))
+        .route("/hub/groups/{name}/stop", post(groups::stop))
         .fallback(|| async { crate::AppError::NotFound("There is no page at this address.".into()) })
         .layer(DefaultBodyLimit::disable())
         .layer(axum::Extension(Surface::Page))

@@ -4,8 +4,8 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use labhub_core::resources::format_bytes;
-use labhub_core::{Resources, ServerName, ServerState, UserName};
+use labhub_core::resources::{format_bytes, format_cpu, parse_cpu, parse_memory};
+use labhub_core::{GroupName, GroupRole, Resources, ServerName, ServerState, UserName};
 use labhub_service::audit::Actor;
 use labhub_service::images::short_id;
 use labhub_service::servers::{StartOutcome, StartRequest, route_prefix};
@@ -44,6 +44,12 @@ fn server_label(server: Option<&ServerName>) -> String {
     server.map_or_else(|| "Default server".to_string(), |s| s.to_string())
 }
 
+/// A group the user is in, as the home page lists it.
+struct HomeGroup {
+    name: String,
+    lead: bool,
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "home.html")]
 struct HomePage {
@@ -55,6 +61,7 @@ struct HomePage {
     warnings: Vec<String>,
     named_limit: u32,
     named_count: usize,
+    groups: Vec<HomeGroup>,
 }
 
 /// `GET /hub/home` (any signed-in user): their servers and account.
@@ -137,9 +144,15 @@ pub async fn home(
         admin: me.admin,
         created: When::new(now, user.created_at),
         servers,
-        warnings: Vec::new(),
+        warnings: hub.storage_warnings(&user).await?,
         named_limit: hub.server_settings().named_server_limit,
         named_count,
+        groups: hub
+            .memberships(user.user_id)
+            .await?
+            .into_iter()
+            .map(|m| HomeGroup { name: m.group.name.to_string(), lead: m.role == GroupRole::Lead })
+            .collect(),
     };
     Ok(page.render(view))
 }
@@ -156,13 +169,32 @@ struct ImageChoice {
     checked: bool,
 }
 
+/// A group to start under, when the owner is in several.
+struct GroupChoice {
+    name: String,
+    limits: String,
+    checked: bool,
+}
+
+/// One option of a size menu: (value, label, selected).
+type SizeOption = (String, String, bool);
+
 #[derive(Template, WebTemplate)]
 #[template(path = "spawn.html")]
 struct SpawnPage {
     c: Chrome,
     label: String,
     action: String,
+    /// Asking which group first: the owner is in several and has not chosen.
+    choose_group: bool,
+    groups: Vec<GroupChoice>,
+    /// The chosen group's name ("" for users in no group).
+    group: String,
+    limits: String,
     images: Vec<ImageChoice>,
+    cpu_options: Vec<SizeOption>,
+    memory_options: Vec<SizeOption>,
+    gpu_options: Vec<SizeOption>,
     error: Option<String>,
 }
 
@@ -171,6 +203,9 @@ pub struct SpawnQuery {
     /// From the home page's "new named server" form.
     #[serde(default)]
     server: Option<String>,
+    /// The group chosen on the first step, for members of several.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 /// Which user's which server a page is about; the owner or an admin may act on it.
@@ -193,33 +228,142 @@ fn target(
     Ok((owner, server))
 }
 
+/// What the start form was filled with (kept when it is shown again with an error).
+#[derive(Deserialize, Default)]
+pub struct SpawnForm {
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    /// Cores; empty for the image's own.
+    #[serde(default)]
+    cpu: String,
+    /// Bytes; empty for the image's own.
+    #[serde(default)]
+    memory: String,
+    #[serde(default)]
+    gpus: String,
+}
+
+impl SpawnForm {
+    fn request(&self) -> Result<StartRequest, ServiceError> {
+        let invalid = |e: String| ServiceError::Invalid(e);
+        let nonempty = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        Ok(StartRequest {
+            image: self.image.clone(),
+            group: self.group.as_deref().and_then(nonempty).map(|g| GroupName::parse(&g)).transpose()?,
+            cpu_millis: nonempty(&self.cpu).map(|c| parse_cpu(&c).map_err(|e| invalid(e.to_string()))).transpose()?,
+            memory_bytes: nonempty(&self.memory)
+                .map(|m| parse_memory(&m).map_err(|e| invalid(e.to_string())))
+                .transpose()?,
+            gpus: nonempty(&self.gpus)
+                .map(|g| g.parse().map_err(|_| invalid(format!("{g:?} is not a number of GPUs"))))
+                .transpose()?,
+        })
+    }
+}
+
+/// The sizes offered up to a limit: common steps, and the limit itself.
+fn sizes(steps: &[u64], max: u64, chosen: &str, label: fn(u64) -> String, value: fn(u64) -> String) -> Vec<SizeOption> {
+    let mut values: Vec<u64> = steps.iter().copied().filter(|v| *v < max).collect();
+    values.push(max);
+    let mut out = vec![(String::new(), "the image's own (within the limit)".to_string(), chosen.is_empty())];
+    out.extend(values.into_iter().map(|v| (value(v), label(v), value(v) == chosen)));
+    out
+}
+
+fn describe_limits(q: &labhub_db::quotas::Quota) -> String {
+    let mut s = format!(
+        "up to {} CPU and {} per server, {} server{} at once",
+        format_cpu(q.max_cpu_millis),
+        format_bytes(q.max_memory_bytes),
+        q.max_servers_per_member,
+        if q.max_servers_per_member == 1 { "" } else { "s" }
+    );
+    if q.max_gpus > 0 {
+        s.push_str(&format!(", up to {} GPU{}", q.max_gpus, if q.max_gpus == 1 { "" } else { "s" }));
+    }
+    s
+}
+
 async fn spawn_page(
     state: &AppState,
     page: &Page,
+    me: &Principal,
     owner: &UserName,
     server: Option<&ServerName>,
-    chosen: Option<&str>,
+    form: &SpawnForm,
     error: Option<String>,
 ) -> Result<SpawnPage, AppError> {
-    let images = state.hub().images().await?;
-    let enabled: Vec<_> = images.into_iter().filter(|s| s.image.enabled).collect();
-    let first = enabled.first().map(|s| s.image.name.clone());
-    let chosen = chosen.map(str::to_string).or(first);
+    let hub = state.hub();
+    let options = hub.start_options(Actor::User(me), owner).await?;
+    let wanted = form.group.as_deref().filter(|g| !g.is_empty());
+    let chosen = match wanted {
+        Some(g) => Some(
+            options
+                .iter()
+                .find(|o| o.group.as_ref().is_some_and(|n| n.as_str() == g))
+                .ok_or_else(|| AppError::BadRequest(format!("{owner} is not a member of the group {g}")))?,
+        ),
+        None if options.len() == 1 => options.first(),
+        None => None,
+    };
+    let label = match server {
+        Some(s) => format!("{owner}'s server {s}"),
+        None => format!("{owner}'s server"),
+    };
+    let action = spawn_path("spawn", owner, server);
+    let Some(chosen) = chosen else {
+        // A member of several groups says first which one the server runs (and counts) under.
+        return Ok(SpawnPage {
+            c: page.chrome("home"),
+            label,
+            action,
+            choose_group: true,
+            groups: options
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| {
+                    Some(GroupChoice {
+                        name: o.group.as_ref()?.to_string(),
+                        limits: describe_limits(&o.quota),
+                        checked: i == 0,
+                    })
+                })
+                .collect(),
+            group: String::new(),
+            limits: String::new(),
+            images: Vec::new(),
+            cpu_options: Vec::new(),
+            memory_options: Vec::new(),
+            gpu_options: Vec::new(),
+            error,
+        });
+    };
+    let quota = &chosen.quota;
+    let images = hub.images().await?;
+    let allowed: Vec<_> =
+        images.into_iter().filter(|s| s.image.enabled && quota.images.allows(&s.image.name)).collect();
+    let first = allowed.first().map(|s| s.image.name.clone());
+    let checked_image = form.image.clone().or(first);
+    const CPU_STEPS: &[u64] = &[250, 500, 1000, 2000, 4000, 8000, 16000, 32000];
+    const MEMORY_STEPS: &[u64] = &[256 << 20, 512 << 20, 1 << 30, 2 << 30, 4 << 30, 8 << 30, 16 << 30, 32 << 30];
     Ok(SpawnPage {
         c: page.chrome("home"),
-        label: match server {
-            Some(s) => format!("{owner}'s server {s}"),
-            None => format!("{owner}'s server"),
-        },
-        action: spawn_path("spawn", owner, server),
-        images: enabled
+        label,
+        action,
+        choose_group: false,
+        groups: Vec::new(),
+        group: chosen.group.as_ref().map(|g| g.to_string()).unwrap_or_default(),
+        limits: describe_limits(quota),
+        images: allowed
             .into_iter()
             .map(|s| ImageChoice {
-                checked: Some(&s.image.name) == chosen.as_ref(),
+                checked: Some(&s.image.name) == checked_image.as_ref(),
                 resources: format!(
                     "{} CPU, {}",
-                    labhub_core::resources::format_cpu(s.image.cpu_millis),
-                    format_bytes(s.image.memory_bytes)
+                    format_cpu(s.image.cpu_millis.min(quota.max_cpu_millis)),
+                    format_bytes(s.image.memory_bytes.min(quota.max_memory_bytes))
                 ),
                 present: s.local.is_some(),
                 fetch: if s.image.recipe.is_some() {
@@ -233,11 +377,30 @@ async fn spawn_page(
                 reference: s.image.reference.to_string(),
             })
             .collect(),
+        cpu_options: sizes(
+            CPU_STEPS,
+            u64::from(quota.max_cpu_millis),
+            &form.cpu,
+            |m| format!("{} CPU", format_cpu(m as u32)),
+            |m| format_cpu(m as u32),
+        ),
+        memory_options: sizes(MEMORY_STEPS, quota.max_memory_bytes, &form.memory, format_bytes, |b| b.to_string()),
+        gpu_options: if quota.max_gpus == 0 {
+            Vec::new()
+        } else {
+            (0..=quota.max_gpus.min(8))
+                .map(|n| {
+                    let selected = n.to_string() == form.gpus || (n == 0 && form.gpus.is_empty());
+                    (n.to_string(), format!("{n} GPU{}", if n == 1 { "" } else { "s" }), selected)
+                })
+                .collect()
+        },
         error,
     })
 }
 
-/// `GET /hub/spawn[/{user}[/{server}]]` (the owner or an admin): choose an environment.
+/// `GET /hub/spawn[/{user}[/{server}]][?group=]` (the owner or an admin): choose the group
+/// (for members of several), then the environment and size.
 pub async fn spawn_form(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -255,14 +418,9 @@ pub async fn spawn_form(
         return Ok(Redirect::to(&spawn_path("spawn", &me.name, Some(&server))).into_response());
     }
     let (owner, server) = target(&me, user, server)?;
-    let view = spawn_page(&state, &page, &owner, server.as_ref(), None, None).await?;
+    let form = SpawnForm { group: q.group, ..SpawnForm::default() };
+    let view = spawn_page(&state, &page, &me, &owner, server.as_ref(), &form, None).await?;
     Ok(page.render(view))
-}
-
-#[derive(Deserialize)]
-pub struct SpawnForm {
-    #[serde(default)]
-    image: Option<String>,
 }
 
 /// `POST /hub/spawn[/{user}[/{server}]]` (the owner or an admin): starts it, then shows progress.
@@ -276,8 +434,11 @@ pub async fn spawn(
     let mut segs = path.map(|p| p.0).unwrap_or_default().into_iter();
     let (owner, server) = target(&me, segs.next(), segs.next())?;
     let pending = spawn_path("spawn-pending", &owner, server.as_ref());
-    let request = StartRequest { image: form.image.clone() };
-    match state.hub().start_server(Actor::User(&me), &owner, server.as_ref(), request).await {
+    let started = match form.request() {
+        Ok(request) => state.hub().start_server(Actor::User(&me), &owner, server.as_ref(), request).await,
+        Err(e) => Err(e),
+    };
+    match started {
         Ok(StartOutcome::Started | StartOutcome::AlreadyPending) => Ok(Redirect::to(&pending).into_response()),
         Ok(StartOutcome::AlreadyRunning) => Ok(Redirect::to(&route_prefix(&owner, server.as_ref())).into_response()),
         Err(
@@ -288,8 +449,7 @@ pub async fn spawn(
         ) => {
             let err = AppError::from(e);
             let status = err.status();
-            let view = spawn_page(&state, &page, &owner, server.as_ref(), form.image.as_deref(), Some(err.to_string()))
-                .await?;
+            let view = spawn_page(&state, &page, &me, &owner, server.as_ref(), &form, Some(err.to_string())).await?;
             Ok(page.render_status(status, view))
         }
         Err(e) => Err(e.into()),

@@ -1,0 +1,338 @@
+//! Groups and their leads: who may manage a group, and the changes admins and leads make to
+//! its name and members. Every change is audited with the values before and after.
+//!
+//! Rights: admins (and the hub itself) may do everything. A lead may see the groups they
+//! lead and add or remove their members (not other leads); naming leads, creating, renaming
+//! and deleting groups is for admins. Everyone else may do nothing here.
+
+use labhub_core::{GroupName, GroupRole, UserName};
+use labhub_db::ResultExt;
+use labhub_db::groups::{self, Group, Member, Membership};
+use labhub_db::quotas::{Quota, QuotaKind};
+use labhub_db::users::{self, User};
+use serde_json::json;
+
+use crate::audit::Actor;
+use crate::{Hub, ServiceError};
+
+/// What an actor may do to one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAccess {
+    /// Everything (admins and the hub itself).
+    Admin,
+    /// What its leads may do.
+    Lead,
+}
+
+/// A group with its members and limits.
+#[derive(Debug, Clone)]
+pub struct GroupDetail {
+    /// The group.
+    pub group: Group,
+    /// Its members, leads first.
+    pub members: Vec<Member>,
+    /// The limits in force.
+    pub quota: Quota,
+    /// The most its leads may grant.
+    pub ceiling: Quota,
+}
+
+impl GroupDetail {
+    /// The names of its leads.
+    pub fn leads(&self) -> Vec<UserName> {
+        self.members.iter().filter(|m| m.role == GroupRole::Lead).map(|m| m.name.clone()).collect()
+    }
+}
+
+fn no_group(name: &GroupName) -> ServiceError {
+    ServiceError::NotFound(format!("there is no group named {name}"))
+}
+
+fn not_lead(name: &GroupName) -> ServiceError {
+    ServiceError::Forbidden(format!("only an admin or a lead of {name} may do this"))
+}
+
+impl Hub {
+    /// What `actor` may do to `group`: refuses members and leads of other groups.
+    pub async fn group_access(&self, actor: Actor<'_>, group: &Group) -> Result<GroupAccess, ServiceError> {
+        self.access_in(self.db(), actor, group).await
+    }
+
+    async fn access_in(
+        &self,
+        db: impl labhub_db::PgExecutor<'_>,
+        actor: Actor<'_>,
+        group: &Group,
+    ) -> Result<GroupAccess, ServiceError> {
+        match actor {
+            Actor::System => Ok(GroupAccess::Admin),
+            Actor::User(p) if p.admin => Ok(GroupAccess::Admin),
+            Actor::User(p) => match groups::role_of(db, group.group_id, p.user_id).await? {
+                Some(GroupRole::Lead) => Ok(GroupAccess::Lead),
+                _ => Err(not_lead(&group.name)),
+            },
+        }
+    }
+
+    /// A group `actor` may manage, locked until the transaction ends, and what they may do to
+    /// it. To anyone but an admin, a group that does not exist is refused like one they do not
+    /// lead, so group names do not leak.
+    pub(crate) async fn managed_group(
+        &self,
+        tx: &mut labhub_db::PgConnection,
+        actor: Actor<'_>,
+        name: &GroupName,
+    ) -> Result<(Group, GroupAccess), ServiceError> {
+        let Some(group) = groups::by_name_for_update(&mut *tx, name).await? else {
+            return Err(if actor.is_admin() { no_group(name) } else { not_lead(name) });
+        };
+        let access = self.access_in(&mut *tx, actor, &group).await?;
+        Ok((group, access))
+    }
+
+    /// A group with its members and limits (admins, its leads).
+    pub async fn group(&self, actor: Actor<'_>, name: &GroupName) -> Result<GroupDetail, ServiceError> {
+        let Some(group) = groups::by_name(self.db(), name).await? else {
+            return Err(if actor.is_admin() { no_group(name) } else { not_lead(name) });
+        };
+        self.group_access(actor, &group).await?;
+        self.group_detail(group).await
+    }
+
+    pub(crate) async fn group_detail(&self, group: Group) -> Result<GroupDetail, ServiceError> {
+        let members = groups::members(self.db(), group.group_id).await?;
+        let (quota, ceiling) = self.quota_and_ceiling(self.db(), group.group_id).await?;
+        Ok(GroupDetail { group, members, quota, ceiling })
+    }
+
+    /// One page of groups and the total: every group for admins, the groups they lead for
+    /// leads; refused for everyone else.
+    pub async fn list_groups(
+        &self,
+        actor: Actor<'_>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<GroupDetail>, i64), ServiceError> {
+        let lead_id = match actor {
+            Actor::User(p) if !p.admin => Some(p.user_id),
+            _ => None,
+        };
+        let (list, total) = groups::list(self.db(), lead_id, offset, limit).await?;
+        if lead_id.is_some() && total == 0 {
+            return Err(ServiceError::Forbidden("listing groups needs an admin or a lead of a group".into()));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for g in list {
+            out.push(self.group_detail(g).await?);
+        }
+        Ok((out, total))
+    }
+
+    /// The groups a user belongs to, with their role in each.
+    pub async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, ServiceError> {
+        Ok(groups::of_user(self.db(), user_id).await?)
+    }
+
+    /// The group names of many users at once, by user id (for user models; the caller checked rights).
+    pub async fn group_names_of_users(
+        &self,
+        user_ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Vec<String>>, ServiceError> {
+        Ok(groups::names_of_users(self.db(), user_ids).await?)
+    }
+
+    /// Creates a group (admins); it follows the site default quota until one is set.
+    pub async fn create_group(&self, actor: Actor<'_>, name: &GroupName) -> Result<Group, ServiceError> {
+        actor.require_admin()?;
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let group = groups::insert(&mut *tx, name, self.now()).await.on_constraint(groups::NAME_KEY, || {
+            ServiceError::Conflict(format!("there is already a group named {name}"))
+        })?;
+        self.audit(&mut *tx, actor, "group.create", name.as_str(), json!({ "after": { "name": name } })).await?;
+        labhub_db::commit(tx).await?;
+        Ok(group)
+    }
+
+    /// Renames a group (admins).
+    pub async fn rename_group(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        new_name: &GroupName,
+    ) -> Result<Group, ServiceError> {
+        actor.require_admin()?;
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
+        if name == new_name {
+            return Ok(group);
+        }
+        groups::rename(&mut *tx, group.group_id, new_name).await.on_constraint(groups::NAME_KEY, || {
+            ServiceError::Conflict(format!("there is already a group named {new_name}"))
+        })?;
+        self.audit(&mut *tx, actor, "group.rename", new_name.as_str(), json!({ "before": name, "after": new_name }))
+            .await?;
+        labhub_db::commit(tx).await?;
+        Ok(Group { name: new_name.clone(), ..group })
+    }
+
+    /// Deletes a group with its memberships and quota (admins). Refused while servers run
+    /// under it, since their use would have nowhere to be charged.
+    pub async fn delete_group(&self, actor: Actor<'_>, name: &GroupName) -> Result<(), ServiceError> {
+        actor.require_admin()?;
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
+        let charged = labhub_db::quotas::charged(&mut *tx, Some(group.group_id)).await?;
+        if charged.servers > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "{} server{} still run under {name}; stop them before deleting the group",
+                charged.servers,
+                if charged.servers == 1 { "" } else { "s" }
+            )));
+        }
+        let members = groups::members(&mut *tx, group.group_id).await?;
+        let (quota, ceiling) = self.quota_and_ceiling(&mut *tx, group.group_id).await?;
+        groups::delete(&mut *tx, group.group_id).await?;
+        let before = json!({
+            "name": name,
+            "members": members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            "leads": members.iter().filter(|m| m.role == GroupRole::Lead).map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            "quota": crate::quotas::describe(&quota),
+            "ceiling": crate::quotas::describe(&ceiling),
+        });
+        self.audit(&mut *tx, actor, "group.delete", name.as_str(), json!({ "before": before })).await?;
+        labhub_db::commit(tx).await?;
+        Ok(())
+    }
+
+    /// Looks up accounts by name; refuses the whole list if any is unknown.
+    async fn users_named(
+        &self,
+        db: &mut labhub_db::PgConnection,
+        names: &[UserName],
+    ) -> Result<Vec<User>, ServiceError> {
+        let mut found = Vec::with_capacity(names.len());
+        let mut missing = Vec::new();
+        for n in names {
+            match users::by_name(&mut *db, n).await? {
+                Some(u) => {
+                    if !found.iter().any(|f: &User| f.user_id == u.user_id) {
+                        found.push(u);
+                    }
+                }
+                None => missing.push(n.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ServiceError::Invalid(format!("there is no user named {}", missing.join(", "))));
+        }
+        Ok(found)
+    }
+
+    /// Adds members to a group (admins, its leads). Those already in it keep their role.
+    pub async fn add_group_members(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        names: &[UserName],
+    ) -> Result<GroupDetail, ServiceError> {
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let (group, _) = self.managed_group(&mut tx, actor, name).await?;
+        for user in self.users_named(&mut tx, names).await? {
+            if groups::role_of(&mut *tx, group.group_id, user.user_id).await?.is_some() {
+                continue;
+            }
+            groups::set_member(&mut *tx, group.group_id, user.user_id, GroupRole::Member, self.now()).await?;
+            self.audit(
+                &mut *tx,
+                actor,
+                "group.add_member",
+                name.as_str(),
+                json!({ "user": user.name, "before": null, "after": GroupRole::Member.as_str() }),
+            )
+            .await?;
+        }
+        labhub_db::commit(tx).await?;
+        self.group_detail(group).await
+    }
+
+    /// Takes members out of a group (admins, its leads; only admins take out a lead). Their
+    /// running servers keep running, charged to the group until they stop.
+    pub async fn remove_group_members(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        names: &[UserName],
+    ) -> Result<GroupDetail, ServiceError> {
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let (group, access) = self.managed_group(&mut tx, actor, name).await?;
+        for user in self.users_named(&mut tx, names).await? {
+            let Some(role) = groups::role_of(&mut *tx, group.group_id, user.user_id).await? else { continue };
+            if role == GroupRole::Lead && access != GroupAccess::Admin {
+                return Err(ServiceError::Forbidden(format!(
+                    "{} leads {name}; only an admin may take a lead out of a group",
+                    user.name
+                )));
+            }
+            groups::remove_member(&mut *tx, group.group_id, user.user_id).await?;
+            self.audit(
+                &mut *tx,
+                actor,
+                "group.remove_member",
+                name.as_str(),
+                json!({ "user": user.name, "before": role.as_str(), "after": null }),
+            )
+            .await?;
+        }
+        labhub_db::commit(tx).await?;
+        self.group_detail(group).await
+    }
+
+    /// Makes someone a lead of a group (adding them to it), or a plain member again (admins).
+    pub async fn set_group_lead(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        user: &UserName,
+        lead: bool,
+    ) -> Result<GroupDetail, ServiceError> {
+        actor.require_admin()?;
+        let mut tx = labhub_db::begin(self.db()).await?;
+        let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
+        let user = users::by_name(&mut *tx, user)
+            .await?
+            .ok_or_else(|| ServiceError::Invalid(format!("there is no user named {user}")))?;
+        let before = groups::role_of(&mut *tx, group.group_id, user.user_id).await?;
+        let after = if lead { GroupRole::Lead } else { GroupRole::Member };
+        if before == Some(after) {
+            return self.group_detail(group).await;
+        }
+        if before.is_none() && !lead {
+            return Err(ServiceError::Conflict(format!("{} is not in {name}", user.name)));
+        }
+        groups::set_member(&mut *tx, group.group_id, user.user_id, after, self.now()).await?;
+        self.audit(
+            &mut *tx,
+            actor,
+            "group.set_lead",
+            name.as_str(),
+            json!({ "user": user.name, "before": before.map(GroupRole::as_str), "after": after.as_str() }),
+        )
+        .await?;
+        labhub_db::commit(tx).await?;
+        self.group_detail(group).await
+    }
+
+    /// The group's limits in force and its ceiling, the site default standing in for either
+    /// when it was never set.
+    pub(crate) async fn quota_and_ceiling(
+        &self,
+        db: impl labhub_db::PgExecutor<'_>,
+        group_id: i64,
+    ) -> Result<(Quota, Quota), ServiceError> {
+        let mut set = labhub_db::quotas::of_groups(db, &[group_id]).await?;
+        let site = &self.quota_settings().site_default;
+        let quota = set.remove(&(group_id, QuotaKind::Quota)).unwrap_or_else(|| site.clone());
+        let ceiling = set.remove(&(group_id, QuotaKind::Ceiling)).unwrap_or_else(|| site.clone());
+        Ok((quota, ceiling))
+    }
+}

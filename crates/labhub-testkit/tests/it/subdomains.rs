@@ -1,0 +1,134 @@
+//! Origin isolation: with `proxy.user_subdomains`, each user's servers are served from a host of
+//! their own, reached through a sign-in hand-off, and neither the hub's cookie nor the user
+//! host's ever reaches a server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use labhub_testkit::TestApp;
+use labhub_testkit::docker::DockerScope;
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+
+use crate::common::{test_server_binary, wait_for_user};
+
+/// A browser that resolves the hub's and users' test hosts to the hub.
+fn browser_for(addr: SocketAddr, hosts: &[&str]) -> Client {
+    let mut b = Client::builder().cookie_store(true).no_proxy().redirect(reqwest::redirect::Policy::none());
+    for h in hosts {
+        b = b.resolve(h, addr);
+    }
+    b.build().unwrap()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_users_servers_live_on_their_own_host() {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let app = TestApp::builder()
+        .docker(scope)
+        .public_url("http://lab.test:{port}/")
+        .config(|c| c.proxy.user_subdomains = true)
+        .spawn()
+        .await;
+    app.add_test_image("test").await;
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("bob", "correct horse", false).await;
+    let addr: SocketAddr = app.config.bind;
+    let port = addr.port();
+    let hub = format!("http://lab.test:{port}");
+    let alice_host = format!("http://alice.lab.test:{port}");
+    let b = browser_for(addr, &["lab.test", "alice.lab.test", "bob.lab.test"]);
+
+    let alice = format!("token {}", app.token("alice").await);
+    let r = b
+        .post(format!("{hub}/hub/api/users/alice/server"))
+        .header("Authorization", &alice)
+        .json(&serde_json::json!({"image": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 201 | 202));
+    // The harness reaches the hub at its loopback address; the API lives on the hub's host.
+    wait_for_user(&app, &alice, "alice", Duration::from_secs(60), |v| v["servers"][""]["ready"] == true).await;
+
+    // Sign in on the hub's host.
+    let csrf =
+        labhub_testkit::app::csrf_of(&b.get(format!("{hub}/hub/login")).send().await.unwrap().text().await.unwrap());
+    let r = b
+        .post(format!("{hub}/hub/login"))
+        .form(&[("_csrf", csrf.as_str()), ("username", "alice"), ("password", "correct horse"), ("next", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    // /user/… on the hub's host moves to the user's host…
+    let r = b.get(format!("{hub}/user/alice/whoami?x=1")).header("Accept", "text/html").send().await.unwrap();
+    assert_eq!(location(&r), format!("{alice_host}/user/alice/whoami?x=1"));
+    // …which has no session yet, so it signs in through the hub…
+    let r = b.get(format!("{alice_host}/user/alice/whoami?x=1")).header("Accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to_hub = location(&r);
+    assert!(to_hub.starts_with(&format!("{hub}/hub/host-login?next=")), "{to_hub}");
+    let r = b.get(&to_hub).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let callback = location(&r);
+    assert!(callback.starts_with(&format!("{alice_host}/_labhub/host-callback?code=")), "{callback}");
+    let r = b.get(&callback).send().await.unwrap();
+    assert_eq!(location(&r), "/user/alice/whoami?x=1");
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.starts_with("labhub-user-session=") && !set_cookie.contains("Domain"), "{set_cookie}");
+    // The one-time code works once.
+    assert_eq!(b.get(&callback).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // …and the server answers there, without ever seeing a hub cookie.
+    let who: Value = b.get(format!("{alice_host}/user/alice/whoami")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(who["path"], "/user/alice/whoami");
+    let cookies = who["headers"]["cookie"].to_string();
+    assert!(!cookies.contains("labhub-session") && !cookies.contains("labhub-user-session"), "{cookies}");
+    assert_eq!(who["headers"]["x-forwarded-host"][0], format!("alice.lab.test:{port}"));
+
+    // Writes need the user host's own origin; the hub's origin is another site now.
+    let r =
+        b.post(format!("{alice_host}/user/alice/upload")).header("Origin", hub.clone()).body("x").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = b
+        .post(format!("{alice_host}/user/alice/upload"))
+        .header("Origin", alice_host.clone())
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Another user's path on alice's host is nothing; bob's host does not know alice's session.
+    let r = b.get(format!("{alice_host}/user/bob/whoami")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = b
+        .get(format!("http://bob.lab.test:{port}/user/bob/whoami"))
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert!(location(&r).starts_with(&format!("{hub}/hub/host-login")), "no session on bob's host");
+    // Alice may not get a code for bob's server.
+    let next = format!("http://bob.lab.test:{port}/user/bob/whoami");
+    let r = b.get(format!("{hub}/hub/host-login")).query(&[("next", next.as_str())]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Nor a code for a host that is not a user host of this hub.
+    let r =
+        b.get(format!("{hub}/hub/host-login")).query(&[("next", "http://evil.test/user/alice/")]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Signing out of the hub ends the user host's session at once.
+    let csrf =
+        labhub_testkit::app::csrf_of(&b.get(format!("{hub}/hub/home")).send().await.unwrap().text().await.unwrap());
+    b.post(format!("{hub}/hub/logout")).form(&[("_csrf", csrf.as_str())]).send().await.unwrap();
+    let r = b.get(format!("{alice_host}/user/alice/whoami")).header("Accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,266 @@
+//! Origin isolation (option `proxy.user_subdomains`): each user's servers are served from a
+//! host of their own, `{label}.{hub host}`, so a notebook's JavaScript never shares an origin
+//! with the hub's pages or with another user's servers.
+//!
+//! The hub's session cookie is host-only, so a user's host never receives it. A browser gets a
+//! session for a user's host by a hand-off: the user's host sends it to the hub's
+//! `/hub/host-login`, which (signed in, owner or admin) hands back a one-time code on the user's
+//! host's `/_labhub/host-callback`, exchanged there for a host-only cookie whose session ends
+//! with the hub session that made it.
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::CookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use labhub_core::UserName;
+use serde::Deserialize;
+use url::Url;
+
+use crate::extract::CurrentUser;
+use crate::{AppError, AppState};
+
+/// The session cookie on users' hosts (host-only there, like the hub's on the hub's host).
+pub const USER_HOST_COOKIE: &str = "labhub-user-session";
+/// Where a user's host exchanges a one-time code for its session.
+pub const HOST_CALLBACK: &str = "/_labhub/host-callback";
+
+/// The DNS label of a user's host: the name itself when it is already a plain DNS label
+/// without `--`, else `u--` and a hash of it. Plain labels never contain `--`, so the two
+/// forms cannot meet.
+pub fn user_label(user: &UserName) -> String {
+    let n = user.as_str();
+    let plain = n.len() <= 63
+        && !n.contains("--")
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain {
+        return n.to_string();
+    }
+    let digest: String = labhub_auth::sha256(n)[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("u--{digest}")
+}
+
+/// Which kind of host a request was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKind {
+    /// The hub's own host (its pages, its API).
+    Hub,
+    /// A user's host, by its label.
+    User(String),
+    /// Anything else (an IP address, another name): treated as the hub.
+    Other,
+}
+
+/// The host of a request (`Host` header, without the port).
+pub fn request_host(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    Some(host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h))
+}
+
+impl AppState {
+    /// Whether users' servers are served from hosts of their own.
+    pub fn user_subdomains(&self) -> bool {
+        self.settings().user_subdomains
+    }
+
+    fn hub_host(&self) -> &str {
+        self.settings().public_url.host_str().unwrap_or_default()
+    }
+
+    /// What a request's `Host` names.
+    pub fn host_kind(&self, headers: &axum::http::HeaderMap) -> HostKind {
+        let Some(host) = request_host(headers) else { return HostKind::Other };
+        let host = host.to_ascii_lowercase();
+        if host == self.hub_host() {
+            return HostKind::Hub;
+        }
+        if self.user_subdomains()
+            && let Some(label) = host.strip_suffix(self.hub_host()).and_then(|h| h.strip_suffix('.'))
+            && !label.is_empty()
+            && !label.contains('.')
+        {
+            return HostKind::User(label.to_string());
+        }
+        HostKind::Other
+    }
+
+    /// The origin (`scheme://host[:port]`) a user's servers are served from.
+    pub fn user_origin(&self, user: &UserName) -> String {
+        let u = &self.settings().public_url;
+        let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+        format!("{}://{}.{}{port}", u.scheme(), user_label(user), self.hub_host())
+    }
+
+    /// The origin a request's own pages have: the user's host's, or the hub's.
+    pub fn expected_origin(&self, headers: &axum::http::HeaderMap) -> String {
+        match self.host_kind(headers) {
+            HostKind::User(label) => {
+                let u = &self.settings().public_url;
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{}://{label}.{}{port}", u.scheme(), self.hub_host())
+            }
+            HostKind::Hub | HostKind::Other => self.origin().to_string(),
+        }
+    }
+}
+
+/// The user a `/user/{name}/…` path names, if it does.
+fn path_user(path: &str) -> Option<UserName> {
+    let rest = path.strip_prefix("/user/")?;
+    UserName::parse(rest.split('/').next()?).ok().filter(|u| u.as_str() == rest.split('/').next().unwrap_or(""))
+}
+
+fn is_navigation(req: &Request) -> bool {
+    req.method() == Method::GET
+        && req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
+fn json_404(message: String) -> Response {
+    let body = serde_json::json!({ "status": 404, "message": message });
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Sends each request to the host it belongs on, when users have hosts of their own: `/user/…`
+/// on the hub's host goes to the user's host; anything but `/user/{that user}/…` on a user's
+/// host goes back to the hub's; an unauthenticated visit to a user's host signs in through the
+/// hub. Does nothing when the option is off.
+pub async fn route_hosts(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !state.user_subdomains() {
+        return next.run(req).await;
+    }
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    match state.host_kind(req.headers()) {
+        HostKind::Hub | HostKind::Other => {
+            if let Some(user) = req.uri().path().starts_with("/user/").then(|| path_user(req.uri().path())).flatten() {
+                let target = format!("{}{path_and_query}", state.user_origin(&user));
+                if is_navigation(&req) {
+                    return Redirect::to(&target).into_response();
+                }
+                return json_404(format!("users' servers are served from their own hosts: {target}"));
+            }
+            next.run(req).await
+        }
+        HostKind::User(label) => {
+            let path = req.uri().path().to_string();
+            if path == HOST_CALLBACK {
+                return host_callback(&state, req.headers().clone(), req.uri().clone()).await;
+            }
+            let Some(user) = path_user(&path).filter(|u| user_label(u) == label) else {
+                if is_navigation(&req) && !path.starts_with("/user/") {
+                    return Redirect::to(&format!("{}{}", state.origin(), path_and_query)).into_response();
+                }
+                return json_404("there is nothing at this address on this host".into());
+            };
+            if is_navigation(&req) && !has_credentials(&state, req.headers().clone(), req.uri().query()).await {
+                let here = format!("{}{path_and_query}", state.user_origin(&user));
+                let mut login = state.settings().public_url.join("hub/host-login").expect("a fixed path");
+                login.query_pairs_mut().append_pair("next", &here);
+                return Redirect::to(login.as_str()).into_response();
+            }
+            next.run(req).await
+        }
+    }
+}
+
+/// Whether a request on a user's host carries a token or a live session of that host.
+async fn has_credentials(state: &AppState, headers: HeaderMap, query: Option<&str>) -> bool {
+    if headers.contains_key(header::AUTHORIZATION) || query.is_some_and(|q| q.contains("token=")) {
+        return true;
+    }
+    let Some(cookie) = CookieJar::from_headers(&headers).get(USER_HOST_COOKIE).map(|c| c.value().to_string()) else {
+        return false;
+    };
+    state.hub().session_principal(&cookie).await.ok().flatten().is_some()
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `GET /_labhub/host-callback?code=…&next=…` on a user's host: exchanges the one-time code for
+/// this host's session cookie and goes on to `next`.
+async fn host_callback(state: &AppState, headers: HeaderMap, uri: Uri) -> Response {
+    let Ok(Query(q)) = Query::<CallbackQuery>::try_from_uri(&uri) else {
+        return AppError::BadRequest("this sign-in link is malformed".into()).into_response();
+    };
+    let host = request_host(&headers).unwrap_or_default().to_ascii_lowercase();
+    let token = match state.hub().redeem_host_code(&q.code, &host).await {
+        Ok(t) => t,
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    let next = if q.next.starts_with("/user/") && !q.next.starts_with("//") { q.next } else { "/".to_string() };
+    let cookie = Cookie::build((USER_HOST_COOKIE, token.expose().clone()))
+        .path("/")
+        .http_only(true)
+        .secure(state.settings().secure_cookies())
+        .same_site(SameSite::Lax)
+        .build();
+    let mut resp = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+pub struct HostLoginQuery {
+    #[serde(default)]
+    next: String,
+}
+
+/// `GET /hub/host-login?next=<a URL on a user's host>` (a signed-in browser, owner or admin of
+/// that server): hands the user's host a one-time code for a session of its own.
+pub async fn host_login(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Query(q): Query<HostLoginQuery>,
+) -> Result<Response, AppError> {
+    let bad = || AppError::BadRequest("this address does not lead to a server on this hub".into());
+    if !state.user_subdomains() {
+        return Err(AppError::NotFound("users' servers are not served from hosts of their own on this hub".into()));
+    }
+    let next = Url::parse(&q.next).map_err(|_| bad())?;
+    let user = path_user(next.path()).ok_or_else(bad)?;
+    let host = next.host_str().unwrap_or_default().to_ascii_lowercase();
+    let origin = next.origin().ascii_serialization();
+    if origin != state.user_origin(&user) {
+        return Err(bad());
+    }
+    if me.name != user && !me.admin {
+        return Err(AppError::Forbidden("This server belongs to someone else.".into()));
+    }
+    let code = state.hub().host_code(&me, &host)?;
+    let mut target = Url::parse(&format!("{origin}{HOST_CALLBACK}")).map_err(|_| bad())?;
+    let path_and_query = match next.query() {
+        Some(q) => format!("{}?{q}", next.path()),
+        None => next.path().to_string(),
+    };
+    target.query_pairs_mut().append_pair("code", &code).append_pair("next", &path_and_query);
+    Ok(Redirect::to(target.as_str()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_dns_safe_and_distinct() {
+        let label = |n: &str| user_label(&UserName::parse(n).unwrap());
+        assert_eq!(label("alice"), "alice");
+        assert_eq!(label("a-b"), "a-b");
+        for n in ["a.b", "a_b", "a@b.c", "a--b"] {
+            let l = label(n);
+            assert!(l.starts_with("u--") && l.len() == 19, "{n}: {l}");
+            assert!(l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        }
+        assert_ne!(label("a.b"), label("a_b"));
+        assert_eq!(path_user("/user/alice/lab").unwrap().as_str(), "alice");
+        assert!(path_user("/user/Alice/lab").is_none(), "only the canonical spelling names a user");
+        assert!(path_user("/hub/home").is_none());
+    }
+}
