@@ -224,23 +224,3 @@ pub async fn names_of_users(db: impl PgExecutor<'_>, user_ids: &[i64]) -> Result
     }
     Ok(map)
 }
-
-/// The members (by name) of many groups at once, by group id, with their roles.
-pub async fn members_of_groups(
-    db: impl PgExecutor<'_>,
-    group_ids: &[i64],
-) -> Result<HashMap<i64, Vec<(UserName, GroupRole)>>, DbError> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "select m.group_id, u.name, m.role from group_members m join users u on u.user_id = m.user_id
-         where m.group_id = any($1) order by u.name",
-    )
-    .bind(group_ids)
-    .fetch_all(db)
-    .await?;
-    let mut map: HashMap<i64, Vec<(UserName, GroupRole)>> = HashMap::new();
-    for (group_id, name, r) in rows {
-        let name = UserName::parse(&name).map_err(|e| DbError::Other(format!("user name {name:?}: {e}")))?;
-        map.entry(group_id).or_default().push((name, role(&r)?));
-    }
-    Ok(map)
-}

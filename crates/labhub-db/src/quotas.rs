@@ -124,17 +124,6 @@ macro_rules! columns {
     };
 }
 
-/// A group's record of one kind, if one was ever set.
-pub async fn get(db: impl PgExecutor<'_>, group_id: i64, kind: QuotaKind) -> Result<Option<Quota>, DbError> {
-    let row: Option<Row> =
-        sqlx::query_as(concat!("select ", columns!(), " from group_quotas where group_id = $1 and kind = $2"))
-            .bind(group_id)
-            .bind(kind.as_str())
-            .fetch_optional(db)
-            .await?;
-    row.map(|r| r.quota()).transpose()
-}
-
 /// The records set for many groups at once, by group and kind.
 pub async fn of_groups(
     db: impl PgExecutor<'_>,

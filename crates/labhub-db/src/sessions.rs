@@ -138,21 +138,25 @@ pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<u6
     Ok(n as u64)
 }
 
-/// Removes sessions past their absolute expiry or idle longer than allowed.
+/// Removes sessions past their absolute expiry or idle longer than allowed, with the child
+/// sessions they handed out; returns the token hashes of all removed.
 pub async fn delete_expired(
     db: impl PgExecutor<'_>,
     now: OffsetDateTime,
     idle_cutoff: OffsetDateTime,
-) -> Result<u64, DbError> {
-    let r = sqlx::query("delete from sessions where expires_at <= $1 or last_seen_at <= $2")
-        .bind(now)
-        .bind(idle_cutoff)
-        .execute(db)
-        .await?;
-    Ok(r.rows_affected())
+) -> Result<Vec<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar(
+        "delete from sessions where expires_at <= $1 or last_seen_at <= $2
+            or parent_session_id in (select session_id from sessions where expires_at <= $1 or last_seen_at <= $2)
+         returning token_hash",
+    )
+    .bind(now)
+    .bind(idle_cutoff)
+    .fetch_all(db)
+    .await?)
 }
 
-/// A user's live sessions, newest first.
+/// A user's live browser sessions (not the ones handed to their servers' hosts), newest first.
 pub async fn list_for_user(
     db: impl PgExecutor<'_>,
     user_id: i64,
@@ -160,7 +164,8 @@ pub async fn list_for_user(
 ) -> Result<Vec<Session>, DbError> {
     Ok(sqlx::query_as(
         "select session_id, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr
-         from sessions where user_id = $1 and expires_at > $2 order by last_seen_at desc",
+         from sessions where user_id = $1 and expires_at > $2 and parent_session_id is null
+         order by last_seen_at desc",
     )
     .bind(user_id)
     .bind(now)
@@ -168,15 +173,17 @@ pub async fn list_for_user(
     .await?)
 }
 
-/// How many sessions are live (for the metrics gauge).
+/// How many browser sessions are live (for the metrics gauge).
 pub async fn count_live(
     db: impl PgExecutor<'_>,
     now: OffsetDateTime,
     idle_cutoff: OffsetDateTime,
 ) -> Result<i64, DbError> {
-    Ok(sqlx::query_scalar("select count(*) from sessions where expires_at > $1 and last_seen_at > $2")
-        .bind(now)
-        .bind(idle_cutoff)
-        .fetch_one(db)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "select count(*) from sessions where expires_at > $1 and last_seen_at > $2 and parent_session_id is null",
+    )
+    .bind(now)
+    .bind(idle_cutoff)
+    .fetch_one(db)
+    .await?)
 }

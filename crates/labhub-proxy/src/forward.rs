@@ -46,7 +46,7 @@ pub struct ProxySettings {
     /// The largest request line plus headers (names and values) accepted.
     pub max_request_header_bytes: usize,
     /// The hub's session cookies (its own host's and users' hosts'), removed from `Cookie`
-    /// before forwarding.
+    /// before forwarding; an upstream's `Set-Cookie` for one of them is dropped.
     pub strip_cookies: Vec<String>,
     /// What `Busy` suggests as `Retry-After`.
     pub busy_retry_after: Duration,
@@ -219,12 +219,12 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let shutdown = self.inner.tunnels_closer.watch();
-            return Ok(switch_protocols(route, lease, client_upgrade, response, shutdown));
+            return Ok(switch_protocols(route, lease, client_upgrade, response, shutdown, &self.inner.settings));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
         }
-        Ok(pass_response(&route, &client, lease, response))
+        Ok(pass_response(&route, &client, lease, response, &self.inner.settings))
     }
 }
 
@@ -348,11 +348,13 @@ fn switch_protocols(
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: http::Response<Incoming>,
     shutdown: Arc<Watch>,
+    settings: &ProxySettings,
 ) -> Response {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
     headers::remove_hop_by_hop(&mut parts.headers);
+    headers::drop_foreign_set_cookies(&mut parts.headers, &settings.strip_cookies);
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade_to.unwrap_or_else(|| HeaderValue::from_static("websocket")));
     parts.extensions = Extensions::new();
@@ -360,16 +362,18 @@ fn switch_protocols(
     Response::from_parts(parts, Body::empty())
 }
 
-/// An ordinary response: hop-by-hop headers dropped, `Location` mapped back to hub paths,
-/// and the body streamed while holding the lease.
+/// An ordinary response: hop-by-hop headers and cookies planted for the hub dropped,
+/// `Location` mapped back to hub paths, and the body streamed while holding the lease.
 fn pass_response(
     route: &RouteEntry,
     client: &ClientInfo,
     lease: Lease,
     response: http::Response<Incoming>,
+    settings: &ProxySettings,
 ) -> Response {
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    headers::drop_foreign_set_cookies(&mut parts.headers, &settings.strip_cookies);
     if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
         let rewrite = LocationRewrite {
             internal_origin: &route.internal_origin,

@@ -108,6 +108,39 @@ pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
     }
 }
 
+/// Drops the `Set-Cookie` headers of an upstream response that could plant a cookie for the
+/// hub: those naming one of the hub's cookies, and those with a `Domain` attribute (which
+/// would reach the hub's host and other users' hosts, not just this server's). A server's own
+/// host-only cookies (Jupyter's `_xsrf`, RStudio's) pass untouched.
+pub(crate) fn drop_foreign_set_cookies(headers: &mut HeaderMap, hub_cookies: &[String]) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !plants_for_the_hub(v.as_bytes(), hub_cookies))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+fn plants_for_the_hub(set_cookie: &[u8], hub_cookies: &[String]) -> bool {
+    let mut parts = set_cookie.split(|b| *b == b';');
+    let first = parts.next().unwrap_or_default();
+    let name = first.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
+    if hub_cookies.iter().any(|c| c.as_bytes() == name) {
+        return true;
+    }
+    parts.any(|attr| {
+        let key = attr.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
+        key.eq_ignore_ascii_case(b"domain")
+    })
+}
+
 /// Appends `client` to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
     use std::fmt::Write as _;
@@ -273,6 +306,29 @@ mod tests {
             let got: Vec<&str> = h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
             assert_eq!(got, want.map(|w| vec![w]).unwrap_or_default(), "{values:?}");
         }
+    }
+
+    #[test]
+    fn upstream_cookies_that_could_reach_the_hub_are_dropped() {
+        let cases: &[(&str, bool)] = &[
+            ("_xsrf=2|abc; Path=/user/alice/", true),
+            ("rs-csrf-token=x; Path=/; HttpOnly", true),
+            ("labhub=planted; Path=/", false),
+            ("labhub = planted", false),
+            ("theme=dark; Domain=lab.example.org; Path=/", false),
+            ("theme=dark; path=/;  domain = .example.org", false),
+            ("theme=dark; SameSite=Lax", true),
+        ];
+        let mut h = HeaderMap::new();
+        for (value, _) in cases {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(value));
+        }
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        drop_foreign_set_cookies(&mut h, &["labhub".to_string()]);
+        let got: Vec<&str> = h.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+        let want: Vec<&str> = cases.iter().filter(|(_, kept)| *kept).map(|(v, _)| *v).collect();
+        assert_eq!(got, want);
+        assert_eq!(h[header::CONTENT_TYPE], "text/html");
     }
 
     #[test]

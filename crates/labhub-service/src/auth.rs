@@ -199,6 +199,12 @@ impl Hub {
         let codes = &self.0.auth_cache.host_codes;
         if codes.len() >= CACHE_MAX {
             codes.retain(|_, c| c.expires_at > now);
+            if codes.len() >= CACHE_MAX {
+                return Err(ServiceError::TooMany {
+                    message: "Too many servers are being opened right now. Try again in a minute.".into(),
+                    retry_after: std::time::Duration::from_secs(60),
+                });
+            }
         }
         codes.insert(hash, HostCode { session_id, host: host.to_string(), expires_at: now + HOST_CODE_LIFETIME });
         Ok(code)
@@ -399,7 +405,8 @@ impl Hub {
     pub(crate) async fn expire_sessions(&self) -> Result<(), ServiceError> {
         let now = self.now();
         let idle_cutoff = now - self.idle_limit();
-        sessions::delete_expired(self.db(), now, idle_cutoff).await?;
+        let ended = sessions::delete_expired(self.db(), now, idle_cutoff).await?;
+        self.forget_sessions(ended);
         let live = sessions::count_live(self.db(), now, idle_cutoff).await?;
         metrics::gauge!("labhub_active_sessions").set(live as f64);
         Ok(())

@@ -67,14 +67,12 @@ impl Hub {
         for s in running {
             let quota = s.group_id.and_then(|g| limits.get(&g)).unwrap_or(site);
             let Some(reason) = due(&s, quota, now) else { continue };
-            let server = ServerName::parse_optional(&s.name)?;
-            let label = match &server {
-                Some(n) => format!("{}/{n}", s.owner),
-                None => s.owner.to_string(),
-            };
+            let Ok(server) = ServerName::parse_optional(&s.name) else { continue };
+            let label = crate::servers::server_label(&s.owner, server.as_ref());
             let text = reason.text();
             tracing::info!(server = %label, reason = %text, "culling a server");
-            let after = match self.stop_as(&s.owner, server.as_ref(), reason).await {
+            let seen = Some((s.spawn_id, s.last_activity));
+            let after = match self.stop_unless_changed(&s.owner, server.as_ref(), reason, seen).await {
                 Ok(StopOutcome::Stopped) => "stopped",
                 Ok(StopOutcome::Stopping) => "stopping",
                 Err(e) => {
@@ -83,15 +81,20 @@ impl Hub {
                 }
             };
             let idle = s.last_activity.or(s.started_at).map(|t| (now - t).whole_seconds());
-            self.audit(
-                self.db(),
-                Actor::System,
-                "server.cull",
-                &label,
-                json!({ "before": "running", "after": after, "reason": text, "idle_seconds": idle,
-                        "started": s.started_at.map(|t| t.unix_timestamp()) }),
-            )
-            .await?;
+            let audited = self
+                .audit(
+                    self.db(),
+                    Actor::System,
+                    "server.cull",
+                    &label,
+                    json!({ "before": "running", "after": after, "reason": text, "idle_seconds": idle,
+                            "started": s.started_at.map(|t| t.unix_timestamp()) }),
+                )
+                .await;
+            // The server is stopped either way; one lost audit row must not end the pass.
+            if let Err(e) = audited {
+                tracing::error!(server = %label, error = %e, "a cull was not audited");
+            }
             metrics::counter!("labhub_culls_total").increment(1);
             culled.push(Culled { server: label, reason: text });
         }

@@ -21,6 +21,9 @@ pub enum ServiceError {
     /// Signed in, but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// A group's limits asked for more than the ceiling an admin set for it.
+    #[error("{0}")]
+    AboveCeiling(String),
     /// Too many attempts or too much at once; try again after the given time.
     #[error("{message}")]
     TooMany { message: String, retry_after: Duration },

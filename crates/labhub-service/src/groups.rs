@@ -143,14 +143,36 @@ impl Hub {
 
     /// Creates a group (admins); it follows the site default quota until one is set.
     pub async fn create_group(&self, actor: Actor<'_>, name: &GroupName) -> Result<Group, ServiceError> {
+        let mut created = self.create_groups(actor, std::slice::from_ref(name), &[]).await?;
+        Ok(created.remove(0).group)
+    }
+
+    /// Creates groups with the same members (admins): all of it, or — a name taken, a user
+    /// unknown — nothing.
+    pub async fn create_groups(
+        &self,
+        actor: Actor<'_>,
+        names: &[GroupName],
+        members: &[UserName],
+    ) -> Result<Vec<GroupDetail>, ServiceError> {
         actor.require_admin()?;
         let mut tx = labhub_db::begin(self.db()).await?;
-        let group = groups::insert(&mut *tx, name, self.now()).await.on_constraint(groups::NAME_KEY, || {
-            ServiceError::Conflict(format!("there is already a group named {name}"))
-        })?;
-        self.audit(&mut *tx, actor, "group.create", name.as_str(), json!({ "after": { "name": name } })).await?;
+        let users = self.users_named(&mut tx, members).await?;
+        let mut created = Vec::new();
+        for name in names {
+            let group = groups::insert(&mut *tx, name, self.now()).await.on_constraint(groups::NAME_KEY, || {
+                ServiceError::Conflict(format!("there is already a group named {name}"))
+            })?;
+            self.audit(&mut *tx, actor, "group.create", name.as_str(), json!({ "after": { "name": name } })).await?;
+            self.add_members_in(&mut tx, actor, &group, &users).await?;
+            created.push(group);
+        }
         labhub_db::commit(tx).await?;
-        Ok(group)
+        let mut details = Vec::new();
+        for group in created {
+            details.push(self.group_detail(group).await?);
+        }
+        Ok(details)
     }
 
     /// Renames a group (admins).
@@ -237,7 +259,21 @@ impl Hub {
     ) -> Result<GroupDetail, ServiceError> {
         let mut tx = labhub_db::begin(self.db()).await?;
         let (group, _) = self.managed_group(&mut tx, actor, name).await?;
-        for user in self.users_named(&mut tx, names).await? {
+        let users = self.users_named(&mut tx, names).await?;
+        self.add_members_in(&mut tx, actor, &group, &users).await?;
+        labhub_db::commit(tx).await?;
+        self.group_detail(group).await
+    }
+
+    /// Adds users to a group as members, in the caller's transaction; members stay as they are.
+    async fn add_members_in(
+        &self,
+        tx: &mut labhub_db::PgConnection,
+        actor: Actor<'_>,
+        group: &Group,
+        users: &[User],
+    ) -> Result<(), ServiceError> {
+        for user in users {
             if groups::role_of(&mut *tx, group.group_id, user.user_id).await?.is_some() {
                 continue;
             }
@@ -246,13 +282,12 @@ impl Hub {
                 &mut *tx,
                 actor,
                 "group.add_member",
-                name.as_str(),
+                group.name.as_str(),
                 json!({ "user": user.name, "before": null, "after": GroupRole::Member.as_str() }),
             )
             .await?;
         }
-        labhub_db::commit(tx).await?;
-        self.group_detail(group).await
+        Ok(())
     }
 
     /// Takes members out of a group (admins, its leads; only admins take out a lead). Their

@@ -515,8 +515,17 @@ impl Hub {
     ) -> Result<(), ServiceError> {
         let (Some(limit), from) = self.storage_limit(tx, groups_of_user).await? else { return Ok(()) };
         let measured = quotas::storage_of_user(&mut *tx, user.user_id).await?;
-        let Some(used) = measured.iter().find(|m| m.server_name == server_name) else { return Ok(()) };
-        let used = u64::try_from(used.bytes).unwrap_or(0);
+        let used = match measured.iter().find(|m| m.server_name == server_name) {
+            Some(m) => u64::try_from(m.bytes).unwrap_or(0),
+            // Never measured: a new named server, whose storage may still be the user's one
+            // shared volume; the runtime knows (an absent volume is empty).
+            None => match (&self.0.servers.spawner, labhub_core::ServerName::parse_optional(server_name)) {
+                (Some(spawner), Ok(server)) => {
+                    spawner.storage_usage(&user.name, server.as_ref()).await.ok().flatten().unwrap_or(0)
+                }
+                _ => 0,
+            },
+        };
         if used <= limit {
             return Ok(());
         }
@@ -596,7 +605,7 @@ impl Hub {
     }
 
     /// The groups (or the site default) a user may start servers under, for the start form
-    /// (the user, their leads' admins: whoever may start their servers).
+    /// (asked by the user or an admin: whoever may start their servers).
     pub async fn start_options(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<StartOption>, ServiceError> {
         let user = self.user_by_name(owner).await?;
         actor.require_self_or_admin(user.user_id)?;
@@ -652,7 +661,7 @@ impl Hub {
                 GroupAccess::Admin => "raise the ceiling first",
                 GroupAccess::Lead => "ask an admin to raise it",
             };
-            return Err(ServiceError::Forbidden(format!(
+            return Err(ServiceError::AboveCeiling(format!(
                 "{}: the ceiling is the most an admin lets {name} have; {remedy}.",
                 capitalise(&why)
             )));

@@ -148,7 +148,8 @@ pub fn route_prefix(user: &UserName, server: Option<&ServerName>) -> String {
     }
 }
 
-fn server_label(user: &UserName, server: Option<&ServerName>) -> String {
+/// `alice` or `alice/gpu`, as logs and the audit trail name a server.
+pub(crate) fn server_label(user: &UserName, server: Option<&ServerName>) -> String {
     match server {
         Some(s) => format!("{user}/{s}"),
         None => user.to_string(),
@@ -520,10 +521,31 @@ impl Hub {
         server: Option<&ServerName>,
         reason: StopReason,
     ) -> Result<StopOutcome, ServiceError> {
+        self.stop_unless_changed(owner, server, reason, None).await
+    }
+
+    /// [`Hub::stop_as`], except that with `seen` (a spawn id and last activity read earlier)
+    /// a server restarted or used since is left running: `Ok(None)`. The check is made under
+    /// the row's lock, so a decision taken on a snapshot (the culler's) cannot stop the wrong run.
+    pub(crate) async fn stop_unless_changed(
+        &self,
+        owner: &UserName,
+        server: Option<&ServerName>,
+        reason: StopReason,
+        seen: Option<(Option<Uuid>, Option<time::OffsetDateTime>)>,
+    ) -> Result<StopOutcome, ServiceError> {
         let user = self.user_by_name(owner).await?;
         let name = server.map_or("", ServerName::as_str);
         let mut tx = labhub_db::begin(self.db()).await?;
         let row = servers::get_or_create_locked(&mut tx, user.user_id, name, self.now()).await?;
+        if let Some((spawn_id, last_activity)) = seen
+            && (row.spawn_id != spawn_id || row.last_activity > last_activity)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "{} was restarted or used meanwhile; left running",
+                server_label(owner, server)
+            )));
+        }
         match row.state {
             ServerState::Stopped => return Ok(StopOutcome::Stopped),
             ServerState::Stopping => return Ok(StopOutcome::Stopping),

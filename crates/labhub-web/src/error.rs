@@ -60,7 +60,7 @@ impl AppError {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::Conflict(_) => StatusCode::CONFLICT,
                 ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-                ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+                ServiceError::Forbidden(_) | ServiceError::AboveCeiling(_) => StatusCode::FORBIDDEN,
                 ServiceError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

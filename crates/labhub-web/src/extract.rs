@@ -49,7 +49,7 @@ pub(crate) fn token_from_query(parts: &Parts) -> Option<String> {
 /// a user's own host (origin isolation).
 pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> {
     let name = match state.host_kind(&parts.headers) {
-        crate::hosts::HostKind::User(_) => crate::hosts::USER_HOST_COOKIE,
+        crate::hosts::HostKind::User(_) => state.settings().user_host_cookie.as_str(),
         _ => state.settings().cookie_name.as_str(),
     };
     CookieJar::from_headers(&parts.headers).get(name).map(|c| c.value().to_string())

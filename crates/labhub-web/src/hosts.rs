@@ -21,7 +21,8 @@ use url::Url;
 use crate::extract::CurrentUser;
 use crate::{AppError, AppState};
 
-/// The session cookie on users' hosts (host-only there, like the hub's on the hub's host).
+/// The session cookie on users' hosts (host-only there, like the hub's on the hub's host);
+/// with the `__Host-` prefix over https.
 pub const USER_HOST_COOKIE: &str = "labhub-user-session";
 /// Where a user's host exchanges a one-time code for its session.
 pub const HOST_CALLBACK: &str = "/_labhub/host-callback";
@@ -87,19 +88,19 @@ impl AppState {
 
     /// The origin (`scheme://host[:port]`) a user's servers are served from.
     pub fn user_origin(&self, user: &UserName) -> String {
+        self.label_origin(&user_label(user))
+    }
+
+    fn label_origin(&self, label: &str) -> String {
         let u = &self.settings().public_url;
         let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-        format!("{}://{}.{}{port}", u.scheme(), user_label(user), self.hub_host())
+        format!("{}://{label}.{}{port}", u.scheme(), self.hub_host())
     }
 
     /// The origin a request's own pages have: the user's host's, or the hub's.
     pub fn expected_origin(&self, headers: &axum::http::HeaderMap) -> String {
         match self.host_kind(headers) {
-            HostKind::User(label) => {
-                let u = &self.settings().public_url;
-                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-                format!("{}://{label}.{}{port}", u.scheme(), self.hub_host())
-            }
+            HostKind::User(label) => self.label_origin(&label),
             HostKind::Hub | HostKind::Other => self.origin().to_string(),
         }
     }
@@ -132,7 +133,7 @@ pub async fn route_hosts(State(state): State<AppState>, req: Request, next: Next
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     match state.host_kind(req.headers()) {
         HostKind::Hub | HostKind::Other => {
-            if let Some(user) = req.uri().path().starts_with("/user/").then(|| path_user(req.uri().path())).flatten() {
+            if let Some(user) = path_user(req.uri().path()) {
                 let target = format!("{}{path_and_query}", state.user_origin(&user));
                 if is_navigation(&req) {
                     return Redirect::to(&target).into_response();
@@ -168,7 +169,8 @@ async fn has_credentials(state: &AppState, headers: HeaderMap, query: Option<&st
     if headers.contains_key(header::AUTHORIZATION) || query.is_some_and(|q| q.contains("token=")) {
         return true;
     }
-    let Some(cookie) = CookieJar::from_headers(&headers).get(USER_HOST_COOKIE).map(|c| c.value().to_string()) else {
+    let name = state.settings().user_host_cookie.as_str();
+    let Some(cookie) = CookieJar::from_headers(&headers).get(name).map(|c| c.value().to_string()) else {
         return false;
     };
     state.hub().session_principal(&cookie).await.ok().flatten().is_some()
@@ -193,8 +195,8 @@ async fn host_callback(state: &AppState, headers: HeaderMap, uri: Uri) -> Respon
         Ok(t) => t,
         Err(e) => return AppError::from(e).into_response(),
     };
-    let next = if q.next.starts_with("/user/") && !q.next.starts_with("//") { q.next } else { "/".to_string() };
-    let cookie = Cookie::build((USER_HOST_COOKIE, token.expose().clone()))
+    let next = if q.next.starts_with("/user/") { q.next } else { "/".to_string() };
+    let cookie = Cookie::build((state.settings().user_host_cookie.clone(), token.expose().clone()))
         .path("/")
         .http_only(true)
         .secure(state.settings().secure_cookies())
@@ -207,6 +209,7 @@ async fn host_callback(state: &AppState, headers: HeaderMap, uri: Uri) -> Respon
     resp
 }
 
+/// `?next=`: the user-host address to return to after the hand-off.
 #[derive(Deserialize)]
 pub struct HostLoginQuery {
     #[serde(default)]

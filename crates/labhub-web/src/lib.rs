@@ -36,8 +36,9 @@ pub fn router(state: AppState) -> Router {
         .route("/hub/metrics", axum::routing::get(middleware::metrics))
         .route("/hub/static/{file}", axum::routing::get(static_files::serve))
         .route("/user/{*rest}", axum::routing::any(proxy_route::handle))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))
+        // Outside the host router, so its own answers (the host hand-off) get the headers too.
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route_hosts))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
 }

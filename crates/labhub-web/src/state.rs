@@ -14,6 +14,8 @@ pub struct WebSettings {
     pub public_url: Url,
     /// The session cookie's name.
     pub cookie_name: String,
+    /// The session cookie's name on users' own hosts (origin isolation).
+    pub user_host_cookie: String,
     /// Largest request body accepted by pages and the API (the proxy streams without limit).
     pub max_body_bytes: usize,
     /// Believe `X-Forwarded-For` for the client address (only behind a trusted reverse proxy).

@@ -84,9 +84,11 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         quotas: config.quota_settings(),
     });
     let proxy = Proxy::new(config.proxy_settings(), routes);
+    let (cookie_name, user_host_cookie) = config.cookie_names();
     let web = WebSettings {
         public_url: config.public_url(),
-        cookie_name: config.session.cookie_name.clone(),
+        cookie_name,
+        user_host_cookie,
         max_body_bytes: config.http.max_body_bytes,
         trust_forwarded_for: config.http.trust_forwarded_for,
         user_subdomains: config.proxy.user_subdomains,

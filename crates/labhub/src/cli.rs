@@ -648,6 +648,13 @@ async fn serve_on(
             path.display()
         );
     }
+    if config.proxy.user_subdomains && config.public_url().scheme() != "https" {
+        tracing::warn!(
+            "proxy.user_subdomains over plain http: browsers refuse the __Host- cookie prefix \
+             without https, so a user's server could plant cookies for the hub's host; serve \
+             the hub over https for full origin isolation"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));

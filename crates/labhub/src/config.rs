@@ -645,6 +645,20 @@ impl Config {
         }
     }
 
+    /// The cookie names in effect: the hub's session and users' hosts' sessions. With origin
+    /// isolation over https both carry the `__Host-` prefix, which browsers accept only from
+    /// the very host (Secure, `Path=/`, no `Domain`), so a user's host cannot plant a session
+    /// cookie for the hub or for another user's host.
+    pub fn cookie_names(&self) -> (String, String) {
+        let hub = self.session.cookie_name.clone();
+        let user_host = labhub_web::USER_HOST_COOKIE.to_string();
+        if self.proxy.user_subdomains && self.public_url().scheme() == "https" {
+            (format!("__Host-{hub}"), format!("__Host-{user_host}"))
+        } else {
+            (hub, user_host)
+        }
+    }
+
     /// The proxy's settings.
     pub fn proxy_settings(&self) -> labhub_proxy::ProxySettings {
         let p = &self.proxy;
@@ -654,10 +668,7 @@ impl Config {
             max_connections_per_server: p.max_connections_per_server,
             max_connections_total: p.max_connections_total,
             max_request_header_bytes: p.max_request_header_bytes,
-            ..labhub_proxy::ProxySettings::new([
-                self.session.cookie_name.clone(),
-                labhub_web::USER_HOST_COOKIE.to_string(),
-            ])
+            ..labhub_proxy::ProxySettings::new(<[String; 2]>::from(self.cookie_names()))
         }
     }
 
@@ -690,6 +701,15 @@ mod tests {
         let p = dir.path().join("labhub.toml");
         std::fs::write(&p, toml).unwrap();
         Config::load(Some(&p))
+    }
+
+    #[test]
+    fn origin_isolation_over_https_prefixes_and_strips_both_session_cookies() {
+        let c = load_str("public_url = \"https://lab.example.org/\"\n[proxy]\nuser_subdomains = true\n").unwrap();
+        let names = ["__Host-labhub-session", "__Host-labhub-user-session"];
+        assert_eq!(c.proxy_settings().strip_cookies, names);
+        let paths = load_str("public_url = \"https://lab.example.org/\"\n").unwrap();
+        assert_eq!(paths.proxy_settings().strip_cookies, ["labhub-session", "labhub-user-session"]);
     }
 
     #[test]

@@ -264,6 +264,10 @@ async fn storage_past_the_limit_refuses_starts_saying_how_much_to_free() {
     let m = message(&v);
     assert!(m.contains("more than your limit of 64 KiB: free at least"), "{m}");
     assert!(m.contains("ask bob (lead of lab) to raise the limit"), "{m}");
+    // A named server never measured shares the same home volume: refused as well.
+    let (got, v) = start(&app, &alice, "/hub/api/users/alice/servers/fresh", json!({"image": "test"})).await;
+    assert_eq!(got, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("more than your limit of 64 KiB"), "{v}");
     assert_eq!(active(&app).await, 0);
     let b = app.signed_in("alice", "correct horse").await;
     let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();

@@ -93,6 +93,14 @@ async fn each_users_servers_live_on_their_own_host() {
     assert!(!cookies.contains("labhub-session") && !cookies.contains("labhub-user-session"), "{cookies}");
     assert_eq!(who["headers"]["x-forwarded-host"][0], format!("alice.lab.test:{port}"));
 
+    // A server cannot plant cookies for the hub: a hub cookie's name or a `Domain` reaching
+    // the hub's host is dropped on the way out; the server's own host-only cookie passes.
+    let planted = "theme=dark; Path=/user/alice/|labhub-session=planted; Path=/|wide=1; Domain=lab.test; Path=/";
+    let r = b.get(format!("{alice_host}/user/alice/set-cookies")).query(&[("cookies", planted)]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set: Vec<&str> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(set, ["theme=dark; Path=/user/alice/"]);
+
     // Writes need the user host's own origin; the hub's origin is another site now.
     let r =
         b.post(format!("{alice_host}/user/alice/upload")).header("Origin", hub.clone()).body("x").send().await.unwrap();
@@ -131,4 +139,53 @@ async fn each_users_servers_live_on_their_own_host() {
     b.post(format!("{hub}/hub/logout")).form(&[("_csrf", csrf.as_str())]).send().await.unwrap();
     let r = b.get(format!("{alice_host}/user/alice/whoami")).header("Accept", "application/json").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Over https, both session cookies carry the `__Host-` prefix, which browsers accept only
+/// from the very host (Secure, `Path=/`, no `Domain`): a user's host cannot plant one for the
+/// hub. (The hub is reached over plain http here, as behind a TLS-terminating proxy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_session_cookie_is_host_prefixed() {
+    let app = TestApp::builder()
+        .public_url("https://lab.test:{port}/")
+        .config(|c| c.proxy.user_subdomains = true)
+        .spawn()
+        .await;
+    app.add_user("alice", "correct horse", false).await;
+    let addr: SocketAddr = app.config.bind;
+    let origin = format!("https://lab.test:{}", addr.port());
+    let hub = format!("http://lab.test:{}", addr.port());
+    let b = Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("lab.test", addr)
+        .build()
+        .unwrap();
+    let page = b.get(format!("{hub}/hub/login")).send().await.unwrap();
+    let pre_login: String = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let csrf = labhub_testkit::app::csrf_of(&page.text().await.unwrap());
+    let r = b
+        .post(format!("{hub}/hub/login"))
+        .header("Cookie", pre_login)
+        .header("Origin", &origin)
+        .form(&[("_csrf", csrf.as_str()), ("username", "alice"), ("password", "correct horse"), ("next", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.contains("labhub-session="))
+        .expect("a session cookie");
+    assert!(session.starts_with("__Host-labhub-session="), "{session}");
+    assert!(session.contains("Secure") && session.contains("Path=/") && !session.contains("Domain"), "{session}");
 }

@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use labhub_core::{GroupName, UserName};
 use labhub_db::quotas::ImageAllowance;
-use labhub_service::ServiceError;
 use labhub_service::audit::Actor;
 use labhub_service::groups::GroupDetail;
 use labhub_service::quotas::{QuotaPatch, describe};
@@ -68,6 +67,7 @@ pub async fn list(
     Ok(paged(&state, "hub/api/groups", &headers, &q, items, Page { offset, limit, total }))
 }
 
+/// The body of `POST /hub/api/groups`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMany {
@@ -88,19 +88,8 @@ pub async fn create_many(
         .iter()
         .map(|g| GroupName::parse(g).map_err(|e| AppError::BadRequest(format!("{g:?}: {e}"))))
         .collect::<Result<_, _>>()?;
-    let hub = state.hub();
-    let actor = Actor::User(&me);
-    for n in &names {
-        if hub.group(actor, n).await.is_ok() {
-            return Err(ServiceError::Conflict(format!("there is already a group named {n}")).into());
-        }
-    }
-    let mut created = Vec::new();
-    for n in &names {
-        hub.create_group(actor, n).await?;
-        created.push(model(&hub.group(actor, n).await?));
-    }
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    let created = state.hub().create_groups(Actor::User(&me), &names, &[]).await?;
+    Ok((StatusCode::CREATED, Json(created.iter().map(model).collect::<Vec<_>>())).into_response())
 }
 
 /// `GET /hub/api/groups/{name}` (admins, its leads).
@@ -112,6 +101,7 @@ pub async fn get_one(
     Ok(Json(model(&state.hub().group(Actor::User(&me), &group_name(&name)?).await?)))
 }
 
+/// A body naming users: `{"users": [...]}`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Users {
@@ -128,17 +118,11 @@ pub async fn create_one(
 ) -> Result<Response, AppError> {
     let name = GroupName::parse(&name).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let users = user_names(&body.users)?;
-    let hub = state.hub();
-    let actor = Actor::User(&me);
-    hub.create_group(actor, &name).await?;
-    let detail = if users.is_empty() {
-        hub.group(actor, &name).await?
-    } else {
-        hub.add_group_members(actor, &name, &users).await?
-    };
-    Ok((StatusCode::CREATED, Json(model(&detail))).into_response())
+    let mut created = state.hub().create_groups(Actor::User(&me), std::slice::from_ref(&name), &users).await?;
+    Ok((StatusCode::CREATED, Json(model(&created.remove(0)))).into_response())
 }
 
+/// The body of `PATCH /hub/api/groups/{name}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rename {

@@ -138,6 +138,7 @@ pub async fn admin_list(
     Ok(page.render(view))
 }
 
+/// The admin page's "new group" form.
 #[derive(Deserialize)]
 pub struct NewGroupForm {
     #[serde(default)]
@@ -343,6 +344,7 @@ fn amounts_text(a: &Amounts) -> (String, String) {
     )
 }
 
+/// The group page's query: which range the usage chart shows.
 #[derive(Deserialize, Default)]
 pub struct GroupQuery {
     #[serde(default)]
@@ -491,6 +493,7 @@ fn group_page(
     }
 }
 
+/// A form naming users (comma or space separated).
 #[derive(Deserialize)]
 pub struct UsersForm {
     #[serde(default)]
@@ -644,9 +647,7 @@ fn limits_answer(
     result: Result<String, ServiceError>,
 ) -> Result<Response, AppError> {
     match result {
-        Err(ServiceError::Forbidden(m)) if m.contains("ceiling") => {
-            Ok(redirect_with_error(state, &group_path(name), &m))
-        }
+        Err(ServiceError::AboveCeiling(m)) => Ok(redirect_with_error(state, &group_path(name), &m)),
         other => answer(state, &group_path(name), other),
     }
 }
@@ -711,6 +712,7 @@ pub async fn set_ceiling(
     answer(&state, &group_path(&name), result)
 }
 
+/// The form renaming a group.
 #[derive(Deserialize)]
 pub struct RenameForm {
     #[serde(default)]
@@ -749,6 +751,7 @@ pub async fn delete(
     }
 }
 
+/// The form stopping a member's server from the group page.
 #[derive(Deserialize)]
 pub struct StopForm {
     #[serde(default)]

@@ -86,6 +86,7 @@ pub async fn handle(nb: Arc<Notebook>, conn: ConnInfo, req: Request) -> Response
             Err(e) => e.into_response(),
         },
         "redirect" => redirect(&nb, &conn, &params),
+        "set-cookies" => set_cookies(&params),
         "ws/echo" | "ws/headers" => {
             let close_after = match params.get("close_after") {
                 None => None,
@@ -191,6 +192,21 @@ fn sse(params: &HashMap<String, String>) -> Response {
         Body::from_stream(events),
     )
         .into_response()
+}
+
+/// Answers with one `Set-Cookie` header per `|`-separated value of `?cookies=`, as a server
+/// (or a malicious notebook's server extension) might send them.
+fn set_cookies(params: &HashMap<String, String>) -> Response {
+    let mut resp = json_response(StatusCode::OK, json!({ "set": true }));
+    for value in params.get("cookies").map(String::as_str).unwrap_or_default().split('|').filter(|v| !v.is_empty()) {
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            Err(_) => return message(StatusCode::BAD_REQUEST, "invalid cookie"),
+        }
+    }
+    resp
 }
 
 fn redirect(nb: &Notebook, conn: &ConnInfo, params: &HashMap<String, String>) -> Response {
