@@ -115,6 +115,8 @@ upstream_of() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    # Cleaning up is best effort: something already gone must not turn the exit status into 1.
+    set +e
     [ -n "$NGINX_PID" ] && kill -TERM "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
     stop_hub
     # A hub killed hard leaves its embedded Postgres running: stop it.

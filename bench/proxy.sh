@@ -62,7 +62,8 @@ http {
     fastcgi_temp_path $WORK/nginx/fastcgi;
     uwsgi_temp_path $WORK/nginx/uwsgi;
     scgi_temp_path $WORK/nginx/scgi;
-    map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+    # '' (not 'close') for plain requests, so the upstream keepalive pool is really used.
+    map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
     upstream jupyter { server $UP_IP:$UP_PORT; keepalive 64; }
     server {
         listen 127.0.0.1:$NGINX_PORT;

@@ -245,6 +245,7 @@ impl Hub {
     /// Forgets every cached credential of a user, after a change to their account.
     pub(crate) fn forget_cached(&self, user_id: i64) {
         self.0.auth_cache.forget_user(user_id);
+        self.views_changed();
     }
 
     /// The user behind an API token, if it is valid and the user active.

@@ -168,6 +168,7 @@ impl Hub {
             created.push(group);
         }
         labhub_db::commit(tx).await?;
+        self.views_changed();
         let mut details = Vec::new();
         for group in created {
             details.push(self.group_detail(group).await?);
@@ -194,6 +195,7 @@ impl Hub {
         self.audit(&mut *tx, actor, "group.rename", new_name.as_str(), json!({ "before": name, "after": new_name }))
             .await?;
         labhub_db::commit(tx).await?;
+        self.views_changed();
         Ok(Group { name: new_name.clone(), ..group })
     }
 
@@ -223,6 +225,7 @@ impl Hub {
         });
         self.audit(&mut *tx, actor, "group.delete", name.as_str(), json!({ "before": before })).await?;
         labhub_db::commit(tx).await?;
+        self.views_changed();
         Ok(())
     }
 
@@ -262,6 +265,7 @@ impl Hub {
         let users = self.users_named(&mut tx, names).await?;
         self.add_members_in(&mut tx, actor, &group, &users).await?;
         labhub_db::commit(tx).await?;
+        self.views_changed();
         self.group_detail(group).await
     }
 
@@ -319,6 +323,7 @@ impl Hub {
             .await?;
         }
         labhub_db::commit(tx).await?;
+        self.views_changed();
         self.group_detail(group).await
     }
 
@@ -354,6 +359,7 @@ impl Hub {
         )
         .await?;
         labhub_db::commit(tx).await?;
+        self.views_changed();
         self.group_detail(group).await
     }
 

@@ -18,6 +18,7 @@ pub mod servers;
 pub mod settings;
 pub mod sso;
 pub mod usage;
+pub mod views;
 
 pub use error::ServiceError;
 pub use hub::{Hub, HubParts};

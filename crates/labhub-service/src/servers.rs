@@ -267,6 +267,7 @@ impl Hub {
             .await?;
         }
         labhub_db::commit(tx).await?;
+        self.views_changed();
 
         let progress = ProgressLog::new();
         progress.push(ProgressEvent::step(0, "Server requested"));
@@ -353,11 +354,13 @@ impl Hub {
                     )
                     .await
                     .unwrap_or(false);
+                self.views_changed();
                 if !recorded {
                     // Stopped while starting, or the database refused: leave nothing running.
                     let _ = spawner.stop(&started.state).await;
                     let why = if cancelled { "stopped while it was starting" } else { "the hub could not record it" };
                     let _ = servers::mark_stopped(self.db(), server_id, Some(spawn.spawn_id), why, now).await;
+                    self.views_changed();
                     spawn.progress.push(ProgressEvent::failed(format!("The server was {why}.")));
                     return;
                 }
@@ -371,6 +374,7 @@ impl Hub {
                     let _ = spawner.stop(&started.state).await;
                     let _ =
                         servers::mark_stopped(self.db(), server_id, Some(spawn.spawn_id), &e.to_string(), now).await;
+                    self.views_changed();
                     spawn.progress.push(ProgressEvent::failed(format!("Spawn failed: {e}")));
                     return;
                 }
@@ -390,6 +394,7 @@ impl Hub {
                 tracing::warn!(server = %label, error = %e, "server failed to start");
                 metrics::counter!("labhub_spawns_total", "result" => "failed").increment(1);
                 let _ = servers::mark_stopped(self.db(), server_id, Some(spawn.spawn_id), &e.to_string(), now).await;
+                self.views_changed();
                 spawn.progress.push(ProgressEvent::failed(format!("Spawn failed: {e}")));
             }
         }
@@ -559,6 +564,7 @@ impl Hub {
         }
         servers::mark_stopping(&mut *tx, row.server_id).await?;
         labhub_db::commit(tx).await?;
+        self.views_changed();
         self.routes().remove(&RouteKey::new(owner.clone(), server.cloned()));
         let hub = self.clone();
         let label = server_label(owner, server);
@@ -571,6 +577,7 @@ impl Hub {
                 tracing::warn!(server = %label, error = %e, "stopping failed; marking it stopped anyway");
             }
             let _ = servers::mark_stopped(hub.db(), row.server_id, row.spawn_id, &reason.text(), hub.now()).await;
+            hub.views_changed();
         });
         match tokio::time::timeout(self.runtime().settings.slow_stop_timeout, task).await {
             Ok(_) => Ok(StopOutcome::Stopped),
@@ -594,6 +601,7 @@ impl Hub {
             return Err(ServiceError::Conflict(format!("{owner}/{server} is not stopped; stop it first")));
         }
         servers::delete(self.db(), row.server_id).await?;
+        self.views_changed();
         self.runtime().spawns.remove(&row.server_id);
         Ok(())
     }
@@ -692,6 +700,7 @@ impl Hub {
                                     now,
                                 )
                                 .await?;
+                                self.views_changed();
                             }
                             let kind =
                                 row.server.kind.as_deref().and_then(ImageKind::parse).unwrap_or(ImageKind::Jupyter);
@@ -710,6 +719,7 @@ impl Hub {
                             let _ = spawner.stop(&o.state).await;
                             let why = format!("{reason} while the hub was away");
                             servers::mark_stopped(self.db(), row.server.server_id, None, &why, now).await?;
+                            self.views_changed();
                             report.vanished.push(label);
                         }
                     }
@@ -723,6 +733,7 @@ impl Hub {
                         now,
                     )
                     .await?;
+                    self.views_changed();
                     report.vanished.push(label);
                 }
             }
@@ -797,7 +808,9 @@ impl Hub {
         }
         self.routes().remove(&RouteKey::new(exit.user.clone(), exit.server.clone()));
         let _ = spawner.stop(&row.spawner_state).await;
-        if servers::mark_stopped(self.db(), row.server_id, row.spawn_id, &exit.reason, self.now()).await? {
+        let ended = servers::mark_stopped(self.db(), row.server_id, row.spawn_id, &exit.reason, self.now()).await?;
+        self.views_changed();
+        if ended {
             tracing::warn!(server = %server_label(&exit.user, exit.server.as_ref()), reason = %exit.reason, "server ended");
         }
         Ok(())
@@ -812,6 +825,9 @@ impl Hub {
             .map(|(k, at)| (k.user.to_string(), k.server.map(|s| s.to_string()).unwrap_or_default(), at))
             .collect();
         servers::touch_activity(self.db(), &seen).await?;
+        if !seen.is_empty() {
+            self.views_changed();
+        }
         Ok(())
     }
 }

@@ -153,7 +153,8 @@ pub struct DockerConfig {
     pub isolate_host: bool,
     /// Let servers reach the internet; off makes the network `internal`.
     pub internet_access: bool,
-    /// How often a starting server is asked whether it answers yet.
+    /// The longest pause between asking a starting server whether it answers yet (the
+    /// first pauses are shorter: 10 ms, doubling up to this).
     #[serde(with = "humantime_serde")]
     pub readiness_interval: Duration,
 }

@@ -40,6 +40,8 @@ const NETWORK_RECHECK: Duration = Duration::from_secs(30);
 const FAILURE_LOG_LINES: usize = 20;
 /// Longest single readiness request; a server that accepts but never answers is retried.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first pause between readiness checks; it doubles up to `readiness_interval`.
+const FIRST_READINESS_PAUSE: Duration = Duration::from_millis(10);
 /// How long a `/system/df` answer is reused: computing it walks every volume, and the hub
 /// asks for one user at a time.
 const DF_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -371,6 +373,9 @@ impl DockerSpawner {
         let started = Instant::now();
         let mut last_percent = 70;
         let mut last_error = String::from("no answer yet");
+        // Small servers answer within tens of milliseconds of running: ask early, then back
+        // off to the configured interval so a slow boot costs few engine calls.
+        let mut pause = FIRST_READINESS_PAUSE.min(self.config.readiness_interval);
         loop {
             let c = match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
                 Ok(c) => c,
@@ -410,7 +415,8 @@ impl DockerSpawner {
                 send(progress, percent, format!("waiting for the server to answer ({} s)", elapsed.as_secs()));
             }
             let remaining = spec.start_timeout.saturating_sub(elapsed);
-            tokio::time::sleep(self.config.readiness_interval.min(remaining)).await;
+            tokio::time::sleep(pause.min(remaining)).await;
+            pause = (pause * 2).min(self.config.readiness_interval);
         }
     }
 

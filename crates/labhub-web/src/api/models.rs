@@ -57,22 +57,28 @@ pub async fn user_models(hub: &labhub_service::Hub, users: Vec<User>) -> Result<
     Ok(users
         .iter()
         .map(|u| {
-            let mut m = UserModel::of(u);
-            m.groups = groups.remove(&u.user_id).unwrap_or_default();
-            for s in servers.remove(&u.user_id).unwrap_or_default() {
-                if s.state == ServerState::Stopped {
-                    continue;
-                }
-                let model = ServerModel::of(&u.name, &s);
-                if s.name.is_empty() {
-                    m.server = model.ready.then(|| model.url.clone());
-                    m.pending = model.pending.map(str::to_string);
-                }
-                m.servers.insert(s.name.clone(), serde_json::to_value(model).unwrap_or_default());
-            }
-            m
+            let groups = groups.remove(&u.user_id).unwrap_or_default();
+            user_model(u, groups, &servers.remove(&u.user_id).unwrap_or_default())
         })
         .collect())
+}
+
+/// One user's model from their account, group names and server rows.
+pub fn user_model(u: &User, groups: Vec<String>, servers: &[Server]) -> UserModel {
+    let mut m = UserModel::of(u);
+    m.groups = groups;
+    for s in servers {
+        if s.state == ServerState::Stopped {
+            continue;
+        }
+        let model = ServerModel::of(&u.name, s);
+        if s.name.is_empty() {
+            m.server = model.ready.then(|| model.url.clone());
+            m.pending = model.pending.map(str::to_string);
+        }
+        m.servers.insert(s.name.clone(), serde_json::to_value(model).unwrap_or_default());
+    }
+    m
 }
 
 /// JupyterHub's server model.

@@ -14,7 +14,7 @@ use labhub_service::audit::Actor;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::models::{UserModel, user_models};
+use super::models::{UserModel, user_model, user_models};
 use super::{ApiJson, JUPYTERHUB_API_VERSION, Page, offset_limit, paged};
 use crate::extract::{AdminUser, CurrentUser};
 use crate::{AppError, AppState};
@@ -40,9 +40,8 @@ pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Jso
 
 /// `GET /hub/api/user` (any token or session): who am I.
 pub async fn me(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<UserModel>, AppError> {
-    let hub = state.hub();
-    let user = hub.get_user(Actor::User(&me), &me.name).await?;
-    Ok(Json(user_models(hub, vec![user]).await?.remove(0)))
+    let v = state.hub().user_view(Actor::User(&me), &me.name).await?;
+    Ok(Json(user_model(&v.user, v.groups.clone(), &v.servers)))
 }
 
 fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError> {
@@ -145,9 +144,8 @@ pub async fn get_one(
     Path(name): Path<String>,
 ) -> Result<Json<UserModel>, AppError> {
     let name = path_name(&name)?;
-    let hub = state.hub();
-    let user = hub.get_user(Actor::User(&me), &name).await.map_err(hide_others)?;
-    Ok(Json(user_models(hub, vec![user]).await?.remove(0)))
+    let v = state.hub().user_view(Actor::User(&me), &name).await.map_err(hide_others)?;
+    Ok(Json(user_model(&v.user, v.groups.clone(), &v.servers)))
 }
 
 /// A member asking about someone else learns nothing, not even whether they exist.
