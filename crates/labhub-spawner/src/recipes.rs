@@ -127,10 +127,21 @@ impl Tail {
         lines.push_back(line);
     }
 
-    fn text(&self) -> String {
-        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
+}
+
+/// The last lines of a failed script: its standard output's, then its error output's. The
+/// two pipes are read side by side and a chatty output can be read well after the error
+/// line was written, so the error lines are kept apart (up to half the space) and never
+/// pushed out by output that came before them.
+fn failure_tail(out: &Tail, err: &Tail) -> String {
+    let err = err.lines();
+    let err = &err[err.len().saturating_sub(LOG_TAIL_LINES / 2)..];
+    let out = out.lines();
+    let out = &out[out.len().saturating_sub(LOG_TAIL_LINES - err.len())..];
+    out.iter().chain(err).cloned().collect::<Vec<_>>().join("\n")
 }
 
 async fn follow(reader: impl AsyncRead + Unpin, progress: Option<&ProgressSender>, tail: &Tail) {
@@ -170,21 +181,25 @@ async fn run_script(script: &Path, arg: &str, progress: &ProgressSender) -> Resu
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let tail = Tail::default();
+    let (out_tail, err_tail) = (Tail::default(), Tail::default());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let out = async {
         if let Some(s) = stdout {
-            follow(s, Some(progress), &tail).await;
+            follow(s, Some(progress), &out_tail).await;
         }
     };
     let err = async {
         if let Some(s) = stderr {
-            follow(s, None, &tail).await;
+            follow(s, None, &err_tail).await;
         }
     };
     let ((), (), status) = tokio::join!(out, err, child.wait());
     let status = status?;
-    if status.success() { Ok(()) } else { Err(ScriptError::Failed { status, tail: tail.text() }) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ScriptError::Failed { status, tail: failure_tail(&out_tail, &err_tail) })
+    }
 }
 
 impl DockerSpawner {
@@ -283,7 +298,7 @@ mod tests {
         match run_script(&script, "x:1", &tx).await.unwrap_err() {
             ScriptError::Failed { status, tail } => {
                 assert_eq!(status.code(), Some(3));
-                assert!(tail.contains("boom"), "{tail}");
+                assert!(tail.ends_with("line50\nboom"), "the error line is kept, after the output: {tail}");
                 assert_eq!(tail.lines().count(), LOG_TAIL_LINES, "only the last lines are kept");
                 assert!(!tail.contains("line1\n"));
             }
