@@ -99,7 +99,9 @@ if [ "${PROFILE:-0}" = 1 ]; then
     PERF_PID=$!
     wrk -t1 -c64 -d8s -H "Cookie: $COOKIE" "$HUB/user/bench/download?bytes=1024" >/dev/null
     wait "$PERF_PID" || true
-    perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null | head -80 >"$WORK/perf.txt"
+    # Written whole, then cut: `perf report | head` would fail the run under pipefail.
+    perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio >"$WORK/perf-full.txt" 2>/dev/null || true
+    head -80 "$WORK/perf-full.txt" >"$WORK/perf.txt"
     say "perf profile: $WORK/perf.txt"
 fi
 
