@@ -3,10 +3,10 @@
 //! (`/user/teams`, as `org:team`).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use url::Url;
 
-use super::oauth::OAuthApp;
+use super::oauth::{Forge, ForgeUser, OAuthApp};
 use super::{LoginSecrets, Profile, SsoError};
 
 const ACCEPT: &str = "application/vnd.github+json";
@@ -23,8 +23,7 @@ pub(crate) struct GitHubWants {
 
 /// A GitHub OAuth app and the API it reads.
 pub(crate) struct GitHub {
-    app: OAuthApp,
-    api: Url,
+    forge: Forge,
     wants: GitHubWants,
 }
 
@@ -49,29 +48,19 @@ struct Team {
 impl GitHub {
     /// A GitHub provider; `api` ends with `/`.
     pub(crate) fn new(app: OAuthApp, api: Url, wants: GitHubWants) -> Self {
-        Self { app, api, wants }
+        Self { forge: Forge::new(app, api, ACCEPT), wants }
     }
 
     /// Where to send the browser to sign in.
     pub(crate) fn authorize_url(&self, secrets: &LoginSecrets) -> Url {
-        self.app.authorize_url(secrets)
-    }
-
-    fn at(&self, path: &str) -> Result<Url, SsoError> {
-        self.api.join(path).map_err(|e| self.app.http.bad_answer(format!("{path}: {e}")))
+        self.forge.authorize_url(secrets)
     }
 
     /// Exchanges the code and reads the person from the API.
     pub(crate) async fn profile(&self, code: &str, secrets: &LoginSecrets) -> Result<Profile, SsoError> {
-        let http = &self.app.http;
-        let token = self.app.exchange(code, secrets).await?;
-        let mut user: Map<String, Value> = http.get_json(self.at("user")?, &token, ACCEPT).await?;
-        let subject = match user.get("id") {
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(SsoError::MissingClaim { provider: http.provider().into(), claim: "id".into() }),
-        };
+        let ForgeUser { token, mut user, subject } = self.forge.sign_in(code, secrets).await?;
         let (email, email_verified) = if self.wants.emails {
-            let emails: Vec<Email> = http.get_all(self.at("user/emails?per_page=100")?, &token, ACCEPT).await?;
+            let emails: Vec<Email> = self.forge.get_all("user/emails?per_page=100", &token).await?;
             match emails.into_iter().find(|e| e.primary) {
                 Some(e) => (Some(e.email), e.verified),
                 None => (None, false),
@@ -84,11 +73,11 @@ impl GitHub {
         user.insert("email".into(), email.clone().map_or(Value::Null, Value::String));
         let mut groups = Vec::new();
         if self.wants.orgs {
-            let orgs: Vec<Org> = http.get_all(self.at("user/orgs?per_page=100")?, &token, ACCEPT).await?;
+            let orgs: Vec<Org> = self.forge.get_all("user/orgs?per_page=100", &token).await?;
             groups.extend(orgs.into_iter().map(|o| o.login.to_lowercase()));
         }
         if self.wants.teams {
-            let teams: Vec<Team> = http.get_all(self.at("user/teams?per_page=100")?, &token, ACCEPT).await?;
+            let teams: Vec<Team> = self.forge.get_all("user/teams?per_page=100", &token).await?;
             groups.extend(teams.into_iter().map(|t| format!("{}:{}", t.organization.login, t.slug).to_lowercase()));
         }
         Ok(Profile { subject, claims: user, email, email_verified, groups })

@@ -7,6 +7,8 @@ use openidconnect::{
     HttpClientError, OAuth2TokenResponse, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, TokenUrl,
 };
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use url::Url;
 
 use super::http::ProviderHttp;
@@ -92,5 +94,57 @@ impl OAuthApp {
             .await
             .map_err(|e| token_failure(&self.http, e))?;
         Ok(answer.access_token().secret().clone())
+    }
+}
+
+/// An OAuth2 application and the REST API of the forge it belongs to.
+pub(crate) struct Forge {
+    app: OAuthApp,
+    /// The API's base; ends with `/`.
+    api: Url,
+    /// The media type the API is asked for.
+    accept: &'static str,
+}
+
+/// A person just signed in at a forge.
+pub(crate) struct ForgeUser {
+    /// The access token, for this sign-in's API calls only.
+    pub(crate) token: String,
+    /// The API's `user` document.
+    pub(crate) user: Map<String, Value>,
+    /// Its numeric `id`: the stable subject (names and emails can change).
+    pub(crate) subject: String,
+}
+
+impl Forge {
+    /// A forge's app and API; `api` ends with `/`.
+    pub(crate) fn new(app: OAuthApp, api: Url, accept: &'static str) -> Self {
+        Self { app, api, accept }
+    }
+
+    /// Where to send the browser to sign in.
+    pub(crate) fn authorize_url(&self, secrets: &LoginSecrets) -> Url {
+        self.app.authorize_url(secrets)
+    }
+
+    fn at(&self, path: &str) -> Result<Url, SsoError> {
+        self.api.join(path).map_err(|e| self.app.http.bad_answer(format!("{path}: {e}")))
+    }
+
+    /// Exchanges the code, then reads the person (`GET user`) and their id.
+    pub(crate) async fn sign_in(&self, code: &str, secrets: &LoginSecrets) -> Result<ForgeUser, SsoError> {
+        let http = &self.app.http;
+        let token = self.app.exchange(code, secrets).await?;
+        let user: Map<String, Value> = http.get_json(self.at("user")?, &token, self.accept).await?;
+        let subject = match user.get("id") {
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(SsoError::MissingClaim { provider: http.provider().into(), claim: "id".into() }),
+        };
+        Ok(ForgeUser { token, user, subject })
+    }
+
+    /// Every page of a list from the API (`path` relative to its base).
+    pub(crate) async fn get_all<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<Vec<T>, SsoError> {
+        self.app.http.get_all(self.at(path)?, token, self.accept).await
     }
 }
