@@ -335,29 +335,40 @@ impl Hub {
         user: &UserName,
         lead: bool,
     ) -> Result<GroupDetail, ServiceError> {
+        self.set_group_leads(actor, name, std::slice::from_ref(user), lead).await
+    }
+
+    /// Makes users leads of a group (adding them to it), or plain members again (admins): all
+    /// of them, or — a user unknown, or not in the group — none.
+    pub async fn set_group_leads(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        names: &[UserName],
+        lead: bool,
+    ) -> Result<GroupDetail, ServiceError> {
         actor.require_admin()?;
         let mut tx = labhub_db::begin(self.db()).await?;
         let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
-        let user = users::by_name(&mut *tx, user)
-            .await?
-            .ok_or_else(|| ServiceError::Invalid(format!("there is no user named {user}")))?;
-        let before = groups::role_of(&mut *tx, group.group_id, user.user_id).await?;
         let after = if lead { GroupRole::Lead } else { GroupRole::Member };
-        if before == Some(after) {
-            return self.group_detail(group).await;
+        for user in self.users_named(&mut tx, names).await? {
+            let before = groups::role_of(&mut *tx, group.group_id, user.user_id).await?;
+            if before == Some(after) {
+                continue;
+            }
+            if before.is_none() && !lead {
+                return Err(ServiceError::Conflict(format!("{} is not in {name}", user.name)));
+            }
+            groups::set_member(&mut *tx, group.group_id, user.user_id, after, self.now()).await?;
+            self.audit(
+                &mut *tx,
+                actor,
+                "group.set_lead",
+                name.as_str(),
+                json!({ "user": user.name, "before": before.map(GroupRole::as_str), "after": after.as_str() }),
+            )
+            .await?;
         }
-        if before.is_none() && !lead {
-            return Err(ServiceError::Conflict(format!("{} is not in {name}", user.name)));
-        }
-        groups::set_member(&mut *tx, group.group_id, user.user_id, after, self.now()).await?;
-        self.audit(
-            &mut *tx,
-            actor,
-            "group.set_lead",
-            name.as_str(),
-            json!({ "user": user.name, "before": before.map(GroupRole::as_str), "after": after.as_str() }),
-        )
-        .await?;
         labhub_db::commit(tx).await?;
         self.views_changed();
         self.group_detail(group).await

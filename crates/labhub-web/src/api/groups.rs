@@ -183,13 +183,7 @@ async fn set_leads(
     lead: bool,
 ) -> Result<Json<Value>, AppError> {
     let users = user_names(&body.users)?;
-    let name = group_name(name)?;
-    let hub = state.hub();
-    let mut detail = hub.group(Actor::User(me), &name).await?;
-    for u in &users {
-        detail = hub.set_group_lead(Actor::User(me), &name, u, lead).await?;
-    }
-    Ok(Json(model(&detail)))
+    Ok(Json(model(&state.hub().set_group_leads(Actor::User(me), &group_name(name)?, &users, lead).await?)))
 }
 
 /// `POST /hub/api/groups/{name}/leads` (admins): `{"users": [...]}` lead it (and join it).
