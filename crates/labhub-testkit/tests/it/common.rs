@@ -29,6 +29,17 @@ pub async fn docker_hub(adjust: impl FnOnce(&mut Config)) -> (TestApp, String, S
     (app, root, alice)
 }
 
+/// `n` members named `{prefix}00`, `{prefix}01`, …, with their API tokens as `token …` headers.
+pub async fn members_with_tokens(app: &TestApp, prefix: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i:02}")).collect();
+    let mut tokens = Vec::new();
+    for name in &names {
+        app.add_user(name, "correct horse", false).await;
+        tokens.push(format!("token {}", app.token(name).await));
+    }
+    (names, tokens)
+}
+
 /// A script's client: no cookies, no redirects, no proxy from the environment.
 pub fn script() -> Client {
     Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()

@@ -11,7 +11,7 @@ use labhub_testkit::app::csrf_of;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{docker_hub, script, start_ready, wait_for_user};
+use crate::common::{docker_hub, members_with_tokens, script, start_ready, wait_for_user};
 use crate::groups::{audited, lab};
 
 async fn start(app: &labhub_testkit::TestApp, auth: &str, path: &str, body: Value) -> (StatusCode, Value) {
@@ -182,12 +182,7 @@ async fn a_start_right_at_the_edge_of_the_budget_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_simultaneous_starts_never_exceed_the_budget() {
     let (app, _, _) = docker_hub(|c| c.servers.slow_spawn_timeout = Duration::ZERO).await;
-    let names: Vec<String> = (0..20).map(|i| format!("racer{i:02}")).collect();
-    let mut tokens = Vec::new();
-    for n in &names {
-        app.add_user(n, "correct horse", false).await;
-        tokens.push(format!("token {}", app.token(n).await));
-    }
+    let (names, tokens) = members_with_tokens(&app, "racer", 20).await;
     let members: Vec<&str> = names.iter().map(String::as_str).collect();
     // Five servers of 0.5 CPU fit exactly.
     lab(&app, "lab", None, &members, QuotaPatch { budget_cpu_millis: Some(Some(2500)), ..QuotaPatch::default() }).await;

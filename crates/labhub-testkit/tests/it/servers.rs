@@ -8,7 +8,7 @@ use labhub_testkit::app::csrf_of;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{docker_hub, script, start_ready, wait_for_user};
+use crate::common::{docker_hub, members_with_tokens, script, start_ready, wait_for_user};
 
 async fn json(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
@@ -305,12 +305,7 @@ async fn a_server_killed_behind_the_hubs_back_is_marked_stopped_with_its_reason(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_users_start_at_once_and_all_succeed() {
     let (app, root, _) = docker_hub(|c| c.servers.slow_spawn_timeout = Duration::ZERO).await;
-    let names: Vec<String> = (0..20).map(|i| format!("user{i:02}")).collect();
-    let mut tokens = Vec::new();
-    for n in &names {
-        app.add_user(n, "correct horse", false).await;
-        tokens.push(format!("token {}", app.token(n).await));
-    }
+    let (names, tokens) = members_with_tokens(&app, "user", 20).await;
     let c = script();
     let starts = names.iter().zip(&tokens).map(|(n, t)| {
         c.post(app.at(&format!("/hub/api/users/{n}/server")))
