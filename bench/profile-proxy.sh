@@ -87,19 +87,20 @@ done
 echo "Inclusive cost of selected steps of B (instructions per request, everything they call):"
 callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$F_PROXY" >"$F_PROXY.incl.txt" 2>/dev/null
 for step in \
-    "tracing_subscriber::fmt::Subscriber<N,E,F,W> as tracing_core::subscriber::Subscriber>::new_span|request span (info_span!, fields formatted by the fmt layer)" \
+    "tracing_subscriber::fmt::Subscriber<N,E,F,W> as tracing_core::subscriber::Subscriber>::new_span|request span (fields formatted by the fmt layer; proxied requests: debug level only)" \
     "as metrics::recorder::Recorder>::register_counter|metrics: requests counter (labels allocated, registry lookup)" \
     "as metrics::recorder::Recorder>::register_histogram|metrics: latency histogram" \
     "labhub_web::extract::session_cookie|session cookie lookup (CookieJar::from_headers)" \
-    "labhub_auth::tokens::sha256|SHA-256 (session cookie; route secret in forget_server_token)" \
+    "labhub_auth::tokens::sha256|SHA-256 (session cookie; a server token a page sends back)" \
     "labhub_proxy::path::parse_user_path|path parsing" \
     "labhub_proxy::route::RouteTable::resolve|route lookup" \
     "labhub_web::proxy_route::client_info|client info (X-Forwarded-*)" \
     "labhub_proxy::forward::prepare_headers|request header rewrite" \
     "labhub_proxy::forward::pass_response|response header rewrite" \
-    "hyper_util::client::legacy::client::Client<C,B>::send_request|hyper-util client send_request (pool checkout, dispatch)"; do
+    "labhub_proxy::pool::Pool::send|pool checkout and send (hyper's HTTP/1 client)" \
+    "labhub_proxy::pool::Pool::connect::{{closure}}::{{closure}}|the upstream connection's task (hyper's client dispatch)"; do
     IFS='|' read -r pat label <<<"$step"
-    c=$(grep -F "$pat" "$F_PROXY.incl.txt" | awk '{ c=$1; gsub(",", "", c); c += 0; if (c > m) m = c } END { print m+0 }')
+    c=$({ grep -F "$pat" "$F_PROXY.incl.txt" || true; } | awk '{ c=$1; gsub(",", "", c); c += 0; if (c > m) m = c } END { print m+0 }')
     printf '  %-78s %8d\n' "$label" "$((c / N_PROXY))"
 done
 echo

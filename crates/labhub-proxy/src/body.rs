@@ -13,17 +13,30 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::limits::Lease;
+use crate::pool::Lent;
 
 /// The upstream's response body, streamed frame by frame; dropping it (finished, failed or
-/// abandoned by the client) gives the connection slots back.
+/// abandoned by the client) gives the connection slots back. Read to its end, it parks its
+/// connection for the next request; a body abandoned halfway takes its connection with it.
 pub(crate) struct ProxiedBody {
     inner: Incoming,
     _lease: Lease,
+    lent: Option<Lent>,
 }
 
 impl ProxiedBody {
-    pub(crate) fn new(inner: Incoming, lease: Lease) -> Self {
-        Self { inner, _lease: lease }
+    pub(crate) fn new(inner: Incoming, lease: Lease, lent: Lent) -> Self {
+        let mut body = Self { inner, _lease: lease, lent: Some(lent) };
+        body.give_back_at_end();
+        body
+    }
+
+    fn give_back_at_end(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lent) = self.lent.take()
+        {
+            lent.give_back();
+        }
     }
 }
 
@@ -32,7 +45,15 @@ impl Body for ProxiedBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.give_back_at_end(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back_at_end(),
+            Poll::Ready(Some(Err(_))) => this.lent = None,
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -9,11 +9,10 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{self, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Extensions, Method, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Error as ClientError;
 use labhub_core::ImageKind;
 use tokio::time::Instant;
 
@@ -22,6 +21,7 @@ use crate::closer::{Closer, Watch};
 use crate::error::ProxyError;
 use crate::headers::{self, LocationRewrite};
 use crate::limits::Lease;
+use crate::pool::{Lent, SendError};
 use crate::route::{RouteEntry, RouteTable};
 use crate::tunnel;
 
@@ -197,7 +197,8 @@ impl Proxy {
             let progress = Arc::new(crate::body::Progress::new());
             (Body::new(ProgressBody::new(body, progress.clone())), Some(progress))
         };
-        let sent = route.client(settings).request(http::Request::from_parts(parts, body));
+        let pool = route.pool(settings).clone();
+        let sent = std::pin::pin!(pool.send(http::Request::from_parts(parts, body)));
         let response = match progress {
             None => tokio::time::timeout(settings.read_timeout, sent).await.map_err(|_| ProxyError::Timeout)?,
             Some(progress) => {
@@ -213,7 +214,7 @@ impl Proxy {
                 }
             }
         };
-        let response = response.map_err(|e| upstream_error(&e, &route))?;
+        let (response, lent) = response.map_err(|e| upstream_error(e, &route))?;
 
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -224,7 +225,7 @@ impl Proxy {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
         }
-        Ok(pass_response(&route, &client, lease, response, &self.inner.settings))
+        Ok(pass_response(&route, &client, lease, lent, response, &self.inner.settings))
     }
 }
 
@@ -248,8 +249,9 @@ fn add_slash(prefix: &str, query: Option<&str>) -> Response {
     response
 }
 
-/// The upstream URI: the server's address, the path (without the prefix for RStudio) and
-/// the query without the hub's `token` parameter, otherwise byte for byte.
+/// The upstream request target (origin form: the connection already goes to the server): the
+/// path (without the prefix for RStudio) and the query without the hub's `token` parameter,
+/// otherwise byte for byte.
 fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
     let rstudio = route.route().kind == ImageKind::Rstudio;
     let stripped_query = original.query().and_then(headers::strip_token_param);
@@ -271,11 +273,7 @@ fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
         }
         PathAndQuery::try_from(pq).map_err(|e| ProxyError::BadRequest(e.to_string()))?
     };
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(uri::Scheme::HTTP);
-    parts.authority = Some(route.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))
+    Ok(Uri::from(path_and_query))
 }
 
 /// The request headers as the server must see them: hop-by-hop gone, the hub's cookie and
@@ -316,28 +314,26 @@ fn prepare_headers(
 }
 
 /// Puts a failure to get response headers into words.
-fn upstream_error(e: &ClientError, route: &RouteEntry) -> ProxyError {
-    if route.is_removed() || e.is_connect() {
-        return ProxyError::Unreachable;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            let why = if h.is_incomplete_message() {
-                "it closed the connection before answering".to_string()
-            } else if h.is_parse() {
-                "its response was malformed".to_string()
-            } else if h.is_user() {
-                // Reading the client's request body failed: the client went away mid-upload.
-                return ProxyError::BadRequest("the request body could not be read".into());
-            } else {
-                h.to_string()
-            };
-            return ProxyError::Upstream(why);
+fn upstream_error(e: SendError, route: &RouteEntry) -> ProxyError {
+    let h = match e {
+        SendError::Connect(e) => {
+            tracing::debug!(route = %route.key(), error = %e, "server unreachable");
+            return ProxyError::Unreachable;
         }
-        source = s.source();
-    }
-    ProxyError::Upstream(e.to_string())
+        _ if route.is_removed() => return ProxyError::Unreachable,
+        SendError::Http(h) => h,
+    };
+    let why = if h.is_incomplete_message() {
+        "it closed the connection before answering".to_string()
+    } else if h.is_parse() {
+        "its response was malformed".to_string()
+    } else if h.is_user() {
+        // Reading the client's request body failed: the client went away mid-upload.
+        return ProxyError::BadRequest("the request body could not be read".into());
+    } else {
+        h.to_string()
+    };
+    ProxyError::Upstream(why)
 }
 
 /// The upstream agreed to a WebSocket: answer the client 101 with the upstream's handshake
@@ -363,11 +359,13 @@ fn switch_protocols(
 }
 
 /// An ordinary response: hop-by-hop headers and cookies planted for the hub dropped,
-/// `Location` mapped back to hub paths, and the body streamed while holding the lease.
+/// `Location` mapped back to hub paths, and the body streamed while holding the lease and
+/// the connection (parked again once the body is read to its end).
 fn pass_response(
     route: &RouteEntry,
     client: &ClientInfo,
     lease: Lease,
+    lent: Lent,
     response: http::Response<Incoming>,
     settings: &ProxySettings,
 ) -> Response {
@@ -385,5 +383,5 @@ fn pass_response(
         }
     }
     parts.extensions = Extensions::new();
-    Response::from_parts(parts, Body::new(ProxiedBody::new(body, lease)))
+    Response::from_parts(parts, Body::new(ProxiedBody::new(body, lease, lent)))
 }

@@ -75,6 +75,7 @@ mod forward;
 mod headers;
 mod limits;
 mod path;
+mod pool;
 mod route;
 mod tunnel;
 

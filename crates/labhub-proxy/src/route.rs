@@ -5,25 +5,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use crate::closer::Closer;
-use crate::connector::RouteConnector;
 use crate::forward::ProxySettings;
 use crate::path::UserPath;
+use crate::pool::Pool;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use http::HeaderValue;
-use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use labhub_core::{Clock, ImageKind, Secret, ServerName, UserName};
 use time::OffsetDateTime;
-
-/// Idle keep-alive connections are closed after this long. Servers such as uvicorn close
-/// idle connections after a few seconds on their own; hyper notices that while idle, and a
-/// short pool life keeps the number of parked sockets per server small.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Activity timestamps are written at most this often per route (or tunnel): the culler
 /// works in minutes, and a store per byte would only cost.
@@ -101,9 +92,6 @@ pub enum RouteError {
     BadToken,
 }
 
-/// The hyper-util client of one route: its own pool, so the route's sockets go with it.
-pub(crate) type UpstreamClient = Client<RouteConnector, axum::body::Body>;
-
 /// What every route shares with its table.
 pub(crate) struct TableShared {
     clock: Arc<dyn Clock>,
@@ -116,11 +104,10 @@ pub(crate) struct TableShared {
 /// removal, so in-flight requests finish with an error rather than a panic.
 pub struct RouteEntry {
     route: Route,
-    pub(crate) authority: Authority,
     pub(crate) internal_origin: String,
     pub(crate) authorization: HeaderValue,
     pub(crate) root_path: Option<HeaderValue>,
-    client: OnceLock<UpstreamClient>,
+    pool: OnceLock<Arc<Pool>>,
     pub(crate) closer: Arc<Closer>,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) tunnels: AtomicUsize,
@@ -152,14 +139,12 @@ impl RouteEntry {
             }
             ImageKind::Jupyter | ImageKind::Custom => None,
         };
-        let authority = Authority::try_from(route.endpoint.to_string()).map_err(|_| bad_prefix())?;
         Ok(Self {
             internal_origin: format!("http://{}", route.endpoint),
             route,
-            authority,
             authorization,
             root_path,
-            client: OnceLock::new(),
+            pool: OnceLock::new(),
             closer: Arc::new(Closer::default()),
             in_flight: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
@@ -198,15 +183,16 @@ impl RouteEntry {
         self.closer.is_closed()
     }
 
-    /// The route's client, built on first use so idle routes cost no pool (with the
-    /// settings of the proxy that used it first: one proxy per table is the design).
-    pub(crate) fn client(&self, settings: &ProxySettings) -> &UpstreamClient {
-        self.client.get_or_init(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_max_idle_per_host(settings.max_connections_per_server)
-                .pool_timer(TokioTimer::new())
-                .build(RouteConnector::new(settings.connect_timeout, self.closer.clone()))
+    /// The route's connections, made on first use (with the settings of the proxy that used
+    /// it first: one proxy per table is the design).
+    pub(crate) fn pool(&self, settings: &ProxySettings) -> &Arc<Pool> {
+        self.pool.get_or_init(|| {
+            Arc::new(Pool::new(
+                self.route.endpoint,
+                settings.connect_timeout,
+                settings.max_connections_per_server,
+                self.closer.clone(),
+            ))
         })
     }
 

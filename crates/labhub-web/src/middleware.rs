@@ -1,6 +1,8 @@
 //! Cross-cutting layers: request ids, tracing, metrics, security headers; and the two
 //! unauthenticated endpoints, health and metrics.
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -15,9 +17,22 @@ use crate::AppState;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// 16 hex digits: a random half chosen when the hub starts (ids of different runs do not
+/// meet in the logs) and a counter. Unique is all an id needs to be; not being a secret, it
+/// need not cost a call for randomness per request.
 fn new_request_id() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..16].to_string()
+    static RUN: LazyLock<u32> = LazyLock::new(|| uuid::Uuid::new_v4().as_u128() as u32);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{:08x}{:08x}", *RUN, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The method as a metrics label, without an allocation for the usual ones.
+fn method_label(method: &axum::http::Method) -> std::borrow::Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    match KNOWN.iter().find(|k| **k == method.as_str()) {
+        Some(known) => std::borrow::Cow::Borrowed(known),
+        None => std::borrow::Cow::Owned(method.to_string()),
+    }
 }
 
 /// Gives each request an id, a tracing span, and counts it in the metrics by route.
@@ -33,21 +48,34 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().clone();
     // The path only (no query string: it may carry a token).
-    let span = tracing::info_span!("request", id = %id, method = %method, path = %req.uri().path());
+    let path = req.uri().path().to_string();
+    // Proxied traffic (every click and save in a notebook) gets its span at debug level only:
+    // a span's fields are formatted when it opens, whether or not anything is logged in it,
+    // and the proxy logs nothing above debug inside it. Its warning below carries the fields.
+    let span = if path.starts_with("/user/") {
+        tracing::debug_span!("request", id = %id, method = %method, path = %path)
+    } else {
+        tracing::info_span!("request", id = %id, method = %method, path = %path)
+    };
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
+    let ms = elapsed.as_millis() as u64;
     span.in_scope(|| {
         // 503 is the hub working as intended (a server not running, the database away, limits);
         // what deserves attention is an error the hub or a server did not expect.
         if status >= 500 && status != 503 {
-            tracing::warn!(status, ms = elapsed.as_millis() as u64, "served");
+            if span.is_disabled() {
+                tracing::warn!(id = %id, method = %method, path = %path, status, ms, "served");
+            } else {
+                tracing::warn!(status, ms, "served");
+            }
         } else {
-            tracing::debug!(status, ms = elapsed.as_millis() as u64, "served");
+            tracing::debug!(status, ms, "served");
         }
     });
-    metrics::counter!("labhub_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string())
+    metrics::counter!("labhub_http_requests_total", "method" => method_label(&method), "route" => route.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!("labhub_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&id) {

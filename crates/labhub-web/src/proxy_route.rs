@@ -128,8 +128,11 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
 /// request is judged by its session cookie like any other browser request (and the proxy
 /// sends the server's credential upstream itself). Compared by digest, never byte by byte.
 fn forget_server_token(req: &mut Request, secret: &str) {
-    let secret = labhub_auth::sha256(secret);
-    let is_secret = |token: &str| !token.is_empty() && labhub_auth::sha256(token) == secret;
+    // Hashed only when a request carries a candidate (most carry none).
+    let digest = std::sync::OnceLock::new();
+    let is_secret = |token: &str| {
+        !token.is_empty() && labhub_auth::sha256(token) == *digest.get_or_init(|| labhub_auth::sha256(secret))
+    };
     let in_header = req
         .headers()
         .get(header::AUTHORIZATION)

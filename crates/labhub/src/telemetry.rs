@@ -1,5 +1,6 @@
 //! Logging and metrics setup.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -7,13 +8,16 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Starts logging: readable in a terminal, or JSON lines. `LABHUB_LOG` (or `RUST_LOG`) sets
+/// Starts logging: readable text (coloured only on a terminal), or JSON lines. `LABHUB_LOG` (or `RUST_LOG`) sets
 /// the filter, e.g. `LABHUB_LOG=debug`.
 pub fn init_logging(format: LogFormat) {
     let filter = std::env::var("LABHUB_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info,sqlx=warn,hyper=warn,bollard=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.compact().try_init(),

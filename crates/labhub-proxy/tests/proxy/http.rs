@@ -47,6 +47,44 @@ async fn keep_alive_connections_are_reused() {
 }
 
 #[tokio::test]
+async fn a_server_closing_its_idle_connections_costs_no_request() {
+    let (addr, accepted) = closes_when_idle_upstream().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, addr, ImageKind::Jupyter);
+    let c = client();
+    for i in 0..3 {
+        let r = c.get(hub.url("/user/alice/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        // Long enough for the server to hang up on the parked connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "each request needed a fresh connection");
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_an_upload_is_not_lent_to_the_next_request() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let c = client();
+    // `echo` answers from the headers alone, while this body keeps going for a minute.
+    let stalled = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"first"))]).chain(
+        futures::stream::once(async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(bytes::Bytes::from_static(b"last"))
+        }),
+    );
+    let r = c.post(hub.url("/user/alice/echo")).body(reqwest::Body::wrap_stream(stalled)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+
+    let next = tokio::time::timeout(Duration::from_secs(10), c.get(hub.url("/user/alice/echo")).send()).await;
+    let r = next.expect("the next request waited for the unfinished upload's connection").unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn the_query_is_kept_byte_for_byte_but_the_hub_token_never_arrives() {
     let up = Upstream::start().await;
     let hub = Hub::start(settings()).await;

@@ -1,0 +1,175 @@
+//! One route's upstream connections: HTTP/1.1 keep-alive connections parked between requests
+//! and reused, new ones opened on demand.
+//!
+//! A response body gives its connection back itself when it ends, so a proxied request costs
+//! no task of its own (hyper-util's general-purpose client spawned one per request to notice
+//! the connection becoming idle). Only a connection still busy at that moment (its request
+//! body still going out, or the connection's task not yet done with the response) gets a
+//! task that parks it once it is ready, so no request ever waits behind another's exchange.
+//! Parked connections are closed after [`IDLE_TIMEOUT`] by one reaper task per route that
+//! runs only while something is parked.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::closer::Closer;
+use crate::connector::RouteConn;
+
+/// Parked connections are closed after this long. Servers such as uvicorn close idle
+/// connections after a few seconds on their own (the connection notices and ends); a short
+/// life keeps the number of parked sockets per server small.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection could be opened: the server is not there (or the route was removed).
+    Connect(io::Error),
+    /// The exchange on an open connection failed.
+    Http(hyper::Error),
+}
+
+struct Parked {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// The connections of one route.
+pub(crate) struct Pool {
+    endpoint: SocketAddr,
+    connect_timeout: Duration,
+    max_parked: usize,
+    closer: Arc<Closer>,
+    parked: Mutex<Vec<Parked>>,
+    /// Whether the reaper task runs; read and written with `parked` locked.
+    reaping: AtomicBool,
+}
+
+/// A connection lent to one request; [`Lent::give_back`] parks it for the next.
+pub(crate) struct Lent {
+    sender: SendRequest<Body>,
+    pool: Arc<Pool>,
+}
+
+impl Lent {
+    /// The response was read to its end: the connection can carry another request once it
+    /// is done with this one.
+    pub(crate) fn give_back(self) {
+        let Self { mut sender, pool } = self;
+        if sender.is_ready() {
+            pool.park(sender);
+        } else if !sender.is_closed() {
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.park(sender);
+                }
+            });
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(endpoint: SocketAddr, connect_timeout: Duration, max_parked: usize, closer: Arc<Closer>) -> Self {
+        Self {
+            endpoint,
+            connect_timeout,
+            max_parked,
+            closer,
+            parked: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req` (origin-form URI) on a parked connection, or on a new one when none is
+    /// parked or every parked one turned out closed before the request went out.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: http::Request<Body>,
+    ) -> Result<(http::Response<Incoming>, Lent), SendError> {
+        while let Some(mut sender) = self.take_parked() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lent { sender, pool: self.clone() })),
+                Err(mut e) => match e.take_message() {
+                    // Closed under us (by the server, while parked) before a byte was
+                    // written: the request is intact.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok((resp, Lent { sender, pool: self.clone() }))
+    }
+
+    fn take_parked(&self) -> Option<SendRequest<Body>> {
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        // Most recently used first: it is the least likely to have been closed by the server.
+        while let Some(p) = parked.pop() {
+            if p.sender.is_ready() && p.since.elapsed() < IDLE_TIMEOUT {
+                return Some(p.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
+        if self.closer.is_closed() {
+            return Err(SendError::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, "the route was removed")));
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.endpoint))
+            .await
+            .map_err(|_| SendError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connecting timed out")))?
+            .map_err(SendError::Connect)?;
+        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        let io = RouteConn::new(TokioIo::new(stream), self.closer.watch());
+        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            // Ends when the server or the route closes it, or when no request can use it
+            // any more (its sender dropped); failures reach the request that saw them.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn park(self: &Arc<Self>, sender: SendRequest<Body>) {
+        if !sender.is_ready() || self.closer.is_closed() {
+            return;
+        }
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        if parked.len() >= self.max_parked {
+            return;
+        }
+        parked.push(Parked { sender, since: Instant::now() });
+        if !self.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes connections parked longer than [`IDLE_TIMEOUT`]; stops when none is parked (the
+/// next park starts it again) or the route's pool is gone.
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut parked = pool.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        parked.retain(|p| p.sender.is_ready() && p.since.elapsed() < IDLE_TIMEOUT);
+        if parked.is_empty() {
+            pool.reaping.store(false, Ordering::Relaxed);
+            return;
+        }
+    }
+}
