@@ -60,3 +60,65 @@ pub fn flash_removal(state: &AppState) -> Cookie<'static> {
 pub fn read_flash(value: &str) -> String {
     percent_encoding::percent_decode_str(value).decode_utf8_lossy().chars().take(500).collect()
 }
+
+/// The value of the cookie `name` in a request's headers, read as the cookie jar reads it (the
+/// last of several with that name wins; names and values trimmed and percent-decoded; pairs that
+/// do not parse skipped) without building a jar: the session cookie is read on every proxied
+/// request.
+pub fn request_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned());
+    let mut found = None;
+    let pairs = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='));
+    for (k, v) in pairs {
+        let k = k.trim();
+        let same_name = if k.contains('%') { decode(k).is_some_and(|k| k == name) } else { k == name };
+        if same_name && let Some(v) = decode(v.trim()) {
+            found = Some(v);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, header};
+    use axum_extra::extract::CookieJar;
+
+    use super::request_cookie;
+
+    #[test]
+    fn reads_cookies_as_the_jar_does() {
+        let cases: &[&[&str]] = &[
+            &[],
+            &["labhub-session=abc"],
+            &["a=1; labhub-session=abc; b=2"],
+            &["  labhub-session =  abc  ; x=y"],
+            &["labhub-session=first; labhub-session=second"],
+            &["labhub-session=first", "labhub-session=second"],
+            &["labhub-session=a%20b%2Dc"],
+            &["labhub%2Dsession=decoded-name"],
+            &["labhub-session=bad%FFutf8"],
+            &["labhub-session=good; labhub-session=bad%FF"],
+            &["labhub-session="],
+            &["labhub-session"],
+            &["labhub-session=v=with=equals"],
+            &["labhub-session=\"quoted\""],
+            &["other=1;;; labhub-session=x;"],
+            &["=nameless; labhub-session=y"],
+            &["labhub-sessionx=no; xlabhub-session=no"],
+        ];
+        for headers_in in cases {
+            let mut headers = HeaderMap::new();
+            for h in *headers_in {
+                headers.append(header::COOKIE, HeaderValue::from_str(h).unwrap());
+            }
+            let jar = CookieJar::from_headers(&headers).get("labhub-session").map(|c| c.value().to_string());
+            assert_eq!(request_cookie(&headers, "labhub-session"), jar, "headers: {headers_in:?}");
+        }
+    }
+}

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
-use axum_extra::extract::CookieJar;
 use labhub_service::Principal;
 use serde::de::DeserializeOwned;
 
@@ -52,7 +51,7 @@ pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> 
         crate::hosts::HostKind::User(_) => state.settings().user_host_cookie.as_str(),
         _ => state.settings().cookie_name.as_str(),
     };
-    CookieJar::from_headers(&parts.headers).get(name).map(|c| c.value().to_string())
+    cookies::request_cookie(&parts.headers, name)
 }
 
 fn is_unsafe(method: &Method) -> bool {
@@ -183,9 +182,8 @@ pub(crate) fn csrf_binding(parts: &Parts, state: &AppState) -> Option<Vec<u8>> {
     if let Some(s) = session_cookie(parts, state) {
         return Some(labhub_auth::sha256(&s).to_vec());
     }
-    CookieJar::from_headers(&parts.headers)
-        .get(cookies::LOGIN_CSRF_COOKIE)
-        .map(|c| c.value().as_bytes().to_vec())
+    cookies::request_cookie(&parts.headers, cookies::LOGIN_CSRF_COOKIE)
+        .map(String::into_bytes)
         .filter(|v| v.len() >= 32)
 }
 

@@ -12,7 +12,6 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum_extra::extract::CookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use labhub_core::UserName;
 use serde::Deserialize;
@@ -170,7 +169,7 @@ async fn has_credentials(state: &AppState, headers: HeaderMap, query: Option<&st
         return true;
     }
     let name = state.settings().user_host_cookie.as_str();
-    let Some(cookie) = CookieJar::from_headers(&headers).get(name).map(|c| c.value().to_string()) else {
+    let Some(cookie) = crate::cookies::request_cookie(&headers, name) else {
         return false;
     };
     state.hub().session_principal(&cookie).await.ok().flatten().is_some()
