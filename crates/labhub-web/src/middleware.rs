@@ -51,7 +51,8 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     // Proxied traffic (every click and save in a notebook) gets its span at debug level only:
     // a span's fields are formatted when it opens, whether or not anything is logged in it,
-    // and the proxy logs nothing above debug inside it. Its warning below carries the fields.
+    // and the proxy itself logs only at debug. The warning below carries the fields itself;
+    // the rare warning from deeper down (the database away) goes without them.
     let span = if path.starts_with("/user/") {
         tracing::debug_span!("request", id = %id, method = %method, path = %path)
     } else {
