@@ -334,6 +334,19 @@ async fn ws_session(mut socket: WebSocket, kind: String, report: String) {
     }
 }
 
+/// Reads a request's head (up to the blank line); false if the client went away first.
+async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A raw TCP upstream that answers every request with `head` + `body_prefix`, then hangs up:
 /// a server that dies mid-response.
 pub async fn dying_upstream(head: &'static str, body_prefix: usize) -> SocketAddr {
@@ -342,13 +355,8 @@ pub async fn dying_upstream(head: &'static str, body_prefix: usize) -> SocketAdd
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(&vec![b'x'; body_prefix]).await;
@@ -370,13 +378,8 @@ pub async fn closes_when_idle_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
