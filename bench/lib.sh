@@ -101,6 +101,18 @@ test_image() {
     TEST_IMAGE=$("$BENCH" image --testserver "$TESTSERVER") || die "could not build the test image"
 }
 
+# The proxy benchmarks' people and catalogue: `bench` (its password in PASSWORD), the admin
+# `benchadmin` with a token (ADMIN_TOKEN), and the test image as `bench-test`. Needs TEST_IMAGE.
+proxy_fixture() {
+    PASSWORD="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    cli user add bench --password-stdin <<<"$PASSWORD" >/dev/null
+    cli user add benchadmin --admin --password-stdin <<<"$PASSWORD" >/dev/null
+    ADMIN_TOKEN=$(cli token create benchadmin --note bench)
+    # The whole machine for the upstream, so the paths under test, not a CPU quota, set the pace.
+    cli image add bench-test --display-name "Test server" --reference "$TEST_IMAGE" --kind jupyter \
+        --cpu 2 --memory 1G >/dev/null
+}
+
 # The address and token of a user's running container (sets UP_IP, UP_PORT, UP_TOKEN).
 upstream_of() {
     local user=$1 id

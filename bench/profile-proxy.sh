@@ -21,12 +21,7 @@ test_image
 HUB_PORT=$(free_port)
 hub_env
 KEEP_WORK=1
-PASSWORD="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-cli user add bench --password-stdin <<<"$PASSWORD" >/dev/null
-cli user add benchadmin --admin --password-stdin <<<"$PASSWORD" >/dev/null
-ADMIN_TOKEN=$(cli token create benchadmin --note bench)
-cli image add bench-test --display-name "Test server" --reference "$TEST_IMAGE" --kind jupyter \
-    --cpu 2 --memory 1G >/dev/null
+proxy_fixture
 
 echo "== bench/profile-proxy.sh: instructions per request inside the hub (callgrind) =="
 machine_line

@@ -25,15 +25,9 @@ test_image
 HUB_PORT=$(free_port)
 NGINX_PORT=$(free_port)
 hub_env
-PASSWORD="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 say "preparing users, a token and the catalogue ..."
-cli user add bench --password-stdin <<<"$PASSWORD" >/dev/null
-cli user add benchadmin --admin --password-stdin <<<"$PASSWORD" >/dev/null
-ADMIN_TOKEN=$(cli token create benchadmin --note bench)
-# The whole machine for the upstream, so the paths under test, not a CPU quota, set the pace.
-cli image add bench-test --display-name "Test server" --reference "$TEST_IMAGE" --kind jupyter \
-    --cpu 2 --memory 1G >/dev/null
+proxy_fixture
 
 echo "== bench/proxy.sh: direct vs labhub vs nginx =="
 machine_line

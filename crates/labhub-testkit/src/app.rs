@@ -162,9 +162,9 @@ pub fn browser() -> Client {
     Client::builder().cookie_store(true).redirect(redirect::Policy::none()).build().expect("an HTTP client")
 }
 
-/// A script-like client: no cookies, no redirects.
+/// A script-like client: no cookies, no redirects, no proxy from the environment.
 pub fn script() -> Client {
-    Client::builder().redirect(redirect::Policy::none()).build().expect("an HTTP client")
+    Client::builder().no_proxy().redirect(redirect::Policy::none()).build().expect("an HTTP client")
 }
 
 /// The value of the first `_csrf` field in a page.

@@ -16,7 +16,8 @@ use labhub_testkit::images;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{script, test_server_binary};
+use crate::common::test_server_binary;
+use labhub_testkit::app::script;
 
 /// Seconds are generous: the machine has two cores and other tests run beside this one.
 const STEP: Duration = Duration::from_secs(30);

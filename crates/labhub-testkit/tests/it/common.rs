@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use labhub::Config;
 use labhub_testkit::TestApp;
+use labhub_testkit::app::script;
 use labhub_testkit::docker::DockerScope;
-use reqwest::Client;
 use serde_json::Value;
 
 /// The test server binary, for the test image.
@@ -38,11 +38,6 @@ pub async fn members_with_tokens(app: &TestApp, prefix: &str, n: usize) -> (Vec<
         tokens.push(format!("token {}", app.token(name).await));
     }
     (names, tokens)
-}
-
-/// A script's client: no cookies, no redirects, no proxy from the environment.
-pub fn script() -> Client {
-    Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 /// Polls the user model until `check` holds (or fails after `within`).

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::common::{docker_hub, script, start_ready, test_server_binary, wait_for_user};
+use crate::common::{docker_hub, start_ready, test_server_binary, wait_for_user};
 use crate::groups::{audited, lab};
+use labhub_testkit::app::script;
 
 /// A hub on a manual clock whose servers run in their own Docker scope, with the test image,
 /// an admin and two members; returns the app, its clock and alice's and bob's tokens.

@@ -12,7 +12,7 @@ use labhub_testkit::pg::TestCluster;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::script;
+use labhub_testkit::app::script;
 
 const PASSWORD: &str = "correct horse";
 

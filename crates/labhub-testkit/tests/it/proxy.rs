@@ -24,7 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::common::{docker_hub, script, start_ready, wait_for_user};
+use crate::common::{docker_hub, start_ready, wait_for_user};
+use labhub_testkit::app::script;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers shared with `proxy_auth` and `restart`.

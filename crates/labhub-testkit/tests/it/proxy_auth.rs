@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{docker_hub, script, start_ready};
+use crate::common::{docker_hub, start_ready};
 use crate::proxy::{echo, refused_status, server_secret, session_cookie, ws_connect, ws_url};
+use labhub_testkit::app::script;
 
 /// An answer to a raw request.
 #[derive(Debug)]

@@ -11,8 +11,9 @@ use labhub_testkit::app::csrf_of;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{docker_hub, members_with_tokens, script, start_ready, wait_for_user};
+use crate::common::{docker_hub, members_with_tokens, start_ready, wait_for_user};
 use crate::groups::{audited, lab};
+use labhub_testkit::app::script;
 
 async fn start(app: &labhub_testkit::TestApp, auth: &str, path: &str, body: Value) -> (StatusCode, Value) {
     let r = script().post(app.at(path)).header("Authorization", auth).json(&body).send().await.unwrap();

@@ -11,8 +11,9 @@ use labhub_testkit::pg::{TestCluster, TestDb, free_port};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{script, test_server_binary};
+use crate::common::test_server_binary;
 use crate::proxy::{WsEnd, echo, ws_connect, ws_end, ws_url};
+use labhub_testkit::app::script;
 
 const EXE: &str = env!("CARGO_BIN_EXE_labhub-exe");
 

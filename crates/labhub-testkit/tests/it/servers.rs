@@ -8,7 +8,8 @@ use labhub_testkit::app::csrf_of;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{docker_hub, members_with_tokens, script, start_ready, wait_for_user};
+use crate::common::{docker_hub, members_with_tokens, start_ready, wait_for_user};
+use labhub_testkit::app::script;
 
 async fn json(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
