@@ -11,7 +11,7 @@ import re
 import sys
 
 GROUPS = [
-    ("allocator (malloc/free)", r"malloc\.c|arena\.c|__rdl_alloc|__rust_alloc|__rust_dealloc|__rdl_dealloc|__rust_realloc"),
+    ("allocator (malloc/free)", r"malloc\.c|arena\.c|mimalloc|\bmi_|\b_mi_|__rdl_alloc|__rg_alloc|__rust_alloc|__rust_dealloc|__rdl_dealloc|__rg_dealloc|__rust_realloc"),
     ("memcpy/memmove/memcmp", r"memmove|memcpy|memset|memcmp|memchr-|strlen"),
     ("tracing (spans, fmt layer)", r"tracing_subscriber|tracing_core|/tracing-0|sharded.slab|nu_ansi_term|thread_local"),
     ("metrics (prometheus recorder)", r"metrics_exporter_prometheus|metrics_util|/metrics-0|quanta|portable.atomic"),
