@@ -50,7 +50,7 @@ async fn serve(a: MemhubArgs) -> anyhow::Result<()> {
     let key = app::load_key(&config)?;
     let built = app::build(&config, db.pool.clone(), key, Runtime::default(), Overrides::default())?;
     let hub = built.hub.clone();
-    let server = tokio::spawn(app::serve(listener, built.router, std::future::pending()));
+    let server = tokio::spawn(app::serve(listener, built.service, std::future::pending()));
     println!("READY http://{addr}");
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -133,7 +133,7 @@ impl TestAppBuilder {
         )
         .expect("building the hub");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve(listener, built.router, async move {
+        let server = tokio::spawn(app::serve(listener, built.service, async move {
             let _ = stop_rx.await;
         }));
         TestApp {

@@ -126,8 +126,17 @@ fn json_404(message: String) -> Response {
 /// host goes back to the hub's; an unauthenticated visit to a user's host signs in through the
 /// hub. Does nothing when the option is off.
 pub async fn route_hosts(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    routed_by_host(&state, req, |req| next.run(req)).await
+}
+
+/// [`route_hosts`] around `inner`, which serves the requests that belong on the host they came to.
+pub(crate) async fn routed_by_host<F, Fut>(state: &AppState, req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if !state.user_subdomains() {
-        return next.run(req).await;
+        return inner(req).await;
     }
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     match state.host_kind(req.headers()) {
@@ -139,12 +148,12 @@ pub async fn route_hosts(State(state): State<AppState>, req: Request, next: Next
                 }
                 return json_404(format!("users' servers are served from their own hosts: {target}"));
             }
-            next.run(req).await
+            inner(req).await
         }
         HostKind::User(label) => {
             let path = req.uri().path().to_string();
             if path == HOST_CALLBACK {
-                return host_callback(&state, req.headers().clone(), req.uri().clone()).await;
+                return host_callback(state, req.headers().clone(), req.uri().clone()).await;
             }
             let Some(user) = path_user(&path).filter(|u| user_label(u) == label) else {
                 if is_navigation(&req) && !path.starts_with("/user/") {
@@ -152,13 +161,13 @@ pub async fn route_hosts(State(state): State<AppState>, req: Request, next: Next
                 }
                 return json_404("there is nothing at this address on this host".into());
             };
-            if is_navigation(&req) && !has_credentials(&state, req.headers().clone(), req.uri().query()).await {
+            if is_navigation(&req) && !has_credentials(state, req.headers().clone(), req.uri().query()).await {
                 let here = format!("{}{path_and_query}", state.user_origin(&user));
                 let mut login = state.settings().public_url.join("hub/host-login").expect("a fixed path");
                 login.query_pairs_mut().append_pair("next", &here);
                 return Redirect::to(login.as_str()).into_response();
             }
-            next.run(req).await
+            inner(req).await
         }
     }
 }

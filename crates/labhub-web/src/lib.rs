@@ -1,11 +1,12 @@
 //! The hub's HTTP surface: server-rendered pages for people, the JupyterHub-shaped REST API
-//! for scripts, and the route that hands `/user/…` traffic to the proxy.
+//! for scripts, and the front door that hands `/user/…` traffic to the proxy.
 //!
 //! A request goes router → extractor (who is asking, is the form genuine) → service → back.
 //! Handlers return [`AppError`] on failure; each surface renders it once, as a page or as JSON.
 
 mod api;
 mod cookies;
+mod edge;
 mod error;
 mod extract;
 pub(crate) mod hosts;
@@ -18,6 +19,7 @@ mod state;
 mod static_files;
 mod views;
 
+pub use edge::HubService;
 pub use error::AppError;
 pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
 pub use hosts::USER_HOST_COOKIE;
@@ -25,8 +27,13 @@ pub use state::{AppState, WebSettings};
 
 use axum::Router;
 
-/// The hub's whole router.
-pub fn router(state: AppState) -> Router {
+/// The whole hub: proxied traffic under `/user/` and the router of everything else.
+pub fn service(state: AppState) -> HubService {
+    HubService::new(router(state.clone()), state)
+}
+
+/// The hub's pages, API, health, metrics and static files.
+fn router(state: AppState) -> Router {
     let api = api::router(state.settings().max_body_bytes).layer(axum::middleware::from_fn(error::render_api_errors));
     let pages = pages::router().layer(axum::middleware::from_fn(error::render_page_errors));
     Router::new()
@@ -35,7 +42,6 @@ pub fn router(state: AppState) -> Router {
         .route("/hub/health", axum::routing::get(middleware::health))
         .route("/hub/metrics", axum::routing::get(middleware::metrics))
         .route("/hub/static/{file}", axum::routing::get(static_files::serve))
-        .route("/user/{*rest}", axum::routing::any(proxy_route::handle))
         // Outside the host router, so its own answers (the host hand-off) get the headers too.
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route_hosts))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))

@@ -9,6 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -36,7 +37,19 @@ fn method_label(method: &axum::http::Method) -> std::borrow::Cow<'static, str> {
 }
 
 /// Gives each request an id, a tracing span, and counts it in the metrics by route.
-pub async fn observe(mut req: Request, next: Next) -> Response {
+pub async fn observe(req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    observed(req, route, |req| next.run(req)).await
+}
+
+/// [`observe`] around `inner`, for a request counted under the metrics label `route`.
+pub(crate) async fn observed<F, Fut>(mut req: Request, route: impl Into<SharedString>, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let route = route.into();
     let id = req
         .headers()
         .get("x-request-id")
@@ -44,11 +57,10 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         .map_or_else(new_request_id, str::to_string);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let route =
-        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().clone();
-    // The path only (no query string: it may carry a token).
-    let path = req.uri().path().to_string();
+    // For the path only (the query string may carry a token); a clone shares the bytes.
+    let uri = req.uri().clone();
+    let path = uri.path();
     // Proxied traffic (every click and save in a notebook) gets its span at debug level only:
     // a span's fields are formatted when it opens, whether or not anything is logged in it,
     // and the proxy itself logs only at debug. The warning below carries the fields itself;
@@ -59,7 +71,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         tracing::info_span!("request", id = %id, method = %method, path = %path)
     };
     let started = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = inner(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     let ms = elapsed.as_millis() as u64;

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
 use labhub_auth::passwords::HashCost;
 use labhub_auth::{HubKey, PasswordHasher};
 use labhub_core::spawner::{ImageBuilder, Spawner};
@@ -14,7 +13,7 @@ use labhub_core::{Clock, SystemClock};
 use labhub_db::PgPool;
 use labhub_proxy::{Proxy, RouteTable};
 use labhub_service::{Hub, HubParts};
-use labhub_web::{AppState, WebSettings};
+use labhub_web::{AppState, HubService, WebSettings};
 use tokio::net::TcpListener;
 
 use crate::Config;
@@ -63,7 +62,7 @@ pub struct App {
     /// The services (for background tasks and tests).
     pub hub: Hub,
     /// The HTTP surface.
-    pub router: Router,
+    pub service: HubService,
 }
 
 /// Builds the hub on an open, migrated database.
@@ -95,7 +94,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
     };
     let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
     let state = AppState::new(hub.clone(), web, metrics, proxy);
-    Ok(App { hub, router: labhub_web::router(state) })
+    Ok(App { hub, service: labhub_web::service(state) })
 }
 
 /// Brings the hub's view of servers up to date and starts its background work: the default
@@ -129,13 +128,14 @@ pub async fn boot(
 /// long polls and WebSockets to users' servers may never end by themselves.
 pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves the router until `shutdown` resolves, then drains open requests for at most
+/// Serves the hub until `shutdown` resolves, then drains open requests for at most
 /// [`SHUTDOWN_DRAIN`].
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    service: HubService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::ServiceExt as _;
     use axum::serve::ListenerExt;
     // Small proxied responses must not wait for Nagle's algorithm (nginx sets this too).
     let listener = listener.tap_io(|tcp| {
@@ -146,7 +146,7 @@ pub async fn serve(
         shutdown.await;
         let _ = draining_tx.send(());
     };
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+    let server = axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(signal)
         .into_future();
     tokio::pin!(server);

@@ -668,7 +668,7 @@ async fn serve_on(
         ms = started.elapsed().as_millis() as u64,
         "labhub is ready"
     );
-    let server = app::serve(listener, built.router, async move {
+    let server = app::serve(listener, built.service, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing open requests; user servers keep running");
     });

@@ -28,6 +28,30 @@ async fn api_root_health_and_metrics_need_no_auth() {
 }
 
 #[tokio::test]
+async fn proxied_requests_get_a_request_id_and_are_counted_under_the_proxy_route() {
+    let app = TestApp::spawn().await;
+    let c = script();
+    let r = c.get(app.at("/user/nobody-here/api/status")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let id = r.headers().get("x-request-id").expect("an X-Request-Id").to_str().unwrap().to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    assert_eq!(json(r).await["status"], 401);
+    let metrics = c.get(app.at("/hub/metrics")).send().await.unwrap().text().await.unwrap();
+    let counted = metrics.lines().any(|l| {
+        l.starts_with("labhub_http_requests_total")
+            && l.contains(r#"route="/user/{*rest}""#)
+            && l.contains(r#"status="401""#)
+            && l.contains(r#"method="GET""#)
+    });
+    assert!(counted, "{metrics}");
+    assert!(metrics.contains(r#"labhub_http_request_duration_seconds_count{route="/user/{*rest}"}"#), "{metrics}");
+    // `/user/` alone names no server: the hub's own 404, not the proxy.
+    let r = c.get(app.at("/user/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
 async fn tokens_work_as_header_bearer_and_query() {
     let app = TestApp::spawn().await;
     app.add_user("alice", "correct horse", false).await;

@@ -1,0 +1,80 @@
+//! The hub's front door: `/user/…` (every click, save and poll of a notebook) goes straight
+//! to the proxy route; everything else goes through the router.
+//!
+//! The router wraps each of its routes in the cross-cutting layers, so a request through it
+//! pays for matching, a clone of its route's boxed service and one boxed future per layer.
+//! Proxied traffic needs only two of those layers (ids and metrics; host routing), which it
+//! gets here as plain calls: the same functions the router's layers call.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use tower::Service;
+
+use crate::{AppState, hosts, middleware, proxy_route};
+
+/// The route label proxied requests are counted under in the metrics.
+const PROXY_ROUTE: &str = "/user/{*rest}";
+
+/// The whole hub as one service: the proxy route and the router beside it.
+#[derive(Clone)]
+pub struct HubService {
+    router: Router,
+    state: AppState,
+}
+
+impl HubService {
+    pub(crate) fn new(router: Router, state: AppState) -> Self {
+        Self { router, state }
+    }
+}
+
+/// Whether a path is proxied traffic: `/user/` and at least one more character.
+fn is_proxied(path: &str) -> bool {
+    path.strip_prefix("/user/").is_some_and(|rest| !rest.is_empty())
+}
+
+async fn proxied(state: AppState, req: Request) -> Response {
+    middleware::observed(req, PROXY_ROUTE, |req| {
+        hosts::routed_by_host(&state, req, |req| proxy_route::handle(State(state.clone()), req))
+    })
+    .await
+}
+
+impl Service<Request> for HubService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if is_proxied(req.uri().path()) {
+            let state = self.state.clone();
+            return Box::pin(async move { Ok(proxied(state, req).await) });
+        }
+        Box::pin(self.router.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_proxied;
+
+    #[test]
+    fn only_paths_below_user_are_proxied() {
+        for p in ["/user/alice/", "/user/alice", "/user/a/lab/tree", "/user//x"] {
+            assert!(is_proxied(p), "{p}");
+        }
+        for p in ["/user/", "/user", "/users/alice/", "/hub/user/alice/", "/", "/USER/alice/"] {
+            assert!(!is_proxied(p), "{p}");
+        }
+    }
+}
