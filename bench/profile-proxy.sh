@@ -69,7 +69,7 @@ printf '%-58s %10s %14s\n' "A) GET /hub/api, no auth (router + middleware)" "$N_
 printf '%-58s %10s %14s\n' "B) GET /user/bench/download?bytes=1024, cookie (proxied)" "$N_PROXY" "$((I_PROXY / N_PROXY))"
 echo
 allocs() { callgrind_annotate --auto=no --tree=caller --threshold=100 "$1" 2>/dev/null \
-    | awk '/< .*__r(dl|g)_alloc \(/ { s=$0; sub(/.*\(/, "", s); sub(/x\).*/, "", s); gsub(",", "", s); n+=s } END { print n+0 }'; }
+    | awk '/< .*__rust_alloc \(/ { s=$0; sub(/.*\(/, "", s); sub(/x\).*/, "", s); gsub(",", "", s); n+=s } END { print n+0 }'; }
 echo "heap allocations per request: A) $(( $(allocs "$F_API") / N_API ))   B) $(( $(allocs "$F_PROXY") / N_PROXY ))"
 echo
 for f in "B:$F_PROXY:$N_PROXY" "A:$F_API:$N_API"; do
