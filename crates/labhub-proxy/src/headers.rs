@@ -36,6 +36,13 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, every `Proxy-*`, and whatever
 /// the `Connection` header names. Upgrades put back their own `Connection`/`Upgrade` pair.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none: one pass over the names costs less than a
+    // lookup per hop-by-hop name.
+    let any =
+        headers.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE || k.as_str().starts_with("proxy-"));
+    if !any {
+        return;
+    }
     // Tokens other than these name extra headers to drop; collecting them allocates only
     // when a peer actually lists one.
     let mut listed: Vec<HeaderName> = Vec::new();
@@ -154,11 +161,35 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::Ip
             joined.extend_from_slice(b", ");
         }
     }
-    // Writing an address into a growable buffer cannot fail.
-    let _ = write!(joined, "{client}");
+    match client {
+        // The usual case, written without the formatting machinery.
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b".");
+                }
+                push_decimal(&mut joined, octet);
+            }
+        }
+        // Writing an address into a growable buffer cannot fail.
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(joined, "{client}");
+        }
+    }
     if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
         headers.insert(XFF, value);
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(buf: &mut bytes::BytesMut, n: u8) {
+    if n >= 100 {
+        buf.extend_from_slice(&[b'0' + n / 100]);
+    }
+    if n >= 10 {
+        buf.extend_from_slice(&[b'0' + n / 10 % 10]);
+    }
+    buf.extend_from_slice(&[b'0' + n % 10]);
 }
 
 /// The query without its `token` parameters (the hub's own credential, which JupyterHub
@@ -274,6 +305,16 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept", "cookie"]);
+        // Each kind alone is found too, and a map without any is left as it is.
+        for alone in ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-foo"] {
+            let mut h = map(&[("accept", "*/*"), (alone, "x"), ("cookie", "a=b")]);
+            remove_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["accept", "cookie"], "{alone}");
+        }
+        let mut h = map(&[("accept", "*/*"), ("cookie", "a=b")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]
@@ -339,6 +380,16 @@ mod tests {
         let mut h = HeaderMap::new();
         append_forwarded_for(&mut h, std::net::Ipv6Addr::LOCALHOST.into());
         assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"::1"[..]));
+    }
+
+    #[test]
+    fn every_ipv4_octet_is_written_as_the_standard_library_writes_it() {
+        for n in 0..=255u8 {
+            let addr = std::net::Ipv4Addr::new(n, 0, n / 3, 255 - n);
+            let mut h = HeaderMap::new();
+            append_forwarded_for(&mut h, addr.into());
+            assert_eq!(h["x-forwarded-for"].to_str().unwrap(), addr.to_string());
+        }
     }
 
     #[test]

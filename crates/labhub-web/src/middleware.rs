@@ -24,7 +24,12 @@ pub struct RequestId(pub String);
 fn new_request_id() -> String {
     static RUN: LazyLock<u32> = LazyLock::new(|| uuid::Uuid::new_v4().as_u128() as u32);
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{:08x}{:08x}", *RUN, NEXT.fetch_add(1, Ordering::Relaxed))
+    hex16((u64::from(*RUN) << 32) | u64::from(NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// `n` as 16 lower-case hex digits, without the formatting machinery (once per request).
+fn hex16(n: u64) -> String {
+    (0..16).rev().map(|i| char::from(b"0123456789abcdef"[(n >> (i * 4)) as usize & 0xf])).collect()
 }
 
 /// The method as a metrics label, without an allocation for the usual ones.
@@ -140,5 +145,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics() {
         Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are turned off").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex16;
+
+    #[test]
+    fn request_ids_are_sixteen_hex_digits() {
+        for n in [0, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
+            assert_eq!(hex16(n), format!("{n:016x}"));
+        }
     }
 }
