@@ -16,9 +16,8 @@ use crate::limits::Lease;
 use crate::pool::Lent;
 
 /// The upstream's response body, streamed frame by frame; dropping it (finished, failed or
-/// abandoned by the client) gives the connection slots back. It drives its connection while
-/// it is read (see `pool`); read to its end, it parks the connection for the next request; a
-/// body abandoned halfway takes its connection with it.
+/// abandoned by the client) gives the connection slots back. Read to its end, it parks its
+/// connection for the next request; a body abandoned halfway takes its connection with it.
 pub(crate) struct ProxiedBody {
     inner: Incoming,
     _lease: Lease,
@@ -47,14 +46,7 @@ impl Body for ProxiedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending()
-            && let Some(lent) = &mut this.lent
-        {
-            // Asking for a frame told the connection to read one: let it, then look again.
-            lent.poll_drive(cx);
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.give_back_at_end(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back_at_end(),

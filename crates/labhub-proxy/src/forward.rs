@@ -220,14 +220,6 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let shutdown = self.inner.tunnels_closer.watch();
-            // The connection hands its socket to the upgrade when it is next polled.
-            if let Some(driver) = lent.into_driver() {
-                tokio::spawn(async move {
-                    if let Err(e) = driver.await {
-                        tracing::debug!(error = %e, "upstream connection failed to switch protocols");
-                    }
-                });
-            }
             return Ok(switch_protocols(route, lease, client_upgrade, response, shutdown, &self.inner.settings));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -17,12 +17,11 @@
 //!
 //! # One pool per route, closed with it
 //! Each [`RouteEntry`] has its own pool of HTTP/1.1 keep-alive connections (hyper's
-//! connection-level client), made on first use. A connection is driven by the request that
-//! borrowed it, in that request's task, and parked again when its response has been read.
-//! Removing or replacing a route closes its parked sockets and its WebSocket tunnels at once,
-//! and its in-flight upstream connections the next time their requests touch them —
-//! configurable-http-proxy left sockets to stopped servers open for years. Requests that
-//! still hold the old entry fail cleanly (`Unreachable`).
+//! connection-level client), made on first use. Its sockets and tunnels watch the route, so
+//! removing or replacing a route closes its idle pooled sockets, its in-flight upstream
+//! connections and its WebSocket tunnels at once — configurable-http-proxy left sockets to
+//! stopped servers open for years. Requests that still hold the old entry fail cleanly
+//! (`Unreachable`).
 //!
 //! # Streaming
 //! Request and response bodies are passed frame by frame, never collected: memory per

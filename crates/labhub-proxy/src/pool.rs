@@ -1,30 +1,22 @@
 //! One route's upstream connections: HTTP/1.1 keep-alive connections parked between requests
 //! and reused, new ones opened on demand.
 //!
-//! A connection is driven by the request that borrowed it, in that request's own task: the
-//! exchange polls the connection while it waits for the response head, and the response body
-//! polls it while it streams. So a proxied request hands nothing to another task and waits
-//! for no other task to be scheduled (hyper's connections are usually given a task of their
-//! own, which costs a wake-up each way per request). Read to its end, the body parks its
-//! connection for the next request. A connection still busy at that moment (its request body
-//! still going out) gets a task that drives it until it is ready and then parks it, so no
-//! request ever waits behind another's exchange. A parked connection is polled only when it is
-//! taken again, by the reaper, or not at all: the route's removal drops every parked one.
+//! A response body gives its connection back itself when it ends, so a proxied request costs
+//! no task of its own (hyper-util's general-purpose client spawned one per request to notice
+//! the connection becoming idle). Only a connection still busy at that moment (its request
+//! body still going out, or the connection's task not yet done with the response) gets a
+//! task that parks it once it is ready, so no request ever waits behind another's exchange.
 //! Parked connections are closed after [`IDLE_TIMEOUT`] by one reaper task per route that
 //! runs only while something is parked.
 
-use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -47,65 +39,8 @@ pub(crate) enum SendError {
     Http(hyper::Error),
 }
 
-/// hyper's connection state machine (its type is not nameable): reads and writes happen when
-/// it is polled.
-pub(crate) type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// One upstream connection: the handle requests are sent on, and what does its I/O.
-pub(crate) struct Conn {
-    sender: SendRequest<Body>,
-    /// `None` once the connection has ended (closed by either side, or failed).
-    driver: Option<Driver>,
-}
-
-impl Conn {
-    /// Lets the connection read and write what it can; false once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = &mut self.driver
-            && let Poll::Ready(ended) = driver.as_mut().poll(cx)
-        {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-            self.driver = None;
-        }
-        self.driver.is_some()
-    }
-
-    /// Drives the connection without waiting: notices a server's close of an idle connection,
-    /// and finishes the bookkeeping after a response.
-    fn drive_now(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop()))
-    }
-
-    /// Whether it can take a request now.
-    fn is_ready(&mut self) -> bool {
-        self.drive_now() && self.sender.is_ready()
-    }
-
-    /// Sends `req` and drives the connection until the response head arrives.
-    async fn exchange(
-        &mut self,
-        req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<Body>>> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        poll_fn(|cx| {
-            if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(r);
-            }
-            if self.drive(cx) {
-                return Poll::Pending;
-            }
-            // The connection ended: hyper has answered the request (with its error, and the
-            // request itself if it never went out) as it dropped it.
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
 struct Parked {
-    conn: Conn,
+    sender: SendRequest<Body>,
     since: Instant,
 }
 
@@ -122,39 +57,21 @@ pub(crate) struct Pool {
 
 /// A connection lent to one request; [`Lent::give_back`] parks it for the next.
 pub(crate) struct Lent {
-    conn: Conn,
+    sender: SendRequest<Body>,
     pool: Arc<Pool>,
 }
 
 impl Lent {
-    /// Drives the connection while the response body is read.
-    pub(crate) fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        self.conn.drive(cx);
-    }
-
-    /// What is left of the connection's work, for a response that switched protocols: it
-    /// ends by handing the socket to the upgrade.
-    pub(crate) fn into_driver(self) -> Option<Driver> {
-        self.conn.driver
-    }
-
     /// The response was read to its end: the connection can carry another request once it
     /// is done with this one.
     pub(crate) fn give_back(self) {
-        let Self { mut conn, pool } = self;
-        if conn.is_ready() {
-            pool.park(conn);
-        } else if conn.driver.is_some() {
+        let Self { mut sender, pool } = self;
+        if sender.is_ready() {
+            pool.park(sender);
+        } else if !sender.is_closed() {
             tokio::spawn(async move {
-                let ready = poll_fn(|cx| {
-                    if !conn.drive(cx) {
-                        return Poll::Ready(false);
-                    }
-                    conn.sender.poll_ready(cx).map(|r| r.is_ok())
-                })
-                .await;
-                if ready {
-                    pool.park(conn);
+                if sender.ready().await.is_ok() {
+                    pool.park(sender);
                 }
             });
         }
@@ -179,9 +96,9 @@ impl Pool {
         self: &Arc<Self>,
         mut req: http::Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lent), SendError> {
-        while let Some(mut conn) = self.take_parked() {
-            match conn.exchange(req).await {
-                Ok(resp) => return Ok((resp, Lent { conn, pool: self.clone() })),
+        while let Some(mut sender) = self.take_parked() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Lent { sender, pool: self.clone() })),
                 Err(mut e) => match e.take_message() {
                     // Closed under us (by the server, while parked) before a byte was
                     // written: the request is intact.
@@ -190,23 +107,23 @@ impl Pool {
                 },
             }
         }
-        let mut conn = self.connect().await?;
-        let resp = conn.exchange(req).await.map_err(|e| SendError::Http(e.into_error()))?;
-        Ok((resp, Lent { conn, pool: self.clone() }))
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok((resp, Lent { sender, pool: self.clone() }))
     }
 
-    fn take_parked(&self) -> Option<Conn> {
+    fn take_parked(&self) -> Option<SendRequest<Body>> {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         // Most recently used first: it is the least likely to have been closed by the server.
-        while let Some(mut p) = parked.pop() {
-            if p.since.elapsed() < IDLE_TIMEOUT && p.conn.is_ready() {
-                return Some(p.conn);
+        while let Some(p) = parked.pop() {
+            if p.sender.is_ready() && p.since.elapsed() < IDLE_TIMEOUT {
+                return Some(p.sender);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
         if self.closer.is_closed() {
             return Err(SendError::Connect(io::Error::new(io::ErrorKind::ConnectionAborted, "the route was removed")));
         }
@@ -217,39 +134,39 @@ impl Pool {
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let io = RouteConn::new(TokioIo::new(stream), self.closer.watch());
         let (sender, conn) = http1::handshake(io).await.map_err(SendError::Http)?;
-        Ok(Conn { sender, driver: Some(Box::pin(conn.with_upgrades())) })
+        tokio::spawn(async move {
+            // Ends when the server or the route closes it, or when no request can use it
+            // any more (its sender dropped); failures reach the request that saw them.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 
-    fn park(self: &Arc<Self>, conn: Conn) {
-        if self.closer.is_closed() {
+    fn park(self: &Arc<Self>, sender: SendRequest<Body>) {
+        if !sender.is_ready() || self.closer.is_closed() {
             return;
         }
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if parked.len() >= self.max_parked {
             return;
         }
-        parked.push(Parked { conn, since: Instant::now() });
+        parked.push(Parked { sender, since: Instant::now() });
         if !self.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
-
-    /// Closes every parked connection (the route was removed); lent ones close as their
-    /// requests next touch them.
-    pub(crate) fn close_parked(&self) {
-        let closed = std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
-        drop(closed);
-    }
 }
 
-/// Closes connections parked longer than [`IDLE_TIMEOUT`] or closed by their server; stops
-/// when none is parked (the next park starts it again) or the route's pool is gone.
+/// Closes connections parked longer than [`IDLE_TIMEOUT`]; stops when none is parked (the
+/// next park starts it again) or the route's pool is gone.
 async fn reap(pool: Weak<Pool>) {
     loop {
         tokio::time::sleep(IDLE_TIMEOUT / 2).await;
         let Some(pool) = pool.upgrade() else { return };
         let mut parked = pool.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        parked.retain_mut(|p| p.since.elapsed() < IDLE_TIMEOUT && p.conn.is_ready());
+        parked.retain(|p| p.sender.is_ready() && p.since.elapsed() < IDLE_TIMEOUT);
         if parked.is_empty() {
             pool.reaping.store(false, Ordering::Relaxed);
             return;

@@ -290,9 +290,6 @@ impl RouteTable {
 
     fn retire(&self, old: &RouteEntry) {
         old.closer.close();
-        if let Some(pool) = old.pool.get() {
-            pool.close_parked();
-        }
         if let Some(at) = old.take_activity() {
             self.departed().push((old.key().clone(), at));
         }
