@@ -64,7 +64,10 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     let mut req = req;
-    if let Some(route) = state.hub().routes().resolve(&user_path) {
+    // Looked up once: a route removed while the request is authenticated is noticed by the
+    // proxy (the server's "not running" answer), as is one removed while it is forwarded.
+    let route = state.hub().routes().resolve(&user_path);
+    if let Some(route) = &route {
         forget_server_token(&mut req, route.route().token.expose());
     }
     let (mut parts, body) = req.into_parts();
@@ -100,7 +103,7 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             &req,
         );
     }
-    let Some(route) = state.hub().routes().resolve(&user_path) else {
+    let Some(route) = route else {
         let cookies = req.headers().get(header::COOKIE).cloned();
         return not_running(&state, &me, &user_path.user, user_path.server.as_ref(), navigation, cookies).await;
     };
