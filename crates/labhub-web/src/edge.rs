@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use tower::Service;
 
@@ -41,7 +41,7 @@ fn is_proxied(path: &str) -> bool {
 
 async fn proxied(state: AppState, req: Request) -> Response {
     middleware::observed(req, PROXY_ROUTE, |req| {
-        hosts::routed_by_host(&state, req, |req| proxy_route::handle(State(state.clone()), req))
+        hosts::routed_by_host(&state, req, |req| proxy_route::handle(state.clone(), req))
     })
     .await
 }

@@ -6,7 +6,7 @@
 //! come from the hub's own origin: the proxy authenticates to the server with the server's
 //! token, which makes jupyter_server skip its own XSRF check, so this check takes its place.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use labhub_core::{ServerName, UserName};
@@ -46,8 +46,8 @@ fn refuse(status: StatusCode, message: &str, navigation: bool, req: &Request) ->
     if navigation { page_error(status, message, req) } else { json_error(status, message) }
 }
 
-/// `ANY /user/{*rest}`: the proxied traffic.
-pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+/// Every request under `/user/…` (the front door sends them here): the proxied traffic.
+pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     let navigation = is_navigation(&req);
     let raw_path = req.uri().path().to_string();
     let user_path = match parse_user_path(&raw_path) {
