@@ -8,8 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Starts logging: readable text (coloured only on a terminal), or JSON lines. `LABHUB_LOG` (or `RUST_LOG`) sets
-/// the filter, e.g. `LABHUB_LOG=debug`.
+/// Starts logging: readable text (coloured only on a terminal), or JSON lines. `LABHUB_LOG`
+/// (or `RUST_LOG`) sets the filter, e.g. `LABHUB_LOG=debug`.
 pub fn init_logging(format: LogFormat) {
     let filter = std::env::var("LABHUB_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
