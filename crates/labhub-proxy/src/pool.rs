@@ -13,6 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -42,6 +43,8 @@ pub(crate) enum SendError {
 struct Parked {
     sender: SendRequest<Body>,
     since: Instant,
+    /// The thread whose runtime drives the connection (it was opened there).
+    thread: ThreadId,
 }
 
 /// The connections of one route.
@@ -59,19 +62,20 @@ pub(crate) struct Pool {
 pub(crate) struct Lent {
     sender: SendRequest<Body>,
     pool: Arc<Pool>,
+    thread: ThreadId,
 }
 
 impl Lent {
     /// The response was read to its end: the connection can carry another request once it
     /// is done with this one.
     pub(crate) fn give_back(self) {
-        let Self { mut sender, pool } = self;
+        let Self { mut sender, pool, thread } = self;
         if sender.is_ready() {
-            pool.park(sender);
+            pool.park(sender, thread);
         } else if !sender.is_closed() {
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    pool.park(sender);
+                    pool.park(sender, thread);
                 }
             });
         }
@@ -96,9 +100,10 @@ impl Pool {
         self: &Arc<Self>,
         mut req: http::Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lent), SendError> {
-        while let Some(mut sender) = self.take_parked() {
+        let here = std::thread::current().id();
+        while let Some((mut sender, thread)) = self.take_parked(here) {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lent { sender, pool: self.clone() })),
+                Ok(resp) => return Ok((resp, Lent { sender, pool: self.clone(), thread })),
                 Err(mut e) => match e.take_message() {
                     // Closed under us (by the server, while parked) before a byte was
                     // written: the request is intact.
@@ -109,18 +114,22 @@ impl Pool {
         }
         let mut sender = self.connect().await?;
         let resp = sender.send_request(req).await.map_err(SendError::Http)?;
-        Ok((resp, Lent { sender, pool: self.clone() }))
+        Ok((resp, Lent { sender, pool: self.clone(), thread: here }))
     }
 
-    fn take_parked(&self) -> Option<SendRequest<Body>> {
+    /// A parked connection that can still be used, preferring one driven by thread `here`:
+    /// the hub's HTTP threads each run their own runtime, and a connection of another thread's
+    /// costs a cross-thread wake-up each way.
+    fn take_parked(&self, here: ThreadId) -> Option<(SendRequest<Body>, ThreadId)> {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        // Most recently used first: it is the least likely to have been closed by the server.
-        while let Some(p) = parked.pop() {
+        loop {
+            // Most recently used first: it is the least likely to have been closed by the server.
+            let i = parked.iter().rposition(|p| p.thread == here).or_else(|| parked.len().checked_sub(1))?;
+            let p = parked.remove(i);
             if p.sender.is_ready() && p.since.elapsed() < IDLE_TIMEOUT {
-                return Some(p.sender);
+                return Some((p.sender, p.thread));
             }
         }
-        None
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
@@ -144,7 +153,7 @@ impl Pool {
         Ok(sender)
     }
 
-    fn park(self: &Arc<Self>, sender: SendRequest<Body>) {
+    fn park(self: &Arc<Self>, sender: SendRequest<Body>, thread: ThreadId) {
         if !sender.is_ready() || self.closer.is_closed() {
             return;
         }
@@ -152,7 +161,7 @@ impl Pool {
         if parked.len() >= self.max_parked {
             return;
         }
-        parked.push(Parked { sender, since: Instant::now() });
+        parked.push(Parked { sender, since: Instant::now(), thread });
         if !self.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
