@@ -5,6 +5,12 @@
 //! pays for matching, a clone of its route's boxed service and one boxed future per layer.
 //! Proxied traffic needs only two of those layers (ids and metrics; host routing), which it
 //! gets here as plain calls: the same functions the router's layers call.
+//!
+//! The hub's HTTP threads each run a single-threaded runtime (see the `labhub` crate's
+//! `serving`). Proxied requests are answered on the thread that read them; everything else
+//! (pages, the API: the database, the spawner, tasks that outlive their request) is handed to
+//! the hub's runtime, the one the service was built on, so that work never depends on an HTTP
+//! thread staying alive.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +19,10 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 use tower::Service;
 
 use crate::{AppState, hosts, middleware, proxy_route};
@@ -21,16 +30,61 @@ use crate::{AppState, hosts, middleware, proxy_route};
 /// The route label proxied requests are counted under in the metrics.
 const PROXY_ROUTE: &str = "/user/{*rest}";
 
+/// What answering one request is: a boxed future, since the two ways differ in type.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
 /// The whole hub as one service: the proxy route and the router beside it.
 #[derive(Clone)]
 pub struct HubService {
     router: Router,
     state: AppState,
+    /// The runtime the hub was built on; `None` when it was built outside one (then every
+    /// request is answered where it is read).
+    hub_runtime: Option<Handle>,
 }
 
 impl HubService {
     pub(crate) fn new(router: Router, state: AppState) -> Self {
-        Self { router, state }
+        Self { router, state, hub_runtime: Handle::try_current().ok() }
+    }
+
+    /// Answers one request: proxied traffic here, the rest on the hub's runtime.
+    pub fn respond(&self, req: Request) -> ResponseFuture {
+        if is_proxied(req.uri().path()) {
+            let state = self.state.clone();
+            return Box::pin(async move { Ok(proxied(state, req).await) });
+        }
+        let answer = self.router.clone().call(req);
+        match &self.hub_runtime {
+            Some(hub) => Box::pin(OnHubRuntime(hub.spawn(answer))),
+            None => Box::pin(answer),
+        }
+    }
+}
+
+/// A request being answered on the hub's runtime. Dropped (the client went away), it stops
+/// that work as dropping it in place would have.
+struct OnHubRuntime(JoinHandle<Result<Response, Infallible>>);
+
+impl Drop for OnHubRuntime {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Future for OnHubRuntime {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| match joined {
+            Ok(answered) => answered,
+            Err(e) => {
+                // A handler panicked (or the hub is shutting down under it): an answer, not a
+                // dropped connection.
+                tracing::error!(error = %e, "a request's handler did not finish");
+                Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            }
+        })
     }
 }
 
@@ -49,18 +103,14 @@ async fn proxied(state: AppState, req: Request) -> Response {
 impl Service<Request> for HubService {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if is_proxied(req.uri().path()) {
-            let state = self.state.clone();
-            return Box::pin(async move { Ok(proxied(state, req).await) });
-        }
-        Box::pin(self.router.call(req))
+        self.respond(req)
     }
 }
 

@@ -19,7 +19,7 @@ mod state;
 mod static_files;
 mod views;
 
-pub use edge::HubService;
+pub use edge::{HubService, ResponseFuture};
 pub use error::AppError;
 pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
 pub use hosts::USER_HOST_COOKIE;

@@ -1,7 +1,6 @@
 //! Assembling the hub from its crates, and serving it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -135,35 +134,7 @@ pub async fn serve(
     service: HubService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::ServiceExt as _;
-    use axum::serve::ListenerExt;
-    // Small proxied responses must not wait for Nagle's algorithm (nginx sets this too).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = draining_tx.send(());
-    };
-    let server = axum::serve(listener, service.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(signal)
-        .into_future();
-    tokio::pin!(server);
-    let deadline = async {
-        if draining_rx.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_DRAIN).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        r = &mut server => r,
-        () = deadline => {
-            tracing::warn!(seconds = SHUTDOWN_DRAIN.as_secs(), "open connections did not finish; closing them");
-            Ok(())
-        }
-    }
+    crate::serving::serve(listener, service, shutdown, SHUTDOWN_DRAIN).await
 }
 
 /// The hub's secret key: from the configuration, or generated once into `<data_dir>/secret_key`.

@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod database;
+mod serving;
 mod telemetry;
 
 pub use config::Config;
