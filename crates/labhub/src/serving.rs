@@ -84,10 +84,11 @@ pub(crate) async fn serve(
         }
     }
     drop(listener);
+    // Every thread is told at once, so they drain side by side.
+    let done: Vec<_> = workers.into_iter().map(|w| w.done).collect();
     let mut result = Ok(());
-    for worker in workers {
-        drop(worker.connections);
-        let r = worker.done.await.unwrap_or_else(|_| Err(io::Error::other("an HTTP thread panicked")));
+    for d in done {
+        let r = d.await.unwrap_or_else(|_| Err(io::Error::other("an HTTP thread panicked")));
         result = result.and(r);
     }
     result
