@@ -74,10 +74,16 @@ pub(crate) async fn serve(
         let open: Vec<usize> = workers.iter().map(|w| w.open.load(Ordering::Relaxed)).collect();
         let Some(i) = least_loaded(&open, next) else { break };
         next = i + 1;
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand a connection over; dropped it");
+                continue;
+            }
+        };
         let worker = &workers[i];
         worker.open.fetch_add(1, Ordering::Relaxed);
-        let handed = tcp.into_std().map(|tcp| worker.connections.send((tcp, peer)));
-        if !matches!(handed, Ok(Ok(()))) {
+        if worker.connections.send((tcp, peer)).is_err() {
             worker.open.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(thread = i, "an HTTP thread is gone; stopping");
             break;
