@@ -246,19 +246,18 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
 
     // ---------------- WebSockets ----------------
     println!(
-        "== WebSockets ({} B binary messages echoed by the test server; RTT: {} sequential; rate: {} connections, one message in flight each, {} s) ==",
+        "== WebSockets ({} B binary messages echoed by the test server; RTT: {} sequential per path, the paths in turn; rate: {} connections, one message in flight each, {} s) ==",
         a.ws_size, a.ws_rtt, a.ws_conns, a.ws_seconds
     );
-    let mut rtts = Vec::new();
+    let ws_targets: Vec<WsTarget> =
+        targets.iter().map(|tg| WsTarget { url: ws_url(&tg.base), headers: tg.headers.clone() }).collect();
+    eprintln!("proxy: WebSocket round trips, the three paths in turn");
+    let rtts = ws::rtt(&ws_targets, a.ws_rtt, 200, a.ws_size).await.context("WebSocket round trips")?;
     let mut rates = Vec::new();
     let mut ws_failures: Vec<String> = Vec::new();
-    for tg in &targets {
-        eprintln!("proxy: WebSockets via {}", tg.name);
-        let wt = WsTarget { url: ws_url(&tg.base), headers: tg.headers.clone() };
-        let r =
-            ws::rtt(&wt, a.ws_rtt, 200, a.ws_size).await.with_context(|| format!("WebSocket RTT via {}", tg.name))?;
-        rtts.push(r);
-        let (m, failed, why) = ws::rate(&wt, a.ws_conns, 1.0, a.ws_seconds, a.ws_size)
+    for (tg, wt) in targets.iter().zip(&ws_targets) {
+        eprintln!("proxy: WebSocket messages/s via {}", tg.name);
+        let (m, failed, why) = ws::rate(wt, a.ws_conns, 1.0, a.ws_seconds, a.ws_size)
             .await
             .with_context(|| format!("WebSocket rate via {}", tg.name))?;
         if failed > 0 {

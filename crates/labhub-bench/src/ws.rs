@@ -51,19 +51,29 @@ async fn round_trip(ws: &mut Ws, payload: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// `n` sequential round trips on one connection after `warmup` unrecorded ones; microseconds each.
-pub async fn rtt(t: &WsTarget, n: usize, warmup: usize, size: usize) -> anyhow::Result<Vec<f64>> {
-    let mut ws = connect(t).await?;
+/// `n` sequential round trips on one connection per target after `warmup` unrecorded ones;
+/// microseconds each, per target. The targets take turns, one round trip each (the first of
+/// each turn rotating), so a slower spell of the machine falls on all of them alike.
+pub async fn rtt(targets: &[WsTarget], n: usize, warmup: usize, size: usize) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut sockets = Vec::with_capacity(targets.len());
+    for t in targets {
+        sockets.push(connect(t).await?);
+    }
     let payload = vec![b'x'; size];
-    let mut out = Vec::with_capacity(n);
+    let mut out = vec![Vec::with_capacity(n); targets.len()];
     for i in 0..warmup + n {
-        let start = Instant::now();
-        round_trip(&mut ws, &payload).await?;
-        if i >= warmup {
-            out.push(start.elapsed().as_secs_f64() * 1e6);
+        for k in 0..sockets.len() {
+            let ti = (i + k) % sockets.len();
+            let start = Instant::now();
+            round_trip(&mut sockets[ti], &payload).await.with_context(|| format!("via {}", targets[ti].url))?;
+            if i >= warmup {
+                out[ti].push(start.elapsed().as_secs_f64() * 1e6);
+            }
         }
     }
-    let _ = ws.close(None).await;
+    for mut ws in sockets {
+        let _ = ws.close(None).await;
+    }
     Ok(out)
 }
 
