@@ -101,10 +101,26 @@ impl Hub {
         time::Duration::try_from(self.0.accounts.session_idle).unwrap_or(time::Duration::HOUR)
     }
 
+    /// What [`Hub::session_principal`] would answer, when memory alone can say it: `None`
+    /// when the database must be asked (not cached, stale, ended, or its last-seen time due).
+    pub fn session_principal_cached(&self, token: &str) -> Option<Option<Principal>> {
+        if !looks_like_token(token) {
+            return Some(None);
+        }
+        let now = self.now();
+        let hit = self.0.auth_cache.sessions.get(&sha256(token))?;
+        let since_seen = now - hit.last_seen;
+        let live = now - hit.fetched < CACHE_TTL
+            && hit.expires_at > now
+            && since_seen < TOUCH_EVERY
+            && since_seen <= self.idle_limit();
+        live.then(|| Some(hit.principal.clone()))
+    }
+
     /// The user behind a session cookie, if the session is live and the user active.
     pub async fn session_principal(&self, token: &str) -> Result<Option<Principal>, ServiceError> {
-        if !looks_like_token(token) {
-            return Ok(None);
+        if let Some(known) = self.session_principal_cached(token) {
+            return Ok(known);
         }
         let hash = sha256(token);
         let now = self.now();
@@ -248,10 +264,29 @@ impl Hub {
         self.views_changed();
     }
 
+    /// What [`Hub::token_principal`] would answer (recording the token's use, as it does),
+    /// when memory alone can say it: `None` when the database must be asked (not cached,
+    /// stale, or expired).
+    pub fn token_principal_cached(&self, token: &str) -> Option<Option<Principal>> {
+        if !looks_like_token(token) {
+            return Some(None);
+        }
+        let now = self.now();
+        let cache = &self.0.auth_cache;
+        let hit = cache.tokens.get(&sha256(token))?;
+        if now - hit.fetched >= CACHE_TTL || hit.expires_at.is_some_and(|e| e <= now) {
+            return None;
+        }
+        if let AuthVia::Token { token_id } = hit.principal.via {
+            cache.used_tokens.insert(token_id);
+        }
+        Some(Some(hit.principal.clone()))
+    }
+
     /// The user behind an API token, if it is valid and the user active.
     pub async fn token_principal(&self, token: &str) -> Result<Option<Principal>, ServiceError> {
-        if !looks_like_token(token) {
-            return Ok(None);
+        if let Some(known) = self.token_principal_cached(token) {
+            return Ok(known);
         }
         let hash = sha256(token);
         let now = self.now();

@@ -21,10 +21,9 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 use tower::Service;
 
+use crate::state::OnHubRuntime;
 use crate::{AppState, hosts, middleware, proxy_route};
 
 /// The route label proxied requests are counted under in the metrics.
@@ -38,53 +37,35 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallibl
 pub struct HubService {
     router: Router,
     state: AppState,
-    /// The runtime the hub was built on; `None` when it was built outside one (then every
-    /// request is answered where it is read).
-    hub_runtime: Option<Handle>,
 }
 
 impl HubService {
     pub(crate) fn new(router: Router, state: AppState) -> Self {
-        Self { router, state, hub_runtime: Handle::try_current().ok() }
+        Self { router, state }
     }
 
-    /// Answers one request: proxied traffic here, the rest on the hub's runtime.
+    /// Answers one request: proxied traffic here, the rest on the hub's runtime (where there
+    /// is none, every request is answered where it is read).
     pub fn respond(&self, req: Request) -> ResponseFuture {
         if is_proxied(req.uri().path()) {
             let state = self.state.clone();
             return Box::pin(async move { Ok(proxied(state, req).await) });
         }
         let answer = self.router.clone().call(req);
-        match &self.hub_runtime {
-            Some(hub) => Box::pin(OnHubRuntime(hub.spawn(answer))),
+        match self.state.hub_runtime() {
+            Some(hub) => {
+                let running = OnHubRuntime(hub.spawn(answer));
+                Box::pin(async move {
+                    running.await.unwrap_or_else(|e| {
+                        // A handler panicked (or the hub is shutting down under it): an answer,
+                        // not a dropped connection.
+                        tracing::error!(error = %e, "a request's handler did not finish");
+                        Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())
+                    })
+                })
+            }
             None => Box::pin(answer),
         }
-    }
-}
-
-/// A request being answered on the hub's runtime. Dropped (the client went away), it stops
-/// that work as dropping it in place would have.
-struct OnHubRuntime(JoinHandle<Result<Response, Infallible>>);
-
-impl Drop for OnHubRuntime {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl Future for OnHubRuntime {
-    type Output = Result<Response, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|joined| match joined {
-            Ok(answered) => answered,
-            Err(e) => {
-                // A handler panicked (or the hub is shutting down under it): an answer, not a
-                // dropped connection.
-                tracing::error!(error = %e, "a request's handler did not finish");
-                Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())
-            }
-        })
     }
 }
 

@@ -181,7 +181,11 @@ async fn has_credentials(state: &AppState, headers: HeaderMap, query: Option<&st
     let Some(cookie) = crate::cookies::request_cookie(&headers, name) else {
         return false;
     };
-    state.hub().session_principal(&cookie).await.ok().flatten().is_some()
+    let known = match state.hub().session_principal_cached(&cookie) {
+        Some(known) => Ok(known),
+        None => state.hub_call(|hub| async move { hub.session_principal(&cookie).await }).await,
+    };
+    known.ok().flatten().is_some()
 }
 
 #[derive(Deserialize)]
@@ -199,7 +203,7 @@ async fn host_callback(state: &AppState, headers: HeaderMap, uri: Uri) -> Respon
         return AppError::BadRequest("this sign-in link is malformed".into()).into_response();
     };
     let host = request_host(&headers).unwrap_or_default().to_ascii_lowercase();
-    let token = match state.hub().redeem_host_code(&q.code, &host).await {
+    let token = match state.hub_call(|hub| async move { hub.redeem_host_code(&q.code, &host).await }).await {
         Ok(t) => t,
         Err(e) => return AppError::from(e).into_response(),
     };

@@ -105,7 +105,7 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     }
     let Some(route) = route else {
         let cookies = req.headers().get(header::COOKIE).cloned();
-        return not_running(&state, &me, &user_path.user, user_path.server.as_ref(), navigation, cookies).await;
+        return not_running(&state, me, user_path.user, user_path.server, navigation, cookies).await;
     };
     let client = client_info(&state, &req);
     let owner = route.key().user.clone();
@@ -114,7 +114,7 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     let cookies = if navigation { req.headers().get(header::COOKIE).cloned() } else { None };
     match state.proxy().forward(route, req, client).await {
         Ok(resp) => resp,
-        Err(ProxyError::Unreachable) => not_running(&state, &me, &owner, server.as_ref(), navigation, cookies).await,
+        Err(ProxyError::Unreachable) => not_running(&state, me, owner, server, navigation, cookies).await,
         Err(e) => {
             let mut resp = json_error(e.status(), &e.to_string());
             if let Some(s) = e.retry_after_secs() {
@@ -182,8 +182,24 @@ fn client_info(state: &AppState, req: &Request) -> ClientInfo {
 }
 
 /// No route: the server is not running. A person gets a page offering to start it; a script
-/// gets a JSON 503.
+/// gets a JSON 503. Asks the database, so it runs on the hub's runtime.
 async fn not_running(
+    state: &AppState,
+    me: Principal,
+    owner: UserName,
+    candidate: Option<ServerName>,
+    navigation: bool,
+    cookies: Option<HeaderValue>,
+) -> Response {
+    let here = state.clone();
+    let answer = async move { answer_not_running(&here, &me, &owner, candidate.as_ref(), navigation, cookies).await };
+    state.on_hub(answer).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the \"not running\" answer did not finish");
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    })
+}
+
+async fn answer_not_running(
     state: &AppState,
     me: &Principal,
     owner: &UserName,

@@ -1,9 +1,14 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use labhub_auth::CsrfKey;
 use labhub_proxy::Proxy;
-use labhub_service::Hub;
+use labhub_service::{Hub, ServiceError};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::runtime::Handle;
+use tokio::task::{JoinError, JoinHandle};
 use url::Url;
 
 /// How the web surface presents itself.
@@ -47,15 +52,49 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     origin: String,
     proxy: Proxy,
+    /// The runtime the state was made on; `None` when made outside one.
+    hub_runtime: Option<Handle>,
 }
 
 impl AppState {
     /// The web surface over these services, proxying users' traffic with `proxy` (which must
-    /// read the hub's route table).
+    /// read the hub's route table). Made on a runtime, that runtime is the hub's (see
+    /// [`AppState::on_hub`]).
     pub fn new(hub: Hub, settings: WebSettings, metrics: Option<PrometheusHandle>, proxy: Proxy) -> Self {
         let csrf = CsrfKey::new(hub.key().clone());
         let origin = settings.public_origin();
-        Self(Arc::new(Inner { hub, settings, csrf, metrics, origin, proxy }))
+        let hub_runtime = Handle::try_current().ok();
+        Self(Arc::new(Inner { hub, settings, csrf, metrics, origin, proxy, hub_runtime }))
+    }
+
+    /// The hub's runtime, if the state was made on one.
+    pub(crate) fn hub_runtime(&self) -> Option<&Handle> {
+        self.0.hub_runtime.as_ref()
+    }
+
+    /// Runs `work` on the hub's runtime and waits for it; where it already is, in place.
+    ///
+    /// Proxied requests are answered on the HTTP threads' own runtimes. A database connection
+    /// opened there would belong to that thread's reactor: every later query on it, from
+    /// anywhere, would wait on that thread, and die with it at shutdown. So whatever may reach
+    /// the database while answering them goes through here.
+    pub(crate) async fn on_hub<F>(&self, work: F) -> Result<F::Output, JoinError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        on_runtime(self.0.hub_runtime.as_ref(), work).await
+    }
+
+    /// A call into the services made through [`AppState::on_hub`].
+    pub(crate) async fn hub_call<T, F>(&self, call: impl FnOnce(Hub) -> F) -> Result<T, ServiceError>
+    where
+        F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.on_hub(call(self.hub().clone())).await.unwrap_or_else(|e| {
+            Err(ServiceError::Internal(format!("the hub's part of the request did not finish: {e}")))
+        })
     }
 
     /// The proxy to users' servers.
@@ -86,5 +125,92 @@ impl AppState {
     /// The public origin (`scheme://host[:port]`).
     pub fn origin(&self) -> &str {
         &self.0.origin
+    }
+}
+
+/// Runs `work` on `runtime` (in place when already there, or when there is none).
+async fn on_runtime<F>(runtime: Option<&Handle>, work: F) -> Result<F::Output, JoinError>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match runtime {
+        Some(rt) if Handle::try_current().map(|here| here.id()).ok() != Some(rt.id()) => {
+            OnHubRuntime(rt.spawn(work)).await
+        }
+        _ => Ok(work.await),
+    }
+}
+
+/// Work running on the hub's runtime for a request. Dropped (the client went away), it stops
+/// that work, as dropping it in place would have.
+pub(crate) struct OnHubRuntime<T>(pub(crate) JoinHandle<T>);
+
+impl<T> Drop for OnHubRuntime<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for OnHubRuntime<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    fn hub_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
+    /// Where a piece of work ran: its runtime, and whether it was a task of its own.
+    async fn whereabouts() -> (tokio::runtime::Id, bool) {
+        (Handle::current().id(), tokio::task::try_id().is_some())
+    }
+
+    #[test]
+    fn work_from_another_runtime_runs_on_the_hub_runtime() {
+        let hub = hub_runtime();
+        let handle = hub.handle().clone();
+        let http_thread = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (ran_on, spawned) = http_thread.block_on(on_runtime(Some(&handle), whereabouts())).unwrap();
+        assert_eq!(ran_on, handle.id());
+        assert!(spawned);
+    }
+
+    #[test]
+    fn work_already_on_the_hub_runtime_runs_in_place() {
+        let hub = hub_runtime();
+        let handle = hub.handle().clone();
+        let (ran_on, spawned) = hub.block_on(on_runtime(Some(&handle), whereabouts())).unwrap();
+        assert_eq!(ran_on, handle.id());
+        assert!(!spawned, "no hop when the caller is on the hub's runtime already");
+    }
+
+    #[test]
+    fn a_request_that_goes_away_stops_its_work_on_the_hub_runtime() {
+        let hub = hub_runtime();
+        let handle = hub.handle().clone();
+        let finished = Arc::new(AtomicBool::new(false));
+        let work = {
+            let finished = finished.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        };
+        let http_thread = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let waited = http_thread
+            .block_on(async { tokio::time::timeout(Duration::from_millis(20), on_runtime(Some(&handle), work)).await });
+        assert!(waited.is_err(), "the work takes longer than the request waited");
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!finished.load(Ordering::SeqCst), "dropped with its request, the work was aborted");
     }
 }

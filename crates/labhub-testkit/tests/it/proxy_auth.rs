@@ -657,3 +657,53 @@ async fn jupyterlabs_echo_of_its_servers_token_is_judged_by_the_session_cookie()
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_traffic_keeps_a_session_alive_and_its_limits_still_hold() {
+    // Proxied requests are judged from the credential cache on the HTTP threads; the database
+    // (a session's last-seen time, its end) is reached on the hub's runtime. Either way a
+    // session lives exactly as long as on the hub's own pages.
+    let scope =
+        std::sync::Arc::new(labhub_testkit::docker::DockerScope::new(crate::common::test_server_binary()).await);
+    let app = TestApp::builder()
+        .docker(scope)
+        .manual_clock()
+        .config(|c| {
+            c.culler.enabled = false;
+            c.session.idle_timeout = Duration::from_secs(3600);
+            c.session.absolute_timeout = Duration::from_secs(3 * 3600);
+        })
+        .spawn()
+        .await;
+    app.add_test_image("test").await;
+    app.add_user("alice", "correct horse", false).await;
+    let alice = format!("token {}", app.token("alice").await);
+    start_ready(&app, &alice, "alice").await;
+    let clock = app.clock.clone().unwrap();
+    let status = app.at("/user/alice/api/status");
+
+    let b = app.signed_in("alice", "correct horse").await;
+    // Only the server is used, every 50 minutes: each request counts as the session's use...
+    for _ in 0..3 {
+        clock.advance(time::Duration::minutes(50));
+        assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(b.get(app.at("/hub/home")).send().await.unwrap().status(), StatusCode::OK, "the pages agree");
+    // ...until the session's absolute limit.
+    clock.advance(time::Duration::minutes(50));
+    assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(b.get(app.at("/hub/home")).send().await.unwrap().status(), StatusCode::SEE_OTHER);
+
+    // A use while its answer is cached still counts: signed in at T, used at T+50 s (cached
+    // then) and T+70 s (cached, its last-seen time due), it lives until T+70 s plus the limit.
+    let b = app.signed_in("alice", "correct horse").await;
+    clock.advance(time::Duration::seconds(50));
+    assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::OK);
+    clock.advance(time::Duration::seconds(20));
+    assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::OK);
+    clock.advance(time::Duration::seconds(3590));
+    assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::OK, "its use at T+70 s was recorded");
+    // Left alone for longer than the idle limit, it is over.
+    clock.advance(time::Duration::minutes(61));
+    assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "idle too long");
+}
