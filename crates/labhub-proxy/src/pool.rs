@@ -31,6 +31,11 @@ use crate::connector::RouteConn;
 /// life keeps the number of parked sockets per server small.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most an upstream connection's read buffer grows to. hyper's default (about 400 KiB)
+/// is reached by every connection that carries a large download, and the allocator keeps
+/// that memory after the load; a download streams as well in 64 KiB reads.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// Why a request got no response.
 #[derive(Debug)]
 pub(crate) enum SendError {
@@ -142,7 +147,8 @@ impl Pool {
             .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let io = RouteConn::new(TokioIo::new(stream), self.closer.watch());
-        let (sender, conn) = http1::handshake(io).await.map_err(SendError::Http)?;
+        let (sender, conn) =
+            http1::Builder::new().max_buf_size(UPSTREAM_READ_BUFFER).handshake(io).await.map_err(SendError::Http)?;
         tokio::spawn(async move {
             // Ends when the server or the route closes it, or when no request can use it
             // any more (its sender dropped); failures reach the request that saw them.
