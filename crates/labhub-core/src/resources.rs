@@ -24,6 +24,37 @@ pub enum ResourceError {
     Memory(String),
 }
 
+/// A CPU or memory amount as people write it, in a form, a JSON body or the configuration
+/// file: a number (`2`, `0.5`), or text such as "0.5" or "2G".
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    /// A bare number: cores, or bytes.
+    Number(f64),
+    /// Text as typed.
+    Text(String),
+}
+
+impl Amount {
+    /// As text, trimmed: numbers read as what they would be typed as.
+    pub fn text(&self) -> String {
+        match self {
+            Amount::Number(n) => n.to_string(),
+            Amount::Text(t) => t.trim().to_string(),
+        }
+    }
+
+    /// Cores ("0.5", 2) as millicores.
+    pub fn cpu_millis(&self) -> Result<u32, ResourceError> {
+        parse_cpu(&self.text())
+    }
+
+    /// A number of bytes, or a size such as "2G".
+    pub fn memory_bytes(&self) -> Result<u64, ResourceError> {
+        parse_memory(&self.text())
+    }
+}
+
 /// Reads cores ("1", "0.5", "2.25") into millicores; at most three decimals, at most 1024 cores.
 pub fn parse_cpu(raw: &str) -> Result<u32, ResourceError> {
     let err = || ResourceError::Cpu(raw.to_string());
@@ -107,6 +138,21 @@ impl fmt::Display for Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_amount_reads_the_same_as_a_number_or_as_text() {
+        let read = |json: &str| serde_json::from_str::<Amount>(json).unwrap();
+        assert_eq!(read("0.5").cpu_millis(), Ok(500));
+        assert_eq!(read("\" 0.5 \"").cpu_millis(), Ok(500));
+        assert_eq!(read("2").cpu_millis(), read("\"2\"").cpu_millis());
+        assert_eq!(read("1073741824").memory_bytes(), Ok(1 << 30));
+        assert_eq!(read("\"1G\"").memory_bytes(), Ok(1 << 30));
+        // A fractional number of bytes rounds as the same text does, not down.
+        assert_eq!(read("1.5").memory_bytes(), read("\"1.5\"").memory_bytes());
+        assert!(read("-1").memory_bytes().is_err());
+        assert!(read("1e16").memory_bytes().is_err(), "past the largest size, as a number too");
+        assert!(read("\"lots\"").cpu_millis().is_err());
+    }
 
     #[test]
     fn cpu_amounts() {

@@ -44,6 +44,12 @@ pub enum AppError {
     Forbidden(String),
 }
 
+impl From<labhub_core::resources::ResourceError> for AppError {
+    fn from(e: labhub_core::resources::ResourceError) -> Self {
+        AppError::BadRequest(e.to_string())
+    }
+}
+
 /// What a surface needs to render an error; travels in the response's extensions.
 #[derive(Debug, Clone)]
 pub struct ErrorReport {
@@ -146,10 +152,21 @@ pub async fn render_api_errors(req: Request, next: Next) -> Response {
         return resp;
     }
     let (mut parts, report) = report_of(resp).await;
-    let body = serde_json::json!({ "status": parts.status.as_u16(), "message": report.message });
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body.to_string()))
+    let body = error_body(parts.status, &report.message);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The API's error body.
+fn error_body(status: StatusCode, message: &str) -> String {
+    serde_json::json!({ "status": status.as_u16(), "message": message }).to_string()
+}
+
+/// An error in the API's shape, for answers made outside the API's router (proxied paths,
+/// users' own hosts).
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], error_body(status, message)).into_response()
 }
 
 /// Renders page errors as a page with a way back; "sign in first" becomes a redirect to the

@@ -54,6 +54,19 @@ pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> 
     cookies::request_cookie(&parts.headers, name)
 }
 
+/// Whether a request is a person's browser navigating (answered with pages and redirects)
+/// rather than a script, a page's own fetch or a WebSocket (answered with JSON).
+pub(crate) fn is_navigation(req: &Request) -> bool {
+    req.method() == Method::GET
+        && !is_upgrade(req)
+        && req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
+/// Whether a request asks to become a WebSocket.
+pub(crate) fn is_upgrade(req: &Request) -> bool {
+    req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 fn is_unsafe(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }

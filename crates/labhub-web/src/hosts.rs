@@ -9,7 +9,7 @@
 //! with the hub session that made it.
 
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, SameSite};
@@ -17,7 +17,8 @@ use labhub_core::UserName;
 use serde::Deserialize;
 use url::Url;
 
-use crate::extract::CurrentUser;
+use crate::error::json_error;
+use crate::extract::{CurrentUser, is_navigation};
 use crate::{AppError, AppState};
 
 /// The session cookie on users' hosts (host-only there, like the hub's on the hub's host);
@@ -111,16 +112,6 @@ fn path_user(path: &str) -> Option<UserName> {
     UserName::parse(rest.split('/').next()?).ok().filter(|u| u.as_str() == rest.split('/').next().unwrap_or(""))
 }
 
-fn is_navigation(req: &Request) -> bool {
-    req.method() == Method::GET
-        && req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
-}
-
-fn json_404(message: String) -> Response {
-    let body = serde_json::json!({ "status": 404, "message": message });
-    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-}
-
 /// Sends each request to the host it belongs on, when users have hosts of their own: `/user/…`
 /// on the hub's host goes to the user's host; anything but `/user/{that user}/…` on a user's
 /// host goes back to the hub's; an unauthenticated visit to a user's host signs in through the
@@ -146,7 +137,10 @@ where
                 if is_navigation(&req) {
                     return Redirect::to(&target).into_response();
                 }
-                return json_404(format!("users' servers are served from their own hosts: {target}"));
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("users' servers are served from their own hosts: {target}"),
+                );
             }
             inner(req).await
         }
@@ -159,7 +153,7 @@ where
                 if is_navigation(&req) && !path.starts_with("/user/") {
                     return Redirect::to(&format!("{}{}", state.origin(), path_and_query)).into_response();
                 }
-                return json_404("there is nothing at this address on this host".into());
+                return json_error(StatusCode::NOT_FOUND, "there is nothing at this address on this host");
             };
             if is_navigation(&req) && !has_credentials(state, req.headers().clone(), req.uri().query()).await {
                 let here = format!("{}{path_and_query}", state.user_origin(&user));

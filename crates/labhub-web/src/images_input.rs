@@ -1,41 +1,11 @@
 //! Reading a catalogue entry from a form or a JSON body, with one set of messages.
 
-use labhub_core::resources::{parse_cpu, parse_memory};
+use labhub_core::resources::Amount;
 use labhub_core::{ImageKind, ImageRef};
 use labhub_db::images::ImageFields;
 use serde::Deserialize;
 
 use crate::AppError;
-
-/// A number or the text people type ("1.5", "2G").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Amount {
-    Number(f64),
-    Text(String),
-}
-
-impl Amount {
-    fn text(&self) -> String {
-        match self {
-            Amount::Number(n) => n.to_string(),
-            Amount::Text(t) => t.clone(),
-        }
-    }
-
-    /// Cores ("0.5", 2) as millicores.
-    pub fn cpu_millis(&self) -> Result<u32, AppError> {
-        parse_cpu(&self.text()).map_err(|e| AppError::BadRequest(e.to_string()))
-    }
-
-    /// A number of bytes, or a size such as "2G".
-    pub fn memory_bytes(&self) -> Result<u64, AppError> {
-        match self {
-            Amount::Number(n) if *n >= 0.0 => Ok(*n as u64),
-            other => parse_memory(&other.text()).map_err(|e| AppError::BadRequest(e.to_string())),
-        }
-    }
-}
 
 /// A command as words (JSON) or as one line (forms), split on spaces.
 #[derive(Debug, Clone, Deserialize)]

@@ -14,26 +14,10 @@ use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path};
 use labhub_service::{AuthVia, Principal};
 
 use crate::AppState;
-use crate::extract::{MaybeUser, Surface, client_addr, same_origin};
+use crate::error::json_error;
+use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin};
 use crate::pages::servers::NotRunningPage;
 use crate::views::{ErrorPage, Page, login_url};
-
-/// Whether the request is a person's browser navigating (answered with pages and
-/// redirects) rather than a script or a page's own fetch (answered with JSON).
-fn is_navigation(req: &Request) -> bool {
-    req.method() == Method::GET
-        && !is_upgrade(req)
-        && req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
-}
-
-fn is_upgrade(req: &Request) -> bool {
-    req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-}
-
-fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "status": status.as_u16(), "message": message });
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-}
 
 fn page_error(status: StatusCode, message: &str, req: &Request) -> Response {
     let id = req.extensions().get::<crate::middleware::RequestId>().map(|r| r.0.clone()).unwrap_or_default();

@@ -262,23 +262,6 @@ impl Default for ProxyConfig {
     }
 }
 
-/// A CPU or memory amount as people write it: a number, or text such as "0.5" or "2G".
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Amount {
-    Number(f64),
-    Text(String),
-}
-
-impl Amount {
-    fn text(&self) -> String {
-        match self {
-            Amount::Number(n) => n.to_string(),
-            Amount::Text(t) => t.trim().to_string(),
-        }
-    }
-}
-
 /// Cores in the file ("2", 0.5), millicores in memory.
 mod cores {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -288,8 +271,8 @@ mod cores {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        let a = super::Amount::deserialize(d)?;
-        labhub_core::resources::parse_cpu(&a.text()).map_err(serde::de::Error::custom)
+        let a = labhub_core::resources::Amount::deserialize(d)?;
+        a.cpu_millis().map_err(serde::de::Error::custom)
     }
 }
 
@@ -318,10 +301,8 @@ mod bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        match super::Amount::deserialize(d)? {
-            super::Amount::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as u64),
-            other => labhub_core::resources::parse_memory(&other.text()).map_err(serde::de::Error::custom),
-        }
+        let a = labhub_core::resources::Amount::deserialize(d)?;
+        a.memory_bytes().map_err(serde::de::Error::custom)
     }
 }
 

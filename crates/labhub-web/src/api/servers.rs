@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use labhub_core::resources::Amount;
 use labhub_core::{GroupName, ServerName, ServerState, UserName};
 use labhub_service::Principal;
 use labhub_service::audit::Actor;
@@ -14,7 +15,6 @@ use serde::Deserialize;
 use super::ApiJson;
 use super::models::ServerModel;
 use crate::extract::CurrentUser;
-use crate::images_input::Amount;
 use crate::{AppError, AppState, sse};
 
 fn owner(raw: &str) -> Result<UserName, AppError> {

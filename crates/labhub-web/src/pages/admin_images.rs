@@ -12,10 +12,11 @@ use labhub_service::images::short_id;
 use serde::Deserialize;
 
 use crate::extract::{AdminUser, CsrfForm};
-use crate::images_input::{Amount, Command, ImageInput};
+use crate::images_input::{Command, ImageInput};
 use crate::pages::login::Empty;
 use crate::views::{Chrome, Page, redirect_with_error, redirect_with_flash};
 use crate::{AppError, AppState};
+use labhub_core::resources::Amount;
 
 /// The add/edit form's values.
 pub struct ImageFormView {
