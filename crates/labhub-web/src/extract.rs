@@ -91,15 +91,11 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
         return Ok(r.0.clone());
     }
     let surface = parts.extensions.get::<Surface>().copied().unwrap_or(Surface::Page);
-    let hub = state.hub();
     let mut principal = None;
     if surface != Surface::Page {
         let header_token = token_from_header(parts)?.map(str::to_string);
         if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
-            principal = match hub.token_principal_cached(&token) {
-                Some(known) => known,
-                None => state.hub_call(|hub| async move { hub.token_principal(&token).await }).await?,
-            };
+            principal = state.token_principal(token).await?;
             if principal.is_none() {
                 return Err(AppError::BadCredentials("the API token is not valid: unknown, expired or revoked".into()));
             }
@@ -108,10 +104,7 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
     if principal.is_none()
         && let Some(cookie) = session_cookie(parts, state)
     {
-        principal = match hub.session_principal_cached(&cookie) {
-            Some(known) => known,
-            None => state.hub_call(|hub| async move { hub.session_principal(&cookie).await }).await?,
-        };
+        principal = state.session_principal(cookie).await?;
         if principal.is_some()
             && surface == Surface::Api
             && is_unsafe(&parts.method)

@@ -175,11 +175,7 @@ async fn has_credentials(state: &AppState, headers: HeaderMap, query: Option<&st
     let Some(cookie) = crate::cookies::request_cookie(&headers, name) else {
         return false;
     };
-    let known = match state.hub().session_principal_cached(&cookie) {
-        Some(known) => Ok(known),
-        None => state.hub_call(|hub| async move { hub.session_principal(&cookie).await }).await,
-    };
-    known.ok().flatten().is_some()
+    state.session_principal(cookie).await.ok().flatten().is_some()
 }
 
 #[derive(Deserialize)]

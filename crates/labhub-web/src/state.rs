@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use labhub_auth::CsrfKey;
 use labhub_proxy::Proxy;
-use labhub_service::{Hub, ServiceError};
+use labhub_service::{Hub, Principal, ServiceError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::runtime::Handle;
 use tokio::task::{JoinError, JoinHandle};
@@ -95,6 +95,23 @@ impl AppState {
         self.on_hub(call(self.hub().clone())).await.unwrap_or_else(|e| {
             Err(ServiceError::Internal(format!("the hub's part of the request did not finish: {e}")))
         })
+    }
+
+    /// The user behind a session cookie: from the credential cache where the request is, or
+    /// from the database on the hub's runtime.
+    pub(crate) async fn session_principal(&self, cookie: String) -> Result<Option<Principal>, ServiceError> {
+        match self.hub().session_principal_cached(&cookie) {
+            Some(known) => Ok(known),
+            None => self.hub_call(|hub| async move { hub.session_principal(&cookie).await }).await,
+        }
+    }
+
+    /// The user behind an API token, as [`AppState::session_principal`] finds a session's.
+    pub(crate) async fn token_principal(&self, token: String) -> Result<Option<Principal>, ServiceError> {
+        match self.hub().token_principal_cached(&token) {
+            Some(known) => Ok(known),
+            None => self.hub_call(|hub| async move { hub.token_principal(&token).await }).await,
+        }
     }
 
     /// The proxy to users' servers.
