@@ -36,6 +36,34 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// that memory after the load; a download streams as well in 64 KiB reads.
 const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
+/// A connection idle this long may be one its server is closing (keep-alive timeouts are a
+/// second or more); one used more recently is not, and its requests are not copied.
+const MAY_BE_CLOSING_AFTER: Duration = Duration::from_millis(250);
+
+/// A copy of a request that may be sent twice: GET, HEAD or OPTIONS without a body.
+fn copy_if_resendable(req: &http::Request<Body>) -> Option<http::Request<Body>> {
+    use http_body::Body as _;
+    let safe = matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = http::Request::new(Body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether the server closed the connection without answering (rather than answering badly).
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>());
+    io.is_some_and(|io| matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe))
+}
+
 /// Why a request got no response.
 #[derive(Debug)]
 pub(crate) enum SendError {
@@ -106,14 +134,18 @@ impl Pool {
         mut req: http::Request<Body>,
     ) -> Result<(http::Response<Incoming>, Lent), SendError> {
         let here = std::thread::current().id();
-        while let Some((mut sender, thread)) = self.take_parked(here) {
+        while let Some((mut sender, thread, idle)) = self.take_parked(here) {
+            // A server closing an idle connection may do so just as a request reaches it;
+            // one safe to send twice is kept to send again on a fresh connection.
+            let again = if idle >= MAY_BE_CLOSING_AFTER { copy_if_resendable(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Lent { sender, pool: self.clone(), thread })),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), again) {
                     // Closed under us (by the server, while parked) before a byte was
                     // written: the request is intact.
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                    (Some(unsent), _) => req = unsent,
+                    (None, Some(copy)) if closed_unanswered(e.error()) => req = copy,
+                    (None, _) => return Err(SendError::Http(e.into_error())),
                 },
             }
         }
@@ -125,14 +157,16 @@ impl Pool {
     /// A parked connection that can still be used, preferring one driven by thread `here`:
     /// the hub's HTTP threads each run their own runtime, and a connection of another thread's
     /// costs a cross-thread wake-up each way.
-    fn take_parked(&self, here: ThreadId) -> Option<(SendRequest<Body>, ThreadId)> {
+    /// With it, how long it has been idle.
+    fn take_parked(&self, here: ThreadId) -> Option<(SendRequest<Body>, ThreadId, Duration)> {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             // Most recently used first: it is the least likely to have been closed by the server.
             let i = parked.iter().rposition(|p| p.thread == here).or_else(|| parked.len().checked_sub(1))?;
             let p = parked.remove(i);
-            if p.sender.is_ready() && p.since.elapsed() < IDLE_TIMEOUT {
-                return Some((p.sender, p.thread));
+            let idle = p.since.elapsed();
+            if p.sender.is_ready() && idle < IDLE_TIMEOUT {
+                return Some((p.sender, p.thread, idle));
             }
         }
     }

@@ -389,6 +389,29 @@ pub async fn closes_when_idle_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// A raw TCP upstream that answers the first request on each connection (keep-alive, `ok`)
+/// and hangs up on the second without answering, as a server does when a request arrives
+/// just as it closes an idle connection; counts connections.
+pub async fn hangs_up_on_the_second_request_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if !read_request_head(&mut stream).await {
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                read_request_head(&mut stream).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 /// A port nothing listens on.
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -63,6 +63,26 @@ async fn a_server_closing_its_idle_connections_costs_no_request() {
 }
 
 #[tokio::test]
+async fn a_request_meeting_a_server_closing_its_idle_connection_is_sent_again_if_safe() {
+    let (addr, accepted) = hangs_up_on_the_second_request_upstream().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, addr, ImageKind::Jupyter);
+    let c = client();
+    for i in 0..3 {
+        let r = c.get(hub.url("/user/alice/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        // Idle long enough that the parked connection may be one the server is closing.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "each GET after the first was sent again");
+    // An upload is not sent twice: the server may have acted on it.
+    let r = c.post(hub.url("/user/alice/x")).body("save this").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn a_connection_still_sending_an_upload_is_not_lent_to_the_next_request() {
     let up = Upstream::start().await;
     let hub = Hub::start(settings()).await;
