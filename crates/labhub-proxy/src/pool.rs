@@ -149,7 +149,8 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting is rare next to reusing, and its future is large.
+        let mut sender = Box::pin(self.connect()).await?;
         let resp = sender.send_request(req).await.map_err(SendError::Http)?;
         Ok((resp, Lent { sender, pool: self.clone(), thread: here }))
     }

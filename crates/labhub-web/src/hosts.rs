@@ -147,7 +147,7 @@ where
         HostKind::User(label) => {
             let path = req.uri().path().to_string();
             if path == HOST_CALLBACK {
-                return host_callback(state, req.headers().clone(), req.uri().clone()).await;
+                return Box::pin(host_callback(state, req.headers().clone(), req.uri().clone())).await;
             }
             let Some(user) = path_user(&path).filter(|u| user_label(u) == label) else {
                 if is_navigation(&req) && !path.starts_with("/user/") {
@@ -155,7 +155,8 @@ where
                 }
                 return json_error(StatusCode::NOT_FOUND, "there is nothing at this address on this host");
             };
-            if is_navigation(&req) && !has_credentials(state, req.headers().clone(), req.uri().query()).await {
+            if is_navigation(&req) && !Box::pin(has_credentials(state, req.headers().clone(), req.uri().query())).await
+            {
                 let here = format!("{}{path_and_query}", state.user_origin(&user));
                 let mut login = state.settings().public_url.join("hub/host-login").expect("a fixed path");
                 login.query_pairs_mut().append_pair("next", &here);

@@ -89,7 +89,9 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     }
     let Some(route) = route else {
         let cookies = req.headers().get(header::COOKIE).cloned();
-        return not_running(&state, me, user_path.user, user_path.server, navigation, cookies).await;
+        // Rare and large (the database, a page): boxed, so every proxied request's future
+        // (allocated and moved whole) stays small.
+        return Box::pin(not_running(&state, me, user_path.user, user_path.server, navigation, cookies)).await;
     };
     let client = client_info(&state, &req);
     let owner = route.key().user.clone();
@@ -98,7 +100,7 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     let cookies = if navigation { req.headers().get(header::COOKIE).cloned() } else { None };
     match state.proxy().forward(route, req, client).await {
         Ok(resp) => resp,
-        Err(ProxyError::Unreachable) => not_running(&state, me, owner, server, navigation, cookies).await,
+        Err(ProxyError::Unreachable) => Box::pin(not_running(&state, me, owner, server, navigation, cookies)).await,
         Err(e) => {
             let mut resp = json_error(e.status(), &e.to_string());
             if let Some(s) = e.retry_after_secs() {

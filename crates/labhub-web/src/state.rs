@@ -102,7 +102,9 @@ impl AppState {
     pub(crate) async fn session_principal(&self, cookie: String) -> Result<Option<Principal>, ServiceError> {
         match self.hub().session_principal_cached(&cookie) {
             Some(known) => Ok(known),
-            None => self.hub_call(|hub| async move { hub.session_principal(&cookie).await }).await,
+            // Boxed: a query's future is large, and it would otherwise be part of every
+            // request's future, which is allocated and moved whole.
+            None => Box::pin(self.hub_call(|hub| async move { hub.session_principal(&cookie).await })).await,
         }
     }
 
@@ -110,7 +112,7 @@ impl AppState {
     pub(crate) async fn token_principal(&self, token: String) -> Result<Option<Principal>, ServiceError> {
         match self.hub().token_principal_cached(&token) {
             Some(known) => Ok(known),
-            None => self.hub_call(|hub| async move { hub.token_principal(&token).await }).await,
+            None => Box::pin(self.hub_call(|hub| async move { hub.token_principal(&token).await })).await,
         }
     }
 
