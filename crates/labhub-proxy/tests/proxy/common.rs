@@ -367,49 +367,50 @@ pub async fn dying_upstream(head: &'static str, body_prefix: usize) -> SocketAdd
     addr
 }
 
-/// A raw TCP upstream that answers one request per connection (keep-alive, `ok`), then hangs
-/// up 50 ms later, as servers with a short keep-alive timeout do; counts connections.
-pub async fn closes_when_idle_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// A raw TCP upstream that runs `serve` on each connection; counts connections.
+async fn counting_raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if !read_request_head(&mut stream).await {
-                    return;
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
+            tokio::spawn(serve(stream));
         }
     });
     (addr, accepted)
+}
+
+/// A raw TCP upstream that answers one request per connection (keep-alive, `ok`), then hangs
+/// up 50 ms later, as servers with a short keep-alive timeout do; counts connections.
+pub async fn closes_when_idle_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    counting_raw_upstream(|mut stream| async move {
+        if !read_request_head(&mut stream).await {
+            return;
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await
 }
 
 /// A raw TCP upstream that answers the first request on each connection (keep-alive, `ok`)
 /// and hangs up on the second without answering, as a server does when a request arrives
 /// just as it closes an idle connection; counts connections.
 pub async fn hangs_up_on_the_second_request_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if !read_request_head(&mut stream).await {
-                    return;
-                }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                read_request_head(&mut stream).await;
-            });
+    counting_raw_upstream(|mut stream| async move {
+        if !read_request_head(&mut stream).await {
+            return;
         }
-    });
-    (addr, accepted)
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        read_request_head(&mut stream).await;
+    })
+    .await
 }
 
 /// A port nothing listens on.
