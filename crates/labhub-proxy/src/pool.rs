@@ -155,10 +155,9 @@ impl Pool {
         Ok((resp, Lent { sender, pool: self.clone(), thread: here }))
     }
 
-    /// A parked connection that can still be used, preferring one driven by thread `here`:
-    /// the hub's HTTP threads each run their own runtime, and a connection of another thread's
-    /// costs a cross-thread wake-up each way.
-    /// With it, how long it has been idle.
+    /// A parked connection that can still be used, with how long it has been idle, preferring
+    /// one driven by thread `here`: the hub's HTTP threads each run their own runtime, and a
+    /// connection of another thread's costs a cross-thread wake-up each way.
     fn take_parked(&self, here: ThreadId) -> Option<(SendRequest<Body>, ThreadId, Duration)> {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         loop {

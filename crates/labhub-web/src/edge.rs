@@ -23,7 +23,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tower::Service;
 
-use crate::state::OnHubRuntime;
 use crate::{AppState, hosts, middleware, proxy_route};
 
 /// The route label proxied requests are counted under in the metrics.
@@ -44,28 +43,21 @@ impl HubService {
         Self { router, state }
     }
 
-    /// Answers one request: proxied traffic here, the rest on the hub's runtime (where there
-    /// is none, every request is answered where it is read).
+    /// Answers one request: proxied traffic here, the rest on the hub's runtime.
     pub fn respond(&self, req: Request) -> ResponseFuture {
+        let state = self.state.clone();
         if is_proxied(req.uri().path()) {
-            let state = self.state.clone();
             return Box::pin(async move { Ok(proxied(state, req).await) });
         }
         let answer = self.router.clone().call(req);
-        match self.state.hub_runtime() {
-            Some(hub) => {
-                let running = OnHubRuntime(hub.spawn(answer));
-                Box::pin(async move {
-                    running.await.unwrap_or_else(|e| {
-                        // A handler panicked (or the hub is shutting down under it): an answer,
-                        // not a dropped connection.
-                        tracing::error!(error = %e, "a request's handler did not finish");
-                        Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())
-                    })
-                })
-            }
-            None => Box::pin(answer),
-        }
+        Box::pin(async move {
+            state.on_hub(answer).await.unwrap_or_else(|e| {
+                // A handler panicked (or the hub is shutting down under it): an answer, not a
+                // dropped connection.
+                tracing::error!(error = %e, "a request's handler did not finish");
+                Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            })
+        })
     }
 }
 

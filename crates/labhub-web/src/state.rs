@@ -67,17 +67,13 @@ impl AppState {
         Self(Arc::new(Inner { hub, settings, csrf, metrics, origin, proxy, hub_runtime }))
     }
 
-    /// The hub's runtime, if the state was made on one.
-    pub(crate) fn hub_runtime(&self) -> Option<&Handle> {
-        self.0.hub_runtime.as_ref()
-    }
-
     /// Runs `work` on the hub's runtime and waits for it; where it already is, in place.
     ///
     /// Proxied requests are answered on the HTTP threads' own runtimes. A database connection
     /// opened there would belong to that thread's reactor: every later query on it, from
-    /// anywhere, would wait on that thread, and die with it at shutdown. So whatever may reach
-    /// the database while answering them goes through here.
+    /// anywhere, would wait on that thread, and die with it at shutdown. So the front door
+    /// sends every other request here, and whatever may reach the database while answering
+    /// a proxied one goes through here too.
     pub(crate) async fn on_hub<F>(&self, work: F) -> Result<F::Output, JoinError>
     where
         F: Future + Send + 'static,
@@ -163,7 +159,7 @@ where
 
 /// Work running on the hub's runtime for a request. Dropped (the client went away), it stops
 /// that work, as dropping it in place would have.
-pub(crate) struct OnHubRuntime<T>(pub(crate) JoinHandle<T>);
+struct OnHubRuntime<T>(JoinHandle<T>);
 
 impl<T> Drop for OnHubRuntime<T> {
     fn drop(&mut self) {

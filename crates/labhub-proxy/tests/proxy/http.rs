@@ -46,19 +46,25 @@ async fn keep_alive_connections_are_reused() {
     assert_eq!(up.accepted(), 1, "20 sequential requests should share one pooled connection");
 }
 
+/// Three GETs answered `ok`, each followed by 300 ms of quiet: long enough for a server with
+/// a short keep-alive timeout to hang up on the parked connection, and for the proxy to
+/// count it as possibly closing.
+async fn three_gets_a_while_apart(c: &reqwest::Client, hub: &Hub) {
+    for i in 0..3 {
+        let r = c.get(hub.url("/user/alice/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_server_closing_its_idle_connections_costs_no_request() {
     let (addr, accepted) = closes_when_idle_upstream().await;
     let hub = Hub::start(settings()).await;
     hub.add("alice", None, addr, ImageKind::Jupyter);
     let c = client();
-    for i in 0..3 {
-        let r = c.get(hub.url("/user/alice/x")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "request {i}");
-        assert_eq!(r.text().await.unwrap(), "ok");
-        // Long enough for the server to hang up on the parked connection.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    three_gets_a_while_apart(&c, &hub).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "each request needed a fresh connection");
 }
 
@@ -68,13 +74,7 @@ async fn a_request_meeting_a_server_closing_its_idle_connection_is_sent_again_if
     let hub = Hub::start(settings()).await;
     hub.add("alice", None, addr, ImageKind::Jupyter);
     let c = client();
-    for i in 0..3 {
-        let r = c.get(hub.url("/user/alice/x")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "request {i}");
-        assert_eq!(r.text().await.unwrap(), "ok");
-        // Idle long enough that the parked connection may be one the server is closing.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    three_gets_a_while_apart(&c, &hub).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "each GET after the first was sent again");
     // An upload is not sent twice: the server may have acted on it.
     let r = c.post(hub.url("/user/alice/x")).body("save this").send().await.unwrap();
