@@ -142,6 +142,17 @@ impl Proxy {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
+    /// How this proxy talks to servers, and its limits.
+    pub fn settings(&self) -> &ProxySettings {
+        &self.inner.settings
+    }
+
+    /// A connection slot on `route` and in total, if one is free.
+    pub(crate) fn lease(&self, route: &Arc<RouteEntry>) -> Option<Lease> {
+        let s = &self.inner.settings;
+        Lease::try_acquire(route, &self.inner.in_flight, s.max_connections_per_server, s.max_connections_total)
+    }
+
     /// Forwards one request (plain HTTP, SSE, long poll, or a WebSocket upgrade) to the
     /// route's server. The caller has authenticated and authorised it (and checked `Origin`
     /// for upgrades); `req`'s path must be under the route's prefix.
@@ -168,13 +179,7 @@ impl Proxy {
         }
         let uri = upstream_uri(&route, req.uri())?;
 
-        let lease = Lease::try_acquire(
-            &route,
-            &self.inner.in_flight,
-            settings.max_connections_per_server,
-            settings.max_connections_total,
-        )
-        .ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
+        let lease = self.lease(&route).ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
         route.touch();
 
         let mut req = req;

@@ -90,20 +90,7 @@ pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
     }
     let mut kept: Vec<u8> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        for pair in value.as_bytes().split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            if pair.is_empty() {
-                continue;
-            }
-            let cookie_name = pair.split(|b| *b == b'=').next().unwrap_or(pair).trim_ascii();
-            if names.contains(&cookie_name) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(pair);
-        }
+        keep_cookies(value.as_bytes(), &names, &mut kept);
     }
     headers.remove(header::COOKIE);
     // The bytes come from valid header values joined with "; ", so this cannot fail; if it
@@ -112,6 +99,24 @@ pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
         && let Ok(value) = HeaderValue::from_bytes(&kept)
     {
         headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Appends the pairs of one `Cookie` value not called one of `names` to `kept`, joined by "; ".
+pub(crate) fn keep_cookies(value: &[u8], names: &[&[u8]], kept: &mut Vec<u8>) {
+    for pair in value.split(|b| *b == b';') {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() {
+            continue;
+        }
+        let cookie_name = pair.split(|b| *b == b'=').next().unwrap_or(pair).trim_ascii();
+        if names.contains(&cookie_name) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
     }
 }
 
@@ -135,7 +140,7 @@ pub(crate) fn drop_foreign_set_cookies(headers: &mut HeaderMap, hub_cookies: &[S
     }
 }
 
-fn plants_for_the_hub(set_cookie: &[u8], hub_cookies: &[String]) -> bool {
+pub(crate) fn plants_for_the_hub(set_cookie: &[u8], hub_cookies: &[String]) -> bool {
     let mut parts = set_cookie.split(|b| *b == b';');
     let first = parts.next().unwrap_or_default();
     let name = first.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
@@ -150,46 +155,52 @@ fn plants_for_the_hub(set_cookie: &[u8], hub_cookies: &[String]) -> bool {
 
 /// Appends `client` to `X-Forwarded-For`, keeping what earlier proxies wrote.
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
-    use std::fmt::Write as _;
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     // One buffer, frozen into the header value without another copy.
     let mut joined = bytes::BytesMut::with_capacity(64);
-    for value in headers.get_all(&XFF) {
-        let v = value.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            joined.extend_from_slice(v);
-            joined.extend_from_slice(b", ");
-        }
+    forwarded_for(headers.get_all(&XFF).iter().map(HeaderValue::as_bytes), client, &mut joined);
+    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        headers.insert(XFF, value);
+    }
+}
+
+/// Writes the `X-Forwarded-For` value that appends `client` to the `earlier` ones.
+pub(crate) fn forwarded_for<'a>(
+    earlier: impl Iterator<Item = &'a [u8]>,
+    client: std::net::IpAddr,
+    joined: &mut impl bytes::BufMut,
+) {
+    use std::io::Write as _;
+    for v in earlier.map(<[u8]>::trim_ascii).filter(|v| !v.is_empty()) {
+        joined.put_slice(v);
+        joined.put_slice(b", ");
     }
     match client {
         // The usual case, written without the formatting machinery.
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    joined.extend_from_slice(b".");
+                    joined.put_u8(b'.');
                 }
-                push_decimal(&mut joined, octet);
+                push_decimal(joined, octet);
             }
         }
         // Writing an address into a growable buffer cannot fail.
         std::net::IpAddr::V6(_) => {
-            let _ = write!(joined, "{client}");
+            let _ = write!(bytes::BufMut::writer(&mut *joined), "{client}");
         }
-    }
-    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
-        headers.insert(XFF, value);
     }
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(buf: &mut bytes::BytesMut, n: u8) {
+fn push_decimal(buf: &mut impl bytes::BufMut, n: u8) {
     if n >= 100 {
-        buf.extend_from_slice(&[b'0' + n / 100]);
+        buf.put_u8(b'0' + n / 100);
     }
     if n >= 10 {
-        buf.extend_from_slice(&[b'0' + n / 10 % 10]);
+        buf.put_u8(b'0' + n / 10 % 10);
     }
-    buf.extend_from_slice(&[b'0' + n % 10]);
+    buf.put_u8(b'0' + n % 10);
 }
 
 /// The query without its `token` parameters (the hub's own credential, which JupyterHub

@@ -64,16 +64,24 @@
 //! timeout pass while a silent server is cut; response bodies have no timeout, so slow SSE
 //! streams and downloads run as long as the client listens.
 //!
+//! # The fast lane
+//! [`Proxy::forward_plain_get`] relays a plain GET the web layer parsed and authorised over
+//! a raw upstream socket kept by the client connection ([`Lane`]), with the rules above, and
+//! refuses ([`LaneError::NotForwarded`]) whatever it does not handle, before anything reaches
+//! the client, for the general path to answer.
+//!
 //! # Activity
 //! Every request and tunnel traffic stamps its route's last activity (an atomic, written
 //! at most once a second); [`RouteTable::take_activity`] drains it for batched writes.
 
 mod body;
+mod chunked;
 mod closer;
 mod connector;
 mod error;
 mod forward;
 mod headers;
+mod lane;
 mod limits;
 mod path;
 mod pool;
@@ -82,5 +90,6 @@ mod tunnel;
 
 pub use error::ProxyError;
 pub use forward::{ClientInfo, Proxy, ProxySettings, Scheme};
+pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
 pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable};

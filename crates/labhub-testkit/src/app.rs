@@ -42,6 +42,9 @@ pub struct TestApp {
     pub config: Config,
     /// The Docker scope servers run in, when the test asked for one.
     pub docker: Option<Arc<DockerScope>>,
+    /// The hub's front door (the service the server runs), for tests that drive a
+    /// connection by hand.
+    pub service: labhub_web::HubService,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -133,6 +136,7 @@ impl TestAppBuilder {
         )
         .expect("building the hub");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let service = built.service.clone();
         let server = tokio::spawn(app::serve(listener, built.service, async move {
             let _ = stop_rx.await;
         }));
@@ -144,6 +148,7 @@ impl TestAppBuilder {
             clock: self.manual_clock,
             config,
             docker: self.docker,
+            service,
             stop: Some(stop_tx),
             server: Some(server),
         }

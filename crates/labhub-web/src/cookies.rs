@@ -66,12 +66,17 @@ pub fn read_flash(value: &str) -> String {
 /// do not parse skipped) without building a jar: the session cookie is read on every proxied
 /// request.
 pub fn request_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    cookie_in(headers.get_all(axum::http::header::COOKIE).iter().map(|v| v.as_bytes()), name)
+}
+
+/// The cookie called `name` in these `Cookie` header values (the last, if several).
+pub(crate) fn cookie_in<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
     let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned());
     let mut found = None;
-    let pairs = headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let pairs = values
+        // What `HeaderValue::to_str` accepts: visible ASCII and tabs.
+        .filter(|v| v.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)))
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.split_once('='));
     for (k, v) in pairs {

@@ -26,7 +26,7 @@ use tower::Service;
 use crate::{AppState, hosts, middleware, proxy_route};
 
 /// The route label proxied requests are counted under in the metrics.
-const PROXY_ROUTE: &str = "/user/{*rest}";
+pub(crate) const PROXY_ROUTE: &str = "/user/{*rest}";
 
 /// What answering one request is: a boxed future, since the two ways differ in type.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -41,6 +41,10 @@ pub struct HubService {
 impl HubService {
     pub(crate) fn new(router: Router, state: AppState) -> Self {
         Self { router, state }
+    }
+
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// Answers one request: proxied traffic here, the rest on the hub's runtime.
@@ -62,7 +66,7 @@ impl HubService {
 }
 
 /// Whether a path is proxied traffic: `/user/` and at least one more character.
-fn is_proxied(path: &str) -> bool {
+pub(crate) fn is_proxied(path: &str) -> bool {
     path.strip_prefix("/user/").is_some_and(|rest| !rest.is_empty())
 }
 

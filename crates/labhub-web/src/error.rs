@@ -159,7 +159,7 @@ pub async fn render_api_errors(req: Request, next: Next) -> Response {
 }
 
 /// The API's error body.
-fn error_body(status: StatusCode, message: &str) -> String {
+pub(crate) fn error_body(status: StatusCode, message: &str) -> String {
     serde_json::json!({ "status": status.as_u16(), "message": message }).to_string()
 }
 

@@ -176,10 +176,18 @@ impl FromRequestParts<AppState> for ClientAddr {
 
 /// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
 pub(crate) fn client_addr(headers: &HeaderMap, peer: Option<SocketAddr>, state: &AppState) -> Option<std::net::IpAddr> {
+    client_addr_from(headers.get("x-forwarded-for").map(|v| v.as_bytes()), peer, state)
+}
+
+/// [`client_addr`] from the first `X-Forwarded-For` value, as sent.
+pub(crate) fn client_addr_from(
+    forwarded_for: Option<&[u8]>,
+    peer: Option<SocketAddr>,
+    state: &AppState,
+) -> Option<std::net::IpAddr> {
     if state.settings().trust_forwarded_for {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
+        let forwarded = forwarded_for
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.split(',').next())
             .and_then(|s| s.trim().parse().ok());
         if forwarded.is_some() {

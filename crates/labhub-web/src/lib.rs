@@ -11,6 +11,7 @@ mod error;
 mod extract;
 pub(crate) mod hosts;
 mod images_input;
+mod lane;
 mod middleware;
 mod pages;
 mod proxy_route;
@@ -23,6 +24,7 @@ pub use edge::{HubService, ResponseFuture};
 pub use error::AppError;
 pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
 pub use hosts::USER_HOST_COOKIE;
+pub use lane::LaneEnd;
 pub use state::{AppState, WebSettings};
 
 use axum::Router;

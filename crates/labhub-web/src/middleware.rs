@@ -55,12 +55,7 @@ where
     Fut: Future<Output = Response>,
 {
     let route = route.into();
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        .map_or_else(new_request_id, str::to_string);
+    let id = request_id(req.headers().get("x-request-id").map(HeaderValue::as_bytes));
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     // For the path only (the query string may carry a token); a clone shares the bytes.
@@ -93,13 +88,25 @@ where
             tracing::debug!(status, ms, "served");
         }
     });
-    metrics::counter!("labhub_http_requests_total", "method" => method_label(&method), "route" => route.clone(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("labhub_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
+    count(&method, route, status, elapsed);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// The id a request goes by: the one the client sent, if it is a plausible id, else a new one.
+pub(crate) fn request_id(sent: Option<&[u8]>) -> String {
+    sent.filter(|v| v.len() <= 64 && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or_else(new_request_id, str::to_string)
+}
+
+/// Counts one answered request in the metrics, under the route label `route`.
+pub(crate) fn count(method: &axum::http::Method, route: SharedString, status: u16, elapsed: std::time::Duration) {
+    metrics::counter!("labhub_http_requests_total", "method" => method_label(method), "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("labhub_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
 }
 
 /// Security headers for the hub's own pages and API (not for proxied user content, which

@@ -122,14 +122,8 @@ fn forget_server_token(req: &mut Request, secret: &str) {
     let is_secret = |token: &str| {
         !token.is_empty() && labhub_auth::sha256(token) == *digest.get_or_init(|| labhub_auth::sha256(secret))
     };
-    let in_header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .is_some_and(|(scheme, token)| {
-            (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")) && is_secret(token.trim())
-        });
+    let in_header =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| authorization_token(v.as_bytes())).is_some_and(is_secret);
     if in_header {
         req.headers_mut().remove(header::AUTHORIZATION);
     }
@@ -150,6 +144,12 @@ fn forget_server_token(req: &mut Request, secret: &str) {
             *req.uri_mut() = uri;
         }
     }
+}
+
+/// The token of an `Authorization: token|Bearer …` value.
+pub(crate) fn authorization_token(value: &[u8]) -> Option<&str> {
+    let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")).then(|| token.trim())
 }
 
 fn client_info(state: &AppState, req: &Request) -> ClientInfo {

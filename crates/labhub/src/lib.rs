@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod database;
+mod rewind;
 mod serving;
 mod telemetry;
 

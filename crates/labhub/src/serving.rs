@@ -8,6 +8,10 @@
 //! spawner, background work) stays on the hub's multi-threaded runtime: the front door hands
 //! those requests over to it (`labhub_web::HubService`).
 //!
+//! Each connection starts in the front door's fast lane (`HubService::serve_plain_gets`),
+//! which answers plain GETs to users' servers without hyper; at the first request it does
+//! not take, the connection and the bytes read so far go to hyper for good.
+//!
 //! One acceptor gives each new connection to the thread with the fewest open ones: threads
 //! accepting for themselves on a shared socket split a burst of connections unevenly (one
 //! thread took three quarters of them), leaving a core idle while the other queues.
@@ -24,9 +28,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use labhub_web::HubService;
+use labhub_web::{HubService, LaneEnd};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::rewind::Rewind;
 
 /// How many HTTP threads to run: one per core the hub may use.
 fn thread_count() -> usize {
@@ -132,6 +139,8 @@ async fn serve_connections(
     // The CONNECT protocol carries WebSockets over HTTP/2.
     builder.http2().enable_connect_protocol();
     let graceful = GracefulShutdown::new();
+    // Tells connections still in the fast lane to finish once their request is answered.
+    let stop = CancellationToken::new();
     while let Some((tcp, peer)) = incoming.recv().await {
         let tcp = match TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
@@ -141,21 +150,27 @@ async fn serve_connections(
                 continue;
             }
         };
-        let service = service.clone();
-        let per_request = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            service.respond(req)
-        });
-        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), per_request).into_owned());
-        let open = open.clone();
+        // Taken now, so that shutdown waits for this connection whichever path it is on.
+        let watcher = graceful.watcher();
+        let (service, builder, stop, open) = (service.clone(), builder.clone(), stop.clone(), open.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "connection ended with an error");
+            let mut tcp = tcp;
+            if let LaneEnd::HandOff(read) = service.serve_plain_gets(&mut tcp, peer, &stop).await {
+                let per_request = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    service.respond(req)
+                });
+                let io = TokioIo::new(Rewind::new(read.freeze(), tcp));
+                let conn = watcher.watch(builder.serve_connection_with_upgrades(io, per_request).into_owned());
+                if let Err(e) = conn.await {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
             }
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+    stop.cancel();
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(seconds = drain.as_secs(), "open connections did not finish; closing them");
     }

@@ -3,6 +3,7 @@
 
 mod common;
 mod http;
+mod lane;
 mod lifecycle;
 mod limits;
 mod rstudio;

@@ -512,12 +512,21 @@ async fn websockets_echo_large_and_many_messages_and_close_codes_pass_through() 
 async fn server_sent_events_arrive_one_by_one() {
     let (app, _, alice) = docker_hub(|_| {}).await;
     start_ready(&app, &alice, "alice").await;
+    // A script through the general path; a browser (its session known, so through the fast lane).
+    let cookie = session_cookie(&app, "alice").await;
+    script().get(app.at("/user/alice/whoami")).header("Cookie", &cookie).send().await.unwrap();
+    for (name, value) in [("Authorization", &alice), ("Cookie", &cookie)] {
+        events_arrive_one_by_one(&app, name, value).await;
+    }
+}
+
+async fn events_arrive_one_by_one(app: &TestApp, credential: &str, value: &str) {
     let interval = Duration::from_millis(400);
     let n = 6;
     let start = Instant::now();
     let r = script()
         .get(app.at(&format!("/user/alice/sse?n={n}&interval_ms={}", interval.as_millis())))
-        .header("Authorization", &alice)
+        .header(credential, value)
         .header("Accept", "text/event-stream")
         .send()
         .await
@@ -551,20 +560,24 @@ async fn server_sent_events_arrive_one_by_one() {
 async fn redirects_to_the_servers_internal_address_come_back_as_hub_paths() {
     let (app, _, alice) = docker_hub(|_| {}).await;
     start_ready(&app, &alice, "alice").await;
-    let r = script()
-        .get(app.at("/user/alice/redirect?to=lab/tree/x.ipynb%3Fa%3D1"))
-        .header("Authorization", &alice)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FOUND);
-    assert_eq!(r.headers()["location"], "/user/alice/lab/tree/x.ipynb?a=1");
-    let body = json(r).await;
-    let internal = body["location"].as_str().unwrap();
-    assert!(
-        internal.starts_with("http://") && !internal.contains("127.0.0.1"),
-        "the server did say its own address: {internal}"
-    );
+    let cookie = session_cookie(&app, "alice").await;
+    // The cookie's first use asks the database; the next ones take the fast lane.
+    for (name, value) in [("Authorization", &alice), ("Cookie", &cookie), ("Cookie", &cookie)] {
+        let r = script()
+            .get(app.at("/user/alice/redirect?to=lab/tree/x.ipynb%3Fa%3D1"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(r.headers()["location"], "/user/alice/lab/tree/x.ipynb?a=1", "{name}");
+        let body = json(r).await;
+        let internal = body["location"].as_str().unwrap();
+        assert!(
+            internal.starts_with("http://") && !internal.contains("127.0.0.1"),
+            "the server did say its own address: {internal}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

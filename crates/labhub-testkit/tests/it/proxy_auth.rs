@@ -253,7 +253,12 @@ async fn the_authorization_matrix_holds_for_every_path_trick() {
 
     let mut cookies = std::collections::HashMap::new();
     for who in ["alice", "bob", "root"] {
-        cookies.insert(who, session_cookie(&app, who).await);
+        let cookie = session_cookie(&app, who).await;
+        // Used once, as a browser that has been on the hub: the session is known in memory,
+        // so every request the front door's fast lane could answer reaches it.
+        let r = script().get(app.at("/hub/api/user")).header("Cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        cookies.insert(who, cookie);
     }
     let tokens = [("alice", alice_token.clone()), ("bob", bob_token.clone()), ("root", root_token.clone())];
     let token_of = |name: &str| tokens.iter().find(|(n, _)| *n == name).map(|(_, t)| t.clone()).unwrap();
@@ -410,19 +415,24 @@ async fn the_hub_cookie_and_token_never_reach_the_server() {
         .collect()
     };
 
-    // A browser: its session cookie among Jupyter's own cookies.
-    let r = c
-        .get(app.at("/user/alice/whoami"))
-        .header("Cookie", format!("_xsrf=2|abc; {session}; theme=dark"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
-    assert!(leaks(&text).is_empty(), "leaked {:?}: {text}", leaks(&text));
-    let who: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(who["headers"]["cookie"], json!(["_xsrf=2|abc; theme=dark"]));
-    assert_eq!(who["headers"]["authorization"], json!([format!("token {secret}")]));
+    // A browser: its session cookie among Jupyter's own cookies. The first request asks the
+    // database about the session; the second, known in memory, takes the fast lane.
+    for _ in 0..2 {
+        let r = c
+            .get(app.at("/user/alice/whoami"))
+            .header("Cookie", format!("_xsrf=2|abc; {session}; theme=dark"))
+            .header("Connection", "keep-alive")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(leaks(&text).is_empty(), "leaked {:?}: {text}", leaks(&text));
+        let who: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(who["headers"]["cookie"], json!(["_xsrf=2|abc; theme=dark"]));
+        assert_eq!(who["headers"]["authorization"], json!([format!("token {secret}")]));
+        assert!(who["headers"]["connection"].is_null(), "{who}");
+    }
 
     // A script: the token in the header, then in the query, then both (Bearer).
     for (target, auth) in [
@@ -706,4 +716,84 @@ async fn proxied_traffic_keeps_a_session_alive_and_its_limits_still_hold() {
     // Left alone for longer than the idle limit, it is over.
     clock.advance(time::Duration::minutes(61));
     assert_eq!(b.get(&status).send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "idle too long");
+}
+
+/// What the front door's fast lane did with one request on a fresh connection: answered it
+/// (its status), or handed the connection to the general path with every byte of it.
+async fn lane_takes(app: &TestApp, request: &str) -> Option<u16> {
+    let (mut near, mut far) = tokio::io::duplex(1 << 20);
+    near.write_all(request.as_bytes()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let peer = "127.0.0.1:40000".parse().unwrap();
+    let served = app.service.serve_plain_gets(&mut far, peer, &stop);
+    let mut answer = Vec::new();
+    let read_one = async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match near.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::select! {
+        end = served => match end {
+            labhub_web::LaneEnd::HandOff(bytes) => {
+                assert_eq!(bytes.as_ref(), request.as_bytes(), "a handed-off request keeps every byte");
+                None
+            }
+            labhub_web::LaneEnd::Closed => panic!("closed without an answer: {request}"),
+        },
+        () = read_one => {
+            let head = String::from_utf8_lossy(&answer).into_owned();
+            Some(head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_lane_answers_only_what_is_certainly_allowed() {
+    let (app, _, alice) = docker_hub(|_| {}).await;
+    start_ready(&app, &alice, "alice").await;
+    app.add_user("bob", "correct horse", false).await;
+    let host = app.url.trim_start_matches("http://").to_string();
+    let owner = session_cookie(&app, "alice").await;
+    let admin = session_cookie(&app, "root").await;
+    let other = session_cookie(&app, "bob").await;
+    // Sessions are known in memory once the general path has looked them up.
+    for cookie in [&owner, &admin, &other] {
+        script().get(app.at("/user/alice/whoami")).header("Cookie", cookie).send().await.unwrap();
+    }
+    let token = alice.strip_prefix("token ").unwrap();
+    let get = |target: &str, extra: &str| format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+    let with = |cookie: &str| format!("Cookie: _xsrf=1; {cookie}\r\nConnection: keep-alive\r\n");
+
+    assert_eq!(lane_takes(&app, &get("/user/alice/whoami?a=1", &with(&owner))).await, Some(200));
+    assert_eq!(lane_takes(&app, &get("/user/alice/whoami", &with(&admin))).await, Some(200));
+    assert_eq!(lane_takes(&app, &get("/user/alice/no/such/thing", &with(&owner))).await, Some(404));
+    // JupyterLab's API calls carry the server's own token besides the cookie.
+    let secret = server_secret(&app, "alice");
+    let jupyterlab = format!("{}Authorization: token {secret}\r\n", with(&owner));
+    assert_eq!(lane_takes(&app, &get("/user/alice/whoami", &jupyterlab)).await, Some(200));
+    let declined = [
+        ("another user", get("/user/alice/whoami", &with(&other))),
+        ("no credentials", get("/user/alice/whoami", "")),
+        ("an unknown session", get("/user/alice/whoami", &with(&format!("{}=nope", app.config.session.cookie_name)))),
+        ("a token too", get("/user/alice/whoami", &format!("{}Authorization: token {token}\r\n", with(&owner)))),
+        ("a token parameter", get(&format!("/user/alice/whoami?token={token}"), &with(&owner))),
+        ("two cookie headers", get("/user/alice/whoami", &format!("{}{}", with(&owner), with(&owner)))),
+        ("a body", get("/user/alice/whoami", &format!("{}Content-Length: 0\r\n", with(&owner)))),
+        ("an upgrade", get("/user/alice/ws", &format!("{}Upgrade: websocket\r\n", with(&owner)))),
+        ("Connection: upgrade", get("/user/alice/whoami", &format!("Cookie: {owner}\r\nConnection: upgrade\r\n"))),
+        ("a path trick", get("/user/alice/%2e%2e/bob/whoami", &with(&owner))),
+        ("mixed case", get("/user/Alice/whoami", &with(&owner))),
+        ("the bare prefix", get("/user/alice", &with(&owner))),
+        ("a page", get("/hub/home", &with(&owner))),
+        ("POST", get("/user/alice/whoami", &with(&owner)).replacen("GET", "POST", 1)),
+        ("HEAD", get("/user/alice/whoami", &with(&owner)).replacen("GET", "HEAD", 1)),
+        ("HTTP/1.0", get("/user/alice/whoami", &with(&owner)).replacen("HTTP/1.1", "HTTP/1.0", 1)),
+    ];
+    for (what, request) in declined {
+        assert_eq!(lane_takes(&app, &request).await, None, "{what} must go to the general path");
+    }
 }

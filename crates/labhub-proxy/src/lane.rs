@@ -1,0 +1,550 @@
+//! The fast lane: plain GETs relayed over a raw upstream socket, without hyper.
+//!
+//! Most of a notebook's requests are GETs without a body (files, API listings, static
+//! assets). Through [`Proxy::forward`] each one costs a hyper server exchange, the typed
+//! request and response between, and a hyper client exchange on a connection driven by a
+//! task of its own; that machinery, not the forwarding, was half the hub's CPU per proxied
+//! request. Here the caller parses the request head itself and, for a GET it authorised,
+//! this module writes the rewritten head to an upstream socket the client connection keeps,
+//! reads the response head with `httparse`, rewrites it as [`Proxy::forward`] would, and
+//! relays the body with its framing checked on the way (`Content-Length`, chunked, or until
+//! the server closes).
+//!
+//! The rules are the general path's: the same headers removed and added, the same cookies
+//! stripped, `Location` read back into hub paths, the same connection slots, timeouts,
+//! activity and closing when the route goes. Whatever this path does not handle it refuses
+//! before anything reaches the browser ([`LaneError::NotForwarded`]), and the caller gives
+//! the request to the general path: a route being removed, no free slot, a server that
+//! cannot be connected to, RStudio servers, a `token` parameter.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use labhub_core::ImageKind;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::ProxyError;
+use crate::chunked::{BadChunking, ChunkedScan};
+use crate::closer::Watch;
+use crate::forward::{ClientInfo, Proxy, ProxySettings};
+use crate::headers::{self, LocationRewrite};
+use crate::pool::IDLE_TIMEOUT;
+use crate::route::RouteEntry;
+
+/// How much of an upstream response is read at once.
+const READ_CHUNK: usize = 32 * 1024;
+/// The largest response head accepted from a server.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The most response headers accepted from a server.
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// Request headers never passed on as the client sent them: hop-by-hop ones, credentials
+/// and the ones the proxy writes itself.
+const NOT_PASSED_ON: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-rstudio-root-path",
+    "content-length",
+];
+
+/// A plain GET the web layer authenticated and authorised for its route.
+pub struct PlainGet<'a> {
+    /// The route it goes to; the target must be under its prefix.
+    pub route: Arc<RouteEntry>,
+    /// The request target as the client sent it: the path and the query.
+    pub target: &'a str,
+    /// The client's headers; none may be framing (`Content-Length`, `Transfer-Encoding`).
+    pub headers: &'a [httparse::Header<'a>],
+    /// Who is asking, for the `X-Forwarded-*` headers.
+    pub client: &'a ClientInfo,
+    /// The request's id, sent to the client as `X-Request-Id`.
+    pub request_id: &'a str,
+}
+
+/// How a relayed request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// The status the server answered with.
+    pub status: u16,
+    /// Whether the client connection can carry another request (the response's length was
+    /// known to the client).
+    pub keep_alive: bool,
+}
+
+/// Why the fast lane did not relay a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LaneError {
+    /// Nothing was sent to the client, and the request may be given to the general path
+    /// (it was not sent, or only to a server that answered nothing, or to a removed route).
+    NotForwarded,
+    /// Nothing was sent to the client; the answer is this error.
+    Failed(ProxyError),
+    /// The response broke off after its head went to the client (status given): the client
+    /// connection must be closed.
+    Broken { status: u16 },
+}
+
+/// The upstream socket a client connection keeps between its requests.
+struct Upstream {
+    route: Arc<RouteEntry>,
+    stream: TcpStream,
+    /// Trips when the route is removed.
+    watch: Arc<Watch>,
+    idle_since: Instant,
+}
+
+/// One client connection's fast lane: its upstream socket and buffers.
+pub struct Lane {
+    upstream: Option<Upstream>,
+    /// Response bytes read from the server.
+    buf: BytesMut,
+    /// The request head as the server gets it.
+    request: Vec<u8>,
+    /// The response head as the client gets it (and the body's first bytes).
+    response: Vec<u8>,
+    /// The client's cookies the server may see.
+    cookies: Vec<u8>,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lane {
+    /// A lane with no upstream yet.
+    pub fn new() -> Self {
+        Self { upstream: None, buf: BytesMut::new(), request: Vec::new(), response: Vec::new(), cookies: Vec::new() }
+    }
+
+    /// Resolves when the kept upstream socket should be closed: its route was removed, the
+    /// server closed it (or sent something unasked), or it sat idle for the pool's idle
+    /// timeout. Never resolves while there is none.
+    pub async fn upstream_retired(&self) {
+        let Some(up) = &self.upstream else { return std::future::pending().await };
+        tokio::select! {
+            () = up.watch.closed() => {}
+            () = tokio::time::sleep_until(up.idle_since + IDLE_TIMEOUT) => {}
+            () = readable_or_closed(&up.stream) => {}
+        }
+    }
+
+    /// Closes the kept upstream socket.
+    pub fn close_upstream(&mut self) {
+        self.upstream = None;
+    }
+
+    /// The kept socket, if it goes to `route` (this entry of it: a replaced route is a new
+    /// server); any other is closed.
+    fn take_upstream(&mut self, route: &Arc<RouteEntry>) -> Option<Upstream> {
+        self.upstream.take().filter(|u| Arc::ptr_eq(&u.route, route) && !route.is_removed())
+    }
+}
+
+/// Resolves once the socket has bytes or an end to read: on an idle keep-alive connection
+/// either means it cannot carry another request.
+async fn readable_or_closed(stream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        // Readiness can be left over from the last response's reads; only a read tells.
+        match stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            _ => return,
+        }
+    }
+}
+
+/// What a response's head says about its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked, passed on as it is.
+    Chunked,
+    /// Until the server closes the connection.
+    UntilClose,
+}
+
+/// A response head read and rewritten for the client.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    status: u16,
+    /// Its length in the read buffer.
+    len: usize,
+    framing: Framing,
+    /// Whether the server keeps the connection open after this response.
+    server_keeps_alive: bool,
+}
+
+/// Why an exchange with the server got no usable response head.
+enum Failure {
+    /// The server closed the connection (or reset it) before a byte of response.
+    Unanswered,
+    Failed(ProxyError),
+}
+
+impl Proxy {
+    /// Forwards a plain GET and relays its response to `client`; see [the module](self).
+    pub async fn forward_plain_get<W: AsyncWrite + Unpin>(
+        &self,
+        lane: &mut Lane,
+        req: PlainGet<'_>,
+        client: &mut W,
+    ) -> Result<Relayed, LaneError> {
+        let settings = self.settings();
+        let route = &req.route;
+        let (path, query) = req.target.split_once('?').map_or((req.target, None), |(p, q)| (p, Some(q)));
+        let acceptable = !route.is_removed()
+            && route.route().kind != ImageKind::Rstudio
+            && path.starts_with(route.prefix())
+            && query.is_none_or(|q| headers::strip_token_param(q).is_none());
+        if !acceptable {
+            return Err(LaneError::NotForwarded);
+        }
+        let lease = self.lease(route).ok_or(LaneError::NotForwarded)?;
+        route.touch();
+        write_request(lane, &req, settings);
+
+        let (mut up, mut reused) = match lane.take_upstream(route) {
+            Some(up) => (up, true),
+            None => (connect(route, settings.connect_timeout).await.ok_or(LaneError::NotForwarded)?, false),
+        };
+        let head = loop {
+            lane.buf.clear();
+            let watch = up.watch.clone();
+            let exchange = tokio::time::timeout(settings.read_timeout, exchange(&mut up.stream, lane, &req, settings));
+            let outcome = tokio::select! {
+                biased;
+                () = watch.closed() => return Err(LaneError::NotForwarded),
+                outcome = exchange => outcome,
+            };
+            match outcome {
+                Ok(Ok(head)) => break head,
+                Err(_) => return Err(LaneError::Failed(ProxyError::Timeout)),
+                // A kept connection the server closed while it was idle: a GET may go again.
+                Ok(Err(Failure::Unanswered)) if reused => {
+                    up = connect(route, settings.connect_timeout).await.ok_or(LaneError::NotForwarded)?;
+                    reused = false;
+                }
+                Ok(Err(Failure::Unanswered)) => {
+                    return Err(LaneError::Failed(ProxyError::Upstream(
+                        "it closed the connection before answering".into(),
+                    )));
+                }
+                Ok(Err(Failure::Failed(e))) => return Err(LaneError::Failed(e)),
+            }
+        };
+
+        let watch = up.watch.clone();
+        let relayed = tokio::select! {
+            biased;
+            () = watch.closed() => Err(LaneError::Broken { status: head.status }),
+            relayed = relay(&mut up.stream, lane, head, client) => relayed,
+        };
+        drop(lease);
+        let reusable = relayed?;
+        if reusable {
+            up.idle_since = Instant::now();
+            lane.upstream = Some(up);
+        }
+        Ok(Relayed { status: head.status, keep_alive: head.framing != Framing::UntilClose })
+    }
+}
+
+async fn connect(route: &Arc<RouteEntry>, timeout: Duration) -> Option<Upstream> {
+    let watch = route.closer.watch();
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(route.route().endpoint)).await.ok()?.ok()?;
+    stream.set_nodelay(true).ok()?;
+    Some(Upstream { route: route.clone(), stream, watch, idle_since: Instant::now() })
+}
+
+/// The request head as the server must see it (the same rules as the general path's):
+/// hop-by-hop headers and client credentials gone, the hub's cookies stripped, the server's
+/// token in, `X-Forwarded-*` set, `Host` kept.
+fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) {
+    let out = &mut lane.request;
+    out.clear();
+    lane.cookies.clear();
+    let hub_cookies: Vec<&[u8]> =
+        settings.strip_cookies.iter().map(String::as_bytes).filter(|n| !n.is_empty()).collect();
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut earlier_forwarded_for: [&[u8]; 4] = [b""; 4];
+    let mut n_forwarded = 0;
+    for h in req.headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("cookie") {
+            headers::keep_cookies(h.value, &hub_cookies, &mut lane.cookies);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") && n_forwarded < earlier_forwarded_for.len() {
+            earlier_forwarded_for[n_forwarded] = h.value;
+            n_forwarded += 1;
+        }
+        let dropped = NOT_PASSED_ON.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"));
+        if !dropped {
+            push_header(out, name.as_bytes(), h.value);
+        }
+    }
+    if !lane.cookies.is_empty() {
+        push_header(out, b"cookie", &lane.cookies);
+    }
+    push_header(out, b"authorization", req.route.authorization.as_bytes());
+    out.extend_from_slice(b"x-forwarded-for: ");
+    headers::forwarded_for(earlier_forwarded_for[..n_forwarded].iter().copied(), req.client.addr, out);
+    out.extend_from_slice(b"\r\n");
+    push_header(out, b"x-forwarded-proto", req.client.scheme.as_str().as_bytes());
+    push_header(out, b"x-forwarded-host", req.client.host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends the request and reads the final response head, written for the client into
+/// `lane.response`.
+async fn exchange(
+    stream: &mut TcpStream,
+    lane: &mut Lane,
+    req: &PlainGet<'_>,
+    settings: &ProxySettings,
+) -> Result<Head, Failure> {
+    if stream.write_all(&lane.request).await.is_err() {
+        return Err(Failure::Unanswered);
+    }
+    let mut answered = false;
+    loop {
+        if lane.buf.capacity() - lane.buf.len() < READ_CHUNK / 4 {
+            lane.buf.reserve(READ_CHUNK);
+        }
+        match stream.read_buf(&mut lane.buf).await {
+            Ok(0) if !answered => return Err(Failure::Unanswered),
+            Ok(0) => return Err(Failure::Failed(ProxyError::Upstream("its response was incomplete".into()))),
+            Ok(_) => answered = true,
+            Err(e) if !answered && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
+                return Err(Failure::Unanswered);
+            }
+            Err(e) => return Err(Failure::Failed(ProxyError::Upstream(e.to_string()))),
+        }
+        loop {
+            match rewrite_response_head(&lane.buf, &mut lane.response, req, settings) {
+                Ok(Parsed::Final(head)) => return Ok(head),
+                Ok(Parsed::Informational(n)) => lane.buf.advance(n),
+                Ok(Parsed::Partial) if lane.buf.len() < MAX_RESPONSE_HEAD => break,
+                Ok(Parsed::Partial) => {
+                    return Err(Failure::Failed(ProxyError::Upstream("its response headers were too large".into())));
+                }
+                Err(e) => return Err(Failure::Failed(e)),
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx head of this length, to skip.
+    Informational(usize),
+    Final(Head),
+}
+
+/// Reads a response head and writes it for the client into `out`: hop-by-hop headers (and
+/// those `Connection` names) removed, cookies that would reach the hub dropped, `Location`
+/// read back into hub paths, the request's id added. The framing headers pass as they are,
+/// and the body with them.
+fn rewrite_response_head(
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    req: &PlainGet<'_>,
+    settings: &ProxySettings,
+) -> Result<Parsed, ProxyError> {
+    let malformed = || ProxyError::Upstream("its response was malformed".into());
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(_) => return Err(malformed()),
+    };
+    let status = resp.code.ok_or_else(malformed)?;
+    if status == 101 {
+        return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Parsed::Informational(len));
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut server_keeps_alive = resp.version == Some(1);
+    let mut listed = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n =
+                std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(malformed)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(malformed());
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only plain chunked is passed on as it is; nothing else occurs in practice.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(ProxyError::Upstream("its response's transfer coding is not supported".into()));
+            }
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    server_keeps_alive = false;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    listed = true;
+                }
+            }
+        }
+    }
+    if chunked && length.is_some() {
+        return Err(malformed());
+    }
+    let framing = match (status, chunked, length) {
+        (204 | 304, _, _) => Framing::Empty,
+        (_, true, _) => Framing::Chunked,
+        (_, false, Some(n)) => Framing::Length(n),
+        (_, false, None) => Framing::UntilClose,
+    };
+    let names_listed = |name: &str| {
+        listed
+            && resp
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|h| h.value.split(|b| *b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let rewrite = LocationRewrite {
+        internal_origin: &req.route.internal_origin,
+        browser_host: &req.client.host,
+        rstudio_prefix: None,
+    };
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let hop = ["connection", "keep-alive", "te", "trailer", "upgrade", "x-request-id"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+            || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+            || names_listed(name);
+        if hop {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("set-cookie") && headers::plants_for_the_hub(h.value, &settings.strip_cookies) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("location")
+            && let Some(mapped) = std::str::from_utf8(h.value).ok().and_then(|l| rewrite.apply(l))
+        {
+            push_header(out, name.as_bytes(), mapped.as_bytes());
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    push_header(out, b"x-request-id", req.request_id.as_bytes());
+    if framing == Framing::UntilClose {
+        push_header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Parsed::Final(Head { status, len, framing, server_keeps_alive }))
+}
+
+/// Sends the response head and relays the body; whether the upstream connection can carry
+/// another request afterwards.
+async fn relay<W: AsyncWrite + Unpin>(
+    stream: &mut TcpStream,
+    lane: &mut Lane,
+    head: Head,
+    client: &mut W,
+) -> Result<bool, LaneError> {
+    let broken = LaneError::Broken { status: head.status };
+    lane.buf.advance(head.len);
+    let mut scan = (head.framing == Framing::Chunked).then(ChunkedScan::new);
+    let mut left = match head.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    // What the next bytes from the server are: part of this body, or not (the body ended).
+    let mut take = |bytes: &[u8]| -> Result<(usize, bool), BadChunking> {
+        match head.framing {
+            Framing::Empty => Ok((0, true)),
+            Framing::Length(_) => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                left -= n as u64;
+                Ok((n, left == 0))
+            }
+            Framing::Chunked => {
+                let scan = scan.as_mut().expect("a chunked body has its scan");
+                let n = scan.feed(bytes)?;
+                Ok((n, scan.is_done()))
+            }
+            Framing::UntilClose => Ok((bytes.len(), false)),
+        }
+    };
+    // Nothing has gone to the client yet: a body already seen to be malformed is a 502.
+    let (n, mut done) = take(&lane.buf).map_err(|e| LaneError::Failed(ProxyError::Upstream(e.to_string())))?;
+    let mut surplus = n < lane.buf.len();
+    lane.response.extend_from_slice(&lane.buf[..n]);
+    if client.write_all(&lane.response).await.is_err() {
+        return Err(broken);
+    }
+    while !done {
+        lane.buf.clear();
+        lane.buf.reserve(READ_CHUNK);
+        let read = stream.read_buf(&mut lane.buf).await;
+        match read {
+            Ok(0) if head.framing == Framing::UntilClose => break,
+            Ok(0) | Err(_) => return Err(broken),
+            Ok(_) => {}
+        }
+        let (n, ended) = take(&lane.buf).map_err(|_| LaneError::Broken { status: head.status })?;
+        done = ended;
+        surplus = n < lane.buf.len();
+        if client.write_all(&lane.buf[..n]).await.is_err() {
+            return Err(broken);
+        }
+    }
+    if client.flush().await.is_err() {
+        return Err(broken);
+    }
+    lane.buf.clear();
+    Ok(head.server_keeps_alive && head.framing != Framing::UntilClose && !surplus)
+}

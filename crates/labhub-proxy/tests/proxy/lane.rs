@@ -1,0 +1,393 @@
+//! The fast lane (`Proxy::forward_plain_get`) through real sockets: the same request seen by
+//! the server as through the general path, framings, reuse and its limits, rewriting of
+//! response heads, malformed answers, and the kept socket closed with its route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use labhub_core::ImageKind;
+use labhub_proxy::{ClientInfo, Lane, LaneError, PlainGet, Proxy, ProxyError, Scheme, parse_user_path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::*;
+
+/// The status the lane hub answers a request the lane would not take with (the web layer
+/// gives those to the general path).
+const NOT_FORWARDED: u16 = 599;
+
+/// A test hub whose connections are served by the fast lane alone, as the web layer's lane
+/// does: requests in turn, the kept upstream closed when it retires between requests.
+async fn lane_hub(proxy: Proxy) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(serve_lane(proxy.clone(), stream, peer));
+        }
+    });
+    addr
+}
+
+async fn serve_lane(proxy: Proxy, mut stream: TcpStream, peer: SocketAddr) {
+    let mut lane = Lane::new();
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        let done = {
+            let mut headers = [httparse::EMPTY_HEADER; 48];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let keep = answer(&proxy, &req, &mut stream, &mut lane, peer).await;
+                    Some((n, keep))
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(_) => return,
+            }
+        };
+        match done {
+            Some((_, false)) => return,
+            Some((n, true)) => {
+                buf.advance(n);
+                if !buf.is_empty() {
+                    continue;
+                }
+            }
+            None => {}
+        }
+        tokio::select! {
+            () = lane.upstream_retired() => lane.close_upstream(),
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// One request through the lane; whether the connection goes on.
+async fn answer(
+    proxy: &Proxy,
+    req: &httparse::Request<'_, '_>,
+    stream: &mut TcpStream,
+    lane: &mut Lane,
+    peer: SocketAddr,
+) -> bool {
+    let target = req.path.unwrap();
+    let host = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")).map(|h| h.value).unwrap_or_default();
+    let route = parse_user_path(target.split('?').next().unwrap()).ok().and_then(|p| proxy.table().resolve(&p));
+    let Some(route) = route else {
+        return reply(stream, 404, "no-route").await;
+    };
+    let client = ClientInfo { addr: peer.ip(), scheme: Scheme::Http, host: String::from_utf8_lossy(host).into() };
+    let get = PlainGet { route, target, headers: req.headers, client: &client, request_id: "lane-test-id" };
+    match proxy.forward_plain_get(lane, get, stream).await {
+        Ok(relayed) => relayed.keep_alive,
+        Err(LaneError::NotForwarded) => reply(stream, NOT_FORWARDED, "not-forwarded").await,
+        Err(LaneError::Failed(e)) => {
+            let name = match e {
+                ProxyError::Timeout => "timeout",
+                ProxyError::Upstream(_) => "upstream",
+                _ => "other",
+            };
+            reply(stream, e.status().as_u16(), name).await
+        }
+        Err(LaneError::Broken { .. }) => false,
+    }
+}
+
+async fn reply(stream: &mut TcpStream, status: u16, error: &str) -> bool {
+    let head = format!("HTTP/1.1 {status} X\r\nx-proxy-error: {error}\r\ncontent-length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.is_ok()
+}
+
+/// The header lines of an upstream dump, lower-cased and sorted, without the ones that name
+/// the connection they came over.
+fn seen_headers(dump: &str) -> Vec<String> {
+    let (_, headers) = parse_dump(dump);
+    let mut lines: Vec<String> = headers
+        .into_iter()
+        .filter(|(k, _)| k != "x-forwarded-for")
+        .map(|(k, v)| format!("{}: {v}", k.to_ascii_lowercase()))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A raw upstream that answers every request on a connection with `response`, for as long as
+/// the connection lasts.
+async fn answering_upstream(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_server_sees_the_same_request_through_the_lane_as_through_the_general_path() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let send = |base: String| async move {
+        client()
+            .get(format!("{base}/user/alice/echo?a=1&b=%2F"))
+            .header("Cookie", format!("_xsrf=abc; {HUB_COOKIE}=hub-secret; theme=dark"))
+            .header("X-Forwarded-For", "198.51.100.7")
+            .header("Proxy-Authorization", "Basic eA==")
+            .header("X-Forwarded-Proto", "https")
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+    };
+    let general = send(format!("http://{}", hub.addr)).await;
+    let through_lane = send(format!("http://{lane}")).await;
+    assert_eq!(through_lane.status(), 200);
+    assert_eq!(through_lane.headers()["x-request-id"], "lane-test-id");
+    let (general, through_lane) = (general.text().await.unwrap(), through_lane.text().await.unwrap());
+    assert_eq!(parse_dump(&through_lane).0, "GET /user/alice/echo?a=1&b=%2F");
+    let lane_headers = seen_headers(&through_lane);
+    let general_headers = seen_headers(&general);
+    // The Host differs (two listeners); everything else is the same request.
+    let without_host = |h: &[String]| -> Vec<String> {
+        h.iter().filter(|l| !l.starts_with("host:") && !l.starts_with("x-forwarded-host:")).cloned().collect()
+    };
+    assert_eq!(
+        without_host(&lane_headers),
+        without_host(&general_headers),
+        "lane:\n{through_lane}\ngeneral:\n{general}"
+    );
+    assert!(lane_headers.contains(&"cookie: _xsrf=abc; theme=dark".to_string()), "{lane_headers:?}");
+    assert!(lane_headers.contains(&format!("authorization: token {SERVER_TOKEN}")), "{lane_headers:?}");
+    assert!(lane_headers.contains(&format!("x-forwarded-host: {lane}")), "{lane_headers:?}");
+    assert!(!through_lane.to_ascii_lowercase().contains("proxy-authorization"), "{through_lane}");
+    let (_, raw) = parse_dump(&through_lane);
+    assert_eq!(header_values(&raw, "x-forwarded-for"), ["198.51.100.7, 127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn lengths_chunks_and_streams_pass_and_one_upstream_connection_carries_them_all() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let c = client();
+    for _ in 0..3 {
+        let r = c.get(format!("http://{lane}/user/alice/download?bytes=3000001")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-length"], "3000001");
+        let body = r.bytes().await.unwrap();
+        assert_eq!(body.len(), 3_000_001);
+        assert!(body.iter().all(|b| *b == 0));
+
+        // Server-sent events: chunked, each event as the server writes it.
+        let started = Instant::now();
+        let r = c.get(format!("http://{lane}/user/alice/sse")).send().await.unwrap();
+        assert_eq!(r.headers()["transfer-encoding"], "chunked");
+        let mut body = r.bytes_stream();
+        let mut arrivals = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            arrivals.push((started.elapsed(), String::from_utf8(chunk.unwrap().to_vec()).unwrap()));
+        }
+        let text: String = arrivals.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(text, (0..5).map(|i| format!("data: event {i}\n\n")).collect::<String>());
+        assert!(arrivals[0].0 < Duration::from_millis(250), "the first event waited for the rest: {arrivals:?}");
+
+        let r = c.get(format!("http://{lane}/user/alice/nope")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.text().await.unwrap(), "upstream has no nope");
+    }
+    assert_eq!(up.accepted(), 1, "nine GETs over one client connection share one upstream connection");
+}
+
+#[tokio::test]
+async fn response_heads_are_rewritten_as_on_the_general_path() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    hub.add("bob", None, up.addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let c = client();
+    let r = c
+        .get(format!("http://{lane}/user/alice/redirect?to=http%3A%2F%2FINTERNAL%2Fuser%2Falice%2Ftree"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/user/alice/tree");
+
+    let (raw, _) = answering_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+          Set-Cookie: labhub-session=planted; Path=/\r\nSet-Cookie: wide=1; Domain=example.org\r\n\
+          Set-Cookie: _xsrf=fine; Path=/user/carol/\r\nX-Request-Id: upstream-id\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    hub.add("carol", None, raw, ImageKind::Jupyter);
+    let r = c.get(format!("http://{lane}/user/carol/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none(), "{h:?}");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["_xsrf=fine; Path=/user/carol/"]);
+    assert_eq!(h["x-request-id"], "lane-test-id");
+}
+
+#[tokio::test]
+async fn malformed_answers_are_refused_before_the_client_sees_them_and_cut_after() {
+    let hub = Hub::start(settings()).await;
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let c = client();
+    let cases: [(&str, &'static [u8]); 4] = [
+        ("both", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        ("gzip", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+        ("lengths", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"),
+        ("switch", b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n"),
+    ];
+    for (user, response) in cases {
+        let (addr, _) = answering_upstream(response).await;
+        hub.add(user, None, addr, ImageKind::Jupyter);
+        let r = c.get(format!("http://{lane}/user/{user}/x")).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{user}");
+        assert_eq!(r.headers()["x-proxy-error"], "upstream", "{user}");
+    }
+    // Chunking seen to be broken before anything went to the client: a 502 too.
+    let (addr, _) = answering_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n").await;
+    hub.add("chunks", None, addr, ImageKind::Jupyter);
+    let r = c.get(format!("http://{lane}/user/chunks/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    // Broken after the head went out: the client's response is cut, not completed.
+    let (addr, _) =
+        counting_upstream_then_close(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n").await;
+    hub.add("cut", None, addr, ImageKind::Jupyter);
+    let r = c.get(format!("http://{lane}/user/cut/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "a body cut short must not read as complete");
+    // 1xx heads are skipped; a body until the server closes ends the client's connection too.
+    let (addr, _) = counting_upstream_then_close(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\nto the end",
+    )
+    .await;
+    hub.add("close", None, addr, ImageKind::Jupyter);
+    let r = c.get(format!("http://{lane}/user/close/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["connection"], "close");
+    assert_eq!(r.text().await.unwrap(), "to the end");
+}
+
+/// A raw upstream that answers one request with `response` and closes the connection.
+async fn counting_upstream_then_close(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_server_closed_is_replaced_and_the_get_sent_again() {
+    let (addr, accepted) = hangs_up_on_the_second_request_upstream().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let c = client();
+    for i in 0..3 {
+        let r = c.get(format!("http://{lane}/user/alice/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "each resend opened a fresh connection");
+}
+
+#[tokio::test]
+async fn what_the_lane_does_not_take_is_left_for_the_general_path() {
+    let up = Upstream::start().await;
+    let mut s = settings();
+    s.max_connections_per_server = 0;
+    let busy = Hub::start(s).await;
+    busy.add("alice", None, up.addr, ImageKind::Jupyter);
+    let busy_lane = lane_hub(busy.proxy.clone()).await;
+    let hub = Hub::start(settings()).await;
+    let lane = lane_hub(hub.proxy.clone()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    hub.add("rs", None, up.addr, ImageKind::Rstudio);
+    hub.add("gone", None, closed_port().await, ImageKind::Jupyter);
+    let c = client();
+    for (base, path) in [
+        (busy_lane, "/user/alice/echo"),
+        (lane, "/user/alice/echo?token=abc"),
+        (lane, "/user/alice/echo?%74oken=abc"),
+        (lane, "/user/rs/echo"),
+        (lane, "/user/gone/echo"),
+    ] {
+        let r = c.get(format!("http://{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), NOT_FORWARDED, "{path}");
+    }
+    assert_eq!(up.accepted(), 0, "nothing reached the server");
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_a_removed_route_closes_the_kept_socket() {
+    let (slow, up) = (Upstream::start().await, Upstream::start().await);
+    let mut s = settings();
+    s.read_timeout = Duration::from_millis(500);
+    let hub = Hub::start(s).await;
+    hub.add("slow", None, slow.addr, ImageKind::Jupyter);
+    let key = hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let c = client();
+    let started = Instant::now();
+    let r = c.get(format!("http://{lane}/user/slow/silent")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-proxy-error"], "timeout");
+    assert!(started.elapsed() < Duration::from_secs(3), "the read timeout was not applied");
+
+    let r = c.get(format!("http://{lane}/user/alice/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    assert_eq!(up.open(), 1, "the lane keeps its upstream socket between requests");
+    assert!(hub.table.remove(&key));
+    assert!(eventually(Duration::from_secs(2), || up.open() == 0).await, "the kept socket outlived its route");
+}
