@@ -82,6 +82,9 @@ pub struct Relayed {
     /// Whether the client connection can carry another request (the response's length was
     /// known to the client).
     pub keep_alive: bool,
+    /// When the response head was ready for the client (what the general path's metrics
+    /// count a request's duration to).
+    pub head_at: Instant,
 }
 
 /// Why the fast lane did not relay a request.
@@ -92,9 +95,9 @@ pub enum LaneError {
     NotForwarded,
     /// Nothing was sent to the client; the answer is this error.
     Failed(ProxyError),
-    /// The response broke off after its head went to the client (status given): the client
-    /// connection must be closed.
-    Broken { status: u16 },
+    /// The response broke off after its head was ready for the client (status given): the
+    /// client connection must be closed.
+    Broken { status: u16, head_at: Instant },
 }
 
 /// The upstream socket a client connection keeps between its requests.
@@ -254,11 +257,12 @@ impl Proxy {
             }
         };
 
+        let head_at = Instant::now();
         let watch = up.watch.clone();
         let relayed = tokio::select! {
             biased;
-            () = watch.closed() => Err(LaneError::Broken { status: head.status }),
-            relayed = relay(&mut up.stream, lane, head, client) => relayed,
+            () = watch.closed() => Err(LaneError::Broken { status: head.status, head_at }),
+            relayed = relay(&mut up.stream, lane, head, head_at, client) => relayed,
         };
         drop(lease);
         let reusable = relayed?;
@@ -266,7 +270,7 @@ impl Proxy {
             up.idle_since = Instant::now();
             lane.upstream = Some(up);
         }
-        Ok(Relayed { status: head.status, keep_alive: head.framing != Framing::UntilClose })
+        Ok(Relayed { status: head.status, keep_alive: head.framing != Framing::UntilClose, head_at })
     }
 }
 
@@ -493,9 +497,10 @@ async fn relay<W: AsyncWrite + Unpin>(
     stream: &mut TcpStream,
     lane: &mut Lane,
     head: Head,
+    head_at: Instant,
     client: &mut W,
 ) -> Result<bool, LaneError> {
-    let broken = LaneError::Broken { status: head.status };
+    let broken = LaneError::Broken { status: head.status, head_at };
     lane.buf.advance(head.len);
     let mut scan = (head.framing == Framing::Chunked).then(ChunkedScan::new);
     let mut left = match head.framing {
@@ -535,7 +540,7 @@ async fn relay<W: AsyncWrite + Unpin>(
             Ok(0) | Err(_) => return Err(broken),
             Ok(_) => {}
         }
-        let (n, ended) = take(&lane.buf).map_err(|_| LaneError::Broken { status: head.status })?;
+        let (n, ended) = take(&lane.buf).map_err(|_| LaneError::Broken { status: head.status, head_at })?;
         done = ended;
         surplus = n < lane.buf.len();
         if client.write_all(&lane.buf[..n]).await.is_err() {

@@ -128,17 +128,18 @@ impl HubService {
             client: &admitted.client,
             request_id: &request_id,
         };
-        let (status, turn) = match self.state().proxy().forward_plain_get(lane, get, io).await {
-            Ok(relayed) => (relayed.status, if relayed.keep_alive && !close { Turn::Next } else { Turn::Close }),
+        // Durations run to the response head, as the general path counts them.
+        let (status, turn, head_at) = match self.state().proxy().forward_plain_get(lane, get, io).await {
+            Ok(r) => (r.status, if r.keep_alive && !close { Turn::Next } else { Turn::Close }, r.head_at),
             Err(LaneError::NotForwarded) => return Turn::HandOff,
-            Err(LaneError::Broken { status }) => (status, Turn::Close),
+            Err(LaneError::Broken { status, head_at }) => (status, Turn::Close, head_at),
             Err(LaneError::Failed(e)) => {
-                let status = e.status();
+                let (status, head_at) = (e.status(), tokio::time::Instant::now());
                 let written = write_error(io, status, &e.to_string(), e.retry_after_secs(), &request_id).await;
-                (status.as_u16(), if written && !close { Turn::Next } else { Turn::Close })
+                (status.as_u16(), if written && !close { Turn::Next } else { Turn::Close }, head_at)
             }
         };
-        let elapsed = started.elapsed();
+        let elapsed = head_at.into_std().saturating_duration_since(started);
         if status >= 500 && status != 503 {
             let path = target.split('?').next().unwrap_or_default();
             tracing::warn!(id = %request_id, method = "GET", path = %path, status, ms = elapsed.as_millis() as u64, "served");

@@ -335,7 +335,7 @@ async fn ws_session(mut socket: WebSocket, kind: String, report: String) {
 }
 
 /// Reads a request's head (up to the blank line); false if the client went away first.
-async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> bool {
     let mut buf = vec![0u8; 16 * 1024];
     let mut seen = Vec::new();
     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -368,7 +368,7 @@ pub async fn dying_upstream(head: &'static str, body_prefix: usize) -> SocketAdd
 }
 
 /// A raw TCP upstream that runs `serve` on each connection; counts connections.
-async fn counting_raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+pub async fn counting_raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,

@@ -120,32 +120,24 @@ fn seen_headers(dump: &str) -> Vec<String> {
 /// A raw upstream that answers every request on a connection with `response`, for as long as
 /// the connection lasts.
 async fn answering_upstream(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                loop {
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        if stream.write_all(response).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
+    counting_raw_upstream(move |mut stream| async move {
+        while read_request_head(&mut stream).await {
+            if stream.write_all(response).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, accepted)
+    })
+    .await
+}
+
+/// A raw upstream that answers one request with `response` and closes the connection.
+async fn counting_upstream_then_close(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+    counting_raw_upstream(move |mut stream| async move {
+        if read_request_head(&mut stream).await {
+            let _ = stream.write_all(response).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -299,31 +291,6 @@ async fn malformed_answers_are_refused_before_the_client_sees_them_and_cut_after
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["connection"], "close");
     assert_eq!(r.text().await.unwrap(), "to the end");
-}
-
-/// A raw upstream that answers one request with `response` and closes the connection.
-async fn counting_upstream_then_close(response: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream.write_all(response).await;
-            });
-        }
-    });
-    (addr, accepted)
 }
 
 #[tokio::test]
