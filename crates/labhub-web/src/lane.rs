@@ -3,14 +3,14 @@
 //!
 //! A new connection starts here. Each request head is read and parsed with `httparse`; if it
 //! is a GET without a body, upgrade or credentials other than the session cookie (and the
-//! server's own token, which JupyterLab sends back and the proxy replaces), on a hub
-//! whose users share its host, for a running Jupyter server, and the cookie's session is
-//! known in memory to be its owner's or an admin's, the proxy relays it. Anything else —
-//! another method, a page, an API token, a session the cache cannot vouch for, a request the
-//! proxy will not take — ends the lane: the connection, with every byte read and not yet
-//! answered, goes to the general path (hyper and the router), which answers exactly as it
-//! would have, and keeps the connection from then on. So the lane decides nothing the
-//! general path would decide differently: it only answers, faster, what is certainly allowed.
+//! server's own token, which JupyterLab sends back and the proxy replaces), on a hub whose
+//! users share its host, for a running Jupyter server, and the cookie's session is its
+//! owner's or an admin's, the proxy relays it. Anything else (another method, a page, an API
+//! token, a session that is not the owner's or an admin's, a request the proxy will not take)
+//! ends the lane: the connection, with every byte read and not yet answered, goes to the
+//! general path (hyper and the router), which answers exactly as it would have, and keeps the
+//! connection from then on. So the lane decides nothing the general path would decide
+//! differently: it only answers, faster, what is certainly allowed.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -116,7 +116,7 @@ impl HubService {
     where
         IO: AsyncWrite + Unpin,
     {
-        let Some(admitted) = admit(self.state(), req, peer) else { return Turn::HandOff };
+        let Some(admitted) = admit(self.state(), req, peer).await else { return Turn::HandOff };
         let Some(target) = req.path else { return Turn::HandOff };
         let started = Instant::now();
         let request_id = middleware::request_id(admitted.request_id);
@@ -150,7 +150,7 @@ impl HubService {
 }
 
 /// Whether the lane may answer this request (see [the module](self)), and what it needs to.
-fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: SocketAddr) -> Option<Admitted<'a>> {
+async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: SocketAddr) -> Option<Admitted<'a>> {
     if req.method != Some("GET") || req.version != Some(1) || state.user_subdomains() {
         return None;
     }
@@ -219,7 +219,9 @@ fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: SocketAddr
         }
     }
     let session = cookies::cookie_in(std::iter::once(cookie?), &state.settings().cookie_name)?;
-    let me = state.hub().session_principal_cached(&session)??;
+    // Asked as the general path asks (memory, else the database on the hub's runtime), so a
+    // connection stays in the lane when its session's cached answer runs out.
+    let me = state.session_principal(session).await.ok()??;
     if me.name != user_path.user && !me.admin {
         return None;
     }

@@ -253,12 +253,7 @@ async fn the_authorization_matrix_holds_for_every_path_trick() {
 
     let mut cookies = std::collections::HashMap::new();
     for who in ["alice", "bob", "root"] {
-        let cookie = session_cookie(&app, who).await;
-        // Used once, as a browser that has been on the hub: the session is known in memory,
-        // so every request the front door's fast lane could answer reaches it.
-        let r = script().get(app.at("/hub/api/user")).header("Cookie", &cookie).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        cookies.insert(who, cookie);
+        cookies.insert(who, session_cookie(&app, who).await);
     }
     let tokens = [("alice", alice_token.clone()), ("bob", bob_token.clone()), ("root", root_token.clone())];
     let token_of = |name: &str| tokens.iter().find(|(n, _)| *n == name).map(|(_, t)| t.clone()).unwrap();
@@ -415,8 +410,8 @@ async fn the_hub_cookie_and_token_never_reach_the_server() {
         .collect()
     };
 
-    // A browser: its session cookie among Jupyter's own cookies. The first request asks the
-    // database about the session; the second, known in memory, takes the fast lane.
+    // A browser: its session cookie among Jupyter's own cookies (through the fast lane; the
+    // second time with the session's answer cached).
     for _ in 0..2 {
         let r = c
             .get(app.at("/user/alice/whoami"))
@@ -760,10 +755,6 @@ async fn the_fast_lane_answers_only_what_is_certainly_allowed() {
     let owner = session_cookie(&app, "alice").await;
     let admin = session_cookie(&app, "root").await;
     let other = session_cookie(&app, "bob").await;
-    // Sessions are known in memory once the general path has looked them up.
-    for cookie in [&owner, &admin, &other] {
-        script().get(app.at("/user/alice/whoami")).header("Cookie", cookie).send().await.unwrap();
-    }
     let token = alice.strip_prefix("token ").unwrap();
     let get = |target: &str, extra: &str| format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
     let with = |cookie: &str| format!("Cookie: _xsrf=1; {cookie}\r\nConnection: keep-alive\r\n");
