@@ -85,14 +85,14 @@ for step in \
     "tracing_subscriber::fmt::Subscriber<N,E,F,W> as tracing_core::subscriber::Subscriber>::new_span|request span (fields formatted by the fmt layer; proxied requests: debug level only)" \
     "as metrics::recorder::Recorder>::register_counter|metrics: requests counter (labels allocated, registry lookup)" \
     "as metrics::recorder::Recorder>::register_histogram|metrics: latency histogram" \
-    "labhub_web::cookies::request_cookie|session cookie lookup" \
+    "labhub_web::cookies::cookie_in|session cookie lookup" \
     "labhub_auth::tokens::sha256|SHA-256 (session cookie; a server token a page sends back)" \
     "labhub_proxy::path::parse_user_path|path parsing" \
     "labhub_proxy::route::RouteTable::resolve|route lookup" \
-    "labhub_web::proxy_route::client_info|client info (X-Forwarded-*)" \
-    "labhub_proxy::forward::prepare_headers|request header rewrite" \
-    "labhub_proxy::forward::pass_response|response header rewrite" \
-    "labhub_proxy::pool::Pool::connect::{{closure}}::{{closure}}|the upstream connection's task (hyper's client dispatch)"; do
+    "httparse::Request::parse|request head parsing (fast lane)" \
+    "labhub_proxy::lane::write_request|request head rewrite (fast lane)" \
+    "httparse::Response::parse|response head parsing (fast lane)" \
+    "labhub_proxy::lane::rewrite_response_head|response head rewrite, parsing included (fast lane)"; do
     IFS='|' read -r pat label <<<"$step"
     c=$({ grep -F "$pat" "$F_PROXY.incl.txt" || true; } | awk '{ c=$1; gsub(",", "", c); c += 0; if (c > m) m = c } END { print m+0 }')
     printf '  %-78s %8d\n' "$label" "$((c / N_PROXY))"

@@ -21,7 +21,7 @@ GROUPS = [
     ("cookie/url/percent parsing", r"cookie::|percent_encoding|form_urlencoded|/url-2|idna"),
     ("http types (HeaderMap, Uri)", r"/http-1\.|http::header|http::uri|http::extensions"),
     ("hyper-util client (pool)", r"hyper_util::client|hyper_util/src/client|client/legacy|hyper_util::common::exec"),
-    ("hyper HTTP/1 (server+client codec)", r"/hyper-1\.|hyper::|httparse|want::|try_lock"),
+    ("hyper HTTP/1 (server+client codec), httparse", r"/hyper-1\.|hyper::|httparse|want::|try_lock"),
     ("axum/tower/matchit (routing, middleware glue)", r"/axum-|axum::|axum_core|/tower-|tower::|tower_service|matchit|tower_http|futures_util|futures_core|pin_project"),
     ("tokio (runtime, I/O, timers)", r"tokio|mio::|parking_lot"),
     ("libc syscalls wrappers", r"libc\.so|sysdeps/unix|libpthread"),

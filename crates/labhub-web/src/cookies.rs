@@ -71,7 +71,13 @@ pub fn request_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<Str
 
 /// The cookie called `name` in these `Cookie` header values (the last, if several).
 pub(crate) fn cookie_in<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<String> {
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned());
+    // Most values have nothing to decode; the decoder walks them byte by byte all the same.
+    let decode = |s: &str| {
+        if !s.contains('%') {
+            return Some(s.to_string());
+        }
+        percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|d| d.into_owned())
+    };
     let mut found = None;
     let pairs = values
         // What `HeaderValue::to_str` accepts: visible ASCII and tabs.
