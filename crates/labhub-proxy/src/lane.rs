@@ -223,9 +223,9 @@ impl Proxy {
         if !acceptable {
             return Err(LaneError::NotForwarded);
         }
+        write_request(lane, &req, settings)?;
         let lease = self.lease(route).ok_or(LaneError::NotForwarded)?;
         route.touch();
-        write_request(lane, &req, settings);
 
         let (mut up, mut reused) = match lane.take_upstream(route) {
             Some(up) => (up, true),
@@ -284,7 +284,7 @@ async fn connect(route: &Arc<RouteEntry>, timeout: Duration) -> Option<Upstream>
 /// The request head as the server must see it (the same rules as the general path's):
 /// hop-by-hop headers and client credentials gone, the hub's cookies stripped, the server's
 /// token in, `X-Forwarded-*` set, `Host` kept.
-fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) {
+fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) -> Result<(), LaneError> {
     let out = &mut lane.request;
     out.clear();
     lane.cookies.clear();
@@ -301,8 +301,10 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
             headers::keep_cookies(h.value, &hub_cookies, &mut lane.cookies);
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") && n_forwarded < earlier_forwarded_for.len() {
-            earlier_forwarded_for[n_forwarded] = h.value;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            // More than a few such headers is no client's: for the general path.
+            let slot = earlier_forwarded_for.get_mut(n_forwarded).ok_or(LaneError::NotForwarded)?;
+            *slot = h.value;
             n_forwarded += 1;
         }
         let dropped = NOT_PASSED_ON.iter().any(|n| name.eq_ignore_ascii_case(n))
@@ -321,6 +323,7 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
     push_header(out, b"x-forwarded-proto", req.client.scheme.as_str().as_bytes());
     push_header(out, b"x-forwarded-host", req.client.host.as_bytes());
     out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

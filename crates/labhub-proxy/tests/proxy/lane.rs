@@ -332,6 +332,11 @@ async fn what_the_lane_does_not_take_is_left_for_the_general_path() {
         let r = c.get(format!("http://{base}{path}")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), NOT_FORWARDED, "{path}");
     }
+    let mut many_hops = c.get(format!("http://{lane}/user/alice/echo"));
+    for i in 0..5 {
+        many_hops = many_hops.header("X-Forwarded-For", format!("192.0.2.{i}"));
+    }
+    assert_eq!(many_hops.send().await.unwrap().status().as_u16(), NOT_FORWARDED, "five X-Forwarded-For headers");
     assert_eq!(up.accepted(), 0, "nothing reached the server");
 }
 
