@@ -14,6 +14,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether a header (named in any case) is hop-by-hop: the fixed list, `Upgrade`, or any
+/// `Proxy-*`. What the `Connection` header names comes on top.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_str()))
+        || name.eq_ignore_ascii_case("upgrade")
+        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
 /// Whether a `Connection` header lists `token` (case-insensitive, comma separated).
 pub(crate) fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
@@ -38,9 +46,7 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests and responses carry none: one pass over the names costs less than a
     // lookup per hop-by-hop name.
-    let any =
-        headers.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::UPGRADE || k.as_str().starts_with("proxy-"));
-    if !any {
+    if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
         return;
     }
     // Tokens other than these name extra headers to drop; collecting them allocates only
@@ -78,19 +84,20 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// HTTP/2 clients send one header per cookie, but an HTTP/1.1 server expects a single line
 /// (RFC 9113 §8.2.3), so several are always joined.
 pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
-    let names: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).filter(|n| !n.is_empty()).collect();
     let mut values = headers.get_all(header::COOKIE).iter();
     let several = values.nth(1).is_some();
-    let mentioned = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| names.iter().any(|name| v.as_bytes().windows(name.len()).any(|w| w == *name)));
+    let mentioned = headers.get_all(header::COOKIE).iter().any(|v| {
+        names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .any(|name| v.as_bytes().windows(name.len()).any(|w| w == name.as_bytes()))
+    });
     if !several && !mentioned {
         return;
     }
     let mut kept: Vec<u8> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        keep_cookies(value.as_bytes(), &names, &mut kept);
+        keep_cookies(value.as_bytes(), names, &mut kept);
     }
     headers.remove(header::COOKIE);
     // The bytes come from valid header values joined with "; ", so this cannot fail; if it
@@ -102,15 +109,16 @@ pub(crate) fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
     }
 }
 
-/// Appends the pairs of one `Cookie` value not called one of `names` to `kept`, joined by "; ".
-pub(crate) fn keep_cookies(value: &[u8], names: &[&[u8]], kept: &mut Vec<u8>) {
+/// Appends the pairs of one `Cookie` value not called one of `names` (empty names match
+/// nothing) to `kept`, joined by "; ".
+pub(crate) fn keep_cookies(value: &[u8], names: &[String], kept: &mut Vec<u8>) {
     for pair in value.split(|b| *b == b';') {
         let pair = pair.trim_ascii();
         if pair.is_empty() {
             continue;
         }
         let cookie_name = pair.split(|b| *b == b'=').next().unwrap_or(pair).trim_ascii();
-        if names.contains(&cookie_name) {
+        if names.iter().any(|n| !n.is_empty() && n.as_bytes() == cookie_name) {
             continue;
         }
         if !kept.is_empty() {

@@ -42,15 +42,9 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most response headers accepted from a server.
 const MAX_RESPONSE_HEADERS: usize = 100;
 
-/// Request headers never passed on as the client sent them: hop-by-hop ones, credentials
-/// and the ones the proxy writes itself.
-const NOT_PASSED_ON: [&str; 13] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Request headers, besides the hop-by-hop ones, never passed on as the client sent them:
+/// credentials, framing, and the ones the proxy writes itself.
+const WRITTEN_BY_THE_PROXY: [&str; 7] = [
     "authorization",
     "cookie",
     "x-forwarded-for",
@@ -288,8 +282,6 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
     let out = &mut lane.request;
     out.clear();
     lane.cookies.clear();
-    let hub_cookies: Vec<&[u8]> =
-        settings.strip_cookies.iter().map(String::as_bytes).filter(|n| !n.is_empty()).collect();
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -298,7 +290,7 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
     for h in req.headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("cookie") {
-            headers::keep_cookies(h.value, &hub_cookies, &mut lane.cookies);
+            headers::keep_cookies(h.value, &settings.strip_cookies, &mut lane.cookies);
             continue;
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -307,8 +299,7 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
             *slot = h.value;
             n_forwarded += 1;
         }
-        let dropped = NOT_PASSED_ON.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"));
+        let dropped = headers::is_hop_by_hop(name) || WRITTEN_BY_THE_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n));
         if !dropped {
             push_header(out, name.as_bytes(), h.value);
         }
@@ -467,10 +458,9 @@ fn rewrite_response_head(
     };
     for h in resp.headers.iter() {
         let name = h.name;
-        let hop = ["connection", "keep-alive", "te", "trailer", "upgrade", "x-request-id"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-            || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+        // `Transfer-Encoding` is the framing the body passes with, as it is.
+        let hop = headers::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("x-request-id")
             || names_listed(name);
         if hop {
             continue;

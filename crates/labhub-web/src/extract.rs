@@ -40,8 +40,12 @@ fn token_from_header(parts: &Parts) -> Result<Option<&str>, AppError> {
 
 /// The value of `?token=` in the query, as JupyterHub accepts it.
 pub(crate) fn token_from_query(parts: &Parts) -> Option<String> {
-    let q = parts.uri.query()?;
-    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+    token_in_query(parts.uri.query()?)
+}
+
+/// The value of the `token` parameter of a query string.
+pub(crate) fn token_in_query(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
 }
 
 /// The session cookie's value, if any: the hub's on the hub's host, the user host's session on

@@ -59,6 +59,8 @@ enum Turn {
 
 /// What the lane needs to relay a request it admitted.
 struct Admitted<'a> {
+    /// The request target: the path and the query.
+    target: &'a str,
     route: std::sync::Arc<labhub_proxy::RouteEntry>,
     client: ClientInfo,
     request_id: Option<&'a [u8]>,
@@ -117,7 +119,7 @@ impl HubService {
         IO: AsyncWrite + Unpin,
     {
         let Some(admitted) = admit(self.state(), req, peer).await else { return Turn::HandOff };
-        let Some(target) = req.path else { return Turn::HandOff };
+        let target = admitted.target;
         let started = Instant::now();
         let request_id = middleware::request_id(admitted.request_id);
         let close = admitted.close;
@@ -156,8 +158,7 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
     }
     let target = req.path?;
     let (path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
-    if !is_proxied(path) || query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "token"))
-    {
+    if !is_proxied(path) || query.and_then(crate::extract::token_in_query).is_some() {
         return None;
     }
     let mut host = None;
@@ -227,7 +228,7 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
     }
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
     let addr = crate::extract::client_addr_from(forwarded_for, Some(peer), state)?;
-    Some(Admitted { route, client: ClientInfo { addr, scheme, host: host.to_string() }, request_id, close })
+    Some(Admitted { target, route, client: ClientInfo { addr, scheme, host: host.to_string() }, request_id, close })
 }
 
 /// Answers with an error in the API's shape; whether it was written.
