@@ -161,6 +161,31 @@ impl ImageKind {
     }
 }
 
+/// What an admin sets on a catalogue entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFields {
+    /// The name people see.
+    pub display_name: String,
+    /// A sentence or two on what is inside.
+    pub description: String,
+    /// The image the runtime starts.
+    pub reference: ImageRef,
+    /// What kind of server it runs.
+    pub kind: ImageKind,
+    /// The port a custom server listens on.
+    pub port: Option<u16>,
+    /// A custom server's command (`{base_url}` and `{port}` are filled in).
+    pub command: Option<Vec<String>>,
+    /// The CPU a server gets unless its start asks otherwise, in millicores.
+    pub cpu_millis: u32,
+    /// The memory a server gets unless its start asks otherwise, in bytes.
+    pub memory_bytes: u64,
+    /// Whether members may start it.
+    pub enabled: bool,
+    /// The built-in recipe the hub builds it from when the runtime lacks it.
+    pub recipe: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

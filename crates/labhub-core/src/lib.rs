@@ -1,19 +1,25 @@
 //! labhub's domain: validated names, images and resources, roles, and the seams
 //! (`Spawner`, `Clock`) that the rest of the hub is written against.
 //!
-//! Nothing here knows about HTTP, SQL or Docker.
+//! Nothing here knows about HTTP, SQL or Docker (the `sqlx` feature only lets the store
+//! encode the typed ids).
 
 pub mod clock;
+pub mod ids;
 pub mod image;
+pub mod listing;
 pub mod names;
+pub mod quota;
 pub mod resources;
 pub mod role;
 pub mod secret;
 pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use image::{ImageKind, ImageRef};
+pub use ids::{GroupId, ImageId, ServerId, SessionId, TokenId, UserId};
+pub use image::{ImageFields, ImageKind, ImageRef};
 pub use names::{GroupName, NameError, ServerName, UserName};
+pub use quota::{ImageAllowance, Quota};
 pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};
 pub use secret::Secret;

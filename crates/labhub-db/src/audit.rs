@@ -3,6 +3,8 @@
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
+use labhub_core::listing::AuditFilter;
+
 use crate::DbError;
 
 /// One recorded action.
@@ -35,19 +37,6 @@ pub async fn record(
         .execute(db)
         .await?;
     Ok(())
-}
-
-/// Which records to show.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub actor: Option<String>,
-    /// An action, or an action prefix ending in `.` (e.g. `user.`).
-    pub action: Option<String>,
-    pub target: Option<String>,
-    pub since: Option<OffsetDateTime>,
-    pub until: Option<OffsetDateTime>,
-    pub offset: i64,
-    pub limit: i64,
 }
 
 fn push_where(q: &mut QueryBuilder<Postgres>, f: &AuditFilter) {

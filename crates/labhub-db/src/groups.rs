@@ -1,8 +1,8 @@
 //! The `groups` and `group_members` tables.
 
+use labhub_core::{GroupId, GroupName, GroupRole, UserId, UserName};
 use std::collections::HashMap;
 
-use labhub_core::{GroupName, GroupRole, UserName};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -11,7 +11,7 @@ use crate::DbError;
 /// One group.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Group {
-    pub group_id: i64,
+    pub group_id: GroupId,
     #[sqlx(try_from = "String")]
     pub name: GroupName,
     pub created_at: OffsetDateTime,
@@ -20,7 +20,7 @@ pub struct Group {
 /// One member of a group.
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub user_id: i64,
+    pub user_id: UserId,
     pub name: UserName,
     pub role: GroupRole,
     pub added_at: OffsetDateTime,
@@ -28,7 +28,7 @@ pub struct Member {
 
 #[derive(sqlx::FromRow)]
 struct MemberRow {
-    user_id: i64,
+    user_id: UserId,
     #[sqlx(try_from = "String")]
     name: UserName,
     role: String,
@@ -76,7 +76,7 @@ pub async fn by_name_for_update(db: impl PgExecutor<'_>, name: &GroupName) -> Re
 
 /// Locks groups' rows until the transaction ends, in id order so that two transactions
 /// locking overlapping sets cannot deadlock.
-pub async fn lock(db: impl PgExecutor<'_>, group_ids: &[i64]) -> Result<(), DbError> {
+pub async fn lock(db: impl PgExecutor<'_>, group_ids: &[GroupId]) -> Result<(), DbError> {
     sqlx::query("select 1 from groups where group_id = any($1) order by group_id for update")
         .bind(group_ids)
         .execute(db)
@@ -95,7 +95,7 @@ macro_rules! led_by {
 /// One page of groups by name (and the total), optionally only those `lead_id` leads.
 pub async fn list(
     db: &sqlx::PgPool,
-    lead_id: Option<i64>,
+    lead_id: Option<UserId>,
     offset: i64,
     limit: i64,
 ) -> Result<(Vec<Group>, i64), DbError> {
@@ -117,7 +117,7 @@ pub async fn list(
 }
 
 /// Renames a group; a taken name is `DbError::Constraint { constraint: NAME_KEY }`.
-pub async fn rename(db: impl PgExecutor<'_>, group_id: i64, name: &GroupName) -> Result<(), DbError> {
+pub async fn rename(db: impl PgExecutor<'_>, group_id: GroupId, name: &GroupName) -> Result<(), DbError> {
     sqlx::query("update groups set name = $2 where group_id = $1")
         .bind(group_id)
         .bind(name.as_str())
@@ -127,12 +127,12 @@ pub async fn rename(db: impl PgExecutor<'_>, group_id: i64, name: &GroupName) ->
 }
 
 /// Deletes a group with its memberships and quotas.
-pub async fn delete(db: impl PgExecutor<'_>, group_id: i64) -> Result<bool, DbError> {
+pub async fn delete(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<bool, DbError> {
     Ok(sqlx::query("delete from groups where group_id = $1").bind(group_id).execute(db).await?.rows_affected() > 0)
 }
 
 /// A group's members, leads first, then by name.
-pub async fn members(db: impl PgExecutor<'_>, group_id: i64) -> Result<Vec<Member>, DbError> {
+pub async fn members(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Vec<Member>, DbError> {
     let rows: Vec<MemberRow> = sqlx::query_as(
         "select m.user_id, u.name, m.role, m.added_at from group_members m join users u on u.user_id = m.user_id
          where m.group_id = $1 order by m.role = 'lead' desc, u.name",
@@ -144,7 +144,11 @@ pub async fn members(db: impl PgExecutor<'_>, group_id: i64) -> Result<Vec<Membe
 }
 
 /// Someone's role in a group, if they are in it.
-pub async fn role_of(db: impl PgExecutor<'_>, group_id: i64, user_id: i64) -> Result<Option<GroupRole>, DbError> {
+pub async fn role_of(
+    db: impl PgExecutor<'_>,
+    group_id: GroupId,
+    user_id: UserId,
+) -> Result<Option<GroupRole>, DbError> {
     let raw: Option<String> = sqlx::query_scalar("select role from group_members where group_id = $1 and user_id = $2")
         .bind(group_id)
         .bind(user_id)
@@ -156,8 +160,8 @@ pub async fn role_of(db: impl PgExecutor<'_>, group_id: i64, user_id: i64) -> Re
 /// Puts someone in a group with a role, or changes their role there.
 pub async fn set_member(
     db: impl PgExecutor<'_>,
-    group_id: i64,
-    user_id: i64,
+    group_id: GroupId,
+    user_id: UserId,
     role: GroupRole,
     now: OffsetDateTime,
 ) -> Result<(), DbError> {
@@ -175,7 +179,7 @@ pub async fn set_member(
 }
 
 /// Takes someone out of a group; false if they were not in it.
-pub async fn remove_member(db: impl PgExecutor<'_>, group_id: i64, user_id: i64) -> Result<bool, DbError> {
+pub async fn remove_member(db: impl PgExecutor<'_>, group_id: GroupId, user_id: UserId) -> Result<bool, DbError> {
     let r = sqlx::query("delete from group_members where group_id = $1 and user_id = $2")
         .bind(group_id)
         .bind(user_id)
@@ -192,7 +196,7 @@ pub struct Membership {
 }
 
 /// The groups a user belongs to, by name.
-pub async fn of_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<Membership>, DbError> {
+pub async fn of_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<Membership>, DbError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -210,15 +214,18 @@ pub async fn of_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<Member
 }
 
 /// The names of the groups of many users at once (for user lists), by user id.
-pub async fn names_of_users(db: impl PgExecutor<'_>, user_ids: &[i64]) -> Result<HashMap<i64, Vec<String>>, DbError> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(
+pub async fn names_of_users(
+    db: impl PgExecutor<'_>,
+    user_ids: &[UserId],
+) -> Result<HashMap<UserId, Vec<String>>, DbError> {
+    let rows: Vec<(UserId, String)> = sqlx::query_as(
         "select m.user_id, g.name from group_members m join groups g on g.group_id = m.group_id
          where m.user_id = any($1) order by g.name",
     )
     .bind(user_ids)
     .fetch_all(db)
     .await?;
-    let mut map: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut map: HashMap<UserId, Vec<String>> = HashMap::new();
     for (user_id, name) in rows {
         map.entry(user_id).or_default().push(name);
     }

@@ -1,6 +1,7 @@
 //! The `identities` table (accounts' identities at providers) and `oauth_states` (sign-ins
 //! waiting for a provider to send the browser back).
 
+use labhub_core::UserId;
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -11,7 +12,7 @@ use crate::users::{self, User};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Identity {
     pub identity_id: i64,
-    pub user_id: i64,
+    pub user_id: UserId,
     pub provider: String,
     pub subject: String,
     pub username: String,
@@ -29,7 +30,7 @@ macro_rules! columns {
 /// A new identity, linked to an account at its first sign-in.
 #[derive(Debug)]
 pub struct NewIdentity<'a> {
-    pub user_id: i64,
+    pub user_id: UserId,
     pub provider: &'a str,
     pub subject: &'a str,
     pub username: &'a str,
@@ -98,7 +99,7 @@ pub async fn touch(
 }
 
 /// An account's identities, oldest first.
-pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<Identity>, DbError> {
+pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<Identity>, DbError> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from identities where user_id = $1 order by identity_id"))
         .bind(user_id)
         .fetch_all(db)
@@ -106,14 +107,14 @@ pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<
 }
 
 /// How many identities an account has.
-pub async fn count_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<i64, DbError> {
+pub async fn count_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<i64, DbError> {
     Ok(sqlx::query_scalar("select count(*) from identities where user_id = $1").bind(user_id).fetch_one(db).await?)
 }
 
 /// Unlinks one of an account's identities; returns it, or `None` if the account has no such identity.
 pub async fn delete_for_user(
     db: impl PgExecutor<'_>,
-    user_id: i64,
+    user_id: UserId,
     identity_id: i64,
 ) -> Result<Option<Identity>, DbError> {
     Ok(sqlx::query_as(concat!("delete from identities where user_id = $1 and identity_id = $2 returning ", columns!()))

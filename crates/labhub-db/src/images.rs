@@ -1,6 +1,6 @@
 //! The `images` table: the catalogue.
 
-use labhub_core::{ImageKind, ImageRef};
+use labhub_core::{ImageFields, ImageId, ImageKind, ImageRef};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -9,25 +9,16 @@ use crate::DbError;
 /// One catalogue entry.
 #[derive(Debug, Clone)]
 pub struct Image {
-    pub image_id: i64,
+    pub image_id: ImageId,
     pub name: String,
-    pub display_name: String,
-    pub description: String,
-    pub reference: ImageRef,
-    pub kind: ImageKind,
-    pub port: Option<u16>,
-    pub command: Option<Vec<String>>,
-    pub cpu_millis: u32,
-    pub memory_bytes: u64,
-    pub enabled: bool,
-    pub recipe: Option<String>,
+    pub fields: ImageFields,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
 
 #[derive(sqlx::FromRow)]
 struct Row {
-    image_id: i64,
+    image_id: ImageId,
     name: String,
     display_name: String,
     description: String,
@@ -47,22 +38,19 @@ impl TryFrom<Row> for Image {
     type Error = DbError;
     fn try_from(r: Row) -> Result<Self, DbError> {
         let bad = |what: &str| DbError::Other(format!("image {} has an invalid {what}", r.name));
-        Ok(Image {
-            image_id: r.image_id,
+        let fields = ImageFields {
             reference: ImageRef::parse(&r.reference).map_err(|_| bad("reference"))?,
             kind: ImageKind::parse(&r.kind).ok_or_else(|| bad("kind"))?,
             port: r.port.map(|p| u16::try_from(p).map_err(|_| bad("port"))).transpose()?,
             command: r.command.map(|c| c.0),
             cpu_millis: u32::try_from(r.cpu_millis).map_err(|_| bad("cpu"))?,
             memory_bytes: u64::try_from(r.memory_bytes).map_err(|_| bad("memory"))?,
-            name: r.name,
             display_name: r.display_name,
             description: r.description,
             enabled: r.enabled,
             recipe: r.recipe,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        })
+        };
+        Ok(Image { image_id: r.image_id, name: r.name, fields, created_at: r.created_at, updated_at: r.updated_at })
     }
 }
 
@@ -71,21 +59,6 @@ macro_rules! columns {
         "image_id, name, display_name, description, reference, kind, port, command, cpu_millis, memory_bytes, \
          enabled, recipe, created_at, updated_at"
     };
-}
-
-/// What an admin sets on a catalogue entry.
-#[derive(Debug, Clone)]
-pub struct ImageFields {
-    pub display_name: String,
-    pub description: String,
-    pub reference: ImageRef,
-    pub kind: ImageKind,
-    pub port: Option<u16>,
-    pub command: Option<Vec<String>>,
-    pub cpu_millis: u32,
-    pub memory_bytes: u64,
-    pub enabled: bool,
-    pub recipe: Option<String>,
 }
 
 /// The unique index on names.

@@ -1,5 +1,6 @@
 //! The `group_quotas` and `storage_usage` tables, and what servers charge to a group.
 
+use labhub_core::{GroupId, ImageAllowance, Quota, ServerId, UserId};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -7,50 +8,6 @@ use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
 use crate::DbError;
-
-/// Which catalogue images may be started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageAllowance {
-    /// Every enabled catalogue image.
-    All,
-    /// Only these catalogue images (by name).
-    Only(Vec<String>),
-}
-
-impl ImageAllowance {
-    /// Whether the image called `name` is allowed.
-    pub fn allows(&self, name: &str) -> bool {
-        match self {
-            ImageAllowance::All => true,
-            ImageAllowance::Only(names) => names.iter().any(|n| n == name),
-        }
-    }
-}
-
-/// A set of limits: a group's quota or ceiling, or the site default.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quota {
-    /// Largest CPU limit of one server, in millicores.
-    pub max_cpu_millis: u32,
-    /// Largest memory limit of one server, in bytes.
-    pub max_memory_bytes: u64,
-    /// Most GPUs one server may request.
-    pub max_gpus: u32,
-    /// Which catalogue images may be started.
-    pub images: ImageAllowance,
-    /// Servers one member may run at once under this group.
-    pub max_servers_per_member: u32,
-    /// The CPU all active servers charged to the group may reserve together; `None`: no limit.
-    pub budget_cpu_millis: Option<u64>,
-    /// The memory all active servers charged to the group may reserve together; `None`: no limit.
-    pub budget_memory_bytes: Option<u64>,
-    /// The size a member's storage may reach before their starts are refused; `None`: no limit.
-    pub storage_bytes: Option<u64>,
-    /// A server without proxied activity for this long is stopped; `None`: never.
-    pub idle_timeout: Option<Duration>,
-    /// A server running this long is stopped, active or not; `None`: never.
-    pub max_lifetime: Option<Duration>,
-}
 
 /// Which of a group's two records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +38,7 @@ impl QuotaKind {
 
 #[derive(sqlx::FromRow)]
 struct Row {
-    group_id: i64,
+    group_id: GroupId,
     kind: String,
     max_cpu_millis: i32,
     max_memory_bytes: i64,
@@ -127,8 +84,8 @@ macro_rules! columns {
 /// The records set for many groups at once, by group and kind.
 pub async fn of_groups(
     db: impl PgExecutor<'_>,
-    group_ids: &[i64],
-) -> Result<HashMap<(i64, QuotaKind), Quota>, DbError> {
+    group_ids: &[GroupId],
+) -> Result<HashMap<(GroupId, QuotaKind), Quota>, DbError> {
     let rows: Vec<Row> = sqlx::query_as(concat!("select ", columns!(), " from group_quotas where group_id = any($1)"))
         .bind(group_ids)
         .fetch_all(db)
@@ -147,7 +104,7 @@ fn seconds(d: Option<Duration>, what: &str) -> Result<Option<i32>, DbError> {
 /// Writes a group's record of one kind.
 pub async fn put(
     db: impl PgExecutor<'_>,
-    group_id: i64,
+    group_id: GroupId,
     kind: QuotaKind,
     q: &Quota,
     now: OffsetDateTime,
@@ -198,7 +155,7 @@ pub struct Charged {
 
 /// The reservations of the active (not stopped) servers charged to `group_id`; `None` sums the
 /// servers charged to no group.
-pub async fn charged(db: impl PgExecutor<'_>, group_id: Option<i64>) -> Result<Charged, DbError> {
+pub async fn charged(db: impl PgExecutor<'_>, group_id: Option<GroupId>) -> Result<Charged, DbError> {
     Ok(sqlx::query_as(
         "select count(*) as servers, coalesce(sum(cpu_millis), 0)::bigint as cpu_millis,
                 coalesce(sum(memory_bytes), 0)::bigint as memory_bytes
@@ -210,7 +167,11 @@ pub async fn charged(db: impl PgExecutor<'_>, group_id: Option<i64>) -> Result<C
 }
 
 /// How many active servers a user runs charged to `group_id` (`None`: to no group).
-pub async fn member_servers(db: impl PgExecutor<'_>, user_id: i64, group_id: Option<i64>) -> Result<i64, DbError> {
+pub async fn member_servers(
+    db: impl PgExecutor<'_>,
+    user_id: UserId,
+    group_id: Option<GroupId>,
+) -> Result<i64, DbError> {
     Ok(sqlx::query_scalar(
         "select count(*) from servers where user_id = $1 and state <> 'stopped' and group_id is not distinct from $2",
     )
@@ -221,7 +182,11 @@ pub async fn member_servers(db: impl PgExecutor<'_>, user_id: i64, group_id: Opt
 }
 
 /// Records which group a start is charged to.
-pub async fn set_server_group(db: impl PgExecutor<'_>, server_id: i64, group_id: Option<i64>) -> Result<(), DbError> {
+pub async fn set_server_group(
+    db: impl PgExecutor<'_>,
+    server_id: ServerId,
+    group_id: Option<GroupId>,
+) -> Result<(), DbError> {
     sqlx::query("update servers set group_id = $2 where server_id = $1")
         .bind(server_id)
         .bind(group_id)
@@ -231,7 +196,7 @@ pub async fn set_server_group(db: impl PgExecutor<'_>, server_id: i64, group_id:
 }
 
 /// The group a server's latest start was charged to.
-pub async fn server_group(db: impl PgExecutor<'_>, server_id: i64) -> Result<Option<i64>, DbError> {
+pub async fn server_group(db: impl PgExecutor<'_>, server_id: ServerId) -> Result<Option<GroupId>, DbError> {
     Ok(sqlx::query_scalar("select group_id from servers where server_id = $1")
         .bind(server_id)
         .fetch_optional(db)
@@ -262,7 +227,7 @@ pub struct StorageUse {
 /// Records a measurement of a user's storage.
 pub async fn put_storage(
     db: impl PgExecutor<'_>,
-    user_id: i64,
+    user_id: UserId,
     server_name: &str,
     bytes: u64,
     now: OffsetDateTime,
@@ -281,7 +246,7 @@ pub async fn put_storage(
 }
 
 /// The last measurements of a user's storage.
-pub async fn storage_of_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<StorageUse>, DbError> {
+pub async fn storage_of_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<StorageUse>, DbError> {
     Ok(sqlx::query_as(
         "select server_name, bytes, measured_at from storage_usage where user_id = $1 order by server_name",
     )
@@ -291,7 +256,7 @@ pub async fn storage_of_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Ve
 }
 
 /// Every (user, server name) whose storage may exist: each server row's owner and name.
-pub async fn storage_owners(db: impl PgExecutor<'_>) -> Result<Vec<(i64, String, String)>, DbError> {
+pub async fn storage_owners(db: impl PgExecutor<'_>) -> Result<Vec<(UserId, String, String)>, DbError> {
     Ok(sqlx::query_as(
         "select s.user_id, u.name, s.name from servers s join users u on u.user_id = s.user_id order by s.user_id, s.name",
     )

@@ -1,6 +1,6 @@
 //! The `servers` table.
 
-use labhub_core::{ServerState, UserName};
+use labhub_core::{ImageId, ServerId, ServerState, UserId, UserName};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -10,13 +10,13 @@ use crate::DbError;
 /// One of a user's servers, with what it last ran.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Server {
-    pub server_id: i64,
-    pub user_id: i64,
+    pub server_id: ServerId,
+    pub user_id: UserId,
     /// `""` for the default server.
     pub name: String,
     #[sqlx(try_from = "String")]
     pub state: ServerState,
-    pub image_id: Option<i64>,
+    pub image_id: Option<ImageId>,
     pub image_ref: Option<String>,
     pub image_digest: Option<String>,
     pub kind: Option<String>,
@@ -43,7 +43,7 @@ macro_rules! columns {
 /// A user's server row, locked until the transaction ends; created (stopped) if it does not exist.
 pub async fn get_or_create_locked(
     db: &mut sqlx::PgConnection,
-    user_id: i64,
+    user_id: UserId,
     name: &str,
     now: OffsetDateTime,
 ) -> Result<Server, DbError> {
@@ -63,7 +63,7 @@ pub async fn get_or_create_locked(
 }
 
 /// A user's server row, if it exists.
-pub async fn get(db: impl PgExecutor<'_>, user_id: i64, name: &str) -> Result<Option<Server>, DbError> {
+pub async fn get(db: impl PgExecutor<'_>, user_id: UserId, name: &str) -> Result<Option<Server>, DbError> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from servers where user_id = $1 and name = $2"))
         .bind(user_id)
         .bind(name)
@@ -74,7 +74,7 @@ pub async fn get(db: impl PgExecutor<'_>, user_id: i64, name: &str) -> Result<Op
 /// What a start records while it is pending.
 #[derive(Debug)]
 pub struct Pending<'a> {
-    pub image_id: i64,
+    pub image_id: ImageId,
     pub image_ref: &'a str,
     pub kind: &'a str,
     pub cpu_millis: i32,
@@ -84,7 +84,7 @@ pub struct Pending<'a> {
 }
 
 /// Marks a server as starting.
-pub async fn mark_pending(db: impl PgExecutor<'_>, server_id: i64, p: &Pending<'_>) -> Result<(), DbError> {
+pub async fn mark_pending(db: impl PgExecutor<'_>, server_id: ServerId, p: &Pending<'_>) -> Result<(), DbError> {
     sqlx::query(
         "update servers set state = 'pending', image_id = $2, image_ref = $3, kind = $4, cpu_millis = $5,
                 memory_bytes = $6, gpus = $7, spawn_id = $8, image_digest = null, endpoint = null,
@@ -107,7 +107,7 @@ pub async fn mark_pending(db: impl PgExecutor<'_>, server_id: i64, p: &Pending<'
 /// Marks a start as done; only if the row still belongs to that start. Returns whether it did.
 pub async fn mark_running(
     db: impl PgExecutor<'_>,
-    server_id: i64,
+    server_id: ServerId,
     spawn_id: Uuid,
     endpoint: &str,
     spawner_state: &serde_json::Value,
@@ -133,7 +133,7 @@ pub async fn mark_running(
 /// Records the spawner's state of a start still pending (so a stop can find its container).
 pub async fn set_spawner_state(
     db: impl PgExecutor<'_>,
-    server_id: i64,
+    server_id: ServerId,
     spawn_id: Uuid,
     spawner_state: &serde_json::Value,
 ) -> Result<(), DbError> {
@@ -147,7 +147,7 @@ pub async fn set_spawner_state(
 }
 
 /// Marks a server as stopping.
-pub async fn mark_stopping(db: impl PgExecutor<'_>, server_id: i64) -> Result<(), DbError> {
+pub async fn mark_stopping(db: impl PgExecutor<'_>, server_id: ServerId) -> Result<(), DbError> {
     sqlx::query("update servers set state = 'stopping' where server_id = $1").bind(server_id).execute(db).await?;
     Ok(())
 }
@@ -156,7 +156,7 @@ pub async fn mark_stopping(db: impl PgExecutor<'_>, server_id: i64) -> Result<()
 /// start (so a late event about an old container cannot stop a newer one). Returns whether it did.
 pub async fn mark_stopped(
     db: impl PgExecutor<'_>,
-    server_id: i64,
+    server_id: ServerId,
     spawn_id: Option<Uuid>,
     reason: &str,
     now: OffsetDateTime,
@@ -175,7 +175,7 @@ pub async fn mark_stopped(
 }
 
 /// A user's servers, the default first.
-pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<Server>, DbError> {
+pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<Server>, DbError> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from servers where user_id = $1 order by name"))
         .bind(user_id)
         .fetch_all(db)
@@ -183,7 +183,7 @@ pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<
 }
 
 /// The servers of several users (for user lists).
-pub async fn list_for_users(db: impl PgExecutor<'_>, user_ids: &[i64]) -> Result<Vec<Server>, DbError> {
+pub async fn list_for_users(db: impl PgExecutor<'_>, user_ids: &[UserId]) -> Result<Vec<Server>, DbError> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from servers where user_id = any($1) order by user_id, name"))
         .bind(user_ids)
         .fetch_all(db)
@@ -213,7 +213,7 @@ pub async fn list_active(db: impl PgExecutor<'_>) -> Result<Vec<ServerWithOwner>
 }
 
 /// How many named servers a user has (any state).
-pub async fn count_named(db: impl PgExecutor<'_>, user_id: i64) -> Result<i64, DbError> {
+pub async fn count_named(db: impl PgExecutor<'_>, user_id: UserId) -> Result<i64, DbError> {
     Ok(sqlx::query_scalar("select count(*) from servers where user_id = $1 and name <> ''")
         .bind(user_id)
         .fetch_one(db)
@@ -221,7 +221,7 @@ pub async fn count_named(db: impl PgExecutor<'_>, user_id: i64) -> Result<i64, D
 }
 
 /// Forgets a stopped named server.
-pub async fn delete(db: impl PgExecutor<'_>, server_id: i64) -> Result<bool, DbError> {
+pub async fn delete(db: impl PgExecutor<'_>, server_id: ServerId) -> Result<bool, DbError> {
     let r = sqlx::query("delete from servers where server_id = $1 and state = 'stopped'")
         .bind(server_id)
         .execute(db)

@@ -1,5 +1,6 @@
 //! The `sessions` table: browser sessions, stored by the SHA-256 of their cookie token.
 
+use labhub_core::{SessionId, UserId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -9,8 +10,8 @@ use crate::users::{self, User};
 /// One browser session.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Session {
-    pub session_id: i64,
-    pub user_id: i64,
+    pub session_id: SessionId,
+    pub user_id: UserId,
     pub created_at: OffsetDateTime,
     pub last_seen_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
@@ -22,7 +23,7 @@ pub struct Session {
 #[derive(Debug)]
 pub struct NewSession<'a> {
     pub token_hash: &'a [u8; 32],
-    pub user_id: i64,
+    pub user_id: UserId,
     pub now: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub user_agent: &'a str,
@@ -30,7 +31,7 @@ pub struct NewSession<'a> {
 }
 
 /// Stores a session.
-pub async fn insert(db: impl PgExecutor<'_>, new: &NewSession<'_>) -> Result<i64, DbError> {
+pub async fn insert(db: impl PgExecutor<'_>, new: &NewSession<'_>) -> Result<SessionId, DbError> {
     Ok(sqlx::query_scalar(
         "insert into sessions (token_hash, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr)
          values ($1, $2, $3, $3, $4, $5, $6) returning session_id",
@@ -62,7 +63,7 @@ pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<O
 
 /// Marks a session, and the session it was handed out by, as used now (the idle limit counts
 /// from here: working in a server on its own host keeps the hub session alive).
-pub async fn touch(db: impl PgExecutor<'_>, session_id: i64, now: OffsetDateTime) -> Result<(), DbError> {
+pub async fn touch(db: impl PgExecutor<'_>, session_id: SessionId, now: OffsetDateTime) -> Result<(), DbError> {
     sqlx::query(
         "update sessions set last_seen_at = $2
          where (session_id = $1 or session_id = (select parent_session_id from sessions where session_id = $1))
@@ -91,10 +92,10 @@ pub async fn delete_by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> R
 /// Stores a session for a user server's host, ending with `parent` and at its expiry.
 pub async fn insert_child(
     db: impl PgExecutor<'_>,
-    parent: i64,
+    parent: SessionId,
     token_hash: &[u8; 32],
     now: OffsetDateTime,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<SessionId>, DbError> {
     Ok(sqlx::query_scalar(
         "insert into sessions (token_hash, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr,
                                parent_session_id)
@@ -113,8 +114,8 @@ pub async fn insert_child(
 /// token hashes that ended.
 pub async fn delete_for_user_by_id(
     db: impl PgExecutor<'_>,
-    user_id: i64,
-    session_id: i64,
+    user_id: UserId,
+    session_id: SessionId,
 ) -> Result<Vec<Vec<u8>>, DbError> {
     Ok(sqlx::query_scalar(
         "delete from sessions where user_id = $1 and (session_id = $2 or parent_session_id = $2) returning token_hash",
@@ -127,7 +128,7 @@ pub async fn delete_for_user_by_id(
 
 /// Ends every session of a user; returns how many browser sessions ended (not counting the
 /// ones handed to server hosts, which end with them).
-pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<u64, DbError> {
+pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<u64, DbError> {
     let n: i64 = sqlx::query_scalar(
         "with ended as (delete from sessions where user_id = $1 returning parent_session_id)
          select count(*) from ended where parent_session_id is null",
@@ -159,7 +160,7 @@ pub async fn delete_expired(
 /// A user's live browser sessions (not the ones handed to their servers' hosts), newest first.
 pub async fn list_for_user(
     db: impl PgExecutor<'_>,
-    user_id: i64,
+    user_id: UserId,
     now: OffsetDateTime,
 ) -> Result<Vec<Session>, DbError> {
     Ok(sqlx::query_as(

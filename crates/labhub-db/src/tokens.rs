@@ -1,5 +1,6 @@
 //! The `api_tokens` table: API tokens, stored by their SHA-256.
 
+use labhub_core::{TokenId, UserId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -9,8 +10,8 @@ use crate::users::{self, User};
 /// One API token (never the token itself).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiToken {
-    pub token_id: i64,
-    pub user_id: i64,
+    pub token_id: TokenId,
+    pub user_id: UserId,
     pub prefix: String,
     pub note: String,
     pub created_at: OffsetDateTime,
@@ -29,7 +30,7 @@ macro_rules! columns {
 pub struct NewToken<'a> {
     pub token_hash: &'a [u8; 32],
     pub prefix: &'a str,
-    pub user_id: i64,
+    pub user_id: UserId,
     pub note: &'a str,
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
@@ -68,7 +69,7 @@ pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<O
 }
 
 /// A user's tokens, newest first.
-pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<ApiToken>, DbError> {
+pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<ApiToken>, DbError> {
     Ok(sqlx::query_as(concat!(
         "select ",
         columns!(),
@@ -80,7 +81,11 @@ pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<
 }
 
 /// One of a user's tokens.
-pub async fn get_for_user(db: impl PgExecutor<'_>, user_id: i64, token_id: i64) -> Result<Option<ApiToken>, DbError> {
+pub async fn get_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: UserId,
+    token_id: TokenId,
+) -> Result<Option<ApiToken>, DbError> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from api_tokens where user_id = $1 and token_id = $2"))
         .bind(user_id)
         .bind(token_id)
@@ -89,7 +94,11 @@ pub async fn get_for_user(db: impl PgExecutor<'_>, user_id: i64, token_id: i64) 
 }
 
 /// Revokes one of a user's tokens; returns its hash so caches can forget it.
-pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: i64, token_id: i64) -> Result<Option<Vec<u8>>, DbError> {
+pub async fn delete_for_user(
+    db: impl PgExecutor<'_>,
+    user_id: UserId,
+    token_id: TokenId,
+) -> Result<Option<Vec<u8>>, DbError> {
     Ok(sqlx::query_scalar("delete from api_tokens where user_id = $1 and token_id = $2 returning token_hash")
         .bind(user_id)
         .bind(token_id)
@@ -98,7 +107,7 @@ pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: i64, token_id: i6
 }
 
 /// Records that tokens were used (batched by the caller), never moving the time backwards.
-pub async fn touch_many(db: impl PgExecutor<'_>, token_ids: &[i64], at: OffsetDateTime) -> Result<(), DbError> {
+pub async fn touch_many(db: impl PgExecutor<'_>, token_ids: &[TokenId], at: OffsetDateTime) -> Result<(), DbError> {
     sqlx::query(
         "update api_tokens set last_used_at = $2
          where token_id = any($1) and (last_used_at is null or last_used_at < $2)",

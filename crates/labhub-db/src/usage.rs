@@ -1,7 +1,7 @@
 //! Servers as the culler and the usage view see them, and the `group_usage_samples` and
 //! `server_usage` tables.
 
-use labhub_core::{ServerState, UserName};
+use labhub_core::{GroupId, ServerId, ServerState, UserId, UserName};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -10,15 +10,15 @@ use crate::DbError;
 /// An active server with the group it is charged to.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChargedServer {
-    pub server_id: i64,
+    pub server_id: ServerId,
     #[sqlx(try_from = "String")]
     pub owner: UserName,
-    pub user_id: i64,
+    pub user_id: UserId,
     /// `""` for the default server.
     pub name: String,
     #[sqlx(try_from = "String")]
     pub state: ServerState,
-    pub group_id: Option<i64>,
+    pub group_id: Option<GroupId>,
     pub image_ref: Option<String>,
     pub cpu_millis: Option<i32>,
     pub memory_bytes: Option<i64>,
@@ -48,7 +48,7 @@ pub async fn active(db: impl PgExecutor<'_>) -> Result<Vec<ChargedServer>, DbErr
 }
 
 /// The active servers charged to one group.
-pub async fn active_in_group(db: impl PgExecutor<'_>, group_id: i64) -> Result<Vec<ChargedServer>, DbError> {
+pub async fn active_in_group(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Vec<ChargedServer>, DbError> {
     Ok(sqlx::query_as(concat!(charged_select!(), " and s.group_id = $1 order by u.name, s.name"))
         .bind(group_id)
         .fetch_all(db)
@@ -70,11 +70,11 @@ pub struct Sample {
 }
 
 /// Records one sample per group.
-pub async fn insert_samples(db: impl PgExecutor<'_>, rows: &[(i64, Sample)]) -> Result<(), DbError> {
+pub async fn insert_samples(db: impl PgExecutor<'_>, rows: &[(GroupId, Sample)]) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.0.get()).collect();
     let at: Vec<OffsetDateTime> = rows.iter().map(|r| r.1.at).collect();
     let col = |f: fn(&Sample) -> i64| rows.iter().map(|r| f(&r.1)).collect::<Vec<i64>>();
     sqlx::query(
@@ -95,8 +95,12 @@ pub async fn insert_samples(db: impl PgExecutor<'_>, rows: &[(i64, Sample)]) -> 
 
 /// Replaces the latest live use of servers: `(server_id, cpu_millis, memory_bytes)`, and
 /// forgets that of servers no longer active.
-pub async fn put_server_usage(db: &sqlx::PgPool, at: OffsetDateTime, rows: &[(i64, i64, i64)]) -> Result<(), DbError> {
-    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+pub async fn put_server_usage(
+    db: &sqlx::PgPool,
+    at: OffsetDateTime,
+    rows: &[(ServerId, i64, i64)],
+) -> Result<(), DbError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.0.get()).collect();
     let cpu: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let mem: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let mut tx = db.begin().await?;
@@ -128,7 +132,7 @@ pub async fn delete_samples_before(db: impl PgExecutor<'_>, cutoff: OffsetDateTi
 /// A group's samples since `since`, averaged over buckets of `bucket_seconds`, oldest first.
 pub async fn series(
     db: impl PgExecutor<'_>,
-    group_id: i64,
+    group_id: GroupId,
     since: OffsetDateTime,
     bucket_seconds: i64,
 ) -> Result<Vec<Sample>, DbError> {
@@ -147,6 +151,6 @@ pub async fn series(
 }
 
 /// Every group's id (the sampler records zeros for idle groups, so charts show them idle).
-pub async fn group_ids(db: impl PgExecutor<'_>) -> Result<Vec<i64>, DbError> {
+pub async fn group_ids(db: impl PgExecutor<'_>) -> Result<Vec<GroupId>, DbError> {
     Ok(sqlx::query_scalar("select group_id from groups order by group_id").fetch_all(db).await?)
 }

@@ -1,6 +1,7 @@
 //! The `users` table.
 
-use labhub_core::{AccountState, UserName};
+use labhub_core::listing::{ServerStateFilter, UserFilter, UserSort};
+use labhub_core::{AccountState, UserId, UserName};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
@@ -9,7 +10,7 @@ use crate::DbError;
 /// One account.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct User {
-    pub user_id: i64,
+    pub user_id: UserId,
     #[sqlx(try_from = "String")]
     pub name: UserName,
     pub admin: bool,
@@ -95,88 +96,23 @@ pub async fn by_name_for_update(db: impl PgExecutor<'_>, name: &UserName) -> Res
 }
 
 /// Finds an account by id.
-pub async fn by_id(db: impl PgExecutor<'_>, user_id: i64) -> Result<Option<User>, DbError> {
+pub async fn by_id(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Option<User>, DbError> {
     Ok(sqlx::query_as(concat!("select ", columns!(), " from users where user_id = $1"))
         .bind(user_id)
         .fetch_optional(db)
         .await?)
 }
 
-/// How a list of users is ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UserSort {
-    #[default]
-    Name,
-    NameDesc,
-    Created,
-    CreatedDesc,
-    LastActivity,
-    LastActivityDesc,
-}
-
-impl UserSort {
-    /// Reads the API's `sort` parameter: a field, optionally prefixed by `-` for descending.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "name" => Self::Name,
-            "-name" => Self::NameDesc,
-            "created" => Self::Created,
-            "-created" => Self::CreatedDesc,
-            "last_activity" => Self::LastActivity,
-            "-last_activity" => Self::LastActivityDesc,
-            _ => return None,
-        })
+/// The SQL order of a sort.
+fn order_by(sort: UserSort) -> &'static str {
+    match sort {
+        UserSort::Name => "name asc",
+        UserSort::NameDesc => "name desc",
+        UserSort::Created => "created_at asc, name asc",
+        UserSort::CreatedDesc => "created_at desc, name asc",
+        UserSort::LastActivity => "last_activity asc nulls first, name asc",
+        UserSort::LastActivityDesc => "last_activity desc nulls last, name asc",
     }
-
-    fn sql(self) -> &'static str {
-        match self {
-            Self::Name => "name asc",
-            Self::NameDesc => "name desc",
-            Self::Created => "created_at asc, name asc",
-            Self::CreatedDesc => "created_at desc, name asc",
-            Self::LastActivity => "last_activity asc nulls first, name asc",
-            Self::LastActivityDesc => "last_activity desc nulls last, name asc",
-        }
-    }
-}
-
-/// JupyterHub's `state` filter on user lists, by their servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerStateFilter {
-    /// Users with at least one server that is up and reachable.
-    Ready,
-    /// Users with at least one server that is starting, running or stopping.
-    Active,
-    /// Users with no active server.
-    Inactive,
-}
-
-impl ServerStateFilter {
-    /// Reads the API's `state` parameter.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ready" => Some(Self::Ready),
-            "active" => Some(Self::Active),
-            "inactive" => Some(Self::Inactive),
-            _ => None,
-        }
-    }
-}
-
-/// Which users to list, and which page of them.
-#[derive(Debug, Clone, Default)]
-pub struct UserFilter {
-    /// Only names starting with this (JupyterHub's `name_filter`).
-    pub name_prefix: Option<String>,
-    /// Only names containing this (the admin page's search box).
-    pub name_contains: Option<String>,
-    /// Only users in this account state.
-    pub account_state: Option<AccountState>,
-    /// Only users whose servers are in this state.
-    pub server_state: Option<ServerStateFilter>,
-    pub sort: UserSort,
-    pub offset: i64,
-    pub limit: i64,
 }
 
 fn like_escape(s: &str) -> String {
@@ -214,7 +150,7 @@ fn push_where(q: &mut QueryBuilder<Postgres>, f: &UserFilter) {
 pub async fn list(db: &sqlx::PgPool, f: &UserFilter) -> Result<(Vec<User>, i64), DbError> {
     let mut q = QueryBuilder::<Postgres>::new(concat!("select ", columns!(), " from users"));
     push_where(&mut q, f);
-    q.push(" order by ").push(f.sort.sql());
+    q.push(" order by ").push(order_by(f.sort));
     q.push(" offset ").push_bind(f.offset).push(" limit ").push_bind(f.limit);
     let rows = q.build_query_as::<User>().fetch_all(db).await?;
 
@@ -225,19 +161,19 @@ pub async fn list(db: &sqlx::PgPool, f: &UserFilter) -> Result<(Vec<User>, i64),
 }
 
 /// Sets or clears a password hash.
-pub async fn set_password_hash(db: impl PgExecutor<'_>, user_id: i64, hash: Option<&str>) -> Result<(), DbError> {
+pub async fn set_password_hash(db: impl PgExecutor<'_>, user_id: UserId, hash: Option<&str>) -> Result<(), DbError> {
     sqlx::query("update users set password_hash = $2 where user_id = $1").bind(user_id).bind(hash).execute(db).await?;
     Ok(())
 }
 
 /// Grants or revokes admin rights.
-pub async fn set_admin(db: impl PgExecutor<'_>, user_id: i64, admin: bool) -> Result<(), DbError> {
+pub async fn set_admin(db: impl PgExecutor<'_>, user_id: UserId, admin: bool) -> Result<(), DbError> {
     sqlx::query("update users set admin = $2 where user_id = $1").bind(user_id).bind(admin).execute(db).await?;
     Ok(())
 }
 
 /// Changes whether the account may sign in.
-pub async fn set_state(db: impl PgExecutor<'_>, user_id: i64, state: AccountState) -> Result<(), DbError> {
+pub async fn set_state(db: impl PgExecutor<'_>, user_id: UserId, state: AccountState) -> Result<(), DbError> {
     sqlx::query("update users set state = $2 where user_id = $1")
         .bind(user_id)
         .bind(state.as_str())
@@ -247,13 +183,13 @@ pub async fn set_state(db: impl PgExecutor<'_>, user_id: i64, state: AccountStat
 }
 
 /// Renames an account; a taken name is `DbError::Constraint { constraint: NAME_KEY }`.
-pub async fn rename(db: impl PgExecutor<'_>, user_id: i64, name: &UserName) -> Result<(), DbError> {
+pub async fn rename(db: impl PgExecutor<'_>, user_id: UserId, name: &UserName) -> Result<(), DbError> {
     sqlx::query("update users set name = $2 where user_id = $1").bind(user_id).bind(name.as_str()).execute(db).await?;
     Ok(())
 }
 
 /// Deletes an account with its sessions and tokens; false if it did not exist.
-pub async fn delete(db: impl PgExecutor<'_>, user_id: i64) -> Result<bool, DbError> {
+pub async fn delete(db: impl PgExecutor<'_>, user_id: UserId) -> Result<bool, DbError> {
     let r = sqlx::query("delete from users where user_id = $1").bind(user_id).execute(db).await?;
     Ok(r.rows_affected() > 0)
 }
@@ -264,7 +200,7 @@ pub async fn count_active_admins(db: impl PgExecutor<'_>) -> Result<i64, DbError
 }
 
 /// Records activity, never moving it backwards.
-pub async fn touch_activity(db: impl PgExecutor<'_>, user_id: i64, at: OffsetDateTime) -> Result<(), DbError> {
+pub async fn touch_activity(db: impl PgExecutor<'_>, user_id: UserId, at: OffsetDateTime) -> Result<(), DbError> {
     sqlx::query("update users set last_activity = greatest(last_activity, $2) where user_id = $1")
         .bind(user_id)
         .bind(at)

@@ -1,55 +1,28 @@
-//! Recording who did what.
+//! Recording who did what, and reading it back (admins).
 
+use labhub_core::listing::AuditFilter;
 use labhub_db::PgExecutor;
 use labhub_db::audit;
 use serde_json::Value;
 
-use crate::{Hub, Principal, SYSTEM_ACTOR, ServiceError};
+use crate::access::Actor;
+use crate::model::AuditRecord;
+use crate::{Hub, ServiceError};
 
-/// Who is acting: a signed-in user, or the hub itself (its CLI, its timers).
-#[derive(Debug, Clone, Copy)]
-pub enum Actor<'a> {
-    /// A user, through the web or the API.
-    User(&'a Principal),
-    /// The operator at the command line, or the hub's own background work.
-    System,
+/// The audit trail.
+#[derive(Clone, Copy)]
+pub struct Audit<'h> {
+    hub: &'h Hub,
 }
 
-impl Actor<'_> {
-    /// The name written to the audit log.
-    pub fn name(&self) -> &str {
-        match self {
-            Actor::User(p) => p.name.as_str(),
-            Actor::System => SYSTEM_ACTOR,
-        }
+impl<'h> Audit<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
     }
 
-    /// Whether the actor has site-wide admin rights.
-    pub fn is_admin(&self) -> bool {
-        match self {
-            Actor::User(p) => p.admin,
-            Actor::System => true,
-        }
-    }
-
-    /// Refuses unless the actor is an admin.
-    pub fn require_admin(&self) -> Result<(), ServiceError> {
-        if self.is_admin() { Ok(()) } else { Err(ServiceError::Forbidden("this needs an admin".into())) }
-    }
-
-    /// Refuses unless the actor is `user_id` or an admin.
-    pub fn require_self_or_admin(&self, user_id: i64) -> Result<(), ServiceError> {
-        match self {
-            Actor::User(p) if p.user_id == user_id || p.admin => Ok(()),
-            Actor::System => Ok(()),
-            Actor::User(_) => Err(ServiceError::Forbidden("you may only do this for your own account".into())),
-        }
-    }
-}
-
-impl Hub {
-    /// Appends an audit record, in the caller's transaction when given one.
-    pub async fn audit(
+    /// Appends a record, in the caller's transaction when given one (so a refusal that rolls
+    /// the transaction back leaves no record of a change that did not happen).
+    pub(crate) async fn record(
         &self,
         db: impl PgExecutor<'_>,
         actor: Actor<'_>,
@@ -58,17 +31,14 @@ impl Hub {
         detail: Value,
     ) -> Result<(), ServiceError> {
         tracing::info!(actor = actor.name(), action, target, "audit");
-        audit::record(db, self.now(), actor.name(), action, target, &detail).await?;
+        audit::record(db, self.hub.now(), actor.name(), action, target, &detail).await?;
         Ok(())
     }
 
-    /// One page of the audit log (admins only).
-    pub async fn audit_log(
-        &self,
-        actor: Actor<'_>,
-        filter: &audit::AuditFilter,
-    ) -> Result<(Vec<audit::AuditEntry>, i64), ServiceError> {
+    /// One page of the audit log and the total matching (admins).
+    pub async fn log(&self, actor: Actor<'_>, filter: &AuditFilter) -> Result<(Vec<AuditRecord>, i64), ServiceError> {
         actor.require_admin()?;
-        Ok(audit::list(self.db(), filter).await?)
+        let (entries, total) = audit::list(self.hub.db(), filter).await?;
+        Ok((entries.into_iter().map(AuditRecord::from).collect(), total))
     }
 }

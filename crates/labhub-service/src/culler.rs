@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use labhub_core::{ServerName, ServerState};
-use labhub_db::quotas::{self, Quota, QuotaKind};
+use labhub_core::Quota;
+use labhub_core::{GroupId, ServerName, ServerState};
+use labhub_db::quotas::{self, QuotaKind};
 use labhub_db::usage::{self, ChargedServer};
 use serde_json::json;
 
-use crate::audit::Actor;
-use crate::servers::{StopOutcome, StopReason};
+use crate::access::Actor;
+use crate::model::{StopOutcome, StopReason, server_label};
 use crate::{Hub, ServiceError};
 
 /// A server the culler stopped.
@@ -42,37 +43,47 @@ fn due(s: &ChargedServer, q: &Quota, now: time::OffsetDateTime) -> Option<StopRe
     None
 }
 
-impl Hub {
+/// The idle culler.
+#[derive(Clone, Copy)]
+pub struct Culler<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> Culler<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
+    }
+
     /// One pass of the culler: writes the proxy's activity to Postgres first (so nothing used a
     /// moment ago looks idle), then stops every running server that is due, logging and
     /// auditing each (actor `system`).
     pub async fn cull_once(&self) -> Result<Vec<Culled>, ServiceError> {
-        self.flush_activity().await?;
+        self.hub.servers().flush_activity().await?;
         let running: Vec<ChargedServer> =
-            usage::active(self.db()).await?.into_iter().filter(|s| s.state == ServerState::Running).collect();
+            usage::active(self.hub.db()).await?.into_iter().filter(|s| s.state == ServerState::Running).collect();
         if running.is_empty() {
             return Ok(Vec::new());
         }
-        let mut group_ids: Vec<i64> = running.iter().filter_map(|s| s.group_id).collect();
+        let mut group_ids: Vec<GroupId> = running.iter().filter_map(|s| s.group_id).collect();
         group_ids.sort_unstable();
         group_ids.dedup();
-        let mut set = quotas::of_groups(self.db(), &group_ids).await?;
-        let site = &self.quota_settings().site_default;
-        let limits: HashMap<i64, Quota> = group_ids
+        let mut set = quotas::of_groups(self.hub.db(), &group_ids).await?;
+        let site = &self.hub.quota_settings().site_default;
+        let limits: HashMap<GroupId, Quota> = group_ids
             .iter()
             .map(|id| (*id, set.remove(&(*id, QuotaKind::Quota)).unwrap_or_else(|| site.clone())))
             .collect();
-        let now = self.now();
+        let now = self.hub.now();
         let mut culled = Vec::new();
         for s in running {
             let quota = s.group_id.and_then(|g| limits.get(&g)).unwrap_or(site);
             let Some(reason) = due(&s, quota, now) else { continue };
             let Ok(server) = ServerName::parse_optional(&s.name) else { continue };
-            let label = crate::servers::server_label(&s.owner, server.as_ref());
+            let label = server_label(&s.owner, server.as_ref());
             let text = reason.text();
             tracing::info!(server = %label, reason = %text, "culling a server");
             let seen = Some((s.spawn_id, s.last_activity));
-            let after = match self.stop_unless_changed(&s.owner, server.as_ref(), reason, seen).await {
+            let after = match self.hub.servers().stop_unless_changed(&s.owner, server.as_ref(), reason, seen).await {
                 Ok(StopOutcome::Stopped) => "stopped",
                 Ok(StopOutcome::Stopping) => "stopping",
                 Err(e) => {
@@ -82,8 +93,10 @@ impl Hub {
             };
             let idle = s.last_activity.or(s.started_at).map(|t| (now - t).whole_seconds());
             let audited = self
-                .audit(
-                    self.db(),
+                .hub
+                .audit()
+                .record(
+                    self.hub.db(),
                     Actor::System,
                     "server.cull",
                     &label,
@@ -100,22 +113,6 @@ impl Hub {
         }
         Ok(culled)
     }
-
-    /// Runs the culler every `cull_interval` until `shutdown` resolves.
-    pub async fn run_culler(self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(self.quota_settings().cull_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.cull_once().await {
-                tracing::warn!(error = %e, "the culler's pass failed; trying again at the next");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -125,9 +122,9 @@ mod tests {
     fn server(started: i64, last: Option<i64>) -> ChargedServer {
         let at = |s: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
         ChargedServer {
-            server_id: 1,
+            server_id: labhub_core::ServerId::new(1),
             owner: labhub_core::UserName::parse("alice").unwrap(),
-            user_id: 1,
+            user_id: labhub_core::UserId::new(1),
             name: String::new(),
             state: ServerState::Running,
             group_id: None,

@@ -5,44 +5,18 @@
 //! lead and add or remove their members (not other leads); naming leads, creating, renaming
 //! and deleting groups is for admins. Everyone else may do nothing here.
 
-use labhub_core::{GroupName, GroupRole, UserName};
+use labhub_core::{GroupId, GroupName, GroupRole, Quota, UserId, UserName};
 use labhub_db::ResultExt;
-use labhub_db::groups::{self, Group, Member, Membership};
-use labhub_db::quotas::{Quota, QuotaKind};
+use labhub_db::groups::{self, Group};
+use labhub_db::quotas::QuotaKind;
 use labhub_db::users::{self, User};
 use serde_json::json;
 
-use crate::audit::Actor;
+use crate::access::Actor;
+use crate::hub::HubTx;
+use crate::model::{self, GroupAccess, GroupDetail, Member, Membership};
+use crate::quotas::describe;
 use crate::{Hub, ServiceError};
-
-/// What an actor may do to one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupAccess {
-    /// Everything (admins and the hub itself).
-    Admin,
-    /// What its leads may do.
-    Lead,
-}
-
-/// A group with its members and limits.
-#[derive(Debug, Clone)]
-pub struct GroupDetail {
-    /// The group.
-    pub group: Group,
-    /// Its members, leads first.
-    pub members: Vec<Member>,
-    /// The limits in force.
-    pub quota: Quota,
-    /// The most its leads may grant.
-    pub ceiling: Quota,
-}
-
-impl GroupDetail {
-    /// The names of its leads.
-    pub fn leads(&self) -> Vec<UserName> {
-        self.members.iter().filter(|m| m.role == GroupRole::Lead).map(|m| m.name.clone()).collect()
-    }
-}
 
 fn no_group(name: &GroupName) -> ServiceError {
     ServiceError::NotFound(format!("there is no group named {name}"))
@@ -52,12 +26,18 @@ fn not_lead(name: &GroupName) -> ServiceError {
     ServiceError::Forbidden(format!("only an admin or a lead of {name} may do this"))
 }
 
-impl Hub {
-    /// What `actor` may do to `group`: refuses members and leads of other groups.
-    pub async fn group_access(&self, actor: Actor<'_>, group: &Group) -> Result<GroupAccess, ServiceError> {
-        self.access_in(self.db(), actor, group).await
+/// Groups.
+#[derive(Clone, Copy)]
+pub struct Groups<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> Groups<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
     }
 
+    /// What `actor` may do to a group: refuses members and leads of other groups.
     async fn access_in(
         &self,
         db: impl labhub_db::PgExecutor<'_>,
@@ -77,37 +57,43 @@ impl Hub {
     /// A group `actor` may manage, locked until the transaction ends, and what they may do to
     /// it. To anyone but an admin, a group that does not exist is refused like one they do not
     /// lead, so group names do not leak.
-    pub(crate) async fn managed_group(
+    pub(crate) async fn managed(
         &self,
-        tx: &mut labhub_db::PgConnection,
+        tx: &mut HubTx<'_>,
         actor: Actor<'_>,
         name: &GroupName,
     ) -> Result<(Group, GroupAccess), ServiceError> {
-        let Some(group) = groups::by_name_for_update(&mut *tx, name).await? else {
+        let Some(group) = groups::by_name_for_update(&mut **tx, name).await? else {
             return Err(if actor.is_admin() { no_group(name) } else { not_lead(name) });
         };
-        let access = self.access_in(&mut *tx, actor, &group).await?;
+        let access = self.access_in(&mut **tx, actor, &group).await?;
         Ok((group, access))
     }
 
     /// A group with its members and limits (admins, its leads).
-    pub async fn group(&self, actor: Actor<'_>, name: &GroupName) -> Result<GroupDetail, ServiceError> {
-        let Some(group) = groups::by_name(self.db(), name).await? else {
+    pub async fn get(&self, actor: Actor<'_>, name: &GroupName) -> Result<GroupDetail, ServiceError> {
+        let Some(group) = groups::by_name(self.hub.db(), name).await? else {
             return Err(if actor.is_admin() { no_group(name) } else { not_lead(name) });
         };
-        self.group_access(actor, &group).await?;
-        self.group_detail(group).await
+        self.access_in(self.hub.db(), actor, &group).await?;
+        self.detail(group).await
     }
 
-    pub(crate) async fn group_detail(&self, group: Group) -> Result<GroupDetail, ServiceError> {
-        let members = groups::members(self.db(), group.group_id).await?;
-        let (quota, ceiling) = self.quota_and_ceiling(self.db(), group.group_id).await?;
-        Ok(GroupDetail { group, members, quota, ceiling })
+    /// A group's members and limits.
+    pub(crate) async fn detail(&self, group: Group) -> Result<GroupDetail, ServiceError> {
+        let members = groups::members(self.hub.db(), group.group_id).await?;
+        let (quota, ceiling) = self.quota_and_ceiling(self.hub.db(), group.group_id).await?;
+        Ok(GroupDetail {
+            group: group.into(),
+            members: members.into_iter().map(Member::from).collect(),
+            quota,
+            ceiling,
+        })
     }
 
     /// One page of groups and the total: every group for admins, the groups they lead for
     /// leads; refused for everyone else.
-    pub async fn list_groups(
+    pub async fn list(
         &self,
         actor: Actor<'_>,
         offset: i64,
@@ -117,93 +103,89 @@ impl Hub {
             Actor::User(p) if !p.admin => Some(p.user_id),
             _ => None,
         };
-        let (list, total) = groups::list(self.db(), lead_id, offset, limit).await?;
+        let (list, total) = groups::list(self.hub.db(), lead_id, offset, limit).await?;
         if lead_id.is_some() && total == 0 {
             return Err(ServiceError::Forbidden("listing groups needs an admin or a lead of a group".into()));
         }
         let mut out = Vec::with_capacity(list.len());
         for g in list {
-            out.push(self.group_detail(g).await?);
+            out.push(self.detail(g).await?);
         }
         Ok((out, total))
     }
 
-    /// The groups a user belongs to, with their role in each.
-    pub async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, ServiceError> {
-        Ok(groups::of_user(self.db(), user_id).await?)
-    }
-
-    /// The group names of many users at once, by user id (for user models; the caller checked rights).
-    pub async fn group_names_of_users(
-        &self,
-        user_ids: &[i64],
-    ) -> Result<std::collections::HashMap<i64, Vec<String>>, ServiceError> {
-        Ok(groups::names_of_users(self.db(), user_ids).await?)
+    /// The groups a user belongs to, with their role in each (that user or an admin).
+    pub async fn memberships(&self, actor: Actor<'_>, user: UserId) -> Result<Vec<Membership>, ServiceError> {
+        actor.require_self_or_admin(user)?;
+        Ok(groups::of_user(self.hub.db(), user).await?.into_iter().map(Membership::from).collect())
     }
 
     /// Creates a group (admins); it follows the site default quota until one is set.
-    pub async fn create_group(&self, actor: Actor<'_>, name: &GroupName) -> Result<Group, ServiceError> {
-        let mut created = self.create_groups(actor, std::slice::from_ref(name), &[]).await?;
+    pub async fn create(&self, actor: Actor<'_>, name: &GroupName) -> Result<model::Group, ServiceError> {
+        let mut created = self.create_many(actor, std::slice::from_ref(name), &[]).await?;
         Ok(created.remove(0).group)
     }
 
     /// Creates groups with the same members (admins): all of it, or — a name taken, a user
     /// unknown — nothing.
-    pub async fn create_groups(
+    pub async fn create_many(
         &self,
         actor: Actor<'_>,
         names: &[GroupName],
         members: &[UserName],
     ) -> Result<Vec<GroupDetail>, ServiceError> {
         actor.require_admin()?;
-        let mut tx = labhub_db::begin(self.db()).await?;
+        let mut tx = self.hub.begin().await?;
         let users = self.users_named(&mut tx, members).await?;
         let mut created = Vec::new();
         for name in names {
-            let group = groups::insert(&mut *tx, name, self.now()).await.on_constraint(groups::NAME_KEY, || {
+            let group = groups::insert(&mut *tx, name, self.hub.now()).await.on_constraint(groups::NAME_KEY, || {
                 ServiceError::Conflict(format!("there is already a group named {name}"))
             })?;
-            self.audit(&mut *tx, actor, "group.create", name.as_str(), json!({ "after": { "name": name } })).await?;
+            self.hub
+                .audit()
+                .record(&mut *tx, actor, "group.create", name.as_str(), json!({ "after": { "name": name } }))
+                .await?;
             self.add_members_in(&mut tx, actor, &group, &users).await?;
             created.push(group);
         }
-        labhub_db::commit(tx).await?;
-        self.views_changed();
+        tx.commit().await?;
         let mut details = Vec::new();
         for group in created {
-            details.push(self.group_detail(group).await?);
+            details.push(self.detail(group).await?);
         }
         Ok(details)
     }
 
     /// Renames a group (admins).
-    pub async fn rename_group(
+    pub async fn rename(
         &self,
         actor: Actor<'_>,
         name: &GroupName,
         new_name: &GroupName,
-    ) -> Result<Group, ServiceError> {
+    ) -> Result<model::Group, ServiceError> {
         actor.require_admin()?;
-        let mut tx = labhub_db::begin(self.db()).await?;
+        let mut tx = self.hub.begin().await?;
         let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
         if name == new_name {
-            return Ok(group);
+            return Ok(group.into());
         }
         groups::rename(&mut *tx, group.group_id, new_name).await.on_constraint(groups::NAME_KEY, || {
             ServiceError::Conflict(format!("there is already a group named {new_name}"))
         })?;
-        self.audit(&mut *tx, actor, "group.rename", new_name.as_str(), json!({ "before": name, "after": new_name }))
+        self.hub
+            .audit()
+            .record(&mut *tx, actor, "group.rename", new_name.as_str(), json!({ "before": name, "after": new_name }))
             .await?;
-        labhub_db::commit(tx).await?;
-        self.views_changed();
-        Ok(Group { name: new_name.clone(), ..group })
+        tx.commit().await?;
+        Ok(Group { name: new_name.clone(), ..group }.into())
     }
 
     /// Deletes a group with its memberships and quota (admins). Refused while servers run
     /// under it, since their use would have nowhere to be charged.
-    pub async fn delete_group(&self, actor: Actor<'_>, name: &GroupName) -> Result<(), ServiceError> {
+    pub async fn delete(&self, actor: Actor<'_>, name: &GroupName) -> Result<(), ServiceError> {
         actor.require_admin()?;
-        let mut tx = labhub_db::begin(self.db()).await?;
+        let mut tx = self.hub.begin().await?;
         let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
         let charged = labhub_db::quotas::charged(&mut *tx, Some(group.group_id)).await?;
         if charged.servers > 0 {
@@ -220,12 +202,11 @@ impl Hub {
             "name": name,
             "members": members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
             "leads": members.iter().filter(|m| m.role == GroupRole::Lead).map(|m| m.name.as_str()).collect::<Vec<_>>(),
-            "quota": crate::quotas::describe(&quota),
-            "ceiling": crate::quotas::describe(&ceiling),
+            "quota": describe(&quota),
+            "ceiling": describe(&ceiling),
         });
-        self.audit(&mut *tx, actor, "group.delete", name.as_str(), json!({ "before": before })).await?;
-        labhub_db::commit(tx).await?;
-        self.views_changed();
+        self.hub.audit().record(&mut *tx, actor, "group.delete", name.as_str(), json!({ "before": before })).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -254,19 +235,18 @@ impl Hub {
     }
 
     /// Adds members to a group (admins, its leads). Those already in it keep their role.
-    pub async fn add_group_members(
+    pub async fn add_members(
         &self,
         actor: Actor<'_>,
         name: &GroupName,
         names: &[UserName],
     ) -> Result<GroupDetail, ServiceError> {
-        let mut tx = labhub_db::begin(self.db()).await?;
-        let (group, _) = self.managed_group(&mut tx, actor, name).await?;
+        let mut tx = self.hub.begin().await?;
+        let (group, _) = self.managed(&mut tx, actor, name).await?;
         let users = self.users_named(&mut tx, names).await?;
         self.add_members_in(&mut tx, actor, &group, &users).await?;
-        labhub_db::commit(tx).await?;
-        self.views_changed();
-        self.group_detail(group).await
+        tx.commit().await?;
+        self.detail(group).await
     }
 
     /// Adds users to a group as members, in the caller's transaction; members stay as they are.
@@ -281,29 +261,31 @@ impl Hub {
             if groups::role_of(&mut *tx, group.group_id, user.user_id).await?.is_some() {
                 continue;
             }
-            groups::set_member(&mut *tx, group.group_id, user.user_id, GroupRole::Member, self.now()).await?;
-            self.audit(
-                &mut *tx,
-                actor,
-                "group.add_member",
-                group.name.as_str(),
-                json!({ "user": user.name, "before": null, "after": GroupRole::Member.as_str() }),
-            )
-            .await?;
+            groups::set_member(&mut *tx, group.group_id, user.user_id, GroupRole::Member, self.hub.now()).await?;
+            self.hub
+                .audit()
+                .record(
+                    &mut *tx,
+                    actor,
+                    "group.add_member",
+                    group.name.as_str(),
+                    json!({ "user": user.name, "before": null, "after": GroupRole::Member.as_str() }),
+                )
+                .await?;
         }
         Ok(())
     }
 
     /// Takes members out of a group (admins, its leads; only admins take out a lead). Their
     /// running servers keep running, charged to the group until they stop.
-    pub async fn remove_group_members(
+    pub async fn remove_members(
         &self,
         actor: Actor<'_>,
         name: &GroupName,
         names: &[UserName],
     ) -> Result<GroupDetail, ServiceError> {
-        let mut tx = labhub_db::begin(self.db()).await?;
-        let (group, access) = self.managed_group(&mut tx, actor, name).await?;
+        let mut tx = self.hub.begin().await?;
+        let (group, access) = self.managed(&mut tx, actor, name).await?;
         for user in self.users_named(&mut tx, names).await? {
             let Some(role) = groups::role_of(&mut *tx, group.group_id, user.user_id).await? else { continue };
             if role == GroupRole::Lead && access != GroupAccess::Admin {
@@ -313,34 +295,35 @@ impl Hub {
                 )));
             }
             groups::remove_member(&mut *tx, group.group_id, user.user_id).await?;
-            self.audit(
-                &mut *tx,
-                actor,
-                "group.remove_member",
-                name.as_str(),
-                json!({ "user": user.name, "before": role.as_str(), "after": null }),
-            )
-            .await?;
+            self.hub
+                .audit()
+                .record(
+                    &mut *tx,
+                    actor,
+                    "group.remove_member",
+                    name.as_str(),
+                    json!({ "user": user.name, "before": role.as_str(), "after": null }),
+                )
+                .await?;
         }
-        labhub_db::commit(tx).await?;
-        self.views_changed();
-        self.group_detail(group).await
+        tx.commit().await?;
+        self.detail(group).await
     }
 
     /// Makes someone a lead of a group (adding them to it), or a plain member again (admins).
-    pub async fn set_group_lead(
+    pub async fn set_lead(
         &self,
         actor: Actor<'_>,
         name: &GroupName,
         user: &UserName,
         lead: bool,
     ) -> Result<GroupDetail, ServiceError> {
-        self.set_group_leads(actor, name, std::slice::from_ref(user), lead).await
+        self.set_leads(actor, name, std::slice::from_ref(user), lead).await
     }
 
     /// Makes users leads of a group (adding them to it), or plain members again (admins): all
     /// of them, or — a user unknown, or not in the group — none.
-    pub async fn set_group_leads(
+    pub async fn set_leads(
         &self,
         actor: Actor<'_>,
         name: &GroupName,
@@ -348,7 +331,7 @@ impl Hub {
         lead: bool,
     ) -> Result<GroupDetail, ServiceError> {
         actor.require_admin()?;
-        let mut tx = labhub_db::begin(self.db()).await?;
+        let mut tx = self.hub.begin().await?;
         let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
         let after = if lead { GroupRole::Lead } else { GroupRole::Member };
         for user in self.users_named(&mut tx, names).await? {
@@ -359,19 +342,20 @@ impl Hub {
             if before.is_none() && !lead {
                 return Err(ServiceError::Conflict(format!("{} is not in {name}", user.name)));
             }
-            groups::set_member(&mut *tx, group.group_id, user.user_id, after, self.now()).await?;
-            self.audit(
-                &mut *tx,
-                actor,
-                "group.set_lead",
-                name.as_str(),
-                json!({ "user": user.name, "before": before.map(GroupRole::as_str), "after": after.as_str() }),
-            )
-            .await?;
+            groups::set_member(&mut *tx, group.group_id, user.user_id, after, self.hub.now()).await?;
+            self.hub
+                .audit()
+                .record(
+                    &mut *tx,
+                    actor,
+                    "group.set_lead",
+                    name.as_str(),
+                    json!({ "user": user.name, "before": before.map(GroupRole::as_str), "after": after.as_str() }),
+                )
+                .await?;
         }
-        labhub_db::commit(tx).await?;
-        self.views_changed();
-        self.group_detail(group).await
+        tx.commit().await?;
+        self.detail(group).await
     }
 
     /// The group's limits in force and its ceiling, the site default standing in for either
@@ -379,10 +363,10 @@ impl Hub {
     pub(crate) async fn quota_and_ceiling(
         &self,
         db: impl labhub_db::PgExecutor<'_>,
-        group_id: i64,
+        group_id: GroupId,
     ) -> Result<(Quota, Quota), ServiceError> {
         let mut set = labhub_db::quotas::of_groups(db, &[group_id]).await?;
-        let site = &self.quota_settings().site_default;
+        let site = &self.hub.quota_settings().site_default;
         let quota = set.remove(&(group_id, QuotaKind::Quota)).unwrap_or_else(|| site.clone());
         let ceiling = set.remove(&(group_id, QuotaKind::Ceiling)).unwrap_or_else(|| site.clone());
         Ok((quota, ceiling))

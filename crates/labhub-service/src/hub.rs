@@ -1,13 +1,31 @@
+//! The holder of the hub's state, and the handles to its capabilities.
+//!
+//! `Hub` owns what every capability shares (the database, the clock, the key, the view cache)
+//! and each capability's own state; `hub.servers()`, `hub.accounts()` … are cheap borrowed
+//! handles, one module each, that do the work.
+
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use labhub_auth::{HubKey, LoginThrottle, PasswordHasher};
-use labhub_core::Clock;
-use labhub_db::PgPool;
+use labhub_auth::{HubKey, PasswordHasher};
+use labhub_core::{Clock, UserName};
+use labhub_db::{PgConnection, PgPool, users};
 use time::OffsetDateTime;
 
-use crate::auth::AuthCache;
-use crate::servers::ServerRuntime;
-use crate::{AccountSettings, QuotaSettings, ServerSettings};
+use crate::access::Access;
+use crate::accounts::{Accounts, AccountsState};
+use crate::audit::Audit;
+use crate::catalogue::{Catalogue, CatalogueState};
+use crate::culler::Culler;
+use crate::groups::Groups;
+use crate::quotas::Quotas;
+use crate::servers::{ServerRuntime, Servers};
+use crate::sessions::{Sessions, SessionsState};
+use crate::sso::SignOn;
+use crate::tokens::{Tokens, TokensState};
+use crate::usage::Usage;
+use crate::views::ViewCache;
+use crate::{AccountSettings, QuotaSettings, ServerSettings, ServiceError};
 
 /// What the hub is built from.
 pub struct HubParts {
@@ -36,22 +54,24 @@ pub struct HubParts {
     pub quotas: QuotaSettings,
 }
 
-/// The hub's services. Cheap to clone; every clone shares the same caches.
+/// The hub's services. Cheap to clone; every clone shares the same state.
 #[derive(Clone)]
 pub struct Hub(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) db: PgPool,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) passwords: PasswordHasher,
-    pub(crate) throttle: LoginThrottle,
     pub(crate) key: HubKey,
-    pub(crate) accounts: AccountSettings,
-    pub(crate) auth_cache: AuthCache,
-    pub(crate) views: crate::views::ViewCache,
+    pub(crate) views: ViewCache,
+    /// Where servers run; `None` when the container runtime is unreachable.
+    pub(crate) spawner: Option<Arc<dyn labhub_core::spawner::Spawner>>,
+    pub(crate) catalogue: CatalogueState,
+    pub(crate) accounts: AccountsState,
+    pub(crate) sessions: SessionsState,
+    pub(crate) tokens: TokensState,
     pub(crate) servers: ServerRuntime,
-    pub(crate) providers: labhub_auth::oidc::Providers,
     pub(crate) quotas: QuotaSettings,
+    pub(crate) providers: labhub_auth::oidc::Providers,
 }
 
 impl std::fmt::Debug for Hub {
@@ -63,25 +83,80 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Assembles the hub's services.
     pub fn new(parts: HubParts) -> Self {
-        let throttle = LoginThrottle::new(parts.accounts.throttle, parts.clock.clone());
         Self(Arc::new(Inner {
+            accounts: AccountsState::new(parts.accounts, parts.passwords, parts.clock.clone()),
+            sessions: SessionsState::default(),
+            tokens: TokensState::default(),
             db: parts.db,
-            throttle,
-            passwords: parts.passwords,
             key: parts.key,
-            auth_cache: AuthCache::default(),
-            views: crate::views::ViewCache::default(),
+            views: ViewCache::default(),
             clock: parts.clock,
-            accounts: parts.accounts,
-            servers: ServerRuntime::new(parts.spawner, parts.builder, parts.routes, parts.servers),
+            spawner: parts.spawner,
+            catalogue: CatalogueState::new(parts.builder),
+            servers: ServerRuntime::new(parts.routes, parts.servers),
             providers: parts.providers,
             quotas: parts.quotas,
         }))
     }
 
-    /// The database pool.
-    pub fn db(&self) -> &PgPool {
-        &self.0.db
+    /// Accounts: creating and changing them, the sign-in policy.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts::new(self)
+    }
+
+    /// Browser sessions: starting, recognising and ending them.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self)
+    }
+
+    /// API tokens.
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens::new(self)
+    }
+
+    /// Signing in through identity providers, and linked identities.
+    pub fn sign_on(&self) -> SignOn<'_> {
+        SignOn::new(self)
+    }
+
+    /// Users' servers: starting, stopping, following, reconciling.
+    pub fn servers(&self) -> Servers<'_> {
+        Servers::new(self)
+    }
+
+    /// Who may reach which server: the one gate both proxy paths and the API ask.
+    pub fn access(&self) -> Access<'_> {
+        Access::new(self)
+    }
+
+    /// Groups, their members and leads.
+    pub fn groups(&self) -> Groups<'_> {
+        Groups::new(self)
+    }
+
+    /// Quotas: what a start is charged to, and groups' limits.
+    pub fn quotas(&self) -> Quotas<'_> {
+        Quotas::new(self)
+    }
+
+    /// The image catalogue and its builds.
+    pub fn catalogue(&self) -> Catalogue<'_> {
+        Catalogue::new(self)
+    }
+
+    /// What groups use.
+    pub fn usage(&self) -> Usage<'_> {
+        Usage::new(self)
+    }
+
+    /// The idle culler.
+    pub fn culler(&self) -> Culler<'_> {
+        Culler::new(self)
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(self)
     }
 
     /// The current time from the hub's clock.
@@ -101,7 +176,7 @@ impl Hub {
 
     /// The account rules in force.
     pub fn account_settings(&self) -> &AccountSettings {
-        &self.0.accounts
+        &self.0.accounts.settings
     }
 
     /// The quota rules in force.
@@ -109,37 +184,85 @@ impl Hub {
         &self.0.quotas
     }
 
+    /// The server settings in force.
+    pub fn server_settings(&self) -> &ServerSettings {
+        &self.0.servers.settings
+    }
+
     /// The identity providers people may sign in with.
     pub fn providers(&self) -> &labhub_auth::oidc::Providers {
         &self.0.providers
     }
 
-    /// Periodic housekeeping: flushes token use times and proxied activity, removes expired
-    /// sessions, refreshes the session gauge. Runs until `shutdown` resolves, then flushes once more.
-    pub async fn run_maintenance(self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut flush = tokio::time::interval(std::time::Duration::from_secs(10));
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ticks: u64 = 0;
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = flush.tick() => {}
-            }
-            ticks += 1;
-            if let Err(e) = self.flush_token_use().await {
-                tracing::debug!(error = %e, "token use not flushed yet");
-            }
-            if let Err(e) = self.flush_activity().await {
-                tracing::debug!(error = %e, "activity not flushed yet");
-            }
-            if ticks % 30 == 1
-                && let Err(e) = self.expire_sessions().await
-            {
-                tracing::debug!(error = %e, "sessions not expired yet");
-            }
-        }
-        let _ = self.flush_token_use().await;
-        let _ = self.flush_activity().await;
+    /// The route table the proxy reads.
+    pub fn routes(&self) -> &labhub_proxy::RouteTable {
+        &self.0.servers.routes
+    }
+
+    /// Whether the database answers (for the health check).
+    pub async fn database_answers(&self) -> bool {
+        labhub_db::ping(self.db()).await
+    }
+
+    pub(crate) fn db(&self) -> &PgPool {
+        &self.0.db
+    }
+
+    /// Begins a transaction whose commit also drops the cached views it may have changed.
+    pub(crate) async fn begin(&self) -> Result<HubTx<'_>, ServiceError> {
+        Ok(HubTx { tx: labhub_db::begin(self.db()).await?, views: &self.0.views })
+    }
+
+    /// Forgets every cached view, after a write the hub made outside a transaction of its
+    /// own (the proxy's activity).
+    pub(crate) fn views_changed(&self) {
+        self.0.views.clear();
+    }
+
+    /// Forgets every cached credential (sessions, tokens) of a user, after a change to their
+    /// account.
+    pub(crate) fn forget_credentials(&self, user: labhub_core::UserId) {
+        self.sessions().forget_user(user);
+        self.tokens().forget_user(user);
+    }
+
+    /// An account's row by name, or `NotFound` naming it.
+    pub(crate) async fn user_row(&self, name: &UserName) -> Result<users::User, ServiceError> {
+        users::by_name(self.db(), name).await?.ok_or_else(|| no_user(name))
+    }
+}
+
+/// `NotFound` for an account name.
+pub(crate) fn no_user(name: &UserName) -> ServiceError {
+    ServiceError::NotFound(format!("no user named {name}"))
+}
+
+/// A transaction of the hub's: its commit drops the cached views (users, their groups and
+/// servers), so whoever reads next sees the write. Dropped uncommitted, it rolls back and
+/// leaves the views as they were.
+pub(crate) struct HubTx<'h> {
+    tx: labhub_db::Tx,
+    views: &'h ViewCache,
+}
+
+impl HubTx<'_> {
+    /// Commits, then forgets the cached views.
+    pub(crate) async fn commit(self) -> Result<(), ServiceError> {
+        labhub_db::commit(self.tx).await?;
+        self.views.clear();
+        Ok(())
+    }
+}
+
+impl Deref for HubTx<'_> {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for HubTx<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
     }
 }

@@ -1,25 +1,33 @@
-//! What the hub does, without HTTP: accounts and the one sign-in policy, sessions and API
-//! tokens (with a small cache that revocation empties at once), the audit trail, and,
-//! as later modules, servers, quotas, reconciling and culling.
+//! What the hub does, without HTTP.
 //!
-//! Everything is reached through [`Hub`], a cheap-to-clone handle.
+//! [`Hub`] holds the state; its capabilities are handles, one module each: `hub.accounts()`
+//! (the sign-in policy and accounts), `hub.sessions()`, `hub.tokens()`, `hub.sign_on()`
+//! (identity providers), `hub.servers()`, `hub.access()` (the one gate to a server),
+//! `hub.groups()`, `hub.quotas()`, `hub.catalogue()`, `hub.usage()`, `hub.culler()`,
+//! `hub.audit()`. They take and return the service's own types (`model`), never database rows.
 
+pub mod access;
 pub mod accounts;
 pub mod audit;
-pub mod auth;
+mod background;
+pub mod catalogue;
 pub mod culler;
 mod error;
 pub mod groups;
 mod hub;
-pub mod images;
+pub mod model;
 pub mod progress;
 pub mod quotas;
 pub mod servers;
+pub mod sessions;
 pub mod settings;
 pub mod sso;
+pub mod tokens;
 pub mod usage;
 pub mod views;
+pub mod words;
 
+pub use access::{Actor, Reach, ServerRef};
 pub use error::ServiceError;
 pub use hub::{Hub, HubParts};
 pub use settings::{AccountSettings, QuotaSettings, ServerSettings, SignupPolicy};
@@ -28,7 +36,7 @@ pub use settings::{AccountSettings, QuotaSettings, ServerSettings, SignupPolicy}
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// The user's id.
-    pub user_id: i64,
+    pub user_id: labhub_core::UserId,
     /// The user's name.
     pub name: labhub_core::UserName,
     /// Whether they are a site admin.
@@ -41,9 +49,9 @@ pub struct Principal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthVia {
     /// A browser session cookie (subject to CSRF and `Origin` checks).
-    Session { session_id: i64 },
+    Session { session_id: labhub_core::SessionId },
     /// An API token.
-    Token { token_id: i64 },
+    Token { token_id: labhub_core::TokenId },
 }
 
 /// The actor recorded in the audit log for actions that no user took (CLI, the hub itself).

@@ -89,7 +89,7 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone)]
 pub struct QuotaSettings {
     /// The limits of users in no group, and of groups whose quota or ceiling was never set.
-    pub site_default: labhub_db::quotas::Quota,
+    pub site_default: labhub_core::Quota,
     /// The home page warns once storage reaches this percentage of the limit.
     pub storage_warning_percent: u8,
     /// How often the culler looks for idle and expired servers.
@@ -105,11 +105,11 @@ pub struct QuotaSettings {
 impl Default for QuotaSettings {
     fn default() -> Self {
         Self {
-            site_default: labhub_db::quotas::Quota {
+            site_default: labhub_core::Quota {
                 max_cpu_millis: 4000,
                 max_memory_bytes: 8 << 30,
                 max_gpus: 0,
-                images: labhub_db::quotas::ImageAllowance::All,
+                images: labhub_core::ImageAllowance::All,
                 max_servers_per_member: 4,
                 budget_cpu_millis: None,
                 budget_memory_bytes: None,

@@ -8,20 +8,19 @@
 use labhub_auth::oidc::{BrowserBinding, ExternalIdentity, LoginSecrets, Provider, SsoError};
 use labhub_auth::sha256;
 use labhub_core::{AccountState, UserName};
+use labhub_db::ResultExt;
 use labhub_db::identities::{self, NewIdentity, NewOAuthState};
 use labhub_db::users::{self, NewUser, User};
-use labhub_db::{PgConnection, ResultExt};
 use serde_json::json;
 
+use crate::access::Actor;
 use crate::accounts::SignIn;
-use crate::audit::Actor;
+use crate::hub::HubTx;
+use crate::model::{Account, LinkedIdentity};
 use crate::{Hub, ServiceError, SignupPolicy};
 
 /// How long a person may stay at the provider before the sign-in expires.
 pub const SIGN_IN_WINDOW: time::Duration = time::Duration::minutes(10);
-
-/// An identity linked to an account.
-pub type Identity = identities::Identity;
 
 /// What the provider sent back to `/hub/oauth_callback`.
 #[derive(Debug, Default)]
@@ -35,7 +34,7 @@ pub struct CallbackParams {
 /// A finished sign-in: the account, and where the person wanted to go.
 #[derive(Debug)]
 pub struct SignedIn {
-    pub user: User,
+    pub account: Account,
     pub next: String,
 }
 
@@ -58,27 +57,32 @@ fn refusal(e: SsoError) -> ServiceError {
     }
 }
 
-impl Hub {
-    fn provider(&self, id: &str) -> Result<&Provider, ServiceError> {
-        self.providers().get(id).ok_or_else(|| refusal(SsoError::UnknownProvider(id.to_string())))
+/// Signing in through identity providers.
+#[derive(Clone, Copy)]
+pub struct SignOn<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> SignOn<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
+    }
+
+    fn provider(&self, id: &str) -> Result<&'h Provider, ServiceError> {
+        self.hub.providers().get(id).ok_or_else(|| refusal(SsoError::UnknownProvider(id.to_string())))
     }
 
     /// Starts a sign-in with a provider for the browser holding `binding`: remembers it (by
     /// hashes only) and returns the provider's authorization URL to send the browser to.
     /// `next` must already be a path on this hub.
-    pub async fn sso_begin(
-        &self,
-        provider: &str,
-        binding: &BrowserBinding,
-        next: &str,
-    ) -> Result<String, ServiceError> {
+    pub async fn begin(&self, provider: &str, binding: &BrowserBinding, next: &str) -> Result<String, ServiceError> {
         let provider = self.provider(provider)?;
-        let now = self.now();
-        identities::delete_states_before(self.db(), now - SIGN_IN_WINDOW).await?;
-        let secrets = LoginSecrets::new(self.key());
+        let now = self.hub.now();
+        identities::delete_states_before(self.hub.db(), now - SIGN_IN_WINDOW).await?;
+        let secrets = LoginSecrets::new(self.hub.key());
         let url = provider.authorize_url(&secrets, now).await.map_err(refusal)?;
         identities::insert_state(
-            self.db(),
+            self.hub.db(),
             &NewOAuthState {
                 state_hash: &sha256(secrets.state()),
                 provider: provider.id().as_str(),
@@ -95,7 +99,7 @@ impl Hub {
     /// this hub issued, unused, under ten minutes old and started by this browser; then the
     /// provider's answer is checked and the sign-in policy decides. Nothing is written unless
     /// the policy lets the person in (or records them as waiting for approval).
-    pub async fn sso_finish(
+    pub async fn finish(
         &self,
         params: CallbackParams,
         binding: Option<&BrowserBinding>,
@@ -103,7 +107,7 @@ impl Hub {
         if let Some(error) = &params.error {
             if let Some(state) = &params.state {
                 // The attempt is over either way; its state must not be usable again.
-                identities::take_state(self.db(), &sha256(state)).await?;
+                identities::take_state(self.hub.db(), &sha256(state)).await?;
             }
             return Err(provider_error(error, params.error_description.as_deref()));
         }
@@ -115,7 +119,7 @@ impl Hub {
                 "Your browser did not send back this hub's sign-in cookie (cookies may be blocked, or the sign-in was started in another browser). {START_AGAIN}"
             ))
         })?;
-        let pending = identities::take_state(self.db(), &sha256(state)).await?.ok_or_else(|| {
+        let pending = identities::take_state(self.hub.db(), &sha256(state)).await?.ok_or_else(|| {
             ServiceError::Unauthenticated(format!("This sign-in is unknown or was already used. {START_AGAIN}"))
         })?;
         if !binding.matches(&pending.binding_hash) {
@@ -123,7 +127,7 @@ impl Hub {
                 "This sign-in was started in another browser. {START_AGAIN}"
             )));
         }
-        let now = self.now();
+        let now = self.hub.now();
         if now - pending.created_at > SIGN_IN_WINDOW {
             return Err(ServiceError::Unauthenticated(format!(
                 "This sign-in took longer than {} minutes and has expired. {START_AGAIN}",
@@ -137,7 +141,7 @@ impl Hub {
                 provider.display_name()
             ))
         })?;
-        let secrets = LoginSecrets::recover(self.key(), state);
+        let secrets = LoginSecrets::recover(self.hub.key(), state);
         let identity = match provider.finish(code, &secrets, now).await {
             Ok(identity) => identity,
             Err(e) => {
@@ -145,12 +149,15 @@ impl Hub {
                 return Err(refusal(e));
             }
         };
-        let mut tx = labhub_db::begin(self.db()).await?;
-        let admission = self.admit(&mut tx, SignIn::Provider(provider, &identity)).await?;
-        labhub_db::commit(tx).await?;
-        let user = admission.into_active()?;
+        let accounts = self.hub.accounts();
+        let (name, in_admin_group) = accounts.check_identity(provider, &identity)?;
+        let mut tx = self.hub.begin().await?;
+        let user = self.account_for_identity(&mut tx, provider, &identity, &name).await?;
+        let admission = accounts.admit(&mut tx, SignIn::Provider { user, in_admin_group }).await?;
+        tx.commit().await?;
+        let account = admission.into_active()?;
         metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
-        Ok(SignedIn { user, next: pending.next })
+        Ok(SignedIn { account, next: pending.next })
     }
 
     /// The account an identity belongs to, for the sign-in policy: the account it is linked
@@ -158,28 +165,29 @@ impl Hub {
     /// identity yet), linked now; else a new account when the provider creates them. A name
     /// taken by any other account is refused, and the refusal is audited. Runs in the policy's
     /// transaction.
-    pub(crate) async fn account_for_identity(
+    async fn account_for_identity(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut HubTx<'_>,
         provider: &Provider,
         identity: &ExternalIdentity,
         name: &UserName,
     ) -> Result<User, ServiceError> {
-        let now = self.now();
+        let now = self.hub.now();
         let pid = provider.id().as_str();
-        if let Some((linked, user)) = identities::by_subject_for_update(&mut *tx, pid, &identity.subject).await? {
-            identities::touch(&mut *tx, linked.identity_id, &identity.username, identity.email.as_deref(), now).await?;
+        if let Some((linked, user)) = identities::by_subject_for_update(&mut **tx, pid, &identity.subject).await? {
+            identities::touch(&mut **tx, linked.identity_id, &identity.username, identity.email.as_deref(), now)
+                .await?;
             return Ok(user);
         }
-        let user = match users::by_name_for_update(&mut *tx, name).await? {
+        let user = match users::by_name_for_update(&mut **tx, name).await? {
             Some(existing) => {
                 let admin_made = existing.password_hash.is_none()
-                    && identities::count_for_user(&mut *tx, existing.user_id).await? == 0;
+                    && identities::count_for_user(&mut **tx, existing.user_id).await? == 0;
                 if !admin_made {
                     // On the pool, not in the transaction: the refusal rolls the transaction back,
                     // and the record of it must stay.
-                    self.audit(
-                        self.db(),
+                    self.hub.audit().record(
+                        self.hub.db(),
                         Actor::System,
                         "identity.refused",
                         name.as_str(),
@@ -194,27 +202,20 @@ impl Hub {
                 existing
             }
             None if provider.rules().auto_create => {
-                let state = match self.0.accounts.signup {
+                let state = match self.hub.account_settings().signup {
                     SignupPolicy::Approval => AccountState::Pending,
                     SignupPolicy::Open | SignupPolicy::Closed => AccountState::Active,
                 };
                 let user = users::insert(
-                    &mut *tx,
+                    &mut **tx,
                     &NewUser { name, admin: false, state, password_hash: None, created_at: now },
                 )
                 .await
                 .on_constraint(users::NAME_KEY, || {
                     ServiceError::Conflict(format!("The name {name} was taken a moment ago. {START_AGAIN}"))
                 })?;
-                labhub_db::audit::record(
-                    &mut *tx,
-                    now,
-                    name.as_str(),
-                    "user.signup",
-                    name.as_str(),
-                    &json!({ "state": state.as_str(), "provider": pid }),
-                )
-                .await?;
+                let detail = json!({ "state": state.as_str(), "provider": pid });
+                self.hub.accounts().record_signup(tx, name, detail).await?;
                 user
             }
             None => {
@@ -225,7 +226,7 @@ impl Hub {
             }
         };
         identities::insert(
-            &mut *tx,
+            &mut **tx,
             &NewIdentity {
                 user_id: user.user_id,
                 provider: pid,
@@ -240,7 +241,7 @@ impl Hub {
             ServiceError::Conflict(format!("Another sign-in linked this identity a moment ago. {START_AGAIN}"))
         })?;
         labhub_db::audit::record(
-            &mut *tx,
+            &mut **tx,
             now,
             name.as_str(),
             "identity.link",
@@ -252,36 +253,31 @@ impl Hub {
     }
 
     /// A user's linked identities (their own, or anyone's for an admin).
-    pub async fn list_identities(&self, actor: Actor<'_>, name: &UserName) -> Result<Vec<Identity>, ServiceError> {
-        let user = self.user_by_name(name).await?;
+    pub async fn identities(&self, actor: Actor<'_>, name: &UserName) -> Result<Vec<LinkedIdentity>, ServiceError> {
+        let user = self.hub.user_row(name).await?;
         actor.require_self_or_admin(user.user_id)?;
-        Ok(identities::list_for_user(self.db(), user.user_id).await?)
+        let rows = identities::list_for_user(self.hub.db(), user.user_id).await?;
+        Ok(rows.into_iter().map(LinkedIdentity::from).collect())
     }
 
     /// Unlinks one of a user's identities (admins). The person can no longer sign in with it
     /// until it is linked again; their current sessions stay.
-    pub async fn unlink_identity(
+    pub async fn unlink(
         &self,
         actor: Actor<'_>,
         name: &UserName,
         identity_id: i64,
-    ) -> Result<Identity, ServiceError> {
+    ) -> Result<LinkedIdentity, ServiceError> {
         actor.require_admin()?;
-        let user = self.user_by_name(name).await?;
-        let mut tx = labhub_db::begin(self.db()).await?;
+        let user = self.hub.user_row(name).await?;
+        let mut tx = self.hub.begin().await?;
         let gone = identities::delete_for_user(&mut *tx, user.user_id, identity_id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("{name} has no linked identity {identity_id}")))?;
-        self.audit(
-            &mut *tx,
-            actor,
-            "identity.unlink",
-            name.as_str(),
-            json!({ "provider": gone.provider, "subject": gone.subject }),
-        )
-        .await?;
-        labhub_db::commit(tx).await?;
-        Ok(gone)
+        let detail = json!({ "provider": gone.provider, "subject": gone.subject });
+        self.hub.audit().record(&mut *tx, actor, "identity.unlink", name.as_str(), detail).await?;
+        tx.commit().await?;
+        Ok(gone.into())
     }
 }
 

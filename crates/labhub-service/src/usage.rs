@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use labhub_core::{GroupName, GroupRole, UserName};
-use labhub_db::usage::{self, ChargedServer, Sample};
+use labhub_core::{GroupId, GroupName, GroupRole, ServerId, UserName};
+use labhub_db::usage::{self, Sample};
 
-use crate::audit::Actor;
-use crate::groups::GroupDetail;
+use crate::access::Actor;
+use crate::model::{ChargedServer, GroupDetail, UsageSample};
 use crate::{Hub, ServiceError};
 
 /// How far back the usage chart looks.
@@ -56,11 +56,11 @@ pub struct Amounts {
 
 impl Amounts {
     fn add(&mut self, s: &ChargedServer) {
-        let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-        self.cpu_reserved += unsigned(s.cpu_millis.map(i64::from));
-        self.memory_reserved += unsigned(s.memory_bytes);
-        self.cpu_used += unsigned(s.used_cpu_millis);
-        self.memory_used += unsigned(s.used_memory_bytes);
+        let (cpu_used, memory_used) = s.used.unwrap_or((0, 0));
+        self.cpu_reserved += u64::from(s.reserved.cpu_millis);
+        self.memory_reserved += s.reserved.memory_bytes;
+        self.cpu_used += cpu_used;
+        self.memory_used += memory_used;
         self.servers += 1;
     }
 }
@@ -88,22 +88,32 @@ pub struct GroupUsage {
     /// The group's total.
     pub total: Amounts,
     /// The samples of the chosen range, oldest first.
-    pub samples: Vec<Sample>,
+    pub samples: Vec<UsageSample>,
     /// The range the samples cover.
     pub range: UsageRange,
 }
 
-impl Hub {
+/// What groups use.
+#[derive(Clone, Copy)]
+pub struct Usage<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> Usage<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
+    }
+
     /// One group's use (admins, its leads).
-    pub async fn group_usage(
+    pub async fn of_group(
         &self,
         actor: Actor<'_>,
         name: &GroupName,
         range: UsageRange,
     ) -> Result<GroupUsage, ServiceError> {
-        let detail = self.group(actor, name).await?;
-        let group_id = detail.group.group_id;
-        let servers = usage::active_in_group(self.db(), group_id).await?;
+        let detail = self.hub.groups().get(actor, name).await?;
+        let group_id = detail.group.id;
+        let servers = usage::active_in_group(self.hub.db(), group_id).await?;
         let mut members: Vec<MemberUsage> = detail
             .members
             .iter()
@@ -115,7 +125,7 @@ impl Hub {
             })
             .collect();
         let mut total = Amounts::default();
-        for s in servers {
+        for s in servers.into_iter().map(ChargedServer::from) {
             total.add(&s);
             let i = match members.iter().position(|m| m.name == s.owner) {
                 Some(i) => i,
@@ -134,15 +144,16 @@ impl Hub {
         }
         let span = time::Duration::try_from(range.span()).unwrap_or(time::Duration::DAY);
         let bucket = range.bucket().as_secs() as i64;
-        let samples = usage::series(self.db(), group_id, self.now() - span, bucket).await?;
+        let samples = usage::series(self.hub.db(), group_id, self.hub.now() - span, bucket).await?;
+        let samples = samples.into_iter().map(UsageSample::from).collect();
         Ok(GroupUsage { detail, members, total, samples, range })
     }
 
     /// Takes one sample of every active server's live use from the runtime, stores it per
     /// server and per group (with what the group's servers reserved), and drops samples past
     /// the retention.
-    pub async fn sample_usage(&self) -> Result<(), ServiceError> {
-        let Some(spawner) = self.0.servers.spawner.clone() else { return Ok(()) };
+    pub async fn sample(&self) -> Result<(), ServiceError> {
+        let Some(spawner) = self.hub.0.spawner.clone() else { return Ok(()) };
         let live = spawner.usage().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let live: HashMap<(String, String), (i64, i64)> = live
             .into_iter()
@@ -151,14 +162,14 @@ impl Hub {
                 (key, (i64::from(u.cpu_millis), i64::try_from(u.memory_bytes).unwrap_or(i64::MAX)))
             })
             .collect();
-        let now = self.now();
-        let active = usage::active(self.db()).await?;
-        let per_server: Vec<(i64, i64, i64)> = active
+        let now = self.hub.now();
+        let active = usage::active(self.hub.db()).await?;
+        let per_server: Vec<(ServerId, i64, i64)> = active
             .iter()
             .filter_map(|s| live.get(&(s.owner.to_string(), s.name.clone())).map(|(c, m)| (s.server_id, *c, *m)))
             .collect();
-        usage::put_server_usage(self.db(), now, &per_server).await?;
-        let mut per_group: HashMap<i64, Sample> = usage::group_ids(self.db())
+        usage::put_server_usage(self.hub.db(), now, &per_server).await?;
+        let mut per_group: HashMap<GroupId, Sample> = usage::group_ids(self.hub.db())
             .await?
             .into_iter()
             .map(|id| (id, Sample { at: now, cpu_millis: 0, memory_bytes: 0, cpu_reserved: 0, memory_reserved: 0 }))
@@ -172,36 +183,11 @@ impl Hub {
                 sample.memory_bytes += m;
             }
         }
-        let rows: Vec<(i64, Sample)> = per_group.into_iter().collect();
-        usage::insert_samples(self.db(), &rows).await?;
-        let keep = time::Duration::try_from(self.quota_settings().usage_retention).unwrap_or(time::Duration::WEEK);
-        usage::delete_samples_before(self.db(), now - keep).await?;
+        let rows: Vec<(GroupId, Sample)> = per_group.into_iter().collect();
+        usage::insert_samples(self.hub.db(), &rows).await?;
+        let retention = self.hub.quota_settings().usage_retention;
+        let keep = time::Duration::try_from(retention).unwrap_or(time::Duration::WEEK);
+        usage::delete_samples_before(self.hub.db(), now - keep).await?;
         Ok(())
-    }
-
-    /// Samples live use every `usage_interval` and measures storage every `storage_interval`
-    /// until `shutdown` resolves.
-    pub async fn run_usage_sampler(self, shutdown: impl std::future::Future<Output = ()>) {
-        let settings = self.quota_settings().clone();
-        let mut usage_tick = tokio::time::interval(settings.usage_interval);
-        usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut storage_tick = tokio::time::interval(settings.storage_interval);
-        storage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = usage_tick.tick() => {
-                    if let Err(e) = self.sample_usage().await {
-                        tracing::debug!(error = %e, "usage not sampled this time");
-                    }
-                }
-                _ = storage_tick.tick() => {
-                    if let Err(e) = self.measure_storage().await {
-                        tracing::debug!(error = %e, "storage not measured this time");
-                    }
-                }
-            }
-        }
     }
 }

@@ -8,9 +8,9 @@ use labhub_auth::HubKey;
 use labhub_auth::passwords::HashCost;
 use labhub_core::{Clock, ManualClock, Secret, SystemClock, UserName};
 use labhub_db::PgPool;
+use labhub_service::Actor;
 use labhub_service::Hub;
 use labhub_service::accounts::NewAccount;
-use labhub_service::audit::Actor;
 use reqwest::{Client, Response, StatusCode, redirect};
 use tokio::sync::oneshot;
 
@@ -200,7 +200,8 @@ impl TestApp {
     pub async fn add_user(&self, name: &str, password: &str, admin: bool) -> UserName {
         let name = UserName::parse(name).expect("a valid test user name");
         self.hub
-            .create_user(
+            .accounts()
+            .create(
                 Actor::System,
                 NewAccount { name: name.clone(), password: Some(Secret::new(password.into())), admin },
             )
@@ -212,7 +213,7 @@ impl TestApp {
     /// An API token for a user.
     pub async fn token(&self, name: &str) -> String {
         let name = UserName::parse(name).expect("a valid name");
-        self.hub.create_token(Actor::System, &name, "test", None).await.expect("a token").0.expose().clone()
+        self.hub.tokens().create(Actor::System, &name, "test", None).await.expect("a token").0.expose().clone()
     }
 
     /// Fetches a page and returns the CSRF token its forms carry.
@@ -236,7 +237,7 @@ impl TestApp {
     /// server answers `jupyter lab …` like JupyterLab).
     pub async fn add_test_image(&self, name: &str) {
         let scope = self.docker.as_ref().expect("a hub started with .docker(..)");
-        let fields = labhub_db::images::ImageFields {
+        let fields = labhub_core::ImageFields {
             display_name: format!("Test server {name}"),
             description: "the tiny test server".into(),
             reference: scope.test_image.clone(),
@@ -248,7 +249,7 @@ impl TestApp {
             enabled: true,
             recipe: None,
         };
-        self.hub.add_image(Actor::System, name, fields).await.expect("adding the test image");
+        self.hub.catalogue().add(Actor::System, name, fields).await.expect("adding the test image");
     }
 
     /// The single number a query returns (`select count(*) …`).

@@ -194,7 +194,7 @@ async fn host_callback(state: &AppState, headers: HeaderMap, uri: Uri) -> Respon
         return AppError::BadRequest("this sign-in link is malformed".into()).into_response();
     };
     let host = request_host(&headers).unwrap_or_default().to_ascii_lowercase();
-    let token = match state.hub_call(|hub| async move { hub.redeem_host_code(&q.code, &host).await }).await {
+    let token = match state.hub_call(|hub| async move { hub.sessions().redeem_host_code(&q.code, &host).await }).await {
         Ok(t) => t,
         Err(e) => return AppError::from(e).into_response(),
     };
@@ -240,7 +240,7 @@ pub async fn host_login(
     if me.name != user && !me.admin {
         return Err(AppError::Forbidden("This server belongs to someone else.".into()));
     }
-    let code = state.hub().host_code(&me, &host)?;
+    let code = state.hub().sessions().host_code(&me, &host)?;
     let mut target = Url::parse(&format!("{origin}{HOST_CALLBACK}")).map_err(|_| bad())?;
     let path_and_query = match next.query() {
         Some(q) => format!("{}?{q}", next.path()),

@@ -1,8 +1,7 @@
 //! Reading a catalogue entry from a form or a JSON body, with one set of messages.
 
 use labhub_core::resources::Amount;
-use labhub_core::{ImageKind, ImageRef};
-use labhub_db::images::ImageFields;
+use labhub_core::{ImageFields, ImageKind, ImageRef};
 use serde::Deserialize;
 
 use crate::AppError;

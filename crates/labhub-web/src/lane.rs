@@ -19,6 +19,7 @@ use axum::http::{Method, StatusCode};
 use bytes::{Buf, BytesMut};
 use labhub_core::ImageKind;
 use labhub_proxy::{ClientInfo, Lane, LaneError, PlainGet, Scheme, parse_user_path};
+use labhub_service::ServerRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -223,9 +224,8 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
     // Asked as the general path asks (memory, else the database on the hub's runtime), so a
     // connection stays in the lane when its session's cached answer runs out.
     let me = state.session_principal(session).await.ok()??;
-    if me.name != user_path.user && !me.admin {
-        return None;
-    }
+    let key = route.key();
+    state.hub().access().may_reach(&me, ServerRef { owner: &key.user, server: key.server.as_ref() })?;
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
     let addr = crate::extract::client_addr_from(forwarded_for, Some(peer), state)?;
     Some(Admitted { target, route, client: ClientInfo { addr, scheme, host: host.to_string() }, request_id, close })

@@ -131,7 +131,7 @@ pub async fn security_headers(State(_state): State<AppState>, req: Request, next
 
 /// `GET /hub/health`: no authentication; 200 when the hub and its database answer, 503 otherwise.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let db_ok = sqlx_ping(&state).await;
+    let db_ok = state.hub().database_answers().await;
     let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "status": if db_ok { "ok" } else { "degraded" },
@@ -140,13 +140,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn sqlx_ping(state: &AppState) -> bool {
-    labhub_db::ping(state.hub().db()).await
-}
-
 /// `GET /hub/metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(n) = state.hub().count_live_sessions().await {
+    if let Ok(n) = state.hub().sessions().count_live().await {
         metrics::gauge!("labhub_active_sessions").set(n as f64);
     }
     match state.metrics() {

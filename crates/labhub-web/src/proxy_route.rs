@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use labhub_core::{ServerName, UserName};
 use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path};
-use labhub_service::{AuthVia, Principal};
+use labhub_service::{Actor, AuthVia, Principal, ServerRef};
 
 use crate::AppState;
 use crate::error::json_error;
@@ -71,7 +71,8 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
         }
         return json_error(StatusCode::UNAUTHORIZED, "sign in, or send an API token, to reach this server");
     };
-    if me.name != user_path.user && !me.admin {
+    let reached = ServerRef { owner: &user_path.user, server: route.as_ref().and_then(|r| r.key().server.as_ref()) };
+    if state.hub().access().may_reach(&me, reached).is_none() {
         return refuse(StatusCode::FORBIDDEN, "This server belongs to someone else.", navigation, &req);
     }
     let by_cookie = matches!(me.via, AuthVia::Session { .. });
@@ -194,9 +195,9 @@ async fn answer_not_running(
     cookies: Option<HeaderValue>,
 ) -> Response {
     // `/user/alice/foo/…` is about the named server `foo` only if alice has one.
-    let rows = state.hub().servers_of(labhub_service::audit::Actor::User(me), owner).await.unwrap_or_default();
-    let named = candidate.filter(|c| rows.iter().any(|r| r.name == c.as_str()));
-    let row = rows.iter().find(|r| r.name == named.map_or("", ServerName::as_str));
+    let slots = state.hub().servers().of(Actor::User(me), owner).await.unwrap_or_default();
+    let named = candidate.filter(|c| slots.iter().any(|s| s.name.as_ref() == Some(c)));
+    let slot = slots.iter().find(|s| s.name.as_ref() == named);
     let label = match named {
         Some(s) => format!("{owner}'s server {s}"),
         None => format!("{owner}'s server"),
@@ -214,7 +215,7 @@ async fn answer_not_running(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let reason = row.and_then(|r| r.stop_reason.clone());
+    let reason = slot.and_then(|s| s.stop_reason.clone());
     let view = NotRunningPage::new(page.chrome("home"), owner, named, reason, true);
     page.render_status(StatusCode::SERVICE_UNAVAILABLE, view)
 }

@@ -96,19 +96,19 @@ impl AppState {
     /// The user behind a session cookie: from the credential cache where the request is, or
     /// from the database on the hub's runtime.
     pub(crate) async fn session_principal(&self, cookie: String) -> Result<Option<Principal>, ServiceError> {
-        match self.hub().session_principal_cached(&cookie) {
+        match self.hub().sessions().principal_cached(&cookie) {
             Some(known) => Ok(known),
             // Boxed: a query's future is large, and it would otherwise be part of every
             // request's future, which is allocated and moved whole.
-            None => Box::pin(self.hub_call(|hub| async move { hub.session_principal(&cookie).await })).await,
+            None => Box::pin(self.hub_call(|hub| async move { hub.sessions().principal(&cookie).await })).await,
         }
     }
 
     /// The user behind an API token, as [`AppState::session_principal`] finds a session's.
     pub(crate) async fn token_principal(&self, token: String) -> Result<Option<Principal>, ServiceError> {
-        match self.hub().token_principal_cached(&token) {
+        match self.hub().tokens().principal_cached(&token) {
             Some(known) => Ok(known),
-            None => Box::pin(self.hub_call(|hub| async move { hub.token_principal(&token).await })).await,
+            None => Box::pin(self.hub_call(|hub| async move { hub.tokens().principal(&token).await })).await,
         }
     }
 

@@ -104,8 +104,8 @@ pub async fn boot(
     build_missing_images: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    hub.ensure_default_catalogue().await.context("could not prepare the image catalogue")?;
-    match hub.reconcile().await {
+    hub.catalogue().ensure_default().await.context("could not prepare the image catalogue")?;
+    match hub.servers().reconcile().await {
         Ok(report) => {
             for s in &report.adopted {
                 tracing::info!(server = %s, "adopted a running server");
@@ -117,7 +117,7 @@ pub async fn boot(
         Err(e) => tracing::warn!(error = %e, "could not reconcile servers with the container runtime"),
     }
     tokio::spawn(hub.clone().watch_exits(shutdown));
-    if build_missing_images && let Err(e) = hub.build_missing_images().await {
+    if build_missing_images && let Err(e) = hub.catalogue().build_missing().await {
         tracing::warn!(error = %e, "could not start building missing images");
     }
     Ok(())

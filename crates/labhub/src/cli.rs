@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use labhub_core::{ImageKind, ImageRef, Secret, UserName};
-use labhub_db::images::ImageFields;
-use labhub_db::users::UserFilter;
+use labhub_core::listing::UserFilter;
+use labhub_core::{ImageFields, ImageKind, ImageRef, Secret, UserName};
+use labhub_service::Actor;
 use labhub_service::accounts::NewAccount;
-use labhub_service::audit::Actor;
 
 use crate::app::{self, Overrides};
 use crate::config::{Config, LogFormat};
@@ -246,8 +245,8 @@ fn removable<T>(
 
 impl QuotaArgs {
     fn patch(&self) -> anyhow::Result<labhub_service::quotas::QuotaPatch> {
+        use labhub_core::ImageAllowance;
         use labhub_core::resources::{parse_cpu, parse_memory};
-        use labhub_db::quotas::ImageAllowance;
         let cpu = |r: &str| parse_cpu(r).map_err(anyhow::Error::from);
         let memory = |r: &str| parse_memory(r).map_err(anyhow::Error::from);
         let duration =
@@ -388,7 +387,8 @@ async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::Result<()> 
                 (false, true) => (None, false),
                 (false, false) => (Some(generated_password()), true),
             };
-            let user = hub.create_user(Actor::System, NewAccount { name, password: password.clone(), admin }).await?;
+            let user =
+                hub.accounts().create(Actor::System, NewAccount { name, password: password.clone(), admin }).await?;
             println!("Created {}{}.", user.name, if user.admin { " (admin)" } else { "" });
             if let (true, Some(p)) = (show, password) {
                 println!("Password: {}", p.expose());
@@ -396,7 +396,7 @@ async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::Result<()> 
         }
         UserCommand::List => {
             let filter = UserFilter { limit: i64::MAX, ..UserFilter::default() };
-            let (users, _) = hub.list_users(Actor::System, &filter).await?;
+            let (users, _) = hub.accounts().list(Actor::System, &filter).await?;
             println!("{:<32} {:<6} {:<9} created", "name", "admin", "state");
             for u in users {
                 println!(
@@ -412,7 +412,7 @@ async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::Result<()> 
             let name = name(&raw)?;
             let (password, show) =
                 if password_stdin { (read_password_stdin()?, false) } else { (generated_password(), true) };
-            hub.set_password(Actor::System, &name, password.clone()).await?;
+            hub.accounts().set_password(Actor::System, &name, password.clone()).await?;
             println!("Password of {name} changed; their sessions ended.");
             if show {
                 println!("Password: {}", password.expose());
@@ -420,12 +420,12 @@ async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::Result<()> 
         }
         UserCommand::Delete { name: raw } => {
             let name = name(&raw)?;
-            hub.delete_user(Actor::System, &name).await?;
+            hub.accounts().delete(Actor::System, &name).await?;
             println!("Deleted {name}.");
         }
         UserCommand::SetAdmin { name: raw, admin } => {
             let name = name(&raw)?;
-            hub.set_admin(Actor::System, &name, admin).await?;
+            hub.accounts().set_admin(Actor::System, &name, admin).await?;
             println!("{name} is {}an admin.", if admin { "now " } else { "no longer " });
         }
     }
@@ -436,14 +436,14 @@ async fn token(hub: labhub_service::Hub, cmd: TokenCommand) -> anyhow::Result<()
     match cmd {
         TokenCommand::Create { name: raw, note, expires_in } => {
             let name = name(&raw)?;
-            let (token, _) = hub.create_token(Actor::System, &name, &note, expires_in).await?;
+            let (token, _) = hub.tokens().create(Actor::System, &name, &note, expires_in).await?;
             println!("{}", token.expose());
         }
     }
     Ok(())
 }
 
-fn image_fields(args: ImageArgs, base: Option<labhub_db::images::Image>) -> anyhow::Result<ImageFields> {
+fn image_fields(args: ImageArgs, base: Option<ImageFields>) -> anyhow::Result<ImageFields> {
     let missing = |what: &str| anyhow::anyhow!("--{what} is required to add an image");
     let reference = match (args.reference, &base) {
         (Some(r), _) => ImageRef::parse(&r)?,
@@ -490,33 +490,33 @@ async fn image(hub: labhub_service::Hub, cmd: ImageCommand) -> anyhow::Result<()
     match cmd {
         ImageCommand::List => {
             println!("{:<16} {:<8} {:<8} {:<40} on this machine", "name", "kind", "enabled", "reference");
-            for s in hub.images().await? {
+            for s in hub.catalogue().list().await? {
                 let local =
-                    s.local.map_or_else(|| "missing".to_string(), |l| labhub_service::images::short_id(&l.digest));
+                    s.local.map_or_else(|| "missing".to_string(), |l| labhub_service::catalogue::short_id(&l.digest));
                 println!(
                     "{:<16} {:<8} {:<8} {:<40} {local}",
                     s.image.name,
-                    s.image.kind.as_str(),
-                    if s.image.enabled { "yes" } else { "no" },
-                    s.image.reference.as_str()
+                    s.image.fields.kind.as_str(),
+                    if s.image.fields.enabled { "yes" } else { "no" },
+                    s.image.fields.reference.as_str()
                 );
             }
         }
         ImageCommand::Add { name, fields } => {
-            let image = hub.add_image(Actor::System, &name, image_fields(fields, None)?).await?;
-            println!("Added {} ({}).", image.name, image.reference);
+            let image = hub.catalogue().add(Actor::System, &name, image_fields(fields, None)?).await?;
+            println!("Added {} ({}).", image.name, image.fields.reference);
         }
         ImageCommand::Set { name, fields } => {
-            let base = hub.image(&name).await?;
-            let image = hub.update_image(Actor::System, &name, image_fields(fields, Some(base))?).await?;
-            println!("Saved {} ({}).", image.name, image.reference);
+            let base = hub.catalogue().get(&name).await?.fields;
+            let image = hub.catalogue().update(Actor::System, &name, image_fields(fields, Some(base))?).await?;
+            println!("Saved {} ({}).", image.name, image.fields.reference);
         }
         ImageCommand::Remove { name } => {
-            hub.remove_image(Actor::System, &name).await?;
+            hub.catalogue().remove(Actor::System, &name).await?;
             println!("Removed {name} from the catalogue.");
         }
         ImageCommand::Build { name } => {
-            let log = hub.build_image(Actor::System, &name).await?;
+            let log = hub.catalogue().build(Actor::System, &name).await?;
             let mut rx = log.subscribe();
             let mut seen = 0;
             loop {
@@ -548,7 +548,7 @@ fn names(raw: &[String]) -> anyhow::Result<Vec<UserName>> {
     raw.iter().map(|n| name(n)).collect()
 }
 
-fn members_line(d: &labhub_service::groups::GroupDetail) -> String {
+fn members_line(d: &labhub_service::model::GroupDetail) -> String {
     let n = d.members.len();
     format!("{} now has {n} member{}.", d.group.name, if n == 1 { "" } else { "s" })
 }
@@ -557,11 +557,11 @@ async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow::Result<()
     let actor = Actor::System;
     match cmd {
         GroupCommand::Create { name } => {
-            let g = hub.create_group(actor, &group_name(&name)?).await?;
+            let g = hub.groups().create(actor, &group_name(&name)?).await?;
             println!("Created the group {}.", g.name);
         }
         GroupCommand::List => {
-            let (groups, _) = hub.list_groups(actor, 0, i64::MAX).await?;
+            let (groups, _) = hub.groups().list(actor, 0, i64::MAX).await?;
             println!("{:<24} {:<7} {:<24} limits", "name", "members", "leads");
             for d in groups {
                 let leads: Vec<String> = d.leads().iter().map(ToString::to_string).collect();
@@ -576,25 +576,28 @@ async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow::Result<()
         }
         GroupCommand::Delete { name } => {
             let name = group_name(&name)?;
-            hub.delete_group(actor, &name).await?;
+            hub.groups().delete(actor, &name).await?;
             println!("Deleted the group {name}.");
         }
         GroupCommand::Rename { name, new_name } => {
-            let g = hub.rename_group(actor, &group_name(&name)?, &group_name(&new_name)?).await?;
+            let g = hub.groups().rename(actor, &group_name(&name)?, &group_name(&new_name)?).await?;
             println!("Renamed {name} to {}.", g.name);
         }
         GroupCommand::AddMember { group, users } => {
-            println!("{}", members_line(&hub.add_group_members(actor, &group_name(&group)?, &names(&users)?).await?));
+            println!(
+                "{}",
+                members_line(&hub.groups().add_members(actor, &group_name(&group)?, &names(&users)?).await?)
+            );
         }
         GroupCommand::RemoveMember { group, users } => {
             println!(
                 "{}",
-                members_line(&hub.remove_group_members(actor, &group_name(&group)?, &names(&users)?).await?)
+                members_line(&hub.groups().remove_members(actor, &group_name(&group)?, &names(&users)?).await?)
             );
         }
         GroupCommand::SetLead { group, user, lead } => {
             let (g, u) = (group_name(&group)?, name(&user)?);
-            hub.set_group_lead(actor, &g, &u, lead).await?;
+            hub.groups().set_lead(actor, &g, &u, lead).await?;
             println!("{u} {} {g}.", if lead { "now leads" } else { "no longer leads" });
         }
         GroupCommand::SetQuota { group, limits, ceiling } => {
@@ -604,9 +607,9 @@ async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow::Result<()
                 bail!("give at least one limit to change (see --help)");
             }
             let d = if ceiling {
-                hub.set_group_ceiling(actor, &g, &patch).await?
+                hub.quotas().set_group_ceiling(actor, &g, &patch).await?
             } else {
-                hub.set_group_quota(actor, &g, &patch).await?
+                hub.quotas().set_group_quota(actor, &g, &patch).await?
             };
             let (what, q) = if ceiling { ("ceiling", &d.ceiling) } else { ("limits", &d.quota) };
             println!("The {what} of {g}: {}", labhub_service::quotas::describe(q));
@@ -637,7 +640,7 @@ async fn serve_on(
     let key = app::load_key(config)?;
     let runtime = app::Runtime::docker(&config.docker).await;
     let built = app::build(config, db.pool.clone(), key, runtime, Overrides::default())?;
-    if let Some((admin, password)) = built.hub.bootstrap_admins().await? {
+    if let Some((admin, password)) = built.hub.accounts().bootstrap_admins().await? {
         let path = config.data_dir.join("initial-admin-password");
         std::fs::create_dir_all(&config.data_dir)?;
         app::write_private(&path, &format!("{}\n", password.expose()))?;

@@ -297,7 +297,7 @@ mod bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&labhub_service::quotas::memory_text(*bytes))
+        s.serialize_str(&labhub_service::words::memory_text(*bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -601,12 +601,12 @@ impl Config {
     pub fn quota_settings(&self) -> labhub_service::QuotaSettings {
         let q = &self.quota;
         let images = if q.images.is_empty() {
-            labhub_db::quotas::ImageAllowance::All
+            labhub_core::ImageAllowance::All
         } else {
-            labhub_db::quotas::ImageAllowance::Only(q.images.clone())
+            labhub_core::ImageAllowance::Only(q.images.clone())
         };
         labhub_service::QuotaSettings {
-            site_default: labhub_db::quotas::Quota {
+            site_default: labhub_core::Quota {
                 max_cpu_millis: q.max_cpu,
                 max_memory_bytes: q.max_memory,
                 max_gpus: q.max_gpus,

@@ -186,7 +186,7 @@ async fn image_commands_manage_the_catalogue() {
     let (code, out, err) = run(labhub(&["image", "set", "scipy", "--enabled", "false"]).env("DATABASE_URL", &url));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Saved scipy"));
-    let image = app.hub.image("scipy").await.unwrap();
+    let image = app.hub.catalogue().get("scipy").await.unwrap().fields;
     assert_eq!((image.cpu_millis, image.memory_bytes, image.enabled), (1500, 3 << 30, false));
     let (code, out, _) = run(labhub(&["image", "list"]).env("DATABASE_URL", &url));
     assert_eq!(code, 0);
@@ -219,7 +219,7 @@ async fn image_commands_manage_the_catalogue() {
     let (code, out, _) = run(labhub(&["image", "remove", "scipy"]).env("DATABASE_URL", &url));
     assert_eq!(code, 0);
     assert!(out.contains("Removed scipy"));
-    assert!(app.hub.image("scipy").await.is_err());
+    assert!(app.hub.catalogue().get("scipy").await.is_err());
 }
 
 #[test]

@@ -39,7 +39,7 @@ async fn use_server(app: &TestApp, auth: &str, user: &str) {
 }
 
 async fn culled(app: &TestApp) -> Vec<(String, String)> {
-    app.hub.cull_once().await.unwrap().into_iter().map(|c| (c.server, c.reason)).collect()
+    app.hub.culler().cull_once().await.unwrap().into_iter().map(|c| (c.server, c.reason)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use labhub_core::{GroupName, UserName};
-use labhub_service::audit::Actor;
+use labhub_service::Actor;
 use labhub_service::quotas::QuotaPatch;
 use labhub_testkit::TestApp;
 use labhub_testkit::pg::TestCluster;
@@ -21,17 +21,17 @@ const PASSWORD: &str = "correct horse";
 pub async fn lab(app: &TestApp, group: &str, lead: Option<&str>, members: &[&str], limits: QuotaPatch) {
     let g = GroupName::parse(group).unwrap();
     let hub = &app.hub;
-    hub.create_group(Actor::System, &g).await.unwrap();
+    hub.groups().create(Actor::System, &g).await.unwrap();
     let names: Vec<UserName> = members.iter().map(|m| UserName::parse(m).unwrap()).collect();
     if !names.is_empty() {
-        hub.add_group_members(Actor::System, &g, &names).await.unwrap();
+        hub.groups().add_members(Actor::System, &g, &names).await.unwrap();
     }
     if let Some(l) = lead {
-        hub.set_group_lead(Actor::System, &g, &UserName::parse(l).unwrap(), true).await.unwrap();
+        hub.groups().set_lead(Actor::System, &g, &UserName::parse(l).unwrap(), true).await.unwrap();
     }
     if !limits.is_empty() {
-        hub.set_group_ceiling(Actor::System, &g, &limits).await.unwrap();
-        hub.set_group_quota(Actor::System, &g, &limits).await.unwrap();
+        hub.quotas().set_group_ceiling(Actor::System, &g, &limits).await.unwrap();
+        hub.quotas().set_group_quota(Actor::System, &g, &limits).await.unwrap();
     }
 }
 
@@ -290,10 +290,11 @@ async fn the_role_matrix_members_leads_of_this_group_leads_of_another_group_and_
     ];
     // The catalogue names an image the quota row above may refer to.
     app.hub
-        .add_image(
+        .catalogue()
+        .add(
             Actor::System,
             "jupyterlab",
-            labhub_db::images::ImageFields {
+            labhub_core::ImageFields {
                 display_name: "JupyterLab".into(),
                 description: String::new(),
                 reference: labhub_core::ImageRef::parse("labhub/jupyterlab:1").unwrap(),

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use labhub_auth::oidc::{ProviderConfig, SsoError, TokenProblem};
 use labhub_core::UserName;
+use labhub_service::Actor;
 use labhub_service::SignupPolicy;
 use labhub_service::accounts::NewAccount;
-use labhub_service::audit::Actor;
 use labhub_testkit::TestApp;
 use labhub_testkit::app::{browser, csrf_of};
 use labhub_testkit::fake_forges::{FakeGitHub, FakeGitLab, ForgeUser};
@@ -481,7 +481,7 @@ async fn without_auto_create_only_accounts_an_admin_made_get_in() {
     assert_refused(error_page(r).await, StatusCode::FORBIDDEN, "There is no account carol on this hub");
 
     let carol = UserName::parse("carol").unwrap();
-    app.hub.create_user(Actor::System, NewAccount { name: carol, password: None, admin: false }).await.unwrap();
+    app.hub.accounts().create(Actor::System, NewAccount { name: carol, password: None, admin: false }).await.unwrap();
     assert_eq!(sign_in(&app, &browser(), "sub-carol").await.status(), StatusCode::SEE_OTHER, "linked at first sign-in");
     assert_eq!(app.count("select count(*) from identities where subject = 'sub-carol'").await, 1);
 
@@ -514,7 +514,7 @@ async fn with_approval_a_first_sign_in_waits_for_an_admin() {
     assert_eq!(app.count("select count(*) from sessions").await, 0);
 
     let newbie = UserName::parse("newbie").unwrap();
-    app.hub.set_account_state(Actor::System, &newbie, labhub_core::AccountState::Active).await.unwrap();
+    app.hub.accounts().set_state(Actor::System, &newbie, labhub_core::AccountState::Active).await.unwrap();
     assert_eq!(sign_in(&app, &browser(), "sub-newbie").await.status(), StatusCode::SEE_OTHER);
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use labhub_db::quotas::ImageAllowance;
+use labhub_core::ImageAllowance;
 use labhub_service::quotas::QuotaPatch;
 use labhub_testkit::app::csrf_of;
 use reqwest::StatusCode;
@@ -77,8 +77,9 @@ async fn every_limit_refuses_with_the_limit_the_usage_and_whom_to_ask() {
         assert!(m.contains(expected) && m.contains("Ask bob (lead of lab)"), "{m}");
     }
     app.hub
+        .quotas()
         .set_group_images(
-            labhub_service::audit::Actor::System,
+            labhub_service::Actor::System,
             &labhub_core::GroupName::parse("lab").unwrap(),
             ImageAllowance::Only(vec!["other".into()]),
         )
@@ -252,7 +253,7 @@ async fn storage_past_the_limit_refuses_starts_saying_how_much_to_free() {
         .unwrap();
     assert_eq!(r.status(), 200);
     c.delete(app.at("/hub/api/users/alice/server")).header("Authorization", &alice).send().await.unwrap();
-    assert!(app.hub.measure_storage().await.unwrap() >= 1);
+    assert!(app.hub.quotas().measure_storage().await.unwrap() >= 1);
     let bytes: i64 = labhub_db::sqlx::query_scalar("select bytes from storage_usage").fetch_one(&app.db).await.unwrap();
     assert!(bytes >= 200 << 10, "the real volume was measured: {bytes}");
     let (got, v) = start(&app, &alice, "/hub/api/users/alice/server", json!({"image": "test"})).await;
@@ -273,8 +274,8 @@ async fn storage_past_the_limit_refuses_starts_saying_how_much_to_free() {
     let limit = (bytes as u64) * 100 / 95;
     let raise = QuotaPatch { storage_bytes: Some(Some(limit)), ..QuotaPatch::default() };
     let g = labhub_core::GroupName::parse("lab").unwrap();
-    app.hub.set_group_ceiling(labhub_service::audit::Actor::System, &g, &raise).await.unwrap();
-    app.hub.set_group_quota(labhub_service::audit::Actor::System, &g, &raise).await.unwrap();
+    app.hub.quotas().set_group_ceiling(labhub_service::Actor::System, &g, &raise).await.unwrap();
+    app.hub.quotas().set_group_quota(labhub_service::Actor::System, &g, &raise).await.unwrap();
     let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
     assert!(home.contains("Delete files you no longer need"), "{home}");
     start_ready(&app, &alice, "alice").await;
@@ -390,7 +391,7 @@ async fn a_lead_stops_a_members_server_and_sees_the_groups_usage() {
     .await;
     lab(&app, "other", Some("carol"), &[], QuotaPatch::default()).await;
     start_ready(&app, &alice, "alice").await;
-    app.hub.sample_usage().await.unwrap();
+    app.hub.usage().sample().await.unwrap();
     // An old sample is dropped: the table stays bounded.
     labhub_db::sqlx::query(
         "insert into group_usage_samples (group_id, at, cpu_millis, memory_bytes, cpu_reserved, memory_reserved)
@@ -399,7 +400,7 @@ async fn a_lead_stops_a_members_server_and_sees_the_groups_usage() {
     .execute(&app.db)
     .await
     .unwrap();
-    app.hub.sample_usage().await.unwrap();
+    app.hub.usage().sample().await.unwrap();
     assert_eq!(app.count("select count(*) from group_usage_samples where at < now() - interval '8 days'").await, 0);
     let bob = format!("token {}", app.token("bob").await);
     let carol = format!("token {}", app.token("carol").await);

@@ -12,10 +12,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use labhub_core::{GroupName, UserName};
-use labhub_db::quotas::ImageAllowance;
-use labhub_service::audit::Actor;
-use labhub_service::groups::GroupDetail;
+use labhub_core::{GroupName, ImageAllowance, ServerName, UserName};
+use labhub_service::Actor;
+use labhub_service::model::GroupDetail;
 use labhub_service::quotas::{QuotaPatch, describe};
 use labhub_service::usage::{Amounts, UsageRange};
 use serde::{Deserialize, Deserializer};
@@ -62,7 +61,7 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     let (offset, limit) = offset_limit(&q)?;
-    let (groups, total) = state.hub().list_groups(Actor::User(&me), offset, limit).await?;
+    let (groups, total) = state.hub().groups().list(Actor::User(&me), offset, limit).await?;
     let items = groups.iter().map(model).collect();
     Ok(paged(&state, "hub/api/groups", &headers, &q, items, Page { offset, limit, total }))
 }
@@ -88,7 +87,7 @@ pub async fn create_many(
         .iter()
         .map(|g| GroupName::parse(g).map_err(|e| AppError::BadRequest(format!("{g:?}: {e}"))))
         .collect::<Result<_, _>>()?;
-    let created = state.hub().create_groups(Actor::User(&me), &names, &[]).await?;
+    let created = state.hub().groups().create_many(Actor::User(&me), &names, &[]).await?;
     Ok((StatusCode::CREATED, Json(created.iter().map(model).collect::<Vec<_>>())).into_response())
 }
 
@@ -98,7 +97,7 @@ pub async fn get_one(
     CurrentUser(me): CurrentUser,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    Ok(Json(model(&state.hub().group(Actor::User(&me), &group_name(&name)?).await?)))
+    Ok(Json(model(&state.hub().groups().get(Actor::User(&me), &group_name(&name)?).await?)))
 }
 
 /// A body naming users: `{"users": [...]}`.
@@ -118,7 +117,7 @@ pub async fn create_one(
 ) -> Result<Response, AppError> {
     let name = GroupName::parse(&name).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let users = user_names(&body.users)?;
-    let mut created = state.hub().create_groups(Actor::User(&me), std::slice::from_ref(&name), &users).await?;
+    let mut created = state.hub().groups().create_many(Actor::User(&me), std::slice::from_ref(&name), &users).await?;
     Ok((StatusCode::CREATED, Json(model(&created.remove(0)))).into_response())
 }
 
@@ -138,8 +137,8 @@ pub async fn rename(
 ) -> Result<Json<Value>, AppError> {
     let new_name = GroupName::parse(&body.name).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let hub = state.hub();
-    hub.rename_group(Actor::User(&me), &group_name(&name)?, &new_name).await?;
-    Ok(Json(model(&hub.group(Actor::User(&me), &new_name).await?)))
+    hub.groups().rename(Actor::User(&me), &group_name(&name)?, &new_name).await?;
+    Ok(Json(model(&hub.groups().get(Actor::User(&me), &new_name).await?)))
 }
 
 /// `DELETE /hub/api/groups/{name}` (admins).
@@ -148,7 +147,7 @@ pub async fn delete(
     AdminUser(me): AdminUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    state.hub().delete_group(Actor::User(&me), &group_name(&name)?).await?;
+    state.hub().groups().delete(Actor::User(&me), &group_name(&name)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -160,7 +159,7 @@ pub async fn add_users(
     ApiJson(body): ApiJson<Users>,
 ) -> Result<Json<Value>, AppError> {
     let users = user_names(&body.users)?;
-    Ok(Json(model(&state.hub().add_group_members(Actor::User(&me), &group_name(&name)?, &users).await?)))
+    Ok(Json(model(&state.hub().groups().add_members(Actor::User(&me), &group_name(&name)?, &users).await?)))
 }
 
 /// `DELETE /hub/api/groups/{name}/users` (admins, its leads; leads only by admins):
@@ -172,7 +171,7 @@ pub async fn remove_users(
     ApiJson(body): ApiJson<Users>,
 ) -> Result<Json<Value>, AppError> {
     let users = user_names(&body.users)?;
-    Ok(Json(model(&state.hub().remove_group_members(Actor::User(&me), &group_name(&name)?, &users).await?)))
+    Ok(Json(model(&state.hub().groups().remove_members(Actor::User(&me), &group_name(&name)?, &users).await?)))
 }
 
 async fn set_leads(
@@ -183,7 +182,7 @@ async fn set_leads(
     lead: bool,
 ) -> Result<Json<Value>, AppError> {
     let users = user_names(&body.users)?;
-    Ok(Json(model(&state.hub().set_group_leads(Actor::User(me), &group_name(name)?, &users, lead).await?)))
+    Ok(Json(model(&state.hub().groups().set_leads(Actor::User(me), &group_name(name)?, &users, lead).await?)))
 }
 
 /// `POST /hub/api/groups/{name}/leads` (admins): `{"users": [...]}` lead it (and join it).
@@ -265,7 +264,7 @@ pub async fn get_quota(
     CurrentUser(me): CurrentUser,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    Ok(Json(quota_model(&state.hub().group(Actor::User(&me), &group_name(&name)?).await?)))
+    Ok(Json(quota_model(&state.hub().groups().get(Actor::User(&me), &group_name(&name)?).await?)))
 }
 
 /// `PATCH /hub/api/groups/{name}/quota` (admins, its leads within the ceiling; the `ceiling`
@@ -283,13 +282,13 @@ pub async fn patch_quota(
         if c.ceiling.is_some() {
             return Err(AppError::BadRequest("a ceiling has no ceiling of its own".into()));
         }
-        hub.set_group_ceiling(actor, &name, &c.patch()).await?;
+        hub.quotas().set_group_ceiling(actor, &name, &c.patch()).await?;
     }
     let patch = body.patch();
     let detail = if patch.is_empty() {
-        hub.group(actor, &name).await?
+        hub.groups().get(actor, &name).await?
     } else {
-        hub.set_group_quota(actor, &name, &patch).await?
+        hub.quotas().set_group_quota(actor, &name, &patch).await?
     };
     Ok(Json(quota_model(&detail)))
 }
@@ -317,7 +316,7 @@ pub async fn usage(
         Some("week") => UsageRange::Week,
         Some(other) => return Err(AppError::BadRequest(format!("'range' must be day or week, not {other:?}"))),
     };
-    let u = state.hub().group_usage(Actor::User(&me), &group_name(&name)?, range).await?;
+    let u = state.hub().usage().of_group(Actor::User(&me), &group_name(&name)?, range).await?;
     let members: Vec<Value> = u
         .members
         .iter()
@@ -327,14 +326,14 @@ pub async fn usage(
                 "role": m.role.map(|r| r.as_str()),
                 "total": amounts(&m.total),
                 "servers": m.servers.iter().map(|s| json!({
-                    "name": s.name,
+                    "name": s.name.as_ref().map_or("", ServerName::as_str),
                     "state": s.state.as_str(),
-                    "image": s.image_ref,
-                    "cpu_millis": s.cpu_millis,
-                    "memory_bytes": s.memory_bytes,
-                    "gpus": s.gpus,
-                    "cpu_used_millis": s.used_cpu_millis,
-                    "memory_used_bytes": s.used_memory_bytes,
+                    "image": s.image,
+                    "cpu_millis": s.reserved.cpu_millis,
+                    "memory_bytes": s.reserved.memory_bytes,
+                    "gpus": s.reserved.gpus,
+                    "cpu_used_millis": s.used.map(|u| u.0),
+                    "memory_used_bytes": s.used.map(|u| u.1),
                     "started": s.started_at.map(iso),
                     "last_activity": s.last_activity.map(iso),
                 })).collect::<Vec<_>>(),

@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use labhub_service::audit::Actor;
-use labhub_service::images::ImageStatus;
+use labhub_service::Actor;
+use labhub_service::catalogue::ImageStatus;
 use serde_json::{Value, json};
 
 use super::ApiJson;
@@ -14,9 +14,9 @@ use crate::images_input::ImageInput;
 use crate::{AppError, AppState, sse};
 
 fn model(s: &ImageStatus) -> Value {
-    let i = &s.image;
+    let i = &s.image.fields;
     json!({
-        "name": i.name,
+        "name": s.image.name,
         "display_name": i.display_name,
         "description": i.description,
         "reference": i.reference,
@@ -34,8 +34,8 @@ fn model(s: &ImageStatus) -> Value {
 
 /// `GET /hub/api/images` (any signed-in user): the catalogue; members see enabled entries only.
 pub async fn list(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<Vec<Value>>, AppError> {
-    let all = state.hub().images().await?;
-    Ok(Json(all.iter().filter(|s| me.admin || s.image.enabled).map(model).collect()))
+    let all = state.hub().catalogue().list().await?;
+    Ok(Json(all.iter().filter(|s| me.admin || s.image.fields.enabled).map(model).collect()))
 }
 
 /// `GET /hub/api/images/{name}` (any signed-in user; disabled entries for admins only).
@@ -44,9 +44,9 @@ pub async fn get_one(
     CurrentUser(me): CurrentUser,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let all = state.hub().images().await?;
+    let all = state.hub().catalogue().list().await?;
     all.iter()
-        .find(|s| s.image.name == name && (me.admin || s.image.enabled))
+        .find(|s| s.image.name == name && (me.admin || s.image.fields.enabled))
         .map(|s| Json(model(s)))
         .ok_or_else(|| AppError::NotFound(format!("there is no image '{name}'")))
 }
@@ -66,8 +66,8 @@ pub async fn create(
 ) -> Result<Response, AppError> {
     let fields = body.input.into_fields()?;
     let hub = state.hub();
-    hub.add_image(Actor::User(&me), &body.name, fields).await?;
-    let status = hub.images().await?.into_iter().find(|s| s.image.name == body.name);
+    hub.catalogue().add(Actor::User(&me), &body.name, fields).await?;
+    let status = hub.catalogue().list().await?.into_iter().find(|s| s.image.name == body.name);
     Ok((StatusCode::CREATED, Json(status.as_ref().map(model))).into_response())
 }
 
@@ -79,7 +79,7 @@ pub async fn replace(
     ApiJson(body): ApiJson<ImageInput>,
 ) -> Result<Json<Value>, AppError> {
     let hub = state.hub();
-    hub.update_image(Actor::User(&me), &name, body.into_fields()?).await?;
+    hub.catalogue().update(Actor::User(&me), &name, body.into_fields()?).await?;
     get_one(State(state), CurrentUser(me), Path(name)).await
 }
 
@@ -89,7 +89,7 @@ pub async fn delete(
     AdminUser(me): AdminUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    state.hub().remove_image(Actor::User(&me), &name).await?;
+    state.hub().catalogue().remove(Actor::User(&me), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -99,7 +99,7 @@ pub async fn build(
     AdminUser(me): AdminUser,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
-    state.hub().build_image(Actor::User(&me), &name).await?;
+    state.hub().catalogue().build(Actor::User(&me), &name).await?;
     let url = format!("/hub/api/images/{name}/build/progress");
     Ok((StatusCode::ACCEPTED, Json(json!({ "progress_url": url })).into_response()).into_response())
 }
@@ -110,10 +110,11 @@ pub async fn build_progress(
     AdminUser(_): AdminUser,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
-    let image = state.hub().image(&name).await?;
+    let image = state.hub().catalogue().get(&name).await?;
     let log = state
         .hub()
-        .build_progress(&image.reference)
+        .catalogue()
+        .build_progress(&image.fields.reference)
         .ok_or_else(|| AppError::NotFound(format!("'{name}' has not been built since the hub started")))?;
     Ok(sse::stream(log).into_response())
 }

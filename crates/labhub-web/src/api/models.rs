@@ -1,9 +1,8 @@
 //! JSON models with JupyterHub's field names.
 
-use labhub_core::{ServerName, ServerState, UserName};
-use labhub_db::servers::Server;
-use labhub_db::tokens::ApiToken;
-use labhub_db::users::User;
+use labhub_core::ServerState;
+use labhub_service::model::{Account, ServerView, TokenInfo};
+use labhub_service::views::UserView;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -31,54 +30,37 @@ pub struct UserModel {
 }
 
 impl UserModel {
-    /// The model of an account.
-    pub fn of(user: &User) -> Self {
+    /// The model of an account, with its groups and active servers.
+    pub fn of(view: &UserView) -> Self {
+        let mut m = Self::account(&view.account);
+        m.groups = view.groups.clone();
+        for s in view.servers.iter().filter(|s| s.state != ServerState::Stopped) {
+            let model = ServerModel::of(s);
+            if s.name.is_none() {
+                m.server = model.ready.then(|| model.url.clone());
+                m.pending = model.pending.map(str::to_string);
+            }
+            m.servers.insert(s.name_str().to_string(), serde_json::to_value(model).unwrap_or_default());
+        }
+        m
+    }
+
+    /// The model of an account alone (no groups, no servers).
+    pub fn account(a: &Account) -> Self {
         Self {
             kind: "user",
-            name: user.name.to_string(),
-            admin: user.admin,
-            roles: if user.admin { vec!["admin", "user"] } else { vec!["user"] },
+            name: a.name.to_string(),
+            admin: a.admin,
+            roles: if a.admin { vec!["admin", "user"] } else { vec!["user"] },
             groups: Vec::new(),
             server: None,
             pending: None,
-            created: iso(user.created_at),
-            last_activity: user.last_activity.map(iso),
+            created: iso(a.created_at),
+            last_activity: a.last_activity.map(iso),
             servers: serde_json::Map::new(),
-            account_state: user.state.as_str(),
+            account_state: a.state.as_str(),
         }
     }
-}
-
-/// The models of several accounts, with their groups and active servers.
-pub async fn user_models(hub: &labhub_service::Hub, users: Vec<User>) -> Result<Vec<UserModel>, crate::AppError> {
-    let ids: Vec<i64> = users.iter().map(|u| u.user_id).collect();
-    let mut servers = hub.servers_of_users(&ids).await?;
-    let mut groups = hub.group_names_of_users(&ids).await?;
-    Ok(users
-        .iter()
-        .map(|u| {
-            let groups = groups.remove(&u.user_id).unwrap_or_default();
-            user_model(u, groups, &servers.remove(&u.user_id).unwrap_or_default())
-        })
-        .collect())
-}
-
-/// One user's model from their account, group names and server rows.
-pub fn user_model(u: &User, groups: Vec<String>, servers: &[Server]) -> UserModel {
-    let mut m = UserModel::of(u);
-    m.groups = groups;
-    for s in servers {
-        if s.state == ServerState::Stopped {
-            continue;
-        }
-        let model = ServerModel::of(&u.name, s);
-        if s.name.is_empty() {
-            m.server = model.ready.then(|| model.url.clone());
-            m.pending = model.pending.map(str::to_string);
-        }
-        m.servers.insert(s.name.clone(), serde_json::to_value(model).unwrap_or_default());
-    }
-    m
 }
 
 /// JupyterHub's server model.
@@ -103,16 +85,15 @@ pub struct ServerModel {
 }
 
 impl ServerModel {
-    /// The model of one of `owner`'s servers.
-    pub fn of(owner: &UserName, s: &Server) -> Self {
-        let server = ServerName::parse_optional(&s.name).ok().flatten();
-        let url = labhub_service::servers::route_prefix(owner, server.as_ref());
-        let progress_url = match &server {
+    /// The model of a server slot.
+    pub fn of(s: &ServerView) -> Self {
+        let owner = &s.owner;
+        let progress_url = match &s.name {
             Some(n) => format!("/hub/api/users/{owner}/servers/{n}/progress"),
             None => format!("/hub/api/users/{owner}/server/progress"),
         };
         Self {
-            name: s.name.clone(),
+            name: s.name_str().to_string(),
             ready: s.state == ServerState::Running,
             pending: match s.state {
                 ServerState::Pending => Some("spawn"),
@@ -120,13 +101,13 @@ impl ServerModel {
                 _ => None,
             },
             stopped: s.state == ServerState::Stopped,
-            url,
+            url: s.url(),
             progress_url,
             started: s.started_at.map(iso),
             last_activity: s.last_activity.map(iso),
             state: serde_json::json!({}),
             user_options: serde_json::json!({}),
-            image: s.image_ref.clone(),
+            image: s.image.clone(),
             image_digest: s.image_digest.clone(),
             stop_reason: s.stop_reason.clone(),
         }
@@ -155,9 +136,9 @@ pub struct TokenModel {
 
 impl TokenModel {
     /// The model of a token (never the token itself).
-    pub fn of(owner: &str, t: &ApiToken) -> Self {
+    pub fn of(owner: &str, t: &TokenInfo) -> Self {
         Self {
-            id: format!("a{}", t.token_id),
+            id: format!("a{}", t.id),
             kind: "api_token",
             user: owner.to_string(),
             note: t.note.clone(),
@@ -176,6 +157,6 @@ impl TokenModel {
 }
 
 /// Reads a token id as JupyterHub writes it (`a12`) or bare (`12`).
-pub fn parse_token_id(s: &str) -> Option<i64> {
-    s.strip_prefix('a').unwrap_or(s).parse().ok().filter(|n| *n > 0)
+pub fn parse_token_id(s: &str) -> Option<labhub_core::TokenId> {
+    s.strip_prefix('a').unwrap_or(s).parse().ok().filter(|n| *n > 0).map(labhub_core::TokenId::new)
 }

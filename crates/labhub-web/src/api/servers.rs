@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use labhub_core::resources::Amount;
 use labhub_core::{GroupName, ServerName, ServerState, UserName};
+use labhub_service::Actor;
 use labhub_service::Principal;
-use labhub_service::audit::Actor;
+use labhub_service::model::{StartOutcome, StartRequest, StopOutcome};
 use labhub_service::progress::ProgressEvent;
-use labhub_service::servers::{StartOutcome, StartRequest, StopOutcome, route_prefix};
 use serde::Deserialize;
 
 use super::ApiJson;
@@ -76,38 +76,19 @@ async fn start(
         None => format!("{owner}'s server"),
     };
     let request = body.into_request()?;
-    match hub.start_server(Actor::User(me), &owner, server.as_ref(), request).await? {
-        StartOutcome::AlreadyRunning => return Err(AppError::BadRequest(format!("{label} is already running"))),
-        StartOutcome::AlreadyPending => return Err(AppError::BadRequest(format!("{label} is already starting"))),
-        StartOutcome::Started => {}
+    let servers = hub.servers();
+    let ticket = match servers.start(Actor::User(me), &owner, server.as_ref(), request).await? {
+        StartOutcome::AlreadyRunning(_) => return Err(AppError::BadRequest(format!("{label} is already running"))),
+        StartOutcome::AlreadyPending(_) => return Err(AppError::BadRequest(format!("{label} is already starting"))),
+        StartOutcome::Started(ticket) => ticket,
+    };
+    let last = servers.wait_for_start(&ticket, hub.server_settings().slow_spawn_timeout).await;
+    if let Some(e) = last.as_ref().filter(|e| e.failed) {
+        return Err(AppError::SpawnFailed(e.message.clone()));
     }
-    let row = server_row(state, me, &owner, server.as_ref()).await?;
-    let last = hub.wait_for_start(row.server_id, hub.server_settings().slow_spawn_timeout).await;
-    match last {
-        Some(e) if e.failed => Err(AppError::SpawnFailed(e.message)),
-        Some(e) if e.ready => Ok((
-            StatusCode::CREATED,
-            Json(ServerModel::of(&owner, &server_row(state, me, &owner, server.as_ref()).await?)),
-        )
-            .into_response()),
-        _ => Ok((StatusCode::ACCEPTED, Json(ServerModel::of(&owner, &row))).into_response()),
-    }
-}
-
-async fn server_row(
-    state: &AppState,
-    me: &Principal,
-    owner: &UserName,
-    server: Option<&ServerName>,
-) -> Result<labhub_db::servers::Server, AppError> {
-    let name = server.map_or("", ServerName::as_str);
-    state
-        .hub()
-        .servers_of(Actor::User(me), owner)
-        .await?
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| AppError::NotFound(format!("{owner} has no server named {name:?}")))
+    let status = if last.is_some_and(|e| e.ready) { StatusCode::CREATED } else { StatusCode::ACCEPTED };
+    let view = servers.get(Actor::User(me), &owner, server.as_ref()).await?;
+    Ok((status, Json(ServerModel::of(&view))).into_response())
 }
 
 async fn stop(
@@ -116,7 +97,7 @@ async fn stop(
     owner: UserName,
     server: Option<ServerName>,
 ) -> Result<StatusCode, AppError> {
-    match state.hub().stop_server(Actor::User(me), &owner, server.as_ref()).await? {
+    match state.hub().servers().stop(Actor::User(me), &owner, server.as_ref()).await? {
         StopOutcome::Stopped => Ok(StatusCode::NO_CONTENT),
         StopOutcome::Stopping => Ok(StatusCode::ACCEPTED),
     }
@@ -176,7 +157,7 @@ pub async fn stop_named(
                 "the server is still stopping; remove it once it has stopped".into(),
             )));
         }
-        state.hub().delete_named_server(Actor::User(&me), &owner, &server).await?;
+        state.hub().servers().delete_named(Actor::User(&me), &owner, &server).await?;
     }
     Ok(status)
 }
@@ -188,8 +169,8 @@ pub async fn get_named(
     Path((name, server)): Path<(String, String)>,
 ) -> Result<Json<ServerModel>, AppError> {
     let (owner, server) = (owner(&name)?, server_name(&server)?);
-    let row = server_row(&state, &me, &owner, Some(&server)).await?;
-    Ok(Json(ServerModel::of(&owner, &row)))
+    let view = state.hub().servers().get(Actor::User(&me), &owner, Some(&server)).await?;
+    Ok(Json(ServerModel::of(&view)))
 }
 
 async fn progress(
@@ -198,22 +179,23 @@ async fn progress(
     owner: UserName,
     server: Option<ServerName>,
 ) -> Result<Response, AppError> {
-    let row = server_row(state, me, &owner, server.as_ref()).await?;
     let hub = state.hub();
-    let url = route_prefix(&owner, server.as_ref());
-    Ok(match row.state {
+    let view = hub.servers().get(Actor::User(me), &owner, server.as_ref()).await?;
+    let url = view.url();
+    let progress = view.id.and_then(|id| hub.servers().progress(id));
+    Ok(match view.state {
         ServerState::Running => {
             sse::single(ProgressEvent::ready(format!("Server ready at {url}"), Some(url))).into_response()
         }
-        ServerState::Pending => match hub.spawn_progress(row.server_id) {
+        ServerState::Pending => match progress {
             Some(log) => sse::stream(log).into_response(),
             None => sse::single(ProgressEvent::step(50, "The server is starting")).into_response(),
         },
         ServerState::Stopping => sse::single(ProgressEvent::failed("The server is stopping")).into_response(),
-        ServerState::Stopped => match hub.spawn_progress(row.server_id).filter(|l| l.finished()) {
+        ServerState::Stopped => match progress.filter(|l| l.finished()) {
             Some(log) => sse::stream(log).into_response(),
             None => {
-                let why = row.stop_reason.map(|r| format!(" (it stopped: {r})")).unwrap_or_default();
+                let why = view.stop_reason.map(|r| format!(" (it stopped: {r})")).unwrap_or_default();
                 sse::single(ProgressEvent::failed(format!("The server is not running{why}"))).into_response()
             }
         },

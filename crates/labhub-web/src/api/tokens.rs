@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use labhub_core::UserName;
-use labhub_service::audit::Actor;
+use labhub_service::Actor;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,7 +20,7 @@ fn owner(raw: &str) -> Result<UserName, AppError> {
     UserName::parse(raw).map_err(|e| AppError::NotFound(format!("no user named {raw:?} ({e})")))
 }
 
-fn token_id(raw: &str) -> Result<i64, AppError> {
+fn token_id(raw: &str) -> Result<labhub_core::TokenId, AppError> {
     parse_token_id(raw).ok_or_else(|| AppError::NotFound(format!("no token {raw:?}")))
 }
 
@@ -31,7 +31,7 @@ pub async fn list(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let name = owner(&name)?;
-    let tokens = state.hub().list_tokens(Actor::User(&me), &name).await?;
+    let tokens = state.hub().tokens().list(Actor::User(&me), &name).await?;
     let models: Vec<TokenModel> = tokens.iter().map(|t| TokenModel::of(name.as_str(), t)).collect();
     Ok(Json(json!({ "api_tokens": models, "oauth_tokens": [] })))
 }
@@ -70,7 +70,7 @@ pub async fn create(
     }
     let expires = body.expires_in.map(Duration::from_secs);
     let (token, row) =
-        state.hub().create_token(Actor::User(&me), &name, body.note.as_deref().unwrap_or(""), expires).await?;
+        state.hub().tokens().create(Actor::User(&me), &name, body.note.as_deref().unwrap_or(""), expires).await?;
     let mut model = TokenModel::of(name.as_str(), &row);
     model.token = Some(token.expose().clone());
     Ok((StatusCode::CREATED, Json(model)).into_response())
@@ -83,7 +83,7 @@ pub async fn get_one(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<TokenModel>, AppError> {
     let name = owner(&name)?;
-    let t = state.hub().get_token(Actor::User(&me), &name, token_id(&id)?).await?;
+    let t = state.hub().tokens().get(Actor::User(&me), &name, token_id(&id)?).await?;
     Ok(Json(TokenModel::of(name.as_str(), &t)))
 }
 
@@ -94,6 +94,6 @@ pub async fn delete(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let name = owner(&name)?;
-    state.hub().revoke_token(Actor::User(&me), &name, token_id(&id)?).await?;
+    state.hub().tokens().revoke(Actor::User(&me), &name, token_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,15 +6,14 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use labhub_core::listing::{ServerStateFilter, UserFilter, UserSort};
 use labhub_core::{AccountState, Secret, UserName};
-use labhub_db::users::{ServerStateFilter, UserFilter, UserSort};
-use labhub_service::ServiceError;
 use labhub_service::accounts::NewAccount;
-use labhub_service::audit::Actor;
+use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::models::{UserModel, user_model, user_models};
+use super::models::UserModel;
 use super::{ApiJson, JUPYTERHUB_API_VERSION, Page, offset_limit, paged};
 use crate::extract::{AdminUser, CurrentUser};
 use crate::{AppError, AppState};
@@ -40,8 +39,8 @@ pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Jso
 
 /// `GET /hub/api/user` (any token or session): who am I.
 pub async fn me(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<UserModel>, AppError> {
-    let v = state.hub().user_view(Actor::User(&me), &me.name).await?;
-    Ok(Json(user_model(&v.user, v.groups.clone(), &v.servers)))
+    let v = state.hub().accounts().view(Actor::User(&me), &me.name).await?;
+    Ok(Json(UserModel::of(&v)))
 }
 
 fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError> {
@@ -87,9 +86,9 @@ pub async fn list(
 ) -> Result<Response, AppError> {
     let filter = parse_list_query(&q)?;
     let hub = state.hub();
-    let (users, total) = hub.list_users(Actor::User(&me), &filter).await?;
+    let (views, total) = hub.accounts().list_views(Actor::User(&me), &filter).await?;
     let items: Vec<serde_json::Value> =
-        user_models(hub, users).await?.into_iter().map(|u| serde_json::to_value(u).unwrap_or_default()).collect();
+        views.iter().map(|v| serde_json::to_value(UserModel::of(v)).unwrap_or_default()).collect();
     Ok(paged(&state, "hub/api/users", &headers, &q, items, Page { offset: filter.offset, limit: filter.limit, total }))
 }
 
@@ -121,7 +120,7 @@ pub async fn create_many(
     let hub = state.hub();
     let mut created = Vec::new();
     for name in names {
-        match hub.create_user(Actor::User(&me), NewAccount { name, password: None, admin: body.admin }).await {
+        match hub.accounts().create(Actor::User(&me), NewAccount { name, password: None, admin: body.admin }).await {
             Ok(u) => created.push(u),
             Err(ServiceError::Conflict(_)) => {}
             Err(e) => return Err(e.into()),
@@ -130,7 +129,9 @@ pub async fn create_many(
     if created.is_empty() {
         return Err(ServiceError::Conflict("all of these users already exist".into()).into());
     }
-    Ok((StatusCode::CREATED, Json(user_models(hub, created).await?)).into_response())
+    // New accounts are in no group and have no servers yet.
+    let models: Vec<UserModel> = created.iter().map(UserModel::account).collect();
+    Ok((StatusCode::CREATED, Json(models)).into_response())
 }
 
 fn path_name(raw: &str) -> Result<UserName, AppError> {
@@ -144,8 +145,8 @@ pub async fn get_one(
     Path(name): Path<String>,
 ) -> Result<Json<UserModel>, AppError> {
     let name = path_name(&name)?;
-    let v = state.hub().user_view(Actor::User(&me), &name).await.map_err(hide_others)?;
-    Ok(Json(user_model(&v.user, v.groups.clone(), &v.servers)))
+    let v = state.hub().accounts().view(Actor::User(&me), &name).await.map_err(hide_others)?;
+    Ok(Json(UserModel::of(&v)))
 }
 
 /// A member asking about someone else learns nothing, not even whether they exist.
@@ -175,10 +176,9 @@ pub async fn create_one(
 ) -> Result<Response, AppError> {
     let name = UserName::parse(&name).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let hub = state.hub();
-    let user = hub
-        .create_user(Actor::User(&me), NewAccount { name, password: body.password.map(Secret::new), admin: body.admin })
-        .await?;
-    Ok((StatusCode::CREATED, Json(user_models(hub, vec![user]).await?.remove(0))).into_response())
+    let new = NewAccount { name, password: body.password.map(Secret::new), admin: body.admin };
+    let account = hub.accounts().create(Actor::User(&me), new).await?;
+    Ok((StatusCode::CREATED, Json(UserModel::account(&account))).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -220,20 +220,20 @@ pub async fn patch(
     }
     let hub = state.hub();
     let actor = Actor::User(&me);
-    let mut user = hub.user_by_name(&name).await?;
+    let mut user = hub.accounts().get(actor, &name).await?;
     if let Some(admin) = body.admin {
-        user = hub.set_admin(actor, &user.name, admin).await?;
+        user = hub.accounts().set_admin(actor, &user.name, admin).await?;
     }
     if let Some(s) = account_state {
-        user = hub.set_account_state(actor, &user.name, s).await?;
+        user = hub.accounts().set_state(actor, &user.name, s).await?;
     }
     if let Some(p) = body.password {
-        hub.set_password(actor, &user.name, Secret::new(p)).await?;
+        hub.accounts().set_password(actor, &user.name, Secret::new(p)).await?;
     }
     if let Some(n) = new_name {
-        user = hub.rename_user(actor, &user.name, &n).await?;
+        user = hub.accounts().rename(actor, &user.name, &n).await?;
     }
-    Ok(Json(user_models(hub, vec![user]).await?.remove(0)))
+    Ok(Json(UserModel::of(&*hub.accounts().view(actor, &user.name).await?)))
 }
 
 /// `DELETE /hub/api/users/{name}` (admins).
@@ -243,6 +243,6 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let name = path_name(&name)?;
-    state.hub().delete_user(Actor::User(&me), &name).await?;
+    state.hub().accounts().delete(Actor::User(&me), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use labhub_core::Secret;
-use labhub_service::audit::Actor;
+use labhub_service::Actor;
 use labhub_service::{AuthVia, ServiceError};
 use serde::Deserialize;
 
@@ -20,7 +20,7 @@ use crate::views::{Chrome, Page, When, redirect_with_flash};
 use crate::{AppError, AppState, cookies};
 
 struct SessionView {
-    id: i64,
+    id: labhub_core::SessionId,
     user_agent: String,
     client_addr: String,
     created: When,
@@ -49,32 +49,33 @@ async fn account_page(
     error: Option<String>,
 ) -> Result<AccountPage, AppError> {
     let hub = state.hub();
-    let user = hub.get_user(Actor::User(me), &me.name).await?;
+    let user = hub.accounts().get(Actor::User(me), &me.name).await?;
     let now = hub.now();
     let current = match me.via {
         AuthVia::Session { session_id } => Some(session_id),
         AuthVia::Token { .. } => None,
     };
     let sessions = hub
-        .list_sessions(Actor::User(me), &me.name)
+        .sessions()
+        .list(Actor::User(me), &me.name)
         .await?
         .into_iter()
         .map(|s| SessionView {
-            id: s.session_id,
+            id: s.id,
             user_agent: short_agent(&s.user_agent),
             client_addr: s.client_addr,
             created: When::new(now, s.created_at),
             last_seen: When::new(now, s.last_seen_at),
-            current: Some(s.session_id) == current,
+            current: Some(s.id) == current,
         })
         .collect();
-    let identities = identity_views(state, hub.list_identities(Actor::User(me), &me.name).await?);
+    let identities = identity_views(state, hub.sign_on().identities(Actor::User(me), &me.name).await?);
     Ok(AccountPage {
         c: page.chrome("account"),
         name: me.name.to_string(),
         admin: me.admin,
         created: When::new(now, user.created_at),
-        has_password: user.password_hash.is_some(),
+        has_password: user.has_password,
         min_password: hub.account_settings().password_min_len,
         error,
         sessions,
@@ -127,7 +128,7 @@ pub async fn change_password(
     let result = if form.new != form.confirm {
         Err(ServiceError::Invalid("the two new passwords are not the same".into()))
     } else {
-        state.hub().change_own_password(&me, Secret::new(form.current), Secret::new(form.new)).await
+        state.hub().accounts().change_own_password(&me, Secret::new(form.current), Secret::new(form.new)).await
     };
     match result {
         Ok(()) => Ok(redirect_with_flash(&state, "/hub/account", "Your password is changed.")),
@@ -145,7 +146,7 @@ pub async fn logout_everywhere(
     CurrentUser(me): CurrentUser,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
-    let n = state.hub().end_all_sessions(Actor::User(&me), &me.name).await?;
+    let n = state.hub().sessions().end_all(Actor::User(&me), &me.name).await?;
     let msg = format!("Signed out of {n} session{}.", if n == 1 { "" } else { "s" });
     let jar = CookieJar::new().add(cookies::session_removal(&state)).add(cookies::flash(&state, &msg));
     Ok((jar, Redirect::to("/hub/login")).into_response())
@@ -155,15 +156,15 @@ pub async fn logout_everywhere(
 pub async fn end_session(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
-    Path(id): Path<i64>,
+    Path(id): Path<labhub_core::SessionId>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
-    state.hub().end_session_by_id(Actor::User(&me), &me.name, id).await?;
+    state.hub().sessions().end_by_id(Actor::User(&me), &me.name, id).await?;
     Ok(redirect_with_flash(&state, "/hub/account", "That browser is signed out."))
 }
 
 struct TokenView {
-    id: i64,
+    id: labhub_core::TokenId,
     prefix: String,
     note: String,
     created: When,
@@ -216,11 +217,12 @@ async fn token_page(
     let hub = state.hub();
     let now = hub.now();
     let tokens = hub
-        .list_tokens(Actor::User(me), &me.name)
+        .tokens()
+        .list(Actor::User(me), &me.name)
         .await?
         .into_iter()
         .map(|t| TokenView {
-            id: t.token_id,
+            id: t.id,
             prefix: t.prefix,
             note: t.note,
             created: When::new(now, t.created_at),
@@ -273,7 +275,7 @@ pub async fn create_token(
             .map_err(|_| ServiceError::Invalid("choose an expiry from the list".into())),
     };
     let result = match expires {
-        Ok(exp) => state.hub().create_token(Actor::User(&me), &me.name, &form.note, exp).await,
+        Ok(exp) => state.hub().tokens().create(Actor::User(&me), &me.name, &form.note, exp).await,
         Err(e) => Err(e),
     };
     match result {
@@ -293,9 +295,9 @@ pub async fn create_token(
 pub async fn revoke_token(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
-    Path(id): Path<i64>,
+    Path(id): Path<labhub_core::TokenId>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
-    state.hub().revoke_token(Actor::User(&me), &me.name, id).await?;
+    state.hub().tokens().revoke(Actor::User(&me), &me.name, id).await?;
     Ok(redirect_with_flash(&state, "/hub/token", "The token is revoked; it no longer works."))
 }

@@ -5,12 +5,10 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use labhub_core::{AccountState, Secret, UserName};
-use labhub_db::audit::AuditFilter;
-use labhub_db::users::UserFilter;
-use labhub_service::ServiceError;
+use labhub_core::listing::{AuditFilter, UserFilter};
+use labhub_core::{AccountState, Secret, ServerState, UserName};
 use labhub_service::accounts::NewAccount;
-use labhub_service::audit::Actor;
+use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 
 use super::NAME_RULE;
@@ -99,28 +97,24 @@ async fn users_page(
         limit: PAGE_SIZE,
         ..UserFilter::default()
     };
-    let (users, total) = hub.list_users(Actor::User(me), &filter).await?;
+    let (views, total) = hub.accounts().list_views(Actor::User(me), &filter).await?;
     let now = hub.now();
-    let servers = hub.servers_of_users(&users.iter().map(|u| u.user_id).collect::<Vec<_>>()).await?;
-    let rows = users
+    let rows = views
         .into_iter()
-        .map(|u| UserRow {
-            servers: {
-                let active: Vec<String> = servers
-                    .get(&u.user_id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s.state != labhub_core::ServerState::Stopped)
-                    .map(|s| {
-                        if s.name.is_empty() {
-                            s.state.as_str().to_string()
-                        } else {
-                            format!("{}: {}", s.name, s.state.as_str())
-                        }
-                    })
-                    .collect();
-                if active.is_empty() { "—".to_string() } else { active.join(", ") }
-            },
+        .map(|v| {
+            let active: Vec<String> = v
+                .servers
+                .iter()
+                .filter(|s| s.state != ServerState::Stopped)
+                .map(|s| match &s.name {
+                    None => s.state.as_str().to_string(),
+                    Some(n) => format!("{n}: {}", s.state.as_str()),
+                })
+                .collect();
+            (v.account, if active.is_empty() { "—".to_string() } else { active.join(", ") })
+        })
+        .map(|(u, servers)| UserRow {
+            servers,
             name: u.name.to_string(),
             admin: u.admin,
             state: u.state.as_str(),
@@ -181,7 +175,11 @@ pub async fn add_user(
     let result = async {
         let name = UserName::parse(form.username.trim())?;
         let password = Some(form.password.clone()).filter(|p| !p.is_empty()).map(Secret::new);
-        state.hub().create_user(Actor::User(&me), NewAccount { name, password, admin: form.admin.is_some() }).await
+        state
+            .hub()
+            .accounts()
+            .create(Actor::User(&me), NewAccount { name, password, admin: form.admin.is_some() })
+            .await
     }
     .await;
     match result {
@@ -210,20 +208,26 @@ pub async fn user_action(
     let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
     let result: Result<String, ServiceError> = match action.as_str() {
         "approve" => {
-            hub.set_account_state(actor, &name, AccountState::Active).await.map(|_| format!("Approved {name}."))
+            hub.accounts().set_state(actor, &name, AccountState::Active).await.map(|_| format!("Approved {name}."))
         }
-        "enable" => hub.set_account_state(actor, &name, AccountState::Active).await.map(|_| format!("Enabled {name}.")),
+        "enable" => {
+            hub.accounts().set_state(actor, &name, AccountState::Active).await.map(|_| format!("Enabled {name}."))
+        }
         "disable" => hub
-            .set_account_state(actor, &name, AccountState::Disabled)
+            .accounts()
+            .set_state(actor, &name, AccountState::Disabled)
             .await
             .map(|_| format!("Disabled {name}; their sessions ended.")),
-        "admin" => hub.set_admin(actor, &name, true).await.map(|_| format!("{name} is now an admin.")),
-        "unadmin" => hub.set_admin(actor, &name, false).await.map(|_| format!("{name} is no longer an admin.")),
+        "admin" => hub.accounts().set_admin(actor, &name, true).await.map(|_| format!("{name} is now an admin.")),
+        "unadmin" => {
+            hub.accounts().set_admin(actor, &name, false).await.map(|_| format!("{name} is no longer an admin."))
+        }
         "end-sessions" => hub
-            .end_all_sessions(actor, &name)
+            .sessions()
+            .end_all(actor, &name)
             .await
             .map(|n| format!("Ended {n} session{} of {name}.", if n == 1 { "" } else { "s" })),
-        "delete" => hub.delete_user(actor, &name).await.map(|_| format!("Deleted {name}.")),
+        "delete" => hub.accounts().delete(actor, &name).await.map(|_| format!("Deleted {name}.")),
         _ => return Err(AppError::NotFound(format!("there is no action '{action}'"))),
     };
     Ok(match result {
@@ -344,7 +348,7 @@ pub async fn audit(
         offset: (page_no - 1) * PAGE_SIZE,
         limit: PAGE_SIZE,
     };
-    let (entries, total) = hub.audit_log(Actor::User(&me), &filter).await?;
+    let (entries, total) = hub.audit().log(Actor::User(&me), &filter).await?;
     let now = hub.now();
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("actor", &q.actor)
@@ -409,35 +413,27 @@ pub async fn servers(
     let hub = state.hub();
     let now = hub.now();
     let rows = hub
-        .active_servers(Actor::User(&me))
+        .servers()
+        .active(Actor::User(&me))
         .await?
         .into_iter()
-        .map(|r| {
-            let s = r.server;
-            ActiveServerRow {
-                owner: r.owner.to_string(),
-                label: if s.name.is_empty() { "default".into() } else { s.name.clone() },
-                name: s.name,
-                state: s.state.as_str(),
-                image: s.image_ref.unwrap_or_default(),
-                digest: s.image_digest.as_deref().map(labhub_service::images::short_id).unwrap_or_default(),
-                limits: match (s.cpu_millis, s.memory_bytes) {
-                    (Some(c), Some(m)) => {
-                        labhub_core::Resources { cpu_millis: c as u32, memory_bytes: m as u64, gpus: s.gpus as u32 }
-                            .to_string()
-                    }
-                    _ => String::new(),
-                },
-                started: When::opt(now, s.started_at),
-                last_activity: When::opt(now, s.last_activity),
-            }
+        .map(|s| ActiveServerRow {
+            owner: s.owner.to_string(),
+            label: s.name.as_ref().map_or_else(|| "default".into(), |n| n.to_string()),
+            name: s.name_str().to_string(),
+            state: s.state.as_str(),
+            image: s.image.clone().unwrap_or_default(),
+            digest: s.image_digest.as_deref().map(labhub_service::catalogue::short_id).unwrap_or_default(),
+            limits: s.resources.map(|r| r.to_string()).unwrap_or_default(),
+            started: When::opt(now, s.started_at),
+            last_activity: When::opt(now, s.last_activity),
         })
         .collect();
     let view = ServersPage {
         c: page.chrome("admin"),
         admin_tab: "servers",
         servers: rows,
-        strangers: hub.stranger_containers(),
+        strangers: hub.servers().stranger_containers(),
     };
     Ok(page.render(view))
 }
@@ -469,7 +465,7 @@ pub async fn server_logs(
     let owner = UserName::parse(&user).map_err(|e| AppError::NotFound(e.to_string()))?;
     let server = labhub_core::ServerName::parse_optional(&q.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let tail = 200;
-    let logs = state.hub().server_logs(Actor::User(&me), &owner, server.as_ref(), tail).await?;
+    let logs = state.hub().servers().logs(Actor::User(&me), &owner, server.as_ref(), tail).await?;
     let label = match &server {
         Some(s) => format!("{owner}/{s}"),
         None => owner.to_string(),
@@ -494,7 +490,7 @@ pub async fn stop_server(
     let owner = UserName::parse(&user).map_err(|e| AppError::NotFound(e.to_string()))?;
     let server =
         labhub_core::ServerName::parse_optional(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    Ok(match state.hub().stop_server(Actor::User(&me), &owner, server.as_ref()).await {
+    Ok(match state.hub().servers().stop(Actor::User(&me), &owner, server.as_ref()).await {
         Ok(_) => redirect_with_flash(&state, "/hub/admin/servers", &format!("Stopping {owner}'s server.")),
         Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
             redirect_with_error(&state, "/hub/admin/servers", &e.to_string())
@@ -520,7 +516,7 @@ pub async fn storage_form(
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
-    state.hub().get_user(Actor::User(&me), &name).await?;
+    state.hub().accounts().get(Actor::User(&me), &name).await?;
     let view = StoragePage { c: page.chrome("admin"), admin_tab: "users", name: name.to_string(), error: None };
     Ok(page.render(view))
 }
@@ -543,7 +539,7 @@ pub async fn remove_storage(
     let error = if form.confirm.trim().to_ascii_lowercase() != name.as_str() {
         Some("The name you typed does not match; nothing was removed.".to_string())
     } else {
-        match state.hub().remove_storage(Actor::User(&me), &name, None).await {
+        match state.hub().servers().remove_storage(Actor::User(&me), &name, None).await {
             Ok(true) => {
                 return Ok(redirect_with_flash(&state, "/hub/admin/users", &format!("Removed {name}'s storage.")));
             }

@@ -5,10 +5,9 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use labhub_core::resources::{format_bytes, format_cpu};
-use labhub_db::images::Image;
-use labhub_service::ServiceError;
-use labhub_service::audit::Actor;
-use labhub_service::images::short_id;
+use labhub_service::catalogue::short_id;
+use labhub_service::model::CatalogueImage;
+use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 
 use crate::extract::{AdminUser, CsrfForm};
@@ -56,11 +55,12 @@ impl ImageFormView {
         }
     }
 
-    fn of(i: &Image, recipes: Vec<String>) -> Self {
+    fn of(image: &CatalogueImage, recipes: Vec<String>) -> Self {
+        let i = &image.fields;
         Self {
             new: false,
-            action: format!("/hub/admin/images/{}", i.name),
-            name: i.name.clone(),
+            action: format!("/hub/admin/images/{}", image.name),
+            name: image.name.clone(),
             display_name: i.display_name.clone(),
             description: i.description.clone(),
             reference: i.reference.to_string(),
@@ -136,7 +136,8 @@ async fn images_page(
 ) -> Result<ImagesPage, AppError> {
     let images = state
         .hub()
-        .images()
+        .catalogue()
+        .list()
         .await?
         .into_iter()
         .map(|s| ImageRow {
@@ -148,20 +149,24 @@ async fn images_page(
                 .as_ref()
                 .map(|l| format!("{} · {}", short_id(&l.digest), format_bytes(l.size_bytes)))
                 .unwrap_or_default(),
-            has_recipe: s.image.recipe.is_some(),
+            has_recipe: s.image.fields.recipe.is_some(),
             name: s.image.name.clone(),
-            display_name: s.image.display_name.clone(),
-            kind: s.image.kind.as_str(),
-            reference: s.image.reference.to_string(),
-            resources: format!("{} CPU, {}", format_cpu(s.image.cpu_millis), format_bytes(s.image.memory_bytes)),
-            enabled: s.image.enabled,
+            display_name: s.image.fields.display_name.clone(),
+            kind: s.image.fields.kind.as_str(),
+            reference: s.image.fields.reference.to_string(),
+            resources: format!(
+                "{} CPU, {}",
+                format_cpu(s.image.fields.cpu_millis),
+                format_bytes(s.image.fields.memory_bytes)
+            ),
+            enabled: s.image.fields.enabled,
         })
         .collect();
     Ok(ImagesPage { c: page.chrome("admin"), admin_tab: "images", images, form, error })
 }
 
 fn recipes(state: &AppState) -> Vec<String> {
-    state.hub().recipe_names()
+    state.hub().catalogue().recipe_names()
 }
 
 /// `GET /hub/admin/images` (admins): the catalogue and the add form.
@@ -221,11 +226,13 @@ pub async fn add(
     CsrfForm(form): CsrfForm<ImageForm>,
 ) -> Result<Response, AppError> {
     let result = match form.input().into_fields() {
-        Ok(fields) => state.hub().add_image(Actor::User(&me), form.name.trim(), fields).await.map_err(AppError::from),
+        Ok(fields) => {
+            state.hub().catalogue().add(Actor::User(&me), form.name.trim(), fields).await.map_err(AppError::from)
+        }
         Err(e) => Err(e),
     };
     match result {
-        Ok(i) => Ok(redirect_with_flash(&state, "/hub/admin/images", &format!("Added {}.", i.display_name))),
+        Ok(i) => Ok(redirect_with_flash(&state, "/hub/admin/images", &format!("Added {}.", i.fields.display_name))),
         Err(
             e @ (AppError::BadRequest(_) | AppError::Service(ServiceError::Invalid(_) | ServiceError::Conflict(_))),
         ) => {
@@ -245,7 +252,7 @@ pub async fn edit_form(
     page: Page,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
-    let image = state.hub().image(&name).await?;
+    let image = state.hub().catalogue().get(&name).await?;
     let view = EditPage {
         c: page.chrome("admin"),
         admin_tab: "images",
@@ -264,11 +271,11 @@ pub async fn edit(
     CsrfForm(form): CsrfForm<ImageForm>,
 ) -> Result<Response, AppError> {
     let result = match form.input().into_fields() {
-        Ok(fields) => state.hub().update_image(Actor::User(&me), &name, fields).await.map_err(AppError::from),
+        Ok(fields) => state.hub().catalogue().update(Actor::User(&me), &name, fields).await.map_err(AppError::from),
         Err(e) => Err(e),
     };
     match result {
-        Ok(i) => Ok(redirect_with_flash(&state, "/hub/admin/images", &format!("Saved {}.", i.display_name))),
+        Ok(i) => Ok(redirect_with_flash(&state, "/hub/admin/images", &format!("Saved {}.", i.fields.display_name))),
         Err(e @ (AppError::BadRequest(_) | AppError::Service(ServiceError::Invalid(_)))) => {
             let status = e.status();
             let mut view = ImageFormView::from_form(&form, false, format!("/hub/admin/images/{name}"), recipes(&state));
@@ -288,7 +295,7 @@ pub async fn build(
     Path(name): Path<String>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
-    Ok(match state.hub().build_image(Actor::User(&me), &name).await {
+    Ok(match state.hub().catalogue().build(Actor::User(&me), &name).await {
         Ok(_) => redirect_with_flash(&state, "/hub/admin/images", &format!("Building {name}; progress below.")),
         Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_) | ServiceError::Unavailable(_))) => {
             redirect_with_error(&state, "/hub/admin/images", &e.to_string())
@@ -304,6 +311,6 @@ pub async fn delete(
     Path(name): Path<String>,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
-    state.hub().remove_image(Actor::User(&me), &name).await?;
+    state.hub().catalogue().remove(Actor::User(&me), &name).await?;
     Ok(redirect_with_flash(&state, "/hub/admin/images", &format!("Removed {name} from the catalogue.")))
 }

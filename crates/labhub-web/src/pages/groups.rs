@@ -10,13 +10,12 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
 use axum::response::{Redirect, Response};
 use labhub_core::resources::{format_bytes, format_cpu, parse_cpu, parse_memory};
-use labhub_core::{GroupName, GroupRole, ServerName, UserName};
-use labhub_db::quotas::{ImageAllowance, Quota};
-use labhub_db::usage::Sample;
-use labhub_service::audit::Actor;
-use labhub_service::quotas::{QuotaPatch, format_duration, memory_text};
+use labhub_core::{GroupName, GroupRole, ImageAllowance, Quota, ServerName, UserName};
+use labhub_service::model::UsageSample;
+use labhub_service::quotas::{QuotaPatch, cpu_text, summary};
 use labhub_service::usage::{Amounts, GroupUsage, UsageRange};
-use labhub_service::{Principal, ServiceError};
+use labhub_service::words::memory_text;
+use labhub_service::{Actor, Principal, ServiceError};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -47,53 +46,6 @@ fn answer(state: &AppState, to: &str, result: Result<String, ServiceError>) -> R
     }
 }
 
-fn cpu_text(millis: u64) -> String {
-    format_cpu(u32::try_from(millis).unwrap_or(u32::MAX))
-}
-
-fn limit_summary(q: &Quota) -> String {
-    let mut parts = vec![
-        match q.max_gpus {
-            0 => format!(
-                "up to {} CPU and {} per server",
-                format_cpu(q.max_cpu_millis),
-                format_bytes(q.max_memory_bytes)
-            ),
-            n => format!(
-                "up to {} CPU, {} and {n} GPU{} per server",
-                format_cpu(q.max_cpu_millis),
-                format_bytes(q.max_memory_bytes),
-                if n == 1 { "" } else { "s" }
-            ),
-        },
-        format!(
-            "{} server{} per member",
-            q.max_servers_per_member,
-            if q.max_servers_per_member == 1 { "" } else { "s" }
-        ),
-    ];
-    match (q.budget_cpu_millis, q.budget_memory_bytes) {
-        (None, None) => parts.push("no group budget".into()),
-        (c, m) => parts.push(format!(
-            "a budget of {} CPU and {}",
-            c.map_or_else(|| "unlimited".into(), cpu_text),
-            m.map_or_else(|| "unlimited memory".into(), format_bytes)
-        )),
-    }
-    parts.push(match q.storage_bytes {
-        Some(s) => format!("{} of storage", format_bytes(s)),
-        None => "unlimited storage".into(),
-    });
-    parts.push(match q.idle_timeout {
-        Some(d) => format!("stopped after {} idle", format_duration(d)),
-        None => "never stopped when idle".into(),
-    });
-    if let Some(d) = q.max_lifetime {
-        parts.push(format!("stopped after running {}", format_duration(d)));
-    }
-    parts.join(" · ")
-}
-
 struct GroupRow {
     name: String,
     members: usize,
@@ -118,14 +70,14 @@ pub async fn admin_list(
     page: Page,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let (groups, total) = hub.list_groups(Actor::User(&me), 0, 1000).await?;
+    let (groups, total) = hub.groups().list(Actor::User(&me), 0, 1000).await?;
     let rows = groups
         .iter()
         .map(|d| GroupRow {
             name: d.group.name.to_string(),
             members: d.members.len(),
             leads: d.leads().iter().map(UserName::as_str).collect::<Vec<_>>().join(", "),
-            limits: limit_summary(&d.quota),
+            limits: summary(&d.quota),
         })
         .collect();
     let view = AdminGroupsPage {
@@ -133,7 +85,7 @@ pub async fn admin_list(
         admin_tab: "groups",
         groups: rows,
         total,
-        site: limit_summary(&hub.quota_settings().site_default),
+        site: summary(&hub.quota_settings().site_default),
     };
     Ok(page.render(view))
 }
@@ -152,7 +104,7 @@ pub async fn create(
     CsrfForm(form): CsrfForm<NewGroupForm>,
 ) -> Result<Response, AppError> {
     let created = match GroupName::parse(form.name.trim()) {
-        Ok(name) => state.hub().create_group(Actor::User(&me), &name).await,
+        Ok(name) => state.hub().groups().create(Actor::User(&me), &name).await,
         Err(e) => Err(e.into()),
     };
     match created {
@@ -166,7 +118,7 @@ pub async fn mine(State(state): State<AppState>, CurrentUser(me): CurrentUser) -
     if me.admin {
         return Ok(axum::response::IntoResponse::into_response(Redirect::to("/hub/admin/groups")));
     }
-    let (groups, _) = state.hub().list_groups(Actor::User(&me), 0, 1).await?;
+    let (groups, _) = state.hub().groups().list(Actor::User(&me), 0, 1).await?;
     let first = groups.first().map(|d| group_path(&d.group.name)).unwrap_or_else(|| "/hub/home".into());
     Ok(axum::response::IntoResponse::into_response(Redirect::to(&first)))
 }
@@ -266,7 +218,7 @@ struct ChartSpec {
     /// The CSS class of its lines (`cpu` or `mem`).
     class: &'static str,
     /// (in use, reserved) of a sample.
-    pick: fn(&Sample) -> (i64, i64),
+    pick: fn(&UsageSample) -> (i64, i64),
     budget: Option<u64>,
     /// The smallest top of the scale, so an idle group's chart is not all noise.
     floor: u64,
@@ -275,7 +227,7 @@ struct ChartSpec {
 }
 
 /// Draws one resource of a group's samples over the range.
-fn chart(spec: ChartSpec, samples: &[Sample], range: UsageRange, now: OffsetDateTime) -> Chart {
+fn chart(spec: ChartSpec, samples: &[UsageSample], range: UsageRange, now: OffsetDateTime) -> Chart {
     let span = range.span().as_secs_f64();
     let start = now - time::Duration::seconds_f64(span);
     let pick = spec.pick;
@@ -361,18 +313,18 @@ pub async fn show(
 ) -> Result<Response, AppError> {
     let hub = state.hub();
     let range = if q.range == "week" { UsageRange::Week } else { UsageRange::Day };
-    let u = hub.group_usage(Actor::User(&me), &group_name(&name)?, range).await?;
-    let catalogue = hub.images().await?;
+    let u = hub.usage().of_group(Actor::User(&me), &group_name(&name)?, range).await?;
+    let catalogue = hub.catalogue().list().await?;
     let view = group_page(&page, &me, u, &catalogue, hub.now());
     Ok(page.render(view))
 }
 
-fn image_checks(catalogue: &[labhub_service::images::ImageStatus], allowed: &ImageAllowance) -> Vec<ImageCheck> {
+fn image_checks(catalogue: &[labhub_service::catalogue::ImageStatus], allowed: &ImageAllowance) -> Vec<ImageCheck> {
     catalogue
         .iter()
         .map(|s| ImageCheck {
             name: s.image.name.clone(),
-            display_name: s.image.display_name.clone(),
+            display_name: s.image.fields.display_name.clone(),
             checked: allowed.allows(&s.image.name),
         })
         .collect()
@@ -382,7 +334,7 @@ fn group_page(
     page: &Page,
     me: &Principal,
     u: GroupUsage,
-    catalogue: &[labhub_service::images::ImageStatus],
+    catalogue: &[labhub_service::catalogue::ImageStatus],
     now: OffsetDateTime,
 ) -> GroupPage {
     let d = &u.detail;
@@ -404,22 +356,16 @@ fn group_page(
                     .servers
                     .iter()
                     .map(|s| {
-                        let r = labhub_core::Resources {
-                            cpu_millis: s.cpu_millis.unwrap_or(0) as u32,
-                            memory_bytes: s.memory_bytes.unwrap_or(0) as u64,
-                            gpus: s.gpus as u32,
+                        let using = match s.used {
+                            Some((c, mem)) => format!(" · using {} CPU, {}", cpu_text(c), format_bytes(mem)),
+                            None => String::new(),
                         };
-                        let using = match (s.used_cpu_millis, s.used_memory_bytes) {
-                            (Some(c), Some(mem)) => {
-                                format!(" · using {} CPU, {}", cpu_text(c as u64), format_bytes(mem as u64))
-                            }
-                            _ => String::new(),
-                        };
+                        let name = s.name.as_ref().map_or("", ServerName::as_str);
                         ServerLine {
                             owner: s.owner.to_string(),
-                            name: s.name.clone(),
-                            label: if s.name.is_empty() { "default".into() } else { s.name.clone() },
-                            text: format!("{} · {r}{using}", s.state.as_str()),
+                            name: name.to_string(),
+                            label: if name.is_empty() { "default".into() } else { name.to_string() },
+                            text: format!("{} · {}{using}", s.state.as_str(), s.reserved),
                             started: When::opt(now, s.started_at),
                             last_activity: When::opt(now, s.last_activity),
                         }
@@ -480,10 +426,10 @@ fn group_page(
             max: b.max(1),
             text: format!("{} of {} reserved", format_bytes(u.total.memory_reserved), format_bytes(b)),
         }),
-        limits: limit_summary(&d.quota),
+        limits: summary(&d.quota),
         quota: QuotaFields::of(&d.quota),
         ceiling: QuotaFields::of(&d.ceiling),
-        ceiling_summary: limit_summary(&d.ceiling),
+        ceiling_summary: summary(&d.ceiling),
         images: image_checks(catalogue, &d.quota.images),
         all_images: d.quota.images == ImageAllowance::All,
         ceiling_images: image_checks(catalogue, &d.ceiling.images),
@@ -522,7 +468,7 @@ pub async fn add_members(
     let name = group_name(&name)?;
     let result =
         match names_in(&form.users) {
-            Ok(names) => state.hub().add_group_members(Actor::User(&me), &name, &names).await.map(|_| {
+            Ok(names) => state.hub().groups().add_members(Actor::User(&me), &name, &names).await.map(|_| {
                 format!("Added {} to {name}.", names.iter().map(UserName::as_str).collect::<Vec<_>>().join(", "))
             }),
             Err(e) => Err(e),
@@ -544,12 +490,13 @@ pub async fn member_action(
     let actor = Actor::User(&me);
     let result = match action.as_str() {
         "remove" => hub
-            .remove_group_members(actor, &name, std::slice::from_ref(&user))
+            .groups()
+            .remove_members(actor, &name, std::slice::from_ref(&user))
             .await
             .map(|_| format!("{user} is no longer in {name}.")),
-        "lead" => hub.set_group_lead(actor, &name, &user, true).await.map(|_| format!("{user} now leads {name}.")),
+        "lead" => hub.groups().set_lead(actor, &name, &user, true).await.map(|_| format!("{user} now leads {name}.")),
         "unlead" => {
-            hub.set_group_lead(actor, &name, &user, false).await.map(|_| format!("{user} no longer leads {name}."))
+            hub.groups().set_lead(actor, &name, &user, false).await.map(|_| format!("{user} no longer leads {name}."))
         }
         _ => return Err(AppError::NotFound(format!("there is no action '{action}'"))),
     };
@@ -632,6 +579,7 @@ pub async fn set_quota(
     let result = match form.patch() {
         Ok(p) => state
             .hub()
+            .quotas()
             .set_group_quota(Actor::User(&me), &name, &p)
             .await
             .map(|_| format!("Saved the limits of {name}.")),
@@ -672,6 +620,7 @@ pub async fn set_images(
     let name = group_name(&name)?;
     let result = state
         .hub()
+        .quotas()
         .set_group_images(Actor::User(&me), &name, chosen_images(&form))
         .await
         .map(|_| format!("Saved the images {name} may use."));
@@ -703,6 +652,7 @@ pub async fn set_ceiling(
             let p = QuotaPatch { images: Some(chosen_images(&form)), ..p };
             state
                 .hub()
+                .quotas()
                 .set_group_ceiling(Actor::User(&me), &name, &p)
                 .await
                 .map(|_| format!("Saved the ceiling of {name}; its limits were lowered where they were above it."))
@@ -728,7 +678,7 @@ pub async fn rename(
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
     let renamed = match GroupName::parse(form.name.trim()) {
-        Ok(new) => state.hub().rename_group(Actor::User(&me), &name, &new).await,
+        Ok(new) => state.hub().groups().rename(Actor::User(&me), &name, &new).await,
         Err(e) => Err(e.into()),
     };
     match renamed {
@@ -745,7 +695,7 @@ pub async fn delete(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    match state.hub().delete_group(Actor::User(&me), &name).await {
+    match state.hub().groups().delete(Actor::User(&me), &name).await {
         Ok(()) => Ok(redirect_with_flash(&state, "/hub/admin/groups", &format!("Deleted the group {name}."))),
         Err(e) => answer(&state, &group_path(&name), Err(e)),
     }
@@ -774,9 +724,9 @@ pub async fn stop(
         Some(s) => format!("{owner}'s server {s}"),
         None => format!("{owner}'s server"),
     };
-    let result = state.hub().stop_server(Actor::User(&me), &owner, server.as_ref()).await.map(|o| match o {
-        labhub_service::servers::StopOutcome::Stopped => format!("Stopped {label}."),
-        labhub_service::servers::StopOutcome::Stopping => format!("{label} is stopping."),
+    let result = state.hub().servers().stop(Actor::User(&me), &owner, server.as_ref()).await.map(|o| match o {
+        labhub_service::model::StopOutcome::Stopped => format!("Stopped {label}."),
+        labhub_service::model::StopOutcome::Stopping => format!("{label} is stopping."),
     });
     answer(&state, &group_path(&name), result)
 }

@@ -98,7 +98,7 @@ pub async fn login(
     CsrfForm(form): CsrfForm<LoginForm>,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let result = hub.password_login(&form.username, Secret::new(form.password), &addr).await;
+    let result = hub.accounts().password_login(&form.username, Secret::new(form.password), &addr).await;
     let user = match result {
         Ok(u) => u,
         Err(e @ (ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) | ServiceError::TooMany { .. })) => {
@@ -117,7 +117,7 @@ pub async fn login(
         Err(e) => return Err(e.into()),
     };
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let token = hub.start_session(&user, ua, &addr).await?;
+    let token = hub.sessions().start(&user, ua, &addr).await?;
     Ok(enter(&state, CookieJar::new(), &token, &form.next))
 }
 
@@ -143,7 +143,7 @@ pub async fn logout(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
     if let Some(cookie) = session_cookie(&parts, &state) {
-        state.hub().end_session(&cookie).await?;
+        state.hub().sessions().end(&cookie).await?;
     }
     let jar = CookieJar::new().add(cookies::session_removal(&state)).add(cookies::flash(&state, "You are signed out."));
     Ok((jar, Redirect::to("/hub/login")).into_response())
@@ -195,7 +195,7 @@ pub async fn signup(
     page: Page,
     CsrfForm(form): CsrfForm<SignupForm>,
 ) -> Result<Response, AppError> {
-    match state.hub().sign_up(&form.username, Secret::new(form.password)).await {
+    match state.hub().accounts().sign_up(&form.username, Secret::new(form.password)).await {
         Ok(user) => {
             let msg = if user.state == labhub_core::AccountState::Pending {
                 format!("Account {} created. An admin will approve it; you can sign in once they have.", user.name)

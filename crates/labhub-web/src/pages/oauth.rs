@@ -11,8 +11,9 @@ use axum_extra::extract::CookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use labhub_auth::oidc::BrowserBinding;
 use labhub_core::UserName;
-use labhub_service::audit::Actor;
-use labhub_service::sso::{CallbackParams, Identity, SIGN_IN_WINDOW};
+use labhub_service::Actor;
+use labhub_service::model::LinkedIdentity;
+use labhub_service::sso::{CallbackParams, SIGN_IN_WINDOW};
 use serde::Deserialize;
 
 use super::login::{Empty, enter};
@@ -55,7 +56,7 @@ pub async fn oauth_login(
         .and_then(|c| BrowserBinding::from_cookie(c.value()))
         .unwrap_or_else(BrowserBinding::generate);
     let next = if safe_next(&q.next) { q.next.as_str() } else { "" };
-    let to = state.hub().sso_begin(&provider, &binding, next).await?;
+    let to = state.hub().sign_on().begin(&provider, &binding, next).await?;
     let jar = CookieJar::new().add(binding_cookie(&state, binding.value().to_string()));
     Ok((jar, Redirect::to(&to)).into_response())
 }
@@ -81,9 +82,9 @@ pub async fn oauth_callback(
     let binding = jar.get(BINDING_COOKIE).and_then(|c| BrowserBinding::from_cookie(c.value()));
     let params =
         CallbackParams { state: q.state, code: q.code, error: q.error, error_description: q.error_description };
-    let done = hub.sso_finish(params, binding.as_ref()).await?;
+    let done = hub.sign_on().finish(params, binding.as_ref()).await?;
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let token = hub.start_session(&done.user, ua, &addr).await?;
+    let token = hub.sessions().start(&done.account, ua, &addr).await?;
     // The binding cookie stays until it expires: a reload of this URL then says "already used".
     Ok(enter(&state, CookieJar::new(), &token, &done.next))
 }
@@ -100,13 +101,13 @@ pub(crate) struct IdentityView {
 }
 
 /// Identities as pages show them, with the providers' display names.
-pub(crate) fn identity_views(state: &AppState, identities: Vec<Identity>) -> Vec<IdentityView> {
+pub(crate) fn identity_views(state: &AppState, identities: Vec<LinkedIdentity>) -> Vec<IdentityView> {
     let hub = state.hub();
     let now = hub.now();
     identities
         .into_iter()
         .map(|i| IdentityView {
-            id: i.identity_id,
+            id: i.id,
             // A provider removed from the configuration still shows, by its id.
             provider: hub.providers().get(&i.provider).map_or(i.provider.clone(), |p| p.display_name().to_string()),
             username: i.username,
@@ -139,7 +140,7 @@ pub async fn identities(
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let name = user_name(&name)?;
-    let identities = state.hub().list_identities(Actor::User(&me), &name).await?;
+    let identities = state.hub().sign_on().identities(Actor::User(&me), &name).await?;
     let view = IdentitiesPage {
         c: page.chrome("admin"),
         admin_tab: "users",
@@ -157,7 +158,7 @@ pub async fn unlink(
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
     let name = user_name(&name)?;
-    let gone = state.hub().unlink_identity(Actor::User(&me), &name, id).await?;
+    let gone = state.hub().sign_on().unlink(Actor::User(&me), &name, id).await?;
     let back = format!("/hub/admin/users/{name}/identities");
     let via =
         state.hub().providers().get(&gone.provider).map_or(gone.provider.clone(), |p| p.display_name().to_string());

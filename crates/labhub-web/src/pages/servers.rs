@@ -5,10 +5,11 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use labhub_core::resources::{format_bytes, format_cpu, parse_cpu, parse_memory};
-use labhub_core::{GroupName, GroupRole, Resources, ServerName, ServerState, UserName};
-use labhub_service::audit::Actor;
-use labhub_service::images::short_id;
-use labhub_service::servers::{StartOutcome, StartRequest, route_prefix};
+use labhub_core::{GroupName, GroupRole, ServerName, ServerState, UserName};
+use labhub_service::Actor;
+use labhub_service::catalogue::short_id;
+use labhub_service::model::{StartOutcome, StartRequest, route_prefix};
+use labhub_service::quotas::summary;
 use labhub_service::{Principal, ServiceError};
 use serde::Deserialize;
 
@@ -71,41 +72,14 @@ pub async fn home(
     page: Page,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let user = hub.get_user(Actor::User(&me), &me.name).await?;
+    let user = hub.accounts().get(Actor::User(&me), &me.name).await?;
     let now = hub.now();
-    let mut rows = hub.servers_of(Actor::User(&me), &me.name).await?;
-    if !rows.iter().any(|s| s.name.is_empty()) {
-        // The default server is always listed, even before its first start.
-        rows.insert(
-            0,
-            labhub_db::servers::Server {
-                server_id: 0,
-                user_id: user.user_id,
-                name: String::new(),
-                state: ServerState::Stopped,
-                image_id: None,
-                image_ref: None,
-                image_digest: None,
-                kind: None,
-                cpu_millis: None,
-                memory_bytes: None,
-                gpus: 0,
-                spawn_id: None,
-                spawner_state: serde_json::json!({}),
-                endpoint: None,
-                created_at: now,
-                started_at: None,
-                last_activity: None,
-                stopped_at: None,
-                stop_reason: None,
-            },
-        );
-    }
-    let named_count = rows.iter().filter(|s| !s.name.is_empty()).count();
-    let servers = rows
+    // Every slot, the default one first even before its first start.
+    let slots = hub.servers().of(Actor::User(&me), &me.name).await?;
+    let named_count = slots.iter().filter(|s| s.name.is_some()).count();
+    let servers = slots
         .into_iter()
         .map(|s| {
-            let server = ServerName::parse_optional(&s.name).ok().flatten();
             let (state_text, note) = match s.state {
                 ServerState::Running => ("running".to_string(), String::new()),
                 ServerState::Pending => ("starting".to_string(), String::new()),
@@ -115,26 +89,24 @@ pub async fn home(
                     s.stop_reason.clone().map(|r| format!("Last stop: {r}")).unwrap_or_default(),
                 ),
             };
-            let resources = match (s.cpu_millis, s.memory_bytes) {
-                (Some(c), Some(m)) if s.state != ServerState::Stopped => {
-                    format!(" · {}", Resources { cpu_millis: c as u32, memory_bytes: m as u64, gpus: s.gpus as u32 })
-                }
+            let resources = match s.resources {
+                Some(r) if s.state != ServerState::Stopped => format!(" · {r}"),
                 _ => String::new(),
             };
             ServerRow {
-                label: server_label(server.as_ref()),
+                label: server_label(s.name.as_ref()),
                 state: s.state.as_str(),
                 state_text,
                 note,
-                image: s.image_ref.clone().map(|i| format!("{i}{resources}")).unwrap_or_else(|| "—".into()),
+                image: s.image.clone().map(|i| format!("{i}{resources}")).unwrap_or_else(|| "—".into()),
                 digest: s.image_digest.as_deref().map(short_id).unwrap_or_default(),
                 digest_full: s.image_digest.clone().unwrap_or_default(),
                 started: When::opt(now, s.started_at.filter(|_| s.state == ServerState::Running)),
                 last_activity: When::opt(now, s.last_activity),
-                url: route_prefix(&me.name, server.as_ref()),
-                spawn_url: spawn_path("spawn", &me.name, server.as_ref()),
-                pending_url: spawn_path("spawn-pending", &me.name, server.as_ref()),
-                name: s.name,
+                url: s.url(),
+                spawn_url: spawn_path("spawn", &me.name, s.name.as_ref()),
+                pending_url: spawn_path("spawn-pending", &me.name, s.name.as_ref()),
+                name: s.name_str().to_string(),
             }
         })
         .collect();
@@ -144,11 +116,12 @@ pub async fn home(
         admin: me.admin,
         created: When::new(now, user.created_at),
         servers,
-        warnings: hub.storage_warnings(&user).await?,
+        warnings: hub.quotas().storage_warnings(Actor::User(&me), &me.name).await?,
         named_limit: hub.server_settings().named_server_limit,
         named_count,
         groups: hub
-            .memberships(user.user_id)
+            .groups()
+            .memberships(Actor::User(&me), user.id)
             .await?
             .into_iter()
             .map(|m| HomeGroup { name: m.group.name.to_string(), lead: m.role == GroupRole::Lead })
@@ -272,20 +245,6 @@ fn sizes(steps: &[u64], max: u64, chosen: &str, label: fn(u64) -> String, value:
     out
 }
 
-fn describe_limits(q: &labhub_db::quotas::Quota) -> String {
-    let mut s = format!(
-        "up to {} CPU and {} per server, {} server{} at once",
-        format_cpu(q.max_cpu_millis),
-        format_bytes(q.max_memory_bytes),
-        q.max_servers_per_member,
-        if q.max_servers_per_member == 1 { "" } else { "s" }
-    );
-    if q.max_gpus > 0 {
-        s.push_str(&format!(", up to {} GPU{}", q.max_gpus, if q.max_gpus == 1 { "" } else { "s" }));
-    }
-    s
-}
-
 async fn spawn_page(
     state: &AppState,
     page: &Page,
@@ -296,7 +255,7 @@ async fn spawn_page(
     error: Option<String>,
 ) -> Result<SpawnPage, AppError> {
     let hub = state.hub();
-    let options = hub.start_options(Actor::User(me), owner).await?;
+    let options = hub.quotas().start_options(Actor::User(me), owner).await?;
     let wanted = form.group.as_deref().filter(|g| !g.is_empty());
     let chosen = match wanted {
         Some(g) => Some(
@@ -326,7 +285,7 @@ async fn spawn_page(
                 .filter_map(|(i, o)| {
                     Some(GroupChoice {
                         name: o.group.as_ref()?.to_string(),
-                        limits: describe_limits(&o.quota),
+                        limits: summary(&o.quota),
                         checked: i == 0,
                     })
                 })
@@ -341,9 +300,9 @@ async fn spawn_page(
         });
     };
     let quota = &chosen.quota;
-    let images = hub.images().await?;
+    let images = hub.catalogue().list().await?;
     let allowed: Vec<_> =
-        images.into_iter().filter(|s| s.image.enabled && quota.images.allows(&s.image.name)).collect();
+        images.into_iter().filter(|s| s.image.fields.enabled && quota.images.allows(&s.image.name)).collect();
     let first = allowed.first().map(|s| s.image.name.clone());
     let checked_image = form.image.clone().or(first);
     const CPU_STEPS: &[u64] = &[250, 500, 1000, 2000, 4000, 8000, 16000, 32000];
@@ -355,26 +314,26 @@ async fn spawn_page(
         choose_group: false,
         groups: Vec::new(),
         group: chosen.group.as_ref().map(|g| g.to_string()).unwrap_or_default(),
-        limits: describe_limits(quota),
+        limits: summary(quota),
         images: allowed
             .into_iter()
             .map(|s| ImageChoice {
                 checked: Some(&s.image.name) == checked_image.as_ref(),
                 resources: format!(
                     "{} CPU, {}",
-                    format_cpu(s.image.cpu_millis.min(quota.max_cpu_millis)),
-                    format_bytes(s.image.memory_bytes.min(quota.max_memory_bytes))
+                    format_cpu(s.image.fields.cpu_millis.min(quota.max_cpu_millis)),
+                    format_bytes(s.image.fields.memory_bytes.min(quota.max_memory_bytes))
                 ),
                 present: s.local.is_some(),
-                fetch: if s.image.recipe.is_some() {
+                fetch: if s.image.fields.recipe.is_some() {
                     "it is built on the first start (a few minutes)"
                 } else {
                     "it is pulled on the first start"
                 },
                 name: s.image.name,
-                display_name: s.image.display_name,
-                description: s.image.description,
-                reference: s.image.reference.to_string(),
+                display_name: s.image.fields.display_name,
+                description: s.image.fields.description,
+                reference: s.image.fields.reference.to_string(),
             })
             .collect(),
         cpu_options: sizes(
@@ -435,12 +394,12 @@ pub async fn spawn(
     let (owner, server) = target(&me, segs.next(), segs.next())?;
     let pending = spawn_path("spawn-pending", &owner, server.as_ref());
     let started = match form.request() {
-        Ok(request) => state.hub().start_server(Actor::User(&me), &owner, server.as_ref(), request).await,
+        Ok(request) => state.hub().servers().start(Actor::User(&me), &owner, server.as_ref(), request).await,
         Err(e) => Err(e),
     };
     match started {
-        Ok(StartOutcome::Started | StartOutcome::AlreadyPending) => Ok(Redirect::to(&pending).into_response()),
-        Ok(StartOutcome::AlreadyRunning) => Ok(Redirect::to(&route_prefix(&owner, server.as_ref())).into_response()),
+        Ok(StartOutcome::Started(_) | StartOutcome::AlreadyPending(_)) => Ok(Redirect::to(&pending).into_response()),
+        Ok(StartOutcome::AlreadyRunning(_)) => Ok(Redirect::to(&route_prefix(&owner, server.as_ref())).into_response()),
         Err(
             e @ (ServiceError::Invalid(_)
             | ServiceError::Conflict(_)
@@ -477,17 +436,12 @@ pub async fn spawn_pending(
 ) -> Result<Response, AppError> {
     let mut segs = segs.into_iter();
     let (owner, server) = target(&me, segs.next(), segs.next())?;
-    let row = state
-        .hub()
-        .servers_of(Actor::User(&me), &owner)
-        .await?
-        .into_iter()
-        .find(|s| s.name == server.as_ref().map_or("", ServerName::as_str));
+    let row = state.hub().servers().of(Actor::User(&me), &owner).await?.into_iter().find(|s| s.name == server);
     let url = route_prefix(&owner, server.as_ref());
     if row.as_ref().is_some_and(|r| r.state == ServerState::Running) {
         return Ok(Redirect::to(&url).into_response());
     }
-    let last = row.as_ref().and_then(|r| state.hub().spawn_progress(r.server_id)).and_then(|l| l.last());
+    let last = row.as_ref().and_then(|r| r.id).and_then(|id| state.hub().servers().progress(id)).and_then(|l| l.last());
     let progress_url = match &server {
         Some(s) => format!("/hub/api/users/{owner}/servers/{s}/progress"),
         None => format!("/hub/api/users/{owner}/server/progress"),
@@ -521,11 +475,11 @@ pub async fn stop(
 ) -> Result<Response, AppError> {
     let server = ServerName::parse_optional(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let label = server_label(server.as_ref());
-    Ok(match state.hub().stop_server(Actor::User(&me), &me.name, server.as_ref()).await {
-        Ok(labhub_service::servers::StopOutcome::Stopped) => {
+    Ok(match state.hub().servers().stop(Actor::User(&me), &me.name, server.as_ref()).await {
+        Ok(labhub_service::model::StopOutcome::Stopped) => {
             redirect_with_flash(&state, "/hub/home", &format!("{label} stopped. Your files are kept."))
         }
-        Ok(labhub_service::servers::StopOutcome::Stopping) => {
+        Ok(labhub_service::model::StopOutcome::Stopping) => {
             redirect_with_flash(&state, "/hub/home", &format!("{label} is stopping."))
         }
         Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
@@ -542,7 +496,7 @@ pub async fn delete(
     CsrfForm(form): CsrfForm<ServerForm>,
 ) -> Result<Response, AppError> {
     let server = ServerName::parse(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    Ok(match state.hub().delete_named_server(Actor::User(&me), &me.name, &server).await {
+    Ok(match state.hub().servers().delete_named(Actor::User(&me), &me.name, &server).await {
         Ok(()) => {
             redirect_with_flash(&state, "/hub/home", &format!("Forgot the server {server}; your files are kept."))
         }

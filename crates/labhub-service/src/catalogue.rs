@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use labhub_core::spawner::ImageInfo;
-use labhub_core::{ImageKind, ImageRef};
+use dashmap::DashMap;
+use labhub_core::spawner::{ImageBuilder, ImageInfo};
+use labhub_core::{ImageFields, ImageKind, ImageRef};
 use labhub_db::ResultExt;
-use labhub_db::images::{self, Image, ImageFields};
+use labhub_db::images;
 use serde_json::json;
 
-use crate::audit::Actor;
+use crate::access::Actor;
+use crate::model::CatalogueImage;
 use crate::progress::{ProgressEvent, ProgressLog};
 use crate::{Hub, ServiceError};
 
@@ -18,11 +20,23 @@ pub const DEFAULT_IMAGE_NAME: &str = "jupyterlab";
 /// The reference of the image the built-in `jupyterlab` recipe builds.
 pub const DEFAULT_IMAGE_REF: &str = "labhub/jupyterlab:1";
 
+/// What the catalogue keeps: the builder, and builds in flight or finished by image reference.
+pub(crate) struct CatalogueState {
+    builder: Option<Arc<dyn ImageBuilder>>,
+    builds: DashMap<String, Arc<ProgressLog>>,
+}
+
+impl CatalogueState {
+    pub(crate) fn new(builder: Option<Arc<dyn ImageBuilder>>) -> Self {
+        Self { builder, builds: DashMap::new() }
+    }
+}
+
 /// A catalogue entry with what the runtime knows of it.
 #[derive(Debug, Clone)]
 pub struct ImageStatus {
     /// The entry.
-    pub image: Image,
+    pub image: CatalogueImage,
     /// The local copy, if there is one.
     pub local: Option<ImageInfo>,
     /// A build in flight or just finished, if any.
@@ -80,84 +94,130 @@ fn check_fields(f: &ImageFields, recipes: &[String]) -> Result<(), ServiceError>
     Ok(())
 }
 
-impl Hub {
+/// The image catalogue.
+#[derive(Clone, Copy)]
+pub struct Catalogue<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> Catalogue<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
+    }
+
+    fn state(&self) -> &'h CatalogueState {
+        &self.hub.0.catalogue
+    }
+
     /// The built-in recipes this hub can build.
     pub fn recipe_names(&self) -> Vec<String> {
-        self.0.servers.builder.as_ref().map(|b| b.recipes()).unwrap_or_default()
+        self.state().builder.as_ref().map(|b| b.recipes()).unwrap_or_default()
     }
 
     /// The catalogue, each entry with its local copy and build state (anyone signed in).
-    pub async fn images(&self) -> Result<Vec<ImageStatus>, ServiceError> {
-        let list = images::list(self.db()).await?;
+    pub async fn list(&self) -> Result<Vec<ImageStatus>, ServiceError> {
+        let list = images::list(self.hub.db()).await?;
         let mut out = Vec::with_capacity(list.len());
         for image in list {
-            let local = match &self.0.servers.spawner {
-                Some(s) => s.inspect_image(&image.reference).await.ok().flatten(),
+            let reference = &image.fields.reference;
+            let local = match &self.hub.0.spawner {
+                Some(s) => s.inspect_image(reference).await.ok().flatten(),
                 None => None,
             };
-            let build = self.0.servers.builds.get(image.reference.as_str()).and_then(|b| b.last());
-            out.push(ImageStatus { image, local, build });
+            let build = self.state().builds.get(reference.as_str()).and_then(|b| b.last());
+            out.push(ImageStatus { image: image.into(), local, build });
         }
         Ok(out)
     }
 
     /// One catalogue entry.
-    pub async fn image(&self, name: &str) -> Result<Image, ServiceError> {
-        images::by_name(self.db(), name)
+    pub async fn get(&self, name: &str) -> Result<CatalogueImage, ServiceError> {
+        images::by_name(self.hub.db(), name)
             .await?
+            .map(CatalogueImage::from)
             .ok_or_else(|| ServiceError::NotFound(format!("there is no image '{name}'")))
     }
 
+    /// The entry a start asks for: by name, or the first enabled one; refused when disabled.
+    pub(crate) async fn for_start(&self, name: Option<&str>) -> Result<CatalogueImage, ServiceError> {
+        let image: CatalogueImage = match name {
+            Some(n) => images::by_name(self.hub.db(), n)
+                .await?
+                .ok_or_else(|| ServiceError::Invalid(format!("there is no image '{n}' in the catalogue")))?
+                .into(),
+            None => images::list(self.hub.db())
+                .await?
+                .into_iter()
+                .find(|i| i.fields.enabled)
+                .ok_or_else(|| ServiceError::Conflict("the image catalogue has no enabled image; ask an admin".into()))?
+                .into(),
+        };
+        if !image.fields.enabled {
+            return Err(ServiceError::Invalid(format!("the image '{}' is disabled; choose another", image.name)));
+        }
+        Ok(image)
+    }
+
     /// Adds a catalogue entry (admins).
-    pub async fn add_image(&self, actor: Actor<'_>, name: &str, fields: ImageFields) -> Result<Image, ServiceError> {
+    pub async fn add(&self, actor: Actor<'_>, name: &str, fields: ImageFields) -> Result<CatalogueImage, ServiceError> {
         actor.require_admin()?;
         check_name(name)?;
         check_fields(&fields, &self.recipe_names())?;
-        let mut tx = labhub_db::begin(self.db()).await?;
-        let image =
-            images::insert(&mut *tx, name, &fields, self.now()).await.on_constraint(images::NAME_KEY, || {
+        let mut tx = self.hub.begin().await?;
+        let image: CatalogueImage = images::insert(&mut *tx, name, &fields, self.hub.now())
+            .await
+            .on_constraint(images::NAME_KEY, || {
                 ServiceError::Conflict(format!("there is already an image named '{name}'"))
-            })?;
-        self.audit(&mut *tx, actor, "image.create", name, json!({ "after": describe(&image) })).await?;
-        labhub_db::commit(tx).await?;
+            })?
+            .into();
+        self.hub.audit().record(&mut *tx, actor, "image.create", name, json!({ "after": describe(&image) })).await?;
+        tx.commit().await?;
         Ok(image)
     }
 
     /// Changes a catalogue entry (admins); running servers keep what they started with.
-    pub async fn update_image(&self, actor: Actor<'_>, name: &str, fields: ImageFields) -> Result<Image, ServiceError> {
+    pub async fn update(
+        &self,
+        actor: Actor<'_>,
+        name: &str,
+        fields: ImageFields,
+    ) -> Result<CatalogueImage, ServiceError> {
         actor.require_admin()?;
         check_fields(&fields, &self.recipe_names())?;
-        let before = self.image(name).await?;
-        let mut tx = labhub_db::begin(self.db()).await?;
-        let image = images::update(&mut *tx, name, &fields, self.now())
+        let before = self.get(name).await?;
+        let mut tx = self.hub.begin().await?;
+        let image: CatalogueImage = images::update(&mut *tx, name, &fields, self.hub.now())
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("there is no image '{name}'")))?;
-        self.audit(
-            &mut *tx,
-            actor,
-            "image.update",
-            name,
-            json!({ "before": describe(&before), "after": describe(&image) }),
-        )
-        .await?;
-        labhub_db::commit(tx).await?;
+            .ok_or_else(|| ServiceError::NotFound(format!("there is no image '{name}'")))?
+            .into();
+        self.hub
+            .audit()
+            .record(
+                &mut *tx,
+                actor,
+                "image.update",
+                name,
+                json!({ "before": describe(&before), "after": describe(&image) }),
+            )
+            .await?;
+        tx.commit().await?;
         Ok(image)
     }
 
     /// Removes a catalogue entry (admins); running servers keep running.
-    pub async fn remove_image(&self, actor: Actor<'_>, name: &str) -> Result<(), ServiceError> {
+    pub async fn remove(&self, actor: Actor<'_>, name: &str) -> Result<(), ServiceError> {
         actor.require_admin()?;
-        let before = self.image(name).await?;
-        let mut tx = labhub_db::begin(self.db()).await?;
+        let before = self.get(name).await?;
+        let mut tx = self.hub.begin().await?;
         images::delete(&mut *tx, name).await?;
-        self.audit(&mut *tx, actor, "image.delete", name, json!({ "before": describe(&before) })).await?;
-        labhub_db::commit(tx).await?;
+        self.hub.audit().record(&mut *tx, actor, "image.delete", name, json!({ "before": describe(&before) })).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Puts the JupyterLab entry in an empty catalogue, so a fresh hub can start servers at once.
-    pub async fn ensure_default_catalogue(&self) -> Result<(), ServiceError> {
-        if images::count(self.db()).await? > 0 {
+    pub async fn ensure_default(&self) -> Result<(), ServiceError> {
+        if images::count(self.hub.db()).await? > 0 {
             return Ok(());
         }
         let recipe =
@@ -174,33 +234,35 @@ impl Hub {
             enabled: true,
             recipe,
         };
-        self.add_image(Actor::System, DEFAULT_IMAGE_NAME, fields).await.map(|_| ())
+        self.add(Actor::System, DEFAULT_IMAGE_NAME, fields).await.map(|_| ())
     }
 
     /// Starts building a catalogue entry from its recipe (admins), or joins a build in flight.
-    pub async fn build_image(&self, actor: Actor<'_>, name: &str) -> Result<Arc<ProgressLog>, ServiceError> {
+    pub async fn build(&self, actor: Actor<'_>, name: &str) -> Result<Arc<ProgressLog>, ServiceError> {
         actor.require_admin()?;
-        let image = self.image(name).await?;
-        if image.recipe.is_none() {
+        let image = self.get(name).await?;
+        if image.fields.recipe.is_none() {
             return Err(ServiceError::Conflict(format!(
                 "'{name}' has no recipe: load or pull it on the machine instead"
             )));
         }
         let log = self.start_build(&image)?;
-        self.audit(self.db(), actor, "image.build", name, json!({ "reference": image.reference })).await?;
+        let detail = json!({ "reference": image.fields.reference });
+        self.hub.audit().record(self.hub.db(), actor, "image.build", name, detail).await?;
         Ok(log)
     }
 
     /// The progress of an image's latest build.
     pub fn build_progress(&self, reference: &ImageRef) -> Option<Arc<ProgressLog>> {
-        self.0.servers.builds.get(reference.as_str()).map(|b| b.clone())
+        self.state().builds.get(reference.as_str()).map(|b| b.clone())
     }
 
     /// Builds every recipe image the catalogue needs that is missing here (at boot, in the background).
-    pub async fn build_missing_images(&self) -> Result<(), ServiceError> {
-        for status in self.images().await? {
-            if status.image.enabled && status.image.recipe.is_some() && status.local.is_none() {
-                tracing::info!(image = %status.image.reference, "image missing: building it from its recipe");
+    pub async fn build_missing(&self) -> Result<(), ServiceError> {
+        for status in self.list().await? {
+            let f = &status.image.fields;
+            if f.enabled && f.recipe.is_some() && status.local.is_none() {
+                tracing::info!(image = %f.reference, "image missing: building it from its recipe");
                 self.start_build(&status.image)?;
             }
         }
@@ -208,15 +270,18 @@ impl Hub {
     }
 
     /// Starts a build unless one for the same reference is in flight; returns its progress.
-    pub(crate) fn start_build(&self, image: &Image) -> Result<Arc<ProgressLog>, ServiceError> {
-        let builder = self.0.servers.builder.clone().ok_or_else(|| {
+    pub(crate) fn start_build(&self, image: &CatalogueImage) -> Result<Arc<ProgressLog>, ServiceError> {
+        let builder = self.state().builder.clone().ok_or_else(|| {
             ServiceError::Unavailable("images cannot be built: the container runtime is not reachable".into())
         })?;
-        let recipe =
-            image.recipe.clone().ok_or_else(|| ServiceError::Conflict(format!("'{}' has no recipe", image.name)))?;
-        let key = image.reference.as_str().to_string();
+        let recipe = image
+            .fields
+            .recipe
+            .clone()
+            .ok_or_else(|| ServiceError::Conflict(format!("'{}' has no recipe", image.name)))?;
+        let key = image.fields.reference.as_str().to_string();
         let log = {
-            let mut entry = self.0.servers.builds.entry(key.clone()).or_insert_with(ProgressLog::new);
+            let mut entry = self.state().builds.entry(key.clone()).or_insert_with(ProgressLog::new);
             if !entry.finished() && entry.last().is_some() {
                 return Ok(entry.clone());
             }
@@ -224,8 +289,8 @@ impl Hub {
             *entry = fresh.clone();
             fresh
         };
-        log.push(ProgressEvent::step(0, format!("Building {} from the '{recipe}' recipe", image.reference)));
-        let reference = image.reference.clone();
+        let reference = image.fields.reference.clone();
+        log.push(ProgressEvent::step(0, format!("Building {reference} from the '{recipe}' recipe")));
         let log2 = log.clone();
         tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<labhub_core::spawner::Progress>();
@@ -257,16 +322,17 @@ pub fn short_id(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
-fn describe(i: &Image) -> serde_json::Value {
+fn describe(i: &CatalogueImage) -> serde_json::Value {
+    let f = &i.fields;
     json!({
-        "display_name": i.display_name,
-        "reference": i.reference,
-        "kind": i.kind,
-        "port": i.port,
-        "command": i.command,
-        "cpu_millis": i.cpu_millis,
-        "memory_bytes": i.memory_bytes,
-        "enabled": i.enabled,
-        "recipe": i.recipe,
+        "display_name": f.display_name,
+        "reference": f.reference,
+        "kind": f.kind,
+        "port": f.port,
+        "command": f.command,
+        "cpu_millis": f.cpu_millis,
+        "memory_bytes": f.memory_bytes,
+        "enabled": f.enabled,
+        "recipe": f.recipe,
     })
 }

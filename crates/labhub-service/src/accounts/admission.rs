@@ -1,0 +1,248 @@
+//! The one sign-in policy every way of signing in goes through, password sign-in and sign-up,
+//! and making sure someone can administer a fresh hub.
+
+use labhub_auth::oidc::{ExternalIdentity, Provider};
+use labhub_core::{AccountState, Secret, UserName};
+use labhub_db::ResultExt;
+use labhub_db::users::{self, NewUser, User};
+use serde_json::json;
+
+use super::Accounts;
+use crate::access::Actor;
+use crate::hub::HubTx;
+use crate::model::Account;
+use crate::{ServiceError, SignupPolicy};
+
+/// The one message for every failed password sign-in, so a failure never tells whether the
+/// account exists.
+pub const BAD_CREDENTIALS: &str = "Invalid user name or password.";
+
+/// How a person proved who they are, as the sign-in policy sees it.
+pub(crate) enum SignIn {
+    /// The account's password matched.
+    Password(User),
+    /// A provider vouched for an identity linked to this account; with `admin_groups` set for
+    /// the provider, whether the identity is in one of them at this sign-in.
+    Provider { user: User, in_admin_group: Option<bool> },
+}
+
+/// What the sign-in policy decided.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// In, as this account.
+    Active(User),
+    /// The account (perhaps created just now) waits for an admin's approval.
+    Pending(User),
+}
+
+impl Admission {
+    /// The account, if it may start a session now.
+    pub(crate) fn into_active(self) -> Result<Account, ServiceError> {
+        match self {
+            Admission::Active(user) => Ok(user.into()),
+            Admission::Pending(user) => Err(ServiceError::Forbidden(format!(
+                "Your account {} is waiting for an admin's approval. You can sign in once it is approved.",
+                user.name
+            ))),
+        }
+    }
+}
+
+impl Accounts<'_> {
+    /// Signs in with a name and a password. Every failure that could reveal whether the account
+    /// exists gives the same message after the same work; repeated failures are throttled per
+    /// name and per client address.
+    pub async fn password_login(
+        &self,
+        raw_name: &str,
+        password: Secret<String>,
+        client_addr: &str,
+    ) -> Result<Account, ServiceError> {
+        let state = self.state();
+        if !state.settings.password_login {
+            return Err(ServiceError::Forbidden("password sign-in is turned off on this hub".into()));
+        }
+        let name = UserName::parse(raw_name.trim()).ok();
+        // Throttle by the normalised name when there is one, so "Alice" and "alice" share a budget.
+        let throttle_key = name.as_ref().map_or_else(|| raw_name.trim().to_ascii_lowercase(), |n| n.to_string());
+        if let Some(wait) = state.throttle.retry_after(&throttle_key, client_addr) {
+            metrics::counter!("labhub_logins_total", "result" => "throttled").increment(1);
+            return Err(ServiceError::TooMany {
+                message: format!("Too many failed sign-in attempts. Try again in {} seconds.", wait.as_secs()),
+                retry_after: wait,
+            });
+        }
+        let user = match &name {
+            Some(n) => users::by_name(self.hub.db(), n).await?,
+            None => None,
+        };
+        let ok = state.passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await;
+        let Some(user) = user.filter(|_| ok) else {
+            state.throttle.record_failure(&throttle_key, client_addr);
+            metrics::counter!("labhub_logins_total", "result" => "failed").increment(1);
+            return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()));
+        };
+        state.throttle.record_success(&throttle_key);
+        let mut tx = self.hub.begin().await?;
+        let admission = self.admit(&mut tx, SignIn::Password(user)).await?;
+        tx.commit().await?;
+        let account = admission.into_active()?;
+        metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
+        Ok(account)
+    }
+
+    /// The first half of the policy for a provider's identity, before any account is looked
+    /// at: the claimed name must pass the account name rule, and the provider's allowed users
+    /// and groups must admit it (admins by `admin_users` or `admin_groups` always pass).
+    /// Returns the name and, when the provider names admin groups, whether the identity is in
+    /// one.
+    pub(crate) fn check_identity(
+        &self,
+        provider: &Provider,
+        identity: &ExternalIdentity,
+    ) -> Result<(UserName, Option<bool>), ServiceError> {
+        let via = provider.display_name();
+        let name = UserName::parse(identity.username.trim()).map_err(|e| {
+            ServiceError::Forbidden(format!(
+                "{via} calls you '{}', which is not a valid account name on this hub ({e}). Ask an admin.",
+                identity.username
+            ))
+        })?;
+        let rules = provider.rules();
+        let member_of = |groups: &[String]| identity.groups.iter().any(|g| groups.contains(g));
+        let in_admin_group = (!rules.admin_groups.is_empty()).then(|| member_of(&rules.admin_groups));
+        let restricted = !rules.allowed_users.is_empty() || !rules.allowed_groups.is_empty();
+        let allowed = self.state().settings.admin_users.contains(&name)
+            || in_admin_group == Some(true)
+            || rules.allowed_users.contains(&name)
+            || member_of(&rules.allowed_groups);
+        if restricted && !allowed {
+            return Err(ServiceError::Forbidden(format!(
+                "{name} may not sign in to this hub with {via}: neither the name nor any of your groups there is on the list of those allowed. Ask an admin if you think this is wrong."
+            )));
+        }
+        Ok((name, in_admin_group))
+    }
+
+    /// The rest of the policy, for every way of signing in, once the account is known: a
+    /// disabled account is refused, a pending one waits, and admin rights are set from
+    /// `admin_users` and, for a provider with `admin_groups`, from membership at this sign-in.
+    /// Runs in the caller's transaction, so a refusal leaves nothing behind.
+    pub(crate) async fn admit(&self, tx: &mut HubTx<'_>, sign_in: SignIn) -> Result<Admission, ServiceError> {
+        let (user, in_admin_group) = match sign_in {
+            SignIn::Password(user) => (user, None),
+            SignIn::Provider { user, in_admin_group } => (user, in_admin_group),
+        };
+        match user.state {
+            AccountState::Active => {}
+            AccountState::Pending => return Ok(Admission::Pending(user)),
+            AccountState::Disabled => {
+                return Err(ServiceError::Forbidden(
+                    "This account is disabled. Ask an admin if you think this is wrong.".into(),
+                ));
+            }
+        }
+        let listed = self.state().settings.admin_users.contains(&user.name);
+        let admin = listed || in_admin_group.unwrap_or(user.admin);
+        if admin != user.admin {
+            users::set_admin(&mut **tx, user.user_id, admin).await?;
+            let reason = if listed { "admin_users" } else { "admin_groups" };
+            let detail = json!({ "reason": reason, "after": admin });
+            self.hub.audit().record(&mut **tx, Actor::System, "user.set_admin", user.name.as_str(), detail).await?;
+            self.hub.forget_credentials(user.user_id);
+        }
+        Ok(Admission::Active(User { admin, ..user }))
+    }
+
+    /// Self-service sign-up, when the configuration allows it. Returns the new account (pending
+    /// when approval is required).
+    pub async fn sign_up(&self, raw_name: &str, password: Secret<String>) -> Result<Account, ServiceError> {
+        let state = match self.state().settings.signup {
+            SignupPolicy::Closed => {
+                return Err(ServiceError::Forbidden(
+                    "Sign-up is closed on this hub; ask an admin for an account.".into(),
+                ));
+            }
+            SignupPolicy::Approval => AccountState::Pending,
+            SignupPolicy::Open => AccountState::Active,
+        };
+        let name = UserName::parse(raw_name.trim())?;
+        self.password_policy().check(password.expose())?;
+        let hash = self.state().passwords.hash(password).await?;
+        let mut tx = self.hub.begin().await?;
+        let user = users::insert(
+            &mut *tx,
+            &NewUser { name: &name, admin: false, state, password_hash: Some(&hash), created_at: self.hub.now() },
+        )
+        .await
+        .on_constraint(users::NAME_KEY, || ServiceError::Conflict(format!("the name {name} is taken")))?;
+        self.record_signup(&mut tx, &name, json!({ "state": state.as_str() })).await?;
+        tx.commit().await?;
+        Ok(user.into())
+    }
+
+    /// Records a new account made by its owner (sign-up, or a provider's first sign-in); the
+    /// actor is the new account itself.
+    pub(crate) async fn record_signup(
+        &self,
+        tx: &mut HubTx<'_>,
+        name: &UserName,
+        detail: serde_json::Value,
+    ) -> Result<(), ServiceError> {
+        labhub_db::audit::record(&mut **tx, self.hub.now(), name.as_str(), "user.signup", name.as_str(), &detail)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes sure someone can administer the hub: names in `admin_users` that exist become
+    /// admins, and when there is no active admin at all, the first `admin_users` name (or
+    /// `admin`) gets an account with a fresh random password, which is returned (once) so the
+    /// operator can sign in.
+    pub async fn bootstrap_admins(&self) -> Result<Option<(UserName, Secret<String>)>, ServiceError> {
+        let settings = &self.state().settings;
+        let audit = self.hub.audit();
+        let mut tx = self.hub.begin().await?;
+        for name in &settings.admin_users {
+            if let Some(u) = users::by_name(&mut *tx, name).await?
+                && !u.admin
+            {
+                users::set_admin(&mut *tx, u.user_id, true).await?;
+                let detail = json!({ "reason": "admin_users" });
+                audit.record(&mut *tx, Actor::System, "user.set_admin", name.as_str(), detail).await?;
+            }
+        }
+        if users::count_active_admins(&mut *tx).await? > 0 {
+            return tx.commit().await.map(|()| None);
+        }
+        let name = match settings.admin_users.first() {
+            Some(n) => n.clone(),
+            None => UserName::parse("admin").expect("a valid name"),
+        };
+        let password = Secret::new(labhub_auth::new_token().0[..24].to_string());
+        let hash = self.state().passwords.hash(password.clone()).await?;
+        let existing = users::by_name(&mut *tx, &name).await?;
+        match &existing {
+            Some(u) => {
+                users::set_password_hash(&mut *tx, u.user_id, Some(&hash)).await?;
+                users::set_admin(&mut *tx, u.user_id, true).await?;
+                users::set_state(&mut *tx, u.user_id, AccountState::Active).await?;
+            }
+            None => {
+                let new = NewUser {
+                    name: &name,
+                    admin: true,
+                    state: AccountState::Active,
+                    password_hash: Some(&hash),
+                    created_at: self.hub.now(),
+                };
+                users::insert(&mut *tx, &new).await?;
+            }
+        }
+        audit.record(&mut *tx, Actor::System, "user.bootstrap_admin", name.as_str(), json!({})).await?;
+        tx.commit().await?;
+        if let Some(u) = existing {
+            self.hub.forget_credentials(u.user_id);
+        }
+        Ok(Some((name, password)))
+    }
+}

@@ -1,0 +1,317 @@
+//! Accounts: creating and changing them (admins, the CLI, their owners), and the one view of
+//! a user the API shows. How people get in is `admission.rs`.
+
+mod admission;
+
+use std::sync::Arc;
+
+use labhub_auth::{LoginThrottle, PasswordHasher, PasswordPolicy};
+use labhub_core::listing::UserFilter;
+use labhub_core::{AccountState, Clock, Secret, UserId, UserName};
+use labhub_db::users::{self, NewUser};
+use labhub_db::{ResultExt, groups, servers};
+use serde_json::json;
+
+pub use admission::BAD_CREDENTIALS;
+pub(crate) use admission::SignIn;
+
+use crate::access::Actor;
+use crate::hub::{HubTx, no_user};
+use crate::model::{Account, ServerView, StopReason};
+use crate::views::UserView;
+use crate::{AccountSettings, Hub, Principal, ServiceError};
+
+/// What the accounts capability keeps: its rules, password hashing and the sign-in throttle.
+pub(crate) struct AccountsState {
+    pub(crate) settings: AccountSettings,
+    passwords: PasswordHasher,
+    throttle: LoginThrottle,
+}
+
+impl AccountsState {
+    pub(crate) fn new(settings: AccountSettings, passwords: PasswordHasher, clock: Arc<dyn Clock>) -> Self {
+        let throttle = LoginThrottle::new(settings.throttle, clock);
+        Self { settings, passwords, throttle }
+    }
+}
+
+/// A new account, as an admin (or the CLI) asks for it.
+#[derive(Debug)]
+pub struct NewAccount {
+    pub name: UserName,
+    pub password: Option<Secret<String>>,
+    pub admin: bool,
+}
+
+/// Accounts.
+#[derive(Clone, Copy)]
+pub struct Accounts<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> Accounts<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
+    }
+
+    fn state(&self) -> &'h AccountsState {
+        &self.hub.0.accounts
+    }
+
+    fn password_policy(&self) -> PasswordPolicy {
+        PasswordPolicy { min_len: self.state().settings.password_min_len }
+    }
+
+    /// Creates an account (admins, the CLI).
+    pub async fn create(&self, actor: Actor<'_>, new: NewAccount) -> Result<Account, ServiceError> {
+        actor.require_admin()?;
+        let hash = match &new.password {
+            Some(p) => {
+                self.password_policy().check(p.expose())?;
+                Some(self.state().passwords.hash(p.clone()).await?)
+            }
+            None => None,
+        };
+        let admin = new.admin || self.state().settings.admin_users.contains(&new.name);
+        let mut tx = self.hub.begin().await?;
+        let user = users::insert(
+            &mut *tx,
+            &NewUser {
+                name: &new.name,
+                admin,
+                state: AccountState::Active,
+                password_hash: hash.as_deref(),
+                created_at: self.hub.now(),
+            },
+        )
+        .await
+        .on_constraint(users::NAME_KEY, || ServiceError::Conflict(format!("the name {} is taken", new.name)))?;
+        self.hub.audit().record(&mut *tx, actor, "user.create", new.name.as_str(), json!({ "admin": admin })).await?;
+        tx.commit().await?;
+        Ok(user.into())
+    }
+
+    /// One page of accounts and the total matching (admins).
+    pub async fn list(&self, actor: Actor<'_>, filter: &UserFilter) -> Result<(Vec<Account>, i64), ServiceError> {
+        actor.require_admin()?;
+        let (rows, total) = users::list(self.hub.db(), filter).await?;
+        Ok((rows.into_iter().map(Account::from).collect(), total))
+    }
+
+    /// An account, as seen by its owner or an admin.
+    pub async fn get(&self, actor: Actor<'_>, name: &UserName) -> Result<Account, ServiceError> {
+        let user = self.hub.user_row(name).await?;
+        actor.require_self_or_admin(user.user_id)?;
+        Ok(user.into())
+    }
+
+    /// A user as the API shows them, with their groups and every server slot (that user or an
+    /// admin). Reused for a moment: clients poll it.
+    pub async fn view(&self, actor: Actor<'_>, name: &UserName) -> Result<Arc<UserView>, ServiceError> {
+        let views = &self.hub.0.views;
+        let view = match views.get(name) {
+            Some(view) => view,
+            None => {
+                let mut list = self.views_of(vec![self.hub.user_row(name).await?.into()]).await?;
+                let view = Arc::new(list.remove(0));
+                views.put(view.clone());
+                view
+            }
+        };
+        actor.require_self_or_admin(view.account.id)?;
+        Ok(view)
+    }
+
+    /// The views of one page of accounts and the total matching (admins): the API's user list.
+    pub async fn list_views(
+        &self,
+        actor: Actor<'_>,
+        filter: &UserFilter,
+    ) -> Result<(Vec<UserView>, i64), ServiceError> {
+        let (accounts, total) = self.list(actor, filter).await?;
+        Ok((self.views_of(accounts).await?, total))
+    }
+
+    /// Each account with its groups and server slots, in two queries for all of them.
+    async fn views_of(&self, accounts: Vec<Account>) -> Result<Vec<UserView>, ServiceError> {
+        let ids: Vec<UserId> = accounts.iter().map(|a| a.id).collect();
+        let mut groups = groups::names_of_users(self.hub.db(), &ids).await?;
+        let rows = servers::list_for_users(self.hub.db(), &ids).await?;
+        Ok(accounts
+            .into_iter()
+            .map(|account| {
+                let mine: Vec<_> = rows.iter().filter(|r| r.user_id == account.id).cloned().collect();
+                UserView {
+                    groups: groups.remove(&account.id).unwrap_or_default(),
+                    servers: ServerView::slots(&account.name, &mine),
+                    account,
+                }
+            })
+            .collect())
+    }
+
+    /// Sets a password (admins for anyone; the CLI). Ends the user's sessions.
+    pub async fn set_password(
+        &self,
+        actor: Actor<'_>,
+        name: &UserName,
+        password: Secret<String>,
+    ) -> Result<(), ServiceError> {
+        actor.require_admin()?;
+        self.password_policy().check(password.expose())?;
+        let user = self.hub.user_row(name).await?;
+        let hash = self.state().passwords.hash(password).await?;
+        let mut tx = self.hub.begin().await?;
+        users::set_password_hash(&mut *tx, user.user_id, Some(&hash)).await?;
+        labhub_db::sessions::delete_for_user(&mut *tx, user.user_id).await?;
+        self.hub.audit().record(&mut *tx, actor, "user.set_password", name.as_str(), json!({})).await?;
+        tx.commit().await?;
+        self.hub.forget_credentials(user.user_id);
+        Ok(())
+    }
+
+    /// Changes one's own password after checking the current one.
+    pub async fn change_own_password(
+        &self,
+        principal: &Principal,
+        current: Secret<String>,
+        new: Secret<String>,
+    ) -> Result<(), ServiceError> {
+        let user = self.hub.user_row(&principal.name).await?;
+        let passwords = &self.state().passwords;
+        if user.password_hash.is_some() && !passwords.verify(current, user.password_hash.clone()).await {
+            return Err(ServiceError::Invalid("the current password is not right".into()));
+        }
+        self.password_policy().check(new.expose())?;
+        let hash = passwords.hash(new).await?;
+        let mut tx = self.hub.begin().await?;
+        users::set_password_hash(&mut *tx, user.user_id, Some(&hash)).await?;
+        let actor = Actor::User(principal);
+        self.hub.audit().record(&mut *tx, actor, "user.change_password", principal.name.as_str(), json!({})).await?;
+        tx.commit().await
+    }
+
+    /// Refuses a change that would leave the hub without an active admin.
+    async fn keep_an_admin(&self, tx: &mut HubTx<'_>, user: &users::User, what: &str) -> Result<(), ServiceError> {
+        if user.admin && user.state == AccountState::Active && users::count_active_admins(&mut **tx).await? <= 1 {
+            return Err(ServiceError::Conflict(format!(
+                "{} is the last active admin; make someone else an admin before you {what}",
+                user.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens a transaction holding every admin's row and `name`'s row, so concurrent changes
+    /// cannot together pass the last-admin check.
+    async fn lock_for_admin_change(&self, name: &UserName) -> Result<(HubTx<'h>, users::User), ServiceError> {
+        let mut tx = self.hub.begin().await?;
+        users::lock_admins(&mut *tx).await?;
+        let user = users::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_user(name))?;
+        Ok((tx, user))
+    }
+
+    /// Grants or revokes admin rights.
+    pub async fn set_admin(&self, actor: Actor<'_>, name: &UserName, admin: bool) -> Result<Account, ServiceError> {
+        actor.require_admin()?;
+        let (mut tx, user) = self.lock_for_admin_change(name).await?;
+        if user.admin == admin {
+            return Ok(user.into());
+        }
+        if !admin {
+            if self.state().settings.admin_users.contains(name) {
+                return Err(ServiceError::Conflict(format!(
+                    "{name} is listed in admin_users in the configuration; remove it there first"
+                )));
+            }
+            self.keep_an_admin(&mut tx, &user, "remove their admin rights").await?;
+        }
+        users::set_admin(&mut *tx, user.user_id, admin).await?;
+        let detail = json!({ "before": user.admin, "after": admin });
+        self.hub.audit().record(&mut *tx, actor, "user.set_admin", name.as_str(), detail).await?;
+        tx.commit().await?;
+        self.hub.forget_credentials(user.user_id);
+        Ok(users::User { admin, ..user }.into())
+    }
+
+    /// Approves, disables or re-enables an account. Disabling ends its sessions at once.
+    pub async fn set_state(
+        &self,
+        actor: Actor<'_>,
+        name: &UserName,
+        state: AccountState,
+    ) -> Result<Account, ServiceError> {
+        actor.require_admin()?;
+        let (mut tx, user) = self.lock_for_admin_change(name).await?;
+        if user.state == state {
+            return Ok(user.into());
+        }
+        if state != AccountState::Active {
+            self.keep_an_admin(&mut tx, &user, "disable them").await?;
+        }
+        users::set_state(&mut *tx, user.user_id, state).await?;
+        if state == AccountState::Disabled {
+            labhub_db::sessions::delete_for_user(&mut *tx, user.user_id).await?;
+        }
+        let action = match (user.state, state) {
+            (AccountState::Pending, AccountState::Active) => "user.approve",
+            (_, AccountState::Disabled) => "user.disable",
+            _ => "user.enable",
+        };
+        let detail = json!({ "before": user.state.as_str(), "after": state.as_str() });
+        self.hub.audit().record(&mut *tx, actor, action, name.as_str(), detail).await?;
+        tx.commit().await?;
+        self.hub.forget_credentials(user.user_id);
+        Ok(users::User { state, ..user }.into())
+    }
+
+    /// Renames an account.
+    pub async fn rename(
+        &self,
+        actor: Actor<'_>,
+        name: &UserName,
+        new_name: &UserName,
+    ) -> Result<Account, ServiceError> {
+        actor.require_admin()?;
+        let user = self.hub.user_row(name).await?;
+        if name == new_name {
+            return Ok(user.into());
+        }
+        let mut tx = self.hub.begin().await?;
+        users::rename(&mut *tx, user.user_id, new_name)
+            .await
+            .on_constraint(users::NAME_KEY, || ServiceError::Conflict(format!("the name {new_name} is taken")))?;
+        let detail = json!({ "before": name, "after": new_name });
+        self.hub.audit().record(&mut *tx, actor, "user.rename", new_name.as_str(), detail).await?;
+        tx.commit().await?;
+        self.hub.forget_credentials(user.user_id);
+        Ok(users::User { name: new_name.clone(), ..user }.into())
+    }
+
+    /// Deletes an account with its sessions and tokens, stopping its servers first (their
+    /// storage is kept until an admin removes it).
+    pub async fn delete(&self, actor: Actor<'_>, name: &UserName) -> Result<(), ServiceError> {
+        actor.require_admin()?;
+        if let Actor::User(p) = actor
+            && &p.name == name
+        {
+            return Err(ServiceError::Conflict("you cannot delete your own account while signed in to it".into()));
+        }
+        if let Some(user) = users::by_name(self.hub.db(), name).await? {
+            for s in servers::list_for_user(self.hub.db(), user.user_id).await? {
+                if s.state != labhub_core::ServerState::Stopped {
+                    let server = labhub_core::ServerName::parse_optional(&s.name)?;
+                    let reason = StopReason::Hub("the account was deleted".into());
+                    self.hub.servers().stop_for(name, server.as_ref(), reason).await?;
+                }
+            }
+        }
+        let (mut tx, user) = self.lock_for_admin_change(name).await?;
+        self.keep_an_admin(&mut tx, &user, "delete them").await?;
+        users::delete(&mut *tx, user.user_id).await?;
+        self.hub.audit().record(&mut *tx, actor, "user.delete", name.as_str(), json!({ "admin": user.admin })).await?;
+        tx.commit().await?;
+        self.hub.forget_credentials(user.user_id);
+        Ok(())
+    }
+}

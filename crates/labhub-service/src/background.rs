@@ -1,0 +1,117 @@
+//! The hub's background work: each loop runs until its `shutdown` future resolves, and one
+//! failed pass is logged and retried at the next tick, never ending the loop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::MissedTickBehavior;
+
+use crate::Hub;
+
+/// How often token use times and proxied activity are written.
+const FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+impl Hub {
+    /// Periodic housekeeping: flushes token use times and proxied activity, removes expired
+    /// sessions, refreshes the session gauge. Runs until `shutdown` resolves, then flushes once more.
+    pub async fn run_maintenance(self, shutdown: impl Future<Output = ()>) {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = flush.tick() => {}
+            }
+            ticks += 1;
+            if let Err(e) = self.tokens().flush_use().await {
+                tracing::debug!(error = %e, "token use not flushed yet");
+            }
+            if let Err(e) = self.servers().flush_activity().await {
+                tracing::debug!(error = %e, "activity not flushed yet");
+            }
+            if ticks % 30 == 1
+                && let Err(e) = self.sessions().expire().await
+            {
+                tracing::debug!(error = %e, "sessions not expired yet");
+            }
+        }
+        let _ = self.tokens().flush_use().await;
+        let _ = self.servers().flush_activity().await;
+    }
+
+    /// Runs the culler every `cull_interval` until `shutdown` resolves.
+    pub async fn run_culler(self, shutdown: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.quota_settings().cull_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.culler().cull_once().await {
+                tracing::warn!(error = %e, "the culler's pass failed; trying again at the next");
+            }
+        }
+    }
+
+    /// Samples live use every `usage_interval` and measures storage every `storage_interval`
+    /// until `shutdown` resolves.
+    pub async fn run_usage_sampler(self, shutdown: impl Future<Output = ()>) {
+        let settings = self.quota_settings().clone();
+        let mut usage_tick = tokio::time::interval(settings.usage_interval);
+        usage_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut storage_tick = tokio::time::interval(settings.storage_interval);
+        storage_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = usage_tick.tick() => {
+                    if let Err(e) = self.usage().sample().await {
+                        tracing::debug!(error = %e, "usage not sampled this time");
+                    }
+                }
+                _ = storage_tick.tick() => {
+                    if let Err(e) = self.quotas().measure_storage().await {
+                        tracing::debug!(error = %e, "storage not measured this time");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Watches the runtime for servers that end behind the hub's back and marks them stopped
+    /// with the reason. Runs until `shutdown` resolves; reconnects when the stream breaks.
+    pub async fn watch_exits(self, shutdown: impl Future<Output = ()>) {
+        let servers = self.servers();
+        let Ok(spawner) = servers.spawner().cloned() else { return };
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                _ = &mut shutdown => return,
+                s = spawner.exits() => s,
+            };
+            match stream {
+                Ok(mut events) => loop {
+                    let next = tokio::select! {
+                        _ = &mut shutdown => return,
+                        e = events.next() => e,
+                    };
+                    let Some(exit) = next else { break };
+                    if let Err(e) = servers.on_exit(&spawner, exit).await {
+                        tracing::warn!(error = %e, "could not record a server's exit");
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot watch the container runtime; retrying"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}

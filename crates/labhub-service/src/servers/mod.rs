@@ -1,0 +1,193 @@
+//! Users' servers: starting (one at a time per server, a bounded number hub-wide), stopping,
+//! reconciling with the runtime at boot, noticing servers that die, recording activity.
+//!
+//! Postgres is the truth; the route table and the progress logs are caches rebuilt from it.
+
+mod reconcile;
+mod start;
+mod stop;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use dashmap::DashMap;
+use labhub_core::spawner::Spawner;
+use labhub_core::{ServerId, ServerName, ServerState, UserName};
+use labhub_db::servers;
+use labhub_proxy::RouteTable;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+pub use reconcile::ReconcileReport;
+
+use crate::access::{Actor, ServerRef};
+use crate::model::{ServerView, server_label};
+use crate::progress::ProgressLog;
+use crate::{Hub, ServerSettings, ServiceError};
+
+/// The servers capability's state: how traffic reaches servers, and what is in flight.
+pub(crate) struct ServerRuntime {
+    pub(crate) routes: RouteTable,
+    pub(crate) settings: ServerSettings,
+    /// Starts in flight (and recently finished, so late watchers see the outcome), by server.
+    spawns: DashMap<ServerId, Arc<Spawn>>,
+    spawn_slots: Arc<Semaphore>,
+    /// Containers labelled for this hub that match no server row, found at the last reconcile.
+    strangers: std::sync::Mutex<Vec<String>>,
+}
+
+impl ServerRuntime {
+    pub(crate) fn new(routes: RouteTable, settings: ServerSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.concurrent_spawn_limit.max(1)));
+        Self {
+            routes,
+            settings,
+            spawns: DashMap::new(),
+            spawn_slots: slots,
+            strangers: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// One start in flight.
+struct Spawn {
+    spawn_id: Uuid,
+    progress: Arc<ProgressLog>,
+    /// Set when someone asks to stop the server while it is still starting.
+    cancelled: AtomicBool,
+}
+
+fn runtime_unavailable() -> ServiceError {
+    ServiceError::Unavailable("servers cannot be started: the container runtime is not reachable from the hub".into())
+}
+
+/// Users' servers.
+#[derive(Clone, Copy)]
+pub struct Servers<'h> {
+    hub: &'h Hub,
+}
+
+impl<'h> Servers<'h> {
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
+    }
+
+    fn state(&self) -> &'h ServerRuntime {
+        &self.hub.0.servers
+    }
+
+    pub(crate) fn spawner(&self) -> Result<&'h Arc<dyn Spawner>, ServiceError> {
+        self.hub.0.spawner.as_ref().ok_or_else(runtime_unavailable)
+    }
+
+    /// Refuses unless `actor` may reach `owner`'s server (the one gate, [`crate::access`]).
+    fn require_reach(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: Option<&ServerName>,
+    ) -> Result<(), ServiceError> {
+        self.hub.access().require(actor, ServerRef { owner, server }).map(|_| ())
+    }
+
+    /// Every server slot of a user (whoever may reach their servers): the default one first,
+    /// listed even before its first start, then the named ones.
+    pub async fn of(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<ServerView>, ServiceError> {
+        let user = self.hub.user_row(owner).await?;
+        self.require_reach(actor, owner, None)?;
+        let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
+        Ok(ServerView::slots(owner, &rows))
+    }
+
+    /// One server slot; the default one always exists, a named one only once created.
+    pub async fn get(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: Option<&ServerName>,
+    ) -> Result<ServerView, ServiceError> {
+        let user = self.hub.user_row(owner).await?;
+        self.require_reach(actor, owner, server)?;
+        match servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str)).await? {
+            Some(row) => Ok(ServerView::of(owner, &row)),
+            None if server.is_none() => Ok(ServerView::never_started(owner)),
+            None => Err(ServiceError::NotFound(format!("{} does not exist", server_label(owner, server)))),
+        }
+    }
+
+    /// Every server that is not stopped, with its owner (admins).
+    pub async fn active(&self, actor: Actor<'_>) -> Result<Vec<ServerView>, ServiceError> {
+        actor.require_admin()?;
+        let rows = servers::list_active(self.hub.db()).await?;
+        Ok(rows.iter().map(|r| ServerView::of(&r.owner, &r.server)).collect())
+    }
+
+    /// The last lines a server printed (admins).
+    pub async fn logs(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: Option<&ServerName>,
+        tail: usize,
+    ) -> Result<String, ServiceError> {
+        actor.require_admin()?;
+        let user = self.hub.user_row(owner).await?;
+        let row = servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no such server")))?;
+        if row.state == ServerState::Stopped {
+            return Err(ServiceError::Conflict("the server is not running; its container is gone".into()));
+        }
+        self.spawner()?.logs(&row.spawner_state, tail).await.map_err(|e| ServiceError::Unavailable(e.to_string()))
+    }
+
+    /// Forgets a stopped named server (its storage stays unless an admin removes it).
+    pub async fn delete_named(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: &ServerName,
+    ) -> Result<(), ServiceError> {
+        let user = self.hub.user_row(owner).await?;
+        self.require_reach(actor, owner, Some(server))?;
+        let row = servers::get(self.hub.db(), user.user_id, server.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no server named {server}")))?;
+        if row.state != ServerState::Stopped {
+            return Err(ServiceError::Conflict(format!("{owner}/{server} is not stopped; stop it first")));
+        }
+        let mut tx = self.hub.begin().await?;
+        servers::delete(&mut *tx, row.server_id).await?;
+        tx.commit().await?;
+        self.state().spawns.remove(&row.server_id);
+        Ok(())
+    }
+
+    /// Deletes a user's storage for good (admins; the caller confirmed). Refused while a server uses it.
+    pub async fn remove_storage(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: Option<&ServerName>,
+    ) -> Result<bool, ServiceError> {
+        actor.require_admin()?;
+        let user = self.hub.user_row(owner).await?;
+        let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
+        if rows.iter().any(|s| s.state != ServerState::Stopped) {
+            return Err(ServiceError::Conflict(format!(
+                "{owner} has a server running; stop it before removing their storage"
+            )));
+        }
+        let removed =
+            self.spawner()?.remove_storage(owner, server).await.map_err(|e| ServiceError::Conflict(e.to_string()))?;
+        let detail = json!({ "removed": removed });
+        self.hub.audit().record(self.hub.db(), actor, "storage.remove", &server_label(owner, server), detail).await?;
+        Ok(removed)
+    }
+
+    /// The progress of the latest start of a server, if one happened since the hub started.
+    pub fn progress(&self, server: ServerId) -> Option<Arc<ProgressLog>> {
+        self.state().spawns.get(&server).map(|s| s.progress.clone())
+    }
+}
