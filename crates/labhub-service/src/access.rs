@@ -74,6 +74,13 @@ pub struct ServerRef<'a> {
     pub server: Option<&'a ServerName>,
 }
 
+impl Hub {
+    /// Who may reach which server: the one gate both proxy paths and the API ask.
+    pub fn access(&self) -> Access<'_> {
+        Access::new(self)
+    }
+}
+
 /// The gate to users' servers. Today it decides from the principal and the server alone;
 /// it is a handle of the hub's so that what it will consult (shares) lives with it.
 #[derive(Clone, Copy)]

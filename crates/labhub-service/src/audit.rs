@@ -9,6 +9,13 @@ use crate::access::Actor;
 use crate::model::AuditRecord;
 use crate::{Hub, ServiceError};
 
+impl Hub {
+    /// The audit trail.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(self)
+    }
+}
+
 /// The audit trail.
 #[derive(Clone, Copy)]
 pub struct Audit<'h> {

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
-use labhub_core::spawner::{ImageBuilder, ImageInfo};
+use labhub_core::spawner::ImageInfo;
 use labhub_core::{ImageFields, ImageKind, ImageRef};
 use labhub_db::ResultExt;
 use labhub_db::images;
@@ -13,24 +12,13 @@ use serde_json::json;
 use crate::access::Actor;
 use crate::model::CatalogueImage;
 use crate::progress::{ProgressEvent, ProgressLog};
+use crate::state::CatalogueState;
 use crate::{Hub, ServiceError};
 
 /// The entry a fresh hub starts with, so its one start command leads to a working JupyterLab.
 pub const DEFAULT_IMAGE_NAME: &str = "jupyterlab";
 /// The reference of the image the built-in `jupyterlab` recipe builds.
 pub const DEFAULT_IMAGE_REF: &str = "labhub/jupyterlab:1";
-
-/// What the catalogue keeps: the builder, and builds in flight or finished by image reference.
-pub(crate) struct CatalogueState {
-    builder: Option<Arc<dyn ImageBuilder>>,
-    builds: DashMap<String, Arc<ProgressLog>>,
-}
-
-impl CatalogueState {
-    pub(crate) fn new(builder: Option<Arc<dyn ImageBuilder>>) -> Self {
-        Self { builder, builds: DashMap::new() }
-    }
-}
 
 /// A catalogue entry with what the runtime knows of it.
 #[derive(Debug, Clone)]
@@ -92,6 +80,13 @@ fn check_fields(f: &ImageFields, recipes: &[String]) -> Result<(), ServiceError>
         )));
     }
     Ok(())
+}
+
+impl Hub {
+    /// The image catalogue and its builds.
+    pub fn catalogue(&self) -> Catalogue<'_> {
+        Catalogue::new(self)
+    }
 }
 
 /// The image catalogue.

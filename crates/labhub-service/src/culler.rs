@@ -43,6 +43,13 @@ fn due(s: &ChargedServer, q: &Quota, now: time::OffsetDateTime) -> Option<StopRe
     None
 }
 
+impl Hub {
+    /// The idle culler.
+    pub fn culler(&self) -> Culler<'_> {
+        Culler::new(self)
+    }
+}
+
 /// The idle culler.
 #[derive(Clone, Copy)]
 pub struct Culler<'h> {

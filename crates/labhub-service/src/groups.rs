@@ -26,6 +26,13 @@ fn not_lead(name: &GroupName) -> ServiceError {
     ServiceError::Forbidden(format!("only an admin or a lead of {name} may do this"))
 }
 
+impl Hub {
+    /// Groups, their members and leads.
+    pub fn groups(&self) -> Groups<'_> {
+        Groups::new(self)
+    }
+}
+
 /// Groups.
 #[derive(Clone, Copy)]
 pub struct Groups<'h> {

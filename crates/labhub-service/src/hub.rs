@@ -1,8 +1,9 @@
-//! The holder of the hub's state, and the handles to its capabilities.
+//! The holder of the hub's state.
 //!
 //! `Hub` owns what every capability shares (the database, the clock, the key, the view cache)
-//! and each capability's own state; `hub.servers()`, `hub.accounts()` … are cheap borrowed
-//! handles, one module each, that do the work.
+//! and each capability's own state (`state.rs`). The capabilities are cheap borrowed handles,
+//! one module each, that do the work; each module also defines its accessor, so `hub.servers()`
+//! is in `servers/`, `hub.accounts()` in `accounts/`.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -12,18 +13,7 @@ use labhub_core::{Clock, UserName};
 use labhub_db::{PgConnection, PgPool, users};
 use time::OffsetDateTime;
 
-use crate::access::Access;
-use crate::accounts::{Accounts, AccountsState};
-use crate::audit::Audit;
-use crate::catalogue::{Catalogue, CatalogueState};
-use crate::culler::Culler;
-use crate::groups::Groups;
-use crate::quotas::Quotas;
-use crate::servers::{ServerRuntime, Servers};
-use crate::sessions::{Sessions, SessionsState};
-use crate::sso::SignOn;
-use crate::tokens::{Tokens, TokensState};
-use crate::usage::Usage;
+use crate::state::{AccountsState, CatalogueState, ServerRuntime, SessionsState, TokensState};
 use crate::views::ViewCache;
 use crate::{AccountSettings, QuotaSettings, ServerSettings, ServiceError};
 
@@ -99,66 +89,6 @@ impl Hub {
         }))
     }
 
-    /// Accounts: creating and changing them, the sign-in policy.
-    pub fn accounts(&self) -> Accounts<'_> {
-        Accounts::new(self)
-    }
-
-    /// Browser sessions: starting, recognising and ending them.
-    pub fn sessions(&self) -> Sessions<'_> {
-        Sessions::new(self)
-    }
-
-    /// API tokens.
-    pub fn tokens(&self) -> Tokens<'_> {
-        Tokens::new(self)
-    }
-
-    /// Signing in through identity providers, and linked identities.
-    pub fn sign_on(&self) -> SignOn<'_> {
-        SignOn::new(self)
-    }
-
-    /// Users' servers: starting, stopping, following, reconciling.
-    pub fn servers(&self) -> Servers<'_> {
-        Servers::new(self)
-    }
-
-    /// Who may reach which server: the one gate both proxy paths and the API ask.
-    pub fn access(&self) -> Access<'_> {
-        Access::new(self)
-    }
-
-    /// Groups, their members and leads.
-    pub fn groups(&self) -> Groups<'_> {
-        Groups::new(self)
-    }
-
-    /// Quotas: what a start is charged to, and groups' limits.
-    pub fn quotas(&self) -> Quotas<'_> {
-        Quotas::new(self)
-    }
-
-    /// The image catalogue and its builds.
-    pub fn catalogue(&self) -> Catalogue<'_> {
-        Catalogue::new(self)
-    }
-
-    /// What groups use.
-    pub fn usage(&self) -> Usage<'_> {
-        Usage::new(self)
-    }
-
-    /// The idle culler.
-    pub fn culler(&self) -> Culler<'_> {
-        Culler::new(self)
-    }
-
-    /// The audit trail.
-    pub fn audit(&self) -> Audit<'_> {
-        Audit::new(self)
-    }
-
     /// The current time from the hub's clock.
     pub fn now(&self) -> OffsetDateTime {
         self.0.clock.now()
@@ -217,13 +147,6 @@ impl Hub {
     /// own (the proxy's activity).
     pub(crate) fn views_changed(&self) {
         self.0.views.clear();
-    }
-
-    /// Forgets every cached credential (sessions, tokens) of a user, after a change to their
-    /// account.
-    pub(crate) fn forget_credentials(&self, user: labhub_core::UserId) {
-        self.sessions().forget_user(user);
-        self.tokens().forget_user(user);
     }
 
     /// An account's row by name, or `NotFound` naming it.

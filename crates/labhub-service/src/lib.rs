@@ -22,6 +22,7 @@ pub mod servers;
 pub mod sessions;
 pub mod settings;
 pub mod sso;
+mod state;
 pub mod tokens;
 pub mod usage;
 pub mod views;

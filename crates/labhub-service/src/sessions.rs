@@ -7,14 +7,13 @@
 
 use std::time::Duration;
 
-use dashmap::DashMap;
 use labhub_auth::{TokenHash, new_token, sha256, tokens::looks_like_token};
 use labhub_core::{AccountState, Secret, SessionId, UserId, UserName};
 use labhub_db::{sessions, users};
-use time::OffsetDateTime;
 
 use crate::access::Actor;
 use crate::model::{Account, SessionInfo};
+use crate::state::{CachedSession, HostCode, SessionsState};
 use crate::{AuthVia, Hub, Principal, ServiceError};
 
 /// How long a cached answer is trusted before the database is asked again.
@@ -26,27 +25,11 @@ pub(crate) const CACHE_MAX: usize = 50_000;
 /// How long a code for a server's own host stays valid.
 const HOST_CODE_LIFETIME: time::Duration = time::Duration::seconds(60);
 
-#[derive(Clone)]
-struct CachedSession {
-    session_id: SessionId,
-    principal: Principal,
-    expires_at: OffsetDateTime,
-    last_seen: OffsetDateTime,
-    fetched: OffsetDateTime,
-}
-
-/// A code a user server's host may exchange once for a session of its own.
-struct HostCode {
-    session_id: SessionId,
-    host: String,
-    expires_at: OffsetDateTime,
-}
-
-/// Recognised sessions and the codes handed out for users' server hosts, by their hashes.
-#[derive(Default)]
-pub(crate) struct SessionsState {
-    cache: DashMap<TokenHash, CachedSession>,
-    host_codes: DashMap<TokenHash, HostCode>,
+impl Hub {
+    /// Browser sessions: starting, recognising and ending them.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self)
+    }
 }
 
 /// Browser sessions.

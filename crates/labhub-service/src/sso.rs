@@ -57,6 +57,13 @@ fn refusal(e: SsoError) -> ServiceError {
     }
 }
 
+impl Hub {
+    /// Signing in through identity providers, and linked identities.
+    pub fn sign_on(&self) -> SignOn<'_> {
+        SignOn::new(self)
+    }
+}
+
 /// Signing in through identity providers.
 #[derive(Clone, Copy)]
 pub struct SignOn<'h> {

@@ -3,30 +3,22 @@
 
 use std::time::Duration;
 
-use dashmap::{DashMap, DashSet};
 use labhub_auth::{TokenHash, new_token, sha256, tokens::looks_like_token};
 use labhub_core::{AccountState, Secret, TokenId, UserId, UserName};
 use labhub_db::tokens;
-use time::OffsetDateTime;
 
 use crate::access::Actor;
 use crate::model::TokenInfo;
 use crate::sessions::{CACHE_MAX, CACHE_TTL};
+use crate::state::{CachedToken, TokensState};
 use crate::words::format_duration;
 use crate::{AuthVia, Hub, Principal, ServiceError};
 
-#[derive(Clone)]
-struct CachedToken {
-    principal: Principal,
-    expires_at: Option<OffsetDateTime>,
-    fetched: OffsetDateTime,
-}
-
-/// Recognised tokens by their hash, and those used since the last flush of their use times.
-#[derive(Default)]
-pub(crate) struct TokensState {
-    cache: DashMap<TokenHash, CachedToken>,
-    used: DashSet<TokenId>,
+impl Hub {
+    /// API tokens.
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens::new(self)
+    }
 }
 
 /// API tokens.

@@ -93,6 +93,13 @@ pub struct GroupUsage {
     pub range: UsageRange,
 }
 
+impl Hub {
+    /// What groups use.
+    pub fn usage(&self) -> Usage<'_> {
+        Usage::new(self)
+    }
+}
+
 /// What groups use.
 #[derive(Clone, Copy)]
 pub struct Usage<'h> {

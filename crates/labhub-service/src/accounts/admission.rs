@@ -149,7 +149,7 @@ impl Accounts<'_> {
             let reason = if listed { "admin_users" } else { "admin_groups" };
             let detail = json!({ "reason": reason, "after": admin });
             self.hub.audit().record(&mut **tx, Actor::System, "user.set_admin", user.name.as_str(), detail).await?;
-            self.hub.forget_credentials(user.user_id);
+            self.forget_credentials(user.user_id);
         }
         Ok(Admission::Active(User { admin, ..user }))
     }
@@ -241,7 +241,7 @@ impl Accounts<'_> {
         audit.record(&mut *tx, Actor::System, "user.bootstrap_admin", name.as_str(), json!({})).await?;
         tx.commit().await?;
         if let Some(u) = existing {
-            self.hub.forget_credentials(u.user_id);
+            self.forget_credentials(u.user_id);
         }
         Ok(Some((name, password)))
     }

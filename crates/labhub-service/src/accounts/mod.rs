@@ -5,9 +5,9 @@ mod admission;
 
 use std::sync::Arc;
 
-use labhub_auth::{LoginThrottle, PasswordHasher, PasswordPolicy};
+use labhub_auth::PasswordPolicy;
 use labhub_core::listing::UserFilter;
-use labhub_core::{AccountState, Clock, Secret, UserId, UserName};
+use labhub_core::{AccountState, Secret, UserId, UserName};
 use labhub_db::users::{self, NewUser};
 use labhub_db::{ResultExt, groups, servers};
 use serde_json::json;
@@ -18,22 +18,9 @@ pub(crate) use admission::SignIn;
 use crate::access::Actor;
 use crate::hub::{HubTx, no_user};
 use crate::model::{Account, ServerView, StopReason};
+use crate::state::AccountsState;
 use crate::views::UserView;
-use crate::{AccountSettings, Hub, Principal, ServiceError};
-
-/// What the accounts capability keeps: its rules, password hashing and the sign-in throttle.
-pub(crate) struct AccountsState {
-    pub(crate) settings: AccountSettings,
-    passwords: PasswordHasher,
-    throttle: LoginThrottle,
-}
-
-impl AccountsState {
-    pub(crate) fn new(settings: AccountSettings, passwords: PasswordHasher, clock: Arc<dyn Clock>) -> Self {
-        let throttle = LoginThrottle::new(settings.throttle, clock);
-        Self { settings, passwords, throttle }
-    }
-}
+use crate::{Hub, Principal, ServiceError};
 
 /// A new account, as an admin (or the CLI) asks for it.
 #[derive(Debug)]
@@ -41,6 +28,13 @@ pub struct NewAccount {
     pub name: UserName,
     pub password: Option<Secret<String>>,
     pub admin: bool,
+}
+
+impl Hub {
+    /// Accounts: creating and changing them, the sign-in policy.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts::new(self)
+    }
 }
 
 /// Accounts.
@@ -56,6 +50,13 @@ impl<'h> Accounts<'h> {
 
     fn state(&self) -> &'h AccountsState {
         &self.hub.0.accounts
+    }
+
+    /// Forgets every cached credential (sessions, tokens) of a user, after a change to their
+    /// account.
+    fn forget_credentials(&self, user: UserId) {
+        self.hub.sessions().forget_user(user);
+        self.hub.tokens().forget_user(user);
     }
 
     fn password_policy(&self) -> PasswordPolicy {
@@ -166,7 +167,7 @@ impl<'h> Accounts<'h> {
         labhub_db::sessions::delete_for_user(&mut *tx, user.user_id).await?;
         self.hub.audit().record(&mut *tx, actor, "user.set_password", name.as_str(), json!({})).await?;
         tx.commit().await?;
-        self.hub.forget_credentials(user.user_id);
+        self.forget_credentials(user.user_id);
         Ok(())
     }
 
@@ -230,7 +231,7 @@ impl<'h> Accounts<'h> {
         let detail = json!({ "before": user.admin, "after": admin });
         self.hub.audit().record(&mut *tx, actor, "user.set_admin", name.as_str(), detail).await?;
         tx.commit().await?;
-        self.hub.forget_credentials(user.user_id);
+        self.forget_credentials(user.user_id);
         Ok(users::User { admin, ..user }.into())
     }
 
@@ -261,7 +262,7 @@ impl<'h> Accounts<'h> {
         let detail = json!({ "before": user.state.as_str(), "after": state.as_str() });
         self.hub.audit().record(&mut *tx, actor, action, name.as_str(), detail).await?;
         tx.commit().await?;
-        self.hub.forget_credentials(user.user_id);
+        self.forget_credentials(user.user_id);
         Ok(users::User { state, ..user }.into())
     }
 
@@ -284,7 +285,7 @@ impl<'h> Accounts<'h> {
         let detail = json!({ "before": name, "after": new_name });
         self.hub.audit().record(&mut *tx, actor, "user.rename", new_name.as_str(), detail).await?;
         tx.commit().await?;
-        self.hub.forget_credentials(user.user_id);
+        self.forget_credentials(user.user_id);
         Ok(users::User { name: new_name.clone(), ..user }.into())
     }
 
@@ -311,7 +312,7 @@ impl<'h> Accounts<'h> {
         users::delete(&mut *tx, user.user_id).await?;
         self.hub.audit().record(&mut *tx, actor, "user.delete", name.as_str(), json!({ "admin": user.admin })).await?;
         tx.commit().await?;
-        self.hub.forget_credentials(user.user_id);
+        self.forget_credentials(user.user_id);
         Ok(())
     }
 }

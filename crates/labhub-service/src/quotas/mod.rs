@@ -50,6 +50,13 @@ pub struct StartOption {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StorageUsed(u64);
 
+impl Hub {
+    /// Quotas: what a start is charged to, and groups' limits.
+    pub fn quotas(&self) -> Quotas<'_> {
+        Quotas::new(self)
+    }
+}
+
 /// Quotas.
 #[derive(Clone, Copy)]
 pub struct Quotas<'h> {

@@ -8,58 +8,29 @@ mod start;
 mod stop;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use dashmap::DashMap;
 use labhub_core::spawner::Spawner;
 use labhub_core::{ServerId, ServerName, ServerState, UserName};
 use labhub_db::servers;
-use labhub_proxy::RouteTable;
 use serde_json::json;
-use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 pub use reconcile::ReconcileReport;
 
 use crate::access::{Actor, ServerRef};
 use crate::model::{ServerView, server_label};
 use crate::progress::ProgressLog;
-use crate::{Hub, ServerSettings, ServiceError};
-
-/// The servers capability's state: how traffic reaches servers, and what is in flight.
-pub(crate) struct ServerRuntime {
-    pub(crate) routes: RouteTable,
-    pub(crate) settings: ServerSettings,
-    /// Starts in flight (and recently finished, so late watchers see the outcome), by server.
-    spawns: DashMap<ServerId, Arc<Spawn>>,
-    spawn_slots: Arc<Semaphore>,
-    /// Containers labelled for this hub that match no server row, found at the last reconcile.
-    strangers: std::sync::Mutex<Vec<String>>,
-}
-
-impl ServerRuntime {
-    pub(crate) fn new(routes: RouteTable, settings: ServerSettings) -> Self {
-        let slots = Arc::new(Semaphore::new(settings.concurrent_spawn_limit.max(1)));
-        Self {
-            routes,
-            settings,
-            spawns: DashMap::new(),
-            spawn_slots: slots,
-            strangers: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-}
-
-/// One start in flight.
-struct Spawn {
-    spawn_id: Uuid,
-    progress: Arc<ProgressLog>,
-    /// Set when someone asks to stop the server while it is still starting.
-    cancelled: AtomicBool,
-}
+use crate::state::ServerRuntime;
+use crate::{Hub, ServiceError};
 
 fn runtime_unavailable() -> ServiceError {
     ServiceError::Unavailable("servers cannot be started: the container runtime is not reachable from the hub".into())
+}
+
+impl Hub {
+    /// Users' servers: starting, stopping, following, reconciling.
+    pub fn servers(&self) -> Servers<'_> {
+        Servers::new(self)
+    }
 }
 
 /// Users' servers.

@@ -13,10 +13,11 @@ use labhub_proxy::{Route, RouteKey};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Servers, Spawn};
+use super::Servers;
 use crate::access::Actor;
 use crate::model::{CatalogueImage, StartOutcome, StartRequest, StartTicket, route_prefix, server_label};
 use crate::progress::{ProgressEvent, ProgressLog};
+use crate::state::Spawn;
 use crate::{Hub, ServiceError};
 
 /// Fills a custom command's placeholders: `{base_url}` (the server's URL prefix) and `{port}`.

@@ -1,0 +1,115 @@
+//! What the hub keeps in memory, capability by capability: caches of what Postgres holds and
+//! work in flight. Each handle (`accounts`, `sessions`, …) reads its own part; the holder,
+//! `Hub`, owns them all.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use dashmap::{DashMap, DashSet};
+use labhub_auth::{LoginThrottle, PasswordHasher, TokenHash};
+use labhub_core::spawner::ImageBuilder;
+use labhub_core::{Clock, ServerId, SessionId, TokenId};
+use labhub_proxy::RouteTable;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::progress::ProgressLog;
+use crate::{AccountSettings, Principal, ServerSettings};
+
+/// What the accounts capability keeps: its rules, password hashing and the sign-in throttle.
+pub(crate) struct AccountsState {
+    pub(crate) settings: AccountSettings,
+    pub(crate) passwords: PasswordHasher,
+    pub(crate) throttle: LoginThrottle,
+}
+
+impl AccountsState {
+    pub(crate) fn new(settings: AccountSettings, passwords: PasswordHasher, clock: Arc<dyn Clock>) -> Self {
+        let throttle = LoginThrottle::new(settings.throttle, clock);
+        Self { settings, passwords, throttle }
+    }
+}
+
+/// A recognised session, trusted for a short time.
+#[derive(Clone)]
+pub(crate) struct CachedSession {
+    pub(crate) session_id: SessionId,
+    pub(crate) principal: Principal,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) last_seen: OffsetDateTime,
+    pub(crate) fetched: OffsetDateTime,
+}
+
+/// A code a user server's host may exchange once for a session of its own.
+pub(crate) struct HostCode {
+    pub(crate) session_id: SessionId,
+    pub(crate) host: String,
+    pub(crate) expires_at: OffsetDateTime,
+}
+
+/// Recognised sessions and the codes handed out for users' server hosts, by their hashes.
+#[derive(Default)]
+pub(crate) struct SessionsState {
+    pub(crate) cache: DashMap<TokenHash, CachedSession>,
+    pub(crate) host_codes: DashMap<TokenHash, HostCode>,
+}
+
+/// A recognised token, trusted for a short time.
+#[derive(Clone)]
+pub(crate) struct CachedToken {
+    pub(crate) principal: Principal,
+    pub(crate) expires_at: Option<OffsetDateTime>,
+    pub(crate) fetched: OffsetDateTime,
+}
+
+/// Recognised tokens by their hash, and those used since the last flush of their use times.
+#[derive(Default)]
+pub(crate) struct TokensState {
+    pub(crate) cache: DashMap<TokenHash, CachedToken>,
+    pub(crate) used: DashSet<TokenId>,
+}
+
+/// The servers capability's state: how traffic reaches servers, and what is in flight.
+pub(crate) struct ServerRuntime {
+    pub(crate) routes: RouteTable,
+    pub(crate) settings: ServerSettings,
+    /// Starts in flight (and recently finished, so late watchers see the outcome), by server.
+    pub(crate) spawns: DashMap<ServerId, Arc<Spawn>>,
+    pub(crate) spawn_slots: Arc<Semaphore>,
+    /// Containers labelled for this hub that match no server row, found at the last reconcile.
+    pub(crate) strangers: std::sync::Mutex<Vec<String>>,
+}
+
+impl ServerRuntime {
+    pub(crate) fn new(routes: RouteTable, settings: ServerSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.concurrent_spawn_limit.max(1)));
+        Self {
+            routes,
+            settings,
+            spawns: DashMap::new(),
+            spawn_slots: slots,
+            strangers: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// One start in flight.
+pub(crate) struct Spawn {
+    pub(crate) spawn_id: Uuid,
+    pub(crate) progress: Arc<ProgressLog>,
+    /// Set when someone asks to stop the server while it is still starting.
+    pub(crate) cancelled: AtomicBool,
+}
+
+/// What the catalogue keeps: the builder, and builds in flight or finished by image reference.
+pub(crate) struct CatalogueState {
+    pub(crate) builder: Option<Arc<dyn ImageBuilder>>,
+    pub(crate) builds: DashMap<String, Arc<ProgressLog>>,
+}
+
+impl CatalogueState {
+    pub(crate) fn new(builder: Option<Arc<dyn ImageBuilder>>) -> Self {
+        Self { builder, builds: DashMap::new() }
+    }
+}
