@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP, SQL or Docker.
 
 pub mod clock;
+pub mod ids;
 pub mod image;
 pub mod names;
 pub mod resources;
@@ -12,9 +13,16 @@ pub mod secret;
 pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use ids::{GroupId, ImageId, ServerId, SessionId, TokenId, UserId};
 pub use image::{ImageKind, ImageRef};
 pub use names::{GroupName, NameError, ServerName, UserName};
 pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};
 pub use secret::Secret;
 pub use spawner::ServerState;
+
+/// What [`name_type!`] expands to needs, reachable from any crate that invokes it.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
