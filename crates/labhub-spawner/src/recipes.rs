@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::DockerSpawner;
-use crate::spawner::runtime_error;
+use crate::error::runtime_error;
 
 /// Lines of a failed build's output quoted in its error.
 pub const LOG_TAIL_LINES: usize = 30;
