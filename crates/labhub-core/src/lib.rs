@@ -24,3 +24,9 @@ pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};
 pub use secret::Secret;
 pub use spawner::ServerState;
+
+/// What [`name_type!`] expands to needs, reachable from any crate that invokes it.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}

@@ -8,10 +8,6 @@
 //! ASCII-only rules out look-alike letters (Cyrillic `а` for Latin `a`), and the
 //! first/last-character rule rules out `..`, `.` and trailing dots as whole names.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 /// Why a name was refused, worded for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -55,72 +51,132 @@ fn validate(
     Ok(folded)
 }
 
+/// Declares a validated name: a newtype over `String` whose only way in is the type's own
+/// `parse(&str) -> Result<Self, Error>`, which the caller writes in an `impl` of its own.
+///
+/// The macro adds what every such name needs: `as_str`, `Display` (the name as written),
+/// `Debug` (the quoted name; `debug = named` prints `Type(name)` instead), `AsRef<str>`,
+/// `FromStr` and `TryFrom<String>` through `parse`, `From<Type> for String`, and serde as a
+/// plain string that is validated again on deserialising (the error's `Display` becomes
+/// serde's message).
+///
+/// ```
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("'{0}' is not a code: use 1 to 4 digits")]
+/// pub struct CodeError(String);
+///
+/// labhub_core::name_type!(
+///     /// A short code.
+///     Code, error = CodeError
+/// );
+///
+/// impl Code {
+///     /// Validates a code.
+///     pub fn parse(raw: &str) -> Result<Self, CodeError> {
+///         let ok = (1..=4).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit());
+///         if ok { Ok(Self(raw.to_string())) } else { Err(CodeError(raw.to_string())) }
+///     }
+/// }
+///
+/// let code: Code = serde_json::from_str("\"42\"").unwrap();
+/// assert_eq!((code.as_str(), format!("{code:?}")), ("42", "\"42\"".to_string()));
+/// assert!(serde_json::from_str::<Code>("\"x\"").unwrap_err().to_string().contains("not a code"));
+/// ```
+#[macro_export]
 macro_rules! name_type {
-    ($(#[$doc:meta])* $ty:ident) => {
+    ($(#[$doc:meta])* $ty:ident, error = $err:ty, debug = named) => {
+        $crate::name_type!(@type $(#[$doc])* $ty, $err);
+
+        impl ::core::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::write!(f, "{}({})", ::core::stringify!($ty), self.0)
+            }
+        }
+    };
+    ($(#[$doc:meta])* $ty:ident, error = $err:ty) => {
+        $crate::name_type!(@type $(#[$doc])* $ty, $err);
+
+        impl ::core::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
+    (@type $(#[$doc:meta])* $ty:ident, $err:ty) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $ty(String);
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(::std::string::String);
 
         impl $ty {
-            /// The normalised name.
+            /// The name as validated.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::core::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.write_str(&self.0)
             }
         }
 
-        impl fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&self.0, f)
-            }
-        }
-
-        impl AsRef<str> for $ty {
+        impl ::core::convert::AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
                 &self.0
             }
         }
 
-        impl TryFrom<String> for $ty {
-            type Error = NameError;
-            fn try_from(s: String) -> Result<Self, Self::Error> {
+        impl ::core::convert::TryFrom<::std::string::String> for $ty {
+            type Error = $err;
+            fn try_from(s: ::std::string::String) -> ::core::result::Result<Self, Self::Error> {
                 Self::parse(&s)
             }
         }
 
-        impl std::str::FromStr for $ty {
-            type Err = NameError;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
+        impl ::core::str::FromStr for $ty {
+            type Err = $err;
+            fn from_str(s: &str) -> ::core::result::Result<Self, Self::Err> {
                 Self::parse(s)
             }
         }
 
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let raw = String::deserialize(d)?;
-                Self::parse(&raw).map_err(serde::de::Error::custom)
+        impl ::core::convert::From<$ty> for ::std::string::String {
+            fn from(name: $ty) -> Self {
+                name.0
+            }
+        }
+
+        impl $crate::__private::serde::Serialize for $ty {
+            fn serialize<S: $crate::__private::serde::Serializer>(
+                &self,
+                s: S,
+            ) -> ::core::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> $crate::__private::serde::Deserialize<'de> for $ty {
+            fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(
+                d: D,
+            ) -> ::core::result::Result<Self, D::Error> {
+                let raw = <::std::string::String as $crate::__private::serde::Deserialize>::deserialize(d)?;
+                Self::parse(&raw).map_err(<D::Error as $crate::__private::serde::de::Error>::custom)
             }
         }
     };
 }
 
-name_type!(
+crate::name_type!(
     /// A user's name, normalised to lower case (see the module docs for the rule).
-    UserName
+    UserName, error = NameError
 );
-name_type!(
+crate::name_type!(
     /// A named server's name; the default server has none (see `ServerName::parse`).
-    ServerName
+    ServerName, error = NameError
 );
-name_type!(
+crate::name_type!(
     /// A group's name.
-    GroupName
+    GroupName, error = NameError
 );
 
 impl UserName {

@@ -148,38 +148,92 @@ pub enum SpawnError {
     Invalid(String),
 }
 
-/// Where users' servers run. Implementations keep no per-server state in memory.
+/// Where users' servers run. Implementations keep no per-server state in memory: whatever
+/// addresses a server is in the [`SpawnerState`] that `start` and `list` return.
+///
+/// # What callers must do
+/// - **One start per server at a time.** Two `start`s of the same (user, server) may not
+///   overlap; the service serialises them (the user's row lock in `start_server`, and a
+///   pending server is never started again). An implementation need not cope: with
+///   Docker's, at most one of two overlapping starts succeeds, and the other fails, not
+///   always with "already running".
+/// - **Exits are hints.** An exit event may come twice and may be about an older run of the
+///   server; before acting, ask [`Spawner::poll`] with the state of the run you know (the
+///   service does). See [`Spawner::exits`] for what can be missed.
+/// - **Storage goes last.** [`Spawner::remove_storage`] is refused while a server uses the
+///   storage, but the service checks first that none of the user's servers is active.
+///
+/// # What callers may rely on
+/// - No server is left running by a `start` that failed; a start whose future is dropped
+///   removes what it created in the background (details on [`Spawner::start`]).
+/// - `stop`, `remove_storage` and `logs` treat a server or storage that is already gone as
+///   done, so they may be repeated.
+/// - A hub restart touches no server: `list` finds them again from the runtime's labels.
 #[async_trait::async_trait]
 pub trait Spawner: Send + Sync + 'static {
     /// Starts a server, reporting progress, and returns once it answers on its port.
-    /// On any failure nothing is left running (the user's storage is kept).
+    ///
+    /// On any failure nothing is left running, and the user's storage is kept (created if it
+    /// did not exist, unless the image was missing). [`SpawnError::ImageMissing`] comes before
+    /// anything is created, so a caller may build the image and call `start` again.
+    /// A server of the same (user, server) that still runs is refused ([`SpawnError::Invalid`],
+    /// "already running"); an exited one left behind is replaced.
+    ///
+    /// Dropping the future abandons the start: a container it created is removed by a
+    /// background task on the current runtime. That task cannot run when the runtime itself
+    /// is shutting down (the hub stopping mid-start), and a container the engine was creating
+    /// at the moment of the drop is not known yet; either is left behind, found by the next
+    /// `list` (a reconcile adopts it if it runs, otherwise stops it) and replaced by the next
+    /// `start` of that server.
     async fn start(&self, spec: &ServerSpec, progress: ProgressSender) -> Result<Started, SpawnError>;
 
-    /// Finds out whether a server is still running.
+    /// Whether the run that `state` addresses still runs: its address, or why it stopped
+    /// ("its container is gone", an exit code). `Err` only when the runtime cannot be asked
+    /// or `state` is not this spawner's.
     async fn poll(&self, state: &SpawnerState) -> Result<ServerStatus, SpawnError>;
 
-    /// Stops and removes a server; its storage is kept. Stopping a gone server succeeds.
+    /// Stops the run that `state` addresses (a short grace period, then a kill) and removes
+    /// it; the storage is kept. A run that already stopped or is gone is success, so `stop`
+    /// may be repeated and may follow an exit event.
     async fn stop(&self, state: &SpawnerState) -> Result<(), SpawnError>;
 
-    /// Every server the runtime holds for this hub, for reconciling at boot.
+    /// Every server the runtime holds for this hub, in any state, for reconciling at boot:
+    /// running (with its address) or stopped (exited, created but never started, or running
+    /// off the users' network), each with a state that `poll`, `stop` and `logs` accept.
+    /// Runtime objects whose labels do not name a valid user and server are left out.
+    /// A start in flight shows up too (stopped until its container runs), so reconcile while
+    /// none is in flight, as the hub does at boot.
     async fn list(&self) -> Result<Vec<ObservedServer>, SpawnError>;
 
-    /// The last `tail` lines of a server's output.
+    /// The last `tail` lines of a server's output, secrets blanked; empty when it is gone.
     async fn logs(&self, state: &SpawnerState, tail: usize) -> Result<String, SpawnError>;
 
-    /// Servers that end while the hub runs (crash, out of memory, killed behind the hub's back).
+    /// Servers of this hub that end from the moment of this call on (crash, out of memory,
+    /// killed behind the hub's back, and stops the hub asked for), as an endless stream.
+    ///
+    /// The stream reconnects by itself when the runtime's event connection breaks, asking for
+    /// the events since the last one it handed out, so a short break loses nothing. An event
+    /// may come twice at such a boundary. Exits are lost when the runtime no longer has them
+    /// to replay: Docker keeps only its last 256 events of any kind, and none across its own
+    /// restart. A server that ended before the call is not reported either, so open the
+    /// stream before a reconcile to leave no window between the two.
     async fn exits(&self) -> Result<BoxStream<'static, ServerExit>, SpawnError>;
 
-    /// Live resource use of every running server of this hub.
+    /// Live resource use of every running server of this hub; a server that cannot be
+    /// measured at that moment (it just stopped) is left out.
     async fn usage(&self) -> Result<Vec<ServerUsage>, SpawnError>;
 
     /// Bytes used by a user's storage (their volume), `None` when it does not exist yet.
+    /// The figure may be up to half a minute old.
     async fn storage_usage(&self, user: &UserName, server: Option<&ServerName>) -> Result<Option<u64>, SpawnError>;
 
-    /// Deletes a user's storage for good; refuses while a server uses it.
+    /// Deletes a user's storage for good: `true` when it was removed, `false` when there was
+    /// none (so it may be repeated). Refused while a server uses it, and for storage this hub
+    /// did not create. Where servers share one storage per user, `server` does not narrow it:
+    /// the user's storage goes.
     async fn remove_storage(&self, user: &UserName, server: Option<&ServerName>) -> Result<bool, SpawnError>;
 
-    /// What the runtime holds of an image, `None` when absent.
+    /// What the runtime holds of an image, `None` when absent; never pulls.
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError>;
 }
 
@@ -223,11 +277,20 @@ impl TryFrom<String> for ServerState {
 }
 
 /// Builds catalogue images locally from recipes, for machines that cannot pull them.
+///
+/// Callers run at most one build per tag at a time (the service keys builds by image
+/// reference and lets later requests join the one in flight); two builds of one tag would
+/// both finish, the later one's image winning the tag.
 #[async_trait::async_trait]
 pub trait ImageBuilder: Send + Sync + 'static {
     /// The names of the recipes this builder knows.
     fn recipes(&self) -> Vec<String>;
 
-    /// Builds `recipe` and tags the result `tag`; returns the image's content id.
+    /// Builds `recipe` and tags the result `tag`; returns the image's content id. Progress
+    /// goes to `progress`; a failure says why with the build's last output lines.
+    ///
+    /// `tag` is moved only when the build succeeds, so a failed or abandoned build leaves
+    /// the previous image in place. Dropping the future stops the build: the build's
+    /// processes are asked to end (SIGTERM) and clean up their temporary files themselves.
     async fn build(&self, recipe: &str, tag: &ImageRef, progress: ProgressSender) -> Result<String, SpawnError>;
 }

@@ -1,6 +1,5 @@
 //! The Docker spawner's settings, as read from the hub's configuration file.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,13 +19,13 @@ pub struct HubIdError(pub String);
 )]
 pub struct NetworkNameError(pub String);
 
-/// Names this hub's containers, volumes and network, so several hubs can share one engine.
-///
-/// No `_` and no upper case: `_` separates the parts of a container name and upper case marks
-/// a hashed name (see `naming`), so neither may appear in the prefix.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct HubId(String);
+labhub_core::name_type!(
+    /// Names this hub's containers, volumes and network, so several hubs can share one engine.
+    ///
+    /// No `_` and no upper case: `_` separates the parts of a container name and upper case marks
+    /// a hashed name (see `naming`), so neither may appear in the prefix.
+    HubId, error = HubIdError
+);
 
 impl HubId {
     /// The longest hub id accepted; it prefixes every container and volume name.
@@ -42,42 +41,12 @@ impl HubId {
             && bytes.iter().all(|&b| ok_char(b));
         if valid { Ok(Self(raw.to_string())) } else { Err(HubIdError(raw.to_string())) }
     }
-
-    /// The id as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for HubId {
-    type Error = HubIdError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl From<HubId> for String {
-    fn from(id: HubId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for HubId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for HubId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-/// The name of the Docker network users' servers join.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NetworkName(String);
+labhub_core::name_type!(
+    /// The name of the Docker network users' servers join.
+    NetworkName, error = NetworkNameError
+);
 
 impl NetworkName {
     /// Validates a network name against Docker's object-name grammar.
@@ -88,36 +57,6 @@ impl NetworkName {
             && bytes[0].is_ascii_alphanumeric()
             && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if valid { Ok(Self(raw.to_string())) } else { Err(NetworkNameError(raw.to_string())) }
-    }
-
-    /// The name as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for NetworkName {
-    type Error = NetworkNameError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl From<NetworkName> for String {
-    fn from(n: NetworkName) -> Self {
-        n.0
-    }
-}
-
-impl fmt::Display for NetworkName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for NetworkName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
     }
 }
 
@@ -207,5 +146,16 @@ mod tests {
         assert!(NetworkName::parse("labhub_users-1.x").is_ok());
         assert!(NetworkName::parse("_x").is_err());
         assert!(NetworkName::parse("a b").is_err());
+    }
+
+    #[test]
+    fn names_are_plain_strings_checked_when_read() {
+        let id = HubId::parse("lab2").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#""lab2""#);
+        assert_eq!((id.to_string(), format!("{id:?}")), ("lab2".to_string(), r#""lab2""#.to_string()));
+        let e = serde_json::from_str::<DockerConfig>(r#"{"hub_id": "Lab"}"#).unwrap_err().to_string();
+        assert!(e.contains("'Lab' is not a hub id: use 1 to 32 characters"), "{e}");
+        let e = serde_json::from_str::<NetworkName>(r#""a b""#).unwrap_err().to_string();
+        assert!(e.contains("'a b' is not a Docker network name"), "{e}");
     }
 }

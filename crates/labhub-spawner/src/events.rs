@@ -2,8 +2,10 @@
 //!
 //! The stream is filtered by the engine (container `die` events carrying this hub's label).
 //! When it breaks (engine restart, socket hiccup) it is opened again after a growing pause,
-//! asking for events `since` the last one seen so none is lost in between; the one event
-//! that may come twice at that boundary is skipped.
+//! asking for events `since` the last one seen, which the engine replays from the events it
+//! still holds (its last 256, of every kind, none from before its own restart): a short break
+//! loses nothing, a long or busy one or an engine restart can. The event last handed out,
+//! which the replay repeats, is skipped; another of the same nanosecond may come twice.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -8,6 +8,7 @@
 //! locally, for sites without a registry.
 
 mod config;
+mod error;
 mod events;
 mod http;
 mod naming;

@@ -31,8 +31,8 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 use crate::config::{DockerConfig, NetworkName};
+use crate::error::{is_status, runtime_error};
 use crate::naming::LABEL_HUB;
-use crate::spawner::{is_status, runtime_error};
 
 const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
 const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";

@@ -14,10 +14,10 @@ use std::sync::Mutex;
 use labhub_core::ImageRef;
 use labhub_core::spawner::{ImageBuilder, Progress, ProgressSender, SpawnError};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::DockerSpawner;
-use crate::spawner::runtime_error;
+use crate::error::runtime_error;
 
 /// Lines of a failed build's output quoted in its error.
 pub const LOG_TAIL_LINES: usize = 30;
@@ -169,20 +169,73 @@ enum ScriptError {
     Failed { status: std::process::ExitStatus, tail: String },
 }
 
+/// A running build script with its output pipes. Dropped before the script ended (the build
+/// abandoned), it asks the script's whole process group to end with SIGTERM, not SIGKILL: the
+/// recipes trap it to remove their temporary files and images, and their tools (mmdebstrap)
+/// clean up after themselves, whereas killing the script alone would leave its children
+/// running and its files behind. A task then reads the pipes until the script is gone: a
+/// script whose output nobody reads dies of SIGPIPE at its next line, before its traps ran.
+struct Script {
+    child: Option<Child>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    ended: bool,
+}
+
+impl Script {
+    /// Starts `bash script arg` in the script's directory, in a process group of its own.
+    fn spawn(script: &Path, arg: &str) -> std::io::Result<Self> {
+        let mut child = Command::new("bash")
+            .arg(script)
+            .arg(arg)
+            .current_dir(script.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        Ok(Self { child: Some(child), stdout, stderr, ended: false })
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take().filter(|_| !self.ended) else { return };
+        let Some(group) = child.id() else { return };
+        // bash's `kill` reaches a process group (a negative id) without a signal API here.
+        let sent = std::process::Command::new("bash")
+            .args(["-c", &format!("kill -TERM -- -{group}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !sent.is_ok_and(|s| s.success()) {
+            tracing::warn!(group, "could not stop the processes of an abandoned image build");
+        }
+        let (stdout, stderr) = (self.stdout.take(), self.stderr.take());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::join!(drain(stdout), drain(stderr));
+                let _ = child.wait().await;
+            });
+        }
+    }
+}
+
+/// Reads a pipe to its end, keeping nothing.
+async fn drain(pipe: Option<impl AsyncRead + Unpin>) {
+    if let Some(mut pipe) = pipe {
+        let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
+    }
+}
+
 /// Runs `bash script arg` in the script's directory, turning `##progress` lines into
 /// progress and keeping the last other lines for the error.
 async fn run_script(script: &Path, arg: &str, progress: &ProgressSender) -> Result<(), ScriptError> {
-    let mut child = Command::new("bash")
-        .arg(script)
-        .arg(arg)
-        .current_dir(script.parent().unwrap_or(Path::new("/")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut running = Script::spawn(script, arg)?;
     let (out_tail, err_tail) = (Tail::default(), Tail::default());
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let Script { child, stdout, stderr, .. } = &mut running;
     let out = async {
         if let Some(s) = stdout {
             follow(s, Some(progress), &out_tail).await;
@@ -193,7 +246,14 @@ async fn run_script(script: &Path, arg: &str, progress: &ProgressSender) -> Resu
             follow(s, None, &err_tail).await;
         }
     };
-    let ((), (), status) = tokio::join!(out, err, child.wait());
+    let wait = async {
+        match child {
+            Some(c) => c.wait().await,
+            None => Err(std::io::Error::other("the build script was not started")),
+        }
+    };
+    let ((), (), status) = tokio::join!(out, err, wait);
+    running.ended = true;
     let status = status?;
     if status.success() {
         Ok(())
@@ -304,6 +364,37 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_build_stops_its_processes_and_lets_them_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("build.sh");
+        // Like the recipes: a trap that cleans up on exit, turning TERM into an exit; a child
+        // in the foreground that the script waits for.
+        std::fs::write(
+            &script,
+            "trap 'touch cleaned' EXIT\ntrap 'exit 130' INT TERM\n\
+             sh -c 'echo $$ > child.pid; echo \"##progress 10 working\"; exec sleep 60'\n",
+        )
+        .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let build = run_script(&script, "x:1", &tx);
+        tokio::select! {
+            _ = build => panic!("the script ended by itself"),
+            p = rx.recv() => assert_eq!(p.unwrap().percent, 10),
+        }
+        let (cleaned, pid_file) = (dir.path().join("cleaned"), dir.path().join("child.pid"));
+        let gone = || {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            !pid.trim().is_empty() && !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+        };
+        let t0 = std::time::Instant::now();
+        while !(cleaned.exists() && gone()) && t0.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(cleaned.exists(), "the script's exit trap ran");
+        assert!(gone(), "the script's child was stopped too");
     }
 
     #[tokio::test]

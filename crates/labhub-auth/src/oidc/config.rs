@@ -1,7 +1,6 @@
 //! A provider as the operator writes it under `[[auth.providers]]`, and the checks serde
 //! cannot make.
 
-use std::fmt;
 use std::time::Duration;
 
 use labhub_core::{Secret, UserName};
@@ -9,55 +8,24 @@ use openidconnect::IssuerUrl;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-/// A provider's short name: the last segment of its sign-in link (`/hub/oauth_login/<id>`) and
-/// the key its identities are stored under, so it must not change once people have signed in.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ProviderId(String);
+/// A provider id that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a provider id: use 1–32 lower-case letters, digits and '-', not starting with '-'")]
+pub struct ProviderIdError(pub String);
+
+labhub_core::name_type!(
+    /// A provider's short name: the last segment of its sign-in link (`/hub/oauth_login/<id>`) and
+    /// the key its identities are stored under, so it must not change once people have signed in.
+    ProviderId, error = ProviderIdError, debug = named
+);
 
 impl ProviderId {
     /// Checks the rule: 1–32 characters, lower-case letters, digits and `-`, not starting with `-`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, ProviderIdError> {
         let ok = (1..=32).contains(&raw.len())
             && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !raw.starts_with('-');
-        if ok {
-            Ok(Self(raw.to_string()))
-        } else {
-            Err(format!(
-                "'{raw}' is not a provider id: use 1–32 lower-case letters, digits and '-', not starting with '-'"
-            ))
-        }
-    }
-
-    /// The id as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for ProviderId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::parse(&s)
-    }
-}
-
-impl From<ProviderId> for String {
-    fn from(id: ProviderId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for ProviderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ProviderId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ProviderId({})", self.0)
+        if ok { Ok(Self(raw.to_string())) } else { Err(ProviderIdError(raw.to_string())) }
     }
 }
 
@@ -328,6 +296,11 @@ mod tests {
         for bad in ["", "-x", "Lab", "a/b", "a b", &"x".repeat(33)] {
             assert!(ProviderId::parse(bad).is_err(), "{bad}");
         }
+        let id: ProviderId = serde_json::from_str(r#""lab-sso""#).unwrap();
+        assert_eq!((id.to_string(), format!("{id:?}")), ("lab-sso".to_string(), "ProviderId(lab-sso)".to_string()));
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#""lab-sso""#);
+        let e = serde_json::from_str::<ProviderId>(r#""Lab""#).unwrap_err().to_string();
+        assert!(e.contains("'Lab' is not a provider id: use 1–32 lower-case letters"), "{e}");
     }
 
     #[test]

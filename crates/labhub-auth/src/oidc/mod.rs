@@ -16,7 +16,7 @@ mod openid;
 mod provider;
 mod secrets;
 
-pub use config::{ConfigProblem, ProviderConfig, ProviderId, ProviderKind};
+pub use config::{ConfigProblem, ProviderConfig, ProviderId, ProviderIdError, ProviderKind};
 pub use error::{SsoError, TokenProblem};
 pub use provider::{AccessRules, ExternalIdentity, Provider, Providers};
 pub use secrets::{BrowserBinding, LoginSecrets};

@@ -207,6 +207,7 @@ async fn start_and_stop_report_progress_in_order() {
     assert!(matches!(hub.spawner.poll(&started.state).await.unwrap(), ServerStatus::Stopped { .. }));
     hub.spawner.stop(&started.state).await.expect("stopping a gone server succeeds");
     assert!(!hub.container_exists(started.state["container_name"].as_str().unwrap()).await);
+    assert_eq!(hub.spawner.logs(&started.state, 10).await.unwrap(), "", "a gone server has no logs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,6 +407,40 @@ async fn a_start_timeout_removes_the_container_and_keeps_the_volume() {
     assert!(t0.elapsed() < Duration::from_secs(15));
     assert!(hub.spawner.list().await.unwrap().is_empty(), "the container is gone");
     assert!(hub.spawner.storage_usage(&spec.user, None).await.unwrap().is_some(), "the volume is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_start_removes_its_container_and_keeps_the_volume() {
+    let hub = TestHub::new().await;
+    let mut spec = hub.spec_with("ian", None, &hub.image, ImageKind::Custom);
+    // Runs, but never answers on the port the hub waits on.
+    spec.command =
+        Some(vec!["jupyter".into(), "lab".into(), "--ServerApp.ip=0.0.0.0".into(), "--ServerApp.port=9999".into()]);
+    spec.port = 8888;
+    spec.start_timeout = Duration::from_secs(120);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let start = hub.spawner.start(&spec, tx);
+    let waiting = async {
+        while let Some(p) = rx.recv().await {
+            if p.message.starts_with("waiting for the server") {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = start => panic!("the start ended on its own: {:?}", r.map(|s| s.endpoint)),
+        () = waiting => {}
+        () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the container never started"),
+    }
+    // The start's future is gone now, as when the task running it is aborted.
+    let t0 = Instant::now();
+    while !hub.spawner.list().await.unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the abandoned start's container is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hub.spawner.storage_usage(&spec.user, None).await.unwrap().is_some(), "the volume is kept");
+    let (again, _) = hub.start(&hub.spec("ian", None)).await.expect("the server starts again");
+    hub.spawner.stop(&again.state).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

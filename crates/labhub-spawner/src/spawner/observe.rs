@@ -1,0 +1,92 @@
+//! Finding servers again: one server's status, and every container of this hub for
+//! reconciling at boot. (Exit events are `crate::events`.)
+
+use std::net::{IpAddr, SocketAddr};
+
+use bollard::models::ContainerSummaryStateEnum;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use labhub_core::ImageKind;
+use labhub_core::spawner::{ObservedServer, ServerStatus, SpawnError, SpawnerState};
+
+use super::{DockerSpawner, DockerState};
+use crate::error::{is_status, runtime_error};
+use crate::naming::{LABEL_KIND, LABEL_PORT, LABEL_VOLUME, owner_from_labels};
+use crate::plan::exit_reason;
+
+impl DockerSpawner {
+    /// `Spawner::poll`: running with its address, or stopped with the reason (gone, exit code).
+    pub(super) async fn poll_server(&self, state: &SpawnerState) -> Result<ServerStatus, SpawnError> {
+        let s = DockerState::from_json(state)?;
+        let c = match self.docker.inspect_container(&s.container_id, None::<InspectContainerOptions>).await {
+            Ok(c) => c,
+            Err(e) if is_status(&e, 404) => {
+                return Ok(ServerStatus::Stopped { reason: "its container is gone".into() });
+            }
+            Err(e) => return Err(runtime_error("inspecting the container", e)),
+        };
+        let st = c.state.clone().unwrap_or_default();
+        if st.running.unwrap_or(false) {
+            let ip = self.ip_of(&c).or(s.ip).ok_or_else(|| {
+                SpawnError::Runtime(format!(
+                    "container {} runs but has no address on the users' network",
+                    s.container_name
+                ))
+            })?;
+            Ok(ServerStatus::Running { endpoint: SocketAddr::new(ip, s.port) })
+        } else {
+            Ok(ServerStatus::Stopped {
+                reason: exit_reason(st.exit_code.unwrap_or(-1), st.oom_killed.unwrap_or(false)),
+            })
+        }
+    }
+
+    /// `Spawner::list`: every container carrying this hub's label, in any state, read back
+    /// from its labels; containers whose labels do not name a server are logged and skipped.
+    pub(super) async fn list_servers(&self) -> Result<Vec<ObservedServer>, SpawnError> {
+        let options = ListContainersOptions { all: true, filters: Some(self.hub_filter()), ..Default::default() };
+        let containers =
+            self.docker.list_containers(Some(options)).await.map_err(|e| runtime_error("listing containers", e))?;
+        let mut found = Vec::with_capacity(containers.len());
+        for c in containers {
+            let labels = c.labels.clone().unwrap_or_default();
+            let id = c.id.clone().unwrap_or_default();
+            let Some((user, server)) = owner_from_labels(&labels) else {
+                tracing::warn!(container = %id, "a container with this hub's label has no valid user/server labels");
+                continue;
+            };
+            let (Some(kind), Some(port)) = (
+                labels.get(LABEL_KIND).and_then(|k| ImageKind::parse(k)),
+                labels.get(LABEL_PORT).and_then(|p| p.parse::<u16>().ok()),
+            ) else {
+                tracing::warn!(container = %id, "a container with this hub's label has no kind/port labels");
+                continue;
+            };
+            let ip = c
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|n| n.get(self.config.network.as_str()))
+                .and_then(|e| e.ip_address.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let status = match (running, ip) {
+                (true, Some(ip)) => ServerStatus::Running { endpoint: SocketAddr::new(ip, port) },
+                (true, None) => ServerStatus::Stopped { reason: "running but off the users' network".into() },
+                (false, _) => ServerStatus::Stopped {
+                    reason: format!("container {}", c.status.clone().unwrap_or_else(|| "not running".into())),
+                },
+            };
+            let name = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string());
+            let state = DockerState {
+                container_id: id,
+                container_name: name.unwrap_or_default(),
+                volume: labels.get(LABEL_VOLUME).cloned().unwrap_or_default(),
+                ip,
+                port,
+                kind,
+            };
+            found.push(ObservedServer { user, server, state: state.to_json(), status });
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,282 @@
+//! Starting a server: image, network and volume first, then the container, which is removed
+//! again on any failure and when the start is abandoned (its future dropped).
+
+use std::net::SocketAddr;
+
+use bollard::Docker;
+use bollard::models::{ImageInspect, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions, StartContainerOptions,
+    UploadToContainerOptions,
+};
+use labhub_core::ServerName;
+use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
+
+use super::{DockerSpawner, DockerState, send};
+use crate::error::{is_status, runtime_error};
+use crate::naming::{LABEL_HUB, LABEL_USER, ServerNames};
+use crate::plan::{ContainerPlan, ImageFacts, PlanContext, SeedEntry, container_plan};
+
+impl DockerSpawner {
+    /// `Spawner::start`: every step up to a server that answers, with progress; on failure
+    /// the container is removed and the volume kept.
+    pub(super) async fn start_server(
+        &self,
+        spec: &ServerSpec,
+        progress: ProgressSender,
+    ) -> Result<Started, SpawnError> {
+        let names =
+            ServerNames::new(&self.config.hub_id, &spec.user, spec.server.as_ref(), self.config.volume_per_server);
+        tracing::info!(user = %spec.user, server = ?spec.server, image = %spec.image, container = %names.container, "starting a server");
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %spec.user,
+            server = spec.server.as_ref().map_or("", ServerName::as_str),
+            "spawn.begin"
+        );
+
+        send(&progress, 2, format!("checking image {}", spec.image));
+        let image = self.ensure_image(&spec.image, &progress).await?;
+        let facts = image_facts(spec, &image)?;
+        let ctx = PlanContext {
+            hub: &self.config.hub_id,
+            names: &names,
+            network: self.config.network.as_str(),
+            pids_limit: self.config.pids_limit,
+            image: &facts,
+        };
+        let plan = container_plan(spec, &ctx)?;
+
+        send(&progress, 42, "preparing the network");
+        self.prepare_network().await?;
+        send(&progress, 45, "preparing your storage");
+        self.ensure_volume(spec, &names.volume).await?;
+
+        send(&progress, 55, "creating the container");
+        self.clear_stale(spec, &names.container).await?;
+        let options = CreateContainerOptions { name: Some(names.container.clone()), ..Default::default() };
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %spec.user,
+            server = spec.server.as_ref().map_or("", ServerName::as_str),
+            "spawn.create_container"
+        );
+        let created = match self.docker.create_container(Some(options), plan.body.clone()).await {
+            Ok(c) => c,
+            // Another start of the same server won the race for the name.
+            Err(e) if is_status(&e, 409) => return Err(already_running(spec, &names.container)),
+            Err(e) => return Err(runtime_error("creating the container", e)),
+        };
+        let id = created.id;
+        let mut guard = ContainerGuard { docker: self.docker.clone(), id: Some(id.clone()) };
+
+        match self.run_container(&id, spec, &plan, &progress).await {
+            Ok(endpoint) => {
+                guard.disarm();
+                tracing::debug!(
+                    target: "labhub::timing",
+                    user = %spec.user,
+                    server = spec.server.as_ref().map_or("", ServerName::as_str),
+                    "spawn.server_answers"
+                );
+                send(&progress, 90, "the server answers");
+                tracing::info!(container = %names.container, %endpoint, "server ready");
+                let state = DockerState {
+                    container_id: id,
+                    container_name: names.container,
+                    volume: names.volume,
+                    ip: Some(endpoint.ip()),
+                    port: spec.port,
+                    kind: spec.kind,
+                };
+                Ok(Started { endpoint, state: state.to_json(), image_digest: facts.id })
+            }
+            Err(e) => {
+                tracing::info!(container = %names.container, error = %e, "start failed; removing the container");
+                if let Err(remove) = self.remove_container(&id).await {
+                    tracing::warn!(container = %id, error = %remove, "could not remove the failed container");
+                } else {
+                    guard.disarm();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the user's volume unless it exists; refuses a same-named volume that is not theirs.
+    async fn ensure_volume(&self, spec: &ServerSpec, name: &str) -> Result<(), SpawnError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => {
+                let ours = v.labels.get(LABEL_HUB).map(String::as_str) == Some(self.config.hub_id.as_str())
+                    && v.labels.get(LABEL_USER).map(String::as_str) == Some(spec.user.as_str());
+                return if ours {
+                    Ok(())
+                } else {
+                    Err(SpawnError::Runtime(format!(
+                        "volume {name} exists but was not made by this hub for {}; refusing to mount it",
+                        spec.user
+                    )))
+                };
+            }
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(runtime_error(&format!("inspecting volume {name}"), e)),
+        }
+        let server = if self.config.volume_per_server { spec.server.as_ref() } else { None };
+        let labels = crate::naming::server_labels(&self.config.hub_id, &spec.user, server);
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: Some("local".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker.create_volume(request).await.map_err(|e| runtime_error(&format!("creating volume {name}"), e))?;
+        Ok(())
+    }
+
+    /// Removes an exited container left under this server's name; refuses to touch a running one.
+    async fn clear_stale(&self, spec: &ServerSpec, name: &str) -> Result<(), SpawnError> {
+        let existing = match self.docker.inspect_container(name, None::<InspectContainerOptions>).await {
+            Ok(c) => c,
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) => return Err(runtime_error(&format!("inspecting container {name}"), e)),
+        };
+        if existing.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            return Err(already_running(spec, name));
+        }
+        let id = existing.id.unwrap_or_else(|| name.to_string());
+        tracing::info!(container = name, "removing a stopped container left from an earlier run");
+        self.remove_container(&id).await
+    }
+
+    /// Places the plan's seed files into a created container.
+    async fn upload_seed(&self, id: &str, seed: &[SeedEntry]) -> Result<(), SpawnError> {
+        if seed.is_empty() {
+            return Ok(());
+        }
+        let archive = seed_archive(seed).map_err(|e| runtime_error("packing the server's start files", e))?;
+        let options = UploadToContainerOptions { path: "/".into(), ..Default::default() };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_full(archive.into()))
+            .await
+            .map_err(|e| runtime_error("placing the server's start files", e))
+    }
+
+    /// Everything of a start after the container exists; the caller removes it on failure.
+    async fn run_container(
+        &self,
+        id: &str,
+        spec: &ServerSpec,
+        plan: &ContainerPlan,
+        progress: &ProgressSender,
+    ) -> Result<SocketAddr, SpawnError> {
+        self.upload_seed(id, &plan.seed).await?;
+        send(progress, 65, "starting the container");
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| runtime_error("starting the container", e))?;
+        tracing::debug!(
+            target: "labhub::timing",
+            user = %spec.user,
+            server = spec.server.as_ref().map_or("", ServerName::as_str),
+            "spawn.container_running"
+        );
+        send(progress, 70, "waiting for the server to answer");
+        self.wait_ready(id, spec, &plan.readiness, progress).await
+    }
+}
+
+/// What the plan needs to know of the image: its content id, user and home.
+fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<ImageFacts, SpawnError> {
+    Ok(ImageFacts {
+        id: image.id.clone().ok_or_else(|| SpawnError::Runtime(format!("image {} has no id", spec.image)))?,
+        user: image.config.as_ref().and_then(|c| c.user.clone()).filter(|u| !u.is_empty()),
+        home: image
+            .config
+            .as_ref()
+            .and_then(|c| c.env.as_ref())
+            .and_then(|env| env.iter().find_map(|kv| kv.strip_prefix("HOME=").map(str::to_string))),
+    })
+}
+
+fn already_running(spec: &ServerSpec, name: &str) -> SpawnError {
+    let which = spec.server.as_ref().map_or_else(|| "default server".to_string(), |s| format!("server {s}"));
+    SpawnError::Invalid(format!("{}'s {which} is already running (container {name}); stop it first", spec.user))
+}
+
+/// A tar archive of the seed entries, paths relative to `/`.
+fn seed_archive(seed: &[SeedEntry]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in seed {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid);
+        header.set_gid(entry.gid);
+        header.set_mtime(0);
+        let path = entry.path.trim_start_matches('/');
+        match &entry.contents {
+            None => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
+            }
+            Some(text) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(text.len() as u64);
+                builder.append_data(&mut header, path, text.as_bytes())?;
+            }
+        }
+    }
+    builder.into_inner()
+}
+
+/// Removes a container if the start that made it is abandoned (its future dropped).
+struct ContainerGuard {
+    docker: Docker,
+    id: Option<String>,
+}
+
+impl ContainerGuard {
+    fn disarm(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let docker = self.docker.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let options = RemoveContainerOptions { force: true, ..Default::default() };
+                if let Err(e) = docker.remove_container(&id, Some(options)).await {
+                    tracing::warn!(container = %id, error = %e, "could not remove the container of an abandoned start");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_archives_keep_owner_and_mode() {
+        let seed = vec![
+            SeedEntry { path: "/tmp/x".into(), contents: None, mode: 0o700, uid: 1000, gid: 1000 },
+            SeedEntry { path: "/tmp/x/f".into(), contents: Some("hi".into()), mode: 0o600, uid: 1000, gid: 1000 },
+        ];
+        let bytes = seed_archive(&seed).unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let entries: Vec<(String, u32, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.header().mode().unwrap(), e.header().uid().unwrap())
+            })
+            .collect();
+        assert_eq!(entries, vec![("tmp/x/".into(), 0o700, 1000), ("tmp/x/f".into(), 0o600, 1000)]);
+    }
+}

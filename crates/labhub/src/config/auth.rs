@@ -1,0 +1,97 @@
+//! `[session]` and `[auth]`: browser sessions, accounts and sign-in.
+
+use std::time::Duration;
+
+use labhub_core::UserName;
+use labhub_service::SignupPolicy;
+use serde::{Deserialize, Serialize};
+
+use super::Config;
+
+/// `[session]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// The session cookie's name.
+    pub cookie_name: String,
+    /// A session ends after this long without use.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, however much it is used.
+    #[serde(with = "humantime_serde")]
+    pub absolute_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: "labhub-session".into(),
+            idle_timeout: Duration::from_secs(8 * 3600),
+            absolute_timeout: Duration::from_secs(14 * 86400),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Names that are always admins. With no admin at all, the first (or `admin`) is created
+    /// at start with a random password written to `<data_dir>/initial-admin-password`.
+    pub admin_users: Vec<UserName>,
+    /// Self-service sign-up: `closed`, `approval` (an admin approves) or `open`.
+    pub signup: SignupPolicy,
+    /// Offer the password form (turn off when only identity providers sign people in).
+    pub password_login: bool,
+    /// Shortest password accepted.
+    pub min_password_length: usize,
+    /// Failed sign-ins allowed per account name within `failed_login_window`.
+    pub max_failed_logins_per_account: usize,
+    /// Failed sign-ins allowed per client address within `failed_login_window`.
+    pub max_failed_logins_per_address: usize,
+    /// The window in which failed sign-ins are counted.
+    #[serde(with = "humantime_serde")]
+    pub failed_login_window: Duration,
+    /// Longest lifetime of an API token; unset allows tokens that never expire.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Option<Duration>,
+    /// Identity providers (`[[auth.providers]]`, see docs/sign-in.md).
+    pub providers: Vec<labhub_auth::oidc::ProviderConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let d = labhub_service::AccountSettings::default();
+        Self {
+            admin_users: Vec::new(),
+            signup: SignupPolicy::Closed,
+            password_login: true,
+            min_password_length: d.password_min_len,
+            max_failed_logins_per_account: d.throttle.per_account,
+            max_failed_logins_per_address: d.throttle.per_address,
+            failed_login_window: d.throttle.window,
+            max_token_lifetime: None,
+            providers: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The account rules for the service.
+    pub fn account_settings(&self) -> labhub_service::AccountSettings {
+        labhub_service::AccountSettings {
+            session_idle: self.session.idle_timeout,
+            session_absolute: self.session.absolute_timeout,
+            signup: self.auth.signup,
+            admin_users: self.auth.admin_users.clone(),
+            password_min_len: self.auth.min_password_length,
+            throttle: labhub_auth::ThrottleSettings {
+                per_account: self.auth.max_failed_logins_per_account,
+                per_address: self.auth.max_failed_logins_per_address,
+                window: self.auth.failed_login_window,
+            },
+            password_login: self.auth.password_login,
+            max_token_lifetime: self.auth.max_token_lifetime,
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The configuration: a TOML file (`--config`, `LABHUB_CONFIG`) with `LABHUB_*` environment
+//! overrides (`__` separates sections: `LABHUB_SESSION__IDLE_TIMEOUT=2h`) and `DATABASE_URL`.
+//! Every key has a documented default; an unknown key or a bad value stops the hub with an
+//! error that names the key. Secrets print as `[redacted]`.
+
+mod auth;
+mod database;
+mod proxy;
+mod quotas;
+mod servers;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use labhub_core::Secret;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+pub use auth::{AuthConfig, SessionConfig};
+pub use database::DatabaseConfig;
+pub use proxy::{HttpConfig, ProxyConfig};
+pub use quotas::{CullerConfig, QuotaConfig, UsageConfig};
+pub use servers::ServersConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port the hub listens on.
+    pub bind: SocketAddr,
+    /// The address people use to reach the hub; defaults to `http://<bind>/`
+    /// (`localhost` for an unspecified bind address). An https URL makes cookies `Secure`.
+    pub public_url: Option<Url>,
+    /// Where the hub keeps its secret key, its embedded database and its logs.
+    pub data_dir: PathBuf,
+    /// The hub's secret key (64 hex characters). Unset: generated once into `<data_dir>/secret_key`.
+    pub secret_key: Option<Secret<String>>,
+    /// `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// Browser sessions.
+    pub session: SessionConfig,
+    /// Accounts and sign-in.
+    pub auth: AuthConfig,
+    /// HTTP limits and behaviour.
+    pub http: HttpConfig,
+    /// Users' servers.
+    pub servers: ServersConfig,
+    /// The Docker engine users' servers run on.
+    pub docker: labhub_spawner::DockerConfig,
+    /// The proxy to users' servers.
+    pub proxy: ProxyConfig,
+    /// The site default quota: for users in no group, and for groups until one is set.
+    pub quota: QuotaConfig,
+    /// The built-in idle culler.
+    pub culler: CullerConfig,
+    /// Sampling resource use and measuring storage.
+    pub usage: UsageConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            public_url: None,
+            data_dir: PathBuf::from("labhub-data"),
+            secret_key: None,
+            log_format: LogFormat::Text,
+            database: DatabaseConfig::default(),
+            session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            servers: ServersConfig::default(),
+            docker: labhub_spawner::DockerConfig::default(),
+            proxy: ProxyConfig::default(),
+            quota: QuotaConfig::default(),
+            culler: CullerConfig::default(),
+            usage: UsageConfig::default(),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration that could not be loaded, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the file (if any), then the environment, then checks what serde cannot.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("the configuration file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::raw().only(&["LABHUB_PG_BIN"]).map(|_| "database.pg_bin".into()))
+            .merge(Env::prefixed("LABHUB_").ignore(&["CONFIG", "PG_BIN", "LOG"]).split("__"));
+        let config: Config = fig.extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid configuration: '{key}' {why}")));
+        if let Some(u) = &self.public_url {
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return bad("public_url", "must be an http:// or https:// URL with a host");
+            }
+            if u.path() != "/" {
+                return bad("public_url", "must not have a path: labhub is served at the root of its host");
+            }
+        }
+        if let Some(k) = &self.secret_key
+            && hex::decode(k.expose()).map_or(true, |b| b.len() < 32)
+        {
+            return bad("secret_key", "must be at least 64 hex characters (32 bytes)");
+        }
+        if self.session.cookie_name.is_empty()
+            || !self.session.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return bad("session.cookie_name", "may only use letters, digits, '-' and '_'");
+        }
+        if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {
+            return bad("session", "timeouts must be longer than zero");
+        }
+        if self.auth.min_password_length < 8 {
+            return bad("auth.min_password_length", "must be at least 8");
+        }
+        if self.auth.max_failed_logins_per_account == 0 || self.auth.max_failed_logins_per_address == 0 {
+            return bad("auth", "failed-login limits must be at least 1");
+        }
+        for (i, p) in self.auth.providers.iter().enumerate() {
+            if let Err(problem) = p.check() {
+                return bad(&format!("auth.providers[{i}].{}", problem.key), &problem.why);
+            }
+            if self.auth.providers[..i].iter().any(|q| q.id == p.id) {
+                return bad(&format!("auth.providers[{i}].id"), &format!("repeats the id '{}'", p.id));
+            }
+        }
+        if !self.auth.password_login && self.auth.providers.is_empty() {
+            return bad("auth.password_login", "can only be false when [[auth.providers]] lets people sign in");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1");
+        }
+        if self.proxy.read_timeout < Duration::from_secs(60) {
+            return bad("proxy.read_timeout", "must be at least 60s (RStudio's long polls last about a minute)");
+        }
+        if self.proxy.max_connections_per_server == 0 || self.proxy.max_connections_total == 0 {
+            return bad("proxy", "connection limits must be at least 1");
+        }
+        if self.proxy.user_subdomains {
+            let named =
+                self.public_url.as_ref().and_then(|u| u.host()).is_some_and(|h| matches!(h, url::Host::Domain(_)));
+            if !named {
+                return bad(
+                    "proxy.user_subdomains",
+                    "needs public_url with a host name (users' servers get its subdomains)",
+                );
+            }
+        }
+        if self.servers.concurrent_spawn_limit == 0 {
+            return bad("servers.concurrent_spawn_limit", "must be at least 1");
+        }
+        if self.quota.max_cpu == 0 {
+            return bad("quota.max_cpu", "must be more than 0");
+        }
+        if self.quota.max_memory < 64 << 20 {
+            return bad("quota.max_memory", "must be at least 64M");
+        }
+        if !(1..=100).contains(&self.quota.storage_warning_percent) {
+            return bad("quota.storage_warning_percent", "must be between 1 and 100");
+        }
+        if self.quota.idle_timeout.is_some_and(|d| d.as_secs() == 0)
+            || self.quota.max_lifetime.is_some_and(|d| d.as_secs() == 0)
+        {
+            return bad("quota", "timeouts must be at least 1s (write \"never\" for none)");
+        }
+        if self.culler.interval.as_secs() == 0 {
+            return bad("culler.interval", "must be at least 1s");
+        }
+        if self.usage.sample_interval.as_secs() == 0 || self.usage.storage_interval.as_secs() == 0 {
+            return bad("usage", "intervals must be at least 1s");
+        }
+        if self.usage.retention < Duration::from_secs(3600) {
+            return bad("usage.retention", "must be at least 1h");
+        }
+        Ok(())
+    }
+
+    /// The public URL, derived from the bind address when not set.
+    pub fn public_url(&self) -> Url {
+        if let Some(u) = &self.public_url {
+            return u.clone();
+        }
+        let host = if self.bind.ip().is_unspecified() { "localhost".to_string() } else { self.bind.ip().to_string() };
+        let host = if self.bind.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
+        Url::parse(&format!("http://{host}:{}/", self.bind.port())).expect("a valid URL")
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`labhub config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not print the configuration: {e}\n"))
+    }
+}
+
+/// Turns figment's error into one sentence that names the key and where it came from.
+fn describe(e: figment::Error) -> ConfigError {
+    let mut out = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let source = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let what = err.kind.to_string();
+        let place = if key.is_empty() { String::from("at the top level") } else { format!("'{key}'") };
+        let from = if source.is_empty() { String::new() } else { format!(" (from {source})") };
+        out.push(format!("invalid configuration {place}: {what}{from}"));
+    }
+    ConfigError(out.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("labhub.toml");
+        std::fs::write(&p, toml).unwrap();
+        Config::load(Some(&p))
+    }
+
+    #[test]
+    fn origin_isolation_over_https_prefixes_and_strips_both_session_cookies() {
+        let c = load_str("public_url = \"https://lab.example.org/\"\n[proxy]\nuser_subdomains = true\n").unwrap();
+        let names = ["__Host-labhub-session", "__Host-labhub-user-session"];
+        assert_eq!(c.proxy_settings().strip_cookies, names);
+        let paths = load_str("public_url = \"https://lab.example.org/\"\n").unwrap();
+        assert_eq!(paths.proxy_settings().strip_cookies, ["labhub-session", "labhub-user-session"]);
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let c = load_str("[session]\nidle_timeout = \"2h\"\n").unwrap();
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(7200));
+        assert_eq!(c.public_url().as_str(), "http://127.0.0.1:8000/");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = load_str("[session]\nidel_timeout = \"2h\"\n").unwrap_err().to_string();
+        assert!(e.contains("'session") && e.contains("idel_timeout"), "{e}");
+        let e = load_str("bind = \"nonsense\"\n").unwrap_err().to_string();
+        assert!(e.contains("'bind'"), "{e}");
+        let e = load_str("[auth]\nadmin_users = [\"Bad Name\"]\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.admin_users"), "{e}");
+        let e = load_str("public_url = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("'public_url'"), "{e}");
+    }
+
+    #[test]
+    fn providers_are_read_and_checked_by_key() {
+        let c = load_str(
+            "[[auth.providers]]\nid = \"lab\"\nkind = \"oidc\"\nissuer = \"https://id.example.org/realms/lab\"\nclient_id = \"labhub\"\nclient_secret = \"s3cret\"\ntimeout = \"5s\"\nallowed_groups = [\"staff\"]\n",
+        )
+        .unwrap();
+        let p = &c.auth.providers[0];
+        assert_eq!(p.id.as_str(), "lab");
+        assert_eq!(p.timeout, Duration::from_secs(5));
+        assert!(!c.to_toml().contains("s3cret"), "the client secret is redacted");
+        let e =
+            load_str("[[auth.providers]]\nid = \"lab\"\nkind = \"oidc\"\nclient_id = \"x\"\nclient_secret = \"y\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("'auth.providers[0].issuer'"), "{e}");
+        let e = load_str(
+            "[[auth.providers]]\nid = \"Lab!\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.providers") && e.contains("not a provider id"), "{e}");
+        let twice = "[[auth.providers]]\nid = \"gh\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n";
+        let e = load_str(&format!("{twice}{twice}")).unwrap_err().to_string();
+        assert!(e.contains("'auth.providers[1].id'"), "{e}");
+        let e = load_str("[auth]\npassword_login = false\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.password_login'"), "{e}");
+    }
+
+    #[test]
+    fn the_site_quota_reads_amounts_as_people_write_them_and_prints_them_back() {
+        let c = load_str(
+            "[quota]\nmax_cpu = 0.5\nmax_memory = \"1.5G\"\nbudget_cpu = \"8\"\nstorage = \"10G\"\nidle_timeout = \"never\"\nmax_lifetime = \"8h\"\nimages = [\"jupyterlab\"]\n",
+        )
+        .unwrap();
+        let q = c.quota_settings().site_default;
+        assert_eq!(q.max_cpu_millis, 500);
+        assert_eq!(q.max_memory_bytes, 3 << 29);
+        assert_eq!(q.budget_cpu_millis, Some(8000));
+        assert_eq!(q.budget_memory_bytes, None);
+        assert_eq!(q.storage_bytes, Some(10 << 30));
+        assert_eq!(q.idle_timeout, None);
+        assert_eq!(q.max_lifetime, Some(Duration::from_secs(8 * 3600)));
+        let printed = c.to_toml();
+        assert!(
+            printed.contains("max_memory = \"1536M\"") && printed.contains("idle_timeout = \"never\""),
+            "{printed}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("again.toml");
+        std::fs::write(&p, &printed).unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().quota_settings().site_default, q, "what is printed reads back");
+        let e = load_str("[quota]\nmax_memory = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains("'quota.max_memory'"), "{e}");
+        let e = load_str("[quota]\nidle_timeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("'quota.idle_timeout'") && e.contains("never"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let c = load_str("secret_key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[database]\nurl = \"postgres://u:hunter2@db/x\"\n").unwrap();
+        let printed = c.to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

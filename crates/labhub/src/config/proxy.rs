@@ -1,0 +1,91 @@
+//! `[http]` and `[proxy]`: the hub's own HTTP limits and the proxy to users' servers.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Config;
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body for pages and the API, in bytes (the proxy streams without limit).
+    pub max_body_bytes: usize,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    /// Serve Prometheus metrics at `/hub/metrics`.
+    pub metrics: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, trust_forwarded_for: false, metrics: true }
+    }
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// How long to wait for a server's TCP connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a server may stay silent before its response headers (at least 60 s: RStudio
+    /// long-polls). Response bodies (downloads, event streams) have no timeout.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Concurrent requests and WebSockets per server; past it, 503 with `Retry-After`.
+    pub max_connections_per_server: usize,
+    /// Concurrent requests and WebSockets over all servers.
+    pub max_connections_total: usize,
+    /// Largest request line plus headers accepted.
+    pub max_request_header_bytes: usize,
+    /// Serve each user's servers from a host of their own, `{user}.{public_url's host}`, so a
+    /// notebook's JavaScript never shares an origin with the hub or other users (needs wildcard
+    /// DNS and a wildcard TLS certificate for `*.{host}`).
+    pub user_subdomains: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let d = labhub_proxy::ProxySettings::new([""]);
+        Self {
+            connect_timeout: d.connect_timeout,
+            read_timeout: d.read_timeout,
+            max_connections_per_server: d.max_connections_per_server,
+            max_connections_total: d.max_connections_total,
+            max_request_header_bytes: d.max_request_header_bytes,
+            user_subdomains: false,
+        }
+    }
+}
+
+impl Config {
+    /// The cookie names in effect: the hub's session and users' hosts' sessions. With origin
+    /// isolation over https both carry the `__Host-` prefix, which browsers accept only from
+    /// the very host (Secure, `Path=/`, no `Domain`), so a user's host cannot plant a session
+    /// cookie for the hub or for another user's host.
+    pub fn cookie_names(&self) -> (String, String) {
+        let hub = self.session.cookie_name.clone();
+        let user_host = labhub_web::USER_HOST_COOKIE.to_string();
+        if self.proxy.user_subdomains && self.public_url().scheme() == "https" {
+            (format!("__Host-{hub}"), format!("__Host-{user_host}"))
+        } else {
+            (hub, user_host)
+        }
+    }
+
+    /// The proxy's settings.
+    pub fn proxy_settings(&self) -> labhub_proxy::ProxySettings {
+        let p = &self.proxy;
+        labhub_proxy::ProxySettings {
+            connect_timeout: p.connect_timeout,
+            read_timeout: p.read_timeout,
+            max_connections_per_server: p.max_connections_per_server,
+            max_connections_total: p.max_connections_total,
+            max_request_header_bytes: p.max_request_header_bytes,
+            ..labhub_proxy::ProxySettings::new(<[String; 2]>::from(self.cookie_names()))
+        }
+    }
+}
