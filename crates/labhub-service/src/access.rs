@@ -116,3 +116,38 @@ impl<'h> Access<'h> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use labhub_core::{SessionId, UserId};
+
+    use super::*;
+    use crate::AuthVia;
+
+    fn principal(id: i64, name: &str, admin: bool) -> Principal {
+        Principal {
+            user_id: UserId::new(id),
+            name: UserName::parse(name).unwrap(),
+            admin,
+            via: AuthVia::Session { session_id: SessionId::new(id) },
+        }
+    }
+
+    #[test]
+    fn owners_and_admins_reach_a_server_and_nobody_else_does() {
+        let access = Access { hub: PhantomData };
+        let alice = UserName::parse("alice").unwrap();
+        let gpu = ServerName::parse("gpu").unwrap();
+        for server in [None, Some(&gpu)] {
+            let to = ServerRef { owner: &alice, server };
+            assert_eq!(access.may_reach(&principal(1, "alice", false), to), Some(Reach::Owner));
+            assert_eq!(access.may_reach(&principal(2, "root", true), to), Some(Reach::Admin));
+            assert_eq!(access.may_reach(&principal(3, "bob", false), to), None);
+            // Being an admin does not make someone the owner.
+            assert_eq!(access.may_reach(&principal(1, "alice", true), to), Some(Reach::Owner));
+        }
+        let bob = principal(3, "bob", false);
+        assert!(access.require(Actor::User(&bob), ServerRef { owner: &alice, server: None }).is_err());
+        assert_eq!(access.require(Actor::System, ServerRef { owner: &alice, server: None }).unwrap(), Reach::Admin);
+    }
+}

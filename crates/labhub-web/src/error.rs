@@ -6,11 +6,8 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use labhub_service::ServiceError;
-
-use crate::middleware::RequestId;
-use crate::views;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +112,7 @@ impl IntoResponse for AppError {
 
 /// The report of an error response, whether it came from a handler (`AppError`) or from axum
 /// itself (a rejected body, an unknown route), whose plain-text body becomes the message.
-async fn report_of(resp: Response) -> (axum::http::response::Parts, ErrorReport) {
+pub(crate) async fn report_of(resp: Response) -> (axum::http::response::Parts, ErrorReport) {
     let (parts, body) = resp.into_parts();
     if let Some(r) = parts.extensions.get::<ErrorReport>() {
         return (parts.clone(), r.clone());
@@ -136,7 +133,7 @@ async fn report_of(resp: Response) -> (axum::http::response::Parts, ErrorReport)
     (parts, report)
 }
 
-fn is_error(resp: &Response) -> bool {
+pub(crate) fn is_error(resp: &Response) -> bool {
     resp.status().is_client_error() || resp.status().is_server_error()
 }
 
@@ -167,32 +164,4 @@ pub(crate) fn error_body(status: StatusCode, message: &str) -> String {
 /// users' own hosts).
 pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], error_body(status, message)).into_response()
-}
-
-/// Renders page errors as a page with a way back; "sign in first" becomes a redirect to the
-/// sign-in page that returns here afterwards.
-pub async fn render_page_errors(req: Request, next: Next) -> Response {
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let is_get = req.method() == axum::http::Method::GET;
-    let here = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/hub/home".into());
-    let resp = next.run(req).await;
-    if !is_error(&resp) {
-        return resp;
-    }
-    let is_html = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
-    if is_html && resp.extensions().get::<ErrorReport>().is_none() {
-        return resp;
-    }
-    let (parts, report) = report_of(resp).await;
-    if report.login_required {
-        let target = if is_get { views::login_url(Some(&here)) } else { views::login_url(None) };
-        return Redirect::to(&target).into_response();
-    }
-    let page = views::ErrorPage::new(parts.status, report.message, request_id);
-    let mut rendered = page.into_response();
-    *rendered.status_mut() = parts.status;
-    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
-        rendered.headers_mut().insert(header::RETRY_AFTER, v.clone());
-    }
-    rendered
 }

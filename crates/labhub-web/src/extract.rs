@@ -52,7 +52,7 @@ pub(crate) fn token_in_query(query: &str) -> Option<String> {
 /// a user's own host (origin isolation).
 pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> {
     let name = match state.host_kind(&parts.headers) {
-        crate::hosts::HostKind::User(_) => state.settings().user_host_cookie.as_str(),
+        crate::origins::HostKind::User(_) => state.settings().user_host_cookie.as_str(),
         _ => state.settings().cookie_name.as_str(),
     };
     cookies::request_cookie(&parts.headers, name)

@@ -4,15 +4,18 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use labhub_service::Principal;
 use time::OffsetDateTime;
 
+use crate::error::{ErrorReport, is_error, report_of};
 use crate::extract::{MaybeUser, csrf_binding};
+use crate::middleware::RequestId;
 use crate::{AppError, AppState, cookies};
 
 /// Who is signed in, as the page header shows it.
@@ -198,6 +201,34 @@ impl ErrorPage {
         let c = Chrome { user: None, csrf: String::new(), flash: None, flash_error: false, section: "" };
         Self { c, status: status.as_u16(), title, message, request_id }
     }
+}
+
+/// Renders page errors as a page with a way back; "sign in first" becomes a redirect to the
+/// sign-in page that returns here afterwards.
+pub async fn render_page_errors(req: Request, next: Next) -> Response {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let is_get = req.method() == axum::http::Method::GET;
+    let here = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/hub/home".into());
+    let resp = next.run(req).await;
+    if !is_error(&resp) {
+        return resp;
+    }
+    let is_html = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_html && resp.extensions().get::<ErrorReport>().is_none() {
+        return resp;
+    }
+    let (parts, report) = report_of(resp).await;
+    if report.login_required {
+        let target = if is_get { login_url(Some(&here)) } else { login_url(None) };
+        return Redirect::to(&target).into_response();
+    }
+    let page = ErrorPage::new(parts.status, report.message, request_id);
+    let mut rendered = page.into_response();
+    *rendered.status_mut() = parts.status;
+    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+        rendered.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    rendered
 }
 
 #[cfg(test)]

@@ -1,0 +1,202 @@
+//! `labhub group …`: groups, their leads and quotas from the command line.
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use labhub_core::UserName;
+use labhub_service::Actor;
+
+use super::name;
+
+#[derive(Subcommand)]
+pub(super) enum GroupCommand {
+    /// Create a group (it follows the site default quota until one is set).
+    Create { name: String },
+    /// List groups with their members, leads and limits.
+    List,
+    /// Delete a group (refused while servers run under it).
+    Delete { name: String },
+    /// Rename a group.
+    Rename { name: String, new_name: String },
+    /// Add users to a group.
+    AddMember {
+        group: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Take users out of a group.
+    RemoveMember {
+        group: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Make a user a lead of the group, joining it (true), or a plain member again (false).
+    SetLead {
+        group: String,
+        user: String,
+        #[arg(action = clap::ArgAction::Set)]
+        lead: bool,
+    },
+    /// Change some of a group's limits; with --ceiling, the most its leads may grant (the
+    /// limits in force are lowered to fit).
+    SetQuota {
+        group: String,
+        #[command(flatten)]
+        limits: QuotaArgs,
+        /// Change the ceiling instead of the limits in force.
+        #[arg(long)]
+        ceiling: bool,
+    },
+}
+
+/// The limits `group set-quota` changes; those left out keep their value.
+#[derive(clap::Args)]
+pub(super) struct QuotaArgs {
+    /// CPU per server, in cores (e.g. 2 or 0.5).
+    #[arg(long)]
+    max_cpu: Option<String>,
+    /// Memory per server (e.g. 4G).
+    #[arg(long)]
+    max_memory: Option<String>,
+    /// GPUs per server.
+    #[arg(long)]
+    max_gpus: Option<u32>,
+    /// Catalogue images the group may start, comma-separated, or "all".
+    #[arg(long)]
+    images: Option<String>,
+    /// Servers one member may run at once under the group.
+    #[arg(long)]
+    max_servers_per_member: Option<u32>,
+    /// CPU all the group's servers may reserve together, in cores, or "none".
+    #[arg(long)]
+    budget_cpu: Option<String>,
+    /// Memory all the group's servers may reserve together (e.g. 64G), or "none".
+    #[arg(long)]
+    budget_memory: Option<String>,
+    /// Storage per member (e.g. 20G), or "none".
+    #[arg(long)]
+    storage: Option<String>,
+    /// Stop servers idle this long (e.g. 1h), or "never".
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Stop servers running this long (e.g. 12h), or "never".
+    #[arg(long)]
+    max_lifetime: Option<String>,
+}
+
+/// A limit that may be removed: `None` when not given, `Some(None)` for the `off` word.
+pub(super) fn removable<T>(
+    raw: &Option<String>,
+    off: &str,
+    parse: impl Fn(&str) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<Option<T>>> {
+    raw.as_deref().map(|r| if r.eq_ignore_ascii_case(off) { Ok(None) } else { parse(r).map(Some) }).transpose()
+}
+
+impl QuotaArgs {
+    fn patch(&self) -> anyhow::Result<labhub_service::quotas::QuotaPatch> {
+        use labhub_core::ImageAllowance;
+        use labhub_core::resources::{parse_cpu, parse_memory};
+        let cpu = |r: &str| parse_cpu(r).map_err(anyhow::Error::from);
+        let memory = |r: &str| parse_memory(r).map_err(anyhow::Error::from);
+        let duration =
+            |r: &str| humantime::parse_duration(r).with_context(|| format!("{r:?} is not a duration such as 1h"));
+        Ok(labhub_service::quotas::QuotaPatch {
+            max_cpu_millis: self.max_cpu.as_deref().map(cpu).transpose()?,
+            max_memory_bytes: self.max_memory.as_deref().map(memory).transpose()?,
+            max_gpus: self.max_gpus,
+            images: self.images.as_deref().map(|i| {
+                if i.eq_ignore_ascii_case("all") {
+                    ImageAllowance::All
+                } else {
+                    ImageAllowance::Only(
+                        i.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect(),
+                    )
+                }
+            }),
+            max_servers_per_member: self.max_servers_per_member,
+            budget_cpu_millis: removable(&self.budget_cpu, "none", |r| cpu(r).map(u64::from))?,
+            budget_memory_bytes: removable(&self.budget_memory, "none", memory)?,
+            storage_bytes: removable(&self.storage, "none", memory)?,
+            idle_timeout: removable(&self.idle_timeout, "never", duration)?,
+            max_lifetime: removable(&self.max_lifetime, "never", duration)?,
+        })
+    }
+}
+
+pub(super) fn group_name(raw: &str) -> anyhow::Result<labhub_core::GroupName> {
+    labhub_core::GroupName::parse(raw).with_context(|| format!("{raw:?} is not a valid group name"))
+}
+
+pub(super) fn names(raw: &[String]) -> anyhow::Result<Vec<UserName>> {
+    raw.iter().map(|n| name(n)).collect()
+}
+
+pub(super) fn members_line(d: &labhub_service::model::GroupDetail) -> String {
+    let n = d.members.len();
+    format!("{} now has {n} member{}.", d.group.name, if n == 1 { "" } else { "s" })
+}
+
+pub(super) async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow::Result<()> {
+    let actor = Actor::System;
+    match cmd {
+        GroupCommand::Create { name } => {
+            let g = hub.groups().create(actor, &group_name(&name)?).await?;
+            println!("Created the group {}.", g.name);
+        }
+        GroupCommand::List => {
+            let (groups, _) = hub.groups().list(actor, 0, i64::MAX).await?;
+            println!("{:<24} {:<7} {:<24} limits", "name", "members", "leads");
+            for d in groups {
+                let leads: Vec<String> = d.leads().iter().map(ToString::to_string).collect();
+                println!(
+                    "{:<24} {:<7} {:<24} {}",
+                    d.group.name.as_str(),
+                    d.members.len(),
+                    if leads.is_empty() { "-".to_string() } else { leads.join(",") },
+                    labhub_service::quotas::describe(&d.quota)
+                );
+            }
+        }
+        GroupCommand::Delete { name } => {
+            let name = group_name(&name)?;
+            hub.groups().delete(actor, &name).await?;
+            println!("Deleted the group {name}.");
+        }
+        GroupCommand::Rename { name, new_name } => {
+            let g = hub.groups().rename(actor, &group_name(&name)?, &group_name(&new_name)?).await?;
+            println!("Renamed {name} to {}.", g.name);
+        }
+        GroupCommand::AddMember { group, users } => {
+            println!(
+                "{}",
+                members_line(&hub.groups().add_members(actor, &group_name(&group)?, &names(&users)?).await?)
+            );
+        }
+        GroupCommand::RemoveMember { group, users } => {
+            println!(
+                "{}",
+                members_line(&hub.groups().remove_members(actor, &group_name(&group)?, &names(&users)?).await?)
+            );
+        }
+        GroupCommand::SetLead { group, user, lead } => {
+            let (g, u) = (group_name(&group)?, name(&user)?);
+            hub.groups().set_lead(actor, &g, &u, lead).await?;
+            println!("{u} {} {g}.", if lead { "now leads" } else { "no longer leads" });
+        }
+        GroupCommand::SetQuota { group, limits, ceiling } => {
+            let g = group_name(&group)?;
+            let patch = limits.patch()?;
+            if patch.is_empty() {
+                bail!("give at least one limit to change (see --help)");
+            }
+            let d = if ceiling {
+                hub.quotas().set_group_ceiling(actor, &g, &patch).await?
+            } else {
+                hub.quotas().set_group_quota(actor, &g, &patch).await?
+            };
+            let (what, q) = if ceiling { ("ceiling", &d.ceiling) } else { ("limits", &d.quota) };
+            println!("The {what} of {g}: {}", labhub_service::quotas::describe(q));
+        }
+    }
+    Ok(())
+}

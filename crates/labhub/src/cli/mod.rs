@@ -1,0 +1,229 @@
+//! The command line. Errors are one sentence on stderr and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use labhub_core::UserName;
+
+use crate::app::{self, Overrides};
+use crate::config::{Config, LogFormat};
+use crate::database::Database;
+
+mod accounts;
+mod catalogue;
+mod groups;
+
+use accounts::{TokenCommand, UserCommand, token, user};
+use catalogue::{ImageCommand, image};
+use groups::{GroupCommand, group};
+
+/// labhub: a multi-user lab server for Jupyter and RStudio.
+#[derive(Parser)]
+#[command(name = "labhub", version)]
+struct Cli {
+    /// Configuration file (TOML). `LABHUB_*` variables override it.
+    #[arg(long, global = true, env = "LABHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub (migrates the database first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage the image catalogue.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage groups, their leads and their quotas.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration with secrets redacted.
+    Check,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("labhub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init_logging(if cli.log_json { LogFormat::Json } else { config.log_format });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("labhub: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("labhub: {}", sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes as one sentence.
+fn sentence(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.dedup();
+    let mut s = parts.join(": ");
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = Database::open(&config).await?;
+            let r = db.migrate(Duration::from_secs(10)).await;
+            db.close(false).await;
+            r?;
+            println!("The database is up to date.");
+            Ok(())
+        }
+        Command::User(cmd) => with_hub(&config, false, |hub| async move { user(hub, cmd).await }).await,
+        Command::Token(cmd) => with_hub(&config, false, |hub| async move { token(hub, cmd).await }).await,
+        Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
+        Command::Group(cmd) => with_hub(&config, false, |hub| async move { group(hub, cmd).await }).await,
+    }
+}
+
+/// Opens the database and the hub's services (with the Docker engine when `docker`) for one
+/// command, then closes them.
+async fn with_hub<F, Fut>(config: &Config, docker: bool, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(labhub_service::Hub) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let db = Database::open(config).await?;
+    let result = async {
+        db.migrate(Duration::from_secs(10)).await?;
+        let key = app::load_key(config)?;
+        let runtime = if docker { app::Runtime::docker(&config.docker).await } else { app::Runtime::default() };
+        let built = app::build(config, db.pool.clone(), key, runtime, Overrides::default())?;
+        f(built.hub).await
+    }
+    .await;
+    db.close(false).await;
+    result
+}
+
+/// A user name given on the command line.
+fn name(raw: &str) -> anyhow::Result<UserName> {
+    UserName::parse(raw).with_context(|| format!("{raw:?} is not a valid user name"))
+}
+
+/// `labhub serve`.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("could not listen on {} (is another program using it? set 'bind')", config.bind))?;
+    let db = Database::open(&config).await?;
+    let result = serve_on(&config, &db, listener, started).await;
+    db.close(true).await;
+    result
+}
+
+async fn serve_on(
+    config: &Config,
+    db: &Database,
+    listener: tokio::net::TcpListener,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    db.migrate(Duration::from_secs(30)).await?;
+    let key = app::load_key(config)?;
+    let runtime = app::Runtime::docker(&config.docker).await;
+    let built = app::build(config, db.pool.clone(), key, runtime, Overrides::default())?;
+    if let Some((admin, password)) = built.hub.accounts().bootstrap_admins().await? {
+        let path = config.data_dir.join("initial-admin-password");
+        std::fs::create_dir_all(&config.data_dir)?;
+        app::write_private(&path, &format!("{}\n", password.expose()))?;
+        tracing::warn!(
+            user = %admin,
+            file = %path.display(),
+            "no admin existed: created account '{admin}' with a random password, written to {}",
+            path.display()
+        );
+    }
+    if config.proxy.user_subdomains && config.public_url().scheme() != "https" {
+        tracing::warn!(
+            "proxy.user_subdomains over plain http: browsers refuse the __Host- cookie prefix \
+             without https, so a user's server could plant cookies for the hub's host; serve \
+             the hub over https for full origin isolation"
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
+    let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
+    tokio::spawn(built.hub.clone().run_usage_sampler(wait_true(stop_rx.clone())));
+    if config.culler.enabled {
+        tokio::spawn(built.hub.clone().run_culler(wait_true(stop_rx.clone())));
+    }
+    tracing::info!(
+        url = %config.public_url(),
+        bind = %config.bind,
+        ms = started.elapsed().as_millis() as u64,
+        "labhub is ready"
+    );
+    let server = app::serve(listener, built.service, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing open requests; user servers keep running");
+    });
+    let result = server.await.context("the HTTP server failed");
+    let _ = stop_tx.send(true);
+    let _ = maintenance.await;
+    result
+}
+
+async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
