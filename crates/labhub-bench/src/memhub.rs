@@ -62,7 +62,13 @@ async fn serve(a: MemhubArgs) -> anyhow::Result<()> {
             for i in added..added + n {
                 let user = if i == 0 { a.user.clone() } else { format!("r{i:04}") };
                 let key = RouteKey::new(UserName::parse(&user)?, None);
-                let route = Route::new(key, a.endpoint, Secret::new(a.upstream_token.clone()), ImageKind::Jupyter);
+                let route = Route::new(
+                    key,
+                    labhub_core::UserId::new(1),
+                    a.endpoint,
+                    Secret::new(a.upstream_token.clone()),
+                    ImageKind::Jupyter,
+                );
                 hub.routes().insert(route)?;
             }
             added += n;

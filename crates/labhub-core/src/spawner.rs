@@ -12,16 +12,57 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ImageKind, ImageRef, Resources, Secret, ServerName, UserName};
+use crate::{ImageKind, ImageRef, Resources, Secret, ServerName, UserId, UserName};
 
 /// The spawner's own bookkeeping for one server, opaque to the hub.
 pub type SpawnerState = serde_json::Value;
 
+/// Whose a server or a home is, as the runtime's labels record it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// An account, by its id: everything this hub creates is keyed so.
+    Id(UserId),
+    /// Made before servers and homes were keyed by account id: only the name its owner had
+    /// then, which a later account may have taken. Never trusted to mean an account by itself.
+    LegacyName(UserName),
+}
+
+/// A user's home storage, as the hub addresses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    /// The home of an account (of one of its servers, where each server has its own), keyed
+    /// by the account's id.
+    Owned { owner: UserId, server: Option<ServerName> },
+    /// A storage object by its runtime name: an adopted legacy home, or an orphan.
+    Volume(String),
+}
+
+/// A home the runtime holds for this hub, whoever it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHome {
+    /// Its runtime name (what [`Home::Volume`] addresses).
+    pub volume: String,
+    /// Whose it was made for.
+    pub owner: Owner,
+    /// Its owner's name when it was made (a label for people, never trusted as an owner).
+    pub made_for: Option<UserName>,
+    /// The server it was made for, where each server has its own.
+    pub server: Option<ServerName>,
+    /// When the runtime created it.
+    pub created: Option<OffsetDateTime>,
+    /// Bytes used, when measured (the figure may be up to half a minute old).
+    pub bytes: Option<u64>,
+}
+
 /// Everything a spawner needs to start one server.
 #[derive(Debug, Clone)]
 pub struct ServerSpec {
-    /// Whose server.
+    /// Whose server, by account id: what names and labels its runtime objects.
+    pub owner: UserId,
+    /// The owner's name now, for the server's URL, environment and logs.
     pub user: UserName,
+    /// The home to mount: the owner's own, or an adopted legacy one.
+    pub home: Home,
     /// Which of their servers; `None` is the default server.
     pub server: Option<ServerName>,
     /// The catalogue image to run.
@@ -80,7 +121,7 @@ pub enum ServerStatus {
 #[derive(Debug, Clone)]
 pub struct ObservedServer {
     /// Whose server, read back from the runtime's labels.
-    pub user: UserName,
+    pub owner: Owner,
     /// Which server.
     pub server: Option<ServerName>,
     /// The spawner state that addresses it.
@@ -93,7 +134,7 @@ pub struct ObservedServer {
 #[derive(Debug, Clone)]
 pub struct ServerExit {
     /// Whose server.
-    pub user: UserName,
+    pub owner: Owner,
     /// Which server.
     pub server: Option<ServerName>,
     /// The runtime id of what exited, so a stale event cannot stop a newer server.
@@ -106,7 +147,7 @@ pub struct ServerExit {
 #[derive(Debug, Clone)]
 pub struct ServerUsage {
     /// Whose server.
-    pub user: UserName,
+    pub owner: Owner,
     /// Which server.
     pub server: Option<ServerName>,
     /// CPU in use, in millicores, averaged over the runtime's sampling interval.
@@ -223,15 +264,25 @@ pub trait Spawner: Send + Sync + 'static {
     /// measured at that moment (it just stopped) is left out.
     async fn usage(&self) -> Result<Vec<ServerUsage>, SpawnError>;
 
-    /// Bytes used by a user's storage (their volume), `None` when it does not exist yet.
-    /// The figure may be up to half a minute old.
-    async fn storage_usage(&self, user: &UserName, server: Option<&ServerName>) -> Result<Option<u64>, SpawnError>;
+    /// Bytes used by a home, `None` when it does not exist yet. The figure may be up to half a
+    /// minute old.
+    async fn storage_usage(&self, home: &Home) -> Result<Option<u64>, SpawnError>;
 
-    /// Deletes a user's storage for good: `true` when it was removed, `false` when there was
-    /// none (so it may be repeated). Refused while a server uses it, and for storage this hub
-    /// did not create. Where servers share one storage per user, `server` does not narrow it:
-    /// the user's storage goes.
-    async fn remove_storage(&self, user: &UserName, server: Option<&ServerName>) -> Result<bool, SpawnError>;
+    /// Deletes a home for good: `true` when it was removed, `false` when there was none (so it
+    /// may be repeated). Refused while a server uses it, and for storage this hub did not
+    /// create. Where servers share one home per user, [`Home::Owned`]'s `server` does not
+    /// narrow it: the user's home goes.
+    async fn remove_storage(&self, home: &Home) -> Result<bool, SpawnError>;
+
+    /// Every home this hub created, whoever it belongs to (the hub finds orphans and adopts
+    /// legacy homes from this).
+    async fn homes(&self) -> Result<Vec<StoredHome>, SpawnError>;
+
+    /// Copies every file of `from` into the directory `subdir` of `into` (created, with `into`
+    /// itself when absent), keeping owners and modes; returns the bytes copied. Nothing of
+    /// either home runs meanwhile: refused while a server uses `into`. Runs no program in
+    /// either home: the runtime itself reads and writes the files.
+    async fn copy_home(&self, from: &Home, into: &Home, subdir: &str) -> Result<u64, SpawnError>;
 
     /// What the runtime holds of an image, `None` when absent; never pulls.
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError>;

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod embedded;
 mod error;
 pub mod groups;
+pub mod homes;
 pub mod identities;
 pub mod images;
 pub mod quotas;

@@ -13,7 +13,7 @@ use crate::pool::Pool;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use http::HeaderValue;
-use labhub_core::{Clock, ImageKind, Secret, ServerName, UserName};
+use labhub_core::{Clock, ImageKind, Secret, ServerName, UserId, UserName};
 use time::OffsetDateTime;
 
 /// Activity timestamps are written at most this often per route (or tunnel): the culler
@@ -63,8 +63,11 @@ impl fmt::Display for RouteKey {
 /// Where a running server is reached and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// Which server this is.
+    /// Which server this is, by the names in its URL.
     pub key: RouteKey,
+    /// Whose it is, by account id: what access is decided on (a name may have passed to
+    /// another account since the server started).
+    pub owner: UserId,
     /// The server's address on the hub's network.
     pub endpoint: SocketAddr,
     /// The server's secret, sent upstream as `Authorization: token …`.
@@ -77,9 +80,9 @@ pub struct Route {
 
 impl Route {
     /// A route under the standard prefix for its key.
-    pub fn new(key: RouteKey, endpoint: SocketAddr, token: Secret<String>, kind: ImageKind) -> Self {
+    pub fn new(key: RouteKey, owner: UserId, endpoint: SocketAddr, token: Secret<String>, kind: ImageKind) -> Self {
         let prefix = key.prefix();
-        Self { key, endpoint, token, kind, prefix }
+        Self { key, owner, endpoint, token, kind, prefix }
     }
 }
 
@@ -359,7 +362,13 @@ mod tests {
     }
 
     fn route(user: &str, server: Option<&str>, port: u16) -> Route {
-        Route::new(key(user, server), ([127, 0, 0, 1], port).into(), Secret::new("t0k".into()), ImageKind::Jupyter)
+        Route::new(
+            key(user, server),
+            UserId::new(1),
+            ([127, 0, 0, 1], port).into(),
+            Secret::new("t0k".into()),
+            ImageKind::Jupyter,
+        )
     }
 
     fn table() -> (RouteTable, ManualClock) {

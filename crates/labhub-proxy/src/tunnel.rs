@@ -161,8 +161,13 @@ mod tests {
         let (upstream, mut server) = tokio::io::duplex(64);
         let table = crate::RouteTable::new(Arc::new(labhub_core::SystemClock));
         let key = crate::RouteKey::new(labhub_core::UserName::parse("a").unwrap(), None);
-        let route =
-            crate::Route::new(key, ([127, 0, 0, 1], 1).into(), "t".to_string().into(), labhub_core::ImageKind::Jupyter);
+        let route = crate::Route::new(
+            key,
+            labhub_core::UserId::new(1),
+            ([127, 0, 0, 1], 1).into(),
+            "t".to_string().into(),
+            labhub_core::ImageKind::Jupyter,
+        );
         table.insert(route).unwrap();
         let entry = table.get("a", None).unwrap();
         let tunnel = tokio::spawn(async move { pipe(client, upstream, &entry).await });

@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use labhub_core::{ServerName, UserName};
+use labhub_core::{ServerName, UserId};
 
 use crate::{Hub, Principal, SYSTEM_ACTOR, ServiceError};
 
@@ -66,10 +66,11 @@ pub enum Reach {
     Admin,
 }
 
-/// The server a principal wants to reach: its owner and name.
+/// The server a principal wants to reach: its owner's account id (never a name, which may
+/// have passed to another account) and its name.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerRef<'a> {
-    pub owner: &'a UserName,
+    pub owner: UserId,
     /// `None` for the default server.
     pub server: Option<&'a ServerName>,
 }
@@ -96,7 +97,7 @@ impl<'h> Access<'h> {
     /// Whether `who` may reach `server` (send it requests, open its WebSockets, and — through
     /// the API — start, stop and follow it), and why; `None` refuses.
     pub fn may_reach(&self, who: &Principal, server: ServerRef<'_>) -> Option<Reach> {
-        if &who.name == server.owner {
+        if who.user_id == server.owner {
             Some(Reach::Owner)
         } else if who.admin {
             Some(Reach::Admin)
@@ -119,7 +120,7 @@ impl<'h> Access<'h> {
 
 #[cfg(test)]
 mod tests {
-    use labhub_core::{SessionId, UserId};
+    use labhub_core::{SessionId, UserName};
 
     use super::*;
     use crate::AuthVia;
@@ -136,18 +137,20 @@ mod tests {
     #[test]
     fn owners_and_admins_reach_a_server_and_nobody_else_does() {
         let access = Access { hub: PhantomData };
-        let alice = UserName::parse("alice").unwrap();
+        let alice = UserId::new(1);
         let gpu = ServerName::parse("gpu").unwrap();
         for server in [None, Some(&gpu)] {
-            let to = ServerRef { owner: &alice, server };
+            let to = ServerRef { owner: alice, server };
             assert_eq!(access.may_reach(&principal(1, "alice", false), to), Some(Reach::Owner));
             assert_eq!(access.may_reach(&principal(2, "root", true), to), Some(Reach::Admin));
             assert_eq!(access.may_reach(&principal(3, "bob", false), to), None);
             // Being an admin does not make someone the owner.
             assert_eq!(access.may_reach(&principal(1, "alice", true), to), Some(Reach::Owner));
+            // A new account that took the owner's old name is someone else.
+            assert_eq!(access.may_reach(&principal(4, "alice", false), to), None);
         }
         let bob = principal(3, "bob", false);
-        assert!(access.require(Actor::User(&bob), ServerRef { owner: &alice, server: None }).is_err());
-        assert_eq!(access.require(Actor::System, ServerRef { owner: &alice, server: None }).unwrap(), Reach::Admin);
+        assert!(access.require(Actor::User(&bob), ServerRef { owner: alice, server: None }).is_err());
+        assert_eq!(access.require(Actor::System, ServerRef { owner: alice, server: None }).unwrap(), Reach::Admin);
     }
 }

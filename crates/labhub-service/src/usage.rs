@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use labhub_core::{GroupId, GroupName, GroupRole, ServerId, UserName};
+use labhub_core::{GroupId, GroupName, GroupRole, Owner, ServerId, UserName};
 use labhub_db::usage::{self, Sample};
 
 use crate::access::Actor;
@@ -162,19 +162,23 @@ impl<'h> Usage<'h> {
     pub async fn sample(&self) -> Result<(), ServiceError> {
         let Some(spawner) = self.hub.0.spawner.clone() else { return Ok(()) };
         let live = spawner.usage().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        let live: HashMap<(String, String), (i64, i64)> = live
+        // Servers made before ids are known by their owner's name; a name no account has
+        // now finds no row below.
+        let live: HashMap<(Owner, String), (i64, i64)> = live
             .into_iter()
             .map(|u| {
-                let key = (u.user.to_string(), u.server.map(|s| s.to_string()).unwrap_or_default());
+                let key = (u.owner, u.server.map(|s| s.to_string()).unwrap_or_default());
                 (key, (i64::from(u.cpu_millis), i64::try_from(u.memory_bytes).unwrap_or(i64::MAX)))
             })
             .collect();
+        let live_of = |s: &labhub_db::usage::ChargedServer| {
+            let by_id = live.get(&(Owner::Id(s.user_id), s.name.clone()));
+            by_id.or_else(|| live.get(&(Owner::LegacyName(s.owner.clone()), s.name.clone()))).copied()
+        };
         let now = self.hub.now();
         let active = usage::active(self.hub.db()).await?;
-        let per_server: Vec<(ServerId, i64, i64)> = active
-            .iter()
-            .filter_map(|s| live.get(&(s.owner.to_string(), s.name.clone())).map(|(c, m)| (s.server_id, *c, *m)))
-            .collect();
+        let per_server: Vec<(ServerId, i64, i64)> =
+            active.iter().filter_map(|s| live_of(s).map(|(c, m)| (s.server_id, c, m))).collect();
         usage::put_server_usage(self.hub.db(), now, &per_server).await?;
         let mut per_group: HashMap<GroupId, Sample> = usage::group_ids(self.hub.db())
             .await?
@@ -185,7 +189,7 @@ impl<'h> Usage<'h> {
             let Some(sample) = s.group_id.and_then(|g| per_group.get_mut(&g)) else { continue };
             sample.cpu_reserved += i64::from(s.cpu_millis.unwrap_or(0));
             sample.memory_reserved += s.memory_bytes.unwrap_or(0);
-            if let Some((c, m)) = live.get(&(s.owner.to_string(), s.name.clone())) {
+            if let Some((c, m)) = live_of(s) {
                 sample.cpu_millis += c;
                 sample.memory_bytes += m;
             }

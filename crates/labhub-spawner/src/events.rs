@@ -90,7 +90,7 @@ async fn to_exit(docker: &Docker, event: &EventMessage) -> Option<ServerExit> {
     let actor = event.actor.as_ref()?;
     let id = actor.id.clone()?;
     let attributes = actor.attributes.clone().unwrap_or_default();
-    let Some((user, server)) = owner_from_labels(&attributes) else {
+    let Some((owner, server)) = owner_from_labels(&attributes) else {
         tracing::warn!(container = %id, "a container with this hub's label but no valid user died; ignored");
         return None;
     };
@@ -102,5 +102,5 @@ async fn to_exit(docker: &Docker, event: &EventMessage) -> Option<ServerExit> {
         oom = state.oom_killed.unwrap_or(false);
         code = state.exit_code.unwrap_or(code);
     }
-    Some(ServerExit { user, server, runtime_id: id, reason: exit_reason(code, oom) })
+    Some(ServerExit { owner, server, runtime_id: id, reason: exit_reason(code, oom) })
 }

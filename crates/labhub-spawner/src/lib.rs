@@ -19,5 +19,7 @@ mod spawner;
 mod usage;
 
 pub use config::{DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy};
-pub use naming::{LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_VOLUME};
+pub use naming::{
+    LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_USER_ID, LABEL_VOLUME,
+};
 pub use spawner::DockerSpawner;

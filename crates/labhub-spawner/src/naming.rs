@@ -1,26 +1,31 @@
-//! Docker object names and labels derived from (hub, user, server).
+//! Docker object names and labels derived from (hub, owner, server).
 //!
-//! A name joins escaped parts with `_` (`labhub_alice`, `labhub_alice_gpu`,
-//! `labhub-home_alice`). `docker_escape` never emits `_` nor upper case, so distinct
-//! (user, server) pairs give distinct names. A name that would be longer than
-//! [`MAX_NAME_LEN`] (a volume name becomes a directory name, at most 255 bytes) keeps a
-//! readable prefix and ends in `_H` plus 128 bits of a hash of the full name: the upper-case
-//! `H` can never occur in an unhashed name, so the two forms cannot collide either.
+//! Everything is keyed by the owner's account id, never by a name: names change and are
+//! reused, and a new account of an old name must not find the old account's container or
+//! home. A name joins parts with `_`: the owner as `U` and the id (`labhub_U42`,
+//! `labhub_U42_gpu`, `labhub-home_U42`), a server by its escaped name. `docker_escape` never
+//! emits `_` nor upper case, so distinct (owner, server) pairs give distinct names, and none
+//! can equal a name of the hubs before ids (`labhub_alice`, escaped names only). The longest
+//! name (a 32-byte hub id, the largest id, a 32-byte server name escaped) stays well under
+//! 200 bytes (a volume name becomes a directory name, at most 255 bytes).
 
 use std::collections::HashMap;
 
 use labhub_core::names::docker_escape;
-use labhub_core::{ServerName, UserName};
-use sha2::{Digest, Sha256};
+use labhub_core::{Owner, ServerName, UserId, UserName};
 
 use crate::config::HubId;
 
 /// Longest container or volume name produced.
-pub(crate) const MAX_NAME_LEN: usize = 200;
+#[cfg(test)]
+const MAX_NAME_LEN: usize = 200;
 
 /// Label naming the hub that owns a container, volume or network.
 pub const LABEL_HUB: &str = "io.labhub.hub";
-/// Label holding the user name, unescaped.
+/// Label holding the owner's account id (what the hub trusts).
+pub const LABEL_USER_ID: &str = "io.labhub.user-id";
+/// Label holding the owner's name when the object was made, unescaped (for people reading
+/// `docker ps`; objects made before ids carry only this).
 pub const LABEL_USER: &str = "io.labhub.user";
 /// Label holding the server name, `""` for the default server.
 pub const LABEL_SERVER: &str = "io.labhub.server";
@@ -43,64 +48,55 @@ pub(crate) struct ServerNames {
 }
 
 impl ServerNames {
-    /// Derives the names; with `volume_per_server` a named server gets its own volume.
-    pub fn new(hub: &HubId, user: &UserName, server: Option<&ServerName>, volume_per_server: bool) -> Self {
-        let user_part = docker_escape(user.as_str());
-        let server_part = server.map(|s| docker_escape(s.as_str()));
-        let mut container_parts = vec![user_part.as_str()];
-        container_parts.extend(server_part.as_deref());
-        let mut volume_parts = vec![user_part.as_str()];
-        if volume_per_server {
-            volume_parts.extend(server_part.as_deref());
-        }
-        Self {
-            container: join_bounded(hub.as_str(), &container_parts),
-            volume: volume_name_from_parts(hub, &volume_parts),
-        }
+    /// The names of `owner`'s server, mounting `volume` as its home.
+    pub fn new(hub: &HubId, owner: UserId, server: Option<&ServerName>, volume: String) -> Self {
+        Self { container: container_name(hub, owner, server), volume }
     }
 }
 
-/// The volume holding a user's home (per server when `volume_per_server`).
-pub(crate) fn volume_name(
-    hub: &HubId,
-    user: &UserName,
-    server: Option<&ServerName>,
-    volume_per_server: bool,
-) -> String {
-    ServerNames::new(hub, user, server, volume_per_server).volume
+/// The container of an account's server.
+pub(crate) fn container_name(hub: &HubId, owner: UserId, server: Option<&ServerName>) -> String {
+    let owner_part = format!("U{owner}");
+    let server_part = server.map(|s| docker_escape(s.as_str()));
+    let mut parts = vec![owner_part.as_str()];
+    parts.extend(server_part.as_deref());
+    join(hub.as_str(), &parts)
 }
 
-fn volume_name_from_parts(hub: &HubId, parts: &[&str]) -> String {
-    join_bounded(&format!("{hub}-home"), parts)
+/// The volume holding an account's home (or, given a server, that server's own home).
+pub(crate) fn home_volume(hub: &HubId, owner: UserId, server: Option<&ServerName>) -> String {
+    let owner_part = format!("U{owner}");
+    let server_part = server.map(|s| docker_escape(s.as_str()));
+    let mut parts = vec![owner_part.as_str()];
+    parts.extend(server_part.as_deref());
+    join(&format!("{hub}-home"), &parts)
 }
 
-/// `prefix_part1_part2`, or the hashed form when too long (see the module docs).
-fn join_bounded(prefix: &str, parts: &[&str]) -> String {
-    let full = format!("{prefix}_{}", parts.join("_"));
-    if full.len() <= MAX_NAME_LEN {
-        return full;
-    }
-    let digest = Sha256::digest(full.as_bytes());
-    let hash = hex::encode(&digest[..16]);
-    // Room for "_H" and the hash; escaped text is ASCII, so slicing by bytes is safe.
-    let keep = MAX_NAME_LEN - 2 - hash.len();
-    format!("{}_H{hash}", &full[..keep])
+/// `prefix_part1_part2`.
+fn join(prefix: &str, parts: &[&str]) -> String {
+    format!("{prefix}_{}", parts.join("_"))
 }
 
-/// The labels every object of one server carries.
-pub(crate) fn server_labels(hub: &HubId, user: &UserName, server: Option<&ServerName>) -> HashMap<String, String> {
+/// The labels every object of one server carries (its owner's name, when known, is added
+/// by the caller as [`LABEL_USER`], for people reading `docker ps`).
+pub(crate) fn server_labels(hub: &HubId, owner: UserId, server: Option<&ServerName>) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_HUB.to_string(), hub.to_string()),
-        (LABEL_USER.to_string(), user.to_string()),
+        (LABEL_USER_ID.to_string(), owner.to_string()),
         (LABEL_SERVER.to_string(), server.map(ServerName::to_string).unwrap_or_default()),
     ])
 }
 
-/// Reads user and server back from labels; `None` when they are absent or not valid names.
-pub(crate) fn owner_from_labels(labels: &HashMap<String, String>) -> Option<(UserName, Option<ServerName>)> {
-    let user = UserName::parse(labels.get(LABEL_USER)?).ok()?;
+/// Reads owner and server back from labels: the account id when there is one (a label that
+/// is there but not a number is no owner at all), else the name of an object made before ids;
+/// `None` when they are absent or not valid.
+pub(crate) fn owner_from_labels(labels: &HashMap<String, String>) -> Option<(Owner, Option<ServerName>)> {
+    let owner = match labels.get(LABEL_USER_ID) {
+        Some(id) => Owner::Id(UserId::new(id.parse().ok().filter(|n: &i64| *n > 0)?)),
+        None => Owner::LegacyName(UserName::parse(labels.get(LABEL_USER)?).ok()?),
+    };
     let server = ServerName::parse_optional(labels.get(LABEL_SERVER)?).ok()?;
-    Some((user, server))
+    Some((owner, server))
 }
 
 #[cfg(test)]
@@ -109,11 +105,11 @@ mod tests {
 
     use super::*;
 
-    fn names(user: &str, server: Option<&str>, per_server: bool) -> ServerNames {
+    fn names(owner: i64, server: Option<&str>, per_server: bool) -> ServerNames {
         let hub = HubId::parse("labhub").unwrap();
-        let user = UserName::parse(user).unwrap();
         let server = server.map(|s| ServerName::parse(s).unwrap());
-        ServerNames::new(&hub, &user, server.as_ref(), per_server)
+        let volume = home_volume(&hub, UserId::new(owner), server.as_ref().filter(|_| per_server));
+        ServerNames::new(&hub, UserId::new(owner), server.as_ref(), volume)
     }
 
     fn docker_name_ok(name: &str) -> bool {
@@ -124,62 +120,61 @@ mod tests {
     }
 
     #[test]
-    fn readable_names() {
-        assert_eq!(names("alice", None, false).container, "labhub_alice");
-        assert_eq!(names("alice", Some("gpu"), false).container, "labhub_alice_gpu");
-        assert_eq!(names("alice", Some("gpu"), false).volume, "labhub-home_alice");
-        assert_eq!(names("alice", Some("gpu"), true).volume, "labhub-home_alice_gpu");
-        assert_eq!(names("alice", None, true).volume, "labhub-home_alice");
-        assert_eq!(names("a@b.c", None, false).container, "labhub_a-40b.c");
+    fn names_are_keyed_by_the_owners_id() {
+        assert_eq!(names(42, None, false).container, "labhub_U42");
+        assert_eq!(names(42, Some("gpu"), false).container, "labhub_U42_gpu");
+        assert_eq!(names(42, Some("gpu"), false).volume, "labhub-home_U42");
+        assert_eq!(names(42, Some("gpu"), true).volume, "labhub-home_U42_gpu");
+        assert_eq!(names(42, None, true).volume, "labhub-home_U42");
+        assert_eq!(names(7, Some("a-b"), false).container, "labhub_U7_a-2db");
     }
 
     #[test]
-    fn hostile_names_never_collide_and_stay_valid() {
-        let long_at = format!("a{}a", "@".repeat(62));
-        let long_plain = "z".repeat(64);
-        let long_dash = format!("a{}b", "-".repeat(62));
-        let users =
-            ["a", "a-b", "b", "x_y", "x-5fy", "a@b.c", "a.b", "ab", "a-2d", long_at.as_str(), &long_plain, &long_dash];
-        let long_server = format!("s{}t", "-".repeat(30));
-        let servers = [None, Some("b"), Some("a-b"), Some("2d"), Some("5fy"), Some(long_server.as_str())];
+    fn distinct_owners_and_servers_never_collide_and_names_stay_valid() {
+        let longest = "z".repeat(ServerName::MAX_LEN);
+        let servers = [None, Some("b"), Some("a-b"), Some("2d"), Some("u1"), Some("5fy"), Some(longest.as_str())];
         let mut containers = HashSet::new();
         let mut volumes = HashSet::new();
-        for u in users {
+        for owner in [1, 2, 11, 12, 112] {
             for s in servers {
-                let n = names(u, s, true);
+                let n = names(owner, s, true);
                 assert!(docker_name_ok(&n.container), "{}", n.container);
                 assert!(docker_name_ok(&n.volume), "{}", n.volume);
                 assert!(containers.insert(n.container.clone()), "collision: {}", n.container);
                 assert!(volumes.insert(n.volume.clone()), "collision: {}", n.volume);
             }
         }
-        // The classic trap: user "a-b" vs user "a" with server "b".
-        assert_ne!(names("a-b", None, false).container, names("a", Some("b"), false).container);
+        // Owner 1's server "12" is not owner 11's server "2", nor owner 112's default server.
+        assert_ne!(names(1, Some("12"), true).volume, names(11, Some("2"), true).volume);
+        assert_ne!(names(1, Some("12"), false).container, names(112, None, false).container);
+        // The names of hubs before ids were escaped user names: lower case, never `U`.
+        assert_ne!(names(42, None, false).container, format!("labhub_{}", docker_escape("u42")));
+        // The longest name there can be fits.
+        let hub = HubId::parse(&"h".repeat(HubId::MAX_LEN)).unwrap();
+        let server = ServerName::parse(&format!("{}ab", "a-".repeat(ServerName::MAX_LEN / 2 - 1))).unwrap();
+        let owner = UserId::new(i64::MAX);
+        assert!(docker_name_ok(&home_volume(&hub, owner, Some(&server))));
+        assert!(docker_name_ok(&container_name(&hub, owner, Some(&server))));
     }
 
     #[test]
-    fn long_names_are_hashed_and_distinct() {
-        let a = format!("a{}a", "@".repeat(62));
-        let b = format!("a{}b", "@".repeat(62));
-        let na = names(&a, Some(&format!("s{}t", "-".repeat(30))), true);
-        let nb = names(&b, Some(&format!("s{}t", "-".repeat(30))), true);
-        assert!(na.volume.contains("_H"), "{}", na.volume);
-        assert_eq!(na.volume.len(), MAX_NAME_LEN);
-        assert_ne!(na.volume, nb.volume);
-        assert_ne!(na.container, nb.container);
-    }
-
-    #[test]
-    fn labels_read_back() {
+    fn labels_read_back_with_the_id_first() {
         let hub = HubId::parse("labhub").unwrap();
         let user = UserName::parse("a@b.c").unwrap();
         let server = ServerName::parse("gpu-1").unwrap();
-        let labels = server_labels(&hub, &user, Some(&server));
-        assert_eq!(owner_from_labels(&labels), Some((user.clone(), Some(server))));
-        let labels = server_labels(&hub, &user, None);
-        assert_eq!(owner_from_labels(&labels), Some((user, None)));
+        let id = UserId::new(9);
+        let labels = server_labels(&hub, id, Some(&server));
+        assert_eq!(owner_from_labels(&labels), Some((Owner::Id(id), Some(server))));
+        let mut labels = server_labels(&hub, id, None);
+        labels.insert(LABEL_USER.to_string(), user.to_string());
+        assert_eq!(owner_from_labels(&labels), Some((Owner::Id(id), None)));
+        let mut legacy = labels.clone();
+        legacy.remove(LABEL_USER_ID);
+        assert_eq!(owner_from_labels(&legacy), Some((Owner::LegacyName(user), None)));
         let mut bad = labels.clone();
-        bad.insert(LABEL_USER.to_string(), "../x".to_string());
-        assert_eq!(owner_from_labels(&bad), None);
+        bad.insert(LABEL_USER_ID.to_string(), "9x".to_string());
+        assert_eq!(owner_from_labels(&bad), None, "a broken id is no owner, not a fall back to the name");
+        legacy.insert(LABEL_USER.to_string(), "../x".to_string());
+        assert_eq!(owner_from_labels(&legacy), None);
     }
 }

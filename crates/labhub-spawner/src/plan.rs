@@ -57,7 +57,7 @@ use labhub_core::spawner::SpawnError;
 use labhub_core::{ImageKind, Secret};
 
 use crate::config::HubId;
-use crate::naming::{LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_VOLUME, ServerNames, server_labels};
+use crate::naming::{LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_USER, LABEL_VOLUME, ServerNames, server_labels};
 
 /// Every capability is dropped; a kind adds back only what [`added_capabilities`] names.
 pub(crate) const DROP_ALL: &str = "ALL";
@@ -188,7 +188,8 @@ pub(crate) fn container_plan(spec: &ServerSpec, ctx: &PlanContext<'_>) -> Result
     let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
 
-    let mut labels = server_labels(ctx.hub, &spec.user, spec.server.as_ref());
+    let mut labels = server_labels(ctx.hub, spec.owner, spec.server.as_ref());
+    labels.insert(LABEL_USER.into(), spec.user.to_string());
     labels.insert(LABEL_KIND.into(), spec.kind.as_str().into());
     labels.insert(LABEL_PORT.into(), spec.port.to_string());
     labels.insert(LABEL_VOLUME.into(), ctx.names.volume.clone());
@@ -366,13 +367,15 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use labhub_core::{ImageRef, Resources, ServerName, UserName};
+    use labhub_core::{Home, ImageRef, Resources, ServerName, UserId, UserName};
 
     use super::*;
 
     fn spec(kind: ImageKind) -> ServerSpec {
         ServerSpec {
+            owner: UserId::new(1),
             user: UserName::parse("alice").unwrap(),
+            home: Home::Owned { owner: UserId::new(1), server: None },
             server: Some(ServerName::parse("gpu").unwrap()),
             image: ImageRef::parse("labhub/jupyterlab:1").unwrap(),
             kind,
@@ -388,7 +391,7 @@ mod tests {
 
     fn plan_for(spec: &ServerSpec, image: &ImageFacts) -> ContainerPlan {
         let hub = HubId::parse("labhub").unwrap();
-        let names = ServerNames::new(&hub, &spec.user, spec.server.as_ref(), false);
+        let names = ServerNames::new(&hub, spec.owner, spec.server.as_ref(), "labhub-home_U1".into());
         let ctx = PlanContext { hub: &hub, names: &names, network: "labhub-users", pids_limit: 512, image };
         container_plan(spec, &ctx).unwrap()
     }
@@ -426,7 +429,7 @@ mod tests {
             let mounts = hc.mounts.as_ref().unwrap();
             assert_eq!(mounts.len(), 1);
             assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
-            assert_eq!(mounts[0].source.as_deref(), Some("labhub-home_alice"));
+            assert_eq!(mounts[0].source.as_deref(), Some("labhub-home_U1"));
             assert!(home(&plan).starts_with("/home/"), "{kind:?}");
             if kind != ImageKind::Custom {
                 assert_eq!(plan.body.working_dir.as_deref(), Some(home(&plan)), "{kind:?} starts in the home");
@@ -473,7 +476,7 @@ mod tests {
         assert_eq!(plan_for(&s, &image()).body.cmd, Some(vec!["start-notebook.sh".to_string()]));
         s.command = Some(vec![]);
         let hub = HubId::parse("labhub").unwrap();
-        let names = ServerNames::new(&hub, &s.user, None, false);
+        let names = ServerNames::new(&hub, s.owner, None, "labhub-home_U1".into());
         let img = image();
         let ctx = PlanContext { hub: &hub, names: &names, network: "n", pids_limit: 1, image: &img };
         assert!(matches!(container_plan(&s, &ctx), Err(SpawnError::Invalid(_))));
@@ -544,7 +547,7 @@ mod tests {
         ] {
             let mut s = spec(ImageKind::Jupyter);
             mutate(&mut s);
-            let names = ServerNames::new(&hub, &s.user, None, false);
+            let names = ServerNames::new(&hub, s.owner, None, "labhub-home_U1".into());
             let ctx = PlanContext { hub: &hub, names: &names, network: "n", pids_limit: 1, image: &img };
             assert!(matches!(container_plan(&s, &ctx), Err(SpawnError::Invalid(_))));
         }

@@ -224,8 +224,8 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
     // Asked as the general path asks (memory, else the database on the hub's runtime), so a
     // connection stays in the lane when its session's cached answer runs out.
     let me = state.session_principal(session).await.ok()??;
-    let key = route.key();
-    state.hub().access().may_reach(&me, ServerRef { owner: &key.user, server: key.server.as_ref() })?;
+    let to = ServerRef { owner: route.route().owner, server: route.key().server.as_ref() };
+    state.hub().access().may_reach(&me, to)?;
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
     let addr = crate::extract::client_addr_from(forwarded_for, Some(peer), state)?;
     Some(Admitted { target, route, client: ClientInfo { addr, scheme, host: host.to_string() }, request_id, close })

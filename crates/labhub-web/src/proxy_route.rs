@@ -11,13 +11,16 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use labhub_core::{ServerName, UserName};
 use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path};
-use labhub_service::{Actor, AuthVia, Principal, ServerRef};
+use labhub_service::{Actor, AuthVia, Principal, ServerRef, ServiceError};
 
 use crate::AppState;
 use crate::error::json_error;
 use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin};
 use crate::pages::servers::NotRunningPage;
 use crate::views::{ErrorPage, Page, login_url};
+
+/// What a visitor who may not reach a server is told.
+const SOMEONE_ELSES: &str = "This server belongs to someone else.";
 
 fn page_error(status: StatusCode, message: &str, req: &Request) -> Response {
     let id = req.extensions().get::<crate::middleware::RequestId>().map(|r| r.0.clone()).unwrap_or_default();
@@ -71,9 +74,15 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
         }
         return json_error(StatusCode::UNAUTHORIZED, "sign in, or send an API token, to reach this server");
     };
-    let reached = ServerRef { owner: &user_path.user, server: route.as_ref().and_then(|r| r.key().server.as_ref()) };
-    if state.hub().access().may_reach(&me, reached).is_none() {
-        return refuse(StatusCode::FORBIDDEN, "This server belongs to someone else.", navigation, &req);
+    // Without a route, the "not running" answer asks the service, which checks the same gate.
+    if let Some(r) = &route
+        && state
+            .hub()
+            .access()
+            .may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
+            .is_none()
+    {
+        return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req);
     }
     let by_cookie = matches!(me.via, AuthVia::Session { .. });
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -195,7 +204,25 @@ async fn answer_not_running(
     cookies: Option<HeaderValue>,
 ) -> Response {
     // `/user/alice/foo/…` is about the named server `foo` only if alice has one.
-    let slots = state.hub().servers().of(Actor::User(me), owner).await.unwrap_or_default();
+    let slots = match state.hub().servers().of(Actor::User(me), owner).await {
+        Ok(slots) => slots,
+        // An admin asking about an account that does not exist: nothing runs there.
+        Err(ServiceError::NotFound(_)) if me.admin => Vec::new(),
+        // Anyone else learns nothing, not even whether the account exists.
+        Err(ServiceError::NotFound(_) | ServiceError::Forbidden(_)) => {
+            let status = StatusCode::FORBIDDEN;
+            if !navigation {
+                return json_error(status, SOMEONE_ELSES);
+            }
+            let mut resp = ErrorPage::new(status, SOMEONE_ELSES.into(), String::new()).into_response();
+            *resp.status_mut() = status;
+            return resp;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not say whether a server runs");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        }
+    };
     let named = candidate.filter(|c| slots.iter().any(|s| s.name.as_ref() == Some(c)));
     let slot = slots.iter().find(|s| s.name.as_ref() == named);
     let label = match named {

@@ -97,14 +97,24 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
 }
 
 /// Brings the hub's view of servers up to date and starts its background work: the default
-/// catalogue entry, reconciling with the runtime, watching for servers that end, building
-/// missing images. Returns the watcher's task.
+/// catalogue entry, adopting homes made before account ids, reconciling with the runtime,
+/// watching for servers that end, building missing images.
 pub async fn boot(
     hub: &Hub,
     build_missing_images: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     hub.catalogue().ensure_default().await.context("could not prepare the image catalogue")?;
+    // Before any start: a home made before account ids must go to the account that made it,
+    // never to a later account of the same name.
+    match hub.homes().adopt_legacy().await {
+        Ok(report) if !report.unclaimed.is_empty() => tracing::warn!(
+            homes = ?report.unclaimed,
+            "homes made before account ids that no account can claim are kept as orphans (admin: Storage)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not look for homes made before account ids"),
+    }
     match hub.servers().reconcile().await {
         Ok(report) => {
             for s in &report.adopted {

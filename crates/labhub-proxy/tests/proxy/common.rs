@@ -72,7 +72,15 @@ impl Hub {
 
     pub fn add(&self, user: &str, server: Option<&str>, upstream: SocketAddr, kind: ImageKind) -> RouteKey {
         let key = key(user, server);
-        self.table.insert(Route::new(key.clone(), upstream, Secret::new(SERVER_TOKEN.into()), kind)).unwrap();
+        self.table
+            .insert(Route::new(
+                key.clone(),
+                labhub_core::UserId::new(1),
+                upstream,
+                Secret::new(SERVER_TOKEN.into()),
+                kind,
+            ))
+            .unwrap();
         key
     }
 }

@@ -161,7 +161,13 @@ async fn paths_are_routed_exactly_and_tricks_refused() {
 #[tokio::test]
 async fn routes_with_unsendable_tokens_are_refused() {
     let hub = Hub::start(settings()).await;
-    let r = Route::new(key("alice", None), closed_port().await, Secret::new("bad\ntoken".into()), ImageKind::Jupyter);
+    let r = Route::new(
+        key("alice", None),
+        labhub_core::UserId::new(1),
+        closed_port().await,
+        Secret::new("bad\ntoken".into()),
+        ImageKind::Jupyter,
+    );
     assert!(hub.table.insert(r).is_err());
     assert!(hub.table.is_empty());
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use labhub_auth::PasswordPolicy;
 use labhub_core::listing::UserFilter;
-use labhub_core::{AccountState, Secret, UserId, UserName};
+use labhub_core::{AccountState, Secret, ServerState, UserId, UserName};
 use labhub_db::users::{self, NewUser};
 use labhub_db::{ResultExt, groups, servers};
 use serde_json::json;
@@ -35,6 +35,17 @@ impl Hub {
     pub fn accounts(&self) -> Accounts<'_> {
         Accounts::new(self)
     }
+}
+
+/// What becomes of a deleted account's home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageFate {
+    /// Kept as an orphan an admin can copy into another account or delete later; never
+    /// mounted for anyone (the default).
+    #[default]
+    Keep,
+    /// Deleted with the account, for good.
+    Delete,
 }
 
 /// Accounts.
@@ -266,7 +277,8 @@ impl<'h> Accounts<'h> {
         Ok(users::User { state, ..user }.into())
     }
 
-    /// Renames an account.
+    /// Renames an account. Refused while one of its servers is active: a server's address
+    /// (and the prefix it serves itself under) holds its owner's name.
     pub async fn rename(
         &self,
         actor: Actor<'_>,
@@ -279,6 +291,13 @@ impl<'h> Accounts<'h> {
             return Ok(user.into());
         }
         let mut tx = self.hub.begin().await?;
+        // The user's row lock keeps a start from slipping in between the check and the rename.
+        users::by_name_for_update(&mut *tx, name).await?;
+        if servers::list_for_user(&mut *tx, user.user_id).await?.iter().any(|s| s.state != ServerState::Stopped) {
+            return Err(ServiceError::Conflict(format!(
+                "{name} has a server running, whose address holds the name; stop it before renaming the account"
+            )));
+        }
         users::rename(&mut *tx, user.user_id, new_name)
             .await
             .on_constraint(users::NAME_KEY, || ServiceError::Conflict(format!("the name {new_name} is taken")))?;
@@ -289,9 +308,10 @@ impl<'h> Accounts<'h> {
         Ok(users::User { name: new_name.clone(), ..user }.into())
     }
 
-    /// Deletes an account with its sessions and tokens, stopping its servers first (their
-    /// storage is kept until an admin removes it).
-    pub async fn delete(&self, actor: Actor<'_>, name: &UserName) -> Result<(), ServiceError> {
+    /// Deletes an account with its sessions and tokens, stopping its servers first. Its home
+    /// is kept as an orphan (never mounted for anyone, not even a later account of the same
+    /// name) or, when asked, deleted first.
+    pub async fn delete(&self, actor: Actor<'_>, name: &UserName, storage: StorageFate) -> Result<(), ServiceError> {
         actor.require_admin()?;
         if let Actor::User(p) = actor
             && &p.name == name
@@ -300,17 +320,32 @@ impl<'h> Accounts<'h> {
         }
         if let Some(user) = users::by_name(self.hub.db(), name).await? {
             for s in servers::list_for_user(self.hub.db(), user.user_id).await? {
-                if s.state != labhub_core::ServerState::Stopped {
+                if s.state != ServerState::Stopped {
                     let server = labhub_core::ServerName::parse_optional(&s.name)?;
                     let reason = StopReason::Hub("the account was deleted".into());
                     self.hub.servers().stop_for(name, server.as_ref(), reason).await?;
                 }
             }
         }
+        // The homes go before the account (a failure then leaves the account, to try again),
+        // and outside its transaction: no row stays locked while the runtime works.
+        let removed_homes = match storage {
+            StorageFate::Keep => 0,
+            StorageFate::Delete => {
+                let (mut tx, user) = self.lock_for_admin_change(name).await?;
+                self.keep_an_admin(&mut tx, &user, "delete them").await?;
+                drop(tx);
+                self.hub.homes().remove_all_of(user.user_id).await?
+            }
+        };
         let (mut tx, user) = self.lock_for_admin_change(name).await?;
         self.keep_an_admin(&mut tx, &user, "delete them").await?;
         users::delete(&mut *tx, user.user_id).await?;
-        self.hub.audit().record(&mut *tx, actor, "user.delete", name.as_str(), json!({ "admin": user.admin })).await?;
+        let detail = json!({ "admin": user.admin, "user_id": user.user_id, "storage": match storage {
+            StorageFate::Keep => "kept",
+            StorageFate::Delete => "deleted",
+        }, "homes_removed": removed_homes });
+        self.hub.audit().record(&mut *tx, actor, "user.delete", name.as_str(), detail).await?;
         tx.commit().await?;
         self.forget_credentials(user.user_id);
         Ok(())

@@ -101,7 +101,10 @@ impl<'h> Quotas<'h> {
         let used = match measured.iter().find(|m| m.server_name == name) {
             Some(m) => u64::try_from(m.bytes).unwrap_or(0),
             None => match &self.hub.0.spawner {
-                Some(spawner) => spawner.storage_usage(&user.name, server).await.ok().flatten().unwrap_or(0),
+                Some(spawner) => {
+                    let home = self.hub.homes().of(user.user_id, server).await?;
+                    spawner.storage_usage(&home).await.ok().flatten().unwrap_or(0)
+                }
                 None => 0,
             },
         };
@@ -228,10 +231,9 @@ impl<'h> Quotas<'h> {
         let Some(spawner) = self.hub.0.spawner.clone() else { return Ok(0) };
         let mut measured = 0;
         for (user_id, owner, server) in quotas::storage_owners(self.hub.db()).await? {
-            let (Ok(owner), Ok(server)) = (UserName::parse(&owner), ServerName::parse_optional(&server)) else {
-                continue;
-            };
-            match spawner.storage_usage(&owner, server.as_ref()).await {
+            let Ok(server) = ServerName::parse_optional(&server) else { continue };
+            let home = self.hub.homes().of(user_id, server.as_ref()).await?;
+            match spawner.storage_usage(&home).await {
                 Ok(Some(bytes)) => {
                     let name = server.as_ref().map_or("", ServerName::as_str);
                     quotas::put_storage(self.hub.db(), user_id, name, bytes, self.hub.now()).await?;
@@ -248,7 +250,7 @@ impl<'h> Quotas<'h> {
     /// (asked by whoever may start their servers).
     pub async fn start_options(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<StartOption>, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.hub.access().require(actor, crate::access::ServerRef { owner, server: None })?;
+        self.hub.access().require(actor, crate::access::ServerRef { owner: user.user_id, server: None })?;
         let memberships = groups::of_user(self.hub.db(), user.user_id).await?;
         if memberships.is_empty() {
             let site = self.hub.quota_settings().site_default.clone();

@@ -10,9 +10,8 @@ mod stop;
 use std::sync::Arc;
 
 use labhub_core::spawner::Spawner;
-use labhub_core::{ServerId, ServerName, ServerState, UserName};
+use labhub_core::{ServerId, ServerName, ServerState, UserId, UserName};
 use labhub_db::servers;
-use serde_json::json;
 
 pub use reconcile::ReconcileReport;
 
@@ -53,12 +52,7 @@ impl<'h> Servers<'h> {
     }
 
     /// Refuses unless `actor` may reach `owner`'s server (the one gate, [`crate::access`]).
-    fn require_reach(
-        &self,
-        actor: Actor<'_>,
-        owner: &UserName,
-        server: Option<&ServerName>,
-    ) -> Result<(), ServiceError> {
+    fn require_reach(&self, actor: Actor<'_>, owner: UserId, server: Option<&ServerName>) -> Result<(), ServiceError> {
         self.hub.access().require(actor, ServerRef { owner, server }).map(|_| ())
     }
 
@@ -66,7 +60,7 @@ impl<'h> Servers<'h> {
     /// listed even before its first start, then the named ones.
     pub async fn of(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<ServerView>, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, owner, None)?;
+        self.require_reach(actor, user.user_id, None)?;
         let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
         Ok(ServerView::slots(owner, &rows))
     }
@@ -79,7 +73,7 @@ impl<'h> Servers<'h> {
         server: Option<&ServerName>,
     ) -> Result<ServerView, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, owner, server)?;
+        self.require_reach(actor, user.user_id, server)?;
         match servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str)).await? {
             Some(row) => Ok(ServerView::of(owner, &row)),
             None if server.is_none() => Ok(ServerView::never_started(owner)),
@@ -121,7 +115,7 @@ impl<'h> Servers<'h> {
         server: &ServerName,
     ) -> Result<(), ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, owner, Some(server))?;
+        self.require_reach(actor, user.user_id, Some(server))?;
         let row = servers::get(self.hub.db(), user.user_id, server.as_str())
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no server named {server}")))?;
@@ -133,28 +127,6 @@ impl<'h> Servers<'h> {
         tx.commit().await?;
         self.state().spawns.remove(&row.server_id);
         Ok(())
-    }
-
-    /// Deletes a user's storage for good (admins; the caller confirmed). Refused while a server uses it.
-    pub async fn remove_storage(
-        &self,
-        actor: Actor<'_>,
-        owner: &UserName,
-        server: Option<&ServerName>,
-    ) -> Result<bool, ServiceError> {
-        actor.require_admin()?;
-        let user = self.hub.user_row(owner).await?;
-        let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
-        if rows.iter().any(|s| s.state != ServerState::Stopped) {
-            return Err(ServiceError::Conflict(format!(
-                "{owner} has a server running; stop it before removing their storage"
-            )));
-        }
-        let removed =
-            self.spawner()?.remove_storage(owner, server).await.map_err(|e| ServiceError::Conflict(e.to_string()))?;
-        let detail = json!({ "removed": removed });
-        self.hub.audit().record(self.hub.db(), actor, "storage.remove", &server_label(owner, server), detail).await?;
-        Ok(removed)
     }
 
     /// The progress of the latest start of a server, if one happened since the hub started.

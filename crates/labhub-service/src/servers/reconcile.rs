@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use labhub_core::spawner::{ServerExit, ServerStatus, Spawner};
-use labhub_core::{ImageKind, ServerId, ServerName, ServerState};
+use labhub_core::spawner::{ObservedServer, ServerExit, ServerStatus, Spawner};
+use labhub_core::{ImageKind, Owner, ServerId, ServerName, ServerState};
 use labhub_db::{servers, users};
 use labhub_proxy::{Route, RouteKey};
 use time::OffsetDateTime;
@@ -35,7 +35,13 @@ impl Servers<'_> {
         let mut matched = vec![false; observed.len()];
         for row in rows {
             let server = ServerName::parse_optional(&row.server.name).ok().flatten();
-            let found = observed.iter().enumerate().find(|(_, o)| o.user == row.owner && o.server == server);
+            // Servers made before ids are known by their owner's name: the account that has the
+            // name now is the one that started it (deleting an account stops its servers first).
+            let owns = |o: &ObservedServer| match &o.owner {
+                Owner::Id(id) => *id == row.server.user_id,
+                Owner::LegacyName(name) => *name == row.owner,
+            };
+            let found = observed.iter().enumerate().find(|(_, o)| owns(o) && o.server == server);
             let label = server_label(&row.owner, server.as_ref());
             let status = found.map(|(i, o)| {
                 matched[i] = true;
@@ -68,7 +74,8 @@ impl Servers<'_> {
                     let kind = row.server.kind.as_deref().and_then(ImageKind::parse).unwrap_or(ImageKind::Jupyter);
                     let token =
                         self.hub.key().server_token(row.owner.as_str(), &row.server.name, &spawn_id.to_string());
-                    let route = Route::new(RouteKey::new(row.owner.clone(), server.clone()), *endpoint, token, kind);
+                    let key = RouteKey::new(row.owner.clone(), server.clone());
+                    let route = Route::new(key, row.server.user_id, *endpoint, token, kind);
                     match self.hub.routes().insert(route) {
                         Ok(()) => report.adopted.push(label),
                         Err(e) => tracing::warn!(server = %label, error = %e, "could not route to an adopted server"),
@@ -83,7 +90,14 @@ impl Servers<'_> {
         }
         for (i, o) in observed.iter().enumerate() {
             if !matched[i] {
-                report.strangers.push(server_label(&o.user, o.server.as_ref()));
+                let owner = match &o.owner {
+                    Owner::Id(id) => format!("account {id}"),
+                    Owner::LegacyName(name) => name.to_string(),
+                };
+                report.strangers.push(match &o.server {
+                    Some(s) => format!("{owner}/{s}"),
+                    None => owner,
+                });
             }
         }
         if !report.strangers.is_empty() {
@@ -114,7 +128,11 @@ impl Servers<'_> {
     /// Records a server's exit the runtime reported: if it is still the running start of its
     /// row, its route goes and the row is stopped with the reason.
     pub(crate) async fn on_exit(&self, spawner: &Arc<dyn Spawner>, exit: ServerExit) -> Result<(), ServiceError> {
-        let Some(user) = users::by_name(self.hub.db(), &exit.user).await? else { return Ok(()) };
+        let user = match &exit.owner {
+            Owner::Id(id) => users::by_id(self.hub.db(), *id).await?,
+            Owner::LegacyName(name) => users::by_name(self.hub.db(), name).await?,
+        };
+        let Some(user) = user else { return Ok(()) };
         let name = exit.server.as_ref().map_or("", ServerName::as_str);
         let Some(row) = servers::get(self.hub.db(), user.user_id, name).await? else { return Ok(()) };
         if row.state != ServerState::Running {
@@ -124,13 +142,13 @@ impl Servers<'_> {
         if let Ok(ServerStatus::Running { .. }) = spawner.poll(&row.spawner_state).await {
             return Ok(());
         }
-        self.hub.routes().remove(&RouteKey::new(exit.user.clone(), exit.server.clone()));
+        self.hub.routes().remove(&RouteKey::new(user.name.clone(), exit.server.clone()));
         let _ = spawner.stop(&row.spawner_state).await;
         let mut tx = self.hub.begin().await?;
         let ended = servers::mark_stopped(&mut *tx, row.server_id, row.spawn_id, &exit.reason, self.hub.now()).await?;
         tx.commit().await?;
         if ended {
-            tracing::warn!(server = %server_label(&exit.user, exit.server.as_ref()), reason = %exit.reason, "server ended");
+            tracing::warn!(server = %server_label(&user.name, exit.server.as_ref()), reason = %exit.reason, "server ended");
         }
         Ok(())
     }

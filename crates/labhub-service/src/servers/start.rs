@@ -43,7 +43,7 @@ impl Servers<'_> {
         );
         let spawner = self.spawner()?.clone();
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, owner, server)?;
+        self.require_reach(actor, user.user_id, server)?;
         if user.state != AccountState::Active {
             return Err(ServiceError::Conflict(format!("{owner}'s account is not active")));
         }
@@ -118,8 +118,11 @@ impl Servers<'_> {
         let f = &image.fields;
         let port = f.port.unwrap_or_else(|| f.kind.default_port());
         let base_url = route_prefix(owner, server);
+        let home = self.hub.homes().of(user.user_id, server).await?;
         let spec = ServerSpec {
+            owner: user.user_id,
             user: owner.clone(),
+            home,
             server: server.cloned(),
             image: f.reference.clone(),
             kind: f.kind,
@@ -232,7 +235,7 @@ async fn go_live(
         return Err(Failed { reason: why.into(), message: format!("The server was {why}.") });
     }
     let key = RouteKey::new(spec.user.clone(), spec.server.clone());
-    let route = Route::new(key, started.endpoint, spec.token.clone(), spec.kind);
+    let route = Route::new(key, spec.owner, started.endpoint, spec.token.clone(), spec.kind);
     hub.routes().insert(route).map_err(Failed::spawn)?;
     tracing::debug!(
         target: "labhub::timing",

@@ -3,16 +3,16 @@
 //! This file holds the spawner itself (connecting, the users' network, the state it stores
 //! per server) and the trait implementation, which hands each call to the file of its
 //! capability: `start` and `readiness` (creating a server until it answers), `stop`
-//! (stopping and removing), `observe` (polling, listing for reconcile, exit events),
-//! `images`, `storage` (volumes and live resource use) and `logs`.
+//! (stopping and removing), `observe` (polling, listing for reconcile, live resource use),
+//! `images`, `homes` (users' volumes: measuring, listing, removing, copying) and `logs`.
 
+mod homes;
 mod images;
 mod logs;
 mod observe;
 mod readiness;
 mod start;
 mod stop;
-mod storage;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -25,9 +25,9 @@ use bollard::models::ContainerInspectResponse;
 use futures::stream::BoxStream;
 use labhub_core::spawner::{
     ImageInfo, ObservedServer, Progress, ProgressSender, ServerExit, ServerSpec, ServerStatus, ServerUsage, SpawnError,
-    Spawner, SpawnerState, Started,
+    Spawner, SpawnerState, Started, StoredHome,
 };
-use labhub_core::{ImageKind, ImageRef, ServerName, UserName};
+use labhub_core::{Home, ImageKind, ImageRef};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
@@ -76,7 +76,7 @@ pub struct DockerSpawner {
     /// Whether the "no iptables" warning was logged already.
     iptables_warned: AtomicBool,
     /// The last `/system/df` volume sizes and when they were read.
-    df_cache: tokio::sync::Mutex<Option<(Instant, storage::VolumeSizes)>>,
+    df_cache: tokio::sync::Mutex<Option<(Instant, homes::VolumeSizes)>>,
 }
 
 impl std::fmt::Debug for DockerSpawner {
@@ -225,12 +225,20 @@ impl Spawner for DockerSpawner {
         self.live_usage().await
     }
 
-    async fn storage_usage(&self, user: &UserName, server: Option<&ServerName>) -> Result<Option<u64>, SpawnError> {
-        self.volume_usage(user, server).await
+    async fn storage_usage(&self, home: &Home) -> Result<Option<u64>, SpawnError> {
+        self.volume_usage(home).await
     }
 
-    async fn remove_storage(&self, user: &UserName, server: Option<&ServerName>) -> Result<bool, SpawnError> {
-        self.remove_volume(user, server).await
+    async fn remove_storage(&self, home: &Home) -> Result<bool, SpawnError> {
+        self.remove_volume(home).await
+    }
+
+    async fn homes(&self) -> Result<Vec<StoredHome>, SpawnError> {
+        self.list_homes().await
+    }
+
+    async fn copy_home(&self, from: &Home, into: &Home, subdir: &str) -> Result<u64, SpawnError> {
+        self.copy_between_homes(from, into, subdir).await
     }
 
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError> {

@@ -1,17 +1,23 @@
-//! Finding servers again: one server's status, and every container of this hub for
-//! reconciling at boot. (Exit events are `crate::events`.)
+//! Finding servers again: one server's status, every container of this hub for reconciling
+//! at boot, and the live resource use of the running ones. (Exit events are `crate::events`.)
 
 use std::net::{IpAddr, SocketAddr};
 
 use bollard::models::ContainerSummaryStateEnum;
+use bollard::query_parameters::StatsOptions;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use labhub_core::ImageKind;
-use labhub_core::spawner::{ObservedServer, ServerStatus, SpawnError, SpawnerState};
+use labhub_core::spawner::{ObservedServer, ServerStatus, ServerUsage, SpawnError, SpawnerState};
 
 use super::{DockerSpawner, DockerState};
 use crate::error::{is_status, runtime_error};
 use crate::naming::{LABEL_KIND, LABEL_PORT, LABEL_VOLUME, owner_from_labels};
 use crate::plan::exit_reason;
+use crate::usage;
+
+/// Stats requests in flight at once in `usage` (each takes about a second on the engine).
+const STATS_CONCURRENCY: usize = 8;
 
 impl DockerSpawner {
     /// `Spawner::poll`: running with its address, or stopped with the reason (gone, exit code).
@@ -50,7 +56,7 @@ impl DockerSpawner {
         for c in containers {
             let labels = c.labels.clone().unwrap_or_default();
             let id = c.id.clone().unwrap_or_default();
-            let Some((user, server)) = owner_from_labels(&labels) else {
+            let Some((owner, server)) = owner_from_labels(&labels) else {
                 tracing::warn!(container = %id, "a container with this hub's label has no valid user/server labels");
                 continue;
             };
@@ -85,8 +91,38 @@ impl DockerSpawner {
                 port,
                 kind,
             };
-            found.push(ObservedServer { user, server, state: state.to_json(), status });
+            found.push(ObservedServer { owner, server, state: state.to_json(), status });
         }
+        Ok(found)
+    }
+
+    /// `Spawner::usage`: CPU and memory of every running container of this hub; a container
+    /// that cannot be measured (it just stopped) is left out.
+    pub(super) async fn live_usage(&self) -> Result<Vec<ServerUsage>, SpawnError> {
+        let mut filters = self.hub_filter();
+        filters.insert("status".into(), vec!["running".into()]);
+        let options = ListContainersOptions { filters: Some(filters), ..Default::default() };
+        let containers =
+            self.docker.list_containers(Some(options)).await.map_err(|e| runtime_error("listing containers", e))?;
+        let found: Vec<ServerUsage> = stream::iter(containers)
+            .map(|c| async move {
+                let (owner, server) = owner_from_labels(c.labels.as_ref()?)?;
+                let id = c.id?;
+                // Not one-shot: the engine then waits for a second sample, which the CPU
+                // delta needs (a one-shot answer has no previous sample to compare with).
+                let options = StatsOptions { stream: false, one_shot: false };
+                let stats = self.docker.stats(&id, Some(options)).try_next().await.ok().flatten()?;
+                Some(ServerUsage {
+                    owner,
+                    server,
+                    cpu_millis: usage::cpu_millis(&stats),
+                    memory_bytes: usage::memory_bytes(&stats),
+                })
+            })
+            .buffer_unordered(STATS_CONCURRENCY)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
         Ok(found)
     }
 }

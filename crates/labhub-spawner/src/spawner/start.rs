@@ -4,17 +4,17 @@
 use std::net::SocketAddr;
 
 use bollard::Docker;
-use bollard::models::{ImageInspect, VolumeCreateRequest};
+use bollard::models::ImageInspect;
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions, StartContainerOptions,
     UploadToContainerOptions,
 };
-use labhub_core::ServerName;
 use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
+use labhub_core::{Home, ServerName};
 
 use super::{DockerSpawner, DockerState, send};
 use crate::error::{is_status, runtime_error};
-use crate::naming::{LABEL_HUB, LABEL_USER, ServerNames};
+use crate::naming::ServerNames;
 use crate::plan::{ContainerPlan, ImageFacts, PlanContext, SeedEntry, container_plan};
 
 impl DockerSpawner {
@@ -25,8 +25,7 @@ impl DockerSpawner {
         spec: &ServerSpec,
         progress: ProgressSender,
     ) -> Result<Started, SpawnError> {
-        let names =
-            ServerNames::new(&self.config.hub_id, &spec.user, spec.server.as_ref(), self.config.volume_per_server);
+        let names = ServerNames::new(&self.config.hub_id, spec.owner, spec.server.as_ref(), self.volume_of(&spec.home));
         tracing::info!(user = %spec.user, server = ?spec.server, image = %spec.image, container = %names.container, "starting a server");
         tracing::debug!(
             target: "labhub::timing",
@@ -103,34 +102,27 @@ impl DockerSpawner {
         }
     }
 
-    /// Creates the user's volume unless it exists; refuses a same-named volume that is not theirs.
+    /// Makes sure the server's home exists: creates the owner's own volume unless it exists,
+    /// and refuses a same-named volume made for anyone else. An adopted legacy home
+    /// ([`Home::Volume`]) must exist already: the hub decided whose it is.
     async fn ensure_volume(&self, spec: &ServerSpec, name: &str) -> Result<(), SpawnError> {
-        match self.docker.inspect_volume(name).await {
-            Ok(v) => {
-                let ours = v.labels.get(LABEL_HUB).map(String::as_str) == Some(self.config.hub_id.as_str())
-                    && v.labels.get(LABEL_USER).map(String::as_str) == Some(spec.user.as_str());
-                return if ours {
-                    Ok(())
-                } else {
-                    Err(SpawnError::Runtime(format!(
-                        "volume {name} exists but was not made by this hub for {}; refusing to mount it",
-                        spec.user
-                    )))
+        let owner = match &spec.home {
+            Home::Owned { owner, .. } => *owner,
+            Home::Volume(_) => {
+                return match self.docker.inspect_volume(name).await {
+                    Ok(v) if self.is_ours(&v.labels) => Ok(()),
+                    Ok(_) => Err(SpawnError::Runtime(format!(
+                        "volume {name} was not made by this hub; refusing to mount it"
+                    ))),
+                    Err(e) if is_status(&e, 404) => {
+                        Err(SpawnError::Invalid(format!("{}'s home {name} is gone; ask an admin", spec.user)))
+                    }
+                    Err(e) => Err(runtime_error(&format!("inspecting volume {name}"), e)),
                 };
             }
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(runtime_error(&format!("inspecting volume {name}"), e)),
-        }
-        let server = if self.config.volume_per_server { spec.server.as_ref() } else { None };
-        let labels = crate::naming::server_labels(&self.config.hub_id, &spec.user, server);
-        let request = VolumeCreateRequest {
-            name: Some(name.to_string()),
-            driver: Some("local".into()),
-            labels: Some(labels),
-            ..Default::default()
         };
-        self.docker.create_volume(request).await.map_err(|e| runtime_error(&format!("creating volume {name}"), e))?;
-        Ok(())
+        let server = if self.config.volume_per_server { spec.server.as_ref() } else { None };
+        self.ensure_home(owner, Some(&spec.user), server, name).await
     }
 
     /// Removes an exited container left under this server's name; refuses to touch a running one.

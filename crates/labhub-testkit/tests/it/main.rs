@@ -9,6 +9,7 @@ mod common;
 mod culling;
 mod db_outage;
 mod groups;
+mod homes;
 mod oidc;
 mod pages;
 mod proxy;

@@ -92,16 +92,27 @@ async fn admin_adds_searches_pages_and_acts_on_users() {
     assert!(p1.contains("60 users") && p1.contains("Page 1 of 2"), "{p1}");
     let p2 = admin.get(app.at("/hub/admin/users?q=student&page=2")).send().await.unwrap().text().await.unwrap();
     assert!(p2.contains("student59") && !p2.contains("student00"));
-    // Make admin, disable, approve-less enable, delete.
+    // Make admin, disable, approve-less enable, delete (which asks for the name, and keeps
+    // the files unless told otherwise).
     for (action, check) in [
         ("admin", "is now an admin"),
         ("disable", "Disabled dana"),
         ("enable", "Enabled dana"),
-        ("delete", "Deleted dana"),
+        ("delete", "Deleted dana; their files are kept"),
     ] {
+        if action == "delete" {
+            let r = admin
+                .post(app.at("/hub/admin/users/dana/delete"))
+                .form(&[("_csrf", csrf.as_str()), ("confirm", "dan")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a name typed wrong deletes nothing");
+            assert!(r.text().await.unwrap().contains("does not match"));
+        }
         let r = admin
             .post(app.at(&format!("/hub/admin/users/dana/{action}")))
-            .form(&[("_csrf", csrf.as_str())])
+            .form(&[("_csrf", csrf.as_str()), ("confirm", "dana")])
             .send()
             .await
             .unwrap();

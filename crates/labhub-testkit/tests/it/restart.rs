@@ -65,10 +65,17 @@ impl Site {
 
     /// The container of `user`'s default server, as the engine lists it.
     async fn container_of(&self, user: &str) -> Option<String> {
+        let pool = labhub_db::sqlx::PgPool::connect(&self.db_url).await.expect("the site's database");
+        let id: i64 = labhub_db::sqlx::query_scalar("select user_id from users where name = $1")
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .expect("the account exists");
+        let owner = labhub_core::Owner::Id(labhub_core::UserId::new(id));
         let listed = self.scope.spawner.list().await.expect("listing containers");
         listed
             .into_iter()
-            .find(|o| o.user.as_str() == user && o.server.is_none())
+            .find(|o| o.owner == owner && o.server.is_none())
             .and_then(|o| o.state["container_id"].as_str().map(str::to_string))
     }
 

@@ -20,7 +20,7 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{DownloadFromContainerOptions, InspectContainerOptions, KillContainerOptions};
 use futures::StreamExt;
 use labhub_core::spawner::{ImageBuilder, Progress, ServerSpec, ServerStatus, SpawnError, Spawner, Started};
-use labhub_core::{ImageKind, ImageRef, Resources, Secret, ServerName, UserName};
+use labhub_core::{Home, ImageKind, ImageRef, Owner, Resources, Secret, ServerName, UserId, UserName};
 use labhub_spawner::{DockerConfig, DockerSpawner, PullPolicy};
 use labhub_testkit::docker::DockerScope;
 use labhub_testkit::images;
@@ -35,6 +35,8 @@ struct TestHub {
     spawner: Arc<DockerSpawner>,
     config: DockerConfig,
     image: ImageRef,
+    /// The account id each user name of the test stands for (as the hub's database would).
+    owners: std::sync::Mutex<Vec<String>>,
     _scope: DockerScope,
 }
 
@@ -54,8 +56,19 @@ impl TestHub {
             spawner: scope.spawner.clone(),
             config: scope.config.clone(),
             image: scope.test_image.clone(),
+            owners: std::sync::Mutex::new(Vec::new()),
             _scope: scope,
         }
+    }
+
+    /// The account id of `user` in this test: one per name, counted from 1.
+    fn owner_of(&self, user: &str) -> UserId {
+        let mut owners = self.owners.lock().unwrap();
+        let at = owners.iter().position(|o| o == user).unwrap_or_else(|| {
+            owners.push(user.to_string());
+            owners.len() - 1
+        });
+        UserId::new(at as i64 + 1)
     }
 
     fn docker(&self) -> &Docker {
@@ -73,8 +86,11 @@ impl TestHub {
             Some(s) => format!("/user/{user}/{s}/"),
             None => format!("/user/{user}/"),
         };
+        let owner = self.owner_of(user.as_str());
         ServerSpec {
+            owner,
             user,
+            home: Home::Owned { owner, server: server.clone() },
             server,
             image: image.clone(),
             kind,
@@ -214,7 +230,7 @@ async fn start_and_stop_report_progress_in_order() {
 async fn files_survive_stop_and_start_and_storage_is_removed_on_request() {
     let hub = TestHub::new().await;
     let spec = hub.spec("bea", None);
-    let user = spec.user.clone();
+    let home = spec.home.clone();
     let (first, _) = hub.start(&spec).await.unwrap();
     put_file(first.endpoint, &spec, "notes.txt", "remember the milk").await;
     hub.spawner.stop(&first.state).await.unwrap();
@@ -223,15 +239,15 @@ async fn files_survive_stop_and_start_and_storage_is_removed_on_request() {
     assert_ne!(container_id(&first), container_id(&second), "a new container");
     assert_eq!(get_file(second.endpoint, &spec, "notes.txt").await, (200, "remember the milk".to_string()));
 
-    let used = hub.spawner.storage_usage(&user, None).await.unwrap().expect("the volume exists");
+    let used = hub.spawner.storage_usage(&home).await.unwrap().expect("the volume exists");
     assert!(used >= "remember the milk".len() as u64, "{used}");
-    let refused = hub.spawner.remove_storage(&user, None).await.unwrap_err();
+    let refused = hub.spawner.remove_storage(&home).await.unwrap_err();
     assert!(refused.to_string().contains("in use"), "{refused}");
 
     hub.spawner.stop(&second.state).await.unwrap();
-    assert!(hub.spawner.remove_storage(&user, None).await.unwrap());
-    assert_eq!(hub.spawner.storage_usage(&user, None).await.unwrap(), None);
-    assert!(!hub.spawner.remove_storage(&user, None).await.unwrap(), "already gone");
+    assert!(hub.spawner.remove_storage(&home).await.unwrap());
+    assert_eq!(hub.spawner.storage_usage(&home).await.unwrap(), None);
+    assert!(!hub.spawner.remove_storage(&home).await.unwrap(), "already gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +396,7 @@ async fn a_missing_image_is_named_and_nothing_is_left() {
         }
         assert!(err.to_string().contains("127.0.0.1:9/labhub-missing:1"));
         assert!(hub.spawner.list().await.unwrap().is_empty());
-        assert_eq!(hub.spawner.storage_usage(&spec.user, None).await.unwrap(), None, "no volume either");
+        assert_eq!(hub.spawner.storage_usage(&spec.home).await.unwrap(), None, "no volume either");
     }
 }
 
@@ -406,7 +422,7 @@ async fn a_start_timeout_removes_the_container_and_keeps_the_volume() {
     }
     assert!(t0.elapsed() < Duration::from_secs(15));
     assert!(hub.spawner.list().await.unwrap().is_empty(), "the container is gone");
-    assert!(hub.spawner.storage_usage(&spec.user, None).await.unwrap().is_some(), "the volume is kept");
+    assert!(hub.spawner.storage_usage(&spec.home).await.unwrap().is_some(), "the volume is kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +454,7 @@ async fn an_abandoned_start_removes_its_container_and_keeps_the_volume() {
         assert!(t0.elapsed() < Duration::from_secs(20), "the abandoned start's container is still there");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(hub.spawner.storage_usage(&spec.user, None).await.unwrap().is_some(), "the volume is kept");
+    assert!(hub.spawner.storage_usage(&spec.home).await.unwrap().is_some(), "the volume is kept");
     let (again, _) = hub.start(&hub.spec("ian", None)).await.expect("the server starts again");
     hub.spawner.stop(&again.state).await.unwrap();
 }
@@ -469,7 +485,7 @@ async fn a_container_killed_behind_the_hubs_back_is_an_exit_event() {
     hub.docker().kill_container(&id, None::<KillContainerOptions>).await.unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(20), exits.next()).await.expect("an exit event").unwrap();
     assert_eq!(exit.runtime_id, id);
-    assert_eq!(exit.user, spec.user);
+    assert_eq!(exit.owner, Owner::Id(spec.owner));
     assert_eq!(exit.server, spec.server);
     assert_eq!(exit.reason, "exited with code 137 (killed)");
     assert_eq!(
@@ -504,13 +520,20 @@ async fn list_reads_users_and_servers_back_from_labels() {
     hub.docker().kill_container(&container_id(&c), None::<KillContainerOptions>).await.unwrap();
 
     let mut seen: Vec<_> = hub.spawner.list().await.unwrap();
-    seen.sort_by(|x, y| (&x.user, &x.server).cmp(&(&y.user, &y.server)));
+    let key = |o: &labhub_core::spawner::ObservedServer| match &o.owner {
+        Owner::Id(id) => (id.get(), o.server.clone()),
+        Owner::LegacyName(_) => (0, None),
+    };
+    seen.sort_by_key(key);
     assert_eq!(seen.len(), 3);
-    assert_eq!((seen[0].user.as_str(), seen[0].server.as_ref().map(ServerName::as_str)), ("ida", None));
-    assert_eq!((seen[1].user.as_str(), seen[1].server.as_ref().map(ServerName::as_str)), ("ida", Some("gpu-2")));
+    assert_eq!((&seen[0].owner, seen[0].server.as_ref().map(ServerName::as_str)), (&Owner::Id(default.owner), None));
+    assert_eq!(
+        (&seen[1].owner, seen[1].server.as_ref().map(ServerName::as_str)),
+        (&Owner::Id(default.owner), Some("gpu-2"))
+    );
     assert_eq!(seen[0].status, ServerStatus::Running { endpoint: a.endpoint });
     assert_eq!(seen[1].status, ServerStatus::Running { endpoint: b.endpoint });
-    assert_eq!(seen[2].user.as_str(), "jon");
+    assert_eq!(seen[2].owner, Owner::Id(stopped.owner));
     assert!(
         matches!(&seen[2].status, ServerStatus::Stopped { reason } if reason.contains("Exited")),
         "{:?}",
@@ -575,16 +598,10 @@ async fn hostile_names_never_collide() {
     put_file(started[0].endpoint, &specs[0], "mine.txt", "a-b's").await;
     assert_eq!(get_file(started[1].endpoint, &specs[1], "mine.txt").await.0, 404);
 
-    let listed: HashSet<(String, Option<String>)> = hub
-        .spawner
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| (o.user.to_string(), o.server.map(|s| s.to_string())))
-        .collect();
-    let wanted: HashSet<(String, Option<String>)> =
-        pairs.iter().map(|(u, s)| (u.to_string(), s.map(str::to_string))).collect();
+    let listed: HashSet<(Owner, Option<String>)> =
+        hub.spawner.list().await.unwrap().into_iter().map(|o| (o.owner, o.server.map(|s| s.to_string()))).collect();
+    let wanted: HashSet<(Owner, Option<String>)> =
+        specs.iter().map(|s| (Owner::Id(s.owner), s.server.as_ref().map(|s| s.to_string()))).collect();
     assert_eq!(listed, wanted);
 }
 
@@ -596,7 +613,7 @@ async fn usage_and_logs_of_a_running_server() {
     let t0 = Instant::now();
     let usage = hub.spawner.usage().await.unwrap();
     eprintln!("usage of one server: {:?} ({usage:?})", t0.elapsed());
-    let mine = usage.iter().find(|u| u.user == spec.user).expect("the running server is measured");
+    let mine = usage.iter().find(|u| u.owner == Owner::Id(spec.owner)).expect("the running server is measured");
     assert!(mine.memory_bytes > 0 && mine.memory_bytes < MEMORY, "{mine:?}");
     let logs = hub.spawner.logs(&started.state, 50).await.unwrap();
     assert!(logs.contains("listening"), "{logs}");

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use labhub_core::listing::{ServerStateFilter, UserFilter, UserSort};
 use labhub_core::{AccountState, Secret, UserName};
-use labhub_service::accounts::NewAccount;
+use labhub_service::accounts::{NewAccount, StorageFate};
 use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
@@ -236,13 +236,28 @@ pub async fn patch(
     Ok(Json(UserModel::of(&*hub.accounts().view(actor, &user.name).await?)))
 }
 
-/// `DELETE /hub/api/users/{name}` (admins).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    /// labhub's own: what becomes of the account's home, `keep` (the default: an orphan only
+    /// admins see, never mounted for anyone) or `delete`.
+    #[serde(default)]
+    storage: Option<String>,
+}
+
+/// `DELETE /hub/api/users/{name}` (admins); `{"storage": "delete"}` deletes the home too.
 pub async fn delete(
     State(state): State<AppState>,
     AdminUser(me): AdminUser,
     Path(name): Path<String>,
+    ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<StatusCode, AppError> {
     let name = path_name(&name)?;
-    state.hub().accounts().delete(Actor::User(&me), &name).await?;
+    let fate = match body.storage.as_deref() {
+        None | Some("keep") => StorageFate::Keep,
+        Some("delete") => StorageFate::Delete,
+        Some(other) => return Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
+    };
+    state.hub().accounts().delete(Actor::User(&me), &name, fate).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -70,7 +70,6 @@ fn actions_for(state: AccountState, admin: bool) -> Vec<(&'static str, &'static 
         a.push(("admin", "Make admin", false));
     }
     a.push(("end-sessions", "End sessions", true));
-    a.push(("delete", "Delete", true));
     a
 }
 
@@ -227,7 +226,6 @@ pub async fn user_action(
             .end_all(actor, &name)
             .await
             .map(|n| format!("Ended {n} session{} of {name}.", if n == 1 { "" } else { "s" })),
-        "delete" => hub.accounts().delete(actor, &name).await.map(|_| format!("Deleted {name}.")),
         _ => return Err(AppError::NotFound(format!("there is no action '{action}'"))),
     };
     Ok(match result {
@@ -497,59 +495,4 @@ pub async fn stop_server(
         }
         Err(e) => return Err(e.into()),
     })
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "admin_storage.html")]
-struct StoragePage {
-    c: Chrome,
-    admin_tab: &'static str,
-    name: String,
-    error: Option<String>,
-}
-
-/// `GET /hub/admin/users/{name}/storage` (admins): asks to confirm removing a user's files.
-pub async fn storage_form(
-    State(state): State<AppState>,
-    AdminUser(me): AdminUser,
-    page: Page,
-    Path(name): Path<String>,
-) -> Result<Response, AppError> {
-    let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
-    state.hub().accounts().get(Actor::User(&me), &name).await?;
-    let view = StoragePage { c: page.chrome("admin"), admin_tab: "users", name: name.to_string(), error: None };
-    Ok(page.render(view))
-}
-
-#[derive(Deserialize)]
-pub struct ConfirmForm {
-    #[serde(default)]
-    confirm: String,
-}
-
-/// `POST /hub/admin/users/{name}/storage` (admins, after typing the name): deletes their storage.
-pub async fn remove_storage(
-    State(state): State<AppState>,
-    AdminUser(me): AdminUser,
-    page: Page,
-    Path(name): Path<String>,
-    CsrfForm(form): CsrfForm<ConfirmForm>,
-) -> Result<Response, AppError> {
-    let name = UserName::parse(&name).map_err(|e| AppError::NotFound(e.to_string()))?;
-    let error = if form.confirm.trim().to_ascii_lowercase() != name.as_str() {
-        Some("The name you typed does not match; nothing was removed.".to_string())
-    } else {
-        match state.hub().servers().remove_storage(Actor::User(&me), &name, None).await {
-            Ok(true) => {
-                return Ok(redirect_with_flash(&state, "/hub/admin/users", &format!("Removed {name}'s storage.")));
-            }
-            Ok(false) => {
-                return Ok(redirect_with_flash(&state, "/hub/admin/users", &format!("{name} had no storage.")));
-            }
-            Err(e @ ServiceError::Conflict(_)) => Some(e.to_string()),
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let view = StoragePage { c: page.chrome("admin"), admin_tab: "users", name: name.to_string(), error };
-    Ok(page.render_status(StatusCode::BAD_REQUEST, view))
 }

@@ -3,6 +3,7 @@
 mod account;
 mod admin;
 mod admin_images;
+mod admin_storage;
 mod groups;
 mod login;
 mod oauth;
@@ -44,7 +45,8 @@ pub fn router() -> Router<AppState> {
         .route("/hub/token/{id}/revoke", post(account::revoke_token))
         .route("/hub/admin", get(|| async { Redirect::to("/hub/admin/users") }))
         .route("/hub/admin/users", get(admin::users).post(admin::add_user))
-        .route("/hub/admin/users/{name}/storage", get(admin::storage_form).post(admin::remove_storage))
+        .route("/hub/admin/users/{name}/storage", get(admin_storage::storage_form).post(admin_storage::remove_storage))
+        .route("/hub/admin/users/{name}/delete", get(admin_storage::delete_form).post(admin_storage::delete_user))
         .route("/hub/admin/users/{name}/identities", get(oauth::identities))
         .route("/hub/admin/users/{name}/identities/{id}/unlink", post(oauth::unlink))
         .route("/hub/admin/users/{name}/{action}", post(admin::user_action))
@@ -56,6 +58,9 @@ pub fn router() -> Router<AppState> {
         .route("/hub/admin/images/{name}/build", post(admin_images::build))
         .route("/hub/admin/images/{name}/delete", post(admin_images::delete))
         .route("/hub/admin/audit", get(admin::audit))
+        .route("/hub/admin/storage", get(admin_storage::orphans))
+        .route("/hub/admin/storage/{volume}/remove", post(admin_storage::remove_orphan))
+        .route("/hub/admin/storage/{volume}/give", post(admin_storage::give_orphan))
         .route("/hub/admin/groups", get(groups::admin_list).post(groups::create))
         .route("/hub/groups", get(groups::mine))
         .route("/hub/groups/{name}", get(groups::show))

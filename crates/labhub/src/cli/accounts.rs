@@ -8,7 +8,7 @@ use clap::Subcommand;
 use labhub_core::Secret;
 use labhub_core::listing::UserFilter;
 use labhub_service::Actor;
-use labhub_service::accounts::NewAccount;
+use labhub_service::accounts::{NewAccount, StorageFate};
 
 use super::name;
 
@@ -35,8 +35,14 @@ pub(super) enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Delete an account with its sessions and tokens.
-    Delete { name: String },
+    /// Delete an account with its sessions and tokens. Its home is kept as an orphan (listed
+    /// on the admin's Storage page, never mounted for anyone) unless --delete-files is given.
+    Delete {
+        name: String,
+        /// Delete the account's files too, for good.
+        #[arg(long)]
+        delete_files: bool,
+    },
     /// Grant (true) or revoke (false) admin rights.
     SetAdmin {
         name: String,
@@ -113,10 +119,14 @@ pub(super) async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::
                 println!("Password: {}", password.expose());
             }
         }
-        UserCommand::Delete { name: raw } => {
+        UserCommand::Delete { name: raw, delete_files } => {
             let name = name(&raw)?;
-            hub.accounts().delete(Actor::System, &name).await?;
-            println!("Deleted {name}.");
+            let fate = if delete_files { StorageFate::Delete } else { StorageFate::Keep };
+            hub.accounts().delete(Actor::System, &name, fate).await?;
+            match fate {
+                StorageFate::Keep => println!("Deleted {name}; their files are kept as an orphan for an admin."),
+                StorageFate::Delete => println!("Deleted {name} and their files."),
+            }
         }
         UserCommand::SetAdmin { name: raw, admin } => {
             let name = name(&raw)?;

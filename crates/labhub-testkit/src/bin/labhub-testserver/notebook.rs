@@ -258,14 +258,16 @@ fn exit_code(params: &HashMap<String, String>) -> Response {
 }
 
 async fn files(root: &Path, raw_name: &str, req: Request) -> Response {
+    // A relative path of plain names: `notes.txt`, `restored/notes.txt`.
+    let plain = |n: &str| !n.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !n.contains('\0');
     let name = match percent_decode(raw_name) {
-        Some(n) if !n.is_empty() && !n.contains('/') && !n.contains("..") && !n.contains('\0') => n,
+        Some(n) if plain(&n) => n,
         _ => return message(StatusCode::BAD_REQUEST, "bad file name"),
     };
     let path = root.join(&name);
     match *req.method() {
         Method::GET => get_file(&path).await,
-        Method::PUT => put_file(root, &name, &path, req).await,
+        Method::PUT => put_file(&path, req).await,
         _ => message(StatusCode::METHOD_NOT_ALLOWED, "use GET or PUT"),
     }
 }
@@ -303,11 +305,15 @@ async fn get_file(path: &Path) -> Response {
         .into_response()
 }
 
-async fn put_file(root: &Path, name: &str, path: &Path, req: Request) -> Response {
-    // Write to a temporary name and rename, so readers never see half a file.
-    let tmp = root.join(format!(".{name}.labhub-upload-{}", std::process::id()));
+async fn put_file(path: &Path, req: Request) -> Response {
+    // Write to a temporary name beside it and rename, so readers never see half a file.
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.labhub-upload-{}", std::process::id()));
     let result: Result<u64, (StatusCode, String)> = async {
         let internal = |e: io::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(internal)?;
+        }
         let mut file = tokio::fs::File::create(&tmp).await.map_err(internal)?;
         let mut body = req.into_body().into_data_stream();
         let mut n: u64 = 0;
