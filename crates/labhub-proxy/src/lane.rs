@@ -31,9 +31,10 @@ use crate::ProxyError;
 use crate::chunked::{BadChunking, ChunkedScan};
 use crate::closer::Watch;
 use crate::forward::{ClientInfo, Proxy, ProxySettings};
-use crate::headers::{self, LocationRewrite};
+use crate::headers::{self, OwnRequestHeader, OwnResponseHeader, RequestRule, ResponseRule};
 use crate::pool::IDLE_TIMEOUT;
 use crate::route::RouteEntry;
+use crate::values::{self, LocationRewrite};
 
 /// How much of an upstream response is read at once.
 const READ_CHUNK: usize = 32 * 1024;
@@ -41,18 +42,6 @@ const READ_CHUNK: usize = 32 * 1024;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most response headers accepted from a server.
 const MAX_RESPONSE_HEADERS: usize = 100;
-
-/// Request headers, besides the hop-by-hop ones, never passed on as the client sent them:
-/// credentials, framing, and the ones the proxy writes itself.
-const WRITTEN_BY_THE_PROXY: [&str; 7] = [
-    "authorization",
-    "cookie",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-rstudio-root-path",
-    "content-length",
-];
 
 /// A plain GET the web layer authenticated and authorised for its route.
 pub struct PlainGet<'a> {
@@ -213,7 +202,7 @@ impl Proxy {
         let acceptable = !route.is_removed()
             && route.route().kind != ImageKind::Rstudio
             && path.starts_with(route.prefix())
-            && query.is_none_or(|q| headers::strip_token_param(q).is_none());
+            && query.is_none_or(|q| values::strip_token_param(q).is_none());
         if !acceptable {
             return Err(LaneError::NotForwarded);
         }
@@ -275,9 +264,10 @@ async fn connect(route: &Arc<RouteEntry>, timeout: Duration) -> Option<Upstream>
     Some(Upstream { route: route.clone(), stream, watch, idle_since: Instant::now() })
 }
 
-/// The request head as the server must see it (the same rules as the general path's):
-/// hop-by-hop headers and client credentials gone, the hub's cookies stripped, the server's
-/// token in, `X-Forwarded-*` set, `Host` kept.
+/// The request head as the server must see it, by the rules the general path follows
+/// ([`headers`]): hop-by-hop headers and client credentials gone, the hub's cookies stripped,
+/// the proxy's own headers written, `Host` kept. A request whose `Connection` names headers
+/// is left to the general path.
 fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) -> Result<(), LaneError> {
     let out = &mut lane.request;
     out.clear();
@@ -288,31 +278,39 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
     let mut earlier_forwarded_for: [&[u8]; 4] = [b""; 4];
     let mut n_forwarded = 0;
     for h in req.headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("cookie") {
-            headers::keep_cookies(h.value, &settings.strip_cookies, &mut lane.cookies);
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            // More than a few such headers is no client's: for the general path.
-            let slot = earlier_forwarded_for.get_mut(n_forwarded).ok_or(LaneError::NotForwarded)?;
-            *slot = h.value;
-            n_forwarded += 1;
-        }
-        let dropped = headers::is_hop_by_hop(name) || WRITTEN_BY_THE_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n));
-        if !dropped {
-            push_header(out, name.as_bytes(), h.value);
+        match headers::request_rule(h.name.as_bytes()) {
+            RequestRule::Pass => push_header(out, h.name.as_bytes(), h.value),
+            RequestRule::Connection if headers::names_headers(h.value) => return Err(LaneError::NotForwarded),
+            RequestRule::Connection | RequestRule::Drop | RequestRule::Length | RequestRule::Own(_) => {}
+            RequestRule::FilterCookies => values::keep_cookies(h.value, &settings.strip_cookies, &mut lane.cookies),
+            RequestRule::AppendForwardedFor => {
+                // More than a few such headers is no client's: for the general path.
+                let slot = earlier_forwarded_for.get_mut(n_forwarded).ok_or(LaneError::NotForwarded)?;
+                *slot = h.value;
+                n_forwarded += 1;
+            }
         }
     }
     if !lane.cookies.is_empty() {
         push_header(out, b"cookie", &lane.cookies);
     }
-    push_header(out, b"authorization", req.route.authorization.as_bytes());
-    out.extend_from_slice(b"x-forwarded-for: ");
-    headers::forwarded_for(earlier_forwarded_for[..n_forwarded].iter().copied(), req.client.addr, out);
-    out.extend_from_slice(b"\r\n");
-    push_header(out, b"x-forwarded-proto", req.client.scheme.as_str().as_bytes());
-    push_header(out, b"x-forwarded-host", req.client.host.as_bytes());
+    for own in OwnRequestHeader::ALL {
+        match own {
+            OwnRequestHeader::Authorization => push_header(out, b"authorization", req.route.authorization.as_bytes()),
+            OwnRequestHeader::ForwardedFor => {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                let earlier = earlier_forwarded_for[..n_forwarded].iter().copied();
+                values::forwarded_for(earlier, req.client.addr, out);
+                out.extend_from_slice(b"\r\n");
+            }
+            OwnRequestHeader::ForwardedProto => {
+                push_header(out, b"x-forwarded-proto", req.client.scheme.as_str().as_bytes());
+            }
+            OwnRequestHeader::ForwardedHost => push_header(out, b"x-forwarded-host", req.client.host.as_bytes()),
+            // The lane takes no RStudio route.
+            OwnRequestHeader::RstudioRootPath => {}
+        }
+    }
     out.extend_from_slice(b"\r\n");
     Ok(())
 }
@@ -414,13 +412,10 @@ fn rewrite_response_head(
             }
             chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    server_keeps_alive = false;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    listed = true;
-                }
+            if headers::named(std::iter::once(h.value), b"close") {
+                server_keeps_alive = false;
             }
+            listed |= headers::names_headers(h.value);
         }
     }
     if chunked && length.is_some() {
@@ -432,14 +427,12 @@ fn rewrite_response_head(
         (_, false, Some(n)) => Framing::Length(n),
         (_, false, None) => Framing::UntilClose,
     };
-    let names_listed = |name: &str| {
+    let named = |name: &str| {
         listed
-            && resp
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|h| h.value.split(|b| *b == b','))
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            && headers::named(
+                resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value),
+                name.as_bytes(),
+            )
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -458,25 +451,32 @@ fn rewrite_response_head(
     };
     for h in resp.headers.iter() {
         let name = h.name;
-        // `Transfer-Encoding` is the framing the body passes with, as it is.
-        let hop = headers::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("x-request-id")
-            || names_listed(name);
-        if hop {
+        let rule = headers::response_rule(name.as_bytes());
+        if !matches!(rule, ResponseRule::Length | ResponseRule::Coding) && named(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("set-cookie") && headers::plants_for_the_hub(h.value, &settings.strip_cookies) {
-            continue;
+        match rule {
+            // The body passes with its framing as it is, and so do the headers that say it.
+            ResponseRule::Pass | ResponseRule::Length | ResponseRule::Coding => {
+                push_header(out, name.as_bytes(), h.value);
+            }
+            ResponseRule::Connection | ResponseRule::Drop | ResponseRule::Own(_) => {}
+            ResponseRule::DropSetCookieForHub => {
+                if !values::plants_for_the_hub(h.value, &settings.strip_cookies) {
+                    push_header(out, name.as_bytes(), h.value);
+                }
+            }
+            ResponseRule::RewriteLocation => match rewrite.apply_bytes(h.value) {
+                Some(mapped) => push_header(out, name.as_bytes(), mapped.as_bytes()),
+                None => push_header(out, name.as_bytes(), h.value),
+            },
         }
-        if name.eq_ignore_ascii_case("location")
-            && let Some(mapped) = std::str::from_utf8(h.value).ok().and_then(|l| rewrite.apply(l))
-        {
-            push_header(out, name.as_bytes(), mapped.as_bytes());
-            continue;
-        }
-        push_header(out, name.as_bytes(), h.value);
     }
-    push_header(out, b"x-request-id", req.request_id.as_bytes());
+    for own in OwnResponseHeader::ALL {
+        match own {
+            OwnResponseHeader::RequestId => push_header(out, b"x-request-id", req.request_id.as_bytes()),
+        }
+    }
     if framing == Framing::UntilClose {
         push_header(out, b"connection", b"close");
     }

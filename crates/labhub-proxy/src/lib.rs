@@ -29,6 +29,8 @@
 //! answers reach the browser as the server writes them.
 //!
 //! # What the server sees
+//! One table of header rules (`headers.rs`, which lists what is removed and added each way)
+//! serves both the general path and the fast lane:
 //! - Removed: hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on WebSocket upgrades, every
 //!   `Proxy-*`); the hub's session cookies (other cookies, like Jupyter's `_xsrf`, stay); the
@@ -41,9 +43,10 @@
 //!   without its trailing slash (`/user/alice/rs`), the form Posit's proxy guide uses and
 //!   the one rserver normalises to (`Request::rootPath`).
 //!
-//! `Location` headers pointing at a server's internal address become hub paths; for
-//! RStudio, redirects not under the prefix (its sign-in page went to `/auth-sign-in` before
-//! 1.4) get it.
+//! On the way back, hop-by-hop headers and `Set-Cookie`s that could plant a cookie for the
+//! hub are dropped, and `Location` headers pointing at a server's internal address become
+//! hub paths; for RStudio, redirects not under the prefix (its sign-in page went to
+//! `/auth-sign-in` before 1.4) get it.
 //!
 //! # WebSockets
 //! The upgrade is forwarded first; the client gets 101 only after the server answered 101,
@@ -87,6 +90,7 @@ mod path;
 mod pool;
 mod route;
 mod tunnel;
+mod values;
 
 pub use error::ProxyError;
 pub use forward::{ClientInfo, Proxy, ProxySettings, Scheme};

@@ -252,6 +252,48 @@ async fn response_heads_are_rewritten_as_on_the_general_path() {
 }
 
 #[tokio::test]
+async fn a_connection_header_cannot_name_the_framing_away() {
+    let hub = Hub::start(settings()).await;
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let (addr, accepted) = answering_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length, x-hop\r\nX-Hop: 1\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    hub.add("alice", None, addr, ImageKind::Jupyter);
+    let c = client();
+    for i in 0..2 {
+        // Without its length the client would read the body until the connection closes,
+        // which the lane, relaying by the length, never does: the guard would fire.
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            let r = c.get(format!("http://{lane}/user/alice/x")).send().await.unwrap();
+            (r.headers().clone(), r.text().await.unwrap())
+        })
+        .await
+        .expect("the response's end was not known to the client");
+        assert_eq!(r.0["content-length"], "2", "request {i}");
+        assert!(r.0.get("x-hop").is_none(), "request {i}");
+        assert_eq!(r.1, "ok", "request {i}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_whose_connection_names_headers_is_left_for_the_general_path() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let mut stream = TcpStream::connect(lane).await.unwrap();
+    let head = "GET /user/alice/echo HTTP/1.1\r\nhost: h\r\nconnection: keep-alive, x-hop\r\nx-hop: secret\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 1024];
+    let n = stream.read(&mut got).await.unwrap();
+    let got = String::from_utf8_lossy(&got[..n]);
+    assert!(got.starts_with(&format!("HTTP/1.1 {NOT_FORWARDED} ")), "{got}");
+    assert_eq!(up.accepted(), 0, "nothing reached the server");
+}
+
+#[tokio::test]
 async fn malformed_answers_are_refused_before_the_client_sees_them_and_cut_after() {
     let hub = Hub::start(settings()).await;
     let lane = lane_hub(hub.proxy.clone()).await;
