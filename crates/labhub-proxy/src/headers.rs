@@ -8,7 +8,10 @@
 //!   `Trailer`, `Transfer-Encoding`, `Upgrade` except on WebSocket upgrades, every
 //!   `Proxy-*`); the hub's session cookies (other cookies, like Jupyter's `_xsrf`, stay); the
 //!   client's `Authorization` (it may carry the hub token), `X-Forwarded-Proto`,
-//!   `X-Forwarded-Host` and `X-RStudio-Root-Path` (replaced by the proxy's own).
+//!   `X-Forwarded-Host` and `X-RStudio-Root-Path` (replaced by the proxy's own); the client's
+//!   own claims about where it comes from, which jupyter_server may believe for its logs and
+//!   checks (`X-Real-Ip`, `Forwarded`, `X-Scheme`, every other `X-Forwarded-*`); `token`
+//!   query parameters in `Referer` (a hub URL may carry the hub token).
 //! - Added: `Authorization: token <server secret>`; `X-Forwarded-For` (the client's address
 //!   appended to what earlier proxies wrote), `X-Forwarded-Proto`, `X-Forwarded-Host`; for
 //!   RStudio, `X-RStudio-Root-Path`. `Host` stays the browser's: jupyter_server compares it
@@ -17,8 +20,9 @@
 //! # What the browser sees
 //! - Removed: hop-by-hop headers as above (`Transfer-Encoding` is the body's framing: the
 //!   lane passes it with the body, hyper writes its own on the general path); `Set-Cookie`
-//!   headers that could plant a cookie for the hub ([`values::plants_for_the_hub`]); the
-//!   server's `X-Request-Id`.
+//!   headers that could plant a cookie for the hub ([`values::plants_for_the_hub`]);
+//!   `Service-Worker-Allowed` (a user's service worker must not claim the hub's paths or
+//!   other users'); the server's `X-Request-Id`.
 //! - Rewritten: `Location` pointing at the server's internal address, read back into a hub
 //!   path ([`values::LocationRewrite`]).
 //! - Added: the hub's `X-Request-Id` (the web layer's middleware writes it on the general
@@ -46,6 +50,8 @@ pub(crate) enum RequestRule {
     Length,
     /// `Cookie`: passed without the hub's session cookies, as one header.
     FilterCookies,
+    /// `Referer`: passed without the `token` parameters of its query.
+    DropTokenParams,
     /// `X-Forwarded-For`: what earlier proxies wrote, with the client's address appended.
     AppendForwardedFor,
     /// Written by the proxy ([`OwnRequestHeader`]); the client's value never passes.
@@ -122,6 +128,12 @@ pub(crate) const TABLE: &[(&str, RequestRule, ResponseRule)] = {
         ("transfer-encoding", Q::Drop, S::Coding),
         ("content-length", Q::Length, S::Length),
         ("cookie", Q::FilterCookies, S::Pass),
+        ("referer", Q::DropTokenParams, S::Pass),
+        // Claims about the client that jupyter_server (tornado's `xheaders`) believes; only
+        // the proxy's own `X-Forwarded-For`, `-Proto` and `-Host` reach the server.
+        ("x-real-ip", Q::Drop, S::Pass),
+        ("forwarded", Q::Drop, S::Pass),
+        ("x-scheme", Q::Drop, S::Pass),
         ("authorization", Q::Own(Mine::Authorization), S::Pass),
         ("x-forwarded-for", Q::AppendForwardedFor, S::Pass),
         ("x-forwarded-proto", Q::Own(Mine::ForwardedProto), S::Pass),
@@ -130,14 +142,21 @@ pub(crate) const TABLE: &[(&str, RequestRule, ResponseRule)] = {
         ("set-cookie", Q::Pass, S::DropSetCookieForHub),
         ("location", Q::Pass, S::RewriteLocation),
         ("x-request-id", Q::Pass, S::Own(OwnResponseHeader::RequestId)),
+        // A user's service worker must not claim a scope above its server's prefix (the hub's
+        // pages, other users' servers).
+        ("service-worker-allowed", Q::Pass, S::Drop),
     ]
 };
 
 /// The rules of names not in [`TABLE`]: every `Proxy-*` is for the client–proxy hop (RFC
-/// 9110 §7.6.1) and dropped both ways; anything else passes.
+/// 9110 §7.6.1) and dropped both ways; every other `X-Forwarded-*` (`-Port`, `-Prefix`, …)
+/// is a client's claim and dropped on the way to the server; anything else passes.
 fn by_prefix(name: &[u8]) -> (RequestRule, ResponseRule) {
-    if name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-")) {
+    let starts = |prefix: &[u8]| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    if starts(b"proxy-") {
         (RequestRule::Drop, ResponseRule::Drop)
+    } else if starts(b"x-forwarded-") {
+        (RequestRule::Drop, ResponseRule::Pass)
     } else {
         (RequestRule::Pass, ResponseRule::Pass)
     }
@@ -208,7 +227,7 @@ pub(crate) fn apply_to_request(headers: &mut HeaderMap, hub_cookies: &[String]) 
     // Allocates only when something goes, which a browser's `Connection: keep-alive` makes
     // the usual case; one pass over the names costs less than a lookup per ruled name.
     let mut doomed: Vec<HeaderName> = Vec::new();
-    let mut cookies = false;
+    let (mut cookies, mut referer) = (false, false);
     for name in headers.keys() {
         let rule = request_rule(name.as_str().as_bytes());
         if rule != RequestRule::Length && named_in(headers, names_any, name) {
@@ -219,6 +238,7 @@ pub(crate) fn apply_to_request(headers: &mut HeaderMap, hub_cookies: &[String]) 
             RequestRule::Pass | RequestRule::Length | RequestRule::AppendForwardedFor | RequestRule::Own(_) => {}
             RequestRule::Connection | RequestRule::Drop => doomed.push(name.clone()),
             RequestRule::FilterCookies => cookies = true,
+            RequestRule::DropTokenParams => referer = true,
         }
     }
     for name in doomed {
@@ -226,6 +246,11 @@ pub(crate) fn apply_to_request(headers: &mut HeaderMap, hub_cookies: &[String]) 
     }
     if cookies {
         values::strip_cookies(headers, hub_cookies);
+    }
+    if referer {
+        rewrite_each(headers, header::REFERER, |v| {
+            values::referer_without_token(v).and_then(|v| HeaderValue::from_bytes(&v).ok())
+        });
     }
 }
 
@@ -259,24 +284,24 @@ pub(crate) fn apply_to_response(headers: &mut HeaderMap, hub_cookies: &[String],
         values::drop_foreign_set_cookies(headers, hub_cookies);
     }
     if relocate {
-        rewrite_locations(headers, location);
+        rewrite_each(headers, header::LOCATION, |v| {
+            location.apply_bytes(v).and_then(|l| HeaderValue::try_from(l).ok())
+        });
     }
 }
 
-/// Rewrites every `Location` value (one, but a server may send several) as the lane does.
-fn rewrite_locations(headers: &mut HeaderMap, location: &LocationRewrite<'_>) {
-    let mapped: Vec<Option<HeaderValue>> = headers
-        .get_all(header::LOCATION)
-        .iter()
-        .map(|v| location.apply_bytes(v.as_bytes()).and_then(|l| HeaderValue::try_from(l).ok()))
-        .collect();
-    if mapped.iter().all(Option::is_none) {
+/// Rewrites each value of `name` that `rewrite` maps (a header usually has one value, and
+/// the lane rewrites them one by one too); the others stay, in their order.
+fn rewrite_each(headers: &mut HeaderMap, name: HeaderName, rewrite: impl Fn(&[u8]) -> Option<HeaderValue>) {
+    // Most of the time nothing changes, and nothing is allocated.
+    if !headers.get_all(&name).iter().any(|v| rewrite(v.as_bytes()).is_some()) {
         return;
     }
-    let old: Vec<HeaderValue> = headers.get_all(header::LOCATION).iter().cloned().collect();
-    headers.remove(header::LOCATION);
-    for (old, new) in old.into_iter().zip(mapped) {
-        headers.append(header::LOCATION, new.unwrap_or(old));
+    let old: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+    headers.remove(&name);
+    for v in old {
+        let new = rewrite(v.as_bytes()).unwrap_or(v);
+        headers.append(&name, new);
     }
 }
 

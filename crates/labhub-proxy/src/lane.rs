@@ -283,6 +283,10 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
             RequestRule::Connection if headers::names_headers(h.value) => return Err(LaneError::NotForwarded),
             RequestRule::Connection | RequestRule::Drop | RequestRule::Length | RequestRule::Own(_) => {}
             RequestRule::FilterCookies => values::keep_cookies(h.value, &settings.strip_cookies, &mut lane.cookies),
+            RequestRule::DropTokenParams => match values::referer_without_token(h.value) {
+                Some(kept) => push_header(out, h.name.as_bytes(), &kept),
+                None => push_header(out, h.name.as_bytes(), h.value),
+            },
             RequestRule::AppendForwardedFor => {
                 // More than a few such headers is no client's: for the general path.
                 let slot = earlier_forwarded_for.get_mut(n_forwarded).ok_or(LaneError::NotForwarded)?;

@@ -34,8 +34,10 @@
 //! - Removed: hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on WebSocket upgrades, every
 //!   `Proxy-*`); the hub's session cookies (other cookies, like Jupyter's `_xsrf`, stay); the
-//!   client's `Authorization` (it may carry the hub token); every `token` query parameter
-//!   (JupyterHub accepts the hub token as `?token=`), the rest of the query byte for byte.
+//!   client's `Authorization` (it may carry the hub token); the client's own `X-Real-Ip`,
+//!   `Forwarded`, `X-Scheme` and `X-Forwarded-*`; every `token` query parameter (JupyterHub
+//!   accepts the hub token as `?token=`), the rest of the query byte for byte, and those in
+//!   `Referer`.
 //! - Added: `Authorization: token <server secret>`; `X-Forwarded-For` (appended),
 //!   `X-Forwarded-Proto`, `X-Forwarded-Host`. `Host` stays the browser's: jupyter_server
 //!   compares it with `Origin` and refuses cross-origin WebSockets otherwise.
@@ -43,10 +45,10 @@
 //!   without its trailing slash (`/user/alice/rs`), the form Posit's proxy guide uses and
 //!   the one rserver normalises to (`Request::rootPath`).
 //!
-//! On the way back, hop-by-hop headers and `Set-Cookie`s that could plant a cookie for the
-//! hub are dropped, and `Location` headers pointing at a server's internal address become
-//! hub paths; for RStudio, redirects not under the prefix (its sign-in page went to
-//! `/auth-sign-in` before 1.4) get it.
+//! On the way back, hop-by-hop headers, `Set-Cookie`s that could plant a cookie for the hub
+//! and `Service-Worker-Allowed` are dropped, and `Location` headers pointing at a server's
+//! internal address become hub paths; for RStudio, redirects not under the prefix (its
+//! sign-in page went to `/auth-sign-in` before 1.4) get it.
 //!
 //! # WebSockets
 //! The upgrade is forwarded first; the client gets 101 only after the server answered 101,

@@ -139,22 +139,42 @@ fn push_decimal(buf: &mut impl bytes::BufMut, n: u8) {
 /// accepts as `?token=`), every other byte kept as sent. `None` when there is none to remove.
 /// The key is compared after percent-decoding, because the server would decode it too.
 pub(crate) fn strip_token_param(query: &str) -> Option<String> {
-    let is_token = |part: &str| {
-        let key = part.split('=').next().unwrap_or(part);
-        key == "token"
-            || (key.contains('%') && percent_encoding::percent_decode_str(key).decode_utf8_lossy() == "token")
+    // Whole `&`-separated parts of UTF-8 are removed, so what is left is UTF-8 too.
+    without_token_params(query.as_bytes()).map(|kept| String::from_utf8_lossy(&kept).into_owned())
+}
+
+/// [`strip_token_param`] on bytes.
+fn without_token_params(query: &[u8]) -> Option<Vec<u8>> {
+    let is_token = |part: &&[u8]| {
+        let key = part.split(|b| *b == b'=').next().unwrap_or(part);
+        key == b"token" || (key.contains(&b'%') && percent_encoding::percent_decode(key).eq(b"token".iter().copied()))
     };
-    if !query.split('&').any(is_token) {
+    if !query.split(|b| *b == b'&').any(|p| is_token(&p)) {
         return None;
     }
-    let mut kept = String::with_capacity(query.len());
-    for part in query.split('&').filter(|p| !is_token(p)) {
+    let mut kept = Vec::with_capacity(query.len());
+    for part in query.split(|b| *b == b'&').filter(|p| !is_token(p)) {
         if !kept.is_empty() {
-            kept.push('&');
+            kept.push(b'&');
         }
-        kept.push_str(part);
+        kept.extend_from_slice(part);
     }
     Some(kept)
+}
+
+/// A `Referer` without the `token` parameters of its query (a hub URL the browser came from
+/// may carry the hub token as `?token=`), the rest kept byte for byte; `None` when there is
+/// none to remove.
+pub(crate) fn referer_without_token(referer: &[u8]) -> Option<Vec<u8>> {
+    let start = referer.iter().position(|b| *b == b'?')? + 1;
+    let end = referer[start..].iter().position(|b| *b == b'#').map_or(referer.len(), |i| start + i);
+    let kept = without_token_params(&referer[start..end])?;
+    let mut out = Vec::with_capacity(referer.len());
+    // No query left: no `?` either.
+    out.extend_from_slice(&referer[..start - usize::from(kept.is_empty())]);
+    out.extend_from_slice(&kept);
+    out.extend_from_slice(&referer[end..]);
+    Some(out)
 }
 
 /// How `Location` headers from one upstream are read back into hub paths.
@@ -316,6 +336,23 @@ mod tests {
         for (q, want) in cases {
             assert_eq!(strip_token_param(q).as_deref(), *want, "{q}");
         }
+    }
+
+    #[test]
+    fn hub_tokens_are_taken_out_of_referers() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("https://hub.example/user/alice/lab", None),
+            ("https://hub.example/user/alice/lab?a=1&tokens=2", None),
+            ("https://hub.example/user/alice/lab?token=abc", Some("https://hub.example/user/alice/lab")),
+            ("https://hub.example/x?a=1&token=abc&b=%2F", Some("https://hub.example/x?a=1&b=%2F")),
+            ("https://hub.example/x?%74oken=abc#frag", Some("https://hub.example/x#frag")),
+            ("https://hub.example/x?a=1#token=fragment-is-not-sent", None),
+        ];
+        for (referer, want) in cases {
+            let got = referer_without_token(referer.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+            assert_eq!(got.as_deref(), *want, "{referer}");
+        }
+        assert_eq!(referer_without_token(b"/x?token=\xff&a=\xfe").as_deref(), Some(&b"/x?a=\xfe"[..]));
     }
 
     #[test]

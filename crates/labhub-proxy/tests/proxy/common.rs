@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
@@ -246,6 +246,12 @@ async fn upstream(own: SocketAddr, ws: Option<WebSocketUpgrade>, req: Request) -
     let last = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
     match last.as_str() {
         "echo" => dump(&req).into_response(),
+        // A service worker script asking for a scope above its own path.
+        "sw.js" => (
+            [(header::CONTENT_TYPE, "text/javascript"), (HeaderName::from_static("service-worker-allowed"), "/")],
+            "self.skipWaiting();",
+        )
+            .into_response(),
         "body" => Response::new(req.into_body()),
         "redirect" => {
             let to = query_param(&req, "to").unwrap_or("/");

@@ -176,6 +176,46 @@ async fn hub_credentials_are_stripped_and_forwarding_headers_set() {
     assert!(header_values(&parse_dump(&text).1, "cookie").is_empty(), "{text}");
 }
 
+/// A request carrying client-address claims of its own and the hub token in its `Referer`.
+pub fn with_claims_and_a_tokened_referer(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.header("x-real-ip", "203.0.113.66")
+        .header("forwarded", "for=203.0.113.66;proto=https")
+        .header("x-scheme", "https")
+        .header("x-forwarded-port", "443")
+        .header("x-forwarded-prefix", "/elsewhere")
+        .header("referer", "http://hub.example/user/alice/lab?token=HUBTOKEN&x=1")
+}
+
+/// Checks the upstream's dump of a [`with_claims_and_a_tokened_referer`] request.
+pub fn assert_no_claims_and_no_token(dump: &str) {
+    assert!(!dump.contains("HUBTOKEN"), "{dump}");
+    let (_, h) = parse_dump(dump);
+    for gone in ["x-real-ip", "forwarded", "x-scheme", "x-forwarded-port", "x-forwarded-prefix"] {
+        assert!(header_values(&h, gone).is_empty(), "{gone} reached the server: {dump}");
+    }
+    assert_eq!(header_values(&h, "referer"), ["http://hub.example/user/alice/lab?x=1"]);
+}
+
+#[tokio::test]
+async fn client_address_claims_and_hub_tokens_in_the_referer_never_reach_the_server() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let r = with_claims_and_a_tokened_referer(client().get(hub.url("/user/alice/echo"))).send().await.unwrap();
+    assert_no_claims_and_no_token(&r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_servers_service_worker_cannot_claim_a_wider_scope() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let r = client().get(hub.url("/user/alice/sw.js")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("service-worker-allowed").is_none(), "{:?}", r.headers());
+    assert_eq!(r.text().await.unwrap(), "self.skipWaiting();");
+}
+
 #[tokio::test]
 async fn redirects_to_the_internal_address_become_hub_paths() {
     let up = Upstream::start().await;

@@ -294,6 +294,24 @@ async fn a_request_whose_connection_names_headers_is_left_for_the_general_path()
 }
 
 #[tokio::test]
+async fn the_lane_drops_client_claims_hub_tokens_in_the_referer_and_service_worker_scopes() {
+    let up = Upstream::start().await;
+    let hub = Hub::start(settings()).await;
+    hub.add("alice", None, up.addr, ImageKind::Jupyter);
+    let lane = lane_hub(hub.proxy.clone()).await;
+    let c = client();
+    let r = crate::http::with_claims_and_a_tokened_referer(c.get(format!("http://{lane}/user/alice/echo")));
+    let r = r.send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "lane-test-id", "through the lane");
+    crate::http::assert_no_claims_and_no_token(&r.text().await.unwrap());
+
+    let r = c.get(format!("http://{lane}/user/alice/sw.js")).send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "lane-test-id", "through the lane");
+    assert!(r.headers().get("service-worker-allowed").is_none(), "{:?}", r.headers());
+    assert_eq!(r.text().await.unwrap(), "self.skipWaiting();");
+}
+
+#[tokio::test]
 async fn malformed_answers_are_refused_before_the_client_sees_them_and_cut_after() {
     let hub = Hub::start(settings()).await;
     let lane = lane_hub(hub.proxy.clone()).await;
