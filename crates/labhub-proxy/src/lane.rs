@@ -8,7 +8,11 @@
 //! this module writes the rewritten head to an upstream socket the client connection keeps,
 //! reads the response head with `httparse`, rewrites it as [`Proxy::forward`] would, and
 //! relays the body with its framing checked on the way (`Content-Length`, chunked, or until
-//! the server closes).
+//! the server closes). Framing is read as hyper's client reads it on the general path (its
+//! `Content-Length` grammar, its chunked grammar and limits in [`ChunkedScan`], 204 and 304
+//! bodiless whatever they say, 205 framed like any other status), refusing only more: a
+//! transfer coding other than plain chunked, or chunked with a length. A kept socket with
+//! anything unread (a late body after a 204, say) is never asked again.
 //!
 //! The rules are the general path's: the same headers removed and added, the same cookies
 //! stripped, `Location` read back into hub paths, the same connection slots, timeouts,
@@ -135,10 +139,19 @@ impl Lane {
     }
 
     /// The kept socket, if it goes to `route` (this entry of it: a replaced route is a new
-    /// server); any other is closed.
+    /// server) and has nothing to read; any other is closed.
     fn take_upstream(&mut self, route: &Arc<RouteEntry>) -> Option<Upstream> {
-        self.upstream.take().filter(|u| Arc::ptr_eq(&u.route, route) && !route.is_removed())
+        self.upstream.take().filter(|u| Arc::ptr_eq(&u.route, route) && !route.is_removed() && is_quiet(&u.stream))
     }
+}
+
+/// Whether a kept socket has nothing to read. Bytes a server sent after its response (a late
+/// body after a 204 or 304, say) would be read as the next request's response; a closed
+/// socket cannot carry one either. Costs no system call when the socket was last seen
+/// empty (tokio remembers), as it is after the wait between requests.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Resolves once the socket has bytes or an end to read: on an idle keep-alive connection
@@ -397,24 +410,22 @@ fn rewrite_response_head(
     if (100..200).contains(&status) {
         return Ok(Parsed::Informational(len));
     }
+    // Framing is read as hyper's client reads it on the general path (`Content-Length`
+    // values), only stricter where a body could be read two ways: a transfer coding other
+    // than plain chunked, or one with a length too, is refused rather than guessed at.
     let mut length: Option<u64> = None;
-    let mut chunked = false;
+    let mut bad_length = false;
+    let mut lengths = false;
+    let mut coding: Option<bool> = None;
     let mut server_keeps_alive = resp.version == Some(1);
     let mut listed = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n =
-                std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(malformed)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(malformed());
-            }
-            length = Some(n);
+            lengths = true;
+            bad_length |= !content_length(h.value, &mut length);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only plain chunked is passed on as it is; nothing else occurs in practice.
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(ProxyError::Upstream("its response's transfer coding is not supported".into()));
-            }
-            chunked = true;
+            let plain = coding.is_none() && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            coding = Some(plain);
         } else if h.name.eq_ignore_ascii_case("connection") {
             if headers::named(std::iter::once(h.value), b"close") {
                 server_keeps_alive = false;
@@ -422,14 +433,18 @@ fn rewrite_response_head(
             listed |= headers::names_headers(h.value);
         }
     }
-    if chunked && length.is_some() {
-        return Err(malformed());
-    }
-    let framing = match (status, chunked, length) {
-        (204 | 304, _, _) => Framing::Empty,
-        (_, true, _) => Framing::Chunked,
-        (_, false, Some(n)) => Framing::Length(n),
-        (_, false, None) => Framing::UntilClose,
+    let framing = match (status, coding) {
+        // Bodiless whatever their headers say, as hyper reads them.
+        (204 | 304, _) => Framing::Empty,
+        // HTTP/1.0 has no transfer codings: hyper refuses the response.
+        (_, Some(_)) if resp.version == Some(0) => return Err(malformed()),
+        (_, Some(false)) => {
+            return Err(ProxyError::Upstream("its response's transfer coding is not supported".into()));
+        }
+        (_, Some(true)) if lengths => return Err(malformed()),
+        (_, Some(true)) => Framing::Chunked,
+        (_, None) if bad_length => return Err(malformed()),
+        (_, None) => length.map_or(Framing::UntilClose, Framing::Length),
     };
     let named = |name: &str| {
         listed
@@ -486,6 +501,28 @@ fn rewrite_response_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok(Parsed::Final(Head { status, len, framing, server_keeps_alive }))
+}
+
+/// Reads one `Content-Length` value into `length` as hyper does: visible ASCII, a
+/// comma-separated list of decimal numbers (digits only: no sign, no blanks inside), each
+/// equal to the ones before. Whether it was such a value.
+fn content_length(value: &[u8], length: &mut Option<u64>) -> bool {
+    if !value.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)) {
+        return false;
+    }
+    value.split(|b| *b == b',').all(|part| {
+        let digits = part.trim_ascii();
+        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))))
+            .flatten();
+        match n {
+            Some(n) if length.is_none_or(|l| l == n) => {
+                *length = Some(n);
+                true
+            }
+            _ => false,
+        }
+    })
 }
 
 /// Sends the response head and relays the body; whether the upstream connection can carry
