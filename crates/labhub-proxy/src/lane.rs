@@ -185,7 +185,7 @@ enum Framing {
 
 /// A response head read and rewritten for the client.
 #[derive(Debug, Clone, Copy)]
-struct Head {
+pub(crate) struct Head {
     status: u16,
     /// Its length in the read buffer.
     len: usize,
@@ -378,7 +378,7 @@ async fn exchange(
     }
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Partial,
     /// A 1xx head of this length, to skip.
     Informational(usize),
@@ -389,7 +389,7 @@ enum Parsed {
 /// those `Connection` names) removed, cookies that would reach the hub dropped, `Location`
 /// read back into hub paths, the request's id added. The framing headers pass as they are,
 /// and the body with them.
-fn rewrite_response_head(
+pub(crate) fn rewrite_response_head(
     buf: &[u8],
     out: &mut Vec<u8>,
     req: &PlainGet<'_>,

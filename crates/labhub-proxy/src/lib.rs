@@ -90,6 +90,8 @@ mod lane;
 mod limits;
 mod path;
 mod pool;
+#[cfg(test)]
+mod proptests;
 mod route;
 mod tunnel;
 mod values;
