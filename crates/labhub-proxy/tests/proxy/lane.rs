@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use labhub_core::ImageKind;
@@ -200,17 +200,10 @@ async fn lengths_chunks_and_streams_pass_and_one_upstream_connection_carries_the
         assert!(body.iter().all(|b| *b == 0));
 
         // Server-sent events: chunked, each event as the server writes it.
-        let started = Instant::now();
         let r = c.get(format!("http://{lane}/user/alice/sse")).send().await.unwrap();
         assert_eq!(r.headers()["transfer-encoding"], "chunked");
-        let mut body = r.bytes_stream();
-        let mut arrivals = Vec::new();
-        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
-            arrivals.push((started.elapsed(), String::from_utf8(chunk.unwrap().to_vec()).unwrap()));
-        }
-        let text: String = arrivals.iter().map(|(_, t)| t.as_str()).collect();
+        let text = read_events_in_turn(r, &up.events).await;
         assert_eq!(text, (0..5).map(|i| format!("data: event {i}\n\n")).collect::<String>());
-        assert!(arrivals[0].0 < Duration::from_millis(250), "the first event waited for the rest: {arrivals:?}");
 
         let r = c.get(format!("http://{lane}/user/alice/nope")).send().await.unwrap();
         assert_eq!(r.status(), 404);
@@ -537,7 +530,7 @@ async fn what_the_lane_does_not_take_is_left_for_the_general_path() {
     assert_eq!(up.accepted(), 0, "nothing reached the server");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_server_times_out_and_a_removed_route_closes_the_kept_socket() {
     let (slow, up) = (Upstream::start().await, Upstream::start().await);
     let mut s = settings();
@@ -547,16 +540,19 @@ async fn a_silent_server_times_out_and_a_removed_route_closes_the_kept_socket() 
     let key = hub.add("alice", None, up.addr, ImageKind::Jupyter);
     let lane = lane_hub(hub.proxy.clone()).await;
     let c = client();
-    let started = Instant::now();
+    // `silent` answers after an hour; on the paused clock (tokio's, which the read timeout
+    // runs on) only the timeout can end the wait first, and exactly when it is due.
+    let started = tokio::time::Instant::now();
     let r = c.get(format!("http://{lane}/user/slow/silent")).send().await.unwrap();
     assert_eq!(r.status(), 504);
     assert_eq!(r.headers()["x-proxy-error"], "timeout");
-    assert!(started.elapsed() < Duration::from_secs(3), "the read timeout was not applied");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_secs(1), "{waited:?} on the paused clock");
 
     let r = c.get(format!("http://{lane}/user/alice/echo")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
     assert_eq!(up.open(), 1, "the lane keeps its upstream socket between requests");
     assert!(hub.table.remove(&key));
-    assert!(eventually(Duration::from_secs(2), || up.open() == 0).await, "the kept socket outlived its route");
+    assert!(eventually(Duration::from_secs(10), || up.open() == 0).await, "the kept socket outlived its route");
 }
