@@ -34,10 +34,11 @@ use tokio::time::Instant;
 use crate::ProxyError;
 use crate::chunked::{BadChunking, ChunkedScan};
 use crate::closer::Watch;
-use crate::forward::{ClientInfo, Proxy, ProxySettings};
+use crate::forward::Proxy;
 use crate::headers::{self, OwnRequestHeader, OwnResponseHeader, RequestRule, ResponseRule};
 use crate::pool::IDLE_TIMEOUT;
 use crate::route::RouteEntry;
+use crate::settings::{ClientInfo, ProxySettings};
 use crate::values::{self, LocationRewrite};
 
 /// How much of an upstream response is read at once.

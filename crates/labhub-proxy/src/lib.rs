@@ -93,11 +93,64 @@ mod pool;
 #[cfg(test)]
 mod proptests;
 mod route;
+mod settings;
 mod tunnel;
 mod values;
 
 pub use error::ProxyError;
-pub use forward::{ClientInfo, Proxy, ProxySettings, Scheme};
+pub use forward::Proxy;
 pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
 pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable};
+pub use settings::{ClientInfo, ProxySettings, Scheme};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    /// The crate's modules and, for each, the modules its non-test code names (`crate::x`).
+    fn imports() -> BTreeMap<String, Vec<String>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let files: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        let modules: Vec<&str> = files.iter().map(|(m, _)| m.as_str()).filter(|m| *m != "lib").collect();
+        files
+            .iter()
+            .filter(|(m, _)| m != "lib" && m != "proptests")
+            .map(|(m, text)| {
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let mut named: Vec<String> = modules
+                    .iter()
+                    .filter(|other| *other != m && code.contains(&format!("crate::{other}")))
+                    .map(|other| other.to_string())
+                    .collect();
+                named.sort();
+                (m.clone(), named)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_module_imports_its_own_importers() {
+        let graph = imports();
+        assert!(graph.len() > 10, "{graph:?}");
+        // Depth-first, with the path so far: a module met again on its own path is a circle.
+        fn visit<'a>(m: &'a str, graph: &'a BTreeMap<String, Vec<String>>, path: &mut Vec<&'a str>) {
+            if let Some(at) = path.iter().position(|p| *p == m) {
+                panic!("an import circle: {} -> {m}", path[at..].join(" -> "));
+            }
+            path.push(m);
+            for next in graph.get(m).into_iter().flatten() {
+                visit(next, graph, path);
+            }
+            path.pop();
+        }
+        for m in graph.keys() {
+            visit(m, &graph, &mut Vec::new());
+        }
+    }
+}
