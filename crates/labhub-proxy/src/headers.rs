@@ -162,13 +162,29 @@ fn by_prefix(name: &[u8]) -> (RequestRule, ResponseRule) {
     }
 }
 
-/// Both rules of a header named in any case. A scan of the short table: a name of another
-/// length is passed over after one comparison, and nothing is copied or lower-cased.
+/// For each name length, the rows of [`TABLE`] whose name is that long (a bit per row):
+/// a lookup compares a name with the few rows of its length, not with every row.
+const ROWS_BY_LENGTH: [u32; 32] = {
+    let mut rows = [0u32; 32];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let len = TABLE[i].0.len();
+        assert!(i < 32 && len < 32, "the index holds 32 rows of names under 32 bytes");
+        rows[len] |= 1 << i;
+        i += 1;
+    }
+    rows
+};
+
+/// Both rules of a header named in any case; nothing is copied or lower-cased.
 fn lookup(name: &[u8]) -> (RequestRule, ResponseRule) {
-    for (n, request, response) in TABLE {
+    let mut rows = ROWS_BY_LENGTH.get(name.len()).copied().unwrap_or(0);
+    while rows != 0 {
+        let (n, request, response) = TABLE[rows.trailing_zeros() as usize];
         if name.eq_ignore_ascii_case(n.as_bytes()) {
-            return (*request, *response);
+            return (request, response);
         }
+        rows &= rows - 1;
     }
     by_prefix(name)
 }

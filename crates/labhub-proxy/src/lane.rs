@@ -420,18 +420,26 @@ pub(crate) fn rewrite_response_head(
     let mut coding: Option<bool> = None;
     let mut server_keeps_alive = resp.version == Some(1);
     let mut listed = false;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            lengths = true;
-            bad_length |= !content_length(h.value, &mut length);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let plain = coding.is_none() && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            coding = Some(plain);
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            if headers::named(std::iter::once(h.value), b"close") {
-                server_keeps_alive = false;
+    // Each name is looked up once: the rules say which headers frame the body, too.
+    let mut rules = [ResponseRule::Pass; MAX_RESPONSE_HEADERS];
+    for (h, rule) in resp.headers.iter().zip(rules.iter_mut()) {
+        *rule = headers::response_rule(h.name.as_bytes());
+        match rule {
+            ResponseRule::Length => {
+                lengths = true;
+                bad_length |= !content_length(h.value, &mut length);
             }
-            listed |= headers::names_headers(h.value);
+            ResponseRule::Coding => {
+                let plain = coding.is_none() && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                coding = Some(plain);
+            }
+            ResponseRule::Connection => {
+                if headers::named(std::iter::once(h.value), b"close") {
+                    server_keeps_alive = false;
+                }
+                listed |= headers::names_headers(h.value);
+            }
+            _ => {}
         }
     }
     let framing = match (status, coding) {
@@ -469,9 +477,8 @@ pub(crate) fn rewrite_response_head(
         browser_host: &req.client.host,
         rstudio_prefix: None,
     };
-    for h in resp.headers.iter() {
+    for (h, rule) in resp.headers.iter().zip(rules) {
         let name = h.name;
-        let rule = headers::response_rule(name.as_bytes());
         if !matches!(rule, ResponseRule::Length | ResponseRule::Coding) && named(name) {
             continue;
         }
