@@ -50,6 +50,12 @@ impl Body for ProxiedBody {
         match &polled {
             Poll::Ready(None) => this.give_back_at_end(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back_at_end(),
+            // Trailers end a body, and hyper's server does not poll it again after them.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                if let Some(lent) = this.lent.take() {
+                    lent.give_back();
+                }
+            }
             Poll::Ready(Some(Err(_))) => this.lent = None,
             _ => {}
         }

@@ -1,9 +1,7 @@
 //! Forwarding one request (plain, streamed, long poll or WebSocket upgrade) to its server.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -19,83 +17,17 @@ use tokio::time::Instant;
 use crate::body::{ProgressBody, ProxiedBody};
 use crate::closer::{Closer, Watch};
 use crate::error::ProxyError;
-use crate::headers::{self, LocationRewrite};
+use crate::headers::{self, OwnRequestHeader};
 use crate::limits::Lease;
 use crate::pool::{Lent, SendError};
 use crate::route::{RouteEntry, RouteTable};
+use crate::settings::{ClientInfo, ProxySettings};
 use crate::tunnel;
+use crate::values::{self, LocationRewrite};
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_RSTUDIO_ROOT_PATH: HeaderName = HeaderName::from_static("x-rstudio-root-path");
-
-/// How the proxy talks to servers, and its limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxySettings {
-    /// How long to wait for a server's TCP connection; past it the server is `Unreachable`.
-    pub connect_timeout: Duration,
-    /// How long a server may stay silent before its response headers, counted from the last
-    /// bytes of the request body that moved (so a slow upload is never cut). Response bodies
-    /// (SSE, downloads) have no timeout: the client decides how long it listens. The
-    /// configuration layer should refuse less than 60 s (RStudio long-polls).
-    pub read_timeout: Duration,
-    /// Concurrent requests and tunnels per server.
-    pub max_connections_per_server: usize,
-    /// Concurrent requests and tunnels over all servers.
-    pub max_connections_total: usize,
-    /// The largest request line plus headers (names and values) accepted.
-    pub max_request_header_bytes: usize,
-    /// The hub's session cookies (its own host's and users' hosts'), removed from `Cookie`
-    /// before forwarding; an upstream's `Set-Cookie` for one of them is dropped.
-    pub strip_cookies: Vec<String>,
-    /// What `Busy` suggests as `Retry-After`.
-    pub busy_retry_after: Duration,
-}
-
-impl ProxySettings {
-    /// The defaults, stripping the hub's session cookies `strip_cookies`.
-    pub fn new<S: Into<String>>(strip_cookies: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(300),
-            max_connections_per_server: 256,
-            max_connections_total: 8192,
-            max_request_header_bytes: 64 * 1024,
-            strip_cookies: strip_cookies.into_iter().map(Into::into).collect(),
-            busy_retry_after: Duration::from_secs(1),
-        }
-    }
-}
-
-/// How the browser reached the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain HTTP.
-    Http,
-    /// HTTPS (terminated by the hub or a proxy in front of it).
-    Https,
-}
-
-impl Scheme {
-    /// `http` or `https`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Https => "https",
-        }
-    }
-}
-
-/// Who is asking, as the web layer established it; becomes the `X-Forwarded-*` headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// The client's address.
-    pub addr: IpAddr,
-    /// The scheme the browser used.
-    pub scheme: Scheme,
-    /// The `Host` the browser used (with its port, if any).
-    pub host: String,
-}
 
 struct ProxyInner {
     settings: ProxySettings,
@@ -225,7 +157,15 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             let shutdown = self.inner.tunnels_closer.watch();
-            return Ok(switch_protocols(route, lease, client_upgrade, response, shutdown, &self.inner.settings));
+            return Ok(switch_protocols(
+                route,
+                &client,
+                lease,
+                client_upgrade,
+                response,
+                shutdown,
+                &self.inner.settings,
+            ));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
@@ -259,7 +199,7 @@ fn add_slash(prefix: &str, query: Option<&str>) -> Response {
 /// otherwise byte for byte.
 fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
     let rstudio = route.route().kind == ImageKind::Rstudio;
-    let stripped_query = original.query().and_then(headers::strip_token_param);
+    let stripped_query = original.query().and_then(values::strip_token_param);
     let path_and_query = if !rstudio && stripped_query.is_none() {
         original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
     } else {
@@ -281,8 +221,9 @@ fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
     Ok(Uri::from(path_and_query))
 }
 
-/// The request headers as the server must see them: hop-by-hop gone, the hub's cookie and
-/// the client's credentials gone, the server's token in, `X-Forwarded-*` set, `Host` kept.
+/// The request headers as the server must see them ([`headers`]' rules), with the
+/// proxy's own written over whatever the client sent; an upgrade keeps its
+/// `Connection`/`Upgrade` pair.
 fn prepare_headers(
     h: &mut http::HeaderMap,
     route: &RouteEntry,
@@ -291,30 +232,46 @@ fn prepare_headers(
     upgrade: bool,
 ) -> Result<(), ProxyError> {
     let upgrade_to = if upgrade { h.get(header::UPGRADE).cloned() } else { None };
-    headers::remove_hop_by_hop(h);
+    headers::apply_to_request(h, &settings.strip_cookies);
     if let Some(to) = upgrade_to {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, to);
     }
-    headers::strip_cookies(h, &settings.strip_cookies);
-    // `insert` replaces every value: no client credential (hub token, basic auth) survives.
-    h.insert(header::AUTHORIZATION, route.authorization.clone());
-    headers::append_forwarded_for(h, client.addr);
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme.as_str()));
     // jupyter_server compares Origin with Host, so the browser's Host goes through as is;
     // HTTP/2 requests carry it in the URI instead, so it is put back from the client info.
-    let forwarded_host = match h.get(header::HOST) {
-        Some(host) if host.as_bytes() == client.host.as_bytes() => host.clone(),
-        _ => HeaderValue::try_from(client.host.as_str()).map_err(|_| ProxyError::BadRequest("bad Host".into()))?,
-    };
     if !h.contains_key(header::HOST) {
-        h.insert(header::HOST, forwarded_host.clone());
+        let host =
+            HeaderValue::try_from(client.host.as_str()).map_err(|_| ProxyError::BadRequest("bad Host".into()))?;
+        h.insert(header::HOST, host);
     }
-    h.insert(X_FORWARDED_HOST, forwarded_host);
-    match &route.root_path {
-        Some(root) => h.insert(X_RSTUDIO_ROOT_PATH, root.clone()),
-        None => h.remove(X_RSTUDIO_ROOT_PATH),
-    };
+    // `insert` replaces every value: no client credential (hub token, basic auth) survives.
+    for own in OwnRequestHeader::ALL {
+        match own {
+            OwnRequestHeader::Authorization => {
+                h.insert(header::AUTHORIZATION, route.authorization.clone());
+            }
+            OwnRequestHeader::ForwardedFor => values::append_forwarded_for(h, client.addr),
+            OwnRequestHeader::ForwardedProto => {
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme.as_str()));
+            }
+            OwnRequestHeader::ForwardedHost => {
+                let forwarded_host = match h.get(header::HOST) {
+                    Some(host) if host.as_bytes() == client.host.as_bytes() => host.clone(),
+                    _ => HeaderValue::try_from(client.host.as_str())
+                        .map_err(|_| ProxyError::BadRequest("bad Host".into()))?,
+                };
+                h.insert(X_FORWARDED_HOST, forwarded_host);
+            }
+            OwnRequestHeader::RstudioRootPath => match &route.root_path {
+                Some(root) => {
+                    h.insert(X_RSTUDIO_ROOT_PATH, root.clone());
+                }
+                None => {
+                    h.remove(X_RSTUDIO_ROOT_PATH);
+                }
+            },
+        }
+    }
     Ok(())
 }
 
@@ -345,6 +302,7 @@ fn upstream_error(e: SendError, route: &RouteEntry) -> ProxyError {
 /// headers (accept key, subprotocol, extensions) and tunnel once both sides switched.
 fn switch_protocols(
     route: Arc<RouteEntry>,
+    client: &ClientInfo,
     lease: Lease,
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: http::Response<Incoming>,
@@ -354,8 +312,7 @@ fn switch_protocols(
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::drop_foreign_set_cookies(&mut parts.headers, &settings.strip_cookies);
+    headers::apply_to_response(&mut parts.headers, &settings.strip_cookies, &location_rewrite(&route, client));
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade_to.unwrap_or_else(|| HeaderValue::from_static("websocket")));
     parts.extensions = Extensions::new();
@@ -363,9 +320,17 @@ fn switch_protocols(
     Response::from_parts(parts, Body::empty())
 }
 
-/// An ordinary response: hop-by-hop headers and cookies planted for the hub dropped,
-/// `Location` mapped back to hub paths, and the body streamed while holding the lease and
-/// the connection (parked again once the body is read to its end).
+/// How `Location` headers from the route's server are read back into hub paths.
+fn location_rewrite<'a>(route: &'a RouteEntry, client: &'a ClientInfo) -> LocationRewrite<'a> {
+    LocationRewrite {
+        internal_origin: &route.internal_origin,
+        browser_host: &client.host,
+        rstudio_prefix: (route.route().kind == ImageKind::Rstudio).then(|| route.prefix()),
+    }
+}
+
+/// An ordinary response: its headers as [`headers`]' rules say, and the body streamed while
+/// holding the lease and the connection (parked again once the body is read to its end).
 fn pass_response(
     route: &RouteEntry,
     client: &ClientInfo,
@@ -375,18 +340,7 @@ fn pass_response(
     settings: &ProxySettings,
 ) -> Response {
     let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    headers::drop_foreign_set_cookies(&mut parts.headers, &settings.strip_cookies);
-    if let Some(location) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
-        let rewrite = LocationRewrite {
-            internal_origin: &route.internal_origin,
-            browser_host: &client.host,
-            rstudio_prefix: (route.route().kind == ImageKind::Rstudio).then(|| route.prefix()),
-        };
-        if let Some(v) = rewrite.apply(location).and_then(|l| HeaderValue::try_from(l).ok()) {
-            parts.headers.insert(header::LOCATION, v);
-        }
-    }
+    headers::apply_to_response(&mut parts.headers, &settings.strip_cookies, &location_rewrite(route, client));
     parts.extensions = Extensions::new();
     Response::from_parts(parts, Body::new(ProxiedBody::new(body, lease, lent)))
 }

@@ -8,7 +8,11 @@
 //! this module writes the rewritten head to an upstream socket the client connection keeps,
 //! reads the response head with `httparse`, rewrites it as [`Proxy::forward`] would, and
 //! relays the body with its framing checked on the way (`Content-Length`, chunked, or until
-//! the server closes).
+//! the server closes). Framing is read as hyper's client reads it on the general path (its
+//! `Content-Length` grammar, its chunked grammar and limits in [`ChunkedScan`], 204 and 304
+//! bodiless whatever they say, 205 framed like any other status), refusing only more: a
+//! transfer coding other than plain chunked, or chunked with a length. A kept socket with
+//! anything unread (a late body after a 204, say) is never asked again.
 //!
 //! The rules are the general path's: the same headers removed and added, the same cookies
 //! stripped, `Location` read back into hub paths, the same connection slots, timeouts,
@@ -30,10 +34,12 @@ use tokio::time::Instant;
 use crate::ProxyError;
 use crate::chunked::{BadChunking, ChunkedScan};
 use crate::closer::Watch;
-use crate::forward::{ClientInfo, Proxy, ProxySettings};
-use crate::headers::{self, LocationRewrite};
+use crate::forward::Proxy;
+use crate::headers::{self, OwnRequestHeader, OwnResponseHeader, RequestRule, ResponseRule};
 use crate::pool::IDLE_TIMEOUT;
 use crate::route::RouteEntry;
+use crate::settings::{ClientInfo, ProxySettings};
+use crate::values::{self, LocationRewrite};
 
 /// How much of an upstream response is read at once.
 const READ_CHUNK: usize = 32 * 1024;
@@ -41,18 +47,6 @@ const READ_CHUNK: usize = 32 * 1024;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most response headers accepted from a server.
 const MAX_RESPONSE_HEADERS: usize = 100;
-
-/// Request headers, besides the hop-by-hop ones, never passed on as the client sent them:
-/// credentials, framing, and the ones the proxy writes itself.
-const WRITTEN_BY_THE_PROXY: [&str; 7] = [
-    "authorization",
-    "cookie",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-rstudio-root-path",
-    "content-length",
-];
 
 /// A plain GET the web layer authenticated and authorised for its route.
 pub struct PlainGet<'a> {
@@ -146,10 +140,19 @@ impl Lane {
     }
 
     /// The kept socket, if it goes to `route` (this entry of it: a replaced route is a new
-    /// server); any other is closed.
+    /// server) and has nothing to read; any other is closed.
     fn take_upstream(&mut self, route: &Arc<RouteEntry>) -> Option<Upstream> {
-        self.upstream.take().filter(|u| Arc::ptr_eq(&u.route, route) && !route.is_removed())
+        self.upstream.take().filter(|u| Arc::ptr_eq(&u.route, route) && !route.is_removed() && is_quiet(&u.stream))
     }
+}
+
+/// Whether a kept socket has nothing to read. Bytes a server sent after its response (a late
+/// body after a 204 or 304, say) would be read as the next request's response; a closed
+/// socket cannot carry one either. Costs no system call when the socket was last seen
+/// empty (tokio remembers), as it is after the wait between requests.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Resolves once the socket has bytes or an end to read: on an idle keep-alive connection
@@ -183,7 +186,7 @@ enum Framing {
 
 /// A response head read and rewritten for the client.
 #[derive(Debug, Clone, Copy)]
-struct Head {
+pub(crate) struct Head {
     status: u16,
     /// Its length in the read buffer.
     len: usize,
@@ -213,7 +216,7 @@ impl Proxy {
         let acceptable = !route.is_removed()
             && route.route().kind != ImageKind::Rstudio
             && path.starts_with(route.prefix())
-            && query.is_none_or(|q| headers::strip_token_param(q).is_none());
+            && query.is_none_or(|q| values::strip_token_param(q).is_none());
         if !acceptable {
             return Err(LaneError::NotForwarded);
         }
@@ -275,9 +278,10 @@ async fn connect(route: &Arc<RouteEntry>, timeout: Duration) -> Option<Upstream>
     Some(Upstream { route: route.clone(), stream, watch, idle_since: Instant::now() })
 }
 
-/// The request head as the server must see it (the same rules as the general path's):
-/// hop-by-hop headers and client credentials gone, the hub's cookies stripped, the server's
-/// token in, `X-Forwarded-*` set, `Host` kept.
+/// The request head as the server must see it, by the rules the general path follows
+/// ([`headers`]): hop-by-hop headers and client credentials gone, the hub's cookies stripped,
+/// the proxy's own headers written, `Host` kept. A request whose `Connection` names headers
+/// is left to the general path.
 fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) -> Result<(), LaneError> {
     let out = &mut lane.request;
     out.clear();
@@ -288,31 +292,43 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
     let mut earlier_forwarded_for: [&[u8]; 4] = [b""; 4];
     let mut n_forwarded = 0;
     for h in req.headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("cookie") {
-            headers::keep_cookies(h.value, &settings.strip_cookies, &mut lane.cookies);
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            // More than a few such headers is no client's: for the general path.
-            let slot = earlier_forwarded_for.get_mut(n_forwarded).ok_or(LaneError::NotForwarded)?;
-            *slot = h.value;
-            n_forwarded += 1;
-        }
-        let dropped = headers::is_hop_by_hop(name) || WRITTEN_BY_THE_PROXY.iter().any(|n| name.eq_ignore_ascii_case(n));
-        if !dropped {
-            push_header(out, name.as_bytes(), h.value);
+        match headers::request_rule(h.name.as_bytes()) {
+            RequestRule::Pass => push_header(out, h.name.as_bytes(), h.value),
+            RequestRule::Connection if headers::names_headers(h.value) => return Err(LaneError::NotForwarded),
+            RequestRule::Connection | RequestRule::Drop | RequestRule::Length | RequestRule::Own(_) => {}
+            RequestRule::FilterCookies => values::keep_cookies(h.value, &settings.strip_cookies, &mut lane.cookies),
+            RequestRule::DropTokenParams => match values::referer_without_token(h.value) {
+                Some(kept) => push_header(out, h.name.as_bytes(), &kept),
+                None => push_header(out, h.name.as_bytes(), h.value),
+            },
+            RequestRule::AppendForwardedFor => {
+                // More than a few such headers is no client's: for the general path.
+                let slot = earlier_forwarded_for.get_mut(n_forwarded).ok_or(LaneError::NotForwarded)?;
+                *slot = h.value;
+                n_forwarded += 1;
+            }
         }
     }
     if !lane.cookies.is_empty() {
         push_header(out, b"cookie", &lane.cookies);
     }
-    push_header(out, b"authorization", req.route.authorization.as_bytes());
-    out.extend_from_slice(b"x-forwarded-for: ");
-    headers::forwarded_for(earlier_forwarded_for[..n_forwarded].iter().copied(), req.client.addr, out);
-    out.extend_from_slice(b"\r\n");
-    push_header(out, b"x-forwarded-proto", req.client.scheme.as_str().as_bytes());
-    push_header(out, b"x-forwarded-host", req.client.host.as_bytes());
+    for own in OwnRequestHeader::ALL {
+        match own {
+            OwnRequestHeader::Authorization => push_header(out, b"authorization", req.route.authorization.as_bytes()),
+            OwnRequestHeader::ForwardedFor => {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                let earlier = earlier_forwarded_for[..n_forwarded].iter().copied();
+                values::forwarded_for(earlier, req.client.addr, out);
+                out.extend_from_slice(b"\r\n");
+            }
+            OwnRequestHeader::ForwardedProto => {
+                push_header(out, b"x-forwarded-proto", req.client.scheme.as_str().as_bytes());
+            }
+            OwnRequestHeader::ForwardedHost => push_header(out, b"x-forwarded-host", req.client.host.as_bytes()),
+            // The lane takes no RStudio route.
+            OwnRequestHeader::RstudioRootPath => {}
+        }
+    }
     out.extend_from_slice(b"\r\n");
     Ok(())
 }
@@ -363,7 +379,7 @@ async fn exchange(
     }
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Partial,
     /// A 1xx head of this length, to skip.
     Informational(usize),
@@ -374,7 +390,7 @@ enum Parsed {
 /// those `Connection` names) removed, cookies that would reach the hub dropped, `Location`
 /// read back into hub paths, the request's id added. The framing headers pass as they are,
 /// and the body with them.
-fn rewrite_response_head(
+pub(crate) fn rewrite_response_head(
     buf: &[u8],
     out: &mut Vec<u8>,
     req: &PlainGet<'_>,
@@ -395,51 +411,56 @@ fn rewrite_response_head(
     if (100..200).contains(&status) {
         return Ok(Parsed::Informational(len));
     }
+    // Framing is read as hyper's client reads it on the general path (`Content-Length`
+    // values), only stricter where a body could be read two ways: a transfer coding other
+    // than plain chunked, or one with a length too, is refused rather than guessed at.
     let mut length: Option<u64> = None;
-    let mut chunked = false;
+    let mut bad_length = false;
+    let mut lengths = false;
+    let mut coding: Option<bool> = None;
     let mut server_keeps_alive = resp.version == Some(1);
     let mut listed = false;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n =
-                std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(malformed)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(malformed());
+    // Each name is looked up once: the rules say which headers frame the body, too.
+    let mut rules = [ResponseRule::Pass; MAX_RESPONSE_HEADERS];
+    for (h, rule) in resp.headers.iter().zip(rules.iter_mut()) {
+        *rule = headers::response_rule(h.name.as_bytes());
+        match rule {
+            ResponseRule::Length => {
+                lengths = true;
+                bad_length |= !content_length(h.value, &mut length);
             }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only plain chunked is passed on as it is; nothing else occurs in practice.
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(ProxyError::Upstream("its response's transfer coding is not supported".into()));
+            ResponseRule::Coding => {
+                let plain = coding.is_none() && h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                coding = Some(plain);
             }
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
+            ResponseRule::Connection => {
+                if headers::named(std::iter::once(h.value), b"close") {
                     server_keeps_alive = false;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    listed = true;
                 }
+                listed |= headers::names_headers(h.value);
             }
+            _ => {}
         }
     }
-    if chunked && length.is_some() {
-        return Err(malformed());
-    }
-    let framing = match (status, chunked, length) {
-        (204 | 304, _, _) => Framing::Empty,
-        (_, true, _) => Framing::Chunked,
-        (_, false, Some(n)) => Framing::Length(n),
-        (_, false, None) => Framing::UntilClose,
+    let framing = match (status, coding) {
+        // Bodiless whatever their headers say, as hyper reads them.
+        (204 | 304, _) => Framing::Empty,
+        // HTTP/1.0 has no transfer codings: hyper refuses the response.
+        (_, Some(_)) if resp.version == Some(0) => return Err(malformed()),
+        (_, Some(false)) => {
+            return Err(ProxyError::Upstream("its response's transfer coding is not supported".into()));
+        }
+        (_, Some(true)) if lengths => return Err(malformed()),
+        (_, Some(true)) => Framing::Chunked,
+        (_, None) if bad_length => return Err(malformed()),
+        (_, None) => length.map_or(Framing::UntilClose, Framing::Length),
     };
-    let names_listed = |name: &str| {
+    let named = |name: &str| {
         listed
-            && resp
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|h| h.value.split(|b| *b == b','))
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            && headers::named(
+                resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value),
+                name.as_bytes(),
+            )
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -456,32 +477,60 @@ fn rewrite_response_head(
         browser_host: &req.client.host,
         rstudio_prefix: None,
     };
-    for h in resp.headers.iter() {
+    for (h, rule) in resp.headers.iter().zip(rules) {
         let name = h.name;
-        // `Transfer-Encoding` is the framing the body passes with, as it is.
-        let hop = headers::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("x-request-id")
-            || names_listed(name);
-        if hop {
+        if !matches!(rule, ResponseRule::Length | ResponseRule::Coding) && named(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("set-cookie") && headers::plants_for_the_hub(h.value, &settings.strip_cookies) {
-            continue;
+        match rule {
+            // The body passes with its framing as it is, and so do the headers that say it.
+            ResponseRule::Pass | ResponseRule::Length | ResponseRule::Coding => {
+                push_header(out, name.as_bytes(), h.value);
+            }
+            ResponseRule::Connection | ResponseRule::Drop | ResponseRule::Own(_) => {}
+            ResponseRule::DropSetCookieForHub => {
+                if !values::plants_for_the_hub(h.value, &settings.strip_cookies) {
+                    push_header(out, name.as_bytes(), h.value);
+                }
+            }
+            ResponseRule::RewriteLocation => match rewrite.apply_bytes(h.value) {
+                Some(mapped) => push_header(out, name.as_bytes(), mapped.as_bytes()),
+                None => push_header(out, name.as_bytes(), h.value),
+            },
         }
-        if name.eq_ignore_ascii_case("location")
-            && let Some(mapped) = std::str::from_utf8(h.value).ok().and_then(|l| rewrite.apply(l))
-        {
-            push_header(out, name.as_bytes(), mapped.as_bytes());
-            continue;
-        }
-        push_header(out, name.as_bytes(), h.value);
     }
-    push_header(out, b"x-request-id", req.request_id.as_bytes());
+    for own in OwnResponseHeader::ALL {
+        match own {
+            OwnResponseHeader::RequestId => push_header(out, b"x-request-id", req.request_id.as_bytes()),
+        }
+    }
     if framing == Framing::UntilClose {
         push_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
     Ok(Parsed::Final(Head { status, len, framing, server_keeps_alive }))
+}
+
+/// Reads one `Content-Length` value into `length` as hyper does: visible ASCII, a
+/// comma-separated list of decimal numbers (digits only: no sign, no blanks inside), each
+/// equal to the ones before. Whether it was such a value.
+fn content_length(value: &[u8], length: &mut Option<u64>) -> bool {
+    if !value.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)) {
+        return false;
+    }
+    value.split(|b| *b == b',').all(|part| {
+        let digits = part.trim_ascii();
+        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))))
+            .flatten();
+        match n {
+            Some(n) if length.is_none_or(|l| l == n) => {
+                *length = Some(n);
+                true
+            }
+            _ => false,
+        }
+    })
 }
 
 /// Sends the response head and relays the body; whether the upstream connection can carry

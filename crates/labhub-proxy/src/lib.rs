@@ -29,11 +29,15 @@
 //! answers reach the browser as the server writes them.
 //!
 //! # What the server sees
+//! One table of header rules (`headers.rs`, which lists what is removed and added each way)
+//! serves both the general path and the fast lane:
 //! - Removed: hop-by-hop headers (`Connection` and the headers it names, `Keep-Alive`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` except on WebSocket upgrades, every
 //!   `Proxy-*`); the hub's session cookies (other cookies, like Jupyter's `_xsrf`, stay); the
-//!   client's `Authorization` (it may carry the hub token); every `token` query parameter
-//!   (JupyterHub accepts the hub token as `?token=`), the rest of the query byte for byte.
+//!   client's `Authorization` (it may carry the hub token); the client's own `X-Real-Ip`,
+//!   `Forwarded`, `X-Scheme` and `X-Forwarded-*`; every `token` query parameter (JupyterHub
+//!   accepts the hub token as `?token=`), the rest of the query byte for byte, and those in
+//!   `Referer`.
 //! - Added: `Authorization: token <server secret>`; `X-Forwarded-For` (appended),
 //!   `X-Forwarded-Proto`, `X-Forwarded-Host`. `Host` stays the browser's: jupyter_server
 //!   compares it with `Origin` and refuses cross-origin WebSockets otherwise.
@@ -41,9 +45,10 @@
 //!   without its trailing slash (`/user/alice/rs`), the form Posit's proxy guide uses and
 //!   the one rserver normalises to (`Request::rootPath`).
 //!
-//! `Location` headers pointing at a server's internal address become hub paths; for
-//! RStudio, redirects not under the prefix (its sign-in page went to `/auth-sign-in` before
-//! 1.4) get it.
+//! On the way back, hop-by-hop headers, `Set-Cookie`s that could plant a cookie for the hub
+//! and `Service-Worker-Allowed` are dropped, and `Location` headers pointing at a server's
+//! internal address become hub paths; for RStudio, redirects not under the prefix (its
+//! sign-in page went to `/auth-sign-in` before 1.4) get it.
 //!
 //! # WebSockets
 //! The upgrade is forwarded first; the client gets 101 only after the server answered 101,
@@ -85,11 +90,67 @@ mod lane;
 mod limits;
 mod path;
 mod pool;
+#[cfg(test)]
+mod proptests;
 mod route;
+mod settings;
 mod tunnel;
+mod values;
 
 pub use error::ProxyError;
-pub use forward::{ClientInfo, Proxy, ProxySettings, Scheme};
+pub use forward::Proxy;
 pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
 pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable};
+pub use settings::{ClientInfo, ProxySettings, Scheme};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    /// The crate's modules and, for each, the modules its non-test code names (`crate::x`).
+    fn imports() -> BTreeMap<String, Vec<String>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let files: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        let modules: Vec<&str> = files.iter().map(|(m, _)| m.as_str()).filter(|m| *m != "lib").collect();
+        files
+            .iter()
+            .filter(|(m, _)| m != "lib" && m != "proptests")
+            .map(|(m, text)| {
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let mut named: Vec<String> = modules
+                    .iter()
+                    .filter(|other| *other != m && code.contains(&format!("crate::{other}")))
+                    .map(|other| other.to_string())
+                    .collect();
+                named.sort();
+                (m.clone(), named)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_module_imports_its_own_importers() {
+        let graph = imports();
+        assert!(graph.len() > 10, "{graph:?}");
+        // Depth-first, with the path so far: a module met again on its own path is a circle.
+        fn visit<'a>(m: &'a str, graph: &'a BTreeMap<String, Vec<String>>, path: &mut Vec<&'a str>) {
+            if let Some(at) = path.iter().position(|p| *p == m) {
+                panic!("an import circle: {} -> {m}", path[at..].join(" -> "));
+            }
+            path.push(m);
+            for next in graph.get(m).into_iter().flatten() {
+                visit(next, graph, path);
+            }
+            path.pop();
+        }
+        for m in graph.keys() {
+            visit(m, &graph, &mut Vec::new());
+        }
+    }
+}

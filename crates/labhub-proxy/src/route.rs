@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::closer::Closer;
-use crate::forward::ProxySettings;
 use crate::path::UserPath;
 use crate::pool::Pool;
+use crate::settings::ProxySettings;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use http::HeaderValue;

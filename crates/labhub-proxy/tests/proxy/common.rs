@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use labhub_proxy::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// The secret every test route injects.
@@ -128,6 +129,11 @@ pub struct Upstream {
     /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
     pub kill: CancellationToken,
+    /// Each notification lets `sse` send its next event: a test reads one event before it
+    /// allows the next, so a proxy that held events back would hang it.
+    pub events: Arc<Notify>,
+    /// Each permit answers one request waiting in `hold`.
+    pub release: Arc<Semaphore>,
 }
 
 struct OpenGuard(Arc<AtomicUsize>);
@@ -185,7 +191,8 @@ impl Upstream {
         let open = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let kill = CancellationToken::new();
-        let app = upstream_app(addr);
+        let (events, release) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+        let app = upstream_app(addr, events.clone(), release.clone());
         let (o, a, k) = (open.clone(), accepted.clone(), kill.clone());
         tokio::spawn(async move {
             loop {
@@ -215,7 +222,7 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, open, accepted, kill }
+        Self { addr, open, accepted, kill, events, release }
     }
 
     pub fn open(&self) -> usize {
@@ -229,9 +236,9 @@ impl Upstream {
 
 /// Routes are matched on the path's last segment, so one app serves both Jupyter-style
 /// (prefix kept) and RStudio-style (prefix stripped) routes.
-fn upstream_app(own: SocketAddr) -> Router {
+fn upstream_app(own: SocketAddr, events: Arc<Notify>, release: Arc<Semaphore>) -> Router {
     Router::new().fallback(any(move |ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>, req: Request| {
-        upstream(own, ws.ok(), req)
+        upstream(own, ws.ok(), req, events.clone(), release.clone())
     }))
 }
 
@@ -250,10 +257,22 @@ fn dump(req: &Request) -> String {
 
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
-async fn upstream(own: SocketAddr, ws: Option<WebSocketUpgrade>, req: Request) -> Response {
+async fn upstream(
+    own: SocketAddr,
+    ws: Option<WebSocketUpgrade>,
+    req: Request,
+    events: Arc<Notify>,
+    release: Arc<Semaphore>,
+) -> Response {
     let last = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
     match last.as_str() {
         "echo" => dump(&req).into_response(),
+        // A service worker script asking for a scope above its own path.
+        "sw.js" => (
+            [(header::CONTENT_TYPE, "text/javascript"), (HeaderName::from_static("service-worker-allowed"), "/")],
+            "self.skipWaiting();",
+        )
+            .into_response(),
         "body" => Response::new(req.into_body()),
         "redirect" => {
             let to = query_param(&req, "to").unwrap_or("/");
@@ -270,17 +289,25 @@ async fn upstream(own: SocketAddr, ws: Option<WebSocketUpgrade>, req: Request) -
             "never".into_response()
         }
         "sse" => {
-            let events = futures::stream::unfold(0u32, |i| async move {
-                if i == 5 {
-                    return None;
+            let events = futures::stream::unfold(0u32, move |i| {
+                let events = events.clone();
+                async move {
+                    if i == 5 {
+                        return None;
+                    }
+                    events.notified().await;
+                    Some((Ok::<_, Infallible>(Bytes::from(format!("data: event {i}\n\n"))), i + 1))
                 }
-                if i > 0 {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Some((Ok::<_, Infallible>(Bytes::from(format!("data: event {i}\n\n"))), i + 1))
             });
             ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(events)).into_response()
         }
+        "hold" => match release.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                "released".into_response()
+            }
+            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "closed").into_response(),
+        },
         "download" => {
             let bytes: u64 = query_param(&req, "bytes").and_then(|b| b.parse().ok()).unwrap_or(0);
             let chunks = bytes.div_ceil(ZEROS.len() as u64);
@@ -419,6 +446,30 @@ pub async fn hangs_up_on_the_second_request_upstream() -> (SocketAddr, Arc<Atomi
         read_request_head(&mut stream).await;
     })
     .await
+}
+
+/// Reads the five events of the upstream's `sse` in lock-step: each is let go only after the
+/// one before reached the client, so a proxy that held events back would never see the next
+/// (the timeout only guards against that hang). Returns the whole text.
+pub async fn read_events_in_turn(response: reqwest::Response, events: &Notify) -> String {
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    for i in 0..5 {
+        events.notify_one();
+        let want = format!("data: event {i}\n\n");
+        let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+            while !text.contains(&want) {
+                let chunk = stream.next().await.expect("the stream ended early").expect("the stream broke");
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await;
+        assert!(arrived.is_ok(), "event {i} was held back: {text:?}");
+    }
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream broke")));
+    }
+    text
 }
 
 /// A port nothing listens on.
