@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::common::{docker_hub, start_ready, wait_for_user};
+use crate::common::{docker_hub, start_ready};
 use labhub_testkit::app::script;
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +264,8 @@ async fn json(r: reqwest::Response) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_bodies_and_queries_pass_and_the_hub_token_stays_behind() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let secret = server_secret(&app, "alice");
     let token = alice.strip_prefix("token ").unwrap();
     let c = script();
@@ -340,7 +341,8 @@ async fn http_bodies_and_queries_pass_and_the_hub_token_stays_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gibibyte_streams_down_and_up_through_the_hub_in_bounded_memory() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let c = script();
     let _heavy = heavy().await;
 
@@ -435,7 +437,8 @@ fn blocks(n: usize) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_echo_large_and_many_messages_and_close_codes_pass_through() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let url = ws_url(&app.url, "/user/alice/ws/echo");
 
     // Token-authenticated upgrades need no Origin.
@@ -511,7 +514,8 @@ async fn websockets_echo_large_and_many_messages_and_close_codes_pass_through() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_arrive_one_by_one() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     // A script through the general path; a browser through the fast lane.
     let cookie = session_cookie(&app, "alice").await;
     for (name, value) in [("Authorization", &alice), ("Cookie", &cookie)] {
@@ -558,7 +562,8 @@ async fn events_arrive_one_by_one(app: &TestApp, credential: &str, value: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_to_the_servers_internal_address_come_back_as_hub_paths() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let cookie = session_cookie(&app, "alice").await;
     // A script through the general path; a browser through the fast lane.
     for (name, value) in [("Authorization", &alice), ("Cookie", &cookie)] {
@@ -584,7 +589,8 @@ async fn redirects_to_the_servers_internal_address_come_back_as_hub_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rstudio_servers_get_their_prefix_stripped_and_sign_in_stays_under_it() {
-    let (app, root, alice) = docker_hub(|_| {}).await;
+    let (app, root, alice_api) = docker_hub(|_| {}).await;
+    let (root, alice) = (root.authorization().to_string(), alice_api.authorization().to_string());
     let reference = app.docker.as_ref().unwrap().test_image.to_string();
     let c = script();
     let r = c
@@ -604,7 +610,7 @@ async fn rstudio_servers_get_their_prefix_stripped_and_sign_in_stays_under_it() 
         .await
         .unwrap();
     assert!(matches!(r.status().as_u16(), 201 | 202), "{} {}", r.status(), r.text().await.unwrap());
-    wait_for_user(&app, &alice, "alice", Duration::from_secs(60), |v| v["servers"]["stats"]["ready"] == true).await;
+    alice_api.wait_ready("alice", Some("stats")).await;
 
     // rserver serves at its root: the prefix is gone, and the root path header says it.
     let who =
@@ -656,7 +662,8 @@ async fn an_upstream_dying_mid_response_truncates_the_body_and_the_hub_carries_o
     let (app, _, alice) = docker_hub(|_| {}).await;
     hub_panics();
     let panics_before = hub_panics().len();
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let c = script();
     let r =
         c.get(app.at("/user/alice/abort-mid-body?bytes=1048576")).header("Authorization", &alice).send().await.unwrap();
@@ -704,7 +711,8 @@ async fn an_upstream_dying_mid_response_truncates_the_body_and_the_hub_carries_o
 async fn an_upstream_dying_mid_websocket_ends_the_tunnel() {
     let (app, _, alice) = docker_hub(|_| {}).await;
     let panics_before = hub_panics().len();
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let mut ws = ws_connect(&ws_url(&app.url, "/user/alice/ws/echo"), &[("Authorization", &alice)]).await.unwrap();
     assert_eq!(echo(&mut ws, "before").await, "before");
     // Another request makes the server exit while the tunnel is open.
@@ -723,7 +731,8 @@ async fn an_upstream_dying_mid_websocket_ends_the_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_server_closes_its_open_tunnels_at_once() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let mut sockets = Vec::new();
     for _ in 0..3 {
         let mut ws = ws_connect(&ws_url(&app.url, "/user/alice/ws/echo"), &[("Authorization", &alice)]).await.unwrap();
@@ -746,7 +755,8 @@ async fn stopping_a_server_closes_its_open_tunnels_at_once() {
 async fn the_hub_shutting_down_with_open_tunnels_ends_them_cleanly() {
     let (app, _, alice) = docker_hub(|_| {}).await;
     let panics_before = hub_panics().len();
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     // Kept apart from the hub, so that its containers outlive it: the tunnels must end because
     // the hub went, not because the server did.
     let scope = app.docker.clone().unwrap();
@@ -778,7 +788,8 @@ async fn the_hub_shutting_down_with_open_tunnels_ends_them_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_limit_requests_get_503_at_once_and_big_headers_431() {
     let (app, _, alice) = docker_hub(|c| c.proxy.max_connections_per_server = 2).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
+    let alice = alice.authorization().to_string();
     let c = script();
     let slow = |ms: u64| c.get(app.at(&format!("/user/alice/slow?ms={ms}"))).header("Authorization", &alice).send();
     let (a, b, third) = tokio::join!(slow(3000), slow(3000), async {

@@ -243,11 +243,11 @@ const PATHS: &[(&str, PathIs)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authorization_matrix_holds_for_every_path_trick() {
-    let (app, root_token, alice_token) = docker_hub(|_| {}).await;
+    let (app, root, alice) = docker_hub(|_| {}).await;
     app.add_user("bob", "correct horse", false).await;
     app.add_user("alice2", "correct horse", false).await;
-    let bob_token = format!("token {}", app.token("bob").await);
-    start_ready(&app, &alice_token, "alice").await;
+    let bob = app.api_for("bob").await;
+    start_ready(&alice, "alice").await;
     let addr = app.url.trim_start_matches("http://").to_string();
     let origin = app.url.clone();
 
@@ -255,8 +255,9 @@ async fn the_authorization_matrix_holds_for_every_path_trick() {
     for who in ["alice", "bob", "root"] {
         cookies.insert(who, session_cookie(&app, who).await);
     }
-    let tokens = [("alice", alice_token.clone()), ("bob", bob_token.clone()), ("root", root_token.clone())];
-    let token_of = |name: &str| tokens.iter().find(|(n, _)| *n == name).map(|(_, t)| t.clone()).unwrap();
+    let tokens = [("alice", &alice), ("bob", &bob), ("root", &root)];
+    let token_of =
+        |name: &str| tokens.iter().find(|(n, _)| *n == name).map(|(_, api)| api.authorization().to_string()).unwrap();
 
     let mut failures = Vec::new();
     let mut served = 0usize;
@@ -391,9 +392,9 @@ fn urlencode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_cookie_and_token_never_reach_the_server() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
     let secret = server_secret(&app, "alice");
-    let token = alice.strip_prefix("token ").unwrap().to_string();
+    let token = alice.token().to_string();
     let session = session_cookie(&app, "alice").await;
     let session_value = session.split_once('=').unwrap().1.to_string();
     let cookie_name = app.config.session.cookie_name.clone();
@@ -431,7 +432,7 @@ async fn the_hub_cookie_and_token_never_reach_the_server() {
 
     // A script: the token in the header, then in the query, then both (Bearer).
     for (target, auth) in [
-        ("/user/alice/whoami".to_string(), Some(alice.clone())),
+        ("/user/alice/whoami".to_string(), Some(alice.authorization().to_string())),
         (format!("/user/alice/whoami?token={token}"), None),
         (format!("/user/alice/whoami?x=1&token={token}"), Some(format!("Bearer {token}"))),
     ] {
@@ -449,7 +450,7 @@ async fn the_hub_cookie_and_token_never_reach_the_server() {
     // WebSockets: the upgrade request the server saw, by cookie (same origin) and by token.
     for headers in [
         vec![("Cookie", format!("{session}; _xsrf=2|abc")), ("Origin", app.url.clone())],
-        vec![("Authorization", alice.clone())],
+        vec![("Authorization", alice.authorization().to_string())],
     ] {
         let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut ws = ws_connect(&ws_url(&app.url, &format!("/user/alice/ws/headers?token={token}&y=2")), &hs)
@@ -479,8 +480,9 @@ async fn ws_next_text(ws: &mut crate::proxy::Ws) -> Option<String> {
 async fn cookie_authenticated_writes_and_websockets_must_come_from_the_hubs_origin() {
     let (app, _, alice) = docker_hub(|_| {}).await;
     app.add_user("bob", "correct horse", false).await;
-    let bob = format!("token {}", app.token("bob").await);
-    start_ready(&app, &alice, "alice").await;
+    let bob = app.api_for("bob").await;
+    start_ready(&alice, "alice").await;
+    let (auth, bob_auth) = (alice.authorization(), bob.authorization());
     let session = session_cookie(&app, "alice").await;
     let c = script();
     let evil = "http://evil.example";
@@ -506,7 +508,7 @@ async fn cookie_authenticated_writes_and_websockets_must_come_from_the_hubs_orig
     let r = c.get(app.at("/user/alice/whoami")).header("Cookie", &session).header("Origin", evil).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Scripts with a token need no Origin.
-    let r = c.post(app.at("/user/alice/upload")).header("Authorization", &alice).body("x").send().await.unwrap();
+    let r = c.post(app.at("/user/alice/upload")).header("Authorization", auth).body("x").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     // WebSockets with the session cookie: only from the hub's origin, never without one.
@@ -520,12 +522,11 @@ async fn cookie_authenticated_writes_and_websockets_must_come_from_the_hubs_orig
         assert_eq!(refused_status(&refused), 403, "{origin:?}");
     }
     // A token upgrade may omit Origin, but a foreign one is refused all the same.
-    assert!(ws_connect(&url, &[("Authorization", &alice)]).await.is_ok());
-    let refused =
-        ws_connect(&url, &[("Authorization", &alice), ("Origin", evil)]).await.expect_err("a refused upgrade");
+    assert!(ws_connect(&url, &[("Authorization", auth)]).await.is_ok());
+    let refused = ws_connect(&url, &[("Authorization", auth), ("Origin", evil)]).await.expect_err("a refused upgrade");
     assert_eq!(refused_status(&refused), 403);
     // Another user's token opens nothing.
-    let refused = ws_connect(&url, &[("Authorization", &bob)]).await.expect_err("a refused upgrade");
+    let refused = ws_connect(&url, &[("Authorization", bob_auth)]).await.expect_err("a refused upgrade");
     assert_eq!(refused_status(&refused), 403);
     let refused = ws_connect(&url, &[]).await.expect_err("a refused upgrade");
     assert_eq!(refused_status(&refused), 401);
@@ -542,7 +543,7 @@ async fn a_server_that_is_not_running_offers_a_start_page_or_a_json_503() {
         let api = app.at("/user/alice/api/kernels");
         let b = b.clone();
         let c = c.clone();
-        let alice = alice.clone();
+        let auth = alice.authorization().to_string();
         async move {
             let page = b.get(&at).header("Accept", "text/html").send().await.unwrap();
             assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -552,7 +553,7 @@ async fn a_server_that_is_not_running_offers_a_start_page_or_a_json_503() {
                 html.contains("is not running") && html.contains("Start it") && html.contains("/hub/spawn/alice"),
                 "{html}"
             );
-            let r = c.get(&api).header("Authorization", &alice).send().await.unwrap();
+            let r = c.get(&api).header("Authorization", &auth).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "a JSON 503, never a 502");
             assert_eq!(r.headers()["content-type"], "application/json");
             assert!(r.headers().contains_key("retry-after"));
@@ -567,14 +568,13 @@ async fn a_server_that_is_not_running_offers_a_start_page_or_a_json_503() {
     // Never started.
     check_stopped(&app).await;
     // Started, then stopped: same answers, and nothing left of the route.
-    start_ready(&app, &alice, "alice").await;
-    let r = c.get(app.at("/user/alice/api/status")).header("Authorization", &alice).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = c.delete(app.at("/hub/api/users/alice/server")).header("Authorization", &alice).send().await.unwrap();
-    assert!(r.status().is_success());
+    start_ready(&alice, "alice").await;
+    let r = c.get(app.at("/user/alice/api/status")).header("Authorization", alice.authorization()).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    alice.stop("alice", None).await.unwrap();
     check_stopped(&app).await;
     // A WebSocket to a stopped server is refused the same way.
-    let refused = ws_connect(&ws_url(&app.url, "/user/alice/ws/echo"), &[("Authorization", &alice)])
+    let refused = ws_connect(&ws_url(&app.url, "/user/alice/ws/echo"), &[("Authorization", alice.authorization())])
         .await
         .expect_err("a refused upgrade");
     assert_eq!(refused_status(&refused), 503);
@@ -586,7 +586,7 @@ async fn jupyterlabs_echo_of_its_servers_token_is_judged_by_the_session_cookie()
     // in WebSocket URLs, next to the hub's cookie. It is no hub credential: the cookie decides.
     let (app, _, alice) = docker_hub(|_| {}).await;
     app.add_user("bob", "correct horse", false).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
     let secret = server_secret(&app, "alice");
     let as_jupyterlab = format!("token {secret}");
     let alice_cookie = session_cookie(&app, "alice").await;
@@ -682,8 +682,7 @@ async fn proxied_traffic_keeps_a_session_alive_and_its_limits_still_hold() {
         .await;
     app.add_test_image("test").await;
     app.add_user("alice", "correct horse", false).await;
-    let alice = format!("token {}", app.token("alice").await);
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&app.api_for("alice").await, "alice").await;
     let clock = app.clock.clone().unwrap();
     let status = app.at("/user/alice/api/status");
 
@@ -749,13 +748,13 @@ async fn lane_takes(app: &TestApp, request: &str) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fast_lane_answers_only_what_is_certainly_allowed() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
     app.add_user("bob", "correct horse", false).await;
     let host = app.url.trim_start_matches("http://").to_string();
     let owner = session_cookie(&app, "alice").await;
     let admin = session_cookie(&app, "root").await;
     let other = session_cookie(&app, "bob").await;
-    let token = alice.strip_prefix("token ").unwrap();
+    let token = alice.token();
     let get = |target: &str, extra: &str| format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
     let with = |cookie: &str| format!("Cookie: _xsrf=1; {cookie}\r\nConnection: keep-alive\r\n");
 
