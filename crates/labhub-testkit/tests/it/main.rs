@@ -11,6 +11,7 @@ mod db_outage;
 mod groups;
 mod oidc;
 mod pages;
+mod proxied;
 mod proxy;
 mod proxy_auth;
 mod quotas;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::{docker_hub, start_ready};
-use crate::proxy::{echo, refused_status, server_secret, session_cookie, ws_connect, ws_url};
+use crate::proxied::{echo, refused_status, server_secret, session_cookie, ws_connect, ws_url};
 use labhub_testkit::app::script;
 
 /// An answer to a raw request.
@@ -468,7 +468,7 @@ async fn the_hub_cookie_and_token_never_reach_the_server() {
     }
 }
 
-async fn ws_next_text(ws: &mut crate::proxy::Ws) -> Option<String> {
+async fn ws_next_text(ws: &mut crate::proxied::Ws) -> Option<String> {
     use futures::StreamExt;
     match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.ok()?? {
         Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => Some(t.to_string()),

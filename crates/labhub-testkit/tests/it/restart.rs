@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::common::test_server_binary;
-use crate::proxy::{WsEnd, echo, ws_connect, ws_end, ws_url};
+use crate::proxied::{WsEnd, echo, ws_connect, ws_end, ws_url};
 use labhub_testkit::app::script;
 
 const EXE: &str = env!("CARGO_BIN_EXE_labhub-exe");
