@@ -501,11 +501,20 @@ async fn server_pid(app: &TestApp) -> i64 {
     inspected.state.and_then(|s| s.pid).expect("a running container's process")
 }
 
-/// The state letter of a process (`T`: stopped by a signal), while it exists.
-fn process_state(pid: i64) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) S …`: the state follows the command's closing parenthesis.
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
+/// The state letter of each thread of a process (`T`: stopped by a signal); none once it is gone.
+fn thread_states(pid: i64) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // `tid (comm) S …`: the state follows the command's closing parenthesis.
+        .filter_map(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .collect()
+}
+
+/// Whether every thread of the process is stopped by a signal (and it still exists).
+fn is_frozen(pid: i64) -> bool {
+    let states = thread_states(pid);
+    !states.is_empty() && states.iter().all(|s| *s == 'T')
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,15 +536,16 @@ async fn stopping_a_server_closes_its_open_tunnels_at_once() {
     let pid = server_pid(&app).await;
     let frozen = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
     assert!(frozen.success());
-    assert_eq!(process_state(pid), Some('T'));
+    // A signal stops each thread when it next runs in the kernel: not necessarily at once.
+    assert!(eventually(|| is_frozen(pid)).await, "the server never froze: {:?}", thread_states(pid));
     assert_eq!(alice.stop("alice", None).await, Ok(StatusCode::ACCEPTED));
     for ws in &mut sockets {
         ws_end(ws, HANG).await;
     }
-    assert_eq!(
-        process_state(pid),
-        Some('T'),
-        "the server was no longer frozen when its tunnels ended: they may have ended with it, not at the stop"
+    assert!(
+        is_frozen(pid),
+        "the server was no longer frozen when its tunnels ended ({:?}): they may have ended with it, not at the stop",
+        thread_states(pid)
     );
     assert_eq!(app.hub.routes().open_tunnels(), 0);
 }
