@@ -116,6 +116,10 @@ async fn the_culler_on_its_own_stops_an_idle_server_and_spares_a_used_one() {
     // Both under the site default's hour: alice used 30 minutes ago, bob idle for 70.
     clock.advance(time::Duration::minutes(40));
     use_server(&app, &alice, "alice").await;
+    // A pass that wrote the proxy's activity out just before this use, and reads the clock after
+    // the jump below, would judge alice's server by its older activity; with the use in the
+    // database, that pass's last check sees it and leaves the server running.
+    app.hub.servers().flush_activity().await.unwrap();
     clock.advance(time::Duration::minutes(30));
     // Left alone, bob's goes; the pass that stopped it judged alice's by the same clock.
     bob.wait_stopped("bob", None).await;
