@@ -1,7 +1,7 @@
 //! API authentication: tokens in every accepted form, and every way a token can be wrong.
 
-use labhub_testkit::TestApp;
 use labhub_testkit::app::script;
+use labhub_testkit::{Api, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -173,6 +173,11 @@ async fn cookie_authenticated_api_writes_need_the_hubs_origin() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // The test client as that browser (its cookie, the hub's own Origin) reads and writes too.
+    let page = Api::session(&app.url, &b);
+    assert_eq!(page.me().await.name, "alice");
+    page.create_token("alice", serde_json::json!({"note": "from the page"})).await.unwrap();
+    assert_eq!(app.count("select count(*) from api_tokens").await, 2);
 }
 
 #[tokio::test]
