@@ -14,6 +14,7 @@ use labhub_service::accounts::NewAccount;
 use reqwest::{Client, Response, StatusCode, redirect};
 use tokio::sync::oneshot;
 
+use crate::api::Api;
 use crate::docker::DockerScope;
 use crate::pg::{TestCluster, TestDb};
 
@@ -214,6 +215,16 @@ impl TestApp {
     pub async fn token(&self, name: &str) -> String {
         let name = UserName::parse(name).expect("a valid name");
         self.hub.tokens().create(Actor::System, &name, "test", None).await.expect("a token").0.expose().clone()
+    }
+
+    /// A client of the hub's API with this token (bare, or `token …`).
+    pub fn api(&self, token: &str) -> Api {
+        Api::new(&self.url, token)
+    }
+
+    /// A client of the hub's API with a new token of `name`'s.
+    pub async fn api_for(&self, name: &str) -> Api {
+        self.api(&self.token(name).await)
     }
 
     /// Fetches a page and returns the CSRF token its forms carry.

@@ -4,6 +4,7 @@
 //!
 //! Tests using it live in this package's `tests/it/` (one test binary, so the suite links once).
 
+pub mod api;
 pub mod app;
 pub mod browser;
 pub mod docker;
@@ -12,4 +13,5 @@ pub mod images;
 pub mod oidc;
 pub mod pg;
 
+pub use api::{Answer, Api, ApiError};
 pub use app::{TestApp, TestAppBuilder};

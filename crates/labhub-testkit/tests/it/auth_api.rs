@@ -1,7 +1,7 @@
 //! API authentication: tokens in every accepted form, and every way a token can be wrong.
 
-use labhub_testkit::TestApp;
 use labhub_testkit::app::script;
+use labhub_testkit::{Api, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -99,47 +99,26 @@ async fn missing_invalid_and_malformed_tokens_are_401_json() {
 async fn revoked_token_stops_working_at_once_even_when_cached() {
     let app = TestApp::spawn().await;
     app.add_user("alice", "correct horse", false).await;
-    let t = app.token("alice").await;
-    let c = script();
-    let auth = format!("token {t}");
+    let alice = app.api_for("alice").await;
     // Warm the cache.
-    assert_eq!(c.get(app.at("/hub/api/user")).header("Authorization", &auth).send().await.unwrap().status(), 200);
-    let list =
-        json(c.get(app.at("/hub/api/users/alice/tokens")).header("Authorization", &auth).send().await.unwrap()).await;
-    let id = list["api_tokens"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(alice.get("/hub/api/user").await.status, StatusCode::OK);
+    let id = alice.tokens("alice").await[0].id.clone();
     assert!(id.starts_with('a'), "JupyterHub-style id: {id}");
-    let r = c
-        .delete(app.at(&format!("/hub/api/users/alice/tokens/{id}")))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = c.get(app.at("/hub/api/user")).header("Authorization", &auth).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(alice.revoke_token("alice", &id).await, Ok(StatusCode::NO_CONTENT));
+    assert_eq!(alice.get("/hub/api/user").await.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn expired_token_is_refused() {
     let app = TestApp::builder().manual_clock().spawn().await;
     app.add_user("alice", "correct horse", false).await;
-    let owner = app.token("alice").await;
-    let c = script();
-    let r = c
-        .post(app.at("/hub/api/users/alice/tokens"))
-        .header("Authorization", format!("token {owner}"))
-        .json(&serde_json::json!({"note": "short", "expires_in": 60}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let body = json(r).await;
-    let short = body["token"].as_str().unwrap().to_string();
-    assert!(body["expires_at"].is_string());
-    let auth = format!("token {short}");
-    assert_eq!(c.get(app.at("/hub/api/user")).header("Authorization", &auth).send().await.unwrap().status(), 200);
+    let owner = app.api_for("alice").await;
+    let short = owner.create_token("alice", serde_json::json!({"note": "short", "expires_in": 60})).await.unwrap();
+    assert!(short.expires_at.is_some());
+    let short = app.api(short.token.as_deref().expect("the new token itself"));
+    assert_eq!(short.get("/hub/api/user").await.status, StatusCode::OK);
     app.clock.as_ref().unwrap().advance(time::Duration::seconds(61));
-    assert_eq!(c.get(app.at("/hub/api/user")).header("Authorization", &auth).send().await.unwrap().status(), 401);
+    assert_eq!(short.get("/hub/api/user").await.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -147,8 +126,7 @@ async fn a_users_token_cannot_use_admin_endpoints_or_other_users() {
     let app = TestApp::spawn().await;
     app.add_user("alice", "correct horse", false).await;
     app.add_user("bob", "correct horse", false).await;
-    let t = format!("token {}", app.token("alice").await);
-    let c = script();
+    let alice = app.api_for("alice").await;
     for (method, path) in [
         ("GET", "/hub/api/users"),
         ("POST", "/hub/api/users/carol"),
@@ -159,15 +137,9 @@ async fn a_users_token_cannot_use_admin_endpoints_or_other_users() {
         ("POST", "/hub/api/users/bob/tokens"),
         ("GET", "/hub/api/info"),
     ] {
-        let r = c
-            .request(method.parse().unwrap(), app.at(path))
-            .header("Authorization", &t)
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path}");
-        assert_eq!(json(r).await["status"], 403);
+        let r = alice.answer(alice.request(method.parse().unwrap(), path).body("{}")).await;
+        // In JupyterHub's error shape, whose `status` is the answer's.
+        assert_eq!(r.error().status, StatusCode::FORBIDDEN, "{method} {path}");
     }
     // Nothing changed.
     let n: i64 = app.count("select count(*) from users").await;
@@ -201,20 +173,19 @@ async fn cookie_authenticated_api_writes_need_the_hubs_origin() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // The test client as that browser (its cookie, the hub's own Origin) reads and writes too.
+    let page = Api::session(&app.url, &b);
+    assert_eq!(page.me().await.name, "alice");
+    page.create_token("alice", serde_json::json!({"note": "from the page"})).await.unwrap();
+    assert_eq!(app.count("select count(*) from api_tokens").await, 2);
 }
 
 #[tokio::test]
 async fn token_scopes_narrower_than_the_owner_are_refused_clearly() {
     let app = TestApp::spawn().await;
     app.add_user("alice", "correct horse", false).await;
-    let t = format!("token {}", app.token("alice").await);
-    let r = script()
-        .post(app.at("/hub/api/users/alice/tokens"))
-        .header("Authorization", &t)
-        .json(&serde_json::json!({"scopes": ["read:users"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(json(r).await["message"].as_str().unwrap().contains("scopes"));
+    let alice = app.api_for("alice").await;
+    let refused = alice.create_token("alice", serde_json::json!({"scopes": ["read:users"]})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.message.contains("scopes"), "{refused}");
 }

@@ -1,41 +1,42 @@
-//! The built-in idle culler (on a manual clock, and for real with a short timeout) and the API
-//! fields the external `jupyterhub-idle-culler` relies on.
+//! The built-in idle culler (its passes, and its loop running on its own, both by the hub's
+//! manual clock) and the API fields the external `jupyterhub-idle-culler` relies on.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use labhub_core::ManualClock;
 use labhub_service::quotas::QuotaPatch;
-use labhub_testkit::TestApp;
+use labhub_testkit::api::{Paginated, UserModel};
 use labhub_testkit::docker::DockerScope;
+use labhub_testkit::{Api, TestApp};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::common::{docker_hub, start_ready, test_server_binary, wait_for_user};
+use crate::common::{docker_hub, start_ready, test_server_binary};
 use crate::groups::{audited, lab};
 use labhub_testkit::app::script;
 
 /// A hub on a manual clock whose servers run in their own Docker scope, with the test image,
-/// an admin and two members; returns the app, its clock and alice's and bob's tokens.
-async fn manual_hub() -> (TestApp, ManualClock, String, String) {
+/// an admin and two members; returns the app, its clock and alice's and bob's API clients.
+async fn manual_hub(adjust: impl FnOnce(&mut labhub::Config)) -> (TestApp, ManualClock, Api, Api) {
     let scope = Arc::new(DockerScope::new(test_server_binary()).await);
-    let app = TestApp::builder().docker(scope).manual_clock().spawn().await;
+    let app = TestApp::builder().docker(scope).manual_clock().config(adjust).spawn().await;
     app.add_test_image("test").await;
     app.add_user("root", "correct horse", true).await;
     app.add_user("alice", "correct horse", false).await;
     app.add_user("bob", "correct horse", false).await;
-    let alice = format!("token {}", app.token("alice").await);
-    let bob = format!("token {}", app.token("bob").await);
+    let alice = app.api_for("alice").await;
+    let bob = app.api_for("bob").await;
     let clock = app.clock.clone().expect("a manual clock");
     (app, clock, alice, bob)
 }
 
 /// One proxied request to a user's server: the activity the culler counts.
-async fn use_server(app: &TestApp, auth: &str, user: &str) {
-    let r = script().get(app.at(&format!("/user/{user}/api/status"))).header("Authorization", auth).send().await;
-    assert_eq!(r.unwrap().status(), 200);
+async fn use_server(app: &TestApp, api: &Api, user: &str) {
+    let r = script().get(app.at(&format!("/user/{user}/api/status"))).header("Authorization", api.authorization());
+    assert_eq!(r.send().await.unwrap().status(), 200);
 }
 
 async fn culled(app: &TestApp) -> Vec<(String, String)> {
@@ -44,7 +45,7 @@ async fn culled(app: &TestApp) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_culler_stops_idle_and_expired_servers_by_the_hubs_clock() {
-    let (app, clock, alice, bob) = manual_hub().await;
+    let (app, clock, alice, bob) = manual_hub(|_| {}).await;
     lab(
         &app,
         "lab",
@@ -58,8 +59,8 @@ async fn the_culler_stops_idle_and_expired_servers_by_the_hubs_clock() {
     )
     .await;
     // alice runs under lab (30 minutes idle, 2 hours at most); bob under the site default (1 hour idle).
-    start_ready(&app, &alice, "alice").await;
-    start_ready(&app, &bob, "bob").await;
+    start_ready(&alice, "alice").await;
+    start_ready(&bob, "bob").await;
     let minutes = |m: i64| time::Duration::minutes(m);
     assert!(culled(&app).await.is_empty());
 
@@ -105,37 +106,38 @@ async fn the_culler_stops_idle_and_expired_servers_by_the_hubs_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_short_idle_timeout_stops_an_unused_server_and_spares_a_used_one() {
-    let (app, _, alice) = docker_hub(|c| {
-        c.quota.idle_timeout = Some(Duration::from_secs(3));
-        c.culler.interval = Duration::from_secs(1);
-    })
-    .await;
+async fn the_culler_on_its_own_stops_an_idle_server_and_spares_a_used_one() {
+    // The loop passes every second of real time; idleness is by the hub's clock, which only
+    // the test moves.
+    let (app, clock, alice, bob) = manual_hub(|c| c.culler.interval = Duration::from_secs(1)).await;
+    start_ready(&alice, "alice").await;
+    start_ready(&bob, "bob").await;
     let culler = tokio::spawn(app.hub.clone().run_culler(std::future::pending()));
-    start_ready(&app, &alice, "alice").await;
-    // Used every half second for twice the timeout: it stays.
-    let busy_until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < busy_until {
-        use_server(&app, &alice, "alice").await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let v = script().get(app.at("/hub/api/users/alice")).header("Authorization", &alice).send().await.unwrap();
-    assert_eq!(v.json::<Value>().await.unwrap()["servers"][""]["ready"], true, "an active server is not culled");
-    // Left alone, it goes.
-    wait_for_user(&app, &alice, "alice", Duration::from_secs(20), |v| {
-        v["servers"].as_object().is_some_and(|s| s.is_empty())
-    })
-    .await;
-    let reason: Option<String> =
-        labhub_db::sqlx::query_scalar("select stop_reason from servers").fetch_one(&app.db).await.unwrap();
-    assert_eq!(reason.as_deref(), Some("stopped after 3 seconds without activity"));
-    let r = script().get(app.at("/user/alice/api/status")).header("Authorization", &alice).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Both under the site default's hour: alice used 30 minutes ago, bob idle for 70.
+    clock.advance(time::Duration::minutes(40));
+    use_server(&app, &alice, "alice").await;
+    // A pass that wrote the proxy's activity out just before this use, and reads the clock after
+    // the jump below, would judge alice's server by its older activity; with the use in the
+    // database, that pass's last check sees it and leaves the server running.
+    app.hub.servers().flush_activity().await.unwrap();
+    clock.advance(time::Duration::minutes(30));
+    // Left alone, bob's goes; the pass that stopped it judged alice's by the same clock.
+    bob.wait_stopped("bob", None).await;
+    assert!(alice.user("alice").await.is_ready(None), "an active server is not culled");
+    use_server(&app, &alice, "alice").await;
+    let reason: Option<String> = labhub_db::sqlx::query_scalar(
+        "select s.stop_reason from servers s join users u using (user_id) where u.name = 'bob'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(reason.as_deref(), Some("stopped after 1 hour without activity"));
+    let r = script().get(app.at("/user/bob/api/status")).header("Authorization", bob.authorization()).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     culler.abort();
 }
 
-fn parse_time(v: &Value, what: &str) -> OffsetDateTime {
-    let s = v.as_str().unwrap_or_else(|| panic!("{what} is a string: {v}"));
+fn parse_time(s: &str, what: &str) -> OffsetDateTime {
     assert!(s.ends_with('Z'), "{what} is UTC with a Z: {s}");
     OffsetDateTime::parse(s, &Rfc3339).unwrap_or_else(|e| panic!("{what} {s}: {e}"))
 }
@@ -144,87 +146,53 @@ fn parse_time(v: &Value, what: &str) -> OffsetDateTime {
 async fn the_external_idle_culler_finds_every_field_it_reads() {
     let (app, root, alice) = docker_hub(|_| {}).await;
     app.add_user("bob", "correct horse", false).await;
-    let bob = format!("token {}", app.token("bob").await);
-    start_ready(&app, &alice, "alice").await;
-    let r = script()
-        .post(app.at("/hub/api/users/alice/servers/gpu"))
-        .header("Authorization", &alice)
-        .json(&json!({"image": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    start_ready(&app, &bob, "bob").await;
-    let c = script();
+    let bob = app.api_for("bob").await;
+    start_ready(&alice, "alice").await;
+    let (status, _) = alice.start("alice", Some("gpu"), json!({"image": "test"})).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    start_ready(&bob, "bob").await;
 
     // It compares the version with 1.3.0 to decide whether the state filter exists.
-    let info: Value =
-        c.get(app.at("/hub/api/info")).header("Authorization", &root).send().await.unwrap().json().await.unwrap();
+    let info = root.get("/hub/api/info").await.value();
     let version: Vec<u32> = info["version"].as_str().unwrap().split('.').map(|p| p.parse().unwrap()).collect();
     assert!(version >= vec![1, 3, 0], "{info}");
 
-    // It walks the pages of ready users by following `next.url`.
-    let mut url = app.at("/hub/api/users?state=ready&limit=1");
-    let mut users = Vec::new();
+    // It walks the pages of ready users by following `next.url`. The typed models make every
+    // field it reads required: `admin` a boolean, `pending` present even when null, and so on.
+    let mut url = "/hub/api/users?state=ready&limit=1".to_string();
+    let mut users: Vec<UserModel> = Vec::new();
     loop {
-        let page: Value = c
-            .get(&url)
-            .header("Authorization", &root)
-            .header("Accept", "application/jupyterhub-pagination+json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        users.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["_pagination"]["next"]["url"].as_str() {
-            Some(next) => url = next.to_string(),
+        let page: Paginated<UserModel> = root.get_paginated(&url).await.json();
+        users.extend(page.items);
+        match page.pagination.next {
+            Some(next) => url = next.url,
             None => break,
         }
     }
-    let names: Vec<&str> = users.iter().map(|u| u["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["alice", "bob"], "only users with a ready server, one page each");
     let now = OffsetDateTime::now_utc();
     for u in &users {
-        assert!(u["admin"].is_boolean());
-        let created = parse_time(&u["created"], "created");
-        if !u["last_activity"].is_null() {
-            parse_time(&u["last_activity"], "the user's last_activity");
+        let created = parse_time(&u.created, "created");
+        if let Some(active) = &u.last_activity {
+            parse_time(active, "the user's last_activity");
         }
         assert!(created <= now);
-        for (name, s) in u["servers"].as_object().unwrap() {
-            assert_eq!(s["name"], name.as_str());
-            assert_eq!(s["ready"], true);
-            assert!(s.get("pending").is_some_and(Value::is_null), "pending is present and null: {s}");
-            assert!(s["url"].as_str().unwrap().starts_with(&format!("/user/{}/", u["name"].as_str().unwrap())));
-            let started = parse_time(&s["started"], "started");
-            let active = parse_time(&s["last_activity"], "the server's last_activity");
-            assert!(started <= active && active <= now + time::Duration::seconds(5), "{s}");
+        for (name, s) in &u.servers {
+            assert_eq!(&s.name, name);
+            assert!(s.ready);
+            assert_eq!(s.pending, None, "pending is null: {s:?}");
+            assert!(s.url.starts_with(&format!("/user/{}/", u.name)));
+            let started = parse_time(s.started.as_deref().expect("started"), "started");
+            let active = parse_time(s.last_activity.as_deref().expect("last_activity"), "the server's last_activity");
+            assert!(started <= active && active <= now + time::Duration::seconds(5), "{s:?}");
         }
     }
-    assert_eq!(users[0]["servers"].as_object().unwrap().len(), 2, "alice's default and named servers");
+    assert_eq!(users[0].servers.len(), 2, "alice's default and named servers");
 
     // How it stops them: a named server with {"remove": true}, a default one plainly.
-    let r = c
-        .delete(app.at("/hub/api/users/alice/servers/gpu"))
-        .header("Authorization", &root)
-        .json(&json!({"remove": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = c.delete(app.at("/hub/api/users/bob/server")).header("Authorization", &root).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let ready: Value = c
-        .get(app.at("/hub/api/users?state=ready"))
-        .header("Authorization", &root)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready.as_array().unwrap().len(), 1);
+    assert_eq!(root.remove("alice", "gpu").await, Ok(StatusCode::NO_CONTENT));
+    assert_eq!(root.stop("bob", None).await, Ok(StatusCode::NO_CONTENT));
+    assert_eq!(root.users("state=ready").await.len(), 1);
     assert_eq!(app.count("select count(*) from servers where name = 'gpu'").await, 0, "removed");
 }

@@ -7,12 +7,11 @@ use std::process::Command;
 use labhub_core::{GroupName, UserName};
 use labhub_service::Actor;
 use labhub_service::quotas::QuotaPatch;
-use labhub_testkit::TestApp;
+use labhub_testkit::api::{GroupModel, Paginated};
 use labhub_testkit::pg::TestCluster;
+use labhub_testkit::{Api, TestApp};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
-
-use labhub_testkit::app::script;
 
 const PASSWORD: &str = "correct horse";
 
@@ -44,141 +43,61 @@ pub async fn audited(app: &TestApp, action: &str) -> Vec<(String, String, Value)
         .unwrap()
 }
 
-async fn json(r: reqwest::Response) -> Value {
-    r.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn groups_through_the_api_have_jupyterhubs_shape_and_every_change_is_audited() {
     let app = TestApp::spawn().await;
     app.add_user("root", PASSWORD, true).await;
     app.add_user("alice", PASSWORD, false).await;
     app.add_user("bob", PASSWORD, false).await;
-    let root = format!("token {}", app.token("root").await);
-    let c = script();
-    let r = c
-        .post(app.at("/hub/api/groups"))
-        .header("Authorization", &root)
-        .json(&json!({"groups": ["Lab-A", "lab-b"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let created = json(r).await;
-    assert_eq!(created[0]["name"], "lab-a", "names are normalised like user names");
-    let r = c
-        .post(app.at("/hub/api/groups"))
-        .header("Authorization", &root)
-        .json(&json!({"groups": ["lab-b", "lab-c"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT, "any existing name refuses the request");
+    let root = app.api_for("root").await;
+    let r = root.post_json("/hub/api/groups", &json!({"groups": ["Lab-A", "lab-b"]})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let created: Vec<GroupModel> = r.json();
+    assert_eq!(created[0].name, "lab-a", "names are normalised like user names");
+    let r = root.post_json("/hub/api/groups", &json!({"groups": ["lab-b", "lab-c"]})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "any existing name refuses the request");
     assert_eq!(app.count("select count(*) from groups").await, 2, "and nothing was created");
-    let r = c.post(app.at("/hub/api/groups/bad%20name")).header("Authorization", &root).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(root.post("/hub/api/groups/bad%20name").await.status, StatusCode::BAD_REQUEST);
 
-    let r = c
-        .post(app.at("/hub/api/groups/lab-a/users"))
-        .header("Authorization", &root)
-        .json(&json!({"users": ["alice", "bob"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = c
-        .post(app.at("/hub/api/groups/lab-a/users"))
-        .header("Authorization", &root)
-        .json(&json!({"users": ["alice", "nobody"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(json(r).await["message"].as_str().unwrap().contains("nobody"));
-    c.post(app.at("/hub/api/groups/lab-a/leads"))
-        .header("Authorization", &root)
-        .json(&json!({"users": ["bob"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = root.post_json("/hub/api/groups/lab-a/users", &json!({"users": ["alice", "bob"]})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = root.post_json("/hub/api/groups/lab-a/users", &json!({"users": ["alice", "nobody"]})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("nobody"), "{r:?}");
+    root.post_json("/hub/api/groups/lab-a/leads", &json!({"users": ["bob"]})).await;
 
-    let g = json(c.get(app.at("/hub/api/groups/lab-a")).header("Authorization", &root).send().await.unwrap()).await;
-    assert_eq!(g["kind"], "group");
-    assert_eq!(g["name"], "lab-a");
-    assert_eq!(g["users"], json!(["bob", "alice"]), "leads first");
-    assert_eq!(g["roles"], json!([]));
-    assert_eq!(g["properties"], json!({}));
-    assert_eq!(g["leads"], json!(["bob"]));
-    assert_eq!(g["quota"]["max_cpu_millis"], 4000, "the site default until set");
-    assert_eq!(g["quota"]["ceiling"]["max_cpu_millis"], 4000);
-    assert_eq!(g["quota"]["images"], Value::Null);
+    let g = root.group("lab-a").await.unwrap();
+    assert_eq!(g.kind, "group");
+    assert_eq!(g.name, "lab-a");
+    assert_eq!(g.users, ["bob", "alice"], "leads first");
+    assert!(g.roles.is_empty());
+    assert_eq!(g.properties, json!({}));
+    assert_eq!(g.leads, ["bob"]);
+    assert_eq!(g.quota["max_cpu_millis"], 4000, "the site default until set");
+    assert_eq!(g.quota["ceiling"]["max_cpu_millis"], 4000);
+    assert_eq!(g.quota["images"], Value::Null);
 
     // JupyterHub's user model lists the groups.
-    let alice = json(c.get(app.at("/hub/api/users/alice")).header("Authorization", &root).send().await.unwrap()).await;
-    assert_eq!(alice["groups"], json!(["lab-a"]));
-    let me = json(
-        c.get(app.at("/hub/api/user"))
-            .header("Authorization", format!("token {}", app.token("bob").await))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(me["groups"], json!(["lab-a"]));
+    assert_eq!(root.user("alice").await.groups, ["lab-a"]);
+    assert_eq!(app.api_for("bob").await.me().await.groups, ["lab-a"]);
 
     // Paginated, in JupyterHub's envelope when asked.
-    let page = json(
-        c.get(app.at("/hub/api/groups?limit=1"))
-            .header("Authorization", &root)
-            .header("Accept", "application/jupyterhub-pagination+json")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(page["items"].as_array().unwrap().len(), 1);
-    assert_eq!(page["_pagination"]["total"], 2);
-    let next = page["_pagination"]["next"]["url"].as_str().unwrap().to_string();
-    let page2 = json(
-        c.get(&next)
-            .header("Authorization", &root)
-            .header("Accept", "application/jupyterhub-pagination+json")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(page2["items"][0]["name"], "lab-b");
-    assert_eq!(page2["_pagination"]["next"], Value::Null);
+    let page: Paginated<GroupModel> = root.get_paginated("/hub/api/groups?limit=1").await.json();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.pagination.total, 2);
+    let next = page.pagination.next.expect("a next page").url;
+    let page2: Paginated<GroupModel> = root.get_paginated(&next).await.json();
+    assert_eq!(page2.items[0].name, "lab-b");
+    assert!(page2.pagination.next.is_none());
 
-    let r = c
-        .patch(app.at("/hub/api/groups/lab-b"))
-        .header("Authorization", &root)
-        .json(&json!({"name": "lab-a"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = c
-        .patch(app.at("/hub/api/groups/lab-b"))
-        .header("Authorization", &root)
-        .json(&json!({"name": "genomics"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json(r).await["name"], "genomics");
-    let r = c
-        .delete(app.at("/hub/api/groups/lab-a/users"))
-        .header("Authorization", &root)
-        .json(&json!({"users": ["alice"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json(r).await["users"], json!(["bob"]));
-    let r = c.delete(app.at("/hub/api/groups/genomics")).header("Authorization", &root).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = c.get(app.at("/hub/api/groups/genomics")).header("Authorization", &root).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = root.patch_json("/hub/api/groups/lab-b", &json!({"name": "lab-a"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = root.patch_json("/hub/api/groups/lab-b", &json!({"name": "genomics"})).await;
+    assert_eq!(r.json::<GroupModel>().name, "genomics");
+    let r = root.delete_json("/hub/api/groups/lab-a/users", &json!({"users": ["alice"]})).await;
+    assert_eq!(r.json::<GroupModel>().users, ["bob"]);
+    assert_eq!(root.delete("/hub/api/groups/genomics").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(root.group("genomics").await.unwrap_err().status, StatusCode::NOT_FOUND);
 
     // Who, what, when, and the values before and after.
     let adds = audited(&app, "group.add_member").await;
@@ -197,9 +116,9 @@ async fn groups_through_the_api_have_jupyterhubs_shape_and_every_change_is_audit
     assert_eq!(audited(&app, "group.create").await.len(), 2);
 }
 
-/// A caller in the matrix.
+/// A caller in the matrix: their API client and their signed-in browser.
 struct Caller {
-    token: String,
+    api: Api,
     browser: Client,
 }
 
@@ -207,14 +126,6 @@ struct Caller {
 type Row = [u16; 4];
 /// A form's fields, for a page row that posts one.
 type Fields<'a> = &'a [(&'a str, &'a str)];
-
-async fn api(app: &TestApp, who: &Caller, method: Method, path: &str, body: Option<Value>) -> u16 {
-    let mut r = script().request(method, app.at(path)).header("Authorization", format!("token {}", who.token));
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    r.send().await.unwrap().status().as_u16()
-}
 
 async fn page(app: &TestApp, who: &Caller, path: &str, form: Option<&[(&str, &str)]>) -> u16 {
     match form {
@@ -249,7 +160,7 @@ async fn the_role_matrix_members_leads_of_this_group_leads_of_another_group_and_
     .unwrap();
     let mut callers = Vec::new();
     for n in ["erin", "bob", "carol", "root"] {
-        callers.push(Caller { token: app.token(n).await, browser: app.signed_in(n, PASSWORD).await });
+        callers.push(Caller { api: app.api_for(n).await, browser: app.signed_in(n, PASSWORD).await });
     }
     let image =
         json!({"display_name": "X", "reference": "example.org/x:1", "kind": "jupyter", "cpu": 1, "memory": "1G"});
@@ -320,22 +231,14 @@ async fn the_role_matrix_members_leads_of_this_group_leads_of_another_group_and_
                 }
                 v
             });
-            let got = api(&app, who, method.clone(), &path, body).await;
+            let got = who.api.send(method.clone(), &path, body.as_ref()).await.status.as_u16();
             assert_eq!(got, *expected, "{method} {path} as {}", ["member", "lead", "other lead", "admin"][i]);
         }
     }
 
     // The lead saw only their group; the other lead only theirs.
-    let mine = json(
-        script()
-            .get(app.at("/hub/api/groups"))
-            .header("Authorization", format!("token {}", callers[1].token))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(mine.as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect::<Vec<_>>(), ["lab-a"]);
+    let mine: Vec<String> = callers[1].api.groups().await.into_iter().map(|g| g.name).collect();
+    assert_eq!(mine, ["lab-a"]);
 
     // The pages: the same rights, with CSRF-checked forms.
     let quota_form: &[(&str, &str)] = &[
@@ -398,33 +301,29 @@ async fn leads_set_limits_only_within_the_ceiling_and_a_lower_ceiling_lowers_the
     app.add_user("root", PASSWORD, true).await;
     app.add_user("bob", PASSWORD, false).await;
     lab(&app, "lab", Some("bob"), &[], QuotaPatch::default()).await;
-    let bob = format!("token {}", app.token("bob").await);
-    let root = format!("token {}", app.token("root").await);
-    let c = script();
-    let patch = |who: &str, body: Value| {
-        c.patch(app.at("/hub/api/groups/lab/quota")).header("Authorization", who.to_string()).json(&body).send()
-    };
-    let r = patch(&bob, json!({"max_cpu_millis": 8000})).await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let msg = json(r).await["message"].as_str().unwrap().to_string();
+    let bob = app.api_for("bob").await;
+    let root = app.api_for("root").await;
+    let quota = "/hub/api/groups/lab/quota";
+    let r = bob.patch_json(quota, &json!({"max_cpu_millis": 8000})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let msg = r.message();
     assert!(msg.contains("above the ceiling of 4") && msg.contains("ask an admin"), "{msg}");
-    let r = patch(&bob, json!({"idle_timeout_seconds": null})).await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "never idling is more than an hour");
-    let r = patch(&bob, json!({"ceiling": {"max_cpu_millis": 8000}})).await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the ceiling is an admin's");
-    let r = patch(&bob, json!({"images": ["nonexistent"]})).await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = patch(&bob, json!({"budget_cpu_millis": 3000, "storage_bytes": 1_073_741_824u64})).await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let q = json(r).await;
+    let r = bob.patch_json(quota, &json!({"idle_timeout_seconds": null})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "never idling is more than an hour");
+    let r = bob.patch_json(quota, &json!({"ceiling": {"max_cpu_millis": 8000}})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "the ceiling is an admin's");
+    let r = bob.patch_json(quota, &json!({"images": ["nonexistent"]})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = bob.patch_json(quota, &json!({"budget_cpu_millis": 3000, "storage_bytes": 1_073_741_824u64})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let q = r.value();
     assert_eq!(q["budget_cpu_millis"], 3000);
     assert_eq!(q["storage_bytes"], 1_073_741_824u64);
 
-    let r = patch(&root, json!({"ceiling": {"max_cpu_millis": 1000, "budget_cpu_millis": 2000}, "max_gpus": 0}))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let q = json(r).await;
+    let lower = json!({"ceiling": {"max_cpu_millis": 1000, "budget_cpu_millis": 2000}, "max_gpus": 0});
+    let r = root.patch_json(quota, &lower).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let q = r.value();
     assert_eq!(q["max_cpu_millis"], 1000, "lowered to the new ceiling");
     assert_eq!(q["budget_cpu_millis"], 2000);
     assert_eq!(q["ceiling"]["max_cpu_millis"], 1000);

@@ -3,87 +3,61 @@
 //! go to the account that made them, and a route answers only its owner's id.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bollard::models::VolumeCreateRequest;
 use labhub_core::Secret;
 use labhub_core::spawner::Spawner;
 use labhub_proxy::{Route, RouteKey};
-use labhub_testkit::TestApp;
-use labhub_testkit::app::script;
+use labhub_testkit::{Api, TestApp};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::common::{docker_hub, wait_for_user};
+use crate::common::docker_hub;
 
 /// Starts `user`'s default server through the API and waits until it is ready.
-async fn start(app: &TestApp, auth: &str, user: &str) {
-    let r = script()
-        .post(app.at(&format!("/hub/api/users/{user}/server")))
-        .header("Authorization", auth)
-        .json(&json!({ "image": "test" }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    wait_for_user(app, auth, user, Duration::from_secs(60), |v| v["servers"][""]["ready"] == true).await;
+async fn start(api: &Api, user: &str) {
+    api.start(user, None, json!({ "image": "test" })).await.expect("the start is accepted");
+    api.wait_ready(user, None).await;
 }
 
-async fn stop(app: &TestApp, auth: &str, user: &str) {
-    let r = script()
-        .delete(app.at(&format!("/hub/api/users/{user}/server")))
-        .header("Authorization", auth)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+async fn stop(api: &Api, user: &str) {
+    api.stop(user, None).await.expect("the stop is accepted");
+    api.wait_stopped(user, None).await;
 }
 
 /// A file of `user`'s home, read through the proxy as the test server serves it.
-async fn read_file(app: &TestApp, auth: &str, user: &str, path: &str) -> (StatusCode, String) {
-    let r =
-        script().get(app.at(&format!("/user/{user}/files/{path}"))).header("Authorization", auth).send().await.unwrap();
-    (r.status(), r.text().await.unwrap())
+async fn read_file(api: &Api, user: &str, path: &str) -> (StatusCode, String) {
+    let a = api.get(&format!("/user/{user}/files/{path}")).await;
+    (a.status, a.text())
 }
 
-async fn write_file(app: &TestApp, auth: &str, user: &str, path: &str, body: &str) {
-    let r = script()
-        .put(app.at(&format!("/user/{user}/files/{path}")))
-        .header("Authorization", auth)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+async fn write_file(api: &Api, user: &str, path: &str, body: &str) {
+    let a = api
+        .answer(api.request(reqwest::Method::PUT, &format!("/user/{user}/files/{path}")).body(body.to_string()))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
 }
 
-async fn api(app: &TestApp, auth: &str, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
-    let r = script().request(method, app.at(path)).header("Authorization", auth).json(&body).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn new_member(app: &TestApp, root: &str, name: &str) -> String {
-    let (status, v) = api(app, root, reqwest::Method::POST, &format!("/hub/api/users/{name}"), json!({})).await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
-    format!("token {}", app.token(name).await)
+async fn new_member(app: &TestApp, root: &Api, name: &str) -> Api {
+    let a = root.post_json(&format!("/hub/api/users/{name}"), &json!({})).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    app.api_for(name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_accounts_home_never_reaches_the_next_account_of_its_name() {
     let (app, root, _) = docker_hub(|_| {}).await;
     let zoe = new_member(&app, &root, "zoe").await;
-    start(&app, &zoe, "zoe").await;
-    write_file(&app, &zoe, "zoe", "secret.txt", "zoe's thesis notes").await;
-    stop(&app, &zoe, "zoe").await;
-    let (status, _) = api(&app, &root, reqwest::Method::DELETE, "/hub/api/users/zoe", json!({})).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    start(&zoe, "zoe").await;
+    write_file(&zoe, "zoe", "secret.txt", "zoe's thesis notes").await;
+    stop(&zoe, "zoe").await;
+    assert_eq!(root.delete("/hub/api/users/zoe").await.status, StatusCode::NO_CONTENT);
 
     // The next student with that login starts with an empty home.
     let zoe2 = new_member(&app, &root, "zoe").await;
-    start(&app, &zoe2, "zoe").await;
-    assert_eq!(read_file(&app, &zoe2, "zoe", "secret.txt").await.0, StatusCode::NOT_FOUND);
-    stop(&app, &zoe2, "zoe").await;
+    start(&zoe2, "zoe").await;
+    assert_eq!(read_file(&zoe2, "zoe", "secret.txt").await.0, StatusCode::NOT_FOUND);
+    stop(&zoe2, "zoe").await;
 
     // The first zoe's files are an orphan only admins see, with their size.
     let admin = app.signed_in("root", "correct horse").await;
@@ -95,22 +69,21 @@ async fn a_deleted_accounts_home_never_reaches_the_next_account_of_its_name() {
     assert_eq!(orphan.former_name.as_ref().map(|n| n.as_str()), Some("zoe"));
 
     // An admin may hand them to an account on purpose: into a folder of their own.
-    let root_principal = app.hub.tokens().principal(root.trim_start_matches("token ")).await.unwrap().unwrap();
+    let root_principal = app.hub.tokens().principal(root.token()).await.unwrap().unwrap();
     let actor = labhub_service::Actor::User(&root_principal);
     let zoe_name = labhub_core::UserName::parse("zoe").unwrap();
     let folder = app.hub.homes().give_orphan(actor, &orphan.volume, &zoe_name).await.unwrap();
     assert!(folder.starts_with("restored-zoe-"), "{folder}");
-    start(&app, &zoe2, "zoe").await;
-    let (status, text) = read_file(&app, &zoe2, "zoe", &format!("{folder}/secret.txt")).await;
+    start(&zoe2, "zoe").await;
+    let (status, text) = read_file(&zoe2, "zoe", &format!("{folder}/secret.txt")).await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "zoe's thesis notes"));
-    assert_eq!(read_file(&app, &zoe2, "zoe", "secret.txt").await.0, StatusCode::NOT_FOUND, "nothing else moved");
+    assert_eq!(read_file(&zoe2, "zoe", "secret.txt").await.0, StatusCode::NOT_FOUND, "nothing else moved");
 
     // Removing the orphan, and deleting an account with its files, leave no home behind.
     app.hub.homes().remove_orphan(actor, &orphan.volume).await.unwrap();
-    stop(&app, &zoe2, "zoe").await;
-    let (status, _) =
-        api(&app, &root, reqwest::Method::DELETE, "/hub/api/users/zoe", json!({ "storage": "delete" })).await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    stop(&zoe2, "zoe").await;
+    let gone = root.delete_json("/hub/api/users/zoe", &json!({ "storage": "delete" })).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
     assert!(app.hub.homes().orphans(actor).await.unwrap().is_empty());
     let spawner = &app.docker.as_ref().unwrap().spawner;
     assert!(spawner.homes().await.unwrap().is_empty(), "no home of either zoe is left");
@@ -119,10 +92,10 @@ async fn a_deleted_accounts_home_never_reaches_the_next_account_of_its_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renaming_is_refused_while_a_server_runs_and_a_route_answers_only_its_owners_id() {
     let (app, root, alice) = docker_hub(|_| {}).await;
-    start(&app, &alice, "alice").await;
-    let (status, v) = api(&app, &root, reqwest::Method::PATCH, "/hub/api/users/alice", json!({ "name": "amy" })).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("stop it before renaming"), "{v}");
+    start(&alice, "alice").await;
+    let refused = root.patch_json("/hub/api/users/alice", &json!({ "name": "amy" })).await.error();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(refused.message.contains("stop it before renaming"), "{refused:?}");
 
     // A route under alice's name that is not alice's account (as a rename racing a start
     // could leave): neither path lets alice in, by cookie or by token.
@@ -132,15 +105,16 @@ async fn renaming_is_refused_while_a_server_runs_and_a_route_answers_only_its_ow
     let copy = Route::new(key, stranger, route.route().endpoint, Secret::new("t".into()), route.route().kind);
     app.hub.routes().remove(route.key());
     app.hub.routes().insert(copy).unwrap();
-    assert_eq!(read_file(&app, &alice, "alice", "x").await.0, StatusCode::FORBIDDEN, "by token");
+    assert_eq!(read_file(&alice, "alice", "x").await.0, StatusCode::FORBIDDEN, "by token");
     let browser = app.signed_in("alice", "correct horse").await;
     let r = browser.get(app.at("/user/alice/files/x")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "by cookie (the fast lane declines, the general path refuses)");
 
     app.hub.routes().remove(&RouteKey::new(labhub_core::UserName::parse("alice").unwrap(), None));
-    stop(&app, &alice, "alice").await;
-    let (status, v) = api(&app, &root, reqwest::Method::PATCH, "/hub/api/users/alice", json!({ "name": "amy" })).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
+    // The route alice's stop would remove is gone already: the stop still ends her server.
+    stop(&alice, "alice").await;
+    let renamed = root.patch_json("/hub/api/users/alice", &json!({ "name": "amy" })).await;
+    assert_eq!(renamed.status, StatusCode::OK, "{renamed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +124,7 @@ async fn homes_made_before_ids_go_to_the_account_that_made_them_and_no_other() {
     let app = TestApp::builder().docker(scope.clone()).manual_clock().spawn().await;
     app.add_test_image("test").await;
     app.add_user("root", "correct horse", true).await;
-    let root = format!("token {}", app.token("root").await);
+    let root = app.api_for("root").await;
     // "old" had an account before its home was made; "later"'s home predates the account
     // now called "later", so it was someone else's.
     let old = new_member(&app, &root, "old").await;
@@ -182,10 +156,10 @@ async fn homes_made_before_ids_go_to_the_account_that_made_them_and_no_other() {
     assert!(report.unclaimed.contains(&vol("later")), "{report:?}");
     assert_eq!(app.hub.homes().adopt_legacy().await.unwrap().adopted, Vec::<String>::new(), "once only");
 
-    start(&app, &old, "old").await;
-    assert_eq!(read_file(&app, &old, "old", "mine.txt").await, (StatusCode::OK, "old".to_string()), "old's own home");
-    start(&app, &later, "later").await;
-    assert_eq!(read_file(&app, &later, "later", "mine.txt").await.0, StatusCode::NOT_FOUND, "not the earlier later's");
+    start(&old, "old").await;
+    assert_eq!(read_file(&old, "old", "mine.txt").await, (StatusCode::OK, "old".to_string()), "old's own home");
+    start(&later, "later").await;
+    assert_eq!(read_file(&later, "later", "mine.txt").await.0, StatusCode::NOT_FOUND, "not the earlier later's");
     let orphans = app.hub.homes().orphans(labhub_service::Actor::System).await.unwrap();
     assert!(orphans.iter().any(|o| o.volume == vol("later")), "{orphans:?}");
     assert!(!orphans.iter().any(|o| o.volume == vol("old")), "{orphans:?}");

@@ -2,7 +2,7 @@
 //! provider (`oidc-provider-mock`, a child process), every way it can go wrong, who gets in,
 //! linked identities, and GitHub and GitLab against fakes of their APIs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use labhub_auth::oidc::{ProviderConfig, SsoError, TokenProblem};
 use labhub_core::UserName;
@@ -11,21 +11,20 @@ use labhub_service::SignupPolicy;
 use labhub_service::accounts::NewAccount;
 use labhub_testkit::TestApp;
 use labhub_testkit::app::{browser, csrf_of};
-use labhub_testkit::fake_forges::{FakeGitHub, FakeGitLab, ForgeUser};
 use labhub_testkit::oidc::{MockOptions, MockProvider};
 use reqwest::{Client, Response, StatusCode, Url};
 use serde_json::{Value, json};
 
-fn location(r: &Response) -> String {
+pub(crate) fn location(r: &Response) -> String {
     r.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
-fn query(url: &str, key: &str) -> Option<String> {
+pub(crate) fn query(url: &str, key: &str) -> Option<String> {
     Url::parse(url).unwrap().query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 /// A provider's configuration from JSON, as `[[auth.providers]]` would give it.
-fn provider(base: Value, extra: Value) -> ProviderConfig {
+pub(crate) fn provider(base: Value, extra: Value) -> ProviderConfig {
     let mut v = base;
     for (k, x) in extra.as_object().unwrap() {
         v[k] = x.clone();
@@ -44,13 +43,13 @@ fn lab_sso(mock: &MockProvider, extra: Value) -> ProviderConfig {
     )
 }
 
-async fn hub_with(p: ProviderConfig) -> TestApp {
+pub(crate) async fn hub_with(p: ProviderConfig) -> TestApp {
     TestApp::builder().config(move |c| c.auth.providers = vec![p]).spawn().await
 }
 
 /// Clicks the provider's button on the sign-in page; returns the provider's authorization URL
 /// the hub sent the browser to.
-async fn click_sign_in(app: &TestApp, c: &Client, id: &str) -> String {
+pub(crate) async fn click_sign_in(app: &TestApp, c: &Client, id: &str) -> String {
     let href = format!("/hub/oauth_login/{id}");
     let login = c.get(app.at("/hub/login")).send().await.unwrap();
     // A browser signed in already is sent home from the sign-in page; the link works the same.
@@ -82,7 +81,7 @@ async fn sign_in(app: &TestApp, c: &Client, sub: &str) -> Response {
 }
 
 /// The status and text of an error page, which must offer a way back.
-async fn error_page(r: Response) -> (StatusCode, String) {
+pub(crate) async fn error_page(r: Response) -> (StatusCode, String) {
     let status = r.status();
     let html = r.text().await.unwrap();
     assert!(html.contains("Go back"), "an error page with a way back: {html}");
@@ -96,7 +95,7 @@ fn unescape(html: &str) -> String {
 
 /// Asserts a refusal: its status, and a phrase of its message.
 #[track_caller]
-fn assert_refused((status, text): (StatusCode, String), want: StatusCode, phrase: &str) {
+pub(crate) fn assert_refused((status, text): (StatusCode, String), want: StatusCode, phrase: &str) {
     assert_eq!(status, want, "{text}");
     assert!(text.contains(phrase), "'{phrase}' in {text}");
 }
@@ -327,9 +326,12 @@ async fn a_slow_provider_times_out() {
         json!({}),
     );
     let app = hub_with(slow).await;
-    let started = Instant::now();
-    let r = browser().get(app.at("/hub/oauth_login/lab")).send().await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+    // The provider never answers, so only the hub's timeout can end the sign-in (without one it
+    // would hang, and the guard would say so); the page names the configured second.
+    let r = tokio::time::timeout(Duration::from_secs(120), browser().get(app.at("/hub/oauth_login/lab")).send())
+        .await
+        .expect("the hub gave up on the silent provider instead of waiting for ever")
+        .unwrap();
     assert_refused(error_page(r).await, StatusCode::SERVICE_UNAVAILABLE, "Lab SSO did not answer within 1 second.");
     held.abort();
 }
@@ -557,156 +559,6 @@ async fn admins_see_and_unlink_identities() {
     );
     let r = member.get(app.at("/hub/admin/users/alice/identities")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-}
-
-/// Every row of the tables a sign-in writes, as text.
-async fn everything_stored(app: &TestApp) -> String {
-    let mut all = String::new();
-    for table in ["users", "identities", "sessions", "oauth_states", "audit_log", "api_tokens"] {
-        let sql = format!("select coalesce(string_agg(row_to_json(t)::text, ' '), '') from {table} t");
-        let rows: String =
-            labhub_db::sqlx::query_scalar(labhub_db::AssertSqlSafe(sql)).fetch_one(&app.db).await.unwrap();
-        all.push_str(&rows);
-    }
-    all
-}
-
-#[tokio::test]
-async fn github_users_orgs_and_teams_through_its_api() {
-    let mut octo = ForgeUser::new(4242, "Octo-Cat");
-    octo.groups = vec!["Lab-Org".into(), "elsewhere".into()];
-    octo.teams = vec![("Lab-Org".into(), "ML-Team".into())];
-    let gh = FakeGitHub::start("gh-client", "gh-secret", octo).await;
-    let config = provider(
-        json!({ "id": "github", "kind": "github", "client_id": "gh-client", "client_secret": "gh-secret",
-                "base_url": gh.base_url(), "api_url": gh.api_url(), "auto_create": true,
-                "allowed_groups": ["lab-org:ml-team"], "admin_groups": ["lab-org"] }),
-        json!({}),
-    );
-    let app = hub_with(config).await;
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "github").await;
-    assert!(authorize.starts_with(&format!("{}login/oauth/authorize?", gh.base_url())), "{authorize}");
-    assert_eq!(query(&authorize, "code_challenge_method").as_deref(), Some("S256"));
-    let scopes = query(&authorize, "scope").unwrap();
-    assert!(scopes.contains("read:user") && scopes.contains("read:org"), "{scopes}");
-    let r = c.get(&authorize).send().await.unwrap();
-    let callback = location(&r);
-    assert!(callback.starts_with(&app.at("/hub/oauth_callback?")), "{callback}");
-    let r = c.get(&callback).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
-    assert_eq!(location(&r), "/hub/home");
-    assert_eq!(
-        app.count("select count(*) from users where name = 'octo-cat' and admin").await,
-        1,
-        "org member → admin"
-    );
-    assert_eq!(app.count("select count(*) from identities where provider = 'github' and subject = '4242'").await, 1);
-
-    // The access token was used for the API calls and is kept nowhere.
-    let stored = everything_stored(&app).await;
-    let issued = gh.issued_tokens();
-    assert!(!issued.is_empty());
-    assert!(issued.iter().all(|t| !stored.contains(t.as_str())), "a provider token was stored");
-
-    // In the organization but not the team: let in as an admin, since admin_groups members always are.
-    let mut outsider = ForgeUser::new(7, "outsider");
-    outsider.groups = vec!["lab-org".into()];
-    gh.set_user(outsider);
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "github").await;
-    let callback = location(&c.get(&authorize).send().await.unwrap());
-    let r = c.get(&callback).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "admin_groups members are allowed too");
-
-    // In neither: refused.
-
-    let mut stranger = ForgeUser::new(8, "stranger");
-    stranger.groups = vec!["elsewhere".into()];
-    gh.set_user(stranger);
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "github").await;
-    let callback = location(&c.get(&authorize).send().await.unwrap());
-    let r = c.get(&callback).send().await.unwrap();
-    assert_refused(error_page(r).await, StatusCode::FORBIDDEN, "stranger may not sign in to this hub with GitHub");
-}
-
-#[tokio::test]
-async fn a_spent_github_code_is_explained() {
-    let gh = FakeGitHub::start("gh-client", "gh-secret", ForgeUser::new(1, "octo")).await;
-    let config = provider(
-        json!({ "id": "github", "kind": "github", "client_id": "gh-client", "client_secret": "gh-secret",
-                "base_url": gh.base_url(), "api_url": gh.api_url(), "auto_create": true, "allowed_users": ["octo"] }),
-        json!({}),
-    );
-    let app = hub_with(config).await;
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "github").await;
-    let first = location(&c.get(&authorize).send().await.unwrap());
-    assert_eq!(c.get(&first).send().await.unwrap().status(), StatusCode::SEE_OTHER);
-    let authorize = click_sign_in(&app, &c, "github").await;
-    let mut replay = Url::parse(&app.at("/hub/oauth_callback")).unwrap();
-    replay
-        .query_pairs_mut()
-        .append_pair("code", &query(&first, "code").unwrap())
-        .append_pair("state", &query(&authorize, "state").unwrap());
-    let r = c.get(replay.as_str()).send().await.unwrap();
-    assert_refused(
-        error_page(r).await,
-        StatusCode::UNAUTHORIZED,
-        "GitHub did not accept the sign-in code: it has expired or was already used",
-    );
-}
-
-#[tokio::test]
-async fn gitlab_users_and_groups_through_its_api() {
-    let mut person = ForgeUser::new(77, "gl-user");
-    person.groups = vec!["lab/ml".into(), "lab".into()];
-    let gl = FakeGitLab::start("gl-client", "gl-secret", person.clone()).await;
-    let config = provider(
-        json!({ "id": "gitlab", "kind": "gitlab", "client_id": "gl-client", "client_secret": "gl-secret",
-                "base_url": gl.base_url(), "auto_create": true, "allowed_groups": ["Lab/ML"],
-                "require_verified_email": true }),
-        json!({}),
-    );
-    let app = hub_with(config).await;
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "gitlab").await;
-    assert!(authorize.starts_with(&format!("{}oauth/authorize?", gl.base_url())), "{authorize}");
-    assert!(query(&authorize, "scope").unwrap().contains("read_api"));
-    let callback = location(&c.get(&authorize).send().await.unwrap());
-    let r = c.get(&callback).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
-    let (subject, email): (String, Option<String>) =
-        labhub_db::sqlx::query_as("select subject, email from identities where provider = 'gitlab'")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!((subject.as_str(), email.as_deref()), ("77", Some("gl-user@example.org")));
-    let stored = everything_stored(&app).await;
-    assert!(gl.issued_tokens().iter().all(|t| !stored.contains(t.as_str())), "a provider token was stored");
-
-    // An unconfirmed address is refused when verification is required.
-    let mut unconfirmed = ForgeUser::new(78, "gl-new");
-    unconfirmed.groups = vec!["lab/ml".into()];
-    unconfirmed.email_verified = false;
-    gl.set_user(unconfirmed);
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "gitlab").await;
-    let callback = location(&c.get(&authorize).send().await.unwrap());
-    let r = c.get(&callback).send().await.unwrap();
-    assert_refused(error_page(r).await, StatusCode::FORBIDDEN, "your email address at GitLab is not verified");
-
-    // A group outside the allowed ones is refused.
-    let mut other = ForgeUser::new(79, "gl-other");
-    other.groups = vec!["lab".into()];
-    gl.set_user(other);
-    let c = browser();
-    let authorize = click_sign_in(&app, &c, "gitlab").await;
-    let callback = location(&c.get(&authorize).send().await.unwrap());
-    let r = c.get(&callback).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(app.count("select count(*) from users").await, 1);
 }
 
 #[tokio::test]

@@ -11,19 +11,9 @@ use labhub_testkit::app::csrf_of;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{docker_hub, members_with_tokens, start_ready, wait_for_user};
+use crate::common::{docker_hub, members, start_ready};
 use crate::groups::{audited, lab};
 use labhub_testkit::app::script;
-
-async fn start(app: &labhub_testkit::TestApp, auth: &str, path: &str, body: Value) -> (StatusCode, Value) {
-    let r = script().post(app.at(path)).header("Authorization", auth).json(&body).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-fn message(v: &Value) -> String {
-    v["message"].as_str().unwrap_or_default().to_string()
-}
 
 async fn active(app: &labhub_testkit::TestApp) -> i64 {
     app.count("select count(*) from servers where state <> 'stopped'").await
@@ -35,7 +25,7 @@ async fn every_limit_refuses_with_the_limit_the_usage_and_whom_to_ask() {
     app.add_test_image("other").await;
     app.add_user("bob", "correct horse", false).await;
     app.add_user("dave", "correct horse", false).await;
-    let dave = format!("token {}", app.token("dave").await);
+    let dave = app.api_for("dave").await;
     lab(
         &app,
         "lab",
@@ -52,7 +42,6 @@ async fn every_limit_refuses_with_the_limit_the_usage_and_whom_to_ask() {
         },
     )
     .await;
-    let path = "/hub/api/users/alice/server";
     let cases = [
         (
             json!({"image": "test", "cpu": 2}),
@@ -71,9 +60,9 @@ async fn every_limit_refuses_with_the_limit_the_usage_and_whom_to_ask() {
         ),
     ];
     for (body, status, expected) in cases {
-        let (got, v) = start(&app, &alice, path, body.clone()).await;
-        assert_eq!(got, status, "{body}: {v}");
-        let m = message(&v);
+        let refused = alice.start("alice", None, body.clone()).await.unwrap_err();
+        assert_eq!(refused.status, status, "{body}: {refused}");
+        let m = refused.message;
         assert!(m.contains(expected) && m.contains("Ask bob (lead of lab)"), "{m}");
     }
     app.hub
@@ -85,36 +74,36 @@ async fn every_limit_refuses_with_the_limit_the_usage_and_whom_to_ask() {
         )
         .await
         .unwrap();
-    let (got, v) = start(&app, &alice, path, json!({"image": "test"})).await;
-    assert_eq!(got, StatusCode::FORBIDDEN);
-    assert!(message(&v).contains("The image 'test' is not one that group lab may use (allowed: other)"), "{v}");
+    let refused = alice.start("alice", None, json!({"image": "test"})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused.message.contains("The image 'test' is not one that group lab may use (allowed: other)"),
+        "{refused}"
+    );
     assert_eq!(active(&app).await, 0, "no refusal leaves a server behind");
 
     // Concurrent servers per member: the first fits, the second does not.
-    let (got, v) = start(&app, &alice, path, json!({"image": "other", "cpu": 0.5, "memory": "256M"})).await;
-    assert!(matches!(got.as_u16(), 201 | 202), "{v}");
-    let (got, v) =
-        start(&app, &alice, "/hub/api/users/alice/servers/second", json!({"image": "other", "cpu": 0.25})).await;
-    assert_eq!(got, StatusCode::CONFLICT);
-    let m = message(&v);
+    let (got, _) = alice.start("alice", None, json!({"image": "other", "cpu": 0.5, "memory": "256M"})).await.unwrap();
+    assert!(matches!(got.as_u16(), 201 | 202), "{got}");
+    let refused = alice.start("alice", Some("second"), json!({"image": "other", "cpu": 0.25})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let m = refused.message;
     assert!(m.contains("alice already runs 1 server under group lab, its limit per member of 1"), "{m}");
     assert!(m.contains("Stop a server first, or ask bob (lead of lab)"), "{m}");
 
     // The group's budget: alice holds 0.5 of 1 CPU and 256 of 640 MiB.
-    let (got, v) = start(&app, &dave, "/hub/api/users/dave/server", json!({"image": "other", "cpu": 1})).await;
-    assert_eq!(got, StatusCode::CONFLICT);
-    let m = message(&v);
+    let refused = dave.start("dave", None, json!({"image": "other", "cpu": 1})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let m = refused.message;
     assert!(
         m.contains(
             "The CPU budget of group lab is 1 CPU and its running servers reserve 0.5 CPU, so 1 CPU more does not fit"
         ),
         "{m}"
     );
-    let (got, v) =
-        start(&app, &dave, "/hub/api/users/dave/server", json!({"image": "other", "cpu": 0.25, "memory": "512M"}))
-            .await;
-    assert_eq!(got, StatusCode::CONFLICT);
-    let m = message(&v);
+    let refused = dave.start("dave", None, json!({"image": "other", "cpu": 0.25, "memory": "512M"})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let m = refused.message;
     assert!(
         m.contains(
             "The memory budget of group lab is 640 MiB and its running servers reserve 256 MiB, so 512 MiB more"
@@ -131,24 +120,25 @@ async fn users_in_no_group_get_the_site_default_and_are_told_to_ask_an_admin() {
         c.quota.budget_cpu = Some(500);
     })
     .await;
-    let (got, v) = start(&app, &alice, "/hub/api/users/alice/server", json!({"image": "test", "cpu": 1})).await;
-    assert_eq!(got, StatusCode::FORBIDDEN);
-    let m = message(&v);
+    let refused = alice.start("alice", None, json!({"image": "test", "cpu": 1})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let m = refused.message;
     assert!(m.contains("the limit of 0.5 CPU per server in the site default for users in no group"), "{m}");
     assert!(m.contains("Ask an admin"), "{m}");
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
     app.add_user("bob", "correct horse", false).await;
-    let bob = format!("token {}", app.token("bob").await);
-    let (got, v) = start(&app, &bob, "/hub/api/users/bob/server", json!({"image": "test"})).await;
-    assert_eq!(got, StatusCode::CONFLICT, "ungrouped users share the site default's budget");
-    assert!(message(&v).contains("The CPU budget of the site default for users in no group is 0.5 CPU"), "{v}");
+    let bob = app.api_for("bob").await;
+    let refused = bob.start("bob", None, json!({"image": "test"})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "ungrouped users share the site default's budget");
+    let m = refused.message;
+    assert!(m.contains("The CPU budget of the site default for users in no group is 0.5 CPU"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_right_at_the_edge_of_the_budget_succeeds() {
     let (app, _, alice) = docker_hub(|_| {}).await;
     app.add_user("bob", "correct horse", false).await;
-    let bob = format!("token {}", app.token("bob").await);
+    let bob = app.api_for("bob").await;
     lab(
         &app,
         "lab",
@@ -162,11 +152,10 @@ async fn a_start_right_at_the_edge_of_the_budget_succeeds() {
     )
     .await;
     // The test image asks for 0.5 CPU and 256 MiB: two fill the budget exactly.
-    start_ready(&app, &alice, "alice").await;
-    start_ready(&app, &bob, "bob").await;
-    let (got, v) =
-        start(&app, &alice, "/hub/api/users/alice/servers/more", json!({"image": "test", "cpu": 0.25})).await;
-    assert_eq!(got, StatusCode::CONFLICT, "{v}");
+    start_ready(&alice, "alice").await;
+    start_ready(&bob, "bob").await;
+    let refused = alice.start("alice", Some("more"), json!({"image": "test", "cpu": 0.25})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused}");
     let sums: (i64, i64) = labhub_db::sqlx::query_as(
         "select sum(cpu_millis)::bigint, sum(memory_bytes)::bigint from servers where state <> 'stopped'",
     )
@@ -175,38 +164,32 @@ async fn a_start_right_at_the_edge_of_the_budget_succeeds() {
     .unwrap();
     assert_eq!(sums, (1000, 512 << 20));
     // Stopping one frees its share at once.
-    script().delete(app.at("/hub/api/users/bob/server")).header("Authorization", &bob).send().await.unwrap();
-    let (got, _) =
-        start(&app, &alice, "/hub/api/users/alice/servers/more", json!({"image": "test", "cpu": 0.25})).await;
+    bob.stop("bob", None).await.unwrap();
+    let (got, _) = alice.start("alice", Some("more"), json!({"image": "test", "cpu": 0.25})).await.unwrap();
     assert!(matches!(got.as_u16(), 201 | 202));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_simultaneous_starts_never_exceed_the_budget() {
     let (app, _, _) = docker_hub(|c| c.servers.slow_spawn_timeout = Duration::ZERO).await;
-    let (names, tokens) = members_with_tokens(&app, "racer", 20).await;
-    let members: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (names, racers) = members(&app, "racer", 20).await;
+    let in_lab: Vec<&str> = names.iter().map(String::as_str).collect();
     // Five servers of 0.5 CPU fit exactly.
-    lab(&app, "lab", None, &members, QuotaPatch { budget_cpu_millis: Some(Some(2500)), ..QuotaPatch::default() }).await;
-    let c = script();
-    let starts = names.iter().zip(&tokens).map(|(n, t)| {
-        c.post(app.at(&format!("/hub/api/users/{n}/server")))
-            .header("Authorization", t)
-            .json(&json!({"image": "test"}))
-            .send()
-    });
+    lab(&app, "lab", None, &in_lab, QuotaPatch { budget_cpu_millis: Some(Some(2500)), ..QuotaPatch::default() }).await;
+    let starts = names.iter().zip(&racers).map(|(n, r)| r.start(n, None, json!({"image": "test"})));
     let mut started = 0;
     let mut refused = 0;
     for r in futures::future::join_all(starts).await {
-        let r = r.unwrap();
-        match r.status().as_u16() {
-            201 | 202 => started += 1,
-            409 => {
-                let m = r.json::<Value>().await.unwrap()["message"].as_str().unwrap().to_string();
-                assert!(m.contains("The CPU budget of group lab is 2.5 CPU"), "{m}");
+        match r {
+            Ok((status, _)) => {
+                assert!(matches!(status.as_u16(), 201 | 202), "{status}");
+                started += 1;
+            }
+            Err(e) if e.status == StatusCode::CONFLICT => {
+                assert!(e.message.contains("The CPU budget of group lab is 2.5 CPU"), "{e}");
                 refused += 1;
             }
-            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+            Err(e) => panic!("unexpected {e}"),
         }
     }
     assert_eq!((started, refused), (5, 15), "exactly the budget's worth started");
@@ -242,29 +225,28 @@ async fn storage_past_the_limit_refuses_starts_saying_how_much_to_free() {
         QuotaPatch { storage_bytes: Some(Some(64 << 10)), ..QuotaPatch::default() },
     )
     .await;
-    start_ready(&app, &alice, "alice").await;
-    let c = script();
-    let r = c
+    start_ready(&alice, "alice").await;
+    let r = script()
         .put(app.at("/user/alice/files/results.bin"))
-        .header("Authorization", &alice)
+        .header("Authorization", alice.authorization())
         .body(vec![7u8; 200 << 10])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    c.delete(app.at("/hub/api/users/alice/server")).header("Authorization", &alice).send().await.unwrap();
+    alice.stop("alice", None).await.unwrap();
     assert!(app.hub.quotas().measure_storage().await.unwrap() >= 1);
     let bytes: i64 = labhub_db::sqlx::query_scalar("select bytes from storage_usage").fetch_one(&app.db).await.unwrap();
     assert!(bytes >= 200 << 10, "the real volume was measured: {bytes}");
-    let (got, v) = start(&app, &alice, "/hub/api/users/alice/server", json!({"image": "test"})).await;
-    assert_eq!(got, StatusCode::CONFLICT);
-    let m = message(&v);
+    let refused = alice.start("alice", None, json!({"image": "test"})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let m = refused.message;
     assert!(m.contains("more than your limit of 64 KiB: free at least"), "{m}");
     assert!(m.contains("ask bob (lead of lab) to raise the limit"), "{m}");
     // A named server never measured shares the same home volume: refused as well.
-    let (got, v) = start(&app, &alice, "/hub/api/users/alice/servers/fresh", json!({"image": "test"})).await;
-    assert_eq!(got, StatusCode::CONFLICT, "{v}");
-    assert!(message(&v).contains("more than your limit of 64 KiB"), "{v}");
+    let refused = alice.start("alice", Some("fresh"), json!({"image": "test"})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused.message.contains("more than your limit of 64 KiB"), "{refused}");
     assert_eq!(active(&app).await, 0);
     let b = app.signed_in("alice", "correct horse").await;
     let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
@@ -278,16 +260,14 @@ async fn storage_past_the_limit_refuses_starts_saying_how_much_to_free() {
     app.hub.quotas().set_group_quota(labhub_service::Actor::System, &g, &raise).await.unwrap();
     let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
     assert!(home.contains("Delete files you no longer need"), "{home}");
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chosen_size_is_what_the_container_gets() {
     let (app, _, alice) = docker_hub(|_| {}).await;
-    let (got, v) =
-        start(&app, &alice, "/hub/api/users/alice/server", json!({"image": "test", "cpu": "0.25", "memory": "384M"}))
-            .await;
-    assert_eq!(got, StatusCode::CREATED, "{v}");
+    let (got, _) = alice.start("alice", None, json!({"image": "test", "cpu": "0.25", "memory": "384M"})).await.unwrap();
+    assert_eq!(got, StatusCode::CREATED);
     let state: Value =
         labhub_db::sqlx::query_scalar("select spawner_state from servers").fetch_one(&app.db).await.unwrap();
     let id = state["container_id"].as_str().unwrap();
@@ -342,7 +322,7 @@ async fn the_start_form_asks_which_group_and_offers_only_what_it_allows() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    wait_for_user(&app, &alice, "alice", Duration::from_secs(60), |v| v["servers"][""]["ready"] == true).await;
+    alice.wait_ready("alice", None).await;
     let charged: String = labhub_db::sqlx::query_scalar(
         "select g.name from servers s join groups g on g.group_id = s.group_id where s.name = ''",
     )
@@ -363,8 +343,8 @@ async fn the_start_form_asks_which_group_and_offers_only_what_it_allows() {
     assert!(html.contains("1 CPU is more than the limit of 0.5 CPU per server in group small"), "{html}");
     assert!(html.contains("name=\"image\""), "the form again, to choose differently");
     // Through the API without a group, the most generous group that admits the request.
-    let (got, v) = start(&app, &alice, "/hub/api/users/alice/servers/gpu", json!({"image": "test", "cpu": 1})).await;
-    assert!(matches!(got.as_u16(), 201 | 202), "{v}");
+    let (got, _) = alice.start("alice", Some("gpu"), json!({"image": "test", "cpu": 1})).await.unwrap();
+    assert!(matches!(got.as_u16(), 201 | 202), "{got}");
     let charged: String = labhub_db::sqlx::query_scalar(
         "select g.name from servers s join groups g on g.group_id = s.group_id where s.name = 'gpu'",
     )
@@ -372,8 +352,8 @@ async fn the_start_form_asks_which_group_and_offers_only_what_it_allows() {
     .await
     .unwrap();
     assert_eq!(charged, "big");
-    let (got, v) = start(&app, &alice, "/hub/api/users/alice/servers/third", json!({"group": "nope"})).await;
-    assert_eq!(got, StatusCode::FORBIDDEN, "{v}");
+    let refused = alice.start("alice", Some("third"), json!({"group": "nope"})).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +370,7 @@ async fn a_lead_stops_a_members_server_and_sees_the_groups_usage() {
     )
     .await;
     lab(&app, "other", Some("carol"), &[], QuotaPatch::default()).await;
-    start_ready(&app, &alice, "alice").await;
+    start_ready(&alice, "alice").await;
     app.hub.usage().sample().await.unwrap();
     // An old sample is dropped: the table stays bounded.
     labhub_db::sqlx::query(
@@ -402,18 +382,9 @@ async fn a_lead_stops_a_members_server_and_sees_the_groups_usage() {
     .unwrap();
     app.hub.usage().sample().await.unwrap();
     assert_eq!(app.count("select count(*) from group_usage_samples where at < now() - interval '8 days'").await, 0);
-    let bob = format!("token {}", app.token("bob").await);
-    let carol = format!("token {}", app.token("carol").await);
-    let c = script();
-    let u: Value = c
-        .get(app.at("/hub/api/groups/lab/usage"))
-        .header("Authorization", &bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bob = app.api_for("bob").await;
+    let carol = app.api_for("carol").await;
+    let u = bob.get("/hub/api/groups/lab/usage").await.value();
     assert_eq!(u["total"]["servers"], 1);
     assert_eq!(u["total"]["cpu_reserved_millis"], 500);
     assert_eq!(u["budget"]["cpu_millis"], 2000);
@@ -426,10 +397,9 @@ async fn a_lead_stops_a_members_server_and_sees_the_groups_usage() {
     assert!(html.contains("<polyline class=\"cpu\"") && html.contains("class=\"budget\""), "{html}");
     assert!(html.contains("0.5 of 2 CPU reserved"), "{html}");
 
-    let r = c.delete(app.at("/hub/api/users/alice/server")).header("Authorization", &carol).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a lead of another group has no power here");
-    let r = c.delete(app.at("/hub/api/users/alice/server")).header("Authorization", &bob).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let refused = carol.stop("alice", None).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "a lead of another group has no power here");
+    assert_eq!(bob.stop("alice", None).await, Ok(StatusCode::NO_CONTENT));
     let home = app.signed_in("alice", "correct horse").await.get(app.at("/hub/home")).send().await.unwrap();
     assert!(home.text().await.unwrap().contains("stopped by bob"));
     let stops = audited(&app, "server.stop").await;

@@ -6,13 +6,14 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use labhub_core::spawner::Spawner;
+use labhub_testkit::Api;
 use labhub_testkit::docker::DockerScope;
 use labhub_testkit::pg::{TestCluster, TestDb, free_port};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::test_server_binary;
-use crate::proxy::{WsEnd, echo, ws_connect, ws_end, ws_url};
+use crate::proxied::{WsEnd, echo, ws_connect, ws_end, ws_url};
 use labhub_testkit::app::script;
 
 const EXE: &str = env!("CARGO_BIN_EXE_labhub-exe");
@@ -126,6 +127,11 @@ impl HubProcess {
         format!("{}{path}", self.url)
     }
 
+    /// An API client of this hub with an API token.
+    fn api(&self, auth: &str) -> Api {
+        Api::new(&self.url, auth)
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -147,41 +153,18 @@ impl HubProcess {
     }
 }
 
-async fn user_model(hub: &HubProcess, auth: &str, user: &str) -> Value {
-    script()
-        .get(hub.at(&format!("/hub/api/users/{user}")))
-        .header("Authorization", auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Adds the test image to the catalogue and starts `root`'s default server on it.
 async fn start_server(site: &Site, hub: &HubProcess, auth: &str) {
-    let c = script();
-    let r = c
-        .post(hub.at("/hub/api/images"))
-        .header("Authorization", auth)
-        .json(&json!({"name": "test", "display_name": "Test server", "reference": site.scope.test_image.to_string(),
-                      "kind": "jupyter", "cpu": 0.5, "memory": "256M"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
-    let r = c
-        .post(hub.at("/hub/api/users/root/server"))
-        .header("Authorization", auth)
-        .json(&json!({"image": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(matches!(r.status().as_u16(), 201 | 202), "{} {}", r.status(), r.text().await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while user_model(hub, auth, "root").await["servers"][""]["ready"] != true {
-        assert!(Instant::now() < deadline, "the server did not become ready:\n{}", hub.log_text());
+    let api = hub.api(auth);
+    let image = json!({"name": "test", "display_name": "Test server", "reference": site.scope.test_image.to_string(),
+                       "kind": "jupyter", "cpu": 0.5, "memory": "256M"});
+    api.add_image(image).await.unwrap_or_else(|e| panic!("{e}"));
+    let (status, _) = api.start("root", None, json!({"image": "test"})).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(status.as_u16(), 201 | 202), "{status}");
+    // A hang guard with the hub's log, which says why a start went nowhere.
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while !api.user("root").await.is_ready(None) {
+        assert!(Instant::now() < give_up, "the server did not become ready:\n{}", hub.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -215,9 +198,9 @@ async fn a_hub_killed_with_sigkill_adopts_its_running_servers_when_it_comes_back
     let second = HubProcess::start(&site, "second").await;
     let log = second.log_text();
     assert!(log.contains("adopted a running server"), "{log}");
-    let model = user_model(&second, &auth, "root").await;
-    assert_eq!(model["servers"][""]["ready"], true, "{model}");
-    assert_eq!(model["servers"][""]["url"], "/user/root/");
+    let model = second.api(&auth).user("root").await;
+    assert!(model.is_ready(None), "{model:?}");
+    assert_eq!(model.servers[""].url, "/user/root/");
     let r = c.get(second.at("/user/root/files/notes.txt")).header("Authorization", &auth).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.unwrap(), "written before the crash");
@@ -252,7 +235,7 @@ async fn a_graceful_stop_leaves_servers_running_and_a_vanished_one_is_marked_sto
     // Started again, it adopts the server; stopped again, the container is then removed
     // behind its back.
     let mut second = HubProcess::start(&site, "second").await;
-    assert_eq!(user_model(&second, &auth, "root").await["servers"][""]["ready"], true);
+    assert!(second.api(&auth).user("root").await.is_ready(None));
     assert!(second.terminate(Duration::from_secs(20)).await.success());
     let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
     site.scope.docker().remove_container(&container, Some(options)).await.unwrap();
@@ -260,8 +243,8 @@ async fn a_graceful_stop_leaves_servers_running_and_a_vanished_one_is_marked_sto
     let third = HubProcess::start(&site, "third").await;
     let log = third.log_text();
     assert!(log.contains("a server's container was gone; marked stopped"), "{log}");
-    let model = user_model(&third, &auth, "root").await;
-    assert!(model["servers"].as_object().is_some_and(|s| s.is_empty()), "no server runs: {model}");
+    let model = third.api(&auth).user("root").await;
+    assert!(model.servers.is_empty(), "no server runs: {model:?}");
     let r = script().get(third.at("/user/root/api/status")).header("Authorization", &auth).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (state, reason): (String, Option<String>) =

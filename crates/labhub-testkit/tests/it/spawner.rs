@@ -409,9 +409,12 @@ async fn a_start_timeout_removes_the_container_and_keeps_the_volume() {
         Some(vec!["jupyter".into(), "lab".into(), "--ServerApp.ip=0.0.0.0".into(), "--ServerApp.port=9999".into()]);
     spec.port = 8888;
     spec.start_timeout = Duration::from_secs(3);
-    let t0 = Instant::now();
-    let err = hub.start(&spec).await.unwrap_err();
-    eprintln!("timeout after {:?}: {err}", t0.elapsed());
+    // Nothing ever answers where the spawner looks, so only its start timeout can end the start
+    // (a spawner that ignored it would hang, and the guard would say so).
+    let err = tokio::time::timeout(Duration::from_secs(120), hub.start(&spec))
+        .await
+        .expect("the start gave up by its timeout instead of waiting for ever")
+        .unwrap_err();
     match &err {
         SpawnError::Timeout { seconds, log_tail } => {
             assert_eq!(*seconds, 3);
@@ -420,7 +423,6 @@ async fn a_start_timeout_removes_the_container_and_keeps_the_volume() {
         }
         other => panic!("expected Timeout, got {other:?}"),
     }
-    assert!(t0.elapsed() < Duration::from_secs(15));
     assert!(hub.spawner.list().await.unwrap().is_empty(), "the container is gone");
     assert!(hub.spawner.storage_usage(&spec.home).await.unwrap().is_some(), "the volume is kept");
 }

@@ -4,14 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use labhub_testkit::TestApp;
 use labhub_testkit::docker::DockerScope;
+use labhub_testkit::{Api, TestApp};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
-use crate::common::{test_server_binary, wait_for_user};
+use crate::common::{start_ready, test_server_binary};
 
 /// A browser that resolves the hub's and users' test hosts to the hub.
 fn browser_for(addr: SocketAddr, hosts: &[&str]) -> Client {
@@ -44,17 +43,8 @@ async fn each_users_servers_live_on_their_own_host() {
     let alice_host = format!("http://alice.lab.test:{port}");
     let b = browser_for(addr, &["lab.test", "alice.lab.test", "bob.lab.test"]);
 
-    let alice = format!("token {}", app.token("alice").await);
-    let r = b
-        .post(format!("{hub}/hub/api/users/alice/server"))
-        .header("Authorization", &alice)
-        .json(&serde_json::json!({"image": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(matches!(r.status().as_u16(), 201 | 202));
-    // The harness reaches the hub at its loopback address; the API lives on the hub's host.
-    wait_for_user(&app, &alice, "alice", Duration::from_secs(60), |v| v["servers"][""]["ready"] == true).await;
+    // The API on the hub's host.
+    start_ready(&Api::with_client(&hub, &b, &app.token("alice").await), "alice").await;
 
     // Sign in on the hub's host.
     let csrf =

@@ -4,7 +4,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     net::SocketAddr,
-    sync::LazyLock,
+    sync::{
+        Arc, LazyLock, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::{
@@ -18,6 +21,7 @@ use axum::{
 use futures::Stream;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// Streaming chunk size (downloads, file reads).
 pub const CHUNK: usize = 64 * 1024;
@@ -142,6 +146,62 @@ pub fn whoami(method: &Method, uri: &Uri, headers: &HeaderMap, conn: &ConnInfo) 
     })
 }
 
+/// A gate the test opens step by step: whatever waits on it (a held request, the next event
+/// of a stream, a long poll) goes on only after the test opened it, one step per opening. A
+/// test can so keep a response open exactly until it has seen what it needs, with no timing.
+pub struct Gate {
+    steps: Semaphore,
+    waiting: AtomicU64,
+}
+
+impl Gate {
+    /// Waits for one step.
+    pub async fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Ok(step) = self.steps.acquire().await {
+            step.forget();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Lets `steps` more waits through (now or later).
+    pub fn open(&self, steps: u32) {
+        self.steps.add_permits(steps as usize);
+    }
+
+    /// How many wait at the gate now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// The gate of that name (made closed on first use).
+pub fn gate(name: &str) -> Arc<Gate> {
+    static GATES: LazyLock<Mutex<HashMap<String, Arc<Gate>>>> = LazyLock::new(Default::default);
+    let mut gates = GATES.lock().unwrap_or_else(PoisonError::into_inner);
+    gates
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(Gate { steps: Semaphore::new(0), waiting: AtomicU64::new(0) }))
+        .clone()
+}
+
+/// `gate?name=G` (how many wait) and `gate/open?name=G&steps=N` (N steps, default 1; answers
+/// how many waited before).
+pub fn gate_endpoint(params: &HashMap<String, String>, open: bool) -> Response {
+    let Some(name) = params.get("name") else {
+        return message(StatusCode::BAD_REQUEST, "missing query parameter name");
+    };
+    let g = gate(name);
+    let waiting = g.waiting();
+    if open {
+        match param_u64(params, "steps", 1).map(u32::try_from) {
+            Ok(Ok(steps)) => g.open(steps),
+            _ => return message(StatusCode::BAD_REQUEST, "query parameter steps must be a small integer"),
+        }
+    }
+    json_response(StatusCode::OK, json!({ "name": name, "waiting": waiting }))
+}
+
 /// Decode `%XX` escapes (no `+` handling: this is for path segments).
 pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -233,6 +293,28 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_encode("/a b?"), "%2Fa%20b%3F");
+    }
+
+    #[tokio::test]
+    async fn a_gate_lets_one_wait_through_per_step() {
+        let g = gate("unit-test");
+        let waiter = tokio::spawn({
+            let g = g.clone();
+            async move { g.pass().await }
+        });
+        let arrived = async {
+            while g.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), arrived).await.expect("the wait reaches the gate");
+        assert!(!waiter.is_finished(), "closed: it waits");
+        g.open(1);
+        tokio::time::timeout(std::time::Duration::from_secs(30), waiter)
+            .await
+            .expect("one step lets it through")
+            .unwrap();
+        assert_eq!(g.waiting(), 0);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     common::{
-        CHUNK, ConnInfo, exit_in_stream, exit_process, json_response, message, param_u64, pattern_stream,
-        percent_decode, query_params, whoami,
+        CHUNK, ConnInfo, exit_in_stream, exit_process, gate, gate_endpoint, json_response, message, param_u64,
+        pattern_stream, percent_decode, query_params, whoami,
     },
     ws::{self, WsPlan},
 };
@@ -78,6 +78,15 @@ pub async fn handle(nb: Arc<Notebook>, conn: ConnInfo, req: Request) -> Response
             _ => message(StatusCode::METHOD_NOT_ALLOWED, "use POST or PUT"),
         },
         "sse" => sse(&params),
+        "hold" => match params.get("gate") {
+            Some(name) => {
+                gate(name).pass().await;
+                json_response(StatusCode::OK, json!({ "released_by": name }))
+            }
+            None => message(StatusCode::BAD_REQUEST, "missing query parameter gate"),
+        },
+        "gate" => gate_endpoint(&params, false),
+        "gate/open" => gate_endpoint(&params, true),
         "slow" => match param_u64(&params, "ms", 1000) {
             Ok(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -167,20 +176,29 @@ async fn upload(req: Request) -> Response {
     json_response(StatusCode::OK, json!({ "bytes": n, "sha256": hex::encode(hasher.finalize()) }))
 }
 
+/// `n` events `data: {"i": k}`: the first at once, each next one after `interval_ms`, or, with
+/// `gate=G`, after one step of that gate (the test's signal).
 fn sse(params: &HashMap<String, String>) -> Response {
     let (n, interval) = match (param_u64(params, "n", 5), param_u64(params, "interval_ms", 200)) {
         (Ok(n), Ok(i)) => (n, Duration::from_millis(i)),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let events = stream::unfold(0u64, move |k| async move {
-        if k >= n {
-            return None;
+    let gate = params.get("gate").map(|g| gate(g));
+    let events = stream::unfold(0u64, move |k| {
+        let gate = gate.clone();
+        async move {
+            if k >= n {
+                return None;
+            }
+            if k > 0 {
+                match gate {
+                    Some(g) => g.pass().await,
+                    None => tokio::time::sleep(interval).await,
+                }
+            }
+            let event = Bytes::from(format!("data: {{\"i\": {k}}}\n\n"));
+            Some((Ok::<_, io::Error>(event), k + 1))
         }
-        if k > 0 {
-            tokio::time::sleep(interval).await;
-        }
-        let event = Bytes::from(format!("data: {{\"i\": {k}}}\n\n"));
-        Some((Ok::<_, io::Error>(event), k + 1))
     });
     (
         StatusCode::OK,

@@ -93,7 +93,9 @@
 //!   root; `--auth-none=0` → an HTML form posting to `<root>/auth-do-sign-in`.
 //! * `POST /auth-do-sign-in` (any credentials), `/auth-sign-out`.
 //! * `/whoami` → the notebook mode's report plus `rstudio_root_path`.
-//! * `/events/get_events?ms=M`, `/rpc/<name>?ms=M` → held M ms (default 0).
+//! * `/events/get_events?ms=M`, `/rpc/<name>?ms=M` → held M ms (default 0);
+//!   `/events/get_events?gate=G` → held until the test opens gate G one step
+//!   (`/gate/open?name=G`, as in notebook mode).
 //! * `/ws/echo`, `/ws/headers` → as in notebook mode.
 //! * Anything else → 404 `text/html` "`<path>` not found", like rserver.
 //!
@@ -110,7 +112,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    common::{ConnInfo, json_response, message, param_u64, percent_encode, query_params, whoami},
+    common::{ConnInfo, gate, gate_endpoint, json_response, message, param_u64, percent_encode, query_params, whoami},
     ws::{self, WsPlan},
 };
 
@@ -179,6 +181,13 @@ pub async fn handle(rs: Arc<FakeRserver>, conn: ConnInfo, req: Request) -> Respo
             let (mut parts, _body) = req.into_parts();
             ws::upgrade(&mut parts, WsPlan { greeting, close_after }).await
         }
+        "/events/get_events" if params.contains_key("gate") => {
+            let name = &params["gate"];
+            gate(name).pass().await;
+            json_response(StatusCode::OK, json!({ "result": [], "released_by": name }))
+        }
+        "/gate" => gate_endpoint(&params, false),
+        "/gate/open" => gate_endpoint(&params, true),
         "/events/get_events" => {
             let ms = match param_u64(&params, "ms", 0) {
                 Ok(ms) => ms,
