@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod culler;
 mod error;
 pub mod groups;
+pub mod health;
 mod hub;
 pub mod model;
 pub mod progress;

@@ -10,6 +10,7 @@ mod culling;
 mod db_outage;
 mod groups;
 mod oidc;
+mod pg_supervisor;
 mod pages;
 mod proxy;
 mod proxy_auth;
