@@ -195,6 +195,9 @@ impl Config {
         {
             return bad("quota", "timeouts must be at least 1s (write \"never\" for none)");
         }
+        if self.servers.activity_flush_interval.is_zero() {
+            return bad("servers.activity_flush_interval", "must be more than 0s");
+        }
         if self.culler.interval.as_secs() == 0 {
             return bad("culler.interval", "must be at least 1s");
         }
