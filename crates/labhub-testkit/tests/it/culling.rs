@@ -228,3 +228,98 @@ async fn the_external_idle_culler_finds_every_field_it_reads() {
     assert_eq!(ready.as_array().unwrap().len(), 1);
     assert_eq!(app.count("select count(*) from servers where name = 'gpu'").await, 0, "removed");
 }
+
+/// alice's user model, as the external idle culler reads it.
+async fn model(app: &TestApp, auth: &str) -> Value {
+    let r = script().get(app.at("/hub/api/users/alice")).header("Authorization", auth).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `a - b`, which the test expects to be `expected` up to the database's and the proxy's rounding.
+fn assert_apart(a: OffsetDateTime, b: OffsetDateTime, expected: time::Duration, what: &str) {
+    let off = (a - b - expected).abs();
+    assert!(off < time::Duration::milliseconds(5), "{what}: {a} - {b} is {} , not {expected}", a - b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_proxied_activity_at_once_without_waiting_for_a_flush() {
+    let (app, clock, alice, _) = manual_hub().await;
+    start_ready(&app, &alice, "alice").await;
+    let started = parse_time(&model(&app, &alice).await["servers"][""]["started"], "started");
+
+    clock.advance(time::Duration::minutes(7));
+    use_server(&app, &alice, "alice").await;
+    // No flush ran (the test hub runs no maintenance): the proxy's stamp is what the API shows.
+    let v = model(&app, &alice).await;
+    let s = &v["servers"][""];
+    let seven = time::Duration::minutes(7);
+    assert_apart(parse_time(&s["last_activity"], "the server's last_activity"), started, seven, "server");
+    assert_apart(parse_time(&v["last_activity"], "the user's last_activity"), started, seven, "user");
+    // The site default's hour of idleness counts from that use.
+    assert_apart(parse_time(&s["cull_at"], "cull_at"), started, seven + time::Duration::hours(1), "cull_at");
+    let root = format!("token {}", app.token("root").await);
+    let listed: Value = script()
+        .get(app.at("/hub/api/users?state=ready"))
+        .header("Authorization", &root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s = &listed[0]["servers"][""];
+    assert_apart(parse_time(&s["last_activity"], "the listed last_activity"), started, seven, "listed");
+    assert_eq!(
+        app.count("select count(*) from servers where last_activity > started_at").await,
+        0,
+        "the database has not been told yet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_see_when_a_server_will_be_culled_and_can_keep_it_running() {
+    let (app, clock, alice, _) = manual_hub().await;
+    lab(
+        &app,
+        "lab",
+        None,
+        &["alice"],
+        QuotaPatch {
+            idle_timeout: Some(Some(Duration::from_secs(30 * 60))),
+            max_lifetime: Some(Some(Duration::from_secs(8 * 3600))),
+            ..QuotaPatch::default()
+        },
+    )
+    .await;
+    start_ready(&app, &alice, "alice").await;
+    let s = model(&app, &alice).await["servers"][""].clone();
+    let started = parse_time(&s["started"], "started");
+    assert_apart(parse_time(&s["cull_at"], "cull_at"), started, time::Duration::minutes(30), "cull_at");
+    assert_eq!(s["cull_reason"], "idle");
+
+    let b = app.signed_in("alice", "correct horse").await;
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("stops at") && home.contains("after 30 minutes without activity"), "{home}");
+    assert!(home.contains("Keep it running"), "{home}");
+
+    clock.advance(time::Duration::minutes(20));
+    let r = b
+        .post(app.at("/hub/home/keep"))
+        .form(&[("_csrf", labhub_testkit::app::csrf_of(&home).as_str()), ("server", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let s = model(&app, &alice).await["servers"][""].clone();
+    assert_apart(parse_time(&s["cull_at"], "cull_at"), started, time::Duration::minutes(50), "kept");
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("counts as used now"), "the button says what it did: {home}");
+
+    clock.advance(time::Duration::minutes(25));
+    assert!(culled(&app).await.is_empty(), "kept running 25 minutes ago");
+    clock.advance(time::Duration::minutes(6));
+    assert_eq!(culled(&app).await, [("alice".to_string(), "stopped after 30 minutes without activity".to_string())]);
+    let s = model(&app, &alice).await;
+    assert!(s["servers"].as_object().unwrap().is_empty() || s["servers"][""]["cull_at"].is_null(), "{s}");
+}

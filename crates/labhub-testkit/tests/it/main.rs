@@ -4,14 +4,15 @@
 mod api_users;
 mod auth_api;
 mod browser;
+mod busy;
 mod cli;
 mod common;
 mod culling;
 mod db_outage;
 mod groups;
 mod oidc;
-mod pg_supervisor;
 mod pages;
+mod pg_supervisor;
 mod proxy;
 mod proxy_auth;
 mod quotas;
