@@ -239,7 +239,7 @@ async fn model(app: &TestApp, auth: &str) -> Value {
 /// `a - b`, which the test expects to be `expected` up to the database's and the proxy's rounding.
 fn assert_apart(a: OffsetDateTime, b: OffsetDateTime, expected: time::Duration, what: &str) {
     let off = (a - b - expected).abs();
-    assert!(off < time::Duration::milliseconds(5), "{what}: {a} - {b} is {} , not {expected}", a - b);
+    assert!(off < time::Duration::milliseconds(5), "{what}: {a} - {b} is {}, not {expected}", a - b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,6 +252,16 @@ mod tests {
     }
 
     #[test]
+    fn the_activity_flush_interval_and_the_busy_cull_policy_are_configuration() {
+        let c = load_str("[servers]\nactivity_flush_interval = \"2s\"\n[quota]\ncull_busy = true\n").unwrap();
+        assert_eq!(c.server_settings().activity_flush_interval, Duration::from_secs(2));
+        assert!(c.quota_settings().site_default.cull_busy);
+        assert!(!Config::default().quota_settings().site_default.cull_busy, "busy servers are spared by default");
+        let e = load_str("[servers]\nactivity_flush_interval = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("'servers.activity_flush_interval'"), "{e}");
+    }
+
+    #[test]
     fn origin_isolation_over_https_prefixes_and_strips_both_session_cookies() {
         let c = load_str("public_url = \"https://lab.example.org/\"\n[proxy]\nuser_subdomains = true\n").unwrap();
         let names = ["__Host-labhub-session", "__Host-labhub-user-session"];
