@@ -45,4 +45,7 @@ pub struct Quota {
     pub idle_timeout: Option<Duration>,
     /// A server running this long is stopped, active or not; `None`: never.
     pub max_lifetime: Option<Duration>,
+    /// Whether the idle timeout also stops a Jupyter server whose kernel is busy or that has a
+    /// terminal open (by default such a server counts as in use).
+    pub cull_busy: bool,
 }

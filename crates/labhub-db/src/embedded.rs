@@ -122,8 +122,9 @@ fn run_as() -> Result<Option<RunAs>, EmbeddedError> {
     Ok(Some(RunAs { uid, gid }))
 }
 
-/// A Postgres cluster started by the hub or a test.
-#[derive(Debug)]
+/// A Postgres cluster started by the hub or a test. A clone names the same cluster (the
+/// supervisor holds one).
+#[derive(Debug, Clone)]
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     socket_dir: PathBuf,
@@ -145,20 +146,25 @@ impl EmbeddedPostgres {
             let mut pg = Self::prepare(&root, bin.as_deref(), None, true)?;
             pg.adopted = pg.is_running();
             if !pg.adopted {
-                pg.run_step(
-                    "pg_ctl start",
-                    pg.tool("pg_ctl")
-                        .args(["-w", "-t", "60", "-l"])
-                        .arg(&pg.log_file)
-                        .arg("-D")
-                        .arg(&pg.data_dir)
-                        .arg("start"),
-                )?;
+                pg.pg_ctl_start()?;
             }
             Ok(pg)
         })
         .await
         .map_err(|e| EmbeddedError::Command { step: "starting postgres".into(), detail: e.to_string() })?
+    }
+
+    /// Starts the server as a daemon and waits (at most a minute) until it accepts connections.
+    fn pg_ctl_start(&self) -> Result<(), EmbeddedError> {
+        self.run_step(
+            "pg_ctl start",
+            self.tool("pg_ctl")
+                .args(["-w", "-t", "60", "-l"])
+                .arg(&self.log_file)
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("start"),
+        )
     }
 
     /// Starts a fast, non-durable cluster on a loopback port, as a child of a thread that
@@ -339,6 +345,34 @@ impl EmbeddedPostgres {
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
+    }
+
+    /// The postmaster's process id, from its lock file, while that file exists.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Whether the postmaster is alive: its lock file names a process that exists and is not
+    /// a zombie (a killed daemon may linger unreaped when nobody reaps orphans). Reads `/proc`
+    /// only, so it is cheap enough to ask every few seconds.
+    pub fn postmaster_alive(&self) -> bool {
+        let Some(pid) = self.postmaster_pid() else { return false };
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+            Err(_) => false,
+        }
+    }
+
+    /// Starts a durable cluster again after its postmaster died (Postgres recovers from its
+    /// write-ahead log by itself). Fails while the dead server's backends still hold its shared
+    /// memory; they notice the death and exit within moments, so the caller retries.
+    pub async fn restart(&self) -> Result<(), EmbeddedError> {
+        let pg = self.clone();
+        tokio::task::spawn_blocking(move || pg.pg_ctl_start())
+            .await
+            .map_err(|e| EmbeddedError::Command { step: "restarting postgres".into(), detail: e.to_string() })?
     }
 
     /// Connection options for a database of this cluster.

@@ -50,6 +50,7 @@ struct Row {
     storage_bytes: Option<i64>,
     idle_timeout_seconds: Option<i32>,
     max_lifetime_seconds: Option<i32>,
+    cull_busy: bool,
 }
 
 impl Row {
@@ -70,6 +71,7 @@ impl Row {
             storage_bytes: unsigned(self.storage_bytes, "storage limit")?,
             idle_timeout: seconds(self.idle_timeout_seconds, "idle timeout")?,
             max_lifetime: seconds(self.max_lifetime_seconds, "lifetime")?,
+            cull_busy: self.cull_busy,
         })
     }
 }
@@ -77,7 +79,8 @@ impl Row {
 macro_rules! columns {
     () => {
         "group_id, kind, max_cpu_millis, max_memory_bytes, max_gpus, images, max_servers_per_member,
-         budget_cpu_millis, budget_memory_bytes, storage_bytes, idle_timeout_seconds, max_lifetime_seconds"
+         budget_cpu_millis, budget_memory_bytes, storage_bytes, idle_timeout_seconds, max_lifetime_seconds,
+         cull_busy"
     };
 }
 
@@ -117,15 +120,16 @@ pub async fn put(
     sqlx::query(
         "insert into group_quotas (group_id, kind, max_cpu_millis, max_memory_bytes, max_gpus, images,
                 max_servers_per_member, budget_cpu_millis, budget_memory_bytes, storage_bytes,
-                idle_timeout_seconds, max_lifetime_seconds, updated_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                idle_timeout_seconds, max_lifetime_seconds, updated_at, cull_busy)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          on conflict (group_id, kind) do update set
                 max_cpu_millis = excluded.max_cpu_millis, max_memory_bytes = excluded.max_memory_bytes,
                 max_gpus = excluded.max_gpus, images = excluded.images,
                 max_servers_per_member = excluded.max_servers_per_member,
                 budget_cpu_millis = excluded.budget_cpu_millis, budget_memory_bytes = excluded.budget_memory_bytes,
                 storage_bytes = excluded.storage_bytes, idle_timeout_seconds = excluded.idle_timeout_seconds,
-                max_lifetime_seconds = excluded.max_lifetime_seconds, updated_at = excluded.updated_at",
+                max_lifetime_seconds = excluded.max_lifetime_seconds, updated_at = excluded.updated_at,
+                cull_busy = excluded.cull_busy",
     )
     .bind(group_id)
     .bind(kind.as_str())
@@ -140,6 +144,7 @@ pub async fn put(
     .bind(seconds(q.idle_timeout, "the idle timeout")?)
     .bind(seconds(q.max_lifetime, "the lifetime")?)
     .bind(now)
+    .bind(q.cull_busy)
     .execute(db)
     .await?;
     Ok(())

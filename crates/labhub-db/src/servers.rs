@@ -1,6 +1,6 @@
 //! The `servers` table.
 
-use labhub_core::{ImageId, ServerId, ServerState, UserId, UserName};
+use labhub_core::{GroupId, ImageId, ServerId, ServerState, UserId, UserName};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -31,12 +31,14 @@ pub struct Server {
     pub last_activity: Option<OffsetDateTime>,
     pub stopped_at: Option<OffsetDateTime>,
     pub stop_reason: Option<String>,
+    /// The group its latest start was charged to.
+    pub group_id: Option<GroupId>,
 }
 
 macro_rules! columns {
     () => {
         "server_id, user_id, name, state, image_id, image_ref, image_digest, kind, cpu_millis, memory_bytes, gpus, \
-         spawn_id, spawner_state, endpoint, created_at, started_at, last_activity, stopped_at, stop_reason"
+         spawn_id, spawner_state, endpoint, created_at, started_at, last_activity, stopped_at, stop_reason, group_id"
     };
 }
 
@@ -204,7 +206,7 @@ pub async fn list_active(db: impl PgExecutor<'_>) -> Result<Vec<ServerWithOwner>
     Ok(sqlx::query_as(
         "select s.server_id, s.user_id, s.name, s.state, s.image_id, s.image_ref, s.image_digest, s.kind, s.cpu_millis,
                 s.memory_bytes, s.gpus, s.spawn_id, s.spawner_state, s.endpoint, s.created_at, s.started_at,
-                s.last_activity, s.stopped_at, s.stop_reason, u.name as owner
+                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, u.name as owner
          from servers s join users u on u.user_id = s.user_id
          where s.state <> 'stopped' order by u.name, s.name",
     )
@@ -227,6 +229,21 @@ pub async fn delete(db: impl PgExecutor<'_>, server_id: ServerId) -> Result<bool
         .execute(db)
         .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Records activity on one server now (its owner asked to keep it running), never moving
+/// times backwards; the owner's activity moves with it.
+pub async fn touch_one(db: impl PgExecutor<'_>, server_id: ServerId, at: OffsetDateTime) -> Result<(), DbError> {
+    sqlx::query(
+        "with s as (update servers set last_activity = greatest(last_activity, $2) where server_id = $1
+                    returning user_id)
+         update users u set last_activity = greatest(u.last_activity, $2) from s where u.user_id = s.user_id",
+    )
+    .bind(server_id)
+    .bind(at)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Records proxied activity for many servers at once (by owner name and server name), never

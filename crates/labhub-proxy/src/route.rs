@@ -115,6 +115,9 @@ pub struct RouteEntry {
     pub(crate) in_flight: AtomicUsize,
     pub(crate) tunnels: AtomicUsize,
     last_activity_ms: AtomicI64,
+    /// The latest traffic ever recorded (never drained), for readers that want the freshest
+    /// time without taking it from the next flush.
+    latest_activity_ms: AtomicI64,
     pub(crate) shared: Arc<TableShared>,
 }
 
@@ -152,6 +155,7 @@ impl RouteEntry {
             in_flight: AtomicUsize::new(0),
             tunnels: AtomicUsize::new(0),
             last_activity_ms: AtomicI64::new(NO_ACTIVITY),
+            latest_activity_ms: AtomicI64::new(NO_ACTIVITY),
             shared,
         })
     }
@@ -206,17 +210,26 @@ impl RouteEntry {
         let last = self.last_activity_ms.load(Ordering::Relaxed);
         if last == NO_ACTIVITY || ms < last || ms >= last.saturating_add(ACTIVITY_RESOLUTION_MS) {
             self.last_activity_ms.store(ms, Ordering::Relaxed);
+            self.latest_activity_ms.store(ms, Ordering::Relaxed);
         }
+    }
+
+    /// The latest traffic this route saw, flushed or not (the API shows it before the database has it).
+    pub fn last_activity(&self) -> Option<OffsetDateTime> {
+        ms_time(self.latest_activity_ms.load(Ordering::Relaxed))
     }
 
     /// The activity recorded since the last call, if any.
     fn take_activity(&self) -> Option<OffsetDateTime> {
-        let ms = self.last_activity_ms.swap(NO_ACTIVITY, Ordering::Relaxed);
-        if ms == NO_ACTIVITY {
-            return None;
-        }
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        ms_time(self.last_activity_ms.swap(NO_ACTIVITY, Ordering::Relaxed))
     }
+}
+
+fn ms_time(ms: i64) -> Option<OffsetDateTime> {
+    if ms == NO_ACTIVITY {
+        return None;
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
 impl fmt::Debug for RouteEntry {
@@ -443,6 +456,8 @@ mod tests {
         let got = t.take_activity();
         assert_eq!(got, vec![(key("alice", None), time::macros::datetime!(2026-01-01 0:05 UTC))]);
         assert!(t.take_activity().is_empty());
+        assert_eq!(alice.last_activity(), Some(time::macros::datetime!(2026-01-01 0:05 UTC)), "a flush keeps it");
+        assert_eq!(t.get("bob", None).unwrap().last_activity(), None);
 
         alice.touch();
         t.remove(&key("alice", None));

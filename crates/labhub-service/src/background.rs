@@ -9,14 +9,11 @@ use tokio::time::MissedTickBehavior;
 
 use crate::Hub;
 
-/// How often token use times and proxied activity are written.
-const FLUSH_EVERY: Duration = Duration::from_secs(10);
-
 impl Hub {
     /// Periodic housekeeping: flushes token use times and proxied activity, removes expired
     /// sessions, refreshes the session gauge. Runs until `shutdown` resolves, then flushes once more.
     pub async fn run_maintenance(self, shutdown: impl Future<Output = ()>) {
-        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut flush = tokio::time::interval(self.server_settings().activity_flush_interval);
         flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         tokio::pin!(shutdown);

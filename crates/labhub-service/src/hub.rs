@@ -53,6 +53,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) key: HubKey,
     pub(crate) views: ViewCache,
+    pub(crate) database_health: crate::health::DatabaseHealth,
     /// Where servers run; `None` when the container runtime is unreachable.
     pub(crate) spawner: Option<Arc<dyn labhub_core::spawner::Spawner>>,
     pub(crate) catalogue: CatalogueState,
@@ -80,6 +81,7 @@ impl Hub {
             db: parts.db,
             key: parts.key,
             views: ViewCache::default(),
+            database_health: crate::health::DatabaseHealth::default(),
             clock: parts.clock,
             spawner: parts.spawner,
             catalogue: CatalogueState::new(parts.builder),
@@ -127,6 +129,11 @@ impl Hub {
     /// The route table the proxy reads.
     pub fn routes(&self) -> &labhub_proxy::RouteTable {
         &self.0.servers.routes
+    }
+
+    /// The embedded database's health, kept by its supervisor.
+    pub fn database_health(&self) -> &crate::health::DatabaseHealth {
+        &self.0.database_health
     }
 
     /// Whether the database answers (for the health check).

@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod culler;
 mod error;
 pub mod groups;
+pub mod health;
 pub mod homes;
 mod hub;
 pub mod model;

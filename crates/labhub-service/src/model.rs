@@ -11,6 +11,7 @@ use labhub_db::{audit, groups, identities, images, servers, sessions, tokens, us
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::culler::{CullPlan, CullPolicy};
 use crate::progress::ProgressLog;
 use crate::words::format_duration;
 
@@ -84,6 +85,13 @@ pub struct ServerView {
     pub last_activity: Option<OffsetDateTime>,
     /// Why it last stopped.
     pub stop_reason: Option<String>,
+    /// When the culler will stop it and why (running servers under a limit, while the
+    /// built-in culler runs).
+    pub cull: Option<CullPlan>,
+    /// The group its latest start was charged to.
+    pub(crate) group_id: Option<GroupId>,
+    /// Its group's cull policy, while it runs.
+    pub(crate) policy: Option<CullPolicy>,
 }
 
 impl ServerView {
@@ -101,6 +109,9 @@ impl ServerView {
             started_at: None,
             last_activity: None,
             stop_reason: None,
+            cull: None,
+            group_id: None,
+            policy: None,
         }
     }
 
@@ -125,6 +136,9 @@ impl ServerView {
             started_at: s.started_at,
             last_activity: s.last_activity,
             stop_reason: s.stop_reason.clone(),
+            cull: None,
+            group_id: s.group_id,
+            policy: None,
         }
     }
 

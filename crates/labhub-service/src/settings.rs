@@ -70,6 +70,8 @@ pub struct ServerSettings {
     pub slow_stop_timeout: Duration,
     /// Build a missing catalogue image from its recipe when the hub starts (instead of at the first start).
     pub build_missing_images_at_boot: bool,
+    /// How often proxied activity (and token use) is written to the database.
+    pub activity_flush_interval: Duration,
 }
 
 impl Default for ServerSettings {
@@ -81,6 +83,7 @@ impl Default for ServerSettings {
             slow_spawn_timeout: Duration::from_secs(10),
             slow_stop_timeout: Duration::from_secs(10),
             build_missing_images_at_boot: true,
+            activity_flush_interval: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct QuotaSettings {
     pub site_default: labhub_core::Quota,
     /// The home page warns once storage reaches this percentage of the limit.
     pub storage_warning_percent: u8,
+    /// Whether the built-in culler runs (servers then show when it will stop them).
+    pub culling: bool,
     /// How often the culler looks for idle and expired servers.
     pub cull_interval: Duration,
     /// How often live resource use is sampled for the usage view.
@@ -116,8 +121,10 @@ impl Default for QuotaSettings {
                 storage_bytes: None,
                 idle_timeout: Some(Duration::from_secs(3600)),
                 max_lifetime: None,
+                cull_busy: false,
             },
             storage_warning_percent: 90,
+            culling: true,
             cull_interval: Duration::from_secs(60),
             usage_interval: Duration::from_secs(60),
             storage_interval: Duration::from_secs(600),

@@ -132,7 +132,14 @@ impl<'h> Usage<'h> {
             })
             .collect();
         let mut total = Amounts::default();
-        for s in servers.into_iter().map(ChargedServer::from) {
+        for mut s in servers.into_iter().map(ChargedServer::from) {
+            // The proxy's stamps not yet written to the database are the freshest activity.
+            let live = self
+                .hub
+                .routes()
+                .get(s.owner.as_str(), s.name.as_ref().map(labhub_core::ServerName::as_str))
+                .and_then(|r| r.last_activity());
+            s.last_activity = s.last_activity.max(live);
             total.add(&s);
             let i = match members.iter().position(|m| m.name == s.owner) {
                 Some(i) => i,

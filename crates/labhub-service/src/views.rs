@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use labhub_core::UserName;
 
+use crate::culler::Culler;
 use crate::model::{Account, ServerView};
 
 /// How long a view is reused at most.
@@ -26,6 +27,18 @@ pub struct UserView {
     pub groups: Vec<String>,
     /// Every server slot, stopped ones included.
     pub servers: Vec<ServerView>,
+}
+
+impl UserView {
+    /// A copy with the hub's freshest activity (the proxy's stamps not yet written) and when
+    /// the culler will stop each server: a cached view is fresh on every read.
+    pub(crate) fn freshened(&self, culler: Culler<'_>) -> UserView {
+        let mut view = self.clone();
+        view.servers.iter_mut().for_each(|s| culler.freshen(s));
+        let latest = view.servers.iter().filter_map(|s| s.last_activity).max();
+        view.account.last_activity = view.account.last_activity.max(latest);
+        view
+    }
 }
 
 /// Recent views by user name.

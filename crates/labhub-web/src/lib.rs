@@ -38,7 +38,7 @@ pub fn service(state: AppState) -> HubService {
 /// The hub's pages, API, health, metrics and static files.
 fn router(state: AppState) -> Router {
     let api = api::router(state.settings().max_body_bytes).layer(axum::middleware::from_fn(error::render_api_errors));
-    let pages = pages::router().layer(axum::middleware::from_fn(views::render_page_errors));
+    let pages = pages::router().layer(axum::middleware::from_fn_with_state(state.clone(), views::render_page_errors));
     Router::new()
         .merge(api)
         .merge(pages)

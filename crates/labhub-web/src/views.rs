@@ -4,7 +4,7 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -35,6 +35,8 @@ pub struct Chrome {
     pub flash_error: bool,
     /// Which top-level section is current, for the navigation.
     pub section: &'static str,
+    /// What admins must know about the hub's own health (the embedded database was down).
+    pub banner: Option<String>,
 }
 
 /// Every page handler's view of the request: the user (if any), and the chrome with a CSRF
@@ -73,6 +75,10 @@ impl FromRequestParts<AppState> for Page {
             flash: flash.map(|f| f.trim_start_matches(FLASH_ERROR_MARK).to_string()),
             flash_error,
             section: "",
+            banner: user
+                .as_ref()
+                .filter(|p| p.admin)
+                .and_then(|_| state.hub().database_health().banner(state.hub().now())),
         };
         Ok(Page { user, chrome, jar })
     }
@@ -198,17 +204,19 @@ impl ErrorPage {
             _ => "That did not work",
         }
         .to_string();
-        let c = Chrome { user: None, csrf: String::new(), flash: None, flash_error: false, section: "" };
+        let c = Chrome { user: None, csrf: String::new(), flash: None, flash_error: false, section: "", banner: None };
         Self { c, status: status.as_u16(), title, message, request_id }
     }
 }
 
 /// Renders page errors as a page with a way back; "sign in first" becomes a redirect to the
-/// sign-in page that returns here afterwards.
-pub async fn render_page_errors(req: Request, next: Next) -> Response {
+/// sign-in page that returns here afterwards. An admin page that cannot be served while the
+/// embedded database is down says so (who is asking cannot be checked without the database).
+pub async fn render_page_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let is_get = req.method() == axum::http::Method::GET;
     let here = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/hub/home".into());
+    let admin_page = req.uri().path().starts_with("/hub/admin");
     let resp = next.run(req).await;
     if !is_error(&resp) {
         return resp;
@@ -222,7 +230,10 @@ pub async fn render_page_errors(req: Request, next: Next) -> Response {
         let target = if is_get { login_url(Some(&here)) } else { login_url(None) };
         return Redirect::to(&target).into_response();
     }
-    let page = ErrorPage::new(parts.status, report.message, request_id);
+    let mut page = ErrorPage::new(parts.status, report.message, request_id);
+    if admin_page && parts.status == StatusCode::SERVICE_UNAVAILABLE {
+        page.c.banner = state.hub().database_health().banner(state.hub().now());
+    }
     let mut rendered = page.into_response();
     *rendered.status_mut() = parts.status;
     if let Some(v) = parts.headers.get(header::RETRY_AFTER) {

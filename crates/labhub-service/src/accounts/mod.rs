@@ -131,7 +131,7 @@ impl<'h> Accounts<'h> {
             }
         };
         actor.require_self_or_admin(view.account.id)?;
-        Ok(view)
+        Ok(Arc::new(view.freshened(self.hub.culler())))
     }
 
     /// The views of one page of accounts and the total matching (admins): the API's user list.
@@ -141,7 +141,8 @@ impl<'h> Accounts<'h> {
         filter: &UserFilter,
     ) -> Result<(Vec<UserView>, i64), ServiceError> {
         let (accounts, total) = self.list(actor, filter).await?;
-        Ok((self.views_of(accounts).await?, total))
+        let culler = self.hub.culler();
+        Ok((self.views_of(accounts).await?.iter().map(|v| v.freshened(culler)).collect(), total))
     }
 
     /// Each account with its groups and server slots, in two queries for all of them.
@@ -149,7 +150,7 @@ impl<'h> Accounts<'h> {
         let ids: Vec<UserId> = accounts.iter().map(|a| a.id).collect();
         let mut groups = groups::names_of_users(self.hub.db(), &ids).await?;
         let rows = servers::list_for_users(self.hub.db(), &ids).await?;
-        Ok(accounts
+        let mut views: Vec<UserView> = accounts
             .into_iter()
             .map(|account| {
                 let mine: Vec<_> = rows.iter().filter(|r| r.user_id == account.id).cloned().collect();
@@ -159,7 +160,9 @@ impl<'h> Accounts<'h> {
                     account,
                 }
             })
-            .collect())
+            .collect();
+        self.hub.culler().attach_policies(views.iter_mut().flat_map(|v| v.servers.iter_mut())).await?;
+        Ok(views)
     }
 
     /// Sets a password (admins for anyone; the CLI). Ends the user's sessions.

@@ -214,6 +214,7 @@ pub struct QuotaPatch {
     pub storage_bytes: Option<Option<u64>>,
     pub idle_timeout: Option<Option<Duration>>,
     pub max_lifetime: Option<Option<Duration>>,
+    pub cull_busy: Option<bool>,
 }
 
 impl QuotaPatch {
@@ -235,6 +236,7 @@ impl QuotaPatch {
             storage_bytes: self.storage_bytes.unwrap_or(q.storage_bytes),
             idle_timeout: self.idle_timeout.unwrap_or(q.idle_timeout),
             max_lifetime: self.max_lifetime.unwrap_or(q.max_lifetime),
+            cull_busy: self.cull_busy.unwrap_or(q.cull_busy),
         }
     }
 }
@@ -283,6 +285,8 @@ pub fn clamp(q: &Quota, ceiling: &Quota) -> Quota {
         storage_bytes: min_limit(q.storage_bytes, ceiling.storage_bytes),
         idle_timeout: min_limit(q.idle_timeout, ceiling.idle_timeout),
         max_lifetime: min_limit(q.max_lifetime, ceiling.max_lifetime),
+        // Culling busy servers is the stricter rule: a ceiling that demands it wins.
+        cull_busy: q.cull_busy || ceiling.cull_busy,
     }
 }
 

@@ -27,6 +27,7 @@ pub fn describe(q: &Quota) -> Value {
         "storage_bytes": q.storage_bytes,
         "idle_timeout_seconds": q.idle_timeout.map(|d| d.as_secs()),
         "max_lifetime_seconds": q.max_lifetime.map(|d| d.as_secs()),
+        "cull_busy": q.cull_busy,
     })
 }
 
@@ -66,6 +67,9 @@ pub fn summary(q: &Quota) -> String {
     });
     if let Some(d) = q.max_lifetime {
         parts.push(format!("stopped after running {}", format_duration(d)));
+    }
+    if q.idle_timeout.is_some() {
+        parts.push(if q.cull_busy { "busy servers stopped too" } else { "busy servers kept" }.into());
     }
     parts.join(" · ")
 }
@@ -271,6 +275,9 @@ pub fn above_ceiling(q: &Quota, ceiling: &Quota) -> Option<String> {
     }
     if !within(q.max_lifetime, ceiling.max_lifetime) {
         return over("a maximum lifetime", or_never(q.max_lifetime), or_never(ceiling.max_lifetime));
+    }
+    if ceiling.cull_busy && !q.cull_busy {
+        return Some("keeping busy servers running is more than the ceiling allows (it stops them when idle)".into());
     }
     None
 }

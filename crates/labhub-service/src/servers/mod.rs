@@ -62,7 +62,15 @@ impl<'h> Servers<'h> {
         let user = self.hub.user_row(owner).await?;
         self.require_reach(actor, user.user_id, None)?;
         let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
-        Ok(ServerView::slots(owner, &rows))
+        self.fresh(ServerView::slots(owner, &rows)).await
+    }
+
+    /// Views with the hub's freshest activity and when the culler will stop each.
+    async fn fresh(&self, mut views: Vec<ServerView>) -> Result<Vec<ServerView>, ServiceError> {
+        let culler = self.hub.culler();
+        culler.attach_policies(views.iter_mut()).await?;
+        views.iter_mut().for_each(|v| culler.freshen(v));
+        Ok(views)
     }
 
     /// One server slot; the default one always exists, a named one only once created.
@@ -75,7 +83,7 @@ impl<'h> Servers<'h> {
         let user = self.hub.user_row(owner).await?;
         self.require_reach(actor, user.user_id, server)?;
         match servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str)).await? {
-            Some(row) => Ok(ServerView::of(owner, &row)),
+            Some(row) => Ok(self.fresh(vec![ServerView::of(owner, &row)]).await?.remove(0)),
             None if server.is_none() => Ok(ServerView::never_started(owner)),
             None => Err(ServiceError::NotFound(format!("{} does not exist", server_label(owner, server)))),
         }
@@ -85,7 +93,7 @@ impl<'h> Servers<'h> {
     pub async fn active(&self, actor: Actor<'_>) -> Result<Vec<ServerView>, ServiceError> {
         actor.require_admin()?;
         let rows = servers::list_active(self.hub.db()).await?;
-        Ok(rows.iter().map(|r| ServerView::of(&r.owner, &r.server)).collect())
+        self.fresh(rows.iter().map(|r| ServerView::of(&r.owner, &r.server)).collect()).await
     }
 
     /// The last lines a server printed (admins).

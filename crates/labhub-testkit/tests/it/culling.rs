@@ -196,3 +196,95 @@ async fn the_external_idle_culler_finds_every_field_it_reads() {
     assert_eq!(root.users("state=ready").await.len(), 1);
     assert_eq!(app.count("select count(*) from servers where name = 'gpu'").await, 0, "removed");
 }
+
+/// alice's user model, as the external idle culler reads it.
+async fn model(api: &Api) -> serde_json::Value {
+    let a = api.get("/hub/api/users/alice").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    a.value()
+}
+
+/// A time the model holds, as an instant.
+fn time_of(v: &serde_json::Value, what: &str) -> OffsetDateTime {
+    parse_time(v.as_str().unwrap_or_else(|| panic!("{what} is a time: {v}")), what)
+}
+
+/// `a - b`, which the test expects to be `expected` up to the database's and the proxy's rounding.
+fn assert_apart(a: OffsetDateTime, b: OffsetDateTime, expected: time::Duration, what: &str) {
+    let off = (a - b - expected).abs();
+    assert!(off < time::Duration::milliseconds(5), "{what}: {a} - {b} is {}, not {expected}", a - b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_proxied_activity_at_once_without_waiting_for_a_flush() {
+    let (app, clock, alice, _) = manual_hub(|_| {}).await;
+    start_ready(&alice, "alice").await;
+    let started = time_of(&model(&alice).await["servers"][""]["started"], "started");
+
+    clock.advance(time::Duration::minutes(7));
+    use_server(&app, &alice, "alice").await;
+    // No flush ran (the test hub runs no maintenance): the proxy's stamp is what the API shows.
+    let v = model(&alice).await;
+    let s = &v["servers"][""];
+    let seven = time::Duration::minutes(7);
+    assert_apart(time_of(&s["last_activity"], "the server's last_activity"), started, seven, "server");
+    assert_apart(time_of(&v["last_activity"], "the user's last_activity"), started, seven, "user");
+    // The site default's hour of idleness counts from that use.
+    assert_apart(time_of(&s["cull_at"], "cull_at"), started, seven + time::Duration::hours(1), "cull_at");
+    let root = app.api_for("root").await;
+    let listed = root.get("/hub/api/users?state=ready").await.value();
+    let s = &listed[0]["servers"][""];
+    assert_apart(time_of(&s["last_activity"], "the listed last_activity"), started, seven, "listed");
+    assert_eq!(
+        app.count("select count(*) from servers where last_activity > started_at").await,
+        0,
+        "the database has not been told yet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_see_when_a_server_will_be_culled_and_can_keep_it_running() {
+    let (app, clock, alice, _) = manual_hub(|_| {}).await;
+    lab(
+        &app,
+        "lab",
+        None,
+        &["alice"],
+        QuotaPatch {
+            idle_timeout: Some(Some(Duration::from_secs(30 * 60))),
+            max_lifetime: Some(Some(Duration::from_secs(8 * 3600))),
+            ..QuotaPatch::default()
+        },
+    )
+    .await;
+    start_ready(&alice, "alice").await;
+    let s = model(&alice).await["servers"][""].clone();
+    let started = time_of(&s["started"], "started");
+    assert_apart(time_of(&s["cull_at"], "cull_at"), started, time::Duration::minutes(30), "cull_at");
+    assert_eq!(s["cull_reason"], "idle");
+
+    let b = app.signed_in("alice", "correct horse").await;
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("stops at") && home.contains("after 30 minutes without activity"), "{home}");
+    assert!(home.contains("Keep it running"), "{home}");
+
+    clock.advance(time::Duration::minutes(20));
+    let r = b
+        .post(app.at("/hub/home/keep"))
+        .form(&[("_csrf", labhub_testkit::app::csrf_of(&home).as_str()), ("server", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let s = model(&alice).await["servers"][""].clone();
+    assert_apart(time_of(&s["cull_at"], "cull_at"), started, time::Duration::minutes(50), "kept");
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("counts as used now"), "the button says what it did: {home}");
+
+    clock.advance(time::Duration::minutes(25));
+    assert!(culled(&app).await.is_empty(), "kept running 25 minutes ago");
+    clock.advance(time::Duration::minutes(6));
+    assert_eq!(culled(&app).await, [("alice".to_string(), "stopped after 30 minutes without activity".to_string())]);
+    let s = model(&alice).await;
+    assert!(s["servers"].as_object().unwrap().is_empty() || s["servers"][""]["cull_at"].is_null(), "{s}");
+}

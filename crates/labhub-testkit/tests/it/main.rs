@@ -4,6 +4,7 @@
 mod api_users;
 mod auth_api;
 mod browser;
+mod busy;
 mod cli;
 mod common;
 mod culling;
@@ -14,6 +15,7 @@ mod homes;
 mod oidc;
 mod pages;
 mod path_matrix;
+mod pg_supervisor;
 mod proxied;
 mod proxy;
 mod proxy_auth;

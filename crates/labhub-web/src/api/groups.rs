@@ -235,6 +235,9 @@ pub struct QuotaBody {
     idle_timeout_seconds: Option<Option<u64>>,
     #[serde(default, deserialize_with = "nullable")]
     max_lifetime_seconds: Option<Option<u64>>,
+    /// Whether the idle timeout also stops servers with a busy kernel or an open terminal.
+    #[serde(default)]
+    cull_busy: Option<bool>,
     /// The admin's ceiling, changed first (admins only).
     #[serde(default)]
     ceiling: Option<Box<QuotaBody>>,
@@ -254,6 +257,7 @@ impl QuotaBody {
             storage_bytes: self.storage_bytes,
             idle_timeout: secs(self.idle_timeout_seconds),
             max_lifetime: secs(self.max_lifetime_seconds),
+            cull_busy: self.cull_busy,
         }
     }
 }

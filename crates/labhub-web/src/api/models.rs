@@ -82,6 +82,10 @@ pub struct ServerModel {
     pub image_digest: Option<String>,
     /// labhub's own: why it last stopped.
     pub stop_reason: Option<String>,
+    /// labhub's own: when the built-in culler will stop it unless it is used (`null`: never).
+    pub cull_at: Option<String>,
+    /// labhub's own: why it will (`idle` or `lifetime`), with `cull_at`.
+    pub cull_reason: Option<&'static str>,
 }
 
 impl ServerModel {
@@ -110,6 +114,8 @@ impl ServerModel {
             image: s.image.clone(),
             image_digest: s.image_digest.clone(),
             stop_reason: s.stop_reason.clone(),
+            cull_at: s.cull.map(|c| iso(c.at)),
+            cull_reason: s.cull.map(|c| c.reason.as_str()),
         }
     }
 }

@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/oauth_callback", get(oauth::oauth_callback))
         .route("/hub/home", get(servers::home))
         .route("/hub/home/stop", post(servers::stop))
+        .route("/hub/home/keep", post(servers::keep))
         .route("/hub/home/delete", post(servers::delete))
         .route("/hub/spawn", get(servers::spawn_form).post(servers::spawn))
         .route("/hub/spawn/{user}", get(servers::spawn_form).post(servers::spawn))

@@ -8,13 +8,16 @@ use labhub_core::resources::{format_bytes, format_cpu, parse_cpu, parse_memory};
 use labhub_core::{GroupName, GroupRole, ServerName, ServerState, UserName};
 use labhub_service::Actor;
 use labhub_service::catalogue::short_id;
+use labhub_service::culler::{CullPlan, CullReason};
 use labhub_service::model::{StartOutcome, StartRequest, route_prefix};
 use labhub_service::quotas::summary;
+use labhub_service::words::format_duration;
 use labhub_service::{Principal, ServiceError};
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use crate::extract::{CsrfForm, CurrentUser};
-use crate::views::{Chrome, Page, When, redirect_with_error, redirect_with_flash};
+use crate::views::{Chrome, Page, When, exact, redirect_with_error, redirect_with_flash};
 use crate::{AppError, AppState};
 
 /// A server as the home page shows it.
@@ -29,6 +32,10 @@ pub struct ServerRow {
     pub digest_full: String,
     pub started: When,
     pub last_activity: When,
+    /// When the culler will stop it and why; empty when it will not.
+    pub cull_note: String,
+    /// Whether using it would postpone that stop (an idle stop, not a lifetime one).
+    pub can_keep: bool,
     pub url: String,
     pub spawn_url: String,
     pub pending_url: String,
@@ -93,7 +100,10 @@ pub async fn home(
                 Some(r) if s.state != ServerState::Stopped => format!(" · {r}"),
                 _ => String::new(),
             };
+            let (cull_note, can_keep) = s.cull.map_or((String::new(), false), |plan| cull_note(now, &plan));
             ServerRow {
+                cull_note,
+                can_keep,
                 label: server_label(s.name.as_ref()),
                 state: s.state.as_str(),
                 state_text,
@@ -128,6 +138,25 @@ pub async fn home(
             .collect(),
     };
     Ok(page.render(view))
+}
+
+/// The home page's warning of a coming stop, and whether "Keep it running" postpones it.
+fn cull_note(now: OffsetDateTime, plan: &CullPlan) -> (String, bool) {
+    let stops = format!("stops at {} ({})", exact(plan.at), When::new(now, plan.at).text);
+    match plan.reason {
+        CullReason::Idle { since, limit } => (
+            format!(
+                "Idle since {} ({}): {stops} after {} without activity, unless you use it.",
+                exact(since),
+                When::new(now, since).text,
+                format_duration(limit)
+            ),
+            true,
+        ),
+        CullReason::Lifetime { limit } => {
+            (format!("It {stops}: {} is the longest a server may run.", format_duration(limit)), false)
+        }
+    }
 }
 
 /// An environment on the start page.
@@ -482,6 +511,28 @@ pub async fn stop(
         Ok(labhub_service::model::StopOutcome::Stopping) => {
             redirect_with_flash(&state, "/hub/home", &format!("{label} is stopping."))
         }
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
+            redirect_with_error(&state, "/hub/home", &e.to_string())
+        }
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// `POST /hub/home/keep` (any signed-in user, their own running servers): counts as activity,
+/// so the idle timeout starts again.
+pub async fn keep(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    CsrfForm(form): CsrfForm<ServerForm>,
+) -> Result<Response, AppError> {
+    let server = ServerName::parse_optional(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let label = server_label(server.as_ref());
+    Ok(match state.hub().culler().keep_running(Actor::User(&me), &me.name, server.as_ref()).await {
+        Ok(()) => redirect_with_flash(
+            &state,
+            "/hub/home",
+            &format!("{label} counts as used now; its idle time starts again."),
+        ),
         Err(e @ (ServiceError::Conflict(_) | ServiceError::NotFound(_))) => {
             redirect_with_error(&state, "/hub/home", &e.to_string())
         }

@@ -81,6 +81,9 @@ pub(super) struct QuotaArgs {
     /// Stop servers running this long (e.g. 12h), or "never".
     #[arg(long)]
     max_lifetime: Option<String>,
+    /// Whether the idle timeout also stops servers with a busy kernel or an open terminal.
+    #[arg(long, action = clap::ArgAction::Set)]
+    cull_busy: Option<bool>,
 }
 
 /// A limit that may be removed: `None` when not given, `Some(None)` for the `off` word.
@@ -119,6 +122,7 @@ impl QuotaArgs {
             storage_bytes: removable(&self.storage, "none", memory)?,
             idle_timeout: removable(&self.idle_timeout, "never", duration)?,
             max_lifetime: removable(&self.max_lifetime, "never", duration)?,
+            cull_busy: self.cull_busy,
         })
     }
 }

@@ -191,6 +191,7 @@ async fn serve_on(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
+    let supervisor = db.supervise(built.hub.clone(), wait_true(stop_rx.clone()));
     tokio::spawn(built.hub.clone().run_usage_sampler(wait_true(stop_rx.clone())));
     if config.culler.enabled {
         tokio::spawn(built.hub.clone().run_culler(wait_true(stop_rx.clone())));
@@ -208,6 +209,9 @@ async fn serve_on(
     let result = server.await.context("the HTTP server failed");
     let _ = stop_tx.send(true);
     let _ = maintenance.await;
+    if let Some(s) = supervisor {
+        let _ = s.await;
+    }
     result
 }
 

@@ -195,6 +195,9 @@ impl Config {
         {
             return bad("quota", "timeouts must be at least 1s (write \"never\" for none)");
         }
+        if self.servers.activity_flush_interval.is_zero() {
+            return bad("servers.activity_flush_interval", "must be more than 0s");
+        }
         if self.culler.interval.as_secs() == 0 {
             return bad("culler.interval", "must be at least 1s");
         }
@@ -246,6 +249,16 @@ mod tests {
         let p = dir.path().join("labhub.toml");
         std::fs::write(&p, toml).unwrap();
         Config::load(Some(&p))
+    }
+
+    #[test]
+    fn the_activity_flush_interval_and_the_busy_cull_policy_are_configuration() {
+        let c = load_str("[servers]\nactivity_flush_interval = \"2s\"\n[quota]\ncull_busy = true\n").unwrap();
+        assert_eq!(c.server_settings().activity_flush_interval, Duration::from_secs(2));
+        assert!(c.quota_settings().site_default.cull_busy);
+        assert!(!Config::default().quota_settings().site_default.cull_busy, "busy servers are spared by default");
+        let e = load_str("[servers]\nactivity_flush_interval = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("'servers.activity_flush_interval'"), "{e}");
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub struct QuotaConfig {
     /// A server running this long is stopped, active or not ("never" to keep them).
     #[serde(with = "duration_or_never")]
     pub max_lifetime: Option<Duration>,
+    /// Whether the idle timeout also stops Jupyter servers with a busy kernel or an open terminal.
+    pub cull_busy: bool,
 }
 
 impl Default for QuotaConfig {
@@ -143,6 +145,7 @@ impl Default for QuotaConfig {
             storage_warning_percent: d.storage_warning_percent,
             idle_timeout: q.idle_timeout,
             max_lifetime: q.max_lifetime,
+            cull_busy: q.cull_busy,
         }
     }
 }
@@ -207,7 +210,9 @@ impl Config {
                 storage_bytes: q.storage,
                 idle_timeout: q.idle_timeout,
                 max_lifetime: q.max_lifetime,
+                cull_busy: q.cull_busy,
             },
+            culling: self.culler.enabled,
             storage_warning_percent: q.storage_warning_percent,
             cull_interval: self.culler.interval,
             usage_interval: self.usage.sample_interval,

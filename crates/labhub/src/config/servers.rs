@@ -25,6 +25,9 @@ pub struct ServersConfig {
     pub slow_stop_timeout: Duration,
     /// Build missing catalogue images from their recipes when the hub starts.
     pub build_missing_images_at_boot: bool,
+    /// How often proxied activity is written to the database (the API shows it at once either way).
+    #[serde(with = "humantime_serde")]
+    pub activity_flush_interval: Duration,
 }
 
 impl Default for ServersConfig {
@@ -37,6 +40,7 @@ impl Default for ServersConfig {
             slow_spawn_timeout: d.slow_spawn_timeout,
             slow_stop_timeout: d.slow_stop_timeout,
             build_missing_images_at_boot: d.build_missing_images_at_boot,
+            activity_flush_interval: d.activity_flush_interval,
         }
     }
 }
@@ -52,6 +56,7 @@ impl Config {
             slow_spawn_timeout: s.slow_spawn_timeout,
             slow_stop_timeout: s.slow_stop_timeout,
             build_missing_images_at_boot: s.build_missing_images_at_boot,
+            activity_flush_interval: s.activity_flush_interval,
         }
     }
 }

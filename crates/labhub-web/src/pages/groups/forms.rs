@@ -104,6 +104,9 @@ pub struct QuotaForm {
     idle_minutes: String,
     #[serde(default)]
     lifetime_minutes: String,
+    /// A checkbox: present when checked.
+    #[serde(default)]
+    cull_busy: Option<String>,
 }
 
 fn count(raw: &str, what: &str) -> Result<u32, ServiceError> {
@@ -144,6 +147,7 @@ impl QuotaForm {
             storage_bytes: Some(optional(&self.storage, memory)?),
             idle_timeout: Some(optional(&self.idle_minutes, duration_minutes)?),
             max_lifetime: Some(optional(&self.lifetime_minutes, duration_minutes)?),
+            cull_busy: Some(self.cull_busy.is_some()),
         })
     }
 }
@@ -226,6 +230,7 @@ pub async fn set_ceiling(
         storage: field("storage"),
         idle_minutes: field("idle_minutes"),
         lifetime_minutes: field("lifetime_minutes"),
+        cull_busy: form.get("cull_busy").cloned(),
     };
     let result = match fields.patch() {
         Ok(p) => {

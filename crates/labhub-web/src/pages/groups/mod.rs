@@ -156,6 +156,7 @@ struct QuotaFields {
     storage: String,
     idle_minutes: String,
     lifetime_minutes: String,
+    cull_busy: bool,
 }
 
 fn minutes(d: Option<Duration>) -> String {
@@ -178,6 +179,7 @@ impl QuotaFields {
             storage: q.storage_bytes.map(memory_text).unwrap_or_default(),
             idle_minutes: minutes(q.idle_timeout),
             lifetime_minutes: minutes(q.max_lifetime),
+            cull_busy: q.cull_busy,
         }
     }
 }

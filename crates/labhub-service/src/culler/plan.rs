@@ -1,0 +1,103 @@
+//! When the culler will stop a running server, and why: one calculation for the culler's
+//! decision, the API's `cull_at` and the owner's warning, so they never disagree.
+
+use std::time::Duration;
+
+use labhub_core::Quota;
+use time::OffsetDateTime;
+
+use crate::model::StopReason;
+
+/// What a server's group says about stopping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CullPolicy {
+    /// Stopped after this long without activity; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Stopped after running this long; `None`: never.
+    pub max_lifetime: Option<Duration>,
+    /// Whether a busy kernel or an open terminal stops counting as use.
+    pub cull_busy: bool,
+}
+
+impl From<&Quota> for CullPolicy {
+    fn from(q: &Quota) -> Self {
+        Self { idle_timeout: q.idle_timeout, max_lifetime: q.max_lifetime, cull_busy: q.cull_busy }
+    }
+}
+
+/// Why the culler will stop a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CullReason {
+    /// No activity since `since`, for the group's idle timeout.
+    Idle { since: OffsetDateTime, limit: Duration },
+    /// It will have run for the group's maximum lifetime.
+    Lifetime { limit: Duration },
+}
+
+impl CullReason {
+    /// `idle` or `lifetime`, as the API names it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CullReason::Idle { .. } => "idle",
+            CullReason::Lifetime { .. } => "lifetime",
+        }
+    }
+
+    /// The stop reason the owner reads afterwards.
+    pub(crate) fn stop_reason(&self) -> StopReason {
+        match *self {
+            CullReason::Idle { limit, .. } => StopReason::Idle(limit),
+            CullReason::Lifetime { limit } => StopReason::Lifetime(limit),
+        }
+    }
+}
+
+/// When the culler will stop a running server, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CullPlan {
+    /// The first pass of the culler at or after this time stops it.
+    pub at: OffsetDateTime,
+    pub reason: CullReason,
+}
+
+impl CullPolicy {
+    /// The earliest stop this policy sets for a server started at `started` and last used at
+    /// `last_activity` (a server never used has been idle since it started); `None`: never.
+    pub fn plan(&self, started: OffsetDateTime, last_activity: Option<OffsetDateTime>) -> Option<CullPlan> {
+        let since = last_activity.unwrap_or(started).max(started);
+        let idle =
+            self.idle_timeout.map(|limit| CullPlan { at: since + limit, reason: CullReason::Idle { since, limit } });
+        let lifetime =
+            self.max_lifetime.map(|limit| CullPlan { at: started + limit, reason: CullReason::Lifetime { limit } });
+        match (idle, lifetime) {
+            (Some(i), Some(l)) => Some(if l.at < i.at { l } else { i }),
+            (i, l) => i.or(l),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s)
+    }
+
+    #[test]
+    fn the_earlier_limit_wins_and_a_never_used_server_is_idle_since_its_start() {
+        let p = CullPolicy {
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(3600)),
+            cull_busy: false,
+        };
+        let plan = p.plan(at(0), Some(at(2500))).unwrap();
+        assert_eq!(plan.at, at(3100));
+        assert_eq!(plan.reason.as_str(), "idle");
+        assert_eq!(p.plan(at(1000), None).unwrap().at, at(1600));
+        let late = p.plan(at(0), Some(at(3300))).unwrap();
+        assert_eq!((late.at, late.reason.as_str()), (at(3600), "lifetime"));
+        let forever = CullPolicy { idle_timeout: None, max_lifetime: None, cull_busy: false };
+        assert!(forever.plan(at(0), None).is_none());
+    }
+}
