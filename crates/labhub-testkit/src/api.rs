@@ -330,7 +330,7 @@ impl Api {
     pub fn anonymous(base_url: &str) -> Self {
         Self {
             base: base_url.trim_end_matches('/').into(),
-            client: crate::app::script(),
+            client: crate::http::script(),
             authorization: None,
             origin: None,
         }

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use labhub::Config;
 use labhub::app::{self, Overrides};
+
+pub use crate::http::{browser, csrf_of, script};
 use labhub_auth::HubKey;
 use labhub_auth::passwords::HashCost;
 use labhub_core::{Clock, ManualClock, Secret, SystemClock, UserName};
@@ -11,7 +13,7 @@ use labhub_db::PgPool;
 use labhub_service::Actor;
 use labhub_service::Hub;
 use labhub_service::accounts::NewAccount;
-use reqwest::{Client, Response, StatusCode, redirect};
+use reqwest::{Client, Response, StatusCode};
 use tokio::sync::oneshot;
 
 use crate::api::Api;
@@ -161,24 +163,6 @@ fn init_tracing() {
         .with_env_filter(std::env::var("LABHUB_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
-}
-
-/// A browser-like client: keeps cookies, does not follow redirects (tests assert them).
-pub fn browser() -> Client {
-    Client::builder().cookie_store(true).redirect(redirect::Policy::none()).build().expect("an HTTP client")
-}
-
-/// A script-like client: no cookies, no redirects, no proxy from the environment.
-pub fn script() -> Client {
-    Client::builder().no_proxy().redirect(redirect::Policy::none()).build().expect("an HTTP client")
-}
-
-/// The value of the first `_csrf` field in a page.
-pub fn csrf_of(html: &str) -> String {
-    let marker = "name=\"_csrf\" value=\"";
-    let start = html.find(marker).map(|i| i + marker.len()).expect("a CSRF field on the page");
-    let end = html[start..].find('"').expect("a closing quote") + start;
-    html[start..end].to_string()
 }
 
 impl TestApp {

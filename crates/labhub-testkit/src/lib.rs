@@ -9,6 +9,7 @@ pub mod app;
 pub mod browser;
 pub mod docker;
 pub mod fake_forges;
+pub mod http;
 pub mod images;
 pub mod oidc;
 pub mod pg;

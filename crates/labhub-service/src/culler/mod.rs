@@ -20,7 +20,7 @@ use labhub_db::usage::{self, ChargedServer};
 use serde_json::json;
 use time::OffsetDateTime;
 
-pub use plan::{CullPlan, CullPolicy, CullReason};
+pub use crate::model::{CullPlan, CullPolicy, CullReason};
 pub use probe::Doing;
 
 use crate::access::{Actor, ServerRef};

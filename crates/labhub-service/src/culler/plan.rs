@@ -1,64 +1,9 @@
 //! When the culler will stop a running server, and why: one calculation for the culler's
 //! decision, the API's `cull_at` and the owner's warning, so they never disagree.
 
-use std::time::Duration;
-
-use labhub_core::Quota;
 use time::OffsetDateTime;
 
-use crate::model::StopReason;
-
-/// What a server's group says about stopping it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CullPolicy {
-    /// Stopped after this long without activity; `None`: never.
-    pub idle_timeout: Option<Duration>,
-    /// Stopped after running this long; `None`: never.
-    pub max_lifetime: Option<Duration>,
-    /// Whether a busy kernel or an open terminal stops counting as use.
-    pub cull_busy: bool,
-}
-
-impl From<&Quota> for CullPolicy {
-    fn from(q: &Quota) -> Self {
-        Self { idle_timeout: q.idle_timeout, max_lifetime: q.max_lifetime, cull_busy: q.cull_busy }
-    }
-}
-
-/// Why the culler will stop a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CullReason {
-    /// No activity since `since`, for the group's idle timeout.
-    Idle { since: OffsetDateTime, limit: Duration },
-    /// It will have run for the group's maximum lifetime.
-    Lifetime { limit: Duration },
-}
-
-impl CullReason {
-    /// `idle` or `lifetime`, as the API names it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            CullReason::Idle { .. } => "idle",
-            CullReason::Lifetime { .. } => "lifetime",
-        }
-    }
-
-    /// The stop reason the owner reads afterwards.
-    pub(crate) fn stop_reason(&self) -> StopReason {
-        match *self {
-            CullReason::Idle { limit, .. } => StopReason::Idle(limit),
-            CullReason::Lifetime { limit } => StopReason::Lifetime(limit),
-        }
-    }
-}
-
-/// When the culler will stop a running server, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CullPlan {
-    /// The first pass of the culler at or after this time stops it.
-    pub at: OffsetDateTime,
-    pub reason: CullReason,
-}
+use crate::model::{CullPlan, CullPolicy, CullReason};
 
 impl CullPolicy {
     /// The earliest stop this policy sets for a server started at `started` and last used at
@@ -78,6 +23,8 @@ impl CullPolicy {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn at(s: i64) -> OffsetDateTime {
