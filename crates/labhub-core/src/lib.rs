@@ -23,7 +23,7 @@ pub use quota::{ImageAllowance, Quota};
 pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};
 pub use secret::Secret;
-pub use spawner::{Home, Owner, ServerState};
+pub use spawner::{ExtraMount, MountSource, Owner, ServerState, Storage};
 
 /// What [`name_type!`] expands to needs, reachable from any crate that invokes it.
 #[doc(hidden)]

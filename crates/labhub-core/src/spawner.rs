@@ -12,46 +12,75 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ImageKind, ImageRef, Resources, Secret, ServerName, UserId, UserName};
+use crate::{GroupId, ImageKind, ImageRef, Resources, Secret, ServerName, UserId, UserName};
 
 /// The spawner's own bookkeeping for one server, opaque to the hub.
 pub type SpawnerState = serde_json::Value;
 
-/// Whose a server or a home is, as the runtime's labels record it.
+/// Whose a server or a storage volume is, as the runtime's labels record it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
-    /// An account, by its id: everything this hub creates is keyed so.
-    Id(UserId),
+    /// An account, by its id: everything this hub creates for a user is keyed so.
+    User(UserId),
+    /// A group, by its id (its shared folder).
+    Group(GroupId),
     /// Made before servers and homes were keyed by account id: only the name its owner had
     /// then, which a later account may have taken. Never trusted to mean an account by itself.
     LegacyName(UserName),
 }
 
-/// A user's home storage, as the hub addresses it.
+/// Storage the hub addresses: a home, a group's shared folder, or a volume by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Home {
+pub enum Storage {
     /// The home of an account (of one of its servers, where each server has its own), keyed
     /// by the account's id.
-    Owned { owner: UserId, server: Option<ServerName> },
-    /// A storage object by its runtime name: an adopted legacy home, or an orphan.
+    Home { owner: UserId, server: Option<ServerName> },
+    /// A group's shared folder, keyed by the group's id.
+    Group(GroupId),
+    /// A storage object by its runtime name: an adopted legacy home, an orphan, or a volume
+    /// an admin registered as a dataset.
     Volume(String),
 }
 
-/// A home the runtime holds for this hub, whoever it belongs to.
+/// A volume the runtime holds for this hub, whoever it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredHome {
-    /// Its runtime name (what [`Home::Volume`] addresses).
+pub struct StoredVolume {
+    /// Its runtime name (what [`Storage::Volume`] addresses).
     pub volume: String,
     /// Whose it was made for.
     pub owner: Owner,
     /// Its owner's name when it was made (a label for people, never trusted as an owner).
     pub made_for: Option<UserName>,
-    /// The server it was made for, where each server has its own.
+    /// The server it was made for, where each server has its own home.
     pub server: Option<ServerName>,
     /// When the runtime created it.
     pub created: Option<OffsetDateTime>,
     /// Bytes used, when measured (the figure may be up to half a minute old).
     pub bytes: Option<u64>,
+}
+
+/// Where a mounted folder's files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// Storage of the hub's (a group's shared folder, created when absent).
+    Storage(Storage),
+    /// A volume an admin registered (a dataset); never created.
+    Volume(String),
+    /// A folder of the host an admin registered (a dataset); never created.
+    HostPath(String),
+}
+
+/// A folder mounted in a server besides its home: a group's shared folder, a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraMount {
+    pub source: MountSource,
+    /// Where, relative to the home: `shared/team`, `datasets/census`.
+    pub at: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// What to do when the source is missing at start: a dataset is left out (with a line in
+    /// the start's progress), never a failed start.
+    pub optional: bool,
 }
 
 /// Everything a spawner needs to start one server.
@@ -62,7 +91,9 @@ pub struct ServerSpec {
     /// The owner's name now, for the server's URL, environment and logs.
     pub user: UserName,
     /// The home to mount: the owner's own, or an adopted legacy one.
-    pub home: Home,
+    pub home: Storage,
+    /// Folders mounted besides the home (groups' shared folders, datasets).
+    pub mounts: Vec<ExtraMount>,
     /// Which of their servers; `None` is the default server.
     pub server: Option<ServerName>,
     /// The catalogue image to run.
@@ -264,25 +295,47 @@ pub trait Spawner: Send + Sync + 'static {
     /// measured at that moment (it just stopped) is left out.
     async fn usage(&self) -> Result<Vec<ServerUsage>, SpawnError>;
 
-    /// Bytes used by a home, `None` when it does not exist yet. The figure may be up to half a
+    /// Bytes used by storage, `None` when it does not exist yet. The figure may be up to half a
     /// minute old.
-    async fn storage_usage(&self, home: &Home) -> Result<Option<u64>, SpawnError>;
+    async fn storage_usage(&self, storage: &Storage) -> Result<Option<u64>, SpawnError>;
 
-    /// Deletes a home for good: `true` when it was removed, `false` when there was none (so it
+    /// Deletes storage for good: `true` when it was removed, `false` when there was none (so it
     /// may be repeated). Refused while a server uses it, and for storage this hub did not
-    /// create. Where servers share one home per user, [`Home::Owned`]'s `server` does not
+    /// create. Where servers share one home per user, [`Storage::Home`]'s `server` does not
     /// narrow it: the user's home goes.
-    async fn remove_storage(&self, home: &Home) -> Result<bool, SpawnError>;
+    async fn remove_storage(&self, storage: &Storage) -> Result<bool, SpawnError>;
 
-    /// Every home this hub created, whoever it belongs to (the hub finds orphans and adopts
+    /// Every volume this hub created, whoever it belongs to (the hub finds orphans and adopts
     /// legacy homes from this).
-    async fn homes(&self) -> Result<Vec<StoredHome>, SpawnError>;
+    async fn volumes(&self) -> Result<Vec<StoredVolume>, SpawnError>;
 
     /// Copies every file of `from` into the directory `subdir` of `into` (created, with `into`
-    /// itself when absent), keeping owners and modes; returns the bytes copied. Nothing of
-    /// either home runs meanwhile: refused while a server uses `into`. Runs no program in
-    /// either home: the runtime itself reads and writes the files.
-    async fn copy_home(&self, from: &Home, into: &Home, subdir: &str) -> Result<u64, SpawnError>;
+    /// itself when absent), keeping owners and modes; returns the bytes copied. Refused while
+    /// a server uses `into`. Runs no program in either: the runtime itself reads and writes
+    /// the files.
+    async fn copy_files(&self, from: &Storage, into: &Storage, subdir: &str) -> Result<u64, SpawnError>;
+
+    /// The files of `storage` as an uncompressed tar stream (entries `./…`), read by the
+    /// runtime through a read-only mount, whether a server uses it or not. Dropping the stream
+    /// ends the read and removes what the read needed.
+    async fn archive(
+        &self,
+        storage: &Storage,
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes, SpawnError>>, SpawnError>;
+
+    /// Unpacks a tar stream into `subdir` of `storage` (`""`: its root; created with the
+    /// storage when absent), over files of the same names; returns the bytes read. Refused
+    /// while a server uses it. A stream that fails midway leaves what was written so far.
+    async fn restore(
+        &self,
+        storage: &Storage,
+        subdir: &str,
+        tar: BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    ) -> Result<u64, SpawnError>;
+
+    /// Whether a registered source (a dataset's volume or host folder) exists, as the runtime
+    /// sees it; a clear error naming it when not.
+    async fn check_source(&self, source: &MountSource) -> Result<(), SpawnError>;
 
     /// What the runtime holds of an image, `None` when absent; never pulls.
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError>;

@@ -9,8 +9,8 @@
 //! once by the account that had the name when the home was made (an account created no later
 //! than the home), else it is an orphan too.
 
-use labhub_core::spawner::{Spawner, StoredHome};
-use labhub_core::{Home, Owner, ServerName, ServerState, UserId, UserName};
+use labhub_core::spawner::{Spawner, StoredVolume};
+use labhub_core::{Owner, ServerName, ServerState, Storage, UserId, UserName};
 use labhub_db::{homes, servers, users};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -82,23 +82,23 @@ impl<'h> Homes<'h> {
 
     /// The home an account's server mounts: a home made before ids that the account adopted,
     /// else its own, keyed by its id.
-    pub(crate) async fn of(&self, owner: UserId, server: Option<&ServerName>) -> Result<Home, ServiceError> {
+    pub(crate) async fn of(&self, owner: UserId, server: Option<&ServerName>) -> Result<Storage, ServiceError> {
         let db = self.hub.db();
         let named = server.map_or("", ServerName::as_str);
         // A per-server legacy home first, then the account's shared one.
         for name in [named, ""] {
             if let Some(volume) = homes::of_user(db, owner, name).await? {
-                return Ok(Home::Volume(volume));
+                return Ok(Storage::Volume(volume));
             }
         }
-        Ok(Home::Owned { owner, server: server.cloned() })
+        Ok(Storage::Home { owner, server: server.cloned() })
     }
 
     /// Adopts the homes made before ids (at boot): each goes to the account that had its name
     /// when it was made, if any; the rest stay orphans. Never moves a file.
     pub async fn adopt_legacy(&self) -> Result<AdoptReport, ServiceError> {
         let Ok(spawner) = self.spawner() else { return Ok(AdoptReport::default()) };
-        let stored = spawner.homes().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let stored = spawner.volumes().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let adopted: Vec<String> = homes::all(self.hub.db()).await?.into_iter().map(|h| h.volume).collect();
         let mut report = AdoptReport::default();
         for home in stored {
@@ -146,7 +146,7 @@ impl<'h> Homes<'h> {
         }
         let home = self.of(user.user_id, server).await?;
         let removed = self.spawner()?.remove_storage(&home).await.map_err(|e| ServiceError::Conflict(e.to_string()))?;
-        if let Home::Volume(volume) = &home {
+        if let Storage::Volume(volume) = &home {
             homes::forget(self.hub.db(), volume).await?;
         }
         let label = crate::model::server_label(owner, server);
@@ -155,11 +155,11 @@ impl<'h> Homes<'h> {
     }
 
     /// Every home of an account: its own (one, or one per server) and any it adopted.
-    async fn all_of(&self, owner: UserId) -> Result<Vec<StoredHome>, ServiceError> {
+    async fn all_of(&self, owner: UserId) -> Result<Vec<StoredVolume>, ServiceError> {
         let adopted: Vec<String> =
             homes::all(self.hub.db()).await?.into_iter().filter(|h| h.user_id == owner).map(|h| h.volume).collect();
-        let stored = self.spawner()?.homes().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        Ok(stored.into_iter().filter(|h| h.owner == Owner::Id(owner) || adopted.contains(&h.volume)).collect())
+        let stored = self.spawner()?.volumes().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        Ok(stored.into_iter().filter(|h| h.owner == Owner::User(owner) || adopted.contains(&h.volume)).collect())
     }
 
     /// Deletes every home of an account for good (its servers must be stopped); returns how
@@ -168,7 +168,7 @@ impl<'h> Homes<'h> {
         let spawner = self.spawner()?;
         let found = self.all_of(owner).await?;
         for home in &found {
-            let gone = Home::Volume(home.volume.clone());
+            let gone = Storage::Volume(home.volume.clone());
             spawner.remove_storage(&gone).await.map_err(|e| ServiceError::Conflict(e.to_string()))?;
             homes::forget(self.hub.db(), &home.volume).await?;
         }
@@ -178,12 +178,12 @@ impl<'h> Homes<'h> {
     /// The homes no account can use, with their sizes and ages (admins).
     pub async fn orphans(&self, actor: Actor<'_>) -> Result<Vec<OrphanHome>, ServiceError> {
         actor.require_admin()?;
-        let stored = self.spawner()?.homes().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let stored = self.spawner()?.volumes().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let adopted: Vec<String> = homes::all(self.hub.db()).await?.into_iter().map(|h| h.volume).collect();
         let mut orphans = Vec::new();
         for home in stored {
             let former_id = match &home.owner {
-                Owner::Id(id) if users::by_id(self.hub.db(), *id).await?.is_none() => Some(*id),
+                Owner::User(id) if users::by_id(self.hub.db(), *id).await?.is_none() => Some(*id),
                 Owner::LegacyName(_) if !adopted.contains(&home.volume) => None,
                 _ => continue,
             };
@@ -211,7 +211,7 @@ impl<'h> Homes<'h> {
     pub async fn remove_orphan(&self, actor: Actor<'_>, volume: &str) -> Result<(), ServiceError> {
         let orphan = self.orphan(actor, volume).await?;
         self.spawner()?
-            .remove_storage(&Home::Volume(orphan.volume.clone()))
+            .remove_storage(&Storage::Volume(orphan.volume.clone()))
             .await
             .map_err(|e| ServiceError::Conflict(e.to_string()))?;
         let detail = json!({ "former_owner": orphan.former_owner(), "bytes": orphan.bytes });
@@ -238,7 +238,7 @@ impl<'h> Homes<'h> {
         let into = self.of(user.user_id, None).await?;
         let bytes = self
             .spawner()?
-            .copy_home(&Home::Volume(orphan.volume.clone()), &into, &folder)
+            .copy_files(&Storage::Volume(orphan.volume.clone()), &into, &folder)
             .await
             .map_err(|e| ServiceError::Conflict(e.to_string()))?;
         let detail = json!({ "from": volume, "former_owner": orphan.former_owner(), "folder": folder, "bytes": bytes });

@@ -179,7 +179,7 @@ impl<'h> Usage<'h> {
             })
             .collect();
         let live_of = |s: &labhub_db::usage::ChargedServer| {
-            let by_id = live.get(&(Owner::Id(s.user_id), s.name.clone()));
+            let by_id = live.get(&(Owner::User(s.user_id), s.name.clone()));
             by_id.or_else(|| live.get(&(Owner::LegacyName(s.owner.clone()), s.name.clone()))).copied()
         };
         let now = self.hub.now();

@@ -20,6 +20,7 @@ mod usage;
 
 pub use config::{DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy};
 pub use naming::{
-    LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_USER_ID, LABEL_VOLUME,
+    LABEL_GROUP_ID, LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_USER_ID,
+    LABEL_VOLUME,
 };
 pub use spawner::DockerSpawner;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use labhub_core::names::docker_escape;
-use labhub_core::{Owner, ServerName, UserId, UserName};
+use labhub_core::{GroupId, Owner, ServerName, UserId, UserName};
 
 use crate::config::HubId;
 
@@ -24,6 +24,8 @@ const MAX_NAME_LEN: usize = 200;
 pub const LABEL_HUB: &str = "io.labhub.hub";
 /// Label holding the owner's account id (what the hub trusts).
 pub const LABEL_USER_ID: &str = "io.labhub.user-id";
+/// Label holding the owning group's id, on a group's shared folder.
+pub const LABEL_GROUP_ID: &str = "io.labhub.group-id";
 /// Label holding the owner's name when the object was made, unescaped (for people reading
 /// `docker ps`; objects made before ids carry only this).
 pub const LABEL_USER: &str = "io.labhub.user";
@@ -72,6 +74,11 @@ pub(crate) fn home_volume(hub: &HubId, owner: UserId, server: Option<&ServerName
     join(&format!("{hub}-home"), &parts)
 }
 
+/// The volume holding a group's shared folder.
+pub(crate) fn group_volume(hub: &HubId, group: GroupId) -> String {
+    join(&format!("{hub}-group"), &[&format!("G{group}")])
+}
+
 /// `prefix_part1_part2`.
 fn join(prefix: &str, parts: &[&str]) -> String {
     format!("{prefix}_{}", parts.join("_"))
@@ -87,12 +94,16 @@ pub(crate) fn server_labels(hub: &HubId, owner: UserId, server: Option<&ServerNa
     ])
 }
 
-/// Reads owner and server back from labels: the account id when there is one (a label that
-/// is there but not a number is no owner at all), else the name of an object made before ids;
-/// `None` when they are absent or not valid.
+/// Reads owner and server back from labels: the group's or the account's id when there is
+/// one (a label that is there but not a number is no owner at all), else the name of an
+/// object made before ids; `None` when they are absent or not valid.
 pub(crate) fn owner_from_labels(labels: &HashMap<String, String>) -> Option<(Owner, Option<ServerName>)> {
+    let id = |raw: &String| raw.parse().ok().filter(|n: &i64| *n > 0);
+    if let Some(group) = labels.get(LABEL_GROUP_ID) {
+        return Some((Owner::Group(GroupId::new(id(group)?)), None));
+    }
     let owner = match labels.get(LABEL_USER_ID) {
-        Some(id) => Owner::Id(UserId::new(id.parse().ok().filter(|n: &i64| *n > 0)?)),
+        Some(user) => Owner::User(UserId::new(id(user)?)),
         None => Owner::LegacyName(UserName::parse(labels.get(LABEL_USER)?).ok()?),
     };
     let server = ServerName::parse_optional(labels.get(LABEL_SERVER)?).ok()?;
@@ -164,10 +175,10 @@ mod tests {
         let server = ServerName::parse("gpu-1").unwrap();
         let id = UserId::new(9);
         let labels = server_labels(&hub, id, Some(&server));
-        assert_eq!(owner_from_labels(&labels), Some((Owner::Id(id), Some(server))));
+        assert_eq!(owner_from_labels(&labels), Some((Owner::User(id), Some(server))));
         let mut labels = server_labels(&hub, id, None);
         labels.insert(LABEL_USER.to_string(), user.to_string());
-        assert_eq!(owner_from_labels(&labels), Some((Owner::Id(id), None)));
+        assert_eq!(owner_from_labels(&labels), Some((Owner::User(id), None)));
         let mut legacy = labels.clone();
         legacy.remove(LABEL_USER_ID);
         assert_eq!(owner_from_labels(&legacy), Some((Owner::LegacyName(user), None)));
@@ -176,5 +187,11 @@ mod tests {
         assert_eq!(owner_from_labels(&bad), None, "a broken id is no owner, not a fall back to the name");
         legacy.insert(LABEL_USER.to_string(), "../x".to_string());
         assert_eq!(owner_from_labels(&legacy), None);
+        let group = HashMap::from([
+            (LABEL_HUB.to_string(), "labhub".to_string()),
+            (LABEL_GROUP_ID.to_string(), "5".to_string()),
+        ]);
+        assert_eq!(owner_from_labels(&group), Some((Owner::Group(GroupId::new(5)), None)));
+        assert_eq!(group_volume(&hub, GroupId::new(5)), "labhub-group_G5");
     }
 }

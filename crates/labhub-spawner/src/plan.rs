@@ -115,6 +115,20 @@ pub(crate) struct PlanContext<'a> {
     pub pids_limit: u32,
     /// What the image says.
     pub image: &'a ImageFacts,
+    /// Folders mounted besides the home, their sources checked.
+    pub extra: &'a [ResolvedMount],
+}
+
+/// A folder mounted besides the home, as the engine names its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResolvedMount {
+    /// A volume's name, or a host folder's path.
+    pub source: String,
+    /// Whether `source` is a host folder (a bind mount) rather than a volume.
+    pub host_path: bool,
+    /// Where, relative to the home.
+    pub at: String,
+    pub read_only: bool,
 }
 
 /// How to tell that a server answers.
@@ -197,14 +211,22 @@ pub(crate) fn container_plan(spec: &ServerSpec, ctx: &PlanContext<'_>) -> Result
 
     let res = &spec.resources;
     let memory = i64::try_from(res.memory_bytes).map_err(|_| SpawnError::Invalid("memory limit too large".into()))?;
+    let mut mounts = vec![Mount {
+        target: Some(home.clone()),
+        source: Some(ctx.names.volume.clone()),
+        typ: Some(MountType::VOLUME),
+        read_only: Some(false),
+        ..Default::default()
+    }];
+    mounts.extend(ctx.extra.iter().map(|m| Mount {
+        target: Some(format!("{}/{}", home.trim_end_matches('/'), m.at)),
+        source: Some(m.source.clone()),
+        typ: Some(if m.host_path { MountType::BIND } else { MountType::VOLUME }),
+        read_only: Some(m.read_only),
+        ..Default::default()
+    }));
     let host_config = HostConfig {
-        mounts: Some(vec![Mount {
-            target: Some(home.clone()),
-            source: Some(ctx.names.volume.clone()),
-            typ: Some(MountType::VOLUME),
-            read_only: Some(false),
-            ..Default::default()
-        }]),
+        mounts: Some(mounts),
         network_mode: Some(ctx.network.to_string()),
         cap_drop: Some(vec![DROP_ALL.to_string()]),
         cap_add: Some(added_capabilities(spec.kind).iter().map(|c| c.to_string()).collect()),
@@ -272,6 +294,11 @@ fn validate(spec: &ServerSpec) -> Result<(), SpawnError> {
     }
     if spec.command.as_ref().is_some_and(Vec::is_empty) {
         return Err(SpawnError::Invalid("the command must not be empty".into()));
+    }
+    for m in &spec.mounts {
+        if m.at.is_empty() || m.at.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+            return Err(SpawnError::Invalid(format!("{:?} is not a folder of the home to mount at", m.at)));
+        }
     }
     Ok(())
 }
@@ -367,7 +394,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use labhub_core::{Home, ImageRef, Resources, ServerName, UserId, UserName};
+    use labhub_core::{ImageRef, Resources, ServerName, Storage, UserId, UserName};
 
     use super::*;
 
@@ -375,7 +402,8 @@ mod tests {
         ServerSpec {
             owner: UserId::new(1),
             user: UserName::parse("alice").unwrap(),
-            home: Home::Owned { owner: UserId::new(1), server: None },
+            home: Storage::Home { owner: UserId::new(1), server: None },
+            mounts: Vec::new(),
             server: Some(ServerName::parse("gpu").unwrap()),
             image: ImageRef::parse("labhub/jupyterlab:1").unwrap(),
             kind,
@@ -392,7 +420,7 @@ mod tests {
     fn plan_for(spec: &ServerSpec, image: &ImageFacts) -> ContainerPlan {
         let hub = HubId::parse("labhub").unwrap();
         let names = ServerNames::new(&hub, spec.owner, spec.server.as_ref(), "labhub-home_U1".into());
-        let ctx = PlanContext { hub: &hub, names: &names, network: "labhub-users", pids_limit: 512, image };
+        let ctx = PlanContext { hub: &hub, names: &names, network: "labhub-users", pids_limit: 512, image, extra: &[] };
         container_plan(spec, &ctx).unwrap()
     }
 
@@ -478,7 +506,7 @@ mod tests {
         let hub = HubId::parse("labhub").unwrap();
         let names = ServerNames::new(&hub, s.owner, None, "labhub-home_U1".into());
         let img = image();
-        let ctx = PlanContext { hub: &hub, names: &names, network: "n", pids_limit: 1, image: &img };
+        let ctx = PlanContext { hub: &hub, names: &names, network: "n", pids_limit: 1, image: &img, extra: &[] };
         assert!(matches!(container_plan(&s, &ctx), Err(SpawnError::Invalid(_))));
     }
 
@@ -548,7 +576,7 @@ mod tests {
             let mut s = spec(ImageKind::Jupyter);
             mutate(&mut s);
             let names = ServerNames::new(&hub, s.owner, None, "labhub-home_U1".into());
-            let ctx = PlanContext { hub: &hub, names: &names, network: "n", pids_limit: 1, image: &img };
+            let ctx = PlanContext { hub: &hub, names: &names, network: "n", pids_limit: 1, image: &img, extra: &[] };
             assert!(matches!(container_plan(&s, &ctx), Err(SpawnError::Invalid(_))));
         }
     }

@@ -38,8 +38,9 @@ impl Servers<'_> {
             // Servers made before ids are known by their owner's name: the account that has the
             // name now is the one that started it (deleting an account stops its servers first).
             let owns = |o: &ObservedServer| match &o.owner {
-                Owner::Id(id) => *id == row.server.user_id,
+                Owner::User(id) => *id == row.server.user_id,
                 Owner::LegacyName(name) => *name == row.owner,
+                Owner::Group(_) => false,
             };
             let found = observed.iter().enumerate().find(|(_, o)| owns(o) && o.server == server);
             let label = server_label(&row.owner, server.as_ref());
@@ -91,7 +92,8 @@ impl Servers<'_> {
         for (i, o) in observed.iter().enumerate() {
             if !matched[i] {
                 let owner = match &o.owner {
-                    Owner::Id(id) => format!("account {id}"),
+                    Owner::User(id) => format!("account {id}"),
+                    Owner::Group(id) => format!("group {id}"),
                     Owner::LegacyName(name) => name.to_string(),
                 };
                 report.strangers.push(match &o.server {
@@ -129,8 +131,9 @@ impl Servers<'_> {
     /// row, its route goes and the row is stopped with the reason.
     pub(crate) async fn on_exit(&self, spawner: &Arc<dyn Spawner>, exit: ServerExit) -> Result<(), ServiceError> {
         let user = match &exit.owner {
-            Owner::Id(id) => users::by_id(self.hub.db(), *id).await?,
+            Owner::User(id) => users::by_id(self.hub.db(), *id).await?,
             Owner::LegacyName(name) => users::by_name(self.hub.db(), name).await?,
+            Owner::Group(_) => None,
         };
         let Some(user) = user else { return Ok(()) };
         let name = exit.server.as_ref().map_or("", ServerName::as_str);

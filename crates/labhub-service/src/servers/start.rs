@@ -123,6 +123,7 @@ impl Servers<'_> {
             owner: user.user_id,
             user: owner.clone(),
             home,
+            mounts: Vec::new(),
             server: server.cloned(),
             image: f.reference.clone(),
             kind: f.kind,

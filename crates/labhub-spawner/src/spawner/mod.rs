@@ -4,15 +4,17 @@
 //! per server) and the trait implementation, which hands each call to the file of its
 //! capability: `start` and `readiness` (creating a server until it answers), `stop`
 //! (stopping and removing), `observe` (polling, listing for reconcile, live resource use),
-//! `images`, `homes` (users' volumes: measuring, listing, removing, copying) and `logs`.
+//! `images`, `volumes` (homes and groups' folders: naming, measuring, listing, removing),
+//! `archives` (reading and writing their files) and `logs`.
 
-mod homes;
+mod archives;
 mod images;
 mod logs;
 mod observe;
 mod readiness;
 mod start;
 mod stop;
+mod volumes;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -22,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use labhub_core::spawner::{
     ImageInfo, ObservedServer, Progress, ProgressSender, ServerExit, ServerSpec, ServerStatus, ServerUsage, SpawnError,
-    Spawner, SpawnerState, Started, StoredHome,
+    Spawner, SpawnerState, Started, StoredVolume,
 };
-use labhub_core::{Home, ImageKind, ImageRef};
+use labhub_core::{ImageKind, ImageRef, MountSource, Storage};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
@@ -76,7 +79,7 @@ pub struct DockerSpawner {
     /// Whether the "no iptables" warning was logged already.
     iptables_warned: AtomicBool,
     /// The last `/system/df` volume sizes and when they were read.
-    df_cache: tokio::sync::Mutex<Option<(Instant, homes::VolumeSizes)>>,
+    df_cache: tokio::sync::Mutex<Option<(Instant, volumes::VolumeSizes)>>,
 }
 
 impl std::fmt::Debug for DockerSpawner {
@@ -225,20 +228,37 @@ impl Spawner for DockerSpawner {
         self.live_usage().await
     }
 
-    async fn storage_usage(&self, home: &Home) -> Result<Option<u64>, SpawnError> {
+    async fn storage_usage(&self, home: &Storage) -> Result<Option<u64>, SpawnError> {
         self.volume_usage(home).await
     }
 
-    async fn remove_storage(&self, home: &Home) -> Result<bool, SpawnError> {
+    async fn remove_storage(&self, home: &Storage) -> Result<bool, SpawnError> {
         self.remove_volume(home).await
     }
 
-    async fn homes(&self) -> Result<Vec<StoredHome>, SpawnError> {
-        self.list_homes().await
+    async fn volumes(&self) -> Result<Vec<StoredVolume>, SpawnError> {
+        self.list_volumes().await
     }
 
-    async fn copy_home(&self, from: &Home, into: &Home, subdir: &str) -> Result<u64, SpawnError> {
-        self.copy_between_homes(from, into, subdir).await
+    async fn copy_files(&self, from: &Storage, into: &Storage, subdir: &str) -> Result<u64, SpawnError> {
+        self.copy_between(from, into, subdir).await
+    }
+
+    async fn archive(&self, storage: &Storage) -> Result<BoxStream<'static, Result<Bytes, SpawnError>>, SpawnError> {
+        self.archive_files(storage).await
+    }
+
+    async fn restore(
+        &self,
+        storage: &Storage,
+        subdir: &str,
+        tar: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> Result<u64, SpawnError> {
+        self.restore_files(storage, subdir, tar).await
+    }
+
+    async fn check_source(&self, source: &MountSource) -> Result<(), SpawnError> {
+        self.check_mount_source(source).await
     }
 
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError> {

@@ -10,12 +10,12 @@ use bollard::query_parameters::{
     UploadToContainerOptions,
 };
 use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
-use labhub_core::{Home, ServerName};
+use labhub_core::{MountSource, ServerName, Storage};
 
 use super::{DockerSpawner, DockerState, send};
 use crate::error::{is_status, runtime_error};
 use crate::naming::ServerNames;
-use crate::plan::{ContainerPlan, ImageFacts, PlanContext, SeedEntry, container_plan};
+use crate::plan::{ContainerPlan, ImageFacts, PlanContext, ResolvedMount, SeedEntry, container_plan};
 
 impl DockerSpawner {
     /// `Spawner::start`: every step up to a server that answers, with progress; on failure
@@ -37,19 +37,26 @@ impl DockerSpawner {
         send(&progress, 2, format!("checking image {}", spec.image));
         let image = self.ensure_image(&spec.image, &progress).await?;
         let facts = image_facts(spec, &image)?;
+
+        send(&progress, 42, "preparing the network");
+        self.prepare_network().await?;
+        send(&progress, 45, "preparing your storage");
+        if let Storage::Volume(_) = &spec.home {
+            // An adopted legacy home must be there already: the hub decided whose it is.
+            self.ensure_storage(&spec.home, None).await?;
+        } else {
+            self.ensure_storage(&spec.home, Some(&spec.user)).await?;
+        }
+        let extra = self.resolve_mounts(spec, &progress).await?;
         let ctx = PlanContext {
             hub: &self.config.hub_id,
             names: &names,
             network: self.config.network.as_str(),
             pids_limit: self.config.pids_limit,
             image: &facts,
+            extra: &extra,
         };
         let plan = container_plan(spec, &ctx)?;
-
-        send(&progress, 42, "preparing the network");
-        self.prepare_network().await?;
-        send(&progress, 45, "preparing your storage");
-        self.ensure_volume(spec, &names.volume).await?;
 
         send(&progress, 55, "creating the container");
         self.clear_stale(spec, &names.container).await?;
@@ -102,27 +109,33 @@ impl DockerSpawner {
         }
     }
 
-    /// Makes sure the server's home exists: creates the owner's own volume unless it exists,
-    /// and refuses a same-named volume made for anyone else. An adopted legacy home
-    /// ([`Home::Volume`]) must exist already: the hub decided whose it is.
-    async fn ensure_volume(&self, spec: &ServerSpec, name: &str) -> Result<(), SpawnError> {
-        let owner = match &spec.home {
-            Home::Owned { owner, .. } => *owner,
-            Home::Volume(_) => {
-                return match self.docker.inspect_volume(name).await {
-                    Ok(v) if self.is_ours(&v.labels) => Ok(()),
-                    Ok(_) => Err(SpawnError::Runtime(format!(
-                        "volume {name} was not made by this hub; refusing to mount it"
-                    ))),
-                    Err(e) if is_status(&e, 404) => {
-                        Err(SpawnError::Invalid(format!("{}'s home {name} is gone; ask an admin", spec.user)))
-                    }
-                    Err(e) => Err(runtime_error(&format!("inspecting volume {name}"), e)),
-                };
+    /// The folders to mount besides the home, their sources made (a group's folder) or checked
+    /// (a dataset). A missing optional source is left out with a line in the progress, never a
+    /// failed start.
+    async fn resolve_mounts(
+        &self,
+        spec: &ServerSpec,
+        progress: &ProgressSender,
+    ) -> Result<Vec<ResolvedMount>, SpawnError> {
+        let mut resolved = Vec::with_capacity(spec.mounts.len());
+        for m in &spec.mounts {
+            let found = match &m.source {
+                MountSource::Storage(storage) => self.ensure_storage(storage, None).await.map(|v| (v, false)),
+                MountSource::Volume(name) => self.check_mount_source(&m.source).await.map(|()| (name.clone(), false)),
+                MountSource::HostPath(path) => self.check_mount_source(&m.source).await.map(|()| (path.clone(), true)),
+            };
+            match found {
+                Ok((source, host_path)) => {
+                    resolved.push(ResolvedMount { source, host_path, at: m.at.clone(), read_only: m.read_only })
+                }
+                Err(e) if m.optional => {
+                    tracing::warn!(user = %spec.user, at = %m.at, error = %e, "a folder to mount is missing; left out");
+                    send(progress, 46, format!("~/{} is not available right now and is left out ({e})", m.at));
+                }
+                Err(e) => return Err(e),
             }
-        };
-        let server = if self.config.volume_per_server { spec.server.as_ref() } else { None };
-        self.ensure_home(owner, Some(&spec.user), server, name).await
+        }
+        Ok(resolved)
     }
 
     /// Removes an exited container left under this server's name; refuses to touch a running one.

@@ -86,7 +86,7 @@ async fn a_deleted_accounts_home_never_reaches_the_next_account_of_its_name() {
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
     assert!(app.hub.homes().orphans(actor).await.unwrap().is_empty());
     let spawner = &app.docker.as_ref().unwrap().spawner;
-    assert!(spawner.homes().await.unwrap().is_empty(), "no home of either zoe is left");
+    assert!(spawner.volumes().await.unwrap().is_empty(), "no home of either zoe is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,7 +72,7 @@ impl Site {
             .fetch_one(&pool)
             .await
             .expect("the account exists");
-        let owner = labhub_core::Owner::Id(labhub_core::UserId::new(id));
+        let owner = labhub_core::Owner::User(labhub_core::UserId::new(id));
         let listed = self.scope.spawner.list().await.expect("listing containers");
         listed
             .into_iter()

@@ -20,7 +20,7 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{DownloadFromContainerOptions, InspectContainerOptions, KillContainerOptions};
 use futures::StreamExt;
 use labhub_core::spawner::{ImageBuilder, Progress, ServerSpec, ServerStatus, SpawnError, Spawner, Started};
-use labhub_core::{Home, ImageKind, ImageRef, Owner, Resources, Secret, ServerName, UserId, UserName};
+use labhub_core::{ImageKind, ImageRef, Owner, Resources, Secret, ServerName, Storage, UserId, UserName};
 use labhub_spawner::{DockerConfig, DockerSpawner, PullPolicy};
 use labhub_testkit::docker::DockerScope;
 use labhub_testkit::images;
@@ -90,7 +90,8 @@ impl TestHub {
         ServerSpec {
             owner,
             user,
-            home: Home::Owned { owner, server: server.clone() },
+            home: Storage::Home { owner, server: server.clone() },
+            mounts: Vec::new(),
             server,
             image: image.clone(),
             kind,
@@ -487,7 +488,7 @@ async fn a_container_killed_behind_the_hubs_back_is_an_exit_event() {
     hub.docker().kill_container(&id, None::<KillContainerOptions>).await.unwrap();
     let exit = tokio::time::timeout(Duration::from_secs(20), exits.next()).await.expect("an exit event").unwrap();
     assert_eq!(exit.runtime_id, id);
-    assert_eq!(exit.owner, Owner::Id(spec.owner));
+    assert_eq!(exit.owner, Owner::User(spec.owner));
     assert_eq!(exit.server, spec.server);
     assert_eq!(exit.reason, "exited with code 137 (killed)");
     assert_eq!(
@@ -523,19 +524,19 @@ async fn list_reads_users_and_servers_back_from_labels() {
 
     let mut seen: Vec<_> = hub.spawner.list().await.unwrap();
     let key = |o: &labhub_core::spawner::ObservedServer| match &o.owner {
-        Owner::Id(id) => (id.get(), o.server.clone()),
-        Owner::LegacyName(_) => (0, None),
+        Owner::User(id) => (id.get(), o.server.clone()),
+        Owner::LegacyName(_) | Owner::Group(_) => (0, None),
     };
     seen.sort_by_key(key);
     assert_eq!(seen.len(), 3);
-    assert_eq!((&seen[0].owner, seen[0].server.as_ref().map(ServerName::as_str)), (&Owner::Id(default.owner), None));
+    assert_eq!((&seen[0].owner, seen[0].server.as_ref().map(ServerName::as_str)), (&Owner::User(default.owner), None));
     assert_eq!(
         (&seen[1].owner, seen[1].server.as_ref().map(ServerName::as_str)),
-        (&Owner::Id(default.owner), Some("gpu-2"))
+        (&Owner::User(default.owner), Some("gpu-2"))
     );
     assert_eq!(seen[0].status, ServerStatus::Running { endpoint: a.endpoint });
     assert_eq!(seen[1].status, ServerStatus::Running { endpoint: b.endpoint });
-    assert_eq!(seen[2].owner, Owner::Id(stopped.owner));
+    assert_eq!(seen[2].owner, Owner::User(stopped.owner));
     assert!(
         matches!(&seen[2].status, ServerStatus::Stopped { reason } if reason.contains("Exited")),
         "{:?}",
@@ -603,7 +604,7 @@ async fn hostile_names_never_collide() {
     let listed: HashSet<(Owner, Option<String>)> =
         hub.spawner.list().await.unwrap().into_iter().map(|o| (o.owner, o.server.map(|s| s.to_string()))).collect();
     let wanted: HashSet<(Owner, Option<String>)> =
-        specs.iter().map(|s| (Owner::Id(s.owner), s.server.as_ref().map(|s| s.to_string()))).collect();
+        specs.iter().map(|s| (Owner::User(s.owner), s.server.as_ref().map(|s| s.to_string()))).collect();
     assert_eq!(listed, wanted);
 }
 
@@ -615,7 +616,7 @@ async fn usage_and_logs_of_a_running_server() {
     let t0 = Instant::now();
     let usage = hub.spawner.usage().await.unwrap();
     eprintln!("usage of one server: {:?} ({usage:?})", t0.elapsed());
-    let mine = usage.iter().find(|u| u.owner == Owner::Id(spec.owner)).expect("the running server is measured");
+    let mine = usage.iter().find(|u| u.owner == Owner::User(spec.owner)).expect("the running server is measured");
     assert!(mine.memory_bytes > 0 && mine.memory_bytes < MEMORY, "{mine:?}");
     let logs = hub.spawner.logs(&started.state, 50).await.unwrap();
     assert!(logs.contains("listening"), "{logs}");
