@@ -18,7 +18,7 @@ pub mod spawner;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{GroupId, ImageId, ServerId, SessionId, TokenId, UserId};
 pub use image::{ImageFields, ImageKind, ImageRef};
-pub use names::{GroupName, NameError, ServerName, UserName};
+pub use names::{DatasetName, GroupName, NameError, ServerName, UserName};
 pub use quota::{ImageAllowance, Quota};
 pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};

@@ -178,6 +178,10 @@ crate::name_type!(
     /// A group's name.
     GroupName, error = NameError
 );
+crate::name_type!(
+    /// A dataset's name: the folder it is mounted as, `~/datasets/{name}`.
+    DatasetName, error = NameError
+);
 
 impl UserName {
     /// The longest user name accepted.
@@ -243,6 +247,16 @@ impl GroupName {
     /// Validates and normalises a group name (the user-name alphabet without `@`).
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         validate(raw, "a group name", Self::MAX_LEN, b"._-", "'.', '_', '-'").map(Self)
+    }
+}
+
+impl DatasetName {
+    /// The longest dataset name accepted.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates and normalises a dataset name (lower-case letters, digits and `-`).
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a dataset name", Self::MAX_LEN, b"-", "'-'").map(Self)
     }
 }
 

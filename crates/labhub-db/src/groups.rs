@@ -15,6 +15,10 @@ pub struct Group {
     #[sqlx(try_from = "String")]
     pub name: GroupName,
     pub created_at: OffsetDateTime,
+    /// Whether the group has a shared folder.
+    pub shared_folder: bool,
+    /// Whether members (not leads) get it read-only.
+    pub shared_read_only: bool,
 }
 
 /// One member of a group.
@@ -51,7 +55,7 @@ pub const NAME_KEY: &str = "groups_name_key";
 
 /// Adds a group; a taken name is `DbError::Constraint { constraint: NAME_KEY }`.
 pub async fn insert(db: impl PgExecutor<'_>, name: &GroupName, now: OffsetDateTime) -> Result<Group, DbError> {
-    Ok(sqlx::query_as("insert into groups (name, created_at) values ($1, $2) returning group_id, name, created_at")
+    Ok(sqlx::query_as("insert into groups (name, created_at) values ($1, $2) returning group_id, name, created_at, shared_folder, shared_read_only")
         .bind(name.as_str())
         .bind(now)
         .fetch_one(db)
@@ -60,18 +64,30 @@ pub async fn insert(db: impl PgExecutor<'_>, name: &GroupName, now: OffsetDateTi
 
 /// One group by name.
 pub async fn by_name(db: impl PgExecutor<'_>, name: &GroupName) -> Result<Option<Group>, DbError> {
-    Ok(sqlx::query_as("select group_id, name, created_at from groups where name = $1")
+    Ok(sqlx::query_as("select group_id, name, created_at, shared_folder, shared_read_only from groups where name = $1")
         .bind(name.as_str())
         .fetch_optional(db)
         .await?)
 }
 
+/// One group by id.
+pub async fn by_id(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Option<Group>, DbError> {
+    Ok(sqlx::query_as(
+        "select group_id, name, created_at, shared_folder, shared_read_only from groups where group_id = $1",
+    )
+    .bind(group_id)
+    .fetch_optional(db)
+    .await?)
+}
+
 /// One group by name, locked until the transaction ends.
 pub async fn by_name_for_update(db: impl PgExecutor<'_>, name: &GroupName) -> Result<Option<Group>, DbError> {
-    Ok(sqlx::query_as("select group_id, name, created_at from groups where name = $1 for update")
-        .bind(name.as_str())
-        .fetch_optional(db)
-        .await?)
+    Ok(sqlx::query_as(
+        "select group_id, name, created_at, shared_folder, shared_read_only from groups where name = $1 for update",
+    )
+    .bind(name.as_str())
+    .fetch_optional(db)
+    .await?)
 }
 
 /// Locks groups' rows until the transaction ends, in id order so that two transactions
@@ -100,7 +116,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<(Vec<Group>, i64), DbError> {
     let rows = sqlx::query_as(concat!(
-        "select group_id, name, created_at from groups where ",
+        "select group_id, name, created_at, shared_folder, shared_read_only from groups where ",
         led_by!(),
         " order by name offset $2 limit $3"
     ))
@@ -204,7 +220,7 @@ pub async fn of_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<Mem
         role: String,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "select g.group_id, g.name, g.created_at, m.role from group_members m join groups g on g.group_id = m.group_id
+        "select g.group_id, g.name, g.created_at, g.shared_folder, g.shared_read_only, m.role from group_members m join groups g on g.group_id = m.group_id
          where m.user_id = $1 order by g.name",
     )
     .bind(user_id)
@@ -230,4 +246,56 @@ pub async fn names_of_users(
         map.entry(user_id).or_default().push(name);
     }
     Ok(map)
+}
+
+/// Turns a group's shared folder on or off, and whether members get it read-only.
+pub async fn set_shared_folder(
+    db: impl PgExecutor<'_>,
+    group_id: GroupId,
+    shared_folder: bool,
+    read_only: bool,
+) -> Result<(), DbError> {
+    sqlx::query("update groups set shared_folder = $2, shared_read_only = $3 where group_id = $1")
+        .bind(group_id)
+        .bind(shared_folder)
+        .bind(read_only)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Every group with a shared folder on.
+pub async fn with_shared_folder(db: impl PgExecutor<'_>) -> Result<Vec<Group>, DbError> {
+    Ok(sqlx::query_as(
+        "select group_id, name, created_at, shared_folder, shared_read_only from groups where shared_folder order by group_id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Records the measured size of a group's shared folder.
+pub async fn put_shared_bytes(
+    db: impl PgExecutor<'_>,
+    group_id: GroupId,
+    bytes: i64,
+    now: OffsetDateTime,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "insert into group_storage (group_id, bytes, measured_at) values ($1, $2, $3)
+         on conflict (group_id) do update set bytes = excluded.bytes, measured_at = excluded.measured_at",
+    )
+    .bind(group_id)
+    .bind(bytes)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The last measured size of a group's shared folder, if any.
+pub async fn shared_bytes(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Option<i64>, DbError> {
+    Ok(sqlx::query_scalar("select bytes from group_storage where group_id = $1")
+        .bind(group_id)
+        .fetch_optional(db)
+        .await?)
 }

@@ -5,6 +5,8 @@
 //! the service decides what runs in one transaction.
 
 pub mod audit;
+pub mod backups;
+pub mod datasets;
 pub mod embedded;
 mod error;
 pub mod groups;

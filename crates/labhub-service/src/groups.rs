@@ -5,7 +5,7 @@
 //! lead and add or remove their members (not other leads); naming leads, creating, renaming
 //! and deleting groups is for admins. Everyone else may do nothing here.
 
-use labhub_core::{GroupId, GroupName, GroupRole, Quota, UserId, UserName};
+use labhub_core::{GroupId, GroupName, GroupRole, Quota, Storage, UserId, UserName};
 use labhub_db::ResultExt;
 use labhub_db::groups::{self, Group};
 use labhub_db::quotas::QuotaKind;
@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::access::Actor;
 use crate::hub::HubTx;
-use crate::model::{self, GroupAccess, GroupDetail, Member, Membership};
+use crate::model::{self, GroupAccess, GroupDetail, Member, Membership, StorageFate};
 use crate::quotas::describe;
 use crate::{Hub, ServiceError};
 
@@ -189,8 +189,10 @@ impl<'h> Groups<'h> {
     }
 
     /// Deletes a group with its memberships and quota (admins). Refused while servers run
-    /// under it, since their use would have nowhere to be charged.
-    pub async fn delete(&self, actor: Actor<'_>, name: &GroupName) -> Result<(), ServiceError> {
+    /// under it, since their use would have nowhere to be charged. Its shared folder is kept
+    /// as an orphan under Storage, or deleted after the group is gone (a failure then leaves
+    /// the orphan for an admin to remove, never a group without its files).
+    pub async fn delete(&self, actor: Actor<'_>, name: &GroupName, folder: StorageFate) -> Result<(), ServiceError> {
         actor.require_admin()?;
         let mut tx = self.hub.begin().await?;
         let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
@@ -211,10 +213,43 @@ impl<'h> Groups<'h> {
             "leads": members.iter().filter(|m| m.role == GroupRole::Lead).map(|m| m.name.as_str()).collect::<Vec<_>>(),
             "quota": describe(&quota),
             "ceiling": describe(&ceiling),
+            "shared_folder": group.shared_folder,
         });
-        self.hub.audit().record(&mut *tx, actor, "group.delete", name.as_str(), json!({ "before": before })).await?;
+        let detail = json!({ "before": before, "group_id": group.group_id, "shared_folder": folder.as_str() });
+        self.hub.audit().record(&mut *tx, actor, "group.delete", name.as_str(), detail).await?;
         tx.commit().await?;
+        if folder == StorageFate::Delete
+            && let Some(spawner) = &self.hub.0.spawner
+        {
+            spawner.remove_storage(&Storage::Group(group.group_id)).await.map_err(|e| {
+                ServiceError::Conflict(format!(
+                    "the group is deleted but not its folder ({e}); remove it under Storage"
+                ))
+            })?;
+        }
         Ok(())
+    }
+
+    /// Turns a group's shared folder on or off (admins, its leads), and whether members (not
+    /// leads) get it read-only. Servers get or lose the folder at their next start; turning it
+    /// off keeps its files (turning it on again brings them back).
+    pub async fn set_shared_folder(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        shared_folder: bool,
+        read_only: bool,
+    ) -> Result<GroupDetail, ServiceError> {
+        let mut tx = self.hub.begin().await?;
+        let (group, _) = self.managed(&mut tx, actor, name).await?;
+        if (group.shared_folder, group.shared_read_only) != (shared_folder, read_only) {
+            groups::set_shared_folder(&mut *tx, group.group_id, shared_folder, read_only).await?;
+            let detail = json!({ "before": { "shared_folder": group.shared_folder, "read_only": group.shared_read_only },
+                                 "after": { "shared_folder": shared_folder, "read_only": read_only } });
+            self.hub.audit().record(&mut *tx, actor, "group.set_shared_folder", name.as_str(), detail).await?;
+        }
+        tx.commit().await?;
+        self.detail(Group { shared_folder, shared_read_only: read_only, ..group }).await
     }
 
     /// Looks up accounts by name; refuses the whole list if any is unknown.

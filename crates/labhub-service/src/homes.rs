@@ -7,11 +7,11 @@
 //! removable, and copyable into another account's home (into a folder of its own, never over
 //! the other account's files). Homes made by hubs before ids carry only a name; each is adopted
 //! once by the account that had the name when the home was made (an account created no later
-//! than the home), else it is an orphan too.
+//! than the home), else it is an orphan too. So is the shared folder a deleted group leaves.
 
 use labhub_core::spawner::{Spawner, StoredVolume};
-use labhub_core::{Owner, ServerName, ServerState, Storage, UserId, UserName};
-use labhub_db::{homes, servers, users};
+use labhub_core::{GroupId, Owner, ServerName, ServerState, Storage, UserId, UserName};
+use labhub_db::{groups, homes, servers, users};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -33,6 +33,8 @@ pub struct OrphanHome {
     pub volume: String,
     /// The deleted account it was made for, when made since ids.
     pub former_id: Option<UserId>,
+    /// The deleted group it was the shared folder of.
+    pub former_group: Option<GroupId>,
     /// Its owner's name when it was made, when known.
     pub former_name: Option<UserName>,
     /// The server it was made for, where each server has its own.
@@ -46,6 +48,9 @@ pub struct OrphanHome {
 impl OrphanHome {
     /// Whose it was, for people: `zoe (account 42, deleted)`, `zoe (before account ids)`.
     pub fn former_owner(&self) -> String {
+        if let Some(group) = self.former_group {
+            return format!("the shared folder of group {group} (deleted)");
+        }
         let name = self.former_name.as_ref().map_or("someone", UserName::as_str);
         match self.former_id {
             Some(id) => format!("{name} (account {id}, deleted)"),
@@ -182,14 +187,16 @@ impl<'h> Homes<'h> {
         let adopted: Vec<String> = homes::all(self.hub.db()).await?.into_iter().map(|h| h.volume).collect();
         let mut orphans = Vec::new();
         for home in stored {
-            let former_id = match &home.owner {
-                Owner::User(id) if users::by_id(self.hub.db(), *id).await?.is_none() => Some(*id),
-                Owner::LegacyName(_) if !adopted.contains(&home.volume) => None,
+            let (former_id, former_group) = match &home.owner {
+                Owner::User(id) if users::by_id(self.hub.db(), *id).await?.is_none() => (Some(*id), None),
+                Owner::Group(id) if groups::by_id(self.hub.db(), *id).await?.is_none() => (None, Some(*id)),
+                Owner::LegacyName(_) if !adopted.contains(&home.volume) => (None, None),
                 _ => continue,
             };
             orphans.push(OrphanHome {
                 volume: home.volume,
                 former_id,
+                former_group,
                 former_name: home.made_for,
                 server: home.server,
                 bytes: home.bytes,
@@ -229,10 +236,11 @@ impl<'h> Homes<'h> {
                 "{to} has a server running; stop it before copying files into their home"
             )));
         }
-        let former = match (&orphan.former_name, orphan.former_id) {
-            (Some(name), _) => name.to_string(),
-            (None, Some(id)) => format!("account-{id}"),
-            (None, None) => "home".to_string(),
+        let former = match (&orphan.former_name, orphan.former_id, orphan.former_group) {
+            (_, _, Some(group)) => format!("group-{group}"),
+            (Some(name), _, _) => name.to_string(),
+            (None, Some(id), _) => format!("account-{id}"),
+            (None, None, None) => "home".to_string(),
         };
         let folder = format!("restored-{former}-{}", self.hub.now().date());
         let into = self.of(user.user_id, None).await?;

@@ -12,6 +12,7 @@ pub mod audit;
 mod background;
 pub mod catalogue;
 pub mod culler;
+pub mod datasets;
 mod error;
 pub mod groups;
 pub mod health;

@@ -354,11 +354,42 @@ pub struct Group {
     pub id: GroupId,
     pub name: GroupName,
     pub created_at: OffsetDateTime,
+    /// Whether it has a shared folder, mounted at `~/shared/{name}` in its members' servers.
+    pub shared_folder: bool,
+    /// Whether members (not leads) get the shared folder read-only.
+    pub shared_read_only: bool,
 }
 
 impl From<groups::Group> for Group {
     fn from(g: groups::Group) -> Self {
-        Self { id: g.group_id, name: g.name, created_at: g.created_at }
+        Self {
+            id: g.group_id,
+            name: g.name,
+            created_at: g.created_at,
+            shared_folder: g.shared_folder,
+            shared_read_only: g.shared_read_only,
+        }
+    }
+}
+
+/// What becomes of an account's home, or a group's shared folder, when it is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageFate {
+    /// Kept as an orphan an admin can copy elsewhere, archive or delete later; never mounted
+    /// for anyone (the default).
+    #[default]
+    Keep,
+    /// Deleted with it, for good.
+    Delete,
+}
+
+impl StorageFate {
+    /// `kept` or `deleted`, for the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageFate::Keep => "kept",
+            StorageFate::Delete => "deleted",
+        }
     }
 }
 

@@ -91,6 +91,10 @@ pub struct GroupUsage {
     pub samples: Vec<UsageSample>,
     /// The range the samples cover.
     pub range: UsageRange,
+    /// The shared folder's size as last measured (when it is on).
+    pub shared_bytes: Option<u64>,
+    /// Whether the shared folder is near or past the group's storage limit, in words.
+    pub shared_warning: Option<String>,
 }
 
 impl Hub {
@@ -160,7 +164,21 @@ impl<'h> Usage<'h> {
         let bucket = range.bucket().as_secs() as i64;
         let samples = usage::series(self.hub.db(), group_id, self.hub.now() - span, bucket).await?;
         let samples = samples.into_iter().map(UsageSample::from).collect();
-        Ok(GroupUsage { detail, members, total, samples, range })
+        let (shared_bytes, shared_warning) = self.shared_folder(&detail).await?;
+        Ok(GroupUsage { detail, members, total, samples, range, shared_bytes, shared_warning })
+    }
+
+    /// A group's shared folder: its last measured size, and a warning near or past the limit.
+    async fn shared_folder(&self, d: &GroupDetail) -> Result<(Option<u64>, Option<String>), ServiceError> {
+        let Some(group) = labhub_db::groups::by_id(self.hub.db(), d.group.id).await? else { return Ok((None, None)) };
+        if !group.shared_folder {
+            return Ok((None, None));
+        }
+        let mut conn = self.hub.db().acquire().await.map_err(labhub_db::DbError::from)?;
+        let bytes = labhub_db::groups::shared_bytes(&mut *conn, group.group_id).await?;
+        let ask = crate::quotas::Ask { group: Some(group.name.clone()), leads: d.leads() };
+        let warning = self.hub.quotas().shared_warning(&mut conn, &group, d.quota.storage_bytes, &ask).await?;
+        Ok((bytes.map(|b| u64::try_from(b).unwrap_or(0)), warning))
     }
 
     /// Takes one sample of every active server's live use from the runtime, stores it per

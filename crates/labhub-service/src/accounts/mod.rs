@@ -17,7 +17,7 @@ pub(crate) use admission::SignIn;
 
 use crate::access::Actor;
 use crate::hub::{HubTx, no_user};
-use crate::model::{Account, ServerView, StopReason};
+use crate::model::{Account, ServerView, StopReason, StorageFate};
 use crate::state::AccountsState;
 use crate::views::UserView;
 use crate::{Hub, Principal, ServiceError};
@@ -35,17 +35,6 @@ impl Hub {
     pub fn accounts(&self) -> Accounts<'_> {
         Accounts::new(self)
     }
-}
-
-/// What becomes of a deleted account's home.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StorageFate {
-    /// Kept as an orphan an admin can copy into another account or delete later; never
-    /// mounted for anyone (the default).
-    #[default]
-    Keep,
-    /// Deleted with the account, for good.
-    Delete,
 }
 
 /// Accounts.
@@ -344,10 +333,8 @@ impl<'h> Accounts<'h> {
         let (mut tx, user) = self.lock_for_admin_change(name).await?;
         self.keep_an_admin(&mut tx, &user, "delete them").await?;
         users::delete(&mut *tx, user.user_id).await?;
-        let detail = json!({ "admin": user.admin, "user_id": user.user_id, "storage": match storage {
-            StorageFate::Keep => "kept",
-            StorageFate::Delete => "deleted",
-        }, "homes_removed": removed_homes });
+        let detail = json!({ "admin": user.admin, "user_id": user.user_id, "storage": storage.as_str(),
+                             "homes_removed": removed_homes });
         self.hub.audit().record(&mut *tx, actor, "user.delete", name.as_str(), detail).await?;
         tx.commit().await?;
         self.forget_credentials(user.user_id);

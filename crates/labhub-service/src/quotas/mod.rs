@@ -20,14 +20,14 @@ mod policy;
 mod words;
 
 use labhub_core::resources::format_bytes;
-use labhub_core::{GroupName, GroupRole, ImageAllowance, Quota, ServerName, UserName};
+use labhub_core::{GroupName, GroupRole, ImageAllowance, Quota, ServerName, Storage, UserName};
 use labhub_db::groups;
 use labhub_db::quotas::{self, QuotaKind};
 use labhub_db::users::User;
 use serde_json::json;
 
-pub(crate) use policy::Charge;
-use policy::{Ask, GroupFacts, MIN_MEMORY_BYTES, StartFacts, Wanted};
+pub(crate) use policy::{Ask, Charge};
+use policy::{GroupFacts, MIN_MEMORY_BYTES, StartFacts, Wanted};
 pub use policy::{QuotaPatch, clamp};
 pub use words::{above_ceiling, cpu_text, describe, summary};
 
@@ -210,10 +210,15 @@ impl<'h> Quotas<'h> {
             let leads = self.leads_of(&mut conn, m.group.group_id).await?;
             limits.push((q.storage_bytes, Ask { group: Some(m.group.name.clone()), leads }));
         }
-        let site = self.hub.quota_settings().site_default.storage_bytes;
-        let (Some(limit), ask) = policy::storage_limit(site, &limits) else { return Ok(Vec::new()) };
         let percent = self.hub.quota_settings().storage_warning_percent;
         let mut out: Vec<String> = Vec::new();
+        for (m, (limit, ask)) in memberships.iter().zip(&limits) {
+            if let Some(text) = self.shared_warning(&mut conn, &m.group, *limit, ask).await? {
+                out.push(text);
+            }
+        }
+        let site = self.hub.quota_settings().site_default.storage_bytes;
+        let (Some(limit), ask) = policy::storage_limit(site, &limits) else { return Ok(out) };
         for m in quotas::storage_of_user(&mut *conn, user.user_id).await? {
             let used = u64::try_from(m.bytes).unwrap_or(0);
             if let Some(text) = words::storage_warning(used, limit, percent, &ask)
@@ -223,6 +228,27 @@ impl<'h> Quotas<'h> {
             }
         }
         Ok(out)
+    }
+
+    /// A warning when a group's shared folder (on, and measured) is near or past the group's
+    /// storage limit, which it counts against.
+    pub(crate) async fn shared_warning(
+        &self,
+        conn: &mut labhub_db::PgConnection,
+        group: &groups::Group,
+        limit: Option<u64>,
+        ask: &Ask,
+    ) -> Result<Option<String>, ServiceError> {
+        let (true, Some(limit)) = (group.shared_folder, limit) else { return Ok(None) };
+        let Some(used) = groups::shared_bytes(&mut *conn, group.group_id).await? else { return Ok(None) };
+        let used = u64::try_from(used).unwrap_or(0);
+        Ok(words::shared_folder_warning(
+            &group.name,
+            used,
+            limit,
+            self.hub.quota_settings().storage_warning_percent,
+            ask,
+        ))
     }
 
     /// Measures every user's storage through the runtime and records it; returns how many
@@ -241,6 +267,16 @@ impl<'h> Quotas<'h> {
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(user = %owner, error = %e, "could not measure storage"),
+            }
+        }
+        for group in groups::with_shared_folder(self.hub.db()).await? {
+            match spawner.storage_usage(&Storage::Group(group.group_id)).await {
+                Ok(bytes) => {
+                    let bytes = i64::try_from(bytes.unwrap_or(0)).unwrap_or(i64::MAX);
+                    groups::put_shared_bytes(self.hub.db(), group.group_id, bytes, self.hub.now()).await?;
+                    measured += 1;
+                }
+                Err(e) => tracing::warn!(group = %group.name, error = %e, "could not measure a shared folder"),
             }
         }
         Ok(measured)

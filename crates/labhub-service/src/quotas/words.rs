@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use labhub_core::resources::{format_bytes, format_cpu};
-use labhub_core::{ImageAllowance, Quota};
+use labhub_core::{GroupName, ImageAllowance, Quota};
 use serde_json::{Value, json};
 
 use super::policy::{Ask, Refusal, within};
@@ -186,6 +186,34 @@ pub(crate) fn storage_warning(used: u64, limit: u64, warn_percent: u8, ask: &Ask
     } else if u128::from(used) * 100 >= u128::from(limit) * u128::from(warn_percent) {
         Some(format!(
             "Your storage holds {} of your {} limit. Delete files you no longer need: past the limit, servers cannot start. For more space, {}.",
+            format_bytes(used),
+            format_bytes(limit),
+            ask.text()
+        ))
+    } else {
+        None
+    }
+}
+
+/// The warning for a group's shared folder near or past the group's storage limit.
+pub(crate) fn shared_folder_warning(
+    group: &GroupName,
+    used: u64,
+    limit: u64,
+    warn_percent: u8,
+    ask: &Ask,
+) -> Option<String> {
+    if used > limit {
+        Some(format!(
+            "The shared folder of {group} holds {}, more than the group's limit of {}: free at least {}, or {} to raise it.",
+            format_bytes(used),
+            format_bytes(limit),
+            format_bytes(used - limit),
+            ask.text()
+        ))
+    } else if u128::from(used) * 100 >= u128::from(limit) * u128::from(warn_percent) {
+        Some(format!(
+            "The shared folder of {group} holds {} of the group's {} limit. For more space, {}.",
             format_bytes(used),
             format_bytes(limit),
             ask.text()

@@ -109,6 +109,9 @@ impl Servers<'_> {
                                  "group": charge.group.map(|g| g.1) });
             self.hub.audit().record(&mut *tx, actor, "server.start", &server_label(owner, server), detail).await?;
         }
+        // Read before the commit: a failure here leaves no pending row without a start.
+        let home = self.hub.homes().of(user.user_id, server).await?;
+        let mounts = self.hub.datasets().mounts_for(user.user_id).await?;
         tx.commit().await?;
 
         let progress = ProgressLog::new();
@@ -118,12 +121,11 @@ impl Servers<'_> {
         let f = &image.fields;
         let port = f.port.unwrap_or_else(|| f.kind.default_port());
         let base_url = route_prefix(owner, server);
-        let home = self.hub.homes().of(user.user_id, server).await?;
         let spec = ServerSpec {
             owner: user.user_id,
             user: owner.clone(),
             home,
-            mounts: Vec::new(),
+            mounts,
             server: server.cloned(),
             image: f.reference.clone(),
             kind: f.kind,

@@ -35,6 +35,8 @@ fn model(d: &GroupDetail) -> Value {
         "properties": {},
         "leads": d.leads(),
         "quota": quota_model(d),
+        "shared_folder": d.group.shared_folder,
+        "shared_read_only": d.group.shared_read_only,
     })
 }
 
@@ -121,33 +123,62 @@ pub async fn create_one(
     Ok((StatusCode::CREATED, Json(model(&created.remove(0)))).into_response())
 }
 
-/// The body of `PATCH /hub/api/groups/{name}`.
+/// The body of `PATCH /hub/api/groups/{name}`: any of a new name (admins), and the shared
+/// folder's switches (admins, its leads).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rename {
-    name: String,
+pub struct Patch {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    shared_folder: Option<bool>,
+    #[serde(default)]
+    shared_read_only: Option<bool>,
 }
 
-/// `PATCH /hub/api/groups/{name}` (admins): `{"name": "<new name>"}`.
-pub async fn rename(
+/// `PATCH /hub/api/groups/{name}`: `{"name": "<new name>"}` (admins), `{"shared_folder": true,
+/// "shared_read_only": false}` (admins, its leads).
+pub async fn patch(
     State(state): State<AppState>,
-    AdminUser(me): AdminUser,
+    CurrentUser(me): CurrentUser,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<Rename>,
+    ApiJson(body): ApiJson<Patch>,
 ) -> Result<Json<Value>, AppError> {
-    let new_name = GroupName::parse(&body.name).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let mut name = group_name(&name)?;
     let hub = state.hub();
-    hub.groups().rename(Actor::User(&me), &group_name(&name)?, &new_name).await?;
-    Ok(Json(model(&hub.groups().get(Actor::User(&me), &new_name).await?)))
+    if body.shared_folder.is_some() || body.shared_read_only.is_some() {
+        let now = hub.groups().get(Actor::User(&me), &name).await?.group;
+        let on = body.shared_folder.unwrap_or(now.shared_folder);
+        let read_only = body.shared_read_only.unwrap_or(now.shared_read_only);
+        hub.groups().set_shared_folder(Actor::User(&me), &name, on, read_only).await?;
+    }
+    if let Some(new) = &body.name {
+        let new = GroupName::parse(new).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        hub.groups().rename(Actor::User(&me), &name, &new).await?;
+        name = new;
+    }
+    Ok(Json(model(&hub.groups().get(Actor::User(&me), &name).await?)))
 }
 
-/// `DELETE /hub/api/groups/{name}` (admins).
+/// The body of `DELETE /hub/api/groups/{name}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    /// What becomes of the group's shared folder: `keep` (the default: an orphan only admins
+    /// see, never mounted for anyone) or `delete`.
+    #[serde(default)]
+    storage: Option<String>,
+}
+
+/// `DELETE /hub/api/groups/{name}` (admins); `{"storage": "delete"}` deletes its folder too.
 pub async fn delete(
     State(state): State<AppState>,
     AdminUser(me): AdminUser,
     Path(name): Path<String>,
+    ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<StatusCode, AppError> {
-    state.hub().groups().delete(Actor::User(&me), &group_name(&name)?).await?;
+    let fate = super::storage_fate(body.storage.as_deref())?;
+    state.hub().groups().delete(Actor::User(&me), &group_name(&name)?, fate).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

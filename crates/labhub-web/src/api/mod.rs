@@ -11,6 +11,7 @@ mod users;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::routing::{get, post};
+use labhub_service::model::StorageFate;
 use serde::de::DeserializeOwned;
 
 use crate::extract::Surface;
@@ -41,7 +42,7 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/groups", get(groups::list).post(groups::create_many))
         .route(
             "/hub/api/groups/{name}",
-            get(groups::get_one).post(groups::create_one).patch(groups::rename).delete(groups::delete),
+            get(groups::get_one).post(groups::create_one).patch(groups::patch).delete(groups::delete),
         )
         .route("/hub/api/groups/{name}/users", post(groups::add_users).delete(groups::remove_users))
         .route("/hub/api/groups/{name}/leads", post(groups::add_leads).delete(groups::remove_leads))
@@ -148,5 +149,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         serde_json::from_slice(text)
             .map(ApiJson)
             .map_err(|e| AppError::BadRequest(format!("the request body is not valid JSON for this endpoint: {e}")))
+    }
+}
+
+/// What an API body's `"storage"` says becomes of a deleted owner's files (`keep` by default).
+fn storage_fate(raw: Option<&str>) -> Result<StorageFate, AppError> {
+    match raw {
+        None | Some("keep") => Ok(StorageFate::Keep),
+        Some("delete") => Ok(StorageFate::Delete),
+        Some(other) => Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
     }
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use labhub_core::listing::{ServerStateFilter, UserFilter, UserSort};
 use labhub_core::{AccountState, Secret, UserName};
-use labhub_service::accounts::{NewAccount, StorageFate};
+use labhub_service::accounts::NewAccount;
 use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
@@ -253,11 +253,7 @@ pub async fn delete(
     ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<StatusCode, AppError> {
     let name = path_name(&name)?;
-    let fate = match body.storage.as_deref() {
-        None | Some("keep") => StorageFate::Keep,
-        Some("delete") => StorageFate::Delete,
-        Some(other) => return Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
-    };
+    let fate = super::storage_fate(body.storage.as_deref())?;
     state.hub().accounts().delete(Actor::User(&me), &name, fate).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use labhub_core::UserName;
 use labhub_core::resources::format_bytes;
-use labhub_service::accounts::StorageFate;
+use labhub_service::model::StorageFate;
 use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 

@@ -8,7 +8,8 @@ use clap::Subcommand;
 use labhub_core::Secret;
 use labhub_core::listing::UserFilter;
 use labhub_service::Actor;
-use labhub_service::accounts::{NewAccount, StorageFate};
+use labhub_service::accounts::NewAccount;
+use labhub_service::model::StorageFate;
 
 use super::name;
 

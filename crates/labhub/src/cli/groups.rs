@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use labhub_core::UserName;
 use labhub_service::Actor;
+use labhub_service::model::StorageFate;
 
 use super::name;
 
@@ -13,8 +14,23 @@ pub(super) enum GroupCommand {
     Create { name: String },
     /// List groups with their members, leads and limits.
     List,
-    /// Delete a group (refused while servers run under it).
-    Delete { name: String },
+    /// Delete a group (refused while servers run under it). Its shared folder is kept as an
+    /// orphan (listed under Storage for admins, never mounted for anyone) unless asked.
+    Delete {
+        name: String,
+        /// Delete the group's shared folder too, for good.
+        #[arg(long)]
+        delete_files: bool,
+    },
+    /// Turn a group's shared folder (~/shared/GROUP in its members' servers) on or off.
+    SharedFolder {
+        group: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Members (not leads) get it read-only.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Rename a group.
     Rename { name: String, new_name: String },
     /// Add users to a group.
@@ -161,10 +177,28 @@ pub(super) async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow
                 );
             }
         }
-        GroupCommand::Delete { name } => {
+        GroupCommand::Delete { name, delete_files } => {
             let name = group_name(&name)?;
-            hub.groups().delete(actor, &name).await?;
-            println!("Deleted the group {name}.");
+            let fate = if delete_files { StorageFate::Delete } else { StorageFate::Keep };
+            hub.groups().delete(actor, &name, fate).await?;
+            match fate {
+                StorageFate::Keep => {
+                    println!("Deleted the group {name}; its shared folder, if any, is kept as an orphan.")
+                }
+                StorageFate::Delete => println!("Deleted the group {name} and its shared folder."),
+            }
+        }
+        GroupCommand::SharedFolder { group, state, read_only } => {
+            let name = group_name(&group)?;
+            let on = state == "on";
+            hub.groups().set_shared_folder(actor, &name, on, read_only).await?;
+            match (on, read_only) {
+                (true, false) => println!("{name} shares ~/shared/{name} with its members from their next start."),
+                (true, true) => {
+                    println!("{name} shares ~/shared/{name}, read-only for members, from their next start.")
+                }
+                (false, _) => println!("{name} has no shared folder from its members' next start; its files are kept."),
+            }
         }
         GroupCommand::Rename { name, new_name } => {
             let g = hub.groups().rename(actor, &group_name(&name)?, &group_name(&new_name)?).await?;

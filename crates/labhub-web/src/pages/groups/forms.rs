@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use labhub_core::resources::{parse_cpu, parse_memory};
 use labhub_core::{GroupName, ImageAllowance, ServerName, UserName};
+use labhub_service::model::StorageFate;
 use labhub_service::quotas::QuotaPatch;
 use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
@@ -272,18 +273,62 @@ pub async fn rename(
     }
 }
 
+/// The form deleting a group: what becomes of its shared folder.
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    storage: String,
+}
+
 /// `POST /hub/groups/{name}/delete` (admins).
 pub async fn delete(
     State(state): State<AppState>,
     AdminUser(me): AdminUser,
     Path(name): Path<String>,
-    CsrfForm(_): CsrfForm<Empty>,
+    CsrfForm(form): CsrfForm<DeleteForm>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    match state.hub().groups().delete(Actor::User(&me), &name).await {
-        Ok(()) => Ok(redirect_with_flash(&state, "/hub/admin/groups", &format!("Deleted the group {name}."))),
+    let fate = match form.storage.as_str() {
+        "" | "keep" => StorageFate::Keep,
+        "delete" => StorageFate::Delete,
+        other => return Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
+    };
+    let folder = match fate {
+        StorageFate::Keep => "its shared folder, if any, is kept under Storage",
+        StorageFate::Delete => "its shared folder, if any, is deleted",
+    };
+    match state.hub().groups().delete(Actor::User(&me), &name, fate).await {
+        Ok(()) => Ok(redirect_with_flash(&state, "/hub/admin/groups", &format!("Deleted the group {name}; {folder}."))),
         Err(e) => answer(&state, &group_path(&name), Err(e)),
     }
+}
+
+/// The shared-folder form of the group page.
+#[derive(Deserialize)]
+pub struct SharedForm {
+    #[serde(default)]
+    shared_folder: Option<String>,
+    #[serde(default)]
+    read_only: Option<String>,
+}
+
+/// `POST /hub/groups/{name}/shared` (admins, its leads): turns the shared folder on or off.
+pub async fn set_shared(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<SharedForm>,
+) -> Result<Response, AppError> {
+    let name = group_name(&name)?;
+    let (on, read_only) = (form.shared_folder.is_some(), form.read_only.is_some());
+    let result =
+        state.hub().groups().set_shared_folder(Actor::User(&me), &name, on, read_only).await.map(|_| match on {
+            true => {
+                format!("{name}'s shared folder is at ~/shared/{name} in its members' servers from their next start.")
+            }
+            false => format!("{name} has no shared folder from its members' next start; its files are kept."),
+        });
+    answer(&state, &group_path(&name), result)
 }
 
 /// The form stopping a member's server from the group page.

@@ -25,7 +25,7 @@ mod chart;
 mod forms;
 
 use chart::{Chart, ChartSpec, chart};
-pub use forms::{add_members, delete, member_action, rename, set_ceiling, set_images, set_quota, stop};
+pub use forms::{add_members, delete, member_action, rename, set_ceiling, set_images, set_quota, set_shared, stop};
 
 fn group_name(raw: &str) -> Result<GroupName, AppError> {
     GroupName::parse(raw).map_err(|e| AppError::NotFound(e.to_string()))
@@ -218,6 +218,10 @@ struct GroupPage {
     ceiling_all_images: bool,
     charts: Vec<Chart>,
     week: bool,
+    shared_folder: bool,
+    shared_read_only: bool,
+    shared_size: Option<String>,
+    shared_warnings: Vec<String>,
 }
 
 fn amounts_text(a: &Amounts) -> (String, String) {
@@ -367,5 +371,9 @@ fn group_page(
         ceiling_all_images: d.ceiling.images == ImageAllowance::All,
         charts,
         week: u.range == UsageRange::Week,
+        shared_folder: d.group.shared_folder,
+        shared_read_only: d.group.shared_read_only,
+        shared_size: u.shared_bytes.map(|b| format!("{} used", format_bytes(b))),
+        shared_warnings: u.shared_warning.clone().into_iter().collect(),
     }
 }
