@@ -194,6 +194,15 @@ impl<'h> Groups<'h> {
     /// the orphan for an admin to remove, never a group without its files).
     pub async fn delete(&self, actor: Actor<'_>, name: &GroupName, folder: StorageFate) -> Result<(), ServiceError> {
         actor.require_admin()?;
+        let spawner = match (folder, &self.hub.0.spawner) {
+            (StorageFate::Keep, _) => None,
+            (StorageFate::Delete, Some(spawner)) => Some(spawner.clone()),
+            (StorageFate::Delete, None) => {
+                return Err(ServiceError::Unavailable(
+                    "the group's folder cannot be deleted: the container runtime is not reachable".into(),
+                ));
+            }
+        };
         let mut tx = self.hub.begin().await?;
         let group = groups::by_name_for_update(&mut *tx, name).await?.ok_or_else(|| no_group(name))?;
         let charged = labhub_db::quotas::charged(&mut *tx, Some(group.group_id)).await?;
@@ -218,9 +227,7 @@ impl<'h> Groups<'h> {
         let detail = json!({ "before": before, "group_id": group.group_id, "shared_folder": folder.as_str() });
         self.hub.audit().record(&mut *tx, actor, "group.delete", name.as_str(), detail).await?;
         tx.commit().await?;
-        if folder == StorageFate::Delete
-            && let Some(spawner) = &self.hub.0.spawner
-        {
+        if let Some(spawner) = spawner {
             spawner.remove_storage(&Storage::Group(group.group_id)).await.map_err(|e| {
                 ServiceError::Conflict(format!(
                     "the group is deleted but not its folder ({e}); remove it under Storage"

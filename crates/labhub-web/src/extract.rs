@@ -211,6 +211,8 @@ pub(crate) fn csrf_binding(parts: &Parts, state: &AppState) -> Option<Vec<u8>> {
         .filter(|v| v.len() >= 32)
 }
 
+const EXPIRED: &str = "This form has expired or did not come from this hub. Go back, reload the page and try again.";
+
 /// A form whose `_csrf` field matched the browser it came from. Every state-changing page
 /// handler takes its input through this extractor, so no form can skip the check.
 pub struct CsrfForm<T>(pub T);
@@ -219,8 +221,6 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        const EXPIRED: &str =
-            "This form has expired or did not come from this hub. Go back, reload the page and try again.";
         let (parts, body) = req.into_parts();
         let binding = csrf_binding(&parts, state).ok_or(AppError::Csrf(EXPIRED))?;
         let bytes =
@@ -232,5 +232,34 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
         serde_urlencoded::from_bytes(&bytes)
             .map(CsrfForm)
             .map_err(|e| AppError::BadRequest(format!("The form is not valid: {e}.")))
+    }
+}
+
+/// A `multipart/form-data` form (a file upload) whose first part is `_csrf` and matched the
+/// browser it came from, checked before any other part is read; the rest of the parts are
+/// read as they arrive (a file is never held whole in memory).
+pub struct CsrfMultipart(pub multer::Multipart<'static>);
+
+impl FromRequest<AppState> for CsrfMultipart {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let binding = csrf_binding(&parts, state).ok_or(AppError::Csrf(EXPIRED))?;
+        let content_type = parts.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let boundary = content_type
+            .and_then(|ct| multer::parse_boundary(ct).ok())
+            .ok_or_else(|| AppError::BadRequest("The form must be sent as multipart/form-data.".into()))?;
+        let limits = multer::Constraints::new().size_limit(multer::SizeLimit::new().for_field("_csrf", 1024));
+        let mut form = multer::Multipart::with_constraints(body.into_data_stream(), boundary, limits);
+        let first = form.next_field().await.map_err(|_| AppError::Csrf(EXPIRED))?;
+        let token = match first {
+            Some(field) if field.name() == Some("_csrf") => field.text().await.map_err(|_| AppError::Csrf(EXPIRED))?,
+            _ => return Err(AppError::Csrf(EXPIRED)),
+        };
+        if !state.csrf().verify(&binding, &token) {
+            return Err(AppError::Csrf(EXPIRED));
+        }
+        Ok(Self(form))
     }
 }

@@ -69,6 +69,11 @@ impl Servers<'_> {
             }
             ServerState::Stopped => {}
         }
+        if self.state().restoring.contains(&user.user_id) {
+            return Err(ServiceError::Conflict(format!(
+                "files are being restored into {owner}'s home; start the server when that is done"
+            )));
+        }
         if server.is_some() {
             let limit = self.state().settings.named_server_limit;
             let count = servers::count_named(&mut *tx, user.user_id).await?;

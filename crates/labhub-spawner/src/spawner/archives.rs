@@ -26,8 +26,18 @@ use super::DockerSpawner;
 use crate::error::{is_status, runtime_error};
 use crate::naming::LABEL_HUB;
 
-/// The image the file-handling containers are created from: no files at all, never run.
-const EMPTY_IMAGE: &str = "labhub/empty:1";
+/// The image the file-handling containers are created from, never run: no files, only the
+/// folders that seed new storage's root (see [`DockerSpawner::seed_root`]).
+const EMPTY_IMAGE: &str = "labhub/empty:2";
+/// The owner servers run as in the Jupyter and Rocker images (`jovyan`/`rstudio`, group
+/// `users`): new storage's root belongs to them, not to root, so a server can write there
+/// even when its image has no folder to copy at the mount point.
+const SERVER_UID: u64 = 1000;
+const SERVER_GID: u64 = 100;
+/// Seed folders of the empty image: a home's root (the owner's alone) and a group's shared
+/// folder's (writable by every member's server, whatever user it runs as).
+const SEED_HOME: (&str, u32) = ("seed/home", 0o755);
+const SEED_GROUP: (&str, u32) = ("seed/group", 0o777);
 /// Where a file-handling container mounts what it reads.
 const FROM: &str = "/from";
 /// Where a file-handling container mounts what it writes.
@@ -99,6 +109,17 @@ impl DockerSpawner {
             .await
             .map_err(|e| runtime_error("creating a file-handling container", e))?;
         Ok(Helper { docker: self.docker.clone(), id: created.id })
+    }
+
+    /// Gives a new, empty volume's root the seed folder's owner and mode: the engine copies
+    /// a folder of the image into an empty volume mounted over it when the container is
+    /// created (no program runs). Without this the root belongs to root, and a server whose
+    /// image has nothing at the mount point (a group's folder, a home restored before its
+    /// first start) could not write there. A volume that already has files keeps its root.
+    pub(super) async fn seed_root(&self, volume: &str, group: bool) -> Result<(), SpawnError> {
+        let at = format!("/{}", if group { SEED_GROUP.0 } else { SEED_HOME.0 });
+        drop(self.helper(&[(volume, &at, false, MountType::VOLUME)]).await?);
+        Ok(())
     }
 
     /// Whether a running container of this hub mounts `volume`.
@@ -273,8 +294,7 @@ impl DockerSpawner {
             tag: Some(tag.into()),
             ..Default::default()
         };
-        let empty =
-            tar::Builder::new(Vec::new()).into_inner().map_err(|e| runtime_error("packing an empty image", e))?;
+        let empty = seed_image().map_err(|e| runtime_error("packing an empty image", e))?;
         self.docker
             .create_image(Some(options), Some(bollard::body_full(empty.into())), None)
             .try_collect::<Vec<_>>()
@@ -282,6 +302,21 @@ impl DockerSpawner {
             .map_err(|e| runtime_error("importing the empty image", e))?;
         Ok(())
     }
+}
+
+/// The empty image's only content: the seed folders, owned by the servers' user.
+fn seed_image() -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    for (path, mode) in [("seed", 0o755), SEED_HOME, SEED_GROUP] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_uid(SERVER_UID);
+        h.set_gid(SERVER_GID);
+        h.set_size(0);
+        archive.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+    }
+    archive.into_inner()
 }
 
 /// A small archive of each folder on the way to `subdir`; with `root` (the copied storage's

@@ -104,6 +104,7 @@ impl DockerSpawner {
             ..Default::default()
         };
         self.docker.create_volume(request).await.map_err(|e| runtime_error(&format!("creating volume {name}"), e))?;
+        self.seed_root(&name, matches!(storage, Storage::Group(_))).await?;
         Ok(name)
     }
 

@@ -382,6 +382,10 @@ pub async fn usage(
             "memory_bytes": u.detail.quota.budget_memory_bytes,
         },
         "total": amounts(&u.total),
+        "shared_folder": u.detail.group.shared_folder.then(|| json!({
+            "bytes": u.shared_bytes,
+            "warning": u.shared_warning,
+        })),
         "members": members,
         "range": if u.range == UsageRange::Week { "week" } else { "day" },
         "samples": u.samples.iter().map(|s| json!({

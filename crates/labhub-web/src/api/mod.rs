@@ -1,7 +1,9 @@
 //! The REST API under `/hub/api`, shaped like JupyterHub's so its clients and scripts work.
 //! Errors are `{"status": N, "message": "…"}`.
 
+mod datasets;
 mod groups;
+mod homes;
 mod images;
 pub(crate) mod models;
 mod servers;
@@ -32,6 +34,7 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
             "/hub/api/users/{name}",
             get(users::get_one).post(users::create_one).patch(users::patch).delete(users::delete),
         )
+        .route("/hub/api/users/{name}/home/archive", get(homes::download).put(homes::restore))
         .route("/hub/api/users/{name}/server", post(servers::start_default).delete(servers::stop_default))
         .route("/hub/api/users/{name}/server/progress", get(servers::progress_default))
         .route(
@@ -48,6 +51,8 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/groups/{name}/leads", post(groups::add_leads).delete(groups::remove_leads))
         .route("/hub/api/groups/{name}/quota", get(groups::get_quota).patch(groups::patch_quota))
         .route("/hub/api/groups/{name}/usage", get(groups::usage))
+        .route("/hub/api/datasets", get(datasets::list).post(datasets::create))
+        .route("/hub/api/datasets/{name}", axum::routing::delete(datasets::delete))
         .route("/hub/api/images", get(images::list).post(images::create))
         .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))
         .route("/hub/api/images/{name}/build", post(images::build))

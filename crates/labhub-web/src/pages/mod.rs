@@ -2,8 +2,10 @@
 
 mod account;
 mod admin;
+mod admin_datasets;
 mod admin_images;
 mod admin_storage;
+mod files;
 mod groups;
 mod login;
 mod oauth;
@@ -40,6 +42,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/spawn-pending/{user}/{server}", get(servers::spawn_pending))
         .route("/hub/account", get(account::account))
         .route("/hub/account/password", post(account::change_password))
+        .route("/hub/account/files/restore", get(files::form).post(files::restore))
         .route("/hub/account/logout-everywhere", post(account::logout_everywhere))
         .route("/hub/account/sessions/{id}/end", post(account::end_session))
         .route("/hub/token", get(account::tokens).post(account::create_token))
@@ -60,6 +63,8 @@ pub fn router() -> Router<AppState> {
         .route("/hub/admin/images/{name}/delete", post(admin_images::delete))
         .route("/hub/admin/audit", get(admin::audit))
         .route("/hub/admin/storage", get(admin_storage::orphans))
+        .route("/hub/admin/datasets", get(admin_datasets::list).post(admin_datasets::add))
+        .route("/hub/admin/datasets/{name}/remove", post(admin_datasets::remove))
         .route("/hub/admin/storage/{volume}/remove", post(admin_storage::remove_orphan))
         .route("/hub/admin/storage/{volume}/give", post(admin_storage::give_orphan))
         .route("/hub/admin/groups", get(groups::admin_list).post(groups::create))

@@ -52,6 +52,13 @@ pub(super) enum UserCommand {
     },
 }
 
+impl UserCommand {
+    /// Whether the command reaches users' files (through the container runtime).
+    pub(super) fn needs_runtime(&self) -> bool {
+        matches!(self, Self::Delete { delete_files: true, .. })
+    }
+}
+
 #[derive(Subcommand)]
 pub(super) enum TokenCommand {
     /// Print a new API token for a user (for automation).

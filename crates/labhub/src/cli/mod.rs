@@ -14,10 +14,12 @@ use crate::database::Database;
 
 mod accounts;
 mod catalogue;
+mod datasets;
 mod groups;
 
 use accounts::{TokenCommand, UserCommand, token, user};
 use catalogue::{ImageCommand, image};
+use datasets::{DatasetCommand, dataset};
 use groups::{GroupCommand, group};
 
 /// labhub: a multi-user lab server for Jupyter and RStudio.
@@ -52,6 +54,9 @@ enum Command {
     /// Manage groups, their leads and their quotas.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Manage datasets: data mounted read-only at ~/datasets/NAME in servers.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -116,10 +121,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             println!("The database is up to date.");
             Ok(())
         }
-        Command::User(cmd) => with_hub(&config, false, |hub| async move { user(hub, cmd).await }).await,
+        Command::User(cmd) => {
+            let docker = cmd.needs_runtime();
+            with_hub(&config, docker, |hub| async move { user(hub, cmd).await }).await
+        }
         Command::Token(cmd) => with_hub(&config, false, |hub| async move { token(hub, cmd).await }).await,
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
-        Command::Group(cmd) => with_hub(&config, false, |hub| async move { group(hub, cmd).await }).await,
+        Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
+        Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,
     }
 }
 

@@ -9,6 +9,10 @@
 //! once by the account that had the name when the home was made (an account created no later
 //! than the home), else it is an orphan too. So is the shared folder a deleted group leaves.
 
+mod archive;
+
+pub use archive::{ArchiveFormat, HomeArchive, Restored};
+
 use labhub_core::spawner::{Spawner, StoredVolume};
 use labhub_core::{GroupId, Owner, ServerName, ServerState, Storage, UserId, UserName};
 use labhub_db::{groups, homes, servers, users};
