@@ -11,6 +11,6 @@ pub mod tokens;
 
 pub use csrf::CsrfKey;
 pub use keys::HubKey;
-pub use passwords::{PasswordError, PasswordHasher, PasswordPolicy};
+pub use passwords::{HashingLimits, PasswordError, PasswordHasher, PasswordPolicy};
 pub use throttle::{LoginThrottle, ThrottleSettings};
 pub use tokens::{TokenHash, new_token, sha256};

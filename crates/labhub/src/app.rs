@@ -66,7 +66,7 @@ pub struct App {
 
 /// Builds the hub on an open, migrated database.
 pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrides: Overrides) -> anyhow::Result<App> {
-    let passwords = PasswordHasher::new(overrides.hash_cost)?;
+    let passwords = PasswordHasher::new(overrides.hash_cost, config.hashing_limits())?;
     let routes = RouteTable::new(overrides.clock.clone());
     let hub = Hub::new(HubParts {
         db,

@@ -76,7 +76,8 @@ impl Accounts<'_> {
             Some(n) => users::by_name(self.hub.db(), n).await?,
             None => None,
         };
-        let ok = state.passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await;
+        // Not checked when the hub is too busy hashing (503): then it is no guess either.
+        let ok = state.passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await?;
         let Some(user) = user.filter(|_| ok) else {
             state.throttle.record_failure(&throttle_key, client_addr);
             metrics::counter!("labhub_logins_total", "result" => "failed").increment(1);

@@ -180,7 +180,7 @@ impl<'h> Accounts<'h> {
     ) -> Result<(), ServiceError> {
         let user = self.hub.user_row(&principal.name).await?;
         let passwords = &self.state().passwords;
-        if user.password_hash.is_some() && !passwords.verify(current, user.password_hash.clone()).await {
+        if user.password_hash.is_some() && !passwords.verify(current, user.password_hash.clone()).await? {
             return Err(ServiceError::Invalid("the current password is not right".into()));
         }
         self.password_policy().check(new.expose())?;

@@ -101,15 +101,16 @@ pub async fn login(
     let result = hub.accounts().password_login(&form.username, Secret::new(form.password), &addr).await;
     let user = match result {
         Ok(u) => u,
-        Err(e @ (ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) | ServiceError::TooMany { .. })) => {
-            let retry = match &e {
-                ServiceError::TooMany { retry_after, .. } => Some(retry_after.as_secs().max(1)),
-                _ => None,
-            };
+        Err(
+            e @ (ServiceError::Unauthenticated(_)
+            | ServiceError::Forbidden(_)
+            | ServiceError::TooMany { .. }
+            | ServiceError::Unavailable(_)),
+        ) => {
             let err = AppError::from(e);
             let view = login_page(&state, &page, form.next, form.username, Some(err.to_string()));
             let mut resp = page.render_status(err.status(), view);
-            if let Some(s) = retry {
+            if let Some(s) = err.retry_after_secs() {
                 resp.headers_mut().insert(header::RETRY_AFTER, s.into());
             }
             return Ok(resp);

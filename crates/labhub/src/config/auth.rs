@@ -52,6 +52,10 @@ pub struct AuthConfig {
     /// The window in which failed sign-ins are counted.
     #[serde(with = "humantime_serde")]
     pub failed_login_window: Duration,
+    /// Password hashes computed at once (each takes a core and 19 MiB); default: one per core.
+    pub hashing_concurrency: usize,
+    /// Password checks waiting for a hashing slot; past it, 503 with `Retry-After`.
+    pub hashing_queue: usize,
     /// Longest lifetime of an API token; unset allows tokens that never expire.
     #[serde(with = "humantime_serde")]
     pub max_token_lifetime: Option<Duration>,
@@ -62,6 +66,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         let d = labhub_service::AccountSettings::default();
+        let hashing = labhub_auth::HashingLimits::for_this_machine();
         Self {
             admin_users: Vec::new(),
             signup: SignupPolicy::Closed,
@@ -70,6 +75,8 @@ impl Default for AuthConfig {
             max_failed_logins_per_account: d.throttle.per_account,
             max_failed_logins_per_address: d.throttle.per_address,
             failed_login_window: d.throttle.window,
+            hashing_concurrency: hashing.concurrent,
+            hashing_queue: hashing.queued,
             max_token_lifetime: None,
             providers: Vec::new(),
         }
@@ -77,6 +84,11 @@ impl Default for AuthConfig {
 }
 
 impl Config {
+    /// How many password hashes may run and wait at once.
+    pub fn hashing_limits(&self) -> labhub_auth::HashingLimits {
+        labhub_auth::HashingLimits { concurrent: self.auth.hashing_concurrency, queued: self.auth.hashing_queue }
+    }
+
     /// The account rules for the service.
     pub fn account_settings(&self) -> labhub_service::AccountSettings {
         labhub_service::AccountSettings {

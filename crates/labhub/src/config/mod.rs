@@ -145,6 +145,9 @@ impl Config {
         if self.auth.max_failed_logins_per_account == 0 || self.auth.max_failed_logins_per_address == 0 {
             return bad("auth", "failed-login limits must be at least 1");
         }
+        if self.auth.hashing_concurrency == 0 {
+            return bad("auth.hashing_concurrency", "must be at least 1");
+        }
         for (i, p) in self.auth.providers.iter().enumerate() {
             if let Err(problem) = p.check() {
                 return bad(&format!("auth.providers[{i}].{}", problem.key), &problem.why);
