@@ -12,8 +12,8 @@ use labhub_db::users::{self, NewUser};
 use labhub_db::{ResultExt, groups, servers};
 use serde_json::json;
 
-pub use admission::BAD_CREDENTIALS;
 pub(crate) use admission::SignIn;
+pub use admission::{BAD_CREDENTIALS, LoginClient, SignedIn};
 
 use crate::access::Actor;
 use crate::hub::{HubTx, no_user};

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod culling;
 mod db_outage;
+mod front_door;
 mod groups;
 mod oidc;
 mod pages;

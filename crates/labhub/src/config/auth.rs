@@ -45,11 +45,19 @@ pub struct AuthConfig {
     pub password_login: bool,
     /// Shortest password accepted.
     pub min_password_length: usize,
-    /// Failed sign-ins allowed per account name within `failed_login_window`.
+    /// Failed sign-ins per account from browsers that never signed in to it, all addresses
+    /// together, within `failed_login_window`; past it, each further attempt waits longer.
     pub max_failed_logins_per_account: usize,
-    /// Failed sign-ins allowed per client address within `failed_login_window`.
-    pub max_failed_logins_per_address: usize,
-    /// The window in which failed sign-ins are counted.
+    /// The same, from one address (a campus NAT may carry many people).
+    pub max_failed_logins_per_account_and_address: usize,
+    /// Accounts one address may fail to sign in to within the window (one password tried on
+    /// many accounts).
+    pub max_failed_accounts_per_address: usize,
+    /// Failed sign-ins of a browser at an account it signed in to before (its own budget).
+    pub max_failed_logins_per_device: usize,
+    /// Sign-ups from one address within the window.
+    pub max_signups_per_address: usize,
+    /// The window in which failed sign-ins and sign-ups are counted.
     #[serde(with = "humantime_serde")]
     pub failed_login_window: Duration,
     /// Password hashes computed at once (each takes a core and 19 MiB); default: one per core.
@@ -73,7 +81,10 @@ impl Default for AuthConfig {
             password_login: true,
             min_password_length: d.password_min_len,
             max_failed_logins_per_account: d.throttle.per_account,
-            max_failed_logins_per_address: d.throttle.per_address,
+            max_failed_logins_per_account_and_address: d.throttle.per_account_and_address,
+            max_failed_accounts_per_address: d.throttle.accounts_per_address,
+            max_failed_logins_per_device: d.throttle.per_device,
+            max_signups_per_address: d.throttle.signups_per_address,
             failed_login_window: d.throttle.window,
             hashing_concurrency: hashing.concurrent,
             hashing_queue: hashing.queued,
@@ -99,7 +110,10 @@ impl Config {
             password_min_len: self.auth.min_password_length,
             throttle: labhub_auth::ThrottleSettings {
                 per_account: self.auth.max_failed_logins_per_account,
-                per_address: self.auth.max_failed_logins_per_address,
+                per_account_and_address: self.auth.max_failed_logins_per_account_and_address,
+                accounts_per_address: self.auth.max_failed_accounts_per_address,
+                per_device: self.auth.max_failed_logins_per_device,
+                signups_per_address: self.auth.max_signups_per_address,
                 window: self.auth.failed_login_window,
             },
             password_login: self.auth.password_login,

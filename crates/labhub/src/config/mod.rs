@@ -142,10 +142,22 @@ impl Config {
         if self.auth.min_password_length < 8 {
             return bad("auth.min_password_length", "must be at least 8");
         }
-        if self.auth.max_failed_logins_per_account == 0 || self.auth.max_failed_logins_per_address == 0 {
-            return bad("auth", "failed-login limits must be at least 1");
+        let a = &self.auth;
+        if [
+            a.max_failed_logins_per_account,
+            a.max_failed_logins_per_account_and_address,
+            a.max_failed_accounts_per_address,
+            a.max_failed_logins_per_device,
+            a.max_signups_per_address,
+        ]
+        .contains(&0)
+        {
+            return bad("auth", "failed-login and sign-up limits must be at least 1");
         }
-        if self.auth.hashing_concurrency == 0 {
+        if a.failed_login_window.is_zero() {
+            return bad("auth.failed_login_window", "must be longer than zero");
+        }
+        if a.hashing_concurrency == 0 {
             return bad("auth.hashing_concurrency", "must be at least 1");
         }
         for (i, p) in self.auth.providers.iter().enumerate() {
