@@ -1,11 +1,23 @@
-//! The front door under abuse: bursts of password guesses, sign-up floods.
+//! The front door under abuse: bursts of password guesses, sign-up floods, sockets that never
+//! finish a request, more connections than the hub will hold. No test here times anything:
+//! where a timeout is the point, it is configured short and the test only waits for its
+//! effect, with a generous guard so a missing timeout fails instead of hanging.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use labhub_testkit::TestApp;
 use labhub_testkit::app::{browser, csrf_of};
 use reqwest::StatusCode;
 use reqwest::cookie::Jar;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{docker_hub, start_ready};
+use crate::proxy::session_cookie;
+
+/// Long enough for any configured timeout here to pass many times over.
+const GUARD: Duration = Duration::from_secs(30);
 
 /// A browser with the sign-in form open: the client and the form's CSRF token.
 async fn at_the_form(app: &TestApp, client: reqwest::Client) -> (reqwest::Client, String) {
@@ -131,4 +143,97 @@ async fn sign_ups_are_throttled_per_address() {
     assert!(r.headers().contains_key("retry-after"));
     assert!(r.text().await.unwrap().contains("Too many sign-ups from your address"));
     assert_eq!(app.count("select count(*) from users where name = 'three'").await, 0);
+}
+
+/// Reads until the hub closes the connection; what it sent meanwhile. Fails (instead of
+/// hanging) if the hub keeps it open past the guard.
+async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(GUARD, read).await.expect("the hub kept the connection open");
+    got
+}
+
+fn host_of(app: &TestApp) -> String {
+    app.url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_a_request_head_are_closed() {
+    let app = TestApp::builder().config(|c| c.http.request_head_timeout = Duration::from_millis(300)).spawn().await;
+    let host = host_of(&app);
+    let mut silent = TcpStream::connect(&host).await.unwrap();
+    let mut slow = TcpStream::connect(&host).await.unwrap();
+    slow.write_all(format!("GET /hub/health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes()).await.unwrap();
+    assert_eq!(until_closed(&mut silent).await, b"", "a connection that sent nothing");
+    assert_eq!(until_closed(&mut slow).await, b"", "a head that never ended");
+    // The hub is none the worse.
+    assert_eq!(reqwest::get(app.at("/hub/health")).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn idle_kept_alive_connections_are_closed() {
+    let app = TestApp::builder().config(|c| c.http.keep_alive_timeout = Duration::from_millis(300)).spawn().await;
+    let host = host_of(&app);
+    let mut s = TcpStream::connect(&host).await.unwrap();
+    s.write_all(format!("GET /hub/health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let got = until_closed(&mut s).await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "answered, then closed: {}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_of_the_fast_lane_are_closed() {
+    let (app, _, alice) = docker_hub(|c| c.http.keep_alive_timeout = Duration::from_millis(500)).await;
+    start_ready(&app, &alice, "alice").await;
+    let cookie = session_cookie(&app, "alice").await;
+    let host = host_of(&app);
+    let mut s = TcpStream::connect(&host).await.unwrap();
+    let request = format!("GET /user/alice/whoami HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let got = until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 ") && text.contains("remote_addr"), "answered by the server: {text}");
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_get_503_and_are_closed_at_once() {
+    let app = TestApp::builder().config(|c| c.http.max_connections = Some(2)).spawn().await;
+    let host = host_of(&app);
+    let health = format!("GET /hub/health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    // Accepted in order: these two fill the cap.
+    let mut first = TcpStream::connect(&host).await.unwrap();
+    let second = TcpStream::connect(&host).await.unwrap();
+    // The third is answered and closed without sending anything (what it would have sent
+    // could turn the close into a reset that loses the answer).
+    let mut third = TcpStream::connect(&host).await.unwrap();
+    let got = until_closed(&mut third).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503 ") && text.contains("retry-after: 1"), "{text}");
+    // Those within the cap are served as ever.
+    first.write_all(health.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(GUARD, first.read(&mut buf)).await.expect("an answer").unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Once one closes, there is room again.
+    drop(second);
+    let served = async {
+        loop {
+            let mut s = TcpStream::connect(&host).await.unwrap();
+            let _ = s.write_all(health.as_bytes()).await;
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if buf[..n].starts_with(b"HTTP/1.1 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, served).await.expect("room again after a connection closed");
 }

@@ -174,6 +174,18 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes", "must be at least 1024");
         }
+        if self.http.request_head_timeout.is_zero() || self.http.request_head_timeout > Duration::from_secs(300) {
+            return bad("http.request_head_timeout", "must be longer than zero and at most 5m");
+        }
+        if self.http.keep_alive_timeout.is_zero() {
+            return bad("http.keep_alive_timeout", "must be longer than zero");
+        }
+        if self.http.max_connections == Some(0) {
+            return bad(
+                "http.max_connections",
+                "must be at least 1 (leave it unset to derive it from the open-file limit)",
+            );
+        }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");
         }
