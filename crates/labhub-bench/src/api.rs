@@ -50,7 +50,7 @@ pub struct ApiArgs {
 }
 
 /// A form's hidden `_csrf` value.
-fn csrf_of(html: &str) -> Option<String> {
+pub(crate) fn csrf_of(html: &str) -> Option<String> {
     let marker = "name=\"_csrf\" value=\"";
     let start = html.find(marker)? + marker.len();
     let end = html[start..].find('"')? + start;
