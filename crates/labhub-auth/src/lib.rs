@@ -1,8 +1,10 @@
 //! Credentials: password hashing (argon2id, off the async runtime), random tokens stored as
-//! SHA-256, CSRF tokens, the login throttle and secrets derived from the hub's key.
+//! SHA-256, CSRF tokens, the login throttle and device cookies, and secrets derived from the
+//! hub's key.
 //! Sign-in with identity providers (OAuth2/OIDC) lives in `oidc`.
 
 pub mod csrf;
+pub mod devices;
 pub mod keys;
 pub mod oidc;
 pub mod passwords;
@@ -10,7 +12,8 @@ pub mod throttle;
 pub mod tokens;
 
 pub use csrf::CsrfKey;
+pub use devices::DeviceKey;
 pub use keys::HubKey;
-pub use passwords::{PasswordError, PasswordHasher, PasswordPolicy};
-pub use throttle::{LoginThrottle, ThrottleSettings};
+pub use passwords::{HashingLimits, PasswordError, PasswordHasher, PasswordPolicy};
+pub use throttle::{Attempt, LoginThrottle, SignInClient, ThrottleSettings};
 pub use tokens::{TokenHash, new_token, sha256};

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use labhub_auth::PasswordHasher;
 use labhub_auth::passwords::HashCost;
+use labhub_auth::{HashingLimits, PasswordHasher};
 use labhub_core::Secret;
 
 use crate::stats::{Table, count, median, micros, millis, ms, percentile, ratio, verdict};
@@ -50,7 +50,7 @@ pub struct ApiArgs {
 }
 
 /// A form's hidden `_csrf` value.
-fn csrf_of(html: &str) -> Option<String> {
+pub(crate) fn csrf_of(html: &str) -> Option<String> {
     let marker = "name=\"_csrf\" value=\"";
     let start = html.find(marker)? + marker.len();
     let end = html[start..].find('"')? + start;
@@ -120,12 +120,12 @@ async fn check(url: &str, headers: &[String], expect_name: Option<&str>) -> anyh
 pub async fn run(a: ApiArgs) -> anyhow::Result<()> {
     println!("== Login (argon2id, HashCost::DEFAULT = 19 MiB, 2 iterations, 1 lane) ==");
     // The bare hashing cost, on this process's blocking pool like the hub's.
-    let hasher = PasswordHasher::new(HashCost::DEFAULT)?;
+    let hasher = PasswordHasher::new(HashCost::DEFAULT, HashingLimits::for_this_machine())?;
     let stored = hasher.hash(Secret::new("bench-password-123".into())).await?;
     let mut verify_ms = Vec::new();
     for _ in 0..a.hashes {
         let t = Instant::now();
-        let ok = hasher.verify(Secret::new("bench-password-123".into()), Some(stored.clone())).await;
+        let ok = hasher.verify(Secret::new("bench-password-123".into()), Some(stored.clone())).await?;
         verify_ms.push(ms(t.elapsed()));
         if !ok {
             bail!("argon2 verification failed");

@@ -3,6 +3,7 @@
 //! baseline it measured in the same run, and the targets it checks. See bench/README.md.
 
 mod api;
+mod frontdoor;
 mod memhub;
 mod proxy;
 mod spawn;
@@ -34,6 +35,8 @@ struct Cli {
 enum Cmd {
     /// Issue 2: login latency (argon2id), authenticated API requests vs `GET /hub/api`.
     Api(api::ApiArgs),
+    /// Issues 11-13: the front door under idle half-open connections and a sign-in burst.
+    Frontdoor(frontdoor::FrontdoorArgs),
     /// Process start → health 200, over several starts.
     Startup(startup::StartupArgs),
     /// Issue 3: spawn-to-ready, the hub's own overhead, concurrent starts vs plain runs.
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
     report(rt.block_on(async move {
         match command {
             Cmd::Api(a) => api::run(a).await,
+            Cmd::Frontdoor(a) => frontdoor::run(a).await,
             Cmd::Startup(a) => startup::run(a).await,
             Cmd::Spawn(a) => spawn::run(a).await,
             Cmd::Proxy(a) => proxy::run(a).await,

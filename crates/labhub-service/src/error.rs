@@ -57,6 +57,7 @@ impl From<labhub_auth::PasswordError> for ServiceError {
     fn from(e: labhub_auth::PasswordError) -> Self {
         match e {
             labhub_auth::PasswordError::Hashing(d) => ServiceError::Internal(d),
+            busy @ labhub_auth::PasswordError::Busy => ServiceError::Unavailable(busy.to_string()),
             other => ServiceError::Invalid(other.to_string()),
         }
     }

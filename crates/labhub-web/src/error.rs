@@ -77,6 +77,15 @@ impl AppError {
         }
     }
 
+    /// The seconds a client should wait before trying again, for the `Retry-After` header.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AppError::Service(ServiceError::TooMany { retry_after, .. }) => Some(retry_after.as_secs().max(1)),
+            AppError::Service(ServiceError::Unavailable(_)) => Some(5),
+            _ => None,
+        }
+    }
+
     fn public_message(&self) -> String {
         match self {
             AppError::Service(ServiceError::Internal(_)) => {
@@ -94,11 +103,7 @@ impl IntoResponse for AppError {
         if let AppError::Service(ServiceError::Internal(detail)) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let retry_after = match &self {
-            AppError::Service(ServiceError::TooMany { retry_after, .. }) => Some(retry_after.as_secs().max(1)),
-            AppError::Service(ServiceError::Unavailable(_)) => Some(5),
-            _ => None,
-        };
+        let retry_after = self.retry_after_secs();
         let report =
             ErrorReport { message: self.public_message(), login_required: matches!(self, AppError::LoginRequired) };
         let mut resp = (status, report.message.clone()).into_response();

@@ -11,9 +11,15 @@
 //! general path (hyper and the router), which answers exactly as it would have, and keeps the
 //! connection from then on. So the lane decides nothing the general path would decide
 //! differently: it only answers, faster, what is certainly allowed.
+//!
+//! A connection that sends nothing, or a head that never ends, must not hold a socket for
+//! ever: the first head must be complete within the head timeout of the connection's start,
+//! and after each answer the next request must begin within the keep-alive timeout and its
+//! head be complete within the head timeout of its first byte. Past a deadline the lane
+//! closes the connection.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use bytes::{Buf, BytesMut};
@@ -38,6 +44,31 @@ const MAX_HEADERS: usize = 48;
 /// expectation, credentials other than the session cookie.
 const GENERAL_PATH_HEADERS: [&str; 7] =
     ["content-length", "transfer-encoding", "upgrade", "expect", "te", "trailer", "keep-alive"];
+
+/// How long a connection may take and how many may be open: the front door's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontDoor {
+    /// A request head must be complete within this of the connection's start (the first
+    /// request) or of its first byte (later ones).
+    pub request_head_timeout: Duration,
+    /// A kept-alive connection closes when its next request does not begin within this of the
+    /// previous answer. On connections the general path has taken over, hyper counts the
+    /// next head's arrival into this time too.
+    pub keep_alive_timeout: Duration,
+    /// Open connections at most; past it, new connections are answered 503 and closed at
+    /// once. `None`: derived from the process's open-file limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for FrontDoor {
+    fn default() -> Self {
+        Self {
+            request_head_timeout: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(30),
+            max_connections: None,
+        }
+    }
+}
 
 /// How a connection left the lane.
 #[derive(Debug)]
@@ -70,14 +101,26 @@ struct Admitted<'a> {
 }
 
 impl HubService {
-    /// Serves the connection's plain GETs to users' servers until it closes, `stop` is
-    /// cancelled (between requests), or a request needs the general path.
+    /// The front door's limits.
+    pub fn front_door(&self) -> FrontDoor {
+        self.state().settings().front_door
+    }
+
+    /// Serves the connection's plain GETs to users' servers until it closes, misses a
+    /// deadline (see [the module](self)), `stop` is cancelled (between requests), or a request
+    /// needs the general path.
     pub async fn serve_plain_gets<IO>(&self, io: &mut IO, peer: SocketAddr, stop: &CancellationToken) -> LaneEnd
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        let limits = self.front_door();
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let mut lane = Lane::new();
+        // One timer for the connection, moved at most twice per request.
+        let deadline = tokio::time::sleep(limits.request_head_timeout);
+        tokio::pin!(deadline);
+        // Between an answer and the next request's first byte.
+        let mut idle = false;
         loop {
             let step = {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -93,9 +136,14 @@ impl HubService {
                 Some((Turn::Close, _)) => return LaneEnd::Closed,
                 Some((Turn::Next, len)) => {
                     buf.advance(len);
+                    let now = tokio::time::Instant::now();
                     if !buf.is_empty() {
+                        // The next request has begun (pipelined).
+                        deadline.as_mut().reset(now + limits.request_head_timeout);
                         continue;
                     }
+                    idle = true;
+                    deadline.as_mut().reset(now + limits.keep_alive_timeout);
                 }
                 None => {}
             }
@@ -106,8 +154,13 @@ impl HubService {
                 biased;
                 () = stop.cancelled(), if buf.is_empty() => return LaneEnd::Closed,
                 () = lane.upstream_retired() => lane.close_upstream(),
+                () = &mut deadline => return LaneEnd::Closed,
                 read = io.read_buf(&mut buf) => match read {
                     Ok(0) | Err(_) => return LaneEnd::Closed,
+                    Ok(_) if idle => {
+                        idle = false;
+                        deadline.as_mut().reset(tokio::time::Instant::now() + limits.request_head_timeout);
+                    }
                     Ok(_) => {}
                 },
             }

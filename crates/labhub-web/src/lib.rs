@@ -25,7 +25,7 @@ pub use edge::{HubService, ResponseFuture};
 pub use error::AppError;
 pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
 pub use hosts::USER_HOST_COOKIE;
-pub use lane::LaneEnd;
+pub use lane::{FrontDoor, LaneEnd};
 pub use state::{AppState, WebSettings};
 
 use axum::Router;

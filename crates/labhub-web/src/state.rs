@@ -27,6 +27,8 @@ pub struct WebSettings {
     pub trust_forwarded_for: bool,
     /// Serve each user's servers from a host of their own, `{user}.{hub host}` (origin isolation).
     pub user_subdomains: bool,
+    /// Connection timeouts and the connection cap.
+    pub front_door: crate::FrontDoor,
 }
 
 impl WebSettings {

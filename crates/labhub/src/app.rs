@@ -66,7 +66,7 @@ pub struct App {
 
 /// Builds the hub on an open, migrated database.
 pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrides: Overrides) -> anyhow::Result<App> {
-    let passwords = PasswordHasher::new(overrides.hash_cost)?;
+    let passwords = PasswordHasher::new(overrides.hash_cost, config.hashing_limits())?;
     let routes = RouteTable::new(overrides.clock.clone());
     let hub = Hub::new(HubParts {
         db,
@@ -90,6 +90,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         max_body_bytes: config.http.max_body_bytes,
         trust_forwarded_for: config.http.trust_forwarded_for,
         user_subdomains: config.proxy.user_subdomains,
+        front_door: config.front_door(),
     };
     let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
     let state = AppState::new(hub.clone(), web, metrics, proxy);

@@ -2,6 +2,7 @@
 //! and making sure someone can administer a fresh hub.
 
 use labhub_auth::oidc::{ExternalIdentity, Provider};
+use labhub_auth::{DeviceKey, SignInClient};
 use labhub_core::{AccountState, Secret, UserName};
 use labhub_db::ResultExt;
 use labhub_db::users::{self, NewUser, User};
@@ -48,16 +49,36 @@ impl Admission {
     }
 }
 
+/// Who is signing in with a password, besides the name and the password.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginClient<'a> {
+    /// The client's address.
+    pub address: &'a str,
+    /// The browser's device cookie (every value sent under its name, joined by `.`).
+    pub device_cookie: Option<&'a str>,
+}
+
+/// A successful password sign-in.
+#[derive(Debug)]
+pub struct SignedIn {
+    /// Who signed in.
+    pub account: Account,
+    /// The browser's device cookie from now on: it makes this browser a known device of the
+    /// account (see `labhub_auth::throttle`).
+    pub device_cookie: String,
+}
+
 impl Accounts<'_> {
     /// Signs in with a name and a password. Every failure that could reveal whether the account
-    /// exists gives the same message after the same work; repeated failures are throttled per
-    /// name and per client address.
+    /// exists gives the same message after the same work. Attempts are throttled (see
+    /// `labhub_auth::throttle`): counted before the password is checked, per known device, or
+    /// per account, address and the pair of them.
     pub async fn password_login(
         &self,
         raw_name: &str,
         password: Secret<String>,
-        client_addr: &str,
-    ) -> Result<Account, ServiceError> {
+        client: LoginClient<'_>,
+    ) -> Result<SignedIn, ServiceError> {
         let state = self.state();
         if !state.settings.password_login {
             return Err(ServiceError::Forbidden("password sign-in is turned off on this hub".into()));
@@ -65,30 +86,51 @@ impl Accounts<'_> {
         let name = UserName::parse(raw_name.trim()).ok();
         // Throttle by the normalised name when there is one, so "Alice" and "alice" share a budget.
         let throttle_key = name.as_ref().map_or_else(|| raw_name.trim().to_ascii_lowercase(), |n| n.to_string());
-        if let Some(wait) = state.throttle.retry_after(&throttle_key, client_addr) {
+        let devices = DeviceKey::new(self.hub.key().clone());
+        let device = client.device_cookie.and_then(|c| devices.device_for(c, &throttle_key));
+        let who = SignInClient { account: &throttle_key, address: client.address, device };
+        let attempt = state.throttle.begin_sign_in(&who).map_err(|wait| {
             metrics::counter!("labhub_logins_total", "result" => "throttled").increment(1);
-            return Err(ServiceError::TooMany {
+            ServiceError::TooMany {
                 message: format!("Too many failed sign-in attempts. Try again in {} seconds.", wait.as_secs()),
                 retry_after: wait,
-            });
-        }
-        let user = match &name {
-            Some(n) => users::by_name(self.hub.db(), n).await?,
-            None => None,
+            }
+        })?;
+        let user = match self.check_password(name.as_ref(), password).await {
+            Ok(user) => user,
+            Err(e) => {
+                // Not checked (the hub is busy, or the database is away): not a guess.
+                state.throttle.not_checked(attempt);
+                metrics::counter!("labhub_logins_total", "result" => "unchecked").increment(1);
+                return Err(e);
+            }
         };
-        let ok = state.passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await;
-        let Some(user) = user.filter(|_| ok) else {
-            state.throttle.record_failure(&throttle_key, client_addr);
+        let Some(user) = user else {
             metrics::counter!("labhub_logins_total", "result" => "failed").increment(1);
             return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()));
         };
-        state.throttle.record_success(&throttle_key);
+        state.throttle.succeeded(attempt);
         let mut tx = self.hub.begin().await?;
         let admission = self.admit(&mut tx, SignIn::Password(user)).await?;
         tx.commit().await?;
         let account = admission.into_active()?;
         metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
-        Ok(account)
+        let device_cookie = devices.after_sign_in(client.device_cookie, &throttle_key);
+        Ok(SignedIn { account, device_cookie })
+    }
+
+    /// The account whose password this is, if `name` has one; the same work either way.
+    async fn check_password(
+        &self,
+        name: Option<&UserName>,
+        password: Secret<String>,
+    ) -> Result<Option<User>, ServiceError> {
+        let user = match name {
+            Some(n) => users::by_name(self.hub.db(), n).await?,
+            None => None,
+        };
+        let ok = self.state().passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await?;
+        Ok(user.filter(|_| ok))
     }
 
     /// The first half of the policy for a provider's identity, before any account is looked
@@ -155,8 +197,14 @@ impl Accounts<'_> {
     }
 
     /// Self-service sign-up, when the configuration allows it. Returns the new account (pending
-    /// when approval is required).
-    pub async fn sign_up(&self, raw_name: &str, password: Secret<String>) -> Result<Account, ServiceError> {
+    /// when approval is required). Sign-ups that get as far as hashing the password are
+    /// throttled per client address.
+    pub async fn sign_up(
+        &self,
+        raw_name: &str,
+        password: Secret<String>,
+        client_addr: &str,
+    ) -> Result<Account, ServiceError> {
         let state = match self.state().settings.signup {
             SignupPolicy::Closed => {
                 return Err(ServiceError::Forbidden(
@@ -168,7 +216,19 @@ impl Accounts<'_> {
         };
         let name = UserName::parse(raw_name.trim())?;
         self.password_policy().check(password.expose())?;
-        let hash = self.state().passwords.hash(password).await?;
+        let throttle = &self.state().throttle;
+        let attempt = throttle.begin_sign_up(client_addr).map_err(|wait| ServiceError::TooMany {
+            message: format!("Too many sign-ups from your address. Try again in {} seconds.", wait.as_secs()),
+            retry_after: wait,
+        })?;
+        let hash = match self.state().passwords.hash(password).await {
+            Ok(hash) => hash,
+            Err(e) => {
+                throttle.not_checked(attempt);
+                return Err(e.into());
+            }
+        };
+        throttle.succeeded(attempt);
         let mut tx = self.hub.begin().await?;
         let user = users::insert(
             &mut *tx,

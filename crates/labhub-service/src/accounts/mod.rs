@@ -12,8 +12,8 @@ use labhub_db::users::{self, NewUser};
 use labhub_db::{ResultExt, groups, servers};
 use serde_json::json;
 
-pub use admission::BAD_CREDENTIALS;
 pub(crate) use admission::SignIn;
+pub use admission::{BAD_CREDENTIALS, LoginClient, SignedIn};
 
 use crate::access::Actor;
 use crate::hub::{HubTx, no_user};
@@ -183,7 +183,7 @@ impl<'h> Accounts<'h> {
     ) -> Result<(), ServiceError> {
         let user = self.hub.user_row(&principal.name).await?;
         let passwords = &self.state().passwords;
-        if user.password_hash.is_some() && !passwords.verify(current, user.password_hash.clone()).await {
+        if user.password_hash.is_some() && !passwords.verify(current, user.password_hash.clone()).await? {
             return Err(ServiceError::Invalid("the current password is not right".into()));
         }
         self.password_policy().check(new.expose())?;

@@ -53,6 +53,11 @@ impl Servers<'_> {
         // Measured before the transaction: it may ask the runtime, which must not happen
         // while the start holds row locks.
         let storage = quotas.storage_before_start(&user, server).await?;
+        // Read before the transaction (a failure then leaves no pending row without a start)
+        // and not inside it: a start must hold one pooled connection at a time, or a crowd of
+        // starts holding transactions would wait on each other for the rest.
+        let home = self.hub.homes().of(user.user_id, server).await?;
+        let mounts = self.hub.datasets().mounts_for(user.user_id).await?;
 
         let mut tx = self.hub.begin().await?;
         // The user's row lock serialises their starts: a double click makes one server.
@@ -114,9 +119,6 @@ impl Servers<'_> {
                                  "group": charge.group.map(|g| g.1) });
             self.hub.audit().record(&mut *tx, actor, "server.start", &server_label(owner, server), detail).await?;
         }
-        // Read before the commit: a failure here leaves no pending row without a start.
-        let home = self.hub.homes().of(user.user_id, server).await?;
-        let mounts = self.hub.datasets().mounts_for(user.user_id).await?;
         tx.commit().await?;
 
         let progress = ProgressLog::new();

@@ -11,6 +11,7 @@ mod culling;
 mod datasets;
 mod db_outage;
 mod forges;
+mod front_door;
 mod groups;
 mod home_archives;
 mod homes;

@@ -72,8 +72,8 @@ async fn wrong_password_and_unknown_user_get_the_same_answer() {
 async fn repeated_failures_are_throttled_per_account_and_per_address() {
     let app = TestApp::builder()
         .config(|c| {
-            c.auth.max_failed_logins_per_account = 3;
-            c.auth.max_failed_logins_per_address = 6;
+            c.auth.max_failed_logins_per_account_and_address = 3;
+            c.auth.max_failed_accounts_per_address = 2;
         })
         .spawn()
         .await;
@@ -91,7 +91,8 @@ async fn repeated_failures_are_throttled_per_account_and_per_address() {
     for _ in 0..3 {
         app.login(&browser(), "ghost", "nope").await;
     }
-    // The address has now failed 6 times: bob is refused from here too.
+    // The address has now failed at two accounts: a browser that never signed in to bob is
+    // refused bob from here too (one password tried on many accounts).
     let r = app.login(&browser(), "bob", "correct horse").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }

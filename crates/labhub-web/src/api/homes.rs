@@ -1,7 +1,8 @@
 //! `/hub/api/users/{name}/home/archive` (the member or an admin): the home's files as a tar
 //! (`?format=tar.gz` compresses it) whether the server runs or not, and `PUT` of a tar or
 //! tar.gz (recognised by its first bytes) to restore one into the home of a stopped server.
-//! Both stream; neither holds an archive in memory.
+//! Both stream; neither holds an archive in memory. `?server=NAME` picks a named server's
+//! home where each server has its own (elsewhere it is the same home).
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use labhub_core::UserName;
+use labhub_core::{ServerName, UserName};
 use labhub_service::Actor;
 use labhub_service::homes::ArchiveFormat;
 use serde_json::{Value, json};
@@ -23,6 +24,11 @@ fn owner(raw: &str) -> Result<UserName, AppError> {
     UserName::parse(raw).map_err(|e| AppError::NotFound(format!("no user named {raw:?} ({e})")))
 }
 
+fn server(q: &HashMap<String, String>) -> Result<Option<ServerName>, AppError> {
+    ServerName::parse_optional(q.get("server").map_or("", String::as_str))
+        .map_err(|e| AppError::BadRequest(format!("'server': {e}")))
+}
+
 /// `GET /hub/api/users/{name}/home/archive[?format=tar.gz]`.
 pub async fn download(
     State(state): State<AppState>,
@@ -31,7 +37,8 @@ pub async fn download(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     let format = ArchiveFormat::parse(q.get("format").map_or("", String::as_str))?;
-    let archive = state.hub().homes().archive(Actor::User(&me), &owner(&name)?, None, format).await?;
+    let server = server(&q)?;
+    let archive = state.hub().homes().archive(Actor::User(&me), &owner(&name)?, server.as_ref(), format).await?;
     let disposition = format!("attachment; filename=\"{}\"", archive.file_name);
     let headers = [
         (header::CONTENT_TYPE, archive.format.content_type().to_string()),
@@ -47,9 +54,11 @@ pub async fn restore(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Json<Value>, AppError> {
+    let server = server(&q)?;
     let upload = body.into_data_stream().map_err(std::io::Error::other).boxed();
-    let restored = state.hub().homes().restore(Actor::User(&me), &owner(&name)?, None, upload).await?;
+    let restored = state.hub().homes().restore(Actor::User(&me), &owner(&name)?, server.as_ref(), upload).await?;
     Ok(Json(json!({ "restored_bytes": restored.bytes })))
 }

@@ -6,7 +6,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
 use labhub_core::Secret;
+use labhub_service::accounts::LoginClient;
 use labhub_service::{ServiceError, SignupPolicy};
 use serde::Deserialize;
 
@@ -14,6 +16,13 @@ use super::NAME_RULE;
 use crate::extract::{ClientAddr, CsrfForm, session_cookie};
 use crate::views::{Chrome, Page, redirect_with_flash, safe_next};
 use crate::{AppError, AppState, cookies};
+
+/// The cookie that makes a browser a known device of the accounts it signed in to, so that
+/// others' guessing at those accounts does not lock it out (`labhub_auth::devices`).
+pub const DEVICE_COOKIE: &str = "labhub-device";
+
+/// How long a browser stays a known device after its last sign-in.
+const DEVICE_COOKIE_DAYS: i64 = 365;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "login.html")]
@@ -98,18 +107,21 @@ pub async fn login(
     CsrfForm(form): CsrfForm<LoginForm>,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let result = hub.accounts().password_login(&form.username, Secret::new(form.password), &addr).await;
-    let user = match result {
-        Ok(u) => u,
-        Err(e @ (ServiceError::Unauthenticated(_) | ServiceError::Forbidden(_) | ServiceError::TooMany { .. })) => {
-            let retry = match &e {
-                ServiceError::TooMany { retry_after, .. } => Some(retry_after.as_secs().max(1)),
-                _ => None,
-            };
+    let device_cookie = device_cookie(&headers);
+    let client = LoginClient { address: &addr, device_cookie: device_cookie.as_deref() };
+    let result = hub.accounts().password_login(&form.username, Secret::new(form.password), client).await;
+    let signed_in = match result {
+        Ok(s) => s,
+        Err(
+            e @ (ServiceError::Unauthenticated(_)
+            | ServiceError::Forbidden(_)
+            | ServiceError::TooMany { .. }
+            | ServiceError::Unavailable(_)),
+        ) => {
             let err = AppError::from(e);
             let view = login_page(&state, &page, form.next, form.username, Some(err.to_string()));
             let mut resp = page.render_status(err.status(), view);
-            if let Some(s) = retry {
+            if let Some(s) = err.retry_after_secs() {
                 resp.headers_mut().insert(header::RETRY_AFTER, s.into());
             }
             return Ok(resp);
@@ -117,8 +129,35 @@ pub async fn login(
         Err(e) => return Err(e.into()),
     };
     let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let token = hub.sessions().start(&user, ua, &addr).await?;
-    Ok(enter(&state, CookieJar::new(), &token, &form.next))
+    let token = hub.sessions().start(&signed_in.account, ua, &addr).await?;
+    let jar = CookieJar::new().add(device(&state, signed_in.device_cookie));
+    Ok(enter(&state, jar, &token, &form.next))
+}
+
+/// Every value the browser sent as the device cookie, joined: a cookie of the same name set
+/// for a parent domain (by a user's host, say) must not hide the hub's own.
+fn device_cookie(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| name.trim() == DEVICE_COOKIE)
+        .map(|(_, value)| value.trim())
+        .collect();
+    (!values.is_empty()).then(|| values.join("."))
+}
+
+/// The device cookie, sent only to the sign-in form.
+fn device(state: &AppState, value: String) -> Cookie<'static> {
+    Cookie::build((DEVICE_COOKIE, value))
+        .path("/hub/login")
+        .http_only(true)
+        .secure(state.settings().secure_cookies())
+        .same_site(SameSite::Strict)
+        .max_age(time::Duration::days(DEVICE_COOKIE_DAYS))
+        .build()
 }
 
 #[derive(Template, WebTemplate)]
@@ -193,9 +232,10 @@ pub struct SignupForm {
 pub async fn signup(
     State(state): State<AppState>,
     page: Page,
+    ClientAddr(addr): ClientAddr,
     CsrfForm(form): CsrfForm<SignupForm>,
 ) -> Result<Response, AppError> {
-    match state.hub().accounts().sign_up(&form.username, Secret::new(form.password)).await {
+    match state.hub().accounts().sign_up(&form.username, Secret::new(form.password), &addr).await {
         Ok(user) => {
             let msg = if user.state == labhub_core::AccountState::Pending {
                 format!("Account {} created. An admin will approve it; you can sign in once they have.", user.name)
@@ -204,10 +244,19 @@ pub async fn signup(
             };
             Ok(redirect_with_flash(&state, "/hub/login", &msg))
         }
-        Err(e @ (ServiceError::Invalid(_) | ServiceError::Conflict(_))) => {
+        Err(
+            e @ (ServiceError::Invalid(_)
+            | ServiceError::Conflict(_)
+            | ServiceError::TooMany { .. }
+            | ServiceError::Unavailable(_)),
+        ) => {
             let err = AppError::from(e);
             let view = signup_page(&state, &page, form.username, Some(err.to_string()))?;
-            Ok(page.render_status(err.status(), view))
+            let mut resp = page.render_status(err.status(), view);
+            if let Some(s) = err.retry_after_secs() {
+                resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+            }
+            Ok(resp)
         }
         Err(e) => Err(e.into()),
     }

@@ -45,13 +45,25 @@ pub struct AuthConfig {
     pub password_login: bool,
     /// Shortest password accepted.
     pub min_password_length: usize,
-    /// Failed sign-ins allowed per account name within `failed_login_window`.
+    /// Failed sign-ins per account from browsers that never signed in to it, all addresses
+    /// together, within `failed_login_window`; past it, each further attempt waits longer.
     pub max_failed_logins_per_account: usize,
-    /// Failed sign-ins allowed per client address within `failed_login_window`.
-    pub max_failed_logins_per_address: usize,
-    /// The window in which failed sign-ins are counted.
+    /// The same, from one address (a campus NAT may carry many people).
+    pub max_failed_logins_per_account_and_address: usize,
+    /// Accounts one address may fail to sign in to within the window (one password tried on
+    /// many accounts).
+    pub max_failed_accounts_per_address: usize,
+    /// Failed sign-ins of a browser at an account it signed in to before (its own budget).
+    pub max_failed_logins_per_device: usize,
+    /// Sign-ups from one address within the window.
+    pub max_signups_per_address: usize,
+    /// The window in which failed sign-ins and sign-ups are counted.
     #[serde(with = "humantime_serde")]
     pub failed_login_window: Duration,
+    /// Password hashes computed at once (each takes a core and 19 MiB); default: one per core.
+    pub hashing_concurrency: usize,
+    /// Password checks waiting for a hashing slot; past it, 503 with `Retry-After`.
+    pub hashing_queue: usize,
     /// Longest lifetime of an API token; unset allows tokens that never expire.
     #[serde(with = "humantime_serde")]
     pub max_token_lifetime: Option<Duration>,
@@ -62,14 +74,20 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         let d = labhub_service::AccountSettings::default();
+        let hashing = labhub_auth::HashingLimits::for_this_machine();
         Self {
             admin_users: Vec::new(),
             signup: SignupPolicy::Closed,
             password_login: true,
             min_password_length: d.password_min_len,
             max_failed_logins_per_account: d.throttle.per_account,
-            max_failed_logins_per_address: d.throttle.per_address,
+            max_failed_logins_per_account_and_address: d.throttle.per_account_and_address,
+            max_failed_accounts_per_address: d.throttle.accounts_per_address,
+            max_failed_logins_per_device: d.throttle.per_device,
+            max_signups_per_address: d.throttle.signups_per_address,
             failed_login_window: d.throttle.window,
+            hashing_concurrency: hashing.concurrent,
+            hashing_queue: hashing.queued,
             max_token_lifetime: None,
             providers: Vec::new(),
         }
@@ -77,6 +95,11 @@ impl Default for AuthConfig {
 }
 
 impl Config {
+    /// How many password hashes may run and wait at once.
+    pub fn hashing_limits(&self) -> labhub_auth::HashingLimits {
+        labhub_auth::HashingLimits { concurrent: self.auth.hashing_concurrency, queued: self.auth.hashing_queue }
+    }
+
     /// The account rules for the service.
     pub fn account_settings(&self) -> labhub_service::AccountSettings {
         labhub_service::AccountSettings {
@@ -87,7 +110,10 @@ impl Config {
             password_min_len: self.auth.min_password_length,
             throttle: labhub_auth::ThrottleSettings {
                 per_account: self.auth.max_failed_logins_per_account,
-                per_address: self.auth.max_failed_logins_per_address,
+                per_account_and_address: self.auth.max_failed_logins_per_account_and_address,
+                accounts_per_address: self.auth.max_failed_accounts_per_address,
+                per_device: self.auth.max_failed_logins_per_device,
+                signups_per_address: self.auth.max_signups_per_address,
                 window: self.auth.failed_login_window,
             },
             password_login: self.auth.password_login,

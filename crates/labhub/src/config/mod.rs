@@ -142,8 +142,23 @@ impl Config {
         if self.auth.min_password_length < 8 {
             return bad("auth.min_password_length", "must be at least 8");
         }
-        if self.auth.max_failed_logins_per_account == 0 || self.auth.max_failed_logins_per_address == 0 {
-            return bad("auth", "failed-login limits must be at least 1");
+        let a = &self.auth;
+        if [
+            a.max_failed_logins_per_account,
+            a.max_failed_logins_per_account_and_address,
+            a.max_failed_accounts_per_address,
+            a.max_failed_logins_per_device,
+            a.max_signups_per_address,
+        ]
+        .contains(&0)
+        {
+            return bad("auth", "failed-login and sign-up limits must be at least 1");
+        }
+        if a.failed_login_window.is_zero() {
+            return bad("auth.failed_login_window", "must be longer than zero");
+        }
+        if a.hashing_concurrency == 0 {
+            return bad("auth.hashing_concurrency", "must be at least 1");
         }
         for (i, p) in self.auth.providers.iter().enumerate() {
             if let Err(problem) = p.check() {
@@ -158,6 +173,18 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.http.request_head_timeout.is_zero() || self.http.request_head_timeout > Duration::from_secs(300) {
+            return bad("http.request_head_timeout", "must be longer than zero and at most 5m");
+        }
+        if self.http.keep_alive_timeout.is_zero() {
+            return bad("http.keep_alive_timeout", "must be longer than zero");
+        }
+        if self.http.max_connections == Some(0) {
+            return bad(
+                "http.max_connections",
+                "must be at least 1 (leave it unset to derive it from the open-file limit)",
+            );
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");

@@ -16,11 +16,31 @@ pub struct HttpConfig {
     pub trust_forwarded_for: bool,
     /// Serve Prometheus metrics at `/hub/metrics`.
     pub metrics: bool,
+    /// A request's line and headers must arrive within this of the connection's start (or of
+    /// the request's first byte on a kept-alive connection); past it the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed. Behind a load
+    /// balancer, set it above the balancer's own idle timeout.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Open client connections at most; past it, new ones get 503 and are closed at once.
+    /// Unset: a little under half the process's open-file limit (a proxied connection also
+    /// holds one to the server).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1 << 20, trust_forwarded_for: false, metrics: true }
+        let d = labhub_web::FrontDoor::default();
+        Self {
+            max_body_bytes: 1 << 20,
+            trust_forwarded_for: false,
+            metrics: true,
+            request_head_timeout: d.request_head_timeout,
+            keep_alive_timeout: d.keep_alive_timeout,
+            max_connections: d.max_connections,
+        }
     }
 }
 
@@ -62,6 +82,15 @@ impl Default for ProxyConfig {
 }
 
 impl Config {
+    /// The front door's connection limits.
+    pub fn front_door(&self) -> labhub_web::FrontDoor {
+        labhub_web::FrontDoor {
+            request_head_timeout: self.http.request_head_timeout,
+            keep_alive_timeout: self.http.keep_alive_timeout,
+            max_connections: self.http.max_connections,
+        }
+    }
+
     /// The cookie names in effect: the hub's session and users' hosts' sessions. With origin
     /// isolation over https both carry the `__Host-` prefix, which browsers accept only from
     /// the very host (Secure, `Path=/`, no `Domain`), so a user's host cannot plant a session
