@@ -12,6 +12,7 @@ mod db_outage;
 mod forges;
 mod groups;
 mod homes;
+mod netiso;
 mod oidc;
 mod pages;
 mod path_matrix;
