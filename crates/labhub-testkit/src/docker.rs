@@ -103,8 +103,9 @@ impl Drop for DockerScope {
     }
 }
 
-/// Removes every container and volume labelled for `config`'s hub id, then its network.
-async fn clean_up(config: DockerConfig) {
+/// Removes every container and volume labelled for `config`'s hub id, then its network and
+/// that network's firewall rules (for a hub a test ran as a process of its own).
+pub async fn clean_up(config: DockerConfig) {
     let Ok(spawner) = DockerSpawner::connect(config.clone()).await else { return };
     remove_labelled(spawner.docker(), config.hub_id.as_str()).await;
     if let Err(e) = spawner.remove_network().await {
