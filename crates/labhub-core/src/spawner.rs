@@ -198,6 +198,15 @@ pub struct ImageInfo {
     pub created: Option<OffsetDateTime>,
 }
 
+/// How far a spawner keeps servers apart, as it is configured to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// From each other, the host and the networks they may not reach.
+    Full,
+    /// From each other only: the site turned the rest off.
+    ServersOnly,
+}
+
 /// Why a spawner call failed, worded for the user who clicked Start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpawnError {
@@ -218,6 +227,10 @@ pub enum SpawnError {
     /// Something the caller handed in cannot be run.
     #[error("{0}")]
     Invalid(String),
+    /// The isolation the spawner was configured with cannot be enforced (why, for an admin),
+    /// so it runs no server.
+    #[error("the hub cannot keep servers isolated ({0}), so it starts none until an admin fixes this")]
+    Isolation(String),
 }
 
 /// Where users' servers run. Implementations keep no per-server state in memory: whatever
@@ -238,6 +251,9 @@ pub enum SpawnError {
 /// # What callers may rely on
 /// - No server is left running by a `start` that failed; a start whose future is dropped
 ///   removes what it created in the background (details on [`Spawner::start`]).
+/// - **Isolation fails closed.** A `start` whose isolation cannot be enforced fails with
+///   [`SpawnError::Isolation`] before anything runs; [`Spawner::check_isolation`] says the
+///   same at any time and repairs what can be repaired.
 /// - `stop`, `remove_storage` and `logs` treat a server or storage that is already gone as
 ///   done, so they may be repeated.
 /// - A hub restart touches no server: `list` finds them again from the runtime's labels.
@@ -246,8 +262,10 @@ pub trait Spawner: Send + Sync + 'static {
     /// Starts a server, reporting progress, and returns once it answers on its port.
     ///
     /// On any failure nothing is left running, and the user's storage is kept (created if it
-    /// did not exist, unless the image was missing). [`SpawnError::ImageMissing`] comes before
-    /// anything is created, so a caller may build the image and call `start` again.
+    /// did not exist, unless the image was missing or isolation failed).
+    /// [`SpawnError::ImageMissing`] comes before anything is created, so a caller may build
+    /// the image and call `start` again. A start whose isolation cannot be enforced fails with
+    /// [`SpawnError::Isolation`] before the storage or a container is made.
     /// A server of the same (user, server) that still runs is refused ([`SpawnError::Invalid`],
     /// "already running"); an exited one left behind is replaced.
     ///
@@ -339,6 +357,14 @@ pub trait Spawner: Send + Sync + 'static {
 
     /// What the runtime holds of an image, `None` when absent; never pulls.
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError>;
+
+    /// Makes sure servers are kept apart as configured — from each other, the host and the
+    /// addresses they may not reach — putting back whatever went missing (firewall rules a
+    /// reload removed, which protects running servers again too), without trusting an
+    /// earlier answer; says how far that goes. [`SpawnError::Isolation`] says why it cannot
+    /// be enforced; any other error, that the runtime could not be asked. The hub calls it
+    /// periodically.
+    async fn check_isolation(&self) -> Result<Isolation, SpawnError>;
 }
 
 /// Where a server is in its life, as the hub records it.

@@ -8,18 +8,32 @@ use futures::StreamExt;
 use tokio::time::MissedTickBehavior;
 
 use crate::Hub;
+use crate::health::ISOLATION_CHECK_INTERVAL;
 
 impl Hub {
     /// Periodic housekeeping: flushes token use times and proxied activity, removes expired
-    /// sessions, refreshes the session gauge. Runs until `shutdown` resolves, then flushes once more.
+    /// sessions, refreshes the session gauge, and checks (repairing what it can) that servers
+    /// can be isolated, at once and every [`ISOLATION_CHECK_INTERVAL`]. Runs until `shutdown`
+    /// resolves, then flushes once more.
     pub async fn run_maintenance(self, shutdown: impl Future<Output = ()>) {
         let mut flush = tokio::time::interval(self.server_settings().activity_flush_interval);
         flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut isolation = tokio::time::interval(ISOLATION_CHECK_INTERVAL);
+        isolation.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = isolation.tick() => {
+                    // Without a runtime there is nothing to isolate; starts say so themselves.
+                    if self.servers().spawner().is_ok()
+                        && let Err(e) = self.servers().check_isolation().await
+                    {
+                        tracing::debug!(error = %e, "isolation not checked this time");
+                    }
+                    continue;
+                }
                 _ = flush.tick() => {}
             }
             ticks += 1;

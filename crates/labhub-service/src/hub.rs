@@ -54,6 +54,7 @@ pub(crate) struct Inner {
     pub(crate) key: HubKey,
     pub(crate) views: ViewCache,
     pub(crate) database_health: crate::health::DatabaseHealth,
+    pub(crate) isolation_health: crate::health::IsolationHealth,
     /// Where servers run; `None` when the container runtime is unreachable.
     pub(crate) spawner: Option<Arc<dyn labhub_core::spawner::Spawner>>,
     pub(crate) catalogue: CatalogueState,
@@ -82,6 +83,7 @@ impl Hub {
             key: parts.key,
             views: ViewCache::default(),
             database_health: crate::health::DatabaseHealth::default(),
+            isolation_health: crate::health::IsolationHealth::default(),
             clock: parts.clock,
             spawner: parts.spawner,
             catalogue: CatalogueState::new(parts.builder),
@@ -134,6 +136,11 @@ impl Hub {
     /// The embedded database's health, kept by its supervisor.
     pub fn database_health(&self) -> &crate::health::DatabaseHealth {
         &self.0.database_health
+    }
+
+    /// Whether users' servers can be isolated, as the last check found.
+    pub fn isolation_health(&self) -> &crate::health::IsolationHealth {
+        &self.0.isolation_health
     }
 
     /// Whether the database answers (for the health check).

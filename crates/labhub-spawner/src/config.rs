@@ -1,8 +1,11 @@
 //! The Docker spawner's settings, as read from the hub's configuration file.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ranges::PrivateRange;
 
 /// A hub id that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,8 +91,16 @@ pub struct DockerConfig {
     /// Longest time a pull may take before the start fails.
     #[serde(with = "humantime_serde")]
     pub pull_timeout: Duration,
-    /// Reject connections from servers to the host itself (an iptables rule on the network's bridge).
+    /// Keep servers off the host itself, link-local addresses (the cloud metadata service) and
+    /// private ranges (iptables rules on the network's bridge); servers are refused while the
+    /// rules cannot be enforced.
     pub isolate_host: bool,
+    /// Private ranges servers may reach all the same (a site's package mirror, a shared
+    /// database); link-local addresses are never allowed.
+    pub allow_private: Vec<PrivateRange>,
+    /// The iptables command: a name looked up on `PATH`, or a path (`iptables-legacy` where
+    /// Docker uses the legacy backend).
+    pub iptables: PathBuf,
     /// Let servers reach the internet; off makes the network `internal`.
     pub internet_access: bool,
     /// The longest pause between asking a starting server whether it answers yet (the
@@ -108,6 +119,8 @@ impl Default for DockerConfig {
             pull_policy: PullPolicy::IfMissing,
             pull_timeout: Duration::from_secs(120),
             isolate_host: true,
+            allow_private: Vec::new(),
+            iptables: PathBuf::from("iptables"),
             internet_access: true,
             readiness_interval: Duration::from_millis(250),
         }

@@ -6,20 +6,16 @@
 //! chains keep them off every other Docker network. Nothing is published; the hub reaches a
 //! server at its address on the bridge.
 //!
-//! What ICC does not cover is the host itself: packets from a container to any address of
-//! the host (the bridge's gateway, the host's LAN address, where Postgres or the hub might
-//! listen) are not forwarded but delivered locally, through the `INPUT` chain. So when
-//! `isolate_host` is on, one rule on that chain rejects every *new* connection arriving on
-//! the bridge's interface. Replies to connections the hub opened to a server are
-//! `ESTABLISHED`, not `NEW`, and still pass; so do DNS lookups, which Docker's embedded
-//! resolver answers inside the container's own network namespace. The bridge interface is
-//! named by us (`lh-` and a hash of the network name, within Linux's 15 characters) so the
-//! rule can name it before any container exists. The rule is checked with `iptables -C`
-//! before it is inserted, so repeating it is harmless. Without `iptables` or the right to
-//! run it (the hub not root), the spawner logs one warning and carries on: servers still
-//! cannot reach each other, but can reach the host's services.
+//! What ICC does not cover — the host itself, link-local addresses, the site's private
+//! networks — the firewall rules of `firewall` do, on the bridge's interface. We name that
+//! interface (`lh-` and a hash of the network name, within Linux's 15 characters) so the rules
+//! can name it before any container exists.
 //!
-//! The network is IPv4 only (IPv6 off), so no `ip6tables` rule is needed.
+//! The network is IPv4 only, and an existing one with IPv6 on is refused. Docker gives the
+//! containers of an IPv4-only network no IPv6 at all (it turns IPv6 off on their interface),
+//! so there is nothing to filter; on an IPv6 network it adds `ip6tables` rules only when its
+//! experimental IPv6 firewalling is on, so neither ICC nor our rules would hold for IPv6.
+//! Refusing is the one answer that is closed on every engine.
 
 use std::collections::HashMap;
 
@@ -28,7 +24,6 @@ use bollard::models::{NetworkCreateRequest, NetworkInspect};
 use bollard::query_parameters::InspectNetworkOptions;
 use labhub_core::spawner::SpawnError;
 use sha2::{Digest, Sha256};
-use tokio::process::Command;
 
 use crate::config::{DockerConfig, NetworkName};
 use crate::error::{is_status, runtime_error};
@@ -77,99 +72,37 @@ pub(crate) async fn ensure_network(docker: &Docker, config: &DockerConfig) -> Re
     checked_bridge(&net, config)
 }
 
-/// Refuses a network that would let servers talk to each other or reach the internet
-/// against the configuration; returns the bridge interface name.
+/// Refuses a network that would let servers talk to each other, use IPv6 or reach the
+/// internet against the configuration; returns the bridge interface name.
 fn checked_bridge(net: &NetworkInspect, config: &DockerConfig) -> Result<String, SpawnError> {
     let name = config.network.as_str();
     let fix = format!("remove it (docker network rm {name}) and labhub creates it correctly");
     if net.driver.as_deref() != Some("bridge") {
-        return Err(SpawnError::Runtime(format!("network {name} exists but is not a bridge network; {fix}")));
+        return Err(SpawnError::Isolation(format!("network {name} exists but is not a bridge network; {fix}")));
     }
     let options = net.options.clone().unwrap_or_default();
     if options.get(OPT_ICC).map(String::as_str) != Some("false") {
-        return Err(SpawnError::Runtime(format!(
+        return Err(SpawnError::Isolation(format!(
             "network {name} exists but lets containers talk to each other (enable_icc is not false); {fix}"
+        )));
+    }
+    if net.enable_ipv6.unwrap_or(false) {
+        return Err(SpawnError::Isolation(format!(
+            "network {name} exists with IPv6 on, which the hub's firewall rules and Docker's separation of \
+             containers do not cover; {fix} (IPv4 only)"
         )));
     }
     if net.internal.unwrap_or(false) == config.internet_access {
         let want = if config.internet_access { "with" } else { "without" };
-        return Err(SpawnError::Runtime(format!(
-            "network {name} exists but internet_access asks for servers {want} internet access; {fix}"
-        )));
+        let why = format!("network {name} exists but internet_access asks for servers {want} internet access; {fix}");
+        // Only a network more open than asked for is a matter of isolation.
+        return Err(if config.internet_access { SpawnError::Runtime(why) } else { SpawnError::Isolation(why) });
     }
     Ok(match options.get(OPT_BRIDGE_NAME) {
         Some(bridge) => bridge.clone(),
         // Docker's own naming for user-defined bridges.
         None => format!("br-{}", net.id.as_deref().unwrap_or_default().get(..12).unwrap_or_default()),
     })
-}
-
-/// Why the host-isolation rule could not be applied.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct IptablesUnavailable(String);
-
-fn isolation_rule(bridge: &str) -> Vec<String> {
-    [
-        "INPUT",
-        "-i",
-        bridge,
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "NEW",
-        "-m",
-        "comment",
-        "--comment",
-        "labhub: user servers may not open connections to the host",
-        "-j",
-        "REJECT",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-async fn iptables(op: &str, rule: &[String]) -> Result<std::process::Output, IptablesUnavailable> {
-    // `-w`: wait for the xtables lock instead of failing while Docker edits its own rules.
-    Command::new("iptables")
-        .arg("-w")
-        .arg(op)
-        .args(rule)
-        .output()
-        .await
-        .map_err(|e| IptablesUnavailable(format!("cannot run iptables: {e}")))
-}
-
-/// Adds the host-isolation rule for `bridge` unless it is there already.
-pub(crate) async fn ensure_host_isolation(bridge: &str) -> Result<(), IptablesUnavailable> {
-    let rule = isolation_rule(bridge);
-    let check = iptables("-C", &rule).await?;
-    match check.status.code() {
-        Some(0) => return Ok(()),
-        // 1: the rule is not there. Anything else: iptables itself failed.
-        Some(1) => {}
-        _ => return Err(IptablesUnavailable(String::from_utf8_lossy(&check.stderr).trim().to_string())),
-    }
-    let insert = iptables("-I", &rule).await?;
-    if insert.status.success() {
-        tracing::info!(bridge, "servers on this bridge can no longer open connections to the host");
-        Ok(())
-    } else {
-        Err(IptablesUnavailable(String::from_utf8_lossy(&insert.stderr).trim().to_string()))
-    }
-}
-
-/// Deletes the host-isolation rule for `bridge` (every copy of it).
-pub(crate) async fn remove_host_isolation(bridge: &str) -> Result<(), IptablesUnavailable> {
-    let rule = isolation_rule(bridge);
-    while iptables("-C", &rule).await?.status.success() {
-        let delete = iptables("-D", &rule).await?;
-        if !delete.status.success() {
-            return Err(IptablesUnavailable(String::from_utf8_lossy(&delete.stderr).trim().to_string()));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -202,6 +135,10 @@ mod tests {
         let mut internal = good.clone();
         internal.internal = Some(true);
         assert!(checked_bridge(&internal, &config).is_err());
+        let mut ipv6 = good.clone();
+        ipv6.enable_ipv6 = Some(true);
+        let refused = checked_bridge(&ipv6, &config).unwrap_err();
+        assert!(matches!(&refused, SpawnError::Isolation(m) if m.contains("IPv6 on")), "{refused}");
         let mut overlay = good;
         overlay.driver = Some("overlay".into());
         assert!(checked_bridge(&overlay, &config).is_err());

@@ -103,8 +103,9 @@ impl Drop for DockerScope {
     }
 }
 
-/// Removes every container and volume labelled for `config`'s hub id, then its network.
-async fn clean_up(config: DockerConfig) {
+/// Removes every container and volume labelled for `config`'s hub id, then its network and
+/// that network's firewall rules (for a hub a test ran as a process of its own).
+pub async fn clean_up(config: DockerConfig) {
     let Ok(spawner) = DockerSpawner::connect(config.clone()).await else { return };
     remove_labelled(spawner.docker(), config.hub_id.as_str()).await;
     if let Err(e) = spawner.remove_network().await {
@@ -175,17 +176,56 @@ async fn sweep_dead_runs_once(docker: &Docker) {
     }
 }
 
-/// Removes the hub's host-isolation rules whose bridge interface no longer exists (left by
-/// networks removed behind the spawner's back, e.g. by a killed test run).
-fn remove_orphan_firewall_rules() {
-    let Ok(out) = std::process::Command::new("iptables").args(["-S", "INPUT"]).output() else { return };
-    for rule in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(iface) = rule.split_whitespace().skip_while(|w| *w != "-i").nth(1) else { continue };
-        if !iface.starts_with("lh-") || !rule.contains("labhub:") || Path::new("/sys/class/net").join(iface).exists() {
-            continue;
+/// The firewall rules the spawner keeps for `bridge`, as `(chain, rule)` in `iptables -S`'s
+/// words: its rules in `INPUT` and `DOCKER-USER`, then those of its own chain.
+pub fn firewall_rules(bridge: &str) -> Vec<(String, Vec<String>)> {
+    let own = format!("LABHUB-{bridge}");
+    let mut rules = Vec::new();
+    for chain in ["INPUT", "DOCKER-USER", own.as_str()] {
+        let Ok(out) = std::process::Command::new("iptables").args(["-w", "-S", chain]).output() else { continue };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(rule) = line.strip_prefix("-A ").and_then(|l| l.strip_prefix(chain)) else { continue };
+            let words: Vec<String> = shell_words(rule).into_iter().map(str::to_string).collect();
+            if chain == own || words.windows(2).any(|w| w[0] == "-i" && w[1] == bridge) {
+                rules.push((chain.to_string(), words));
+            }
         }
-        let words: Vec<&str> = shell_words(rule.trim_start_matches("-A "));
-        let _ = std::process::Command::new("iptables").arg("-D").args(&words).status();
+    }
+    rules
+}
+
+/// Deletes every firewall rule the spawner keeps for `bridge`, and its chain, as a firewall
+/// reload would (other rules are left alone: the host is shared).
+pub fn remove_firewall_rules(bridge: &str) {
+    let own = format!("LABHUB-{bridge}");
+    for (chain, rule) in firewall_rules(bridge) {
+        if chain != own {
+            let _ = std::process::Command::new("iptables").args(["-w", "-D", &chain]).args(&rule).status();
+        }
+    }
+    for op in ["-F", "-X"] {
+        let _ = std::process::Command::new("iptables").args(["-w", op, &own]).output();
+    }
+}
+
+/// Removes the hub's firewall rules whose bridge interface no longer exists (left by networks
+/// removed behind the spawner's back, e.g. by a killed test run).
+fn remove_orphan_firewall_rules() {
+    let Ok(out) = std::process::Command::new("iptables").args(["-w", "-S"]).output() else { return };
+    let gone = |iface: &str| iface.starts_with("lh-") && !Path::new("/sys/class/net").join(iface).exists();
+    let mut bridges: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let words = shell_words(line);
+        let named = words.windows(2).find(|w| w[0] == "-i").map(|w| w[1]);
+        let chain = line.strip_prefix("-N LABHUB-");
+        if let Some(bridge) = named.filter(|_| line.contains("labhub:")).or(chain).filter(|b| gone(b))
+            && !bridges.iter().any(|b| b == bridge)
+        {
+            bridges.push(bridge.to_string());
+        }
+    }
+    for bridge in bridges {
+        remove_firewall_rules(&bridge);
     }
 }
 

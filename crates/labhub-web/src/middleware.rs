@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use metrics::SharedString;
 use tracing::Instrument;
 
+use labhub_service::health::IsolationState;
+
 use crate::AppState;
 
 /// The id of one request; in logs, in the `X-Request-Id` response header and on error pages.
@@ -130,12 +132,22 @@ pub async fn security_headers(State(_state): State<AppState>, req: Request, next
 }
 
 /// `GET /hub/health`: no authentication; 200 when the hub and its database answer, 503 otherwise.
+/// `isolation` says whether servers can start isolated (`enforced`, `failing`, `unchecked`,
+/// or `off` by the site's choice);
+/// why not is told to signed-in people only (a refused start, the admins' banner).
 pub async fn health(State(state): State<AppState>) -> Response {
     let db_ok = state.hub().database_answers().await;
     let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let isolation = match state.hub().isolation_health().state() {
+        IsolationState::Unchecked => "unchecked",
+        IsolationState::Enforced => "enforced",
+        IsolationState::Off => "off",
+        IsolationState::Failing { .. } => "failing",
+    };
     let body = serde_json::json!({
         "status": if db_ok { "ok" } else { "degraded" },
         "database": if db_ok { "ok" } else { "unavailable" },
+        "isolation": isolation,
     });
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

@@ -35,8 +35,9 @@ pub struct Chrome {
     pub flash_error: bool,
     /// Which top-level section is current, for the navigation.
     pub section: &'static str,
-    /// What admins must know about the hub's own health (the embedded database was down).
-    pub banner: Option<String>,
+    /// What admins must know about the hub's own health (the embedded database was down,
+    /// servers cannot be isolated).
+    pub banners: Vec<String>,
 }
 
 /// Every page handler's view of the request: the user (if any), and the chrome with a CSRF
@@ -75,13 +76,16 @@ impl FromRequestParts<AppState> for Page {
             flash: flash.map(|f| f.trim_start_matches(FLASH_ERROR_MARK).to_string()),
             flash_error,
             section: "",
-            banner: user
-                .as_ref()
-                .filter(|p| p.admin)
-                .and_then(|_| state.hub().database_health().banner(state.hub().now())),
+            banners: if user.as_ref().is_some_and(|p| p.admin) { admin_banners(state) } else { Vec::new() },
         };
         Ok(Page { user, chrome, jar })
     }
+}
+
+/// What admins' pages say about the hub's own health.
+fn admin_banners(state: &AppState) -> Vec<String> {
+    let hub = state.hub();
+    [hub.database_health().banner(hub.now()), hub.isolation_health().banner()].into_iter().flatten().collect()
 }
 
 impl Page {
@@ -204,7 +208,14 @@ impl ErrorPage {
             _ => "That did not work",
         }
         .to_string();
-        let c = Chrome { user: None, csrf: String::new(), flash: None, flash_error: false, section: "", banner: None };
+        let c = Chrome {
+            user: None,
+            csrf: String::new(),
+            flash: None,
+            flash_error: false,
+            section: "",
+            banners: Vec::new(),
+        };
         Self { c, status: status.as_u16(), title, message, request_id }
     }
 }
@@ -232,7 +243,7 @@ pub async fn render_page_errors(State(state): State<AppState>, req: Request, nex
     }
     let mut page = ErrorPage::new(parts.status, report.message, request_id);
     if admin_page && parts.status == StatusCode::SERVICE_UNAVAILABLE {
-        page.c.banner = state.hub().database_health().banner(state.hub().now());
+        page.c.banners = admin_banners(&state);
     }
     let mut rendered = page.into_response();
     *rendered.status_mut() = parts.status;

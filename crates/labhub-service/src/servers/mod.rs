@@ -1,8 +1,10 @@
-//! Users' servers: starting (one at a time per server, a bounded number hub-wide), stopping,
-//! reconciling with the runtime at boot, noticing servers that die, recording activity.
+//! Users' servers: starting (one at a time per server, a bounded number hub-wide, none while
+//! they cannot be isolated), stopping, reconciling with the runtime at boot, noticing servers
+//! that die, recording activity.
 //!
 //! Postgres is the truth; the route table and the progress logs are caches rebuilt from it.
 
+mod isolation;
 mod reconcile;
 mod start;
 mod stop;

@@ -47,6 +47,7 @@ impl Servers<'_> {
         if user.state != AccountState::Active {
             return Err(ServiceError::Conflict(format!("{owner}'s account is not active")));
         }
+        self.require_isolation(&spawner).await?;
         let image = self.hub.catalogue().for_start(request.image.as_deref()).await?;
         let name = server.map_or("", ServerName::as_str);
         let quotas = self.hub.quotas();
@@ -194,6 +195,9 @@ async fn run_spawn(
             live
         }
         Err(e) => {
+            if let SpawnError::Isolation(reason) = &e {
+                hub.servers().isolation_failed(reason.clone());
+            }
             tracing::warn!(server = %label, error = %e, "server failed to start");
             metrics::counter!("labhub_spawns_total", "result" => "failed").increment(1);
             Err(Failed::spawn(e))

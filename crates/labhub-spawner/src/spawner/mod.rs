@@ -27,14 +27,15 @@ use bollard::models::ContainerInspectResponse;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use labhub_core::spawner::{
-    ImageInfo, ObservedServer, Progress, ProgressSender, ServerExit, ServerSpec, ServerStatus, ServerUsage, SpawnError,
-    Spawner, SpawnerState, Started, StoredVolume,
+    ImageInfo, Isolation, ObservedServer, Progress, ProgressSender, ServerExit, ServerSpec, ServerStatus, ServerUsage,
+    SpawnError, Spawner, SpawnerState, Started, StoredVolume,
 };
 use labhub_core::{ImageKind, ImageRef, MountSource, Storage};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DockerConfig;
 use crate::error::{is_status, runtime_error};
+use crate::firewall::Firewall;
 use crate::http::EngineAddr;
 use crate::naming::LABEL_HUB;
 use crate::{events, network};
@@ -42,7 +43,7 @@ use crate::{events, network};
 /// Where bollard connects when `DOCKER_HOST` is unset.
 const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// How long a network found in order is trusted before a start looks again: a burst of
-/// starts then costs one network inspection and one `iptables -C`, not one each.
+/// starts then costs one network inspection and one look at the firewall rules, not one each.
 const NETWORK_RECHECK: Duration = Duration::from_secs(30);
 
 /// What the spawner stores per server (`servers.spawner_state`).
@@ -73,11 +74,11 @@ pub struct DockerSpawner {
     docker: Docker,
     engine: EngineAddr,
     config: DockerConfig,
-    /// When the network and its host-isolation rule were last found in order; the lock
+    /// When the network and its firewall rules were last found in order; the lock
     /// also serialises network creation among this process's concurrent starts.
     network_checked: tokio::sync::Mutex<Option<Instant>>,
-    /// Whether the "no iptables" warning was logged already.
-    iptables_warned: AtomicBool,
+    /// Whether the firewall rules were in place once, so that adding them again is a repair.
+    rules_seen: AtomicBool,
     /// The last `/system/df` volume sizes and when they were read.
     df_cache: tokio::sync::Mutex<Option<(Instant, volumes::VolumeSizes)>>,
 }
@@ -119,7 +120,7 @@ impl DockerSpawner {
             engine,
             config,
             network_checked: tokio::sync::Mutex::new(None),
-            iptables_warned: AtomicBool::new(false),
+            rules_seen: AtomicBool::new(false),
             df_cache: tokio::sync::Mutex::new(None),
         })
     }
@@ -134,30 +135,40 @@ impl DockerSpawner {
         &self.docker
     }
 
-    /// Makes sure the users' network exists, isolated, with the host-isolation rule when
-    /// asked (checked again at most every 30 s).
+    /// Makes sure the users' network exists, isolated, with its firewall rules when
+    /// `isolate_host` asks for them; looked at again at most every 30 s, and at once after a
+    /// failure. Fails with [`SpawnError::Isolation`] when the isolation cannot be enforced.
     pub async fn prepare_network(&self) -> Result<(), SpawnError> {
+        self.prepare(false).await
+    }
+
+    /// [`Self::prepare_network`] without trusting an earlier answer: the rules are looked for
+    /// one by one, and whatever went missing (a firewall reload) is put back.
+    async fn prepare(&self, fresh: bool) -> Result<(), SpawnError> {
         let mut checked = self.network_checked.lock().await;
-        if checked.is_some_and(|at| at.elapsed() < NETWORK_RECHECK) {
+        if !fresh && checked.is_some_and(|at| at.elapsed() < NETWORK_RECHECK) {
             return Ok(());
         }
+        *checked = None;
         let bridge = network::ensure_network(&self.docker, &self.config).await?;
-        if self.config.isolate_host
-            && let Err(e) = network::ensure_host_isolation(&bridge).await
-            && !self.iptables_warned.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                bridge = %bridge,
-                error = %e,
-                "could not add the iptables rule that keeps user servers off the host's own services \
-                 (is the hub root, with iptables installed?); servers still cannot reach each other"
-            );
+        if self.config.isolate_host {
+            // The hub logs when isolation starts and stops failing; this is every attempt.
+            let added = Firewall::new(&self.config, &bridge).enforce().await.map_err(|e| {
+                tracing::debug!(bridge = %bridge, error = %e, "servers cannot be isolated");
+                SpawnError::Isolation(e.to_string())
+            })?;
+            let repair = self.rules_seen.swap(true, Ordering::Relaxed);
+            if !added.is_empty() && repair {
+                tracing::warn!(bridge = %bridge, restored = ?added, "firewall rules for servers had gone (a firewall reload?); put back");
+            } else if !added.is_empty() {
+                tracing::info!(bridge = %bridge, ?added, "servers are kept off the host, link-local and private ranges");
+            }
         }
         *checked = Some(Instant::now());
         Ok(())
     }
 
-    /// Removes the users' network and its host-isolation rule (uninstalling, tests);
+    /// Removes the users' network and its firewall rules (uninstalling, tests);
     /// refused by the engine while a container uses the network. Absent is success.
     pub async fn remove_network(&self) -> Result<(), SpawnError> {
         let mut checked = self.network_checked.lock().await;
@@ -178,9 +189,9 @@ impl DockerSpawner {
             Err(e) => return Err(runtime_error(&format!("removing network {name}"), e)),
         }
         if let Some(bridge) = bridge
-            && let Err(e) = network::remove_host_isolation(&bridge).await
+            && let Err(e) = Firewall::new(&self.config, &bridge).remove().await
         {
-            tracing::warn!(bridge = %bridge, error = %e, "could not remove the host-isolation rule");
+            tracing::warn!(bridge = %bridge, error = %e, "could not remove the network's firewall rules");
         }
         Ok(())
     }
@@ -263,6 +274,11 @@ impl Spawner for DockerSpawner {
 
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError> {
         self.image_info(image).await
+    }
+
+    async fn check_isolation(&self) -> Result<Isolation, SpawnError> {
+        self.prepare(true).await?;
+        Ok(if self.config.isolate_host { Isolation::Full } else { Isolation::ServersOnly })
     }
 }
 

@@ -145,6 +145,14 @@ fn serve_runs_its_own_postgres_and_stops_it_on_shutdown() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     assert!(!pid_file.exists(), "the embedded database stopped with the hub");
+    // The hub made its users' network (and its firewall rules) when it first checked them.
+    let config = labhub_spawner::DockerConfig {
+        hub_id: labhub_spawner::HubId::parse(&hub_id).unwrap(),
+        network: labhub_spawner::NetworkName::parse(&format!("{hub_id}-net")).unwrap(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(labhub_testkit::docker::clean_up(config));
 }
 
 mod reqwest {

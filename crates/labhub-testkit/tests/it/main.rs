@@ -16,6 +16,7 @@ mod groups;
 mod home_archives;
 mod homes;
 mod lab_data;
+mod netiso;
 mod oidc;
 mod pages;
 mod path_matrix;

@@ -407,7 +407,9 @@ pub async fn spawn_form(
     }
     let (owner, server) = target(&me, user, server)?;
     let form = SpawnForm { group: q.group, ..SpawnForm::default() };
-    let view = spawn_page(&state, &page, &me, &owner, server.as_ref(), &form, None).await?;
+    // Said before the form is filled in, not only after it is sent.
+    let refusal = state.hub().servers().isolation_refusal();
+    let view = spawn_page(&state, &page, &me, &owner, server.as_ref(), &form, refusal).await?;
     Ok(page.render(view))
 }
 
@@ -433,7 +435,8 @@ pub async fn spawn(
             e @ (ServiceError::Invalid(_)
             | ServiceError::Conflict(_)
             | ServiceError::Forbidden(_)
-            | ServiceError::TooMany { .. }),
+            | ServiceError::TooMany { .. }
+            | ServiceError::Unavailable(_)),
         ) => {
             let err = AppError::from(e);
             let status = err.status();

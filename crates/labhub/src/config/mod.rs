@@ -205,6 +205,9 @@ impl Config {
                 );
             }
         }
+        if self.docker.iptables.as_os_str().is_empty() {
+            return bad("docker.iptables", "must name the iptables command (\"iptables\" finds it on PATH)");
+        }
         if self.servers.concurrent_spawn_limit == 0 {
             return bad("servers.concurrent_spawn_limit", "must be at least 1");
         }
@@ -371,6 +374,25 @@ mod tests {
         assert!(e.contains("'quota.max_memory'"), "{e}");
         let e = load_str("[quota]\nidle_timeout = \"soon\"\n").unwrap_err().to_string();
         assert!(e.contains("'quota.idle_timeout'") && e.contains("never"), "{e}");
+    }
+
+    #[test]
+    fn allowed_private_ranges_are_checked_and_name_their_key() {
+        let c = load_str("[docker]\nallow_private = [\"10.1.2.0/24\"]\niptables = \"/usr/sbin/iptables-legacy\"\n")
+            .unwrap();
+        assert_eq!(c.docker.allow_private[0].to_string(), "10.1.2.0/24");
+        assert!(c.to_toml().contains("allow_private = [\"10.1.2.0/24\"]"), "{}", c.to_toml());
+        assert_eq!(Config::default().docker.iptables.to_str(), Some("iptables"));
+        for (bad, why) in [
+            ("169.254.169.254/32", "never reach"),
+            ("10.1.2.3/24", "did you mean 10.1.2.0/24?"),
+            ("8.8.8.0/24", "not inside one of the private ranges"),
+        ] {
+            let e = load_str(&format!("[docker]\nallow_private = [\"{bad}\"]\n")).unwrap_err().to_string();
+            assert!(e.contains("'docker.allow_private") && e.contains(why), "{e}");
+        }
+        let e = load_str("[docker]\niptables = \"\"\n").unwrap_err().to_string();
+        assert!(e.contains("'docker.iptables'"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub async fn handle(nb: Arc<Notebook>, conn: ConnInfo, req: Request) -> Response
             }
             None => message(StatusCode::BAD_REQUEST, "missing query parameter gate"),
         },
+        "connect" => match params.get("to").map(|to| to.parse::<SocketAddr>()) {
+            Some(Ok(to)) => connect(to).await,
+            _ => message(StatusCode::BAD_REQUEST, "query parameter to must be an address:port"),
+        },
         "gate" => gate_endpoint(&params, false),
         "gate/open" => gate_endpoint(&params, true),
         "slow" => match param_u64(&params, "ms", 1000) {
@@ -259,6 +263,26 @@ fn abort_mid_body(params: &HashMap<String, String>) -> Response {
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Opens a TCP connection from inside the server's container to `to` and says how it went:
+/// `open`, `refused`, `unreachable` (an ICMP error: no route, or prohibited), or `timeout`
+/// (nothing answered within 10 s, a guard against hanging, not a measurement).
+async fn connect(to: SocketAddr) -> Response {
+    let attempt = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(to)).await;
+    let (result, detail) = match attempt {
+        Ok(Ok(_)) => ("open", String::new()),
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                io::ErrorKind::ConnectionRefused => "refused",
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",
+                _ => "failed",
+            };
+            (kind, e.to_string())
+        }
+        Err(_) => ("timeout", String::new()),
+    };
+    json_response(StatusCode::OK, json!({ "to": to.to_string(), "result": result, "detail": detail }))
 }
 
 fn exit_code(params: &HashMap<String, String>) -> Response {

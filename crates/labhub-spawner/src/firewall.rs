@@ -1,0 +1,300 @@
+//! The host firewall rules that keep users' servers off the host and the networks around it.
+//!
+//! A packet from a server takes one of two paths through the host's netfilter, so there are
+//! rules on both:
+//! - **To an address of the host itself** (the bridge's gateway, the host's LAN address: where
+//!   Postgres, the hub's port or a Docker TCP socket may listen) it is delivered locally,
+//!   through `INPUT`. One rule there rejects every *new* connection arriving on the bridge's
+//!   interface. Replies to connections the hub opened to a server are `ESTABLISHED` and pass;
+//!   DNS is answered by Docker's resolver inside the server's own network namespace.
+//! - **To any other address** it is forwarded, through `FORWARD`, whose first stop is Docker's
+//!   `DOCKER-USER` chain. A jump there sends whatever arrives from the bridge to a chain of
+//!   ours, `LABHUB-<bridge>`, which lets replies pass (`ESTABLISHED`/`RELATED`: something
+//!   else opened the connection), then DNS, then the private ranges the site allows, and
+//!   rejects link-local addresses (the cloud metadata service) and the private ranges (the
+//!   site's LAN, an external database). What it lets pass goes on to Docker's own rules (the
+//!   internet, or nothing on an internal network). Traffic between two servers of the bridge
+//!   is forwarded too, and Docker drops it (ICC off) whatever our chain says.
+//!
+//! DNS (port 53) passes to every address because Docker's embedded resolver asks the host's
+//! name servers *from the container's namespace* (unless they are on loopback), and a cloud's
+//! name server is usually private (a VPC's `.2`) or link-local (169.254.169.254 on GCP,
+//! .253 on AWS). Port 53 there is DNS only, not the metadata API (port 80); JupyterHub's
+//! Kubernetes chart makes the same exception.
+//!
+//! Rejected as "administratively prohibited", not silently dropped: a notebook's connection
+//! fails at once ("no route to host") instead of hanging.
+//!
+//! [`Firewall::enforce`] is idempotent and repairs: each rule is looked for with `iptables -C`,
+//! and what a firewall reload removed is added again; our chain is rebuilt when a rule of it
+//! is missing or one too many. The rebuild flushes it first, so for that instant the chain
+//! lets everything pass — only ever after its rules were found missing already.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use tokio::process::Command;
+
+use crate::config::DockerConfig;
+use crate::ranges::{LINK_LOCAL, PRIVATE, PrivateRange};
+
+/// Docker's chain for the site's own forwarding rules, consulted before Docker's.
+const DOCKER_USER: &str = "DOCKER-USER";
+
+/// Why the rules could not be put in place or checked, in words for an admin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct FirewallError(String);
+
+/// The rules for one users' bridge.
+#[derive(Debug, Clone)]
+pub(crate) struct Firewall {
+    command: PathBuf,
+    bridge: String,
+    allow: Vec<PrivateRange>,
+}
+
+/// One rule: its chain and its match and target, as `iptables` takes them after the chain.
+type Rule = Vec<String>;
+
+fn words(w: &[&str]) -> Rule {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+impl Firewall {
+    /// The rules `config` asks for on the bridge interface `bridge`.
+    pub(crate) fn new(config: &DockerConfig, bridge: &str) -> Self {
+        Self { command: config.iptables.clone(), bridge: bridge.to_string(), allow: config.allow_private.clone() }
+    }
+
+    /// Our chain: `LABHUB-` and the bridge's name (at most 15 characters), within iptables'
+    /// 28 for a chain name.
+    fn chain(&self) -> String {
+        format!("LABHUB-{}", self.bridge)
+    }
+
+    /// `INPUT`: no new connection from a server to the host itself.
+    fn host_rule(&self) -> Rule {
+        words(&[
+            "-i",
+            &self.bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "labhub: user servers may not open connections to the host",
+            "-j",
+            "REJECT",
+        ])
+    }
+
+    /// `DOCKER-USER`: everything forwarded from the bridge goes through our chain.
+    fn jump_rule(&self) -> Rule {
+        words(&["-i", &self.bridge, "-m", "comment", "--comment", "labhub: user servers", "-j", &self.chain()])
+    }
+
+    /// Our chain, in order: replies, DNS, allowed ranges, then the refused ones.
+    fn chain_rules(&self) -> Vec<Rule> {
+        let comment = |text: &str| words(&["-m", "comment", "--comment", text]);
+        let mut rules = vec![
+            [
+                words(&["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"]),
+                comment("labhub: replies pass"),
+                words(&["-j", "RETURN"]),
+            ]
+            .concat(),
+        ];
+        for proto in ["udp", "tcp"] {
+            rules.push(
+                [words(&["-p", proto, "--dport", "53"]), comment("labhub: DNS"), words(&["-j", "RETURN"])].concat(),
+            );
+        }
+        for range in &self.allow {
+            let net = range.net().to_string();
+            rules.push(
+                [words(&["-d", &net]), comment("labhub: allowed by docker.allow_private"), words(&["-j", "RETURN"])]
+                    .concat(),
+            );
+        }
+        let refuse = |net: String, why: &str| {
+            [words(&["-d", &net]), comment(why), words(&["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"])]
+                .concat()
+        };
+        rules.push(refuse(LINK_LOCAL.to_string(), "labhub: link-local, the cloud metadata service"));
+        for net in PRIVATE {
+            rules.push(refuse(net.to_string(), "labhub: private range"));
+        }
+        rules
+    }
+
+    /// Puts every rule in place, adding what is missing; returns what had to be added.
+    pub(crate) async fn enforce(&self) -> Result<Vec<String>, FirewallError> {
+        let mut added = Vec::new();
+        if self.ensure_rule("INPUT", &self.host_rule()).await? {
+            added.push("the rule that keeps servers off the host (INPUT)".to_string());
+        }
+        if self.list(DOCKER_USER).await?.is_none() {
+            return Err(FirewallError(format!(
+                "the {DOCKER_USER} chain does not exist, so forwarded traffic cannot be filtered: Docker creates it \
+                 when it manages iptables (its \"iptables\" setting on), with the iptables that docker.iptables \
+                 names ({})",
+                self.command.display()
+            )));
+        }
+        let chain = self.chain();
+        if self.ensure_chain(&chain).await? {
+            added.push(format!("the rules for link-local and private ranges ({chain})"));
+        }
+        if self.ensure_rule(DOCKER_USER, &self.jump_rule()).await? {
+            added.push(format!("the jump from {DOCKER_USER} to {chain}"));
+        }
+        Ok(added)
+    }
+
+    /// Deletes every rule of ours for the bridge (all copies); absent rules are fine.
+    pub(crate) async fn remove(&self) -> Result<(), FirewallError> {
+        let chain = self.chain();
+        // A jump can only exist while its chain does (asking about one without is an error).
+        if self.list(&chain).await?.is_some() {
+            while self.has(DOCKER_USER, &self.jump_rule()).await? {
+                self.run_ok(&["-D", DOCKER_USER], &self.jump_rule()).await?;
+            }
+            self.run_ok(&["-F", &chain], &[]).await?;
+            self.run_ok(&["-X", &chain], &[]).await?;
+        }
+        while self.has("INPUT", &self.host_rule()).await? {
+            self.run_ok(&["-D", "INPUT"], &self.host_rule()).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts `rule` at the top of `chain` unless it is there; true when it was added.
+    async fn ensure_rule(&self, chain: &str, rule: &Rule) -> Result<bool, FirewallError> {
+        if self.has(chain, rule).await? {
+            return Ok(false);
+        }
+        self.run_ok(&["-I", chain], rule).await?;
+        Ok(true)
+    }
+
+    /// Creates our chain or rebuilds it unless it holds exactly its rules; true when it changed.
+    async fn ensure_chain(&self, chain: &str) -> Result<bool, FirewallError> {
+        let rules = self.chain_rules();
+        let listed = match self.list(chain).await? {
+            Some(lines) => lines,
+            None => {
+                self.run_ok(&["-N", chain], &[]).await?;
+                Vec::new()
+            }
+        };
+        let mut intact = listed.iter().filter(|l| l.starts_with("-A ")).count() == rules.len();
+        for rule in &rules {
+            if !intact {
+                break;
+            }
+            intact = self.has(chain, rule).await?;
+        }
+        if intact {
+            return Ok(false);
+        }
+        self.run_ok(&["-F", chain], &[]).await?;
+        for rule in &rules {
+            self.run_ok(&["-A", chain], rule).await?;
+        }
+        Ok(true)
+    }
+
+    /// Whether `rule` is in `chain` (`iptables -C`: 0 yes, 1 no, anything else a failure).
+    async fn has(&self, chain: &str, rule: &Rule) -> Result<bool, FirewallError> {
+        let out = self.run(&["-C", chain], rule).await?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(self.failed(&["-C", chain], &out)),
+        }
+    }
+
+    /// The rules of `chain` as `iptables -S` prints them; `None` when there is no such chain.
+    async fn list(&self, chain: &str) -> Result<Option<Vec<String>>, FirewallError> {
+        let out = self.run(&["-S", chain], &[]).await?;
+        match out.status.code() {
+            Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())),
+            Some(1) => Ok(None),
+            _ => Err(self.failed(&["-S", chain], &out)),
+        }
+    }
+
+    async fn run_ok(&self, op: &[&str], rule: &[String]) -> Result<(), FirewallError> {
+        let out = self.run(op, rule).await?;
+        if out.status.success() { Ok(()) } else { Err(self.failed(op, &out)) }
+    }
+
+    async fn run(&self, op: &[&str], rule: &[String]) -> Result<Output, FirewallError> {
+        // `-w`: wait for the xtables lock instead of failing while Docker edits its own rules.
+        Command::new(&self.command).arg("-w").args(op).args(rule).output().await.map_err(|e| {
+            FirewallError(format!(
+                "cannot run {}: {e} (the hub needs iptables, and to run as root, to keep servers off the host \
+                 and the private networks)",
+                self.command.display()
+            ))
+        })
+    }
+
+    fn failed(&self, op: &[&str], out: &Output) -> FirewallError {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // iptables-nft prefixes warnings about the other backend's tables with '#'.
+        let said: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        FirewallError(format!(
+            "{} {} failed ({}): {}",
+            self.command.display(),
+            op.join(" "),
+            out.status,
+            if said.is_empty() { "no message" } else { said[0] }
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn firewall(allow: &[&str]) -> Firewall {
+        let config = DockerConfig {
+            allow_private: allow.iter().map(|r| PrivateRange::parse(r).unwrap()).collect(),
+            ..DockerConfig::default()
+        };
+        Firewall::new(&config, "lh-0123456789ab")
+    }
+
+    #[test]
+    fn replies_and_allowed_ranges_pass_before_anything_is_refused() {
+        let rules: Vec<String> = firewall(&["10.1.2.0/24"]).chain_rules().iter().map(|r| r.join(" ")).collect();
+        assert!(rules[0].contains("RELATED,ESTABLISHED") && rules[0].ends_with("-j RETURN"), "{rules:?}");
+        assert!(rules[1].starts_with("-p udp --dport 53 ") && rules[1].ends_with("-j RETURN"), "{rules:?}");
+        assert!(rules[2].starts_with("-p tcp --dport 53 ") && rules[2].ends_with("-j RETURN"), "{rules:?}");
+        assert!(rules[3].starts_with("-d 10.1.2.0/24 ") && rules[3].ends_with("-j RETURN"), "{rules:?}");
+        let refused: Vec<&str> = rules[4..].iter().map(|r| r.split_whitespace().nth(1).unwrap()).collect();
+        assert_eq!(refused, ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]);
+        assert!(rules[4..].iter().all(|r| r.ends_with("-j REJECT --reject-with icmp-admin-prohibited")));
+    }
+
+    #[test]
+    fn the_chain_is_named_after_the_bridge_within_iptables_limits() {
+        let f = firewall(&[]);
+        assert_eq!(f.chain(), "LABHUB-lh-0123456789ab");
+        assert!(f.chain().len() <= 28);
+        assert!(f.jump_rule().join(" ").starts_with("-i lh-0123456789ab "));
+        assert!(f.jump_rule().join(" ").ends_with("-j LABHUB-lh-0123456789ab"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_iptables_is_a_clear_error() {
+        let config = DockerConfig { iptables: "/nonexistent/iptables".into(), ..DockerConfig::default() };
+        let e = Firewall::new(&config, "lh-0123456789ab").enforce().await.unwrap_err().to_string();
+        assert!(e.starts_with("cannot run /nonexistent/iptables: "), "{e}");
+        assert!(e.contains("the hub needs iptables"), "{e}");
+    }
+}
