@@ -384,6 +384,15 @@ pub enum StorageFate {
 }
 
 impl StorageFate {
+    /// Reads a form's or a body's `storage`: `keep` (or nothing) or `delete`.
+    pub fn parse(raw: &str) -> Result<Self, crate::ServiceError> {
+        match raw {
+            "" | "keep" => Ok(Self::Keep),
+            "delete" => Ok(Self::Delete),
+            other => Err(crate::ServiceError::Invalid(format!("'storage' must be keep or delete, not {other:?}"))),
+        }
+    }
+
     /// `kept` or `deleted`, for the audit log.
     pub fn as_str(self) -> &'static str {
         match self {

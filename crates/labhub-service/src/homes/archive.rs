@@ -12,7 +12,7 @@ use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use labhub_core::{ServerName, ServerState, UserId, UserName};
-use labhub_db::servers;
+use labhub_db::{servers, users};
 use serde_json::json;
 use tokio_util::io::{ReaderStream, StreamReader};
 
@@ -160,13 +160,17 @@ impl Homes<'_> {
         upload: BoxStream<'static, Result<Bytes, std::io::Error>>,
     ) -> Result<Restored, ServiceError> {
         let user = self.reachable(actor, owner).await?;
+        // Under the account's row lock, which a start holds from its check of the mark to its
+        // pending row's commit: either the start sees the mark, or the restore sees the start.
+        let mut tx = self.hub.begin().await?;
+        users::by_name_for_update(&mut *tx, owner).await?;
         let restoring = &self.hub.0.servers.restoring;
         if !restoring.insert(user.user_id) {
             return Err(ServiceError::Conflict(format!("files are already being restored into {owner}'s home")));
         }
         let _guard = RestoreGuard { hub: self.hub, user: user.user_id };
-        // Checked after the mark: a start that began before it shows here, and none can begin after.
-        let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
+        let rows = servers::list_for_user(&mut *tx, user.user_id).await?;
+        tx.commit().await?;
         if rows.iter().any(|s| s.state != ServerState::Stopped) {
             return Err(ServiceError::Conflict(format!(
                 "{owner} has a server running; stop it before restoring files into the home"

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use labhub_core::{GroupName, ImageAllowance, ServerName, UserName};
 use labhub_service::Actor;
 use labhub_service::model::GroupDetail;
+use labhub_service::model::StorageFate;
 use labhub_service::quotas::{QuotaPatch, describe};
 use labhub_service::usage::{Amounts, UsageRange};
 use serde::{Deserialize, Deserializer};
@@ -177,7 +178,7 @@ pub async fn delete(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<StatusCode, AppError> {
-    let fate = super::storage_fate(body.storage.as_deref())?;
+    let fate = StorageFate::parse(body.storage.as_deref().unwrap_or(""))?;
     state.hub().groups().delete(Actor::User(&me), &group_name(&name)?, fate).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,7 +13,6 @@ mod users;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::routing::{get, post};
-use labhub_service::model::StorageFate;
 use serde::de::DeserializeOwned;
 
 use crate::extract::Surface;
@@ -154,14 +153,5 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         serde_json::from_slice(text)
             .map(ApiJson)
             .map_err(|e| AppError::BadRequest(format!("the request body is not valid JSON for this endpoint: {e}")))
-    }
-}
-
-/// What an API body's `"storage"` says becomes of a deleted owner's files (`keep` by default).
-fn storage_fate(raw: Option<&str>) -> Result<StorageFate, AppError> {
-    match raw {
-        None | Some("keep") => Ok(StorageFate::Keep),
-        Some("delete") => Ok(StorageFate::Delete),
-        Some(other) => Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
     }
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use labhub_core::listing::{ServerStateFilter, UserFilter, UserSort};
 use labhub_core::{AccountState, Secret, UserName};
 use labhub_service::accounts::NewAccount;
+use labhub_service::model::StorageFate;
 use labhub_service::{Actor, ServiceError};
 use serde::Deserialize;
 use serde_json::json;
@@ -253,7 +254,7 @@ pub async fn delete(
     ApiJson(body): ApiJson<DeleteBody>,
 ) -> Result<StatusCode, AppError> {
     let name = path_name(&name)?;
-    let fate = super::storage_fate(body.storage.as_deref())?;
+    let fate = StorageFate::parse(body.storage.as_deref().unwrap_or(""))?;
     state.hub().accounts().delete(Actor::User(&me), &name, fate).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -128,11 +128,7 @@ pub async fn delete_user(
     CsrfForm(form): CsrfForm<DeleteForm>,
 ) -> Result<Response, AppError> {
     let name = user_name(&name)?;
-    let fate = match form.storage.as_str() {
-        "" | "keep" => StorageFate::Keep,
-        "delete" => StorageFate::Delete,
-        other => return Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
-    };
+    let fate = StorageFate::parse(&form.storage)?;
     let error = if !confirmed(&form.confirm, &name) {
         Some("The name you typed does not match; nothing was deleted.".to_string())
     } else {

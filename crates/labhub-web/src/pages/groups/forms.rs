@@ -288,11 +288,7 @@ pub async fn delete(
     CsrfForm(form): CsrfForm<DeleteForm>,
 ) -> Result<Response, AppError> {
     let name = group_name(&name)?;
-    let fate = match form.storage.as_str() {
-        "" | "keep" => StorageFate::Keep,
-        "delete" => StorageFate::Delete,
-        other => return Err(AppError::BadRequest(format!("'storage' must be keep or delete, not {other:?}"))),
-    };
+    let fate = StorageFate::parse(&form.storage)?;
     let folder = match fate {
         StorageFate::Keep => "its shared folder, if any, is kept under Storage",
         StorageFate::Delete => "its shared folder, if any, is deleted",
