@@ -77,6 +77,8 @@ pub async fn login_once(
     let t1 = Instant::now();
     let resp = client
         .post(format!("{url}/hub/login"))
+        // As a browser does: the hub takes sign-ins only from its own pages.
+        .header("Origin", url.trim_end_matches('/'))
         .form(&[("_csrf", csrf.as_str()), ("username", user), ("password", password), ("next", "")])
         .send()
         .await?;

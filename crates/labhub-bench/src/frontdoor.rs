@@ -163,7 +163,8 @@ async fn form(base: &str) -> anyhow::Result<(reqwest::Client, String)> {
 async fn burst(base: &str, user: &str, forms: Vec<(reqwest::Client, String)>) -> Vec<u16> {
     let posts = forms.into_iter().map(|(client, csrf)| async move {
         let form = [("_csrf", csrf.as_str()), ("username", user), ("password", "not the password"), ("next", "")];
-        match client.post(format!("{base}/hub/login")).form(&form).send().await {
+        // The hub's own origin, as its sign-in page sends it (others are refused unhashed).
+        match client.post(format!("{base}/hub/login")).header("Origin", base).form(&form).send().await {
             Ok(r) => r.status().as_u16(),
             Err(_) => 0,
         }

@@ -17,6 +17,17 @@ pub struct Session {
     pub expires_at: OffsetDateTime,
     pub user_agent: String,
     pub client_addr: String,
+    /// The session that handed this one to a user server's host, if it is such a child.
+    pub parent_session_id: Option<SessionId>,
+    /// The user server's host a child session was handed to (none for the hub's sessions).
+    pub host: Option<String>,
+}
+
+/// The columns of a [`Session`].
+macro_rules! columns {
+    () => {
+        "session_id, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr, parent_session_id, host"
+    };
 }
 
 /// A new session.
@@ -50,7 +61,8 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewSession<'_>) -> Result<Ses
 pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<Option<(Session, User)>, DbError> {
     use sqlx::FromRow;
     let row = sqlx::query(concat!(
-        "select s.session_id, s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.user_agent, s.client_addr, ",
+        "select s.session_id, s.user_id, s.created_at, s.last_seen_at, s.expires_at, s.user_agent, s.client_addr, \
+         s.parent_session_id, s.host, ",
         users::prefixed_user_columns!(),
         " from sessions s join users u on u.user_id = s.user_id where s.token_hash = $1"
     ))
@@ -89,23 +101,26 @@ pub async fn delete_by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> R
     .await?)
 }
 
-/// Stores a session for a user server's host, ending with `parent` and at its expiry.
+/// Stores a session for the user server's host `host`, ending with `parent` (a session of the
+/// hub's host) and at its expiry.
 pub async fn insert_child(
     db: impl PgExecutor<'_>,
     parent: SessionId,
     token_hash: &[u8; 32],
+    host: &str,
     now: OffsetDateTime,
 ) -> Result<Option<SessionId>, DbError> {
     Ok(sqlx::query_scalar(
         "insert into sessions (token_hash, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr,
-                               parent_session_id)
-         select $2, user_id, $3, $3, expires_at, user_agent, client_addr, session_id
-         from sessions where session_id = $1 and expires_at > $3
+                               parent_session_id, host)
+         select $2, user_id, $3, $3, expires_at, user_agent, client_addr, session_id, $4
+         from sessions where session_id = $1 and expires_at > $3 and parent_session_id is null
          returning session_id",
     )
     .bind(parent)
     .bind(&token_hash[..])
     .bind(now)
+    .bind(host)
     .fetch_optional(db)
     .await?)
 }
@@ -139,6 +154,24 @@ pub async fn delete_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result
     Ok(n as u64)
 }
 
+/// Ends every session of a user but `keep` and the sessions `keep` handed to users' server
+/// hosts (all of them when `keep` is `None`); returns the token hashes that ended.
+pub async fn delete_for_user_except(
+    db: impl PgExecutor<'_>,
+    user_id: UserId,
+    keep: Option<SessionId>,
+) -> Result<Vec<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar(
+        "delete from sessions where user_id = $1
+            and session_id is distinct from $2 and parent_session_id is distinct from $2
+         returning token_hash",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .fetch_all(db)
+    .await?)
+}
+
 /// Removes sessions past their absolute expiry or idle longer than allowed, with the child
 /// sessions they handed out; returns the token hashes of all removed.
 pub async fn delete_expired(
@@ -163,11 +196,12 @@ pub async fn list_for_user(
     user_id: UserId,
     now: OffsetDateTime,
 ) -> Result<Vec<Session>, DbError> {
-    Ok(sqlx::query_as(
-        "select session_id, user_id, created_at, last_seen_at, expires_at, user_agent, client_addr
-         from sessions where user_id = $1 and expires_at > $2 and parent_session_id is null
-         order by last_seen_at desc",
-    )
+    Ok(sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from sessions where user_id = $1 and expires_at > $2 and parent_session_id is null
+         order by last_seen_at desc"
+    ))
     .bind(user_id)
     .bind(now)
     .fetch_all(db)

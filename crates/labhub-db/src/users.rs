@@ -19,11 +19,14 @@ pub struct User {
     pub password_hash: Option<String>,
     pub created_at: OffsetDateTime,
     pub last_activity: Option<OffsetDateTime>,
+    /// The provider whose identity of this name may claim the account while it has no password
+    /// and no identity.
+    pub link_provider: Option<String>,
 }
 
 macro_rules! columns {
     () => {
-        "user_id, name, admin, state, password_hash, created_at, last_activity"
+        "user_id, name, admin, state, password_hash, created_at, last_activity, link_provider"
     };
 }
 
@@ -31,7 +34,8 @@ macro_rules! columns {
 macro_rules! prefixed_user_columns {
     () => {
         "u.user_id as u_user_id, u.name as u_name, u.admin as u_admin, u.state as u_state, \
-         u.password_hash as u_password_hash, u.created_at as u_created_at, u.last_activity as u_last_activity"
+         u.password_hash as u_password_hash, u.created_at as u_created_at, u.last_activity as u_last_activity, \
+         u.link_provider as u_link_provider"
     };
 }
 pub(crate) use prefixed_user_columns;
@@ -48,6 +52,7 @@ pub(crate) fn from_prefixed_row(row: &sqlx::postgres::PgRow) -> Result<User, sql
         password_hash: row.try_get("u_password_hash")?,
         created_at: row.try_get("u_created_at")?,
         last_activity: row.try_get("u_last_activity")?,
+        link_provider: row.try_get("u_link_provider")?,
     })
 }
 
@@ -59,6 +64,8 @@ pub struct NewUser<'a> {
     pub state: AccountState,
     pub password_hash: Option<&'a str>,
     pub created_at: OffsetDateTime,
+    /// The provider whose identity of this name may claim the account (see [`User`]).
+    pub link_provider: Option<&'a str>,
 }
 
 /// The unique index that makes two spellings of a name one user.
@@ -67,7 +74,8 @@ pub const NAME_KEY: &str = "users_name_key";
 /// Inserts an account; a taken name is `DbError::Constraint { constraint: NAME_KEY }`.
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser<'_>) -> Result<User, DbError> {
     Ok(sqlx::query_as(concat!(
-        "insert into users (name, admin, state, password_hash, created_at) values ($1, $2, $3, $4, $5) returning ",
+        "insert into users (name, admin, state, password_hash, created_at, link_provider) \
+         values ($1, $2, $3, $4, $5, $6) returning ",
         columns!()
     ))
     .bind(new.name.as_str())
@@ -75,6 +83,7 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser<'_>) -> Result<User, 
     .bind(new.state.as_str())
     .bind(new.password_hash)
     .bind(new.created_at)
+    .bind(new.link_provider)
     .fetch_one(db)
     .await?)
 }
@@ -163,6 +172,20 @@ pub async fn list(db: &sqlx::PgPool, f: &UserFilter) -> Result<(Vec<User>, i64),
 /// Sets or clears a password hash.
 pub async fn set_password_hash(db: impl PgExecutor<'_>, user_id: UserId, hash: Option<&str>) -> Result<(), DbError> {
     sqlx::query("update users set password_hash = $2 where user_id = $1").bind(user_id).bind(hash).execute(db).await?;
+    Ok(())
+}
+
+/// Names the provider whose identity of the account's name may claim it (`None`: none may).
+pub async fn set_link_provider(
+    db: impl PgExecutor<'_>,
+    user_id: UserId,
+    provider: Option<&str>,
+) -> Result<(), DbError> {
+    sqlx::query("update users set link_provider = $2 where user_id = $1")
+        .bind(user_id)
+        .bind(provider)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

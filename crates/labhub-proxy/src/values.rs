@@ -138,7 +138,7 @@ fn push_decimal(buf: &mut impl bytes::BufMut, n: u8) {
 /// The query without its `token` parameters (the hub's own credential, which JupyterHub
 /// accepts as `?token=`), every other byte kept as sent. `None` when there is none to remove.
 /// The key is compared after percent-decoding, because the server would decode it too.
-pub(crate) fn strip_token_param(query: &str) -> Option<String> {
+pub fn strip_token_param(query: &str) -> Option<String> {
     // Whole `&`-separated parts of UTF-8 are removed, so what is left is UTF-8 too.
     without_token_params(query.as_bytes()).map(|kept| String::from_utf8_lossy(&kept).into_owned())
 }

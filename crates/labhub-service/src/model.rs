@@ -25,6 +25,9 @@ pub struct Account {
     pub last_activity: Option<OffsetDateTime>,
     /// Whether it has a password (accounts made for a provider's sign-in have none).
     pub has_password: bool,
+    /// The identity provider whose identity of this name may claim the account while it has
+    /// no password and no linked identity.
+    pub link_provider: Option<String>,
 }
 
 impl From<&users::User> for Account {
@@ -37,6 +40,7 @@ impl From<&users::User> for Account {
             created_at: u.created_at,
             last_activity: u.last_activity,
             has_password: u.password_hash.is_some(),
+            link_provider: u.link_provider.clone(),
         }
     }
 }

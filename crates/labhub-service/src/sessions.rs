@@ -1,6 +1,10 @@
 //! Browser sessions: issuing them, recognising them, ending them, and the one-time codes that
 //! give a user server's own host a session of its own.
 //!
+//! A session works only on the host it was made for: one of the hub's host there (and, without
+//! origin isolation, for everything), one handed to a user server's host only there. So a
+//! session for a user's host, however that host's pages come by it, is never the hub's.
+//!
 //! Recognising a session is on every request's path, so answers are cached in memory for a
 //! short time. Every change that could make a cached answer wrong (logout, a disabled or
 //! deleted user, a change of admin rights) empties the affected entries at once.
@@ -24,6 +28,46 @@ const TOUCH_EVERY: time::Duration = time::Duration::seconds(60);
 pub(crate) const CACHE_MAX: usize = 50_000;
 /// How long a code for a server's own host stays valid.
 const HOST_CODE_LIFETIME: time::Duration = time::Duration::seconds(60);
+
+/// Which host a session cookie was sent to, as the web layer reads the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionHost {
+    /// The hub's own host (or any host but a user's).
+    Hub,
+    /// A user server's own host (origin isolation), by name: lower case, without the port.
+    User(String),
+}
+
+/// The host a stored session is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A session of the hub's host.
+    Hub,
+    /// A session handed to this user server's host.
+    User(String),
+    /// A session handed to a user's host before sessions were bound: accepted nowhere.
+    Nowhere,
+}
+
+impl Bound {
+    fn of(session: &sessions::Session) -> Self {
+        match (session.parent_session_id, &session.host) {
+            (None, _) => Bound::Hub,
+            (Some(_), Some(host)) => Bound::User(host.clone()),
+            (Some(_), None) => Bound::Nowhere,
+        }
+    }
+
+    /// Whether a cookie sent to `host` may be this session. Host names are compared byte for
+    /// byte, as the web layer and the hand-off both write them (lower case, no port).
+    fn admits(&self, host: &SessionHost) -> bool {
+        match (self, host) {
+            (Bound::Hub, SessionHost::Hub) => true,
+            (Bound::User(bound), SessionHost::User(sent)) => bound == sent,
+            _ => false,
+        }
+    }
+}
 
 impl Hub {
     /// Browser sessions: starting, recognising and ending them.
@@ -78,7 +122,7 @@ impl<'h> Sessions<'h> {
 
     /// What [`Sessions::principal`] would answer, when memory alone can say it: `None` when the
     /// database must be asked (not cached, stale, ended, or its last-seen time due).
-    pub fn principal_cached(&self, token: &str) -> Option<Option<Principal>> {
+    pub fn principal_cached(&self, token: &str, host: &SessionHost) -> Option<Option<Principal>> {
         if !looks_like_token(token) {
             return Some(None);
         }
@@ -89,12 +133,14 @@ impl<'h> Sessions<'h> {
             && hit.expires_at > now
             && since_seen < TOUCH_EVERY
             && since_seen <= self.idle_limit();
-        live.then(|| Some(hit.principal.clone()))
+        live.then(|| hit.bound.admits(host).then(|| hit.principal.clone()))
     }
 
-    /// The user behind a session cookie, if the session is live and the user active.
-    pub async fn principal(&self, token: &str) -> Result<Option<Principal>, ServiceError> {
-        if let Some(known) = self.principal_cached(token) {
+    /// The user behind a session cookie sent to `host`, if the session is live, bound to that
+    /// host, and the user active. A session shown on another host is no session there (and
+    /// stays as it is where it belongs).
+    pub async fn principal(&self, token: &str, host: &SessionHost) -> Result<Option<Principal>, ServiceError> {
+        if let Some(known) = self.principal_cached(token, host) {
             return Ok(known);
         }
         let hash = sha256(token);
@@ -106,6 +152,9 @@ impl<'h> Sessions<'h> {
             if hit.expires_at <= now || now - hit.last_seen > self.idle_limit() {
                 drop(hit);
                 self.end_by_hash(&hash).await?;
+                return Ok(None);
+            }
+            if !hit.bound.admits(host) {
                 return Ok(None);
             }
             if now - hit.last_seen >= TOUCH_EVERY {
@@ -125,7 +174,8 @@ impl<'h> Sessions<'h> {
             self.end_by_hash(&hash).await?;
             return Ok(None);
         }
-        if user.state != AccountState::Active {
+        let bound = Bound::of(&session);
+        if user.state != AccountState::Active || !bound.admits(host) {
             return Ok(None);
         }
         let mut last_seen = session.last_seen_at;
@@ -145,6 +195,7 @@ impl<'h> Sessions<'h> {
         let entry = CachedSession {
             session_id: session.session_id,
             principal: principal.clone(),
+            bound,
             expires_at: session.expires_at,
             last_seen,
             fetched: now,
@@ -167,7 +218,7 @@ impl<'h> Sessions<'h> {
     }
 
     /// Forgets cached sessions by their token hashes.
-    fn forget(&self, hashes: Vec<Vec<u8>>) {
+    pub(crate) fn forget(&self, hashes: Vec<Vec<u8>>) {
         for h in hashes {
             if let Ok(h) = <TokenHash>::try_from(h.as_slice()) {
                 self.state().cache.remove(&h);
@@ -180,9 +231,9 @@ impl<'h> Sessions<'h> {
         self.state().cache.retain(|_, s| s.principal.user_id != user);
     }
 
-    /// A one-time code (valid for a minute) that a user server's own host exchanges, with
-    /// [`Sessions::redeem_host_code`], for a session of its own tied to `principal`'s hub
-    /// session. Only browser sessions can hand out codes.
+    /// A one-time code (valid for a minute) that a user server's own host `host` exchanges,
+    /// with [`Sessions::redeem_host_code`], for a session of its own tied to `principal`'s hub
+    /// session and working only on that host. Only browser sessions can hand out codes.
     pub fn host_code(&self, principal: &Principal, host: &str) -> Result<String, ServiceError> {
         let AuthVia::Session { session_id } = principal.via else {
             return Err(ServiceError::Forbidden("only a signed-in browser can open a server on its own host".into()));
@@ -218,7 +269,9 @@ impl<'h> Sessions<'h> {
             return Err(refused());
         }
         let (token, hash) = new_token();
-        sessions::insert_child(self.hub.db(), pending.session_id, &hash, now).await?.ok_or_else(refused)?;
+        sessions::insert_child(self.hub.db(), pending.session_id, &hash, &pending.host, now)
+            .await?
+            .ok_or_else(refused)?;
         Ok(Secret::new(token))
     }
 

@@ -3,8 +3,65 @@
 use std::time::Duration;
 
 use labhub_auth::ThrottleSettings;
+use labhub_auth::oidc::ProviderId;
 use labhub_core::UserName;
 use serde::{Deserialize, Serialize};
+
+/// One entry of `admin_users`: `alice` is the account alice when it signs in with its
+/// password (a local account); `github:bob` is the account bob when it is signed into through
+/// the provider `github`. A bare name never makes an identity provider's user an admin, or lets
+/// one past a provider's allow-list: anyone may hold any name at a public forge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AdminName {
+    /// The provider the account must be signed into through; `None` for its password.
+    pub provider: Option<ProviderId>,
+    /// The account's name.
+    pub name: UserName,
+}
+
+/// An `admin_users` entry that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{entry}' is not an admin_users entry ({why}); write a name, or provider:name")]
+pub struct AdminNameError {
+    entry: String,
+    why: String,
+}
+
+impl AdminName {
+    /// Reads `name` or `provider:name` (account names cannot hold `:`).
+    pub fn parse(raw: &str) -> Result<Self, AdminNameError> {
+        let refused = |why: String| AdminNameError { entry: raw.to_string(), why };
+        let (provider, name) = match raw.split_once(':') {
+            Some((p, n)) => (Some(ProviderId::parse(p).map_err(|e| refused(e.to_string()))?), n),
+            None => (None, raw),
+        };
+        let name = UserName::parse(name).map_err(|e| refused(e.to_string()))?;
+        Ok(Self { provider, name })
+    }
+
+    /// Whether this entry names the account `name` signed into `via` a provider (`None`: its
+    /// password).
+    pub fn matches(&self, name: &UserName, via: Option<&str>) -> bool {
+        &self.name == name && self.provider.as_ref().map(ProviderId::as_str) == via
+    }
+}
+
+impl TryFrom<String> for AdminName {
+    type Error = AdminNameError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<AdminName> for String {
+    fn from(a: AdminName) -> Self {
+        match a.provider {
+            Some(p) => format!("{p}:{}", a.name),
+            None => a.name.to_string(),
+        }
+    }
+}
 
 /// Who may create an account by themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -28,8 +85,8 @@ pub struct AccountSettings {
     pub session_absolute: Duration,
     /// Self-service sign-up.
     pub signup: SignupPolicy,
-    /// Names that are always admins.
-    pub admin_users: Vec<UserName>,
+    /// Accounts that are always admins, each as it signs in (see [`AdminName`]).
+    pub admin_users: Vec<AdminName>,
     /// Shortest password accepted.
     pub password_min_len: usize,
     /// Failed-login limits.
@@ -38,6 +95,19 @@ pub struct AccountSettings {
     pub password_login: bool,
     /// Longest lifetime a user may give an API token; `None` allows tokens that never expire.
     pub max_token_lifetime: Option<Duration>,
+}
+
+impl AccountSettings {
+    /// Whether `admin_users` makes the account `name` an admin when signed into `via` a
+    /// provider (`None`: with its password).
+    pub fn lists_admin(&self, name: &UserName, via: Option<&str>) -> bool {
+        self.admin_users.iter().any(|a| a.matches(name, via))
+    }
+
+    /// Whether any `admin_users` entry names the account `name`, however it signs in.
+    pub fn names_admin(&self, name: &UserName) -> bool {
+        self.admin_users.iter().any(|a| &a.name == name)
+    }
 }
 
 impl Default for AccountSettings {

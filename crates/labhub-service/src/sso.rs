@@ -160,7 +160,8 @@ impl<'h> SignOn<'h> {
         let (name, in_admin_group) = accounts.check_identity(provider, &identity)?;
         let mut tx = self.hub.begin().await?;
         let user = self.account_for_identity(&mut tx, provider, &identity, &name).await?;
-        let admission = accounts.admit(&mut tx, SignIn::Provider { user, in_admin_group }).await?;
+        let sign_in = SignIn::Provider { user, provider: provider.id().as_str(), in_admin_group };
+        let admission = accounts.admit(&mut tx, sign_in).await?;
         tx.commit().await?;
         let account = admission.into_active()?;
         metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
@@ -168,10 +169,10 @@ impl<'h> SignOn<'h> {
     }
 
     /// The account an identity belongs to, for the sign-in policy: the account it is linked
-    /// to; else an account of the claimed name that an admin created for it (no password, no
-    /// identity yet), linked now; else a new account when the provider creates them. A name
-    /// taken by any other account is refused, and the refusal is audited. Runs in the policy's
-    /// transaction.
+    /// to; else an account of the claimed name made for this provider (by an admin naming it,
+    /// or by the provider itself) that has no password and no identity yet, linked now; else a
+    /// new account when the provider creates them. A name taken by any other account is
+    /// refused, and the refusal is audited. Runs in the policy's transaction.
     async fn account_for_identity(
         &self,
         tx: &mut HubTx<'_>,
@@ -188,9 +189,10 @@ impl<'h> SignOn<'h> {
         }
         let user = match users::by_name_for_update(&mut **tx, name).await? {
             Some(existing) => {
-                let admin_made = existing.password_hash.is_none()
+                let claimable = existing.password_hash.is_none()
+                    && existing.link_provider.as_deref() == Some(pid)
                     && identities::count_for_user(&mut **tx, existing.user_id).await? == 0;
-                if !admin_made {
+                if !claimable {
                     // On the pool, not in the transaction: the refusal rolls the transaction back,
                     // and the record of it must stay.
                     self.hub.audit().record(
@@ -215,7 +217,14 @@ impl<'h> SignOn<'h> {
                 };
                 let user = users::insert(
                     &mut **tx,
-                    &NewUser { name, admin: false, state, password_hash: None, created_at: now },
+                    &NewUser {
+                        name,
+                        admin: false,
+                        state,
+                        password_hash: None,
+                        created_at: now,
+                        link_provider: Some(pid),
+                    },
                 )
                 .await
                 .on_constraint(users::NAME_KEY, || {

@@ -36,6 +36,8 @@ impl AccountsState {
 pub(crate) struct CachedSession {
     pub(crate) session_id: SessionId,
     pub(crate) principal: Principal,
+    /// The only host the session works on.
+    pub(crate) bound: crate::sessions::Bound,
     pub(crate) expires_at: OffsetDateTime,
     pub(crate) last_seen: OffsetDateTime,
     pub(crate) fetched: OffsetDateTime,

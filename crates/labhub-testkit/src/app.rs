@@ -188,7 +188,7 @@ impl TestApp {
             .accounts()
             .create(
                 Actor::System,
-                NewAccount { name: name.clone(), password: Some(Secret::new(password.into())), admin },
+                NewAccount { name: name.clone(), password: Some(Secret::new(password.into())), admin, provider: None },
             )
             .await
             .expect("creating a test user");
@@ -222,6 +222,7 @@ impl TestApp {
         let csrf = self.csrf(client, "/hub/login").await;
         client
             .post(self.at("/hub/login"))
+            .header("Origin", self.config.public_url().origin().ascii_serialization())
             .form(&[("_csrf", csrf.as_str()), ("username", name), ("password", password), ("next", "")])
             .send()
             .await

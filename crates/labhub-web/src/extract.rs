@@ -9,13 +9,16 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequ
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use labhub_service::Principal;
+use labhub_service::sessions::SessionHost;
 use serde::de::DeserializeOwned;
 
+use crate::origins::{HostKind, request_host};
 use crate::{AppError, AppState, cookies};
 
 /// Which surface a request came through; set by a layer on each router. It decides which
 /// credentials count: pages take the session cookie only; the API and the proxy also take
-/// API tokens (`Authorization: token|Bearer …`, or `?token=`).
+/// API tokens (`Authorization: token|Bearer …`, or `?token=`); the proxy, last, the token a
+/// browser opened a server with (its server-token cookie).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
     Page,
@@ -48,14 +51,29 @@ pub(crate) fn token_in_query(query: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
 }
 
-/// The session cookie's value, if any: the hub's on the hub's host, the user host's session on
-/// a user's own host (origin isolation).
-pub(crate) fn session_cookie(parts: &Parts, state: &AppState) -> Option<String> {
-    let name = match state.host_kind(&parts.headers) {
-        crate::origins::HostKind::User(_) => state.settings().user_host_cookie.as_str(),
-        _ => state.settings().cookie_name.as_str(),
+/// The session cookie's value, if any, and the host it was sent to: the hub's cookie on the
+/// hub's host, the user host's session on a user's own host (origin isolation).
+pub(crate) fn session_cookie(headers: &HeaderMap, state: &AppState) -> Option<(String, SessionHost)> {
+    let (name, host) = match state.host_kind(headers) {
+        HostKind::User(_) => {
+            let host = request_host(headers)?.to_ascii_lowercase();
+            (state.settings().cookies.user_host_session.as_str(), SessionHost::User(host))
+        }
+        HostKind::Hub | HostKind::Other => (state.settings().cookies.session.as_str(), SessionHost::Hub),
     };
-    cookies::request_cookie(&parts.headers, name)
+    Some((cookies::request_cookie(headers, name)?, host))
+}
+
+/// The user behind the server-token cookie, if it holds a live token. A revoked or expired one
+/// is no credential (the browser then signs in as usual).
+pub(crate) async fn server_token_principal(
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Option<Principal>, AppError> {
+    match cookies::request_cookie(headers, &state.settings().cookies.server_token) {
+        Some(token) => Ok(state.token_principal(token).await?),
+        None => Ok(None),
+    }
 }
 
 /// Whether a request is a person's browser navigating (answered with pages and redirects)
@@ -106,9 +124,9 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
         }
     }
     if principal.is_none()
-        && let Some(cookie) = session_cookie(parts, state)
+        && let Some((cookie, host)) = session_cookie(&parts.headers, state)
     {
-        principal = state.session_principal(cookie).await?;
+        principal = state.session_principal(cookie, host).await?;
         if principal.is_some()
             && surface == Surface::Api
             && is_unsafe(&parts.method)
@@ -118,6 +136,9 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
                 "cookie-authenticated API calls that change things must come from the hub's own pages (Origin check failed); scripts should use an API token",
             ));
         }
+    }
+    if principal.is_none() && surface == Surface::Proxy {
+        principal = server_token_principal(&parts.headers, state).await?;
     }
     parts.extensions.insert(Resolved(principal.clone()));
     Ok(principal)
@@ -203,10 +224,10 @@ pub(crate) fn client_addr_from(
 
 /// What a browser's CSRF tokens are bound to: its session, or before sign-in its pre-login cookie.
 pub(crate) fn csrf_binding(parts: &Parts, state: &AppState) -> Option<Vec<u8>> {
-    if let Some(s) = session_cookie(parts, state) {
+    if let Some((s, _)) = session_cookie(&parts.headers, state) {
         return Some(labhub_auth::sha256(&s).to_vec());
     }
-    cookies::request_cookie(&parts.headers, cookies::LOGIN_CSRF_COOKIE)
+    cookies::request_cookie(&parts.headers, &state.settings().cookies.login_csrf)
         .map(String::into_bytes)
         .filter(|v| v.len() >= 32)
 }

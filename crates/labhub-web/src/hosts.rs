@@ -12,7 +12,6 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum_extra::extract::cookie::{Cookie, SameSite};
 use labhub_core::UserName;
 use serde::Deserialize;
 use url::Url;
@@ -20,11 +19,9 @@ use url::Url;
 use crate::error::json_error;
 use crate::extract::{CurrentUser, is_navigation};
 use crate::origins::{HostKind, request_host, user_label};
+use crate::views::safe_next;
 use crate::{AppError, AppState};
 
-/// The session cookie on users' hosts (host-only there, like the hub's on the hub's host);
-/// with the `__Host-` prefix over https.
-pub const USER_HOST_COOKIE: &str = "labhub-user-session";
 /// Where a user's host exchanges a one-time code for its session.
 pub const HOST_CALLBACK: &str = "/_labhub/host-callback";
 
@@ -89,16 +86,18 @@ where
     }
 }
 
-/// Whether a request on a user's host carries a token or a live session of that host.
+/// Whether a request on a user's host carries a token, a live session of that host, or the
+/// live token the browser opened this user's servers with.
 async fn has_credentials(state: &AppState, headers: HeaderMap, query: Option<&str>) -> bool {
     if headers.contains_key(header::AUTHORIZATION) || query.is_some_and(|q| q.contains("token=")) {
         return true;
     }
-    let name = state.settings().user_host_cookie.as_str();
-    let Some(cookie) = crate::cookies::request_cookie(&headers, name) else {
-        return false;
-    };
-    state.session_principal(cookie).await.ok().flatten().is_some()
+    if let Some((cookie, host)) = crate::extract::session_cookie(&headers, state)
+        && state.session_principal(cookie, host).await.ok().flatten().is_some()
+    {
+        return true;
+    }
+    crate::extract::server_token_principal(&headers, state).await.ok().flatten().is_some()
 }
 
 #[derive(Deserialize)]
@@ -120,13 +119,8 @@ async fn host_callback(state: &AppState, headers: HeaderMap, uri: Uri) -> Respon
         Ok(t) => t,
         Err(e) => return AppError::from(e).into_response(),
     };
-    let next = if q.next.starts_with("/user/") { q.next } else { "/".to_string() };
-    let cookie = Cookie::build((state.settings().user_host_cookie.clone(), token.expose().clone()))
-        .path("/")
-        .http_only(true)
-        .secure(state.settings().secure_cookies())
-        .same_site(SameSite::Lax)
-        .build();
+    let next = if q.next.starts_with("/user/") && safe_next(&q.next) { q.next } else { "/".to_string() };
+    let cookie = crate::cookies::user_host_session(state, token.expose());
     let mut resp = Redirect::to(&next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
         resp.headers_mut().append(header::SET_COOKIE, v);

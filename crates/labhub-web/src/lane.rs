@@ -26,6 +26,7 @@ use bytes::{Buf, BytesMut};
 use labhub_core::ImageKind;
 use labhub_proxy::{ClientInfo, Lane, LaneError, PlainGet, Scheme, parse_user_path};
 use labhub_service::ServerRef;
+use labhub_service::sessions::SessionHost;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -273,10 +274,12 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
             return None;
         }
     }
-    let session = cookies::cookie_in(std::iter::once(cookie?), &state.settings().cookie_name)?;
+    let session = cookies::cookie_in(std::iter::once(cookie?), &state.settings().cookies.session)?;
+    let session = std::str::from_utf8(session).ok()?.to_string();
     // Asked as the general path asks (memory, else the database on the hub's runtime), so a
     // connection stays in the lane when its session's cached answer runs out.
-    let me = state.session_principal(session).await.ok()??;
+    // The lane serves only hubs without users' own hosts: every session is the hub host's.
+    let me = state.session_principal(session, SessionHost::Hub).await.ok()??;
     let to = ServerRef { owner: route.route().owner, server: route.key().server.as_ref() };
     state.hub().access().may_reach(&me, to)?;
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };

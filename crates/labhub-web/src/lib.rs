@@ -21,10 +21,10 @@ mod state;
 mod static_files;
 mod views;
 
+pub use cookies::CookieNames;
 pub use edge::{HubService, ResponseFuture};
 pub use error::AppError;
 pub use extract::{AdminUser, ClientAddr, CsrfForm, CurrentUser, MaybeUser};
-pub use hosts::USER_HOST_COOKIE;
 pub use lane::{FrontDoor, LaneEnd};
 pub use state::{AppState, WebSettings};
 

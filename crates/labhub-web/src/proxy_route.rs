@@ -1,23 +1,30 @@
 //! `/user/{name}/[{server}/]…`: who may reach a user's server, and the hand-off to the proxy.
 //!
 //! Every request and every WebSocket upgrade is authenticated (session cookie, API token in
-//! `Authorization`, or `?token=`) and must come from the owner or an admin. Cookie-
-//! authenticated requests that change state, and every cookie-authenticated WebSocket, must
-//! come from the hub's own origin: the proxy authenticates to the server with the server's
-//! token, which makes jupyter_server skip its own XSRF check, so this check takes its place.
+//! `Authorization`, or `?token=`, or the token a browser opened the server with) and must come
+//! from the owner or an admin. Cookie-authenticated requests that change state, and every
+//! cookie-authenticated WebSocket, must come from the hub's own origin: the proxy authenticates
+//! to the server with the server's token, which makes jupyter_server skip its own XSRF check,
+//! so this check takes its place.
+//!
+//! A person's browser opening a server with `?token=` gets the same address without it, and
+//! keeps the token in a cookie for that user's servers until it closes (as JupyterHub keeps
+//! it in the server's cookie): the page never holds the token in `location.search`, where the
+//! server's scripts would read it.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::CookieJar;
 use labhub_core::{ServerName, UserName};
-use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path};
+use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path, strip_token_param};
 use labhub_service::{Actor, AuthVia, Principal, ServerRef, ServiceError};
 
-use crate::AppState;
 use crate::error::json_error;
-use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin};
+use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin, token_in_query};
 use crate::pages::servers::NotRunningPage;
 use crate::views::{ErrorPage, Page, login_url};
+use crate::{AppState, cookies};
 
 /// What a visitor who may not reach a server is told.
 const SOMEONE_ELSES: &str = "This server belongs to someone else.";
@@ -84,7 +91,10 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     {
         return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req);
     }
-    let by_cookie = matches!(me.via, AuthVia::Session { .. });
+    let token_in_url = req.uri().query().and_then(token_in_query).is_some();
+    let token_in_header = req.headers().contains_key(header::AUTHORIZATION);
+    // By a cookie: the session, or the token a browser opened the server with.
+    let by_cookie = matches!(me.via, AuthVia::Session { .. }) || !(token_in_url || token_in_header);
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let has_origin = req.headers().contains_key(header::ORIGIN);
     if (by_cookie && (unsafe_method || is_upgrade(&req)) || has_origin && is_upgrade(&req))
@@ -96,6 +106,9 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
             navigation,
             &req,
         );
+    }
+    if navigation && token_in_url && !token_in_header {
+        return forget_url_token(&state, &req, &user_path.user);
     }
     let Some(route) = route else {
         let cookies = req.headers().get(header::COOKIE).cloned();
@@ -119,6 +132,23 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
             resp
         }
     }
+}
+
+/// The answer to a navigation that a `?token=` in its address authenticated: the same address
+/// without the token, and the token kept in the browser for `user`'s servers (see [the
+/// module](self)).
+fn forget_url_token(state: &AppState, req: &Request, user: &UserName) -> Response {
+    let query = req.uri().query().unwrap_or_default();
+    let token = token_in_query(query).unwrap_or_default();
+    let path = req.uri().path();
+    let target = match strip_token_param(query) {
+        Some(kept) if !kept.is_empty() => format!("{path}?{kept}"),
+        _ => path.to_string(),
+    };
+    let cookie = cookies::server_token(state, &format!("/user/{user}/"), &token);
+    let mut resp = (CookieJar::new().add(cookie), Redirect::to(&target)).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// JupyterLab reads its server's token from the page jupyter_server rendered and sends it back

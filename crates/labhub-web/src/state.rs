@@ -5,11 +5,14 @@ use std::task::{Context, Poll};
 
 use labhub_auth::CsrfKey;
 use labhub_proxy::Proxy;
+use labhub_service::sessions::SessionHost;
 use labhub_service::{Hub, Principal, ServiceError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::runtime::Handle;
 use tokio::task::{JoinError, JoinHandle};
 use url::Url;
+
+use crate::cookies::CookieNames;
 
 /// How the web surface presents itself.
 #[derive(Debug, Clone)]
@@ -17,10 +20,8 @@ pub struct WebSettings {
     /// The address people use to reach the hub (scheme, host, port); decides cookie `Secure`
     /// and the origin that cookie-authenticated API calls and WebSockets must come from.
     pub public_url: Url,
-    /// The session cookie's name.
-    pub cookie_name: String,
-    /// The session cookie's name on users' own hosts (origin isolation).
-    pub user_host_cookie: String,
+    /// What the hub's cookies are called.
+    pub cookies: CookieNames,
     /// Largest request body accepted by pages and the API (the proxy streams without limit).
     pub max_body_bytes: usize,
     /// Believe `X-Forwarded-For` for the client address (only behind a trusted reverse proxy).
@@ -95,14 +96,18 @@ impl AppState {
         })
     }
 
-    /// The user behind a session cookie: from the credential cache where the request is, or
-    /// from the database on the hub's runtime.
-    pub(crate) async fn session_principal(&self, cookie: String) -> Result<Option<Principal>, ServiceError> {
-        match self.hub().sessions().principal_cached(&cookie) {
+    /// The user behind a session cookie sent to `host`: from the credential cache where the
+    /// request is, or from the database on the hub's runtime.
+    pub(crate) async fn session_principal(
+        &self,
+        cookie: String,
+        host: SessionHost,
+    ) -> Result<Option<Principal>, ServiceError> {
+        match self.hub().sessions().principal_cached(&cookie, &host) {
             Some(known) => Ok(known),
             // Boxed: a query's future is large, and it would otherwise be part of every
             // request's future, which is allocated and moved whole.
-            None => Box::pin(self.hub_call(|hub| async move { hub.sessions().principal(&cookie).await })).await,
+            None => Box::pin(self.hub_call(|hub| async move { hub.sessions().principal(&cookie, &host).await })).await,
         }
     }
 

@@ -54,7 +54,6 @@ impl FromRequestParts<AppState> for Page {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let MaybeUser(user) = MaybeUser::from_request_parts(parts, state).await?;
-        let incoming = CookieJar::from_headers(&parts.headers);
         let mut jar = CookieJar::new();
         let binding = match csrf_binding(parts, state) {
             Some(b) => b,
@@ -64,7 +63,8 @@ impl FromRequestParts<AppState> for Page {
                 value.into_bytes()
             }
         };
-        let flash = incoming.get(cookies::FLASH_COOKIE).map(|c| cookies::read_flash(c.value()));
+        let flash =
+            cookies::request_cookie(&parts.headers, &state.settings().cookies.flash).map(|v| cookies::read_flash(&v));
         if flash.is_some() {
             jar = jar.add(cookies::flash_removal(state));
         }
@@ -128,10 +128,32 @@ pub fn login_url(next: Option<&str>) -> String {
     }
 }
 
-/// Whether a `next=` target stays on this hub: a path starting with a single `/`, so
-/// `//evil.example` and `https://…` cannot turn the sign-in page into an open redirect.
+/// Whether a `next=` target stays on this hub: a path of visible ASCII starting with a single
+/// `/` and holding no backslash, so `//evil.example` and `https://…` cannot turn the sign-in
+/// page into an open redirect. Browsers drop tabs and newlines from an address and read a
+/// backslash as `/`, so `/<tab>/evil.example` and `/\evil.example` would leave the hub too.
+/// The same tricks percent-encoded (`/%09/…`, `/%2F…`, `/%5C…`) are refused as well, decoded
+/// as often as anything on the way to the browser could decode them.
 pub fn safe_next(next: &str) -> bool {
-    next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") && !next.contains(['\r', '\n'])
+    /// Percent-decoding rounds checked; a target still changing after them is refused.
+    const ROUNDS: usize = 4;
+    let stays = |p: &[u8]| p.first() == Some(&b'/') && !matches!(p.get(1), Some(b'/')) && !p.contains(&b'\\');
+    let no_controls = |p: &[u8]| !p.iter().any(|b| b.is_ascii_control());
+    if !next.bytes().all(|b| b.is_ascii_graphic()) || !stays(next.as_bytes()) {
+        return false;
+    }
+    let mut current = next.as_bytes().to_vec();
+    for _ in 0..ROUNDS {
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&current).collect();
+        if decoded == current {
+            return true;
+        }
+        if !no_controls(&decoded) || !stays(&decoded) {
+            return false;
+        }
+        current = decoded;
+    }
+    false
 }
 
 /// "5 minutes ago", for people; exact times go in a `title`.
@@ -259,12 +281,43 @@ mod tests {
 
     #[test]
     fn next_targets_stay_on_the_hub() {
-        assert!(safe_next("/hub/home"));
-        assert!(safe_next("/user/alice/lab?x=1"));
-        for bad in ["//evil.example", "https://evil.example", "/\\evil.example", "evil", "/a\r\nSet-Cookie: x"] {
-            assert!(!safe_next(bad), "{bad}");
+        let table: &[(&str, bool)] = &[
+            ("/hub/home", true),
+            ("/user/alice/lab?x=1", true),
+            ("/user/alice/lab/tree/donn%C3%A9es%20et%20plus", true),
+            ("/user/alice/files/100%25", true),
+            ("/hub/token#tokens", true),
+            ("", false),
+            ("evil", false),
+            ("https://evil.example", false),
+            ("//evil.example", false),
+            ("/\\evil.example", false),
+            ("\\/evil.example", false),
+            ("/a\\b", false),
+            ("/\t/evil.example", false),
+            ("/\n/evil.example", false),
+            ("/\r/evil.example", false),
+            ("/ /evil.example", false),
+            ("/\x7f/evil.example", false),
+            ("/\0/evil.example", false),
+            ("/é", false),
+            ("/a\r\nSet-Cookie: x", false),
+            ("/%09/evil.example", false),
+            ("/%0a/evil.example", false),
+            ("/%2F/evil.example", false),
+            ("/%2f%2fevil.example", false),
+            ("/%5Cevil.example", false),
+            ("/%5cevil.example", false),
+            ("/hub/%5C", false),
+            ("/%2509/evil.example", false),
+            ("/%252F/evil.example", false),
+            ("/%25252525252F/evil.example", false),
+        ];
+        for (next, stays) in table {
+            assert_eq!(safe_next(next), *stays, "{next:?}");
         }
         assert_eq!(login_url(Some("//evil")), "/hub/login");
+        assert_eq!(login_url(Some("/%09/evil.example")), "/hub/login");
     }
 
     #[test]

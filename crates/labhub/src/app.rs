@@ -4,7 +4,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use labhub_auth::passwords::HashCost;
 use labhub_auth::{HubKey, PasswordHasher};
 use labhub_core::spawner::{ImageBuilder, Spawner};
@@ -82,11 +82,9 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         quotas: config.quota_settings(),
     });
     let proxy = Proxy::new(config.proxy_settings(), routes);
-    let (cookie_name, user_host_cookie) = config.cookie_names();
     let web = WebSettings {
         public_url: config.public_url(),
-        cookie_name,
-        user_host_cookie,
+        cookies: config.cookie_names(),
         max_body_bytes: config.http.max_body_bytes,
         trust_forwarded_for: config.http.trust_forwarded_for,
         user_subdomains: config.proxy.user_subdomains,
@@ -168,17 +166,68 @@ pub fn load_key(config: &Config) -> anyhow::Result<HubKey> {
     HubKey::new(hex::decode(&hex_key)?).context("a generated key is 32 bytes")
 }
 
-/// Writes a file only its owner can read.
+/// Writes a file only its owner can read (a key, a password). A symbolic link or a file with
+/// other names (a hard link) in its place is refused, not followed: whoever made it would choose
+/// where the secret goes. An existing file is made owner-only before the secret is written, since
+/// opening keeps the mode it had.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let shown = path.display();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("could not write {}", path.display()))?;
-    f.write_all(contents.as_bytes()).with_context(|| format!("could not write {}", path.display()))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!("refusing to write {shown}: it is a symbolic link"),
+            _ => anyhow::Error::new(e).context(format!("could not write {shown}")),
+        })?;
+    let meta = f.metadata().with_context(|| format!("could not write {shown}"))?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        bail!("refusing to write {shown}: it is not a plain file of its own (another name links to it)");
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).with_context(|| format!("could not protect {shown}"))?;
+    f.set_len(0).with_context(|| format!("could not write {shown}"))?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("could not write {shown}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::write_private;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn private_files_are_owner_only_every_time_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh");
+        write_private(&fresh, "one").unwrap();
+        assert_eq!((std::fs::read_to_string(&fresh).unwrap().as_str(), mode(&fresh)), ("one", 0o600));
+
+        let loose = dir.path().join("loose");
+        std::fs::write(&loose, "an old, longer secret").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&loose, "two").unwrap();
+        assert_eq!((std::fs::read_to_string(&loose).unwrap().as_str(), mode(&loose)), ("two", 0o600));
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "theirs").unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let symlink = dir.path().join("symlink");
+        std::os::unix::fs::symlink(&elsewhere, &symlink).unwrap();
+        let e = write_private(&symlink, "secret").unwrap_err().to_string();
+        assert!(e.contains("it is a symbolic link"), "{e}");
+        let hardlink = dir.path().join("hardlink");
+        std::fs::hard_link(&elsewhere, &hardlink).unwrap();
+        let e = write_private(&hardlink, "secret").unwrap_err().to_string();
+        assert!(e.contains("another name links to it"), "{e}");
+        assert_eq!((std::fs::read_to_string(&elsewhere).unwrap().as_str(), mode(&elsewhere)), ("theirs", 0o644));
+    }
 }

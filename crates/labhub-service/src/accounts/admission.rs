@@ -5,6 +5,7 @@ use labhub_auth::oidc::{ExternalIdentity, Provider};
 use labhub_auth::{DeviceKey, SignInClient};
 use labhub_core::{AccountState, Secret, UserName};
 use labhub_db::ResultExt;
+use labhub_db::identities;
 use labhub_db::users::{self, NewUser, User};
 use serde_json::json;
 
@@ -19,12 +20,13 @@ use crate::{ServiceError, SignupPolicy};
 pub const BAD_CREDENTIALS: &str = "Invalid user name or password.";
 
 /// How a person proved who they are, as the sign-in policy sees it.
-pub(crate) enum SignIn {
+pub(crate) enum SignIn<'p> {
     /// The account's password matched.
     Password(User),
-    /// A provider vouched for an identity linked to this account; with `admin_groups` set for
-    /// the provider, whether the identity is in one of them at this sign-in.
-    Provider { user: User, in_admin_group: Option<bool> },
+    /// The provider `provider` vouched for an identity linked to this account; with
+    /// `admin_groups` set for the provider, whether the identity is in one of them at this
+    /// sign-in.
+    Provider { user: User, provider: &'p str, in_admin_group: Option<bool> },
 }
 
 /// What the sign-in policy decided.
@@ -135,7 +137,9 @@ impl Accounts<'_> {
 
     /// The first half of the policy for a provider's identity, before any account is looked
     /// at: the claimed name must pass the account name rule, and the provider's allowed users
-    /// and groups must admit it (admins by `admin_users` or `admin_groups` always pass).
+    /// and groups must admit it (admins by `admin_groups`, or by an `admin_users` entry for
+    /// this provider, always pass; a bare name in `admin_users` is a local account's and lets
+    /// no one past a provider's lists).
     /// Returns the name and, when the provider names admin groups, whether the identity is in
     /// one.
     pub(crate) fn check_identity(
@@ -154,7 +158,7 @@ impl Accounts<'_> {
         let member_of = |groups: &[String]| identity.groups.iter().any(|g| groups.contains(g));
         let in_admin_group = (!rules.admin_groups.is_empty()).then(|| member_of(&rules.admin_groups));
         let restricted = !rules.allowed_users.is_empty() || !rules.allowed_groups.is_empty();
-        let allowed = self.state().settings.admin_users.contains(&name)
+        let allowed = self.state().settings.lists_admin(&name, Some(provider.id().as_str()))
             || in_admin_group == Some(true)
             || rules.allowed_users.contains(&name)
             || member_of(&rules.allowed_groups);
@@ -168,12 +172,13 @@ impl Accounts<'_> {
 
     /// The rest of the policy, for every way of signing in, once the account is known: a
     /// disabled account is refused, a pending one waits, and admin rights are set from
-    /// `admin_users` and, for a provider with `admin_groups`, from membership at this sign-in.
-    /// Runs in the caller's transaction, so a refusal leaves nothing behind.
-    pub(crate) async fn admit(&self, tx: &mut HubTx<'_>, sign_in: SignIn) -> Result<Admission, ServiceError> {
-        let (user, in_admin_group) = match sign_in {
-            SignIn::Password(user) => (user, None),
-            SignIn::Provider { user, in_admin_group } => (user, in_admin_group),
+    /// `admin_users` (the entry for the way this sign-in was made) and, for a provider with
+    /// `admin_groups`, from membership at this sign-in. Runs in the caller's transaction, so a
+    /// refusal leaves nothing behind.
+    pub(crate) async fn admit(&self, tx: &mut HubTx<'_>, sign_in: SignIn<'_>) -> Result<Admission, ServiceError> {
+        let (user, via, in_admin_group) = match sign_in {
+            SignIn::Password(user) => (user, None, None),
+            SignIn::Provider { user, provider, in_admin_group } => (user, Some(provider), in_admin_group),
         };
         match user.state {
             AccountState::Active => {}
@@ -184,7 +189,7 @@ impl Accounts<'_> {
                 ));
             }
         }
-        let listed = self.state().settings.admin_users.contains(&user.name);
+        let listed = self.state().settings.lists_admin(&user.name, via);
         let admin = listed || in_admin_group.unwrap_or(user.admin);
         if admin != user.admin {
             users::set_admin(&mut **tx, user.user_id, admin).await?;
@@ -232,7 +237,14 @@ impl Accounts<'_> {
         let mut tx = self.hub.begin().await?;
         let user = users::insert(
             &mut *tx,
-            &NewUser { name: &name, admin: false, state, password_hash: Some(&hash), created_at: self.hub.now() },
+            &NewUser {
+                name: &name,
+                admin: false,
+                state,
+                password_hash: Some(&hash),
+                created_at: self.hub.now(),
+                link_provider: None,
+            },
         )
         .await
         .on_constraint(users::NAME_KEY, || ServiceError::Conflict(format!("the name {name} is taken")))?;
@@ -254,33 +266,47 @@ impl Accounts<'_> {
         Ok(())
     }
 
-    /// Makes sure someone can administer the hub: names in `admin_users` that exist become
-    /// admins, and when there is no active admin at all, the first `admin_users` name (or
-    /// `admin`) gets an account with a fresh random password, which is returned (once) so the
-    /// operator can sign in.
+    /// Makes sure someone can administer the hub: accounts `admin_users` names that exist
+    /// become admins (a bare name only if the account has a password, `provider:name` only if
+    /// it has an identity of that provider), and when there is no active admin at all, the
+    /// first bare name (or `admin`) gets an account with a fresh random password, which is
+    /// returned (once) so the operator can sign in. An account of that name that signs in
+    /// through a provider is not taken over: that would make the provider's user the admin.
     pub async fn bootstrap_admins(&self) -> Result<Option<(UserName, Secret<String>)>, ServiceError> {
         let settings = &self.state().settings;
         let audit = self.hub.audit();
         let mut tx = self.hub.begin().await?;
-        for name in &settings.admin_users {
-            if let Some(u) = users::by_name(&mut *tx, name).await?
-                && !u.admin
-            {
+        for entry in &settings.admin_users {
+            let Some(u) = users::by_name(&mut *tx, &entry.name).await?.filter(|u| !u.admin) else { continue };
+            let fits = match &entry.provider {
+                None => u.password_hash.is_some(),
+                Some(p) => {
+                    identities::list_for_user(&mut *tx, u.user_id).await?.iter().any(|i| i.provider == p.as_str())
+                }
+            };
+            if fits {
                 users::set_admin(&mut *tx, u.user_id, true).await?;
                 let detail = json!({ "reason": "admin_users" });
-                audit.record(&mut *tx, Actor::System, "user.set_admin", name.as_str(), detail).await?;
+                audit.record(&mut *tx, Actor::System, "user.set_admin", u.name.as_str(), detail).await?;
             }
         }
         if users::count_active_admins(&mut *tx).await? > 0 {
             return tx.commit().await.map(|()| None);
         }
-        let name = match settings.admin_users.first() {
-            Some(n) => n.clone(),
+        let name = match settings.admin_users.iter().find(|a| a.provider.is_none()) {
+            Some(a) => a.name.clone(),
             None => UserName::parse("admin").expect("a valid name"),
         };
+        let existing = users::by_name(&mut *tx, &name).await?;
+        if let Some(u) = &existing
+            && identities::count_for_user(&mut *tx, u.user_id).await? > 0
+        {
+            return Err(ServiceError::Conflict(format!(
+                "no active admin exists, and the account {name}, which would become the first one, signs in through an identity provider; list a local account first in admin_users, or make an admin with `labhub user set-admin`"
+            )));
+        }
         let password = Secret::new(labhub_auth::new_token().0[..24].to_string());
         let hash = self.state().passwords.hash(password.clone()).await?;
-        let existing = users::by_name(&mut *tx, &name).await?;
         match &existing {
             Some(u) => {
                 users::set_password_hash(&mut *tx, u.user_id, Some(&hash)).await?;
@@ -294,6 +320,7 @@ impl Accounts<'_> {
                     state: AccountState::Active,
                     password_hash: Some(&hash),
                     created_at: self.hub.now(),
+                    link_provider: None,
                 };
                 users::insert(&mut *tx, &new).await?;
             }

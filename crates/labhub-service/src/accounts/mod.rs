@@ -20,7 +20,7 @@ use crate::hub::{HubTx, no_user};
 use crate::model::{Account, ServerView, StopReason, StorageFate};
 use crate::state::AccountsState;
 use crate::views::UserView;
-use crate::{Hub, Principal, ServiceError};
+use crate::{AuthVia, Hub, Principal, ServiceError};
 
 /// A new account, as an admin (or the CLI) asks for it.
 #[derive(Debug)]
@@ -28,6 +28,9 @@ pub struct NewAccount {
     pub name: UserName,
     pub password: Option<Secret<String>>,
     pub admin: bool,
+    /// For an account without a password: the identity provider whose identity of this name
+    /// may claim it at its first sign-in. Without one, no provider can claim it by its name.
+    pub provider: Option<String>,
 }
 
 impl Hub {
@@ -63,9 +66,25 @@ impl<'h> Accounts<'h> {
         PasswordPolicy { min_len: self.state().settings.password_min_len }
     }
 
+    /// The provider an admin names for an account, checked: it must be configured.
+    fn known_provider<'p>(&self, provider: Option<&'p str>) -> Result<Option<&'p str>, ServiceError> {
+        match provider {
+            Some(p) if self.hub.providers().get(p).is_none() => {
+                Err(ServiceError::Invalid(format!("there is no identity provider called '{p}' on this hub")))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Creates an account (admins, the CLI).
     pub async fn create(&self, actor: Actor<'_>, new: NewAccount) -> Result<Account, ServiceError> {
         actor.require_admin()?;
+        let provider = self.known_provider(new.provider.as_deref())?;
+        if provider.is_some() && new.password.is_some() {
+            return Err(ServiceError::Invalid(
+                "an account signs in with a password or through an identity provider: give a password or a provider, not both".into(),
+            ));
+        }
         let hash = match &new.password {
             Some(p) => {
                 self.password_policy().check(p.expose())?;
@@ -73,7 +92,7 @@ impl<'h> Accounts<'h> {
             }
             None => None,
         };
-        let admin = new.admin || self.state().settings.admin_users.contains(&new.name);
+        let admin = new.admin || self.state().settings.lists_admin(&new.name, provider);
         let mut tx = self.hub.begin().await?;
         let user = users::insert(
             &mut *tx,
@@ -83,11 +102,13 @@ impl<'h> Accounts<'h> {
                 state: AccountState::Active,
                 password_hash: hash.as_deref(),
                 created_at: self.hub.now(),
+                link_provider: provider,
             },
         )
         .await
         .on_constraint(users::NAME_KEY, || ServiceError::Conflict(format!("the name {} is taken", new.name)))?;
-        self.hub.audit().record(&mut *tx, actor, "user.create", new.name.as_str(), json!({ "admin": admin })).await?;
+        let detail = json!({ "admin": admin, "provider": provider });
+        self.hub.audit().record(&mut *tx, actor, "user.create", new.name.as_str(), detail).await?;
         tx.commit().await?;
         Ok(user.into())
     }
@@ -174,7 +195,28 @@ impl<'h> Accounts<'h> {
         Ok(())
     }
 
-    /// Changes one's own password after checking the current one.
+    /// Names the identity provider whose identity of the account's name may claim it while it
+    /// has no password and no linked identity (admins); `None`: no provider may.
+    pub async fn set_link_provider(
+        &self,
+        actor: Actor<'_>,
+        name: &UserName,
+        provider: Option<&str>,
+    ) -> Result<Account, ServiceError> {
+        actor.require_admin()?;
+        let provider = self.known_provider(provider)?;
+        let user = self.hub.user_row(name).await?;
+        let mut tx = self.hub.begin().await?;
+        users::set_link_provider(&mut *tx, user.user_id, provider).await?;
+        let detail = json!({ "before": user.link_provider, "after": provider });
+        self.hub.audit().record(&mut *tx, actor, "user.set_provider", name.as_str(), detail).await?;
+        tx.commit().await?;
+        Ok(users::User { link_provider: provider.map(str::to_string), ..user }.into())
+    }
+
+    /// Changes one's own password after checking the current one, and ends every other session
+    /// of the account (a browser where someone else may still be signed in), keeping the one
+    /// that made the change.
     pub async fn change_own_password(
         &self,
         principal: &Principal,
@@ -190,9 +232,17 @@ impl<'h> Accounts<'h> {
         let hash = passwords.hash(new).await?;
         let mut tx = self.hub.begin().await?;
         users::set_password_hash(&mut *tx, user.user_id, Some(&hash)).await?;
+        let current = match principal.via {
+            AuthVia::Session { session_id } => Some(session_id),
+            AuthVia::Token { .. } => None,
+        };
+        let ended = labhub_db::sessions::delete_for_user_except(&mut *tx, user.user_id, current).await?;
         let actor = Actor::User(principal);
-        self.hub.audit().record(&mut *tx, actor, "user.change_password", principal.name.as_str(), json!({})).await?;
-        tx.commit().await
+        let detail = json!({ "sessions_ended": ended.len() });
+        self.hub.audit().record(&mut *tx, actor, "user.change_password", principal.name.as_str(), detail).await?;
+        tx.commit().await?;
+        self.hub.sessions().forget(ended);
+        Ok(())
     }
 
     /// Refuses a change that would leave the hub without an active admin.
@@ -223,7 +273,7 @@ impl<'h> Accounts<'h> {
             return Ok(user.into());
         }
         if !admin {
-            if self.state().settings.admin_users.contains(name) {
+            if self.state().settings.names_admin(name) {
                 return Err(ServiceError::Conflict(format!(
                     "{name} is listed in admin_users in the configuration; remove it there first"
                 )));

@@ -99,6 +99,12 @@ async fn user_and_token_commands_drive_the_same_database() {
     let (code, _, err) = run(labhub(&["user", "add", "CAROL"]).env("DATABASE_URL", &url));
     assert_eq!(code, 1);
     assert!(err.contains("taken"), "{err}");
+    let (code, _, err) = run(labhub(&["user", "add", "erin", "--provider", "github"]).env("DATABASE_URL", &url));
+    assert_eq!(code, 2, "a provider only for an account without a password: {err}");
+    let no_provider = ["user", "add", "erin", "--no-password", "--provider", "github"];
+    let (code, _, err) = run(labhub(&no_provider).env("DATABASE_URL", &url));
+    assert_eq!(code, 1);
+    assert!(err.contains("there is no identity provider called 'github' on this hub"), "{err}");
     let (code, _, err) = run(labhub(&["user", "set-admin", "carol", "false"]).env("DATABASE_URL", &url));
     assert_eq!(code, 1, "the last admin stays");
     assert!(err.contains("last active admin"), "{err}");

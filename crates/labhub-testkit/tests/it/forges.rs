@@ -1,6 +1,7 @@
 //! Signing in with GitHub and GitLab, against fakes of their APIs: users, organisations,
 //! teams and groups, spent codes, verified addresses, and provider tokens kept nowhere.
 
+use labhub_service::settings::AdminName;
 use labhub_testkit::TestApp;
 use labhub_testkit::app::browser;
 use labhub_testkit::fake_forges::{FakeGitHub, FakeGitLab, ForgeUser};
@@ -157,4 +158,122 @@ async fn gitlab_users_and_groups_through_its_api() {
     let r = c.get(&callback).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(app.count("select count(*) from users").await, 1);
+}
+
+/// A GitHub sign-in as `who` through a fresh browser; returns the hub's answer at the callback.
+async fn github_sign_in(app: &TestApp, gh: &FakeGitHub, who: ForgeUser) -> reqwest::Response {
+    gh.set_user(who);
+    let c = browser();
+    let authorize = click_sign_in(app, &c, "github").await;
+    let callback = location(&c.get(&authorize).send().await.unwrap());
+    c.get(&callback).send().await.unwrap()
+}
+
+/// A hub signing in with the fake GitHub (only `carol` allowed, accounts made at first sign-in)
+/// and with `admin_users` as given.
+async fn github_hub(gh: &FakeGitHub, admin_users: &[&str]) -> TestApp {
+    let github = provider(
+        json!({ "id": "github", "kind": "github", "client_id": "gh-client", "client_secret": "gh-secret",
+                "base_url": gh.base_url(), "api_url": gh.api_url(), "auto_create": true,
+                "allowed_users": ["carol"] }),
+        json!({}),
+    );
+    let admins: Vec<AdminName> = admin_users.iter().map(|a| AdminName::parse(a).unwrap()).collect();
+    TestApp::builder()
+        .config(move |c| {
+            c.auth.providers = vec![github];
+            c.auth.admin_users = admins;
+        })
+        .spawn()
+        .await
+}
+
+/// Anyone can hold any login at GitHub, so a bare name in `admin_users` is a local account's:
+/// a GitHub user of that name is neither let past the provider's allow-list nor made an admin.
+/// `github:bob` names the account bob signed into through GitHub.
+#[tokio::test]
+async fn a_bare_admin_name_is_a_local_accounts_and_a_provider_entry_that_providers() {
+    let gh = FakeGitHub::start("gh-client", "gh-secret", ForgeUser::new(1, "carol")).await;
+    let app = github_hub(&gh, &["alice", "github:bob"]).await;
+
+    let r = github_sign_in(&app, &gh, ForgeUser::new(66, "alice")).await;
+    assert_refused(error_page(r).await, StatusCode::FORBIDDEN, "alice may not sign in to this hub with GitHub");
+    assert_eq!(app.count("select count(*) from users").await, 0, "no account for the stranger");
+
+    let r = github_sign_in(&app, &gh, ForgeUser::new(2, "bob")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "github:bob passes the allow-list");
+    assert_eq!(app.count("select count(*) from users where name = 'bob' and admin").await, 1);
+
+    // The local alice, signing in with her password, is the admin the bare name means.
+    app.add_user("alice", "correct horse", false).await;
+    let c = app.signed_in("alice", "correct horse").await;
+    assert_eq!(c.get(app.at("/hub/admin/users")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(app.count("select count(*) from users where name = 'alice' and admin").await, 1);
+}
+
+/// An account an admin made without a password is linked at the first sign-in only by the
+/// provider the admin named for it; made without one, no provider can claim it by its name.
+#[tokio::test]
+async fn an_admin_made_account_is_claimed_only_through_the_provider_named_for_it() {
+    let gh = FakeGitHub::start("gh-client", "gh-secret", ForgeUser::new(1, "carol")).await;
+    let app = github_hub(&gh, &[]).await;
+    app.add_user("root", "correct horse", true).await;
+    let root = app.api_for("root").await;
+
+    let a = root.post_json("/hub/api/users/carol", &json!({})).await;
+    let (status, body) = (a.status, a.value());
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["provider"], json!(null));
+    let r = github_sign_in(&app, &gh, ForgeUser::new(3, "carol")).await;
+    assert_refused(error_page(r).await, StatusCode::CONFLICT, "An account named carol already exists");
+    assert_eq!(app.count("select count(*) from identities").await, 0);
+
+    // Named for GitHub (here afterwards), the account is GitHub's carol's.
+    let a = root.patch_json("/hub/api/users/carol", &json!({ "provider": "github" })).await;
+    let (status, body) = (a.status, a.value());
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["provider"], "github");
+    let r = github_sign_in(&app, &gh, ForgeUser::new(3, "carol")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
+    assert_eq!(app.count("select count(*) from identities where subject = '3'").await, 1);
+
+    // Clear errors for what cannot be.
+    let a = root.post_json("/hub/api/users/dana", &json!({ "provider": "gitlab" })).await;
+    let (status, body) = (a.status, a.value());
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["message"], "there is no identity provider called 'gitlab' on this hub");
+    let a =
+        root.post_json("/hub/api/users/dana", &json!({ "provider": "github", "password": "a long password" })).await;
+    let (status, body) = (a.status, a.value());
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("give a password or a provider, not both"), "{body}");
+    let a = root.patch_json("/hub/api/users/carol", &json!({ "provider": 7 })).await;
+    let (status, body) = (a.status, a.value());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let a = root.post_json("/hub/api/users", &json!({ "usernames": ["erin"], "provider": "github" })).await;
+    let (status, body) = (a.status, a.value());
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body[0]["provider"], "github");
+    let a = root.patch_json("/hub/api/users/erin", &json!({ "provider": null })).await;
+    assert_eq!(a.value()["provider"], json!(null), "null names no provider");
+}
+
+/// At start, a bare name in `admin_users` makes only a local account (one with a password) an
+/// admin, and the first-admin account is never one a provider's user signs into.
+#[tokio::test]
+async fn at_start_a_bare_admin_name_does_not_promote_a_providers_account() {
+    let gh = FakeGitHub::start("gh-client", "gh-secret", ForgeUser::new(1, "carol")).await;
+    let app = github_hub(&gh, &["carol"]).await;
+    let r = github_sign_in(&app, &gh, ForgeUser::new(1, "carol")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "GitHub's carol is allowed, and gets an account");
+
+    let e = app.hub.accounts().bootstrap_admins().await.unwrap_err().to_string();
+    assert!(
+        e.contains("the account carol, which would become the first one, signs in through an identity provider"),
+        "{e}"
+    );
+    app.add_user("root", "correct horse", true).await;
+    assert!(app.hub.accounts().bootstrap_admins().await.unwrap().is_none(), "an admin exists");
+    assert_eq!(app.count("select count(*) from users where admin").await, 1, "only root");
+    assert_eq!(app.count("select count(*) from users where name = 'carol' and password_hash is null").await, 1);
 }

@@ -19,6 +19,11 @@ use crate::proxied::session_cookie;
 /// Long enough for any configured timeout here to pass many times over.
 const GUARD: Duration = Duration::from_secs(30);
 
+/// The hub's origin, as its own pages send it with their forms.
+fn hub_origin(app: &TestApp) -> String {
+    app.config.public_url().origin().ascii_serialization()
+}
+
 /// A browser with the sign-in form open: the client and the form's CSRF token.
 async fn at_the_form(app: &TestApp, client: reqwest::Client) -> (reqwest::Client, String) {
     let html = client.get(app.at("/hub/login")).send().await.unwrap().text().await.unwrap();
@@ -35,6 +40,7 @@ async fn submit(
 ) -> reqwest::Response {
     client
         .post(app.at("/hub/login"))
+        .header("Origin", hub_origin(app))
         .form(&[("_csrf", csrf.as_str()), ("username", name), ("password", password), ("next", "")])
         .send()
         .await
@@ -133,7 +139,7 @@ async fn sign_ups_are_throttled_per_address() {
             let html = c.get(app.at("/hub/signup")).send().await.unwrap().text().await.unwrap();
             let csrf = csrf_of(&html);
             let form = [("_csrf", csrf.as_str()), ("username", name), ("password", "a long password")];
-            c.post(app.at("/hub/signup")).form(&form).send().await.unwrap()
+            c.post(app.at("/hub/signup")).header("Origin", hub_origin(app)).form(&form).send().await.unwrap()
         }
     };
     assert_eq!(sign_up("one").await.status(), StatusCode::SEE_OTHER);

@@ -483,7 +483,8 @@ async fn without_auto_create_only_accounts_an_admin_made_get_in() {
     assert_refused(error_page(r).await, StatusCode::FORBIDDEN, "There is no account carol on this hub");
 
     let carol = UserName::parse("carol").unwrap();
-    app.hub.accounts().create(Actor::System, NewAccount { name: carol, password: None, admin: false }).await.unwrap();
+    let made_for_lab = NewAccount { name: carol, password: None, admin: false, provider: Some("lab".into()) };
+    app.hub.accounts().create(Actor::System, made_for_lab).await.unwrap();
     assert_eq!(sign_in(&app, &browser(), "sub-carol").await.status(), StatusCode::SEE_OTHER, "linked at first sign-in");
     assert_eq!(app.count("select count(*) from identities where subject = 'sub-carol'").await, 1);
 

@@ -43,18 +43,41 @@ async fn each_page_states_its_role() {
 async fn login_returns_to_next_but_never_off_site() {
     let app = TestApp::spawn().await;
     app.add_user("alice", "correct horse", false).await;
-    for (next, want) in
-        [("/hub/token", "/hub/token"), ("//evil.example/x", "/hub/home"), ("https://evil.example", "/hub/home")]
-    {
+    for (next, want) in [
+        ("/hub/token", "/hub/token"),
+        ("//evil.example/x", "/hub/home"),
+        ("https://evil.example", "/hub/home"),
+        ("/\t/evil.example", "/hub/home"),
+        ("/%2f/evil.example", "/hub/home"),
+    ] {
         let c = browser();
         let csrf = app.csrf(&c, "/hub/login").await;
         let r = c
             .post(app.at("/hub/login"))
+            .header("Origin", app.url.as_str())
             .form(&[("_csrf", csrf.as_str()), ("username", "alice"), ("password", "correct horse"), ("next", next)])
             .send()
             .await
             .unwrap();
         assert_eq!(location(&r), want, "next={next}");
+    }
+}
+
+/// Browsers drop a tab from an address, so `/<tab>/evil.example` is `//evil.example` to them;
+/// neither it nor its percent-encoded forms may leave the hub.
+#[tokio::test]
+async fn a_next_that_a_browser_would_read_as_another_site_is_refused() {
+    let app = TestApp::spawn().await;
+    app.add_user("alice", "correct horse", false).await;
+    let member = app.signed_in("alice", "correct horse").await;
+    for next in ["/\t/evil.example", "/%09/evil.example", "/%2F/evil.example", "/%5Cevil.example", "/\\evil.example"] {
+        let mut url = reqwest::Url::parse(&app.at("/hub/login")).unwrap();
+        url.query_pairs_mut().append_pair("next", next);
+        let r = member.get(url.as_str()).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "next={next:?}");
+        assert_eq!(location(&r), "/hub/home", "signed in, next={next:?}");
+        let page = browser().get(url.as_str()).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("name=\"next\" value=\"\""), "the form does not carry next={next:?}: {page}");
     }
 }
 
@@ -140,6 +163,7 @@ async fn signup_with_approval() {
     let csrf = app.csrf(&c, "/hub/signup").await;
     let r = c
         .post(app.at("/hub/signup"))
+        .header("Origin", app.url.as_str())
         .form(&[("_csrf", csrf.as_str()), ("username", "Newbie"), ("password", "a long password")])
         .send()
         .await
@@ -151,6 +175,7 @@ async fn signup_with_approval() {
     // A short password or a taken name is shown back on the form.
     let r = c
         .post(app.at("/hub/signup"))
+        .header("Origin", app.url.as_str())
         .form(&[("_csrf", csrf.as_str()), ("username", "other"), ("password", "short")])
         .send()
         .await
@@ -159,6 +184,7 @@ async fn signup_with_approval() {
     assert!(r.text().await.unwrap().contains("at least 8 characters"));
     let r = c
         .post(app.at("/hub/signup"))
+        .header("Origin", app.url.as_str())
         .form(&[("_csrf", csrf.as_str()), ("username", "NEWBIE"), ("password", "a long password")])
         .send()
         .await

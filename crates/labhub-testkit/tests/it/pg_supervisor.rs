@@ -90,6 +90,7 @@ async fn serve_restarts_its_embedded_postgres_when_it_is_killed() {
     let login = admin.get(format!("{}/hub/login", hub.url)).send().await.unwrap().text().await.unwrap();
     let r = admin
         .post(format!("{}/hub/login", hub.url))
+        .header("Origin", hub.url.as_str())
         .form(&[
             ("_csrf", csrf_of(&login).as_str()),
             ("username", "admin"),

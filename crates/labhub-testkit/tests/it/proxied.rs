@@ -187,6 +187,7 @@ pub(crate) async fn session_cookie(app: &TestApp, user: &str) -> String {
     let csrf = labhub_testkit::app::csrf_of(&login.text().await.unwrap());
     let r = c
         .post(app.at("/hub/login"))
+        .header("Origin", app.url.as_str())
         .header("Cookie", pre.join("; "))
         .form(&[("_csrf", csrf.as_str()), ("username", user), ("password", "correct horse"), ("next", "")])
         .send()

@@ -412,3 +412,98 @@ async fn the_fast_lane_answers_only_what_is_certainly_allowed() {
         assert_eq!(lane_takes(&app, &request).await, None, "{what} must go to the general path");
     }
 }
+
+/// A person opening a server with `?token=` lands on the same address without it, so the
+/// server's pages never find the token in `location.search` (nor send it on in a `Referer`);
+/// the browser keeps it in a cookie for that user's servers only, which is no credential for
+/// the hub's pages or API, needs the hub's origin to change things, and ends with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_servers_address_is_taken_out_of_it() {
+    let (app, _, alice) = docker_hub(|_| {}).await;
+    start_ready(&alice, "alice").await;
+    let link = alice.create_token("alice", json!({ "note": "a link" })).await.unwrap();
+    let token = link.token.clone().unwrap();
+    let b = labhub_testkit::app::browser();
+
+    let r = b
+        .get(app.at(&format!("/user/alice/whoami?x=1&token={token}&y=%2F")))
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["location"], "/user/alice/whoami?x=1&y=%2F");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let set: Vec<&str> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(set[0].starts_with(&format!("labhub-server-token={token};")), "{set:?}");
+    assert!(set[0].contains("Path=/user/alice/") && set[0].contains("HttpOnly"), "{set:?}");
+    assert!(!set[0].contains("Max-Age") && !set[0].contains("Expires"), "ends with the browser: {set:?}");
+
+    // The page the browser goes on to is the server's, and the token is nowhere in what it sees.
+    let r = b.get(app.at("/user/alice/whoami?x=1&y=%2F")).header("Accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&token) && !text.contains("labhub-server-token"), "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["query"], "x=1&y=%2F");
+
+    // The cookie is for alice's servers, never a hub credential (sent there by hand here).
+    let cookie = format!("labhub-server-token={token}");
+    let c = script();
+    let r = c.get(app.at("/hub/api/user")).header("Cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c.get(app.at("/hub/home")).header("Cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // Like a session, it changes things only from the hub's own pages.
+    let r = b.post(app.at("/user/alice/upload")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = b.post(app.at("/user/alice/upload")).header("Origin", app.url.as_str()).body("x").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Scripts keep using `?token=` as before: answered in place, nothing kept.
+    let r = c.get(app.at(&format!("/user/alice/whoami?token={token}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    // Revoking the token ends the cookie's use at once.
+    alice.revoke_token("alice", &link.id).await.unwrap();
+    let r = b.get(app.at("/user/alice/whoami")).header("Accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// What a client claims about itself (`X-Real-Ip`, `Forwarded`, `X-Scheme`, its own
+/// `X-Forwarded-Proto`/`-Host`) never reaches the server, which would believe it: through the
+/// fast lane (a session's plain GET) and through the general path (an API token) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_claims_about_itself_never_reach_the_server() {
+    let (app, _, alice) = docker_hub(|_| {}).await;
+    start_ready(&alice, "alice").await;
+    let session = session_cookie(&app, "alice").await;
+    let host = app.url.trim_start_matches("http://").to_string();
+    let c = script();
+    let claims = [
+        ("X-Real-Ip", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+        ("X-Scheme", "https"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    for (path, credential) in
+        [("the lane", ("Cookie", session.as_str())), ("the general path", ("Authorization", alice.authorization()))]
+    {
+        let mut r = c.get(app.at("/user/alice/whoami")).header(credential.0, credential.1);
+        for (name, value) in claims {
+            r = r.header(name, value);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let who: Value = r.json().await.unwrap();
+        let headers = &who["headers"];
+        for name in ["x-real-ip", "forwarded", "x-scheme"] {
+            assert!(headers[name].is_null(), "{path}: {name} reached the server: {who}");
+        }
+        assert_eq!(headers["x-forwarded-proto"], json!(["http"]), "{path}");
+        assert_eq!(headers["x-forwarded-host"], json!([host]), "{path}");
+        assert_eq!(headers["x-forwarded-for"], json!(["127.0.0.1"]), "{path}");
+    }
+}

@@ -187,6 +187,7 @@ async fn forms_without_a_genuine_csrf_token_are_refused_and_change_nothing() {
     let anon = browser();
     let r = anon
         .post(app.at("/hub/login"))
+        .header("Origin", app.url.as_str())
         .form(&[("username", "alice"), ("password", "correct horse")])
         .send()
         .await
@@ -203,4 +204,34 @@ async fn forms_without_a_genuine_csrf_token_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(app.count("select count(*) from api_tokens").await, 1);
+}
+
+/// Changing one's password signs out every other browser of the account at once (someone who
+/// knew the old password may be signed in there), and keeps the browser that changed it.
+#[tokio::test]
+async fn changing_ones_password_ends_ones_other_sessions() {
+    let app = TestApp::spawn().await;
+    app.add_user("alice", "correct horse", false).await;
+    let here = app.signed_in("alice", "correct horse").await;
+    let elsewhere = app.signed_in("alice", "correct horse").await;
+    assert_eq!(elsewhere.get(app.at("/hub/home")).send().await.unwrap().status(), StatusCode::OK, "remembered");
+
+    let csrf = app.csrf(&here, "/hub/account").await;
+    let r = here
+        .post(app.at("/hub/account/password"))
+        .form(&[
+            ("_csrf", csrf.as_str()),
+            ("current", "correct horse"),
+            ("new", "battery staple"),
+            ("confirm", "battery staple"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = elsewhere.get(app.at("/hub/home")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the other browser is signed out");
+    assert!(location(&r).starts_with("/hub/login"));
+    assert_eq!(here.get(app.at("/hub/home")).send().await.unwrap().status(), StatusCode::OK, "this one stays");
+    assert_eq!(app.count("select count(*) from sessions").await, 1);
 }

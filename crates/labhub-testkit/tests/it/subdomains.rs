@@ -51,6 +51,7 @@ async fn each_users_servers_live_on_their_own_host() {
         labhub_testkit::app::csrf_of(&b.get(format!("{hub}/hub/login")).send().await.unwrap().text().await.unwrap());
     let r = b
         .post(format!("{hub}/hub/login"))
+        .header("Origin", hub.as_str())
         .form(&[("_csrf", csrf.as_str()), ("username", "alice"), ("password", "correct horse"), ("next", "")])
         .send()
         .await
@@ -103,6 +104,20 @@ async fn each_users_servers_live_on_their_own_host() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+
+    // A browser opening alice's server with `?token=` lands there without it, and stays in.
+    let fresh = browser_for(addr, &["lab.test", "alice.lab.test"]);
+    let token = app.token("alice").await;
+    let r = fresh
+        .get(format!("{alice_host}/user/alice/whoami?token={token}"))
+        .header("Accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&r), "/user/alice/whoami");
+    let r = fresh.get(format!("{alice_host}/user/alice/whoami")).header("Accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the kept token lets the browser in on alice's host");
+    assert!(!r.text().await.unwrap().contains(&token));
 
     // Another user's path on alice's host is nothing; bob's host does not know alice's session.
     let r = b.get(format!("{alice_host}/user/bob/whoami")).send().await.unwrap();
@@ -178,4 +193,160 @@ async fn over_https_the_session_cookie_is_host_prefixed() {
         .expect("a session cookie");
     assert!(session.starts_with("__Host-labhub-session="), "{session}");
     assert!(session.contains("Secure") && session.contains("Path=/") && !session.contains("Domain"), "{session}");
+}
+
+/// The `name=value` part of every `Set-Cookie`, and the whole of each.
+fn set_cookies(r: &reqwest::Response) -> (Vec<String>, Vec<String>) {
+    let whole: Vec<String> =
+        r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    (whole.iter().map(|c| c.split(';').next().unwrap().to_string()).collect(), whole)
+}
+
+/// A user's host is a sibling of the hub's, so its pages can set cookies for the hub's host
+/// (`Domain=`), under any name but a `__Host-` one, including a percent-encoded spelling of
+/// one. None of those may pass for the hub's own cookies, and a sign-in may only be posted
+/// from the hub's own pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_host_cannot_plant_the_hubs_cookies_or_post_its_sign_in() {
+    let app = TestApp::builder()
+        .public_url("https://lab.test:{port}/")
+        .config(|c| c.proxy.user_subdomains = true)
+        .spawn()
+        .await;
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("mallory", "correct horse", false).await;
+    let addr: SocketAddr = app.config.bind;
+    let origin = format!("https://lab.test:{}", addr.port());
+    let sibling = format!("https://mallory.lab.test:{}", addr.port());
+    let hub = format!("http://lab.test:{}", addr.port());
+    let c = browser_for(addr, &["lab.test"]);
+
+    // Every cookie the hub sets carries the prefix (and so `Secure`, `Path=/`, no `Domain`).
+    let page = c.get(format!("{hub}/hub/login")).send().await.unwrap();
+    let (pre_login, whole) = set_cookies(&page);
+    assert!(pre_login[0].starts_with("__Host-labhub-login-csrf="), "{whole:?}");
+    assert!(whole[0].contains("Secure") && whole[0].contains("Path=/;") && !whole[0].contains("Domain"), "{whole:?}");
+    let csrf = labhub_testkit::app::csrf_of(&page.text().await.unwrap());
+    let sign_in = |cookie: String, origin: Option<&str>, user: &'static str| {
+        let mut r = c.post(format!("{hub}/hub/login")).header("Cookie", cookie).form(&[
+            ("_csrf", csrf.as_str()),
+            ("username", user),
+            ("password", "correct horse"),
+            ("next", ""),
+        ]);
+        if let Some(o) = origin {
+            r = r.header("Origin", o.to_string());
+        }
+        r.send()
+    };
+
+    // A sign-in posted from elsewhere, or from nowhere said, is refused: the pre-login cookie
+    // and its token alone could have been planted.
+    for from in [Some(sibling.as_str()), Some("null"), None] {
+        let r = sign_in(pre_login.join("; "), from, "mallory").await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "Origin {from:?}");
+        assert!(set_cookies(&r).0.iter().all(|c| !c.contains("labhub-session")), "no session for Origin {from:?}");
+    }
+    let r = c
+        .post(format!("{hub}/hub/login"))
+        .header("Cookie", pre_login.join("; "))
+        .header("Referer", format!("{origin}/hub/login"))
+        .form(&[("_csrf", csrf.as_str()), ("username", "mallory"), ("password", "correct horse"), ("next", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the hub's own page, said by Referer");
+    let mallorys = set_cookies(&r).0.into_iter().find(|c| c.starts_with("__Host-labhub-session=")).unwrap();
+    let mallorys_token = mallorys.split_once('=').unwrap().1.to_string();
+
+    // The pre-login cookie and token mallory got for herself, planted under names a sibling
+    // can set, do not sign a victim's browser in to her account.
+    let value = pre_login[0].split_once('=').unwrap().1;
+    for planted in [format!("__Host%2Dlabhub-login-csrf={value}"), format!("labhub-login-csrf={value}")] {
+        let r = sign_in(planted.clone(), Some(&origin), "mallory").await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{planted}");
+    }
+
+    // Her session, planted under such names, is no session on the hub's host.
+    for planted in
+        [format!("__Host%2Dlabhub-session={mallorys_token}"), format!("__host-labhub-session={mallorys_token}")]
+    {
+        let r = c.get(format!("{hub}/hub/home")).header("Cookie", planted.clone()).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{planted}");
+        assert!(location(&r).starts_with("/hub/login"), "{planted}");
+    }
+    let r = c.get(format!("{hub}/hub/home")).header("Cookie", mallorys.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the genuine cookie works");
+
+    // Nor does a planted message show on the hub's pages.
+    for planted in ["__Host%2Dlabhub-flash=Planted%20news", "labhub-flash=Planted%20news"] {
+        let page = c.get(format!("{hub}/hub/login")).header("Cookie", planted).send().await.unwrap();
+        assert!(!page.text().await.unwrap().contains("Planted news"), "{planted}");
+    }
+}
+
+/// A session handed to a user's host works there only, and the hub's session only on the hub's
+/// host: an admin's code for alice's host, caught by alice's pages (a service worker there can
+/// read the hand-off's URL) and redeemed elsewhere, must not become an admin session of the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_works_only_on_the_host_it_was_made_for() {
+    let app = TestApp::builder()
+        .public_url("http://lab.test:{port}/")
+        .config(|c| c.proxy.user_subdomains = true)
+        .spawn()
+        .await;
+    app.add_user("root", "correct horse", true).await;
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("bob", "correct horse", false).await;
+    let addr: SocketAddr = app.config.bind;
+    let port = addr.port();
+    let hub = format!("http://lab.test:{port}");
+    let alice_host = format!("http://alice.lab.test:{port}");
+    let bob_host = format!("http://bob.lab.test:{port}");
+    let b = browser_for(addr, &["lab.test", "alice.lab.test", "bob.lab.test"]);
+
+    // The admin signs in on the hub and opens alice's server on alice's host.
+    let csrf =
+        labhub_testkit::app::csrf_of(&b.get(format!("{hub}/hub/login")).send().await.unwrap().text().await.unwrap());
+    let r = b
+        .post(format!("{hub}/hub/login"))
+        .header("Origin", hub.as_str())
+        .form(&[("_csrf", csrf.as_str()), ("username", "root"), ("password", "correct horse"), ("next", "")])
+        .send()
+        .await
+        .unwrap();
+    let parent = set_cookies(&r).0.into_iter().find(|c| c.starts_with("labhub-session=")).unwrap();
+    let parent = parent.split_once('=').unwrap().1.to_string();
+    let next = format!("{alice_host}/user/alice/lab");
+    let r = b.get(format!("{hub}/hub/host-login")).query(&[("next", next.as_str())]).send().await.unwrap();
+    let r = b.get(location(&r)).send().await.unwrap();
+    let child = set_cookies(&r).0.into_iter().find(|c| c.starts_with("labhub-user-session=")).unwrap();
+    let child = child.split_once('=').unwrap().1.to_string();
+
+    let s = browser_for(addr, &["lab.test", "alice.lab.test", "bob.lab.test"]);
+    let get =
+        |url: String, cookie: String| s.get(url).header("Cookie", cookie).header("Accept", "application/json").send();
+    let on_hub = |token: &str| format!("labhub-session={token}");
+    let on_user_host = |token: &str| format!("labhub-user-session={token}");
+
+    // alice's host's session, shown to the hub's host as the hub's cookie, is nobody there…
+    let r = get(format!("{hub}/hub/home"), on_hub(&child)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "a page");
+    assert!(location(&r).starts_with("/hub/login"));
+    let r = get(format!("{hub}/hub/api/user"), on_hub(&child)).await.unwrap();
+    assert_ne!(r.status(), StatusCode::OK, "the API");
+    // …while on alice's host it is the admin (alice's server is not running: the hub says so).
+    let r = get(format!("{alice_host}/user/alice/whoami"), on_user_host(&child)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", r.text().await.unwrap());
+    // Nor is it anyone on bob's host, or on the hub's host once remembered.
+    let r = get(format!("{bob_host}/user/bob/whoami"), on_user_host(&child)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = get(format!("{hub}/hub/home"), on_hub(&child)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    // The other way round: the hub's session is no session of a user's host.
+    let r = get(format!("{alice_host}/user/alice/whoami"), on_user_host(&parent)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = get(format!("{hub}/hub/api/user"), on_hub(&parent)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "where it belongs, it works");
 }

@@ -27,6 +27,9 @@ pub struct UserModel {
     pub servers: serde_json::Map<String, serde_json::Value>,
     /// labhub's own: whether the account may sign in (active, pending approval, disabled).
     pub account_state: &'static str,
+    /// labhub's own: the identity provider whose identity of this name may claim the account
+    /// while it has no password and no linked identity.
+    pub provider: Option<String>,
 }
 
 impl UserModel {
@@ -59,6 +62,7 @@ impl UserModel {
             last_activity: a.last_activity.map(iso),
             servers: serde_json::Map::new(),
             account_state: a.state.as_str(),
+            provider: a.link_provider.clone(),
         }
     }
 }

@@ -99,10 +99,15 @@ pub struct CreateMany {
     usernames: Vec<String>,
     #[serde(default)]
     admin: bool,
+    /// labhub's own: the identity provider whose identity of each name may claim the account
+    /// at its first sign-in (without it, no provider can claim these accounts by name).
+    #[serde(default)]
+    provider: Option<String>,
 }
 
-/// `POST /hub/api/users` (admins): `{"usernames": [...], "admin": false}`. Names that exist are
-/// skipped, as JupyterHub does; if all exist, 409. Any invalid name refuses the whole request.
+/// `POST /hub/api/users` (admins): `{"usernames": [...], "admin": false, "provider": "github"}`.
+/// The accounts have no password. Names that exist are skipped, as JupyterHub does; if all
+/// exist, 409. Any invalid name refuses the whole request.
 pub async fn create_many(
     State(state): State<AppState>,
     AdminUser(me): AdminUser,
@@ -121,7 +126,8 @@ pub async fn create_many(
     let hub = state.hub();
     let mut created = Vec::new();
     for name in names {
-        match hub.accounts().create(Actor::User(&me), NewAccount { name, password: None, admin: body.admin }).await {
+        let new = NewAccount { name, password: None, admin: body.admin, provider: body.provider.clone() };
+        match hub.accounts().create(Actor::User(&me), new).await {
             Ok(u) => created.push(u),
             Err(ServiceError::Conflict(_)) => {}
             Err(e) => return Err(e.into()),
@@ -166,6 +172,10 @@ pub struct CreateOne {
     /// labhub's own: an initial password for a local account.
     #[serde(default)]
     password: Option<String>,
+    /// labhub's own: for an account without a password, the identity provider whose identity
+    /// of this name may claim it at its first sign-in.
+    #[serde(default)]
+    provider: Option<String>,
 }
 
 /// `POST /hub/api/users/{name}` (admins): creates one account.
@@ -177,7 +187,7 @@ pub async fn create_one(
 ) -> Result<Response, AppError> {
     let name = UserName::parse(&name).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let hub = state.hub();
-    let new = NewAccount { name, password: body.password.map(Secret::new), admin: body.admin };
+    let new = NewAccount { name, password: body.password.map(Secret::new), admin: body.admin, provider: body.provider };
     let account = hub.accounts().create(Actor::User(&me), new).await?;
     Ok((StatusCode::CREATED, Json(UserModel::account(&account))).into_response())
 }
@@ -189,10 +199,20 @@ pub struct Patch {
     admin: Option<bool>,
     password: Option<String>,
     account_state: Option<String>,
+    /// A provider's id, or null for none (present and null differ from absent).
+    #[serde(default, deserialize_with = "present")]
+    provider: Option<serde_json::Value>,
 }
 
-/// `PATCH /hub/api/users/{name}` (admins): `name`, `admin`, and labhub's `password` and
-/// `account_state` (`active` or `disabled`). All checked before anything changes.
+/// Reads a field that may be sent as null: `Some(Value::Null)` then, `None` only when absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// `PATCH /hub/api/users/{name}` (admins): `name`, `admin`, and labhub's `password`,
+/// `account_state` (`active` or `disabled`) and `provider` (the identity provider whose
+/// identity of this name may claim a password-less account, or null). All checked before
+/// anything changes.
 pub async fn patch(
     State(state): State<AppState>,
     AdminUser(me): AdminUser,
@@ -214,6 +234,17 @@ pub async fn patch(
             other => Err(AppError::BadRequest(format!("'account_state' must be active or disabled, not {other:?}"))),
         })
         .transpose()?;
+    let provider = match &body.provider {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::String(p)) if state.hub().providers().get(p).is_some() => Some(Some(p.as_str())),
+        Some(serde_json::Value::String(p)) => {
+            return Err(AppError::BadRequest(format!("there is no identity provider called '{p}' on this hub")));
+        }
+        Some(other) => {
+            return Err(AppError::BadRequest(format!("'provider' must be a provider's id or null, not {other}")));
+        }
+    };
     if let Some(p) = &body.password {
         labhub_auth::PasswordPolicy { min_len: state.hub().account_settings().password_min_len }
             .check(p)
@@ -227,6 +258,9 @@ pub async fn patch(
     }
     if let Some(s) = account_state {
         user = hub.accounts().set_state(actor, &user.name, s).await?;
+    }
+    if let Some(p) = provider {
+        user = hub.accounts().set_link_provider(actor, &user.name, p).await?;
     }
     if let Some(p) = body.password {
         hub.accounts().set_password(actor, &user.name, Secret::new(p)).await?;

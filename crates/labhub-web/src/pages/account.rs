@@ -131,7 +131,11 @@ pub async fn change_password(
         state.hub().accounts().change_own_password(&me, Secret::new(form.current), Secret::new(form.new)).await
     };
     match result {
-        Ok(()) => Ok(redirect_with_flash(&state, "/hub/account", "Your password is changed.")),
+        Ok(()) => Ok(redirect_with_flash(
+            &state,
+            "/hub/account",
+            "Your password is changed; your other browsers are signed out.",
+        )),
         Err(e @ ServiceError::Invalid(_)) => {
             let view = account_page(&state, &me, &page, Some(e.to_string())).await?;
             Ok(page.render_status(StatusCode::BAD_REQUEST, view))

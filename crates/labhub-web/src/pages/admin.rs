@@ -45,6 +45,8 @@ struct UsersPage {
     error: Option<String>,
     new_name: String,
     name_rule: &'static str,
+    /// The identity providers an account can be made for: (id, display name).
+    providers: Vec<(String, String)>,
 }
 
 #[derive(Deserialize, Default)]
@@ -140,6 +142,7 @@ async fn users_page(
         error,
         new_name,
         name_rule: NAME_RULE,
+        providers: hub.providers().iter().map(|p| (p.id().to_string(), p.display_name().to_string())).collect(),
     })
 }
 
@@ -162,6 +165,9 @@ pub struct AddUserForm {
     password: String,
     #[serde(default)]
     admin: Option<String>,
+    /// The identity provider that may claim a password-less account; empty for none.
+    #[serde(default)]
+    provider: String,
 }
 
 /// `POST /hub/admin/users` (admins): adds an account.
@@ -177,7 +183,15 @@ pub async fn add_user(
         state
             .hub()
             .accounts()
-            .create(Actor::User(&me), NewAccount { name, password, admin: form.admin.is_some() })
+            .create(
+                Actor::User(&me),
+                NewAccount {
+                    name,
+                    password,
+                    admin: form.admin.is_some(),
+                    provider: Some(form.provider.clone()).filter(|p| !p.is_empty()),
+                },
+            )
             .await
     }
     .await;
@@ -288,6 +302,7 @@ const KNOWN_ACTIONS: &[&str] = &[
     "user.enable",
     "user.rename",
     "user.set_password",
+    "user.set_provider",
     "user.sessions_ended",
     "user.signup",
     "token.create",

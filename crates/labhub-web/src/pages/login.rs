@@ -13,7 +13,7 @@ use labhub_service::{ServiceError, SignupPolicy};
 use serde::Deserialize;
 
 use super::NAME_RULE;
-use crate::extract::{ClientAddr, CsrfForm, session_cookie};
+use crate::extract::{ClientAddr, CsrfForm, same_origin, session_cookie};
 use crate::views::{Chrome, Page, redirect_with_flash, safe_next};
 use crate::{AppError, AppState, cookies};
 
@@ -88,6 +88,19 @@ pub async fn login_form(State(state): State<AppState>, page: Page, Query(q): Que
     page.render(view)
 }
 
+/// Signing in and signing up count only when posted from the hub's own pages: their `Origin`
+/// (or, without one, a `Referer`) must be the hub's. The forms' CSRF token is bound to the
+/// pre-login cookie, which a sibling host could have set in the browser; without this check it
+/// could sign the browser in to an account of its choosing.
+fn require_hub_pages(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    if same_origin(headers, state) {
+        return Ok(());
+    }
+    Err(AppError::Csrf(
+        "This form did not come from this hub's own pages (Origin check failed). Go back, reload the page and try again.",
+    ))
+}
+
 #[derive(Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
@@ -106,6 +119,7 @@ pub async fn login(
     headers: HeaderMap,
     CsrfForm(form): CsrfForm<LoginForm>,
 ) -> Result<Response, AppError> {
+    require_hub_pages(&state, &headers)?;
     let hub = state.hub();
     let device_cookie = device_cookie(&headers);
     let client = LoginClient { address: &addr, device_cookie: device_cookie.as_deref() };
@@ -181,7 +195,7 @@ pub async fn logout(
     parts: axum::http::request::Parts,
     CsrfForm(_): CsrfForm<Empty>,
 ) -> Result<Response, AppError> {
-    if let Some(cookie) = session_cookie(&parts, &state) {
+    if let Some((cookie, _)) = session_cookie(&parts.headers, &state) {
         state.hub().sessions().end(&cookie).await?;
     }
     let jar = CookieJar::new().add(cookies::session_removal(&state)).add(cookies::flash(&state, "You are signed out."));
@@ -233,8 +247,10 @@ pub async fn signup(
     State(state): State<AppState>,
     page: Page,
     ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
     CsrfForm(form): CsrfForm<SignupForm>,
 ) -> Result<Response, AppError> {
+    require_hub_pages(&state, &headers)?;
     match state.hub().accounts().sign_up(&form.username, Secret::new(form.password), &addr).await {
         Ok(user) => {
             let msg = if user.state == labhub_core::AccountState::Pending {

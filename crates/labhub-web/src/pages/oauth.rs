@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
-use axum_extra::extract::cookie::{Cookie, SameSite};
 use labhub_auth::oidc::BrowserBinding;
 use labhub_core::UserName;
 use labhub_service::Actor;
@@ -19,22 +18,17 @@ use serde::Deserialize;
 use super::login::{Empty, enter};
 use crate::extract::{AdminUser, ClientAddr, CsrfForm};
 use crate::views::{Chrome, Page, When, redirect_with_flash, safe_next};
-use crate::{AppError, AppState};
+use crate::{AppError, AppState, cookies};
 
-/// The cookie binding a sign-in to the browser that started it.
-const BINDING_COOKIE: &str = "labhub-oauth-binding";
-/// Where the binding cookie is sent: only back to the callback.
+/// Where the binding cookie is sent: only back to the callback (unless `__Host-` prefixed,
+/// which needs `Path=/`). Like every hub cookie it is `SameSite=Lax`: the provider sends the
+/// browser back with a top-level GET from its own site.
 const CALLBACK_PATH: &str = "/hub/oauth_callback";
 
-fn binding_cookie(state: &AppState, value: String) -> Cookie<'static> {
-    Cookie::build((BINDING_COOKIE, value))
-        .path(CALLBACK_PATH)
-        .http_only(true)
-        .secure(state.settings().secure_cookies())
-        // Lax: the provider sends the browser back with a top-level GET from its own site.
-        .same_site(SameSite::Lax)
-        .max_age(SIGN_IN_WINDOW)
-        .build()
+/// The browser binding a request carries, if any.
+fn binding_of(state: &AppState, headers: &HeaderMap) -> Option<BrowserBinding> {
+    cookies::request_cookie(headers, &state.settings().cookies.oauth_binding)
+        .and_then(|v| BrowserBinding::from_cookie(&v))
 }
 
 #[derive(Deserialize)]
@@ -48,16 +42,14 @@ pub async fn oauth_login(
     State(state): State<AppState>,
     Path(provider): Path<String>,
     Query(q): Query<LoginQuery>,
-    jar: CookieJar,
+    headers: HeaderMap,
 ) -> Result<Response, AppError> {
     // A browser keeps one binding for all its sign-ins in flight, so two tabs do not undo each other.
-    let binding = jar
-        .get(BINDING_COOKIE)
-        .and_then(|c| BrowserBinding::from_cookie(c.value()))
-        .unwrap_or_else(BrowserBinding::generate);
+    let binding = binding_of(&state, &headers).unwrap_or_else(BrowserBinding::generate);
     let next = if safe_next(&q.next) { q.next.as_str() } else { "" };
     let to = state.hub().sign_on().begin(&provider, &binding, next).await?;
-    let jar = CookieJar::new().add(binding_cookie(&state, binding.value().to_string()));
+    let cookie = cookies::oauth_binding(&state, binding.value(), CALLBACK_PATH, SIGN_IN_WINDOW);
+    let jar = CookieJar::new().add(cookie);
     Ok((jar, Redirect::to(&to)).into_response())
 }
 
@@ -75,11 +67,10 @@ pub async fn oauth_callback(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-    jar: CookieJar,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let binding = jar.get(BINDING_COOKIE).and_then(|c| BrowserBinding::from_cookie(c.value()));
+    let binding = binding_of(&state, &headers);
     let params =
         CallbackParams { state: q.state, code: q.code, error: q.error, error_description: q.error_description };
     let done = hub.sign_on().finish(params, binding.as_ref()).await?;

@@ -27,6 +27,10 @@ pub(super) enum UserCommand {
         /// Create the account without a password (it signs in through an identity provider).
         #[arg(long, conflicts_with = "password_stdin")]
         no_password: bool,
+        /// With --no-password: the identity provider (its id) whose identity of this name may
+        /// claim the account at its first sign-in. Without it, no provider can claim it.
+        #[arg(long, requires = "no_password")]
+        provider: Option<String>,
     },
     /// List accounts.
     List,
@@ -89,15 +93,15 @@ pub(super) fn generated_password() -> Secret<String> {
 
 pub(super) async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
-        UserCommand::Add { name: raw, admin, password_stdin, no_password } => {
+        UserCommand::Add { name: raw, admin, password_stdin, no_password, provider } => {
             let name = name(&raw)?;
             let (password, show) = match (password_stdin, no_password) {
                 (true, _) => (Some(read_password_stdin()?), false),
                 (false, true) => (None, false),
                 (false, false) => (Some(generated_password()), true),
             };
-            let user =
-                hub.accounts().create(Actor::System, NewAccount { name, password: password.clone(), admin }).await?;
+            let new = NewAccount { name, password: password.clone(), admin, provider };
+            let user = hub.accounts().create(Actor::System, new).await?;
             println!("Created {}{}.", user.name, if user.admin { " (admin)" } else { "" });
             if let (true, Some(p)) = (show, password) {
                 println!("Password: {}", p.expose());

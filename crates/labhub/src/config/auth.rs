@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use labhub_core::UserName;
 use labhub_service::SignupPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -36,9 +35,11 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Names that are always admins. With no admin at all, the first (or `admin`) is created
-    /// at start with a random password written to `<data_dir>/initial-admin-password`.
-    pub admin_users: Vec<UserName>,
+    /// Accounts that are always admins: `alice` is the local account alice (signing in with
+    /// its password), `github:bob` the account bob signed into through the provider `github`.
+    /// With no admin at all, the first local name (or `admin`) is created at start with a
+    /// random password written to `<data_dir>/initial-admin-password`.
+    pub admin_users: Vec<labhub_service::settings::AdminName>,
     /// Self-service sign-up: `closed`, `approval` (an admin approves) or `open`.
     pub signup: SignupPolicy,
     /// Offer the password form (turn off when only identity providers sign people in).

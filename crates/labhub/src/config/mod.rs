@@ -168,6 +168,16 @@ impl Config {
                 return bad(&format!("auth.providers[{i}].id"), &format!("repeats the id '{}'", p.id));
             }
         }
+        for (i, a) in self.auth.admin_users.iter().enumerate() {
+            if let Some(p) = &a.provider
+                && !self.auth.providers.iter().any(|q| &q.id == p)
+            {
+                return bad(
+                    &format!("auth.admin_users[{i}]"),
+                    &format!("names the provider '{p}', which is not one of [[auth.providers]]"),
+                );
+            }
+        }
         if !self.auth.password_login && self.auth.providers.is_empty() {
             return bad("auth.password_login", "can only be false when [[auth.providers]] lets people sign in");
         }
@@ -292,12 +302,27 @@ mod tests {
     }
 
     #[test]
-    fn origin_isolation_over_https_prefixes_and_strips_both_session_cookies() {
+    fn origin_isolation_over_https_prefixes_and_strips_every_hub_cookie() {
         let c = load_str("public_url = \"https://lab.example.org/\"\n[proxy]\nuser_subdomains = true\n").unwrap();
-        let names = ["__Host-labhub-session", "__Host-labhub-user-session"];
+        let names = [
+            "__Host-labhub-session",
+            "__Host-labhub-user-session",
+            "__Host-labhub-login-csrf",
+            "__Host-labhub-flash",
+            "__Host-labhub-oauth-binding",
+            "__Host-labhub-server-token",
+        ];
         assert_eq!(c.proxy_settings().strip_cookies, names);
         let paths = load_str("public_url = \"https://lab.example.org/\"\n").unwrap();
-        assert_eq!(paths.proxy_settings().strip_cookies, ["labhub-session", "labhub-user-session"]);
+        let names = [
+            "labhub-session",
+            "labhub-user-session",
+            "labhub-login-csrf",
+            "labhub-flash",
+            "labhub-oauth-binding",
+            "labhub-server-token",
+        ];
+        assert_eq!(paths.proxy_settings().strip_cookies, names);
     }
 
     #[test]
@@ -315,6 +340,10 @@ mod tests {
         assert!(e.contains("'bind'"), "{e}");
         let e = load_str("[auth]\nadmin_users = [\"Bad Name\"]\n").unwrap_err().to_string();
         assert!(e.contains("'auth.admin_users"), "{e}");
+        let e = load_str("[auth]\nadmin_users = [\"GitHub:bob\"]\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.admin_users") && e.contains("write a name, or provider:name"), "{e}");
+        let e = load_str("[auth]\nadmin_users = [\"github:bob\"]\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.admin_users[0]' names the provider 'github', which is not one of"), "{e}");
         let e = load_str("public_url = \"ftp://x\"\n").unwrap_err().to_string();
         assert!(e.contains("'public_url'"), "{e}");
     }
@@ -345,6 +374,20 @@ mod tests {
         assert!(e.contains("'auth.providers[1].id'"), "{e}");
         let e = load_str("[auth]\npassword_login = false\n").unwrap_err().to_string();
         assert!(e.contains("'auth.password_login'"), "{e}");
+    }
+
+    #[test]
+    fn admin_users_name_local_accounts_or_a_providers() {
+        let c = load_str(
+            "[auth]\nadmin_users = [\"Alice\", \"gh:Bob\"]\n[[auth.providers]]\nid = \"gh\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n",
+        )
+        .unwrap();
+        let s = c.account_settings();
+        let (alice, bob) =
+            (labhub_core::UserName::parse("alice").unwrap(), labhub_core::UserName::parse("bob").unwrap());
+        assert!(s.lists_admin(&alice, None) && !s.lists_admin(&alice, Some("gh")), "a bare name is local only");
+        assert!(s.lists_admin(&bob, Some("gh")) && !s.lists_admin(&bob, None) && !s.lists_admin(&bob, Some("lab")));
+        assert!(c.to_toml().contains("admin_users = [\n    \"alice\",\n    \"gh:bob\",\n]"), "{}", c.to_toml());
     }
 
     #[test]

@@ -91,18 +91,13 @@ impl Config {
         }
     }
 
-    /// The cookie names in effect: the hub's session and users' hosts' sessions. With origin
-    /// isolation over https both carry the `__Host-` prefix, which browsers accept only from
-    /// the very host (Secure, `Path=/`, no `Domain`), so a user's host cannot plant a session
-    /// cookie for the hub or for another user's host.
-    pub fn cookie_names(&self) -> (String, String) {
-        let hub = self.session.cookie_name.clone();
-        let user_host = labhub_web::USER_HOST_COOKIE.to_string();
-        if self.proxy.user_subdomains && self.public_url().scheme() == "https" {
-            (format!("__Host-{hub}"), format!("__Host-{user_host}"))
-        } else {
-            (hub, user_host)
-        }
+    /// The cookie names in effect. With origin isolation over https every hub cookie carries
+    /// the `__Host-` prefix, which browsers accept only from the very host (Secure, `Path=/`,
+    /// no `Domain`), so a user's host cannot plant a cookie for the hub or for another user's
+    /// host.
+    pub fn cookie_names(&self) -> labhub_web::CookieNames {
+        let prefixed = self.proxy.user_subdomains && self.public_url().scheme() == "https";
+        labhub_web::CookieNames::new(&self.session.cookie_name, prefixed)
     }
 
     /// The proxy's settings.
@@ -114,7 +109,7 @@ impl Config {
             max_connections_per_server: p.max_connections_per_server,
             max_connections_total: p.max_connections_total,
             max_request_header_bytes: p.max_request_header_bytes,
-            ..labhub_proxy::ProxySettings::new(<[String; 2]>::from(self.cookie_names()))
+            ..labhub_proxy::ProxySettings::new(self.cookie_names().all())
         }
     }
 }
