@@ -494,14 +494,6 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
     cond()
 }
 
-/// The process's resident memory, from /proc/self/status.
-pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// Splits an upstream `dump` into its request line and headers.
 pub fn parse_dump(dump: &str) -> (String, Vec<(String, String)>) {
     let mut lines = dump.lines();
