@@ -65,7 +65,7 @@ plain_put() {
 plain_get() { docker run --rm --network none -v "$PLAIN:/x:ro" --entrypoint tar "$TAR_IMAGE" -cf - -C /x . >/dev/null; }
 # The volume starts owned by the image's user, as the hub's seeded homes do.
 docker volume create "$PLAIN" >/dev/null
-docker run --rm --network none -v "$PLAIN:/x" --entrypoint chown "$TAR_IMAGE" 1000:100 /x
+docker run --rm --network none --user 0:0 -v "$PLAIN:/x" --entrypoint chown "$TAR_IMAGE" 1000:100 /x
 
 echo "== bench/archive.sh: a $((BYTES / 1048576)) MiB home through the hub vs tar in a plain container =="
 machine_line
