@@ -1,7 +1,10 @@
 //! Accounts: creating and changing them (admins, the CLI, their owners), and the one view of
-//! a user the API shows. How people get in is `admission.rs`.
+//! a user the API shows. How people get in is `admission.rs` (with `identity.rs` for
+//! identities vouched for from outside, `directory.rs` for the directory's passwords).
 
 mod admission;
+mod directory;
+mod identity;
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use serde_json::json;
 
 pub(crate) use admission::SignIn;
 pub use admission::{BAD_CREDENTIALS, LoginClient, SignedIn};
+pub(crate) use identity::{START_AGAIN, Source};
 
 use crate::access::Actor;
 use crate::hub::{HubTx, no_user};

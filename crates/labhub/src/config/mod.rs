@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use labhub_auth::ldap::LDAP_ID;
 use labhub_core::Secret;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -168,18 +169,23 @@ impl Config {
                 return bad(&format!("auth.providers[{i}].id"), &format!("repeats the id '{}'", p.id));
             }
         }
+        self.validate_ldap()?;
         for (i, a) in self.auth.admin_users.iter().enumerate() {
+            let ldap = self.auth.ldap.is_some() && a.provider.as_ref().is_some_and(|p| p.as_str() == LDAP_ID);
             if let Some(p) = &a.provider
+                && !ldap
                 && !self.auth.providers.iter().any(|q| &q.id == p)
             {
                 return bad(
                     &format!("auth.admin_users[{i}]"),
-                    &format!("names the provider '{p}', which is not one of [[auth.providers]]"),
+                    &format!(
+                        "names the provider '{p}', which is not one of [[auth.providers]] (nor ldap with [auth.ldap])"
+                    ),
                 );
             }
         }
-        if !self.auth.password_login && self.auth.providers.is_empty() {
-            return bad("auth.password_login", "can only be false when [[auth.providers]] lets people sign in");
+        if !self.password_login().form() && self.auth.providers.is_empty() {
+            return bad("auth.password_login", "can only be off when [[auth.providers]] lets people sign in");
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes", "must be at least 1024");
@@ -246,6 +252,28 @@ impl Config {
         }
         if self.usage.retention < Duration::from_secs(3600) {
             return bad("usage.retention", "must be at least 1h");
+        }
+        Ok(())
+    }
+
+    /// `[auth.ldap]` and `password_login` fit together.
+    fn validate_ldap(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid configuration: '{key}' {why}")));
+        if self.password_login().directory() && self.auth.ldap.is_none() {
+            return bad("auth.password_login", "uses the directory (ldap), which needs [auth.ldap]");
+        }
+        let Some(ldap) = &self.auth.ldap else { return Ok(()) };
+        if let Err(problem) = ldap.check() {
+            return bad(&format!("auth.ldap.{}", problem.key), &problem.why);
+        }
+        if !self.password_login().directory() {
+            return bad("auth.password_login", "leaves [auth.ldap] unused: write \"ldap\" or \"local+ldap\"");
+        }
+        if let Some(i) = self.auth.providers.iter().position(|p| p.id.as_str() == LDAP_ID) {
+            return bad(
+                &format!("auth.providers[{i}].id"),
+                "'ldap' names the directory's identities while [auth.ldap] is set",
+            );
         }
         Ok(())
     }
