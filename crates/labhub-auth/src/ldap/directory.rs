@@ -242,7 +242,8 @@ impl Directory {
         if password.is_some() && self.config.bind_dn.is_some() {
             self.bind_service(s, &mut |_| {}).await?;
         }
-        let groups = self.groups(s, &dn, username, entry.as_ref()).await?;
+        let mut groups = self.groups(s, &dn, username, entry.as_ref()).await?;
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
         report(Step::Groups { names: groups.iter().map(|g| g.name.clone()).collect() });
         Ok(DirectoryPerson { dn, subject, username: username.to_string(), groups })
     }

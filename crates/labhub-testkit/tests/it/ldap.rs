@@ -340,3 +340,155 @@ userPassword: comma-pw
         assert_eq!(app.count("select count(*) from users").await, 0, "no one got an account");
     }
 }
+
+#[tokio::test]
+async fn a_dead_url_is_skipped_for_the_next_and_a_silent_directory_times_out_with_a_clear_page() {
+    let slapd = Slapd::start(&directory_ldif()).await;
+    let dead = format!("ldap://127.0.0.1:{}", labhub_testkit::pg::free_port());
+    let failover = with(by_template(), json!({ "url": [dead, slapd.url()] }));
+    let app = hub(&slapd, failover, PasswordLogin::Directory).await;
+    assert_eq!(sign_in(&app, "alice", "alice-pw").await.0, StatusCode::SEE_OTHER, "the second URL answered");
+
+    // A directory that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let slow = with(by_template(), json!({ "url": format!("ldap://127.0.0.1:{port}"), "timeout": "1s" }));
+    let app = hub(&slapd, slow, PasswordLogin::LocalAndDirectory).await;
+    let (status, page) = sign_in(&app, "alice", "alice-pw").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+    assert!(page.contains("The directory (LDAP) cannot be reached right now"), "{page}");
+    let metrics = browser().get(app.at("/hub/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("labhub_ldap_errors_total{kind=\"timeout\"}")), "{metrics}");
+    held.abort();
+}
+
+mod cli {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    const EXE: &str = env!("CARGO_BIN_EXE_labhub-exe");
+
+    /// `labhub ldap test …` (or any command) with `[auth.ldap]` given as environment variables.
+    fn labhub(args: &[&str], ldap: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
+        let mut c = Command::new(EXE);
+        c.args(args).env_remove("LABHUB_CONFIG").env_remove("DATABASE_URL").env("LABHUB_LOG", "warn");
+        for (key, value) in ldap {
+            c.env(format!("LABHUB_AUTH__LDAP__{}", key.to_uppercase()), value);
+        }
+        let mut child = c
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running labhub");
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    async fn run(
+        args: &'static [&'static str],
+        ldap: Vec<(&'static str, String)>,
+        stdin: Option<&'static str>,
+    ) -> (i32, String, String) {
+        tokio::task::spawn_blocking(move || {
+            let ldap: Vec<(&str, &str)> = ldap.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            labhub(args, &ldap, stdin)
+        })
+        .await
+        .unwrap()
+    }
+
+    fn searching(slapd: &Slapd) -> Vec<(&'static str, String)> {
+        vec![
+            ("url", slapd.url()),
+            ("tls", "none".into()),
+            ("bind_dn", READER.into()),
+            ("bind_password", READER_PASSWORD.into()),
+            ("search_base", PEOPLE.into()),
+            ("group_search_base", GROUPS.into()),
+            ("allowed_groups", "[lab-members]".into()),
+            ("admin_groups", "[lab-admins]".into()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn ldap_test_goes_step_by_step_and_names_the_step_that_failed() {
+        let slapd = Slapd::start(&directory_ldif()).await;
+        let (code, out, err) = run(&["ldap", "test", "alice"], searching(&slapd), None).await;
+        assert_eq!(code, 0, "{out}{err}");
+        for want in [
+            "ok    connect",
+            "ok    service account  bound as cn=reader",
+            "ok    find the user    uid=alice,ou=people,dc=lab,dc=test",
+            "ok    groups           lab-admins, lab-members, physics",
+            "-     password         not checked",
+            "ok    account name     alice, an admin (in lab-admins)",
+        ] {
+            assert!(out.contains(want), "{want:?} in:\n{out}");
+        }
+        let (code, out, _) = run(&["ldap", "test", "carol"], searching(&slapd), None).await;
+        assert_ne!(code, 0);
+        assert!(out.contains("FAIL  allowed"), "{out}");
+        let (code, out, _) = run(&["ldap", "test", "nobody"], searching(&slapd), None).await;
+        assert_ne!(code, 0);
+        assert!(out.contains("FAIL  find the user"), "{out}");
+        let (code, out, _) =
+            run(&["ldap", "test", "--password-stdin", "alice"], searching(&slapd), Some("nope\n")).await;
+        assert_ne!(code, 0);
+        assert!(out.contains("ok    find the user") && out.contains("FAIL  password"), "{out}");
+
+        let mut wrong = searching(&slapd);
+        wrong[3].1 = "not the reader's".into();
+        let (code, out, _) = run(&["ldap", "test", "alice"], wrong, None).await;
+        assert_ne!(code, 0);
+        assert!(out.contains("ok    connect") && out.contains("FAIL  service account"), "{out}");
+        let mut dead = searching(&slapd);
+        dead[0].1 = format!("ldap://127.0.0.1:{}", labhub_testkit::pg::free_port());
+        let (code, out, _) = run(&["ldap", "test", "alice"], dead, None).await;
+        assert_ne!(code, 0);
+        assert!(out.contains("FAIL  connect"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn ldap_test_asks_for_a_password_only_when_a_template_needs_it() {
+        let slapd = Slapd::start(&directory_ldif()).await;
+        let template = vec![
+            ("url", slapd.url()),
+            ("tls", "none".into()),
+            ("bind_dn_template", format!("uid={{username}},{PEOPLE}")),
+        ];
+        let (code, _, err) = run(&["ldap", "test", "alice"], template.clone(), None).await;
+        assert_ne!(code, 0);
+        assert!(err.contains("give it with --password-stdin"), "{err}");
+        let (code, out, err) =
+            run(&["ldap", "test", "--password-stdin", "alice"], template.clone(), Some("alice-pw\n")).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("ok    password         accepted") && out.contains("ok    groups"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn config_check_shows_the_directory_and_never_its_service_password() {
+        let slapd = Slapd::start(&directory_ldif()).await;
+        let (code, out, err) = run(&["config", "check"], searching(&slapd), None).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("[auth.ldap]") && out.contains(READER), "{out}");
+        assert!(out.contains("bind_password = \"[redacted]\"") && !out.contains(READER_PASSWORD), "{out}");
+        let mut plaintext = searching(&slapd);
+        plaintext[0].1 = "ldap://dir.example.org".into();
+        let (code, _, err) = run(&["config", "check"], plaintext, None).await;
+        assert_ne!(code, 0);
+        assert!(err.contains("'auth.ldap.tls'") && err.contains("in the clear"), "{err}");
+    }
+}
