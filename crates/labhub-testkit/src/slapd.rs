@@ -19,6 +19,12 @@ pub const ROOT_DN: &str = "cn=admin,dc=lab,dc=test";
 /// The directory manager's password.
 pub const ROOT_PASSWORD: &str = "root secret";
 
+/// A server program from Debian's slapd package, which lives in /usr/sbin (not always on PATH).
+fn sbin(program: &str) -> PathBuf {
+    let path = Path::new("/usr/sbin").join(program);
+    if path.is_file() { path } else { PathBuf::from(program) }
+}
+
 /// How to run the server.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SlapdOptions {
@@ -194,7 +200,7 @@ impl Slapd {
             std::fs::create_dir_all(path.join("db")).expect("the database folder");
             let certs = options.tls.then(|| make_certificates(&path));
             let config = config_ldif(&path, certs.as_ref().map(|(_, cert, key)| (cert.as_path(), key.as_path())));
-            run(Command::new("slapadd").args(["-n0", "-F"]).arg(path.join("slapd.d")), Some(&config));
+            run(Command::new(sbin("slapadd")).args(["-n0", "-F"]).arg(path.join("slapd.d")), Some(&config));
             certs.map(|(ca, _, _)| ca)
         })
         .await
@@ -210,7 +216,7 @@ impl Slapd {
             if let Some(p) = ldaps_port {
                 urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
             }
-            let child = Command::new("slapd")
+            let child = Command::new(sbin("slapd"))
                 .args(["-d", "0", "-h", &urls, "-F"])
                 .arg(dir.path().join("slapd.d"))
                 .stdin(Stdio::null())

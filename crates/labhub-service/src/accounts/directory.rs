@@ -99,7 +99,7 @@ impl Accounts<'_> {
             if !named.insert(name.clone()) {
                 continue;
             }
-            let (group, created) = labhub_db::directory::ensure_group(&mut **tx, &name, now).await?;
+            let (group, created) = labhub_db::directory::ensure_group(tx, &name, now).await?;
             if created {
                 let detail = json!({ "after": { "name": name }, "source": LDAP_ID });
                 audit.record(&mut **tx, Actor::System, "group.create", name.as_str(), detail).await?;

@@ -467,6 +467,36 @@ mod tests {
     }
 
     #[test]
+    fn password_login_reads_old_and_new_words_and_fits_the_directory() {
+        use labhub_service::PasswordLogin;
+        assert_eq!(Config::default().password_login(), PasswordLogin::Local);
+        let gh = "[[auth.providers]]\nid = \"gh\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\nallowed_users = [\"a\"]\n";
+        let off = load_str(&format!("[auth]\npassword_login = false\n{gh}")).unwrap();
+        assert_eq!(off.password_login(), PasswordLogin::Off, "the old boolean still reads");
+        assert_eq!(load_str("[auth]\npassword_login = true\n").unwrap().password_login(), PasswordLogin::Local);
+        let ldap = "[auth.ldap]\nurl = \"ldaps://dir.example.org\"\nbind_dn_template = \"uid={username},dc=x\"\nbind_password_file = \"/nonexistent\"\n";
+        let e = load_str(ldap).unwrap_err().to_string();
+        assert!(e.contains("'auth.ldap.bind_dn'"), "{e}");
+        let ldap = "[auth.ldap]\nurl = \"ldaps://dir.example.org\"\nbind_dn_template = \"uid={username},dc=x\"\n";
+        let c = load_str(&format!("[auth]\nadmin_users = [\"ldap:alice\"]\n{ldap}")).unwrap();
+        assert_eq!(c.password_login(), PasswordLogin::LocalAndDirectory, "break-glass local accounts by default");
+        assert!(c.to_toml().contains("[auth.ldap]"), "{}", c.to_toml());
+        let only = load_str(&format!("[auth]\npassword_login = \"ldap\"\n{ldap}")).unwrap();
+        assert_eq!(only.password_login(), PasswordLogin::Directory);
+        let e = load_str("[auth]\npassword_login = \"ldap\"\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.password_login'") && e.contains("needs [auth.ldap]"), "{e}");
+        let e = load_str(&format!("[auth]\npassword_login = \"local\"\n{ldap}")).unwrap_err().to_string();
+        assert!(e.contains("leaves [auth.ldap] unused"), "{e}");
+        let e = load_str("[auth]\npassword_login = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.password_login'") && e.contains("local+ldap"), "{e}");
+        let e = load_str("[auth]\nadmin_users = [\"ldap:alice\"]\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.admin_users[0]'"), "{e}");
+        let named_ldap = gh.replace("id = \"gh\"", "id = \"ldap\"");
+        let e = load_str(&format!("{ldap}{named_ldap}")).unwrap_err().to_string();
+        assert!(e.contains("'auth.providers[0].id'"), "{e}");
+    }
+
+    #[test]
     fn secrets_are_redacted_when_printed() {
         let c = load_str("secret_key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[database]\nurl = \"postgres://u:hunter2@db/x\"\n").unwrap();
         let printed = c.to_toml();
