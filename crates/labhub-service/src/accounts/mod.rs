@@ -70,10 +70,12 @@ impl<'h> Accounts<'h> {
         PasswordPolicy { min_len: self.state().settings.password_min_len }
     }
 
-    /// The provider an admin names for an account, checked: it must be configured.
+    /// The provider an admin names for an account, checked: it must be configured (an
+    /// identity provider, or `ldap` with a directory).
     fn known_provider<'p>(&self, provider: Option<&'p str>) -> Result<Option<&'p str>, ServiceError> {
+        let directory = |p: &str| p == labhub_auth::ldap::LDAP_ID && self.state().directory.is_some();
         match provider {
-            Some(p) if self.hub.providers().get(p).is_none() => {
+            Some(p) if self.hub.providers().get(p).is_none() && !directory(p) => {
                 Err(ServiceError::Invalid(format!("there is no identity provider called '{p}' on this hub")))
             }
             other => Ok(other),

@@ -237,6 +237,25 @@ async fn a_person_outside_allowed_groups_is_refused_and_gets_no_account() {
 }
 
 #[tokio::test]
+async fn without_auto_create_only_an_account_an_admin_made_for_the_directory_signs_in() {
+    let slapd = Slapd::start(&directory_ldif()).await;
+    let app = hub(&slapd, with(by_template(), json!({ "auto_create": false })), PasswordLogin::Directory).await;
+    let (status, page) = sign_in(&app, "carol", "carol-pw").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("There is no account carol on this hub"), "{page}");
+    let carol = labhub_core::UserName::parse("carol").unwrap();
+    let new = labhub_service::accounts::NewAccount {
+        name: carol,
+        password: None,
+        admin: false,
+        provider: Some("ldap".into()),
+    };
+    app.hub.accounts().create(labhub_service::Actor::System, new).await.unwrap();
+    assert_eq!(sign_in(&app, "carol", "carol-pw").await.0, StatusCode::SEE_OTHER);
+    assert_eq!(app.count("select count(*) from identities where provider = 'ldap'").await, 1);
+}
+
+#[tokio::test]
 async fn admin_rights_follow_admin_groups_from_one_sign_in_to_the_next() {
     let slapd = Slapd::start(&directory_ldif()).await;
     // Groups from memberOf (no group search); admin_groups by DN, written loosely.
