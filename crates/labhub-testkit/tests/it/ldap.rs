@@ -237,6 +237,27 @@ async fn a_person_outside_allowed_groups_is_refused_and_gets_no_account() {
 }
 
 #[tokio::test]
+async fn with_approval_a_first_directory_sign_in_waits_for_an_admin() {
+    let slapd = Slapd::start(&directory_ldif()).await;
+    let config = ldap(&slapd, by_template());
+    let app = TestApp::builder()
+        .config(|c| {
+            c.auth.ldap = Some(config);
+            c.auth.signup = labhub_service::SignupPolicy::Approval;
+        })
+        .spawn()
+        .await;
+    let (status, page) = sign_in(&app, "alice", "alice-pw").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("is waiting for an admin&#39;s approval"), "{page}");
+    assert_eq!(app.count("select count(*) from users where state = 'pending'").await, 1);
+    let alice = labhub_core::UserName::parse("alice").unwrap();
+    let active = labhub_core::AccountState::Active;
+    app.hub.accounts().set_state(labhub_service::Actor::System, &alice, active).await.unwrap();
+    assert_eq!(sign_in(&app, "alice", "alice-pw").await.0, StatusCode::SEE_OTHER, "approved, she is in");
+}
+
+#[tokio::test]
 async fn without_auto_create_only_an_account_an_admin_made_for_the_directory_signs_in() {
     let slapd = Slapd::start(&directory_ldif()).await;
     let app = hub(&slapd, with(by_template(), json!({ "auto_create": false })), PasswordLogin::Directory).await;
