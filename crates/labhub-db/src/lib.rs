@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod backups;
 pub mod datasets;
+pub mod directory;
 pub mod embedded;
 mod error;
 pub mod groups;

@@ -40,6 +40,8 @@ pub struct HubParts {
     pub servers: ServerSettings,
     /// The identity providers people may sign in with.
     pub providers: labhub_auth::oidc::Providers,
+    /// The directory (`[auth.ldap]`) that checks passwords, if one is configured.
+    pub directory: Option<labhub_auth::ldap::Directory>,
     /// The site default quota, and how often servers are culled, sampled and measured.
     pub quotas: QuotaSettings,
 }
@@ -76,7 +78,7 @@ impl Hub {
     /// Assembles the hub's services.
     pub fn new(parts: HubParts) -> Self {
         Self(Arc::new(Inner {
-            accounts: AccountsState::new(parts.accounts, parts.passwords, parts.clock.clone()),
+            accounts: AccountsState::new(parts.accounts, parts.passwords, parts.directory, parts.clock.clone()),
             sessions: SessionsState::default(),
             tokens: TokensState::default(),
             db: parts.db,
@@ -126,6 +128,11 @@ impl Hub {
     /// The identity providers people may sign in with.
     pub fn providers(&self) -> &labhub_auth::oidc::Providers {
         &self.0.providers
+    }
+
+    /// The directory that checks passwords, if one is configured.
+    pub fn directory(&self) -> Option<&labhub_auth::ldap::Directory> {
+        self.0.accounts.directory.as_ref()
     }
 
     /// The route table the proxy reads.

@@ -34,7 +34,7 @@ pub mod words;
 pub use access::{Actor, Reach, ServerRef};
 pub use error::ServiceError;
 pub use hub::{Hub, HubParts};
-pub use settings::{AccountSettings, QuotaSettings, ServerSettings, SignupPolicy};
+pub use settings::{AccountSettings, PasswordLogin, QuotaSettings, ServerSettings, SignupPolicy};
 
 /// Who is asking: an authenticated, active user, and how they proved it.
 #[derive(Debug, Clone)]

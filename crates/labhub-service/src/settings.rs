@@ -76,6 +76,82 @@ pub enum SignupPolicy {
     Open,
 }
 
+/// Which accounts the sign-in form's password signs in: `off`, `local`, `ldap` (the
+/// directory) or `local+ldap`. `true` and `false` read as `local` and `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PasswordLoginValue", into = "String")]
+pub enum PasswordLogin {
+    /// No password form: identity providers only.
+    Off,
+    /// Local accounts' passwords.
+    Local,
+    /// The directory's passwords only.
+    Directory,
+    /// Local accounts that have a password (break-glass admins) by it; everyone else through
+    /// the directory.
+    LocalAndDirectory,
+}
+
+/// How `password_login` may be written.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PasswordLoginValue {
+    Bool(bool),
+    Word(String),
+}
+
+impl TryFrom<PasswordLoginValue> for PasswordLogin {
+    type Error = String;
+    fn try_from(v: PasswordLoginValue) -> Result<Self, String> {
+        Ok(match v {
+            PasswordLoginValue::Bool(true) => Self::Local,
+            PasswordLoginValue::Bool(false) => Self::Off,
+            PasswordLoginValue::Word(w) => match w.as_str() {
+                "off" => Self::Off,
+                "local" => Self::Local,
+                "ldap" => Self::Directory,
+                "local+ldap" => Self::LocalAndDirectory,
+                other => {
+                    return Err(format!("'{other}' is not one of \"off\", \"local\", \"ldap\", \"local+ldap\""));
+                }
+            },
+        })
+    }
+}
+
+impl From<PasswordLogin> for String {
+    fn from(p: PasswordLogin) -> String {
+        p.as_str().to_string()
+    }
+}
+
+impl PasswordLogin {
+    /// The configuration word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Local => "local",
+            Self::Directory => "ldap",
+            Self::LocalAndDirectory => "local+ldap",
+        }
+    }
+
+    /// Whether the password form is offered.
+    pub fn form(self) -> bool {
+        self != Self::Off
+    }
+
+    /// Whether local accounts' passwords are checked.
+    pub fn local(self) -> bool {
+        matches!(self, Self::Local | Self::LocalAndDirectory)
+    }
+
+    /// Whether the directory checks passwords.
+    pub fn directory(self) -> bool {
+        matches!(self, Self::Directory | Self::LocalAndDirectory)
+    }
+}
+
 /// Account and session rules.
 #[derive(Debug, Clone)]
 pub struct AccountSettings {
@@ -91,8 +167,8 @@ pub struct AccountSettings {
     pub password_min_len: usize,
     /// Failed-login limits.
     pub throttle: ThrottleSettings,
-    /// Whether the password form is offered at all (off when only providers sign people in).
-    pub password_login: bool,
+    /// Which accounts the password form signs in (off when only providers sign people in).
+    pub password_login: PasswordLogin,
     /// Longest lifetime a user may give an API token; `None` allows tokens that never expire.
     pub max_token_lifetime: Option<Duration>,
 }
@@ -119,7 +195,7 @@ impl Default for AccountSettings {
             admin_users: Vec::new(),
             password_min_len: 8,
             throttle: ThrottleSettings::default(),
-            password_login: true,
+            password_login: PasswordLogin::Local,
             max_token_lifetime: None,
         }
     }

@@ -2,22 +2,19 @@
 //! sends the browser back, finding the account an identity belongs to, and the identities
 //! people and admins see (and admins unlink).
 //!
-//! Who gets in is decided by the one sign-in policy, [`Hub::admit`]; this module only finds
-//! out who the provider vouches for and which account that is.
+//! Who gets in, and as which account, is decided by the one sign-in policy (`accounts/`);
+//! this module only finds out who the provider vouches for.
 
-use labhub_auth::oidc::{BrowserBinding, ExternalIdentity, LoginSecrets, Provider, SsoError};
+use labhub_auth::oidc::{BrowserBinding, LoginSecrets, Provider, SsoError};
 use labhub_auth::sha256;
-use labhub_core::{AccountState, UserName};
-use labhub_db::ResultExt;
-use labhub_db::identities::{self, NewIdentity, NewOAuthState};
-use labhub_db::users::{self, NewUser, User};
+use labhub_core::UserName;
+use labhub_db::identities::{self, NewOAuthState};
 use serde_json::json;
 
 use crate::access::Actor;
-use crate::accounts::SignIn;
-use crate::hub::HubTx;
+use crate::accounts::{START_AGAIN, SignIn, Source};
 use crate::model::{Account, LinkedIdentity};
-use crate::{Hub, ServiceError, SignupPolicy};
+use crate::{Hub, ServiceError};
 
 /// How long a person may stay at the provider before the sign-in expires.
 pub const SIGN_IN_WINDOW: time::Duration = time::Duration::minutes(10);
@@ -37,8 +34,6 @@ pub struct SignedIn {
     pub account: Account,
     pub next: String,
 }
-
-const START_AGAIN: &str = "Start again from the sign-in page.";
 
 /// A provider's failure, as the person sees it.
 fn refusal(e: SsoError) -> ServiceError {
@@ -157,115 +152,15 @@ impl<'h> SignOn<'h> {
             }
         };
         let accounts = self.hub.accounts();
-        let (name, in_admin_group) = accounts.check_identity(provider, &identity)?;
+        let (name, in_admin_group) = accounts.check_identity(Source::from(provider), &identity)?;
         let mut tx = self.hub.begin().await?;
-        let user = self.account_for_identity(&mut tx, provider, &identity, &name).await?;
+        let user = accounts.account_for_identity(&mut tx, Source::from(provider), &identity, &name).await?;
         let sign_in = SignIn::Provider { user, provider: provider.id().as_str(), in_admin_group };
         let admission = accounts.admit(&mut tx, sign_in).await?;
         tx.commit().await?;
         let account = admission.into_active()?;
         metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
         Ok(SignedIn { account, next: pending.next })
-    }
-
-    /// The account an identity belongs to, for the sign-in policy: the account it is linked
-    /// to; else an account of the claimed name made for this provider (by an admin naming it,
-    /// or by the provider itself) that has no password and no identity yet, linked now; else a
-    /// new account when the provider creates them. A name taken by any other account is
-    /// refused, and the refusal is audited. Runs in the policy's transaction.
-    async fn account_for_identity(
-        &self,
-        tx: &mut HubTx<'_>,
-        provider: &Provider,
-        identity: &ExternalIdentity,
-        name: &UserName,
-    ) -> Result<User, ServiceError> {
-        let now = self.hub.now();
-        let pid = provider.id().as_str();
-        if let Some((linked, user)) = identities::by_subject_for_update(&mut **tx, pid, &identity.subject).await? {
-            identities::touch(&mut **tx, linked.identity_id, &identity.username, identity.email.as_deref(), now)
-                .await?;
-            return Ok(user);
-        }
-        let user = match users::by_name_for_update(&mut **tx, name).await? {
-            Some(existing) => {
-                let claimable = existing.password_hash.is_none()
-                    && existing.link_provider.as_deref() == Some(pid)
-                    && identities::count_for_user(&mut **tx, existing.user_id).await? == 0;
-                if !claimable {
-                    // On the pool, not in the transaction: the refusal rolls the transaction back,
-                    // and the record of it must stay.
-                    self.hub.audit().record(
-                        self.hub.db(),
-                        Actor::System,
-                        "identity.refused",
-                        name.as_str(),
-                        json!({ "provider": pid, "subject": identity.subject, "reason": "the name belongs to another account" }),
-                    )
-                    .await?;
-                    return Err(ServiceError::Conflict(format!(
-                        "An account named {name} already exists on this hub and is not linked to your {} identity, so you were not signed in. If the account is yours, sign in with its password; otherwise ask an admin.",
-                        provider.display_name()
-                    )));
-                }
-                existing
-            }
-            None if provider.rules().auto_create => {
-                let state = match self.hub.account_settings().signup {
-                    SignupPolicy::Approval => AccountState::Pending,
-                    SignupPolicy::Open | SignupPolicy::Closed => AccountState::Active,
-                };
-                let user = users::insert(
-                    &mut **tx,
-                    &NewUser {
-                        name,
-                        admin: false,
-                        state,
-                        password_hash: None,
-                        created_at: now,
-                        link_provider: Some(pid),
-                    },
-                )
-                .await
-                .on_constraint(users::NAME_KEY, || {
-                    ServiceError::Conflict(format!("The name {name} was taken a moment ago. {START_AGAIN}"))
-                })?;
-                let detail = json!({ "state": state.as_str(), "provider": pid });
-                self.hub.accounts().record_signup(tx, name, detail).await?;
-                user
-            }
-            None => {
-                return Err(ServiceError::Forbidden(format!(
-                    "There is no account {name} on this hub, and signing in with {} does not create one. Ask an admin to create your account.",
-                    provider.display_name()
-                )));
-            }
-        };
-        identities::insert(
-            &mut **tx,
-            &NewIdentity {
-                user_id: user.user_id,
-                provider: pid,
-                subject: &identity.subject,
-                username: &identity.username,
-                email: identity.email.as_deref(),
-                now,
-            },
-        )
-        .await
-        .on_constraint(identities::PROVIDER_SUBJECT_KEY, || {
-            ServiceError::Conflict(format!("Another sign-in linked this identity a moment ago. {START_AGAIN}"))
-        })?;
-        labhub_db::audit::record(
-            &mut **tx,
-            now,
-            name.as_str(),
-            "identity.link",
-            name.as_str(),
-            &json!({ "provider": pid, "subject": identity.subject }),
-        )
-        .await?;
-        Ok(user)
     }
 
     /// A user's linked identities (their own, or anyone's for an admin).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use dashmap::{DashMap, DashSet};
+use labhub_auth::ldap::Directory;
 use labhub_auth::{LoginThrottle, PasswordHasher, TokenHash};
 use labhub_core::spawner::ImageBuilder;
 use labhub_core::{Clock, ServerId, SessionId, TokenId};
@@ -17,17 +18,24 @@ use uuid::Uuid;
 use crate::progress::ProgressLog;
 use crate::{AccountSettings, Principal, ServerSettings};
 
-/// What the accounts capability keeps: its rules, password hashing and the sign-in throttle.
+/// What the accounts capability keeps: its rules, password hashing, the sign-in throttle and
+/// the directory that checks passwords too, if one is configured.
 pub(crate) struct AccountsState {
     pub(crate) settings: AccountSettings,
     pub(crate) passwords: PasswordHasher,
     pub(crate) throttle: LoginThrottle,
+    pub(crate) directory: Option<Directory>,
 }
 
 impl AccountsState {
-    pub(crate) fn new(settings: AccountSettings, passwords: PasswordHasher, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        settings: AccountSettings,
+        passwords: PasswordHasher,
+        directory: Option<Directory>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let throttle = LoginThrottle::new(settings.throttle, clock);
-        Self { settings, passwords, throttle }
+        Self { settings, passwords, throttle, directory }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test harness: a throwaway Postgres (or `DATABASE_URL`), a fresh database per test, the
 //! real hub on port 0, a private corner of the Docker engine, locally built images, a real
-//! OpenID Connect provider and fakes of GitHub and GitLab's APIs.
+//! OpenID Connect provider, a real OpenLDAP server (`slapd`) and fakes of GitHub and GitLab's
+//! APIs.
 //!
 //! Tests using it live in this package's `tests/it/` (one test binary, so the suite links once).
 
@@ -13,6 +14,7 @@ pub mod http;
 pub mod images;
 pub mod oidc;
 pub mod pg;
+pub mod slapd;
 
 pub use api::{Answer, Api, ApiError};
 pub use app::{TestApp, TestAppBuilder};

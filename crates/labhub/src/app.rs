@@ -75,6 +75,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         key,
         accounts: config.account_settings(),
         providers: labhub_auth::oidc::Providers::new(&config.auth.providers, &config.public_url())?,
+        directory: directory(config)?,
         spawner: runtime.spawner,
         builder: runtime.builder,
         routes: routes.clone(),
@@ -93,6 +94,20 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
     let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
     let state = AppState::new(hub.clone(), web, metrics, proxy);
     Ok(App { hub, service: labhub_web::service(state) })
+}
+
+/// The directory from `[auth.ldap]`, if set: its CA and password files are read now, so a
+/// mistake stops the hub at start rather than at someone's sign-in.
+pub fn directory(config: &Config) -> anyhow::Result<Option<labhub_auth::ldap::Directory>> {
+    let Some(ldap) = &config.auth.ldap else { return Ok(None) };
+    if ldap.plaintext() {
+        tracing::warn!(
+            url = ?ldap.url.iter().map(url::Url::as_str).collect::<Vec<_>>(),
+            "[auth.ldap] tls = \"none\": passwords go to the directory unencrypted"
+        );
+    }
+    let directory = labhub_auth::ldap::Directory::new(ldap).context("[auth.ldap] cannot be used")?;
+    Ok(Some(directory))
 }
 
 /// Brings the hub's view of servers up to date and starts its background work: the default

@@ -1,7 +1,6 @@
 //! The one sign-in policy every way of signing in goes through, password sign-in and sign-up,
 //! and making sure someone can administer a fresh hub.
 
-use labhub_auth::oidc::{ExternalIdentity, Provider};
 use labhub_auth::{DeviceKey, SignInClient};
 use labhub_core::{AccountState, Secret, UserName};
 use labhub_db::ResultExt;
@@ -51,6 +50,16 @@ impl Admission {
     }
 }
 
+/// What checking a name and password found.
+pub(super) enum Checked {
+    /// The local account's password matched.
+    Local(User),
+    /// The directory accepted the password of this person.
+    Directory(labhub_auth::ldap::DirectoryPerson),
+    /// No such account, or the wrong password.
+    Wrong,
+}
+
 /// Who is signing in with a password, besides the name and the password.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginClient<'a> {
@@ -71,10 +80,12 @@ pub struct SignedIn {
 }
 
 impl Accounts<'_> {
-    /// Signs in with a name and a password. Every failure that could reveal whether the account
-    /// exists gives the same message after the same work. Attempts are throttled (see
-    /// `labhub_auth::throttle`): counted before the password is checked, per known device, or
-    /// per account, address and the pair of them.
+    /// Signs in with a name and a password: a local account's, or the directory's (as
+    /// `password_login` says). Every failure that could reveal whether the account exists
+    /// gives the same message. Attempts are throttled (see `labhub_auth::throttle`): counted
+    /// before the password is checked, per known device, or per account, address and the pair
+    /// of them; an attempt that could not be checked (the hub busy, the database or the
+    /// directory away) is not counted.
     pub async fn password_login(
         &self,
         raw_name: &str,
@@ -82,7 +93,7 @@ impl Accounts<'_> {
         client: LoginClient<'_>,
     ) -> Result<SignedIn, ServiceError> {
         let state = self.state();
-        if !state.settings.password_login {
+        if !state.settings.password_login.form() {
             return Err(ServiceError::Forbidden("password sign-in is turned off on this hub".into()));
         }
         let name = UserName::parse(raw_name.trim()).ok();
@@ -98,76 +109,61 @@ impl Accounts<'_> {
                 retry_after: wait,
             }
         })?;
-        let user = match self.check_password(name.as_ref(), password).await {
-            Ok(user) => user,
+        let checked = match self.check_credentials(raw_name, name.as_ref(), password).await {
+            Ok(checked) => checked,
             Err(e) => {
-                // Not checked (the hub is busy, or the database is away): not a guess.
+                // Not checked (the hub is busy, the database or the directory is away): not a guess.
                 state.throttle.not_checked(attempt);
                 metrics::counter!("labhub_logins_total", "result" => "unchecked").increment(1);
                 return Err(e);
             }
         };
-        let Some(user) = user else {
-            metrics::counter!("labhub_logins_total", "result" => "failed").increment(1);
-            return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()));
+        let sign_in = match checked {
+            Checked::Wrong => {
+                metrics::counter!("labhub_logins_total", "result" => "failed").increment(1);
+                return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()));
+            }
+            Checked::Local(user) => {
+                state.throttle.succeeded(attempt);
+                let mut tx = self.hub.begin().await?;
+                let admission = self.admit(&mut tx, SignIn::Password(user)).await?;
+                tx.commit().await?;
+                admission
+            }
+            Checked::Directory(person) => {
+                state.throttle.succeeded(attempt);
+                self.admit_directory_person(&person).await?
+            }
         };
-        state.throttle.succeeded(attempt);
-        let mut tx = self.hub.begin().await?;
-        let admission = self.admit(&mut tx, SignIn::Password(user)).await?;
-        tx.commit().await?;
-        let account = admission.into_active()?;
+        let account = sign_in.into_active()?;
         metrics::counter!("labhub_logins_total", "result" => "ok").increment(1);
         let device_cookie = devices.after_sign_in(client.device_cookie, &throttle_key);
         Ok(SignedIn { account, device_cookie })
     }
 
-    /// The account whose password this is, if `name` has one; the same work either way.
-    async fn check_password(
+    /// Checks a password where `password_login` says: a local account that has a password by
+    /// its hash (with `local+ldap`, such an account never asks the directory), anyone else by
+    /// the directory. Locally, the same work whether the account exists or not.
+    async fn check_credentials(
         &self,
+        raw_name: &str,
         name: Option<&UserName>,
         password: Secret<String>,
-    ) -> Result<Option<User>, ServiceError> {
+    ) -> Result<Checked, ServiceError> {
+        let mode = self.state().settings.password_login;
         let user = match name {
-            Some(n) => users::by_name(self.hub.db(), n).await?,
-            None => None,
+            Some(n) if mode.local() => users::by_name(self.hub.db(), n).await?,
+            _ => None,
         };
-        let ok = self.state().passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await?;
-        Ok(user.filter(|_| ok))
-    }
-
-    /// The first half of the policy for a provider's identity, before any account is looked
-    /// at: the claimed name must pass the account name rule, and the provider's allowed users
-    /// and groups must admit it (admins by `admin_groups`, or by an `admin_users` entry for
-    /// this provider, always pass; a bare name in `admin_users` is a local account's and lets
-    /// no one past a provider's lists).
-    /// Returns the name and, when the provider names admin groups, whether the identity is in
-    /// one.
-    pub(crate) fn check_identity(
-        &self,
-        provider: &Provider,
-        identity: &ExternalIdentity,
-    ) -> Result<(UserName, Option<bool>), ServiceError> {
-        let via = provider.display_name();
-        let name = UserName::parse(identity.username.trim()).map_err(|e| {
-            ServiceError::Forbidden(format!(
-                "{via} calls you '{}', which is not a valid account name on this hub ({e}). Ask an admin.",
-                identity.username
-            ))
-        })?;
-        let rules = provider.rules();
-        let member_of = |groups: &[String]| identity.groups.iter().any(|g| groups.contains(g));
-        let in_admin_group = (!rules.admin_groups.is_empty()).then(|| member_of(&rules.admin_groups));
-        let restricted = !rules.allowed_users.is_empty() || !rules.allowed_groups.is_empty();
-        let allowed = self.state().settings.lists_admin(&name, Some(provider.id().as_str()))
-            || in_admin_group == Some(true)
-            || rules.allowed_users.contains(&name)
-            || member_of(&rules.allowed_groups);
-        if restricted && !allowed {
-            return Err(ServiceError::Forbidden(format!(
-                "{name} may not sign in to this hub with {via}: neither the name nor any of your groups there is on the list of those allowed. Ask an admin if you think this is wrong."
-            )));
+        let local = user.as_ref().is_some_and(|u| u.password_hash.is_some());
+        if mode.directory() && !local {
+            return self.check_directory_password(raw_name, &password).await;
         }
-        Ok((name, in_admin_group))
+        let ok = self.state().passwords.verify(password, user.as_ref().and_then(|u| u.password_hash.clone())).await?;
+        Ok(match user.filter(|_| ok) {
+            Some(user) => Checked::Local(user),
+            None => Checked::Wrong,
+        })
     }
 
     /// The rest of the policy, for every way of signing in, once the account is known: a

@@ -1,7 +1,10 @@
 //! Accounts: creating and changing them (admins, the CLI, their owners), and the one view of
-//! a user the API shows. How people get in is `admission.rs`.
+//! a user the API shows. How people get in is `admission.rs` (with `identity.rs` for
+//! identities vouched for from outside, `directory.rs` for the directory's passwords).
 
 mod admission;
+mod directory;
+mod identity;
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use serde_json::json;
 
 pub(crate) use admission::SignIn;
 pub use admission::{BAD_CREDENTIALS, LoginClient, SignedIn};
+pub(crate) use identity::{START_AGAIN, Source};
 
 use crate::access::Actor;
 use crate::hub::{HubTx, no_user};
@@ -66,10 +70,12 @@ impl<'h> Accounts<'h> {
         PasswordPolicy { min_len: self.state().settings.password_min_len }
     }
 
-    /// The provider an admin names for an account, checked: it must be configured.
+    /// The provider an admin names for an account, checked: it must be configured (an
+    /// identity provider, or `ldap` with a directory).
     fn known_provider<'p>(&self, provider: Option<&'p str>) -> Result<Option<&'p str>, ServiceError> {
+        let directory = |p: &str| p == labhub_auth::ldap::LDAP_ID && self.state().directory.is_some();
         match provider {
-            Some(p) if self.hub.providers().get(p).is_none() => {
+            Some(p) if self.hub.providers().get(p).is_none() && !directory(p) => {
                 Err(ServiceError::Invalid(format!("there is no identity provider called '{p}' on this hub")))
             }
             other => Ok(other),

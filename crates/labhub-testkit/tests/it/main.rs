@@ -16,6 +16,7 @@ mod groups;
 mod home_archives;
 mod homes;
 mod lab_data;
+mod ldap;
 mod netiso;
 mod oidc;
 mod pages;

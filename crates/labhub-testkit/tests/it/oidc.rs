@@ -188,7 +188,7 @@ async fn password_sign_in_can_be_turned_off_for_providers() {
     let app = TestApp::builder()
         .config(move |c| {
             c.auth.providers = vec![lab];
-            c.auth.password_login = false;
+            c.auth.password_login = Some(labhub_service::PasswordLogin::Off);
         })
         .spawn()
         .await;

@@ -32,7 +32,8 @@ pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Jso
         "labhub_version": env!("CARGO_PKG_VERSION"),
         "authenticator": {
             "class": "labhub.LocalAuthenticator",
-            "password_login": settings.password_login,
+            "password_login": settings.password_login.form(),
+            "directory": settings.password_login.directory(),
             "signup": settings.signup,
         },
     }))

@@ -33,6 +33,8 @@ struct LoginPage {
     error: Option<String>,
     signup: bool,
     password_login: bool,
+    /// The directory's name when it checks the form's passwords.
+    directory: Option<String>,
     providers: Vec<ProviderButton>,
 }
 
@@ -61,7 +63,12 @@ fn login_page(state: &AppState, page: &Page, next: String, username: String, err
         username,
         error,
         signup: settings.signup != SignupPolicy::Closed,
-        password_login: settings.password_login,
+        password_login: settings.password_login.form(),
+        directory: state
+            .hub()
+            .directory()
+            .filter(|_| settings.password_login.directory())
+            .map(|d| d.display_name().to_string()),
         providers: state
             .hub()
             .providers()

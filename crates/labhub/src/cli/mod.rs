@@ -16,11 +16,13 @@ mod accounts;
 mod catalogue;
 mod datasets;
 mod groups;
+mod ldap;
 
 use accounts::{TokenCommand, UserCommand, token, user};
 use catalogue::{ImageCommand, image};
 use datasets::{DatasetCommand, dataset};
 use groups::{GroupCommand, group};
+use ldap::{LdapCommand, ldap};
 
 /// labhub: a multi-user lab server for Jupyter and RStudio.
 #[derive(Parser)]
@@ -60,6 +62,9 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check the directory configuration ([auth.ldap]).
+    #[command(subcommand)]
+    Ldap(LdapCommand),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +117,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
+        Command::Ldap(cmd) => ldap(&config, cmd).await,
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let db = Database::open(&config).await?;

@@ -42,8 +42,11 @@ pub struct AuthConfig {
     pub admin_users: Vec<labhub_service::settings::AdminName>,
     /// Self-service sign-up: `closed`, `approval` (an admin approves) or `open`.
     pub signup: SignupPolicy,
-    /// Offer the password form (turn off when only identity providers sign people in).
-    pub password_login: bool,
+    /// Which accounts the password form signs in: `"local"`, `"ldap"` (the directory),
+    /// `"local+ldap"` (local accounts with a password, e.g. break-glass admins, and the
+    /// directory for everyone else) or `"off"` (identity providers only). Unset: `local+ldap`
+    /// with `[auth.ldap]`, else `local`.
+    pub password_login: Option<labhub_service::PasswordLogin>,
     /// Shortest password accepted.
     pub min_password_length: usize,
     /// Failed sign-ins per account from browsers that never signed in to it, all addresses
@@ -70,6 +73,9 @@ pub struct AuthConfig {
     pub max_token_lifetime: Option<Duration>,
     /// Identity providers (`[[auth.providers]]`, see docs/sign-in.md).
     pub providers: Vec<labhub_auth::oidc::ProviderConfig>,
+    /// An LDAP directory or Active Directory that checks passwords (`[auth.ldap]`, see
+    /// docs/sign-in.md).
+    pub ldap: Option<labhub_auth::ldap::LdapConfig>,
 }
 
 impl Default for AuthConfig {
@@ -79,7 +85,7 @@ impl Default for AuthConfig {
         Self {
             admin_users: Vec::new(),
             signup: SignupPolicy::Closed,
-            password_login: true,
+            password_login: None,
             min_password_length: d.password_min_len,
             max_failed_logins_per_account: d.throttle.per_account,
             max_failed_logins_per_account_and_address: d.throttle.per_account_and_address,
@@ -91,6 +97,7 @@ impl Default for AuthConfig {
             hashing_queue: hashing.queued,
             max_token_lifetime: None,
             providers: Vec::new(),
+            ldap: None,
         }
     }
 }
@@ -99,6 +106,16 @@ impl Config {
     /// How many password hashes may run and wait at once.
     pub fn hashing_limits(&self) -> labhub_auth::HashingLimits {
         labhub_auth::HashingLimits { concurrent: self.auth.hashing_concurrency, queued: self.auth.hashing_queue }
+    }
+
+    /// Which accounts the password form signs in, the default filled in.
+    pub fn password_login(&self) -> labhub_service::PasswordLogin {
+        use labhub_service::PasswordLogin;
+        self.auth.password_login.unwrap_or(if self.auth.ldap.is_some() {
+            PasswordLogin::LocalAndDirectory
+        } else {
+            PasswordLogin::Local
+        })
     }
 
     /// The account rules for the service.
@@ -117,7 +134,7 @@ impl Config {
                 signups_per_address: self.auth.max_signups_per_address,
                 window: self.auth.failed_login_window,
             },
-            password_login: self.auth.password_login,
+            password_login: self.password_login(),
             max_token_lifetime: self.auth.max_token_lifetime,
         }
     }

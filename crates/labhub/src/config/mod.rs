@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use labhub_auth::ldap::LDAP_ID;
 use labhub_core::Secret;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -168,18 +169,23 @@ impl Config {
                 return bad(&format!("auth.providers[{i}].id"), &format!("repeats the id '{}'", p.id));
             }
         }
+        self.validate_ldap()?;
         for (i, a) in self.auth.admin_users.iter().enumerate() {
+            let ldap = self.auth.ldap.is_some() && a.provider.as_ref().is_some_and(|p| p.as_str() == LDAP_ID);
             if let Some(p) = &a.provider
+                && !ldap
                 && !self.auth.providers.iter().any(|q| &q.id == p)
             {
                 return bad(
                     &format!("auth.admin_users[{i}]"),
-                    &format!("names the provider '{p}', which is not one of [[auth.providers]]"),
+                    &format!(
+                        "names the provider '{p}', which is not one of [[auth.providers]] (nor ldap with [auth.ldap])"
+                    ),
                 );
             }
         }
-        if !self.auth.password_login && self.auth.providers.is_empty() {
-            return bad("auth.password_login", "can only be false when [[auth.providers]] lets people sign in");
+        if !self.password_login().form() && self.auth.providers.is_empty() {
+            return bad("auth.password_login", "can only be off when [[auth.providers]] lets people sign in");
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes", "must be at least 1024");
@@ -246,6 +252,28 @@ impl Config {
         }
         if self.usage.retention < Duration::from_secs(3600) {
             return bad("usage.retention", "must be at least 1h");
+        }
+        Ok(())
+    }
+
+    /// `[auth.ldap]` and `password_login` fit together.
+    fn validate_ldap(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid configuration: '{key}' {why}")));
+        if self.password_login().directory() && self.auth.ldap.is_none() {
+            return bad("auth.password_login", "uses the directory (ldap), which needs [auth.ldap]");
+        }
+        let Some(ldap) = &self.auth.ldap else { return Ok(()) };
+        if let Err(problem) = ldap.check() {
+            return bad(&format!("auth.ldap.{}", problem.key), &problem.why);
+        }
+        if !self.password_login().directory() {
+            return bad("auth.password_login", "leaves [auth.ldap] unused: write \"ldap\" or \"local+ldap\"");
+        }
+        if let Some(i) = self.auth.providers.iter().position(|p| p.id.as_str() == LDAP_ID) {
+            return bad(
+                &format!("auth.providers[{i}].id"),
+                "'ldap' names the directory's identities while [auth.ldap] is set",
+            );
         }
         Ok(())
     }
@@ -436,6 +464,36 @@ mod tests {
         }
         let e = load_str("[docker]\niptables = \"\"\n").unwrap_err().to_string();
         assert!(e.contains("'docker.iptables'"), "{e}");
+    }
+
+    #[test]
+    fn password_login_reads_old_and_new_words_and_fits_the_directory() {
+        use labhub_service::PasswordLogin;
+        assert_eq!(Config::default().password_login(), PasswordLogin::Local);
+        let gh = "[[auth.providers]]\nid = \"gh\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\nallowed_users = [\"a\"]\n";
+        let off = load_str(&format!("[auth]\npassword_login = false\n{gh}")).unwrap();
+        assert_eq!(off.password_login(), PasswordLogin::Off, "the old boolean still reads");
+        assert_eq!(load_str("[auth]\npassword_login = true\n").unwrap().password_login(), PasswordLogin::Local);
+        let ldap = "[auth.ldap]\nurl = \"ldaps://dir.example.org\"\nbind_dn_template = \"uid={username},dc=x\"\nbind_password_file = \"/nonexistent\"\n";
+        let e = load_str(ldap).unwrap_err().to_string();
+        assert!(e.contains("'auth.ldap.bind_dn'"), "{e}");
+        let ldap = "[auth.ldap]\nurl = \"ldaps://dir.example.org\"\nbind_dn_template = \"uid={username},dc=x\"\n";
+        let c = load_str(&format!("[auth]\nadmin_users = [\"ldap:alice\"]\n{ldap}")).unwrap();
+        assert_eq!(c.password_login(), PasswordLogin::LocalAndDirectory, "break-glass local accounts by default");
+        assert!(c.to_toml().contains("[auth.ldap]"), "{}", c.to_toml());
+        let only = load_str(&format!("[auth]\npassword_login = \"ldap\"\n{ldap}")).unwrap();
+        assert_eq!(only.password_login(), PasswordLogin::Directory);
+        let e = load_str("[auth]\npassword_login = \"ldap\"\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.password_login'") && e.contains("needs [auth.ldap]"), "{e}");
+        let e = load_str(&format!("[auth]\npassword_login = \"local\"\n{ldap}")).unwrap_err().to_string();
+        assert!(e.contains("leaves [auth.ldap] unused"), "{e}");
+        let e = load_str("[auth]\npassword_login = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.password_login'") && e.contains("local+ldap"), "{e}");
+        let e = load_str("[auth]\nadmin_users = [\"ldap:alice\"]\n").unwrap_err().to_string();
+        assert!(e.contains("'auth.admin_users[0]'"), "{e}");
+        let named_ldap = gh.replace("id = \"gh\"", "id = \"ldap\"");
+        let e = load_str(&format!("{ldap}{named_ldap}")).unwrap_err().to_string();
+        assert!(e.contains("'auth.providers[0].id'"), "{e}");
     }
 
     #[test]
