@@ -277,6 +277,25 @@ async fn without_auto_create_only_an_account_an_admin_made_for_the_directory_sig
 }
 
 #[tokio::test]
+async fn an_admin_makes_an_account_for_the_directory_on_the_users_page() {
+    let slapd = Slapd::start(&directory_ldif()).await;
+    let settings = with(by_template(), json!({ "auto_create": false, "display_name": "Campus directory" }));
+    let app = hub(&slapd, settings, PasswordLogin::LocalAndDirectory).await;
+    app.add_user("root", "correct horse", true).await;
+    let admin = app.signed_in("root", "correct horse").await;
+    let page = admin.get(app.at("/hub/admin/users")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(r#"<option value="ldap">Campus directory</option>"#), "{page}");
+    let csrf = labhub_testkit::http::csrf_of(&page);
+    let origin = app.config.public_url().origin().ascii_serialization();
+    let form = [("_csrf", csrf.as_str()), ("username", "carol"), ("password", ""), ("provider", "ldap")];
+    let made = admin.post(app.at("/hub/admin/users")).header("Origin", origin).form(&form).send().await.unwrap();
+    assert_eq!(made.status(), StatusCode::SEE_OTHER, "{}", made.text().await.unwrap());
+    assert_eq!(sign_in(&app, "carol", "carol-pw").await.0, StatusCode::SEE_OTHER, "claimed at her first sign-in");
+    let (status, page) = sign_in(&app, "bob", "bob-pw").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "nobody made an account for bob: {page}");
+}
+
+#[tokio::test]
 async fn admin_rights_follow_admin_groups_from_one_sign_in_to_the_next() {
     let slapd = Slapd::start(&directory_ldif()).await;
     // Groups from memberOf (no group search); admin_groups by DN, written loosely.

@@ -142,7 +142,12 @@ async fn users_page(
         error,
         new_name,
         name_rule: NAME_RULE,
-        providers: hub.providers().iter().map(|p| (p.id().to_string(), p.display_name().to_string())).collect(),
+        providers: hub
+            .providers()
+            .iter()
+            .map(|p| (p.id().to_string(), p.display_name().to_string()))
+            .chain(hub.directory().map(|d| (labhub_auth::ldap::LDAP_ID.to_string(), d.display_name().to_string())))
+            .collect(),
     })
 }
 
