@@ -42,6 +42,8 @@ pub struct HubParts {
     pub providers: labhub_auth::oidc::Providers,
     /// The site default quota, and how often servers are culled, sampled and measured.
     pub quotas: QuotaSettings,
+    /// Where backups go, when they run and how many are kept.
+    pub backups: crate::backups::BackupSettings,
 }
 
 /// The hub's services. Cheap to clone; every clone shares the same state.
@@ -63,6 +65,7 @@ pub(crate) struct Inner {
     pub(crate) tokens: TokensState,
     pub(crate) servers: ServerRuntime,
     pub(crate) quotas: QuotaSettings,
+    pub(crate) backups: crate::backups::BackupsState,
     pub(crate) providers: labhub_auth::oidc::Providers,
 }
 
@@ -75,6 +78,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Assembles the hub's services.
     pub fn new(parts: HubParts) -> Self {
+        let booted = parts.clock.now();
         Self(Arc::new(Inner {
             accounts: AccountsState::new(parts.accounts, parts.passwords, parts.clock.clone()),
             sessions: SessionsState::default(),
@@ -90,6 +94,7 @@ impl Hub {
             servers: ServerRuntime::new(parts.routes, parts.servers),
             providers: parts.providers,
             quotas: parts.quotas,
+            backups: crate::backups::BackupsState::new(parts.backups, booted),
         }))
     }
 

@@ -14,7 +14,8 @@ use super::DockerSpawner;
 use crate::error::{is_status, runtime_error};
 use crate::http::engine_get;
 use crate::naming::{
-    LABEL_GROUP_ID, LABEL_HUB, LABEL_SERVER, LABEL_USER, LABEL_USER_ID, group_volume, home_volume, owner_from_labels,
+    LABEL_GROUP_ID, LABEL_HUB, LABEL_SERVER, LABEL_USER, LABEL_USER_ID, attached_volume, group_volume, home_volume,
+    owner_from_labels,
 };
 use crate::usage;
 
@@ -42,6 +43,7 @@ impl DockerSpawner {
                 home_volume(&self.config.hub_id, *owner, server)
             }
             Storage::Group(group) => group_volume(&self.config.hub_id, *group),
+            Storage::Attached { owner, key } => attached_volume(&self.config.hub_id, *owner, key),
             Storage::Volume(name) => name.clone(),
         }
     }
@@ -62,7 +64,7 @@ impl DockerSpawner {
     ) -> Result<String, SpawnError> {
         let name = self.volume_of(storage);
         let (owner_label, owner) = match storage {
-            Storage::Home { owner, .. } => (LABEL_USER_ID, owner.to_string()),
+            Storage::Home { owner, .. } | Storage::Attached { owner, .. } => (LABEL_USER_ID, owner.to_string()),
             Storage::Group(group) => (LABEL_GROUP_ID, group.to_string()),
             Storage::Volume(_) => {
                 return match self.docker.inspect_volume(&name).await {
@@ -90,9 +92,16 @@ impl DockerSpawner {
         }
         let mut labels =
             HashMap::from([(LABEL_HUB.to_string(), self.config.hub_id.to_string()), (owner_label.to_string(), owner)]);
-        if let Storage::Home { server, .. } = storage {
-            let server = server.as_ref().filter(|_| self.config.volume_per_server);
-            labels.insert(LABEL_SERVER.to_string(), server.map(ServerName::to_string).unwrap_or_default());
+        match storage {
+            Storage::Home { server, .. } => {
+                let server = server.as_ref().filter(|_| self.config.volume_per_server);
+                labels.insert(LABEL_SERVER.to_string(), server.map(ServerName::to_string).unwrap_or_default());
+            }
+            // Listed as the account's (an orphan with it, removed with its storage).
+            Storage::Attached { .. } => {
+                labels.insert(LABEL_SERVER.to_string(), String::new());
+            }
+            Storage::Group(_) | Storage::Volume(_) => {}
         }
         if let Some(user) = made_for {
             labels.insert(LABEL_USER.to_string(), user.to_string());
