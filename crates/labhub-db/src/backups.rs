@@ -189,9 +189,21 @@ const RUN_LOCK_KEY: i64 = 0x6c61_6268_7562_626b;
 
 /// The hub-wide lock on backup runs: a Postgres advisory lock held by a connection of its
 /// own, so one run at a time across every process using the database (replicas, the CLI).
-/// Dropping it closes the connection, which releases the lock, also when the holder dies.
+/// [`RunLock::release`] gives it back at once; dropping it closes the connection, which
+/// releases the lock as soon as the server notices (also when the holder dies).
 pub struct RunLock {
-    _conn: sqlx::PgConnection,
+    conn: sqlx::PgConnection,
+}
+
+impl RunLock {
+    /// Gives the lock back and closes its connection.
+    pub async fn release(mut self) {
+        let unlocked = sqlx::query("select pg_advisory_unlock($1)").bind(RUN_LOCK_KEY).execute(&mut self.conn).await;
+        if let Err(e) = unlocked {
+            tracing::debug!(error = %e, "the backup lock goes with its connection");
+        }
+        let _ = sqlx::Connection::close(self.conn).await;
+    }
 }
 
 impl std::fmt::Debug for RunLock {
@@ -206,7 +218,7 @@ pub async fn try_lock_runs(pool: &sqlx::PgPool) -> Result<Option<RunLock>, DbErr
     let mut conn = pool.acquire().await?.detach();
     let got: bool =
         sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(RUN_LOCK_KEY).fetch_one(&mut conn).await?;
-    Ok(got.then_some(RunLock { _conn: conn }))
+    Ok(got.then_some(RunLock { conn }))
 }
 
 /// A volume of an account's besides its home (a backup restored for it).

@@ -74,7 +74,14 @@ struct Item {
 /// Holds both locks of a run: the process's and the database's.
 pub(super) struct Running<'h> {
     _local: tokio::sync::MutexGuard<'h, ()>,
-    _shared: RunLock,
+    shared: RunLock,
+}
+
+impl Running<'_> {
+    /// Gives both locks back (the database's at once, not when its connection is noticed gone).
+    pub(super) async fn release(self) {
+        self.shared.release().await;
+    }
 }
 
 impl<'h> Backups<'h> {
@@ -82,7 +89,7 @@ impl<'h> Backups<'h> {
     pub(super) async fn try_lock(&self) -> Result<Option<Running<'h>>, ServiceError> {
         let Ok(local) = self.hub.0.backups.running.try_lock() else { return Ok(None) };
         let Some(shared) = backups::try_lock_runs(self.hub.db()).await? else { return Ok(None) };
-        Ok(Some(Running { _local: local, _shared: shared }))
+        Ok(Some(Running { _local: local, shared }))
     }
 
     /// Archives `target` now (admins), then applies the retention rule; every archive is
@@ -96,7 +103,9 @@ impl<'h> Backups<'h> {
                 "a backup run is in progress; try again when it has finished (Admin → Backups shows it)".into(),
             ));
         };
-        self.run(actor, target, false, &lock).await
+        let report = self.run(actor, target, false, &lock).await;
+        lock.release().await;
+        report
     }
 
     /// One run under the lock: recorded, archived, expired; `Err` only when the run could not

@@ -80,8 +80,20 @@ impl Backups<'_> {
             return self.refresh_banner().await;
         }
         let Some(lock) = self.try_lock().await? else { return Ok(()) };
-        // Under the lock: another process may have run this slot meanwhile.
-        if done(&backups::last_scheduled(db).await?) {
+        let result = self.run_slot(slot, now, &lock).await;
+        lock.release().await;
+        result
+    }
+
+    /// The scheduled run of `slot`, under the lock: none when another process ran it meanwhile.
+    async fn run_slot(
+        &self,
+        slot: OffsetDateTime,
+        now: OffsetDateTime,
+        lock: &super::run::Running<'_>,
+    ) -> Result<(), ServiceError> {
+        let db = self.hub.db();
+        if backups::last_scheduled(db).await?.is_some_and(|r| r.started_at >= slot) {
             return self.refresh_banner().await;
         }
         if now - slot > GRACE {
@@ -94,7 +106,7 @@ impl Backups<'_> {
             self.hub.audit().record(db, Actor::System, "backup.missed", &format!("run {run_id}"), audit).await?;
             self.refresh_banner().await?;
         }
-        self.run(Actor::System, &Target::All, true, &lock).await.map(|_| ())
+        self.run(Actor::System, &Target::All, true, lock).await.map(|_| ())
     }
 
     /// Reads the latest finished scheduled run into the banner and the gauge.

@@ -155,12 +155,22 @@ impl DockerSpawner {
         }
     }
 
-    /// `Spawner::volumes`: every volume labelled for this hub with a valid owner, with its size.
+    /// `Spawner::volumes`: every volume labelled for this hub with a valid owner, with its size
+    /// when the engine could measure it.
     pub(super) async fn list_volumes(&self) -> Result<Vec<StoredVolume>, SpawnError> {
         let options = ListVolumesOptions { filters: Some(self.hub_filter()) };
         let listed = self.docker.list_volumes(Some(options)).await.map_err(|e| runtime_error("listing volumes", e))?;
         let volumes = listed.volumes.unwrap_or_default();
-        let sizes = if volumes.is_empty() { VolumeSizes::default() } else { self.volume_sizes(None).await? };
+        // The sizes are a figure for people: a measurement the engine refuses (busy with
+        // another one for too long) leaves them unmeasured rather than failing the list.
+        let sizes = if volumes.is_empty() {
+            VolumeSizes::default()
+        } else {
+            self.volume_sizes(None).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "volumes listed without their sizes");
+                VolumeSizes::default()
+            })
+        };
         let mut homes = Vec::with_capacity(volumes.len());
         for v in volumes {
             let Some((owner, server)) = owner_from_labels(&v.labels) else {
