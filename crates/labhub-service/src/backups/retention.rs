@@ -27,6 +27,13 @@ impl Default for Keep {
     }
 }
 
+/// Which period (day, ISO week, month) a time falls in, as a comparable pair.
+type PeriodOf = fn(OffsetDateTime) -> (i32, u32);
+
+/// Whose archives are counted together: kind, owner id, server, and the volume when the
+/// owner is not known.
+type OwnerKey<'a> = (&'a str, Option<i64>, &'a str, &'a str);
+
 /// The archives of one owner that the rule lets go, given all of them.
 fn expired_of(mut archives: Vec<(i64, OffsetDateTime)>, keep: Keep) -> Vec<i64> {
     if keep == (Keep { daily: 0, weekly: 0, monthly: 0 }) {
@@ -35,7 +42,7 @@ fn expired_of(mut archives: Vec<(i64, OffsetDateTime)>, keep: Keep) -> Vec<i64> 
     // Newest first: the first archive met in a period is that period's newest.
     archives.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let mut kept = HashSet::new();
-    let periods: [(u32, fn(OffsetDateTime) -> (i32, u32)); 3] = [
+    let periods: [(u32, PeriodOf); 3] = [
         (keep.daily, |t| (t.year(), u32::from(t.ordinal()))),
         (keep.weekly, |t| {
             let (year, week, _) = t.to_iso_week_date();
@@ -59,7 +66,7 @@ fn expired_of(mut archives: Vec<(i64, OffsetDateTime)>, keep: Keep) -> Vec<i64> 
 
 /// Every archive the rule lets go, owner by owner (orphans' never).
 pub(super) fn expired(all: &[Backup], keep: Keep) -> Vec<i64> {
-    let mut by_owner: BTreeMap<(&str, Option<i64>, &str, &str), Vec<(i64, OffsetDateTime)>> = BTreeMap::new();
+    let mut by_owner: BTreeMap<OwnerKey<'_>, Vec<(i64, OffsetDateTime)>> = BTreeMap::new();
     for b in all.iter().filter(|b| b.kind != BackupKind::Orphan) {
         let key =
             (b.kind.as_str(), b.owner_id, b.server.as_str(), if b.owner_id.is_some() { "" } else { b.volume.as_str() });

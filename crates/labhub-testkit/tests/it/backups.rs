@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::common::{start_ready, test_server_binary};
+use crate::home_archives::tar_of;
 
 /// A hub on the manual clock with servers in a Docker scope, backups into a fresh folder, an
 /// admin `root` and a member `alice`; `adjust` changes the configuration further.
@@ -62,20 +63,6 @@ async fn read_file(api: &Api, user: &str, path: &str) -> (StatusCode, String) {
 async fn stop(api: &Api, user: &str) {
     api.stop(user, None).await.expect("the stop is accepted");
     api.wait_stopped(user, None).await;
-}
-
-/// A tar of text files owned by the servers' user.
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut archive = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(1000);
-        header.set_gid(100);
-        archive.append_data(&mut header, name, content.as_bytes()).unwrap();
-    }
-    archive.into_inner().unwrap()
 }
 
 /// Gives `user` a home holding `files` without starting a server (an admin's restore).
@@ -126,6 +113,18 @@ async fn audit_has(app: &TestApp, action: &str) -> bool {
         .await
         .unwrap();
     n > 0
+}
+
+/// Posts an admin page's form (its CSRF token, the hub's Origin) with `browser`, signed in.
+async fn post_form(app: &TestApp, browser: &reqwest::Client, page: &str, action: &str) -> StatusCode {
+    let r = browser
+        .post(app.at(action))
+        .header("Origin", app.url.as_str())
+        .form(&[("_csrf", csrf_of(page))])
+        .send()
+        .await
+        .unwrap();
+    r.status()
 }
 
 async fn admin_page(app: &TestApp, path: &str) -> String {
@@ -304,14 +303,8 @@ async fn verify_catches_a_corrupted_archive_and_restore_refuses_it() {
     let admin = app.signed_in("root", "correct horse").await;
     let page = admin.get(app.at("/hub/admin/backups")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&format!("/hub/admin/backups/{id}/verify")), "{page}");
-    let r = admin
-        .post(app.at(&format!("/hub/admin/backups/{id}/verify")))
-        .header("Origin", app.url.as_str())
-        .form(&[("_csrf", csrf_of(&page))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let posted = post_form(&app, &admin, &page, &format!("/hub/admin/backups/{id}/verify")).await;
+    assert_eq!(posted, StatusCode::SEE_OTHER);
     let page = admin.get(app.at("/hub/admin/backups")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("is damaged"), "{page}");
 }
@@ -442,14 +435,8 @@ async fn an_orphan_is_archived_to_the_backup_directory_from_the_admin_page() {
     let admin = app.signed_in("root", "correct horse").await;
     let page = admin.get(app.at("/hub/admin/storage")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&format!("/hub/admin/storage/{volume}/archive")), "{page}");
-    let r = admin
-        .post(app.at(&format!("/hub/admin/storage/{volume}/archive")))
-        .header("Origin", app.url.as_str())
-        .form(&[("_csrf", csrf_of(&page))])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let posted = post_form(&app, &admin, &page, &format!("/hub/admin/storage/{volume}/archive")).await;
+    assert_eq!(posted, StatusCode::SEE_OTHER);
     let page = admin.get(app.at("/hub/admin/storage")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&format!("Archived {volume}")), "{page}");
 
