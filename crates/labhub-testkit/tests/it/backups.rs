@@ -455,3 +455,52 @@ async fn an_orphan_is_archived_to_the_backup_directory_from_the_admin_page() {
     let page = admin.get(app.at("/hub/admin/backups")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("orphan") && page.contains(&b.id.to_string()), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_commands_create_list_verify_and_restore() {
+    let (app, dir, root, _alice) = backup_hub(|_| {}).await;
+    app.add_user("bob", "correct horse", false).await;
+    seed_home(&root, "alice", &[("notes.txt", "from the command line")]).await;
+    let url = labhub_testkit::pg::TestCluster::get().url(&app.db_name);
+    let data = dir.path().join("data");
+    let backups = backup_dir(&app);
+    let docker = app.config.docker.clone();
+    let labhub = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_labhub-exe"))
+            .args(args)
+            .env_remove("LABHUB_CONFIG")
+            .env("LABHUB_LOG", "warn")
+            .env("DATABASE_URL", &url)
+            .env("LABHUB_DATA_DIR", &data)
+            .env("LABHUB_DOCKER__HUB_ID", docker.hub_id.as_str())
+            .env("LABHUB_DOCKER__NETWORK", docker.network.as_str())
+            .env("LABHUB_BACKUPS__DIR", &backups)
+            .output()
+            .expect("running labhub");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = labhub(&["backup", "create", "--user", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 archive"), "{out}");
+    let (code, out, err) = labhub(&["backup", "list", "--user", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("one archive").to_string();
+    assert!(out.contains("alice") && out.contains("home"), "{out}");
+    let (code, out, err) = labhub(&["backup", "verify", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("intact"), "{out}");
+    let (code, _, err) = labhub(&["backup", "restore", &id, "--user", "bob"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not of bob's home") && err.trim().lines().count() == 1, "{err}");
+    let (code, out, err) = labhub(&["backup", "restore", &id, "--user", "alice", "--into", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("~/restored/backup-{id} of bob")), "{out}");
+    let (code, _, err) = labhub(&["backup", "create"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("say what to back up"), "{err}");
+    let bob = app.api_for("bob").await;
+    start_ready(&bob, "bob").await;
+    let file = format!("restored/backup-{id}/notes.txt");
+    assert_eq!(read_file(&bob, "bob", &file).await, (StatusCode::OK, "from the command line".into()));
+}
