@@ -108,8 +108,8 @@ impl<'h> Backups<'h> {
         report
     }
 
-    /// One run under the lock: recorded, archived, expired; `Err` only when the run could not
-    /// be recorded at all.
+    /// One run under the lock: recorded, archived, expired; `Err` when `target` names nothing
+    /// that exists (no run is recorded then) or the run could not be recorded at all.
     pub(super) async fn run(
         &self,
         actor: Actor<'_>,
@@ -118,10 +118,16 @@ impl<'h> Backups<'h> {
         _lock: &Running<'_>,
     ) -> Result<RunReport, ServiceError> {
         let db = self.hub.db();
+        let items = match self.items(actor, target).await {
+            Err(e @ (ServiceError::NotFound(_) | ServiceError::Invalid(_) | ServiceError::Forbidden(_))) => {
+                return Err(e);
+            }
+            other => other,
+        };
         backups::close_unfinished(db, self.hub.now(), "cut short: the hub stopped during the run").await?;
         let run_id = backups::begin_run(db, self.hub.now(), scheduled).await?;
         let mut report = RunReport::default();
-        match self.items(actor, target).await {
+        match items {
             Err(e) => report.failed.push(e.to_string()),
             Ok(items) => {
                 for item in items {

@@ -498,6 +498,9 @@ async fn the_backup_commands_create_list_verify_and_restore() {
     let (code, out, err) = labhub(&["backup", "restore", &id, "--user", "alice", "--into", "bob"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("~/restored/backup-{id} of bob")), "{out}");
+    let (code, _, err) = labhub(&["backup", "create", "--user", "nobody"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no user named nobody"), "{err}");
     let (code, _, err) = labhub(&["backup", "create"]);
     assert_ne!(code, 0);
     assert!(err.contains("say what to back up"), "{err}");
