@@ -70,6 +70,10 @@ id_type!(
     /// A catalogue entry.
     ImageId
 );
+id_type!(
+    /// An archive in the backup directory.
+    BackupId
+);
 
 #[cfg(test)]
 mod tests {

@@ -37,6 +37,9 @@ pub enum Storage {
     Home { owner: UserId, server: Option<ServerName> },
     /// A group's shared folder, keyed by the group's id.
     Group(GroupId),
+    /// A volume of an account's besides its home (a backup restored for it), keyed by the
+    /// account's id and a key of `a-z`, `0-9`, `.` (e.g. `backup.12`); created when absent.
+    Attached { owner: UserId, key: String },
     /// A storage object by its runtime name: an adopted legacy home, an orphan, or a volume
     /// an admin registered as a dataset.
     Volume(String),
@@ -323,6 +326,10 @@ pub trait Spawner: Send + Sync + 'static {
     /// narrow it: the user's home goes.
     async fn remove_storage(&self, storage: &Storage) -> Result<bool, SpawnError>;
 
+    /// The runtime's name of `storage` (what [`StoredVolume::volume`] says of it), whether it
+    /// exists or not.
+    fn storage_name(&self, storage: &Storage) -> String;
+
     /// Every volume this hub created, whoever it belongs to (the hub finds orphans and adopts
     /// legacy homes from this).
     async fn volumes(&self) -> Result<Vec<StoredVolume>, SpawnError>;
@@ -337,6 +344,17 @@ pub trait Spawner: Send + Sync + 'static {
     /// runtime through a read-only mount, whether a server uses it or not. Dropping the stream
     /// ends the read and removes what the read needed.
     async fn archive(
+        &self,
+        storage: &Storage,
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes, SpawnError>>, SpawnError>;
+
+    /// The files of `storage` as [`Spawner::archive`] gives them, but as they were at one
+    /// instant: every server using the storage is paused (frozen between two instructions,
+    /// its connections kept open) from before the read until the stream ends or is dropped,
+    /// so the stream holds every write completed before the pause and none after. It ends
+    /// with an error when a server began using the storage during the read. Servers left
+    /// paused by a process that died mid-read are resumed by the next [`Spawner::list`].
+    async fn snapshot(
         &self,
         storage: &Storage,
     ) -> Result<BoxStream<'static, Result<bytes::Bytes, SpawnError>>, SpawnError>;

@@ -150,3 +150,110 @@ pub async fn last_runs(db: impl PgExecutor<'_> + Copy) -> Result<(Option<Run>, O
     .await?;
     Ok((last, good))
 }
+
+/// The most recent scheduled run (finished or not).
+pub async fn last_scheduled(db: impl PgExecutor<'_>) -> Result<Option<Run>, DbError> {
+    Ok(sqlx::query_as(
+        "select run_id, started_at, finished_at, scheduled, ok, detail from backup_runs
+         where scheduled order by started_at desc, run_id desc limit 1",
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The most recent finished scheduled run (what the admins' banner is about).
+pub async fn last_finished_scheduled(db: impl PgExecutor<'_>) -> Result<Option<Run>, DbError> {
+    Ok(sqlx::query_as(
+        "select run_id, started_at, finished_at, scheduled, ok, detail from backup_runs
+         where scheduled and finished_at is not null order by started_at desc, run_id desc limit 1",
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Marks runs that never finished as failed with `detail` (call only while holding the
+/// [`RunLock`]: then no run is in progress anywhere); returns how many there were.
+pub async fn close_unfinished(db: impl PgExecutor<'_>, at: OffsetDateTime, detail: &str) -> Result<u64, DbError> {
+    let done =
+        sqlx::query("update backup_runs set finished_at = $1, ok = false, detail = $2 where finished_at is null")
+            .bind(at)
+            .bind(detail)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+/// The key of the advisory lock that backup runs take (any fixed number, the same for every
+/// process on the database).
+const RUN_LOCK_KEY: i64 = 0x6c61_6268_7562_626b;
+
+/// The hub-wide lock on backup runs: a Postgres advisory lock held by a connection of its
+/// own, so one run at a time across every process using the database (replicas, the CLI).
+/// [`RunLock::release`] gives it back at once; dropping it closes the connection, which
+/// releases the lock as soon as the server notices (also when the holder dies).
+pub struct RunLock {
+    conn: sqlx::PgConnection,
+}
+
+impl RunLock {
+    /// Gives the lock back and closes its connection.
+    pub async fn release(mut self) {
+        let unlocked = sqlx::query("select pg_advisory_unlock($1)").bind(RUN_LOCK_KEY).execute(&mut self.conn).await;
+        if let Err(e) = unlocked {
+            tracing::debug!(error = %e, "the backup lock goes with its connection");
+        }
+        let _ = sqlx::Connection::close(self.conn).await;
+    }
+}
+
+impl std::fmt::Debug for RunLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunLock")
+    }
+}
+
+/// Takes the lock on backup runs, or `None` when another process (or task) holds it.
+pub async fn try_lock_runs(pool: &sqlx::PgPool) -> Result<Option<RunLock>, DbError> {
+    // Detached: the connection never goes back to the pool with the lock held.
+    let mut conn = pool.acquire().await?.detach();
+    let got: bool =
+        sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(RUN_LOCK_KEY).fetch_one(&mut conn).await?;
+    Ok(got.then_some(RunLock { conn }))
+}
+
+/// A volume of an account's besides its home (a backup restored for it).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Attached {
+    pub user_id: i64,
+    /// What names the volume.
+    pub key: String,
+    /// Where it is mounted, under `~/restored/`.
+    pub folder: String,
+    pub backup_id: Option<i64>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Records a volume attached to an account.
+pub async fn attach(db: impl PgExecutor<'_>, a: &Attached) -> Result<(), DbError> {
+    sqlx::query(
+        "insert into attached_volumes (user_id, key, folder, backup_id, created_at) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(a.user_id)
+    .bind(&a.key)
+    .bind(&a.folder)
+    .bind(a.backup_id)
+    .bind(a.created_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The volumes attached to an account, oldest first.
+pub async fn attached_to(db: impl PgExecutor<'_>, user_id: i64) -> Result<Vec<Attached>, DbError> {
+    Ok(sqlx::query_as(
+        "select user_id, key, folder, backup_id, created_at from attached_volumes where user_id = $1 order by created_at, key",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await?)
+}

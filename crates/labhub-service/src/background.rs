@@ -12,7 +12,7 @@ use crate::health::ISOLATION_CHECK_INTERVAL;
 
 impl Hub {
     /// Periodic housekeeping: flushes token use times and proxied activity, removes expired
-    /// sessions, refreshes the session gauge, and checks (repairing what it can) that servers
+    /// sessions, refreshes the session gauge, runs the scheduled backup when due, and checks (repairing what it can) that servers
     /// can be isolated, at once and every [`ISOLATION_CHECK_INTERVAL`]. Runs until `shutdown`
     /// resolves, then flushes once more.
     pub async fn run_maintenance(self, shutdown: impl Future<Output = ()>) {
@@ -37,6 +37,15 @@ impl Hub {
                 _ = flush.tick() => {}
             }
             ticks += 1;
+            // In a task of its own, as a run lasts long; a tick during a run returns at once.
+            if self.backups().enabled() {
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = hub.backups().on_schedule().await {
+                        tracing::warn!(error = %e, "could not check or run the scheduled backup");
+                    }
+                });
+            }
             if let Err(e) = self.tokens().flush_use().await {
                 tracing::debug!(error = %e, "token use not flushed yet");
             }

@@ -226,7 +226,8 @@ impl Datasets<'_> {
 
     /// What a user's servers mount besides their home: the shared folder of each of their
     /// groups that has one (read-only for members when the group says so, never for its
-    /// leads), then every dataset granted to them, read-only and left out when missing.
+    /// leads), then every dataset granted to them, read-only and left out when missing, then
+    /// the backups restored for them (`~/restored/…`).
     pub(crate) async fn mounts_for(&self, user: UserId) -> Result<Vec<ExtraMount>, ServiceError> {
         let mut mounts = Vec::new();
         for m in groups::of_user(self.hub.db(), user).await? {
@@ -248,6 +249,7 @@ impl Datasets<'_> {
                 optional: true,
             });
         }
+        mounts.extend(self.hub.backups().mounts_for(user).await?);
         Ok(mounts)
     }
 }

@@ -44,6 +44,8 @@ pub struct HubParts {
     pub directory: Option<labhub_auth::ldap::Directory>,
     /// The site default quota, and how often servers are culled, sampled and measured.
     pub quotas: QuotaSettings,
+    /// Where backups go, when they run and how many are kept.
+    pub backups: crate::backups::BackupSettings,
 }
 
 /// The hub's services. Cheap to clone; every clone shares the same state.
@@ -65,6 +67,7 @@ pub(crate) struct Inner {
     pub(crate) tokens: TokensState,
     pub(crate) servers: ServerRuntime,
     pub(crate) quotas: QuotaSettings,
+    pub(crate) backups: crate::backups::BackupsState,
     pub(crate) providers: labhub_auth::oidc::Providers,
 }
 
@@ -77,6 +80,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Assembles the hub's services.
     pub fn new(parts: HubParts) -> Self {
+        let booted = parts.clock.now();
         Self(Arc::new(Inner {
             accounts: AccountsState::new(parts.accounts, parts.passwords, parts.directory, parts.clock.clone()),
             sessions: SessionsState::default(),
@@ -92,6 +96,7 @@ impl Hub {
             servers: ServerRuntime::new(parts.routes, parts.servers),
             providers: parts.providers,
             quotas: parts.quotas,
+            backups: crate::backups::BackupsState::new(parts.backups, booted),
         }))
     }
 

@@ -4,12 +4,13 @@
 //! (the sign-in policy and accounts), `hub.sessions()`, `hub.tokens()`, `hub.sign_on()`
 //! (identity providers), `hub.servers()`, `hub.access()` (the one gate to a server),
 //! `hub.groups()`, `hub.quotas()`, `hub.catalogue()`, `hub.usage()`, `hub.culler()`,
-//! `hub.audit()`. They take and return the service's own types (`model`), never database rows.
+//! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`. They take and return the service's own types (`model`), never database rows.
 
 pub mod access;
 pub mod accounts;
 pub mod audit;
 mod background;
+pub mod backups;
 pub mod catalogue;
 pub mod culler;
 pub mod datasets;

@@ -79,6 +79,11 @@ pub(crate) fn group_volume(hub: &HubId, group: GroupId) -> String {
     join(&format!("{hub}-group"), &[&format!("G{group}")])
 }
 
+/// A volume of an account's besides its home; `key` keeps to `a-z0-9.` (the service makes it).
+pub(crate) fn attached_volume(hub: &HubId, owner: UserId, key: &str) -> String {
+    join(&format!("{hub}-attached"), &[&format!("U{owner}"), &docker_escape(key)])
+}
+
 /// `prefix_part1_part2`.
 fn join(prefix: &str, parts: &[&str]) -> String {
     format!("{prefix}_{}", parts.join("_"))

@@ -85,7 +85,10 @@ impl FromRequestParts<AppState> for Page {
 /// What admins' pages say about the hub's own health.
 fn admin_banners(state: &AppState) -> Vec<String> {
     let hub = state.hub();
-    [hub.database_health().banner(hub.now()), hub.isolation_health().banner()].into_iter().flatten().collect()
+    [hub.database_health().banner(hub.now()), hub.isolation_health().banner(), hub.backups().banner()]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 impl Page {

@@ -81,6 +81,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         routes: routes.clone(),
         servers: config.server_settings(),
         quotas: config.quota_settings(),
+        backups: config.backup_settings(),
     });
     let proxy = Proxy::new(config.proxy_settings(), routes);
     let web = WebSettings {

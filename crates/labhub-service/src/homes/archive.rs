@@ -88,8 +88,25 @@ impl Drop for RestoreGuard<'_> {
 /// A gzip stream starts with these two bytes; a tar never does (its first bytes are a name).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// A tar stream from the runtime, packed as asked: passed on as it is, or gzipped on the way
+/// at the fastest level (a home then streams at disk speed rather than at one core's gzip).
+/// Memory stays bounded: chunks pass through as they come.
+pub(crate) fn packed(
+    tar: BoxStream<'static, Result<Bytes, labhub_core::spawner::SpawnError>>,
+    format: ArchiveFormat,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    let tar = tar.map_err(std::io::Error::other);
+    match format {
+        ArchiveFormat::Tar => tar.boxed(),
+        ArchiveFormat::TarGz => {
+            let encoder = GzipEncoder::with_quality(StreamReader::new(tar), Level::Fastest);
+            ReaderStream::with_capacity(encoder, 64 * 1024).boxed()
+        }
+    }
+}
+
 /// Undoes gzip when the stream is compressed; passes a plain tar through.
-async fn decompressed(
+pub(crate) async fn decompressed(
     mut upload: BoxStream<'static, Result<Bytes, std::io::Error>>,
 ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, ServiceError> {
     let mut head = Vec::new();
@@ -132,15 +149,7 @@ impl Homes<'_> {
         let user = self.reachable(actor, owner).await?;
         let home = self.of(user.user_id, server).await?;
         let tar = self.spawner()?.archive(&home).await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        let tar = tar.map_err(std::io::Error::other);
-        let body = match format {
-            ArchiveFormat::Tar => tar.boxed(),
-            // Fast compression: a home streams at disk speed rather than at one core's gzip.
-            ArchiveFormat::TarGz => {
-                let encoder = GzipEncoder::with_quality(StreamReader::new(tar), Level::Fastest);
-                ReaderStream::with_capacity(encoder, 64 * 1024).boxed()
-            }
-        };
+        let body = packed(tar, format);
         let label = server_label(owner, server);
         let detail = json!({ "format": format.extension() });
         self.hub.audit().record(self.hub.db(), actor, "home.archive", &label, detail).await?;
@@ -160,6 +169,22 @@ impl Homes<'_> {
         upload: BoxStream<'static, Result<Bytes, std::io::Error>>,
     ) -> Result<Restored, ServiceError> {
         let user = self.reachable(actor, owner).await?;
+        let bytes = self.restore_into(&user, server, upload).await?;
+        let label = server_label(owner, server);
+        self.hub.audit().record(self.hub.db(), actor, "home.restore", &label, json!({ "bytes": bytes })).await?;
+        Ok(Restored { bytes })
+    }
+
+    /// Unpacks a tar or tar.gz into an account's home, over files of the same names; returns
+    /// the bytes of tar read. Refused while any of the account's servers is not stopped, and
+    /// starts are refused while it runs. The caller checked who asks and audits.
+    pub(crate) async fn restore_into(
+        &self,
+        user: &labhub_db::users::User,
+        server: Option<&ServerName>,
+        upload: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> Result<u64, ServiceError> {
+        let owner = &user.name;
         // Under the account's row lock, which a start holds from its check of the mark to its
         // pending row's commit: either the start sees the mark, or the restore sees the start.
         let mut tx = self.hub.begin().await?;
@@ -178,10 +203,7 @@ impl Homes<'_> {
         }
         let home = self.of(user.user_id, server).await?;
         let tar = decompressed(upload).await?;
-        let bytes = self.spawner()?.restore(&home, "", tar).await.map_err(|e| ServiceError::Conflict(e.to_string()))?;
-        let label = server_label(owner, server);
-        self.hub.audit().record(self.hub.db(), actor, "home.restore", &label, json!({ "bytes": bytes })).await?;
-        Ok(Restored { bytes })
+        self.spawner()?.restore(&home, "", tar).await.map_err(|e| ServiceError::Conflict(e.to_string()))
     }
 }
 

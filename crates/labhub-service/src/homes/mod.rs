@@ -12,6 +12,7 @@
 mod archive;
 
 pub use archive::{ArchiveFormat, HomeArchive, Restored};
+pub(crate) use archive::{decompressed, packed};
 
 use labhub_core::spawner::{Spawner, StoredVolume};
 use labhub_core::{GroupId, Owner, ServerName, ServerState, Storage, UserId, UserName};
@@ -83,7 +84,7 @@ impl<'h> Homes<'h> {
         Self { hub }
     }
 
-    fn spawner(&self) -> Result<&'h std::sync::Arc<dyn Spawner>, ServiceError> {
+    pub(crate) fn spawner(&self) -> Result<&'h std::sync::Arc<dyn Spawner>, ServiceError> {
         self.hub.0.spawner.as_ref().ok_or_else(|| {
             ServiceError::Unavailable("homes cannot be reached: the container runtime is not reachable".into())
         })

@@ -5,13 +5,15 @@
 //! capability: `start` and `readiness` (creating a server until it answers), `stop`
 //! (stopping and removing), `observe` (polling, listing for reconcile, live resource use),
 //! `images`, `volumes` (homes and groups' folders: naming, measuring, listing, removing),
-//! `archives` (reading and writing their files) and `logs`.
+//! `archives` (reading and writing their files), `snapshot` (reading them as they were at
+//! one instant, servers paused) and `logs`.
 
 mod archives;
 mod images;
 mod logs;
 mod observe;
 mod readiness;
+mod snapshot;
 mod start;
 mod stop;
 mod volumes;
@@ -247,6 +249,10 @@ impl Spawner for DockerSpawner {
         self.remove_volume(home).await
     }
 
+    fn storage_name(&self, storage: &Storage) -> String {
+        self.volume_of(storage)
+    }
+
     async fn volumes(&self) -> Result<Vec<StoredVolume>, SpawnError> {
         self.list_volumes().await
     }
@@ -257,6 +263,10 @@ impl Spawner for DockerSpawner {
 
     async fn archive(&self, storage: &Storage) -> Result<BoxStream<'static, Result<Bytes, SpawnError>>, SpawnError> {
         self.archive_files(storage).await
+    }
+
+    async fn snapshot(&self, storage: &Storage) -> Result<BoxStream<'static, Result<Bytes, SpawnError>>, SpawnError> {
+        self.snapshot_files(storage).await
     }
 
     async fn restore(

@@ -74,7 +74,12 @@ impl DockerSpawner {
                 .and_then(|n| n.get(self.config.network.as_str()))
                 .and_then(|e| e.ip_address.as_deref())
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
-            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            // Paused only by a backup's read that its process never finished: resume it.
+            if c.state == Some(ContainerSummaryStateEnum::PAUSED) {
+                super::snapshot::resume(&self.docker, &id).await;
+            }
+            let running =
+                matches!(c.state, Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::PAUSED));
             let status = match (running, ip) {
                 (true, Some(ip)) => ServerStatus::Running { endpoint: SocketAddr::new(ip, port) },
                 (true, None) => ServerStatus::Stopped { reason: "running but off the users' network".into() },

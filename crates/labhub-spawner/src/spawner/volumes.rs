@@ -14,7 +14,8 @@ use super::DockerSpawner;
 use crate::error::{is_status, runtime_error};
 use crate::http::engine_get;
 use crate::naming::{
-    LABEL_GROUP_ID, LABEL_HUB, LABEL_SERVER, LABEL_USER, LABEL_USER_ID, group_volume, home_volume, owner_from_labels,
+    LABEL_GROUP_ID, LABEL_HUB, LABEL_SERVER, LABEL_USER, LABEL_USER_ID, attached_volume, group_volume, home_volume,
+    owner_from_labels,
 };
 use crate::usage;
 
@@ -42,6 +43,7 @@ impl DockerSpawner {
                 home_volume(&self.config.hub_id, *owner, server)
             }
             Storage::Group(group) => group_volume(&self.config.hub_id, *group),
+            Storage::Attached { owner, key } => attached_volume(&self.config.hub_id, *owner, key),
             Storage::Volume(name) => name.clone(),
         }
     }
@@ -62,7 +64,7 @@ impl DockerSpawner {
     ) -> Result<String, SpawnError> {
         let name = self.volume_of(storage);
         let (owner_label, owner) = match storage {
-            Storage::Home { owner, .. } => (LABEL_USER_ID, owner.to_string()),
+            Storage::Home { owner, .. } | Storage::Attached { owner, .. } => (LABEL_USER_ID, owner.to_string()),
             Storage::Group(group) => (LABEL_GROUP_ID, group.to_string()),
             Storage::Volume(_) => {
                 return match self.docker.inspect_volume(&name).await {
@@ -90,9 +92,16 @@ impl DockerSpawner {
         }
         let mut labels =
             HashMap::from([(LABEL_HUB.to_string(), self.config.hub_id.to_string()), (owner_label.to_string(), owner)]);
-        if let Storage::Home { server, .. } = storage {
-            let server = server.as_ref().filter(|_| self.config.volume_per_server);
-            labels.insert(LABEL_SERVER.to_string(), server.map(ServerName::to_string).unwrap_or_default());
+        match storage {
+            Storage::Home { server, .. } => {
+                let server = server.as_ref().filter(|_| self.config.volume_per_server);
+                labels.insert(LABEL_SERVER.to_string(), server.map(ServerName::to_string).unwrap_or_default());
+            }
+            // Listed as the account's (an orphan with it, removed with its storage).
+            Storage::Attached { .. } => {
+                labels.insert(LABEL_SERVER.to_string(), String::new());
+            }
+            Storage::Group(_) | Storage::Volume(_) => {}
         }
         if let Some(user) = made_for {
             labels.insert(LABEL_USER.to_string(), user.to_string());
@@ -146,12 +155,22 @@ impl DockerSpawner {
         }
     }
 
-    /// `Spawner::volumes`: every volume labelled for this hub with a valid owner, with its size.
+    /// `Spawner::volumes`: every volume labelled for this hub with a valid owner, with its size
+    /// when the engine could measure it.
     pub(super) async fn list_volumes(&self) -> Result<Vec<StoredVolume>, SpawnError> {
         let options = ListVolumesOptions { filters: Some(self.hub_filter()) };
         let listed = self.docker.list_volumes(Some(options)).await.map_err(|e| runtime_error("listing volumes", e))?;
         let volumes = listed.volumes.unwrap_or_default();
-        let sizes = if volumes.is_empty() { VolumeSizes::default() } else { self.volume_sizes(None).await? };
+        // The sizes are a figure for people: a measurement the engine refuses (busy with
+        // another one for too long) leaves them unmeasured rather than failing the list.
+        let sizes = if volumes.is_empty() {
+            VolumeSizes::default()
+        } else {
+            self.volume_sizes(None).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "volumes listed without their sizes");
+                VolumeSizes::default()
+            })
+        };
         let mut homes = Vec::with_capacity(volumes.len());
         for v in volumes {
             let Some((owner, server)) = owner_from_labels(&v.labels) else {

@@ -60,7 +60,7 @@ async fn gunzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A tar of text files, each owned by the servers' user.
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     let mut archive = tar::Builder::new(Vec::new());
     for (name, content) in files {
         let mut header = tar::Header::new_ustar();

@@ -3,6 +3,7 @@
 
 mod api_users;
 mod auth_api;
+mod backups;
 mod browser;
 mod busy;
 mod cli;

@@ -1,6 +1,7 @@
 //! The REST API under `/hub/api`, shaped like JupyterHub's so its clients and scripts work.
 //! Errors are `{"status": N, "message": "…"}`.
 
+mod backups;
 mod datasets;
 mod groups;
 mod homes;
@@ -51,6 +52,9 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/groups/{name}/quota", get(groups::get_quota).patch(groups::patch_quota))
         .route("/hub/api/groups/{name}/usage", get(groups::usage))
         .route("/hub/api/datasets", get(datasets::list).post(datasets::create))
+        .route("/hub/api/backups", get(backups::list).post(backups::create))
+        .route("/hub/api/backups/{id}/verify", post(backups::verify))
+        .route("/hub/api/backups/{id}/restore", post(backups::restore))
         .route("/hub/api/datasets/{name}", axum::routing::delete(datasets::delete))
         .route("/hub/api/images", get(images::list).post(images::create))
         .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))

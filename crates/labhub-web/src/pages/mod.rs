@@ -2,6 +2,7 @@
 
 mod account;
 mod admin;
+mod admin_backups;
 mod admin_datasets;
 mod admin_images;
 mod admin_storage;
@@ -67,6 +68,11 @@ pub fn router() -> Router<AppState> {
         .route("/hub/admin/datasets/{name}/remove", post(admin_datasets::remove))
         .route("/hub/admin/storage/{volume}/remove", post(admin_storage::remove_orphan))
         .route("/hub/admin/storage/{volume}/give", post(admin_storage::give_orphan))
+        .route("/hub/admin/storage/{volume}/archive", post(admin_backups::archive_orphan))
+        .route("/hub/admin/backups", get(admin_backups::list))
+        .route("/hub/admin/backups/create", post(admin_backups::create))
+        .route("/hub/admin/backups/{id}/verify", post(admin_backups::verify))
+        .route("/hub/admin/backups/{id}/restore", post(admin_backups::restore))
         .route("/hub/admin/groups", get(groups::admin_list).post(groups::create))
         .route("/hub/groups", get(groups::mine))
         .route("/hub/groups/{name}", get(groups::show))

@@ -13,12 +13,14 @@ use crate::config::{Config, LogFormat};
 use crate::database::Database;
 
 mod accounts;
+mod backups;
 mod catalogue;
 mod datasets;
 mod groups;
 mod ldap;
 
 use accounts::{TokenCommand, UserCommand, token, user};
+use backups::{BackupCommand, backup};
 use catalogue::{ImageCommand, image};
 use datasets::{DatasetCommand, dataset};
 use groups::{GroupCommand, group};
@@ -59,6 +61,9 @@ enum Command {
     /// Manage datasets: data mounted read-only at ~/datasets/NAME in servers.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Back up homes and shared folders, list, verify and restore the archives.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -135,6 +140,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
         Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
         Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,
+        Command::Backup(cmd) => with_hub(&config, true, |hub| async move { backup(hub, cmd).await }).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! error that names the key. Secrets print as `[redacted]`.
 
 mod auth;
+mod backups;
 mod database;
 mod proxy;
 mod quotas;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 pub use auth::{AuthConfig, SessionConfig};
+pub use backups::BackupsConfig;
 pub use database::DatabaseConfig;
 pub use proxy::{HttpConfig, ProxyConfig};
 pub use quotas::{CullerConfig, QuotaConfig, UsageConfig};
@@ -61,6 +63,8 @@ pub struct Config {
     pub culler: CullerConfig,
     /// Sampling resource use and measuring storage.
     pub usage: UsageConfig,
+    /// Backups of homes and shared folders.
+    pub backups: BackupsConfig,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             culler: CullerConfig::default(),
             usage: UsageConfig::default(),
+            backups: BackupsConfig::default(),
         }
     }
 }
@@ -252,6 +257,11 @@ impl Config {
         }
         if self.usage.retention < Duration::from_secs(3600) {
             return bad("usage.retention", "must be at least 1h");
+        }
+        if let Some(dir) = &self.backups.dir
+            && !dir.is_absolute()
+        {
+            return bad("backups.dir", "must be an absolute path (where the archives go)");
         }
         Ok(())
     }
@@ -494,6 +504,23 @@ mod tests {
         let named_ldap = gh.replace("id = \"gh\"", "id = \"ldap\"");
         let e = load_str(&format!("{ldap}{named_ldap}")).unwrap_err().to_string();
         assert!(e.contains("'auth.providers[0].id'"), "{e}");
+    }
+
+    #[test]
+    fn backups_are_off_without_a_directory_and_read_their_time_and_retention() {
+        let off = Config::default().backup_settings();
+        assert_eq!(off.dir, None);
+        let c = load_str("[backups]\ndir = \"/srv/backups\"\ntime = \"03:30\"\nkeep_daily = 3\nkeep_monthly = 0\n")
+            .unwrap();
+        let s = c.backup_settings();
+        assert_eq!(s.dir.as_deref(), Some(Path::new("/srv/backups")));
+        assert_eq!(s.at, time::Time::from_hms(3, 30, 0).unwrap());
+        assert_eq!((s.keep.daily, s.keep.weekly, s.keep.monthly), (3, 4, 0));
+        assert!(c.to_toml().contains("[backups]\ndir = \"/srv/backups\"\ntime = \"03:30\""), "{}", c.to_toml());
+        let e = load_str("[backups]\ntime = \"25:00\"\n").unwrap_err().to_string();
+        assert!(e.contains("'backups.time'") && e.contains("HH:MM"), "{e}");
+        let e = load_str("[backups]\ndir = \"backups\"\n").unwrap_err().to_string();
+        assert!(e.contains("'backups.dir'"), "{e}");
     }
 
     #[test]
