@@ -70,6 +70,10 @@ id_type!(
     /// A catalogue entry.
     ImageId
 );
+id_type!(
+    /// A share code (JupyterHub writes it `sc_<number>`).
+    ShareCodeId
+);
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@ pub mod identities;
 pub mod images;
 pub mod quotas;
 pub mod servers;
+pub mod shares;
 pub mod sessions;
 pub mod tokens;
 pub mod usage;

@@ -13,7 +13,7 @@ use labhub_core::{Clock, UserName};
 use labhub_db::{PgConnection, PgPool, users};
 use time::OffsetDateTime;
 
-use crate::state::{AccountsState, CatalogueState, ServerRuntime, SessionsState, TokensState};
+use crate::state::{AccountsState, CatalogueState, ServerRuntime, SessionsState, SharesState, TokensState};
 use crate::views::ViewCache;
 use crate::{AccountSettings, QuotaSettings, ServerSettings, ServiceError};
 
@@ -62,6 +62,7 @@ pub(crate) struct Inner {
     pub(crate) sessions: SessionsState,
     pub(crate) tokens: TokensState,
     pub(crate) servers: ServerRuntime,
+    pub(crate) shares: SharesState,
     pub(crate) quotas: QuotaSettings,
     pub(crate) providers: labhub_auth::oidc::Providers,
 }
@@ -88,6 +89,7 @@ impl Hub {
             spawner: parts.spawner,
             catalogue: CatalogueState::new(parts.builder),
             servers: ServerRuntime::new(parts.routes, parts.servers),
+            shares: SharesState::default(),
             providers: parts.providers,
             quotas: parts.quotas,
         }))
