@@ -191,9 +191,10 @@ impl<'h> Shares<'h> {
         Ok(())
     }
 
-    /// After a committed change: the index must follow before the change is answered. If the
-    /// database went away in between, the listener reloads it once it is back.
-    async fn changed(&self) {
+    /// After a committed change to shares or group memberships: the index must follow before
+    /// the change is answered. If the database went away in between, the listener reloads it
+    /// once it is back.
+    pub(crate) async fn changed(&self) {
         if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "could not reload shares after a change; retried when the database answers");
         }

@@ -39,6 +39,7 @@ pub struct ServerRow {
     pub url: String,
     pub spawn_url: String,
     pub pending_url: String,
+    pub share_url: String,
 }
 
 fn spawn_path(kind: &str, owner: &UserName, server: Option<&ServerName>) -> String {
@@ -70,6 +71,8 @@ struct HomePage {
     named_limit: u32,
     named_count: usize,
     groups: Vec<HomeGroup>,
+    /// Servers others shared with this user.
+    shared: Vec<super::shares::SharedRow>,
 }
 
 /// `GET /hub/home` (any signed-in user): their servers and account.
@@ -116,6 +119,7 @@ pub async fn home(
                 url: s.url(),
                 spawn_url: spawn_path("spawn", &me.name, s.name.as_ref()),
                 pending_url: spawn_path("spawn-pending", &me.name, s.name.as_ref()),
+                share_url: spawn_path("share", &me.name, s.name.as_ref()),
                 name: s.name_str().to_string(),
             }
         })
@@ -136,6 +140,7 @@ pub async fn home(
             .into_iter()
             .map(|m| HomeGroup { name: m.group.name.to_string(), lead: m.role == GroupRole::Lead })
             .collect(),
+        shared: super::shares::shared_with_me(&state, &me).await?,
     };
     Ok(page.render(view))
 }
