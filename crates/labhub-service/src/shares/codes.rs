@@ -182,8 +182,12 @@ impl Shares<'_> {
             None if server.is_none() => 0,
             None => return Err(no_server(owner, server)),
         };
-        if removed == 0 && !matches!(which, CodeChoice::All) {
-            return Err(ServiceError::NotFound("No matching code found".into()));
+        match which {
+            CodeChoice::Id(raw) if removed == 0 => {
+                return Err(ServiceError::NotFound(format!("No code found matching id={raw}")));
+            }
+            CodeChoice::Code(_) if removed == 0 => return Err(ServiceError::NotFound("No matching code found".into())),
+            _ => {}
         }
         if removed > 0 {
             let what = match which {

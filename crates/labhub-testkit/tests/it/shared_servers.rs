@@ -107,12 +107,16 @@ async fn a_share_with_servers_lets_the_visitor_start_and_stop_the_owners_server(
     let shared =
         alice.post_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["access:servers", "servers"]})).await;
     assert_eq!(shared.status, StatusCode::OK, "{shared:?}");
-    // Bob starts alice's server (charged to alice), uses it, stops it.
-    start_ready(&bob, "alice").await;
+    // Bob starts alice's server (charged to alice), uses it, stops it; alice sees it happen.
+    let (started, _) = bob.start("alice", None, json!({"image": "test"})).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(started.is_success(), "{started}");
+    alice.wait_ready("alice", None).await;
     assert_eq!(with_token(&app, "/user/alice/whoami", bob.authorization()).await, StatusCode::OK);
     let stopped = bob.stop("alice", None).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(stopped.is_success());
-    bob.wait_stopped("alice", None).await;
+    alice.wait_stopped("alice", None).await;
+    // Reading alice's account stays hers: a share is about one server.
+    assert_eq!(bob.get("/hub/api/users/alice").await.status, StatusCode::FORBIDDEN);
     // Bob's home page lists it under "Shared with me", with a Start button.
     let browser = app.signed_in("bob", "correct horse").await;
     let home = browser.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();

@@ -173,8 +173,8 @@ async fn share_codes_are_made_listed_accepted_once_by_each_and_revoked() {
     let listed = alice.get("/hub/api/share-codes/alice").await.value();
     assert_eq!(listed["items"][0]["exchange_count"], 2, "each exchange counts");
     assert!(listed["items"][0]["last_exchanged_at"].is_string());
-    // Without the hub's Origin, or without a session, nothing is accepted.
-    let forged = browser.post(app.at("/hub/accept-share")).form(&[("_csrf", csrf.as_str()), ("code", code.as_str())]).send().await.unwrap();
+    // Without the form's CSRF token, or without a session, nothing is accepted.
+    let forged = browser.post(app.at("/hub/accept-share")).header("Origin", &origin).form(&[("code", code.as_str())]).send().await.unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
     let stranger = labhub_testkit::app::browser().get(app.at(&format!("/hub/accept-share?code={code}"))).send().await.unwrap();
     assert_eq!(stranger.status(), StatusCode::SEE_OTHER);
