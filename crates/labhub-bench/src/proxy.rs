@@ -146,7 +146,8 @@ fn visitor_http(
 ) -> Vec<(String, bool, String)> {
     let med = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     println!("== A shared visitor against the owner (the same hub, route and rounds) ==");
-    let mut t = Table::new(&["response", "conns", "owner req/s", "visitor req/s", "visitor/owner", "p50 owner", "p50 visitor"]);
+    let mut t =
+        Table::new(&["response", "conns", "owner req/s", "visitor req/s", "visitor/owner", "p50 owner", "p50 visitor"]);
     let mut verdicts = Vec::new();
     for (ci, &(size, conns)) in cells.iter().enumerate() {
         let (owner, visitor) = (&res[ci][2], &res[ci][3]);

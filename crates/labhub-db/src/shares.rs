@@ -327,7 +327,11 @@ pub enum CodeSelector<'a> {
 }
 
 /// Removes a server's codes (one by id or hash, or all); how many went.
-pub async fn delete_codes(db: impl PgExecutor<'_>, server_id: ServerId, which: CodeSelector<'_>) -> Result<u64, DbError> {
+pub async fn delete_codes(
+    db: impl PgExecutor<'_>,
+    server_id: ServerId,
+    which: CodeSelector<'_>,
+) -> Result<u64, DbError> {
     let q = match which {
         CodeSelector::All => sqlx::query("delete from share_codes where server_id = $1").bind(server_id),
         CodeSelector::Id(id) => {

@@ -7,7 +7,7 @@
 
 use labhub_core::{ServerName, UserId};
 
-use crate::shares::{Rights, ShareIndex};
+use crate::shares::Rights;
 use crate::{Hub, Principal, SYSTEM_ACTOR, ServiceError};
 
 /// Who is acting: a signed-in user, or the hub itself (its CLI, its timers).
@@ -120,15 +120,21 @@ pub struct Access<'h> {
     hub: &'h Hub,
 }
 
-/// The decision itself, over what it needs and nothing else (no I/O).
-fn decide(who: &Principal, server: ServerRef<'_>, shares: &ShareIndex) -> Option<Reach> {
+/// The decision itself, over what it needs and nothing else (no I/O). The share index is
+/// looked at only for someone who is neither the owner nor an admin, so their requests never
+/// touch its lock.
+fn decide(
+    who: &Principal,
+    server: ServerRef<'_>,
+    shared: impl FnOnce(UserId, &str, UserId) -> Rights,
+) -> Option<Reach> {
     if who.user_id == server.owner {
         return Some(Reach::Owner);
     }
     if who.admin {
         return Some(Reach::Admin);
     }
-    let rights = shares.rights(server.owner, server.server.map_or("", ServerName::as_str), who.user_id);
+    let rights = shared(server.owner, server.server.map_or("", ServerName::as_str), who.user_id);
     (!rights.is_empty()).then_some(Reach::Shared(rights))
 }
 
@@ -148,7 +154,7 @@ impl<'h> Access<'h> {
     /// Whether `who` may reach `server` through the proxy (send it requests, open its
     /// WebSockets), and why; `None` refuses. A share counts only with `access:servers`.
     pub fn may_reach(&self, who: &Principal, server: ServerRef<'_>) -> Option<Reach> {
-        let reach = self.hub.shares().with_index(|index| decide(who, server, index))?;
+        let reach = decide(who, server, |o, n, v| self.hub.shares().index().rights(o, n, v))?;
         satisfies(reach, Need::Access).then_some(reach)
     }
 
@@ -159,7 +165,7 @@ impl<'h> Access<'h> {
             Actor::System => return Ok(Reach::Admin),
             Actor::User(p) => p,
         };
-        match self.hub.shares().with_index(|index| decide(p, server, index)) {
+        match decide(p, server, |o, n, v| self.hub.shares().index().rights(o, n, v)) {
             Some(reach) if satisfies(reach, need) => Ok(reach),
             _ => Err(ServiceError::Forbidden("you may only do this for your own servers".into())),
         }
@@ -172,6 +178,7 @@ mod tests {
 
     use super::*;
     use crate::AuthVia;
+    use crate::shares::ShareIndex;
 
     fn principal(id: i64, name: &str, admin: bool) -> Principal {
         Principal {
@@ -189,13 +196,13 @@ mod tests {
         let gpu = ServerName::parse("gpu").unwrap();
         for server in [None, Some(&gpu)] {
             let to = ServerRef { owner: alice, server };
-            assert_eq!(decide(&principal(1, "alice", false), to, &none), Some(Reach::Owner));
-            assert_eq!(decide(&principal(2, "root", true), to, &none), Some(Reach::Admin));
-            assert_eq!(decide(&principal(3, "bob", false), to, &none), None);
+            assert_eq!(decide(&principal(1, "alice", false), to, |o, n, v| none.rights(o, n, v)), Some(Reach::Owner));
+            assert_eq!(decide(&principal(2, "root", true), to, |o, n, v| none.rights(o, n, v)), Some(Reach::Admin));
+            assert_eq!(decide(&principal(3, "bob", false), to, |o, n, v| none.rights(o, n, v)), None);
             // Being an admin does not make someone the owner.
-            assert_eq!(decide(&principal(1, "alice", true), to, &none), Some(Reach::Owner));
+            assert_eq!(decide(&principal(1, "alice", true), to, |o, n, v| none.rights(o, n, v)), Some(Reach::Owner));
             // A new account that took the owner's old name is someone else.
-            assert_eq!(decide(&principal(4, "alice", false), to, &none), None);
+            assert_eq!(decide(&principal(4, "alice", false), to, |o, n, v| none.rights(o, n, v)), None);
         }
         // bob may reach alice's default server (not her `gpu`); carol may only start it.
         let shares = ShareIndex::build([
@@ -205,12 +212,15 @@ mod tests {
         let default = ServerRef { owner: alice, server: None };
         let bob = principal(3, "bob", false);
         let carol = principal(5, "carol", false);
-        let reach = decide(&bob, default, &shares).unwrap();
+        let reach = decide(&bob, default, |o, n, v| shares.rights(o, n, v)).unwrap();
         assert_eq!(reach, Reach::Shared(Rights::ACCESS));
         assert!(satisfies(reach, Need::Access) && satisfies(reach, Need::Read));
         assert!(!satisfies(reach, Need::Start) && !satisfies(reach, Need::Stop) && !satisfies(reach, Need::Own));
-        assert_eq!(decide(&bob, ServerRef { owner: alice, server: Some(&gpu) }, &shares), None);
-        let reach = decide(&carol, default, &shares).unwrap();
+        assert_eq!(
+            decide(&bob, ServerRef { owner: alice, server: Some(&gpu) }, |o, n, v| shares.rights(o, n, v)),
+            None
+        );
+        let reach = decide(&carol, default, |o, n, v| shares.rights(o, n, v)).unwrap();
         assert!(!satisfies(reach, Need::Access), "`servers` alone does not reach it, as in JupyterHub");
         assert!(satisfies(reach, Need::Start) && satisfies(reach, Need::Stop));
         assert!(satisfies(Reach::Owner, Need::Own) && satisfies(Reach::Admin, Need::Own));

@@ -85,7 +85,8 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     // Without a route, the "not running" answer asks the service, which checks the same gate.
     let mut visitor = None;
     if let Some(r) = &route {
-        match state.hub().access().may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() }) {
+        match state.hub().access().may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
+        {
             None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
             // A visitor's WebSockets close when their share ends.
             Some(Reach::Shared(_)) => visitor = Some(me.user_id),

@@ -165,9 +165,10 @@ impl Shares<'_> {
         let selector = match which {
             CodeChoice::All => CodeSelector::All,
             CodeChoice::Id(raw) => {
-                let id = raw.strip_prefix("sc_").and_then(|n| n.parse::<i64>().ok()).ok_or_else(|| {
-                    ServiceError::NotFound(format!("No code found matching id={raw}"))
-                })?;
+                let id = raw
+                    .strip_prefix("sc_")
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .ok_or_else(|| ServiceError::NotFound(format!("No code found matching id={raw}")))?;
                 CodeSelector::Id(ShareCodeId::new(id))
             }
             CodeChoice::Code(code) => {
@@ -215,7 +216,8 @@ impl Shares<'_> {
     pub async fn exchange(&self, visitor: &Principal, code: &str) -> Result<ShareView, ServiceError> {
         let now = self.hub.now();
         let mut tx = self.hub.begin().await?;
-        let row = shares::code_by_hash_for_update(&mut *tx, &labhub_auth::sha256(code)).await?.ok_or_else(invalid_code)?;
+        let row =
+            shares::code_by_hash_for_update(&mut *tx, &labhub_auth::sha256(code)).await?.ok_or_else(invalid_code)?;
         if row.expires_at <= now {
             shares::delete_code(&mut *tx, row.share_code_id).await?;
             tx.commit().await?;
@@ -227,7 +229,8 @@ impl Shares<'_> {
         let share = shares::grant(&mut tx, row.server_id, Grantee::User(visitor.user_id), &row.scopes, now).await?;
         shares::record_exchange(&mut *tx, row.share_code_id, now).await?;
         let target = format!("{}/{}", row.owner_name, row.server_name);
-        let detail = json!({ "code": format!("sc_{}", row.share_code_id), "user": visitor.name.as_str(), "scopes": row.scopes });
+        let detail =
+            json!({ "code": format!("sc_{}", row.share_code_id), "user": visitor.name.as_str(), "scopes": row.scopes });
         self.hub.audit().record(&mut *tx, Actor::User(visitor), "share_code.exchange", &target, detail).await?;
         tx.commit().await?;
         self.changed().await;

@@ -165,10 +165,10 @@ impl<'h> Shares<'h> {
         &self.hub.0.shares
     }
 
-    /// Runs `f` with the current index (no I/O, no allocation: the proxy's path).
-    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&ShareIndex) -> T) -> T {
-        let index = self.state().index.read().unwrap_or_else(PoisonError::into_inner);
-        f(&index)
+    /// The current index, read-locked for as long as it is held (no I/O, no allocation: the
+    /// proxy's path; a rebuild only swaps the `Arc` under the write lock).
+    pub(crate) fn index(&self) -> std::sync::RwLockReadGuard<'h, Arc<ShareIndex>> {
+        self.state().index.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Rebuilds the index from Postgres, then closes the WebSockets of visitors it no longer
@@ -300,9 +300,9 @@ impl<'h> Shares<'h> {
                 }
                 Ok(Grantee::User(user.user_id))
             }
-            (ShareWith::User(_), Authority::Lead(_)) => Err(ServiceError::Forbidden(
-                "a lead shares a member's server only with a group they lead".into(),
-            )),
+            (ShareWith::User(_), Authority::Lead(_)) => {
+                Err(ServiceError::Forbidden("a lead shares a member's server only with a group they lead".into()))
+            }
             (ShareWith::Group(name), Authority::Full { seer }) => {
                 if let Some(seer) = seer {
                     let mine = groups::of_user(db, *seer).await?;
@@ -317,11 +317,11 @@ impl<'h> Shares<'h> {
                     .ok_or_else(|| ServiceError::Invalid(format!("No such group: {name}")))?;
                 Ok(Grantee::Group(group.group_id))
             }
-            (ShareWith::Group(name), Authority::Lead(led)) => led
-                .iter()
-                .find(|(_, n)| n == name)
-                .map(|(id, _)| Grantee::Group(*id))
-                .ok_or_else(|| ServiceError::Forbidden(format!("you lead no group named {name} that the owner is in"))),
+            (ShareWith::Group(name), Authority::Lead(led)) => {
+                led.iter().find(|(_, n)| n == name).map(|(id, _)| Grantee::Group(*id)).ok_or_else(|| {
+                    ServiceError::Forbidden(format!("you lead no group named {name} that the owner is in"))
+                })
+            }
         }
     }
 
@@ -363,9 +363,9 @@ impl<'h> Shares<'h> {
         let authority = self.authority(actor, &owner_row).await?;
         let revoked: Option<Vec<String>> = match scopes.filter(|s| !s.is_empty()) {
             None => None,
-            Some(s) => Some(
-                s.iter().map(|x| x.split_once('!').map_or(x.as_str(), |(b, _)| b).to_string()).collect::<Vec<_>>(),
-            ),
+            Some(s) => {
+                Some(s.iter().map(|x| x.split_once('!').map_or(x.as_str(), |(b, _)| b).to_string()).collect::<Vec<_>>())
+            }
         };
         let Some(grantee) = self.existing_grantee(&authority, with).await? else { return Ok(None) };
         let mut tx = self.hub.begin().await?;

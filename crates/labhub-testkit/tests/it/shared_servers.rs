@@ -15,7 +15,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::{docker_hub, start_ready, test_server_binary};
-use crate::proxied::{HANG, echo, eventually, refused_status, server_secret, session_cookie, ws_connect, ws_end, ws_url};
+use crate::proxied::{
+    HANG, echo, eventually, refused_status, server_secret, session_cookie, ws_connect, ws_end, ws_url,
+};
 use crate::proxy_auth::lane_takes;
 use labhub_testkit::app::script;
 
@@ -52,10 +54,15 @@ async fn a_visitor_reaches_the_owners_server_on_both_paths_and_over_websockets_u
     assert_eq!(shared.value()["server"]["ready"], true);
 
     // Bob: the general path (his token) and the fast lane (his session), acting as alice there.
-    let r = script().get(app.at("/user/alice/whoami")).header("Authorization", bob.authorization()).send().await.unwrap();
+    let r =
+        script().get(app.at("/user/alice/whoami")).header("Authorization", bob.authorization()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let who: Value = r.json().await.unwrap();
-    assert_eq!(who["headers"]["authorization"], json!([format!("token {secret}")]), "the server sees its owner's credential");
+    assert_eq!(
+        who["headers"]["authorization"],
+        json!([format!("token {secret}")]),
+        "the server sees its owner's credential"
+    );
     assert_eq!(lane_takes(&app, &lane_get(&app, "/user/alice/whoami", &bob_cookie)).await, Some(200));
     // Carol, with whom nothing is shared, is refused on both paths and on WebSockets.
     assert_eq!(with_token(&app, "/user/alice/whoami", carol.authorization()).await, StatusCode::FORBIDDEN);
@@ -104,8 +111,9 @@ async fn a_share_with_servers_lets_the_visitor_start_and_stop_the_owners_server(
     root.post("/hub/api/groups/lab").await;
     root.post_json("/hub/api/groups/lab/users", &json!({"users": ["alice", "bob"]})).await;
     let bob = app.api_for("bob").await;
-    let shared =
-        alice.post_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["access:servers", "servers"]})).await;
+    let shared = alice
+        .post_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["access:servers", "servers"]}))
+        .await;
     assert_eq!(shared.status, StatusCode::OK, "{shared:?}");
     // Bob starts alice's server (charged to alice), uses it, stops it; alice sees it happen.
     let (started, _) = bob.start("alice", None, json!({"image": "test"})).await.unwrap_or_else(|e| panic!("{e}"));
@@ -154,7 +162,8 @@ async fn a_share_link_accepted_in_a_browser_leads_into_the_owners_server() {
         chromium.click("form[action='/hub/accept-share'] button[type=submit]", step).await?;
         chromium.wait_for("alice's server", "location.pathname.startsWith('/user/alice/')", step).await?;
         chromium.goto(&app.at("/user/alice/whoami")).await?;
-        let expression = format!("document.body.textContent.includes({})", js_string("\"path\":\"/user/alice/whoami\""));
+        let expression =
+            format!("document.body.textContent.includes({})", js_string("\"path\":\"/user/alice/whoami\""));
         chromium.wait_for("the server's answer to bob", &expression, step).await
     };
     let outcome = tokio::time::timeout(Duration::from_secs(180), drive).await;

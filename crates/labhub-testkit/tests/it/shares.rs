@@ -47,7 +47,8 @@ async fn owners_share_with_users_and_groups_and_revoke_as_jupyterhub_clients_exp
     assert_eq!(share["kind"], "user");
     assert!(share["created_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{share}");
     // Granting more adds to the share; the filter may be given, as JupyterHub writes it.
-    let more = alice.post_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["servers!server=alice/"]})).await;
+    let more =
+        alice.post_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["servers!server=alice/"]})).await;
     assert_eq!(more.value()["scopes"], json!(["access:servers!server=alice/", "servers!server=alice/"]));
 
     // Bad requests say what is wrong.
@@ -62,18 +63,40 @@ async fn owners_share_with_users_and_groups_and_revoke_as_jupyterhub_clients_exp
         refused(&alice.post_json("/hub/api/shares/alice/", &body).await, StatusCode::BAD_REQUEST, words);
     }
     // A member shares only with people in a group with them; an admin with anyone there is.
-    refused(&alice.post_json("/hub/api/shares/alice/", &json!({"user": "carol"})).await, StatusCode::FORBIDDEN, "group");
-    refused(&alice.post_json("/hub/api/shares/alice/", &json!({"user": "nobody"})).await, StatusCode::FORBIDDEN, "group");
-    refused(&root.post_json("/hub/api/shares/alice/", &json!({"user": "nobody"})).await, StatusCode::BAD_REQUEST, "No such user");
+    refused(
+        &alice.post_json("/hub/api/shares/alice/", &json!({"user": "carol"})).await,
+        StatusCode::FORBIDDEN,
+        "group",
+    );
+    refused(
+        &alice.post_json("/hub/api/shares/alice/", &json!({"user": "nobody"})).await,
+        StatusCode::FORBIDDEN,
+        "group",
+    );
+    refused(
+        &root.post_json("/hub/api/shares/alice/", &json!({"user": "nobody"})).await,
+        StatusCode::BAD_REQUEST,
+        "No such user",
+    );
     // Nobody else shares alice's server, and only GET takes an owner without a server.
     refused(&carol.post_json("/hub/api/shares/alice/", &json!({"user": "carol"})).await, StatusCode::FORBIDDEN, "own");
     refused(&bob.post_json("/hub/api/shares/alice/", &json!({"group": "lab"})).await, StatusCode::FORBIDDEN, "own");
-    assert_eq!(alice.post_json("/hub/api/shares/alice", &json!({"user": "bob"})).await.status, StatusCode::METHOD_NOT_ALLOWED);
-    refused(&alice.post_json("/hub/api/shares/alice/gpu", &json!({"user": "bob"})).await, StatusCode::NOT_FOUND, "alice/gpu");
+    assert_eq!(
+        alice.post_json("/hub/api/shares/alice", &json!({"user": "bob"})).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    refused(
+        &alice.post_json("/hub/api/shares/alice/gpu", &json!({"user": "bob"})).await,
+        StatusCode::NOT_FOUND,
+        "alice/gpu",
+    );
 
     // A group share; the owner's list pages like JupyterHub's.
     let group = alice.post_json("/hub/api/shares/alice/", &json!({"group": "lab"})).await.value();
-    assert_eq!((group["kind"].as_str(), &group["group"], &group["user"]), (Some("group"), &json!({"name": "lab"}), &Value::Null));
+    assert_eq!(
+        (group["kind"].as_str(), &group["group"], &group["user"]),
+        (Some("group"), &json!({"name": "lab"}), &Value::Null)
+    );
     for (path, total) in [("/hub/api/shares/alice/", 2), ("/hub/api/shares/alice", 2)] {
         let page = alice.get(path).await.value();
         assert_eq!(page["_pagination"]["total"], total, "{page}");
@@ -102,17 +125,30 @@ async fn owners_share_with_users_and_groups_and_revoke_as_jupyterhub_clients_exp
     refused(&carol.get("/hub/api/groups/lab/shared").await, StatusCode::NOT_FOUND, "lab");
 
     // PATCH revokes the listed scopes, and all when none: then the answer is `{}`.
-    let left = alice.patch_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["servers!server=alice/"]})).await;
+    let left =
+        alice.patch_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["servers!server=alice/"]})).await;
     assert_eq!(left.value()["scopes"], json!(["access:servers!server=alice/"]));
     assert_eq!(alice.patch_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await.value(), json!({}));
-    assert_eq!(alice.patch_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await.value(), json!({}), "twice is harmless");
-    refused(&bob.get("/hub/api/users/bob/shared/alice/").await, StatusCode::NOT_FOUND, "No such share for user bob on alice/");
+    assert_eq!(
+        alice.patch_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await.value(),
+        json!({}),
+        "twice is harmless"
+    );
+    refused(
+        &bob.get("/hub/api/users/bob/shared/alice/").await,
+        StatusCode::NOT_FOUND,
+        "No such share for user bob on alice/",
+    );
 
     // Bob leaves a share; the group's stays until alice revokes all.
     alice.post_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await;
     assert_eq!(bob.delete("/hub/api/users/bob/shared/alice/").await.status, StatusCode::NO_CONTENT);
     assert_eq!(bob.get("/hub/api/users/bob/shared").await.value()["_pagination"]["total"], 1);
-    assert_eq!(bob.delete("/hub/api/groups/lab/shared/alice/").await.status, StatusCode::FORBIDDEN, "members do not remove it");
+    assert_eq!(
+        bob.delete("/hub/api/groups/lab/shared/alice/").await.status,
+        StatusCode::FORBIDDEN,
+        "members do not remove it"
+    );
     assert_eq!(alice.delete("/hub/api/shares/alice/").await.status, StatusCode::NO_CONTENT);
     assert_eq!(alice.get("/hub/api/shares/alice").await.value()["items"], json!([]));
 
@@ -136,18 +172,31 @@ async fn share_codes_are_made_listed_accepted_once_by_each_and_revoked() {
     assert_eq!(made["full_accept_url"], format!("{}/hub/accept-share?code={code}", app.url));
     assert_eq!((made["exchange_count"].as_i64(), &made["last_exchanged_at"]), (Some(0), &Value::Null));
     assert_eq!(made["scopes"], json!(["access:servers!server=alice/"]));
-    let created = time::OffsetDateTime::parse(made["created_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    let expires = time::OffsetDateTime::parse(made["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let created = time::OffsetDateTime::parse(
+        made["created_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let expires = time::OffsetDateTime::parse(
+        made["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
     assert_eq!(expires - created, time::Duration::days(1), "a day unless asked");
     for (expires_in, words) in [(59, "between 60"), (525_600 * 60 + 1, "a year")] {
-        refused(&alice.post_json("/hub/api/share-codes/alice/", &json!({"expires_in": expires_in})).await, StatusCode::BAD_REQUEST, words);
+        refused(
+            &alice.post_json("/hub/api/share-codes/alice/", &json!({"expires_in": expires_in})).await,
+            StatusCode::BAD_REQUEST,
+            words,
+        );
     }
     refused(&carol.post_json("/hub/api/share-codes/alice/", &json!({})).await, StatusCode::FORBIDDEN, "own");
     // Listed without the code; only the hash is stored.
     let listed = alice.get("/hub/api/share-codes/alice/").await.value();
     assert_eq!(listed["items"][0]["id"], id.as_str());
     assert!(listed["items"][0].get("code").is_none(), "{listed}");
-    let stored: Vec<u8> = labhub_db::sqlx::query_scalar("select code_hash from share_codes").fetch_one(&app.db).await.unwrap();
+    let stored: Vec<u8> =
+        labhub_db::sqlx::query_scalar("select code_hash from share_codes").fetch_one(&app.db).await.unwrap();
     assert_eq!(stored, labhub_auth::sha256(&code).to_vec(), "only the code's hash is kept");
 
     // Carol (in no group with alice) accepts it in her browser: a page to confirm, then the server.
@@ -174,16 +223,27 @@ async fn share_codes_are_made_listed_accepted_once_by_each_and_revoked() {
     assert_eq!(listed["items"][0]["exchange_count"], 2, "each exchange counts");
     assert!(listed["items"][0]["last_exchanged_at"].is_string());
     // Without the form's CSRF token, or without a session, nothing is accepted.
-    let forged = browser.post(app.at("/hub/accept-share")).header("Origin", &origin).form(&[("code", code.as_str())]).send().await.unwrap();
+    let forged = browser
+        .post(app.at("/hub/accept-share"))
+        .header("Origin", &origin)
+        .form(&[("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
-    let stranger = labhub_testkit::app::browser().get(app.at(&format!("/hub/accept-share?code={code}"))).send().await.unwrap();
+    let stranger =
+        labhub_testkit::app::browser().get(app.at(&format!("/hub/accept-share?code={code}"))).send().await.unwrap();
     assert_eq!(stranger.status(), StatusCode::SEE_OTHER);
     assert!(stranger.headers()["location"].to_str().unwrap().starts_with("/hub/login?next="));
 
     // Revoking by id, by code, or all; an unknown one is a 404.
     let by_code = alice.post_json("/hub/api/share-codes/alice/", &json!({"expires_in": 60})).await.value();
     let other = by_code["code"].as_str().unwrap();
-    refused(&alice.send(Method::DELETE, "/hub/api/share-codes/alice/?id=sc_999999", None).await, StatusCode::NOT_FOUND, "sc_999999");
+    refused(
+        &alice.send(Method::DELETE, "/hub/api/share-codes/alice/?id=sc_999999", None).await,
+        StatusCode::NOT_FOUND,
+        "sc_999999",
+    );
     assert_eq!(alice.delete(&format!("/hub/api/share-codes/alice/?code={other}")).await.status, StatusCode::NO_CONTENT);
     assert_eq!(alice.delete(&format!("/hub/api/share-codes/alice/?id={id}")).await.status, StatusCode::NO_CONTENT);
     assert_eq!(alice.get("/hub/api/share-codes/alice/").await.value()["items"], json!([]));
@@ -193,7 +253,11 @@ async fn share_codes_are_made_listed_accepted_once_by_each_and_revoked() {
     // A code past its expiry is refused, and no longer listed.
     let short = alice.post_json("/hub/api/share-codes/alice/", &json!({"expires_in": 60})).await.value();
     app.clock.as_ref().unwrap().advance(time::Duration::seconds(61));
-    let late = browser.get(app.at(&format!("/hub/accept-share?code={}", short["code"].as_str().unwrap()))).send().await.unwrap();
+    let late = browser
+        .get(app.at(&format!("/hub/accept-share?code={}", short["code"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(late.status(), StatusCode::NOT_FOUND);
     assert_eq!(alice.get("/hub/api/share-codes/alice/").await.value()["_pagination"]["total"], 0);
     assert_eq!(app.count("select count(*) from audit_log where action = 'share_code.exchange'").await, 2);
@@ -214,10 +278,26 @@ async fn a_lead_shares_a_members_server_with_their_group_only() {
     let shared = lena.post_json("/hub/api/shares/alice/", &json!({"group": "lab"})).await;
     assert_eq!(shared.status, StatusCode::OK, "{shared:?}");
     assert_eq!(bob.get("/hub/api/users/bob/shared").await.value()["_pagination"]["total"], 1);
-    refused(&lena.post_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await, StatusCode::FORBIDDEN, "group they lead");
-    refused(&lena.post_json("/hub/api/shares/alice/", &json!({"group": "other"})).await, StatusCode::FORBIDDEN, "lead no group named other");
-    refused(&lena.post_json("/hub/api/shares/alice/", &json!({"group": "lab", "scopes": ["servers"]})).await, StatusCode::FORBIDDEN, "permission");
-    refused(&lena.post_json("/hub/api/share-codes/alice/", &json!({})).await, StatusCode::FORBIDDEN, "owner or an admin");
+    refused(
+        &lena.post_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await,
+        StatusCode::FORBIDDEN,
+        "group they lead",
+    );
+    refused(
+        &lena.post_json("/hub/api/shares/alice/", &json!({"group": "other"})).await,
+        StatusCode::FORBIDDEN,
+        "lead no group named other",
+    );
+    refused(
+        &lena.post_json("/hub/api/shares/alice/", &json!({"group": "lab", "scopes": ["servers"]})).await,
+        StatusCode::FORBIDDEN,
+        "permission",
+    );
+    refused(
+        &lena.post_json("/hub/api/share-codes/alice/", &json!({})).await,
+        StatusCode::FORBIDDEN,
+        "owner or an admin",
+    );
     // The lead takes it back; so could alice.
     assert_eq!(lena.delete("/hub/api/groups/lab/shared/alice/").await.status, StatusCode::NO_CONTENT);
     assert_eq!(alice.get("/hub/api/shares/alice/").await.value()["items"], json!([]));

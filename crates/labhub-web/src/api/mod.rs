@@ -72,9 +72,8 @@ fn shares_router() -> Router<AppState> {
     let one = || -> MethodRouter<AppState> {
         get(shares::list).post(shares::grant).patch(shares::revoke).delete(shares::revoke_all)
     };
-    let codes = || -> MethodRouter<AppState> {
-        get(shares::list_codes).post(shares::create_code).delete(shares::revoke_codes)
-    };
+    let codes =
+        || -> MethodRouter<AppState> { get(shares::list_codes).post(shares::create_code).delete(shares::revoke_codes) };
     let user_share = || get(shares::user_share).delete(shares::leave);
     let group_share = || get(shares::group_share).delete(shares::remove_group_share);
     Router::new()

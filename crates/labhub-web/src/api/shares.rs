@@ -41,9 +41,9 @@ fn owner_server(p: &Params) -> Result<(UserName, Option<ServerName>), AppError> 
     let owner = user_name(param(p, "owner"))?;
     let server = match p.get("server") {
         None => None,
-        Some(raw) => Some(
-            ServerName::parse(raw).map_err(|_| AppError::NotFound(format!("No such server: {owner}/{raw}")))?,
-        ),
+        Some(raw) => {
+            Some(ServerName::parse(raw).map_err(|_| AppError::NotFound(format!("No such server: {owner}/{raw}")))?)
+        }
     };
     Ok((owner, server))
 }
@@ -147,7 +147,9 @@ pub struct ShareRequest {
 impl ShareRequest {
     fn with(&self) -> Result<ShareWith, AppError> {
         match (&self.user, &self.group) {
-            (Some(_), Some(_)) => Err(AppError::BadRequest("Expected exactly one of `user` or `group`, not both.".into())),
+            (Some(_), Some(_)) => {
+                Err(AppError::BadRequest("Expected exactly one of `user` or `group`, not both.".into()))
+            }
             (None, None) => Err(AppError::BadRequest("Specify exactly one of `user` or `group`".into())),
             (Some(u), None) => UserName::parse(u)
                 .map(ShareWith::User)

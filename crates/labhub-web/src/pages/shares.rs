@@ -260,7 +260,8 @@ pub async fn act(
             return match made {
                 Ok(made) => {
                     let url = format!("/hub/accept-share?code={}", made.code.expose());
-                    let full = state.settings().public_url.join(url.trim_start_matches('/')).map_or(url, |u| u.to_string());
+                    let full =
+                        state.settings().public_url.join(url.trim_start_matches('/')).map_or(url, |u| u.to_string());
                     let view = share_page(&state, &me, &page, &owner, server, Some(full)).await?;
                     Ok(page.render(view))
                 }
@@ -329,7 +330,9 @@ pub async fn accept_form(
     let code = q.get("code").cloned().unwrap_or_default();
     let view = state.hub().shares().peek_code(&code).await?;
     if view.owner == me.name {
-        return Err(ServiceError::Invalid("This is a link to your own server: it is for others to accept.".into()).into());
+        return Err(
+            ServiceError::Invalid("This is a link to your own server: it is for others to accept.".into()).into()
+        );
     }
     let rights = Rights::of_scopes(view.scopes.iter().map(String::as_str));
     let accept = AcceptPage {
@@ -358,5 +361,9 @@ pub async fn accept(
     if share.rights().contains(Rights::ACCESS) {
         return Ok(Redirect::to(&share.url()).into_response());
     }
-    Ok(redirect_with_flash(&state, "/hub/home", &format!("{} is shared with you.", label(&share.owner, share.server.as_ref()))))
+    Ok(redirect_with_flash(
+        &state,
+        "/hub/home",
+        &format!("{} is shared with you.", label(&share.owner, share.server.as_ref())),
+    ))
 }
