@@ -361,12 +361,10 @@ impl<'h> Shares<'h> {
     ) -> Result<Option<ShareView>, ServiceError> {
         let owner_row = self.hub.user_row(owner).await?;
         let authority = self.authority(actor, &owner_row).await?;
-        let revoked: Option<Vec<String>> = match scopes.filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => {
-                Some(s.iter().map(|x| x.split_once('!').map_or(x.as_str(), |(b, _)| b).to_string()).collect::<Vec<_>>())
-            }
-        };
+        // JupyterHub clients may name the scopes with their filter; they are stored without.
+        let revoked: Option<Vec<String>> = scopes
+            .filter(|s| !s.is_empty())
+            .map(|s| s.iter().map(|x| x.split_once('!').map_or(x.as_str(), |(base, _)| base).to_string()).collect());
         let Some(grantee) = self.existing_grantee(&authority, with).await? else { return Ok(None) };
         let mut tx = self.hub.begin().await?;
         let Some(server_row) = servers::get(&mut *tx, owner_row.user_id, server.map_or("", ServerName::as_str)).await?

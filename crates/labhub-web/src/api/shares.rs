@@ -210,7 +210,7 @@ pub async fn shared_with_user(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<Params>,
 ) -> Result<Response, AppError> {
-    let user = user_name(&param(&p, "name"))?;
+    let user = user_name(param(&p, "name"))?;
     let (offset, limit) = offset_limit(&q)?;
     let (shares, total) = state.hub().shares().reaching(Actor::User(&me), &user, offset, limit).await?;
     let items = shares.iter().map(|s| share_model(&state, s)).collect();
@@ -223,7 +223,7 @@ pub async fn user_share(
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
 ) -> Result<Json<Value>, AppError> {
-    let user = user_name(&param(&p, "name"))?;
+    let user = user_name(param(&p, "name"))?;
     let (owner, server) = owner_server(&p)?;
     let share = state.hub().shares().of_user_on(Actor::User(&me), &user, &owner, server.as_ref()).await?;
     Ok(Json(share_model(&state, &share)))
@@ -235,7 +235,7 @@ pub async fn leave(
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
 ) -> Result<StatusCode, AppError> {
-    let user = user_name(&param(&p, "name"))?;
+    let user = user_name(param(&p, "name"))?;
     let (owner, server) = owner_server(&p)?;
     state.hub().shares().leave(Actor::User(&me), &user, &owner, server.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -249,7 +249,7 @@ pub async fn shared_with_group(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<Params>,
 ) -> Result<Response, AppError> {
-    let group = group_name(&param(&p, "name"))?;
+    let group = group_name(param(&p, "name"))?;
     let (offset, limit) = offset_limit(&q)?;
     let (shares, total) = state.hub().shares().of_group(Actor::User(&me), &group, offset, limit).await?;
     let items = shares.iter().map(|s| share_model(&state, s)).collect();
@@ -262,7 +262,7 @@ pub async fn group_share(
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
 ) -> Result<Json<Value>, AppError> {
-    let group = group_name(&param(&p, "name"))?;
+    let group = group_name(param(&p, "name"))?;
     let (owner, server) = owner_server(&p)?;
     let share = state.hub().shares().of_group_on(Actor::User(&me), &group, &owner, server.as_ref()).await?;
     Ok(Json(share_model(&state, &share)))
@@ -274,7 +274,7 @@ pub async fn remove_group_share(
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
 ) -> Result<StatusCode, AppError> {
-    let group = group_name(&param(&p, "name"))?;
+    let group = group_name(param(&p, "name"))?;
     let (owner, server) = owner_server(&p)?;
     state.hub().shares().remove_group_share(Actor::User(&me), &group, &owner, server.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
