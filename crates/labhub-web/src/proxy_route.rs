@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use labhub_core::{ServerName, UserName};
 use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path, strip_token_param};
-use labhub_service::{Actor, AuthVia, Principal, Reach, ServerRef, ServiceError};
+use labhub_service::{Actor, AuthVia, Need, Principal, Reach, ServerRef, ServiceError};
 
 use crate::error::json_error;
 use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin, token_in_query};
@@ -275,6 +275,8 @@ async fn answer_not_running(
         Err(e) => return e.into_response(),
     };
     let reason = slot.and_then(|s| s.stop_reason.clone());
-    let view = NotRunningPage::new(page.chrome("home"), owner, named, reason, true);
+    // A visitor whose share grants only access is not offered a start.
+    let can_start = state.hub().servers().may(Actor::User(me), owner, named, Need::Start).await.unwrap_or(false);
+    let view = NotRunningPage::new(page.chrome("home"), owner, named, reason, can_start);
     page.render_status(StatusCode::SERVICE_UNAVAILABLE, view)
 }

@@ -65,6 +65,19 @@ impl<'h> Servers<'h> {
         self.hub.access().require(actor, ServerRef { owner, server }, need).map(|_| ())
     }
 
+    /// Whether `actor` may do what `need` says with one of `owner`'s servers (for pages that
+    /// offer it only to those who may: the answer of the one gate).
+    pub async fn may(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: Option<&ServerName>,
+        need: Need,
+    ) -> Result<bool, ServiceError> {
+        let user = self.hub.user_row(owner).await?;
+        Ok(self.require_reach(actor, user.user_id, server, need).is_ok())
+    }
+
     /// Every server slot of a user (whoever may reach their servers): the default one first,
     /// listed even before its first start, then the named ones.
     pub async fn of(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<ServerView>, ServiceError> {

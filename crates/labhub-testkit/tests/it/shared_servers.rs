@@ -130,6 +130,23 @@ async fn a_share_with_servers_lets_the_visitor_start_and_stop_the_owners_server(
     let home = browser.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
     assert!(home.contains("Shared with me") && home.contains("alice&#39;s default server"), "{home}");
     assert!(home.contains("href=\"/hub/spawn/alice\""), "{home}");
+    let stopped_page = |b: &reqwest::Client| b.get(app.at("/user/alice/")).header("Accept", "text/html").send();
+    let page = stopped_page(&browser).await.unwrap().text().await.unwrap();
+    assert!(page.contains("is not running") && page.contains("Start it"), "{page}");
+    // With access alone, the same page offers no start, and the home page no Start button.
+    let left = alice.patch_json("/hub/api/shares/alice/", &json!({"user": "bob", "scopes": ["servers"]})).await;
+    assert_eq!(left.value()["scopes"], json!(["access:servers!server=alice/"]));
+    let page = stopped_page(&browser).await.unwrap().text().await.unwrap();
+    assert!(page.contains("is not running") && !page.contains("Start it"), "{page}");
+    let home = browser.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("Shared with me") && !home.contains("href=\"/hub/spawn/alice\""), "{home}");
+    refused_start(&bob).await;
+}
+
+/// Bob's start of alice's server is refused.
+async fn refused_start(bob: &labhub_testkit::Api) {
+    let refused = bob.start("alice", None, json!({"image": "test"})).await.expect_err("a refusal");
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
