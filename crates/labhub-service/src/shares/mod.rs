@@ -45,14 +45,18 @@ impl Hub {
         let mut missed = true;
         let mut listener = None;
         loop {
-            if missed && self.shares().refresh().await.is_ok() {
-                missed = false;
-            }
+            // Listening first, then loading: no change can fall between the two.
             if listener.is_none() {
                 match labhub_db::shares::listen(self.db()).await {
-                    Ok(l) => listener = Some(l),
+                    Ok(l) => {
+                        listener = Some(l);
+                        missed = true;
+                    }
                     Err(e) => tracing::debug!(error = %e, "not listening for share changes yet"),
                 }
+            }
+            if missed && self.shares().refresh().await.is_ok() {
+                missed = false;
             }
             let Some(l) = listener.as_mut() else {
                 tokio::select! {
@@ -64,12 +68,12 @@ impl Hub {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(RETRY), if missed => {}
                 heard = labhub_db::shares::next_change(l) => match heard {
-                    // Something changed, or the connection was lost (reopened at the next wait).
-                    Ok(changed) => missed |= !changed || self.shares().refresh().await.is_err(),
+                    Ok(true) => missed |= self.shares().refresh().await.is_err(),
+                    // The connection was lost: listen again on a new one, then reload.
+                    Ok(false) => listener = None,
                     Err(e) => {
                         tracing::debug!(error = %e, "lost the share change channel");
                         listener = None;
-                        missed = true;
                     }
                 },
             }

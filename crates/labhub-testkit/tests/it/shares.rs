@@ -310,3 +310,33 @@ async fn a_lead_shares_a_members_server_with_their_group_only() {
     assert!(page.contains("<option>bob</option>") && page.contains("<option>lab</option>"), "{page}");
     assert!(!page.contains("<option>carol</option>"), "carol is in no group with alice");
 }
+
+#[tokio::test]
+async fn a_change_made_by_another_process_reaches_the_gate_through_postgres() {
+    let app = TestApp::spawn().await;
+    let (_, alice, _, _) = lab(&app).await;
+    alice.post_json("/hub/api/shares/alice/", &json!({"group": "lab"})).await;
+    let follower = tokio::spawn(app.hub.clone().follow_shares(std::future::pending()));
+    let db = &app.db;
+    let id = async |name: &str| {
+        let q = labhub_db::sqlx::query_scalar::<_, i64>("select user_id from users where name = $1").bind(name);
+        labhub_core::UserId::new(q.fetch_one(db).await.unwrap())
+    };
+    let (alice_id, bob_id) = (id("alice").await, id("bob").await);
+    let bob = labhub_service::Principal {
+        user_id: bob_id,
+        name: labhub_core::UserName::parse("bob").unwrap(),
+        admin: false,
+        via: labhub_service::AuthVia::Token { token_id: labhub_core::TokenId::new(1) },
+    };
+    let to = labhub_service::ServerRef { owner: alice_id, server: None };
+    assert!(app.hub.access().may_reach(&bob, to).is_some(), "bob is in lab");
+    // As the CLI (another process) would: straight into Postgres, past this hub.
+    labhub_db::sqlx::query("delete from group_members where user_id = $1").bind(bob_id).execute(&app.db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.hub.access().may_reach(&bob, to).is_some() {
+        assert!(std::time::Instant::now() < deadline, "the notification never reached the hub");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    follower.abort();
+}
