@@ -156,6 +156,8 @@ impl<'h> Servers<'h> {
         servers::delete(&mut *tx, row.server_id).await?;
         tx.commit().await?;
         self.state().spawns.remove(&row.server_id);
+        // Its shares went with it: a later server of the same name must not inherit them.
+        self.hub.shares().changed().await;
         Ok(())
     }
 
