@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 4's benchmark: one upstream (the tiny test server, started as a user's server by a
 # real release hub through its API), measured in ONE run directly, through labhub's proxy
-# with a session cookie, and through nginx as a reverse proxy (keep-alive upstream);
+# with the owner's session cookie and with the cookie of a visitor the server is shared with
+# (the share index on the hot path; target: within 10% of the owner), and through nginx as a
+# reverse proxy (keep-alive upstream);
 # 1 KiB and 1 MiB responses at 1 and 64 connections (wrk), WebSocket round trips and
 # messages/s over 50 connections; then the hub's resident memory with 200 open WebSockets,
 # and an in-process hub (labhub::app::build) with 1,000 routes. See bench/README.md.
@@ -28,6 +30,8 @@ hub_env
 
 say "preparing users, a token and the catalogue ..."
 proxy_fixture
+# A second member, with whom bench's server is shared: the "visitor" path beside the owner's.
+cli user add benchvisitor --password-stdin <<<"$PASSWORD" >/dev/null
 
 echo "== bench/proxy.sh: direct vs labhub vs nginx =="
 machine_line
@@ -39,6 +43,10 @@ code=$(curl -sS --noproxy '*' -o "$WORK/start.json" -w '%{http_code}' -X POST \
 [ "$code" = 201 ] || die "starting the server answered $code: $(cat "$WORK/start.json")"
 upstream_of bench
 COOKIE=$("$BENCH" login --url "$HUB" --user bench --password "$PASSWORD")
+code=$(curl -sS --noproxy '*' -o "$WORK/share.json" -w '%{http_code}' -X POST \
+    -H "Authorization: token $ADMIN_TOKEN" -d '{"user": "benchvisitor"}' "$HUB/hub/api/shares/bench/")
+[ "$code" = 200 ] || die "sharing the server answered $code: $(cat "$WORK/share.json")"
+VISITOR_COOKIE=$("$BENCH" login --url "$HUB" --user benchvisitor --password "$PASSWORD")
 
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<EOF
@@ -101,6 +109,7 @@ fi
 
 "$BENCH" proxy --direct "http://$UP_IP:$UP_PORT/user/bench/" --upstream-token "$UP_TOKEN" \
     --labhub "$HUB/user/bench/" --cookie "$COOKIE" --nginx "http://127.0.0.1:$NGINX_PORT/user/bench/" \
+    --visitor-cookie "$VISITOR_COOKIE" \
     --seconds "${SECONDS_PER_RUN:-5}" --rounds "${ROUNDS:-3}" --threads "${WRK_THREADS:-1}" \
     --sizes "${SIZES:-1024,1048576}" --concurrency "${CONCURRENCY:-1,64}" \
     --ws-seconds "${WS_SECONDS:-5}" --hub-pid "$HUB_PID" --user bench \

@@ -31,6 +31,10 @@ pub struct ProxyArgs {
     /// The same base through nginx.
     #[arg(long)]
     pub nginx: String,
+    /// A session cookie of a visitor the server is shared with (`name=value`): adds the
+    /// path "visitor" (labhub, the share index consulted on every request) beside the owner's.
+    #[arg(long)]
+    pub visitor_cookie: Option<String>,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
@@ -133,9 +137,45 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// The visitor's HTTP figures against the owner's, measured in the same rounds: the share
+/// index is consulted on every visitor's request (the owner's never reaches it).
+fn visitor_http(
+    cells: &[(u64, u32)],
+    res: &[Vec<Vec<WrkResult>>],
+    size_name: &dyn Fn(u64) -> String,
+) -> Vec<(String, bool, String)> {
+    let med = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    println!("== A shared visitor against the owner (the same hub, route and rounds) ==");
+    let mut t =
+        Table::new(&["response", "conns", "owner req/s", "visitor req/s", "visitor/owner", "p50 owner", "p50 visitor"]);
+    let mut verdicts = Vec::new();
+    for (ci, &(size, conns)) in cells.iter().enumerate() {
+        let (owner, visitor) = (&res[ci][2], &res[ci][3]);
+        let (o, v) = (med(owner, |r| r.rps), med(visitor, |r| r.rps));
+        t.row(vec![
+            size_name(size),
+            conns.to_string(),
+            count(o),
+            count(v),
+            ratio(v, o),
+            micros(med(owner, |r| r.p50_us)),
+            micros(med(visitor, |r| r.p50_us)),
+        ]);
+        verdicts.push((
+            format!("a shared visitor within 10% of the owner, {} at {conns} connections", size_name(size)),
+            v >= 0.9 * o,
+            format!("visitor {} req/s, owner {} req/s ({}x)", count(v), count(o), ratio(v, o)),
+        ));
+    }
+    t.print();
+    println!();
+    verdicts
+}
+
 pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     let labhub_origin = origin_of(&a.labhub);
-    let targets = [
+    // direct, nginx, labhub (the owner) in that order; then the visitor, when asked for.
+    let mut targets = vec![
         Target {
             name: "direct",
             base: a.direct.clone(),
@@ -148,6 +188,13 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             headers: vec![format!("Cookie: {}", a.cookie), format!("Origin: {labhub_origin}")],
         },
     ];
+    if let Some(cookie) = &a.visitor_cookie {
+        targets.push(Target {
+            name: "visitor",
+            base: a.labhub.clone(),
+            headers: vec![format!("Cookie: {cookie}"), format!("Origin: {labhub_origin}")],
+        });
+    }
     for t in &targets {
         for &s in &a.sizes {
             check(t, s).await?;
@@ -243,6 +290,9 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     }
     t.print();
     println!();
+    if targets.len() > 3 {
+        verdicts.extend(visitor_http(&cells, &res, &size_name));
+    }
 
     // ---------------- WebSockets ----------------
     println!(
@@ -290,6 +340,14 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     }
     t.print();
     println!("  labhub/nginx msgs/s: {}", ratio(rates[2], rates[1]));
+    if targets.len() > 3 {
+        println!("  visitor/owner msgs/s: {}", ratio(rates[3], rates[2]));
+        verdicts.push((
+            "a shared visitor's WebSocket msgs/s within 10% of the owner's".into(),
+            rates[3] >= 0.9 * rates[2],
+            format!("visitor {} msgs/s, owner {} msgs/s", count(rates[3]), count(rates[2])),
+        ));
+    }
     for f in &ws_failures {
         println!("  FAILED CONNECTIONS: {f}");
     }

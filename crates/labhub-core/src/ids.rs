@@ -74,6 +74,10 @@ id_type!(
     /// An archive in the backup directory.
     BackupId
 );
+id_type!(
+    /// A share code (JupyterHub writes it `sc_<number>`).
+    ShareCodeId
+);
 
 #[cfg(test)]
 mod tests {

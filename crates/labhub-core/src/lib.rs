@@ -16,7 +16,7 @@ pub mod secret;
 pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::{BackupId, GroupId, ImageId, ServerId, SessionId, TokenId, UserId};
+pub use ids::{BackupId, GroupId, ImageId, ServerId, SessionId, ShareCodeId, TokenId, UserId};
 pub use image::{ImageFields, ImageKind, ImageRef};
 pub use names::{DatasetName, GroupName, NameError, ServerName, UserName};
 pub use quota::{ImageAllowance, Quota};

@@ -17,6 +17,7 @@ pub mod images;
 pub mod quotas;
 pub mod servers;
 pub mod sessions;
+pub mod shares;
 pub mod tokens;
 pub mod usage;
 pub mod users;

@@ -1,5 +1,5 @@
 //! Closing everything a route opened (pooled sockets, in-flight connections, tunnels) the
-//! moment the route goes.
+//! moment the route goes, and closing one visitor's tunnels the moment their access ends.
 //!
 //! Every socket and tunnel polls its watch on each read, so the check must cost no lock:
 //! a watch is an atomic flag and an atomic waker of its own. Only creating a watch and
@@ -10,21 +10,31 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
+use labhub_core::UserId;
+
+/// A watch as its closer keeps it: weakly, with the visitor it was made for, if any.
+type Kept = (Option<UserId>, Weak<Watch>);
 
 /// The route's side: hands out watches and trips them all on `close`.
 #[derive(Default)]
 pub(crate) struct Closer {
     closed: AtomicBool,
-    watches: Mutex<Vec<Weak<Watch>>>,
+    watches: Mutex<Vec<Kept>>,
 }
 
 impl Closer {
-    fn watches(&self) -> MutexGuard<'_, Vec<Weak<Watch>>> {
+    fn watches(&self) -> MutexGuard<'_, Vec<Kept>> {
         self.watches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A watch that trips when the route closes (at once, if it already has).
     pub(crate) fn watch(&self) -> Arc<Watch> {
+        self.watch_for(None)
+    }
+
+    /// A watch that trips when the route closes, or when [`Closer::close_visitors`] picks
+    /// `visitor` (someone other than the owner, reaching the server through a share).
+    pub(crate) fn watch_for(&self, visitor: Option<UserId>) -> Arc<Watch> {
         let watch = Arc::new(Watch { closed: AtomicBool::new(false), waker: AtomicWaker::new() });
         let mut watches = self.watches();
         // Checked under the lock that `close` takes, so no watch is created unseen.
@@ -34,9 +44,9 @@ impl Closer {
         }
         // Forget finished sockets and tunnels now and then, not on every new one.
         if watches.len() == watches.capacity() {
-            watches.retain(|w| w.strong_count() > 0);
+            watches.retain(|(_, w)| w.strong_count() > 0);
         }
-        watches.push(Arc::downgrade(&watch));
+        watches.push((visitor, Arc::downgrade(&watch)));
         watch
     }
 
@@ -44,10 +54,28 @@ impl Closer {
     pub(crate) fn close(&self) {
         let mut watches = self.watches();
         self.closed.store(true, Ordering::Release);
-        for watch in watches.drain(..).filter_map(|w| w.upgrade()) {
-            watch.closed.store(true, Ordering::Release);
-            watch.waker.wake();
+        for (_, watch) in watches.drain(..) {
+            if let Some(watch) = watch.upgrade() {
+                watch.trip();
+            }
         }
+    }
+
+    /// Trips the watches of the visitors `lost` picks; how many it tripped.
+    pub(crate) fn close_visitors(&self, mut lost: impl FnMut(UserId) -> bool) -> usize {
+        let mut tripped = 0;
+        self.watches().retain(|(visitor, watch)| {
+            let Some(visitor) = visitor else { return watch.strong_count() > 0 };
+            if !lost(*visitor) {
+                return watch.strong_count() > 0;
+            }
+            if let Some(watch) = watch.upgrade() {
+                watch.trip();
+                tripped += 1;
+            }
+            false
+        });
+        tripped
     }
 
     /// Whether `close` was called.
@@ -63,6 +91,11 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    fn trip(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
     /// Ready once the route closed; otherwise wakes `cx` when it does.
     pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.closed.load(Ordering::Acquire) {
@@ -96,6 +129,11 @@ mod tests {
             drop(closer.watch());
         }
         assert!(closer.watches().len() <= 128, "finished watches are pruned");
+        let bob = closer.watch_for(Some(UserId::new(2)));
+        let carol = closer.watch_for(Some(UserId::new(3)));
+        assert_eq!(closer.close_visitors(|v| v == UserId::new(2)), 1);
+        tokio::time::timeout(Duration::from_secs(1), bob.closed()).await.unwrap();
+        assert!(!carol.closed.load(Ordering::Acquire), "only the visitor who lost access");
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiting.is_finished());
         closer.close();

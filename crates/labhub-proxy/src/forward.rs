@@ -15,7 +15,7 @@ use labhub_core::ImageKind;
 use tokio::time::Instant;
 
 use crate::body::{ProgressBody, ProxiedBody};
-use crate::closer::{Closer, Watch};
+use crate::closer::Closer;
 use crate::error::ProxyError;
 use crate::headers::{self, OwnRequestHeader};
 use crate::limits::Lease;
@@ -94,6 +94,18 @@ impl Proxy {
         req: Request,
         client: ClientInfo,
     ) -> Result<Response, ProxyError> {
+        self.forward_for(route, req, client, None).await
+    }
+
+    /// [`Proxy::forward`] for a visitor reaching someone else's server through a share: a
+    /// WebSocket it opens closes when [`RouteTable::close_visitors_where`] picks `visitor`.
+    pub async fn forward_for(
+        &self,
+        route: Arc<RouteEntry>,
+        req: Request,
+        client: ClientInfo,
+        visitor: Option<labhub_core::UserId>,
+    ) -> Result<Response, ProxyError> {
         let settings = &self.inner.settings;
         if route.is_removed() {
             return Err(ProxyError::Unreachable);
@@ -156,16 +168,8 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
-            let shutdown = self.inner.tunnels_closer.watch();
-            return Ok(switch_protocols(
-                route,
-                &client,
-                lease,
-                client_upgrade,
-                response,
-                shutdown,
-                &self.inner.settings,
-            ));
+            let ends = tunnel::Ends { shutdown: self.inner.tunnels_closer.watch(), visitor };
+            return Ok(switch_protocols(route, &client, lease, client_upgrade, response, ends, &self.inner.settings));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
@@ -306,7 +310,7 @@ fn switch_protocols(
     lease: Lease,
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: http::Response<Incoming>,
-    shutdown: Arc<Watch>,
+    ends: tunnel::Ends,
     settings: &ProxySettings,
 ) -> Response {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -316,7 +320,7 @@ fn switch_protocols(
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade_to.unwrap_or_else(|| HeaderValue::from_static("websocket")));
     parts.extensions = Extensions::new();
-    tunnel::spawn(route, lease, client_upgrade, upstream_upgrade, shutdown);
+    tunnel::spawn(route, lease, client_upgrade, upstream_upgrade, ends);
     Response::from_parts(parts, Body::empty())
 }
 

@@ -54,7 +54,9 @@
 //! The upgrade is forwarded first; the client gets 101 only after the server answered 101,
 //! with the server's `Sec-WebSocket-Accept`/`-Protocol`/`-Extensions`. A refusal (403, 404…)
 //! is passed back as it is. Then bytes are copied both ways untouched (so compression and
-//! close codes are end to end) until either side closes, the route is removed, or the proxy
+//! close codes are end to end) until either side closes, the route is removed, the visitor it
+//! was opened for loses access (a tunnel opened through [`Proxy::forward_for`] is tagged with
+//! the visitor; [`RouteTable::close_visitors_where`] closes exactly those), or the proxy
 //! itself is dropped (the hub shut down: its tunnels do not outlive it). Tunnels are counted
 //! per route and in total by guards that decrement on drop.
 //!

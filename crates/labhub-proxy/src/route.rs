@@ -352,6 +352,12 @@ impl RouteTable {
         self.inner.shared.open_tunnels.load(Ordering::Acquire)
     }
 
+    /// Closes the WebSocket tunnels that visitors opened where `lost(route, visitor)` says
+    /// their access ended; how many it closed. The owner's and admins' tunnels are untouched.
+    pub fn close_visitors_where(&self, lost: impl Fn(&RouteEntry, UserId) -> bool) -> usize {
+        self.inner.routes.iter().map(|entry| entry.value().closer.close_visitors(|v| lost(entry.value(), v))).sum()
+    }
+
     /// The last traffic time of each route that saw traffic since the previous call
     /// (including routes removed meanwhile), for a batched write to the database.
     pub fn take_activity(&self) -> Vec<(RouteKey, OffsetDateTime)> {

@@ -23,18 +23,22 @@ const ACTIVITY_EVERY: Duration = Duration::from_secs(1);
 /// Per direction; WebSocket frames larger than this simply take several reads.
 const BUFFER: usize = 8 * 1024;
 
+/// What ends a tunnel besides its two sides and its route.
+pub(crate) struct Ends {
+    /// Trips when the proxy itself goes.
+    pub(crate) shutdown: Arc<Watch>,
+    /// The visitor it was opened for (not the owner, not an admin): it closes when they lose
+    /// access ([`crate::RouteTable::close_visitors_where`]).
+    pub(crate) visitor: Option<labhub_core::UserId>,
+}
+
 /// Starts the tunnel between the client's and the server's upgraded connections. The lease
 /// and the tunnel count are held by the task and released however it ends. It ends when
-/// either side closes, the route goes, or `shutdown` trips (the proxy itself went).
-pub(crate) fn spawn(
-    route: Arc<RouteEntry>,
-    lease: Lease,
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    shutdown: Arc<Watch>,
-) {
+/// either side closes, the route goes, its visitor loses access, or the proxy itself went.
+pub(crate) fn spawn(route: Arc<RouteEntry>, lease: Lease, client: OnUpgrade, upstream: OnUpgrade, ends: Ends) {
     let guard = TunnelGuard::new(route.clone());
-    let closed = route.closer.watch();
+    let closed = route.closer.watch_for(ends.visitor);
+    let shutdown = ends.shutdown;
     tokio::spawn(async move {
         let _held = (lease, guard);
         let key = route.key().clone();
@@ -44,7 +48,7 @@ pub(crate) fn spawn(
         };
         tokio::select! {
             biased;
-            () = closed.closed() => tracing::debug!(route = %key, "tunnel closed: the route was removed"),
+            () = closed.closed() => tracing::debug!(route = %key, "tunnel closed: the route was removed or its visitor lost access"),
             () = shutdown.closed() => tracing::debug!(route = %key, "tunnel closed: the hub is shutting down"),
             done = run => match done {
                 Ok(()) => tracing::debug!(route = %key, "tunnel closed"),

@@ -2,12 +2,12 @@
 //!
 //! Both proxy paths (the fast lane and the general path) and the API's server endpoints ask
 //! [`Access::may_reach`]; nothing else decides it. It answers from what the principal and the
-//! server already carry, without I/O, because it is on every proxied request's path.
-
-use std::marker::PhantomData;
+//! server already carry and from the in-memory share index (`crate::shares`), without I/O,
+//! because it is on every proxied request's path.
 
 use labhub_core::{ServerName, UserId};
 
+use crate::shares::Rights;
 use crate::{Hub, Principal, SYSTEM_ACTOR, ServiceError};
 
 /// Who is acting: a signed-in user, or the hub itself (its CLI, its timers).
@@ -64,6 +64,38 @@ pub enum Reach {
     Owner,
     /// They administer the hub.
     Admin,
+    /// Its owner (or a lead of their group) shared it with them, or with a group of theirs:
+    /// they may do what these rights say, acting as the owner inside the server.
+    Shared(Rights),
+}
+
+/// What an API call about a server needs of the asker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Reach it, as the proxy does (and count as activity on it).
+    Access,
+    /// See its state and follow its progress.
+    Read,
+    /// Start it.
+    Start,
+    /// Stop it.
+    Stop,
+    /// What only its owner and admins do (remove a named server, its storage).
+    Own,
+}
+
+impl Need {
+    /// The share rights that satisfy this need; `None` when no share does.
+    fn rights(self) -> Option<Rights> {
+        match self {
+            Need::Access => Some(Rights::ACCESS),
+            // Any share lets its visitors see the server they were given.
+            Need::Read => Some(Rights::NONE),
+            Need::Start => Some(Rights::START),
+            Need::Stop => Some(Rights::STOP),
+            Need::Own => None,
+        }
+    }
 }
 
 /// The server a principal wants to reach: its owner's account id (never a name, which may
@@ -82,38 +114,60 @@ impl Hub {
     }
 }
 
-/// The gate to users' servers. Today it decides from the principal and the server alone;
-/// it is a handle of the hub's so that what it will consult (shares) lives with it.
+/// The gate to users' servers: the principal, the server's owner, and the share index.
 #[derive(Clone, Copy)]
 pub struct Access<'h> {
-    hub: PhantomData<&'h Hub>,
+    hub: &'h Hub,
+}
+
+/// The decision itself, over what it needs and nothing else (no I/O). The share index is
+/// looked at only for someone who is neither the owner nor an admin, so their requests never
+/// touch its lock.
+fn decide(
+    who: &Principal,
+    server: ServerRef<'_>,
+    shared: impl FnOnce(UserId, &str, UserId) -> Rights,
+) -> Option<Reach> {
+    if who.user_id == server.owner {
+        return Some(Reach::Owner);
+    }
+    if who.admin {
+        return Some(Reach::Admin);
+    }
+    let rights = shared(server.owner, server.server.map_or("", ServerName::as_str), who.user_id);
+    (!rights.is_empty()).then_some(Reach::Shared(rights))
+}
+
+/// Whether a reach satisfies a need.
+fn satisfies(reach: Reach, need: Need) -> bool {
+    match reach {
+        Reach::Owner | Reach::Admin => true,
+        Reach::Shared(rights) => need.rights().is_some_and(|r| rights.contains(r)),
+    }
 }
 
 impl<'h> Access<'h> {
-    pub(crate) fn new(_hub: &'h Hub) -> Self {
-        Self { hub: PhantomData }
+    pub(crate) fn new(hub: &'h Hub) -> Self {
+        Self { hub }
     }
 
-    /// Whether `who` may reach `server` (send it requests, open its WebSockets, and — through
-    /// the API — start, stop and follow it), and why; `None` refuses.
+    /// Whether `who` may reach `server` through the proxy (send it requests, open its
+    /// WebSockets), and why; `None` refuses. A share counts only with `access:servers`.
     pub fn may_reach(&self, who: &Principal, server: ServerRef<'_>) -> Option<Reach> {
-        if who.user_id == server.owner {
-            Some(Reach::Owner)
-        } else if who.admin {
-            Some(Reach::Admin)
-        } else {
-            None
-        }
+        let reach = decide(who, server, |o, n, v| self.hub.shares().index().rights(o, n, v))?;
+        satisfies(reach, Need::Access).then_some(reach)
     }
 
-    /// [`Access::may_reach`] for an actor, as the service's own checks ask it: the hub itself
-    /// reaches everything; a refusal is `Forbidden`.
-    pub(crate) fn require(&self, actor: Actor<'_>, server: ServerRef<'_>) -> Result<Reach, ServiceError> {
-        match actor {
-            Actor::System => Ok(Reach::Admin),
-            Actor::User(p) => self
-                .may_reach(p, server)
-                .ok_or_else(|| ServiceError::Forbidden("you may only do this for your own servers".into())),
+    /// Refuses unless `actor` may do what `need` says with `server`: its owner, an admin, or a
+    /// visitor whose share grants it. The hub itself may do everything.
+    pub(crate) fn require(&self, actor: Actor<'_>, server: ServerRef<'_>, need: Need) -> Result<Reach, ServiceError> {
+        let p = match actor {
+            Actor::System => return Ok(Reach::Admin),
+            Actor::User(p) => p,
+        };
+        match decide(p, server, |o, n, v| self.hub.shares().index().rights(o, n, v)) {
+            Some(reach) if satisfies(reach, need) => Ok(reach),
+            _ => Err(ServiceError::Forbidden("you may only do this for your own servers".into())),
         }
     }
 }
@@ -124,6 +178,7 @@ mod tests {
 
     use super::*;
     use crate::AuthVia;
+    use crate::shares::ShareIndex;
 
     fn principal(id: i64, name: &str, admin: bool) -> Principal {
         Principal {
@@ -135,22 +190,39 @@ mod tests {
     }
 
     #[test]
-    fn owners_and_admins_reach_a_server_and_nobody_else_does() {
-        let access = Access { hub: PhantomData };
+    fn owners_admins_and_visitors_with_a_share_reach_a_server_and_nobody_else_does() {
+        let none = ShareIndex::default();
         let alice = UserId::new(1);
         let gpu = ServerName::parse("gpu").unwrap();
         for server in [None, Some(&gpu)] {
             let to = ServerRef { owner: alice, server };
-            assert_eq!(access.may_reach(&principal(1, "alice", false), to), Some(Reach::Owner));
-            assert_eq!(access.may_reach(&principal(2, "root", true), to), Some(Reach::Admin));
-            assert_eq!(access.may_reach(&principal(3, "bob", false), to), None);
+            assert_eq!(decide(&principal(1, "alice", false), to, |o, n, v| none.rights(o, n, v)), Some(Reach::Owner));
+            assert_eq!(decide(&principal(2, "root", true), to, |o, n, v| none.rights(o, n, v)), Some(Reach::Admin));
+            assert_eq!(decide(&principal(3, "bob", false), to, |o, n, v| none.rights(o, n, v)), None);
             // Being an admin does not make someone the owner.
-            assert_eq!(access.may_reach(&principal(1, "alice", true), to), Some(Reach::Owner));
+            assert_eq!(decide(&principal(1, "alice", true), to, |o, n, v| none.rights(o, n, v)), Some(Reach::Owner));
             // A new account that took the owner's old name is someone else.
-            assert_eq!(access.may_reach(&principal(4, "alice", false), to), None);
+            assert_eq!(decide(&principal(4, "alice", false), to, |o, n, v| none.rights(o, n, v)), None);
         }
+        // bob may reach alice's default server (not her `gpu`); carol may only start it.
+        let shares = ShareIndex::build([
+            (alice, String::new(), UserId::new(3), Rights::ACCESS),
+            (alice, String::new(), UserId::new(5), Rights::of_scopes(["servers"])),
+        ]);
+        let default = ServerRef { owner: alice, server: None };
         let bob = principal(3, "bob", false);
-        assert!(access.require(Actor::User(&bob), ServerRef { owner: alice, server: None }).is_err());
-        assert_eq!(access.require(Actor::System, ServerRef { owner: alice, server: None }).unwrap(), Reach::Admin);
+        let carol = principal(5, "carol", false);
+        let reach = decide(&bob, default, |o, n, v| shares.rights(o, n, v)).unwrap();
+        assert_eq!(reach, Reach::Shared(Rights::ACCESS));
+        assert!(satisfies(reach, Need::Access) && satisfies(reach, Need::Read));
+        assert!(!satisfies(reach, Need::Start) && !satisfies(reach, Need::Stop) && !satisfies(reach, Need::Own));
+        assert_eq!(
+            decide(&bob, ServerRef { owner: alice, server: Some(&gpu) }, |o, n, v| shares.rights(o, n, v)),
+            None
+        );
+        let reach = decide(&carol, default, |o, n, v| shares.rights(o, n, v)).unwrap();
+        assert!(!satisfies(reach, Need::Access), "`servers` alone does not reach it, as in JupyterHub");
+        assert!(satisfies(reach, Need::Start) && satisfies(reach, Need::Stop));
+        assert!(satisfies(Reach::Owner, Need::Own) && satisfies(Reach::Admin, Need::Own));
     }
 }

@@ -157,6 +157,8 @@ impl<'h> Groups<'h> {
             created.push(group);
         }
         tx.commit().await?;
+        // Who is in a group decides who its shares reach.
+        self.hub.shares().changed().await;
         let mut details = Vec::new();
         for group in created {
             details.push(self.detail(group).await?);
@@ -227,6 +229,8 @@ impl<'h> Groups<'h> {
         let detail = json!({ "before": before, "group_id": group.group_id, "shared_folder": folder.as_str() });
         self.hub.audit().record(&mut *tx, actor, "group.delete", name.as_str(), detail).await?;
         tx.commit().await?;
+        // Who is in a group decides who its shares reach.
+        self.hub.shares().changed().await;
         if let Some(spawner) = spawner {
             spawner.remove_storage(&Storage::Group(group.group_id)).await.map_err(|e| {
                 ServiceError::Conflict(format!(
@@ -295,6 +299,8 @@ impl<'h> Groups<'h> {
         let users = self.users_named(&mut tx, names).await?;
         self.add_members_in(&mut tx, actor, &group, &users).await?;
         tx.commit().await?;
+        // Who is in a group decides who its shares reach.
+        self.hub.shares().changed().await;
         self.detail(group).await
     }
 
@@ -356,6 +362,8 @@ impl<'h> Groups<'h> {
                 .await?;
         }
         tx.commit().await?;
+        // Who is in a group decides who its shares reach.
+        self.hub.shares().changed().await;
         self.detail(group).await
     }
 
@@ -404,6 +412,8 @@ impl<'h> Groups<'h> {
                 .await?;
         }
         tx.commit().await?;
+        // Who is in a group decides who its shares reach.
+        self.hub.shares().changed().await;
         self.detail(group).await
     }
 

@@ -13,7 +13,7 @@ use labhub_core::{Clock, UserName};
 use labhub_db::{PgConnection, PgPool, users};
 use time::OffsetDateTime;
 
-use crate::state::{AccountsState, CatalogueState, ServerRuntime, SessionsState, TokensState};
+use crate::state::{AccountsState, CatalogueState, ServerRuntime, SessionsState, SharesState, TokensState};
 use crate::views::ViewCache;
 use crate::{AccountSettings, QuotaSettings, ServerSettings, ServiceError};
 
@@ -66,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) sessions: SessionsState,
     pub(crate) tokens: TokensState,
     pub(crate) servers: ServerRuntime,
+    pub(crate) shares: SharesState,
     pub(crate) quotas: QuotaSettings,
     pub(crate) backups: crate::backups::BackupsState,
     pub(crate) providers: labhub_auth::oidc::Providers,
@@ -94,6 +95,7 @@ impl Hub {
             spawner: parts.spawner,
             catalogue: CatalogueState::new(parts.builder),
             servers: ServerRuntime::new(parts.routes, parts.servers),
+            shares: SharesState::default(),
             providers: parts.providers,
             quotas: parts.quotas,
             backups: crate::backups::BackupsState::new(parts.backups, booted),

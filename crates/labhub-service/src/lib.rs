@@ -3,8 +3,10 @@
 //! [`Hub`] holds the state; its capabilities are handles, one module each: `hub.accounts()`
 //! (the sign-in policy and accounts), `hub.sessions()`, `hub.tokens()`, `hub.sign_on()`
 //! (identity providers), `hub.servers()`, `hub.access()` (the one gate to a server),
-//! `hub.groups()`, `hub.quotas()`, `hub.catalogue()`, `hub.usage()`, `hub.culler()`,
-//! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`. They take and return the service's own types (`model`), never database rows.
+//! `hub.groups()`, `hub.shares()` (who else may reach a server), `hub.quotas()`,
+//! `hub.catalogue()`, `hub.usage()`, `hub.culler()`, `hub.homes()`, `hub.datasets()`,
+//! `hub.backups()`, `hub.audit()`. They take and return the service's own types (`model`),
+//! never database rows.
 
 pub mod access;
 pub mod accounts;
@@ -25,6 +27,7 @@ pub mod quotas;
 pub mod servers;
 pub mod sessions;
 pub mod settings;
+pub mod shares;
 pub mod sso;
 mod state;
 pub mod tokens;
@@ -32,7 +35,7 @@ pub mod usage;
 pub mod views;
 pub mod words;
 
-pub use access::{Actor, Reach, ServerRef};
+pub use access::{Actor, Need, Reach, ServerRef};
 pub use error::ServiceError;
 pub use hub::{Hub, HubParts};
 pub use settings::{AccountSettings, PasswordLogin, QuotaSettings, ServerSettings, SignupPolicy};

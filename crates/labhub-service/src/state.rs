@@ -127,3 +127,11 @@ impl CatalogueState {
         Self { builder, builds: DashMap::new() }
     }
 }
+
+/// The sharing capability's state: the index the one gate reads, and the lock that keeps
+/// reloads in order (a slower, older reload never replaces a newer one).
+#[derive(Default)]
+pub(crate) struct SharesState {
+    pub(crate) index: std::sync::RwLock<Arc<crate::shares::ShareIndex>>,
+    pub(crate) reload: tokio::sync::Mutex<()>,
+}

@@ -4,12 +4,12 @@
 //! A new connection starts here. Each request head is read and parsed with `httparse`; if it
 //! is a GET without a body, upgrade or credentials other than the session cookie (and the
 //! server's own token, which JupyterLab sends back and the proxy replaces), on a hub whose
-//! users share its host, for a running Jupyter server, and the cookie's session is its
-//! owner's or an admin's, the proxy relays it. Anything else (another method, a page, an API
-//! token, a session that is not the owner's or an admin's, a request the proxy will not take)
-//! ends the lane: the connection, with every byte read and not yet answered, goes to the
-//! general path (hyper and the router), which answers exactly as it would have, and keeps the
-//! connection from then on. So the lane decides nothing the general path would decide
+//! users share its host, for a running Jupyter server, and the one gate admits the cookie's
+//! session (its owner, an admin, a visitor it was shared with), the proxy relays it. Anything
+//! else (another method, a page, an API token, a session the gate refuses, a request the
+//! proxy will not take) ends the lane: the connection, with every byte read and not yet
+//! answered, goes to the general path (hyper and the router), which answers exactly as it
+//! would have, and keeps the connection from then on. So the lane decides nothing the general path would decide
 //! differently: it only answers, faster, what is certainly allowed.
 //!
 //! A connection that sends nothing, or a head that never ends, must not hold a socket for

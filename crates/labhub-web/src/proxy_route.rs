@@ -2,7 +2,8 @@
 //!
 //! Every request and every WebSocket upgrade is authenticated (session cookie, API token in
 //! `Authorization`, or `?token=`, or the token a browser opened the server with) and must come
-//! from the owner or an admin. Cookie-authenticated requests that change state, and every
+//! from the owner, an admin, or a visitor the owner shared the server with (the one gate,
+//! `Access::may_reach`). Cookie-authenticated requests that change state, and every
 //! cookie-authenticated WebSocket, must come from the hub's own origin: the proxy authenticates
 //! to the server with the server's token, which makes jupyter_server skip its own XSRF check,
 //! so this check takes its place.
@@ -18,7 +19,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use labhub_core::{ServerName, UserName};
 use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path, strip_token_param};
-use labhub_service::{Actor, AuthVia, Principal, ServerRef, ServiceError};
+use labhub_service::{Actor, AuthVia, Need, Principal, Reach, ServerRef, ServiceError};
 
 use crate::error::json_error;
 use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin, token_in_query};
@@ -82,14 +83,15 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
         return json_error(StatusCode::UNAUTHORIZED, "sign in, or send an API token, to reach this server");
     };
     // Without a route, the "not running" answer asks the service, which checks the same gate.
-    if let Some(r) = &route
-        && state
-            .hub()
-            .access()
-            .may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
-            .is_none()
-    {
-        return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req);
+    let mut visitor = None;
+    if let Some(r) = &route {
+        match state.hub().access().may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
+        {
+            None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
+            // A visitor's WebSockets close when their share ends.
+            Some(Reach::Shared(_)) => visitor = Some(me.user_id),
+            Some(Reach::Owner | Reach::Admin) => {}
+        }
     }
     let token_in_url = req.uri().query().and_then(token_in_query).is_some();
     let token_in_header = req.headers().contains_key(header::AUTHORIZATION);
@@ -121,7 +123,7 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     let server = route.key().server.clone();
     // Kept only to render the "not running" page if the server turns out to be gone.
     let cookies = if navigation { req.headers().get(header::COOKIE).cloned() } else { None };
-    match state.proxy().forward(route, req, client).await {
+    match state.proxy().forward_for(route, req, client, visitor).await {
         Ok(resp) => resp,
         Err(ProxyError::Unreachable) => Box::pin(not_running(&state, me, owner, server, navigation, cookies)).await,
         Err(e) => {
@@ -273,6 +275,8 @@ async fn answer_not_running(
         Err(e) => return e.into_response(),
     };
     let reason = slot.and_then(|s| s.stop_reason.clone());
-    let view = NotRunningPage::new(page.chrome("home"), owner, named, reason, true);
+    // A visitor whose share grants only access is not offered a start.
+    let can_start = state.hub().servers().may(Actor::User(me), owner, named, Need::Start).await.unwrap_or(false);
+    let view = NotRunningPage::new(page.chrome("home"), owner, named, reason, can_start);
     page.render_status(StatusCode::SERVICE_UNAVAILABLE, view)
 }

@@ -141,6 +141,10 @@ pub async fn boot(
         }
         Err(e) => tracing::warn!(error = %e, "could not reconcile servers with the container runtime"),
     }
+    // Before serving: visitors a server was shared with are let in from the first request.
+    if let Err(e) = hub.shares().refresh().await {
+        tracing::warn!(error = %e, "could not load shares yet; retried in the background");
+    }
     tokio::spawn(hub.clone().watch_exits(shutdown));
     if build_missing_images && let Err(e) = hub.catalogue().build_missing().await {
         tracing::warn!(error = %e, "could not start building missing images");

@@ -286,7 +286,11 @@ impl<'h> Quotas<'h> {
     /// (asked by whoever may start their servers).
     pub async fn start_options(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<StartOption>, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.hub.access().require(actor, crate::access::ServerRef { owner: user.user_id, server: None })?;
+        self.hub.access().require(
+            actor,
+            crate::access::ServerRef { owner: user.user_id, server: None },
+            crate::access::Need::Start,
+        )?;
         let memberships = groups::of_user(self.hub.db(), user.user_id).await?;
         if memberships.is_empty() {
             let site = self.hub.quota_settings().site_default.clone();

@@ -17,7 +17,7 @@ use labhub_db::servers;
 
 pub use reconcile::ReconcileReport;
 
-use crate::access::{Actor, ServerRef};
+use crate::access::{Actor, Need, ServerRef};
 use crate::model::{ServerView, server_label};
 use crate::progress::ProgressLog;
 use crate::state::ServerRuntime;
@@ -53,16 +53,36 @@ impl<'h> Servers<'h> {
         self.hub.0.spawner.as_ref().ok_or_else(runtime_unavailable)
     }
 
-    /// Refuses unless `actor` may reach `owner`'s server (the one gate, [`crate::access`]).
-    fn require_reach(&self, actor: Actor<'_>, owner: UserId, server: Option<&ServerName>) -> Result<(), ServiceError> {
-        self.hub.access().require(actor, ServerRef { owner, server }).map(|_| ())
+    /// Refuses unless `actor` may do what `need` says with `owner`'s server (the one gate,
+    /// [`crate::access`]).
+    fn require_reach(
+        &self,
+        actor: Actor<'_>,
+        owner: UserId,
+        server: Option<&ServerName>,
+        need: Need,
+    ) -> Result<(), ServiceError> {
+        self.hub.access().require(actor, ServerRef { owner, server }, need).map(|_| ())
+    }
+
+    /// Whether `actor` may do what `need` says with one of `owner`'s servers (for pages that
+    /// offer it only to those who may: the answer of the one gate).
+    pub async fn may(
+        &self,
+        actor: Actor<'_>,
+        owner: &UserName,
+        server: Option<&ServerName>,
+        need: Need,
+    ) -> Result<bool, ServiceError> {
+        let user = self.hub.user_row(owner).await?;
+        Ok(self.require_reach(actor, user.user_id, server, need).is_ok())
     }
 
     /// Every server slot of a user (whoever may reach their servers): the default one first,
     /// listed even before its first start, then the named ones.
     pub async fn of(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<ServerView>, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, None)?;
+        self.require_reach(actor, user.user_id, None, Need::Read)?;
         let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
         self.fresh(ServerView::slots(owner, &rows)).await
     }
@@ -83,7 +103,7 @@ impl<'h> Servers<'h> {
         server: Option<&ServerName>,
     ) -> Result<ServerView, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, server)?;
+        self.require_reach(actor, user.user_id, server, Need::Read)?;
         match servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str)).await? {
             Some(row) => Ok(self.fresh(vec![ServerView::of(owner, &row)]).await?.remove(0)),
             None if server.is_none() => Ok(ServerView::never_started(owner)),
@@ -125,7 +145,7 @@ impl<'h> Servers<'h> {
         server: &ServerName,
     ) -> Result<(), ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, Some(server))?;
+        self.require_reach(actor, user.user_id, Some(server), Need::Own)?;
         let row = servers::get(self.hub.db(), user.user_id, server.as_str())
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no server named {server}")))?;
@@ -136,6 +156,8 @@ impl<'h> Servers<'h> {
         servers::delete(&mut *tx, row.server_id).await?;
         tx.commit().await?;
         self.state().spawns.remove(&row.server_id);
+        // Its shares went with it: a later server of the same name must not inherit them.
+        self.hub.shares().changed().await;
         Ok(())
     }
 

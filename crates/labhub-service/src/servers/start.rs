@@ -43,7 +43,7 @@ impl Servers<'_> {
         );
         let spawner = self.spawner()?.clone();
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, server)?;
+        self.require_reach(actor, user.user_id, server, crate::access::Need::Start)?;
         if user.state != AccountState::Active {
             return Err(ServiceError::Conflict(format!("{owner}'s account is not active")));
         }

@@ -30,5 +30,7 @@ mod quotas;
 mod restart;
 mod servers;
 mod sessions;
+mod shared_servers;
+mod shares;
 mod spawner;
 mod subdomains;

@@ -339,7 +339,7 @@ async fn proxied_traffic_keeps_a_session_alive_and_its_limits_still_hold() {
 
 /// What the front door's fast lane did with one request on a fresh connection: answered it
 /// (its status), or handed the connection to the general path with every byte of it.
-async fn lane_takes(app: &TestApp, request: &str) -> Option<u16> {
+pub(crate) async fn lane_takes(app: &TestApp, request: &str) -> Option<u16> {
     let (mut near, mut far) = tokio::io::duplex(1 << 20);
     near.write_all(request.as_bytes()).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -8,6 +8,7 @@ mod homes;
 mod images;
 pub(crate) mod models;
 mod servers;
+mod shares;
 mod tokens;
 mod users;
 
@@ -62,9 +63,36 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/images/{name}/build/progress", get(images::build_progress))
         .route("/hub/api/users/{name}/tokens", get(tokens::list).post(tokens::create))
         .route("/hub/api/users/{name}/tokens/{id}", get(tokens::get_one).delete(tokens::delete))
+        .merge(shares_router())
         .route("/hub/api/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(Surface::Api))
+}
+
+/// JupyterHub 5's sharing endpoints. Each server route comes twice: with an empty server name
+/// (the default server, `…/alice/`) and with a name.
+fn shares_router() -> Router<AppState> {
+    use axum::routing::MethodRouter;
+    let one = || -> MethodRouter<AppState> {
+        get(shares::list).post(shares::grant).patch(shares::revoke).delete(shares::revoke_all)
+    };
+    let codes =
+        || -> MethodRouter<AppState> { get(shares::list_codes).post(shares::create_code).delete(shares::revoke_codes) };
+    let user_share = || get(shares::user_share).delete(shares::leave);
+    let group_share = || get(shares::group_share).delete(shares::remove_group_share);
+    Router::new()
+        .route("/hub/api/shares/{owner}", get(shares::list_all))
+        .route("/hub/api/shares/{owner}/", one())
+        .route("/hub/api/shares/{owner}/{server}", one())
+        .route("/hub/api/share-codes/{owner}", get(shares::list_all_codes))
+        .route("/hub/api/share-codes/{owner}/", codes())
+        .route("/hub/api/share-codes/{owner}/{server}", codes())
+        .route("/hub/api/users/{name}/shared", get(shares::shared_with_user))
+        .route("/hub/api/users/{name}/shared/{owner}/", user_share())
+        .route("/hub/api/users/{name}/shared/{owner}/{server}", user_share())
+        .route("/hub/api/groups/{name}/shared", get(shares::shared_with_group))
+        .route("/hub/api/groups/{name}/shared/{owner}/", group_share())
+        .route("/hub/api/groups/{name}/shared/{owner}/{server}", group_share())
 }
 
 const DEFAULT_LIMIT: i64 = 200;
@@ -117,6 +145,20 @@ pub(crate) fn paged(
     if !wants_envelope {
         return axum::Json(items).into_response();
     }
+    let body = envelope(state, path, query, items, page);
+    ([(header::CONTENT_TYPE, "application/jupyterhub-pagination+json")], body.to_string()).into_response()
+}
+
+/// JupyterHub's pagination envelope, `{items, _pagination: {offset, limit, total, next}}`, with
+/// the URL of the next page keeping the other query parameters. Lists that JupyterHub added
+/// with pagination (shares, share codes) always answer with it.
+pub(crate) fn envelope(
+    state: &AppState,
+    path: &str,
+    query: &std::collections::HashMap<String, String>,
+    items: Vec<serde_json::Value>,
+    page: Page,
+) -> serde_json::Value {
     let next_offset = page.offset + page.limit;
     let next = (next_offset < page.total).then(|| {
         let mut url = state.settings().public_url.join(path).expect("a fixed relative path");
@@ -131,11 +173,10 @@ pub(crate) fn paged(
         }
         serde_json::json!({ "offset": next_offset, "limit": page.limit, "url": url.as_str() })
     });
-    let body = serde_json::json!({
+    serde_json::json!({
         "items": items,
         "_pagination": { "offset": page.offset, "limit": page.limit, "total": page.total, "next": next },
-    });
-    ([(header::CONTENT_TYPE, "application/jupyterhub-pagination+json")], body.to_string()).into_response()
+    })
 }
 
 async fn not_found() -> AppError {

@@ -11,6 +11,7 @@ mod groups;
 mod login;
 mod oauth;
 pub(crate) mod servers;
+mod shares;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -41,6 +42,10 @@ pub fn router() -> Router<AppState> {
         .route("/hub/spawn/{user}/{server}", get(servers::spawn_form).post(servers::spawn))
         .route("/hub/spawn-pending/{user}", get(servers::spawn_pending))
         .route("/hub/spawn-pending/{user}/{server}", get(servers::spawn_pending))
+        .route("/hub/share/{owner}", get(shares::show).post(shares::act))
+        .route("/hub/share/{owner}/{server}", get(shares::show).post(shares::act))
+        .route("/hub/shared/leave", post(shares::leave))
+        .route("/hub/accept-share", get(shares::accept_form).post(shares::accept))
         .route("/hub/account", get(account::account))
         .route("/hub/account/password", post(account::change_password))
         .route("/hub/account/files/restore", get(files::form).post(files::restore))

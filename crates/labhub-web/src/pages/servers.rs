@@ -39,6 +39,7 @@ pub struct ServerRow {
     pub url: String,
     pub spawn_url: String,
     pub pending_url: String,
+    pub share_url: String,
 }
 
 fn spawn_path(kind: &str, owner: &UserName, server: Option<&ServerName>) -> String {
@@ -70,6 +71,8 @@ struct HomePage {
     named_limit: u32,
     named_count: usize,
     groups: Vec<HomeGroup>,
+    /// Servers others shared with this user.
+    shared: Vec<super::shares::SharedRow>,
 }
 
 /// `GET /hub/home` (any signed-in user): their servers and account.
@@ -116,6 +119,7 @@ pub async fn home(
                 url: s.url(),
                 spawn_url: spawn_path("spawn", &me.name, s.name.as_ref()),
                 pending_url: spawn_path("spawn-pending", &me.name, s.name.as_ref()),
+                share_url: spawn_path("share", &me.name, s.name.as_ref()),
                 name: s.name_str().to_string(),
             }
         })
@@ -136,6 +140,7 @@ pub async fn home(
             .into_iter()
             .map(|m| HomeGroup { name: m.group.name.to_string(), lead: m.role == GroupRole::Lead })
             .collect(),
+        shared: super::shares::shared_with_me(&state, &me).await?,
     };
     Ok(page.render(view))
 }
@@ -210,7 +215,8 @@ pub struct SpawnQuery {
     group: Option<String>,
 }
 
-/// Which user's which server a page is about; the owner or an admin may act on it.
+/// Which user's which server a page is about. Who may act on it (the owner, an admin, a
+/// visitor whose share allows starting it) is the service's one gate to decide.
 fn target(
     me: &Principal,
     user: Option<String>,
@@ -220,9 +226,6 @@ fn target(
         Some(u) => UserName::parse(&u).map_err(|e| AppError::NotFound(e.to_string()))?,
         None => me.name.clone(),
     };
-    if owner != me.name && !me.admin {
-        return Err(AppError::Forbidden("you may only start your own servers".into()));
-    }
     let server = match server.filter(|s| !s.is_empty()) {
         Some(s) => Some(ServerName::parse(&s).map_err(|e| AppError::BadRequest(e.to_string()))?),
         None => None,
@@ -413,7 +416,7 @@ pub async fn spawn_form(
     Ok(page.render(view))
 }
 
-/// `POST /hub/spawn[/{user}[/{server}]]` (the owner or an admin): starts it, then shows progress.
+/// `POST /hub/spawn[/{user}[/{server}]]` (whoever may start it): starts it, then shows progress.
 pub async fn spawn(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,

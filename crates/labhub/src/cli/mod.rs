@@ -212,6 +212,7 @@ async fn serve_on(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
+    tokio::spawn(built.hub.clone().follow_shares(wait_true(stop_rx.clone())));
     let supervisor = db.supervise(built.hub.clone(), wait_true(stop_rx.clone()));
     tokio::spawn(built.hub.clone().run_usage_sampler(wait_true(stop_rx.clone())));
     if config.culler.enabled {
