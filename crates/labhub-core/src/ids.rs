@@ -70,6 +70,14 @@ id_type!(
     /// A catalogue entry.
     ImageId
 );
+id_type!(
+    /// An environment (a catalogue entry the hub builds from a source).
+    EnvironmentId
+);
+id_type!(
+    /// One build of an environment.
+    BuildId
+);
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backups;
 pub mod datasets;
 pub mod embedded;
+pub mod environments;
 mod error;
 pub mod groups;
 pub mod homes;

@@ -42,6 +42,8 @@ pub struct HubParts {
     pub providers: labhub_auth::oidc::Providers,
     /// The site default quota, and how often servers are culled, sampled and measured.
     pub quotas: QuotaSettings,
+    /// How environments are built.
+    pub environments: crate::environments::EnvironmentSettings,
 }
 
 /// The hub's services. Cheap to clone; every clone shares the same state.
@@ -64,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) servers: ServerRuntime,
     pub(crate) quotas: QuotaSettings,
     pub(crate) providers: labhub_auth::oidc::Providers,
+    pub(crate) environments: crate::environments::EnvironmentsState,
 }
 
 impl std::fmt::Debug for Hub {
@@ -90,6 +93,7 @@ impl Hub {
             servers: ServerRuntime::new(parts.routes, parts.servers),
             providers: parts.providers,
             quotas: parts.quotas,
+            environments: crate::environments::EnvironmentsState::new(parts.environments),
         }))
     }
 

@@ -3,7 +3,7 @@
 //! [`Hub`] holds the state; its capabilities are handles, one module each: `hub.accounts()`
 //! (the sign-in policy and accounts), `hub.sessions()`, `hub.tokens()`, `hub.sign_on()`
 //! (identity providers), `hub.servers()`, `hub.access()` (the one gate to a server),
-//! `hub.groups()`, `hub.quotas()`, `hub.catalogue()`, `hub.usage()`, `hub.culler()`,
+//! `hub.groups()`, `hub.quotas()`, `hub.catalogue()`, `hub.environments()`, `hub.usage()`, `hub.culler()`,
 //! `hub.audit()`. They take and return the service's own types (`model`), never database rows.
 
 pub mod access;
@@ -13,6 +13,7 @@ mod background;
 pub mod catalogue;
 pub mod culler;
 pub mod datasets;
+pub mod environments;
 mod error;
 pub mod groups;
 pub mod health;

@@ -301,6 +301,14 @@ impl ImageBuilder for DockerSpawner {
         };
         self.build_recipe(found, tag, progress).await
     }
+
+    async fn build_environment(
+        &self,
+        spec: &labhub_core::environment::EnvBuildSpec,
+        progress: ProgressSender,
+    ) -> labhub_core::environment::EnvBuildOutcome {
+        self.build_environment_image(spec, progress).await
+    }
 }
 
 #[cfg(test)]

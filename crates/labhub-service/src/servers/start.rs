@@ -49,6 +49,7 @@ impl Servers<'_> {
         }
         self.require_isolation(&spawner).await?;
         let image = self.hub.catalogue().for_start(request.image.as_deref()).await?;
+        self.hub.environments().require_startable(user.user_id, &image).await?;
         let name = server.map_or("", ServerName::as_str);
         let quotas = self.hub.quotas();
         // Measured before the transaction: it may ask the runtime, which must not happen

@@ -2,6 +2,7 @@
 //! Errors are `{"status": N, "message": "…"}`.
 
 mod datasets;
+mod environments;
 mod groups;
 mod homes;
 mod images;
@@ -52,6 +53,11 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/groups/{name}/usage", get(groups::usage))
         .route("/hub/api/datasets", get(datasets::list).post(datasets::create))
         .route("/hub/api/datasets/{name}", axum::routing::delete(datasets::delete))
+        .route("/hub/api/environments", get(environments::list).post(environments::create))
+        .route("/hub/api/environments/{name}", get(environments::get_one))
+        .route("/hub/api/environments/{name}/builds", post(environments::rebuild))
+        .route("/hub/api/environments/{name}/builds/{id}/log", get(environments::log))
+        .route("/hub/api/environments/{name}/pin", axum::routing::put(environments::pin))
         .route("/hub/api/images", get(images::list).post(images::create))
         .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))
         .route("/hub/api/images/{name}/build", post(images::build))

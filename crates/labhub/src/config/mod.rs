@@ -5,6 +5,7 @@
 
 mod auth;
 mod database;
+mod environments;
 mod proxy;
 mod quotas;
 mod servers;
@@ -21,6 +22,7 @@ use url::Url;
 
 pub use auth::{AuthConfig, SessionConfig};
 pub use database::DatabaseConfig;
+pub use environments::EnvironmentsConfig;
 pub use proxy::{HttpConfig, ProxyConfig};
 pub use quotas::{CullerConfig, QuotaConfig, UsageConfig};
 pub use servers::ServersConfig;
@@ -60,6 +62,8 @@ pub struct Config {
     pub culler: CullerConfig,
     /// Sampling resource use and measuring storage.
     pub usage: UsageConfig,
+    /// Building environments from repositories.
+    pub environments: EnvironmentsConfig,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             culler: CullerConfig::default(),
             usage: UsageConfig::default(),
+            environments: EnvironmentsConfig::default(),
         }
     }
 }
