@@ -16,6 +16,7 @@ use labhub_core::spawner::{Progress, ProgressSender};
 
 use crate::DockerSpawner;
 use crate::error::{engine_message, is_status};
+use crate::naming::LABEL_HUB;
 
 /// Image labels the builder adds (the service adds who, when, source and ref).
 pub const LABEL_COMMIT: &str = "io.labhub.environment.commit";
@@ -98,6 +99,7 @@ impl DockerSpawner {
         labels.insert(LABEL_COMMIT.into(), fetched.commit.clone());
         labels.insert(LABEL_RECIPE_HASH.into(), plan.recipe_hash.clone());
         labels.insert(LABEL_BASE_IMAGE.into(), base.id.clone());
+        labels.insert(LABEL_HUB.into(), self.config().hub_id.to_string());
         let memory = i32::try_from(spec.limits.memory_bytes).unwrap_or(i32::MAX);
         let options = BuildImageOptionsBuilder::new()
             .dockerfile(&plan.dockerfile)

@@ -15,11 +15,13 @@ use crate::database::Database;
 mod accounts;
 mod catalogue;
 mod datasets;
+mod environments;
 mod groups;
 
 use accounts::{TokenCommand, UserCommand, token, user};
 use catalogue::{ImageCommand, image};
 use datasets::{DatasetCommand, dataset};
+use environments::{EnvCommand, env};
 use groups::{GroupCommand, group};
 
 /// labhub: a multi-user lab server for Jupyter and RStudio.
@@ -57,6 +59,9 @@ enum Command {
     /// Manage datasets: data mounted read-only at ~/datasets/NAME in servers.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Build environments from repositories, and list, show and pin their builds.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -129,6 +134,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
         Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
         Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,
+        Command::Env(cmd) => with_hub(&config, true, |hub| async move { env(hub, cmd).await }).await,
     }
 }
 
