@@ -50,3 +50,33 @@ create index environment_builds_environment on environment_builds (environment_i
 alter table environments
     add constraint environments_pinned_build_fkey
     foreign key (pinned_build_id) references environment_builds (build_id) on delete set null;
+
+-- Every server start that came up, as a session: who, which server, the catalogue entry and
+-- environment build, the exact image id run, the resources and group, start and stop. Opened
+-- when the server is recorded running, closed when it is recorded stopped (the same
+-- statements), so no path that starts or stops a server can miss it.
+create table server_sessions (
+    session_id   bigint generated always as identity primary key,
+    -- Null once the server is removed (its history stays with the account).
+    server_id    bigint      references servers (server_id) on delete set null,
+    spawn_id     uuid        not null,
+    user_id      bigint      not null references users (user_id) on delete cascade,
+    server_name  text        not null,
+    image_id     bigint      references images (image_id) on delete set null,
+    image_name   text,
+    image_ref    text        not null,
+    -- The content id (sha256:…) the container ran.
+    image_digest text        not null,
+    build_id     bigint      references environment_builds (build_id) on delete set null,
+    cpu_millis   integer     not null,
+    memory_bytes bigint      not null,
+    gpus         integer     not null,
+    group_id     bigint      references groups (group_id) on delete set null,
+    group_name   text,
+    started_at   timestamptz not null,
+    stopped_at   timestamptz,
+    stop_reason  text,
+    unique (server_id, spawn_id)
+);
+create index server_sessions_user on server_sessions (user_id, session_id desc);
+create index server_sessions_started on server_sessions (started_at);

@@ -85,3 +85,14 @@ pub struct EnvBuildOutcome {
     /// a recipe the builder cannot honour).
     pub result: Result<(), String>,
 }
+
+/// An image this hub built, as the runtime holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// Its content id (`sha256:…`).
+    pub id: String,
+    /// Size on disk in bytes (layers shared with other images included).
+    pub size_bytes: u64,
+    /// Its tags.
+    pub tags: Vec<String>,
+}

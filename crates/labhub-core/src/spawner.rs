@@ -436,4 +436,11 @@ pub trait ImageBuilder: Send + Sync + 'static {
         spec: &crate::environment::EnvBuildSpec,
         progress: ProgressSender,
     ) -> crate::environment::EnvBuildOutcome;
+
+    /// The images this hub built from environments' sources.
+    async fn built_images(&self) -> Result<Vec<crate::environment::BuiltImage>, SpawnError>;
+
+    /// Removes an image this hub built, with its tags; `false` (and nothing removed) when a
+    /// container uses it or it is gone already.
+    async fn remove_built_image(&self, id: &str) -> Result<bool, SpawnError>;
 }

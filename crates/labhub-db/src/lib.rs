@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod environments;
 mod error;
 pub mod groups;
+pub mod history;
 pub mod homes;
 pub mod identities;
 pub mod images;

@@ -17,6 +17,7 @@ pub mod environments;
 mod error;
 pub mod groups;
 pub mod health;
+pub mod history;
 pub mod homes;
 mod hub;
 pub mod model;

@@ -442,11 +442,15 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
-        && !name.ends_with('-');
+        && !name.ends_with('-')
+        // The API's `/hub/api/environments/collect` (the image collector) is not an environment.
+        && name != "collect";
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::Invalid("an environment's name must be 1-63 characters of a-z, 0-9 and '-'".into()))
+        Err(ServiceError::Invalid(
+            "an environment's name must be 1-63 characters of a-z, 0-9 and '-' (and not 'collect')".into(),
+        ))
     }
 }
 

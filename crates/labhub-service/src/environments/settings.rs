@@ -19,6 +19,8 @@ pub struct EnvironmentSettings {
     pub indexes: PackageIndexes,
     /// The longest a build may take.
     pub build_timeout: Duration,
+    /// How long images that sessions ran are kept from the image collector.
+    pub keep_session_images: Duration,
 }
 
 impl Default for EnvironmentSettings {
@@ -29,6 +31,7 @@ impl Default for EnvironmentSettings {
             local_sources: Vec::new(),
             indexes: PackageIndexes::default(),
             build_timeout: Duration::from_secs(30 * 60),
+            keep_session_images: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

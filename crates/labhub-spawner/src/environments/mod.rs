@@ -9,19 +9,19 @@ mod source;
 
 use std::collections::HashMap;
 
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptions, RemoveImageOptions};
 use futures::StreamExt;
-use labhub_core::environment::{EnvBuildOutcome, EnvBuildSpec, EnvProvenance};
-use labhub_core::spawner::{Progress, ProgressSender};
+use labhub_core::environment::{BuiltImage, EnvBuildOutcome, EnvBuildSpec, EnvProvenance};
+use labhub_core::spawner::{Progress, ProgressSender, SpawnError};
 
 use crate::DockerSpawner;
-use crate::error::{engine_message, is_status};
+use crate::error::{engine_message, is_status, runtime_error};
 use crate::naming::LABEL_HUB;
 
 /// Image labels the builder adds (the service adds who, when, source and ref).
 pub const LABEL_COMMIT: &str = "io.labhub.environment.commit";
 /// The recipe's hash.
-pub const LABEL_RECIPE_HASH: &str = "io.labhub.environment.recipe-hash";
+pub const LABEL_RECIPE_HASH: &str = recipe::RECIPE_HASH_LABEL;
 /// The base image's content id.
 pub const LABEL_BASE_IMAGE: &str = "io.labhub.environment.base-image-id";
 
@@ -80,7 +80,11 @@ impl DockerSpawner {
             },
             debian_mirror: spec.indexes.debian_mirror.clone(),
         };
-        let plan = recipe::plan(&files, &base, &spec.catalogue, &indexes)?;
+        let mut labels = spec.labels.clone();
+        labels.insert(LABEL_COMMIT.into(), fetched.commit.clone());
+        labels.insert(LABEL_BASE_IMAGE.into(), base.id.clone());
+        labels.insert(LABEL_HUB.into(), self.config().hub_id.to_string());
+        let plan = recipe::plan(&files, &base, &spec.catalogue, &indexes, &labels)?;
         provenance.recipe_hash = Some(plan.recipe_hash.clone());
         for image in &plan.from {
             // The engine would pull a missing image; a build never does.
@@ -95,11 +99,6 @@ impl DockerSpawner {
             }
         }
         self.prepare_network().await.map_err(|e| e.to_string())?;
-        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        labels.insert(LABEL_COMMIT.into(), fetched.commit.clone());
-        labels.insert(LABEL_RECIPE_HASH.into(), plan.recipe_hash.clone());
-        labels.insert(LABEL_BASE_IMAGE.into(), base.id.clone());
-        labels.insert(LABEL_HUB.into(), self.config().hub_id.to_string());
         let memory = i32::try_from(spec.limits.memory_bytes).unwrap_or(i32::MAX);
         let options = BuildImageOptionsBuilder::new()
             .dockerfile(&plan.dockerfile)
@@ -111,7 +110,6 @@ impl DockerSpawner {
             .cpuperiod(100_000)
             .cpuquota(i32::try_from(u64::from(spec.limits.cpu_millis) * 100).unwrap_or(i32::MAX))
             .networkmode(self.config().network.as_str())
-            .labels(&labels)
             .build();
         send(
             progress,
@@ -156,6 +154,50 @@ impl DockerSpawner {
         };
         provenance.image_id = Some(id);
         Ok(())
+    }
+
+    /// The images this hub built (labelled with its id).
+    pub async fn environment_images(&self) -> Result<Vec<BuiltImage>, SpawnError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_HUB}={}", self.config().hub_id)])]);
+        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+        let list = self.docker().list_images(Some(options)).await.map_err(|e| runtime_error("listing images", e))?;
+        Ok(list
+            .into_iter()
+            .map(|i| BuiltImage {
+                id: i.id,
+                size_bytes: u64::try_from(i.size).unwrap_or(0),
+                tags: i.repo_tags.into_iter().filter(|t| t != "<none>:<none>").collect(),
+            })
+            .collect())
+    }
+
+    /// Removes one of them with its tags, unless a container uses it.
+    pub async fn remove_environment_image(&self, id: &str) -> Result<bool, SpawnError> {
+        let image = match self.docker().inspect_image(id).await {
+            Ok(i) => i,
+            Err(e) if is_status(&e, 404) => return Ok(false),
+            Err(e) => return Err(runtime_error(&format!("inspecting {id}"), e)),
+        };
+        let ours = image.config.and_then(|c| c.labels).and_then(|l| l.get(LABEL_HUB).cloned());
+        if ours.as_deref() != Some(self.config().hub_id.as_str()) {
+            return Err(SpawnError::Invalid(format!("{id} was not built by this hub")));
+        }
+        // Without force the engine refuses an image a container uses, and an id with several
+        // tags; the tags go first, each refused alike while a container runs the image.
+        for tag in image.repo_tags.unwrap_or_default() {
+            match self.docker().remove_image(&tag, None::<RemoveImageOptions>, None).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 409) => return Ok(false),
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(runtime_error(&format!("removing {tag}"), e)),
+            }
+        }
+        match self.docker().remove_image(id, None::<RemoveImageOptions>, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(true),
+            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) => Err(runtime_error(&format!("removing {id}"), e)),
+        }
     }
 
     /// What the base offers: its id, user, entrypoint and work directory.

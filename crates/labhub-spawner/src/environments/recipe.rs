@@ -256,20 +256,26 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// Writes the build for a repository's files.
-pub(crate) fn plan(files: &[RepoFile], base: &Base, catalogue: &[ImageRef], indexes: &Indexes) -> Result<Plan, String> {
+pub(crate) fn plan(
+    files: &[RepoFile],
+    base: &Base,
+    catalogue: &[ImageRef],
+    indexes: &Indexes,
+    labels: &BTreeMap<String, String>,
+) -> Result<Plan, String> {
     let dir = recipe_dir(files);
     let recipe = recipe_files(files, dir);
     let named = |n: &str| format!("{dir}{n}");
     if let Some(own) = recipe.get("Dockerfile") {
-        let from = check_dockerfile(&named("Dockerfile"), text(&named("Dockerfile"), &own.data)?, catalogue)?;
-        let context = pack(files.iter().map(|f| (f.path.clone(), f.mode, f.data.as_slice())))?;
-        return Ok(Plan {
-            recipe_hash: hash(files.iter().map(|f| (f.path.as_str(), f.data.as_slice()))),
-            context,
-            dockerfile: named("Dockerfile"),
-            from,
-            own_dockerfile: true,
-        });
+        let body = text(&named("Dockerfile"), &own.data)?;
+        let from = check_dockerfile(&named("Dockerfile"), body, catalogue)?;
+        let recipe_hash = hash(files.iter().map(|f| (f.path.as_str(), f.data.as_slice())));
+        let labelled = format!("{body}\n{}", label_line(labels, &recipe_hash)).into_bytes();
+        let context = pack(files.iter().map(|f| {
+            let data = if f.path == own.path { labelled.as_slice() } else { f.data.as_slice() };
+            (f.path.clone(), f.mode, data)
+        }))?;
+        return Ok(Plan { recipe_hash, context, dockerfile: named("Dockerfile"), from, own_dockerfile: true });
     }
 
     let mut df =
@@ -340,7 +346,7 @@ pub(crate) fn plan(files: &[RepoFile], base: &Base, catalogue: &[ImageRef], inde
             }
             df.push_str(&format!(
                 "RUN {apt} update -q && DEBIAN_FRONTEND=noninteractive {apt} install -y -q --no-install-recommends {} \
-                 && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /tmp/labhub\n",
+                 && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /tmp/labhub\n",
                 packages.join(" ")
             ));
         }
@@ -395,9 +401,24 @@ pub(crate) fn plan(files: &[RepoFile], base: &Base, catalogue: &[ImageRef], inde
             .map(|(p, _, d)| (p.as_str(), d.as_slice()))
             .chain(files.iter().map(|f| (f.path.as_str(), f.data.as_slice()))),
     );
+    // The labels (who, when: different at every build) come last, in one step, outside the hash.
+    entries[0].2.extend_from_slice(label_line(labels, &recipe_hash).as_bytes());
     let repo = files.iter().map(|f| (format!("{CONTEXT_DIR}/repo/{}", f.path), f.mode, f.data.as_slice()));
     let context = pack(entries.iter().map(|(p, m, d)| (p.clone(), *m, d.as_slice())).chain(repo))?;
     Ok(Plan { context, dockerfile, from: vec![base.id.clone()], recipe_hash, own_dockerfile: false })
+}
+
+/// The label holding the recipe's hash.
+pub(crate) const RECIPE_HASH_LABEL: &str = "io.labhub.environment.recipe-hash";
+
+/// One `LABEL` instruction with every label and the recipe's hash, quoted so nothing in a
+/// value is expanded.
+fn label_line(labels: &BTreeMap<String, String>, recipe_hash: &str) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default().replace('$', "\\$");
+    let hash = (RECIPE_HASH_LABEL.to_string(), recipe_hash.to_string());
+    let pairs: Vec<String> =
+        labels.iter().chain([(&hash.0, &hash.1)]).map(|(k, v)| format!("{}={}", quote(k), quote(v))).collect();
+    format!("LABEL {}\n", pairs.join(" "))
 }
 
 /// SHA-256 over the files (sorted by path), each as its path, its length and its bytes.
@@ -462,7 +483,8 @@ mod tests {
             file("README.md", "x"),
         ];
         let indexes = Indexes { pip_cert: Some(b"CA".to_vec()), ..Default::default() };
-        let plan = plan(&files, &base(), &[], &indexes).unwrap();
+        let labels = BTreeMap::from([("io.labhub.environment.source".to_string(), "/srv/$HOME \"x\"".to_string())]);
+        let plan = plan(&files, &base(), &[], &indexes, &labels).unwrap();
         let df = dockerfile(&plan);
         let at = |needle: &str| df.find(needle).unwrap_or_else(|| panic!("{needle} missing in\n{df}"));
         assert!(at("AS labhub-wheels") < at("apt-get update"));
@@ -472,24 +494,32 @@ mod tests {
         // The CA bundle is only in the wheel stage.
         let final_stage = &df[df.rfind("FROM sha256:abc\n").unwrap()..];
         assert!(!final_stage.contains("pip-ca.pem"), "{df}");
-        assert!(df.ends_with("USER 1000\nWORKDIR /home/jovyan\n"), "{df}");
+        let end = format!(
+            "USER 1000\nWORKDIR /home/jovyan\nLABEL \"io.labhub.environment.source\"=\"/srv/\\$HOME \\\"x\\\"\" \
+             \"io.labhub.environment.recipe-hash\"=\"{}\"\n",
+            plan.recipe_hash
+        );
+        assert!(df.ends_with(&end), "{df}");
         assert!(!plan.own_dockerfile);
     }
 
     #[test]
     fn the_binder_folder_wins_and_the_hash_follows_the_files() {
         let files = [file("requirements.txt", "bad==1\n"), file("binder/apt.txt", "jq\n")];
-        let p = plan(&files, &base(), &[], &Indexes::default()).unwrap();
+        let p = plan(&files, &base(), &[], &Indexes::default(), &BTreeMap::new()).unwrap();
         assert!(!dockerfile(&p).contains("pip"), "the root's requirements are ignored");
-        let again = plan(&files, &base(), &[], &Indexes::default()).unwrap();
+        let again = plan(&files, &base(), &[], &Indexes::default(), &BTreeMap::new()).unwrap();
         assert_eq!(p.recipe_hash, again.recipe_hash);
         let changed = [file("requirements.txt", "bad==1\n"), file("binder/apt.txt", "curl\n")];
-        assert_ne!(p.recipe_hash, plan(&changed, &base(), &[], &Indexes::default()).unwrap().recipe_hash);
+        assert_ne!(
+            p.recipe_hash,
+            plan(&changed, &base(), &[], &Indexes::default(), &BTreeMap::new()).unwrap().recipe_hash
+        );
     }
 
     #[test]
     fn recipes_it_cannot_honour_name_the_file_and_line() {
-        let err = |files: &[RepoFile]| plan(files, &base(), &[], &Indexes::default()).unwrap_err();
+        let err = |files: &[RepoFile]| plan(files, &base(), &[], &Indexes::default(), &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err(&[file("runtime.txt", "r-4.1\n")]),
             "runtime.txt line 1: 'r-4.1' is not a runtime this hub builds (only python-X.Y, the base's Python)"
@@ -512,7 +542,7 @@ mod tests {
     fn an_own_dockerfile_must_start_from_the_catalogue_and_fetch_nothing() {
         let catalogue = [ImageRef::parse("labhub/jupyterlab:1").unwrap()];
         let ok = [file("Dockerfile", "FROM labhub/jupyterlab:1 AS b\nRUN true\nFROM b\nCOPY --from=b /x /y\n")];
-        let p = plan(&ok, &base(), &catalogue, &Indexes::default()).unwrap();
+        let p = plan(&ok, &base(), &catalogue, &Indexes::default(), &BTreeMap::new()).unwrap();
         assert!(p.own_dockerfile);
         assert_eq!(p.from, ["labhub/jupyterlab:1"]);
         for (body, why) in [
@@ -521,7 +551,8 @@ mod tests {
             ("FROM labhub/jupyterlab:1\nCOPY --from=alpine /a /a\n", "line 2: COPY --from=alpine"),
             ("FROM --platform=x labhub/jupyterlab:1\n", "line 1: FROM must name"),
         ] {
-            let e = plan(&[file("Dockerfile", body)], &base(), &catalogue, &Indexes::default()).unwrap_err();
+            let e = plan(&[file("Dockerfile", body)], &base(), &catalogue, &Indexes::default(), &BTreeMap::new())
+                .unwrap_err();
             assert!(e.contains(why), "{e}");
         }
     }

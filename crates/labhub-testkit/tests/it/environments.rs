@@ -286,6 +286,61 @@ async fn an_environment_builds_from_a_repository_starts_and_keeps_its_last_good_
     let server = root.wait_ready("root", None).await;
     assert_eq!(server.image_digest.as_deref(), Some(second_image.as_str()), "{server:?}");
     root.stop("root", None).await.unwrap();
+    root.wait_stopped("root", None).await;
+
+    // Both starts are in the history, newest first, with the exact images they ran.
+    let history = root.get("/hub/api/users/root/sessions").await.value();
+    let ran: Vec<&str> = history.as_array().unwrap().iter().map(|s| s["image_id"].as_str().unwrap()).collect();
+    assert_eq!(ran, [second_image.as_str(), first_image.as_str()], "{history}");
+    let first_session = &history[1];
+    assert_eq!(first_session["image"], "analysis");
+    assert_eq!(first_session["environment"], "analysis");
+    assert_eq!(first_session["build"], env["builds"].as_array().unwrap().last().unwrap()["id"]);
+    assert_eq!(first_session["server"], "");
+    assert!(first_session["stopped"].is_string() && first_session["stop_reason"].is_string(), "{first_session}");
+    assert_eq!(first_session["resources"]["cpu_millis"], 1000, "{first_session}");
+    // Relaunching the first session runs its image again, though the environment moved on.
+    let id = first_session["id"].as_i64().unwrap();
+    let a = root.post(&format!("/hub/api/users/root/sessions/{id}/relaunch")).await;
+    assert!(matches!(a.status, StatusCode::CREATED | StatusCode::ACCEPTED), "{a:?}");
+    let server = root.wait_ready("root", None).await;
+    assert_eq!(server.image_digest.as_deref(), Some(first_image.as_str()), "{server:?}");
+    let running = app
+        .docker
+        .as_ref()
+        .unwrap()
+        .docker()
+        .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
+        .await
+        .unwrap();
+    let ours = running.iter().find(|c| {
+        c.labels.as_ref().is_some_and(|l| {
+            l.get("io.labhub.user").map(String::as_str) == Some("root")
+                && l.get("io.labhub.hub").map(String::as_str) == Some(app.config.docker.hub_id.as_str())
+        })
+    });
+    assert_eq!(
+        ours.and_then(|c| c.image_id.as_deref()),
+        Some(first_image.as_str()),
+        "the container runs the old image"
+    );
+    root.stop("root", None).await.unwrap();
+    root.wait_stopped("root", None).await;
+    let page = root.get_paginated("/hub/api/users/root/sessions?limit=1").await.value();
+    assert_eq!(page["_pagination"]["total"], 3, "{page}");
+    assert_eq!(page["items"][0]["image_id"], first_image.as_str(), "{page}");
+    // Nobody else reads them.
+    app.add_user("eve", "correct horse", false).await;
+    let eve = app.api_for("eve").await;
+    assert_eq!(eve.get("/hub/api/users/root/sessions").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(eve.post(&format!("/hub/api/users/root/sessions/{id}/relaunch")).await.status, StatusCode::FORBIDDEN);
+
+    // Images sessions ran are kept from the image collector.
+    let report = root.post("/hub/api/environments/collect").await.value();
+    assert_eq!(report["removed"], json!([]), "{report}");
+    for image in [&first_image, &second_image] {
+        assert!(app.docker.as_ref().unwrap().docker().inspect_image(image).await.is_ok(), "{image} kept");
+    }
 
     // A finished build's log is kept: it replays to the same end.
     let log = format!("/hub/api/environments/analysis/builds/{}/log", env["builds"][0]["id"]);
@@ -304,13 +359,28 @@ async fn an_environment_builds_from_a_repository_starts_and_keeps_its_last_good_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repositorys_own_dockerfile_builds_from_a_catalogue_image_and_nothing_else() {
     let sources = tempfile::tempdir().unwrap();
-    let (_app, root) = env_hub(sources.path()).await;
+    let (app, root) = env_hub(sources.path()).await;
     let image = root.get("/hub/api/images/jupyterlab").await.value()["reference"].as_str().unwrap().to_string();
     let repo = Repo::new(sources.path());
     repo.commit(&[("binder/Dockerfile", &format!("FROM {image}\nUSER root\nRUN echo ok > /opt/own.txt\nUSER 1000\n"))]);
     let (_, events) = create(&root, json!({"name": "own", "source": repo.path()})).await;
     assert!(outcome(&events).ready, "{events:#?}");
     assert!(events.iter().any(|e| e.message.contains("repository's Dockerfile")), "{events:#?}");
+
+    // Built again unchanged: a new image (its labels say who and when); the first one is now
+    // neither served nor run by any session, so the image collector removes it and says so.
+    let events = rebuild(&root, "own").await;
+    assert!(outcome(&events).ready, "{events:#?}");
+    let env = root.get("/hub/api/environments/own").await.value();
+    let (newer, older) =
+        (env["builds"][0]["image_id"].as_str().unwrap(), env["builds"][1]["image_id"].as_str().unwrap());
+    assert_ne!(newer, older);
+    let report = root.post("/hub/api/environments/collect").await.value();
+    assert_eq!(report["removed"][0]["id"], older, "{report}");
+    assert!(report["freed_bytes"].as_u64().unwrap() > 0, "{report}");
+    let docker = app.docker.as_ref().unwrap().docker();
+    assert!(docker.inspect_image(older).await.is_err(), "removed");
+    assert!(docker.inspect_image(newer).await.is_ok(), "the serving build stays");
 
     let other = Repo::new(sources.path());
     other.commit(&[("Dockerfile", "FROM debian:bookworm\nRUN true\n")]);

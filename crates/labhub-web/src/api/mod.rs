@@ -4,6 +4,7 @@
 mod datasets;
 mod environments;
 mod groups;
+mod history;
 mod homes;
 mod images;
 pub(crate) mod models;
@@ -53,7 +54,10 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/groups/{name}/usage", get(groups::usage))
         .route("/hub/api/datasets", get(datasets::list).post(datasets::create))
         .route("/hub/api/datasets/{name}", axum::routing::delete(datasets::delete))
+        .route("/hub/api/users/{name}/sessions", get(history::list))
+        .route("/hub/api/users/{name}/sessions/{id}/relaunch", post(history::relaunch))
         .route("/hub/api/environments", get(environments::list).post(environments::create))
+        .route("/hub/api/environments/collect", post(history::collect))
         .route("/hub/api/environments/{name}", get(environments::get_one))
         .route("/hub/api/environments/{name}/builds", post(environments::rebuild))
         .route("/hub/api/environments/{name}/builds/{id}/log", get(environments::log))

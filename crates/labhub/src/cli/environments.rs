@@ -32,6 +32,8 @@ pub(super) enum EnvCommand {
     List,
     /// Show an environment and its builds.
     Show { name: String },
+    /// Remove built images nothing needs: not serving or pinned, not run by a recent session.
+    Collect,
     /// Serve this build whatever is newer (`--unpin`: the newest good build again).
     Pin {
         name: String,
@@ -92,6 +94,23 @@ pub(super) async fn env(hub: labhub_service::Hub, cmd: EnvCommand) -> anyhow::Re
         EnvCommand::Show { name } => {
             let e = envs.get(Actor::System, &name).await?;
             println!("{}", serde_json::to_string_pretty(&e)?);
+        }
+        EnvCommand::Collect => {
+            let report = hub.history().collect_images(Actor::System).await?;
+            for r in &report.removed {
+                println!(
+                    "removed {} ({}, {} MiB)",
+                    labhub_service::catalogue::short_id(&r.id),
+                    r.tags.join(", "),
+                    r.size_bytes >> 20
+                );
+            }
+            println!(
+                "freed {} MiB ({} images removed, {} kept)",
+                report.freed_bytes >> 20,
+                report.removed.len(),
+                report.kept
+            );
         }
         EnvCommand::Pin { name, build, unpin } => {
             if build.is_none() && !unpin {

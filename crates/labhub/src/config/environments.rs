@@ -26,6 +26,9 @@ pub struct EnvironmentsConfig {
     /// The longest a build may take.
     #[serde(with = "humantime_serde")]
     pub build_timeout: Duration,
+    /// How long images that sessions ran are kept from the image collector.
+    #[serde(with = "humantime_serde")]
+    pub keep_session_images: Duration,
 }
 
 impl Default for EnvironmentsConfig {
@@ -38,6 +41,7 @@ impl Default for EnvironmentsConfig {
             pip_cert: None,
             debian_mirror: None,
             build_timeout: d.build_timeout,
+            keep_session_images: d.keep_session_images,
         }
     }
 }
@@ -56,6 +60,7 @@ impl Config {
                 debian_mirror: e.debian_mirror.clone(),
             },
             build_timeout: e.build_timeout,
+            keep_session_images: e.keep_session_images,
         }
     }
 }
