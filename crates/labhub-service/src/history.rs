@@ -126,15 +126,15 @@ impl History<'_> {
         Ok((rows.into_iter().map(SessionView::from).collect(), total))
     }
 
-    /// One of a user's sessions (the user or admins; 404 to anyone else).
+    /// One of a user's sessions (the user or admins).
     pub async fn session(&self, actor: Actor<'_>, user: &UserName, session: i64) -> Result<SessionView, ServiceError> {
         self.row(actor, user, session).await.map(SessionView::from)
     }
 
     async fn row(&self, actor: Actor<'_>, user: &UserName, session: i64) -> Result<ServerSession, ServiceError> {
         let row = self.hub.user_row(user).await?;
+        actor.require_self_or_admin(row.user_id)?;
         let not_found = || ServiceError::NotFound(format!("{user} has no session {session}"));
-        actor.require_self_or_admin(row.user_id).map_err(|_| not_found())?;
         history::get(self.hub.db(), session).await?.filter(|s| s.user_id == row.user_id).ok_or_else(not_found)
     }
 

@@ -8,6 +8,7 @@
 
 mod build;
 mod settings;
+mod transfer;
 
 pub(crate) use build::EnvironmentsState;
 
@@ -20,6 +21,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use settings::EnvironmentSettings;
+pub use transfer::{ExportManifest, MANIFEST_FORMAT};
 
 use crate::access::Actor;
 use crate::model::CatalogueImage;

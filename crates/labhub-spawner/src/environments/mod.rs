@@ -4,6 +4,7 @@
 //! build's steps too), without pulling, privileges or the engine's socket, within limits, with
 //! every output line sent on as progress.
 
+mod archive;
 mod recipe;
 mod source;
 

@@ -62,7 +62,7 @@ async fn git(dir: &Path, protocols: &str, args: &[&str]) -> Result<Vec<u8>, Stri
         Ok(out.stdout)
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(err.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("git failed").trim().to_string())
+        Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("git failed").trim().to_string())
     }
 }
 

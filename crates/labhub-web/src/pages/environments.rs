@@ -108,10 +108,7 @@ pub async fn create(
     CsrfForm(form): CsrfForm<NewForm>,
 ) -> Result<Response, AppError> {
     let optional = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
-    let group = match optional(&form.group) {
-        Some(g) => Some(GroupName::parse(&g).map_err(ServiceError::from)),
-        None => None,
-    };
+    let group = optional(&form.group).map(|g| GroupName::parse(&g).map_err(ServiceError::from));
     let result = match group.transpose() {
         Ok(group) => {
             let new = NewEnvironment {

@@ -34,6 +34,20 @@ pub(super) enum EnvCommand {
     Show { name: String },
     /// Remove built images nothing needs: not serving or pinned, not run by a recent session.
     Collect,
+    /// Write an environment (the build it serves) or a session (by number: the exact image it
+    /// ran) to standard output: a tar of its provenance manifest and the image's archive.
+    Export {
+        /// An environment's name, or a session's number.
+        what: String,
+    },
+    /// Bring an exported environment into this hub, checked against its recorded image id.
+    Import {
+        /// The file `labhub env export` wrote.
+        file: std::path::PathBuf,
+        /// Its name here (default: its name where it came from).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Serve this build whatever is newer (`--unpin`: the newest good build again).
     Pin {
         name: String,
@@ -44,9 +58,30 @@ pub(super) enum EnvCommand {
     },
 }
 
-pub(super) async fn env(hub: labhub_service::Hub, cmd: EnvCommand) -> anyhow::Result<()> {
+pub(super) async fn env(
+    hub: labhub_service::Hub,
+    cmd: EnvCommand,
+    docker: &labhub_spawner::DockerConfig,
+) -> anyhow::Result<()> {
     let envs = hub.environments();
     match cmd {
+        EnvCommand::Export { what } => {
+            let manifest = envs.export_manifest(Actor::System, &what).await?;
+            let engine = labhub_spawner::DockerSpawner::connect(docker.clone()).await?;
+            super::transfer::export(&engine, &manifest).await?;
+        }
+        EnvCommand::Import { file, name } => {
+            let engine = labhub_spawner::DockerSpawner::connect(docker.clone()).await?;
+            let manifest = super::transfer::import(&engine, &file).await?;
+            let e = envs.import(Actor::System, &manifest, name.as_deref()).await?;
+            eprintln!(
+                "imported '{}' ({}, from {} at {})",
+                e.name,
+                e.image_id.as_deref().unwrap_or("-"),
+                manifest.source.as_deref().unwrap_or("an unknown source"),
+                manifest.commit.as_deref().unwrap_or("an unknown commit")
+            );
+        }
         EnvCommand::Build { source, name, git_ref, group, base } => {
             let build = match envs.get(Actor::System, &name).await {
                 Ok(existing) => {

@@ -17,6 +17,7 @@ mod catalogue;
 mod datasets;
 mod environments;
 mod groups;
+mod transfer;
 
 use accounts::{TokenCommand, UserCommand, token, user};
 use catalogue::{ImageCommand, image};
@@ -134,7 +135,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
         Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
         Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,
-        Command::Env(cmd) => with_hub(&config, true, |hub| async move { env(hub, cmd).await }).await,
+        Command::Env(cmd) => {
+            let docker = config.docker.clone();
+            with_hub(&config, true, |hub| async move { env(hub, cmd, &docker).await }).await
+        }
     }
 }
 
