@@ -144,4 +144,6 @@ for k in cold same pin; do
     printf '%-34s %10.2f %10.2f %7sx\n' "$what" "${t[hub_$k]}" "${t[plain_$k]}" "$(ratio "${t[hub_$k]}" "${t[plain_$k]}")"
 done
 echo
+if awk -v t="${t[hub_same]}" 'BEGIN { exit !(t < 2) }'; then verdict=met; else verdict="NOT met"; fi
+echo "target: a rebuild with an unchanged recipe under 2 s: ${t[hub_same]} s [$verdict]"
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
