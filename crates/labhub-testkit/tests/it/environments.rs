@@ -556,3 +556,60 @@ async fn an_exported_environment_is_imported_into_another_hub_and_starts_there()
     assert!(err.contains("is not the one its manifest records"), "{err}");
     assert_eq!(admin.get("/hub/api/environments/other").await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_build_an_environment_follow_its_log_and_relaunch_a_session_from_history() {
+    let sources = tempfile::tempdir().unwrap();
+    let (app, root) = env_hub(sources.path()).await;
+    let image = root.get("/hub/api/images/jupyterlab").await.value()["reference"].as_str().unwrap().to_string();
+    let repo = Repo::new(sources.path());
+    repo.commit(&[("Dockerfile", &format!("FROM {image}\nLABEL purpose=pages\n"))]);
+    let c = app.signed_in("root", "correct horse").await;
+    let origin = app.config.public_url().origin().ascii_serialization();
+    let csrf = app.csrf(&c, "/hub/environments").await;
+    let form = |name: &'static str| {
+        vec![("_csrf", csrf.clone()), ("name", name.to_string()), ("source", repo.path()), ("ref", String::new())]
+    };
+
+    // A name it cannot take: the form again, as typed, with the reason.
+    let r = c.post(app.at("/hub/environments")).header("Origin", &origin).form(&form("Bad Name")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("name must be 1-63 characters"), "{html}");
+    assert!(html.contains("value=\"Bad Name\""), "the form keeps what was typed");
+
+    let r = c.post(app.at("/hub/environments")).header("Origin", &origin).form(&form("paged")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with("/hub/environments/paged/builds/"), "{to}");
+    let html = c.get(app.at(&to)).send().await.unwrap().text().await.unwrap();
+    let marker = "data-progress-url=\"";
+    let start = html.find(marker).expect("the page follows the build's log") + marker.len();
+    let log_url = &html[start..start + html[start..].find('"').unwrap()];
+    assert!(html.contains("id=\"spawn-bar\""), "a progress bar");
+    assert!(outcome(&follow(&root, log_url).await).ready);
+    let html = c.get(app.at("/hub/environments/paged")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("serving") && html.contains("Build again"), "{html}");
+
+    // A session shows in History, and its Relaunch starts it again on the same image.
+    root.start("root", None, json!({"image": "paged"})).await.expect("the start is accepted");
+    let first = root.wait_ready("root", None).await;
+    root.stop("root", None).await.unwrap();
+    root.wait_stopped("root", None).await;
+    let image_id = first.image_digest.clone().unwrap();
+    let html = c.get(app.at("/hub/history")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("paged") && html.contains(&image_id[7..19]), "{html}");
+    let id = root.get("/hub/api/users/root/sessions").await.value()[0]["id"].as_i64().unwrap();
+    let r = c
+        .post(app.at(&format!("/hub/history/root/{id}/relaunch")))
+        .header("Origin", &origin)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/hub/spawn-pending/root");
+    let again = root.wait_ready("root", None).await;
+    assert_eq!(again.image_digest.as_deref(), Some(image_id.as_str()));
+    root.stop("root", None).await.unwrap();
+}
