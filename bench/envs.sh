@@ -30,12 +30,16 @@ hub_env
 # No firewall rules to leave behind without the release labhub-bench (they cost a build nothing).
 export LABHUB_DOCKER__ISOLATE_HOST=false
 
-# A base of this run's own, so the first builds are cold for the hub and for docker alike.
+# Bases of this run's own, so the first builds are cold for the hub and for docker alike; one
+# each, so the engine's cache never offers one side's layers to the other (the same step on
+# the same parent would be found in either chain, and the next step's cache then missed).
 BASE="$HUB_ID-base:1"
+PLAIN_BASE="$HUB_ID-base:plain"
 printf 'FROM %s\nLABEL bench.run=%s\n' "$BASE_IMAGE" "$HUB_ID" | docker build -q -t "$BASE" - >/dev/null
+printf 'FROM %s\nLABEL bench.run=%s-plain\n' "$BASE_IMAGE" "$HUB_ID" | docker build -q -t "$PLAIN_BASE" - >/dev/null
 cleanup_envs() {
     docker image ls -q --filter "label=io.labhub.hub=$HUB_ID" | xargs -r docker image rm -f >/dev/null 2>&1 || true
-    docker image rm -f "$HUB_ID-plain:1" "$BASE" >/dev/null 2>&1 || true
+    docker image rm -f "$HUB_ID-plain:1" "$BASE" "$PLAIN_BASE" >/dev/null 2>&1 || true
 }
 trap 'cleanup_envs; cleanup' EXIT
 
@@ -62,15 +66,15 @@ plain_context() {
     if [ -r "$PIP_CERT" ]; then cp "$PIP_CERT" "$PLAIN/ctx/pip-ca.pem"; else : >"$PLAIN/ctx/pip-ca.pem"; fi
 }
 cat >"$PLAIN/ctx/Dockerfile" <<DOCKERFILE
-FROM $BASE AS wheels
+FROM $PLAIN_BASE AS wheels
 USER root
 COPY requirements.txt /tmp/labhub/requirements.txt
 COPY pip-ca.pem /tmp/labhub/pip-ca.pem
 RUN PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null PIP_CERT=/tmp/labhub/pip-ca.pem python3 -m pip wheel -r /tmp/labhub/requirements.txt -w /tmp/labhub/wheels
 
-FROM $BASE
+FROM $PLAIN_BASE
 USER root
-RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends jq && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /tmp/labhub
+RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends jq && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /tmp/labhub
 COPY --from=wheels --chown=1000 /tmp/labhub /tmp/labhub
 USER 1000
 RUN python3 -m pip install --no-index --no-cache-dir --find-links /tmp/labhub/wheels -r /tmp/labhub/requirements.txt
@@ -83,6 +87,7 @@ WORKDIR /srv/repo
 RUN chmod +x /opt/labhub/postBuild && /opt/labhub/postBuild
 USER 1000
 WORKDIR /home/jovyan
+LABEL bench.build=plain
 DOCKERFILE
 
 cli user add benchadmin --admin --password-stdin <<<"bench-$$-password" >/dev/null
