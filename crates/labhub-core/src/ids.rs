@@ -78,6 +78,14 @@ id_type!(
     /// A share code (JupyterHub writes it `sc_<number>`).
     ShareCodeId
 );
+id_type!(
+    /// An environment (a catalogue entry the hub builds from a source).
+    EnvironmentId
+);
+id_type!(
+    /// One build of an environment.
+    BuildId
+);
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 //! encode the typed ids).
 
 pub mod clock;
+pub mod environment;
 pub mod ids;
 pub mod image;
 pub mod listing;
@@ -16,7 +17,7 @@ pub mod secret;
 pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::{BackupId, GroupId, ImageId, ServerId, SessionId, ShareCodeId, TokenId, UserId};
+pub use ids::{BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, SessionId, ShareCodeId, TokenId, UserId};
 pub use image::{ImageFields, ImageKind, ImageRef};
 pub use names::{DatasetName, GroupName, NameError, ServerName, UserName};
 pub use quota::{ImageAllowance, Quota};

@@ -441,4 +441,24 @@ pub trait ImageBuilder: Send + Sync + 'static {
     /// the previous image in place. Dropping the future stops the build: the build's
     /// processes are asked to end (SIGTERM) and clean up their temporary files themselves.
     async fn build(&self, recipe: &str, tag: &ImageRef, progress: ProgressSender) -> Result<String, SpawnError>;
+
+    /// Builds an environment from its source (`crate::environment`): fetches the repository
+    /// at the ref, reads its recipe, builds on the base without pulling, privileges or the
+    /// engine's socket inside the build, within the limits. Every line of the build's output
+    /// goes to `progress` (with a percent from the build's steps).
+    ///
+    /// `spec.tag` is set only when the build succeeds: a failed, timed-out or abandoned build
+    /// leaves no tagged image and the previous one in place.
+    async fn build_environment(
+        &self,
+        spec: &crate::environment::EnvBuildSpec,
+        progress: ProgressSender,
+    ) -> crate::environment::EnvBuildOutcome;
+
+    /// The images this hub built from environments' sources.
+    async fn built_images(&self) -> Result<Vec<crate::environment::BuiltImage>, SpawnError>;
+
+    /// Removes an image this hub built, with its tags; `false` (and nothing removed) when a
+    /// container uses it or it is gone already.
+    async fn remove_built_image(&self, id: &str) -> Result<bool, SpawnError>;
 }

@@ -116,10 +116,25 @@ pub async fn mark_running(
     image_digest: &str,
     now: OffsetDateTime,
 ) -> Result<bool, DbError> {
-    let r = sqlx::query(
-        "update servers set state = 'running', endpoint = $3, spawner_state = $4, image_digest = $5,
-                started_at = $6, last_activity = $6
-         where server_id = $1 and spawn_id = $2 and state = 'pending'",
+    // The same statement opens the start's session (`server_sessions`), once per start.
+    let updated: i64 = sqlx::query_scalar(
+        "with s as (
+             update servers set state = 'running', endpoint = $3, spawner_state = $4, image_digest = $5,
+                    started_at = $6, last_activity = $6
+             where server_id = $1 and spawn_id = $2 and state = 'pending'
+             returning *
+         ), opened as (
+             insert into server_sessions (server_id, spawn_id, user_id, server_name, image_id, image_name, image_ref,
+                                          image_digest, build_id, cpu_millis, memory_bytes, gpus, group_id,
+                                          group_name, started_at)
+             select s.server_id, s.spawn_id, s.user_id, s.name, s.image_id, i.name, s.image_ref, s.image_digest,
+                    (select b.build_id from environment_builds b where b.image_id = s.image_digest
+                     order by b.build_id desc limit 1),
+                    s.cpu_millis, s.memory_bytes, s.gpus, s.group_id, g.name, s.started_at
+             from s left join images i on i.image_id = s.image_id left join groups g on g.group_id = s.group_id
+             on conflict (server_id, spawn_id) do nothing
+         )
+         select count(*) from s",
     )
     .bind(server_id)
     .bind(spawn_id)
@@ -127,9 +142,9 @@ pub async fn mark_running(
     .bind(spawner_state)
     .bind(image_digest)
     .bind(now)
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(updated == 1)
 }
 
 /// Records the spawner's state of a start still pending (so a stop can find its container).
@@ -163,17 +178,25 @@ pub async fn mark_stopped(
     reason: &str,
     now: OffsetDateTime,
 ) -> Result<bool, DbError> {
-    let r = sqlx::query(
-        "update servers set state = 'stopped', stopped_at = $4, stop_reason = $3, endpoint = null
-         where server_id = $1 and ($2::uuid is null or spawn_id = $2) and state <> 'stopped'",
+    // The same statement closes the start's session, if it came up.
+    let updated: i64 = sqlx::query_scalar(
+        "with s as (
+             update servers set state = 'stopped', stopped_at = $4, stop_reason = $3, endpoint = null
+             where server_id = $1 and ($2::uuid is null or spawn_id = $2) and state <> 'stopped'
+             returning server_id, spawn_id
+         ), closed as (
+             update server_sessions x set stopped_at = $4, stop_reason = $3
+             from s where x.server_id = s.server_id and x.spawn_id = s.spawn_id and x.stopped_at is null
+         )
+         select count(*) from s",
     )
     .bind(server_id)
     .bind(spawn_id)
     .bind(reason)
     .bind(now)
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(updated == 1)
 }
 
 /// A user's servers, the default first.

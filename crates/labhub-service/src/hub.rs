@@ -46,6 +46,8 @@ pub struct HubParts {
     pub quotas: QuotaSettings,
     /// Where backups go, when they run and how many are kept.
     pub backups: crate::backups::BackupSettings,
+    /// How environments are built.
+    pub environments: crate::environments::EnvironmentSettings,
 }
 
 /// The hub's services. Cheap to clone; every clone shares the same state.
@@ -70,6 +72,7 @@ pub(crate) struct Inner {
     pub(crate) quotas: QuotaSettings,
     pub(crate) backups: crate::backups::BackupsState,
     pub(crate) providers: labhub_auth::oidc::Providers,
+    pub(crate) environments: crate::environments::EnvironmentsState,
 }
 
 impl std::fmt::Debug for Hub {
@@ -99,6 +102,7 @@ impl Hub {
             providers: parts.providers,
             quotas: parts.quotas,
             backups: crate::backups::BackupsState::new(parts.backups, booted),
+            environments: crate::environments::EnvironmentsState::new(parts.environments),
         }))
     }
 

@@ -4,9 +4,9 @@
 //! (the sign-in policy and accounts), `hub.sessions()`, `hub.tokens()`, `hub.sign_on()`
 //! (identity providers), `hub.servers()`, `hub.access()` (the one gate to a server),
 //! `hub.groups()`, `hub.shares()` (who else may reach a server), `hub.quotas()`,
-//! `hub.catalogue()`, `hub.usage()`, `hub.culler()`, `hub.homes()`, `hub.datasets()`,
-//! `hub.backups()`, `hub.audit()`. They take and return the service's own types (`model`),
-//! never database rows.
+//! `hub.catalogue()`, `hub.environments()`, `hub.history()`, `hub.usage()`, `hub.culler()`,
+//! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`. They take and return the
+//! service's own types (`model`), never database rows.
 
 pub mod access;
 pub mod accounts;
@@ -16,9 +16,11 @@ pub mod backups;
 pub mod catalogue;
 pub mod culler;
 pub mod datasets;
+pub mod environments;
 mod error;
 pub mod groups;
 pub mod health;
+pub mod history;
 pub mod homes;
 mod hub;
 pub mod model;

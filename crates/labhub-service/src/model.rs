@@ -186,6 +186,9 @@ pub struct StartRequest {
     pub memory_bytes: Option<u64>,
     /// GPUs to request; none when not given.
     pub gpus: Option<u32>,
+    /// Run exactly this image id (`sha256:…`) instead of what the catalogue entry names now
+    /// (a session relaunched as it ran); the entry still says how to run it.
+    pub exact_image: Option<String>,
 }
 
 /// A start under way: the server's id and its progress (the same events the SSE stream sends).

@@ -9,6 +9,7 @@
 //! images locally, for sites without a registry.
 
 mod config;
+pub mod environments;
 mod error;
 mod events;
 mod firewall;

@@ -301,6 +301,22 @@ impl ImageBuilder for DockerSpawner {
         };
         self.build_recipe(found, tag, progress).await
     }
+
+    async fn build_environment(
+        &self,
+        spec: &labhub_core::environment::EnvBuildSpec,
+        progress: ProgressSender,
+    ) -> labhub_core::environment::EnvBuildOutcome {
+        self.build_environment_image(spec, progress).await
+    }
+
+    async fn built_images(&self) -> Result<Vec<labhub_core::environment::BuiltImage>, SpawnError> {
+        self.environment_images().await
+    }
+
+    async fn remove_built_image(&self, id: &str) -> Result<bool, SpawnError> {
+        self.remove_environment_image(id).await
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveImageOptions, RemoveVolumeOptions,
 };
 use labhub_core::ImageRef;
 use labhub_spawner::{DockerConfig, DockerSpawner, HubId, LABEL_HUB, NetworkName};
@@ -120,9 +121,15 @@ async fn remove_labelled(docker: &Docker, hub_id: &str) {
         let options = RemoveContainerOptions { force: true, ..Default::default() };
         let _ = docker.remove_container(c.id.as_deref().unwrap_or_default(), Some(options)).await;
     }
-    let volumes = docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters) })).await;
+    let volumes = docker.list_volumes(Some(ListVolumesOptions { filters: Some(filters.clone()) })).await;
     for v in volumes.ok().and_then(|r| r.volumes).unwrap_or_default() {
         let _ = docker.remove_volume(&v.name, None::<RemoveVolumeOptions>).await;
+    }
+    // Environments the hub built.
+    let images = docker.list_images(Some(ListImagesOptions { filters: Some(filters), ..Default::default() })).await;
+    for i in images.unwrap_or_default() {
+        let options = RemoveImageOptions { force: true, ..Default::default() };
+        let _ = docker.remove_image(&i.id, Some(options), None).await;
     }
 }
 

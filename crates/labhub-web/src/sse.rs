@@ -39,3 +39,10 @@ pub fn single(event: ProgressEvent) -> Sse<impl Stream<Item = Result<Event, Infa
     let data = serde_json::to_string(&event).unwrap_or_default();
     Sse::new(futures::stream::iter([Ok(Event::default().data(data))]))
 }
+
+/// A stream of events that all happened already (a finished build's kept log).
+pub fn replay(events: Vec<ProgressEvent>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let items: Vec<Result<Event, Infallible>> =
+        events.iter().map(|e| Ok(Event::default().data(serde_json::to_string(e).unwrap_or_default()))).collect();
+    Sse::new(futures::stream::iter(items))
+}

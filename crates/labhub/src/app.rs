@@ -82,6 +82,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         servers: config.server_settings(),
         quotas: config.quota_settings(),
         backups: config.backup_settings(),
+        environments: config.environment_settings(),
     });
     let proxy = Proxy::new(config.proxy_settings(), routes);
     let web = WebSettings {
@@ -120,6 +121,11 @@ pub async fn boot(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     hub.catalogue().ensure_default().await.context("could not prepare the image catalogue")?;
+    match hub.environments().fail_unfinished().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(builds = n, "environment builds the hub stopped during are marked failed"),
+        Err(e) => tracing::warn!(error = %e, "could not mark unfinished environment builds"),
+    }
     // Before any start: a home made before account ids must go to the account that made it,
     // never to a later account of the same name.
     match hub.homes().adopt_legacy().await {

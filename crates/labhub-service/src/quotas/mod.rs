@@ -79,6 +79,15 @@ impl<'h> Quotas<'h> {
         Ok(ids.iter().map(|id| set.remove(&(*id, QuotaKind::Quota)).unwrap_or_else(|| site.clone())).collect())
     }
 
+    /// The limits in force for one group (the site default for none): what a build that the
+    /// group (or a member of it) runs may use.
+    pub(crate) async fn limits_of(&self, group: Option<labhub_core::GroupId>) -> Result<Quota, ServiceError> {
+        let site = &self.hub.quota_settings().site_default;
+        let Some(group) = group else { return Ok(site.clone()) };
+        let mut set = quotas::of_groups(self.hub.db(), &[group]).await?;
+        Ok(set.remove(&(group, QuotaKind::Quota)).unwrap_or_else(|| site.clone()))
+    }
+
     async fn leads_of(
         &self,
         db: &mut labhub_db::PgConnection,

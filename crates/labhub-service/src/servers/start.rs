@@ -25,6 +25,15 @@ fn expand_command(words: &[String], base_url: &str, port: u16) -> Vec<String> {
     words.iter().map(|w| w.replace("{base_url}", base_url).replace("{port}", &port.to_string())).collect()
 }
 
+/// An image id to run exactly: `sha256:` and 64 hex digits (the engine takes it as a reference).
+fn exact_image(id: &str) -> Result<labhub_core::ImageRef, ServiceError> {
+    let hex = id.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(ServiceError::Invalid(format!("'{id}' is not an image id (sha256:…)")));
+    }
+    labhub_core::ImageRef::parse(id).map_err(|e| ServiceError::Invalid(e.to_string()))
+}
+
 impl Servers<'_> {
     /// Starts one of a user's servers (whoever may reach it). Returns at once with a ticket to
     /// follow the start ([`StartTicket::progress`]), or says it was already starting or running.
@@ -49,6 +58,11 @@ impl Servers<'_> {
         }
         self.require_isolation(&spawner).await?;
         let image = self.hub.catalogue().for_start(request.image.as_deref()).await?;
+        self.hub.environments().require_startable(user.user_id, &image).await?;
+        let run_image = match &request.exact_image {
+            Some(id) => exact_image(id)?,
+            None => image.fields.reference.clone(),
+        };
         let name = server.map_or("", ServerName::as_str);
         let quotas = self.hub.quotas();
         // Measured before the transaction: it may ask the runtime, which must not happen
@@ -104,7 +118,7 @@ impl Servers<'_> {
         let spawn_id = Uuid::new_v4();
         let pending = servers::Pending {
             image_id: image.id,
-            image_ref: image.fields.reference.as_str(),
+            image_ref: run_image.as_str(),
             kind: image.fields.kind.as_str(),
             cpu_millis: resources.cpu_millis as i32,
             memory_bytes: resources.memory_bytes as i64,
@@ -135,7 +149,7 @@ impl Servers<'_> {
             home,
             mounts,
             server: server.cloned(),
-            image: f.reference.clone(),
+            image: run_image,
             kind: f.kind,
             port,
             command: f.command.as_ref().map(|c| expand_command(c, &base_url, port)),

@@ -11,6 +11,7 @@ mod common;
 mod culling;
 mod datasets;
 mod db_outage;
+mod environments;
 mod forges;
 mod front_door;
 mod groups;

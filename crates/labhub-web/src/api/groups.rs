@@ -135,10 +135,12 @@ pub struct Patch {
     shared_folder: Option<bool>,
     #[serde(default)]
     shared_read_only: Option<bool>,
+    #[serde(default)]
+    members_build_environments: Option<bool>,
 }
 
 /// `PATCH /hub/api/groups/{name}`: `{"name": "<new name>"}` (admins), `{"shared_folder": true,
-/// "shared_read_only": false}` (admins, its leads).
+/// "shared_read_only": false}`, `{"members_build_environments": true}` (admins, its leads).
 pub async fn patch(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -152,6 +154,9 @@ pub async fn patch(
         let on = body.shared_folder.unwrap_or(now.shared_folder);
         let read_only = body.shared_read_only.unwrap_or(now.shared_read_only);
         hub.groups().set_shared_folder(Actor::User(&me), &name, on, read_only).await?;
+    }
+    if let Some(allowed) = body.members_build_environments {
+        hub.environments().set_members_may_build(Actor::User(&me), &name, allowed).await?;
     }
     if let Some(new) = &body.name {
         let new = GroupName::parse(new).map_err(|e| AppError::BadRequest(e.to_string()))?;

@@ -3,7 +3,9 @@
 
 mod backups;
 mod datasets;
+mod environments;
 mod groups;
+mod history;
 mod homes;
 mod images;
 pub(crate) mod models;
@@ -57,6 +59,14 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/backups/{id}/verify", post(backups::verify))
         .route("/hub/api/backups/{id}/restore", post(backups::restore))
         .route("/hub/api/datasets/{name}", axum::routing::delete(datasets::delete))
+        .route("/hub/api/users/{name}/sessions", get(history::list))
+        .route("/hub/api/users/{name}/sessions/{id}/relaunch", post(history::relaunch))
+        .route("/hub/api/environments", get(environments::list).post(environments::create))
+        .route("/hub/api/environments/collect", post(history::collect))
+        .route("/hub/api/environments/{name}", get(environments::get_one))
+        .route("/hub/api/environments/{name}/builds", post(environments::rebuild))
+        .route("/hub/api/environments/{name}/builds/{id}/log", get(environments::log))
+        .route("/hub/api/environments/{name}/pin", axum::routing::put(environments::pin))
         .route("/hub/api/images", get(images::list).post(images::create))
         .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))
         .route("/hub/api/images/{name}/build", post(images::build))

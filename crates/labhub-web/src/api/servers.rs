@@ -59,6 +59,7 @@ impl StartBody {
             cpu_millis: self.cpu.as_ref().map(Amount::cpu_millis).transpose()?,
             memory_bytes: self.memory.as_ref().map(Amount::memory_bytes).transpose()?,
             gpus: self.gpus,
+            exact_image: None,
         })
     }
 }
@@ -70,14 +71,27 @@ async fn start(
     server: Option<ServerName>,
     body: StartBody,
 ) -> Result<Response, AppError> {
+    let request = body.into_request()?;
+    let outcome = state.hub().servers().start(Actor::User(me), &owner, server.as_ref(), request).await?;
+    answer_start(state, me, owner, server, outcome).await
+}
+
+/// The answer to a start (or a relaunch): 201 with the server's model when it answered within
+/// the hub's patience, 202 while it is still starting, the refusal otherwise.
+pub(crate) async fn answer_start(
+    state: &AppState,
+    me: &Principal,
+    owner: UserName,
+    server: Option<ServerName>,
+    outcome: StartOutcome,
+) -> Result<Response, AppError> {
     let hub = state.hub();
     let label = match &server {
         Some(s) => format!("{owner}/{s}"),
         None => format!("{owner}'s server"),
     };
-    let request = body.into_request()?;
     let servers = hub.servers();
-    let ticket = match servers.start(Actor::User(me), &owner, server.as_ref(), request).await? {
+    let ticket = match outcome {
         StartOutcome::AlreadyRunning(_) => return Err(AppError::BadRequest(format!("{label} is already running"))),
         StartOutcome::AlreadyPending(_) => return Err(AppError::BadRequest(format!("{label} is already starting"))),
         StartOutcome::Started(ticket) => ticket,

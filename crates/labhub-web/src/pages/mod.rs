@@ -6,8 +6,10 @@ mod admin_backups;
 mod admin_datasets;
 mod admin_images;
 mod admin_storage;
+mod environments;
 mod files;
 mod groups;
+mod history;
 mod login;
 mod oauth;
 pub(crate) mod servers;
@@ -63,6 +65,13 @@ pub fn router() -> Router<AppState> {
         .route("/hub/admin/servers", get(admin::servers))
         .route("/hub/admin/servers/{user}/logs", get(admin::server_logs))
         .route("/hub/admin/servers/{user}/stop", post(admin::stop_server))
+        .route("/hub/history", get(history::history))
+        .route("/hub/history/{user}/{id}/relaunch", post(history::relaunch))
+        .route("/hub/environments", get(environments::list).post(environments::create))
+        .route("/hub/environments/{name}", get(environments::show))
+        .route("/hub/environments/{name}/builds", post(environments::rebuild))
+        .route("/hub/environments/{name}/builds/{id}", get(environments::build_log))
+        .route("/hub/environments/{name}/pin", post(environments::pin))
         .route("/hub/admin/images", get(admin_images::list).post(admin_images::add))
         .route("/hub/admin/images/{name}", get(admin_images::edit_form).post(admin_images::edit))
         .route("/hub/admin/images/{name}/build", post(admin_images::build))

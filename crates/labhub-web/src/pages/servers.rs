@@ -264,6 +264,7 @@ impl SpawnForm {
             gpus: nonempty(&self.gpus)
                 .map(|g| g.parse().map_err(|_| invalid(format!("{g:?} is not a number of GPUs"))))
                 .transpose()?,
+            exact_image: None,
         })
     }
 }

@@ -16,13 +16,16 @@ mod accounts;
 mod backups;
 mod catalogue;
 mod datasets;
+mod environments;
 mod groups;
 mod ldap;
+mod transfer;
 
 use accounts::{TokenCommand, UserCommand, token, user};
 use backups::{BackupCommand, backup};
 use catalogue::{ImageCommand, image};
 use datasets::{DatasetCommand, dataset};
+use environments::{EnvCommand, env};
 use groups::{GroupCommand, group};
 use ldap::{LdapCommand, ldap};
 
@@ -64,6 +67,9 @@ enum Command {
     /// Back up homes and shared folders, list, verify and restore the archives.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Build environments from repositories, and list, show and pin their builds.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -141,6 +147,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
         Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,
         Command::Backup(cmd) => with_hub(&config, true, |hub| async move { backup(hub, cmd).await }).await,
+        Command::Env(cmd) => {
+            let docker = config.docker.clone();
+            with_hub(&config, true, |hub| async move { env(hub, cmd, &docker).await }).await
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 mod auth;
 mod backups;
 mod database;
+mod environments;
 mod proxy;
 mod quotas;
 mod servers;
@@ -24,6 +25,7 @@ use url::Url;
 pub use auth::{AuthConfig, SessionConfig};
 pub use backups::BackupsConfig;
 pub use database::DatabaseConfig;
+pub use environments::EnvironmentsConfig;
 pub use proxy::{HttpConfig, ProxyConfig};
 pub use quotas::{CullerConfig, QuotaConfig, UsageConfig};
 pub use servers::ServersConfig;
@@ -65,6 +67,8 @@ pub struct Config {
     pub usage: UsageConfig,
     /// Backups of homes and shared folders.
     pub backups: BackupsConfig,
+    /// Building environments from repositories.
+    pub environments: EnvironmentsConfig,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             culler: CullerConfig::default(),
             usage: UsageConfig::default(),
             backups: BackupsConfig::default(),
+            environments: EnvironmentsConfig::default(),
         }
     }
 }

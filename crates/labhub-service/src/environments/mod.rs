@@ -1,0 +1,466 @@
+//! Environments: catalogue entries the hub builds itself from a source (a git repository at
+//! a ref), with every build's provenance and history. The catalogue entry serves the newest
+//! good build unless an admin pins one; a failed build changes nothing that runs.
+//!
+//! Who: admins build for the lab (and may name the base), a group's leads for their group,
+//! members for themselves when one of their groups lets them (personal environments). A
+//! group's environment starts only for its members, a personal one only for its owner.
+
+mod build;
+mod settings;
+mod transfer;
+
+pub(crate) use build::EnvironmentsState;
+
+use std::sync::Arc;
+
+use labhub_core::{BuildId, GroupId, GroupName, GroupRole, UserId};
+use labhub_db::environments::{self as store, Holder};
+use labhub_db::{ResultExt, groups, images};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+pub use settings::EnvironmentSettings;
+pub use transfer::{ExportManifest, MANIFEST_FORMAT};
+
+use crate::access::Actor;
+use crate::model::CatalogueImage;
+use crate::progress::{ProgressEvent, ProgressLog};
+use crate::{Hub, ServiceError};
+
+impl Hub {
+    /// Environments built from sources.
+    pub fn environments(&self) -> Environments<'_> {
+        Environments { hub: self }
+    }
+}
+
+/// The environments capability.
+#[derive(Clone, Copy)]
+pub struct Environments<'h> {
+    hub: &'h Hub,
+}
+
+/// Whose an environment is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Whose {
+    /// The lab's (admins build it).
+    Lab,
+    /// A group's (its leads build it; its members start it).
+    Group(String),
+    /// One member's own.
+    Personal(String),
+}
+
+/// One build, with its provenance.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildView {
+    pub id: BuildId,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// `building`, `ready` or `failed`.
+    pub status: String,
+    pub commit: Option<String>,
+    pub recipe_hash: Option<String>,
+    pub base_image_id: Option<String>,
+    pub image_id: Option<String>,
+    pub tag: String,
+    pub builder_version: String,
+    pub built_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished: Option<OffsetDateTime>,
+    pub error: Option<String>,
+}
+
+impl From<store::Build> for BuildView {
+    fn from(b: store::Build) -> Self {
+        Self {
+            id: b.build_id,
+            git_ref: b.git_ref,
+            status: b.status,
+            commit: b.commit,
+            recipe_hash: b.recipe_hash,
+            base_image_id: b.base_image_id,
+            image_id: b.image_id,
+            tag: b.tag,
+            builder_version: b.builder_version,
+            built_by: b.built_by_name,
+            started: b.started_at,
+            finished: b.finished_at,
+            error: b.error,
+        }
+    }
+}
+
+/// An environment as people and the API see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentView {
+    /// Its catalogue name (what a start names).
+    pub name: String,
+    pub source: String,
+    /// The ref a rebuild uses unless it names another.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub holder: Whose,
+    /// The latest build's status: `building`, `ready` or `failed`.
+    pub status: String,
+    /// The image a start runs now (the pinned build's, else the newest good build's).
+    pub image_id: Option<String>,
+    /// The commit of that build.
+    pub commit: Option<String>,
+    /// The build a start runs now.
+    pub serving: Option<BuildId>,
+    /// The build an admin pinned, if any.
+    pub pinned: Option<BuildId>,
+    /// Every build, newest first.
+    pub builds: Vec<BuildView>,
+}
+
+/// What creating an environment asks for.
+#[derive(Debug, Clone)]
+pub struct NewEnvironment {
+    pub name: String,
+    pub source: String,
+    pub git_ref: Option<String>,
+    /// For a group (its leads and admins).
+    pub group: Option<GroupName>,
+    /// The catalogue entry to build on (admins); the lab's JupyterLab by default.
+    pub base: Option<String>,
+}
+
+/// A build's log: live while it runs (and for a while after), else what was kept of it.
+pub enum BuildLog {
+    Live(Arc<ProgressLog>),
+    Stored(Vec<ProgressEvent>),
+}
+
+/// The default ref when none is given.
+const DEFAULT_REF: &str = "HEAD";
+
+impl<'h> Environments<'h> {
+    fn settings(&self) -> &'h EnvironmentSettings {
+        &self.hub.0.environments.settings
+    }
+
+    /// Every environment the actor may see: admins all, others the lab's, their groups' and their own.
+    pub async fn list(&self, actor: Actor<'_>) -> Result<Vec<EnvironmentView>, ServiceError> {
+        let all = store::list(self.hub.db()).await?;
+        let mut out = Vec::new();
+        for env in all {
+            if self.may_see(actor, &env).await? {
+                out.push(self.view(env).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One environment (404 to those who may not see it).
+    pub async fn get(&self, actor: Actor<'_>, name: &str) -> Result<EnvironmentView, ServiceError> {
+        let env = self.visible(actor, name).await?;
+        self.view(env).await
+    }
+
+    async fn visible(&self, actor: Actor<'_>, name: &str) -> Result<store::Environment, ServiceError> {
+        let not_found = || ServiceError::NotFound(format!("there is no environment '{name}'"));
+        let env = store::by_name(self.hub.db(), name).await?.ok_or_else(not_found)?;
+        if self.may_see(actor, &env).await? { Ok(env) } else { Err(not_found()) }
+    }
+
+    async fn may_see(&self, actor: Actor<'_>, env: &store::Environment) -> Result<bool, ServiceError> {
+        let Actor::User(p) = actor else { return Ok(true) };
+        if p.admin {
+            return Ok(true);
+        }
+        Ok(match (env.group_id, env.owner_id) {
+            (None, None) => true,
+            (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await?.is_some(),
+            (_, Some(owner)) => owner == p.user_id,
+        })
+    }
+
+    /// Refuses unless the actor may build this environment again (or pin it, `admin_only`).
+    async fn require_builder(&self, actor: Actor<'_>, env: &store::Environment) -> Result<(), ServiceError> {
+        let Actor::User(p) = actor else { return Ok(()) };
+        if p.admin {
+            return Ok(());
+        }
+        let allowed = match (env.group_id, env.owner_id) {
+            (None, None) => false,
+            (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await? == Some(GroupRole::Lead),
+            (_, Some(owner)) => owner == p.user_id && self.member_build_group(p.user_id).await?.is_some(),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!("you may not build the environment '{}'", env.name)))
+        }
+    }
+
+    /// The first group of the user's that lets members build personal environments.
+    async fn member_build_group(&self, user: UserId) -> Result<Option<GroupId>, ServiceError> {
+        for m in groups::of_user(self.hub.db(), user).await? {
+            if store::members_may_build(self.hub.db(), m.group.group_id).await? {
+                return Ok(Some(m.group.group_id));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn view(&self, env: store::Environment) -> Result<EnvironmentView, ServiceError> {
+        let builds: Vec<BuildView> =
+            store::builds(self.hub.db(), env.environment_id).await?.into_iter().map(BuildView::from).collect();
+        let serving = serving_build(&builds, env.pinned_build_id);
+        let holder = match (&env.group_name, &env.owner_name) {
+            (Some(g), _) => Whose::Group(g.clone()),
+            (_, Some(o)) => Whose::Personal(o.clone()),
+            _ => Whose::Lab,
+        };
+        Ok(EnvironmentView {
+            status: builds.first().map_or_else(|| "failed".to_string(), |b| b.status.clone()),
+            image_id: serving.and_then(|b| b.image_id.clone()),
+            commit: serving.and_then(|b| b.commit.clone()),
+            serving: serving.map(|b| b.id),
+            pinned: env.pinned_build_id,
+            name: env.name,
+            source: env.source,
+            git_ref: env.git_ref,
+            holder,
+            builds,
+        })
+    }
+
+    /// Creates an environment and starts its first build; returns the build's id.
+    pub async fn create(
+        &self,
+        actor: Actor<'_>,
+        new: NewEnvironment,
+    ) -> Result<(EnvironmentView, BuildId), ServiceError> {
+        check_name(&new.name)?;
+        check_source(&new.source)?;
+        let (holder, limits_group) = self.holder_for(actor, new.group.as_ref()).await?;
+        if new.base.is_some() && !actor.is_admin() {
+            return Err(ServiceError::Forbidden("only an admin names the base an environment builds on".into()));
+        }
+        let base_name = new.base.clone().unwrap_or_else(|| self.settings().base.clone());
+        let base = self
+            .hub
+            .catalogue()
+            .get(&base_name)
+            .await
+            .map_err(|_| ServiceError::Invalid(format!("there is no catalogue image '{base_name}' to build on")))?;
+        let git_ref = new.git_ref.clone().unwrap_or_else(|| DEFAULT_REF.to_string());
+        let mut fields = base.fields.clone();
+        fields.display_name = new.name.clone();
+        fields.description = format!("Built from {} at {}", new.source, git_ref);
+        fields.enabled = false;
+        fields.recipe = None;
+        let now = self.hub.now();
+        let mut tx = self.hub.begin().await?;
+        let image: CatalogueImage = images::insert(&mut *tx, &new.name, &fields, now)
+            .await
+            .on_constraint(images::NAME_KEY, || {
+                ServiceError::Conflict(format!("there is already a catalogue image named '{}'", new.name))
+            })?
+            .into();
+        let id = store::insert(&mut *tx, image.id, &new.source, &git_ref, holder, new.base.as_deref(), now).await?;
+        let detail = serde_json::json!({ "source": new.source, "ref": git_ref, "base": base_name });
+        self.hub.audit().record(&mut *tx, actor, "environment.create", &new.name, detail).await?;
+        tx.commit().await?;
+        let env = store::by_name(self.hub.db(), &new.name)
+            .await?
+            .filter(|e| e.environment_id == id)
+            .ok_or_else(|| ServiceError::Internal("a new environment vanished".into()))?;
+        let build = self.start_build(actor, &env, &git_ref, limits_group).await?;
+        Ok((self.view(env).await?, build))
+    }
+
+    /// Whose a new environment is, and whose quota limits its builds; refuses those who may not.
+    async fn holder_for(
+        &self,
+        actor: Actor<'_>,
+        group: Option<&GroupName>,
+    ) -> Result<(Holder, Option<GroupId>), ServiceError> {
+        if let Some(name) = group {
+            let g = groups::by_name(self.hub.db(), name)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("there is no group {name}")))?;
+            if let Actor::User(p) = actor
+                && !p.admin
+                && groups::role_of(self.hub.db(), g.group_id, p.user_id).await? != Some(GroupRole::Lead)
+            {
+                return Err(ServiceError::Forbidden(format!("only the group {name}'s leads and admins build for it")));
+            }
+            return Ok((Holder::Group(g.group_id), Some(g.group_id)));
+        }
+        match actor {
+            Actor::System => Ok((Holder::Lab, None)),
+            Actor::User(p) if p.admin => Ok((Holder::Lab, None)),
+            Actor::User(p) => match self.member_build_group(p.user_id).await? {
+                Some(g) => Ok((Holder::Owner(p.user_id), Some(g))),
+                None => Err(ServiceError::Forbidden(
+                    "none of your groups lets members build their own environments; ask a lead".into(),
+                )),
+            },
+        }
+    }
+
+    /// Builds an environment again, at `git_ref` (its ref by default, which this then becomes).
+    pub async fn rebuild(
+        &self,
+        actor: Actor<'_>,
+        name: &str,
+        git_ref: Option<String>,
+    ) -> Result<BuildId, ServiceError> {
+        let env = self.visible(actor, name).await?;
+        self.require_builder(actor, &env).await?;
+        let git_ref = git_ref.unwrap_or_else(|| env.git_ref.clone());
+        if git_ref != env.git_ref {
+            store::set_ref(self.hub.db(), env.environment_id, &git_ref).await?;
+        }
+        let limits_group = match (env.group_id, env.owner_id) {
+            (Some(g), _) => Some(g),
+            (_, Some(owner)) => self.member_build_group(owner).await?,
+            _ => None,
+        };
+        self.start_build(actor, &env, &git_ref, limits_group).await
+    }
+
+    /// Pins the build a start runs (admins), or unpins with `None` (the newest good build again).
+    pub async fn pin(
+        &self,
+        actor: Actor<'_>,
+        name: &str,
+        build: Option<BuildId>,
+    ) -> Result<EnvironmentView, ServiceError> {
+        actor.require_admin()?;
+        let env = self.visible(actor, name).await?;
+        if let Some(b) = build {
+            let found = store::build_with_log(self.hub.db(), b).await?;
+            let ok = found.as_ref().is_some_and(|(b, _)| b.environment_id == env.environment_id && b.status == "ready");
+            if !ok {
+                return Err(ServiceError::Invalid(format!("'{name}' has no good build {b} to pin")));
+            }
+        }
+        let mut tx = self.hub.begin().await?;
+        store::set_pin(&mut *tx, env.environment_id, build).await?;
+        let detail = serde_json::json!({ "before": env.pinned_build_id, "after": build });
+        self.hub.audit().record(&mut *tx, actor, "environment.pin", name, detail).await?;
+        tx.commit().await?;
+        self.serve_current(name).await?;
+        self.get(actor, name).await
+    }
+
+    /// Points the catalogue entry at the build that should serve (pinned, else newest good).
+    async fn serve_current(&self, name: &str) -> Result<(), ServiceError> {
+        let env = store::by_name(self.hub.db(), name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("there is no environment '{name}'")))?;
+        let builds: Vec<BuildView> =
+            store::builds(self.hub.db(), env.environment_id).await?.into_iter().map(BuildView::from).collect();
+        let Some(serving) = serving_build(&builds, env.pinned_build_id) else { return Ok(()) };
+        let image = self.hub.catalogue().get(name).await?;
+        let mut fields = image.fields.clone();
+        fields.reference = labhub_core::ImageRef::parse(&serving.tag)
+            .map_err(|e| ServiceError::Internal(format!("a build's tag: {e}")))?;
+        fields.enabled = true;
+        if fields != image.fields {
+            images::update(self.hub.db(), name, &fields, self.hub.now()).await?;
+            self.hub.views_changed();
+        }
+        Ok(())
+    }
+
+    /// A build's log, live or kept.
+    pub async fn log(&self, actor: Actor<'_>, name: &str, build: BuildId) -> Result<BuildLog, ServiceError> {
+        let env = self.visible(actor, name).await?;
+        let (b, log) = store::build_with_log(self.hub.db(), build)
+            .await?
+            .filter(|(b, _)| b.environment_id == env.environment_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("'{name}' has no build {build}")))?;
+        if let Some(live) = self.hub.0.environments.logs.get(&build) {
+            return Ok(BuildLog::Live(live.clone()));
+        }
+        Ok(BuildLog::Stored(build::replay(&b, &log)))
+    }
+
+    /// Whether `user` may start the catalogue entry `image` (a group's environment: its
+    /// members; a personal one: its owner; anything else: yes).
+    pub(crate) async fn require_startable(&self, user: UserId, image: &CatalogueImage) -> Result<(), ServiceError> {
+        let Some(env) = store::by_image(self.hub.db(), image.id).await? else { return Ok(()) };
+        let allowed = match (env.group_id, env.owner_id) {
+            (None, None) => true,
+            (Some(g), _) => groups::role_of(self.hub.db(), g, user).await?.is_some(),
+            (_, Some(owner)) => owner == user,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!("the environment '{}' is not yours to start", env.name)))
+        }
+    }
+
+    /// Lets a group's members build personal environments (admins and the group's leads).
+    pub async fn set_members_may_build(
+        &self,
+        actor: Actor<'_>,
+        group: &GroupName,
+        allowed: bool,
+    ) -> Result<(), ServiceError> {
+        let g = groups::by_name(self.hub.db(), group)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("there is no group {group}")))?;
+        if let Actor::User(p) = actor
+            && !p.admin
+            && groups::role_of(self.hub.db(), g.group_id, p.user_id).await? != Some(GroupRole::Lead)
+        {
+            return Err(ServiceError::Forbidden(format!("only the group {group}'s leads and admins decide this")));
+        }
+        let mut tx = self.hub.begin().await?;
+        store::set_members_may_build(&mut *tx, g.group_id, allowed).await?;
+        let detail = serde_json::json!({ "members_build_environments": allowed });
+        self.hub.audit().record(&mut *tx, actor, "group.environments", group.as_str(), detail).await?;
+        tx.commit().await
+    }
+
+    /// Marks builds a stopped hub left unfinished as failed (at boot).
+    pub async fn fail_unfinished(&self) -> Result<u64, ServiceError> {
+        Ok(store::fail_unfinished(self.hub.db(), self.hub.now()).await?)
+    }
+}
+
+/// The build a start runs: the pinned one, else the newest good one.
+fn serving_build(builds: &[BuildView], pinned: Option<BuildId>) -> Option<&BuildView> {
+    match pinned {
+        Some(p) => builds.iter().find(|b| b.id == p),
+        None => builds.iter().find(|b| b.status == "ready"),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ServiceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        // The API's `/hub/api/environments/collect` (the image collector) is not an environment.
+        && name != "collect";
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(
+            "an environment's name must be 1-63 characters of a-z, 0-9 and '-' (and not 'collect')".into(),
+        ))
+    }
+}
+
+fn check_source(source: &str) -> Result<(), ServiceError> {
+    if source.is_empty() || source.len() > 2000 || source.starts_with('-') || source.chars().any(char::is_control) {
+        return Err(ServiceError::Invalid(
+            "the source must be a git repository's URL (https://…) or, where allowed, an absolute path".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! What the configuration says about building environments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use labhub_core::environment::PackageIndexes;
+
+/// Settings of environment builds (`[environments]`).
+#[derive(Debug, Clone)]
+pub struct EnvironmentSettings {
+    /// The catalogue entry environments build on unless an admin names another.
+    pub base: String,
+    /// The image repository builds are tagged in (`{repository}/{name}:b{build}`).
+    pub repository: String,
+    /// Folders of the machine whose git repositories anyone who may build may use (admins
+    /// may use any folder).
+    pub local_sources: Vec<PathBuf>,
+    /// Where pip and apt find packages.
+    pub indexes: PackageIndexes,
+    /// The longest a build may take.
+    pub build_timeout: Duration,
+    /// How long images that sessions ran are kept from the image collector.
+    pub keep_session_images: Duration,
+}
+
+impl Default for EnvironmentSettings {
+    fn default() -> Self {
+        Self {
+            base: crate::catalogue::DEFAULT_IMAGE_NAME.to_string(),
+            repository: "labhub-env".to_string(),
+            local_sources: Vec::new(),
+            indexes: PackageIndexes::default(),
+            build_timeout: Duration::from_secs(30 * 60),
+            keep_session_images: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `/hub/api/environments…`: environments built from repositories (labhub's own; JupyterHub
+//! has none). Their model: `{"name", "source", "ref", "holder": {"kind": "lab"|"group"|
+//! "personal", "name"}, "status": "building"|"ready"|"failed", "image_id", "commit",
+//! "serving", "pinned", "builds": [{"id", "ref", "status", "commit", "recipe_hash",
+//! "base_image_id", "image_id", "tag", "builder_version", "built_by", "started", "finished",
+//! "error"}]}`. A build's log is Server-Sent Events in the spawn progress format.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use labhub_core::{BuildId, GroupName};
+use labhub_service::Actor;
+use labhub_service::environments::{BuildLog, NewEnvironment};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiJson;
+use crate::extract::CurrentUser;
+use crate::{AppError, AppState, sse};
+
+fn log_url(name: &str, build: BuildId) -> String {
+    format!("/hub/api/environments/{name}/builds/{build}/log")
+}
+
+/// `GET /hub/api/environments`: those the caller may see (admins: all; others: the lab's,
+/// their groups' and their own).
+pub async fn list(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<Value>, AppError> {
+    let all = state.hub().environments().list(Actor::User(&me)).await?;
+    Ok(Json(json!(all)))
+}
+
+/// `GET /hub/api/environments/{name}`.
+pub async fn get_one(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    Ok(Json(json!(state.hub().environments().get(Actor::User(&me), &name).await?)))
+}
+
+/// The body of `POST /hub/api/environments`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBody {
+    name: String,
+    source: String,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    base: Option<String>,
+}
+
+/// `POST /hub/api/environments` `{name, source, ref?, group?, base?}`: 201 with the model and
+/// the first build's `log_url`; the build runs on.
+pub async fn create(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    ApiJson(body): ApiJson<NewBody>,
+) -> Result<Response, AppError> {
+    let group = body
+        .group
+        .as_deref()
+        .map(|g| GroupName::parse(g).map_err(|e| AppError::BadRequest(format!("group {g:?}: {e}"))))
+        .transpose()?;
+    let new = NewEnvironment { name: body.name, source: body.source, git_ref: body.git_ref, group, base: body.base };
+    let (env, build) = state.hub().environments().create(Actor::User(&me), new).await?;
+    let mut model = json!(env);
+    model["build"] = json!(build);
+    model["log_url"] = json!(log_url(&env.name, build));
+    Ok((StatusCode::CREATED, Json(model)).into_response())
+}
+
+/// The body of `POST /hub/api/environments/{name}/builds`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BuildBody {
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+}
+
+/// `POST /hub/api/environments/{name}/builds` `{ref?}`: a rebuild; 202 with `{build, log_url}`.
+pub async fn rebuild(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<BuildBody>,
+) -> Result<Response, AppError> {
+    let build = state.hub().environments().rebuild(Actor::User(&me), &name, body.git_ref).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "build": build, "log_url": log_url(&name, build) }))).into_response())
+}
+
+/// `GET /hub/api/environments/{name}/builds/{id}/log`: Server-Sent Events, live while the
+/// build runs, replayed from what was kept after.
+pub async fn log(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path((name, build)): Path<(String, i64)>,
+) -> Result<Response, AppError> {
+    match state.hub().environments().log(Actor::User(&me), &name, BuildId::new(build)).await? {
+        BuildLog::Live(log) => Ok(sse::stream(log).into_response()),
+        BuildLog::Stored(events) => Ok(sse::replay(events).into_response()),
+    }
+}
+
+/// The body of `PUT /hub/api/environments/{name}/pin`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    build: Option<i64>,
+}
+
+/// `PUT /hub/api/environments/{name}/pin` `{"build": id|null}` (admins): the build starts run
+/// whatever is newer; `null` serves the newest good build again.
+pub async fn pin(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PinBody>,
+) -> Result<Json<Value>, AppError> {
+    let env = state.hub().environments().pin(Actor::User(&me), &name, body.build.map(BuildId::new)).await?;
+    Ok(Json(json!(env)))
+}

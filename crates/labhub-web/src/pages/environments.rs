@@ -1,0 +1,270 @@
+//! Environment pages: the list with a form to build one, an environment with its build
+//! history (rebuild, and pin for admins), and a build's live log with its progress bar.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use labhub_core::{BuildId, GroupName};
+use labhub_service::environments::{BuildView, EnvironmentView, NewEnvironment, Whose};
+use labhub_service::{Actor, Principal, ServiceError};
+use serde::Deserialize;
+
+use crate::extract::{CsrfForm, CurrentUser};
+use crate::views::{Chrome, Page, When, redirect_with_error, redirect_with_flash};
+use crate::{AppError, AppState};
+
+fn whose(h: &Whose) -> String {
+    match h {
+        Whose::Lab => "the lab".into(),
+        Whose::Group(g) => format!("group {g}"),
+        Whose::Personal(u) => format!("{u} (personal)"),
+    }
+}
+
+fn short(id: Option<&str>) -> String {
+    id.map(labhub_service::catalogue::short_id).unwrap_or_else(|| "—".into())
+}
+
+struct EnvRow {
+    name: String,
+    whose: String,
+    status: String,
+    image: String,
+    commit: String,
+    source: String,
+    git_ref: String,
+}
+
+impl From<&EnvironmentView> for EnvRow {
+    fn from(e: &EnvironmentView) -> Self {
+        Self {
+            name: e.name.clone(),
+            whose: whose(&e.holder),
+            status: e.status.clone(),
+            image: short(e.image_id.as_deref()),
+            commit: e.commit.as_deref().unwrap_or("—").chars().take(12).collect(),
+            source: e.source.clone(),
+            git_ref: e.git_ref.clone(),
+        }
+    }
+}
+
+/// The build form, as typed.
+#[derive(Deserialize, Default)]
+pub struct NewForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default, rename = "ref")]
+    git_ref: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    base: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "environments.html")]
+struct ListPage {
+    c: Chrome,
+    admin: bool,
+    environments: Vec<EnvRow>,
+    form: NewForm,
+}
+
+async fn list_view(state: &AppState, me: &Principal, page: &Page, form: NewForm) -> Result<ListPage, AppError> {
+    let all = state.hub().environments().list(Actor::User(me)).await?;
+    Ok(ListPage {
+        c: page.chrome("environments"),
+        admin: me.admin,
+        environments: all.iter().map(EnvRow::from).collect(),
+        form,
+    })
+}
+
+/// `GET /hub/environments`: the environments the user may see, and the build form.
+pub async fn list(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+) -> Result<Response, AppError> {
+    let v = list_view(&state, &me, &page, NewForm::default()).await?;
+    Ok(page.render(v))
+}
+
+fn build_path(name: &str, build: BuildId) -> String {
+    format!("/hub/environments/{name}/builds/{build}")
+}
+
+/// `POST /hub/environments`: creates an environment and shows its first build's live log; a
+/// refusal shows the form again as typed, with the reason.
+pub async fn create(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    CsrfForm(form): CsrfForm<NewForm>,
+) -> Result<Response, AppError> {
+    let optional = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+    let group = optional(&form.group).map(|g| GroupName::parse(&g).map_err(ServiceError::from));
+    let result = match group.transpose() {
+        Ok(group) => {
+            let new = NewEnvironment {
+                name: form.name.trim().to_string(),
+                source: form.source.trim().to_string(),
+                git_ref: optional(&form.git_ref),
+                group,
+                base: optional(&form.base),
+            };
+            state.hub().environments().create(Actor::User(&me), new).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((env, build)) => Ok(Redirect::to(&build_path(&env.name, build)).into_response()),
+        Err(
+            e @ (ServiceError::Invalid(_)
+            | ServiceError::Conflict(_)
+            | ServiceError::NotFound(_)
+            | ServiceError::Forbidden(_)),
+        ) => {
+            let mut v = list_view(&state, &me, &page, form).await?;
+            (v.c.flash, v.c.flash_error) = (Some(e.to_string()), true);
+            Ok(page.render_status(StatusCode::BAD_REQUEST, v))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct BuildRow {
+    id: BuildId,
+    git_ref: String,
+    status: String,
+    commit: String,
+    image: String,
+    built_by: String,
+    started: When,
+    error: Option<String>,
+    serving: bool,
+    pinned: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "environment.html")]
+struct EnvPage {
+    c: Chrome,
+    admin: bool,
+    env: EnvRow,
+    builds: Vec<BuildRow>,
+}
+
+/// `GET /hub/environments/{name}`: the environment and its builds.
+pub async fn show(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    let env = state.hub().environments().get(Actor::User(&me), &name).await?;
+    let now = state.hub().now();
+    let builds = env
+        .builds
+        .iter()
+        .map(|b: &BuildView| BuildRow {
+            id: b.id,
+            git_ref: b.git_ref.clone(),
+            status: b.status.clone(),
+            commit: b.commit.as_deref().unwrap_or("—").chars().take(12).collect(),
+            image: short(b.image_id.as_deref()),
+            built_by: b.built_by.clone(),
+            started: When::new(now, b.started),
+            error: b.error.clone(),
+            serving: env.serving == Some(b.id),
+            pinned: env.pinned == Some(b.id),
+        })
+        .collect();
+    let v = EnvPage { c: page.chrome("environments"), admin: me.admin, env: EnvRow::from(&env), builds };
+    Ok(page.render(v))
+}
+
+/// The rebuild form.
+#[derive(Deserialize, Default)]
+pub struct RebuildForm {
+    #[serde(default, rename = "ref")]
+    git_ref: String,
+}
+
+/// `POST /hub/environments/{name}/builds`: builds it again and shows the live log.
+pub async fn rebuild(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<RebuildForm>,
+) -> Result<Response, AppError> {
+    let git_ref = Some(form.git_ref.trim().to_string()).filter(|r| !r.is_empty());
+    match state.hub().environments().rebuild(Actor::User(&me), &name, git_ref).await {
+        Ok(build) => Ok(Redirect::to(&build_path(&name, build)).into_response()),
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::Forbidden(_) | ServiceError::Unavailable(_))) => {
+            Ok(redirect_with_error(&state, &format!("/hub/environments/{name}"), &e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pin form: a build's number, or empty to unpin.
+#[derive(Deserialize, Default)]
+pub struct PinForm {
+    #[serde(default)]
+    build: String,
+}
+
+/// `POST /hub/environments/{name}/pin` (admins).
+pub async fn pin(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<PinForm>,
+) -> Result<Response, AppError> {
+    let build = match form.build.trim() {
+        "" => None,
+        b => Some(BuildId::new(b.parse().map_err(|_| AppError::BadRequest(format!("{b:?} is not a build number")))?)),
+    };
+    let back = format!("/hub/environments/{name}");
+    match state.hub().environments().pin(Actor::User(&me), &name, build).await {
+        Ok(env) => {
+            let serving = env.serving.map_or("no build".to_string(), |b| format!("build {b}"));
+            Ok(redirect_with_flash(&state, &back, &format!("Starts of {name} now run {serving}.")))
+        }
+        Err(e @ (ServiceError::Invalid(_) | ServiceError::Forbidden(_))) => {
+            Ok(redirect_with_error(&state, &back, &e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "environment_build.html")]
+struct BuildPage {
+    c: Chrome,
+    name: String,
+    build: BuildId,
+    log_url: String,
+}
+
+/// `GET /hub/environments/{name}/builds/{id}`: a build's live log and progress bar (the page
+/// moves to the environment when the build succeeds).
+pub async fn build_log(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    Path((name, build)): Path<(String, i64)>,
+) -> Result<Response, AppError> {
+    let build = BuildId::new(build);
+    // Refuses builds the user may not see, and those of other environments.
+    state.hub().environments().log(Actor::User(&me), &name, build).await?;
+    let log_url = format!("/hub/api/environments/{name}/builds/{build}/log");
+    let v = BuildPage { c: page.chrome("environments"), name, build, log_url };
+    Ok(page.render(v))
+}
