@@ -132,7 +132,10 @@ impl Environments<'_> {
         let spec = EnvBuildSpec {
             source: env.source.clone(),
             git_ref: git_ref.to_string(),
-            local: if actor.is_admin() {
+            // Whose the environment is decides, not who presses build: a group's or a member's
+            // source was written by them, so an admin's rebuild must not read a host folder
+            // for it that they could not.
+            local: if actor.is_admin() && env.group_name.is_none() && env.owner_name.is_none() {
                 LocalSources::Anywhere
             } else {
                 LocalSources::Under(settings.local_sources.clone())

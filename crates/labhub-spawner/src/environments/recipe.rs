@@ -196,10 +196,27 @@ fn check_dockerfile(name: &str, body: &str, catalogue: &[ImageRef]) -> Result<Ve
     let mut from = Vec::new();
     for (i, raw) in body.lines().enumerate() {
         let line = raw.trim();
+        let at = || format!("{name} line {}", i + 1);
+        // The engine joins continued lines and obeys parser directives (`# escape=` changes
+        // what continues a line) before it reads an instruction; this check reads one line at
+        // a time, so both are refused rather than half understood.
+        if line.ends_with('\\') {
+            return Err(format!("{}: write each instruction on one line (no continued lines)", at()));
+        }
+        if let Some(comment) = line.strip_prefix('#')
+            && comment.split_once('=').is_some_and(|(key, _)| {
+                let key = key.trim();
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphabetic())
+            })
+        {
+            return Err(format!("{}: parser directives (such as `# escape=`) are not allowed", at()));
+        }
         let mut words = line.split_whitespace();
         let Some(instruction) = words.next().map(str::to_ascii_uppercase) else { continue };
-        let at = || format!("{name} line {}", i + 1);
         match instruction.as_str() {
+            "ONBUILD" => {
+                return Err(format!("{}: ONBUILD is not allowed (it would run in builds on top of this one)", at()));
+            }
             "FROM" => {
                 let args: Vec<&str> = words.collect();
                 let image = args.iter().find(|a| !a.starts_with("--")).copied().unwrap_or("");
@@ -550,6 +567,11 @@ mod tests {
             ("FROM labhub/jupyterlab:1\nADD https://x.org/a /a\n", "line 2: ADD from a URL"),
             ("FROM labhub/jupyterlab:1\nCOPY --from=alpine /a /a\n", "line 2: COPY --from=alpine"),
             ("FROM --platform=x labhub/jupyterlab:1\n", "line 1: FROM must name"),
+            ("FROM labhub/jupyterlab:1\nCOPY \\\n --from=alpine /a /a\n", "line 2: write each instruction on one line"),
+            ("FR\\\nOM alpine\n", "line 1: write each instruction on one line"),
+            ("# escape=`\nFROM labhub/jupyterlab:1\nCOPY `\n --from=alpine /a /a\n", "line 1: parser directives"),
+            ("#syntax=docker/dockerfile:1\nFROM labhub/jupyterlab:1\n", "line 1: parser directives"),
+            ("FROM labhub/jupyterlab:1\nONBUILD ADD https://x.org/a /a\n", "line 2: ONBUILD is not allowed"),
         ] {
             let e = plan(&[file("Dockerfile", body)], &base(), &catalogue, &Indexes::default(), &BTreeMap::new())
                 .unwrap_err();

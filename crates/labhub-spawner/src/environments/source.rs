@@ -51,6 +51,9 @@ async fn git(dir: &Path, protocols: &str, args: &[&str]) -> Result<Vec<u8>, Stri
         .env("GIT_ALLOW_PROTOCOL", protocols)
         .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        // The hub account's own git settings (credential helpers, `insteadOf`) are not lent
+        // to whoever names a source.
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -72,7 +75,9 @@ pub(crate) async fn fetch(source: &str, git_ref: &str, local: &LocalSources) -> 
         return Err(format!("'{git_ref}' is not a branch, tag or commit"));
     }
     let (from, protocols) = if is_url(source) {
-        (source.to_string(), "http:https:git:ssh")
+        // ssh would sign in with the hub's own keys: only for sources admins may name.
+        let ssh = matches!(local, LocalSources::Anywhere);
+        (source.to_string(), if ssh { "http:https:git:ssh" } else { "http:https:git" })
     } else {
         (local_path(source, local)?.to_string_lossy().into_owned(), "file")
     };
