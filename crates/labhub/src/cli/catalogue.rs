@@ -1,6 +1,6 @@
 //! `labhub image …`: the image catalogue from the command line.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use labhub_core::{ImageFields, ImageKind, ImageRef};
 use labhub_service::Actor;
@@ -137,24 +137,7 @@ pub(super) async fn image(hub: labhub_service::Hub, cmd: ImageCommand) -> anyhow
         }
         ImageCommand::Build { name } => {
             let log = hub.catalogue().build(Actor::System, &name).await?;
-            let mut rx = log.subscribe();
-            let mut seen = 0;
-            loop {
-                let (new, done) = {
-                    let all = rx.borrow_and_update();
-                    (all[seen..].to_vec(), all.last().is_some_and(|e| e.is_final()))
-                };
-                seen += new.len();
-                for e in &new {
-                    println!("[{:>3}%] {}", e.progress, e.message);
-                    if e.failed {
-                        bail!("{}", e.message);
-                    }
-                }
-                if done || rx.changed().await.is_err() {
-                    break;
-                }
-            }
+            super::environments::print_live(&log).await?;
         }
     }
     Ok(())

@@ -159,7 +159,7 @@ pub(super) async fn env(
 }
 
 /// Prints a live log to its end; fails with its last message when the build failed.
-async fn print_live(log: &ProgressLog) -> anyhow::Result<()> {
+pub(super) async fn print_live(log: &ProgressLog) -> anyhow::Result<()> {
     let mut rx = log.subscribe();
     let mut seen = 0;
     loop {
