@@ -86,7 +86,7 @@ impl Closer {
 
 /// One socket's or tunnel's view of its route closing.
 pub(crate) struct Watch {
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
     waker: AtomicWaker,
 }
 

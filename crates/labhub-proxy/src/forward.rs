@@ -98,13 +98,14 @@ impl Proxy {
     }
 
     /// [`Proxy::forward`] for a visitor reaching someone else's server through a share: a
-    /// WebSocket it opens closes when [`RouteTable::close_visitors_where`] picks `visitor`.
+    /// WebSocket it opens closes when `visitor`'s watch trips (taken from the route before
+    /// the gate let them in, see [`RouteEntry::watch_visitor`]).
     pub async fn forward_for(
         &self,
         route: Arc<RouteEntry>,
         req: Request,
         client: ClientInfo,
-        visitor: Option<labhub_core::UserId>,
+        visitor: Option<crate::VisitorWatch>,
     ) -> Result<Response, ProxyError> {
         let settings = &self.inner.settings;
         if route.is_removed() {
@@ -168,7 +169,7 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
-            let ends = tunnel::Ends { shutdown: self.inner.tunnels_closer.watch(), visitor };
+            let ends = tunnel::Ends { shutdown: self.inner.tunnels_closer.watch(), visitor: visitor.map(|v| v.0) };
             return Ok(switch_protocols(route, &client, lease, client_upgrade, response, ends, &self.inner.settings));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {

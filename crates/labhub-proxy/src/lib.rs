@@ -103,7 +103,7 @@ pub use error::ProxyError;
 pub use forward::Proxy;
 pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
-pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable};
+pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable, VisitorWatch};
 pub use settings::{ClientInfo, ProxySettings, Scheme};
 pub use values::strip_token_param;
 

@@ -102,6 +102,9 @@ pub(crate) struct TableShared {
     pub(crate) open_tunnels: AtomicUsize,
 }
 
+/// What closes a visitor's WebSocket when their access ends ([`RouteEntry::watch_visitor`]).
+pub struct VisitorWatch(pub(crate) Arc<crate::closer::Watch>);
+
 /// A route as the proxy uses it: the route plus its pool, what closes its sockets, its
 /// counters and its last activity. Handed out as `Arc`; stays usable (but closed) after
 /// removal, so in-flight requests finish with an error rather than a panic.
@@ -183,6 +186,14 @@ impl RouteEntry {
     /// WebSocket tunnels currently open to this server.
     pub fn open_tunnels(&self) -> usize {
         self.tunnels.load(Ordering::Acquire)
+    }
+
+    /// A visitor's hold on this route, to be taken BEFORE the gate lets them in: a share
+    /// revoked after this call trips it (through [`RouteTable::close_visitors_where`]), so a
+    /// WebSocket opened with it closes even if the revoke landed while its upgrade was still
+    /// on its way to the server. Dropped, it is forgotten.
+    pub fn watch_visitor(&self, visitor: UserId) -> VisitorWatch {
+        VisitorWatch(self.closer.watch_for(Some(visitor)))
     }
 
     /// Whether the route was removed or replaced: its sockets and tunnels are closed.
@@ -393,6 +404,22 @@ mod tests {
     fn table() -> (RouteTable, ManualClock) {
         let clock = ManualClock::new(time::macros::datetime!(2026-01-01 0:00 UTC));
         (RouteTable::new(Arc::new(clock.clone())), clock)
+    }
+
+    #[test]
+    fn a_visitor_watch_taken_before_the_gate_sees_a_revoke_that_lands_before_the_tunnel() {
+        let (t, _) = table();
+        t.insert(route("alice", None, 1)).unwrap();
+        let entry = t.get("alice", None).unwrap();
+        let (bob, carol) = (UserId::new(2), UserId::new(3));
+        // Taken, then the gate let them in; the upgrade is still on its way when the share ends.
+        let bobs = entry.watch_visitor(bob);
+        let carols = entry.watch_visitor(carol);
+        assert_eq!(t.close_visitors_where(|_, v| v == bob), 1);
+        assert!(bobs.0.closed.load(std::sync::atomic::Ordering::Acquire), "the revoke reached the tunnel-to-be");
+        assert!(!carols.0.closed.load(std::sync::atomic::Ordering::Acquire), "only the visitor who lost access");
+        drop(carols);
+        assert_eq!(t.close_visitors_where(|_, _| true), 0, "a dropped watch is forgotten");
     }
 
     #[test]

@@ -27,9 +27,10 @@ const BUFFER: usize = 8 * 1024;
 pub(crate) struct Ends {
     /// Trips when the proxy itself goes.
     pub(crate) shutdown: Arc<Watch>,
-    /// The visitor it was opened for (not the owner, not an admin): it closes when they lose
-    /// access ([`crate::RouteTable::close_visitors_where`]).
-    pub(crate) visitor: Option<labhub_core::UserId>,
+    /// The watch of the visitor it was opened for (not the owner, not an admin), taken before
+    /// they were let in: it closes when they lose access ([`crate::RouteTable::close_visitors_where`]),
+    /// also if that happened while the upgrade was on its way.
+    pub(crate) visitor: Option<Arc<Watch>>,
 }
 
 /// Starts the tunnel between the client's and the server's upgraded connections. The lease
@@ -37,7 +38,7 @@ pub(crate) struct Ends {
 /// either side closes, the route goes, its visitor loses access, or the proxy itself went.
 pub(crate) fn spawn(route: Arc<RouteEntry>, lease: Lease, client: OnUpgrade, upstream: OnUpgrade, ends: Ends) {
     let guard = TunnelGuard::new(route.clone());
-    let closed = route.closer.watch_for(ends.visitor);
+    let closed = ends.visitor.unwrap_or_else(|| route.closer.watch());
     let shutdown = ends.shutdown;
     tokio::spawn(async move {
         let _held = (lease, guard);

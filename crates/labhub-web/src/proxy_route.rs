@@ -85,11 +85,13 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     // Without a route, the "not running" answer asks the service, which checks the same gate.
     let mut visitor = None;
     if let Some(r) = &route {
+        // A visitor's WebSockets close when their share ends. The watch is taken before the
+        // gate reads the share index, so a revoke between the two still reaches the tunnel.
+        let watch = is_upgrade(&req).then(|| r.watch_visitor(me.user_id));
         match state.hub().access().may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
         {
             None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
-            // A visitor's WebSockets close when their share ends.
-            Some(Reach::Shared(_)) => visitor = Some(me.user_id),
+            Some(Reach::Shared(_)) => visitor = watch,
             Some(Reach::Owner | Reach::Admin) => {}
         }
     }
