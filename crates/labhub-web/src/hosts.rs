@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use labhub_core::UserName;
+use labhub_service::Actor;
 use serde::Deserialize;
 use url::Url;
 
@@ -153,7 +154,10 @@ pub async fn host_login(
     if origin != state.user_origin(&user) {
         return Err(bad());
     }
-    if me.name != user && !me.admin {
+    // The owner's host serves all their servers; the proxy asks the gate for each request,
+    // so a code for it is given to whoever may reach at least one of them (their owner, an
+    // admin, a visitor they were shared with).
+    if me.name != user && !me.admin && state.hub().servers().of(Actor::User(&me), &user).await.is_err() {
         return Err(AppError::Forbidden("This server belongs to someone else.".into()));
     }
     let code = state.hub().sessions().host_code(&me, &host)?;

@@ -237,21 +237,23 @@ async fn answer_not_running(
     navigation: bool,
     cookies: Option<HeaderValue>,
 ) -> Response {
-    // `/user/alice/foo/…` is about the named server `foo` only if alice has one.
+    let someone_elses = || {
+        let status = StatusCode::FORBIDDEN;
+        if !navigation {
+            return json_error(status, SOMEONE_ELSES);
+        }
+        let mut resp = ErrorPage::new(status, SOMEONE_ELSES.into(), String::new()).into_response();
+        *resp.status_mut() = status;
+        resp
+    };
+    // `/user/alice/foo/…` is about the named server `foo` only if alice has one this asker
+    // may see (a visitor sees only the servers shared with them).
     let slots = match state.hub().servers().of(Actor::User(me), owner).await {
         Ok(slots) => slots,
         // An admin asking about an account that does not exist: nothing runs there.
         Err(ServiceError::NotFound(_)) if me.admin => Vec::new(),
         // Anyone else learns nothing, not even whether the account exists.
-        Err(ServiceError::NotFound(_) | ServiceError::Forbidden(_)) => {
-            let status = StatusCode::FORBIDDEN;
-            if !navigation {
-                return json_error(status, SOMEONE_ELSES);
-            }
-            let mut resp = ErrorPage::new(status, SOMEONE_ELSES.into(), String::new()).into_response();
-            *resp.status_mut() = status;
-            return resp;
-        }
+        Err(ServiceError::NotFound(_) | ServiceError::Forbidden(_)) => return someone_elses(),
         Err(e) => {
             tracing::warn!(error = %e, "could not say whether a server runs");
             return json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
@@ -259,6 +261,10 @@ async fn answer_not_running(
     };
     let named = candidate.filter(|c| slots.iter().any(|s| s.name.as_ref() == Some(c)));
     let slot = slots.iter().find(|s| s.name.as_ref() == named);
+    // A visitor of some other server of the owner's, on a path of one not shared with them.
+    if slot.is_none() && !me.admin {
+        return someone_elses();
+    }
     let label = match named {
         Some(s) => format!("{owner}'s server {s}"),
         None => format!("{owner}'s server"),

@@ -78,13 +78,23 @@ impl<'h> Servers<'h> {
         Ok(self.require_reach(actor, user.user_id, server, need).is_ok())
     }
 
-    /// Every server slot of a user (whoever may reach their servers): the default one first,
-    /// listed even before its first start, then the named ones.
+    /// The server slots of a user that `actor` may see: for the owner and admins every one,
+    /// the default first (listed even before its first start), then the named ones; for a
+    /// visitor only those shared with them. Refused when none is.
     pub async fn of(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<ServerView>, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, None, Need::Read)?;
         let rows = servers::list_for_user(self.hub.db(), user.user_id).await?;
-        self.fresh(ServerView::slots(owner, &rows)).await
+        // Owners and admins see every slot; a visitor only the servers shared with them (a
+        // share of the default server says nothing about the owner's named ones).
+        let views: Vec<ServerView> = ServerView::slots(owner, &rows)
+            .into_iter()
+            .filter(|v| self.require_reach(actor, user.user_id, v.name.as_ref(), Need::Read).is_ok())
+            .collect();
+        if views.is_empty() {
+            // Nothing of theirs is visible: the gate's own refusal, worded as it words it.
+            self.require_reach(actor, user.user_id, None, Need::Read)?;
+        }
+        self.fresh(views).await
     }
 
     /// Views with the hub's freshest activity and when the culler will stop each.

@@ -201,3 +201,44 @@ async fn a_share_link_accepted_in_a_browser_leads_into_the_owners_server() {
     let bob = app.api_for("bob").await;
     assert_eq!(bob.get("/hub/api/users/bob/shared").await.value()["_pagination"]["total"], 1);
 }
+
+/// A visitor sees the servers shared with them and nothing else of the owner's: a share of a
+/// named server that is stopped answers "not running" (not "someone else's"), and a share of
+/// the default server does not tell them the owner's other servers' names or states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_sees_only_the_servers_shared_with_them() {
+    let (app, root, alice) = docker_hub(|_| {}).await;
+    app.add_user("bob", "correct horse", false).await;
+    root.post("/hub/api/groups/lab").await;
+    root.post_json("/hub/api/groups/lab/users", &json!({"users": ["alice", "bob"]})).await;
+    let bob = app.api_for("bob").await;
+    for server in ["notes", "secret"] {
+        let (status, _) = alice.start("alice", Some(server), json!({"image": "test"})).await.unwrap();
+        assert!(matches!(status, StatusCode::CREATED | StatusCode::ACCEPTED), "{status}");
+        alice.wait_ready("alice", Some(server)).await;
+        alice.stop("alice", Some(server)).await.unwrap();
+        alice.wait_stopped("alice", Some(server)).await;
+    }
+    let shared = alice.post_json("/hub/api/shares/alice/notes", &json!({"user": "bob"})).await;
+    assert_eq!(shared.status, StatusCode::OK, "{shared:?}");
+
+    let ask = |path: &'static str| {
+        let (app, bob) = (&app, &bob);
+        async move {
+            let r = script().get(app.at(path)).header("Authorization", bob.authorization()).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap()["message"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let (status, message) = ask("/user/alice/notes/lab").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{message}");
+    assert_eq!(message, "alice's server notes is not running");
+    let (status, _) = ask("/user/alice/secret/lab").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "nothing shared there");
+
+    // With the default server shared too, `secret` is just a path on it, not a server bob learns of.
+    let shared = alice.post_json("/hub/api/shares/alice/", &json!({"user": "bob"})).await;
+    assert_eq!(shared.status, StatusCode::OK, "{shared:?}");
+    let (status, message) = ask("/user/alice/secret/lab").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{message}");
+    assert_eq!(message, "alice's server is not running");
+}

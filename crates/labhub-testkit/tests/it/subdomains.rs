@@ -8,7 +8,7 @@ use std::sync::Arc;
 use labhub_testkit::docker::DockerScope;
 use labhub_testkit::{Api, TestApp};
 use reqwest::{Client, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::{start_ready, test_server_binary};
 
@@ -133,7 +133,23 @@ async fn each_users_servers_live_on_their_own_host() {
     let next = format!("http://bob.lab.test:{port}/user/bob/whoami");
     let r = b.get(format!("{hub}/hub/host-login")).query(&[("next", next.as_str())]).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // Nor a code for a host that is not a user host of this hub.
+    // Once bob shares his server with her, she may: the code leads her onto bob's host and in.
+    app.add_user("root", "correct horse", true).await;
+    let api = |token: String| Api::with_client(&hub, &browser_for(addr, &["lab.test"]), &token);
+    let root = api(app.token("root").await);
+    root.post("/hub/api/groups/lab").await;
+    root.post_json("/hub/api/groups/lab/users", &json!({"users": ["alice", "bob"]})).await;
+    let bob = api(app.token("bob").await);
+    start_ready(&bob, "bob").await;
+    let shared = bob.post_json("/hub/api/shares/bob/", &json!({"user": "alice"})).await;
+    assert_eq!(shared.status, StatusCode::OK, "{shared:?}");
+    let r = b.get(format!("{hub}/hub/host-login")).query(&[("next", next.as_str())]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "a visitor signs in on the owner's host");
+    let r = b.get(location(&r)).send().await.unwrap();
+    assert_eq!(location(&r), "/user/bob/whoami");
+    let r = b.get(&next).header("Accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "and reaches the server shared with her");
+    // No code for a host that is not a user host of this hub.
     let r =
         b.get(format!("{hub}/hub/host-login")).query(&[("next", "http://evil.test/user/alice/")]).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
