@@ -213,7 +213,16 @@ impl<'h> Shares<'h> {
             Actor::User(p) if p.user_id == owner.user_id => return Ok(Authority::Full { seer: Some(p.user_id) }),
             Actor::User(p) => p,
         };
-        let theirs = groups::of_user(self.hub.db(), owner.user_id).await?;
+        // A lead's say covers their groups' members, not an admin's servers nor a fellow
+        // lead's (a lead of the same group is a peer, not someone they manage).
+        if owner.admin {
+            return Err(ServiceError::Forbidden("you may not share an admin's servers".into()));
+        }
+        let theirs: Vec<_> = groups::of_user(self.hub.db(), owner.user_id)
+            .await?
+            .into_iter()
+            .filter(|t| t.role == GroupRole::Member)
+            .collect();
         let led: Vec<_> = groups::of_user(self.hub.db(), p.user_id)
             .await?
             .into_iter()

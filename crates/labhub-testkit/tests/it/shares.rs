@@ -298,6 +298,14 @@ async fn a_lead_shares_a_members_server_with_their_group_only() {
         StatusCode::FORBIDDEN,
         "owner or an admin",
     );
+    // A lead manages members' servers, not a fellow lead's nor an admin's.
+    app.add_user("leo", "correct horse", false).await;
+    root.post_json("/hub/api/groups/lab/users", &json!({"users": ["leo", "root"]})).await;
+    root.post_json("/hub/api/groups/lab/leads", &json!({"users": ["leo"]})).await;
+    for (owner, words) in [("leo", "only share your own"), ("root", "an admin's")] {
+        let r = lena.post_json(&format!("/hub/api/shares/{owner}/"), &json!({"group": "lab"})).await;
+        refused(&r, StatusCode::FORBIDDEN, words);
+    }
     // The lead takes it back; so could alice.
     assert_eq!(lena.delete("/hub/api/groups/lab/shared/alice/").await.status, StatusCode::NO_CONTENT);
     assert_eq!(alice.get("/hub/api/shares/alice/").await.value()["items"], json!([]));
