@@ -353,11 +353,19 @@ pub trait Spawner: Send + Sync + 'static {
     /// its connections kept open) from before the read until the stream ends or is dropped,
     /// so the stream holds every write completed before the pause and none after. It ends
     /// with an error when a server began using the storage during the read. Servers left
-    /// paused by a process that died mid-read are resumed by the next [`Spawner::list`].
+    /// paused by a process that died mid-read stay paused until [`Spawner::resume_paused`].
     async fn snapshot(
         &self,
         storage: &Storage,
     ) -> Result<BoxStream<'static, Result<bytes::Bytes, SpawnError>>, SpawnError>;
+
+    /// Resumes every server of this hub that is paused; how many it resumed. Only servers a
+    /// [`Spawner::snapshot`] paused are ever paused, so the caller must hold what keeps any
+    /// snapshot from running anywhere (the backup run lock), or it would thaw a read in
+    /// progress. Runtimes that cannot pause have nothing to resume.
+    async fn resume_paused(&self) -> Result<usize, SpawnError> {
+        Ok(0)
+    }
 
     /// Unpacks a tar stream into `subdir` of `storage` (`""`: its root; created with the
     /// storage when absent), over files of the same names; returns the bytes read. Refused

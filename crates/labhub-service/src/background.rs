@@ -52,6 +52,14 @@ impl Hub {
             if let Err(e) = self.servers().flush_activity().await {
                 tracing::debug!(error = %e, "activity not flushed yet");
             }
+            // A replica that died mid-backup left servers frozen; whoever holds the run
+            // lock next thaws them (a few ticks' delay is fine, a run is never interrupted).
+            if ticks % 3 == 1
+                && self.servers().spawner().is_ok()
+                && let Err(e) = self.backups().resume_left_paused().await
+            {
+                tracing::debug!(error = %e, "paused servers not looked for this time");
+            }
             if ticks % 30 == 1
                 && let Err(e) = self.sessions().expire().await
             {

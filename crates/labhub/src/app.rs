@@ -147,6 +147,11 @@ pub async fn boot(
         }
         Err(e) => tracing::warn!(error = %e, "could not reconcile servers with the container runtime"),
     }
+    match hub.backups().resume_left_paused().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(servers = n, "resumed servers a backup left paused"),
+        Err(e) => tracing::debug!(error = %e, "could not look for servers a backup left paused"),
+    }
     // Before serving: visitors a server was shared with are let in from the first request.
     if let Err(e) = hub.shares().refresh().await {
         tracing::warn!(error = %e, "could not load shares yet; retried in the background");

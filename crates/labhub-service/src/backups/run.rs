@@ -92,6 +92,18 @@ impl<'h> Backups<'h> {
         Ok(Some(Running { _local: local, shared }))
     }
 
+    /// Resumes the servers a backup read left paused because its process died mid-read (the
+    /// lock went with its connection): only while this process holds the run lock, so never
+    /// during a read in progress anywhere. Called at boot and by the maintenance loop; how
+    /// many it resumed (none when a run holds the lock).
+    pub async fn resume_left_paused(&self) -> Result<usize, ServiceError> {
+        let spawner = self.hub.homes().spawner()?.clone();
+        let Some(lock) = self.try_lock().await? else { return Ok(0) };
+        let resumed = spawner.resume_paused().await;
+        lock.release().await;
+        resumed.map_err(|e| ServiceError::Unavailable(e.to_string()))
+    }
+
     /// Archives `target` now (admins), then applies the retention rule; every archive is
     /// audited. Refused while another run is in progress. A volume that fails does not stop
     /// the others: the report lists it, and the run is recorded as failed.

@@ -265,6 +265,10 @@ impl Spawner for DockerSpawner {
         self.archive_files(storage).await
     }
 
+    async fn resume_paused(&self) -> Result<usize, SpawnError> {
+        self.resume_all_paused().await
+    }
+
     async fn snapshot(&self, storage: &Storage) -> Result<BoxStream<'static, Result<Bytes, SpawnError>>, SpawnError> {
         self.snapshot_files(storage).await
     }

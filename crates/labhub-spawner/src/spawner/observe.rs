@@ -74,10 +74,8 @@ impl DockerSpawner {
                 .and_then(|n| n.get(self.config.network.as_str()))
                 .and_then(|e| e.ip_address.as_deref())
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
-            // Paused only by a backup's read that its process never finished: resume it.
-            if c.state == Some(ContainerSummaryStateEnum::PAUSED) {
-                super::snapshot::resume(&self.docker, &id).await;
-            }
+            // Paused by a backup's read (maybe another replica's, in progress): it still runs,
+            // and is resumed by that read or by `resume_paused`.
             let running =
                 matches!(c.state, Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::PAUSED));
             let status = match (running, ip) {

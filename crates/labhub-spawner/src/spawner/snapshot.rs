@@ -7,8 +7,9 @@
 //! What the read returns is then what a power cut at that instant would have left: every
 //! write completed before the pause, none after. A server that starts using the volume
 //! during the read could write into it, so the stream then ends with an error instead of
-//! passing as consistent. Servers a hub left paused (it died mid-read) are resumed by the
-//! next `list`, which every boot calls.
+//! passing as consistent. Servers a hub left paused (it died mid-read) are resumed by
+//! `resume_paused`, which the service calls only while it holds the backup run lock (so never
+//! during another replica's read).
 
 use std::collections::HashMap;
 
@@ -39,7 +40,8 @@ impl Drop for Paused {
                 resume(&docker, &id).await;
             }
         };
-        // Without a runtime (the process ending) the next boot's `list` resumes them.
+        // Without a runtime (the process ending), `resume_paused` does, from whichever
+        // process next holds the backup run lock.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(resume);
         }
@@ -68,6 +70,16 @@ async fn containers(
 }
 
 impl DockerSpawner {
+    /// `Spawner::resume_paused`: every paused container of this hub, resumed.
+    pub(super) async fn resume_all_paused(&self) -> Result<usize, SpawnError> {
+        let ids = containers(&self.docker, self.hub_filter(), &["paused"]).await?;
+        for id in &ids {
+            tracing::warn!(container = %id, "resuming a server left paused by a backup read that never finished");
+            resume(&self.docker, id).await;
+        }
+        Ok(ids.len())
+    }
+
     /// `Spawner::snapshot`: the files of `storage`, read while the servers using it are paused.
     pub(super) async fn snapshot_files(
         &self,

@@ -509,3 +509,51 @@ async fn the_backup_commands_create_list_verify_and_restore() {
     let file = format!("restored/backup-{id}/notes.txt");
     assert_eq!(read_file(&bob, "bob", &file).await, (StatusCode::OK, "from the command line".into()));
 }
+
+/// Whether the engine has `user`'s default server paused.
+async fn is_paused(app: &TestApp) -> bool {
+    let state: serde_json::Value = labhub_db::sqlx::query_scalar("select spawner_state from servers where name = ''")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let id = state["container_id"].as_str().expect("a container id");
+    let options = None::<bollard::query_parameters::InspectContainerOptions>;
+    let inspected = app.docker.as_ref().unwrap().docker().inspect_container(id, options).await.unwrap();
+    inspected.state.and_then(|s| s.paused).unwrap_or(false)
+}
+
+/// A server frozen by a backup read whose process died stays frozen while another process
+/// holds the run lock (a replica booting, or ticking, mid-run must not thaw a read in
+/// progress), and is resumed by the next process that takes the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_left_paused_by_a_dead_backup_is_resumed_only_when_no_run_holds_the_lock() {
+    let (app, _dir, _root, alice) = backup_hub(|_| {}).await;
+    start_ready(&alice, "alice").await;
+    // Another replica's run is reading: it holds the lock and has the server paused.
+    let other = labhub_db::backups::try_lock_runs(&app.db).await.unwrap().expect("the run lock is free");
+    let state: serde_json::Value = labhub_db::sqlx::query_scalar("select spawner_state from servers where name = ''")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let id = state["container_id"].as_str().unwrap().to_string();
+    app.docker.as_ref().unwrap().docker().pause_container(&id).await.unwrap();
+
+    // This process boots (reconciles) and ticks during that run: the server stays frozen.
+    app.hub.servers().reconcile().await.unwrap();
+    assert_eq!(app.hub.backups().resume_left_paused().await.unwrap(), 0);
+    assert!(is_paused(&app).await, "a read in progress elsewhere is not thawed");
+
+    // That replica dies: its connection, and the lock with it, goes.
+    drop(other);
+    let mut resumed = 0;
+    for _ in 0..200 {
+        resumed = app.hub.backups().resume_left_paused().await.unwrap();
+        if resumed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(resumed, 1);
+    assert!(!is_paused(&app).await);
+    assert_eq!(write_file(&alice, "alice", "after.txt", "thawed").await, StatusCode::OK, "the server answers again");
+}
