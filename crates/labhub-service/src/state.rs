@@ -89,9 +89,6 @@ pub(crate) struct ServerRuntime {
     pub(crate) spawn_slots: Arc<Semaphore>,
     /// Containers labelled for this hub that match no server row, found at the last reconcile.
     pub(crate) strangers: std::sync::Mutex<Vec<String>>,
-    /// Accounts whose home an archive is being restored into: their servers may not start
-    /// until it is done (on this replica; the runtime refuses a restore into a home in use).
-    pub(crate) restoring: DashSet<labhub_core::UserId>,
 }
 
 impl ServerRuntime {
@@ -103,7 +100,6 @@ impl ServerRuntime {
             spawns: DashMap::new(),
             spawn_slots: slots,
             strangers: std::sync::Mutex::new(Vec::new()),
-            restoring: DashSet::new(),
         }
     }
 }

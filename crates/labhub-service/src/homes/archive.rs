@@ -11,15 +11,15 @@ use async_compression::Level;
 use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use labhub_core::{ServerName, ServerState, UserId, UserName};
+use labhub_core::{ServerName, ServerState, UserName};
 use labhub_db::{servers, users};
 use serde_json::json;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Homes;
+use crate::ServiceError;
 use crate::access::Actor;
 use crate::model::server_label;
-use crate::{Hub, ServiceError};
 
 /// How an archive is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +71,6 @@ pub struct HomeArchive {
 pub struct Restored {
     /// Bytes of tar read (after decompression).
     pub bytes: u64,
-}
-
-/// Marks an account's home as being restored into for as long as it lives.
-struct RestoreGuard<'h> {
-    hub: &'h Hub,
-    user: UserId,
-}
-
-impl Drop for RestoreGuard<'_> {
-    fn drop(&mut self) {
-        self.hub.0.servers.restoring.remove(&self.user);
-    }
 }
 
 /// A gzip stream starts with these two bytes; a tar never does (its first bytes are a name).
@@ -187,23 +175,27 @@ impl Homes<'_> {
         let owner = &user.name;
         // Under the account's row lock, which a start holds from its check of the mark to its
         // pending row's commit: either the start sees the mark, or the restore sees the start.
+        // The mark is in Postgres, so starts through every replica see it.
         let mut tx = self.hub.begin().await?;
         users::by_name_for_update(&mut *tx, owner).await?;
-        let restoring = &self.hub.0.servers.restoring;
-        if !restoring.insert(user.user_id) {
+        let Some(mark) = labhub_db::homes::mark_restoring(self.hub.db(), user.user_id).await? else {
             return Err(ServiceError::Conflict(format!("files are already being restored into {owner}'s home")));
-        }
-        let _guard = RestoreGuard { hub: self.hub, user: user.user_id };
+        };
         let rows = servers::list_for_user(&mut *tx, user.user_id).await?;
         tx.commit().await?;
-        if rows.iter().any(|s| s.state != ServerState::Stopped) {
-            return Err(ServiceError::Conflict(format!(
-                "{owner} has a server running; stop it before restoring files into the home"
-            )));
+        let restored = async {
+            if rows.iter().any(|s| s.state != ServerState::Stopped) {
+                return Err(ServiceError::Conflict(format!(
+                    "{owner} has a server running; stop it before restoring files into the home"
+                )));
+            }
+            let home = self.of(user.user_id, server).await?;
+            let tar = decompressed(upload).await?;
+            self.spawner()?.restore(&home, "", tar).await.map_err(|e| ServiceError::Conflict(e.to_string()))
         }
-        let home = self.of(user.user_id, server).await?;
-        let tar = decompressed(upload).await?;
-        self.spawner()?.restore(&home, "", tar).await.map_err(|e| ServiceError::Conflict(e.to_string()))
+        .await;
+        mark.release().await;
+        restored
     }
 }
 

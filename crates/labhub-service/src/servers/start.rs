@@ -89,7 +89,7 @@ impl Servers<'_> {
             }
             ServerState::Stopped => {}
         }
-        if self.state().restoring.contains(&user.user_id) {
+        if labhub_db::homes::is_restoring(&mut *tx, user.user_id).await? {
             return Err(ServiceError::Conflict(format!(
                 "files are being restored into {owner}'s home; start the server when that is done"
             )));

@@ -557,3 +557,32 @@ async fn a_server_left_paused_by_a_dead_backup_is_resumed_only_when_no_run_holds
     assert!(!is_paused(&app).await);
     assert_eq!(write_file(&alice, "alice", "after.txt", "thawed").await, StatusCode::OK, "the server answers again");
 }
+
+/// A restore into a home marks it in Postgres, so a start through any replica is refused until
+/// it is done, and the mark goes with a replica that dies mid-restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_running_on_another_replica_holds_off_starts_here() {
+    let (app, _dir, _root, alice) = backup_hub(|_| {}).await;
+    let user = app.hub.accounts().get(Actor::System, &UserName::parse("alice").unwrap()).await.unwrap().id;
+    // Another replica restores into alice's home.
+    let other = labhub_db::homes::mark_restoring(&app.db, user).await.unwrap().expect("no restore yet");
+    let refused = alice.start("alice", None, json!({"image": "test"})).await.expect_err("a start during the restore");
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(refused.message.contains("being restored"), "{}", refused.message);
+    assert!(labhub_db::homes::mark_restoring(&app.db, user).await.unwrap().is_none(), "one restore at a time");
+    // That replica dies mid-restore: the mark goes with its connection, and starts work again.
+    drop(other);
+    let mut started = None;
+    for _ in 0..200 {
+        match alice.start("alice", None, json!({"image": "test"})).await {
+            Ok((status, _)) => {
+                started = Some(status);
+                break;
+            }
+            Err(e) if e.status == StatusCode::CONFLICT => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(matches!(started, Some(StatusCode::CREATED | StatusCode::ACCEPTED)), "{started:?}");
+    alice.wait_ready("alice", None).await;
+}
