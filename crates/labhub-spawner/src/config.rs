@@ -98,6 +98,12 @@ pub struct DockerConfig {
     /// Private ranges servers may reach all the same (a site's package mirror, a shared
     /// database); link-local addresses are never allowed.
     pub allow_private: Vec<PrivateRange>,
+    /// The name servers servers' DNS may reach (port 53) when they sit in a refused range;
+    /// `None` (the default): the host's own, from `/etc/resolv.conf` (or systemd-resolved's
+    /// upstream list when that names only a loopback stub), which Docker's resolver asks from
+    /// the container's namespace. Port 53 of any other private or link-local address is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<std::net::Ipv4Addr>>,
     /// The iptables command: a name looked up on `PATH`, or a path (`iptables-legacy` where
     /// Docker uses the legacy backend).
     pub iptables: PathBuf,
@@ -120,6 +126,7 @@ impl Default for DockerConfig {
             pull_timeout: Duration::from_secs(120),
             isolate_host: true,
             allow_private: Vec::new(),
+            dns_servers: None,
             iptables: PathBuf::from("iptables"),
             internet_access: true,
             readiness_interval: Duration::from_millis(250),

@@ -16,11 +16,12 @@
 //!   internet, or nothing on an internal network). Traffic between two servers of the bridge
 //!   is forwarded too, and Docker drops it (ICC off) whatever our chain says.
 //!
-//! DNS (port 53) passes to every address because Docker's embedded resolver asks the host's
-//! name servers *from the container's namespace* (unless they are on loopback), and a cloud's
-//! name server is usually private (a VPC's `.2`) or link-local (169.254.169.254 on GCP,
-//! .253 on AWS). Port 53 there is DNS only, not the metadata API (port 80); JupyterHub's
-//! Kubernetes chart makes the same exception.
+//! DNS (port 53) passes to the host's own name servers (`docker.dns_servers`, by default those
+//! of `/etc/resolv.conf`) because Docker's embedded resolver asks them *from the container's
+//! namespace* (unless they are on loopback), and a cloud's name server is usually private (a
+//! VPC's `.2`) or link-local (169.254.169.254 on GCP, .253 on AWS). Port 53 there is DNS only,
+//! not the metadata API (port 80). Port 53 of every other private or link-local address is
+//! refused like the rest of the range: a resolver is not a way into the site's network.
 //!
 //! Rejected as "administratively prohibited", not silently dropped: a notebook's connection
 //! fails at once ("no route to host") instead of hanging.
@@ -30,6 +31,7 @@
 //! is missing or one too many. The rebuild flushes it first, so for that instant the chain
 //! lets everything pass — only ever after its rules were found missing already.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -37,6 +39,24 @@ use tokio::process::Command;
 
 use crate::config::DockerConfig;
 use crate::ranges::{LINK_LOCAL, PRIVATE, PrivateRange};
+
+/// The host's name servers as Docker's resolver uses them: those of `/etc/resolv.conf`, or,
+/// when it names only loopback (systemd-resolved's stub), the stub's upstream list. Loopback
+/// ones are asked from the host's namespace, never from a container's, so they need no rule.
+fn host_resolvers() -> Vec<Ipv4Addr> {
+    let read = |path: &str| resolvers_in(&std::fs::read_to_string(path).unwrap_or_default());
+    let listed = read("/etc/resolv.conf");
+    if listed.is_empty() { read("/run/systemd/resolve/resolv.conf") } else { listed }
+}
+
+/// The non-loopback IPv4 `nameserver` lines of a resolv.conf.
+fn resolvers_in(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .collect()
+}
 
 /// Docker's chain for the site's own forwarding rules, consulted before Docker's.
 const DOCKER_USER: &str = "DOCKER-USER";
@@ -52,6 +72,8 @@ pub(crate) struct Firewall {
     command: PathBuf,
     bridge: String,
     allow: Vec<PrivateRange>,
+    /// The name servers port 53 may reach.
+    dns: Vec<Ipv4Addr>,
 }
 
 /// One rule: its chain and its match and target, as `iptables` takes them after the chain.
@@ -64,7 +86,8 @@ fn words(w: &[&str]) -> Rule {
 impl Firewall {
     /// The rules `config` asks for on the bridge interface `bridge`.
     pub(crate) fn new(config: &DockerConfig, bridge: &str) -> Self {
-        Self { command: config.iptables.clone(), bridge: bridge.to_string(), allow: config.allow_private.clone() }
+        let dns = config.dns_servers.clone().unwrap_or_else(host_resolvers);
+        Self { command: config.iptables.clone(), bridge: bridge.to_string(), allow: config.allow_private.clone(), dns }
     }
 
     /// Our chain: `LABHUB-` and the bridge's name (at most 15 characters), within iptables'
@@ -107,10 +130,18 @@ impl Firewall {
             ]
             .concat(),
         ];
-        for proto in ["udp", "tcp"] {
-            rules.push(
-                [words(&["-p", proto, "--dport", "53"]), comment("labhub: DNS"), words(&["-j", "RETURN"])].concat(),
-            );
+        for server in &self.dns {
+            let to = format!("{server}/32");
+            for proto in ["udp", "tcp"] {
+                rules.push(
+                    [
+                        words(&["-d", &to, "-p", proto, "--dport", "53"]),
+                        comment("labhub: DNS"),
+                        words(&["-j", "RETURN"]),
+                    ]
+                    .concat(),
+                );
+            }
         }
         for range in &self.allow {
             let net = range.net().to_string();
@@ -264,6 +295,7 @@ mod tests {
     fn firewall(allow: &[&str]) -> Firewall {
         let config = DockerConfig {
             allow_private: allow.iter().map(|r| PrivateRange::parse(r).unwrap()).collect(),
+            dns_servers: Some(vec![Ipv4Addr::new(10, 0, 0, 2)]),
             ..DockerConfig::default()
         };
         Firewall::new(&config, "lh-0123456789ab")
@@ -273,12 +305,27 @@ mod tests {
     fn replies_and_allowed_ranges_pass_before_anything_is_refused() {
         let rules: Vec<String> = firewall(&["10.1.2.0/24"]).chain_rules().iter().map(|r| r.join(" ")).collect();
         assert!(rules[0].contains("RELATED,ESTABLISHED") && rules[0].ends_with("-j RETURN"), "{rules:?}");
-        assert!(rules[1].starts_with("-p udp --dport 53 ") && rules[1].ends_with("-j RETURN"), "{rules:?}");
-        assert!(rules[2].starts_with("-p tcp --dport 53 ") && rules[2].ends_with("-j RETURN"), "{rules:?}");
+        assert!(
+            rules[1].starts_with("-d 10.0.0.2/32 -p udp --dport 53 ") && rules[1].ends_with("-j RETURN"),
+            "{rules:?}"
+        );
+        assert!(
+            rules[2].starts_with("-d 10.0.0.2/32 -p tcp --dport 53 ") && rules[2].ends_with("-j RETURN"),
+            "{rules:?}"
+        );
         assert!(rules[3].starts_with("-d 10.1.2.0/24 ") && rules[3].ends_with("-j RETURN"), "{rules:?}");
         let refused: Vec<&str> = rules[4..].iter().map(|r| r.split_whitespace().nth(1).unwrap()).collect();
         assert_eq!(refused, ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]);
         assert!(rules[4..].iter().all(|r| r.ends_with("-j REJECT --reject-with icmp-admin-prohibited")));
+    }
+
+    #[test]
+    fn dns_passes_only_to_the_hosts_own_name_servers() {
+        let conf = "# made by hand\nsearch lab\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nnameserver  169.254.169.253 \n";
+        assert_eq!(resolvers_in(conf), [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(169, 254, 169, 253)]);
+        assert!(resolvers_in("nameserver 127.0.0.53\n").is_empty(), "a loopback stub needs no rule");
+        let none = Firewall::new(&DockerConfig { dns_servers: Some(vec![]), ..DockerConfig::default() }, "lh-x");
+        assert!(!none.chain_rules().iter().any(|r| r.join(" ").contains("--dport 53")), "no port-53 hole for everyone");
     }
 
     #[test]

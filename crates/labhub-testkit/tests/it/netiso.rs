@@ -225,12 +225,26 @@ async fn servers_cannot_reach_link_local_or_private_ranges_unless_allowed() {
     let closed = DockerScope::new(test_server_binary()).await;
     let allowed = PrivateRange::parse(&ns.private_range).unwrap();
     let open = DockerScope::with(test_server_binary(), |c| c.allow_private = vec![allowed]).await;
+    // The namespace's address stands for the host's name server (a cloud's is private too).
+    let std::net::IpAddr::V4(resolver) = ns.private.ip() else { unreachable!("the namespace is IPv4") };
+    let resolving = DockerScope::with(test_server_binary(), |c| c.dns_servers = Some(vec![resolver])).await;
     let kept = start(&closed, "kept").await;
     let let_through = start(&open, "let").await;
+    let asking = start(&resolving, "dns").await;
 
     assert_eq!(reach(&kept, ns.private).await, "unreachable", "a private range is refused at once");
     let dns = SocketAddr::new(ns.private.ip(), 53);
-    assert_eq!(reach(&kept, dns).await, "open", "DNS passes: Docker's resolver asks from the container");
+    assert_eq!(
+        reach(&kept, dns).await,
+        "unreachable",
+        "port 53 of a private address that is no name server of the host"
+    );
+    assert_eq!(
+        reach(&asking, dns).await,
+        "open",
+        "DNS passes to the host's name server: Docker's resolver asks from the container"
+    );
+    assert_eq!(reach(&asking, ns.private).await, "unreachable", "and only DNS");
     assert_eq!(reach(&kept, ns.link_local).await, "unreachable", "link-local is refused at once");
     assert_eq!(reach(&let_through, ns.private).await, "open", "an allowed range is reached");
     assert_eq!(reach(&let_through, ns.link_local).await, "unreachable", "link-local is never allowed");
@@ -250,7 +264,14 @@ async fn rules_removed_behind_the_hubs_back_are_put_back_by_its_check() {
     assert_eq!(reach(&server, ns.private).await, "unreachable");
     let bridge = bridge_of(&scope).await;
     let rules = firewall_rules(&bridge);
-    assert_eq!(rules.len(), 1 + 1 + 1 + 2 + 5, "INPUT, the jump, replies, DNS, five refused ranges: {rules:?}");
+    let dns: Vec<String> = rules.iter().map(|(_, r)| r.join(" ")).filter(|r| r.contains("--dport 53")).collect();
+    assert!(dns.len() % 2 == 0 && dns.iter().all(|r| r.contains("/32 ")), "to name servers only: {dns:?}");
+    let dns = dns.len();
+    assert_eq!(
+        rules.len(),
+        1 + 1 + 1 + dns + 5,
+        "INPUT, the jump, replies, DNS to the host's name servers, five refused ranges: {rules:?}"
+    );
 
     // A firewall reload behind the hub's back: the server reaches the private network again.
     remove_firewall_rules(&bridge);
