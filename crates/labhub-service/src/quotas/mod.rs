@@ -20,6 +20,7 @@ mod policy;
 mod words;
 
 use labhub_core::resources::format_bytes;
+use labhub_core::spawner::MountSource;
 use labhub_core::{GroupName, GroupRole, ImageAllowance, Quota, ServerName, Storage, UserName};
 use labhub_db::groups;
 use labhub_db::quotas::{self, QuotaKind};
@@ -117,7 +118,16 @@ impl<'h> Quotas<'h> {
                 None => 0,
             },
         };
-        Ok(StorageUsed(used))
+        // Backups restored for the account are its storage too, mounted in every server.
+        let mut restored = 0;
+        if let Some(spawner) = &self.hub.0.spawner {
+            for mount in self.hub.backups().mounts_for(user.user_id).await? {
+                if let MountSource::Storage(storage) = &mount.source {
+                    restored += spawner.storage_usage(storage).await.ok().flatten().unwrap_or(0);
+                }
+            }
+        }
+        Ok(StorageUsed(used.saturating_add(restored)))
     }
 
     /// Decides which group a start is charged to and what it gets, or refuses it saying which

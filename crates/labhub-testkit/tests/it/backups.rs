@@ -361,6 +361,18 @@ async fn restore_into_another_account_gives_it_the_files_and_nobody_else() {
     start_ready(&alice, "alice").await;
     assert_eq!(read_file(&alice, "alice", &place).await.0, StatusCode::NOT_FOUND, "nor after her restart");
     assert_eq!(read_file(&alice, "alice", "results/table.csv").await.0, StatusCode::OK);
+
+    // What was restored for bob counts against his storage limit like his home does.
+    assert_eq!(
+        write_file(&bob, "bob", &format!("restored/backup-{id}/big.bin"), &"x".repeat(256 << 10)).await,
+        StatusCode::OK
+    );
+    stop(&bob, "bob").await;
+    let limit = labhub_service::quotas::QuotaPatch { storage_bytes: Some(Some(128 << 10)), ..Default::default() };
+    crate::groups::lab(&app, "lab", None, &["bob"], limit).await;
+    let refused = bob.start("bob", None, json!({"image": "test"})).await.expect_err("past the limit");
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused.message.contains("more than your limit of 128 KiB"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
