@@ -265,7 +265,7 @@ async fn rules_removed_behind_the_hubs_back_are_put_back_by_its_check() {
     let bridge = bridge_of(&scope).await;
     let rules = firewall_rules(&bridge);
     let dns: Vec<String> = rules.iter().map(|(_, r)| r.join(" ")).filter(|r| r.contains("--dport 53")).collect();
-    assert!(dns.len() % 2 == 0 && dns.iter().all(|r| r.contains("/32 ")), "to name servers only: {dns:?}");
+    assert!(dns.len().is_multiple_of(2) && dns.iter().all(|r| r.contains("/32 ")), "to name servers only: {dns:?}");
     let dns = dns.len();
     assert_eq!(
         rules.len(),
