@@ -367,11 +367,26 @@ async fn a_repositorys_own_dockerfile_builds_from_a_catalogue_image_and_nothing_
     assert!(outcome(&events).ready, "{events:#?}");
     assert!(events.iter().any(|e| e.message.contains("repository's Dockerfile")), "{events:#?}");
 
-    // Built again unchanged: a new image (its labels say who and when); the first one is now
-    // neither served nor run by any session, so the image collector removes it and says so.
+    // Built again unchanged (the same commit, recipe, base and builder): the first build's
+    // image is reused without the engine, and the log and the record say so.
     let events = rebuild(&root, "own").await;
     assert!(outcome(&events).ready, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("Unchanged since build")), "{events:#?}");
+    assert!(!events.iter().any(|e| e.message.starts_with("Step ")), "the engine built nothing: {events:#?}");
     let env = root.get("/hub/api/environments/own").await.value();
+    assert_eq!(env["builds"][0]["image_id"], env["builds"][1]["image_id"], "{env}");
+    assert_eq!(env["builds"][0]["reused_from"], env["builds"][1]["id"], "{env}");
+    let image = root.get("/hub/api/images/own").await.value();
+    assert!(image["reference"].as_str().unwrap().ends_with(&format!(":b{}", env["builds"][0]["id"])), "{image}");
+
+    // A new commit is built: a new image (its labels say which commit); the first one is now
+    // neither served nor run by any session, so the image collector removes it and says so.
+    repo.commit(&[("README.md", "Our own image.\n")]);
+    let events = rebuild(&root, "own").await;
+    assert!(outcome(&events).ready, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.starts_with("Step ")), "{events:#?}");
+    let env = root.get("/hub/api/environments/own").await.value();
+    assert_eq!(env["builds"][0]["reused_from"], Value::Null, "{env}");
     let (newer, older) =
         (env["builds"][0]["image_id"].as_str().unwrap(), env["builds"][1]["image_id"].as_str().unwrap());
     assert_ne!(newer, older);
