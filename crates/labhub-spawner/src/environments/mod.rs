@@ -17,6 +17,8 @@ use futures::StreamExt;
 use labhub_core::environment::{BuiltImage, EnvBuildOutcome, EnvBuildSpec, EnvProvenance, ReusableBuild};
 use labhub_core::spawner::{Progress, ProgressSender, SpawnError};
 
+pub use archive::{SavedImage, inspect_saved, write_untagged};
+
 use crate::DockerSpawner;
 use crate::error::{engine_message, is_status, runtime_error};
 use crate::naming::LABEL_HUB;

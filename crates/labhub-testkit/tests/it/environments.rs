@@ -530,7 +530,7 @@ async fn an_exported_environment_is_imported_into_another_hub_and_starts_there()
     // Another lab: its own database, data folder and hub id, and an engine without the image.
     let docker = app.docker.as_ref().unwrap().docker().clone();
     let force = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
-    docker.remove_image(&image_id, Some(force), None).await.expect("the image goes");
+    docker.remove_image(&image_id, Some(force.clone()), None).await.expect("the image goes");
     let scope = Arc::new(DockerScope::new(test_server_binary()).await);
     let other = TestApp::builder().docker(scope).config(|c| c.servers.start_timeout = SERVER_START).spawn().await;
     other.add_user("admin", "correct horse", true).await;
@@ -568,8 +568,62 @@ async fn an_exported_environment_is_imported_into_another_hub_and_starts_there()
     let out = labhub_cli(&other, data_b.path(), &["env", "import", tampered_file.to_str().unwrap(), "--name", "other"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not the one its manifest records"), "{err}");
+    assert!(err.contains("refused, nothing loaded") && err.contains("not the one its manifest records"), "{err}");
     assert_eq!(admin.get("/hub/api/environments/other").await.status, StatusCode::NOT_FOUND);
+
+    // A crafted archive whose image would take a tag this machine has (the catalogue's
+    // JupyterLab image) is refused before anything is loaded: the tag stays where it was.
+    let jupyterlab_id = docker.inspect_image(&image).await.unwrap().id.unwrap();
+    let crafted = retagged(&export, &[&image], &sources.path().join("retag.labhub.tar"));
+    let out = labhub_cli(&other, data_b.path(), &["env", "import", crafted.to_str().unwrap(), "--name", "retag"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused, nothing loaded") && err.contains(&image), "{err}");
+    assert_eq!(docker.inspect_image(&image).await.unwrap().id.unwrap(), jupyterlab_id, "the tag did not move");
+    // One naming a new tag loads without it: an import tags nothing.
+    docker.remove_image(&image_id, Some(force), None).await.expect("the image goes");
+    let crafted = retagged(&export, &["labhub-crafted/planted:1"], &sources.path().join("plant.labhub.tar"));
+    let out = labhub_cli(&other, data_b.path(), &["env", "import", crafted.to_str().unwrap(), "--name", "planted"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(docker.inspect_image(&image_id).await.is_ok(), "loaded");
+    assert!(docker.inspect_image("labhub-crafted/planted:1").await.is_err(), "but not tagged");
+}
+
+/// A copy of the export `from` whose image archive's `manifest.json` gives the image `tags`.
+fn retagged(from: &Path, tags: &[&str], to: &Path) -> PathBuf {
+    let mut outer = tar::Archive::new(std::fs::File::open(from).unwrap());
+    let mut out = tar::Builder::new(Vec::new());
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if path == "image.tar" {
+            let mut inner = tar::Archive::new(data.as_slice());
+            let mut rewritten = tar::Builder::new(Vec::new());
+            for e in inner.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+                if name == "manifest.json" {
+                    let mut m: Value = serde_json::from_slice(&body).unwrap();
+                    m[0]["RepoTags"] = json!(tags);
+                    body = serde_json::to_vec(&m).unwrap();
+                }
+                let mut h = e.header().clone();
+                h.set_size(body.len() as u64);
+                rewritten.append_data(&mut h, &name, body.as_slice()).unwrap();
+            }
+            data = rewritten.into_inner().unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        out.append_data(&mut h, &path, data.as_slice()).unwrap();
+    }
+    std::fs::write(to, out.into_inner().unwrap()).unwrap();
+    to.to_path_buf()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
