@@ -5,3 +5,11 @@
 -- Older hubs neither read nor write it.
 alter table environment_builds
     add column reused_build_id bigint references environment_builds (build_id) on delete set null;
+
+-- The repository digest (`name@sha256:…`) of the image a session ran, when it had one
+-- (pulled or pushed images; images built here have none).
+alter table server_sessions add column repo_digest text;
+
+-- The longest one environment build of the group may take; null: the site's
+-- `environments.build_timeout` (which is also the most any group gets).
+alter table group_quotas add column build_timeout_seconds integer check (build_timeout_seconds > 0);

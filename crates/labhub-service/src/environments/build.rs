@@ -163,7 +163,8 @@ impl Environments<'_> {
             limits: BuildLimits {
                 cpu_millis: quota.max_cpu_millis,
                 memory_bytes: quota.max_memory_bytes,
-                timeout: settings.build_timeout,
+                // The group's limit, never past the site's.
+                timeout: quota.build_timeout.map_or(settings.build_timeout, |t| t.min(settings.build_timeout)),
             },
             reusable,
         };

@@ -480,6 +480,39 @@ async fn leads_build_for_their_group_and_members_only_when_their_group_lets_them
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
     let a = lead.put_json("/hub/api/environments/team-env/pin", &json!({"build": null})).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+
+    // The group model says whether members build; a lead turns it off on the group page, and
+    // the member then neither builds a new environment nor rebuilds their own.
+    assert_eq!(lead.get("/hub/api/groups/team").await.value()["members_build_environments"], true);
+    let c = app.signed_in("lead", "correct horse").await;
+    let html = c.get(app.at("/hub/groups/team")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("name=\"members_build\" value=\"on\" checked"), "{html}");
+    let csrf = app.csrf(&c, "/hub/groups/team").await;
+    let origin = app.config.public_url().origin().ascii_serialization();
+    let r = c
+        .post(app.at("/hub/groups/team/environments"))
+        .header("Origin", &origin)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(lead.get("/hub/api/groups/team").await.value()["members_build_environments"], false);
+    let a = alice.post_json("/hub/api/environments/alice-env/builds", &json!({})).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let a = alice.post_json("/hub/api/environments", &json!({"name": "again", "source": repo.path()})).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+
+    // A group's build time limit (a quota field, within the site's) stops a longer build.
+    let a = root.patch_json("/hub/api/groups/team/quota", &json!({"build_timeout_seconds": 2})).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.value()["build_timeout_seconds"], 2, "{a:?}");
+    repo.commit(&[("Dockerfile", &format!("FROM {image}\nRUN sleep 60\n"))]);
+    let a = lead.post_json("/hub/api/environments/team-env/builds", &json!({})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+    let events = follow(&lead, a.value()["log_url"].as_str().unwrap()).await;
+    let end = outcome(&events);
+    assert!(end.failed && end.message.contains("longer than its limit of 2 s"), "{}", end.message);
 }
 
 /// The `labhub` command against a test hub's database, with a data folder of its own.
@@ -668,7 +701,11 @@ async fn the_pages_build_an_environment_follow_its_log_and_relaunch_a_session_fr
     let image_id = first.image_digest.clone().unwrap();
     let html = c.get(app.at("/hub/history")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("paged") && html.contains(&image_id[7..19]), "{html}");
-    let id = root.get("/hub/api/users/root/sessions").await.value()[0]["id"].as_i64().unwrap();
+    let session = root.get("/hub/api/users/root/sessions").await.value()[0].clone();
+    // Built here, the image has no repository digest: the field says so rather than guessing.
+    assert!(session.as_object().unwrap().contains_key("repo_digest"), "{session}");
+    assert_eq!(session["repo_digest"], Value::Null, "{session}");
+    let id = session["id"].as_i64().unwrap();
     let r = c
         .post(app.at(&format!("/hub/history/root/{id}/relaunch")))
         .header("Origin", &origin)

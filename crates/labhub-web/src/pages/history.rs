@@ -26,6 +26,8 @@ struct SessionRow {
     image: String,
     image_id: String,
     image_id_full: String,
+    /// `name@sha256:…`, or empty when the image had none.
+    repo_digest: String,
     environment: String,
     started: When,
     stopped: When,
@@ -66,6 +68,7 @@ pub async fn history(
             image: s.image.unwrap_or_else(|| "(removed from the catalogue)".into()),
             image_id: labhub_service::catalogue::short_id(&s.image_id),
             image_id_full: s.image_id,
+            repo_digest: s.repo_digest.unwrap_or_default(),
             environment: match (s.environment, s.build) {
                 (Some(e), Some(b)) => format!("{e}, build {b}"),
                 _ => String::new(),

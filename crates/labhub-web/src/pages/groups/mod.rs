@@ -25,7 +25,9 @@ mod chart;
 mod forms;
 
 use chart::{Chart, ChartSpec, chart};
-pub use forms::{add_members, delete, member_action, rename, set_ceiling, set_images, set_quota, set_shared, stop};
+pub use forms::{
+    add_members, delete, member_action, rename, set_ceiling, set_environments, set_images, set_quota, set_shared, stop,
+};
 
 fn group_name(raw: &str) -> Result<GroupName, AppError> {
     GroupName::parse(raw).map_err(|e| AppError::NotFound(e.to_string()))
@@ -157,6 +159,7 @@ struct QuotaFields {
     idle_minutes: String,
     lifetime_minutes: String,
     cull_busy: bool,
+    build_minutes: String,
 }
 
 fn minutes(d: Option<Duration>) -> String {
@@ -180,6 +183,7 @@ impl QuotaFields {
             idle_minutes: minutes(q.idle_timeout),
             lifetime_minutes: minutes(q.max_lifetime),
             cull_busy: q.cull_busy,
+            build_minutes: minutes(q.build_timeout),
         }
     }
 }
@@ -222,6 +226,7 @@ struct GroupPage {
     shared_read_only: bool,
     shared_size: Option<String>,
     shared_warnings: Vec<String>,
+    members_build_environments: bool,
 }
 
 fn amounts_text(a: &Amounts) -> (String, String) {
@@ -375,5 +380,6 @@ fn group_page(
         shared_read_only: d.group.shared_read_only,
         shared_size: u.shared_bytes.map(|b| format!("{} used", format_bytes(b))),
         shared_warnings: u.shared_warning.clone().into_iter().collect(),
+        members_build_environments: d.members_build_environments,
     }
 }
