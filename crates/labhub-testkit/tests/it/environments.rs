@@ -487,6 +487,11 @@ async fn leads_build_for_their_group_and_members_only_when_their_group_lets_them
     let c = app.signed_in("lead", "correct horse").await;
     let html = c.get(app.at("/hub/groups/team")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("name=\"members_build\" value=\"on\" checked"), "{html}");
+    // The page lists the group's environments, with the way to their builds' logs.
+    let listed = &html[html.find("data-group-environments").expect("the group's environments")..];
+    let listed = &listed[..listed.find("</ul>").unwrap()];
+    assert!(listed.contains("href=\"/hub/environments/team-env\""), "{listed}");
+    assert!(!listed.contains("alice-env"), "a personal environment is not the group's: {listed}");
     let csrf = app.csrf(&c, "/hub/groups/team").await;
     let origin = app.config.public_url().origin().ascii_serialization();
     let r = c
@@ -706,6 +711,11 @@ async fn the_pages_build_an_environment_follow_its_log_and_relaunch_a_session_fr
     assert!(session.as_object().unwrap().contains_key("repo_digest"), "{session}");
     assert_eq!(session["repo_digest"], Value::Null, "{session}");
     let id = session["id"].as_i64().unwrap();
+    // The home page's History section lists it with its own Relaunch.
+    let home = c.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    let section = &home[home.find("data-history").expect("a History section")..];
+    assert!(section.contains(&image_id[7..19]), "{section}");
+    assert!(section.contains(&format!("action=\"/hub/history/root/{id}/relaunch\"")), "{section}");
     let r = c
         .post(app.at(&format!("/hub/history/root/{id}/relaunch")))
         .header("Origin", &origin)
