@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::ImageRef;
+use crate::{BuildId, ImageRef};
 
 /// Which local folders a build may read a git repository from. URLs (`https://`, `http://`,
 /// `git://`, `ssh://`) are always allowed; a local path only as this says.
@@ -61,6 +61,22 @@ pub struct EnvBuildSpec {
     pub indexes: PackageIndexes,
     /// Limits.
     pub limits: BuildLimits,
+    /// Earlier good builds of this environment by this builder version: one whose commit,
+    /// recipe and base equal this build's, and whose image is still there, is reused as it is
+    /// (the engine does not run).
+    pub reusable: Vec<ReusableBuild>,
+}
+
+/// An earlier good build a build may reuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReusableBuild {
+    /// Which build it was.
+    pub build: BuildId,
+    pub commit: String,
+    pub recipe_hash: String,
+    pub base_image_id: String,
+    /// Its image's content id.
+    pub image_id: String,
 }
 
 /// What a build learnt before it ended (also on failure: whatever it got to).
@@ -74,6 +90,8 @@ pub struct EnvProvenance {
     pub base_image_id: Option<String>,
     /// The content id of the image built (success only).
     pub image_id: Option<String>,
+    /// The earlier build whose image this one reused instead of building.
+    pub reused: Option<BuildId>,
 }
 
 /// How a build ended.

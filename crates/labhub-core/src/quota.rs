@@ -48,4 +48,7 @@ pub struct Quota {
     /// Whether the idle timeout also stops a Jupyter server whose kernel is busy or that has a
     /// terminal open (by default such a server counts as in use).
     pub cull_busy: bool,
+    /// The longest one environment build may take; `None`: the site's `environments.build_timeout`,
+    /// which is also the most any group gets.
+    pub build_timeout: Option<Duration>,
 }

@@ -140,6 +140,9 @@ pub struct Started {
     pub state: SpawnerState,
     /// The image's content id the server really runs (reproducibility).
     pub image_digest: String,
+    /// The image's repository digest (`name@sha256:…`) when it has one (pulled or pushed
+    /// images; images built here have none).
+    pub repo_digest: Option<String>,
 }
 
 /// What `poll` found.

@@ -44,6 +44,8 @@ pub struct Build {
     pub started_at: OffsetDateTime,
     pub finished_at: Option<OffsetDateTime>,
     pub error: Option<String>,
+    /// The earlier build whose image this one reused instead of building.
+    pub reused_build_id: Option<BuildId>,
 }
 
 macro_rules! environments {
@@ -58,7 +60,7 @@ macro_rules! environments {
 macro_rules! build_columns {
     () => {
         "build_id, environment_id, ref, status, commit, recipe_hash, base_image_id, image_id, tag,
-         builder_version, built_by_name, started_at, finished_at, error"
+         builder_version, built_by_name, started_at, finished_at, error, reused_build_id"
     };
 }
 
@@ -176,6 +178,7 @@ pub struct Finished<'a> {
     pub recipe_hash: Option<&'a str>,
     pub base_image_id: Option<&'a str>,
     pub image_id: Option<&'a str>,
+    pub reused: Option<BuildId>,
     pub error: Option<&'a str>,
     pub log: &'a str,
     pub finished_at: OffsetDateTime,
@@ -185,7 +188,7 @@ pub struct Finished<'a> {
 pub async fn finish_build(db: impl PgExecutor<'_>, id: BuildId, f: &Finished<'_>) -> Result<(), DbError> {
     sqlx::query(
         "update environment_builds set status = $2, commit = $3, recipe_hash = $4, base_image_id = $5, image_id = $6,
-                error = $7, log = $8, finished_at = $9
+                error = $7, log = $8, finished_at = $9, reused_build_id = $10
          where build_id = $1",
     )
     .bind(id)
@@ -197,6 +200,7 @@ pub async fn finish_build(db: impl PgExecutor<'_>, id: BuildId, f: &Finished<'_>
     .bind(f.error)
     .bind(f.log)
     .bind(f.finished_at)
+    .bind(f.reused)
     .execute(db)
     .await?;
     Ok(())

@@ -18,6 +18,8 @@ pub struct ServerSession {
     pub image_name: Option<String>,
     pub image_ref: String,
     pub image_digest: String,
+    /// The image's repository digest, when it had one.
+    pub repo_digest: Option<String>,
     pub build_id: Option<BuildId>,
     pub environment: Option<String>,
     pub cpu_millis: i32,
@@ -33,7 +35,7 @@ pub struct ServerSession {
 macro_rules! sessions {
     () => {
         "select x.session_id, x.user_id, u.name as user_name, x.server_name, x.image_id, x.image_name, x.image_ref,
-                x.image_digest, x.build_id, ei.name as environment, x.cpu_millis, x.memory_bytes, x.gpus,
+                x.image_digest, x.repo_digest, x.build_id, ei.name as environment, x.cpu_millis, x.memory_bytes, x.gpus,
                 x.group_id, x.group_name, x.started_at, x.stopped_at, x.stop_reason
          from server_sessions x join users u on u.user_id = x.user_id
          left join environment_builds b on b.build_id = x.build_id

@@ -51,6 +51,7 @@ struct Row {
     idle_timeout_seconds: Option<i32>,
     max_lifetime_seconds: Option<i32>,
     cull_busy: bool,
+    build_timeout_seconds: Option<i32>,
 }
 
 impl Row {
@@ -72,6 +73,7 @@ impl Row {
             idle_timeout: seconds(self.idle_timeout_seconds, "idle timeout")?,
             max_lifetime: seconds(self.max_lifetime_seconds, "lifetime")?,
             cull_busy: self.cull_busy,
+            build_timeout: seconds(self.build_timeout_seconds, "build time limit")?,
         })
     }
 }
@@ -80,7 +82,7 @@ macro_rules! columns {
     () => {
         "group_id, kind, max_cpu_millis, max_memory_bytes, max_gpus, images, max_servers_per_member,
          budget_cpu_millis, budget_memory_bytes, storage_bytes, idle_timeout_seconds, max_lifetime_seconds,
-         cull_busy"
+         cull_busy, build_timeout_seconds"
     };
 }
 
@@ -120,8 +122,8 @@ pub async fn put(
     sqlx::query(
         "insert into group_quotas (group_id, kind, max_cpu_millis, max_memory_bytes, max_gpus, images,
                 max_servers_per_member, budget_cpu_millis, budget_memory_bytes, storage_bytes,
-                idle_timeout_seconds, max_lifetime_seconds, updated_at, cull_busy)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                idle_timeout_seconds, max_lifetime_seconds, updated_at, cull_busy, build_timeout_seconds)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          on conflict (group_id, kind) do update set
                 max_cpu_millis = excluded.max_cpu_millis, max_memory_bytes = excluded.max_memory_bytes,
                 max_gpus = excluded.max_gpus, images = excluded.images,
@@ -129,7 +131,7 @@ pub async fn put(
                 budget_cpu_millis = excluded.budget_cpu_millis, budget_memory_bytes = excluded.budget_memory_bytes,
                 storage_bytes = excluded.storage_bytes, idle_timeout_seconds = excluded.idle_timeout_seconds,
                 max_lifetime_seconds = excluded.max_lifetime_seconds, updated_at = excluded.updated_at,
-                cull_busy = excluded.cull_busy",
+                cull_busy = excluded.cull_busy, build_timeout_seconds = excluded.build_timeout_seconds",
     )
     .bind(group_id)
     .bind(kind.as_str())
@@ -145,6 +147,7 @@ pub async fn put(
     .bind(seconds(q.max_lifetime, "the lifetime")?)
     .bind(now)
     .bind(q.cull_busy)
+    .bind(seconds(q.build_timeout, "the build time limit")?)
     .execute(db)
     .await?;
     Ok(())

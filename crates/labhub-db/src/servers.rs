@@ -106,6 +106,13 @@ pub async fn mark_pending(db: impl PgExecutor<'_>, server_id: ServerId, p: &Pend
     Ok(())
 }
 
+/// The image a start runs: its content id, and its repository digest when it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct RanImage<'a> {
+    pub digest: &'a str,
+    pub repo_digest: Option<&'a str>,
+}
+
 /// Marks a start as done; only if the row still belongs to that start. Returns whether it did.
 pub async fn mark_running(
     db: impl PgExecutor<'_>,
@@ -113,7 +120,7 @@ pub async fn mark_running(
     spawn_id: Uuid,
     endpoint: &str,
     spawner_state: &serde_json::Value,
-    image_digest: &str,
+    image: RanImage<'_>,
     now: OffsetDateTime,
 ) -> Result<bool, DbError> {
     // The same statement opens the start's session (`server_sessions`), once per start.
@@ -125,9 +132,9 @@ pub async fn mark_running(
              returning *
          ), opened as (
              insert into server_sessions (server_id, spawn_id, user_id, server_name, image_id, image_name, image_ref,
-                                          image_digest, build_id, cpu_millis, memory_bytes, gpus, group_id,
-                                          group_name, started_at)
-             select s.server_id, s.spawn_id, s.user_id, s.name, s.image_id, i.name, s.image_ref, s.image_digest,
+                                          image_digest, repo_digest, build_id, cpu_millis, memory_bytes, gpus,
+                                          group_id, group_name, started_at)
+             select s.server_id, s.spawn_id, s.user_id, s.name, s.image_id, i.name, s.image_ref, s.image_digest, $7,
                     (select b.build_id from environment_builds b where b.image_id = s.image_digest
                      order by b.build_id desc limit 1),
                     s.cpu_millis, s.memory_bytes, s.gpus, s.group_id, g.name, s.started_at
@@ -140,8 +147,9 @@ pub async fn mark_running(
     .bind(spawn_id)
     .bind(endpoint)
     .bind(spawner_state)
-    .bind(image_digest)
+    .bind(image.digest)
     .bind(now)
+    .bind(image.repo_digest)
     .fetch_one(db)
     .await?;
     Ok(updated == 1)

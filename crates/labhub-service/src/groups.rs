@@ -90,11 +90,14 @@ impl<'h> Groups<'h> {
     pub(crate) async fn detail(&self, group: Group) -> Result<GroupDetail, ServiceError> {
         let members = groups::members(self.hub.db(), group.group_id).await?;
         let (quota, ceiling) = self.quota_and_ceiling(self.hub.db(), group.group_id).await?;
+        let members_build_environments =
+            labhub_db::environments::members_may_build(self.hub.db(), group.group_id).await?;
         Ok(GroupDetail {
             group: group.into(),
             members: members.into_iter().map(Member::from).collect(),
             quota,
             ceiling,
+            members_build_environments,
         })
     }
 

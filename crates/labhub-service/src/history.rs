@@ -48,6 +48,8 @@ pub struct SessionView {
     pub image_ref: String,
     /// The content id the container ran (`sha256:…`).
     pub image_id: String,
+    /// The image's repository digest (`name@sha256:…`), when it had one.
+    pub repo_digest: Option<String>,
     /// The environment and build it ran, when it was one.
     pub environment: Option<String>,
     pub build: Option<BuildId>,
@@ -69,6 +71,7 @@ impl From<ServerSession> for SessionView {
             image: s.image_name,
             image_ref: s.image_ref,
             image_id: s.image_digest,
+            repo_digest: s.repo_digest,
             environment: s.environment,
             build: s.build_id,
             resources: SessionResources { cpu_millis: s.cpu_millis, memory_bytes: s.memory_bytes, gpus: s.gpus },

@@ -447,6 +447,8 @@ pub struct GroupDetail {
     pub quota: Quota,
     /// The most its leads may grant.
     pub ceiling: Quota,
+    /// Whether its members may build personal environments.
+    pub members_build_environments: bool,
 }
 
 impl GroupDetail {

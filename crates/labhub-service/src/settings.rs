@@ -268,6 +268,7 @@ impl Default for QuotaSettings {
                 idle_timeout: Some(Duration::from_secs(3600)),
                 max_lifetime: None,
                 cull_busy: false,
+                build_timeout: None,
             },
             storage_warning_percent: 90,
             culling: true,

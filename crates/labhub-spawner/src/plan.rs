@@ -96,6 +96,8 @@ pub(crate) fn added_capabilities(kind: ImageKind) -> &'static [&'static str] {
 pub(crate) struct ImageFacts {
     /// The content id (`sha256:…`) the container is created from, so it runs exactly what was recorded.
     pub id: String,
+    /// Its repository digest (`name@sha256:…`), when it came from or went to a registry.
+    pub repo_digest: Option<String>,
     /// The image's `USER`, if any.
     pub user: Option<String>,
     /// The image's `ENV HOME`, if any.
@@ -431,7 +433,7 @@ mod tests {
     }
 
     fn image() -> ImageFacts {
-        ImageFacts { id: "sha256:abc".into(), user: Some("1000".into()), home: None }
+        ImageFacts { id: "sha256:abc".into(), repo_digest: None, user: Some("1000".into()), home: None }
     }
 
     #[test]

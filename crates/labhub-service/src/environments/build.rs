@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use labhub_core::environment::{BuildLimits, EnvBuildSpec, LocalSources};
+use labhub_core::environment::{BuildLimits, EnvBuildSpec, LocalSources, ReusableBuild};
 use labhub_core::spawner::Progress;
 use labhub_core::{BuildId, EnvironmentId, GroupId, ImageRef};
 use labhub_db::environments::{self as store, Finished, NewBuild};
@@ -79,6 +79,21 @@ impl Environments<'_> {
             .map(|i| i.fields.reference)
             .collect();
         let quota = self.hub.quotas().limits_of(limits_group).await?;
+        // Good builds by this builder version: the builder reuses one equal to this build.
+        let reusable = store::builds(self.hub.db(), env.environment_id)
+            .await?
+            .into_iter()
+            .filter(|b| b.status == "ready" && b.builder_version == BUILDER_VERSION)
+            .filter_map(|b| {
+                Some(ReusableBuild {
+                    build: b.build_id,
+                    commit: b.commit?,
+                    recipe_hash: b.recipe_hash?,
+                    base_image_id: b.base_image_id?,
+                    image_id: b.image_id?,
+                })
+            })
+            .collect();
         let now = self.hub.now();
         let mut tx = self.hub.begin().await?;
         let build_id = store::insert_build(
@@ -148,8 +163,10 @@ impl Environments<'_> {
             limits: BuildLimits {
                 cpu_millis: quota.max_cpu_millis,
                 memory_bytes: quota.max_memory_bytes,
-                timeout: settings.build_timeout,
+                // The group's limit, never past the site's.
+                timeout: quota.build_timeout.map_or(settings.build_timeout, |t| t.min(settings.build_timeout)),
             },
+            reusable,
         };
         let log = ProgressLog::new();
         log.push(ProgressEvent::step(0, format!("Build {build_id} of '{}' requested", env.name)));
@@ -201,6 +218,7 @@ async fn run(
         recipe_hash: p.recipe_hash.as_deref(),
         base_image_id: p.base_image_id.as_deref(),
         image_id: p.image_id.as_deref(),
+        reused: p.reused,
         error: error.as_deref(),
         log: &kept,
         finished_at: hub.now(),

@@ -73,6 +73,8 @@ pub struct BuildView {
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished: Option<OffsetDateTime>,
     pub error: Option<String>,
+    /// The earlier build whose image this one reused (nothing had changed) instead of building.
+    pub reused_from: Option<BuildId>,
 }
 
 impl From<store::Build> for BuildView {
@@ -91,6 +93,7 @@ impl From<store::Build> for BuildView {
             started: b.started_at,
             finished: b.finished_at,
             error: b.error,
+            reused_from: b.reused_build_id,
         }
     }
 }

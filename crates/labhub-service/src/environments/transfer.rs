@@ -175,6 +175,7 @@ impl Environments<'_> {
             recipe_hash: manifest.recipe_hash.as_deref(),
             base_image_id: manifest.base_image_id.as_deref(),
             image_id: Some(&manifest.image_id),
+            reused: None,
             error: None,
             log: "",
             finished_at: now,

@@ -215,6 +215,7 @@ pub struct QuotaPatch {
     pub idle_timeout: Option<Option<Duration>>,
     pub max_lifetime: Option<Option<Duration>>,
     pub cull_busy: Option<bool>,
+    pub build_timeout: Option<Option<Duration>>,
 }
 
 impl QuotaPatch {
@@ -237,6 +238,7 @@ impl QuotaPatch {
             idle_timeout: self.idle_timeout.unwrap_or(q.idle_timeout),
             max_lifetime: self.max_lifetime.unwrap_or(q.max_lifetime),
             cull_busy: self.cull_busy.unwrap_or(q.cull_busy),
+            build_timeout: self.build_timeout.unwrap_or(q.build_timeout),
         }
     }
 }
@@ -287,6 +289,7 @@ pub fn clamp(q: &Quota, ceiling: &Quota) -> Quota {
         max_lifetime: min_limit(q.max_lifetime, ceiling.max_lifetime),
         // Culling busy servers is the stricter rule: a ceiling that demands it wins.
         cull_busy: q.cull_busy || ceiling.cull_busy,
+        build_timeout: min_limit(q.build_timeout, ceiling.build_timeout),
     }
 }
 
@@ -400,6 +403,7 @@ mod tests {
             images: ImageAllowance::Only(vec!["a".into(), "b".into()]),
             budget_cpu_millis: Some(8000),
             idle_timeout: Some(Duration::from_secs(3600)),
+            build_timeout: Some(Duration::from_secs(600)),
             ..quota()
         };
         let ok = Quota { max_cpu_millis: 1000, images: ImageAllowance::Only(vec!["a".into()]), ..ceiling.clone() };
@@ -412,10 +416,13 @@ mod tests {
         assert!(above_ceiling(&no_budget, &ceiling).unwrap().contains("budget"));
         let never_idle = Quota { idle_timeout: None, ..ok.clone() };
         assert!(above_ceiling(&never_idle, &ceiling).unwrap().contains("idle timeout of never"));
+        let site_builds = Quota { build_timeout: None, ..ok.clone() };
+        assert!(above_ceiling(&site_builds, &ceiling).unwrap().contains("build time limit of the site's limit"));
         let clamped = clamp(&Quota { images: ImageAllowance::Only(vec!["b".into(), "c".into()]), ..quota() }, &ceiling);
         assert_eq!(above_ceiling(&clamped, &ceiling), None);
         assert_eq!(clamped.images, ImageAllowance::Only(vec!["b".into()]));
         assert_eq!(clamped.budget_cpu_millis, Some(8000));
+        assert_eq!(clamped.build_timeout, Some(Duration::from_secs(600)));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub fn describe(q: &Quota) -> Value {
         "idle_timeout_seconds": q.idle_timeout.map(|d| d.as_secs()),
         "max_lifetime_seconds": q.max_lifetime.map(|d| d.as_secs()),
         "cull_busy": q.cull_busy,
+        "build_timeout_seconds": q.build_timeout.map(|d| d.as_secs()),
     })
 }
 
@@ -70,6 +71,9 @@ pub fn summary(q: &Quota) -> String {
     }
     if q.idle_timeout.is_some() {
         parts.push(if q.cull_busy { "busy servers stopped too" } else { "busy servers kept" }.into());
+    }
+    if let Some(d) = q.build_timeout {
+        parts.push(format!("environment builds stopped after {}", format_duration(d)));
     }
     parts.join(" · ")
 }
@@ -303,6 +307,10 @@ pub fn above_ceiling(q: &Quota, ceiling: &Quota) -> Option<String> {
     }
     if !within(q.max_lifetime, ceiling.max_lifetime) {
         return over("a maximum lifetime", or_never(q.max_lifetime), or_never(ceiling.max_lifetime));
+    }
+    if !within(q.build_timeout, ceiling.build_timeout) {
+        let or_site = |v: Option<Duration>| v.map_or_else(|| "the site's limit".to_string(), format_duration);
+        return over("a build time limit", or_site(q.build_timeout), or_site(ceiling.build_timeout));
     }
     if ceiling.cull_busy && !q.cull_busy {
         return Some("keeping busy servers running is more than the ceiling allows (it stops them when idle)".into());

@@ -66,7 +66,8 @@ impl Servers<'_> {
                             spawn_id,
                             &endpoint.to_string(),
                             &o.state,
-                            digest,
+                            // The start that would have learnt the repository digest did not finish here.
+                            servers::RanImage { digest, repo_digest: None },
                             self.hub.now(),
                         )
                         .await?;

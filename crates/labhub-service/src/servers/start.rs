@@ -278,9 +278,16 @@ async fn mark_running(hub: &Hub, server_id: ServerId, spawn_id: Uuid, started: &
     let mut tx = hub.begin().await?;
     let endpoint = started.endpoint.to_string();
     let now = hub.now();
-    let done =
-        servers::mark_running(&mut *tx, server_id, spawn_id, &endpoint, &started.state, &started.image_digest, now)
-            .await?;
+    let done = servers::mark_running(
+        &mut *tx,
+        server_id,
+        spawn_id,
+        &endpoint,
+        &started.state,
+        servers::RanImage { digest: &started.image_digest, repo_digest: started.repo_digest.as_deref() },
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(done)
 }

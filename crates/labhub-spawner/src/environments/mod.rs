@@ -10,10 +10,14 @@ mod source;
 
 use std::collections::HashMap;
 
-use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptions, RemoveImageOptions};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListImagesOptions, RemoveImageOptions, TagImageOptionsBuilder,
+};
 use futures::StreamExt;
-use labhub_core::environment::{BuiltImage, EnvBuildOutcome, EnvBuildSpec, EnvProvenance};
+use labhub_core::environment::{BuiltImage, EnvBuildOutcome, EnvBuildSpec, EnvProvenance, ReusableBuild};
 use labhub_core::spawner::{Progress, ProgressSender, SpawnError};
+
+pub use archive::{SavedImage, inspect_saved, write_untagged};
 
 use crate::DockerSpawner;
 use crate::error::{engine_message, is_status, runtime_error};
@@ -87,6 +91,11 @@ impl DockerSpawner {
         labels.insert(LABEL_HUB.into(), self.config().hub_id.to_string());
         let plan = recipe::plan(&files, &base, &spec.catalogue, &indexes, &labels)?;
         provenance.recipe_hash = Some(plan.recipe_hash.clone());
+        if let Some(reused) = self.reuse(spec, provenance, progress).await? {
+            provenance.image_id = Some(reused.image_id.clone());
+            provenance.reused = Some(reused.build);
+            return Ok(());
+        }
         for image in &plan.from {
             // The engine would pull a missing image; a build never does.
             match self.docker().inspect_image(image).await {
@@ -155,6 +164,46 @@ impl DockerSpawner {
         };
         provenance.image_id = Some(id);
         Ok(())
+    }
+
+    /// The earlier build this one equals (commit, recipe, base; the service offers only
+    /// builds of this builder version), when its image is still there: tagged with this
+    /// build's tag, so the catalogue entry moves to it without the engine building anything.
+    async fn reuse<'s>(
+        &self,
+        spec: &'s EnvBuildSpec,
+        provenance: &EnvProvenance,
+        progress: &ProgressSender,
+    ) -> Result<Option<&'s ReusableBuild>, String> {
+        let same = |b: &&ReusableBuild| {
+            provenance.commit.as_deref() == Some(b.commit.as_str())
+                && provenance.recipe_hash.as_deref() == Some(b.recipe_hash.as_str())
+                && provenance.base_image_id.as_deref() == Some(b.base_image_id.as_str())
+        };
+        for earlier in spec.reusable.iter().filter(same) {
+            match self.docker().inspect_image(&earlier.image_id).await {
+                Ok(_) => {}
+                // Collected since: look further, else build.
+                Err(e) if is_status(&e, 404) => continue,
+                Err(e) => return Err(format!("inspecting {}: {}", earlier.image_id, engine_message(&e))),
+            }
+            let (repo, tag) = spec.tag.as_str().rsplit_once(':').unwrap_or((spec.tag.as_str(), "latest"));
+            let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+            self.docker()
+                .tag_image(&earlier.image_id, Some(options))
+                .await
+                .map_err(|e| format!("tagging {} as {}: {}", earlier.image_id, spec.tag, engine_message(&e)))?;
+            send(
+                progress,
+                95,
+                format!(
+                    "Unchanged since build {} (same commit, recipe, base and builder): reusing its image {} without building",
+                    earlier.build, earlier.image_id
+                ),
+            );
+            return Ok(Some(earlier));
+        }
+        Ok(None)
     }
 
     /// The images this hub built (labelled with its id).

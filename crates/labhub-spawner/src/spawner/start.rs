@@ -95,7 +95,7 @@ impl DockerSpawner {
                     port: spec.port,
                     kind: spec.kind,
                 };
-                Ok(Started { endpoint, state: state.to_json(), image_digest: facts.id })
+                Ok(Started { endpoint, state: state.to_json(), image_digest: facts.id, repo_digest: facts.repo_digest })
             }
             Err(e) => {
                 tracing::info!(container = %names.container, error = %e, "start failed; removing the container");
@@ -195,6 +195,7 @@ impl DockerSpawner {
 fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<ImageFacts, SpawnError> {
     Ok(ImageFacts {
         id: image.id.clone().ok_or_else(|| SpawnError::Runtime(format!("image {} has no id", spec.image)))?,
+        repo_digest: repo_digest(image),
         user: image.config.as_ref().and_then(|c| c.user.clone()).filter(|u| !u.is_empty()),
         home: image
             .config
@@ -202,6 +203,11 @@ fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<ImageFacts, Sp
             .and_then(|c| c.env.as_ref())
             .and_then(|env| env.iter().find_map(|kv| kv.strip_prefix("HOME=").map(str::to_string))),
     })
+}
+
+/// The image's repository digest, when a registry gave it one (the first, if several).
+fn repo_digest(image: &ImageInspect) -> Option<String> {
+    image.repo_digests.as_ref()?.iter().find(|d| d.contains("@sha256:")).cloned()
 }
 
 fn already_running(spec: &ServerSpec, name: &str) -> SpawnError {
@@ -265,6 +271,17 @@ impl Drop for ContainerGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repo_digest_is_the_registrys_when_there_is_one() {
+        let pulled = ImageInspect {
+            repo_digests: Some(vec!["quay.io/jupyter/base-notebook@sha256:0123".into()]),
+            ..Default::default()
+        };
+        assert_eq!(repo_digest(&pulled).as_deref(), Some("quay.io/jupyter/base-notebook@sha256:0123"));
+        assert_eq!(repo_digest(&ImageInspect { repo_digests: Some(vec![]), ..Default::default() }), None);
+        assert_eq!(repo_digest(&ImageInspect::default()), None, "built here");
+    }
 
     #[test]
     fn seed_archives_keep_owner_and_mode() {

@@ -24,24 +24,24 @@ use crate::proxied::{ws_connect, ws_url};
 
 /// Generous: a cold build fetches Debian packages and wheels on a shared two-core machine.
 const BUILD_LIMIT: Duration = Duration::from_secs(900);
-const SERVER_START: Duration = Duration::from_secs(240);
+pub(crate) const SERVER_START: Duration = Duration::from_secs(240);
 /// The machine's CA bundle: pip in the build's first stage reaches PyPI through it.
 const HOST_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A git repository the test writes commits into.
-struct Repo {
+pub(crate) struct Repo {
     dir: tempfile::TempDir,
 }
 
 impl Repo {
-    fn new(under: &Path) -> Self {
+    pub(crate) fn new(under: &Path) -> Self {
         let dir = tempfile::Builder::new().prefix("repo-").tempdir_in(under).unwrap();
         let repo = Self { dir };
         repo.git(&["init", "--quiet", "--initial-branch=main"]);
         repo
     }
 
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         self.dir.path().to_str().unwrap().to_string()
     }
 
@@ -57,7 +57,7 @@ impl Repo {
     }
 
     /// Writes the files (an empty body deletes one) and commits them; the commit's id.
-    fn commit(&self, files: &[(&str, &str)]) -> String {
+    pub(crate) fn commit(&self, files: &[(&str, &str)]) -> String {
         for (name, body) in files {
             let path = self.dir.path().join(name);
             if body.is_empty() {
@@ -79,7 +79,7 @@ impl Repo {
 
 /// A hub on the real engine with the JupyterLab image in its catalogue as `jupyterlab` (what
 /// environments build on), an admin `root`, and builds that may use folders under `sources`.
-async fn env_hub(sources: &Path) -> (TestApp, Api) {
+pub(crate) async fn env_hub(sources: &Path) -> (TestApp, Api) {
     let image = {
         let builder = DockerScope::new(test_server_binary()).await;
         images::jupyterlab_image(&builder.spawner).await.expect("the JupyterLab image exists or builds")
@@ -129,7 +129,7 @@ async fn follow(api: &Api, log_url: &str) -> Vec<ProgressEvent> {
 }
 
 /// Creates an environment and follows its first build; the answer and the log.
-async fn create(api: &Api, body: Value) -> (Value, Vec<ProgressEvent>) {
+pub(crate) async fn create(api: &Api, body: Value) -> (Value, Vec<ProgressEvent>) {
     let a = api.post_json("/hub/api/environments", &body).await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     let v = a.value();
@@ -144,7 +144,7 @@ async fn rebuild(api: &Api, name: &str) -> Vec<ProgressEvent> {
     follow(api, a.value()["log_url"].as_str().unwrap()).await
 }
 
-fn outcome(events: &[ProgressEvent]) -> &ProgressEvent {
+pub(crate) fn outcome(events: &[ProgressEvent]) -> &ProgressEvent {
     events.last().unwrap()
 }
 
@@ -367,11 +367,26 @@ async fn a_repositorys_own_dockerfile_builds_from_a_catalogue_image_and_nothing_
     assert!(outcome(&events).ready, "{events:#?}");
     assert!(events.iter().any(|e| e.message.contains("repository's Dockerfile")), "{events:#?}");
 
-    // Built again unchanged: a new image (its labels say who and when); the first one is now
-    // neither served nor run by any session, so the image collector removes it and says so.
+    // Built again unchanged (the same commit, recipe, base and builder): the first build's
+    // image is reused without the engine, and the log and the record say so.
     let events = rebuild(&root, "own").await;
     assert!(outcome(&events).ready, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("Unchanged since build")), "{events:#?}");
+    assert!(!events.iter().any(|e| e.message.starts_with("Step ")), "the engine built nothing: {events:#?}");
     let env = root.get("/hub/api/environments/own").await.value();
+    assert_eq!(env["builds"][0]["image_id"], env["builds"][1]["image_id"], "{env}");
+    assert_eq!(env["builds"][0]["reused_from"], env["builds"][1]["id"], "{env}");
+    let image = root.get("/hub/api/images/own").await.value();
+    assert!(image["reference"].as_str().unwrap().ends_with(&format!(":b{}", env["builds"][0]["id"])), "{image}");
+
+    // A new commit is built: a new image (its labels say which commit); the first one is now
+    // neither served nor run by any session, so the image collector removes it and says so.
+    repo.commit(&[("README.md", "Our own image.\n")]);
+    let events = rebuild(&root, "own").await;
+    assert!(outcome(&events).ready, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.starts_with("Step ")), "{events:#?}");
+    let env = root.get("/hub/api/environments/own").await.value();
+    assert_eq!(env["builds"][0]["reused_from"], Value::Null, "{env}");
     let (newer, older) =
         (env["builds"][0]["image_id"].as_str().unwrap(), env["builds"][1]["image_id"].as_str().unwrap());
     assert_ne!(newer, older);
@@ -465,96 +480,44 @@ async fn leads_build_for_their_group_and_members_only_when_their_group_lets_them
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
     let a = lead.put_json("/hub/api/environments/team-env/pin", &json!({"build": null})).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
-}
 
-/// The `labhub` command against a test hub's database, with a data folder of its own.
-fn labhub_cli(app: &TestApp, data: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_labhub-exe"))
-        .args(args)
-        .env_remove("LABHUB_CONFIG")
-        .env("LABHUB_LOG", "warn")
-        .env("DATABASE_URL", labhub_testkit::pg::TestCluster::get().url(&app.db_name))
-        .env("LABHUB_DATA_DIR", data)
-        .env("LABHUB_DOCKER__HUB_ID", app.config.docker.hub_id.as_str())
-        .env("LABHUB_DOCKER__NETWORK", app.config.docker.network.as_str())
-        .output()
-        .expect("running labhub")
-}
+    // The group model says whether members build; a lead turns it off on the group page, and
+    // the member then neither builds a new environment nor rebuilds their own.
+    assert_eq!(lead.get("/hub/api/groups/team").await.value()["members_build_environments"], true);
+    let c = app.signed_in("lead", "correct horse").await;
+    let html = c.get(app.at("/hub/groups/team")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("name=\"members_build\" value=\"on\" checked"), "{html}");
+    // The page lists the group's environments, with the way to their builds' logs.
+    let listed = &html[html.find("data-group-environments").expect("the group's environments")..];
+    let listed = &listed[..listed.find("</ul>").unwrap()];
+    assert!(listed.contains("href=\"/hub/environments/team-env\""), "{listed}");
+    assert!(!listed.contains("alice-env"), "a personal environment is not the group's: {listed}");
+    let csrf = app.csrf(&c, "/hub/groups/team").await;
+    let origin = app.config.public_url().origin().ascii_serialization();
+    let r = c
+        .post(app.at("/hub/groups/team/environments"))
+        .header("Origin", &origin)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(lead.get("/hub/api/groups/team").await.value()["members_build_environments"], false);
+    let a = alice.post_json("/hub/api/environments/alice-env/builds", &json!({})).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let a = alice.post_json("/hub/api/environments", &json!({"name": "again", "source": repo.path()})).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exported_environment_is_imported_into_another_hub_and_starts_there() {
-    let sources = tempfile::tempdir().unwrap();
-    let (app, root) = env_hub(sources.path()).await;
-    let image = root.get("/hub/api/images/jupyterlab").await.value()["reference"].as_str().unwrap().to_string();
-    let repo = Repo::new(sources.path());
-    let commit = repo
-        .commit(&[("Dockerfile", &format!("FROM {image}\nUSER root\nRUN echo paper > /opt/paper.txt\nUSER 1000\n"))]);
-    let (_, events) = create(&root, json!({"name": "paper", "source": repo.path()})).await;
-    assert!(outcome(&events).ready, "{events:#?}");
-    let built = root.get("/hub/api/environments/paper").await.value();
-    let image_id = built["image_id"].as_str().unwrap().to_string();
-
-    let data_a = tempfile::tempdir().unwrap();
-    let out = labhub_cli(&app, data_a.path(), &["env", "export", "paper"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let export = sources.path().join("paper.labhub.tar");
-    std::fs::write(&export, &out.stdout).unwrap();
-    let mut archive = tar::Archive::new(out.stdout.as_slice());
-    let mut entries = archive.entries().unwrap();
-    let mut first = entries.next().unwrap().unwrap();
-    assert_eq!(first.path().unwrap().to_str(), Some("labhub-environment.json"));
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut first, &mut text).unwrap();
-    let manifest: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(manifest["image_id"], image_id.as_str(), "{manifest}");
-    assert_eq!(manifest["commit"], commit.as_str(), "{manifest}");
-    assert_eq!(manifest["source"], repo.path().as_str(), "{manifest}");
-    drop(first);
-    assert_eq!(entries.next().unwrap().unwrap().path().unwrap().to_str(), Some("image.tar"));
-
-    // Another lab: its own database, data folder and hub id, and an engine without the image.
-    let docker = app.docker.as_ref().unwrap().docker().clone();
-    let force = bollard::query_parameters::RemoveImageOptions { force: true, ..Default::default() };
-    docker.remove_image(&image_id, Some(force), None).await.expect("the image goes");
-    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
-    let other = TestApp::builder().docker(scope).config(|c| c.servers.start_timeout = SERVER_START).spawn().await;
-    other.add_user("admin", "correct horse", true).await;
-    let admin = other.api_for("admin").await;
-    let data_b = tempfile::tempdir().unwrap();
-    let out = labhub_cli(&other, data_b.path(), &["env", "import", export.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let env = admin.get("/hub/api/environments/paper").await.value();
-    assert_eq!(env["image_id"], image_id.as_str(), "{env}");
-    assert_eq!(env["commit"], commit.as_str(), "{env}");
-    assert_eq!(env["source"], repo.path().as_str(), "{env}");
-    assert_eq!(env["status"], "ready", "{env}");
-    admin.start("admin", None, json!({"image": "paper"})).await.expect("the start is accepted");
-    let server = admin.wait_ready("admin", None).await;
-    assert_eq!(server.image_digest.as_deref(), Some(image_id.as_str()), "{server:?}");
-    admin.stop("admin", None).await.unwrap();
-
-    // An export whose manifest names another image is refused.
-    let mut tampered = manifest.clone();
-    tampered["image_id"] = json!(format!("sha256:{}", "0".repeat(64)));
-    let mut bad = tar::Builder::new(Vec::new());
-    let body = serde_json::to_vec(&tampered).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(body.len() as u64);
-    h.set_mode(0o644);
-    bad.append_data(&mut h, "labhub-environment.json", body.as_slice()).unwrap();
-    let mut original = tar::Archive::new(std::fs::File::open(&export).unwrap());
-    let mut image_entry = original.entries().unwrap().nth(1).unwrap().unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(image_entry.size());
-    h.set_mode(0o644);
-    bad.append_data(&mut h, "image.tar", &mut image_entry).unwrap();
-    let tampered_file = sources.path().join("tampered.labhub.tar");
-    std::fs::write(&tampered_file, bad.into_inner().unwrap()).unwrap();
-    let out = labhub_cli(&other, data_b.path(), &["env", "import", tampered_file.to_str().unwrap(), "--name", "other"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not the one its manifest records"), "{err}");
-    assert_eq!(admin.get("/hub/api/environments/other").await.status, StatusCode::NOT_FOUND);
+    // A group's build time limit (a quota field, within the site's) stops a longer build.
+    let a = root.patch_json("/hub/api/groups/team/quota", &json!({"build_timeout_seconds": 2})).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.value()["build_timeout_seconds"], 2, "{a:?}");
+    repo.commit(&[("Dockerfile", &format!("FROM {image}\nRUN sleep 60\n"))]);
+    let a = lead.post_json("/hub/api/environments/team-env/builds", &json!({})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+    let events = follow(&lead, a.value()["log_url"].as_str().unwrap()).await;
+    let end = outcome(&events);
+    assert!(end.failed && end.message.contains("longer than its limit of 2 s"), "{}", end.message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,7 +562,16 @@ async fn the_pages_build_an_environment_follow_its_log_and_relaunch_a_session_fr
     let image_id = first.image_digest.clone().unwrap();
     let html = c.get(app.at("/hub/history")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("paged") && html.contains(&image_id[7..19]), "{html}");
-    let id = root.get("/hub/api/users/root/sessions").await.value()[0]["id"].as_i64().unwrap();
+    let session = root.get("/hub/api/users/root/sessions").await.value()[0].clone();
+    // Built here, the image has no repository digest: the field says so rather than guessing.
+    assert!(session.as_object().unwrap().contains_key("repo_digest"), "{session}");
+    assert_eq!(session["repo_digest"], Value::Null, "{session}");
+    let id = session["id"].as_i64().unwrap();
+    // The home page's History section lists it with its own Relaunch.
+    let home = c.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    let section = &home[home.find("data-history").expect("a History section")..];
+    assert!(section.contains(&image_id[7..19]), "{section}");
+    assert!(section.contains(&format!("action=\"/hub/history/root/{id}/relaunch\"")), "{section}");
     let r = c
         .post(app.at(&format!("/hub/history/root/{id}/relaunch")))
         .header("Origin", &origin)

@@ -38,6 +38,7 @@ fn model(d: &GroupDetail) -> Value {
         "quota": quota_model(d),
         "shared_folder": d.group.shared_folder,
         "shared_read_only": d.group.shared_read_only,
+        "members_build_environments": d.members_build_environments,
     })
 }
 
@@ -275,6 +276,9 @@ pub struct QuotaBody {
     /// Whether the idle timeout also stops servers with a busy kernel or an open terminal.
     #[serde(default)]
     cull_busy: Option<bool>,
+    /// The longest one environment build may take; `null`: the site's `environments.build_timeout`.
+    #[serde(default, deserialize_with = "nullable")]
+    build_timeout_seconds: Option<Option<u64>>,
     /// The admin's ceiling, changed first (admins only).
     #[serde(default)]
     ceiling: Option<Box<QuotaBody>>,
@@ -295,6 +299,7 @@ impl QuotaBody {
             idle_timeout: secs(self.idle_timeout_seconds),
             max_lifetime: secs(self.max_lifetime_seconds),
             cull_busy: self.cull_busy,
+            build_timeout: secs(self.build_timeout_seconds),
         }
     }
 }

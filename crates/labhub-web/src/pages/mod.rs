@@ -97,6 +97,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/groups/{name}/ceiling", post(groups::set_ceiling))
         .route("/hub/groups/{name}/rename", post(groups::rename))
         .route("/hub/groups/{name}/shared", post(groups::set_shared))
+        .route("/hub/groups/{name}/environments", post(groups::set_environments))
         .route("/hub/groups/{name}/delete", post(groups::delete))
         .route("/hub/groups/{name}/stop", post(groups::stop))
         .fallback(|| async { crate::AppError::NotFound("There is no page at this address.".into()) })

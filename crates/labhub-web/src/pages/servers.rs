@@ -73,6 +73,8 @@ struct HomePage {
     groups: Vec<HomeGroup>,
     /// Servers others shared with this user.
     shared: Vec<super::shares::SharedRow>,
+    /// The most recent sessions (History), and how many there are.
+    history: (Vec<super::history::SessionRow>, i64),
 }
 
 /// `GET /hub/home` (any signed-in user): their servers and account.
@@ -141,6 +143,7 @@ pub async fn home(
             .map(|m| HomeGroup { name: m.group.name.to_string(), lead: m.role == GroupRole::Lead })
             .collect(),
         shared: super::shares::shared_with_me(&state, &me).await?,
+        history: super::history::recent(&state, &me).await?,
     };
     Ok(page.render(view))
 }

@@ -31,6 +31,12 @@ pub(super) enum GroupCommand {
         #[arg(long)]
         read_only: bool,
     },
+    /// Let a group's members build their own environments (on) or not (off).
+    MembersBuildEnvironments {
+        group: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Rename a group.
     Rename { name: String, new_name: String },
     /// Add users to a group.
@@ -57,7 +63,7 @@ pub(super) enum GroupCommand {
     SetQuota {
         group: String,
         #[command(flatten)]
-        limits: QuotaArgs,
+        limits: Box<QuotaArgs>,
         /// Change the ceiling instead of the limits in force.
         #[arg(long)]
         ceiling: bool,
@@ -100,6 +106,10 @@ pub(super) struct QuotaArgs {
     /// Whether the idle timeout also stops servers with a busy kernel or an open terminal.
     #[arg(long, action = clap::ArgAction::Set)]
     cull_busy: Option<bool>,
+    /// The longest one environment build may take (e.g. 20m), or "site" for the site's
+    /// `environments.build_timeout`.
+    #[arg(long)]
+    build_timeout: Option<String>,
 }
 
 /// A limit that may be removed: `None` when not given, `Some(None)` for the `off` word.
@@ -139,6 +149,7 @@ impl QuotaArgs {
             idle_timeout: removable(&self.idle_timeout, "never", duration)?,
             max_lifetime: removable(&self.max_lifetime, "never", duration)?,
             cull_busy: self.cull_busy,
+            build_timeout: removable(&self.build_timeout, "site", duration)?,
         })
     }
 }
@@ -198,6 +209,16 @@ pub(super) async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow
                     println!("{name} shares ~/shared/{name}, read-only for members, from their next start.")
                 }
                 (false, _) => println!("{name} has no shared folder from its members' next start; its files are kept."),
+            }
+        }
+        GroupCommand::MembersBuildEnvironments { group, state } => {
+            let name = group_name(&group)?;
+            let on = state == "on";
+            hub.environments().set_members_may_build(actor, &name, on).await?;
+            if on {
+                println!("{name}'s members may build their own environments.");
+            } else {
+                println!("{name}'s members no longer build their own environments (what they built stays).");
             }
         }
         GroupCommand::Rename { name, new_name } => {

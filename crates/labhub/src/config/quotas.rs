@@ -211,6 +211,8 @@ impl Config {
                 idle_timeout: q.idle_timeout,
                 max_lifetime: q.max_lifetime,
                 cull_busy: q.cull_busy,
+                // `[environments] build_timeout` is the site's default and ceiling.
+                build_timeout: None,
             },
             culling: self.culler.enabled,
             storage_warning_percent: q.storage_warning_percent,

@@ -108,6 +108,9 @@ pub struct QuotaForm {
     /// A checkbox: present when checked.
     #[serde(default)]
     cull_busy: Option<String>,
+    /// Empty: the site's build time limit.
+    #[serde(default)]
+    build_minutes: String,
 }
 
 fn count(raw: &str, what: &str) -> Result<u32, ServiceError> {
@@ -149,6 +152,7 @@ impl QuotaForm {
             idle_timeout: Some(optional(&self.idle_minutes, duration_minutes)?),
             max_lifetime: Some(optional(&self.lifetime_minutes, duration_minutes)?),
             cull_busy: Some(self.cull_busy.is_some()),
+            build_timeout: Some(optional(&self.build_minutes, duration_minutes)?),
         })
     }
 }
@@ -232,6 +236,7 @@ pub async fn set_ceiling(
         idle_minutes: field("idle_minutes"),
         lifetime_minutes: field("lifetime_minutes"),
         cull_busy: form.get("cull_busy").cloned(),
+        build_minutes: field("build_minutes"),
     };
     let result = match fields.patch() {
         Ok(p) => {
@@ -324,6 +329,32 @@ pub async fn set_shared(
             }
             false => format!("{name} has no shared folder from its members' next start; its files are kept."),
         });
+    answer(&state, &group_path(&name), result)
+}
+
+/// The group page's environments form: a checkbox, present when checked.
+#[derive(Deserialize)]
+pub struct EnvironmentsForm {
+    #[serde(default)]
+    members_build: Option<String>,
+}
+
+/// `POST /hub/groups/{name}/environments` (admins, its leads): whether members build their own.
+pub async fn set_environments(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<EnvironmentsForm>,
+) -> Result<Response, AppError> {
+    let name = group_name(&name)?;
+    let allowed = form.members_build.is_some();
+    let result = state.hub().environments().set_members_may_build(Actor::User(&me), &name, allowed).await.map(|()| {
+        if allowed {
+            format!("{name}'s members may build their own environments.")
+        } else {
+            format!("{name}'s members no longer build their own environments (what they built stays).")
+        }
+    });
     answer(&state, &group_path(&name), result)
 }
 

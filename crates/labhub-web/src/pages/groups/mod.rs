@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{Redirect, Response};
 use labhub_core::resources::{format_bytes, format_cpu};
 use labhub_core::{GroupName, GroupRole, ImageAllowance, Quota, ServerName, UserName};
+use labhub_service::environments::Whose;
 use labhub_service::quotas::{cpu_text, summary};
 use labhub_service::usage::{Amounts, GroupUsage, UsageRange};
 use labhub_service::words::memory_text;
@@ -25,7 +26,9 @@ mod chart;
 mod forms;
 
 use chart::{Chart, ChartSpec, chart};
-pub use forms::{add_members, delete, member_action, rename, set_ceiling, set_images, set_quota, set_shared, stop};
+pub use forms::{
+    add_members, delete, member_action, rename, set_ceiling, set_environments, set_images, set_quota, set_shared, stop,
+};
 
 fn group_name(raw: &str) -> Result<GroupName, AppError> {
     GroupName::parse(raw).map_err(|e| AppError::NotFound(e.to_string()))
@@ -157,6 +160,7 @@ struct QuotaFields {
     idle_minutes: String,
     lifetime_minutes: String,
     cull_busy: bool,
+    build_minutes: String,
 }
 
 fn minutes(d: Option<Duration>) -> String {
@@ -180,6 +184,7 @@ impl QuotaFields {
             idle_minutes: minutes(q.idle_timeout),
             lifetime_minutes: minutes(q.max_lifetime),
             cull_busy: q.cull_busy,
+            build_minutes: minutes(q.build_timeout),
         }
     }
 }
@@ -222,6 +227,16 @@ struct GroupPage {
     shared_read_only: bool,
     shared_size: Option<String>,
     shared_warnings: Vec<String>,
+    members_build_environments: bool,
+    /// The group's environments (filled in by `show`).
+    environments: Vec<GroupEnvironment>,
+}
+
+/// One of the group's environments: its page, and its latest build's page (the live log).
+struct GroupEnvironment {
+    name: String,
+    status: String,
+    latest: String,
 }
 
 fn amounts_text(a: &Amounts) -> (String, String) {
@@ -250,7 +265,20 @@ pub async fn show(
     let range = if q.range == "week" { UsageRange::Week } else { UsageRange::Day };
     let u = hub.usage().of_group(Actor::User(&me), &group_name(&name)?, range).await?;
     let catalogue = hub.catalogue().list().await?;
-    let view = group_page(&page, &me, u, &catalogue, hub.now());
+    let holder = Whose::Group(u.detail.group.name.to_string());
+    let environments = hub
+        .environments()
+        .list(Actor::User(&me))
+        .await?
+        .into_iter()
+        .filter(|e| e.holder == holder)
+        .map(|e| GroupEnvironment {
+            status: e.status,
+            latest: e.builds.first().map(|b| b.id.to_string()).unwrap_or_default(),
+            name: e.name,
+        })
+        .collect();
+    let view = GroupPage { environments, ..group_page(&page, &me, u, &catalogue, hub.now()) };
     Ok(page.render(view))
 }
 
@@ -375,5 +403,7 @@ fn group_page(
         shared_read_only: d.group.shared_read_only,
         shared_size: u.shared_bytes.map(|b| format!("{} used", format_bytes(b))),
         shared_warnings: u.shared_warning.clone().into_iter().collect(),
+        members_build_environments: d.members_build_environments,
+        environments: Vec::new(),
     }
 }
