@@ -85,12 +85,12 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     // Without a route, the "not running" answer asks the service, which checks the same gate.
     let mut visitor = None;
     if let Some(r) = &route {
-        match state.hub().access().may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
-        {
+        let to = ServerRef { owner: r.route().owner, owner_name: &r.key().user, server: r.key().server.as_ref() };
+        match state.hub().access().may_reach(&me, to) {
             None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
             // A visitor's WebSockets close when their share ends.
             Some(Reach::Shared(_)) => visitor = Some(me.user_id),
-            Some(Reach::Owner | Reach::Admin) => {}
+            Some(Reach::Owner | Reach::Admin | Reach::Scoped) => {}
         }
     }
     let token_in_url = req.uri().query().and_then(token_in_query).is_some();

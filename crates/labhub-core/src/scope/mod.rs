@@ -198,8 +198,8 @@ impl Holder<'_> {
     }
 }
 
-/// What `self` stands for: a user's own account, servers, tokens, activity and shares given
-/// to them (JupyterHub's `_expand_self_scope`).
+/// What `self` stands for: a user's own account, servers, tokens, activity, sharing their
+/// servers and the shares given to them (JupyterHub's `_expand_self_scope`).
 pub const SELF_SCOPES: &[Scope] = &[
     Scope::AccessServers,
     Scope::DeleteServers,
@@ -211,6 +211,7 @@ pub const SELF_SCOPES: &[Scope] = &[
     Scope::ReadUsersName,
     Scope::ReadUsersShares,
     Scope::Servers,
+    Scope::Shares,
     Scope::Tokens,
     Scope::UsersActivity,
     Scope::UsersShares,

@@ -120,6 +120,26 @@ impl ScopeSet {
         self.0.get(scope)
     }
 
+    /// Every scope held and where.
+    pub fn iter(&self) -> impl Iterator<Item = (&Scope, &Grant)> {
+        self.0.iter()
+    }
+
+    /// The groups named by any `!group=` filter held (whose memberships an intersection needs).
+    pub fn filter_groups(&self) -> BTreeSet<&GroupName> {
+        self.0
+            .values()
+            .flat_map(|g| match g {
+                Grant::All => None,
+                Grant::Only(filters) => Some(filters.iter().filter_map(|f| match f {
+                    Filter::Group(g) => Some(g),
+                    _ => None,
+                })),
+            })
+            .flatten()
+            .collect()
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

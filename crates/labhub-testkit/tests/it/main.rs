@@ -29,6 +29,7 @@ mod proxy;
 mod proxy_auth;
 mod quotas;
 mod restart;
+mod roles;
 mod servers;
 mod sessions;
 mod shared_servers;
