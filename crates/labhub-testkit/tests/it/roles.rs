@@ -218,3 +218,54 @@ async fn metrics_need_read_metrics_unless_public_and_carry_jupyterhubs_names() {
     }
     assert!(!text.contains("handler=\"/user/{*rest}\""), "proxied requests are not the hub's own");
 }
+
+/// `labhub ARGS` against the test's database, as the operator runs it: (status, out, err).
+fn labhub_cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labhub-exe"))
+        .args(args)
+        .env_remove("LABHUB_CONFIG")
+        .env("DATABASE_URL", labhub_testkit::pg::TestCluster::get().url(&app.db_name))
+        .env("LABHUB_LOG", "warn")
+        .output()
+        .expect("running labhub");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_defines_and_gives_roles_and_a_running_hub_follows() {
+    let app = TestApp::spawn().await;
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("bob", "correct horse", false).await;
+    let alice = app.api_for("alice").await;
+    assert_eq!(alice.get("/hub/api/users/bob").await.status, StatusCode::FORBIDDEN);
+
+    let (code, _, err) = labhub_cli(&app, &["role", "put", "reader", "--scope", "read:userz"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown scope 'read:userz'"), "{err}");
+    let (code, out, err) =
+        labhub_cli(&app, &["role", "put", "reader", "--scope", "read:users", "--scope", "list:users"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("read:users list:users"), "{out}");
+    let (code, _, err) = labhub_cli(&app, &["role", "assign", "reader", "--user", "alice"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while alice.get("/hub/api/users/bob").await.status != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "the running hub never heard of the new role");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, out, _) = labhub_cli(&app, &["role", "list"]);
+    assert!(out.contains("admin (built in):") && out.contains("reader: read:users list:users"), "{out}");
+    let (code, _, err) = labhub_cli(&app, &["role", "remove", "user"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("built-in"), "{err}");
+    let (code, _, err) = labhub_cli(&app, &["role", "remove", "reader"]);
+    assert_eq!(code, 0, "{err}");
+    while alice.get("/hub/api/users/bob").await.status != StatusCode::FORBIDDEN {
+        assert!(std::time::Instant::now() < deadline, "the running hub never heard the role was removed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
