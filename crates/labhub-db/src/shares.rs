@@ -369,7 +369,8 @@ const CHANGED: &str = "labhub_shares";
 /// A connection listening for changes to shares and group memberships.
 pub async fn listen(pool: &sqlx::PgPool) -> Result<sqlx::postgres::PgListener, DbError> {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen(CHANGED).await?;
+    // Role changes are heard here too: both invalidate what the hub decided from memory.
+    listener.listen_all([CHANGED, crate::roles::CHANGED]).await?;
     Ok(listener)
 }
 

@@ -17,11 +17,13 @@ pub struct ApiToken {
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
     pub last_used_at: Option<OffsetDateTime>,
+    /// The token's scopes as written (`{inherit}`: its owner's).
+    pub scopes: Vec<String>,
 }
 
 macro_rules! columns {
     () => {
-        "token_id, user_id, prefix, note, created_at, expires_at, last_used_at"
+        "token_id, user_id, prefix, note, created_at, expires_at, last_used_at, scopes"
     };
 }
 
@@ -34,13 +36,15 @@ pub struct NewToken<'a> {
     pub note: &'a str,
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
+    /// Scopes as written; `["inherit"]` for the owner's.
+    pub scopes: &'a [String],
 }
 
 /// Stores a token.
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewToken<'_>) -> Result<ApiToken, DbError> {
     Ok(sqlx::query_as(concat!(
-        "insert into api_tokens (token_hash, prefix, user_id, note, created_at, expires_at)
-         values ($1, $2, $3, $4, $5, $6) returning ",
+        "insert into api_tokens (token_hash, prefix, user_id, note, created_at, expires_at, scopes)
+         values ($1, $2, $3, $4, $5, $6, $7) returning ",
         columns!()
     ))
     .bind(&new.token_hash[..])
@@ -49,6 +53,7 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewToken<'_>) -> Result<ApiTo
     .bind(new.note)
     .bind(new.created_at)
     .bind(new.expires_at)
+    .bind(new.scopes)
     .fetch_one(db)
     .await?)
 }
@@ -57,7 +62,7 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewToken<'_>) -> Result<ApiTo
 pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<Option<(ApiToken, User)>, DbError> {
     use sqlx::FromRow;
     let row = sqlx::query(concat!(
-        "select t.token_id, t.user_id, t.prefix, t.note, t.created_at, t.expires_at, t.last_used_at, ",
+        "select t.token_id, t.user_id, t.prefix, t.note, t.created_at, t.expires_at, t.last_used_at, t.scopes, ",
         users::prefixed_user_columns!(),
         " from api_tokens t join users u on u.user_id = t.user_id where t.token_hash = $1"
     ))

@@ -238,3 +238,8 @@ pub async fn lock_admins(db: impl PgExecutor<'_>) -> Result<(), DbError> {
     sqlx::query("select 1 from users where admin for update").execute(db).await?;
     Ok(())
 }
+
+/// How many accounts were active at or after `since`.
+pub async fn count_active_since(db: impl PgExecutor<'_>, since: OffsetDateTime) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar("select count(*) from users where last_activity >= $1").bind(since).fetch_one(db).await?)
+}

@@ -26,6 +26,7 @@ mod hub;
 pub mod model;
 pub mod progress;
 pub mod quotas;
+pub mod roles;
 pub mod servers;
 pub mod sessions;
 pub mod settings;
@@ -49,10 +50,17 @@ pub struct Principal {
     pub user_id: labhub_core::UserId,
     /// The user's name.
     pub name: labhub_core::UserName,
-    /// Whether they are a site admin.
+    /// Whether they act as a site admin: the account is one and the credential carries all
+    /// of its powers (a token narrowed by scopes never does).
     pub admin: bool,
     /// How they authenticated.
     pub via: AuthVia,
+    /// What they may do, expanded: the account's roles, narrowed by the token's scopes.
+    pub scopes: std::sync::Arc<labhub_core::ScopeSet>,
+    /// Whether the credential carries every power of its account (a session, a token with
+    /// `inherit`): the hub's own checks written for owners and admins hold for it as they are;
+    /// a narrowed token is admitted only where its scopes say.
+    pub full: bool,
 }
 
 /// How a request authenticated.

@@ -255,6 +255,8 @@ pub struct TokenInfo {
     pub created_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
     pub last_used_at: Option<OffsetDateTime>,
+    /// Its scopes as written (`inherit`: its owner's).
+    pub scopes: Vec<String>,
 }
 
 impl From<tokens::ApiToken> for TokenInfo {
@@ -266,6 +268,7 @@ impl From<tokens::ApiToken> for TokenInfo {
             created_at: t.created_at,
             expires_at: t.expires_at,
             last_used_at: t.last_used_at,
+            scopes: t.scopes,
         }
     }
 }

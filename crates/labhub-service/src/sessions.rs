@@ -183,12 +183,8 @@ impl<'h> Sessions<'h> {
             sessions::touch(self.hub.db(), session.session_id, now).await?;
             last_seen = now;
         }
-        let principal = Principal {
-            user_id: user.user_id,
-            name: user.name,
-            admin: user.admin,
-            via: AuthVia::Session { session_id: session.session_id },
-        };
+        let principal =
+            self.hub.roles().principal(user, AuthVia::Session { session_id: session.session_id }, None).await?;
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
@@ -227,6 +223,11 @@ impl<'h> Sessions<'h> {
     }
 
     /// Forgets every cached session of a user, after a change to their account.
+    /// Forgets every cached session, after a change of roles (their scopes are worked out again).
+    pub(crate) fn forget_all(&self) {
+        self.state().cache.clear();
+    }
+
     pub(crate) fn forget_user(&self, user: UserId) {
         self.state().cache.retain(|_, s| s.principal.user_id != user);
     }

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use labhub_auth::{TokenHash, new_token, sha256, tokens::looks_like_token};
-use labhub_core::{AccountState, Secret, TokenId, UserId, UserName};
+use labhub_core::{AccountState, Scope, Secret, TokenId, UserId, UserName};
 use labhub_db::tokens;
 
 use crate::access::Actor;
 use crate::model::TokenInfo;
+use crate::roles::Resource;
 use crate::sessions::{CACHE_MAX, CACHE_TTL};
 use crate::state::{CachedToken, TokensState};
 use crate::words::format_duration;
@@ -74,18 +75,19 @@ impl<'h> Tokens<'h> {
             cache.remove(&hash);
             return Ok(None);
         }
-        let principal = Principal {
-            user_id: user.user_id,
-            name: user.name,
-            admin: user.admin,
-            via: AuthVia::Token { token_id: tok.token_id },
-        };
+        let via = AuthVia::Token { token_id: tok.token_id };
+        let principal = self.hub.roles().principal(user, via, Some(&tok.scopes)).await?;
         self.record_use(&principal);
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
         cache.insert(hash, CachedToken { principal: principal.clone(), expires_at: tok.expires_at, fetched: now });
         Ok(Some(principal))
+    }
+
+    /// Forgets every cached token, after a change of roles (their scopes are worked out again).
+    pub(crate) fn forget_all(&self) {
+        self.state().cache.clear();
     }
 
     /// Forgets every cached token of a user, after a change to their account.
@@ -100,9 +102,21 @@ impl<'h> Tokens<'h> {
         owner: &UserName,
         note: &str,
         expires_in: Option<Duration>,
+        scopes: Option<&[String]>,
     ) -> Result<(Secret<String>, TokenInfo), ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        actor.require_self_or_admin(user.user_id)?;
+        self.require(actor, Scope::Tokens, owner).await?;
+        // No scopes: the owner's (`inherit`), as tokens always were; but a narrowed token
+        // mints nothing beyond itself.
+        let narrowed = match actor {
+            Actor::User(p) if !p.full => Some(p.scopes.as_ref()),
+            _ => None,
+        };
+        let scopes = match (scopes, narrowed) {
+            (None, Some(mine)) => mine.names(),
+            (None, None) => vec!["inherit".to_string()],
+            (Some(asked), _) => self.hub.roles().check_token_scopes(&user, asked, narrowed).await?,
+        };
         if user.state != AccountState::Active {
             return Err(ServiceError::Conflict(format!("{owner} is not an active account")));
         }
@@ -131,10 +145,11 @@ impl<'h> Tokens<'h> {
             note,
             created_at: now,
             expires_at,
+            scopes: &scopes,
         };
         let row = tokens::insert(self.hub.db(), &new).await?;
         if !actor.is(user.user_id) {
-            let detail = serde_json::json!({ "token_id": row.token_id, "note": note });
+            let detail = serde_json::json!({ "token_id": row.token_id, "note": note, "scopes": scopes });
             self.hub.audit().record(self.hub.db(), actor, "token.create", owner.as_str(), detail).await?;
         }
         Ok((Secret::new(token), row.into()))
@@ -143,14 +158,14 @@ impl<'h> Tokens<'h> {
     /// A user's tokens.
     pub async fn list(&self, actor: Actor<'_>, owner: &UserName) -> Result<Vec<TokenInfo>, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        actor.require_self_or_admin(user.user_id)?;
+        self.require(actor, Scope::ReadTokens, owner).await?;
         Ok(tokens::list_for_user(self.hub.db(), user.user_id).await?.into_iter().map(TokenInfo::from).collect())
     }
 
     /// One of a user's tokens.
     pub async fn get(&self, actor: Actor<'_>, owner: &UserName, token: TokenId) -> Result<TokenInfo, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        actor.require_self_or_admin(user.user_id)?;
+        self.require(actor, Scope::ReadTokens, owner).await?;
         tokens::get_for_user(self.hub.db(), user.user_id, token)
             .await?
             .map(TokenInfo::from)
@@ -160,7 +175,7 @@ impl<'h> Tokens<'h> {
     /// Revokes one of a user's tokens; it stops working at once.
     pub async fn revoke(&self, actor: Actor<'_>, owner: &UserName, token: TokenId) -> Result<(), ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        actor.require_self_or_admin(user.user_id)?;
+        self.require(actor, Scope::Tokens, owner).await?;
         let hash = tokens::delete_for_user(self.hub.db(), user.user_id, token)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no token {token}")))?;
@@ -172,6 +187,12 @@ impl<'h> Tokens<'h> {
             self.hub.audit().record(self.hub.db(), actor, "token.revoke", owner.as_str(), detail).await?;
         }
         Ok(())
+    }
+
+    /// Who may see (`read:tokens`) or make and revoke (`tokens`) a user's tokens: the one
+    /// scope check (the user themselves, admins, or what a role or token says).
+    async fn require(&self, actor: Actor<'_>, scope: Scope, owner: &UserName) -> Result<(), ServiceError> {
+        self.hub.roles().require_of(actor, &[scope], &Resource::User(owner.clone())).await
     }
 
     /// Writes the batched "last used" times of API tokens.

@@ -111,6 +111,18 @@ pub struct Usage<'h> {
 }
 
 impl<'h> Usage<'h> {
+    /// How many users were active in the last day, week and month, labelled as JupyterHub's
+    /// `jupyterhub_active_users{period}` is.
+    pub async fn active_users(&self) -> Result<Vec<(&'static str, i64)>, ServiceError> {
+        let now = self.hub.now();
+        let mut out = Vec::new();
+        for (period, days) in [("24h", 1), ("7d", 7), ("30d", 30)] {
+            let since = now - time::Duration::days(days);
+            out.push((period, labhub_db::users::count_active_since(self.hub.db(), since).await?));
+        }
+        Ok(out)
+    }
+
     pub(crate) fn new(hub: &'h Hub) -> Self {
         Self { hub }
     }

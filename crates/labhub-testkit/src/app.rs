@@ -65,7 +65,9 @@ impl Drop for TestApp {
 
 impl Default for TestAppBuilder {
     fn default() -> Self {
-        let config = Config { data_dir: std::env::temp_dir().join("labhub-test-data"), ..Config::default() };
+        let mut config = Config { data_dir: std::env::temp_dir().join("labhub-test-data"), ..Config::default() };
+        // The suite reads the metrics anonymously; `tests/it/roles.rs` checks the closed default.
+        config.http.metrics_public = true;
         Self { config, manual_clock: None, public_url: None, runtime: app::Runtime::default(), docker: None }
     }
 }
@@ -198,7 +200,7 @@ impl TestApp {
     /// An API token for a user.
     pub async fn token(&self, name: &str) -> String {
         let name = UserName::parse(name).expect("a valid name");
-        self.hub.tokens().create(Actor::System, &name, "test", None).await.expect("a token").0.expose().clone()
+        self.hub.tokens().create(Actor::System, &name, "test", None, None).await.expect("a token").0.expose().clone()
     }
 
     /// A client of the hub's API with this token (bare, or `token …`).

@@ -280,7 +280,8 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
     // connection stays in the lane when its session's cached answer runs out.
     // The lane serves only hubs without users' own hosts: every session is the hub host's.
     let me = state.session_principal(session, SessionHost::Hub).await.ok()??;
-    let to = ServerRef { owner: route.route().owner, server: route.key().server.as_ref() };
+    let to =
+        ServerRef { owner: route.route().owner, owner_name: &route.key().user, server: route.key().server.as_ref() };
     state.hub().access().may_reach(&me, to)?;
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
     let addr = crate::extract::client_addr_from(forwarded_for, Some(peer), state)?;

@@ -37,13 +37,19 @@ pub fn service(state: AppState) -> HubService {
 
 /// The hub's pages, API, health, metrics and static files.
 fn router(state: AppState) -> Router {
-    let api = api::router(state.settings().max_body_bytes).layer(axum::middleware::from_fn(error::render_api_errors));
+    let api = api::router(&state).layer(axum::middleware::from_fn(error::render_api_errors));
     let pages = pages::router().layer(axum::middleware::from_fn_with_state(state.clone(), views::render_page_errors));
     Router::new()
         .merge(api)
         .merge(pages)
         .route("/hub/health", axum::routing::get(middleware::health))
-        .route("/hub/metrics", axum::routing::get(middleware::metrics))
+        // Scrapers send tokens: the metrics take the API's credentials.
+        .route(
+            "/hub/metrics",
+            axum::routing::get(middleware::metrics)
+                .layer(axum::Extension(extract::Surface::Api))
+                .layer(axum::middleware::from_fn(error::render_api_errors)),
+        )
         .route("/hub/static/{file}", axum::routing::get(static_files::serve))
         // Outside the host router, so its own answers (the host hand-off) get the headers too.
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route_hosts))

@@ -14,7 +14,11 @@ use tracing::Instrument;
 
 use labhub_service::health::IsolationState;
 
-use crate::AppState;
+use labhub_core::Scope;
+use labhub_service::roles::Resource;
+
+use crate::extract::MaybeUser;
+use crate::{AppError, AppState};
 
 /// The id of one request; in logs, in the `X-Request-Id` response header and on error pages.
 #[derive(Debug, Clone)]
@@ -108,6 +112,11 @@ pub(crate) fn request_id(sent: Option<&[u8]>) -> String {
 pub(crate) fn count(method: &axum::http::Method, route: SharedString, status: u16, elapsed: std::time::Duration) {
     metrics::counter!("labhub_http_requests_total", "method" => method_label(method), "route" => route.clone(), "status" => status.to_string())
         .increment(1);
+    // JupyterHub's name counts the hub's own requests, not proxied ones (its proxy is apart).
+    if &*route != crate::edge::PROXY_ROUTE {
+        metrics::histogram!("jupyterhub_request_duration_seconds", "method" => method_label(method), "handler" => route.clone(), "code" => status.to_string())
+            .record(elapsed.as_secs_f64());
+    }
     metrics::histogram!("labhub_http_request_duration_seconds", "route" => route).record(elapsed.as_secs_f64());
 }
 
@@ -152,10 +161,25 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-/// `GET /hub/metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /hub/metrics`: Prometheus text format, to credentials with `read:metrics` unless the
+/// site made them public. Beside labhub's own, the names JupyterHub's Grafana dashboards read.
+pub async fn metrics(State(state): State<AppState>, MaybeUser(who): MaybeUser) -> Response {
+    if !state.settings().metrics_public {
+        let Some(who) = who else {
+            return AppError::LoginRequired.into_response();
+        };
+        if let Err(e) = state.hub().roles().require(&who, &[Scope::ReadMetrics], &Resource::Hub).await {
+            return AppError::from(e).into_response();
+        }
+    }
     if let Ok(n) = state.hub().sessions().count_live().await {
         metrics::gauge!("labhub_active_sessions").set(n as f64);
+    }
+    metrics::gauge!("jupyterhub_running_servers").set(state.hub().routes().len() as f64);
+    if let Ok(active) = state.hub().usage().active_users().await {
+        for (period, n) in active {
+            metrics::gauge!("jupyterhub_active_users", "period" => period).set(n as f64);
+        }
     }
     match state.metrics() {
         Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),

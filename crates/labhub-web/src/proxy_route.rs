@@ -88,11 +88,11 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
         // A visitor's WebSockets close when their share ends. The watch is taken before the
         // gate reads the share index, so a revoke between the two still reaches the tunnel.
         let watch = is_upgrade(&req).then(|| r.watch_visitor(me.user_id));
-        match state.hub().access().may_reach(&me, ServerRef { owner: r.route().owner, server: r.key().server.as_ref() })
-        {
+        let to = ServerRef { owner: r.route().owner, owner_name: &r.key().user, server: r.key().server.as_ref() };
+        match state.hub().access().may_reach(&me, to) {
             None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
             Some(Reach::Shared(_)) => visitor = watch,
-            Some(Reach::Owner | Reach::Admin) => {}
+            Some(Reach::Owner | Reach::Admin | Reach::Scoped) => {}
         }
     }
     let token_in_url = req.uri().query().and_then(token_in_query).is_some();

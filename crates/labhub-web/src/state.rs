@@ -26,6 +26,8 @@ pub struct WebSettings {
     pub max_body_bytes: usize,
     /// Believe `X-Forwarded-For` for the client address (only behind a trusted reverse proxy).
     pub trust_forwarded_for: bool,
+    /// `/hub/metrics` without `read:metrics`.
+    pub metrics_public: bool,
     /// Serve each user's servers from a host of their own, `{user}.{hub host}` (origin isolation).
     pub user_subdomains: bool,
     /// Connection timeouts and the connection cap.

@@ -90,6 +90,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         cookies: config.cookie_names(),
         max_body_bytes: config.http.max_body_bytes,
         trust_forwarded_for: config.http.trust_forwarded_for,
+        metrics_public: config.http.metrics_public,
         user_subdomains: config.proxy.user_subdomains,
         front_door: config.front_door(),
     };

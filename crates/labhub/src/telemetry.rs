@@ -30,6 +30,12 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                // JupyterHub's spawn buckets (a spawn takes seconds to minutes).
+                .set_buckets_for_metric(
+                    Matcher::Full("jupyterhub_server_spawn_duration_seconds".into()),
+                    &[0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0],
+                )
+                .ok()?
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
                     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],

@@ -193,7 +193,11 @@ impl<'h> Culler<'h> {
         server: Option<&ServerName>,
     ) -> Result<(), ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.hub.access().require(actor, ServerRef { owner: user.user_id, server }, crate::access::Need::Access)?;
+        self.hub.access().require(
+            actor,
+            ServerRef { owner: user.user_id, owner_name: &user.name, server },
+            crate::access::Need::Access,
+        )?;
         let row = servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str))
             .await?
             .filter(|r| r.state == ServerState::Running)

@@ -307,7 +307,7 @@ impl<'h> Quotas<'h> {
         let user = self.hub.user_row(owner).await?;
         self.hub.access().require(
             actor,
-            crate::access::ServerRef { owner: user.user_id, server: None },
+            crate::access::ServerRef { owner: user.user_id, owner_name: &user.name, server: None },
             crate::access::Need::Start,
         )?;
         let memberships = groups::of_user(self.hub.db(), user.user_id).await?;

@@ -12,7 +12,7 @@ mod stop;
 use std::sync::Arc;
 
 use labhub_core::spawner::Spawner;
-use labhub_core::{ServerId, ServerName, ServerState, UserId, UserName};
+use labhub_core::{ServerId, ServerName, ServerState, UserName};
 use labhub_db::servers;
 
 pub use reconcile::ReconcileReport;
@@ -58,11 +58,12 @@ impl<'h> Servers<'h> {
     fn require_reach(
         &self,
         actor: Actor<'_>,
-        owner: UserId,
+        owner: &labhub_db::users::User,
         server: Option<&ServerName>,
         need: Need,
     ) -> Result<(), ServiceError> {
-        self.hub.access().require(actor, ServerRef { owner, server }, need).map(|_| ())
+        let to = ServerRef { owner: owner.user_id, owner_name: &owner.name, server };
+        self.hub.access().require(actor, to, need).map(|_| ())
     }
 
     /// Whether `actor` may do what `need` says with one of `owner`'s servers (for pages that
@@ -75,7 +76,7 @@ impl<'h> Servers<'h> {
         need: Need,
     ) -> Result<bool, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        Ok(self.require_reach(actor, user.user_id, server, need).is_ok())
+        Ok(self.require_reach(actor, &user, server, need).is_ok())
     }
 
     /// The server slots of a user that `actor` may see: for the owner and admins every one,
@@ -88,11 +89,11 @@ impl<'h> Servers<'h> {
         // share of the default server says nothing about the owner's named ones).
         let views: Vec<ServerView> = ServerView::slots(owner, &rows)
             .into_iter()
-            .filter(|v| self.require_reach(actor, user.user_id, v.name.as_ref(), Need::Read).is_ok())
+            .filter(|v| self.require_reach(actor, &user, v.name.as_ref(), Need::Read).is_ok())
             .collect();
         if views.is_empty() {
             // Nothing of theirs is visible: the gate's own refusal, worded as it words it.
-            self.require_reach(actor, user.user_id, None, Need::Read)?;
+            self.require_reach(actor, &user, None, Need::Read)?;
         }
         self.fresh(views).await
     }
@@ -113,7 +114,7 @@ impl<'h> Servers<'h> {
         server: Option<&ServerName>,
     ) -> Result<ServerView, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, server, Need::Read)?;
+        self.require_reach(actor, &user, server, Need::Read)?;
         match servers::get(self.hub.db(), user.user_id, server.map_or("", ServerName::as_str)).await? {
             Some(row) => Ok(self.fresh(vec![ServerView::of(owner, &row)]).await?.remove(0)),
             None if server.is_none() => Ok(ServerView::never_started(owner)),
@@ -155,7 +156,7 @@ impl<'h> Servers<'h> {
         server: &ServerName,
     ) -> Result<(), ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, Some(server), Need::Own)?;
+        self.require_reach(actor, &user, Some(server), Need::Own)?;
         let row = servers::get(self.hub.db(), user.user_id, server.as_str())
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no server named {server}")))?;

@@ -52,7 +52,7 @@ impl Servers<'_> {
         );
         let spawner = self.spawner()?.clone();
         let user = self.hub.user_row(owner).await?;
-        self.require_reach(actor, user.user_id, server, crate::access::Need::Start)?;
+        self.require_reach(actor, &user, server, crate::access::Need::Start)?;
         if user.state != AccountState::Active {
             return Err(ServiceError::Conflict(format!("{owner}'s account is not active")));
         }
@@ -196,6 +196,8 @@ async fn run_spawn(
         }
     });
     let label = server_label(&spec.user, spec.server.as_ref());
+    // For the metrics only (JupyterHub's spawn histogram), never for a decision.
+    let begun = std::time::Instant::now();
     let result = start_with_image(hub, &spawner, &spec, &image, tx).await;
     let _ = forward.await;
     let outcome = match result {
@@ -221,10 +223,14 @@ async fn run_spawn(
         Ok(()) => {
             tracing::info!(server = %label, "server ready");
             metrics::counter!("labhub_spawns_total", "result" => "ok").increment(1);
+            metrics::histogram!("jupyterhub_server_spawn_duration_seconds", "status" => "success")
+                .record(begun.elapsed().as_secs_f64());
             let url = spec.base_url.clone();
             spawn.progress.push(ProgressEvent::ready(format!("Server ready at {url}"), Some(url)));
         }
         Err(failed) => {
+            metrics::histogram!("jupyterhub_server_spawn_duration_seconds", "status" => "failure")
+                .record(begun.elapsed().as_secs_f64());
             if let Ok(mut tx) = hub.begin().await {
                 let now = hub.now();
                 if servers::mark_stopped(&mut *tx, server_id, Some(spawn.spawn_id), &failed.reason, now).await.is_ok() {

@@ -27,7 +27,7 @@ impl Servers<'_> {
         server: Option<&ServerName>,
     ) -> Result<StopOutcome, ServiceError> {
         let user = self.hub.user_row(owner).await?;
-        if self.require_reach(actor, user.user_id, server, crate::access::Need::Stop).is_err() {
+        if self.require_reach(actor, &user, server, crate::access::Need::Stop).is_err() {
             self.require_lead_of_server(actor, &user, server).await?;
         }
         let by_owner = actor.is(user.user_id);

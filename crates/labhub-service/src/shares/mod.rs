@@ -180,6 +180,8 @@ impl<'h> Shares<'h> {
     /// lets reach the server they are on.
     pub async fn refresh(&self) -> Result<(), ServiceError> {
         let _in_order = self.state().reload.lock().await;
+        // Memberships and roles decide credentials' scopes too: work them out again.
+        self.hub.roles().changed();
         let rows = shares::all_reach(self.hub.db()).await?;
         let index = Arc::new(ShareIndex::build(rows.into_iter().map(|r| {
             let rights = Rights::of_scopes(r.scopes.iter().map(String::as_str));

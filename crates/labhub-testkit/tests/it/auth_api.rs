@@ -181,11 +181,12 @@ async fn cookie_authenticated_api_writes_need_the_hubs_origin() {
 }
 
 #[tokio::test]
-async fn token_scopes_narrower_than_the_owner_are_refused_clearly() {
+async fn token_scopes_beyond_the_owner_are_refused_clearly() {
     let app = TestApp::spawn().await;
     app.add_user("alice", "correct horse", false).await;
     let alice = app.api_for("alice").await;
+    // Every user's `read:users`, where alice may read only her own account.
     let refused = alice.create_token("alice", serde_json::json!({"scopes": ["read:users"]})).await.unwrap_err();
-    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    assert!(refused.message.contains("scopes"), "{refused}");
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.message.contains("read:users") && refused.message.contains("not held by alice"), "{refused}");
 }

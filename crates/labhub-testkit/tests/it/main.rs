@@ -30,6 +30,7 @@ mod proxy;
 mod proxy_auth;
 mod quotas;
 mod restart;
+mod roles;
 mod servers;
 mod sessions;
 mod shared_servers;

@@ -61,6 +61,8 @@ async fn serve_restarts_its_embedded_postgres_when_it_is_killed() {
         .env("LABHUB_DOCKER__HUB_ID", &hub_id)
         .env("LABHUB_DOCKER__NETWORK", format!("{hub_id}-net"))
         .env("LABHUB_SERVERS__BUILD_MISSING_IMAGES_AT_BOOT", "false")
+        // The test reads the metrics anonymously (they need `read:metrics` by default).
+        .env("LABHUB_HTTP__METRICS_PUBLIC", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

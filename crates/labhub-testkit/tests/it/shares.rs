@@ -78,9 +78,11 @@ async fn owners_share_with_users_and_groups_and_revoke_as_jupyterhub_clients_exp
         StatusCode::BAD_REQUEST,
         "No such user",
     );
-    // Nobody else shares alice's server, and only GET takes an owner without a server.
-    refused(&carol.post_json("/hub/api/shares/alice/", &json!({"user": "carol"})).await, StatusCode::FORBIDDEN, "own");
-    refused(&bob.post_json("/hub/api/shares/alice/", &json!({"group": "lab"})).await, StatusCode::FORBIDDEN, "own");
+    // Nobody else shares alice's server (JupyterHub's refusal: they lack `shares` on it), and
+    // only GET takes an owner without a server.
+    let lacks = "requires any of [shares]";
+    refused(&carol.post_json("/hub/api/shares/alice/", &json!({"user": "carol"})).await, StatusCode::FORBIDDEN, lacks);
+    refused(&bob.post_json("/hub/api/shares/alice/", &json!({"group": "lab"})).await, StatusCode::FORBIDDEN, lacks);
     assert_eq!(
         alice.post_json("/hub/api/shares/alice", &json!({"user": "bob"})).await.status,
         StatusCode::METHOD_NOT_ALLOWED
@@ -111,18 +113,25 @@ async fn owners_share_with_users_and_groups_and_revoke_as_jupyterhub_clients_exp
     let second = alice.get(next.trim_start_matches(&app.url)).await.value();
     assert_eq!((second["items"][0]["kind"].as_str(), &second["_pagination"]["next"]), (Some("group"), &Value::Null));
     refused(&alice.get("/hub/api/shares/alice/?limit=0").await, StatusCode::BAD_REQUEST, "limit");
-    refused(&carol.get("/hub/api/shares/alice/").await, StatusCode::FORBIDDEN, "own");
+    refused(&carol.get("/hub/api/shares/alice/").await, StatusCode::FORBIDDEN, "requires any of [read:shares]");
 
     // What is shared with bob: directly and through his group.
     let mine = bob.get("/hub/api/users/bob/shared").await.value();
     assert_eq!(mine["_pagination"]["total"], 2, "{mine}");
     let one = bob.get("/hub/api/users/bob/shared/alice/").await.value();
     assert_eq!((one["kind"].as_str(), one["server"]["user"]["name"].as_str()), (Some("user"), Some("alice")));
-    refused(&carol.get("/hub/api/users/bob/shared").await, StatusCode::FORBIDDEN, "own account");
+    refused(
+        &carol.get("/hub/api/users/bob/shared").await,
+        StatusCode::FORBIDDEN,
+        "requires any of [read:users:shares]",
+    );
     assert_eq!(carol.get("/hub/api/users/carol/shared").await.value()["items"], json!([]));
     assert_eq!(bob.get("/hub/api/groups/lab/shared").await.value()["_pagination"]["total"], 1);
     assert_eq!(bob.get("/hub/api/groups/lab/shared/alice/").await.value()["kind"], "group");
-    refused(&carol.get("/hub/api/groups/lab/shared").await, StatusCode::NOT_FOUND, "lab");
+    // Refused by scope whether the group exists or not, so nothing is learnt of it.
+    let lacks = "requires any of [read:groups:shares]";
+    refused(&carol.get("/hub/api/groups/lab/shared").await, StatusCode::FORBIDDEN, lacks);
+    refused(&carol.get("/hub/api/groups/no-such-lab/shared").await, StatusCode::FORBIDDEN, lacks);
 
     // PATCH revokes the listed scopes, and all when none: then the answer is `{}`.
     let left =
@@ -190,7 +199,8 @@ async fn share_codes_are_made_listed_accepted_once_by_each_and_revoked() {
             words,
         );
     }
-    refused(&carol.post_json("/hub/api/share-codes/alice/", &json!({})).await, StatusCode::FORBIDDEN, "own");
+    let lacks = "requires any of [shares]";
+    refused(&carol.post_json("/hub/api/share-codes/alice/", &json!({})).await, StatusCode::FORBIDDEN, lacks);
     // Listed without the code; only the hash is stored.
     let listed = alice.get("/hub/api/share-codes/alice/").await.value();
     assert_eq!(listed["items"][0]["id"], id.as_str());
@@ -336,8 +346,11 @@ async fn a_change_made_by_another_process_reaches_the_gate_through_postgres() {
         name: labhub_core::UserName::parse("bob").unwrap(),
         admin: false,
         via: labhub_service::AuthVia::Token { token_id: labhub_core::TokenId::new(1) },
+        scopes: Default::default(),
+        full: true,
     };
-    let to = labhub_service::ServerRef { owner: alice_id, server: None };
+    let alice = labhub_core::UserName::parse("alice").unwrap();
+    let to = labhub_service::ServerRef { owner: alice_id, owner_name: &alice, server: None };
     assert!(app.hub.access().may_reach(&bob, to).is_some(), "bob is in lab");
     // As the CLI (another process) would: straight into Postgres, past this hub.
     labhub_db::sqlx::query("delete from group_members where user_id = $1").bind(bob_id).execute(&app.db).await.unwrap();

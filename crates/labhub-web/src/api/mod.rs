@@ -4,6 +4,7 @@
 mod backups;
 mod datasets;
 mod environments;
+mod gate;
 mod groups;
 mod history;
 mod homes;
@@ -25,8 +26,9 @@ use crate::{AppError, AppState};
 /// The JupyterHub REST API version we follow (what `GET /hub/api` reports).
 pub const JUPYTERHUB_API_VERSION: &str = "5.3.0";
 
-/// The API routes, with full paths (merged, not nested, so `/hub/api` and `/hub/api/` both work).
-pub fn router(max_body_bytes: usize) -> Router<AppState> {
+/// The API routes, with full paths (merged, not nested, so `/hub/api` and `/hub/api/` both work),
+/// each behind the one scope check (`gate.rs`).
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/hub/api", get(users::root))
         .route("/hub/api/", get(users::root))
@@ -75,7 +77,8 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api/users/{name}/tokens/{id}", get(tokens::get_one).delete(tokens::delete))
         .merge(shares_router())
         .route("/hub/api/{*rest}", axum::routing::any(not_found))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::check))
+        .layer(DefaultBodyLimit::max(state.settings().max_body_bytes))
         .layer(axum::Extension(Surface::Api))
 }
 

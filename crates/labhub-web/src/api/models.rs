@@ -30,6 +30,9 @@ pub struct UserModel {
     /// labhub's own: the identity provider whose identity of this name may claim the account
     /// while it has no password and no linked identity.
     pub provider: Option<String>,
+    /// The asker's own scopes, expanded (only in `GET /hub/api/user`, as JupyterHub does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 impl UserModel {
@@ -63,6 +66,7 @@ impl UserModel {
             servers: serde_json::Map::new(),
             account_state: a.state.as_str(),
             provider: a.link_provider.clone(),
+            scopes: None,
         }
     }
 }
@@ -136,7 +140,7 @@ pub struct TokenModel {
     pub last_activity: Option<String>,
     pub prefix: String,
     pub roles: Vec<&'static str>,
-    pub scopes: Vec<&'static str>,
+    pub scopes: Vec<String>,
     pub session_id: Option<String>,
     pub oauth_client: Option<String>,
     /// The token itself: only in the answer that creates it.
@@ -156,9 +160,9 @@ impl TokenModel {
             expires_at: t.expires_at.map(iso),
             last_activity: t.last_used_at.map(iso),
             prefix: t.prefix.clone(),
-            // A labhub token acts with its owner's full rights.
+            // JupyterHub 5 gives tokens scopes, not roles.
             roles: Vec::new(),
-            scopes: vec!["inherit"],
+            scopes: t.scopes.clone(),
             session_id: None,
             oauth_client: None,
             token: None,

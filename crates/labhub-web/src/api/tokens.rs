@@ -43,10 +43,11 @@ pub struct NewToken {
     /// Seconds until the token expires; absent or null for no expiry.
     #[serde(default)]
     expires_in: Option<u64>,
-    /// Accepted for compatibility with JupyterHub clients; a labhub token always has its
-    /// owner's rights, so anything but the owner's full rights is refused.
+    /// The token's scopes (a subset of its owner's); absent: the owner's (`inherit`).
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// JupyterHub's older way: roles whose scopes the token gets; only `token` (`inherit`)
+    /// is accepted.
     #[serde(default)]
     roles: Option<Vec<String>>,
 }
@@ -60,17 +61,15 @@ pub async fn create(
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<Response, AppError> {
     let name = owner(&name)?;
-    let narrowing =
-        body.scopes.iter().flatten().chain(body.roles.iter().flatten()).any(|s| s != "inherit" && s != "user");
-    if narrowing {
+    if body.roles.iter().flatten().any(|r| r != "token") {
         return Err(AppError::BadRequest(
-            "labhub tokens carry their owner's full rights; leave out 'scopes' and 'roles' (or use [\"inherit\"])"
-                .into(),
+            "give a token 'scopes' rather than 'roles' (only the role 'token' is accepted)".into(),
         ));
     }
     let expires = body.expires_in.map(Duration::from_secs);
-    let (token, row) =
-        state.hub().tokens().create(Actor::User(&me), &name, body.note.as_deref().unwrap_or(""), expires).await?;
+    let note = body.note.as_deref().unwrap_or("");
+    let scopes = body.scopes.as_deref().filter(|s| !s.is_empty());
+    let (token, row) = state.hub().tokens().create(Actor::User(&me), &name, note, expires, scopes).await?;
     let mut model = TokenModel::of(name.as_str(), &row);
     model.token = Some(token.expose().clone());
     Ok((StatusCode::CREATED, Json(model)).into_response())

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use labhub_core::listing::{ServerStateFilter, UserFilter, UserSort};
-use labhub_core::{AccountState, Secret, UserName};
+use labhub_core::{AccountState, GroupName, Scope, Secret, Target, UserName};
 use labhub_service::accounts::NewAccount;
 use labhub_service::model::StorageFate;
 use labhub_service::{Actor, ServiceError};
@@ -24,8 +24,8 @@ pub async fn root() -> Json<serde_json::Value> {
     Json(json!({ "version": JUPYTERHUB_API_VERSION, "labhub_version": env!("CARGO_PKG_VERSION") }))
 }
 
-/// `GET /hub/api/info` (admins): versions and the plugged-in parts.
-pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Json<serde_json::Value> {
+/// `GET /hub/api/info` (`read:hub`, which the API's gate checks): versions and the plugged-in parts.
+pub async fn info(State(state): State<AppState>, CurrentUser(_): CurrentUser) -> Json<serde_json::Value> {
     let settings = state.hub().account_settings();
     Json(json!({
         "version": JUPYTERHUB_API_VERSION,
@@ -42,7 +42,9 @@ pub async fn info(State(state): State<AppState>, AdminUser(_): AdminUser) -> Jso
 /// `GET /hub/api/user` (any token or session): who am I.
 pub async fn me(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<UserModel>, AppError> {
     let v = state.hub().accounts().view(Actor::User(&me), &me.name).await?;
-    Ok(Json(UserModel::of(&v)))
+    let mut model = UserModel::of(&v);
+    model.scopes = Some(me.scopes.names());
+    Ok(Json(model))
 }
 
 fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError> {
@@ -77,20 +79,25 @@ fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError>
     })
 }
 
-/// `GET /hub/api/users` (admins): with `offset`, `limit`, `name_filter`, `state`, `sort`, and
-/// JupyterHub's pagination envelope when asked for with
-/// `Accept: application/jupyterhub-pagination+json`.
+/// `GET /hub/api/users` (`list:users`; the scope check is the API's gate): with `offset`,
+/// `limit`, `name_filter`, `state`, `sort`, and JupyterHub's pagination envelope when asked for
+/// with `Accept: application/jupyterhub-pagination+json`. A filtered `list:users` (a lead's)
+/// sees only the users it names, counted in the page as JupyterHub does.
 pub async fn list(
     State(state): State<AppState>,
-    AdminUser(me): AdminUser,
+    CurrentUser(me): CurrentUser,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
     let filter = parse_list_query(&q)?;
     let hub = state.hub();
-    let (views, total) = hub.accounts().list_views(Actor::User(&me), &filter).await?;
+    let (views, total) = hub.accounts().list_views(Actor::System, &filter).await?;
+    let seen = |v: &labhub_service::views::UserView| {
+        let groups: Vec<GroupName> = v.groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
+        me.scopes.allows(&Scope::ListUsers, &Target::User { name: &v.account.name, groups: &groups })
+    };
     let items: Vec<serde_json::Value> =
-        views.iter().map(|v| serde_json::to_value(UserModel::of(v)).unwrap_or_default()).collect();
+        views.iter().filter(|v| seen(v)).map(|v| serde_json::to_value(UserModel::of(v)).unwrap_or_default()).collect();
     Ok(paged(&state, "hub/api/users", &headers, &q, items, Page { offset: filter.offset, limit: filter.limit, total }))
 }
 
@@ -146,23 +153,17 @@ fn path_name(raw: &str) -> Result<UserName, AppError> {
     UserName::parse(raw).map_err(|e| AppError::NotFound(format!("no user named {raw:?} ({e})")))
 }
 
-/// `GET /hub/api/users/{name}` (that user or an admin).
+/// `GET /hub/api/users/{name}` (`read:users` on that user: themselves, an admin, a lead of
+/// their group, a token or role that says so; the API's gate decided before this runs, and a
+/// member asking about someone else is refused there without learning whether they exist).
 pub async fn get_one(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    CurrentUser(_): CurrentUser,
     Path(name): Path<String>,
 ) -> Result<Json<UserModel>, AppError> {
     let name = path_name(&name)?;
-    let v = state.hub().accounts().view(Actor::User(&me), &name).await.map_err(hide_others)?;
+    let v = state.hub().accounts().view(Actor::System, &name).await?;
     Ok(Json(UserModel::of(&v)))
-}
-
-/// A member asking about someone else learns nothing, not even whether they exist.
-fn hide_others(e: ServiceError) -> ServiceError {
-    match e {
-        ServiceError::Forbidden(_) => ServiceError::Forbidden("you may only see your own account".into()),
-        other => other,
-    }
 }
 
 #[derive(Deserialize, Default)]

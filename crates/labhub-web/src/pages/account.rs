@@ -279,7 +279,7 @@ pub async fn create_token(
             .map_err(|_| ServiceError::Invalid("choose an expiry from the list".into())),
     };
     let result = match expires {
-        Ok(exp) => state.hub().tokens().create(Actor::User(&me), &me.name, &form.note, exp).await,
+        Ok(exp) => state.hub().tokens().create(Actor::User(&me), &me.name, &form.note, exp, None).await,
         Err(e) => Err(e),
     };
     match result {

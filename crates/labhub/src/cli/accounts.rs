@@ -153,7 +153,7 @@ pub(super) async fn token(hub: labhub_service::Hub, cmd: TokenCommand) -> anyhow
     match cmd {
         TokenCommand::Create { name: raw, note, expires_in } => {
             let name = name(&raw)?;
-            let (token, _) = hub.tokens().create(Actor::System, &name, &note, expires_in).await?;
+            let (token, _) = hub.tokens().create(Actor::System, &name, &note, expires_in, None).await?;
             println!("{}", token.expose());
         }
     }

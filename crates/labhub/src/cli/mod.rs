@@ -19,6 +19,7 @@ mod datasets;
 mod environments;
 mod groups;
 mod ldap;
+mod roles;
 mod transfer;
 
 use accounts::{TokenCommand, UserCommand, token, user};
@@ -28,6 +29,7 @@ use datasets::{DatasetCommand, dataset};
 use environments::{EnvCommand, env};
 use groups::{GroupCommand, group};
 use ldap::{LdapCommand, ldap};
+use roles::{RoleCommand, role};
 
 /// labhub: a multi-user lab server for Jupyter and RStudio.
 #[derive(Parser)]
@@ -70,6 +72,9 @@ enum Command {
     /// Build environments from repositories, and list, show and pin their builds.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Manage roles (JupyterHub's named lists of scopes) and whom they are given to.
+    #[command(subcommand)]
+    Role(RoleCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -143,6 +148,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             with_hub(&config, docker, |hub| async move { user(hub, cmd).await }).await
         }
         Command::Token(cmd) => with_hub(&config, false, |hub| async move { token(hub, cmd).await }).await,
+        Command::Role(cmd) => with_hub(&config, false, |hub| async move { role(hub, cmd).await }).await,
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
         Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
         Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,

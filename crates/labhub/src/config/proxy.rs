@@ -16,6 +16,9 @@ pub struct HttpConfig {
     pub trust_forwarded_for: bool,
     /// Serve Prometheus metrics at `/hub/metrics`.
     pub metrics: bool,
+    /// Serve them to anyone; otherwise only to credentials with `read:metrics` (admins, or a
+    /// token or role given it, e.g. for a Prometheus scraper).
+    pub metrics_public: bool,
     /// A request's line and headers must arrive within this of the connection's start (or of
     /// the request's first byte on a kept-alive connection); past it the connection is closed.
     #[serde(with = "humantime_serde")]
@@ -37,6 +40,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1 << 20,
             trust_forwarded_for: false,
             metrics: true,
+            metrics_public: false,
             request_head_timeout: d.request_head_timeout,
             keep_alive_timeout: d.keep_alive_timeout,
             max_connections: d.max_connections,
