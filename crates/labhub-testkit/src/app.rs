@@ -244,6 +244,7 @@ impl TestApp {
             memory_bytes: 256 << 20,
             enabled: true,
             recipe: None,
+            contract: labhub_core::Contract::Labhub,
         };
         self.hub.catalogue().add(Actor::System, name, fields).await.expect("adding the test image");
     }

@@ -16,6 +16,7 @@ mod middleware;
 mod origins;
 mod pages;
 mod proxy_route;
+mod single_user;
 mod sse;
 mod state;
 mod static_files;

@@ -31,7 +31,9 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/hub/api", get(users::root))
         .route("/hub/api/", get(users::root))
         .route("/hub/api/info", get(users::info))
-        .route("/hub/api/user", get(users::me))
+        .route("/hub/api/user", get(crate::single_user::me))
+        .route("/hub/api/users/{name}/activity", post(crate::single_user::activity))
+        .route("/hub/api/oauth2/token", post(crate::single_user::token))
         .route("/hub/api/users", get(users::list).post(users::create_many))
         .route(
             "/hub/api/users/{name}",
