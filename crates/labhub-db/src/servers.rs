@@ -325,14 +325,3 @@ pub async fn by_id_with_owner(
     .fetch_optional(db)
     .await?)
 }
-
-/// Records activity a user's own server reported for its owner (JupyterHub's activity API),
-/// never moving the time backwards.
-pub async fn touch_user(db: impl PgExecutor<'_>, user_id: UserId, at: OffsetDateTime) -> Result<(), DbError> {
-    sqlx::query("update users set last_activity = greatest(last_activity, $2) where user_id = $1")
-        .bind(user_id)
-        .bind(at)
-        .execute(db)
-        .await?;
-    Ok(())
-}

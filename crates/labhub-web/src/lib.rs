@@ -31,6 +31,11 @@ pub use state::{AppState, WebSettings};
 
 use axum::Router;
 
+/// The hub's internal address for users' servers: only JupyterHub's single-user endpoints.
+pub fn internal_service(state: AppState) -> Router {
+    single_user::internal_router(state)
+}
+
 /// The whole hub: proxied traffic under `/user/` and the router of everything else.
 pub fn service(state: AppState) -> HubService {
     HubService::new(router(state.clone()), state)

@@ -54,20 +54,46 @@ pub async fn me(
     mut parts: Parts,
 ) -> Result<Response, AppError> {
     if let Some(c) = caller {
-        let body = json!({
-            "kind": "user",
-            "name": c.name,
-            "admin": c.admin,
-            "groups": [],
-            "roles": [],
-            "scopes": c.scopes,
-            "session_id": null,
-        });
-        return Ok(Json(body).into_response());
+        return Ok(Json(caller_model(&c)).into_response());
     }
     let CurrentUser(me) = CurrentUser::from_request_parts(&mut parts, &state).await?;
     let v = state.hub().accounts().view(labhub_service::Actor::User(&me), &me.name).await?;
     Ok(Json(UserModel::of(&v)).into_response())
+}
+
+/// `GET /hub/api/user` on the internal address: a token of the single-user contract only.
+pub async fn internal_me(SingleUserCaller(caller): SingleUserCaller) -> Result<Json<serde_json::Value>, AppError> {
+    let c = caller.ok_or(AppError::Forbidden("only a server's tokens are answered on this address".into()))?;
+    Ok(Json(caller_model(&c)))
+}
+
+/// JupyterHub's user model of a single-user token: the user it speaks for and its scopes.
+fn caller_model(c: &Caller) -> serde_json::Value {
+    json!({
+        "kind": "user",
+        "name": c.name,
+        "admin": c.admin,
+        "groups": [],
+        "roles": [],
+        "scopes": c.scopes,
+        "session_id": null,
+    })
+}
+
+/// The internal address's router: only what `jupyterhub-singleuser` asks the hub (the API's
+/// version, who a token is, activity, the OAuth token exchange); everything else is 404.
+pub fn internal_router(state: AppState) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/hub/api", get(crate::api::version))
+        .route("/hub/api/", get(crate::api::version))
+        .route("/hub/api/user", get(internal_me))
+        .route("/hub/api/users/{name}/activity", post(activity))
+        .route("/hub/api/oauth2/token", post(token))
+        .fallback(|| async { AppError::NotFound("only the single-user endpoints are served on this address".into()) })
+        .layer(axum::Extension(crate::extract::Surface::Api))
+        .layer(axum::middleware::from_fn(crate::error::render_api_errors))
+        .with_state(state)
 }
 
 /// JupyterHub's activity report: the user's and each server's last activity.

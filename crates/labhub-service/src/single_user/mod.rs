@@ -176,7 +176,7 @@ impl<'h> SingleUser<'h> {
         servers::touch_activity(self.hub.db(), &seen).await?;
         let mut tx = self.hub.begin().await?;
         if let Some(at) = report.last_activity {
-            servers::touch_user(&mut *tx, caller.user_id, at.min(now)).await?;
+            users::touch_activity(&mut *tx, caller.user_id, at.min(now)).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -107,6 +107,8 @@ fn shares_router() -> Router<AppState> {
         .route("/hub/api/groups/{name}/shared/{owner}/{server}", group_share())
 }
 
+pub(crate) use users::root as version;
+
 const DEFAULT_LIMIT: i64 = 200;
 const MAX_LIMIT: i64 = 1000;
 

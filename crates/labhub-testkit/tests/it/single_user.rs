@@ -1,0 +1,221 @@
+//! JupyterHub's single-user contract, against the real thing: a catalogue entry with
+//! `contract = "jupyterhub"` runs the real `jupyterhub-singleuser` (the `jupyterhub` package
+//! from PyPI in labhub's JupyterLab image), which signs a browser in through the hub's OAuth
+//! provider, asks the hub who its tokens are and reports activity — all over the hub's internal
+//! address on the users' network, the one port of the host a server may reach.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use labhub_core::spawner::{ServerSpec, Spawner, Started};
+use labhub_core::{Contract, ImageKind, Resources, Secret, Storage, UserId, UserName};
+use labhub_testkit::TestApp;
+use labhub_testkit::app::browser;
+use labhub_testkit::docker::DockerScope;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::test_server_binary;
+
+/// What became of a TCP connection the test server in `started` opened to `to`: `open`,
+/// `refused`, `unreachable` or `timeout`.
+async fn reach(spec: &ServerSpec, started: &Started, to: SocketAddr) -> String {
+    let url = format!("http://{}{}connect?to={to}", started.endpoint, spec.base_url);
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    let answer: Value = client
+        .get(url)
+        .header("Authorization", format!("token {}", spec.token.expose()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["result"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_reach_the_single_user_api_and_no_other_port_of_the_host() {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let app = TestApp::builder().docker(scope.clone()).hub_api().spawn().await;
+    let internal: SocketAddr = app.internal_url.as_deref().unwrap().trim_start_matches("http://").parse().unwrap();
+    // Another port of the host on the same address, which a server must not reach.
+    let other = tokio::net::TcpListener::bind((internal.ip(), 0)).await.unwrap();
+    let other = other.local_addr().unwrap();
+
+    let owner = UserId::new(1);
+    let spec = ServerSpec {
+        owner,
+        user: UserName::parse("ina").unwrap(),
+        home: Storage::Home { owner, server: None },
+        mounts: Vec::new(),
+        server: None,
+        image: scope.test_image.clone(),
+        kind: ImageKind::Jupyter,
+        port: 8888,
+        command: None,
+        resources: Resources { cpu_millis: 500, memory_bytes: 256 << 20, gpus: 0 },
+        base_url: "/user/ina/".into(),
+        token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
+        env: Default::default(),
+        contract: Contract::Labhub,
+        start_timeout: Duration::from_secs(30),
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = scope.spawner.start(&spec, tx).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reach(&spec, &started, internal).await, "open", "the single-user API is reachable");
+    assert_eq!(reach(&spec, &started, other).await, "refused", "any other port of the host is refused");
+
+    // On the internal address, only the single-user endpoints answer: not the hub's pages,
+    // not the rest of its API, not an ordinary API token.
+    app.add_user("root", "correct horse", true).await;
+    let admin_token = app.token("root").await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let at = |path: &str| format!("http://{internal}{path}");
+    let get = |path: &str| client.get(at(path)).header("Authorization", format!("token {admin_token}")).send();
+    for path in ["/hub/api/users", "/hub/api/users/root", "/hub/login", "/hub/home", "/user/ina/", "/hub/api/info"] {
+        let answer = get(path).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["status"], 404, "{path}: {body}");
+    }
+    let me = get("/hub/api/user").await.unwrap();
+    assert_eq!(me.status(), StatusCode::FORBIDDEN, "an ordinary token is not answered there");
+    let posted = client.post(at("/hub/api/users/root/activity")).json(&json!({})).send().await.unwrap();
+    assert_eq!(posted.status(), StatusCode::UNAUTHORIZED, "activity needs a server's token");
+    let version: Value = client.get(at("/hub/api")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(version["version"], "5.3.0");
+    scope.spawner.stop(&started.state).await.unwrap();
+}
+
+/// The value of a variable in a running container's environment.
+async fn container_env(scope: &DockerScope, state: &Value, name: &str) -> String {
+    let id = state["container_id"].as_str().expect("the container's id");
+    let c = scope.docker().inspect_container(id, None).await.unwrap();
+    let env = c.config.unwrap().env.unwrap();
+    let prefix = format!("{name}=");
+    env.iter().find_map(|e| e.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{name} is not set: {env:?}")).to_string()
+}
+
+/// Follows a browser's redirects by hand (keeping its cookies), returning each address it
+/// visited and the last answer.
+async fn follow(client: &reqwest::Client, app: &TestApp, path: &str) -> (Vec<String>, reqwest::Response) {
+    let mut visited = vec![path.to_string()];
+    let mut url = app.at(path);
+    for _ in 0..10 {
+        let answer = client.get(&url).send().await.unwrap();
+        if !answer.status().is_redirection() {
+            return (visited, answer);
+        }
+        let location = answer.headers()["location"].to_str().unwrap().to_string();
+        visited.push(location.clone());
+        url = if location.starts_with('/') { app.at(&location) } else { location };
+    }
+    panic!("too many redirects: {visited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let image = labhub_testkit::images::jupyterhub_image(&scope.spawner).await.unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::builder().docker(scope.clone()).hub_api().spawn().await;
+    app.add_user("root", "correct horse", true).await;
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("bob", "correct horse", false).await;
+    let admin = app.api_for("root").await;
+    admin
+        .add_image(json!({
+            "name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
+            "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub",
+        }))
+        .await
+        .unwrap();
+    assert_eq!(admin.get("/hub/api/images/hub").await.value()["contract"], "jupyterhub");
+
+    // Started by an admin: alice has not signed in, so only her server can give her activity.
+    admin.start("alice", None, json!({"image": "hub"})).await.unwrap();
+    admin.wait_ready("alice", None).await;
+    assert!(admin.user("alice").await.last_activity.is_none(), "nobody was active yet");
+    let alice_id =
+        labhub_db::users::by_name(&app.db, &UserName::parse("alice").unwrap()).await.unwrap().unwrap().user_id;
+    let state = labhub_db::servers::get(&app.db, alice_id, "").await.unwrap().unwrap().spawner_state;
+    let token = container_env(&scope, &state, "JUPYTERHUB_API_TOKEN").await;
+    assert_eq!(container_env(&scope, &state, "JUPYTERHUB_CLIENT_ID").await, "jupyterhub-user-alice");
+    assert_eq!(
+        container_env(&scope, &state, "JUPYTERHUB_API_URL").await,
+        format!("{}/hub/api", app.internal_url.clone().unwrap())
+    );
+    let stored = labhub_db::oauth::client_by_secret(&app.db, &labhub_auth::sha256(&token)).await.unwrap();
+    assert_eq!(stored.unwrap().client_id, "jupyterhub-user-alice", "the server's token is stored as its SHA-256");
+
+    // jupyterhub-singleuser reports activity as it starts (its first report is not delayed).
+    admin.wait_until("alice", "activity reported by her server", |u| u.last_activity.is_some()).await;
+
+    // A browser signed in to the hub opens the server: the server sends it to the hub's
+    // OAuth provider, which sends it back with a code; the server exchanges the code (over the
+    // internal address) and lets the browser in to JupyterLab.
+    let alice = browser();
+    app.login(&alice, "alice", "correct horse").await;
+    let (visited, lab) = follow(&alice, &app, "/user/alice/lab").await;
+    assert_eq!(lab.status(), StatusCode::OK, "{visited:?}");
+    assert!(visited[1].starts_with("/hub/api/oauth2/authorize?"), "{visited:?}");
+    assert!(visited[1].contains("client_id=jupyterhub-user-alice"), "{visited:?}");
+    assert!(visited[2].starts_with("/user/alice/oauth_callback?code="), "{visited:?}");
+    assert_eq!(visited.last().unwrap(), "/user/alice/lab", "{visited:?}");
+    let page = lab.text().await.unwrap();
+    assert!(page.contains("jupyter-config-data"), "JupyterLab's page: {page}");
+    // The hub menu's "Hub Control Panel" and "Log Out" go to the hub's home and logout.
+    assert!(page.contains(r#""hubPrefix": "/hub/""#), "{page}");
+    assert!(page.contains(r#""hubUser": "alice""#), "{page}");
+    let home = alice.get(app.at("/hub/home")).send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::OK);
+    let logout = alice.get(app.at("/hub/logout")).send().await.unwrap();
+    assert!(logout.status().is_success() || logout.status().is_redirection(), "{}", logout.status());
+
+    // A second exchange of the same code fails: codes are single-use.
+    let code = visited[2].split("code=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let internal = app.internal_url.clone().unwrap();
+    let again = client
+        .post(format!("{internal}/hub/api/oauth2/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", "jupyterhub-user-alice"),
+            ("client_secret", token.as_str()),
+            ("redirect_uri", "/user/alice/oauth_callback"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "a code serves one exchange");
+
+    // Bob may not reach alice's server: the provider refuses him a code.
+    let bob = browser();
+    app.login(&bob, "bob", "correct horse").await;
+    let refused = bob
+        .get(app.at("/hub/api/oauth2/authorize?client_id=jupyterhub-user-alice&response_type=code"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    // The server's token says who it is; stopping the server revokes it.
+    let me: Value = client
+        .get(format!("{internal}/hub/api/user"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "alice");
+    let scopes: Vec<&str> = me["scopes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(scopes.contains(&"access:servers!server=alice/") && scopes.contains(&"users:activity!user=alice"));
+    admin.stop("alice", None).await.unwrap();
+    admin.wait_stopped("alice", None).await;
+    let gone = client.get(format!("{internal}/hub/api/user")).header("Authorization", format!("token {token}")).send();
+    assert_eq!(gone.await.unwrap().status(), StatusCode::FORBIDDEN, "revoked when the server stopped");
+}
