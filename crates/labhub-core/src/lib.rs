@@ -13,16 +13,18 @@ pub mod names;
 pub mod quota;
 pub mod resources;
 pub mod role;
+pub mod scope;
 pub mod secret;
 pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, SessionId, ShareCodeId, TokenId, UserId};
 pub use image::{Contract, ImageFields, ImageKind, ImageRef};
-pub use names::{DatasetName, GroupName, NameError, ServerName, UserName};
+pub use names::{DatasetName, GroupName, NameError, RoleName, ServerName, ServiceName, UserName};
 pub use quota::{ImageAllowance, Quota};
 pub use resources::Resources;
 pub use role::{AccountState, GroupRole, Role};
+pub use scope::{Filter, Holder, Scope, ScopeError, ScopeSet, ScopeSpec, Target};
 pub use secret::Secret;
 pub use spawner::{ExtraMount, MountSource, Owner, ServerState, Storage};
 

@@ -182,6 +182,14 @@ crate::name_type!(
     /// A dataset's name: the folder it is mounted as, `~/datasets/{name}`.
     DatasetName, error = NameError
 );
+crate::name_type!(
+    /// A registered service's name: its route `/services/{name}/` and its `!service=` filter.
+    ServiceName, error = NameError
+);
+crate::name_type!(
+    /// A role's name (`user`, `admin`, `server`, `token` are built in).
+    RoleName, error = NameError
+);
 
 impl UserName {
     /// The longest user name accepted.
@@ -247,6 +255,26 @@ impl GroupName {
     /// Validates and normalises a group name (the user-name alphabet without `@`).
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         validate(raw, "a group name", Self::MAX_LEN, b"._-", "'.', '_', '-'").map(Self)
+    }
+}
+
+impl ServiceName {
+    /// The longest service name accepted.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates and normalises a service name (the group-name alphabet: a URL segment).
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a service name", Self::MAX_LEN, b"._-", "'.', '_', '-'").map(Self)
+    }
+}
+
+impl RoleName {
+    /// The longest role name accepted.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates and normalises a role name (JupyterHub's alphabet: letters, digits, `-_~.`).
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a role name", Self::MAX_LEN, b"-_~.", "'-', '_', '~', '.'").map(Self)
     }
 }
 
