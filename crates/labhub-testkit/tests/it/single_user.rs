@@ -227,3 +227,145 @@ async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
     let gone = client.get(format!("{internal}/hub/api/user")).header("Authorization", format!("token {token}")).send();
     assert_eq!(gone.await.unwrap().status(), StatusCode::FORBIDDEN, "revoked when the server stopped");
 }
+
+/// What a start of alice's default server of JupyterHub's contract registers (the start
+/// itself is the test above's): returns the server's id and its API token.
+async fn register_alices_server(app: &TestApp) -> (labhub_core::ServerId, String) {
+    let alice = labhub_db::users::by_name(&app.db, &UserName::parse("alice").unwrap()).await.unwrap().unwrap();
+    let now = app.hub.now();
+    let mut conn = app.db.acquire().await.unwrap();
+    let row = labhub_db::servers::get_or_create_locked(&mut conn, alice.user_id, "", now).await.unwrap();
+    let (secret, hash) = labhub_auth::new_token();
+    let client = labhub_db::oauth::Client {
+        client_id: "jupyterhub-user-alice".into(),
+        server_id: row.server_id,
+        redirect_uri: "/user/alice/oauth_callback".into(),
+        scopes: vec!["users:activity!user=alice".into(), "access:servers!server=alice/".into()],
+    };
+    labhub_db::oauth::register_server(&mut conn, &client, &hash, now).await.unwrap();
+    (row.server_id, secret)
+}
+
+fn iso(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn the_oauth_provider_keeps_jupyterhubs_rules_and_activity_merges_newest_first() {
+    let app = TestApp::builder().manual_clock().spawn().await;
+    let clock = app.clock.clone().unwrap();
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("bob", "correct horse", false).await;
+    let (server_id, secret) = register_alices_server(&app).await;
+    let alice = browser();
+    app.login(&alice, "alice", "correct horse").await;
+    let authorize = |client: &reqwest::Client, query: &str| {
+        client.get(app.at(&format!("/hub/api/oauth2/authorize?{query}"))).send()
+    };
+    let ok_query =
+        "client_id=jupyterhub-user-alice&response_type=code&redirect_uri=/user/alice/oauth_callback&state=s1";
+
+    // Someone not signed in signs in first and comes back.
+    let anonymous = authorize(&browser(), ok_query).await.unwrap();
+    assert!(anonymous.status().is_redirection());
+    assert!(anonymous.headers()["location"].to_str().unwrap().starts_with("/hub/login?next="));
+    // The request must be a code request, from a known client, back to its registered address.
+    for (query, status) in [
+        ("client_id=jupyterhub-user-alice&response_type=token", StatusCode::BAD_REQUEST),
+        ("client_id=jupyterhub-user-nobody&response_type=code", StatusCode::NOT_FOUND),
+        (
+            "client_id=jupyterhub-user-alice&response_type=code&redirect_uri=https://evil.example/cb",
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        assert_eq!(authorize(&alice, query).await.unwrap().status(), status, "{query}");
+    }
+    // Bob may not reach alice's server.
+    let bob = browser();
+    app.login(&bob, "bob", "correct horse").await;
+    assert_eq!(authorize(&bob, ok_query).await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    let code = || async {
+        let answer = authorize(&alice, ok_query).await.unwrap();
+        assert!(answer.status().is_redirection(), "{}", answer.status());
+        let location = answer.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with("/user/alice/oauth_callback?code="), "{location}");
+        assert!(location.ends_with("&state=s1"), "the client's state comes back: {location}");
+        location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_string()
+    };
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let exchange = |code: String, secret: String, redirect: &'static str| {
+        client
+            .post(app.at("/hub/api/oauth2/token"))
+            .form(&[
+                ("grant_type", "authorization_code".to_string()),
+                ("code", code),
+                ("client_id", "jupyterhub-user-alice".to_string()),
+                ("client_secret", secret),
+                ("redirect_uri", redirect.to_string()),
+            ])
+            .send()
+    };
+    let callback = "/user/alice/oauth_callback";
+    // A wrong secret fails, and spends the code.
+    let spent = code().await;
+    let wrong = exchange(spent.clone(), "0".repeat(64), callback).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(exchange(spent, secret.clone(), callback).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // Another redirect address than the code's fails.
+    let elsewhere = exchange(code().await, secret.clone(), "/user/alice/elsewhere").await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
+    // A code past its five minutes fails.
+    let late = code().await;
+    clock.advance(time::Duration::minutes(6));
+    assert_eq!(exchange(late, secret.clone(), callback).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // A good exchange, once.
+    let good = code().await;
+    let issued: Value = exchange(good.clone(), secret.clone(), callback).await.unwrap().json().await.unwrap();
+    let access = issued["access_token"].as_str().unwrap().to_string();
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(exchange(good, secret.clone(), callback).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let stored = labhub_db::oauth::token(&app.db, &labhub_auth::sha256(&access)).await.unwrap();
+    assert!(stored.is_some(), "the access token is stored as its SHA-256");
+
+    // The access token says who signed in, with its scopes; it is no key to the rest of the API.
+    let api =
+        |token: &str, path: &str| client.get(app.at(path)).header("Authorization", format!("Bearer {token}")).send();
+    let me: Value = api(&access, "/hub/api/user").await.unwrap().json().await.unwrap();
+    assert_eq!(me["name"], "alice");
+    assert_eq!(me["scopes"], json!(["access:servers!server=alice/"]));
+    assert_eq!(api(&access, "/hub/api/users/alice").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(api(&secret, "/hub/api/users/alice").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // Activity from the server's own token: the newer time wins, a time ahead counts as now.
+    let post = |name: &str, body: Value| {
+        client
+            .post(app.at(&format!("/hub/api/users/{name}/activity")))
+            .header("Authorization", format!("token {secret}"))
+            .json(&body)
+            .send()
+    };
+    let server_activity = || async {
+        let alice = labhub_db::users::by_name(&app.db, &UserName::parse("alice").unwrap()).await.unwrap().unwrap();
+        let row = labhub_db::servers::get(&app.db, alice.user_id, "").await.unwrap().unwrap();
+        assert_eq!(row.server_id, server_id);
+        (row.last_activity, alice.last_activity)
+    };
+    // As Postgres keeps it: to the microsecond.
+    let now = app.hub.now();
+    let now = now.replace_microsecond(now.microsecond()).unwrap();
+    let hour_ago = now - time::Duration::hours(1);
+    let report = |t: time::OffsetDateTime| json!({"last_activity": iso(t), "servers": {"": {"last_activity": iso(t)}}});
+    assert_eq!(post("alice", report(hour_ago)).await.unwrap().status(), StatusCode::OK);
+    let (server_at, _) = server_activity().await;
+    assert_eq!(server_at, Some(hour_ago));
+    post("alice", report(now - time::Duration::hours(2))).await.unwrap();
+    assert_eq!(server_activity().await.0, Some(hour_ago), "an older report does not move it back");
+    post("alice", report(now + time::Duration::days(1))).await.unwrap();
+    assert_eq!(server_activity().await.0, Some(now), "a time ahead of the hub's clock counts as now");
+    assert_eq!(post("bob", report(now)).await.unwrap().status(), StatusCode::FORBIDDEN, "only its owner's");
+    let unknown = json!({"servers": {"gpu": {"last_activity": iso(now)}}});
+    assert_eq!(post("alice", unknown).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let bad_time = json!({"last_activity": "yesterday"});
+    assert_eq!(post("alice", bad_time).await.unwrap().status(), StatusCode::BAD_REQUEST);
+}
