@@ -52,8 +52,10 @@ pub struct Caller {
     pub admin: bool,
     /// JupyterHub's scope names with their filters, as `GET /hub/api/user` shows them.
     pub scopes: Vec<String>,
-    /// The server it belongs to (and dies with).
+    /// The server it belongs to (and dies with): its id, its owner's id and its name.
     pub server_id: ServerId,
+    pub server_owner: UserId,
+    pub server: Option<ServerName>,
 }
 
 /// A server's report of its activity (`POST /hub/api/users/{name}/activity`).
@@ -137,18 +139,21 @@ impl<'h> SingleUser<'h> {
         let hash = sha256(token);
         let db = self.hub.db();
         let (kind, user_id, scopes, server_id) = if let Some(c) = store::client_by_secret(db, &hash).await? {
-            let Some(server) = servers::by_id_with_owner(db, c.server_id).await? else { return Ok(None) };
-            (CallerKind::Server, server.server.user_id, c.scopes, c.server_id)
+            (CallerKind::Server, None, c.scopes, c.server_id)
         } else if let Some(t) = store::token(db, &hash).await? {
-            (CallerKind::OAuth, t.user_id, t.scopes, t.server_id)
+            (CallerKind::OAuth, Some(t.user_id), t.scopes, t.server_id)
         } else {
             return Ok(None);
         };
-        let Some(user) = users::by_id(db, user_id).await? else { return Ok(None) };
+        let Some(row) = servers::by_id_with_owner(db, server_id).await? else { return Ok(None) };
+        let server_owner = row.server.user_id;
+        let server = ServerName::parse_optional(&row.server.name).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let Some(user) = users::by_id(db, user_id.unwrap_or(server_owner)).await? else { return Ok(None) };
         if user.state != AccountState::Active {
             return Ok(None);
         }
-        Ok(Some(Caller { kind, user_id, name: user.name, admin: user.admin, scopes, server_id }))
+        let (user_id, name, admin) = (user.user_id, user.name, user.admin);
+        Ok(Some(Caller { kind, user_id, name, admin, scopes, server_id, server_owner, server }))
     }
 
     /// Records the activity a server reported for its owner (JupyterHub's

@@ -369,3 +369,77 @@ async fn the_oauth_provider_keeps_jupyterhubs_rules_and_activity_merges_newest_f
     let bad_time = json!({"last_activity": "yesterday"});
     assert_eq!(post("alice", bad_time).await.unwrap().status(), StatusCode::BAD_REQUEST);
 }
+
+/// Seconds are generous: the machine has two cores and other tests run beside this one.
+const STEP: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_the_hub_signs_in_to_jupyterhub_singleuser_and_its_hub_menu_leads_back() {
+    use labhub_testkit::browser::{BrowserError, Chromium};
+    // The image is built (once) beside other tests; the browser then runs alone.
+    let image = {
+        let builder = DockerScope::new(test_server_binary()).await;
+        labhub_testkit::images::jupyterhub_image(&builder.spawner).await.unwrap_or_else(|e| panic!("{e}"))
+    };
+    let scope = Arc::new(DockerScope::exclusive(test_server_binary()).await);
+    let app = TestApp::builder().docker(scope).hub_api().spawn().await;
+    app.add_user("root", "correct horse", true).await;
+    app.add_user("alice", "correct horse", false).await;
+    let admin = app.api_for("root").await;
+    admin
+        .add_image(json!({"name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
+                          "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub"}))
+        .await
+        .unwrap();
+    admin.start("alice", None, json!({"image": "hub"})).await.unwrap();
+    admin.wait_ready("alice", None).await;
+
+    let b = Chromium::launch().await.unwrap_or_else(|e| panic!("{e}"));
+    let steps = async {
+        b.goto(&app.at("/hub/login")).await?;
+        b.type_into("input[name=username]", "alice", STEP).await?;
+        b.type_into("input[name=password]", "correct horse", STEP).await?;
+        b.click("form[action='/hub/login'] button[type=submit]", STEP).await?;
+        b.wait_for("the home page", "location.pathname === '/hub/home'", STEP).await?;
+        // The server sends the browser through the hub's OAuth provider and back.
+        b.goto(&app.at("/user/alice/lab")).await?;
+        b.wait_for("JupyterLab after the OAuth round trip", "location.pathname.startsWith('/user/alice/lab')", STEP)
+            .await?;
+        b.wait_for_visible("#jp-main-dock-panel", STEP * 2).await?;
+        b.wait_for_visible("#jp-MainMenu", STEP).await?;
+        // The hub menu's addresses, as @jupyterlab/hub-extension makes them from the page's
+        // config: "Hub Control Panel" is hubHost + hubPrefix + "home", "Log Out" is the
+        // server's baseUrl + "logout" (the server's logout, which sends the browser on to the hub's).
+        let config = "JSON.parse(document.getElementById('jupyter-config-data').textContent)";
+        let panel = b.eval(&format!("(c => c.hubHost + c.hubPrefix + 'home')({config})")).await?;
+        let logout = b.eval(&format!("(c => c.baseUrl + 'logout')({config})")).await?;
+        let (panel, logout) =
+            (panel.as_str().unwrap_or_default().to_string(), logout.as_str().unwrap_or_default().to_string());
+        b.goto(&app.at(&panel)).await?;
+        b.wait_for("Hub Control Panel: the hub's home", "location.pathname === '/hub/home'", STEP).await?;
+        b.goto(&app.at(&logout)).await?;
+        b.wait_for("Log Out: the hub's logout page", "location.pathname === '/hub/logout'", STEP).await?;
+        b.click("form[action='/hub/logout'] button[type=submit]", STEP).await?;
+        b.wait_for(
+            "the logout to be answered",
+            "!document.querySelector(\"form[action='/hub/logout']\") && document.readyState === 'complete'",
+            STEP,
+        )
+        .await?;
+        b.goto(&app.at("/hub/home")).await?;
+        b.wait_for("signed out: the login page", "location.pathname === '/hub/login'", STEP).await?;
+        Ok::<(), BrowserError>(())
+    };
+    let outcome = match tokio::time::timeout(STEP * 8, steps).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(BrowserError("the whole test took too long".into())),
+    };
+    if let Err(e) = outcome {
+        let target = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = target.parent().map_or(target.clone(), std::path::PathBuf::from).join("test-output").join("browser");
+        let kept = b.save_failure(&dir, &format!("single-user-{}", std::process::id()), &e.to_string()).await;
+        b.close().await;
+        panic!("{e}; the page is kept in {kept:?}");
+    }
+    b.close().await;
+}
