@@ -21,6 +21,12 @@ pub fn new_token() -> (String, TokenHash) {
     (token, hash)
 }
 
+/// Whether two stored hashes are equal, compared in constant time.
+pub fn same_hash(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// Whether a presented string could be one of our tokens at all (cheap filter before hashing).
 pub fn looks_like_token(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())

@@ -161,6 +161,38 @@ impl ImageKind {
     }
 }
 
+/// Which contract a server speaks with the hub: what it is told at start and how it checks
+/// who is asking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Contract {
+    /// labhub's own: the proxy injects the server's secret token and the server trusts it.
+    #[default]
+    Labhub,
+    /// JupyterHub's single-user contract: `jupyterhub-singleuser` with the `JUPYTERHUB_*`
+    /// variables, signing users in through the hub's OAuth provider and reporting activity.
+    Jupyterhub,
+}
+
+impl Contract {
+    /// The database, form and API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Labhub => "labhub",
+            Self::Jupyterhub => "jupyterhub",
+        }
+    }
+
+    /// Reads the database, form and API spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "labhub" => Some(Self::Labhub),
+            "jupyterhub" => Some(Self::Jupyterhub),
+            _ => None,
+        }
+    }
+}
+
 /// What an admin sets on a catalogue entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageFields {
@@ -184,6 +216,8 @@ pub struct ImageFields {
     pub enabled: bool,
     /// The built-in recipe the hub builds it from when the runtime lacks it.
     pub recipe: Option<String>,
+    /// The contract its servers speak (only a Jupyter image may speak JupyterHub's).
+    pub contract: Contract,
 }
 
 #[cfg(test)]

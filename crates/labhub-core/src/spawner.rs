@@ -113,8 +113,12 @@ pub struct ServerSpec {
     pub base_url: String,
     /// The secret the proxy injects on every request; the server accepts nothing else.
     pub token: Secret<String>,
-    /// Extra environment for the server process.
+    /// Extra environment for the server process (for JupyterHub's contract, its
+    /// `JUPYTERHUB_*` variables).
     pub env: BTreeMap<String, String>,
+    /// The contract it speaks: JupyterHub's runs `jupyterhub-singleuser`, which checks who is
+    /// asking with the hub rather than trusting the proxy's token.
+    pub contract: crate::Contract,
     /// How long to wait for the server to answer before giving up and cleaning up.
     pub start_timeout: Duration,
 }

@@ -1,6 +1,6 @@
 //! The `images` table: the catalogue.
 
-use labhub_core::{ImageFields, ImageId, ImageKind, ImageRef};
+use labhub_core::{Contract, ImageFields, ImageId, ImageKind, ImageRef};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -30,6 +30,7 @@ struct Row {
     memory_bytes: i64,
     enabled: bool,
     recipe: Option<String>,
+    contract: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
@@ -49,6 +50,7 @@ impl TryFrom<Row> for Image {
             description: r.description,
             enabled: r.enabled,
             recipe: r.recipe,
+            contract: Contract::parse(&r.contract).ok_or_else(|| bad("contract"))?,
         };
         Ok(Image { image_id: r.image_id, name: r.name, fields, created_at: r.created_at, updated_at: r.updated_at })
     }
@@ -57,7 +59,7 @@ impl TryFrom<Row> for Image {
 macro_rules! columns {
     () => {
         "image_id, name, display_name, description, reference, kind, port, command, cpu_millis, memory_bytes, \
-         enabled, recipe, created_at, updated_at"
+         enabled, recipe, contract, created_at, updated_at"
     };
 }
 
@@ -66,7 +68,7 @@ pub const NAME_KEY: &str = "images_name_key";
 
 type RowQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, Row, sqlx::postgres::PgArguments>;
 
-/// Binds `$1`..`$12` — the name, every field, the time — in the order insert and update share.
+/// Binds `$1`..`$13` — the name, every field, the time — in the order insert and update share.
 fn bind_fields<'q>(q: RowQuery<'q>, name: &'q str, f: &'q ImageFields, now: OffsetDateTime) -> RowQuery<'q> {
     q.bind(name)
         .bind(&f.display_name)
@@ -80,6 +82,7 @@ fn bind_fields<'q>(q: RowQuery<'q>, name: &'q str, f: &'q ImageFields, now: Offs
         .bind(f.enabled)
         .bind(&f.recipe)
         .bind(now)
+        .bind(f.contract.as_str())
 }
 
 /// Adds an entry.
@@ -91,8 +94,8 @@ pub async fn insert(
 ) -> Result<Image, DbError> {
     let q = sqlx::query_as(concat!(
         "insert into images (name, display_name, description, reference, kind, port, command, cpu_millis, memory_bytes,
-                             enabled, recipe, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) returning ",
+                             enabled, recipe, created_at, updated_at, contract)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) returning ",
         columns!()
     ));
     let row: Row = bind_fields(q, name, f, now).fetch_one(db).await?;
@@ -108,7 +111,8 @@ pub async fn update(
 ) -> Result<Option<Image>, DbError> {
     let q = sqlx::query_as(concat!(
         "update images set display_name = $2, description = $3, reference = $4, kind = $5, port = $6, command = $7,
-                cpu_millis = $8, memory_bytes = $9, enabled = $10, recipe = $11, updated_at = $12
+                cpu_millis = $8, memory_bytes = $9, enabled = $10, recipe = $11, updated_at = $12,
+                contract = $13
          where name = $1 returning ",
         columns!()
     ));

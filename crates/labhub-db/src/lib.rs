@@ -16,6 +16,7 @@ pub mod history;
 pub mod homes;
 pub mod identities;
 pub mod images;
+pub mod oauth;
 pub mod quotas;
 pub mod roles;
 pub mod servers;

@@ -33,12 +33,15 @@ pub struct Server {
     pub stop_reason: Option<String>,
     /// The group its latest start was charged to.
     pub group_id: Option<GroupId>,
+    /// The contract its latest start speaks (`labhub` or `jupyterhub`).
+    pub contract: String,
 }
 
 macro_rules! columns {
     () => {
         "server_id, user_id, name, state, image_id, image_ref, image_digest, kind, cpu_millis, memory_bytes, gpus, \
-         spawn_id, spawner_state, endpoint, created_at, started_at, last_activity, stopped_at, stop_reason, group_id"
+         spawn_id, spawner_state, endpoint, created_at, started_at, last_activity, stopped_at, stop_reason, group_id, \
+         contract"
     };
 }
 
@@ -83,6 +86,7 @@ pub struct Pending<'a> {
     pub memory_bytes: i64,
     pub gpus: i32,
     pub spawn_id: Uuid,
+    pub contract: &'a str,
 }
 
 /// Marks a server as starting.
@@ -90,7 +94,7 @@ pub async fn mark_pending(db: impl PgExecutor<'_>, server_id: ServerId, p: &Pend
     sqlx::query(
         "update servers set state = 'pending', image_id = $2, image_ref = $3, kind = $4, cpu_millis = $5,
                 memory_bytes = $6, gpus = $7, spawn_id = $8, image_digest = null, endpoint = null,
-                spawner_state = '{}', started_at = null, stopped_at = null, stop_reason = null
+                spawner_state = '{}', started_at = null, stopped_at = null, stop_reason = null, contract = $9
          where server_id = $1",
     )
     .bind(server_id)
@@ -101,6 +105,7 @@ pub async fn mark_pending(db: impl PgExecutor<'_>, server_id: ServerId, p: &Pend
     .bind(p.memory_bytes)
     .bind(p.gpus)
     .bind(p.spawn_id)
+    .bind(p.contract)
     .execute(db)
     .await?;
     Ok(())
@@ -195,6 +200,9 @@ pub async fn mark_stopped(
          ), closed as (
              update server_sessions x set stopped_at = $4, stop_reason = $3
              from s where x.server_id = s.server_id and x.spawn_id = s.spawn_id and x.stopped_at is null
+         ), revoked as (
+             -- A server of JupyterHub's contract: its API token and every OAuth token die with it.
+             delete from oauth_clients c using s where c.server_id = s.server_id
          )
          select count(*) from s",
     )
@@ -237,7 +245,7 @@ pub async fn list_active(db: impl PgExecutor<'_>) -> Result<Vec<ServerWithOwner>
     Ok(sqlx::query_as(
         "select s.server_id, s.user_id, s.name, s.state, s.image_id, s.image_ref, s.image_digest, s.kind, s.cpu_millis,
                 s.memory_bytes, s.gpus, s.spawn_id, s.spawner_state, s.endpoint, s.created_at, s.started_at,
-                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, u.name as owner
+                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, s.contract, u.name as owner
          from servers s join users u on u.user_id = s.user_id
          where s.state <> 'stopped' order by u.name, s.name",
     )
@@ -308,4 +316,20 @@ pub async fn touch_activity(db: &sqlx::PgPool, seen: &[(String, String, OffsetDa
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// One server by id, with its owner's name.
+pub async fn by_id_with_owner(
+    db: impl PgExecutor<'_>,
+    server_id: ServerId,
+) -> Result<Option<ServerWithOwner>, DbError> {
+    Ok(sqlx::query_as(
+        "select s.server_id, s.user_id, s.name, s.state, s.image_id, s.image_ref, s.image_digest, s.kind, s.cpu_millis,
+                s.memory_bytes, s.gpus, s.spawn_id, s.spawner_state, s.endpoint, s.created_at, s.started_at,
+                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, s.contract, u.name as owner
+         from servers s join users u on u.user_id = s.user_id where s.server_id = $1",
+    )
+    .bind(server_id)
+    .fetch_optional(db)
+    .await?)
 }

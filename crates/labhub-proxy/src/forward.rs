@@ -252,9 +252,14 @@ fn prepare_headers(
     // `insert` replaces every value: no client credential (hub token, basic auth) survives.
     for own in OwnRequestHeader::ALL {
         match own {
-            OwnRequestHeader::Authorization => {
-                h.insert(header::AUTHORIZATION, route.authorization.clone());
-            }
+            OwnRequestHeader::Authorization => match &route.authorization {
+                Some(a) => {
+                    h.insert(header::AUTHORIZATION, a.clone());
+                }
+                None => {
+                    h.remove(header::AUTHORIZATION);
+                }
+            },
             OwnRequestHeader::ForwardedFor => values::append_forwarded_for(h, client.addr),
             OwnRequestHeader::ForwardedProto => {
                 h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme.as_str()));

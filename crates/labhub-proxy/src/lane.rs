@@ -314,7 +314,11 @@ fn write_request(lane: &mut Lane, req: &PlainGet<'_>, settings: &ProxySettings) 
     }
     for own in OwnRequestHeader::ALL {
         match own {
-            OwnRequestHeader::Authorization => push_header(out, b"authorization", req.route.authorization.as_bytes()),
+            OwnRequestHeader::Authorization => {
+                if let Some(a) = &req.route.authorization {
+                    push_header(out, b"authorization", a.as_bytes());
+                }
+            }
             OwnRequestHeader::ForwardedFor => {
                 out.extend_from_slice(b"x-forwarded-for: ");
                 let earlier = earlier_forwarded_for[..n_forwarded].iter().copied();

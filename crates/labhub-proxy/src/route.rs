@@ -13,7 +13,7 @@ use crate::settings::ProxySettings;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use http::HeaderValue;
-use labhub_core::{Clock, ImageKind, Secret, ServerName, UserId, UserName};
+use labhub_core::{Clock, Contract, ImageKind, Secret, ServerName, UserId, UserName};
 use time::OffsetDateTime;
 
 /// Activity timestamps are written at most this often per route (or tunnel): the culler
@@ -76,13 +76,21 @@ pub struct Route {
     pub kind: ImageKind,
     /// The path the hub serves it under, starting and ending with `/`: `/user/alice/`.
     pub prefix: String,
+    /// The contract it speaks: a server of JupyterHub's signs its users in itself (through the
+    /// hub's OAuth provider), so the proxy sends it no `Authorization` of its own.
+    pub contract: Contract,
 }
 
 impl Route {
     /// A route under the standard prefix for its key.
     pub fn new(key: RouteKey, owner: UserId, endpoint: SocketAddr, token: Secret<String>, kind: ImageKind) -> Self {
         let prefix = key.prefix();
-        Self { key, owner, endpoint, token, kind, prefix }
+        Self { key, owner, endpoint, token, kind, prefix, contract: Contract::Labhub }
+    }
+
+    /// The same route, for a server that speaks `contract`.
+    pub fn speaking(self, contract: Contract) -> Self {
+        Self { contract, ..self }
     }
 }
 
@@ -111,7 +119,9 @@ pub struct VisitorWatch(pub(crate) Arc<crate::closer::Watch>);
 pub struct RouteEntry {
     route: Route,
     pub(crate) internal_origin: String,
-    pub(crate) authorization: HeaderValue,
+    /// What the proxy sends as `Authorization`: the server's token, or nothing (a client's
+    /// own is never sent on) for a server of JupyterHub's contract.
+    pub(crate) authorization: Option<HeaderValue>,
     pub(crate) root_path: Option<HeaderValue>,
     pool: OnceLock<Arc<Pool>>,
     pub(crate) closer: Arc<Closer>,
@@ -148,6 +158,7 @@ impl RouteEntry {
             }
             ImageKind::Jupyter | ImageKind::Custom => None,
         };
+        let authorization = (route.contract == Contract::Labhub).then_some(authorization);
         Ok(Self {
             internal_origin: format!("http://{}", route.endpoint),
             route,

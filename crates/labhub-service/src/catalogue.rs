@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use labhub_core::spawner::ImageInfo;
-use labhub_core::{ImageFields, ImageKind, ImageRef};
+use labhub_core::{Contract, ImageFields, ImageKind, ImageRef};
 use labhub_db::ResultExt;
 use labhub_db::images;
 use serde_json::json;
@@ -70,6 +70,9 @@ fn check_fields(f: &ImageFields, recipes: &[String]) -> Result<(), ServiceError>
                 )));
             }
         }
+    }
+    if f.contract == Contract::Jupyterhub && f.kind != ImageKind::Jupyter {
+        return Err(ServiceError::Invalid("only a jupyter image can speak JupyterHub's single-user contract".into()));
     }
     if let Some(r) = &f.recipe
         && !recipes.contains(r)
@@ -228,6 +231,7 @@ impl<'h> Catalogue<'h> {
             memory_bytes: 2 << 30,
             enabled: true,
             recipe,
+            contract: Contract::Labhub,
         };
         self.add(Actor::System, DEFAULT_IMAGE_NAME, fields).await.map(|_| ())
     }
@@ -329,5 +333,6 @@ fn describe(i: &CatalogueImage) -> serde_json::Value {
         "memory_bytes": f.memory_bytes,
         "enabled": f.enabled,
         "recipe": f.recipe,
+        "contract": f.contract,
     })
 }

@@ -31,6 +31,7 @@ pub mod servers;
 pub mod sessions;
 pub mod settings;
 pub mod shares;
+pub mod single_user;
 pub mod sso;
 mod state;
 pub mod tokens;

@@ -218,6 +218,8 @@ pub struct ServerSettings {
     pub build_missing_images_at_boot: bool,
     /// How often proxied activity (and token use) is written to the database.
     pub activity_flush_interval: Duration,
+    /// The hub's API as servers of JupyterHub's contract reach it (`JUPYTERHUB_API_URL`).
+    pub hub_api_url: String,
 }
 
 impl Default for ServerSettings {
@@ -230,6 +232,7 @@ impl Default for ServerSettings {
             slow_stop_timeout: Duration::from_secs(10),
             build_missing_images_at_boot: true,
             activity_flush_interval: Duration::from_secs(10),
+            hub_api_url: "http://127.0.0.1:8000/hub/api".into(),
         }
     }
 }

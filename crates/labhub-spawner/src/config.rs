@@ -113,6 +113,9 @@ pub struct DockerConfig {
     /// first pauses are shorter: 10 ms, doubling up to this).
     #[serde(with = "humantime_serde")]
     pub readiness_interval: Duration,
+    /// The port of the hub's single-user API on the users' network's gateway (what servers of
+    /// JupyterHub's contract call); unset: not served. The one port of the host servers may reach.
+    pub hub_api_port: Option<u16>,
 }
 
 impl Default for DockerConfig {
@@ -130,6 +133,7 @@ impl Default for DockerConfig {
             iptables: PathBuf::from("iptables"),
             internet_access: true,
             readiness_interval: Duration::from_millis(250),
+            hub_api_port: None,
         }
     }
 }

@@ -6,7 +6,9 @@
 //!   Postgres, the hub's port or a Docker TCP socket may listen) it is delivered locally,
 //!   through `INPUT`. One rule there rejects every *new* connection arriving on the bridge's
 //!   interface. Replies to connections the hub opened to a server are `ESTABLISHED` and pass;
-//!   DNS is answered by Docker's resolver inside the server's own network namespace.
+//!   DNS is answered by Docker's resolver inside the server's own network namespace. When the
+//!   hub serves its single-user API on the bridge's gateway, one rule above it accepts new
+//!   connections to exactly that address and port, and nothing else of the host.
 //! - **To any other address** it is forwarded, through `FORWARD`, whose first stop is Docker's
 //!   `DOCKER-USER` chain. A jump there sends whatever arrives from the bridge to a chain of
 //!   ours, `LABHUB-<bridge>`, which lets replies pass (`ESTABLISHED`/`RELATED`: something
@@ -31,7 +33,7 @@
 //! is missing or one too many. The rebuild flushes it first, so for that instant the chain
 //! lets everything pass — only ever after its rules were found missing already.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -74,6 +76,8 @@ pub(crate) struct Firewall {
     allow: Vec<PrivateRange>,
     /// The name servers port 53 may reach.
     dns: Vec<Ipv4Addr>,
+    /// The hub's single-user API on the bridge's gateway, which servers may connect to.
+    hub_api: Option<SocketAddrV4>,
 }
 
 /// One rule: its chain and its match and target, as `iptables` takes them after the chain.
@@ -84,10 +88,16 @@ fn words(w: &[&str]) -> Rule {
 }
 
 impl Firewall {
-    /// The rules `config` asks for on the bridge interface `bridge`.
-    pub(crate) fn new(config: &DockerConfig, bridge: &str) -> Self {
-        let dns = config.dns_servers.clone().unwrap_or_else(host_resolvers);
-        Self { command: config.iptables.clone(), bridge: bridge.to_string(), allow: config.allow_private.clone(), dns }
+    /// The rules `config` asks for on the bridge interface `bridge`, letting servers reach
+    /// `hub_api` (the hub's single-user API) when given.
+    pub(crate) fn new(config: &DockerConfig, bridge: &str, hub_api: Option<SocketAddrV4>) -> Self {
+        Self {
+            command: config.iptables.clone(),
+            bridge: bridge.to_string(),
+            allow: config.allow_private.clone(),
+            dns: config.dns_servers.clone().unwrap_or_else(host_resolvers),
+            hub_api,
+        }
     }
 
     /// Our chain: `LABHUB-` and the bridge's name (at most 15 characters), within iptables'
@@ -112,6 +122,32 @@ impl Firewall {
             "-j",
             "REJECT",
         ])
+    }
+
+    /// `INPUT`, above the host rule: new connections to the hub's single-user API, exactly
+    /// its address and port.
+    fn hub_api_rule(&self) -> Option<Rule> {
+        let api = self.hub_api?;
+        Some(words(&[
+            "-i",
+            &self.bridge,
+            "-d",
+            &format!("{}/32", api.ip()),
+            "-p",
+            "tcp",
+            "--dport",
+            &api.port().to_string(),
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "labhub: the hub's single-user API",
+            "-j",
+            "ACCEPT",
+        ]))
     }
 
     /// `DOCKER-USER`: everything forwarded from the bridge goes through our chain.
@@ -164,8 +200,21 @@ impl Firewall {
     /// Puts every rule in place, adding what is missing; returns what had to be added.
     pub(crate) async fn enforce(&self) -> Result<Vec<String>, FirewallError> {
         let mut added = Vec::new();
-        if self.ensure_rule("INPUT", &self.host_rule()).await? {
+        let host = self.host_rule();
+        let api = self.hub_api_rule();
+        if !self.has("INPUT", &host).await? {
+            // The exception must stay above the rule it excepts from: a missing host rule is
+            // put back below it by taking the exception out and inserting it again on top.
+            if let Some(api) = &api {
+                self.delete_all("INPUT", api).await?;
+            }
+            self.run_ok(&["-I", "INPUT"], &host).await?;
             added.push("the rule that keeps servers off the host (INPUT)".to_string());
+        }
+        if let Some(api) = &api
+            && self.ensure_rule("INPUT", api).await?
+        {
+            added.push("the exception for the hub's single-user API (INPUT)".to_string());
         }
         if self.list(DOCKER_USER).await?.is_none() {
             return Err(FirewallError(format!(
@@ -196,8 +245,16 @@ impl Firewall {
             self.run_ok(&["-F", &chain], &[]).await?;
             self.run_ok(&["-X", &chain], &[]).await?;
         }
-        while self.has("INPUT", &self.host_rule()).await? {
-            self.run_ok(&["-D", "INPUT"], &self.host_rule()).await?;
+        if let Some(api) = self.hub_api_rule() {
+            self.delete_all("INPUT", &api).await?;
+        }
+        self.delete_all("INPUT", &self.host_rule()).await
+    }
+
+    /// Deletes every copy of `rule` from `chain`.
+    async fn delete_all(&self, chain: &str, rule: &Rule) -> Result<(), FirewallError> {
+        while self.has(chain, rule).await? {
+            self.run_ok(&["-D", chain], rule).await?;
         }
         Ok(())
     }
@@ -298,7 +355,7 @@ mod tests {
             dns_servers: Some(vec![Ipv4Addr::new(10, 0, 0, 2)]),
             ..DockerConfig::default()
         };
-        Firewall::new(&config, "lh-0123456789ab")
+        Firewall::new(&config, "lh-0123456789ab", None)
     }
 
     #[test]
@@ -324,7 +381,7 @@ mod tests {
         let conf = "# made by hand\nsearch lab\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nnameserver  169.254.169.253 \n";
         assert_eq!(resolvers_in(conf), [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(169, 254, 169, 253)]);
         assert!(resolvers_in("nameserver 127.0.0.53\n").is_empty(), "a loopback stub needs no rule");
-        let none = Firewall::new(&DockerConfig { dns_servers: Some(vec![]), ..DockerConfig::default() }, "lh-x");
+        let none = Firewall::new(&DockerConfig { dns_servers: Some(vec![]), ..DockerConfig::default() }, "lh-x", None);
         assert!(!none.chain_rules().iter().any(|r| r.join(" ").contains("--dport 53")), "no port-53 hole for everyone");
     }
 
@@ -337,10 +394,20 @@ mod tests {
         assert!(f.jump_rule().join(" ").ends_with("-j LABHUB-lh-0123456789ab"));
     }
 
+    #[test]
+    fn the_single_user_api_exception_names_exactly_its_address_and_port() {
+        assert!(firewall(&[]).hub_api_rule().is_none());
+        let api = "172.30.0.1:8081".parse().unwrap();
+        let f = Firewall::new(&DockerConfig::default(), "lh-0123456789ab", Some(api));
+        let rule = f.hub_api_rule().unwrap().join(" ");
+        assert!(rule.starts_with("-i lh-0123456789ab -d 172.30.0.1/32 -p tcp --dport 8081 "), "{rule}");
+        assert!(rule.ends_with("-j ACCEPT"), "{rule}");
+    }
+
     #[tokio::test]
     async fn a_missing_iptables_is_a_clear_error() {
         let config = DockerConfig { iptables: "/nonexistent/iptables".into(), ..DockerConfig::default() };
-        let e = Firewall::new(&config, "lh-0123456789ab").enforce().await.unwrap_err().to_string();
+        let e = Firewall::new(&config, "lh-0123456789ab", None).enforce().await.unwrap_err().to_string();
         assert!(e.starts_with("cannot run /nonexistent/iptables: "), "{e}");
         assert!(e.contains("the hub needs iptables"), "{e}");
     }

@@ -18,6 +18,7 @@
 //! Refusing is the one answer that is closed on every engine.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use bollard::Docker;
 use bollard::models::{NetworkCreateRequest, NetworkInspect};
@@ -38,11 +39,31 @@ pub(crate) fn bridge_name(network: &NetworkName) -> String {
     format!("lh-{}", &digest[..12])
 }
 
-/// Makes sure the network exists with the isolation we require; returns its bridge interface.
-pub(crate) async fn ensure_network(docker: &Docker, config: &DockerConfig) -> Result<String, SpawnError> {
+/// The users' network as the host sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct UsersNetwork {
+    /// Its bridge interface.
+    pub bridge: String,
+    /// The host's address on it (where the hub's single-user API listens), if the engine says.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+fn users_network(net: &NetworkInspect, config: &DockerConfig) -> Result<UsersNetwork, SpawnError> {
+    let bridge = checked_bridge(net, config)?;
+    let gateway = net
+        .ipam
+        .as_ref()
+        .and_then(|i| i.config.as_ref())
+        .and_then(|c| c.iter().find_map(|c| c.gateway.as_deref()?.parse::<Ipv4Addr>().ok()));
+    Ok(UsersNetwork { bridge, gateway })
+}
+
+/// Makes sure the network exists with the isolation we require; returns its bridge interface
+/// and gateway.
+pub(crate) async fn ensure_network(docker: &Docker, config: &DockerConfig) -> Result<UsersNetwork, SpawnError> {
     let name = config.network.as_str();
     match docker.inspect_network(name, None::<InspectNetworkOptions>).await {
-        Ok(net) => return checked_bridge(&net, config),
+        Ok(net) => return users_network(&net, config),
         Err(e) if is_status(&e, 404) => {}
         Err(e) => return Err(runtime_error(&format!("inspecting network {name}"), e)),
     }
@@ -69,7 +90,7 @@ pub(crate) async fn ensure_network(docker: &Docker, config: &DockerConfig) -> Re
         .inspect_network(name, None::<InspectNetworkOptions>)
         .await
         .map_err(|e| runtime_error(&format!("inspecting network {name}"), e))?;
-    checked_bridge(&net, config)
+    users_network(&net, config)
 }
 
 /// Refuses a network that would let servers talk to each other, use IPv6 or reach the

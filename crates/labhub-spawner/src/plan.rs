@@ -54,7 +54,7 @@ use bollard::models::{
 };
 use labhub_core::spawner::ServerSpec;
 use labhub_core::spawner::SpawnError;
-use labhub_core::{ImageKind, Secret};
+use labhub_core::{Contract, ImageKind, Secret};
 
 use crate::config::HubId;
 use crate::naming::{LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_USER, LABEL_VOLUME, ServerNames, server_labels};
@@ -182,6 +182,13 @@ pub(crate) fn container_plan(spec: &ServerSpec, ctx: &PlanContext<'_>) -> Result
     env.insert("JUPYTERHUB_USER".into(), spec.user.to_string());
     env.insert("JUPYTERHUB_SERVICE_PREFIX".into(), spec.base_url.clone());
     let (cmd, working_dir, readiness, seed) = match spec.kind {
+        ImageKind::Jupyter if spec.contract == Contract::Jupyterhub => {
+            // jupyterhub-singleuser signs users in through the hub and reads its address,
+            // prefix and port from the `JUPYTERHUB_*` variables; its API root answers anyone.
+            let cmd = spec.command.clone().unwrap_or_else(singleuser_command);
+            let readiness = Readiness::Below500 { path: format!("{}api", spec.base_url) };
+            (Some(cmd), Some(home.clone()), readiness, Vec::new())
+        }
         ImageKind::Jupyter => {
             env.insert("JUPYTER_TOKEN".into(), spec.token.expose().clone());
             let cmd = spec.command.clone().unwrap_or_else(|| jupyter_command(spec));
@@ -346,6 +353,12 @@ fn jupyter_command(spec: &ServerSpec) -> Vec<String> {
     ]
 }
 
+/// JupyterHub's single-user server, as JupyterHub's spawners start it (`JUPYTERHUB_SERVICE_URL`
+/// says where it listens).
+fn singleuser_command() -> Vec<String> {
+    vec!["jupyterhub-singleuser".into(), "--ServerApp.allow_remote_access=True".into()]
+}
+
 fn rserver_command(port: u16) -> Vec<String> {
     vec![
         RSERVER.into(),
@@ -415,6 +428,7 @@ mod tests {
             base_url: "/user/alice/gpu/".into(),
             token: Secret::new("s3cret".into()),
             env: BTreeMap::from([("JUPYTER_TOKEN".to_string(), "evil".to_string()), ("A".into(), "b".into())]),
+            contract: Contract::Labhub,
             start_timeout: Duration::from_secs(30),
         }
     }

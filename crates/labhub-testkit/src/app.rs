@@ -27,6 +27,7 @@ pub struct TestAppBuilder {
     public_url: Option<String>,
     runtime: app::Runtime,
     docker: Option<Arc<DockerScope>>,
+    hub_api: bool,
 }
 
 /// A running hub for one test. Dropping it stops the server.
@@ -48,8 +49,12 @@ pub struct TestApp {
     /// The hub's front door (the service the server runs), for tests that drive a
     /// connection by hand.
     pub service: labhub_web::HubService,
+    /// `http://<gateway>:<port>` of the single-user API on the users' network, when the test
+    /// asked for it.
+    pub internal_url: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    internal: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -60,6 +65,9 @@ impl Drop for TestApp {
         if let Some(h) = self.server.take() {
             h.abort();
         }
+        if let Some(h) = self.internal.take() {
+            h.abort();
+        }
     }
 }
 
@@ -68,7 +76,14 @@ impl Default for TestAppBuilder {
         let mut config = Config { data_dir: std::env::temp_dir().join("labhub-test-data"), ..Config::default() };
         // The suite reads the metrics anonymously; `tests/it/roles.rs` checks the closed default.
         config.http.metrics_public = true;
-        Self { config, manual_clock: None, public_url: None, runtime: app::Runtime::default(), docker: None }
+        Self {
+            config,
+            manual_clock: None,
+            public_url: None,
+            runtime: app::Runtime::default(),
+            docker: None,
+            hub_api: false,
+        }
     }
 }
 
@@ -89,8 +104,15 @@ impl TestAppBuilder {
     /// long as the hub.
     pub fn docker(mut self, scope: Arc<DockerScope>) -> Self {
         self.config.docker = scope.config.clone();
-        self.runtime = app::Runtime { spawner: Some(scope.spawner.clone()), builder: Some(scope.spawner.clone()) };
+        self.runtime = app::Runtime::of(scope.spawner.clone());
         self.docker = Some(scope);
+        self
+    }
+
+    /// Serves the single-user API on the Docker scope's network gateway (a free port), as
+    /// `docker.hub_api_port` does, and tells servers of JupyterHub's contract its address.
+    pub fn hub_api(mut self) -> Self {
+        self.hub_api = true;
         self
     }
 
@@ -128,6 +150,9 @@ impl TestAppBuilder {
             .clone()
             .map_or_else(|| format!("http://{addr}/"), |u| u.replace("{port}", &addr.port().to_string()));
         config.public_url = Some(public.parse().expect("a URL"));
+        let mut runtime = self.runtime.clone();
+        let internal_listener =
+            if self.hub_api { runtime.bind_hub_api(0).await.expect("the single-user API's address") } else { None };
         let clock: Arc<dyn Clock> = match &self.manual_clock {
             Some(c) => Arc::new(c.clone()),
             None => Arc::new(SystemClock),
@@ -136,7 +161,7 @@ impl TestAppBuilder {
             &config,
             pool.clone(),
             HubKey::generate(),
-            self.runtime.clone(),
+            runtime.clone(),
             Overrides { clock, hash_cost: HashCost::INSECURE_FOR_TESTS },
         )
         .expect("building the hub");
@@ -145,6 +170,8 @@ impl TestAppBuilder {
         let server = tokio::spawn(app::serve(listener, built.service, async move {
             let _ = stop_rx.await;
         }));
+        let internal =
+            internal_listener.map(|l| tokio::spawn(app::serve_internal(l, built.internal, std::future::pending())));
         TestApp {
             url: format!("http://{addr}"),
             hub: built.hub,
@@ -154,8 +181,10 @@ impl TestAppBuilder {
             config,
             docker: self.docker,
             service,
+            internal_url: runtime.hub_api.map(|a| format!("http://{a}")),
             stop: Some(stop_tx),
             server: Some(server),
+            internal,
         }
     }
 }
@@ -246,6 +275,7 @@ impl TestApp {
             memory_bytes: 256 << 20,
             enabled: true,
             recipe: None,
+            contract: labhub_core::Contract::Labhub,
         };
         self.hub.catalogue().add(Actor::System, name, fields).await.expect("adding the test image");
     }

@@ -5,6 +5,8 @@
 //!   Tagged by a hash of the binary, so it is built once per binary and reused.
 //! - [`jupyterlab_image`]: the real JupyterLab image, built from its recipe when absent
 //!   (minutes).
+//! - [`jupyterhub_image`]: that image with the real `jupyterhub` package from PyPI
+//!   (`jupyterhub-singleuser`), built FROM it; tagged by a hash of its Dockerfile and base.
 //!
 //! Several test processes may ask at once: a build takes a lock directory under the system
 //! temporary directory (creating a directory is atomic), and whoever gets it looks for the
@@ -225,5 +227,51 @@ pub async fn jupyterlab_image(spawner: &DockerSpawner) -> Result<ImageRef, Image
     let built = spawner.build_recipe(recipe, &image, tx).await;
     let _ = printer.await;
     built.map_err(|e| fail(&format!("building {image}"), e))?;
+    Ok(image)
+}
+
+/// The repository the single-user test image is tagged in.
+pub const JUPYTERHUB_IMAGE_REPO: &str = "labhub-test/jupyterhub-singleuser";
+
+/// The Dockerfile of the single-user test image.
+const JUPYTERHUB_DOCKERFILE: &str = include_str!("../images/jupyterhub-singleuser.Dockerfile");
+
+/// The JupyterLab image with JupyterHub's single-user server from PyPI, built when absent
+/// (the JupyterLab image first, if that is absent too). Build output goes to stderr.
+pub async fn jupyterhub_image(spawner: &DockerSpawner) -> Result<ImageRef, ImageError> {
+    let base = jupyterlab_image(spawner).await?;
+    let docker = spawner.docker();
+    let base_id = docker.inspect_image(base.as_str()).await.map_err(|e| fail("inspecting the base", e))?.id;
+    let mut hasher = Sha256::new();
+    hasher.update(JUPYTERHUB_DOCKERFILE.as_bytes());
+    hasher.update(base_id.unwrap_or_default().as_bytes());
+    let hash = hex::encode(&hasher.finalize()[..8]);
+    let image = ImageRef::parse(&format!("{JUPYTERHUB_IMAGE_REPO}:{hash}")).map_err(|e| fail("image tag", e))?;
+    if docker.inspect_image(image.as_str()).await.is_ok() {
+        return Ok(image);
+    }
+    let _lock = DirLock::acquire(&format!("jupyterhub-{hash}"), Duration::from_secs(20 * 60)).await?;
+    if docker.inspect_image(image.as_str()).await.is_ok() {
+        return Ok(image);
+    }
+    let ca = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in [("Dockerfile", JUPYTERHUB_DOCKERFILE.as_bytes()), ("host-ca.crt", &ca[..])] {
+        append_file(&mut tar, Path::new(name), data, 0o644).map_err(|e| fail("packing the build context", e))?;
+    }
+    let context = tar.into_inner().map_err(|e| fail("packing the build context", e))?;
+    let options =
+        bollard::query_parameters::BuildImageOptionsBuilder::new().t(image.as_str()).rm(true).forcerm(true).build();
+    let mut build = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(step) = build.next().await {
+        let info = step.map_err(|e| fail(&format!("building {image}"), e))?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Err(fail(&format!("building {image}"), message));
+        }
+        for line in info.stream.iter().flat_map(|s| s.lines()).filter(|l| !l.trim().is_empty()) {
+            eprintln!("building {image}: {line}");
+        }
+    }
+    docker.inspect_image(image.as_str()).await.map_err(|e| fail(&format!("{image} missing after its build"), e))?;
     Ok(image)
 }

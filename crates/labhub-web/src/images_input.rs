@@ -1,7 +1,7 @@
 //! Reading a catalogue entry from a form or a JSON body, with one set of messages.
 
 use labhub_core::resources::Amount;
-use labhub_core::{ImageFields, ImageKind, ImageRef};
+use labhub_core::{Contract, ImageFields, ImageKind, ImageRef};
 use serde::Deserialize;
 
 use crate::AppError;
@@ -35,6 +35,9 @@ pub struct ImageInput {
     pub enabled: bool,
     #[serde(default)]
     pub recipe: Option<String>,
+    /// `labhub` (the default) or `jupyterhub`.
+    #[serde(default)]
+    pub contract: Option<String>,
 }
 
 fn yes() -> bool {
@@ -66,6 +69,12 @@ impl ImageInput {
             Some(Command::Line(l)) => Some(l.split_whitespace().map(str::to_string).collect()),
         }
         .filter(|c: &Vec<String>| !c.is_empty());
+        let contract = match self.contract.as_deref().map(str::trim) {
+            None | Some("") => Contract::default(),
+            Some(c) => {
+                Contract::parse(c).ok_or_else(|| bad(format!("'contract' must be labhub or jupyterhub, not {c:?}")))?
+            }
+        };
         let cpu_millis = self.cpu.cpu_millis()?;
         let memory_bytes = self.memory.memory_bytes()?;
         Ok(ImageFields {
@@ -79,6 +88,7 @@ impl ImageInput {
             memory_bytes,
             enabled: self.enabled,
             recipe: self.recipe.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()),
+            contract,
         })
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use bytes::{Buf, BytesMut};
-use labhub_core::ImageKind;
+use labhub_core::{Contract, ImageKind};
 use labhub_proxy::{ClientInfo, Lane, LaneError, PlainGet, Scheme, parse_user_path};
 use labhub_service::ServerRef;
 use labhub_service::sessions::SessionHost;
@@ -262,7 +262,10 @@ async fn admit<'a>(state: &AppState, req: &httparse::Request<'_, 'a>, peer: Sock
     let host = std::str::from_utf8(host?).ok().filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))?;
     let user_path = parse_user_path(path).ok()?;
     let route = state.hub().routes().resolve(&user_path)?;
-    if route.route().kind == ImageKind::Rstudio || !path.starts_with(route.prefix()) {
+    // RStudio needs its prefix stripped, and a server of JupyterHub's contract judges the
+    // client's own `Authorization`: both are the general path's.
+    let route_kind = (route.route().kind, route.route().contract);
+    if route_kind.0 == ImageKind::Rstudio || route_kind.1 != Contract::Labhub || !path.starts_with(route.prefix()) {
         return None;
     }
     // JupyterLab sends its server's own token back on every API call; that is no hub

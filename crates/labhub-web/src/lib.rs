@@ -16,6 +16,7 @@ mod middleware;
 mod origins;
 mod pages;
 mod proxy_route;
+mod single_user;
 mod sse;
 mod state;
 mod static_files;
@@ -29,6 +30,11 @@ pub use lane::{FrontDoor, LaneEnd};
 pub use state::{AppState, WebSettings};
 
 use axum::Router;
+
+/// The hub's internal address for users' servers: only JupyterHub's single-user endpoints.
+pub fn internal_service(state: AppState) -> Router {
+    single_user::internal_router(state)
+}
 
 /// The whole hub: proxied traffic under `/user/` and the router of everything else.
 pub fn service(state: AppState) -> HubService {

@@ -17,7 +17,7 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
-use labhub_core::{ServerName, UserName};
+use labhub_core::{Contract, ServerName, UserName};
 use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path, strip_token_param};
 use labhub_service::{Actor, AuthVia, Need, Principal, Reach, ServerRef, ServiceError};
 
@@ -63,7 +63,10 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     // proxy (the server's "not running" answer), as is one removed while it is forwarded.
     let route = state.hub().routes().resolve(&user_path);
     if let Some(route) = &route {
-        forget_server_token(&mut req, route.route().token.expose());
+        match route.route().contract {
+            Contract::Labhub => forget_server_token(&mut req, route.route().token.expose()),
+            Contract::Jupyterhub => forget_single_user_tokens(&state, &mut req, route.route()).await,
+        }
     }
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Surface::Proxy);
@@ -186,6 +189,24 @@ fn forget_server_token(req: &mut Request, secret: &str) {
         parts.path_and_query = Some(pq);
         if let Ok(uri) = axum::http::Uri::from_parts(parts) {
             *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// A server of JupyterHub's contract puts a token of its own (its API token, or the access
+/// token its user signed in with) in JupyterLab's page, which sends it back on API calls and
+/// WebSockets. Like labhub's server token, that is no hub credential: it is dropped before
+/// the hub authenticates (the server itself goes by its cookie). Only tokens of this very
+/// server are dropped; anything else is judged as usual.
+async fn forget_single_user_tokens(state: &AppState, req: &mut Request, route: &labhub_proxy::Route) {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| authorization_token(v.as_bytes()));
+    let query = req.uri().query().and_then(crate::extract::token_in_query);
+    for candidate in header.map(str::to_string).into_iter().chain(query) {
+        let token = candidate.clone();
+        let looked_up = state.hub_call(|hub| async move { hub.single_user().caller(&token).await });
+        let caller = Box::pin(looked_up).await.ok().flatten();
+        if caller.is_some_and(|c| c.server_owner == route.owner && c.server == route.key.server) {
+            forget_server_token(req, &candidate);
         }
     }
 }

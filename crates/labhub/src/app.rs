@@ -38,15 +38,34 @@ pub struct Runtime {
     pub spawner: Option<Arc<dyn Spawner>>,
     /// Builds catalogue images from recipes.
     pub builder: Option<Arc<dyn ImageBuilder>>,
+    /// The Docker spawner itself, for what only it does (the single-user API's address).
+    pub docker: Option<Arc<labhub_spawner::DockerSpawner>>,
+    /// Where the hub's single-user API listens on the users' network, once bound.
+    pub hub_api: Option<std::net::SocketAddr>,
 }
 
 impl Runtime {
+    /// Servers run and images built by this Docker spawner.
+    pub fn of(d: Arc<labhub_spawner::DockerSpawner>) -> Self {
+        Self { spawner: Some(d.clone()), builder: Some(d.clone()), docker: Some(d), hub_api: None }
+    }
+
+    /// Listens for the hub's single-user API on the users' network's gateway at `port` (0:
+    /// any free one), when there is a Docker spawner; the hub tells servers of JupyterHub's
+    /// contract this address unless `servers.hub_api_url` names another.
+    pub async fn bind_hub_api(&mut self, port: u16) -> anyhow::Result<Option<TcpListener>> {
+        let Some(docker) = &self.docker else { return Ok(None) };
+        let listener = docker.bind_hub_api(port).await.context("the hub's single-user API")?;
+        self.hub_api = Some(listener.local_addr()?);
+        Ok(Some(listener))
+    }
+
     /// Connects to the Docker engine; on failure the hub runs without servers and says why.
     pub async fn docker(config: &labhub_spawner::DockerConfig) -> Self {
         match labhub_spawner::DockerSpawner::connect(config.clone()).await {
             Ok(d) => {
                 let d = Arc::new(d);
-                Self { spawner: Some(d.clone()), builder: Some(d) }
+                Self::of(d)
             }
             Err(e) => {
                 tracing::error!(error = %e, "servers cannot start until the hub can reach the Docker engine");
@@ -62,11 +81,14 @@ pub struct App {
     pub hub: Hub,
     /// The HTTP surface.
     pub service: HubService,
+    /// The internal address's surface (JupyterHub's single-user endpoints only).
+    pub internal: axum::Router,
 }
 
 /// Builds the hub on an open, migrated database.
 pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrides: Overrides) -> anyhow::Result<App> {
     let passwords = PasswordHasher::new(overrides.hash_cost, config.hashing_limits())?;
+    let runtime_hub_api = runtime.hub_api;
     let routes = RouteTable::new(overrides.clock.clone());
     let hub = Hub::new(HubParts {
         db,
@@ -79,7 +101,7 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
         spawner: runtime.spawner,
         builder: runtime.builder,
         routes: routes.clone(),
-        servers: config.server_settings(),
+        servers: server_settings(config, &runtime_hub_api),
         quotas: config.quota_settings(),
         backups: config.backup_settings(),
         environments: config.environment_settings(),
@@ -96,7 +118,28 @@ pub fn build(config: &Config, db: PgPool, key: HubKey, runtime: Runtime, overrid
     };
     let metrics = if config.http.metrics { crate::telemetry::metrics_handle() } else { None };
     let state = AppState::new(hub.clone(), web, metrics, proxy);
-    Ok(App { hub, service: labhub_web::service(state) })
+    Ok(App { hub, internal: labhub_web::internal_service(state.clone()), service: labhub_web::service(state) })
+}
+
+/// The server rules, with the single-user API's bound address as `JUPYTERHUB_API_URL` unless
+/// `servers.hub_api_url` names one.
+fn server_settings(config: &Config, hub_api: &Option<std::net::SocketAddr>) -> labhub_service::ServerSettings {
+    let mut s = config.server_settings();
+    if config.servers.hub_api_url.is_none()
+        && let Some(addr) = hub_api
+    {
+        s.hub_api_url = format!("http://{addr}/hub/api");
+    }
+    s
+}
+
+/// Serves the internal address (JupyterHub's single-user endpoints) until `shutdown` resolves.
+pub async fn serve_internal(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 /// The directory from `[auth.ldap]`, if set: its CA and password files are read now, so a

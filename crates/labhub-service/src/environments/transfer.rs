@@ -141,6 +141,7 @@ impl Environments<'_> {
             memory_bytes: manifest.memory_bytes,
             enabled: true,
             recipe: None,
+            contract: labhub_core::Contract::Labhub,
         };
         let now = self.hub.now();
         let source = manifest.source.clone().unwrap_or_else(|| "(imported)".into());

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use labhub_core::spawner::{ObservedServer, ServerExit, ServerStatus, Spawner};
-use labhub_core::{ImageKind, Owner, ServerId, ServerName, ServerState};
+use labhub_core::{Contract, ImageKind, Owner, ServerId, ServerName, ServerState};
 use labhub_db::{servers, users};
 use labhub_proxy::{Route, RouteKey};
 use time::OffsetDateTime;
@@ -77,7 +77,8 @@ impl Servers<'_> {
                     let token =
                         self.hub.key().server_token(row.owner.as_str(), &row.server.name, &spawn_id.to_string());
                     let key = RouteKey::new(row.owner.clone(), server.clone());
-                    let route = Route::new(key, row.server.user_id, *endpoint, token, kind);
+                    let contract = Contract::parse(&row.server.contract).unwrap_or_default();
+                    let route = Route::new(key, row.server.user_id, *endpoint, token, kind).speaking(contract);
                     match self.hub.routes().insert(route) {
                         Ok(()) => report.adopted.push(label),
                         Err(e) => tracing::warn!(server = %label, error = %e, "could not route to an adopted server"),

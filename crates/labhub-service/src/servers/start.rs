@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use labhub_core::spawner::{Progress, ProgressSender, ServerSpec, SpawnError, Spawner, Started};
-use labhub_core::{AccountState, ServerId, ServerName, ServerState, UserName};
+use labhub_core::{AccountState, Contract, ServerId, ServerName, ServerState, UserName};
 use labhub_db::{servers, users};
 use labhub_proxy::{Route, RouteKey};
 use serde_json::json;
@@ -124,8 +124,17 @@ impl Servers<'_> {
             memory_bytes: resources.memory_bytes as i64,
             gpus: resources.gpus as i32,
             spawn_id,
+            contract: image.fields.contract.as_str(),
         };
         servers::mark_pending(&mut *tx, row.server_id, &pending).await?;
+        let f = &image.fields;
+        let port = f.port.unwrap_or_else(|| f.kind.default_port());
+        let env = match f.contract {
+            Contract::Jupyterhub => {
+                self.hub.single_user().register(&mut tx, row.server_id, owner, server, port).await?
+            }
+            Contract::Labhub => Default::default(),
+        };
         let group_id = charge.group.as_ref().map(|g| g.0);
         labhub_db::quotas::set_server_group(&mut *tx, row.server_id, group_id).await?;
         if !actor.is(user.user_id) {
@@ -140,8 +149,6 @@ impl Servers<'_> {
         progress.push(ProgressEvent::step(0, "Server requested"));
         let spawn = Arc::new(Spawn { spawn_id, progress: progress.clone(), cancelled: AtomicBool::new(false) });
         self.state().spawns.insert(row.server_id, spawn.clone());
-        let f = &image.fields;
-        let port = f.port.unwrap_or_else(|| f.kind.default_port());
         let base_url = route_prefix(owner, server);
         let spec = ServerSpec {
             owner: user.user_id,
@@ -156,7 +163,8 @@ impl Servers<'_> {
             resources,
             base_url,
             token: self.hub.key().server_token(owner.as_str(), name, &spawn_id.to_string()),
-            env: Default::default(),
+            env,
+            contract: f.contract,
             start_timeout: self.state().settings.start_timeout,
         };
         let hub = self.hub.clone();
@@ -269,7 +277,7 @@ async fn go_live(
         return Err(Failed { reason: why.into(), message: format!("The server was {why}.") });
     }
     let key = RouteKey::new(spec.user.clone(), spec.server.clone());
-    let route = Route::new(key, spec.owner, started.endpoint, spec.token.clone(), spec.kind);
+    let route = Route::new(key, spec.owner, started.endpoint, spec.token.clone(), spec.kind).speaking(spec.contract);
     hub.routes().insert(route).map_err(Failed::spawn)?;
     tracing::debug!(
         target: "labhub::timing",

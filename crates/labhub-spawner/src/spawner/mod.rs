@@ -20,7 +20,7 @@ mod volumes;
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub struct DockerSpawner {
     rules_seen: AtomicBool,
     /// The last `/system/df` volume sizes and when they were read.
     df_cache: tokio::sync::Mutex<Option<(Instant, volumes::VolumeSizes)>>,
+    /// Where the hub serves its single-user API on the users' network, once bound.
+    hub_api: std::sync::OnceLock<SocketAddrV4>,
 }
 
 impl std::fmt::Debug for DockerSpawner {
@@ -124,6 +126,7 @@ impl DockerSpawner {
             network_checked: tokio::sync::Mutex::new(None),
             rules_seen: AtomicBool::new(false),
             df_cache: tokio::sync::Mutex::new(None),
+            hub_api: std::sync::OnceLock::new(),
         })
     }
 
@@ -152,10 +155,11 @@ impl DockerSpawner {
             return Ok(());
         }
         *checked = None;
-        let bridge = network::ensure_network(&self.docker, &self.config).await?;
+        let bridge = network::ensure_network(&self.docker, &self.config).await?.bridge;
         if self.config.isolate_host {
             // The hub logs when isolation starts and stops failing; this is every attempt.
-            let added = Firewall::new(&self.config, &bridge).enforce().await.map_err(|e| {
+            let firewall = Firewall::new(&self.config, &bridge, self.hub_api.get().copied());
+            let added = firewall.enforce().await.map_err(|e| {
                 tracing::debug!(bridge = %bridge, error = %e, "servers cannot be isolated");
                 SpawnError::Isolation(e.to_string())
             })?;
@@ -168,6 +172,29 @@ impl DockerSpawner {
         }
         *checked = Some(Instant::now());
         Ok(())
+    }
+
+    /// Listens for the hub's single-user API on the users' network's gateway (`port` 0: any
+    /// free one), the one address and port of the host that servers may then open
+    /// connections to (the next check of the network puts the firewall's exception in place).
+    /// Once per spawner.
+    pub async fn bind_hub_api(&self, port: u16) -> Result<tokio::net::TcpListener, SpawnError> {
+        let net = network::ensure_network(&self.docker, &self.config).await?;
+        let gateway = net.gateway.ok_or_else(|| {
+            SpawnError::Runtime(format!("the engine names no IPv4 gateway of network {}", self.config.network.as_str()))
+        })?;
+        let listener = tokio::net::TcpListener::bind((gateway, port))
+            .await
+            .map_err(|e| SpawnError::Runtime(format!("cannot listen on {gateway}:{port}: {e}")))?;
+        let bound = match listener.local_addr() {
+            Ok(SocketAddr::V4(a)) => a,
+            _ => return Err(SpawnError::Runtime(format!("{gateway}:{port} has no IPv4 local address"))),
+        };
+        self.hub_api
+            .set(bound)
+            .map_err(|_| SpawnError::Invalid("the hub's single-user API is bound already".into()))?;
+        *self.network_checked.lock().await = None;
+        Ok(listener)
     }
 
     /// Removes the users' network and its firewall rules (uninstalling, tests);
@@ -191,7 +218,7 @@ impl DockerSpawner {
             Err(e) => return Err(runtime_error(&format!("removing network {name}"), e)),
         }
         if let Some(bridge) = bridge
-            && let Err(e) = Firewall::new(&self.config, &bridge).remove().await
+            && let Err(e) = Firewall::new(&self.config, &bridge, self.hub_api.get().copied()).remove().await
         {
             tracing::warn!(bridge = %bridge, error = %e, "could not remove the network's firewall rules");
         }

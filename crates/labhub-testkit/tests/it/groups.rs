@@ -216,6 +216,7 @@ async fn the_role_matrix_members_leads_of_this_group_leads_of_another_group_and_
                 memory_bytes: 1 << 30,
                 enabled: true,
                 recipe: None,
+                contract: labhub_core::Contract::Labhub,
             },
         )
         .await

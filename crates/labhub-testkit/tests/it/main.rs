@@ -35,5 +35,6 @@ mod servers;
 mod sessions;
 mod shared_servers;
 mod shares;
+mod single_user;
 mod spawner;
 mod subdomains;

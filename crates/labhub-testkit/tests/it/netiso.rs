@@ -182,6 +182,7 @@ fn spec(scope: &DockerScope, user: &str) -> ServerSpec {
         base_url: format!("/user/{user}/"),
         token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
         env: Default::default(),
+        contract: labhub_core::Contract::Labhub,
         start_timeout: Duration::from_secs(30),
     }
 }

@@ -101,6 +101,7 @@ impl TestHub {
             base_url,
             token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
             env: BTreeMap::new(),
+            contract: labhub_core::Contract::Labhub,
             start_timeout: Duration::from_secs(30),
         }
     }

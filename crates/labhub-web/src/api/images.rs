@@ -27,6 +27,7 @@ fn model(s: &ImageStatus) -> Value {
         "memory_bytes": i.memory_bytes,
         "enabled": i.enabled,
         "recipe": i.recipe,
+        "contract": i.contract,
         "local": s.local.as_ref().map(|l| json!({ "digest": l.digest, "size_bytes": l.size_bytes })),
         "build": s.build,
     })

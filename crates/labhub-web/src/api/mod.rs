@@ -33,7 +33,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/hub/api", get(users::root))
         .route("/hub/api/", get(users::root))
         .route("/hub/api/info", get(users::info))
-        .route("/hub/api/user", get(users::me))
+        .route("/hub/api/user", get(crate::single_user::me))
+        .route("/hub/api/users/{name}/activity", post(crate::single_user::activity))
+        .route("/hub/api/oauth2/token", post(crate::single_user::token))
         .route("/hub/api/users", get(users::list).post(users::create_many))
         .route(
             "/hub/api/users/{name}",
@@ -107,6 +109,8 @@ fn shares_router() -> Router<AppState> {
         .route("/hub/api/groups/{name}/shared/{owner}/", group_share())
         .route("/hub/api/groups/{name}/shared/{owner}/{server}", group_share())
 }
+
+pub(crate) use users::root as version;
 
 const DEFAULT_LIMIT: i64 = 200;
 const MAX_LIMIT: i64 = 1000;

@@ -39,14 +39,6 @@ pub async fn info(State(state): State<AppState>, CurrentUser(_): CurrentUser) ->
     }))
 }
 
-/// `GET /hub/api/user` (any token or session): who am I.
-pub async fn me(State(state): State<AppState>, CurrentUser(me): CurrentUser) -> Result<Json<UserModel>, AppError> {
-    let v = state.hub().accounts().view(Actor::User(&me), &me.name).await?;
-    let mut model = UserModel::of(&v);
-    model.scopes = Some(me.scopes.names());
-    Ok(Json(model))
-}
-
 fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError> {
     let (offset, limit) = offset_limit(q)?;
     let server_state = q

@@ -33,6 +33,7 @@ pub struct ImageFormView {
     recipe: String,
     recipes: Vec<String>,
     enabled: bool,
+    contract: String,
 }
 
 impl ImageFormView {
@@ -52,6 +53,7 @@ impl ImageFormView {
             recipe: String::new(),
             recipes,
             enabled: true,
+            contract: "labhub".into(),
         }
     }
 
@@ -72,6 +74,7 @@ impl ImageFormView {
             recipe: i.recipe.clone().unwrap_or_default(),
             recipes,
             enabled: i.enabled,
+            contract: i.contract.as_str().into(),
         }
     }
 
@@ -91,6 +94,7 @@ impl ImageFormView {
             recipe: f.recipe.clone(),
             recipes,
             enabled: f.enabled.is_some(),
+            contract: f.contract.clone(),
         }
     }
 }
@@ -199,6 +203,8 @@ pub struct ImageForm {
     recipe: String,
     #[serde(default)]
     enabled: Option<String>,
+    #[serde(default)]
+    contract: String,
 }
 
 impl ImageForm {
@@ -214,6 +220,7 @@ impl ImageForm {
             memory: Amount::Text(self.memory.clone()),
             enabled: self.enabled.is_some(),
             recipe: Some(self.recipe.clone()),
+            contract: Some(self.contract.clone()),
         }
     }
 }

@@ -48,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/share/{owner}/{server}", get(shares::show).post(shares::act))
         .route("/hub/shared/leave", post(shares::leave))
         .route("/hub/accept-share", get(shares::accept_form).post(shares::accept))
+        .route("/hub/api/oauth2/authorize", get(crate::single_user::authorize))
         .route("/hub/account", get(account::account))
         .route("/hub/account/password", post(account::change_password))
         .route("/hub/account/files/restore", get(files::form).post(files::restore))

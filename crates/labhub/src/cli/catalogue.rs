@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use labhub_core::{ImageFields, ImageKind, ImageRef};
+use labhub_core::{Contract, ImageFields, ImageKind, ImageRef};
 use labhub_service::Actor;
 
 /// A catalogue entry's fields on the command line.
@@ -38,6 +38,10 @@ pub(super) struct ImageArgs {
     /// Whether members can start it.
     #[arg(long)]
     enabled: Option<bool>,
+    /// The contract its servers speak: labhub (the default) or jupyterhub (jupyterhub-singleuser,
+    /// signing in through the hub's OAuth).
+    #[arg(long)]
+    contract: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +91,13 @@ pub(super) fn image_fields(args: ImageArgs, base: Option<ImageFields>) -> anyhow
         (None, Some(b)) => b.memory_bytes,
         (None, None) => return Err(missing("memory")),
     };
+    let contract = match (args.contract, &base) {
+        (Some(c), _) => {
+            Contract::parse(&c).with_context(|| format!("--contract must be labhub or jupyterhub, not {c:?}"))?
+        }
+        (None, Some(b)) => b.contract,
+        (None, None) => Contract::default(),
+    };
     let display_name = match (args.display_name, &base) {
         (Some(d), _) => d,
         (None, Some(b)) => b.display_name.clone(),
@@ -103,6 +114,7 @@ pub(super) fn image_fields(args: ImageArgs, base: Option<ImageFields>) -> anyhow
         memory_bytes,
         enabled: args.enabled.or_else(|| base.as_ref().map(|b| b.enabled)).unwrap_or(true),
         recipe: args.recipe.filter(|r| !r.is_empty()).or_else(|| base.as_ref().and_then(|b| b.recipe.clone())),
+        contract,
     })
 }
 

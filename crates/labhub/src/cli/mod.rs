@@ -205,7 +205,12 @@ async fn serve_on(
 ) -> anyhow::Result<()> {
     db.migrate(Duration::from_secs(30)).await?;
     let key = app::load_key(config)?;
-    let runtime = app::Runtime::docker(&config.docker).await;
+    let mut runtime = app::Runtime::docker(&config.docker).await;
+    let internal = match config.docker.hub_api_port {
+        Some(port) => runtime.bind_hub_api(port).await?,
+        None => None,
+    };
+    let hub_api = runtime.hub_api;
     let built = app::build(config, db.pool.clone(), key, runtime, Overrides::default())?;
     if let Some((admin, password)) = built.hub.accounts().bootstrap_admins().await? {
         let path = config.data_dir.join("initial-admin-password");
@@ -230,6 +235,15 @@ async fn serve_on(
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
     tokio::spawn(built.hub.clone().follow_shares(wait_true(stop_rx.clone())));
     let supervisor = db.supervise(built.hub.clone(), wait_true(stop_rx.clone()));
+    if let Some(listener) = internal {
+        tracing::info!(address = ?hub_api, "serving the single-user API to users' servers");
+        let served = app::serve_internal(listener, built.internal.clone(), wait_true(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "the single-user API stopped");
+            }
+        });
+    }
     tokio::spawn(built.hub.clone().run_usage_sampler(wait_true(stop_rx.clone())));
     if config.culler.enabled {
         tokio::spawn(built.hub.clone().run_culler(wait_true(stop_rx.clone())));

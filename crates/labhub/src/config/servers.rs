@@ -28,6 +28,9 @@ pub struct ServersConfig {
     /// How often proxied activity is written to the database (the API shows it at once either way).
     #[serde(with = "humantime_serde")]
     pub activity_flush_interval: Duration,
+    /// The hub's API as servers of JupyterHub's contract reach it (`JUPYTERHUB_API_URL`);
+    /// unset: `{public_url}hub/api`.
+    pub hub_api_url: Option<url::Url>,
 }
 
 impl Default for ServersConfig {
@@ -41,6 +44,7 @@ impl Default for ServersConfig {
             slow_stop_timeout: d.slow_stop_timeout,
             build_missing_images_at_boot: d.build_missing_images_at_boot,
             activity_flush_interval: d.activity_flush_interval,
+            hub_api_url: None,
         }
     }
 }
@@ -57,6 +61,10 @@ impl Config {
             slow_stop_timeout: s.slow_stop_timeout,
             build_missing_images_at_boot: s.build_missing_images_at_boot,
             activity_flush_interval: s.activity_flush_interval,
+            hub_api_url: match &s.hub_api_url {
+                Some(u) => u.to_string(),
+                None => format!("{}hub/api", self.public_url()),
+            },
         }
     }
 }
