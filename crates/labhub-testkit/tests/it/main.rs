@@ -35,3 +35,4 @@ mod shared_servers;
 mod shares;
 mod spawner;
 mod subdomains;
+mod swarm;

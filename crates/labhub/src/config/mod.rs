@@ -234,6 +234,17 @@ impl Config {
         if self.docker.iptables.as_os_str().is_empty() {
             return bad("docker.iptables", "must name the iptables command (\"iptables\" finds it on PATH)");
         }
+        if self.docker.swarm_homes == labhub_spawner::SwarmHomes::Nfs
+            && (self.docker.swarm_nfs_addr.is_empty() || !self.docker.swarm_nfs_export.starts_with('/'))
+        {
+            return bad(
+                "docker.swarm_homes",
+                "\"nfs\" needs swarm_nfs_addr (the NFS server) and swarm_nfs_export (an absolute exported path)",
+            );
+        }
+        if let Err(why) = labhub_spawner::check_swarm_subnet(&self.docker.swarm_subnet) {
+            return bad("docker.swarm_subnet", &why);
+        }
         if self.servers.concurrent_spawn_limit == 0 {
             return bad("servers.concurrent_spawn_limit", "must be at least 1");
         }
