@@ -19,6 +19,7 @@ mod tasks;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bytes::Bytes;
@@ -31,6 +32,10 @@ use labhub_core::{ImageKind, ImageRef, MountSource, Storage};
 use serde::{Deserialize, Serialize};
 
 pub use network::check_swarm_subnet;
+
+/// How long a swarm and overlay found in order are trusted before a start looks again (as
+/// the engine mode's network): a burst of starts costs one look, not one each.
+const RECHECK: Duration = Duration::from_secs(30);
 
 use crate::config::DockerConfig;
 use crate::http::EngineAddr;
@@ -66,6 +71,9 @@ pub struct SwarmSpawner {
     docker: Docker,
     addr: EngineAddr,
     config: DockerConfig,
+    /// When the swarm, the overlay and the rules were last found in order, and the overlay's
+    /// id; the lock also serialises the overlay's creation among concurrent starts.
+    checked: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for SwarmSpawner {
@@ -86,7 +94,13 @@ impl SwarmSpawner {
     pub async fn on(engine: Arc<DockerSpawner>) -> Result<Self, SpawnError> {
         let docker = engine.docker().clone();
         nodes::check_manager(&docker).await?;
-        Ok(Self { addr: engine.engine_addr().clone(), config: engine.config().clone(), docker, engine })
+        Ok(Self {
+            addr: engine.engine_addr().clone(),
+            config: engine.config().clone(),
+            docker,
+            engine,
+            checked: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// The engine spawner on the manager (builds images, holds volumes).
@@ -94,8 +108,19 @@ impl SwarmSpawner {
         &self.engine
     }
 
-    /// Makes sure the overlay exists and its isolation holds; returns the overlay's id.
-    async fn prepare(&self) -> Result<String, SpawnError> {
+    /// Makes sure the swarm may run servers, the overlay exists and its isolation holds;
+    /// returns the overlay's id. Trusted for 30 s unless `fresh`, and looked at again at once
+    /// after a failure.
+    async fn prepare(&self, fresh: bool) -> Result<String, SpawnError> {
+        let mut checked = self.checked.lock().await;
+        if let Some((at, id)) = checked.as_ref()
+            && !fresh
+            && at.elapsed() < RECHECK
+        {
+            return Ok(id.clone());
+        }
+        *checked = None;
+        nodes::check_cluster(&self.docker, &self.config).await?;
         let id = network::ensure_overlay(&self.docker, &self.config).await?;
         if self.config.isolate_host {
             let added = network::enforce_gateway_rules(&self.config).await?;
@@ -104,6 +129,7 @@ impl SwarmSpawner {
             }
         }
         network::isolate_overlay(&id).await?;
+        *checked = Some((Instant::now(), id.clone()));
         Ok(id)
     }
 
@@ -203,8 +229,7 @@ impl Spawner for SwarmSpawner {
     }
 
     async fn check_isolation(&self) -> Result<Isolation, SpawnError> {
-        nodes::check_cluster(&self.docker, &self.config).await?;
-        self.prepare().await?;
+        self.prepare(true).await?;
         Ok(if self.config.isolate_host { Isolation::Full } else { Isolation::ServersOnly })
     }
 }

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, NetworkInspect};
@@ -39,6 +40,8 @@ use crate::naming::LABEL_HUB;
 pub(crate) const GATEWAY_BRIDGE: &str = "docker_gwbridge";
 /// Where Docker keeps the network namespaces of overlays (its default exec root).
 const NETNS_DIR: &str = "/var/run/docker/netns";
+/// Longest wait for a new overlay's allocation (see `allocated`).
+const ALLOCATION_WAIT: Duration = Duration::from_secs(5);
 /// The overlay option that turns on IPsec between nodes.
 const OPT_ENCRYPTED: &str = "encrypted";
 /// The nftables table of ours in the overlay's namespace: nothing forwarded between tasks.
@@ -67,7 +70,7 @@ pub fn check_swarm_subnet(raw: &str) -> Result<(), String> {
 /// Makes sure the overlay exists as configured; returns its id.
 pub(crate) async fn ensure_overlay(docker: &Docker, config: &DockerConfig) -> Result<String, SpawnError> {
     let name = config.swarm_network.as_str();
-    match docker.inspect_network(name, None::<InspectNetworkOptions>).await {
+    match allocated(docker, name).await {
         Ok(net) => return checked_overlay(&net, config),
         Err(e) if is_status(&e, 404) => {}
         Err(e) => return Err(runtime_error(&format!("inspecting network {name}"), e)),
@@ -99,11 +102,23 @@ pub(crate) async fn ensure_overlay(docker: &Docker, config: &DockerConfig) -> Re
         Err(e) if is_status(&e, 409) => {}
         Err(e) => return Err(runtime_error(&format!("creating the overlay {name}"), e)),
     }
-    let net = docker
-        .inspect_network(name, None::<InspectNetworkOptions>)
-        .await
-        .map_err(|e| runtime_error(&format!("inspecting network {name}"), e))?;
+    let net = allocated(docker, name).await.map_err(|e| runtime_error(&format!("inspecting network {name}"), e))?;
     checked_overlay(&net, config)
+}
+
+/// The network as the manager holds it, once its allocator has run: a moment after its
+/// creation a swarm network is listed with no driver yet (seen under load on Docker 20.10).
+async fn allocated(docker: &Docker, name: &str) -> Result<NetworkInspect, bollard::errors::Error> {
+    let mut pause = Duration::from_millis(10);
+    let deadline = tokio::time::Instant::now() + ALLOCATION_WAIT;
+    loop {
+        let net = docker.inspect_network(name, None::<InspectNetworkOptions>).await?;
+        if net.driver.as_deref().is_some_and(|d| !d.is_empty()) || tokio::time::Instant::now() >= deadline {
+            return Ok(net);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
 /// Refuses an overlay that is not the one configured; returns its id.
@@ -111,7 +126,11 @@ fn checked_overlay(net: &NetworkInspect, config: &DockerConfig) -> Result<String
     let name = config.swarm_network.as_str();
     let fix = format!("remove it (docker network rm {name}) and labhub creates it as configured");
     if net.driver.as_deref() != Some("overlay") || !net.attachable.unwrap_or(false) {
-        return Err(SpawnError::Isolation(format!("network {name} exists but is not an attachable overlay; {fix}")));
+        return Err(SpawnError::Isolation(format!(
+            "network {name} exists but is not an attachable overlay (driver {}, attachable {}); {fix}",
+            net.driver.as_deref().unwrap_or("unknown"),
+            net.attachable.unwrap_or(false)
+        )));
     }
     if net.enable_ipv6.unwrap_or(false) {
         return Err(SpawnError::Isolation(format!("network {name} exists with IPv6 on; {fix}")));

@@ -11,6 +11,7 @@ use labhub_core::spawner::{ObservedServer, ServerStatus, SpawnError, SpawnerStat
 
 use super::tasks::Phase;
 use super::{SwarmSpawner, SwarmState, network};
+use crate::config::SwarmReach;
 use crate::error::{is_status, runtime_error};
 use crate::naming::{LABEL_HUB, LABEL_KIND, LABEL_PORT, LABEL_VOLUME, owner_from_labels};
 
@@ -43,7 +44,11 @@ impl SwarmSpawner {
         };
         match task.phase() {
             Phase::Running => {
-                let network_id = network::ensure_overlay(&self.docker, &self.config).await?;
+                // Only the overlay mode reads the task's address by network.
+                let network_id = match self.config.swarm_reach {
+                    SwarmReach::Overlay => network::ensure_overlay(&self.docker, &self.config).await?,
+                    SwarmReach::Gateway => String::new(),
+                };
                 let ip = self.task_address(&task, &network_id).await?.or(known).ok_or_else(|| {
                     SpawnError::Runtime(format!("service {service_id} runs but the hub has no address for it"))
                 })?;

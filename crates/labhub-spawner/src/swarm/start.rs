@@ -11,7 +11,7 @@ use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
 use labhub_core::{ServerName, Storage};
 
 use super::tasks::{self, Phase, Task};
-use super::{SwarmSpawner, SwarmState, network, nodes, spec};
+use super::{SwarmSpawner, SwarmState, network, spec};
 use crate::config::{SwarmHomes, SwarmReach};
 use crate::error::{is_status, runtime_error};
 use crate::naming::ServerNames;
@@ -39,13 +39,12 @@ impl SwarmSpawner {
         tracing::info!(user = %spec.user, server, image = %spec.image, service = %names.container, "starting a service");
         tracing::debug!(target: "labhub::timing", user = %spec.user, server, "spawn.begin");
 
-        nodes::check_cluster(&self.docker, &self.config).await?;
         send(&progress, 2, format!("checking image {}", spec.image));
         let image = self.engine.ensure_image(&spec.image, &progress).await?;
         let facts = image_facts(spec, &image)?;
 
         send(&progress, 42, "preparing the overlay network");
-        let network_id = self.prepare().await?;
+        let network_id = self.prepare(false).await?;
         send(&progress, 45, "preparing your storage");
         // NFS homes are made by whichever node runs the task, from the mount's options.
         if self.config.swarm_homes == SwarmHomes::Local {

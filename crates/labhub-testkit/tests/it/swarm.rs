@@ -131,13 +131,10 @@ async fn a_server_starts_as_a_service_with_its_quota_answers_and_stops() {
     let reserved = res.reservations.unwrap();
     assert_eq!((reserved.nano_cpus, reserved.memory_bytes), (Some(500_000_000), Some(MEMORY as i64)));
     assert_eq!(task.restart_policy.unwrap().condition, Some(bollard::models::TaskSpecRestartPolicyConditionEnum::NONE));
-    let endpoint = svc.endpoint.unwrap();
-    assert_eq!(endpoint.ports, None, "nothing published");
-    assert_eq!(
-        endpoint.spec.unwrap().mode,
-        Some(bollard::models::EndpointSpecModeEnum::DNSRR),
-        "no virtual IP, no routing mesh"
-    );
+    assert_eq!(svc.endpoint.unwrap().ports, None, "nothing published");
+    let endpoint = svc.spec.clone().unwrap().endpoint_spec.unwrap();
+    assert_eq!(endpoint.ports, None, "nothing to publish");
+    assert_eq!(endpoint.mode, Some(bollard::models::EndpointSpecModeEnum::DNSRR), "no virtual IP, no routing mesh");
     let container = task.container_spec.unwrap();
     assert_eq!(Some(started.image_digest.clone()), container.image, "the service runs the image by content id");
     assert_eq!(container.capability_drop, Some(vec!["ALL".to_string()]));
@@ -202,7 +199,8 @@ async fn a_task_that_fails_or_cannot_be_placed_is_a_clear_error_never_a_hang() {
     let s = scope().await;
     // The server exits at once: the task fails, the error says how, the service goes.
     let mut failing = spec(&s, "dave", 4);
-    failing.command = Some(vec!["jupyter".into(), "--no-such-flag".into()]);
+    failing.command = Some(vec!["/labhub-testserver".into(), "--port".into(), "not-a-port".into()]);
+    failing.start_timeout = Duration::from_secs(30);
     let e = tokio::time::timeout(Duration::from_secs(60), start(&s.spawner, &failing)).await.unwrap().unwrap_err();
     assert!(matches!(&e, SpawnError::Exited { reason, .. } if reason.contains("exited with code")), "{e}");
     assert!(services_of(&s).await.is_empty(), "the failed service was removed");
