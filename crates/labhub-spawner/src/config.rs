@@ -97,19 +97,6 @@ pub enum SwarmHomes {
     Nfs,
 }
 
-/// How the hub reaches a task in Swarm mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SwarmReach {
-    /// The hub is a process on the (single) manager: the task's address on the node's
-    /// `docker_gwbridge`, which a host process can reach (a single node only).
-    #[default]
-    Gateway,
-    /// The hub runs as a service attached to the overlay (`deploy/labhub-stack.yml`): the
-    /// task's address on the overlay.
-    Overlay,
-}
-
 /// Settings of the Docker spawner (`[docker]` in the hub's configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -152,8 +139,6 @@ pub struct DockerConfig {
     pub swarm_subnet: String,
     /// Swarm mode: encrypt the overlay's VXLAN traffic between nodes (IPsec).
     pub swarm_encrypted: bool,
-    /// Swarm mode: how the hub reaches a task.
-    pub swarm_reach: SwarmReach,
     /// Swarm mode: where homes live.
     pub swarm_homes: SwarmHomes,
     /// Swarm mode with NFS homes: the NFS server's address.
@@ -186,7 +171,6 @@ impl Default for DockerConfig {
             swarm_network: NetworkName("labhub-swarm".to_string()),
             swarm_subnet: "10.213.0.0/16".to_string(),
             swarm_encrypted: false,
-            swarm_reach: SwarmReach::Gateway,
             swarm_homes: SwarmHomes::Local,
             swarm_nfs_addr: String::new(),
             swarm_nfs_export: String::new(),

@@ -23,9 +23,7 @@ mod spawner;
 mod swarm;
 mod usage;
 
-pub use config::{
-    DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy, RuntimeMode, SwarmHomes, SwarmReach,
-};
+pub use config::{DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy, RuntimeMode, SwarmHomes};
 pub use naming::{
     LABEL_GROUP_ID, LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_USER_ID,
     LABEL_VOLUME,

@@ -92,6 +92,13 @@ impl SwarmSpawner {
 
     /// The Swarm spawner over an engine spawner already connected to a manager.
     pub async fn on(engine: Arc<DockerSpawner>) -> Result<Self, SpawnError> {
+        if !engine.config().internet_access {
+            return Err(SpawnError::Invalid(
+                "[docker] internet_access = false is not supported in Swarm mode: the hub reaches servers through \
+                 docker_gwbridge, which the tasks of an internal overlay do not join"
+                    .into(),
+            ));
+        }
         let docker = engine.docker().clone();
         nodes::check_manager(&docker).await?;
         Ok(Self {

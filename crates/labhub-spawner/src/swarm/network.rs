@@ -14,7 +14,7 @@
 //! - **The host, link-local and private ranges**: a task leaves its node through the node's
 //!   `docker_gwbridge` (ICC off there), so the engine mode's firewall rules (`firewall`) are
 //!   applied to that interface. They cover every Swarm task of the node, not only labhub's.
-//! - The hub reaches a task at its `docker_gwbridge` address (`SwarmReach::Gateway`): a
+//! - The hub reaches a task at its `docker_gwbridge` address: a
 //!   process on the host cannot reach an overlay address at all (no route; only containers
 //!   attached to the overlay can), and the gateway bridge answers new connections from the
 //!   host while the rules above refuse those from the task.
@@ -31,7 +31,7 @@ use labhub_core::spawner::SpawnError;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::config::{DockerConfig, SwarmReach};
+use crate::config::DockerConfig;
 use crate::error::{is_status, runtime_error};
 use crate::firewall::Firewall;
 use crate::naming::LABEL_HUB;
@@ -84,9 +84,9 @@ pub(crate) async fn ensure_overlay(docker: &Docker, config: &DockerConfig) -> Re
         name: name.to_string(),
         driver: Some("overlay".into()),
         attachable: Some(true),
-        // The gateway mode reaches tasks through docker_gwbridge, which an internal
-        // overlay's tasks do not join.
-        internal: Some(!config.internet_access && config.swarm_reach == SwarmReach::Overlay),
+        // The hub reaches tasks through docker_gwbridge, which an internal overlay's tasks
+        // do not join (`internet_access = false` is refused in Swarm mode).
+        internal: Some(false),
         enable_ipv6: Some(false),
         ipam: Some(Ipam {
             driver: Some("default".into()),

@@ -5,7 +5,7 @@ use bollard::Docker;
 use bollard::models::LocalNodeState;
 use labhub_core::spawner::SpawnError;
 
-use crate::config::{DockerConfig, SwarmHomes, SwarmReach};
+use crate::config::{DockerConfig, SwarmHomes};
 use crate::error::runtime_error;
 
 /// Refuses an engine that cannot create services.
@@ -28,7 +28,8 @@ pub(crate) async fn check_manager(docker: &Docker) -> Result<(), SpawnError> {
 }
 
 /// Refuses a multi-node swarm where a task on another node would get an empty home or be
-/// out of the hub's reach; says what to configure.
+/// out of the hub's reach (and its isolation); says what to configure. Servers pinned to
+/// one node (a `node.hostname==`/`node.id==` constraint) pass.
 pub(crate) async fn check_cluster(docker: &Docker, config: &DockerConfig) -> Result<(), SpawnError> {
     let info = docker.info().await.map_err(|e| runtime_error("asking the engine about its swarm", e))?;
     let nodes = info.swarm.and_then(|s| s.nodes).unwrap_or(1);
@@ -50,11 +51,11 @@ fn refuse_multi_node(nodes: i64, config: &DockerConfig) -> Result<(), SpawnError
              swarm_nfs_export, or pin servers to one node with swarm_constraints (e.g. \"node.hostname==lab1\")"
         )));
     }
-    if config.swarm_reach == SwarmReach::Gateway {
+    if !pinned {
         return Err(SpawnError::Invalid(format!(
-            "this swarm has {nodes} nodes, and a hub reaching tasks through this node's docker_gwbridge cannot \
-             reach tasks on the others: run the hub as a service on the overlay (deploy/labhub-stack.yml) with \
-             [docker] swarm_reach = \"overlay\""
+            "this swarm has {nodes} nodes, and the hub reaches servers through this node's docker_gwbridge and \
+             keeps them apart on this node only: pin servers to the hub's node with swarm_constraints (e.g. \
+             \"node.hostname==lab1\"); servers on several nodes are not supported yet"
         )));
     }
     Ok(())
@@ -70,14 +71,11 @@ mod tests {
         assert!(refuse_multi_node(1, &config).is_ok());
         let e = refuse_multi_node(3, &config).unwrap_err().to_string();
         assert!(e.contains("3 nodes") && e.contains("swarm_homes = \"nfs\""), "{e}");
-        config.swarm_constraints = vec!["node.hostname == lab1".into()];
-        let e = refuse_multi_node(2, &config).unwrap_err().to_string();
-        assert!(e.contains("swarm_reach = \"overlay\""), "{e}");
-        config.swarm_constraints.clear();
         config.swarm_homes = SwarmHomes::Nfs;
         let e = refuse_multi_node(2, &config).unwrap_err().to_string();
-        assert!(e.contains("swarm_reach = \"overlay\""), "{e}");
-        config.swarm_reach = SwarmReach::Overlay;
+        assert!(e.contains("pin servers to the hub's node"), "{e}");
+        config.swarm_homes = SwarmHomes::Local;
+        config.swarm_constraints = vec!["node.hostname == lab1".into()];
         assert!(refuse_multi_node(2, &config).is_ok());
     }
 }

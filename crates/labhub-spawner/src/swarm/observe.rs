@@ -10,8 +10,7 @@ use labhub_core::ImageKind;
 use labhub_core::spawner::{ObservedServer, ServerStatus, SpawnError, SpawnerState};
 
 use super::tasks::Phase;
-use super::{SwarmSpawner, SwarmState, network};
-use crate::config::SwarmReach;
+use super::{SwarmSpawner, SwarmState};
 use crate::error::{is_status, runtime_error};
 use crate::naming::{LABEL_HUB, LABEL_KIND, LABEL_PORT, LABEL_VOLUME, owner_from_labels};
 
@@ -44,12 +43,7 @@ impl SwarmSpawner {
         };
         match task.phase() {
             Phase::Running => {
-                // Only the overlay mode reads the task's address by network.
-                let network_id = match self.config.swarm_reach {
-                    SwarmReach::Overlay => network::ensure_overlay(&self.docker, &self.config).await?,
-                    SwarmReach::Gateway => String::new(),
-                };
-                let ip = self.task_address(&task, &network_id).await?.or(known).ok_or_else(|| {
+                let ip = self.task_address(&task).await?.or(known).ok_or_else(|| {
                     SpawnError::Runtime(format!("service {service_id} runs but the hub has no address for it"))
                 })?;
                 Ok(ServerStatus::Running { endpoint: SocketAddr::new(ip, port) })

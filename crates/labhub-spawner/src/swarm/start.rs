@@ -12,7 +12,7 @@ use labhub_core::{ServerName, Storage};
 
 use super::tasks::{self, Phase, Task};
 use super::{SwarmSpawner, SwarmState, network, spec};
-use crate::config::{SwarmHomes, SwarmReach};
+use crate::config::SwarmHomes;
 use crate::error::{is_status, runtime_error};
 use crate::naming::ServerNames;
 use crate::plan::{PlanContext, container_plan};
@@ -144,7 +144,7 @@ impl SwarmSpawner {
                         isolated = true;
                     }
                     let task = task.as_ref().expect("a phase comes from a task");
-                    if let Some(ip) = self.task_address(task, network_id).await? {
+                    if let Some(ip) = self.task_address(task).await? {
                         let addr = SocketAddr::new(ip, spec.port);
                         match answers(addr, readiness).await {
                             Ok(()) => return Ok(addr),
@@ -174,27 +174,23 @@ impl SwarmSpawner {
         Ok(tasks::list(&self.addr, &filters).await?.into_iter().next())
     }
 
-    /// Where the hub reaches a running task (see `network`'s docs).
-    pub(super) async fn task_address(&self, task: &Task, network_id: &str) -> Result<Option<IpAddr>, SpawnError> {
-        match self.config.swarm_reach {
-            SwarmReach::Overlay => Ok(task.address_on(network_id)),
-            SwarmReach::Gateway => {
-                let container = &task.status.container_status.container_id;
-                if container.is_empty() {
-                    return Ok(None);
-                }
-                let net = self
-                    .docker
-                    .inspect_network(network::GATEWAY_BRIDGE, None::<InspectNetworkOptions>)
-                    .await
-                    .map_err(|e| runtime_error("inspecting docker_gwbridge", e))?;
-                Ok(net
-                    .containers
-                    .and_then(|c| c.get(container).cloned())
-                    .and_then(|c| c.ipv4_address)
-                    .and_then(|a| a.split('/').next()?.parse().ok()))
-            }
+    /// Where the hub reaches a running task: its address on this node's `docker_gwbridge`
+    /// (see `network`'s docs).
+    pub(super) async fn task_address(&self, task: &Task) -> Result<Option<IpAddr>, SpawnError> {
+        let container = &task.status.container_status.container_id;
+        if container.is_empty() {
+            return Ok(None);
         }
+        let net = self
+            .docker
+            .inspect_network(network::GATEWAY_BRIDGE, None::<InspectNetworkOptions>)
+            .await
+            .map_err(|e| runtime_error("inspecting docker_gwbridge", e))?;
+        Ok(net
+            .containers
+            .and_then(|c| c.get(container).cloned())
+            .and_then(|c| c.ipv4_address)
+            .and_then(|a| a.split('/').next()?.parse().ok()))
     }
 
     /// Removes a service of this server's name whose task no longer runs; refuses to touch

@@ -1,7 +1,6 @@
-//! A service's tasks as the manager reports them (`GET /tasks`), read as raw JSON: bollard's
-//! `Task` model leaves out `NetworksAttachments`, where a task's overlay address is.
+//! A service's tasks as the manager reports them (`GET /tasks`), read as raw JSON (the few
+//! fields the spawner needs, whatever the engine's API version adds).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use labhub_core::spawner::SpawnError;
@@ -23,8 +22,6 @@ pub(crate) struct Task {
     pub created_at: String,
     #[serde(default)]
     pub status: TaskStatus,
-    #[serde(default)]
-    pub networks_attachments: Vec<Attachment>,
 }
 
 /// Where a task is in its life, and what Swarm said about it.
@@ -49,24 +46,6 @@ pub(crate) struct ContainerStatus {
     pub container_id: String,
     #[serde(default)]
     pub exit_code: i64,
-}
-
-/// A task's place on one network.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct Attachment {
-    #[serde(default)]
-    pub network: AttachedNetwork,
-    #[serde(default)]
-    pub addresses: Vec<String>,
-}
-
-/// The network of an attachment.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct AttachedNetwork {
-    #[serde(rename = "ID", default)]
-    pub id: String,
 }
 
 /// What a task's state means to a start.
@@ -112,12 +91,6 @@ impl Task {
         };
         Phase::Progress { percent, message }
     }
-
-    /// The task's address on the network `network_id`.
-    pub(crate) fn address_on(&self, network_id: &str) -> Option<IpAddr> {
-        let a = self.networks_attachments.iter().find(|a| a.network.id == network_id)?;
-        a.addresses.first()?.split('/').next()?.parse().ok()
-    }
 }
 
 /// Every task of the services matching `filters` (the engine's filter JSON), newest first.
@@ -158,8 +131,7 @@ mod tests {
             "ID": "t1", "ServiceID": "s1", "CreatedAt": "2026-12-07T03:44:46.2Z", "NodeID": "n1",
             "Status": {"State": state, "Message": message, "Err": err,
                        "ContainerStatus": {"ContainerID": "c1", "ExitCode": exit}},
-            "DesiredState": "running",
-            "NetworksAttachments": [{"Network": {"ID": "net1"}, "Addresses": ["10.213.0.7/16"]}]
+            "DesiredState": "running"
         }))
         .unwrap()
     }
@@ -187,14 +159,6 @@ mod tests {
             Phase::Ended("exited with code 3 (task: non-zero exit (3))".into())
         );
         assert_eq!(task("complete", "finished", "", 0).phase(), Phase::Ended("exited with code 0".into()));
-    }
-
-    #[test]
-    fn the_overlay_address_is_read_from_the_attachments() {
-        let t = task("running", "", "", 0);
-        assert_eq!(t.address_on("net1"), Some("10.213.0.7".parse().unwrap()));
-        assert_eq!(t.address_on("other"), None);
-        assert_eq!(t.status.container_status.container_id, "c1");
     }
 
     #[test]
