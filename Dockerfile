@@ -7,10 +7,11 @@ RUN cargo build --release -p labhub
 
 FROM debian:bookworm-slim
 # docker.io: the CLI that image recipes call (docker import); mmdebstrap: builds recipe images;
-# iptables: keeps users' servers from reaching the host; postgresql: the embedded database
+# iptables: keeps users' servers from reaching the host; nftables: keeps Swarm tasks apart
+# on the overlay; postgresql: the embedded database
 # when DATABASE_URL is unset.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates docker.io mmdebstrap iptables postgresql \
+ && apt-get install -y --no-install-recommends ca-certificates docker.io mmdebstrap iptables nftables postgresql \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/labhub /usr/local/bin/labhub
 ENV LABHUB_DATA_DIR=/var/lib/labhub \

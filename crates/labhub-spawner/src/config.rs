@@ -74,7 +74,30 @@ pub enum PullPolicy {
     Never,
 }
 
-/// Settings of the Docker spawner (`[spawner.docker]` in the hub's configuration).
+/// Where servers run: containers on this engine, or services of the Swarm it manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeMode {
+    /// One container per server on this engine (`DockerSpawner`).
+    #[default]
+    Engine,
+    /// One Swarm service with one task per server (`SwarmSpawner`); the engine is a manager.
+    Swarm,
+}
+
+/// Where servers' homes live in Swarm mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwarmHomes {
+    /// Local volumes: on one node only, so a multi-node swarm is refused.
+    #[default]
+    Local,
+    /// A volume per home declared with NFS options in the service's mount spec
+    /// (`swarm_nfs_addr`, `swarm_nfs_export`), so a home follows its owner to any node.
+    Nfs,
+}
+
+/// Settings of the Docker spawner (`[docker]` in the hub's configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
@@ -116,6 +139,27 @@ pub struct DockerConfig {
     /// The port of the hub's single-user API on the users' network's gateway (what servers of
     /// JupyterHub's contract call); unset: not served. The one port of the host servers may reach.
     pub hub_api_port: Option<u16>,
+    /// Containers on this engine (default) or services on its Swarm.
+    pub mode: RuntimeMode,
+    /// Swarm mode: the attachable overlay network servers join; created when missing.
+    pub swarm_network: NetworkName,
+    /// Swarm mode: the overlay's subnet (a /16 or larger: Swarm's default /24 runs out at
+    /// about a hundred services).
+    pub swarm_subnet: String,
+    /// Swarm mode: encrypt the overlay's VXLAN traffic between nodes (IPsec).
+    pub swarm_encrypted: bool,
+    /// Swarm mode: where homes live.
+    pub swarm_homes: SwarmHomes,
+    /// Swarm mode with NFS homes: the NFS server's address.
+    pub swarm_nfs_addr: String,
+    /// Swarm mode with NFS homes: the exported folder holding one folder per home volume.
+    pub swarm_nfs_export: String,
+    /// Swarm mode: placement constraints every server gets (`node.labels.lab==yes`).
+    pub swarm_constraints: Vec<String>,
+    /// Swarm mode: the constraint a server with GPUs gets besides the generic resource.
+    pub swarm_gpu_constraint: String,
+    /// Swarm mode: the generic resource kind nodes advertise their GPUs as.
+    pub swarm_gpu_resource: String,
 }
 
 impl Default for DockerConfig {
@@ -134,6 +178,16 @@ impl Default for DockerConfig {
             internet_access: true,
             readiness_interval: Duration::from_millis(250),
             hub_api_port: None,
+            mode: RuntimeMode::Engine,
+            swarm_network: NetworkName("labhub-swarm".to_string()),
+            swarm_subnet: "10.213.0.0/16".to_string(),
+            swarm_encrypted: false,
+            swarm_homes: SwarmHomes::Local,
+            swarm_nfs_addr: String::new(),
+            swarm_nfs_export: String::new(),
+            swarm_constraints: Vec::new(),
+            swarm_gpu_constraint: "node.labels.gpu==true".to_string(),
+            swarm_gpu_resource: "NVIDIA-GPU".to_string(),
         }
     }
 }

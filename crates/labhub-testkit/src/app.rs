@@ -116,6 +116,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Runs users' servers on `spawner` (the Swarm spawner over the scope's engine) instead
+    /// of the scope's engine spawner; after [`Self::docker`].
+    pub fn spawner(mut self, spawner: Arc<dyn labhub_core::spawner::Spawner>) -> Self {
+        self.runtime.spawner = Some(spawner);
+        self
+    }
+
     /// Presents the hub under another public URL (e.g. https, to test `Secure` cookies);
     /// `{port}` in it becomes the port the hub listens on.
     pub fn public_url(mut self, url: &str) -> Self {

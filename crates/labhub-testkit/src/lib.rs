@@ -15,6 +15,7 @@ pub mod images;
 pub mod oidc;
 pub mod pg;
 pub mod slapd;
+pub mod swarm;
 
 pub use api::{Answer, Api, ApiError};
 pub use app::{TestApp, TestAppBuilder};

@@ -61,14 +61,30 @@ impl Runtime {
     }
 
     /// Connects to the Docker engine; on failure the hub runs without servers and says why.
+    /// In Swarm mode (`[docker] mode = "swarm"`) servers run as services of the swarm this
+    /// engine manages; images are still built on the engine.
     pub async fn docker(config: &labhub_spawner::DockerConfig) -> Self {
-        match labhub_spawner::DockerSpawner::connect(config.clone()).await {
-            Ok(d) => {
-                let d = Arc::new(d);
-                Self::of(d)
-            }
+        let connected = match labhub_spawner::DockerSpawner::connect(config.clone()).await {
+            Ok(d) => match config.mode {
+                labhub_spawner::RuntimeMode::Engine => Ok(Self::of(Arc::new(d))),
+                // The single-user API's address is on the engine's users' bridge, which Swarm
+                // tasks are not on: servers of JupyterHub's contract are engine mode's only.
+                labhub_spawner::RuntimeMode::Swarm => {
+                    let d = Arc::new(d);
+                    labhub_spawner::SwarmSpawner::on(d.clone()).await.map(|s| Self {
+                        spawner: Some(Arc::new(s)),
+                        builder: Some(d),
+                        docker: None,
+                        hub_api: None,
+                    })
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok(runtime) => runtime,
             Err(e) => {
-                tracing::error!(error = %e, "servers cannot start until the hub can reach the Docker engine");
+                tracing::error!(error = %e, "servers cannot start until the hub can use the Docker engine (or its swarm)");
                 Self::default()
             }
         }

@@ -17,7 +17,7 @@ use crate::error::{engine_message, is_status, runtime_error};
 
 impl DockerSpawner {
     /// The image's inspect data, pulling it first when absent and the policy allows.
-    pub(super) async fn ensure_image(
+    pub(crate) async fn ensure_image(
         &self,
         image: &ImageRef,
         progress: &ProgressSender,

@@ -23,7 +23,7 @@ impl DockerSpawner {
     }
 
     /// The last lines a container printed, with secrets blanked out.
-    pub(super) async fn log_tail(&self, id: &str, lines: usize) -> String {
+    pub(crate) async fn log_tail(&self, id: &str, lines: usize) -> String {
         let secrets = match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(c) => secrets_of(&c),
             Err(_) => Vec::new(),

@@ -12,9 +12,9 @@ mod archives;
 mod images;
 mod logs;
 mod observe;
-mod readiness;
+pub(crate) mod readiness;
 mod snapshot;
-mod start;
+pub(crate) mod start;
 mod stop;
 mod volumes;
 
@@ -97,7 +97,7 @@ fn docker_host() -> String {
     std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string())
 }
 
-fn send(progress: &ProgressSender, percent: u8, message: impl Into<String>) {
+pub(crate) fn send(progress: &ProgressSender, percent: u8, message: impl Into<String>) {
     // A hub that stopped listening does not stop the start.
     let _ = progress.send(Progress { percent, message: message.into() });
 }
@@ -133,6 +133,11 @@ impl DockerSpawner {
     /// The settings this spawner runs with.
     pub fn config(&self) -> &DockerConfig {
         &self.config
+    }
+
+    /// Where the engine listens.
+    pub(crate) fn engine_addr(&self) -> &EngineAddr {
+        &self.engine
     }
 
     /// The bollard client, for callers that build images (recipes, tests).

@@ -79,7 +79,7 @@ impl DockerSpawner {
 }
 
 /// Checks one readiness round; `Err` says what went wrong, for the log.
-async fn answers(addr: SocketAddr, readiness: &Readiness) -> Result<(), String> {
+pub(crate) async fn answers(addr: SocketAddr, readiness: &Readiness) -> Result<(), String> {
     let (path, token) = match readiness {
         Readiness::TokenApi { path, token } => (path, Some(token.expose().as_str())),
         Readiness::AnyAnswer { path } | Readiness::Below500 { path } => (path, None),

@@ -112,7 +112,7 @@ impl DockerSpawner {
     /// The folders to mount besides the home, their sources made (a group's folder) or checked
     /// (a dataset). A missing optional source is left out with a line in the progress, never a
     /// failed start.
-    async fn resolve_mounts(
+    pub(crate) async fn resolve_mounts(
         &self,
         spec: &ServerSpec,
         progress: &ProgressSender,
@@ -192,7 +192,7 @@ impl DockerSpawner {
 }
 
 /// What the plan needs to know of the image: its content id, user and home.
-fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<ImageFacts, SpawnError> {
+pub(crate) fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<ImageFacts, SpawnError> {
     Ok(ImageFacts {
         id: image.id.clone().ok_or_else(|| SpawnError::Runtime(format!("image {} has no id", spec.image)))?,
         repo_digest: repo_digest(image),

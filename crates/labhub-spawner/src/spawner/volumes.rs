@@ -36,7 +36,7 @@ pub(super) type VolumeSizes = Arc<HashMap<String, u64>>;
 
 impl DockerSpawner {
     /// The volume storage lives on.
-    pub(super) fn volume_of(&self, storage: &Storage) -> String {
+    pub(crate) fn volume_of(&self, storage: &Storage) -> String {
         match storage {
             Storage::Home { owner, server } => {
                 let server = server.as_ref().filter(|_| self.config.volume_per_server);
@@ -57,7 +57,7 @@ impl DockerSpawner {
     /// when absent (labelled with its owner's id; `made_for`, the owner's name when known, is
     /// only a label for people), and a same-named volume made for anyone else is refused. A
     /// volume addressed by name ([`Storage::Volume`]) must exist and be this hub's.
-    pub(super) async fn ensure_storage(
+    pub(crate) async fn ensure_storage(
         &self,
         storage: &Storage,
         made_for: Option<&UserName>,

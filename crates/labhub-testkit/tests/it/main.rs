@@ -38,3 +38,4 @@ mod shares;
 mod single_user;
 mod spawner;
 mod subdomains;
+mod swarm;

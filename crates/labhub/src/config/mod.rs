@@ -234,6 +234,20 @@ impl Config {
         if self.docker.iptables.as_os_str().is_empty() {
             return bad("docker.iptables", "must name the iptables command (\"iptables\" finds it on PATH)");
         }
+        if self.docker.swarm_homes == labhub_spawner::SwarmHomes::Nfs
+            && (self.docker.swarm_nfs_addr.is_empty() || !self.docker.swarm_nfs_export.starts_with('/'))
+        {
+            return bad(
+                "docker.swarm_homes",
+                "\"nfs\" needs swarm_nfs_addr (the NFS server) and swarm_nfs_export (an absolute exported path)",
+            );
+        }
+        if self.docker.mode == labhub_spawner::RuntimeMode::Swarm && !self.docker.internet_access {
+            return bad("docker.internet_access", "= false is not supported with mode = \"swarm\"");
+        }
+        if let Err(why) = labhub_spawner::check_swarm_subnet(&self.docker.swarm_subnet) {
+            return bad("docker.swarm_subnet", &why);
+        }
         if self.servers.concurrent_spawn_limit == 0 {
             return bad("servers.concurrent_spawn_limit", "must be at least 1");
         }
@@ -479,6 +493,12 @@ mod tests {
         }
         let e = load_str("[docker]\niptables = \"\"\n").unwrap_err().to_string();
         assert!(e.contains("'docker.iptables'"), "{e}");
+        let c = load_str("[docker]\nmode = \"swarm\"\nswarm_subnet = \"10.50.0.0/16\"\n").unwrap();
+        assert_eq!(c.docker.mode, labhub_spawner::RuntimeMode::Swarm);
+        let e = load_str("[docker]\nswarm_subnet = \"10.50.0.0/24\"\n").unwrap_err().to_string();
+        assert!(e.contains("'docker.swarm_subnet' '10.50.0.0/24' must be a /16 or larger"), "{e}");
+        let e = load_str("[docker]\nmode = \"swarm\"\nswarm_homes = \"nfs\"\n").unwrap_err().to_string();
+        assert!(e.contains("'docker.swarm_homes'") && e.contains("swarm_nfs_addr"), "{e}");
     }
 
     #[test]
