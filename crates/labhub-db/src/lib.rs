@@ -17,6 +17,7 @@ pub mod homes;
 pub mod identities;
 pub mod images;
 pub mod quotas;
+pub mod replicas;
 pub mod servers;
 pub mod sessions;
 pub mod shares;

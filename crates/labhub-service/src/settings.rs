@@ -218,6 +218,9 @@ pub struct ServerSettings {
     pub build_missing_images_at_boot: bool,
     /// How often proxied activity (and token use) is written to the database.
     pub activity_flush_interval: Duration,
+    /// How often the route table is reloaded whole from Postgres, besides the changes other
+    /// hub processes announce (a safety net for an announcement lost in between).
+    pub route_reload_interval: Duration,
 }
 
 impl Default for ServerSettings {
@@ -230,6 +233,7 @@ impl Default for ServerSettings {
             slow_stop_timeout: Duration::from_secs(10),
             build_missing_images_at_boot: true,
             activity_flush_interval: Duration::from_secs(10),
+            route_reload_interval: Duration::from_secs(60),
         }
     }
 }

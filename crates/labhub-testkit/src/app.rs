@@ -27,6 +27,7 @@ pub struct TestAppBuilder {
     public_url: Option<String>,
     runtime: app::Runtime,
     docker: Option<Arc<DockerScope>>,
+    key: Option<HubKey>,
 }
 
 /// A running hub for one test. Dropping it stops the server.
@@ -66,7 +67,7 @@ impl Drop for TestApp {
 impl Default for TestAppBuilder {
     fn default() -> Self {
         let config = Config { data_dir: std::env::temp_dir().join("labhub-test-data"), ..Config::default() };
-        Self { config, manual_clock: None, public_url: None, runtime: app::Runtime::default(), docker: None }
+        Self { config, manual_clock: None, public_url: None, runtime: app::Runtime::default(), docker: None, key: None }
     }
 }
 
@@ -89,6 +90,12 @@ impl TestAppBuilder {
         self.config.docker = scope.config.clone();
         self.runtime = app::Runtime { spawner: Some(scope.spawner.clone()), builder: Some(scope.spawner.clone()) };
         self.docker = Some(scope);
+        self
+    }
+
+    /// Runs the hub with this secret key (replicas of one lab share theirs); a new one otherwise.
+    pub fn key(mut self, key: HubKey) -> Self {
+        self.key = Some(key);
         self
     }
 
@@ -133,7 +140,7 @@ impl TestAppBuilder {
         let built = app::build(
             &config,
             pool.clone(),
-            HubKey::generate(),
+            self.key.clone().unwrap_or_else(HubKey::generate),
             self.runtime.clone(),
             Overrides { clock, hash_cost: HashCost::INSECURE_FOR_TESTS },
         )

@@ -28,6 +28,7 @@ mod proxied;
 mod proxy;
 mod proxy_auth;
 mod quotas;
+mod replicas;
 mod restart;
 mod servers;
 mod sessions;

@@ -28,6 +28,10 @@ pub struct ServersConfig {
     /// How often proxied activity is written to the database (the API shows it at once either way).
     #[serde(with = "humantime_serde")]
     pub activity_flush_interval: Duration,
+    /// How often each hub process reloads its route table whole from the database (changes
+    /// reach it at once through `LISTEN/NOTIFY`; this is the safety net).
+    #[serde(with = "humantime_serde")]
+    pub route_reload_interval: Duration,
 }
 
 impl Default for ServersConfig {
@@ -41,6 +45,7 @@ impl Default for ServersConfig {
             slow_stop_timeout: d.slow_stop_timeout,
             build_missing_images_at_boot: d.build_missing_images_at_boot,
             activity_flush_interval: d.activity_flush_interval,
+            route_reload_interval: d.route_reload_interval,
         }
     }
 }
@@ -57,6 +62,7 @@ impl Config {
             slow_stop_timeout: s.slow_stop_timeout,
             build_missing_images_at_boot: s.build_missing_images_at_boot,
             activity_flush_interval: s.activity_flush_interval,
+            route_reload_interval: s.route_reload_interval,
         }
     }
 }
