@@ -274,3 +274,65 @@ async fn the_culler_stops_an_idle_server_exactly_once_with_three_replicas() {
     assert_eq!(closed, 1);
     a.api_for("alice").await.wait_stopped("alice", None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_left_by_a_replica_silent_for_15_seconds_is_failed_and_its_followers_see_why() {
+    let apps = replicas(1, None).await;
+    let b = &apps[0];
+    b.add_user("alice", "correct horse", false).await;
+    b.add_user("root", "correct horse", true).await;
+    b.hub.replicas().beat().await.unwrap();
+    // Another replica registered, began alice's start, said "Server requested", and fell
+    // silent (it was killed): its heartbeat is 16 s old by B's clock.
+    let gone = uuid::Uuid::new_v4();
+    let heard = b.hub.now() - time::Duration::seconds(16);
+    labhub_db::sqlx::query(
+        "insert into hub_replicas (replica_id, host, version, started_at, last_heartbeat)
+         values ($1, 'elsewhere (pid 1)', '0.1.0', $2, $2)",
+    )
+    .bind(gone)
+    .bind(heard)
+    .execute(&b.db)
+    .await
+    .unwrap();
+    let spawn_id = uuid::Uuid::new_v4();
+    let server_id: i64 = labhub_db::sqlx::query_scalar(
+        "insert into servers (user_id, name, created_at, state, spawn_id, replica_id)
+         select user_id, '', now(), 'pending', $1, $2 from users where name = 'alice' returning server_id",
+    )
+    .bind(spawn_id)
+    .bind(gone)
+    .fetch_one(&b.db)
+    .await
+    .unwrap();
+    labhub_db::sqlx::query(
+        "insert into spawn_events (server_id, spawn_id, seq, event, at)
+         values ($1, $2, 0, '{\"progress\": 0, \"message\": \"Server requested\"}', now())",
+    )
+    .bind(server_id)
+    .bind(spawn_id)
+    .execute(&b.db)
+    .await
+    .unwrap();
+
+    let admin = b.signed_in("root", "correct horse").await;
+    let html = admin.get(b.at("/hub/admin/servers")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("elsewhere (pid 1)"), "{html}");
+    assert_eq!(html.matches("<span class=\"state stopped\">silent</span>").count(), 1, "{html}");
+
+    assert_eq!(b.hub.replicas().fail_orphaned_starts().await.unwrap(), 1);
+    let alice = b.api_for("alice").await;
+    let events = alice.progress("alice", None).await;
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["Server requested", "Spawn failed: the hub process starting it stopped answering."]);
+    assert!(events[1].failed);
+    let (state, reason): (String, Option<String>) =
+        labhub_db::sqlx::query_as("select state::text, stop_reason from servers where server_id = $1")
+            .bind(server_id)
+            .fetch_one(&b.db)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), reason.as_deref()), ("stopped", Some("the hub process starting it stopped answering")));
+    // Alice may start again at once.
+    assert_eq!(b.hub.replicas().fail_orphaned_starts().await.unwrap(), 0);
+}
