@@ -59,3 +59,12 @@ create trigger api_tokens_ended after delete on api_tokens referencing old table
 create trigger users_rights_changed after update on users for each row
     when (old.state is distinct from new.state or old.admin is distinct from new.admin)
     execute function labhub_rights_changed();
+
+-- One-time codes a user server's host exchanges for a session of its own (`user_subdomains`):
+-- issued by one replica, redeemed at whichever the browser reaches next. SHA-256 of the code.
+create table host_codes (
+    code_hash  bytea       primary key check (length(code_hash) = 32),
+    session_id bigint      not null references sessions (session_id) on delete cascade,
+    host       text        not null,
+    expires_at timestamptz not null
+);

@@ -55,12 +55,15 @@ impl ReplicaState {
 /// One hub process, for the admin page.
 #[derive(Debug, Clone)]
 pub struct ReplicaView {
+    /// Its id, new at every start of the process.
     pub id: Uuid,
     /// Its host name and process id.
     pub host: String,
     /// The labhub version it runs.
     pub version: String,
+    /// When the process started.
     pub started_at: OffsetDateTime,
+    /// When it last said it was alive.
     pub last_heartbeat: OffsetDateTime,
     /// Heard from within [`SILENT_AFTER`].
     pub alive: bool,

@@ -43,8 +43,13 @@ impl Servers<'_> {
     /// The progress of the latest start of a server: this replica's own log when it runs the
     /// start, else a log that follows the events the running replica stores.
     pub async fn progress(&self, server: ServerId) -> Result<Arc<ProgressLog>, ServiceError> {
-        if let Some(s) = self.state().spawns.get(&server) {
-            return Ok(s.progress.clone());
+        let local = self.state().spawns.get(&server).map(|s| s.value().clone());
+        if let Some(s) = local {
+            // Only if it is the latest start: a later one may run on another replica.
+            let latest = store::server_with_owner(self.hub.db(), server).await?.and_then(|r| r.server.spawn_id);
+            if latest.is_none_or(|id| id == s.spawn_id) {
+                return Ok(s.progress.clone());
+            }
         }
         let log = ProgressLog::new();
         let mut seen = -1;

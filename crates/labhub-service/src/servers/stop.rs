@@ -107,7 +107,14 @@ impl Servers<'_> {
             ServerState::Stopped => return Ok(StopOutcome::Stopped),
             ServerState::Stopping => return Ok(StopOutcome::Stopping),
             ServerState::Pending => {
-                match self.state().spawns.get(&row.server_id) {
+                // This replica's record of the server's start, if it runs this one.
+                let here = self
+                    .state()
+                    .spawns
+                    .get(&row.server_id)
+                    .map(|s| s.value().clone())
+                    .filter(|s| Some(s.spawn_id) == row.spawn_id);
+                match here {
                     Some(s) => s.cancelled.store(true, Ordering::SeqCst),
                     // Another replica runs the start: leaving `pending` makes its end refuse to
                     // go live (it then removes the container and marks the row stopped).

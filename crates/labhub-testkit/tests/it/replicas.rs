@@ -336,3 +336,32 @@ async fn a_start_left_by_a_replica_silent_for_15_seconds_is_failed_and_its_follo
     // Alice may start again at once.
     assert_eq!(b.hub.replicas().fail_orphaned_starts().await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_through_one_replica_ends_a_start_running_on_another() {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let apps = replicas(2, Some(scope)).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    a.add_test_image("test").await;
+    a.add_user("alice", "correct horse", false).await;
+    let on_a = a.api_for("alice").await;
+    // A ran an earlier start of the server (and remembers it).
+    start_ready(&on_a, "alice").await;
+    on_a.stop("alice", None).await.unwrap_or_else(|e| panic!("{e}"));
+    on_a.wait_stopped("alice", None).await;
+
+    // B runs the next start; A is asked to stop it while it is pending.
+    let alice = labhub_core::UserName::parse("alice").unwrap();
+    let request = labhub_service::model::StartRequest { image: Some("test".into()), ..Default::default() };
+    let started = b.hub.servers().start(labhub_service::Actor::System, &alice, None, request).await.unwrap();
+    let labhub_service::model::StartOutcome::Started(ticket) = started else { panic!("a new start: {started:?}") };
+    assert_eq!(on_a.stop("alice", None).await.unwrap_or_else(|e| panic!("{e}")), StatusCode::ACCEPTED);
+    let last = b.hub.servers().wait_for_start(&ticket, Duration::from_secs(60)).await.expect("the start's end");
+    assert!(last.failed, "{last:?}");
+    assert_eq!(last.message, "The server was stopped while it was starting.");
+    on_a.wait_stopped("alice", None).await;
+    // A's progress of the server is B's start, not the one A remembers.
+    let events = on_a.progress("alice", None).await;
+    let end = events.last().expect("events");
+    assert!(end.failed && end.message == last.message, "{events:?}");
+}
