@@ -6,6 +6,7 @@ mod api;
 mod frontdoor;
 mod memhub;
 mod proxy;
+mod replicas;
 mod spawn;
 mod startup;
 mod stats;
@@ -43,6 +44,8 @@ enum Cmd {
     Spawn(spawn::SpawnArgs),
     /// Issue 4: direct vs labhub vs nginx, HTTP and WebSockets, and the hub's memory.
     Proxy(proxy::ProxyArgs),
+    /// Issue 21: two hubs on one database: route, stop and revocation propagation.
+    Replicas(replicas::ReplicasArgs),
     /// The in-process hub with hand-filled routes (used by `proxy`).
     Memhub(memhub::MemhubArgs),
     /// Builds (when absent) the tiny test image from a labhub-testserver binary; prints its tag.
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
             Cmd::Startup(a) => startup::run(a).await,
             Cmd::Spawn(a) => spawn::run(a).await,
             Cmd::Proxy(a) => proxy::run(a).await,
+            Cmd::Replicas(a) => replicas::run(a).await,
             Cmd::Image { testserver } => image(testserver).await,
             Cmd::Cleanup { hub_id, network } => cleanup(&hub_id, &network).await,
             Cmd::Login { url, user, password, cookie_name } => {

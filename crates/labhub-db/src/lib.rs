@@ -18,6 +18,7 @@ pub mod identities;
 pub mod images;
 pub mod oauth;
 pub mod quotas;
+pub mod replicas;
 pub mod roles;
 pub mod servers;
 pub mod sessions;

@@ -222,3 +222,36 @@ pub async fn count_live(
     .fetch_one(db)
     .await?)
 }
+
+/// Records a one-time code for a user server's host (and drops codes already expired).
+pub async fn insert_host_code(
+    db: &sqlx::PgPool,
+    code_hash: &[u8; 32],
+    session_id: SessionId,
+    host: &str,
+    now: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Result<(), DbError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("delete from host_codes where expires_at <= $1").bind(now).execute(&mut *tx).await?;
+    sqlx::query("insert into host_codes (code_hash, session_id, host, expires_at) values ($1, $2, $3, $4)")
+        .bind(&code_hash[..])
+        .bind(session_id)
+        .bind(host)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes a one-time host code (it works once): its session, host and expiry, if it exists.
+pub async fn take_host_code(
+    db: impl PgExecutor<'_>,
+    code_hash: &[u8; 32],
+) -> Result<Option<(SessionId, String, OffsetDateTime)>, DbError> {
+    Ok(sqlx::query_as("delete from host_codes where code_hash = $1 returning session_id, host, expires_at")
+        .bind(&code_hash[..])
+        .fetch_optional(db)
+        .await?)
+}

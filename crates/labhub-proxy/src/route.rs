@@ -337,6 +337,11 @@ impl RouteTable {
         self.inner.departed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The keys of every route (to match the table with what the database says runs).
+    pub fn keys(&self) -> Vec<RouteKey> {
+        self.inner.routes.iter().map(|e| e.value().key().clone()).collect()
+    }
+
     /// The route of `user`'s default server (`None`) or named server; exact on both segments.
     pub fn get(&self, user: &str, server: Option<&str>) -> Option<Arc<RouteEntry>> {
         let server = server.unwrap_or("");

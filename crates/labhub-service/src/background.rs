@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
+use labhub_db::replicas::Job;
 use tokio::time::MissedTickBehavior;
 
 use crate::Hub;
@@ -87,7 +88,7 @@ impl Hub {
     }
 
     /// Samples live use every `usage_interval` and measures storage every `storage_interval`
-    /// until `shutdown` resolves.
+    /// until `shutdown` resolves; with several replicas, one of them at each tick.
     pub async fn run_usage_sampler(self, shutdown: impl Future<Output = ()>) {
         let settings = self.quota_settings().clone();
         let mut usage_tick = tokio::time::interval(settings.usage_interval);
@@ -99,12 +100,17 @@ impl Hub {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = usage_tick.tick() => {
-                    if let Err(e) = self.usage().sample().await {
+                    // One replica samples at a time; the others skip this tick.
+                    if let Ok(Some(_sampling)) = self.replicas().lock(Job::UsageSample).await
+                        && let Err(e) = self.usage().sample().await
+                    {
                         tracing::debug!(error = %e, "usage not sampled this time");
                     }
                 }
                 _ = storage_tick.tick() => {
-                    if let Err(e) = self.quotas().measure_storage().await {
+                    if let Ok(Some(_measuring)) = self.replicas().lock(Job::StorageMeasure).await
+                        && let Err(e) = self.quotas().measure_storage().await
+                    {
                         tracing::debug!(error = %e, "storage not measured this time");
                     }
                 }

@@ -176,6 +176,9 @@ impl History<'_> {
         let builder = self.hub.0.catalogue.builder.clone().ok_or_else(|| {
             ServiceError::Unavailable("images cannot be collected: the container runtime is not reachable".into())
         })?;
+        let Some(_collecting) = self.hub.replicas().lock(labhub_db::replicas::Job::ImageCollector).await? else {
+            return Err(ServiceError::Conflict("another hub process is collecting images right now".into()));
+        };
         let keep_for = self.hub.0.environments.settings.keep_session_images;
         let since = self.hub.now() - keep_for;
         let mut keep: HashSet<String> = history::images_since(self.hub.db(), since).await?.into_iter().collect();

@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) backups: crate::backups::BackupsState,
     pub(crate) providers: labhub_auth::oidc::Providers,
     pub(crate) environments: crate::environments::EnvironmentsState,
+    /// This process among the replicas sharing the database.
+    pub(crate) replica: crate::replicas::ReplicaState,
 }
 
 impl std::fmt::Debug for Hub {
@@ -103,6 +105,7 @@ impl Hub {
             quotas: parts.quotas,
             backups: crate::backups::BackupsState::new(parts.backups, booted),
             environments: crate::environments::EnvironmentsState::new(parts.environments),
+            replica: crate::replicas::ReplicaState::new(booted),
         }))
     }
 

@@ -5,7 +5,8 @@
 //! (identity providers), `hub.servers()`, `hub.access()` (the one gate to a server),
 //! `hub.groups()`, `hub.shares()` (who else may reach a server), `hub.quotas()`,
 //! `hub.catalogue()`, `hub.environments()`, `hub.history()`, `hub.usage()`, `hub.culler()`,
-//! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`. They take and return the
+//! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`, `hub.replicas()` (the other
+//! hub processes on the same database). They take and return the
 //! service's own types (`model`), never database rows.
 
 pub mod access;
@@ -26,6 +27,7 @@ mod hub;
 pub mod model;
 pub mod progress;
 pub mod quotas;
+pub mod replicas;
 pub mod roles;
 pub mod servers;
 pub mod sessions;

@@ -3,24 +3,24 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-/// One step, in JupyterHub's progress-event shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One step, in JupyterHub's progress-event shape (also as stored for other replicas).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressEvent {
     /// 0 to 100.
     pub progress: u8,
     /// What is happening, for the user.
     pub message: String,
     /// Set on the last event of a success.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ready: bool,
     /// Set on the last event of a failure.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failed: bool,
     /// Where the ready server is, on the last event of a success.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
 
@@ -82,6 +82,11 @@ impl ProgressLog {
     /// The last event so far.
     pub fn last(&self) -> Option<ProgressEvent> {
         self.tx.borrow().last().cloned()
+    }
+
+    /// Whether anyone watches the log.
+    pub fn watched(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
 
     /// Whether the wait is over (the last event is final).

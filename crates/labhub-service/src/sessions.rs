@@ -9,15 +9,13 @@
 //! short time. Every change that could make a cached answer wrong (logout, a disabled or
 //! deleted user, a change of admin rights) empties the affected entries at once.
 
-use std::time::Duration;
-
 use labhub_auth::{TokenHash, new_token, sha256, tokens::looks_like_token};
 use labhub_core::{AccountState, Secret, SessionId, UserId, UserName};
 use labhub_db::{sessions, users};
 
 use crate::access::Actor;
 use crate::model::{Account, SessionInfo};
-use crate::state::{CachedSession, HostCode, SessionsState};
+use crate::state::{CachedSession, SessionsState};
 use crate::{AuthVia, Hub, Principal, ServiceError};
 
 /// How long a cached answer is trusted before the database is asked again.
@@ -235,23 +233,14 @@ impl<'h> Sessions<'h> {
     /// A one-time code (valid for a minute) that a user server's own host `host` exchanges,
     /// with [`Sessions::redeem_host_code`], for a session of its own tied to `principal`'s hub
     /// session and working only on that host. Only browser sessions can hand out codes.
-    pub fn host_code(&self, principal: &Principal, host: &str) -> Result<String, ServiceError> {
+    pub async fn host_code(&self, principal: &Principal, host: &str) -> Result<String, ServiceError> {
         let AuthVia::Session { session_id } = principal.via else {
             return Err(ServiceError::Forbidden("only a signed-in browser can open a server on its own host".into()));
         };
         let (code, hash) = new_token();
         let now = self.hub.now();
-        let codes = &self.state().host_codes;
-        if codes.len() >= CACHE_MAX {
-            codes.retain(|_, c| c.expires_at > now);
-            if codes.len() >= CACHE_MAX {
-                return Err(ServiceError::TooMany {
-                    message: "Too many servers are being opened right now. Try again in a minute.".into(),
-                    retry_after: Duration::from_secs(60),
-                });
-            }
-        }
-        codes.insert(hash, HostCode { session_id, host: host.to_string(), expires_at: now + HOST_CODE_LIFETIME });
+        // In Postgres, not in memory: the browser may reach another replica with it.
+        sessions::insert_host_code(self.hub.db(), &hash, session_id, host, now, now + HOST_CODE_LIFETIME).await?;
         Ok(code)
     }
 
@@ -264,15 +253,14 @@ impl<'h> Sessions<'h> {
         if !looks_like_token(code) {
             return Err(refused());
         }
-        let (_, pending) = self.state().host_codes.remove(&sha256(code)).ok_or_else(refused)?;
+        let (session_id, issued_for, expires_at) =
+            sessions::take_host_code(self.hub.db(), &sha256(code)).await?.ok_or_else(refused)?;
         let now = self.hub.now();
-        if pending.expires_at <= now || pending.host != host {
+        if expires_at <= now || issued_for != host {
             return Err(refused());
         }
         let (token, hash) = new_token();
-        sessions::insert_child(self.hub.db(), pending.session_id, &hash, &pending.host, now)
-            .await?
-            .ok_or_else(refused)?;
+        sessions::insert_child(self.hub.db(), session_id, &hash, &issued_for, now).await?.ok_or_else(refused)?;
         Ok(Secret::new(token))
     }
 

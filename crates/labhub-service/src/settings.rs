@@ -220,6 +220,9 @@ pub struct ServerSettings {
     pub activity_flush_interval: Duration,
     /// The hub's API as servers of JupyterHub's contract reach it (`JUPYTERHUB_API_URL`).
     pub hub_api_url: String,
+    /// How often the route table is reloaded whole from Postgres, besides the changes other
+    /// hub processes announce (a safety net for an announcement lost in between).
+    pub route_reload_interval: Duration,
 }
 
 impl Default for ServerSettings {
@@ -233,6 +236,7 @@ impl Default for ServerSettings {
             build_missing_images_at_boot: true,
             activity_flush_interval: Duration::from_secs(10),
             hub_api_url: "http://127.0.0.1:8000/hub/api".into(),
+            route_reload_interval: Duration::from_secs(60),
         }
     }
 }

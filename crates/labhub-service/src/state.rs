@@ -51,18 +51,10 @@ pub(crate) struct CachedSession {
     pub(crate) fetched: OffsetDateTime,
 }
 
-/// A code a user server's host may exchange once for a session of its own.
-pub(crate) struct HostCode {
-    pub(crate) session_id: SessionId,
-    pub(crate) host: String,
-    pub(crate) expires_at: OffsetDateTime,
-}
-
-/// Recognised sessions and the codes handed out for users' server hosts, by their hashes.
+/// Recognised sessions, by their hashes.
 #[derive(Default)]
 pub(crate) struct SessionsState {
     pub(crate) cache: DashMap<TokenHash, CachedSession>,
-    pub(crate) host_codes: DashMap<TokenHash, HostCode>,
 }
 
 /// A recognised token, trusted for a short time.

@@ -28,6 +28,7 @@ pub struct TestAppBuilder {
     runtime: app::Runtime,
     docker: Option<Arc<DockerScope>>,
     hub_api: bool,
+    key: Option<HubKey>,
 }
 
 /// A running hub for one test. Dropping it stops the server.
@@ -83,6 +84,7 @@ impl Default for TestAppBuilder {
             runtime: app::Runtime::default(),
             docker: None,
             hub_api: false,
+            key: None,
         }
     }
 }
@@ -120,6 +122,12 @@ impl TestAppBuilder {
     /// of the scope's engine spawner; after [`Self::docker`].
     pub fn spawner(mut self, spawner: Arc<dyn labhub_core::spawner::Spawner>) -> Self {
         self.runtime.spawner = Some(spawner);
+        self
+    }
+
+    /// Runs the hub with this secret key (replicas of one lab share theirs); a new one otherwise.
+    pub fn key(mut self, key: HubKey) -> Self {
+        self.key = Some(key);
         self
     }
 
@@ -167,7 +175,7 @@ impl TestAppBuilder {
         let built = app::build(
             &config,
             pool.clone(),
-            HubKey::generate(),
+            self.key.clone().unwrap_or_else(HubKey::generate),
             runtime.clone(),
             Overrides { clock, hash_cost: HashCost::INSECURE_FOR_TESTS },
         )

@@ -160,7 +160,7 @@ pub async fn host_login(
     if me.name != user && !me.admin && state.hub().servers().of(Actor::User(&me), &user).await.is_err() {
         return Err(AppError::Forbidden("This server belongs to someone else.".into()));
     }
-    let code = state.hub().sessions().host_code(&me, &host)?;
+    let code = state.hub().sessions().host_code(&me, &host).await?;
     let mut target = Url::parse(&format!("{origin}{HOST_CALLBACK}")).map_err(|_| bad())?;
     let path_and_query = match next.query() {
         Some(q) => format!("{}?{q}", next.path()),

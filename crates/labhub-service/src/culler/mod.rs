@@ -80,6 +80,10 @@ impl<'h> Culler<'h> {
     /// that is due, logging and auditing each (actor `system`).
     pub async fn cull_once(&self) -> Result<Vec<Culled>, ServiceError> {
         self.hub.servers().flush_activity().await?;
+        // One replica's pass at a time (and each stop re-checks the row under its lock).
+        let Some(_pass) = self.hub.replicas().lock(labhub_db::replicas::Job::Culler).await? else {
+            return Ok(Vec::new());
+        };
         let mut running: Vec<ChargedServer> =
             usage::active(self.hub.db()).await?.into_iter().filter(|s| s.state == ServerState::Running).collect();
         if running.is_empty() {

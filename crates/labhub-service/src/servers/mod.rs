@@ -5,6 +5,7 @@
 //! Postgres is the truth; the route table and the progress logs are caches rebuilt from it.
 
 mod isolation;
+mod progress;
 mod reconcile;
 mod start;
 mod stop;
@@ -12,14 +13,13 @@ mod stop;
 use std::sync::Arc;
 
 use labhub_core::spawner::Spawner;
-use labhub_core::{ServerId, ServerName, ServerState, UserName};
+use labhub_core::{ServerName, ServerState, UserName};
 use labhub_db::servers;
 
 pub use reconcile::ReconcileReport;
 
 use crate::access::{Actor, Need, ServerRef};
 use crate::model::{ServerView, server_label};
-use crate::progress::ProgressLog;
 use crate::state::ServerRuntime;
 use crate::{Hub, ServiceError};
 
@@ -170,10 +170,5 @@ impl<'h> Servers<'h> {
         // Its shares went with it: a later server of the same name must not inherit them.
         self.hub.shares().changed().await;
         Ok(())
-    }
-
-    /// The progress of the latest start of a server, if one happened since the hub started.
-    pub fn progress(&self, server: ServerId) -> Option<Arc<ProgressLog>> {
-        self.state().spawns.get(&server).map(|s| s.progress.clone())
     }
 }

@@ -29,6 +29,11 @@ impl Servers<'_> {
     /// vanished ones are marked stopped, strangers are reported. Never stops a user's server.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ServiceError> {
         let spawner = self.spawner()?.clone();
+        // One replica at a time; another one reconciling now leaves this one its routes.
+        let Some(lock) = self.hub.replicas().lock(labhub_db::replicas::Job::Reconcile).await? else {
+            self.hub.replicas().reload_routes().await?;
+            return Ok(ReconcileReport::default());
+        };
         let observed = spawner.list().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let rows = servers::list_active(self.hub.db()).await?;
         let mut report = ReconcileReport::default();
@@ -44,6 +49,15 @@ impl Servers<'_> {
             };
             let found = observed.iter().enumerate().find(|(_, o)| owns(o) && o.server == server);
             let label = server_label(&row.owner, server.as_ref());
+            if row.server.state != ServerState::Running
+                && self.hub.replicas().started_elsewhere(row.server.server_id).await?
+            {
+                // A live replica's start or stop in flight: its own task finishes it.
+                if let Some((i, _)) = found {
+                    matched[i] = true;
+                }
+                continue;
+            }
             let status = found.map(|(i, o)| {
                 matched[i] = true;
                 o
@@ -108,6 +122,7 @@ impl Servers<'_> {
             tracing::warn!(containers = ?report.strangers, "containers labelled for this hub match no running server; left untouched");
         }
         *self.state().strangers.lock().unwrap_or_else(|e| e.into_inner()) = report.strangers.clone();
+        drop(lock);
         tracing::info!(
             adopted = report.adopted.len(),
             vanished = report.vanished.len(),

@@ -135,6 +135,10 @@ impl Servers<'_> {
             }
             Contract::Labhub => Default::default(),
         };
+        // Which replica runs this start (the others fail it if this one goes silent), and
+        // the stored progress of the server's earlier starts goes.
+        labhub_db::replicas::claim_start(&mut *tx, row.server_id, self.hub.replicas().id()).await?;
+        labhub_db::replicas::clear_events(&mut *tx, row.server_id).await?;
         let group_id = charge.group.as_ref().map(|g| g.0);
         labhub_db::quotas::set_server_group(&mut *tx, row.server_id, group_id).await?;
         if !actor.is(user.user_id) {
@@ -149,6 +153,7 @@ impl Servers<'_> {
         progress.push(ProgressEvent::step(0, "Server requested"));
         let spawn = Arc::new(Spawn { spawn_id, progress: progress.clone(), cancelled: AtomicBool::new(false) });
         self.state().spawns.insert(row.server_id, spawn.clone());
+        tokio::spawn(super::progress::store(self.hub.clone(), row.server_id, spawn_id, progress.clone()));
         let base_url = route_prefix(owner, server);
         let spec = ServerSpec {
             owner: user.user_id,
@@ -271,9 +276,10 @@ async fn go_live(
     started: &Started,
 ) -> Result<(), Failed> {
     let cancelled = spawn.cancelled.load(Ordering::SeqCst);
-    let recorded = !cancelled && mark_running(hub, server_id, spawn.spawn_id, started).await.unwrap_or(false);
-    if !recorded {
-        let why = if cancelled { "stopped while it was starting" } else { "the hub could not record it" };
+    let recorded = if cancelled { Ok(false) } else { mark_running(hub, server_id, spawn.spawn_id, started).await };
+    if !matches!(recorded, Ok(true)) {
+        // Not pending any more: stopped meanwhile, through this replica or another.
+        let why = if recorded.is_ok() { "stopped while it was starting" } else { "the hub could not record it" };
         return Err(Failed { reason: why.into(), message: format!("The server was {why}.") });
     }
     let key = RouteKey::new(spec.user.clone(), spec.server.clone());

@@ -99,12 +99,29 @@ impl Servers<'_> {
                 server_label(owner, server)
             )));
         }
+        if seen.is_some() && row.state != ServerState::Running {
+            // Another replica's culler (or someone) stopped it first: never two stops.
+            return Err(ServiceError::Conflict(format!("{} is no longer running", server_label(owner, server))));
+        }
         match row.state {
             ServerState::Stopped => return Ok(StopOutcome::Stopped),
             ServerState::Stopping => return Ok(StopOutcome::Stopping),
             ServerState::Pending => {
-                if let Some(s) = self.state().spawns.get(&row.server_id) {
-                    s.cancelled.store(true, Ordering::SeqCst);
+                // This replica's record of the server's start, if it runs this one.
+                let here = self
+                    .state()
+                    .spawns
+                    .get(&row.server_id)
+                    .map(|s| s.value().clone())
+                    .filter(|s| Some(s.spawn_id) == row.spawn_id);
+                match here {
+                    Some(s) => s.cancelled.store(true, Ordering::SeqCst),
+                    // Another replica runs the start: leaving `pending` makes its end refuse to
+                    // go live (it then removes the container and marks the row stopped).
+                    None => {
+                        servers::mark_stopping(&mut *tx, row.server_id).await?;
+                        tx.commit().await?;
+                    }
                 }
                 return Ok(StopOutcome::Stopping);
             }

@@ -29,6 +29,7 @@ mod proxied;
 mod proxy;
 mod proxy_auth;
 mod quotas;
+mod replicas;
 mod restart;
 mod roles;
 mod servers;

@@ -18,17 +18,18 @@ use labhub_testkit::app::script;
 
 const EXE: &str = env!("CARGO_BIN_EXE_labhub-exe");
 
-/// What successive hub processes share: the database, the data folder (and so the secret
-/// key the servers' tokens derive from), and the Docker scope (kept alive for cleanup).
-struct Site {
-    scope: DockerScope,
-    db: TestDb,
+/// What successive (or simultaneous: `replicas.rs`) hub processes share: the database, the
+/// data folder (and so the secret key the servers' tokens derive from), and the Docker scope
+/// (kept alive for cleanup).
+pub(crate) struct Site {
+    pub(crate) scope: DockerScope,
+    pub(crate) db: TestDb,
     db_url: String,
     data: tempfile::TempDir,
 }
 
 impl Site {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let scope = DockerScope::new(test_server_binary()).await;
         let db = TestCluster::get().fresh_database().await;
         let db_url = TestCluster::get().url(&db.name);
@@ -58,14 +59,14 @@ impl Site {
     }
 
     /// An admin `root` and an API token (`token …`) for it, made with the command line.
-    async fn admin(&self) -> String {
+    pub(crate) async fn admin(&self) -> String {
         let out = self.run(&["user", "add", "root", "--admin"]).await;
         assert!(out.contains("Created root (admin).") && out.contains("Password: "), "{out}");
         format!("token {}", self.run(&["token", "create", "root", "--note", "restart test"]).await.trim())
     }
 
     /// The container of `user`'s default server, as the engine lists it.
-    async fn container_of(&self, user: &str) -> Option<String> {
+    pub(crate) async fn container_of(&self, user: &str) -> Option<String> {
         let pool = labhub_db::sqlx::PgPool::connect(&self.db_url).await.expect("the site's database");
         let id: i64 = labhub_db::sqlx::query_scalar("select user_id from users where name = $1")
             .bind(user)
@@ -80,7 +81,7 @@ impl Site {
             .and_then(|o| o.state["container_id"].as_str().map(str::to_string))
     }
 
-    async fn is_running(&self, container: &str) -> bool {
+    pub(crate) async fn is_running(&self, container: &str) -> bool {
         let inspect = self
             .scope
             .docker()
@@ -91,20 +92,26 @@ impl Site {
 }
 
 /// One `labhub serve` process.
-struct HubProcess {
+pub(crate) struct HubProcess {
     child: tokio::process::Child,
-    url: String,
+    pub(crate) url: String,
     log: std::path::PathBuf,
 }
 
 impl HubProcess {
     /// Starts `labhub serve` on a free port and waits until it answers.
-    async fn start(site: &Site, name: &str) -> Self {
+    pub(crate) async fn start(site: &Site, name: &str) -> Self {
+        Self::start_with(site, name, &[]).await
+    }
+
+    /// [`HubProcess::start`] with more `LABHUB_*` settings.
+    pub(crate) async fn start_with(site: &Site, name: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = site.data.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = site
             .command(&["serve"])
+            .envs(env.iter().copied())
             .env("LABHUB_BIND", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(file)
@@ -123,21 +130,21 @@ impl HubProcess {
         }
     }
 
-    fn at(&self, path: &str) -> String {
+    pub(crate) fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
 
     /// An API client of this hub with an API token.
-    fn api(&self, auth: &str) -> Api {
+    pub(crate) fn api(&self, auth: &str) -> Api {
         Api::new(&self.url, auth)
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `kill -9`.
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.child.kill().await.expect("SIGKILL");
     }
 
@@ -154,7 +161,7 @@ impl HubProcess {
 }
 
 /// Adds the test image to the catalogue and starts `root`'s default server on it.
-async fn start_server(site: &Site, hub: &HubProcess, auth: &str) {
+pub(crate) async fn start_server(site: &Site, hub: &HubProcess, auth: &str) {
     let api = hub.api(auth);
     let image = json!({"name": "test", "display_name": "Test server", "reference": site.scope.test_image.to_string(),
                        "kind": "jupyter", "cpu": 0.5, "memory": "256M"});

@@ -196,7 +196,12 @@ async fn progress(
     let hub = state.hub();
     let view = hub.servers().get(Actor::User(me), &owner, server.as_ref()).await?;
     let url = view.url();
-    let progress = view.id.and_then(|id| hub.servers().progress(id));
+    let progress = match view.id {
+        Some(id) if matches!(view.state, ServerState::Pending | ServerState::Stopped) => {
+            Some(hub.servers().progress(id).await?)
+        }
+        _ => None,
+    };
     Ok(match view.state {
         ServerState::Running => {
             sse::single(ProgressEvent::ready(format!("Server ready at {url}"), Some(url))).into_response()

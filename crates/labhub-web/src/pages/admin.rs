@@ -420,9 +420,20 @@ struct ServersPage {
     admin_tab: &'static str,
     servers: Vec<ActiveServerRow>,
     strangers: Vec<String>,
+    replicas: Vec<ReplicaRow>,
 }
 
-/// `GET /hub/admin/servers` (admins): every active server.
+/// One hub process on the servers page.
+struct ReplicaRow {
+    host: String,
+    version: String,
+    started: When,
+    heard: When,
+    alive: bool,
+    this: bool,
+}
+
+/// `GET /hub/admin/servers` (admins): every active server, and the hub processes serving them.
 pub async fn servers(
     State(state): State<AppState>,
     AdminUser(me): AdminUser,
@@ -452,6 +463,20 @@ pub async fn servers(
         admin_tab: "servers",
         servers: rows,
         strangers: hub.servers().stranger_containers(),
+        replicas: hub
+            .replicas()
+            .list(Actor::User(&me))
+            .await?
+            .into_iter()
+            .map(|r| ReplicaRow {
+                host: r.host,
+                version: r.version,
+                started: When::new(now, r.started_at),
+                heard: When::new(now, r.last_heartbeat),
+                alive: r.alive,
+                this: r.this,
+            })
+            .collect(),
     };
     Ok(page.render(view))
 }

@@ -480,7 +480,10 @@ pub async fn spawn_pending(
     if row.as_ref().is_some_and(|r| r.state == ServerState::Running) {
         return Ok(Redirect::to(&url).into_response());
     }
-    let last = row.as_ref().and_then(|r| r.id).and_then(|id| state.hub().servers().progress(id)).and_then(|l| l.last());
+    let last = match row.as_ref().and_then(|r| r.id) {
+        Some(id) => state.hub().servers().progress(id).await?.last(),
+        None => None,
+    };
     let progress_url = match &server {
         Some(s) => format!("/hub/api/users/{owner}/servers/{s}/progress"),
         None => format!("/hub/api/users/{owner}/server/progress"),

@@ -231,7 +231,12 @@ async fn serve_on(
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Registered before the boot's reconcile, so other replicas' starts in flight are told
+    // apart from those of dead ones.
+    built.hub.replicas().beat().await?;
+    let heartbeat = tokio::spawn(built.hub.clone().run_heartbeat(wait_true(stop_rx.clone())));
     app::boot(&built.hub, config.servers.build_missing_images_at_boot, wait_true(stop_rx.clone())).await?;
+    tokio::spawn(built.hub.clone().follow_replicas(wait_true(stop_rx.clone())));
     let maintenance = tokio::spawn(built.hub.clone().run_maintenance(wait_true(stop_rx.clone())));
     tokio::spawn(built.hub.clone().follow_shares(wait_true(stop_rx.clone())));
     let supervisor = db.supervise(built.hub.clone(), wait_true(stop_rx.clone()));
@@ -261,6 +266,7 @@ async fn serve_on(
     let result = server.await.context("the HTTP server failed");
     let _ = stop_tx.send(true);
     let _ = maintenance.await;
+    let _ = heartbeat.await;
     if let Some(s) = supervisor {
         let _ = s.await;
     }

@@ -31,6 +31,10 @@ pub struct ServersConfig {
     /// The hub's API as servers of JupyterHub's contract reach it (`JUPYTERHUB_API_URL`);
     /// unset: `{public_url}hub/api`.
     pub hub_api_url: Option<url::Url>,
+    /// How often each hub process reloads its route table whole from the database (changes
+    /// reach it at once through `LISTEN/NOTIFY`; this is the safety net).
+    #[serde(with = "humantime_serde")]
+    pub route_reload_interval: Duration,
 }
 
 impl Default for ServersConfig {
@@ -45,6 +49,7 @@ impl Default for ServersConfig {
             build_missing_images_at_boot: d.build_missing_images_at_boot,
             activity_flush_interval: d.activity_flush_interval,
             hub_api_url: None,
+            route_reload_interval: d.route_reload_interval,
         }
     }
 }
@@ -65,6 +70,7 @@ impl Config {
                 Some(u) => u.to_string(),
                 None => format!("{}hub/api", self.public_url()),
             },
+            route_reload_interval: s.route_reload_interval,
         }
     }
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Issue 21's benchmark: two `labhub serve` processes on one Postgres (A owns the embedded
+# cluster; B reaches it by its socket), measured in ONE run:
+#   - propagation from A to B (labhub-bench replicas): a start answered 201 (ready) by A to
+#     the first 200 through B (target p99 < 100 ms), a stop to B's first 503, a token revoked
+#     on A to B's first refusal (target < 1 s);
+#   - proxy throughput through nginx (1 KiB, wrk -c64) to one hub vs round robin over both
+#     replicas, the same nginx, the same server (target: at least 0.9×; on two cores replicas
+#     cannot add capacity, but they must not cost it).
+#
+#   bench/replicas.sh
+#
+# Environment: ROUNDS (20 propagation rounds), WRK_ROUNDS (3), SECONDS_PER_RUN (5).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+need wrk wrk
+need nginx nginx-light
+need docker docker.io
+need curl curl
+build
+test_image
+HUB_PORT=$(free_port)
+B_PORT=$(free_port)
+ONE_PORT=$(free_port)
+TWO_PORT=$(free_port)
+B_PID=""
+B_LOG="$WORK/hub-b.log"
+hub_env
+
+# B is this script's own; lib.sh's cleanup knows A and nginx.
+stop_b() {
+    local rc=$?
+    if [ -n "$B_PID" ] && kill -0 "$B_PID" 2>/dev/null; then
+        kill -TERM "$B_PID" 2>/dev/null || true
+        wait "$B_PID" 2>/dev/null || true
+    fi
+    (exit "$rc")
+    cleanup
+}
+trap stop_b EXIT
+
+say "preparing users, a token and the catalogue ..."
+proxy_fixture
+
+echo "== bench/replicas.sh: two hubs on one Postgres =="
+machine_line
+start_hub
+A="http://127.0.0.1:$HUB_PORT"
+B="http://127.0.0.1:$B_PORT"
+DATABASE_URL="postgres://postgres@localhost/labhub?host=$DATA/postgres/run" LABHUB_BIND="127.0.0.1:$B_PORT" \
+    "$LABHUB" serve >>"$B_LOG" 2>&1 &
+B_PID=$!
+for _ in $(seq 1 600); do
+    curl -fsS --noproxy '*' -o /dev/null "$B/hub/health" 2>/dev/null && break
+    kill -0 "$B_PID" 2>/dev/null || { tail -20 "$B_LOG" >&2; die "replica B exited; log: $B_LOG"; }
+    sleep 0.1
+done
+echo "replicas: A $A (embedded Postgres), B $B (the same database through its socket), release builds"
+echo
+
+"$BENCH" replicas --a "$A" --b "$B" --admin-token "$ADMIN_TOKEN" --rounds "${ROUNDS:-20}"
+
+say "starting bench's server through A ..."
+code=$(curl -sS --noproxy '*' -o "$WORK/start.json" -w '%{http_code}' -X POST \
+    -H "Authorization: token $ADMIN_TOKEN" -d '{"image": "bench-test"}' "$A/hub/api/users/bench/server")
+[ "$code" = 201 ] || die "starting the server answered $code: $(cat "$WORK/start.json")"
+COOKIE=$("$BENCH" login --url "$A" --user bench --password "$PASSWORD")
+
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+    upstream one { server 127.0.0.1:$HUB_PORT; keepalive 64; }
+    upstream two { server 127.0.0.1:$HUB_PORT; server 127.0.0.1:$B_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$ONE_PORT;
+        location / {
+            proxy_pass http://one;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$http_host;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_buffering off;
+        }
+    }
+    server {
+        listen 127.0.0.1:$TWO_PORT;
+        location / {
+            proxy_pass http://two;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$http_host;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/nginx/error.log" &
+NGINX_PID=$!
+for _ in $(seq 1 50); do curl -s --noproxy '*' -o /dev/null "http://127.0.0.1:$TWO_PORT/" && break; sleep 0.1; done
+
+# Requests per second of one wrk run (1 KiB, 64 connections) through one of nginx's ports.
+rps() {
+    wrk -t1 -c64 -d"${SECONDS_PER_RUN:-5}s" -H "Cookie: $COOKIE" "http://127.0.0.1:$1/user/bench/download?bytes=1024" \
+        | awk '/Requests\/sec/ {print $2}'
+}
+echo
+echo "== proxy throughput through nginx (worker_processes 1, keepalive 64): 1 KiB, wrk -t1 -c64, ${SECONDS_PER_RUN:-5} s, alternating =="
+ONE=() TWO=()
+for _ in $(seq 1 "${WRK_ROUNDS:-3}"); do
+    ONE+=("$(rps "$ONE_PORT")")
+    TWO+=("$(rps "$TWO_PORT")")
+done
+printf '%-28s %s\n' "one hub (A)" "${ONE[*]} req/s"
+printf '%-28s %s\n' "two replicas (A, B)" "${TWO[*]} req/s"
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+m1=$(median "${ONE[@]}")
+m2=$(median "${TWO[@]}")
+ratio=$(awk -v a="$m2" -v b="$m1" 'BEGIN { printf "%.2f", a / b }')
+echo "medians: one $m1, two $m2 req/s; two / one = $ratio"
+if awk -v r="$ratio" 'BEGIN { exit !(r >= 0.9) }'; then
+    echo "  [met]     two replicas behind nginx at least 0.9x one hub: $ratio"
+else
+    echo "  [NOT met] two replicas behind nginx at least 0.9x one hub: $ratio"
+fi
+echo
+echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
