@@ -56,8 +56,14 @@ create trigger sessions_ended after delete on sessions referencing old table as 
     for each statement execute function labhub_credentials_ended();
 create trigger api_tokens_ended after delete on api_tokens referencing old table as gone
     for each statement execute function labhub_credentials_ended();
+-- A rename too: cached scopes name accounts and groups (`!user=alice`, `!group=lab`), and a
+-- new account may take the old name.
 create trigger users_rights_changed after update on users for each row
-    when (old.state is distinct from new.state or old.admin is distinct from new.admin)
+    when (old.state is distinct from new.state or old.admin is distinct from new.admin
+          or old.name is distinct from new.name)
+    execute function labhub_rights_changed();
+create trigger groups_renamed after update on groups for each row
+    when (old.name is distinct from new.name)
     execute function labhub_rights_changed();
 
 -- One-time codes a user server's host exchanges for a session of its own (`user_subdomains`):

@@ -26,18 +26,25 @@ pub struct ClientWithSecret {
 }
 
 /// Registers a server as a client, replacing what its previous run registered (and, by the
-/// cascade, that run's codes and tokens).
+/// cascade, that run's codes and tokens). `false`, with nothing changed, when another server
+/// holds the client id (`a`'s server `b` and the account `a-b`'s default one are both
+/// `jupyterhub-user-a-b`): never another server's client is taken over.
 pub async fn register_server(
     db: &mut sqlx::PgConnection,
     client: &Client,
     secret_hash: &[u8; 32],
     now: OffsetDateTime,
-) -> Result<(), DbError> {
-    sqlx::query("delete from oauth_clients where server_id = $1 or client_id = $2")
-        .bind(client.server_id)
-        .bind(&client.client_id)
-        .execute(&mut *db)
-        .await?;
+) -> Result<bool, DbError> {
+    let taken: bool =
+        sqlx::query_scalar("select exists (select 1 from oauth_clients where client_id = $2 and server_id <> $1)")
+            .bind(client.server_id)
+            .bind(&client.client_id)
+            .fetch_one(&mut *db)
+            .await?;
+    if taken {
+        return Ok(false);
+    }
+    sqlx::query("delete from oauth_clients where server_id = $1").bind(client.server_id).execute(&mut *db).await?;
     sqlx::query(
         "insert into oauth_clients (client_id, server_id, secret_hash, redirect_uri, scopes, created_at)
          values ($1, $2, $3, $4, $5, $6)",
@@ -50,7 +57,7 @@ pub async fn register_server(
     .bind(now)
     .execute(&mut *db)
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Forgets a server's client, its API token and every code and token issued to it.

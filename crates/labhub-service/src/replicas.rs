@@ -241,8 +241,8 @@ impl Replicas<'_> {
 
     /// Forgets every recognised session and token: the next request with one asks Postgres.
     fn forget_credentials(&self) {
-        self.hub.0.sessions.cache.clear();
-        self.hub.0.tokens.cache.clear();
+        self.hub.sessions().forget_all();
+        self.hub.tokens().forget_all();
     }
 
     /// Makes the route table what Postgres says runs: a route for every running server, none
@@ -300,6 +300,7 @@ impl Replicas<'_> {
         let spawn_id = s.spawn_id.unwrap_or_default();
         let kind = s.kind.as_deref().and_then(ImageKind::parse).unwrap_or(ImageKind::Jupyter);
         let token = self.hub.key().server_token(row.owner.as_str(), &s.name, &spawn_id.to_string());
-        Some(Route::new(RouteKey::new(row.owner.clone(), server), s.user_id, endpoint, token, kind))
+        let contract = labhub_core::Contract::parse(&s.contract).unwrap_or_default();
+        Some(Route::new(RouteKey::new(row.owner.clone(), server), s.user_id, endpoint, token, kind).speaking(contract))
     }
 }

@@ -164,6 +164,7 @@ impl<'h> Sessions<'h> {
             }
             return Ok(Some(hit.principal.clone()));
         }
+        let epoch = self.state().epoch.now();
         let Some((session, user)) = sessions::by_token_hash(self.hub.db(), &hash).await? else {
             cache.remove(&hash);
             return Ok(None);
@@ -195,6 +196,10 @@ impl<'h> Sessions<'h> {
             fetched: now,
         };
         cache.insert(hash, entry);
+        if self.state().epoch.now() != epoch {
+            // Forgotten while it was read: not cached (this request was already on its way).
+            cache.remove(&hash);
+        }
         Ok(Some(principal))
     }
 
@@ -205,6 +210,7 @@ impl<'h> Sessions<'h> {
     }
 
     async fn end_by_hash(&self, hash: &TokenHash) -> Result<(), ServiceError> {
+        self.state().epoch.bump();
         self.state().cache.remove(hash);
         let ended = sessions::delete_by_token_hash(self.hub.db(), hash).await?;
         self.forget(ended);
@@ -213,6 +219,7 @@ impl<'h> Sessions<'h> {
 
     /// Forgets cached sessions by their token hashes.
     pub(crate) fn forget(&self, hashes: Vec<Vec<u8>>) {
+        self.state().epoch.bump();
         for h in hashes {
             if let Ok(h) = <TokenHash>::try_from(h.as_slice()) {
                 self.state().cache.remove(&h);
@@ -220,13 +227,15 @@ impl<'h> Sessions<'h> {
         }
     }
 
-    /// Forgets every cached session of a user, after a change to their account.
     /// Forgets every cached session, after a change of roles (their scopes are worked out again).
     pub(crate) fn forget_all(&self) {
+        self.state().epoch.bump();
         self.state().cache.clear();
     }
 
+    /// Forgets every cached session of a user, after a change to their account.
     pub(crate) fn forget_user(&self, user: UserId) {
+        self.state().epoch.bump();
         self.state().cache.retain(|_, s| s.principal.user_id != user);
     }
 

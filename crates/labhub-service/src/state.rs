@@ -55,6 +55,27 @@ pub(crate) struct CachedSession {
 #[derive(Default)]
 pub(crate) struct SessionsState {
     pub(crate) cache: DashMap<TokenHash, CachedSession>,
+    /// Bumped before every forgetting (see [`Epoch`]).
+    pub(crate) epoch: Epoch,
+}
+
+/// A count of a credential cache's forgettings. A lookup reads it before asking Postgres and
+/// again after caching the answer, and takes the answer back out when it moved: a revoke
+/// forgotten while the lookup was on its way (bump, then forget) never leaves the old answer
+/// cached behind it.
+#[derive(Default)]
+pub(crate) struct Epoch(std::sync::atomic::AtomicU64);
+
+impl Epoch {
+    /// The count now.
+    pub(crate) fn now(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks a forgetting about to happen.
+    pub(crate) fn bump(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A recognised token, trusted for a short time.
@@ -69,6 +90,8 @@ pub(crate) struct CachedToken {
 #[derive(Default)]
 pub(crate) struct TokensState {
     pub(crate) cache: DashMap<TokenHash, CachedToken>,
+    /// Bumped before every forgetting (see [`Epoch`]).
+    pub(crate) epoch: Epoch,
     pub(crate) used: DashSet<TokenId>,
 }
 

@@ -67,6 +67,7 @@ impl<'h> Tokens<'h> {
         let hash = sha256(token);
         let now = self.hub.now();
         let cache = &self.state().cache;
+        let epoch = self.state().epoch.now();
         let Some((tok, user)) = tokens::by_token_hash(self.hub.db(), &hash).await? else {
             cache.remove(&hash);
             return Ok(None);
@@ -82,16 +83,22 @@ impl<'h> Tokens<'h> {
             cache.clear();
         }
         cache.insert(hash, CachedToken { principal: principal.clone(), expires_at: tok.expires_at, fetched: now });
+        if self.state().epoch.now() != epoch {
+            // Forgotten while it was read: not cached (this request was already on its way).
+            cache.remove(&hash);
+        }
         Ok(Some(principal))
     }
 
     /// Forgets every cached token, after a change of roles (their scopes are worked out again).
     pub(crate) fn forget_all(&self) {
+        self.state().epoch.bump();
         self.state().cache.clear();
     }
 
     /// Forgets every cached token of a user, after a change to their account.
     pub(crate) fn forget_user(&self, user: UserId) {
+        self.state().epoch.bump();
         self.state().cache.retain(|_, t| t.principal.user_id != user);
     }
 
@@ -179,6 +186,7 @@ impl<'h> Tokens<'h> {
         let hash = tokens::delete_for_user(self.hub.db(), user.user_id, token)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("{owner} has no token {token}")))?;
+        self.state().epoch.bump();
         if let Ok(h) = <TokenHash>::try_from(hash.as_slice()) {
             self.state().cache.remove(&h);
         }

@@ -106,7 +106,12 @@ impl<'h> SingleUser<'h> {
             redirect_uri: format!("{prefix}oauth_callback"),
             scopes: server_scopes(owner, server),
         };
-        store::register_server(db, &client, &hash, self.hub.now()).await?;
+        if !store::register_server(db, &client, &hash, self.hub.now()).await? {
+            return Err(ServiceError::Conflict(format!(
+                "{} is already the JupyterHub client id of another running server (a user and server name joined by '-' can read like another account's); stop that server first",
+                client.client_id
+            )));
+        }
         let api_url = self.hub.server_settings().hub_api_url.trim_end_matches('/').to_string();
         let access = serde_json::json!([access_scope(owner, server), format!("access:servers!user={owner}")]);
         let vars = [
