@@ -49,9 +49,6 @@ pub async fn commit(tx: Tx) -> Result<(), DbError> {
 pub use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::PgPoolOptions;
 
-/// The hub's migrations, from the top-level `migrations/` folder, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
 /// How the hub's pool behaves when the database is slow or gone.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
@@ -79,9 +76,14 @@ pub fn connect_lazy(options: PgConnectOptions, settings: PoolSettings) -> PgPool
         .connect_lazy_with(options)
 }
 
-/// Applies every pending migration.
+/// Applies every pending migration (from the top-level `migrations/` folder, embedded in the
+/// binary). Migrations a newer version applied are let be: during a
+/// rolling upgrade a replica of the older version (re)starts against the newer schema, which
+/// stays backward compatible for one version.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await.map_err(|e| match e {
+    let mut migrator = sqlx::migrate!("../../migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(e) => DbError::from(e),
         other => DbError::Migration(other.to_string()),
     })
