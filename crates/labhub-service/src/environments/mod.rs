@@ -8,6 +8,7 @@
 
 mod build;
 mod settings;
+mod snapshot;
 mod transfer;
 
 pub(crate) use build::EnvironmentsState;
@@ -318,6 +319,11 @@ impl<'h> Environments<'h> {
         git_ref: Option<String>,
     ) -> Result<BuildId, ServiceError> {
         let env = self.visible(actor, name).await?;
+        if env.snapshot {
+            return Err(ServiceError::Invalid(format!(
+                "'{name}' was saved from a running server: it has no source to rebuild"
+            )));
+        }
         self.require_builder(actor, &env).await?;
         let git_ref = git_ref.unwrap_or_else(|| env.git_ref.clone());
         if git_ref != env.git_ref {
