@@ -1,0 +1,107 @@
+//! Saving a running server's environment (snapshots), on the real engine with the test image:
+//! a file the member wrote outside the home is in a server started from the snapshot, while
+//! the home is the member's own volume (not a copy in the image); the image carries provenance
+//! and none of the server's secrets; the count quota refuses a second snapshot; another member
+//! can neither see, start nor take one.
+
+use labhub_service::Actor;
+use labhub_testkit::Api;
+use labhub_testkit::api::ServerModel;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::common::docker_hub;
+
+async fn read_file(api: &Api, user: &str, path: &str) -> (StatusCode, String) {
+    let a = api.get(&format!("/user/{user}/files/{path}")).await;
+    (a.status, a.text())
+}
+
+async fn write_file(api: &Api, user: &str, path: &str, body: &str) {
+    let status =
+        api.answer(api.request(Method::PUT, &format!("/user/{user}/files/{path}")).body(body.to_string())).await.status;
+    assert!(status.is_success(), "writing {path}: {status}");
+}
+
+async fn start_on(api: &Api, user: &str, image: &str) -> ServerModel {
+    let (status, body) = api.start(user, None, json!({"image": image})).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(status, StatusCode::CREATED | StatusCode::ACCEPTED), "{status} {body:?}");
+    api.wait_ready(user, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_server_starts_again_with_its_files_outside_the_home_and_the_members_own_home() {
+    let (app, _root, alice) = docker_hub(|c| c.environments.snapshots_per_member = 1).await;
+    // The test server serving the whole filesystem, so a member writes outside the home.
+    let mut fields = app.hub.catalogue().get("test").await.unwrap().fields;
+    fields.command = Some(
+        ["jupyter", "lab", "--ServerApp.ip=0.0.0.0", "--ServerApp.port=8888", "--ServerApp.base_url=/user/alice/"]
+            .into_iter()
+            .map(String::from)
+            .chain(["--ServerApp.root_dir=/".to_string()])
+            .collect(),
+    );
+    app.hub.catalogue().add(Actor::System, "test-root", fields).await.unwrap();
+    app.add_user("bob", "correct horse", false).await;
+    let bob = app.api_for("bob").await;
+
+    start_on(&alice, "alice", "test-root").await;
+    write_file(&alice, "alice", "tmp/saved.txt", "outside the home").await;
+    write_file(&alice, "alice", "home/jovyan/notes.txt", "before the snapshot").await;
+
+    // Another member may not take it.
+    let refused = bob.post_json("/hub/api/users/alice/server/snapshot", &json!({"name": "bobs"})).await;
+    assert!(matches!(refused.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND), "{}", refused.text());
+
+    let saved = alice.post_json("/hub/api/users/alice/server/snapshot", &json!({"name": "mine"})).await;
+    assert_eq!(saved.status, StatusCode::CREATED, "{}", saved.text());
+    let env = saved.value();
+    assert_eq!(env["status"], "ready", "{env}");
+    assert_eq!(env["holder"], json!({"kind": "personal", "name": "alice"}), "{env}");
+    let source = env["source"].as_str().unwrap();
+    assert!(source.starts_with("snapshot of alice (session "), "{source}");
+    let image_id = env["image_id"].as_str().unwrap().to_string();
+    assert!(image_id.starts_with("sha256:"), "{env}");
+
+    // Provenance on the image, and not the server's secrets.
+    let docker = app.docker.as_ref().unwrap().docker();
+    let inspected = docker.inspect_image(&image_id).await.unwrap();
+    let config = inspected.config.unwrap();
+    let labels = config.labels.unwrap_or_default();
+    assert_eq!(labels.get("io.labhub.environment.source").map(String::as_str), Some(source), "{labels:?}");
+    assert_eq!(labels.get("io.labhub.environment.built-by").map(String::as_str), Some("alice"), "{labels:?}");
+    assert!(labels.get("io.labhub.environment.base-image").is_some_and(|b| b.starts_with("sha256:")), "{labels:?}");
+    let secrets: Vec<&String> =
+        config.env.iter().flatten().filter(|kv| kv.contains("TOKEN") && !kv.ends_with('=')).collect();
+    assert!(secrets.is_empty(), "the server's secrets stay out of the image: {secrets:?}");
+
+    // The count quota.
+    let again = alice.post_json("/hub/api/users/alice/server/snapshot", &json!({"name": "mine-2"})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text());
+    assert!(again.message().contains("limit per member of 1"), "{}", again.message());
+    assert_eq!(alice.get("/hub/api/environments/mine-2").await.status, StatusCode::NOT_FOUND);
+
+    // Listed with her environments, invisible to bob, who cannot start it either.
+    let listed = alice.get("/hub/api/environments").await.value();
+    assert!(listed.as_array().unwrap().iter().any(|e| e["name"] == "mine"), "{listed}");
+    assert_eq!(bob.get("/hub/api/environments/mine").await.status, StatusCode::NOT_FOUND);
+    let listed = bob.get("/hub/api/environments").await.value();
+    assert!(!listed.as_array().unwrap().iter().any(|e| e["name"] == "mine"), "{listed}");
+    let started = bob.start("bob", None, json!({"image": "mine"})).await;
+    assert!(
+        matches!(&started, Err(e) if matches!(e.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)),
+        "{started:?}"
+    );
+
+    // The home changes after the snapshot; a server started from it sees the home as it is now.
+    write_file(&alice, "alice", "home/jovyan/notes.txt", "after the snapshot").await;
+    alice.stop("alice", None).await.unwrap();
+    alice.wait_stopped("alice", None).await;
+    let restarted = start_on(&alice, "alice", "mine").await;
+    assert_eq!(restarted.image_digest.as_deref(), Some(image_id.as_str()));
+    assert_eq!(read_file(&alice, "alice", "tmp/saved.txt").await, (StatusCode::OK, "outside the home".into()));
+    assert_eq!(
+        read_file(&alice, "alice", "home/jovyan/notes.txt").await,
+        (StatusCode::OK, "after the snapshot".into())
+    );
+}
