@@ -2,7 +2,8 @@
 //! a file the member wrote outside the home is in a server started from the snapshot, while
 //! the home is the member's own volume (not a copy in the image); the image carries provenance
 //! and none of the server's secrets; the count quota refuses a second snapshot; another member
-//! can neither see, start nor take one.
+//! can neither see, start nor take one. The home page saves one with a form that says the home
+//! folder is not included.
 
 use labhub_service::Actor;
 use labhub_testkit::Api;
@@ -10,7 +11,9 @@ use labhub_testkit::api::ServerModel;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::docker_hub;
+use labhub_testkit::http::csrf_of;
+
+use crate::common::{docker_hub, start_ready};
 
 async fn read_file(api: &Api, user: &str, path: &str) -> (StatusCode, String) {
     let a = api.get(&format!("/user/{user}/files/{path}")).await;
@@ -104,4 +107,34 @@ async fn a_saved_server_starts_again_with_its_files_outside_the_home_and_the_mem
         read_file(&alice, "alice", "home/jovyan/notes.txt").await,
         (StatusCode::OK, "after the snapshot".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_page_saves_a_running_server_and_says_the_home_is_not_included() {
+    let (app, _root, alice) = docker_hub(|_| {}).await;
+    let b = app.signed_in("alice", "correct horse").await;
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(!home.contains("Save environment"), "only running servers are saved");
+    start_ready(&alice, "alice").await;
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("Save environment") && home.contains("The home folder is not included."), "{home}");
+    let csrf = csrf_of(&home);
+    let save = |name: &'static str| {
+        b.post(app.at("/hub/home/save")).form(&[("_csrf", csrf.as_str()), ("server", ""), ("name", name)]).send()
+    };
+    let r = save("from-page").await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/hub/environments/from-page");
+    let page = b.get(app.at("/hub/environments/from-page")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("snapshot of alice (session "), "{page}");
+    // The same name again: back home, saying why.
+    let r = save("from-page").await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/hub/home");
+    let home = b.get(app.at("/hub/home")).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("there is already a catalogue image named"), "{home}");
+    // Without the form's token nothing is saved.
+    let r = b.post(app.at("/hub/home/save")).form(&[("server", ""), ("name", "forged")]).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert_eq!(alice.get("/hub/api/environments/forged").await.status, StatusCode::NOT_FOUND);
 }
