@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use labhub_core::spawner::SpawnError;
 use labhub_core::{ImageRef, ServerName, ServerState, UserName};
 use labhub_db::environments::{self as store, Finished, Holder, NewBuild};
-use labhub_db::{ResultExt, history, images, servers};
+use labhub_db::{ResultExt, history, images, servers, users};
 
 use super::build::BUILDER_VERSION;
 use super::{EnvironmentView, Environments};
@@ -41,10 +41,6 @@ impl Environments<'_> {
             })?;
         let spawner = self.hub.servers().spawner()?.clone();
         let settings = self.settings();
-        let held = u64::try_from(store::count_snapshots(self.hub.db(), user.user_id).await?).unwrap_or(0);
-        if held >= u64::from(settings.snapshots_per_member) {
-            return Err(Refusal::Snapshots { held, limit: settings.snapshots_per_member }.into_error());
-        }
         let ran: CatalogueImage = images::list(self.hub.db())
             .await?
             .into_iter()
@@ -65,6 +61,12 @@ impl Environments<'_> {
         fields.recipe = None;
         let now = self.hub.now();
         let mut tx = self.hub.begin().await?;
+        // Counted under the account's row lock: two saves at once cannot both pass the count.
+        users::by_name_for_update(&mut *tx, owner).await?;
+        let held = u64::try_from(store::count_snapshots(&mut *tx, user.user_id).await?).unwrap_or(0);
+        if held >= u64::from(settings.snapshots_per_member) {
+            return Err(Refusal::Snapshots { held, limit: settings.snapshots_per_member }.into_error());
+        }
         let image: CatalogueImage = images::insert(&mut *tx, name, &fields, now)
             .await
             .on_constraint(images::NAME_KEY, || {

@@ -138,3 +138,25 @@ async fn the_home_page_saves_a_running_server_and_says_the_home_is_not_included(
     assert!(r.status().is_client_error(), "{}", r.status());
     assert_eq!(alice.get("/hub/api/environments/forged").await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_past_the_size_limit_is_refused_and_leaves_nothing() {
+    let (app, _root, alice) = docker_hub(|c| c.environments.snapshot_max_size = "1K".into()).await;
+    let mut fields = app.hub.catalogue().get("test").await.unwrap().fields;
+    fields.command = Some(
+        ["jupyter", "lab", "--ServerApp.ip=0.0.0.0", "--ServerApp.port=8888", "--ServerApp.base_url=/user/alice/"]
+            .into_iter()
+            .map(String::from)
+            .chain(["--ServerApp.root_dir=/".to_string()])
+            .collect(),
+    );
+    app.hub.catalogue().add(Actor::System, "test-root", fields).await.unwrap();
+    start_on(&alice, "alice", "test-root").await;
+    write_file(&alice, "alice", "tmp/big.txt", &"x".repeat(64 * 1024)).await;
+    let refused = alice.post_json("/hub/api/users/alice/server/snapshot", &json!({"name": "big"})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text());
+    assert!(refused.message().contains("more than the 1 KiB a saved environment may hold"), "{}", refused.message());
+    assert_eq!(alice.get("/hub/api/environments/big").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.count("select count(*) from images where name = 'big'").await, 0);
+    assert_eq!(app.count("select count(*) from environments where snapshot").await, 0);
+}
