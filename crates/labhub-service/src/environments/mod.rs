@@ -109,6 +109,8 @@ pub struct EnvironmentView {
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub holder: Whose,
+    /// Saved from a running server (a snapshot): no source to rebuild, no home folder in it.
+    pub snapshot: bool,
     /// The latest build's status: `building`, `ready` or `failed`.
     pub status: String,
     /// The image a start runs now (the pinned build's, else the newest good build's).
@@ -232,6 +234,7 @@ impl<'h> Environments<'h> {
             source: env.source,
             git_ref: env.git_ref,
             holder,
+            snapshot: env.snapshot,
             builds,
         })
     }

@@ -61,6 +61,7 @@ async fn a_saved_server_starts_again_with_its_files_outside_the_home_and_the_mem
     let env = saved.value();
     assert_eq!(env["status"], "ready", "{env}");
     assert_eq!(env["holder"], json!({"kind": "personal", "name": "alice"}), "{env}");
+    assert_eq!(env["snapshot"], true, "{env}");
     let source = env["source"].as_str().unwrap();
     assert!(source.starts_with("snapshot of alice (session "), "{source}");
     let image_id = env["image_id"].as_str().unwrap().to_string();
@@ -127,6 +128,7 @@ async fn the_home_page_saves_a_running_server_and_says_the_home_is_not_included(
     assert_eq!(r.headers()["location"], "/hub/environments/from-page");
     let page = b.get(app.at("/hub/environments/from-page")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("snapshot of alice (session "), "{page}");
+    assert!(page.contains("the home folder is not included") && !page.contains("Build again"), "{page}");
     // The same name again: back home, saying why.
     let r = save("from-page").await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);

@@ -1,7 +1,7 @@
 //! `/hub/api/environments…`: environments built from repositories (labhub's own; JupyterHub
 //! has none). Their model: `{"name", "source", "ref", "holder": {"kind": "lab"|"group"|
 //! "personal", "name"}, "status": "building"|"ready"|"failed", "image_id", "commit",
-//! "serving", "pinned", "builds": [{"id", "ref", "status", "commit", "recipe_hash",
+//! "serving", "pinned", "snapshot", "builds": [{"id", "ref", "status", "commit", "recipe_hash",
 //! "base_image_id", "image_id", "tag", "builder_version", "built_by", "started", "finished",
 //! "error"}]}`. A build's log is Server-Sent Events in the spawn progress format. A running
 //! server saved as its owner's environment (`…/snapshot`) has the same model.

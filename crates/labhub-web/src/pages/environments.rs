@@ -36,6 +36,7 @@ struct EnvRow {
     commit: String,
     source: String,
     git_ref: String,
+    snapshot: bool,
 }
 
 impl From<&EnvironmentView> for EnvRow {
@@ -48,6 +49,7 @@ impl From<&EnvironmentView> for EnvRow {
             commit: e.commit.as_deref().unwrap_or("—").chars().take(12).collect(),
             source: e.source.clone(),
             git_ref: e.git_ref.clone(),
+            snapshot: e.snapshot,
         }
     }
 }
