@@ -65,6 +65,12 @@ impl DockerSpawner {
         for key in running.labels.unwrap_or_default().into_keys() {
             all_labels.entry(key).or_default();
         }
+        // The base's own provenance (when it is a built environment) would misdescribe this image.
+        for (key, value) in all_labels.iter_mut() {
+            if key.starts_with("io.labhub.") {
+                value.clear();
+            }
+        }
         all_labels.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         // Like the images environment builds make: the image collector finds it by this.
         all_labels.insert(LABEL_HUB.into(), self.config.hub_id.to_string());
