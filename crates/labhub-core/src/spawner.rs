@@ -241,6 +241,9 @@ pub enum SpawnError {
     /// so it runs no server.
     #[error("the hub cannot keep servers isolated ({0}), so it starts none until an admin fixes this")]
     Isolation(String),
+    /// What a commit would save is larger than allowed (bytes); nothing was made.
+    #[error("the server's changes hold {size} bytes, more than the {limit} allowed")]
+    TooLarge { size: u64, limit: u64 },
 }
 
 /// Where users' servers run. Implementations keep no per-server state in memory: whatever
@@ -387,6 +390,24 @@ pub trait Spawner: Send + Sync + 'static {
     /// Whether a registered source (a dataset's volume or host folder) exists, as the runtime
     /// sees it; a clear error naming it when not.
     async fn check_source(&self, source: &MountSource) -> Result<(), SpawnError>;
+
+    /// Saves the running server `state` addresses as a new image tagged `tag`, with `labels`
+    /// added to its base image's; returns the new image. The server is paused for the commit
+    /// (its processes frozen, connections kept) and resumes after it.
+    ///
+    /// Only the container's own files go in: storage and every mount (the home, datasets) are
+    /// never part of the image, and the image keeps the configuration its server was started
+    /// from (its command, user, environment variables) rather than the server's, whose
+    /// environment holds its secrets. Refused, with nothing made, when the server is not
+    /// running or the files it wrote outside its mounts exceed `max_bytes`
+    /// ([`SpawnError::TooLarge`]).
+    async fn commit_server(
+        &self,
+        state: &SpawnerState,
+        tag: &ImageRef,
+        labels: &std::collections::BTreeMap<String, String>,
+        max_bytes: u64,
+    ) -> Result<ImageInfo, SpawnError>;
 
     /// What the runtime holds of an image, `None` when absent; never pulls.
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError>;

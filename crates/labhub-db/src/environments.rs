@@ -24,6 +24,8 @@ pub struct Environment {
     /// The catalogue entry it builds on; `None`: the lab's default.
     pub base: Option<String>,
     pub created_at: OffsetDateTime,
+    /// Saved from a running server, not built from its source.
+    pub snapshot: bool,
 }
 
 /// One build.
@@ -51,7 +53,7 @@ pub struct Build {
 macro_rules! environments {
     () => {
         "select e.environment_id, e.image_id, i.name, e.source, e.ref, e.group_id, g.name as group_name,
-                e.owner_id, u.name as owner_name, e.pinned_build_id, e.base, e.created_at
+                e.owner_id, u.name as owner_name, e.pinned_build_id, e.base, e.created_at, e.snapshot
          from environments e join images i on i.image_id = e.image_id
          left join groups g on g.group_id = e.group_id left join users u on u.user_id = e.owner_id "
     };
@@ -100,6 +102,20 @@ pub async fn insert(
     .bind(now)
     .fetch_one(db)
     .await?)
+}
+
+/// Marks an environment just inserted as a snapshot of a running server.
+pub async fn mark_snapshot(db: impl PgExecutor<'_>, id: EnvironmentId) -> Result<(), DbError> {
+    sqlx::query("update environments set snapshot = true where environment_id = $1").bind(id).execute(db).await?;
+    Ok(())
+}
+
+/// How many snapshots `owner` holds.
+pub async fn count_snapshots(db: impl PgExecutor<'_>, owner: UserId) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar("select count(*) from environments where owner_id = $1 and snapshot")
+        .bind(owner)
+        .fetch_one(db)
+        .await?)
 }
 
 /// Every environment, by name.

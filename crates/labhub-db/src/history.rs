@@ -72,6 +72,19 @@ pub async fn get(db: impl PgExecutor<'_>, session_id: i64) -> Result<Option<Serv
     Ok(sqlx::query_as(concat!(sessions!(), "where x.session_id = $1")).bind(session_id).fetch_optional(db).await?)
 }
 
+/// The session a user's server runs now (its newest one not stopped), if any.
+pub async fn open_session(db: impl PgExecutor<'_>, user_id: UserId, server: &str) -> Result<Option<i64>, DbError> {
+    Ok(sqlx::query_scalar(
+        "select session_id from server_sessions
+         where user_id = $1 and server_name = $2 and stopped_at is null
+         order by session_id desc limit 1",
+    )
+    .bind(user_id)
+    .bind(server)
+    .fetch_optional(db)
+    .await?)
+}
+
 /// The image ids of sessions started since `since` or still running: kept from pruning.
 pub async fn images_since(db: impl PgExecutor<'_>, since: OffsetDateTime) -> Result<Vec<String>, DbError> {
     Ok(sqlx::query_scalar(

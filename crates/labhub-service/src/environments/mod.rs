@@ -8,6 +8,7 @@
 
 mod build;
 mod settings;
+mod snapshot;
 mod transfer;
 
 pub(crate) use build::EnvironmentsState;
@@ -108,6 +109,8 @@ pub struct EnvironmentView {
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub holder: Whose,
+    /// Saved from a running server (a snapshot): no source to rebuild, no home folder in it.
+    pub snapshot: bool,
     /// The latest build's status: `building`, `ready` or `failed`.
     pub status: String,
     /// The image a start runs now (the pinned build's, else the newest good build's).
@@ -231,6 +234,7 @@ impl<'h> Environments<'h> {
             source: env.source,
             git_ref: env.git_ref,
             holder,
+            snapshot: env.snapshot,
             builds,
         })
     }
@@ -318,6 +322,11 @@ impl<'h> Environments<'h> {
         git_ref: Option<String>,
     ) -> Result<BuildId, ServiceError> {
         let env = self.visible(actor, name).await?;
+        if env.snapshot {
+            return Err(ServiceError::Invalid(format!(
+                "'{name}' was saved from a running server: it has no source to rebuild"
+            )));
+        }
         self.require_builder(actor, &env).await?;
         let git_ref = git_ref.unwrap_or_else(|| env.git_ref.clone());
         if git_ref != env.git_ref {

@@ -21,6 +21,10 @@ pub struct EnvironmentSettings {
     pub build_timeout: Duration,
     /// How long images that sessions ran are kept from the image collector.
     pub keep_session_images: Duration,
+    /// How many snapshots of running servers one member may hold.
+    pub snapshots_per_member: u32,
+    /// The most one snapshot may save: the files its server wrote outside the home and mounts.
+    pub snapshot_max_bytes: u64,
 }
 
 impl Default for EnvironmentSettings {
@@ -32,6 +36,8 @@ impl Default for EnvironmentSettings {
             indexes: PackageIndexes::default(),
             build_timeout: Duration::from_secs(30 * 60),
             keep_session_images: Duration::from_secs(30 * 24 * 3600),
+            snapshots_per_member: 3,
+            snapshot_max_bytes: 20 << 30,
         }
     }
 }

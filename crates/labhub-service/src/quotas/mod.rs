@@ -27,7 +27,7 @@ use labhub_db::quotas::{self, QuotaKind};
 use labhub_db::users::User;
 use serde_json::json;
 
-pub(crate) use policy::{Ask, Charge};
+pub(crate) use policy::{Ask, Charge, Refusal};
 use policy::{GroupFacts, MIN_MEMORY_BYTES, StartFacts, Wanted};
 pub use policy::{QuotaPatch, clamp};
 pub use words::{above_ceiling, cpu_text, describe, summary};

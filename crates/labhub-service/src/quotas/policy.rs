@@ -99,6 +99,10 @@ pub(crate) enum Refusal {
     CpuBudget { budget: u64, used: u64, asked: u32, under: String, ask: Ask },
     /// The group's memory budget is spent.
     MemoryBudget { budget: u64, used: u64, asked: u64, under: String, ask: Ask },
+    /// The member holds as many snapshots as they may (`environments.snapshots_per_member`).
+    Snapshots { held: u64, limit: u32 },
+    /// A snapshot would save more than one may (`environments.snapshot_max_size`).
+    SnapshotSize { size: u64, limit: u64 },
 }
 
 /// Decides a start: the storage limit first, then the most generous candidate group (one that

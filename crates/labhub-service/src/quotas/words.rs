@@ -157,6 +157,15 @@ impl Refusal {
                 format_bytes(*asked),
                 ask.text()
             ),
+            Refusal::Snapshots { held, limit } => format!(
+                "You hold {}, the limit per member of {limit}: ask an admin to remove one or to raise the limit.",
+                plural(*held, "saved environment")
+            ),
+            Refusal::SnapshotSize { size, limit } => format!(
+                "This server's changes outside your home folder hold {}, more than the {} a saved environment may hold. Remove files you do not need to keep (outside the home), or ask an admin.",
+                format_bytes(*size),
+                format_bytes(*limit)
+            ),
         }
     }
 
@@ -171,7 +180,9 @@ impl Refusal {
             Refusal::Storage { .. }
             | Refusal::Servers { .. }
             | Refusal::CpuBudget { .. }
-            | Refusal::MemoryBudget { .. } => ServiceError::Conflict(message),
+            | Refusal::MemoryBudget { .. }
+            | Refusal::Snapshots { .. }
+            | Refusal::SnapshotSize { .. } => ServiceError::Conflict(message),
         }
     }
 }

@@ -91,7 +91,7 @@ impl DockerSpawner {
 
 /// `name[:tag]` / `name@digest` → what the pull API wants: the name, and a tag or digest
 /// (never empty: an empty tag would pull every tag of the repository).
-fn split_reference(reference: &str) -> (&str, &str) {
+pub(super) fn split_reference(reference: &str) -> (&str, &str) {
     let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
     if let Some((name_tag, digest)) = reference.split_once('@') {
         let name = match name_tag[last_slash.min(name_tag.len())..].rfind(':') {

@@ -6,9 +6,10 @@
 //! (stopping and removing), `observe` (polling, listing for reconcile, live resource use),
 //! `images`, `volumes` (homes and groups' folders: naming, measuring, listing, removing),
 //! `archives` (reading and writing their files), `snapshot` (reading them as they were at
-//! one instant, servers paused) and `logs`.
+//! one instant, servers paused), `commit` (saving a running server as an image) and `logs`.
 
 mod archives;
+mod commit;
 mod images;
 mod logs;
 mod observe;
@@ -320,6 +321,16 @@ impl Spawner for DockerSpawner {
 
     async fn inspect_image(&self, image: &ImageRef) -> Result<Option<ImageInfo>, SpawnError> {
         self.image_info(image).await
+    }
+
+    async fn commit_server(
+        &self,
+        state: &SpawnerState,
+        tag: &ImageRef,
+        labels: &std::collections::BTreeMap<String, String>,
+        max_bytes: u64,
+    ) -> Result<ImageInfo, SpawnError> {
+        self.commit_running(state, tag, labels, max_bytes).await
     }
 
     async fn check_isolation(&self) -> Result<Isolation, SpawnError> {

@@ -12,6 +12,7 @@ mod culling;
 mod datasets;
 mod db_outage;
 mod environments;
+mod environments_snapshot;
 mod environments_transfer;
 mod forges;
 mod front_door;

@@ -1,15 +1,16 @@
 //! `/hub/api/environments…`: environments built from repositories (labhub's own; JupyterHub
 //! has none). Their model: `{"name", "source", "ref", "holder": {"kind": "lab"|"group"|
 //! "personal", "name"}, "status": "building"|"ready"|"failed", "image_id", "commit",
-//! "serving", "pinned", "builds": [{"id", "ref", "status", "commit", "recipe_hash",
+//! "serving", "pinned", "snapshot", "builds": [{"id", "ref", "status", "commit", "recipe_hash",
 //! "base_image_id", "image_id", "tag", "builder_version", "built_by", "started", "finished",
-//! "error"}]}`. A build's log is Server-Sent Events in the spawn progress format.
+//! "error"}]}`. A build's log is Server-Sent Events in the spawn progress format. A running
+//! server saved as its owner's environment (`…/snapshot`) has the same model.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use labhub_core::{BuildId, GroupName};
+use labhub_core::{BuildId, GroupName, ServerName, UserName};
 use labhub_service::Actor;
 use labhub_service::environments::{BuildLog, NewEnvironment};
 use serde::Deserialize;
@@ -122,4 +123,45 @@ pub async fn pin(
 ) -> Result<Json<Value>, AppError> {
     let env = state.hub().environments().pin(Actor::User(&me), &name, body.build.map(BuildId::new)).await?;
     Ok(Json(json!(env)))
+}
+
+/// The body of `POST /hub/api/users/{name}/server[s/{server}]/snapshot`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotBody {
+    name: String,
+}
+
+/// `POST /hub/api/users/{name}/server/snapshot` `{name}`: saves the running default server
+/// (its container, never its home) as the owner's environment `name`; 201 with its model.
+pub async fn snapshot_default(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(owner): Path<String>,
+    ApiJson(body): ApiJson<SnapshotBody>,
+) -> Result<Response, AppError> {
+    snapshot(&state, &me, &owner, None, &body.name).await
+}
+
+/// `POST /hub/api/users/{name}/servers/{server}/snapshot` `{name}`: the same for a named server.
+pub async fn snapshot_named(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path((owner, server)): Path<(String, String)>,
+    ApiJson(body): ApiJson<SnapshotBody>,
+) -> Result<Response, AppError> {
+    let server = ServerName::parse(&server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    snapshot(&state, &me, &owner, Some(&server), &body.name).await
+}
+
+async fn snapshot(
+    state: &AppState,
+    me: &labhub_service::Principal,
+    owner: &str,
+    server: Option<&ServerName>,
+    name: &str,
+) -> Result<Response, AppError> {
+    let owner = UserName::parse(owner).map_err(|e| AppError::NotFound(format!("no user named {owner:?} ({e})")))?;
+    let env = state.hub().environments().snapshot(Actor::User(me), &owner, server, name).await?;
+    Ok((StatusCode::CREATED, Json(json!(env))).into_response())
 }

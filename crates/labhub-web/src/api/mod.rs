@@ -49,6 +49,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(servers::get_named).post(servers::start_named).delete(servers::stop_named),
         )
         .route("/hub/api/users/{name}/servers/{server}/progress", get(servers::progress_named))
+        .route("/hub/api/users/{name}/server/snapshot", post(environments::snapshot_default))
+        .route("/hub/api/users/{name}/servers/{server}/snapshot", post(environments::snapshot_named))
         .route("/hub/api/groups", get(groups::list).post(groups::create_many))
         .route(
             "/hub/api/groups/{name}",

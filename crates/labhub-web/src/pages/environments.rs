@@ -1,12 +1,13 @@
 //! Environment pages: the list with a form to build one, an environment with its build
-//! history (rebuild, and pin for admins), and a build's live log with its progress bar.
+//! history (rebuild, and pin for admins), and a build's live log with its progress bar; and
+//! saving a running server of the home page as an environment (a snapshot).
 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use labhub_core::{BuildId, GroupName};
+use labhub_core::{BuildId, GroupName, ServerName};
 use labhub_service::environments::{BuildView, EnvironmentView, NewEnvironment, Whose};
 use labhub_service::{Actor, Principal, ServiceError};
 use serde::Deserialize;
@@ -35,6 +36,7 @@ struct EnvRow {
     commit: String,
     source: String,
     git_ref: String,
+    snapshot: bool,
 }
 
 impl From<&EnvironmentView> for EnvRow {
@@ -47,6 +49,7 @@ impl From<&EnvironmentView> for EnvRow {
             commit: e.commit.as_deref().unwrap_or("—").chars().take(12).collect(),
             source: e.source.clone(),
             git_ref: e.git_ref.clone(),
+            snapshot: e.snapshot,
         }
     }
 }
@@ -267,4 +270,38 @@ pub async fn build_log(
     let log_url = format!("/hub/api/environments/{name}/builds/{build}/log");
     let v = BuildPage { c: page.chrome("environments"), name, build, log_url };
     Ok(page.render(v))
+}
+
+/// The home page's "Save environment" form under a running server.
+#[derive(Deserialize)]
+pub struct SaveForm {
+    #[serde(default)]
+    server: String,
+    name: String,
+}
+
+/// `POST /hub/home/save` (any signed-in user, their own running servers): saves the server's
+/// container — not its home folder — as their environment, then shows it.
+pub async fn save(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    CsrfForm(form): CsrfForm<SaveForm>,
+) -> Result<Response, AppError> {
+    let server = ServerName::parse_optional(&form.server).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let name = form.name.trim();
+    match state.hub().environments().snapshot(Actor::User(&me), &me.name, server.as_ref(), name).await {
+        Ok(env) => Ok(redirect_with_flash(
+            &state,
+            &format!("/hub/environments/{}", env.name),
+            &format!("Saved as '{}'. Your home folder is not part of it; start it like any environment.", env.name),
+        )),
+        Err(
+            e @ (ServiceError::Conflict(_)
+            | ServiceError::Invalid(_)
+            | ServiceError::Forbidden(_)
+            | ServiceError::NotFound(_)
+            | ServiceError::Unavailable(_)),
+        ) => Ok(redirect_with_error(&state, "/hub/home", &e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/home/stop", post(servers::stop))
         .route("/hub/home/keep", post(servers::keep))
         .route("/hub/home/delete", post(servers::delete))
+        .route("/hub/home/save", post(environments::save))
         .route("/hub/spawn", get(servers::spawn_form).post(servers::spawn))
         .route("/hub/spawn/{user}", get(servers::spawn_form).post(servers::spawn))
         .route("/hub/spawn/{user}/{server}", get(servers::spawn_form).post(servers::spawn))

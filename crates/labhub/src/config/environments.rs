@@ -29,6 +29,10 @@ pub struct EnvironmentsConfig {
     /// How long images that sessions ran are kept from the image collector.
     #[serde(with = "humantime_serde")]
     pub keep_session_images: Duration,
+    /// How many snapshots of running servers one member may hold.
+    pub snapshots_per_member: u32,
+    /// The most one snapshot may save ("20GiB"): what its server wrote outside the home.
+    pub snapshot_max_size: String,
 }
 
 impl Default for EnvironmentsConfig {
@@ -42,6 +46,8 @@ impl Default for EnvironmentsConfig {
             debian_mirror: None,
             build_timeout: d.build_timeout,
             keep_session_images: d.keep_session_images,
+            snapshots_per_member: d.snapshots_per_member,
+            snapshot_max_size: "20GiB".into(),
         }
     }
 }
@@ -61,6 +67,9 @@ impl Config {
             },
             build_timeout: e.build_timeout,
             keep_session_images: e.keep_session_images,
+            snapshots_per_member: e.snapshots_per_member,
+            // Checked when the configuration is read (`Config::validate`).
+            snapshot_max_bytes: labhub_core::resources::parse_memory(&e.snapshot_max_size).unwrap_or(20 << 30),
         }
     }
 }

@@ -150,6 +150,9 @@ impl Config {
         if self.session.idle_timeout.is_zero() || self.session.absolute_timeout.is_zero() {
             return bad("session", "timeouts must be longer than zero");
         }
+        if labhub_core::resources::parse_memory(&self.environments.snapshot_max_size).is_err() {
+            return bad("environments.snapshot_max_size", "must be a size such as \"20GiB\"");
+        }
         if self.auth.min_password_length < 8 {
             return bad("auth.min_password_length", "must be at least 8");
         }
