@@ -30,7 +30,11 @@ impl Environments<'_> {
     ) -> Result<EnvironmentView, ServiceError> {
         super::check_name(name)?;
         let user = self.hub.user_row(owner).await?;
-        self.hub.access().require(actor, ServerRef { owner: user.user_id, server }, Need::Own)?;
+        self.hub.access().require(
+            actor,
+            ServerRef { owner: user.user_id, owner_name: &user.name, server },
+            Need::Own,
+        )?;
         let label = server_label(owner, server);
         let server_key = server.map_or("", ServerName::as_str);
         let row = servers::get(self.hub.db(), user.user_id, server_key)

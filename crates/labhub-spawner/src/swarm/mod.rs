@@ -218,6 +218,23 @@ impl Spawner for SwarmSpawner {
         self.engine.snapshot(storage).await
     }
 
+    async fn resume_paused(&self) -> Result<usize, SpawnError> {
+        // The engine's snapshot paused the tasks' containers, by the hub's label.
+        self.engine.resume_paused().await
+    }
+
+    async fn commit_server(
+        &self,
+        _state: &SpawnerState,
+        _tag: &ImageRef,
+        _labels: &std::collections::BTreeMap<String, String>,
+        _max_bytes: u64,
+    ) -> Result<ImageInfo, SpawnError> {
+        Err(SpawnError::Invalid(
+            "saving a server's environment is not available in Swarm mode yet (its container is a task's); use the engine mode".into(),
+        ))
+    }
+
     async fn restore(
         &self,
         storage: &Storage,
