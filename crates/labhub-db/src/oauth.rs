@@ -76,16 +76,12 @@ pub async fn client(db: impl PgExecutor<'_>, client_id: &str) -> Result<Option<C
     .await?)
 }
 
-/// The client whose secret (its server's API token) has this hash, while its server is not
-/// stopped (stopping deletes it too; this holds also against a replica that would not).
+/// The client whose secret (its server's API token) has this hash.
 pub async fn client_by_secret(db: impl PgExecutor<'_>, secret_hash: &[u8; 32]) -> Result<Option<Client>, DbError> {
-    Ok(sqlx::query_as(
-        "select c.client_id, c.server_id, c.redirect_uri, c.scopes from oauth_clients c
-         join servers s on s.server_id = c.server_id where c.secret_hash = $1 and s.state <> 'stopped'",
-    )
-    .bind(&secret_hash[..])
-    .fetch_optional(db)
-    .await?)
+    Ok(sqlx::query_as("select client_id, server_id, redirect_uri, scopes from oauth_clients where secret_hash = $1")
+        .bind(&secret_hash[..])
+        .fetch_optional(db)
+        .await?)
 }
 
 /// A code to store.
@@ -170,13 +166,11 @@ pub struct Token {
     pub scopes: Vec<String>,
 }
 
-/// The access token with this hash, while its server is not stopped.
+/// The access token with this hash.
 pub async fn token(db: impl PgExecutor<'_>, token_hash: &[u8; 32]) -> Result<Option<Token>, DbError> {
     Ok(sqlx::query_as(
         "select t.client_id, c.server_id, t.user_id, t.scopes
-         from oauth_tokens t join oauth_clients c on c.client_id = t.client_id
-         join servers s on s.server_id = c.server_id
-         where t.token_hash = $1 and s.state <> 'stopped'",
+         from oauth_tokens t join oauth_clients c on c.client_id = t.client_id where t.token_hash = $1",
     )
     .bind(&token_hash[..])
     .fetch_optional(db)
