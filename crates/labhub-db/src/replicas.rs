@@ -148,7 +148,7 @@ pub async fn server_with_owner(
     Ok(sqlx::query_as(
         "select s.server_id, s.user_id, s.name, s.state, s.image_id, s.image_ref, s.image_digest, s.kind, s.cpu_millis,
                 s.memory_bytes, s.gpus, s.spawn_id, s.spawner_state, s.endpoint, s.created_at, s.started_at,
-                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, u.name as owner
+                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, s.contract, u.name as owner
          from servers s join users u on u.user_id = s.user_id where s.server_id = $1",
     )
     .bind(server_id)

@@ -74,6 +74,9 @@ fn need(method: &Method, route: &str) -> Need {
         ("GET", "/hub/api/groups") => Held(&[Scope::ListGroups]),
         ("POST", "/hub/api/groups") => Any(&[Scope::AdminGroups], Hub),
         ("GET", "/hub/api/groups/{name}") => Any(&[Scope::ReadGroups], Group),
+        // Properties (JupyterHub's `groups`, which leads hold for their groups); creating and
+        // deleting a group is `admin:groups`.
+        ("PATCH", "/hub/api/groups/{name}") => Any(&[Scope::Groups], Group),
         (_, "/hub/api/groups/{name}") => Any(&[Scope::AdminGroups], Group),
         (_, "/hub/api/groups/{name}/users") => Any(&[Scope::Groups], Group),
         ("GET", "/hub/api/shares/{owner}" | "/hub/api/share-codes/{owner}") => Any(&[Scope::ReadShares], Owner),
