@@ -8,7 +8,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::DbError;
-use crate::servers::ServerWithOwner;
 
 /// A server's state or address changed (payload: its id).
 const SERVERS: &str = "labhub_servers";
@@ -137,22 +136,6 @@ pub async fn started_elsewhere(
     .bind(me)
     .bind(after)
     .fetch_one(db)
-    .await?)
-}
-
-/// One server with its owner, by id.
-pub async fn server_with_owner(
-    db: impl PgExecutor<'_>,
-    server_id: ServerId,
-) -> Result<Option<ServerWithOwner>, DbError> {
-    Ok(sqlx::query_as(
-        "select s.server_id, s.user_id, s.name, s.state, s.image_id, s.image_ref, s.image_digest, s.kind, s.cpu_millis,
-                s.memory_bytes, s.gpus, s.spawn_id, s.spawner_state, s.endpoint, s.created_at, s.started_at,
-                s.last_activity, s.stopped_at, s.stop_reason, s.group_id, s.contract, u.name as owner
-         from servers s join users u on u.user_id = s.user_id where s.server_id = $1",
-    )
-    .bind(server_id)
-    .fetch_optional(db)
     .await?)
 }
 

@@ -274,7 +274,7 @@ impl Replicas<'_> {
 
     /// Makes one server's route what its row says (announced by whichever replica changed it).
     async fn refresh_route(&self, id: ServerId) -> Result<(), ServiceError> {
-        let Some(row) = store::server_with_owner(self.hub.db(), id).await? else { return Ok(()) };
+        let Some(row) = labhub_db::servers::by_id_with_owner(self.hub.db(), id).await? else { return Ok(()) };
         match self.route_of(&row) {
             Some(route) => {
                 if let Err(e) = self.hub.routes().insert(route) {

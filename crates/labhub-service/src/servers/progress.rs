@@ -46,7 +46,8 @@ impl Servers<'_> {
         let local = self.state().spawns.get(&server).map(|s| s.value().clone());
         if let Some(s) = local {
             // Only if it is the latest start: a later one may run on another replica.
-            let latest = store::server_with_owner(self.hub.db(), server).await?.and_then(|r| r.server.spawn_id);
+            let latest =
+                labhub_db::servers::by_id_with_owner(self.hub.db(), server).await?.and_then(|r| r.server.spawn_id);
             if latest.is_none_or(|id| id == s.spawn_id) {
                 return Ok(s.progress.clone());
             }
