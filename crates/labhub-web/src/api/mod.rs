@@ -90,13 +90,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// (the default server, `…/alice/`) and with a name.
 fn shares_router() -> Router<AppState> {
     use axum::routing::MethodRouter;
+    use shares::{ToGroup, ToUser};
     let one = || -> MethodRouter<AppState> {
         get(shares::list).post(shares::grant).patch(shares::revoke).delete(shares::revoke_all)
     };
     let codes =
         || -> MethodRouter<AppState> { get(shares::list_codes).post(shares::create_code).delete(shares::revoke_codes) };
-    let user_share = || get(shares::user_share).delete(shares::leave);
-    let group_share = || get(shares::group_share).delete(shares::remove_group_share);
+    let user_share = || get(shares::share_on::<ToUser>).delete(shares::drop_share::<ToUser>);
+    let group_share = || get(shares::share_on::<ToGroup>).delete(shares::drop_share::<ToGroup>);
     Router::new()
         .route("/hub/api/shares/{owner}", get(shares::list_all))
         .route("/hub/api/shares/{owner}/", one())
@@ -104,10 +105,10 @@ fn shares_router() -> Router<AppState> {
         .route("/hub/api/share-codes/{owner}", get(shares::list_all_codes))
         .route("/hub/api/share-codes/{owner}/", codes())
         .route("/hub/api/share-codes/{owner}/{server}", codes())
-        .route("/hub/api/users/{name}/shared", get(shares::shared_with_user))
+        .route("/hub/api/users/{name}/shared", get(shares::shared_with::<ToUser>))
         .route("/hub/api/users/{name}/shared/{owner}/", user_share())
         .route("/hub/api/users/{name}/shared/{owner}/{server}", user_share())
-        .route("/hub/api/groups/{name}/shared", get(shares::shared_with_group))
+        .route("/hub/api/groups/{name}/shared", get(shares::shared_with::<ToGroup>))
         .route("/hub/api/groups/{name}/shared/{owner}/", group_share())
         .route("/hub/api/groups/{name}/shared/{owner}/{server}", group_share())
 }

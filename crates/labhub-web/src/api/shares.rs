@@ -202,81 +202,82 @@ pub async fn revoke_all(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /hub/api/users/{name}/shared`: what is shared with the user, directly or through their groups.
-pub async fn shared_with_user(
+/// Whom a `/hub/api/users/{name}/shared…` or `/hub/api/groups/{name}/shared…` path is
+/// about: the routes of the two differ only in this, so each handler below serves both.
+pub trait Recipient {
+    /// The user or group the path's `{name}` names.
+    fn parse(raw: &str) -> Result<ShareWith, AppError>;
+}
+
+/// A user's shares (`/hub/api/users/{name}/shared…`).
+pub struct ToUser;
+
+/// A group's shares (`/hub/api/groups/{name}/shared…`).
+pub struct ToGroup;
+
+impl Recipient for ToUser {
+    fn parse(raw: &str) -> Result<ShareWith, AppError> {
+        user_name(raw).map(ShareWith::User)
+    }
+}
+
+impl Recipient for ToGroup {
+    fn parse(raw: &str) -> Result<ShareWith, AppError> {
+        group_name(raw).map(ShareWith::Group)
+    }
+}
+
+/// `GET /hub/api/{users|groups}/{name}/shared`: what is shared with the user (directly or
+/// through their groups) or with the group.
+pub async fn shared_with<R: Recipient>(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
     OriginalUri(uri): OriginalUri,
     Query(q): Query<Params>,
 ) -> Result<Response, AppError> {
-    let user = user_name(param(&p, "name"))?;
+    let with = R::parse(param(&p, "name"))?;
     let (offset, limit) = offset_limit(&q)?;
-    let (shares, total) = state.hub().shares().reaching(Actor::User(&me), &user, offset, limit).await?;
+    let shares = state.hub().shares();
+    let (shares, total) = match &with {
+        ShareWith::User(u) => shares.reaching(Actor::User(&me), u, offset, limit).await?,
+        ShareWith::Group(g) => shares.of_group(Actor::User(&me), g, offset, limit).await?,
+    };
     let items = shares.iter().map(|s| share_model(&state, s)).collect();
     Ok(list_answer(&state, &uri, &q, items, Page { offset, limit, total }))
 }
 
-/// `GET /hub/api/users/{name}/shared/{owner}/{server}`: the user's own share of that server.
-pub async fn user_share(
+/// `GET /hub/api/{users|groups}/{name}/shared/{owner}/{server}`: the user's own (direct) or
+/// the group's share of that server.
+pub async fn share_on<R: Recipient>(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
 ) -> Result<Json<Value>, AppError> {
-    let user = user_name(param(&p, "name"))?;
+    let with = R::parse(param(&p, "name"))?;
     let (owner, server) = owner_server(&p)?;
-    let share = state.hub().shares().of_user_on(Actor::User(&me), &user, &owner, server.as_ref()).await?;
+    let shares = state.hub().shares();
+    let share = match &with {
+        ShareWith::User(u) => shares.of_user_on(Actor::User(&me), u, &owner, server.as_ref()).await?,
+        ShareWith::Group(g) => shares.of_group_on(Actor::User(&me), g, &owner, server.as_ref()).await?,
+    };
     Ok(Json(share_model(&state, &share)))
 }
 
-/// `DELETE /hub/api/users/{name}/shared/{owner}/{server}`: the user leaves that share.
-pub async fn leave(
+/// `DELETE /hub/api/{users|groups}/{name}/shared/{owner}/{server}`: the user leaves that
+/// share, or the group's share is removed.
+pub async fn drop_share<R: Recipient>(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Path(p): Path<Params>,
 ) -> Result<StatusCode, AppError> {
-    let user = user_name(param(&p, "name"))?;
+    let with = R::parse(param(&p, "name"))?;
     let (owner, server) = owner_server(&p)?;
-    state.hub().shares().leave(Actor::User(&me), &user, &owner, server.as_ref()).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `GET /hub/api/groups/{name}/shared`: what is shared with the group.
-pub async fn shared_with_group(
-    State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
-    Path(p): Path<Params>,
-    OriginalUri(uri): OriginalUri,
-    Query(q): Query<Params>,
-) -> Result<Response, AppError> {
-    let group = group_name(param(&p, "name"))?;
-    let (offset, limit) = offset_limit(&q)?;
-    let (shares, total) = state.hub().shares().of_group(Actor::User(&me), &group, offset, limit).await?;
-    let items = shares.iter().map(|s| share_model(&state, s)).collect();
-    Ok(list_answer(&state, &uri, &q, items, Page { offset, limit, total }))
-}
-
-/// `GET /hub/api/groups/{name}/shared/{owner}/{server}`: the group's share of that server.
-pub async fn group_share(
-    State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
-    Path(p): Path<Params>,
-) -> Result<Json<Value>, AppError> {
-    let group = group_name(param(&p, "name"))?;
-    let (owner, server) = owner_server(&p)?;
-    let share = state.hub().shares().of_group_on(Actor::User(&me), &group, &owner, server.as_ref()).await?;
-    Ok(Json(share_model(&state, &share)))
-}
-
-/// `DELETE /hub/api/groups/{name}/shared/{owner}/{server}`: removes the group's share.
-pub async fn remove_group_share(
-    State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
-    Path(p): Path<Params>,
-) -> Result<StatusCode, AppError> {
-    let group = group_name(param(&p, "name"))?;
-    let (owner, server) = owner_server(&p)?;
-    state.hub().shares().remove_group_share(Actor::User(&me), &group, &owner, server.as_ref()).await?;
+    let shares = state.hub().shares();
+    match &with {
+        ShareWith::User(u) => shares.leave(Actor::User(&me), u, &owner, server.as_ref()).await?,
+        ShareWith::Group(g) => shares.remove_group_share(Actor::User(&me), g, &owner, server.as_ref()).await?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
