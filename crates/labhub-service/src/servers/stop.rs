@@ -44,7 +44,9 @@ impl Servers<'_> {
         Ok(outcome)
     }
 
-    /// Refuses unless the actor leads the group the server's latest start was charged to.
+    /// Refuses unless the actor leads the group the server's latest start was charged to, with
+    /// a credential carrying all of their powers: a token narrowed by scopes stops only what
+    /// its scopes reach (the server gate), never through this fallback.
     async fn require_lead_of_server(
         &self,
         actor: Actor<'_>,
@@ -54,6 +56,9 @@ impl Servers<'_> {
         let refused =
             || ServiceError::Forbidden("you may only stop your own servers and those of groups you lead".into());
         let Actor::User(p) = actor else { return Err(refused()) };
+        if !p.full {
+            return Err(refused());
+        }
         let db = self.hub.db();
         let row = servers::get(db, user.user_id, server.map_or("", ServerName::as_str)).await?;
         let group_id = match &row {

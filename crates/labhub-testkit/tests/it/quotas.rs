@@ -399,6 +399,11 @@ async fn a_lead_stops_a_members_server_and_sees_the_groups_usage() {
 
     let refused = carol.stop("alice", None).await.unwrap_err();
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "a lead of another group has no power here");
+    // A token the lead narrowed to reading holds none of the lead's power to stop.
+    let t = bob.create_token("bob", json!({ "scopes": ["read:users!user=bob"] })).await.unwrap();
+    let reader = app.api(t.token.as_deref().unwrap());
+    let refused = reader.stop("alice", None).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused}");
     assert_eq!(bob.stop("alice", None).await, Ok(StatusCode::NO_CONTENT));
     let home = app.signed_in("alice", "correct horse").await.get(app.at("/hub/home")).send().await.unwrap();
     assert!(home.text().await.unwrap().contains("stopped by bob"));
