@@ -33,7 +33,7 @@ impl Closer {
     }
 
     /// A watch that trips when the route closes, or when [`Closer::close_visitors`] picks
-    /// `visitor` (someone other than the owner, reaching the server through a share).
+    /// `visitor` (someone other than the owner: through a share, their roles or as an admin).
     pub(crate) fn watch_for(&self, visitor: Option<UserId>) -> Arc<Watch> {
         let watch = Arc::new(Watch { closed: AtomicBool::new(false), waker: AtomicWaker::new() });
         let mut watches = self.watches();
@@ -76,6 +76,15 @@ impl Closer {
             false
         });
         tripped
+    }
+
+    /// The visitors whose watches are still held (each once).
+    pub(crate) fn visitors(&self) -> Vec<UserId> {
+        let mut out: Vec<UserId> =
+            self.watches().iter().filter(|(_, w)| w.strong_count() > 0).filter_map(|(v, _)| *v).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Whether `close` was called.

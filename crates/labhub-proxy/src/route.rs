@@ -199,8 +199,8 @@ impl RouteEntry {
         self.tunnels.load(Ordering::Acquire)
     }
 
-    /// A visitor's hold on this route, to be taken BEFORE the gate lets them in: a share
-    /// revoked after this call trips it (through [`RouteTable::close_visitors_where`]), so a
+    /// A visitor's hold on this route (anyone but its owner), to be taken BEFORE the gate lets
+    /// them in: a share or role revoked after this call trips it (through [`RouteTable::close_visitors_where`]), so a
     /// WebSocket opened with it closes even if the revoke landed while its upgrade was still
     /// on its way to the server. Dropped, it is forgotten.
     pub fn watch_visitor(&self, visitor: UserId) -> VisitorWatch {
@@ -379,8 +379,14 @@ impl RouteTable {
         self.inner.shared.open_tunnels.load(Ordering::Acquire)
     }
 
+    /// Everyone other than the owners holding a WebSocket (or its upgrade) open to a server:
+    /// whom a change of shares or roles must decide again.
+    pub fn visitors(&self) -> std::collections::HashSet<UserId> {
+        self.inner.routes.iter().flat_map(|entry| entry.value().closer.visitors()).collect()
+    }
+
     /// Closes the WebSocket tunnels that visitors opened where `lost(route, visitor)` says
-    /// their access ended; how many it closed. The owner's and admins' tunnels are untouched.
+    /// their access ended; how many it closed. The owners' tunnels are untouched.
     pub fn close_visitors_where(&self, lost: impl Fn(&RouteEntry, UserId) -> bool) -> usize {
         self.inner.routes.iter().map(|entry| entry.value().closer.close_visitors(|v| lost(entry.value(), v))).sum()
     }

@@ -73,6 +73,9 @@ pub enum AuthVia {
     Session { session_id: labhub_core::SessionId },
     /// An API token.
     Token { token_id: labhub_core::TokenId },
+    /// No request: the hub deciding again, with the account's own powers, about a connection
+    /// it let in earlier (a visitor's WebSocket, after a change of shares or roles).
+    Recheck,
 }
 
 /// The actor recorded in the audit log for actions that no user took (CLI, the hub itself).

@@ -88,14 +88,15 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     // Without a route, the "not running" answer asks the service, which checks the same gate.
     let mut visitor = None;
     if let Some(r) = &route {
-        // A visitor's WebSockets close when their share ends. The watch is taken before the
-        // gate reads the share index, so a revoke between the two still reaches the tunnel.
+        // A visitor's WebSockets close when their share or role ends. The watch is taken
+        // before the gate reads the share index, so a revoke between the two still reaches
+        // the tunnel.
         let watch = is_upgrade(&req).then(|| r.watch_visitor(me.user_id));
         let to = ServerRef { owner: r.route().owner, owner_name: &r.key().user, server: r.key().server.as_ref() };
         match state.hub().access().may_reach(&me, to) {
             None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
-            Some(Reach::Shared(_)) => visitor = watch,
-            Some(Reach::Owner | Reach::Admin | Reach::Scoped) => {}
+            Some(Reach::Owner) => {}
+            Some(Reach::Shared(_) | Reach::Admin | Reach::Scoped) => visitor = watch,
         }
     }
     let token_in_url = req.uri().query().and_then(token_in_query).is_some();

@@ -240,7 +240,7 @@ impl<'h> Accounts<'h> {
         users::set_password_hash(&mut *tx, user.user_id, Some(&hash)).await?;
         let current = match principal.via {
             AuthVia::Session { session_id } => Some(session_id),
-            AuthVia::Token { .. } => None,
+            AuthVia::Token { .. } | AuthVia::Recheck => None,
         };
         let ended = labhub_db::sessions::delete_for_user_except(&mut *tx, user.user_id, current).await?;
         let actor = Actor::User(principal);
@@ -322,6 +322,10 @@ impl<'h> Accounts<'h> {
         self.hub.audit().record(&mut *tx, actor, action, name.as_str(), detail).await?;
         tx.commit().await?;
         self.forget_credentials(user.user_id);
+        if state != AccountState::Active {
+            // What they opened to others' servers closes (their own servers are theirs).
+            self.hub.shares().changed().await;
+        }
         Ok(users::User { state, ..user }.into())
     }
 

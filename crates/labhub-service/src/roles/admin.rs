@@ -56,7 +56,7 @@ impl Roles<'_> {
         let detail = json!({ "scopes": scopes });
         self.hub.audit().record(&mut *tx, actor, "role.put", name.as_str(), detail).await?;
         tx.commit().await?;
-        self.changed();
+        self.hub.shares().changed().await;
         Ok(role.into())
     }
 
@@ -71,7 +71,7 @@ impl Roles<'_> {
         roles::delete(&mut *tx, name.as_str()).await?;
         self.hub.audit().record(&mut *tx, actor, "role.delete", name.as_str(), json!({})).await?;
         tx.commit().await?;
-        self.changed();
+        self.hub.shares().changed().await;
         Ok(())
     }
 
@@ -121,7 +121,8 @@ impl Roles<'_> {
             let action = if give { "role.assign" } else { "role.unassign" };
             self.hub.audit().record(&mut *tx, actor, action, name.as_str(), json!({ "to": target })).await?;
             tx.commit().await?;
-            self.changed();
+            // Credentials are worked out again, and WebSockets the change ends are closed.
+            self.hub.shares().changed().await;
         }
         Ok(())
     }

@@ -87,6 +87,17 @@ impl<'h> Roles<'h> {
         })
     }
 
+    /// The account `user_id` as the gate sees it with all its powers (as a session would), for
+    /// deciding again about connections it opened; `None` once it is gone or may not sign in.
+    pub(crate) async fn recheck(&self, user_id: labhub_core::UserId) -> Result<Option<Principal>, ServiceError> {
+        match users::by_id(self.hub.db(), user_id).await? {
+            Some(user) if user.state == labhub_core::AccountState::Active => {
+                Ok(Some(self.principal(user, AuthVia::Recheck, None).await?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Everything an account holds through its roles, expanded.
     pub(crate) async fn of_account(&self, user: &users::User) -> Result<ScopeSet, ServiceError> {
         let db = self.hub.db();

@@ -17,6 +17,7 @@ mod codes;
 mod index;
 mod lists;
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
 use labhub_core::{GroupId, GroupName, GroupRole, ServerName, UserId, UserName};
@@ -28,7 +29,7 @@ use time::OffsetDateTime;
 pub use codes::{CodeChoice, NewShareCode, ShareCodeView};
 pub use index::{Rights, SHAREABLE_SCOPES, ShareIndex};
 
-use crate::access::Actor;
+use crate::access::{Actor, ServerRef};
 use crate::model::server_label;
 use crate::{Hub, ServiceError};
 
@@ -176,8 +177,8 @@ impl<'h> Shares<'h> {
         self.state().index.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Rebuilds the index from Postgres, then closes the WebSockets of visitors it no longer
-    /// lets reach the server they are on.
+    /// Rebuilds the index from Postgres, then closes the WebSockets of visitors the gate no
+    /// longer lets reach the server they are on (a share or role ended, an account disabled).
     pub async fn refresh(&self) -> Result<(), ServiceError> {
         let _in_order = self.state().reload.lock().await;
         // Memberships and roles decide credentials' scopes too: work them out again.
@@ -187,13 +188,25 @@ impl<'h> Shares<'h> {
             let rights = Rights::of_scopes(r.scopes.iter().map(String::as_str));
             (r.owner_id, r.server_name, r.visitor_id, rights)
         })));
-        *self.state().index.write().unwrap_or_else(PoisonError::into_inner) = index.clone();
+        *self.state().index.write().unwrap_or_else(PoisonError::into_inner) = index;
+        // Everyone else with a WebSocket open to a server (through a share, their roles, as an
+        // admin) is decided again by the one gate, as each account now stands.
+        let mut now = HashMap::new();
+        for visitor in self.hub.routes().visitors() {
+            now.insert(visitor, self.hub.roles().recheck(visitor).await?);
+        }
+        let access = self.hub.access();
         let closed = self.hub.routes().close_visitors_where(|route, visitor| {
-            let server = route.key().server.as_ref().map_or("", ServerName::as_str);
-            !index.rights(route.route().owner, server, visitor).contains(Rights::ACCESS)
+            let Some(Some(who)) = now.get(&visitor) else { return true };
+            let to = ServerRef {
+                owner: route.route().owner,
+                owner_name: &route.key().user,
+                server: route.key().server.as_ref(),
+            };
+            access.may_reach(who, to).is_none()
         });
         if closed > 0 {
-            tracing::info!(tunnels = closed, "closed WebSockets of visitors whose share ended");
+            tracing::info!(tunnels = closed, "closed WebSockets of visitors who lost access");
         }
         Ok(())
     }

@@ -105,6 +105,42 @@ async fn a_visitor_reaches_the_owners_server_on_both_paths_and_over_websockets_u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_taken_away_or_an_account_disabled_closes_the_websockets_it_let_in() {
+    use labhub_core::{RoleName, UserName};
+    use labhub_service::Actor;
+    use labhub_service::roles::Assignee;
+
+    let (app, root, alice) = docker_hub(|_| {}).await;
+    app.add_user("bob", "correct horse", false).await;
+    let bob = app.api_for("bob").await;
+    start_ready(&alice, "alice").await;
+    let url = ws_url(&app.url, "/user/alice/ws/echo");
+    // Bob reaches alice's server through a role (no share), as a teaching assistant would.
+    let roles = app.hub.roles();
+    let helper = RoleName::parse("alice-helper").unwrap();
+    roles.put(Actor::System, &helper, "", &["access:servers!user=alice".to_string()]).await.unwrap();
+    let to_bob = Assignee::User(UserName::parse("bob").unwrap());
+    roles.assign(Actor::System, &helper, &to_bob, true).await.unwrap();
+    let mut bob_ws = ws_connect(&url, &[("Authorization", bob.authorization())]).await.expect("bob's upgrade");
+    assert_eq!(echo(&mut bob_ws, "by role").await, "by role");
+    let mut alice_ws = ws_connect(&url, &[("Authorization", alice.authorization())]).await.expect("alice's upgrade");
+    // Taking the role away closes his WebSocket, not alice's, and he is refused from then on.
+    roles.assign(Actor::System, &helper, &to_bob, false).await.unwrap();
+    ws_end(&mut bob_ws, HANG).await;
+    assert_eq!(echo(&mut alice_ws, "still mine").await, "still mine");
+    assert_eq!(with_token(&app, "/user/alice/whoami", bob.authorization()).await, StatusCode::FORBIDDEN);
+
+    // Given again, and the account disabled by an admin: the WebSocket closes too.
+    roles.assign(Actor::System, &helper, &to_bob, true).await.unwrap();
+    let mut again = ws_connect(&url, &[("Authorization", bob.authorization())]).await.expect("bob's upgrade again");
+    assert_eq!(echo(&mut again, "again").await, "again");
+    let disabled = root.patch_json("/hub/api/users/bob", &json!({"account_state": "disabled"})).await;
+    assert!(disabled.status.is_success(), "{disabled:?}");
+    ws_end(&mut again, HANG).await;
+    assert_eq!(echo(&mut alice_ws, "and still mine").await, "and still mine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_with_servers_lets_the_visitor_start_and_stop_the_owners_server() {
     let (app, root, alice) = docker_hub(|_| {}).await;
     app.add_user("bob", "correct horse", false).await;
