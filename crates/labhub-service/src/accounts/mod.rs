@@ -291,6 +291,10 @@ impl<'h> Accounts<'h> {
         self.hub.audit().record(&mut *tx, actor, "user.set_admin", name.as_str(), detail).await?;
         tx.commit().await?;
         self.forget_credentials(user.user_id);
+        if !admin {
+            // What they opened to others' servers as an admin closes.
+            self.hub.shares().changed().await;
+        }
         Ok(users::User { admin, ..user }.into())
     }
 

@@ -105,7 +105,7 @@ async fn a_visitor_reaches_the_owners_server_on_both_paths_and_over_websockets_u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_taken_away_or_an_account_disabled_closes_the_websockets_it_let_in() {
+async fn a_role_or_admin_right_taken_away_or_an_account_disabled_closes_the_websockets_it_let_in() {
     use labhub_core::{RoleName, UserName};
     use labhub_service::Actor;
     use labhub_service::roles::Assignee;
@@ -130,7 +130,14 @@ async fn a_role_taken_away_or_an_account_disabled_closes_the_websockets_it_let_i
     assert_eq!(echo(&mut alice_ws, "still mine").await, "still mine");
     assert_eq!(with_token(&app, "/user/alice/whoami", bob.authorization()).await, StatusCode::FORBIDDEN);
 
-    // Given again, and the account disabled by an admin: the WebSocket closes too.
+    // As an admin, then no longer one: the WebSocket he opened as one closes.
+    assert!(root.patch_json("/hub/api/users/bob", &json!({"admin": true})).await.status.is_success());
+    let mut as_admin = ws_connect(&url, &[("Authorization", bob.authorization())]).await.expect("bob as an admin");
+    assert_eq!(echo(&mut as_admin, "admin").await, "admin");
+    assert!(root.patch_json("/hub/api/users/bob", &json!({"admin": false})).await.status.is_success());
+    ws_end(&mut as_admin, HANG).await;
+
+    // The role given again, and the account disabled by an admin: that closes it too.
     roles.assign(Actor::System, &helper, &to_bob, true).await.unwrap();
     let mut again = ws_connect(&url, &[("Authorization", bob.authorization())]).await.expect("bob's upgrade again");
     assert_eq!(echo(&mut again, "again").await, "again");
