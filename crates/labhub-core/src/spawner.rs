@@ -119,6 +119,8 @@ pub struct ServerSpec {
     /// The contract it speaks: JupyterHub's runs `jupyterhub-singleuser`, which checks who is
     /// asking with the hub rather than trusting the proxy's token.
     pub contract: crate::Contract,
+    /// Swarm placement constraints of its catalogue entry, added to the site's.
+    pub placement: Vec<crate::Placement>,
     /// How long to wait for the server to answer before giving up and cleaning up.
     pub start_timeout: Duration,
 }

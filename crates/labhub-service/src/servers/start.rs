@@ -170,6 +170,7 @@ impl Servers<'_> {
             token: self.hub.key().server_token(owner.as_str(), name, &spawn_id.to_string()),
             env,
             contract: f.contract,
+            placement: f.placement.clone(),
             start_timeout: self.state().settings.start_timeout,
         };
         let hub = self.hub.clone();

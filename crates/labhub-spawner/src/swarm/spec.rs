@@ -61,6 +61,7 @@ pub(crate) fn service_spec(
 
     let mounts = host.mounts.unwrap_or_default().into_iter().map(|m| nfs_mount(m, plan, config)).collect();
     let mut constraints = config.swarm_constraints.clone();
+    constraints.extend(spec.placement.iter().map(|p| p.as_str().to_string()));
     let mut generic = Vec::new();
     if res.gpus > 0 {
         constraints.push(config.swarm_gpu_constraint.clone());
@@ -185,6 +186,7 @@ mod tests {
             env: BTreeMap::new(),
             start_timeout: Duration::from_secs(30),
             contract: labhub_core::Contract::Labhub,
+            placement: Vec::new(),
         }
     }
 
@@ -242,7 +244,8 @@ mod tests {
 
     #[test]
     fn gpus_constraints_and_nfs_homes() {
-        let s = server(ImageKind::Jupyter, 2);
+        let mut s = server(ImageKind::Jupyter, 2);
+        s.placement = vec![labhub_core::Placement::parse("node.labels.gpu-model == a100").unwrap()];
         let config = DockerConfig {
             swarm_constraints: vec!["node.labels.lab==yes".into()],
             swarm_homes: SwarmHomes::Nfs,
@@ -253,7 +256,8 @@ mod tests {
         let task = service_spec(&s, &plan(&s), "x", &config).unwrap().task_template.unwrap();
         assert_eq!(
             task.placement.unwrap().constraints.unwrap(),
-            vec!["node.labels.lab==yes".to_string(), "node.labels.gpu==true".to_string()]
+            ["node.labels.lab==yes", "node.labels.gpu-model==a100", "node.labels.gpu==true"],
+            "the site's, the catalogue entry's, then the GPUs'"
         );
         let generic = task.resources.unwrap().reservations.unwrap().generic_resources.unwrap();
         let gpu = generic[0].discrete_resource_spec.clone().unwrap();

@@ -217,6 +217,7 @@ async fn the_role_matrix_members_leads_of_this_group_leads_of_another_group_and_
                 enabled: true,
                 recipe: None,
                 contract: labhub_core::Contract::Labhub,
+                placement: Vec::new(),
             },
         )
         .await

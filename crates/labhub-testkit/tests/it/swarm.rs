@@ -51,6 +51,7 @@ fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
         env: BTreeMap::new(),
         start_timeout: Duration::from_secs(60),
         contract: labhub_core::Contract::Labhub,
+        placement: Vec::new(),
     }
 }
 
