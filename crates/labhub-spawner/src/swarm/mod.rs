@@ -225,14 +225,30 @@ impl Spawner for SwarmSpawner {
 
     async fn commit_server(
         &self,
-        _state: &SpawnerState,
-        _tag: &ImageRef,
-        _labels: &std::collections::BTreeMap<String, String>,
-        _max_bytes: u64,
+        state: &SpawnerState,
+        tag: &ImageRef,
+        labels: &std::collections::BTreeMap<String, String>,
+        max_bytes: u64,
     ) -> Result<ImageInfo, SpawnError> {
-        Err(SpawnError::Invalid(
-            "saving a server's environment is not available in Swarm mode yet (its container is a task's); use the engine mode".into(),
-        ))
+        // The task's container, committed by the engine it runs on: this node's.
+        let s = SwarmState::from_json(state)?;
+        let task = self.newest_task(&s.service_id).await?;
+        let container = task.map(|t| t.status.container_status.container_id).unwrap_or_default();
+        if container.is_empty() {
+            return Err(SpawnError::Invalid("the server is not running".into()));
+        }
+        match self
+            .docker
+            .inspect_container(&container, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+        {
+            Ok(_) => self.engine.commit_container(&container, tag, labels, max_bytes).await,
+            Err(e) if crate::error::is_status(&e, 404) => Err(SpawnError::Invalid(
+                "this server runs on another Swarm node; saving an environment works for servers on the hub's node"
+                    .into(),
+            )),
+            Err(e) => Err(crate::error::runtime_error("inspecting the server's container", e)),
+        }
     }
 
     async fn restore(

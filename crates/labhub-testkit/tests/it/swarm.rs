@@ -2,8 +2,8 @@
 //! engine (`labhub_testkit::swarm`: made for the run when the engine is in none, left again
 //! after the last test): start and readiness from the task's states, a server reached through
 //! the hub's proxy, stop, restart policy none, the quota as limits and reservations, an image
-//! the engine lacks, tasks that fail or cannot be placed, boot reconcile, and what keeps tasks
-//! apart on the overlay.
+//! the engine lacks, tasks that fail or cannot be placed, boot reconcile, a running task saved
+//! as an image, and what keeps tasks apart on the overlay.
 //!
 //! Not verified here (one engine, no second node): a task on a second node, NFS homes
 //! following a user there (the mount spec is unit-tested), encrypted overlays between nodes.
@@ -151,6 +151,30 @@ async fn a_server_starts_as_a_service_with_its_quota_answers_and_stops() {
     s.spawner.stop(&started.state).await.expect("stopping again is done");
     // The home stayed; the next start mounts it again.
     assert!(s.spawner.storage_usage(&spec.home).await.unwrap().is_some(), "the home is kept");
+}
+
+#[tokio::test]
+async fn a_running_service_is_saved_as_an_image_without_its_secrets_and_keeps_running() {
+    let s = scope().await;
+    let spec = spec(&s, "erin", 6);
+    let (started, _) = start(&s.spawner, &spec).await.unwrap();
+    let tag = ImageRef::parse(&format!("{}-env/saved:b1", s.config.hub_id)).unwrap();
+    let labels = BTreeMap::from([("io.labhub.environment".to_string(), "saved".to_string())]);
+    let saved =
+        s.spawner.commit_server(&started.state, &tag, &labels, 1 << 30).await.expect("the task's container saved");
+    let image = s.engine().inspect_image(tag.as_str()).await.expect("the tag names the saved image");
+    assert_eq!(image.id.as_deref(), Some(saved.digest.as_str()));
+    let config = image.config.unwrap();
+    assert_eq!(config.labels.unwrap_or_default().get("io.labhub.environment").map(String::as_str), Some("saved"));
+    let token = spec.token.expose().clone();
+    let env = config.env.unwrap_or_default();
+    assert!(!env.iter().any(|kv| kv.contains(&token)), "the server's token is not in the image: {env:?}");
+    // Paused for the commit only: the server answers again.
+    assert_eq!(get(started.endpoint, "/user/erin/api", &token).await.unwrap(), 200);
+    s.spawner.stop(&started.state).await.unwrap();
+    let refused = s.spawner.commit_server(&started.state, &tag, &labels, 1 << 30).await.unwrap_err();
+    assert!(refused.to_string().contains("not running"), "{refused}");
+    let _ = s.engine().remove_image(tag.as_str(), None::<bollard::query_parameters::RemoveImageOptions>, None).await;
 }
 
 #[tokio::test]
