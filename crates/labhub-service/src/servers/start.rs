@@ -140,6 +140,12 @@ impl Servers<'_> {
         labhub_db::replicas::claim_start(&mut *tx, row.server_id, self.hub.replicas().id()).await?;
         labhub_db::replicas::clear_events(&mut *tx, row.server_id).await?;
         let group_id = charge.group.as_ref().map(|g| g.0);
+        // The nodes the group's servers may run on, after the catalogue entry's.
+        let mut placement = image.fields.placement.clone();
+        if let Some(id) = group_id {
+            let of_group = labhub_db::groups::placement(&mut *tx, id).await?;
+            placement.extend(of_group.iter().filter_map(|p| labhub_core::Placement::parse(p).ok()));
+        }
         labhub_db::quotas::set_server_group(&mut *tx, row.server_id, group_id).await?;
         if !actor.is(user.user_id) {
             let detail = json!({ "before": "stopped", "after": "pending", "image": image.name,
@@ -170,7 +176,7 @@ impl Servers<'_> {
             token: self.hub.key().server_token(owner.as_str(), name, &spawn_id.to_string()),
             env,
             contract: f.contract,
-            placement: f.placement.clone(),
+            placement,
             start_timeout: self.state().settings.start_timeout,
         };
         let hub = self.hub.clone();

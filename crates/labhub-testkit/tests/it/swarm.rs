@@ -335,3 +335,31 @@ async fn the_hub_proxies_to_a_service_and_stops_it() {
     alice.wait_stopped("alice", None).await;
     assert!(services_of(&s).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_servers_placement_is_the_sites_its_catalogue_entrys_and_its_groups() {
+    let s = scope_with(|c| c.swarm_constraints = vec!["node.platform.os==linux".into()]).await;
+    let app = TestApp::builder().docker(s.docker.clone()).spawner(s.spawner.clone()).spawn().await;
+    app.add_test_image("test").await;
+    app.add_user("root", "correct horse", true).await;
+    app.add_user("alice", "correct horse", false).await;
+    let root = app.api_for("root").await;
+    let reference = s.docker.test_image.to_string();
+    let entry = json!({"display_name": "Test", "reference": reference, "kind": "jupyter", "cpu": 0.5,
+                       "memory": "256M", "placement": ["node.role == manager"]});
+    let put = root.put_json("/hub/api/images/test", &entry).await;
+    assert!(put.status.is_success(), "{put:?}");
+    root.post_json("/hub/api/groups", &json!({"groups": ["lab"]})).await;
+    root.post_json("/hub/api/groups/lab/users", &json!({"users": ["alice"]})).await;
+    let patched = root.patch_json("/hub/api/groups/lab", &json!({"placement": ["node.labels.labhub-test!=no"]})).await;
+    assert_eq!(patched.value()["placement"], json!(["node.labels.labhub-test!=no"]), "{patched:?}");
+
+    let alice = app.api_for("alice").await;
+    alice.start("alice", None, json!({"image": "test"})).await.unwrap_or_else(|e| panic!("{e}"));
+    alice.wait_ready("alice", None).await;
+    let service = services_of(&s).await.remove(0);
+    let constraints = service.spec.unwrap().task_template.unwrap().placement.unwrap().constraints.unwrap();
+    assert_eq!(constraints, ["node.platform.os==linux", "node.role==manager", "node.labels.labhub-test!=no"]);
+    alice.stop("alice", None).await.unwrap();
+    alice.wait_stopped("alice", None).await;
+}
