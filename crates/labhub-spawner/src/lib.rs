@@ -23,7 +23,10 @@ mod spawner;
 mod swarm;
 mod usage;
 
-pub use config::{DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy, RuntimeMode, SwarmHomes};
+pub use config::{
+    DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy, RuntimeMode, SwarmHomes, SwarmImages,
+    SwarmNodeConfig,
+};
 pub use naming::{
     LABEL_GROUP_ID, LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_USER_ID,
     LABEL_VOLUME,

@@ -430,6 +430,7 @@ mod tests {
             env: BTreeMap::from([("JUPYTER_TOKEN".to_string(), "evil".to_string()), ("A".into(), "b".into())]),
             contract: Contract::Labhub,
             start_timeout: Duration::from_secs(30),
+            node: None,
         }
     }
 

@@ -184,6 +184,7 @@ fn spec(scope: &DockerScope, user: &str) -> ServerSpec {
         env: Default::default(),
         contract: labhub_core::Contract::Labhub,
         start_timeout: Duration::from_secs(30),
+        node: None,
     }
 }
 

@@ -103,6 +103,7 @@ impl TestHub {
             env: BTreeMap::new(),
             contract: labhub_core::Contract::Labhub,
             start_timeout: Duration::from_secs(30),
+            node: None,
         }
     }
 
