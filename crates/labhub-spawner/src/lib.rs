@@ -33,4 +33,4 @@ pub use naming::{
 };
 pub use ranges::{PrivateRange, PrivateRangeError};
 pub use spawner::DockerSpawner;
-pub use swarm::{SwarmSpawner, check_swarm_subnet};
+pub use swarm::{Copied, SwarmSpawner, check_swarm_subnet, copy_image};

@@ -31,20 +31,35 @@ static NODES: AtomicU32 = AtomicU32::new(0);
 /// How long a node's engine may take to answer, and the manager to see the node ready.
 const READY_WAIT: Duration = Duration::from_secs(90);
 
-/// A second engine, a worker of the test swarm (see the module docs).
-pub struct SwarmNode {
-    /// Its Swarm host name.
+/// A second engine in a network namespace of its own, reachable from the host (see the
+/// module docs); not in any swarm until [`SwarmNode`] joins it.
+pub struct SecondEngine {
+    /// Its host name (`lhtest-node<k>`).
     pub hostname: NodeName,
     /// Its engine's API (`unix:///tmp/lhtest-node<k>/docker.sock`).
     pub docker_host: String,
     /// Its engine.
     pub docker: Docker,
-    /// Its Swarm node id.
-    pub node_id: String,
+    /// Its address, at the namespace's end of the veth.
+    pub address: String,
     netns: String,
     gateway_range: String,
     dir: PathBuf,
     dockerd: Child,
+}
+
+/// A second engine, a worker of the test swarm (see the module docs).
+pub struct SwarmNode {
+    /// Its Swarm host name.
+    pub hostname: NodeName,
+    /// Its engine's API.
+    pub docker_host: String,
+    /// Its engine.
+    pub docker: Docker,
+    /// Its Swarm node id.
+    pub node_id: String,
+    // Stopped after the node left the swarm.
+    engine: SecondEngine,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
@@ -55,16 +70,10 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-impl SwarmNode {
-    /// Starts the engine and joins it to the swarm this process holds (blocking; call it
-    /// from `spawn_blocking`).
-    pub(crate) fn join() -> Self {
-        let advertised = run("docker", &["info", "--format", "{{.Swarm.NodeAddr}}"]).expect("docker info answers");
-        assert_eq!(
-            advertised, MANAGER_ADDR,
-            "the swarm a second node joins must advertise {MANAGER_ADDR} (the test harness inits it so); this one \
-             advertises {advertised}: it was made outside the tests, leave it first"
-        );
+impl SecondEngine {
+    /// Makes the namespace and starts the engine in it (blocking; call it from
+    /// `spawn_blocking` in async code).
+    pub fn start() -> Self {
         let k = (std::process::id() + NODES.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
         let name = format!("lhtest-node{k}");
         let dir = PathBuf::from(format!("/tmp/{name}"));
@@ -136,6 +145,36 @@ impl SwarmNode {
             .expect("the route to the node's gateway bridge");
         ns(&["iptables", "-I", "DOCKER-USER", "-s", &host_end, "-o", "docker_gwbridge", "-j", "ACCEPT"]);
 
+        let docker = Docker::connect_with_unix(&format!("{d}/docker.sock"), 120, bollard::API_DEFAULT_VERSION)
+            .expect("a client of the node's engine");
+        Self {
+            hostname: NodeName::parse(&name).expect("a valid host name"),
+            docker_host,
+            docker,
+            address: node_end,
+            netns: name,
+            gateway_range,
+            dir,
+            dockerd,
+        }
+    }
+}
+
+impl SwarmNode {
+    /// Starts a second engine and joins it to the swarm this process holds (blocking; call
+    /// it from `spawn_blocking`).
+    pub(crate) fn join() -> Self {
+        let advertised = run("docker", &["info", "--format", "{{.Swarm.NodeAddr}}"]).expect("docker info answers");
+        assert_eq!(
+            advertised, MANAGER_ADDR,
+            "the swarm a second node joins must advertise {MANAGER_ADDR} (the test harness inits it so); this one \
+             advertises {advertised}: it was made outside the tests, leave it first"
+        );
+        let engine = SecondEngine::start();
+        let deadline = Instant::now() + READY_WAIT;
+        let node_end = engine.address.clone();
+        let name = engine.hostname.to_string();
+        let on_node = |args: &[&str]| engine.cli(args);
         let token = run("docker", &["swarm", "join-token", "-q", "worker"]).expect("the worker token");
         on_node(&[
             "swarm",
@@ -154,37 +193,40 @@ impl SwarmNode {
             assert!(Instant::now() < deadline, "the manager does not see node {name} ready");
             std::thread::sleep(Duration::from_millis(200));
         }
-        let docker = Docker::connect_with_unix(&format!("{d}/docker.sock"), 120, bollard::API_DEFAULT_VERSION)
-            .expect("a client of the node's engine");
         Self {
-            hostname: NodeName::parse(&name).expect("a valid host name"),
-            docker_host,
-            docker,
+            hostname: engine.hostname.clone(),
+            docker_host: engine.docker_host.clone(),
+            docker: engine.docker.clone(),
             node_id,
-            netns: name,
-            gateway_range,
-            dir,
-            dockerd,
+            engine,
         }
+    }
+}
+
+impl SecondEngine {
+    /// Runs `docker` against this engine; its output.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["-H", self.docker_host.as_str()];
+        all.extend_from_slice(args);
+        run("docker", &all)
     }
 }
 
 impl Drop for SwarmNode {
     fn drop(&mut self) {
-        let host = self.docker_host.clone();
-        let on_node = |args: &[&str]| {
-            let mut all = vec!["-H", host.as_str()];
-            all.extend_from_slice(args);
-            run("docker", &all)
-        };
-        if let Ok(ids) = on_node(&["ps", "-aq"]) {
-            for id in ids.lines() {
-                let _ = on_node(&["rm", "-f", id]);
-            }
-        }
-        let _ = on_node(&["swarm", "leave", "--force"]);
+        let _ = self.engine.cli(&["swarm", "leave", "--force"]);
         if let Err(e) = run("docker", &["node", "rm", "--force", &self.node_id]) {
             eprintln!("removing node {} from the swarm: {e}", self.hostname);
+        }
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        if let Ok(ids) = self.cli(&["ps", "-aq"]) {
+            for id in ids.lines() {
+                let _ = self.cli(&["rm", "-f", id]);
+            }
         }
         let _ = Command::new("kill").arg("-TERM").arg(self.dockerd.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -19,7 +19,7 @@ use crate::error::{is_status, runtime_error};
 
 /// What a copy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Copied {
+pub enum Copied {
     /// The node had the image already.
     Present,
     /// The image was copied: this many bytes of archive.
@@ -27,7 +27,7 @@ pub(crate) enum Copied {
 }
 
 /// Copies image `id` (`sha256:…`) from `from` to `node`'s engine `to` unless it has it.
-pub(crate) async fn copy_image(from: &Docker, to: &Docker, node: &NodeName, id: &str) -> Result<Copied, SpawnError> {
+pub async fn copy_image(from: &Docker, to: &Docker, node: &NodeName, id: &str) -> Result<Copied, SpawnError> {
     if has_image(to, node, id).await? {
         return Ok(Copied::Present);
     }

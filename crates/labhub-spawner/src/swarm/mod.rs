@@ -36,6 +36,7 @@ use labhub_core::spawner::{
 use labhub_core::{ImageKind, ImageRef, MountSource, NodeName, Storage};
 use serde::{Deserialize, Serialize};
 
+pub use distribute::{Copied, copy_image};
 pub use network::check_swarm_subnet;
 
 /// How long a swarm and overlay found in order are trusted before a start looks again (as
