@@ -99,6 +99,14 @@ fn refuse_multi_node(nodes: &[NodeName], config: &DockerConfig) -> Result<(), Sp
         SwarmHomes::Pinned => {}
     }
     for listed in &config.swarm_nodes {
+        if !listed.isolated_by_admin {
+            missing.push(format!(
+                "isolation: the hub keeps servers apart (from each other, the host and private ranges) on its own \
+                 node only: apply labhub's rules on {} (README, \"Several nodes\") and set isolated_by_admin = true \
+                 in its [[docker.swarm_nodes]] table",
+                listed.hostname
+            ));
+        }
         if !nodes.contains(&listed.hostname) {
             missing.push(format!(
                 "[[docker.swarm_nodes]] names {}, which is not a node of this swarm (its nodes: {})",
@@ -141,12 +149,19 @@ mod tests {
         assert!(e.contains("reach:"), "{e}");
         config.swarm_homes = SwarmHomes::Pinned;
         assert!(refuse_multi_node(&nodes, &config).is_ok());
-        config.swarm_nodes = vec![
-            SwarmNodeConfig { hostname: n("lab2"), docker_host: "tcp://lab2:2375".into() },
-            SwarmNodeConfig { hostname: n("lab9"), docker_host: "tcp://lab9:2375".into() },
-        ];
+        let node = |name: &str, isolated_by_admin| SwarmNodeConfig {
+            hostname: n(name),
+            docker_host: format!("unix:///run/labhub/{name}.sock"),
+            isolated_by_admin,
+        };
+        config.swarm_nodes = vec![node("lab2", false)];
+        let e = refuse_multi_node(&nodes, &config).unwrap_err().to_string();
+        assert!(e.contains("isolation:") && e.contains("rules on lab2") && e.contains("isolated_by_admin"), "{e}");
+        config.swarm_nodes = vec![node("lab2", true), node("lab9", true)];
         let e = refuse_multi_node(&nodes, &config).unwrap_err().to_string();
         assert!(e.contains("names lab9, which is not a node") && !e.contains("homes:"), "{e}");
+        config.swarm_nodes.pop();
+        assert!(refuse_multi_node(&nodes, &config).is_ok());
         config.swarm_homes = SwarmHomes::Local;
         config.swarm_nodes.clear();
         config.swarm_constraints = vec!["node.hostname == lab1".into()];

@@ -34,8 +34,10 @@ async fn two_nodes() -> SwarmScope {
     .await
 }
 
+/// The node as the hub's configuration lists it. Declared isolated: these tests are about
+/// placement, images and reach; the test node runs without labhub's rules.
 fn listed(node: &SwarmNode) -> SwarmNodeConfig {
-    SwarmNodeConfig { hostname: node.hostname.clone(), docker_host: node.docker_host.clone() }
+    SwarmNodeConfig { hostname: node.hostname.clone(), docker_host: node.docker_host.clone(), isolated_by_admin: true }
 }
 
 fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
@@ -201,4 +203,15 @@ async fn a_swarm_of_two_nodes_without_pins_is_refused_with_what_to_set() {
     assert!(message.contains("this swarm has 2 nodes"), "{message}");
     assert!(message.contains("swarm_homes = \"pinned\"") && message.contains("\"nfs\""), "{message}");
     assert!(message.contains("swarm_constraints"), "{message}");
+
+    // Pinned homes and the node listed, but nobody keeps servers apart there yet.
+    let node = s.node.as_ref().unwrap();
+    let unguarded = SwarmNodeConfig { isolated_by_admin: false, ..listed(node) };
+    let config = DockerConfig { swarm_nodes: vec![unguarded], ..s.config.clone() };
+    let engine = std::sync::Arc::new(DockerSpawner::connect(config).await.unwrap());
+    let spawner = SwarmSpawner::on(engine).await.unwrap();
+    let e = spawner.start(&spec(&s, "bob", 2), tokio::sync::mpsc::unbounded_channel().0).await.unwrap_err();
+    let message = e.to_string();
+    assert!(message.contains(&format!("apply labhub's rules on {}", node.hostname)), "{message}");
+    assert!(!message.contains("homes:"), "{message}");
 }
