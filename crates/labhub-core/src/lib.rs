@@ -21,7 +21,7 @@ pub mod spawner;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, SessionId, ShareCodeId, TokenId, UserId};
 pub use image::{Contract, ImageFields, ImageKind, ImageRef};
-pub use names::{DatasetName, GroupName, NameError, RoleName, ServerName, ServiceName, UserName};
+pub use names::{DatasetName, GroupName, NameError, NodeName, RoleName, ServerName, ServiceName, UserName};
 pub use placement::{Placement, PlacementError};
 pub use quota::{ImageAllowance, Quota};
 pub use resources::Resources;

@@ -431,6 +431,7 @@ mod tests {
             contract: Contract::Labhub,
             placement: Vec::new(),
             start_timeout: Duration::from_secs(30),
+            node: None,
         }
     }
 

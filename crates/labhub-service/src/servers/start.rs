@@ -73,10 +73,17 @@ impl Servers<'_> {
         // starts holding transactions would wait on each other for the rest.
         let home = self.hub.homes().of(user.user_id, server).await?;
         let mounts = self.hub.datasets().mounts_for(user.user_id).await?;
+        // Asks the runtime (a first start chooses the node), so also before the transaction.
+        let node = self.hub.node_pins().for_start(user.user_id, &spawner).await?;
 
         let mut tx = self.hub.begin().await?;
         // The user's row lock serialises their starts: a double click makes one server.
         users::by_name_for_update(&mut *tx, owner).await?;
+        // An admin's `labhub user pin` takes the same lock: the pin read under it is current.
+        let node = match node {
+            Some(read) => Some(labhub_db::node_pins::get(&mut *tx, user.user_id).await?.unwrap_or(read)),
+            None => None,
+        };
         let row = servers::get_or_create_locked(&mut tx, user.user_id, name, self.hub.now()).await?;
         match row.state {
             ServerState::Pending => return Ok(StartOutcome::AlreadyPending(row.server_id)),
@@ -178,6 +185,7 @@ impl Servers<'_> {
             contract: f.contract,
             placement,
             start_timeout: self.state().settings.start_timeout,
+            node,
         };
         let hub = self.hub.clone();
         let server_id = row.server_id;

@@ -185,6 +185,7 @@ fn spec(scope: &DockerScope, user: &str) -> ServerSpec {
         contract: labhub_core::Contract::Labhub,
         placement: Vec::new(),
         start_timeout: Duration::from_secs(30),
+        node: None,
     }
 }
 

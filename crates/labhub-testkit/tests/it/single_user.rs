@@ -62,6 +62,7 @@ async fn servers_reach_the_single_user_api_and_no_other_port_of_the_host() {
         contract: Contract::Labhub,
         placement: Vec::new(),
         start_timeout: Duration::from_secs(30),
+        node: None,
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let started = scope.spawner.start(&spec, tx).await.unwrap_or_else(|e| panic!("{e}"));

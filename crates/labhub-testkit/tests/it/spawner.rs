@@ -104,6 +104,7 @@ impl TestHub {
             contract: labhub_core::Contract::Labhub,
             placement: Vec::new(),
             start_timeout: Duration::from_secs(30),
+            node: None,
         }
     }
 

@@ -5,8 +5,9 @@
 //! the engine lacks, tasks that fail or cannot be placed, boot reconcile, a running task saved
 //! as an image, and what keeps tasks apart on the overlay.
 //!
-//! Not verified here (one engine, no second node): a task on a second node, NFS homes
-//! following a user there (the mount spec is unit-tested), encrypted overlays between nodes.
+//! A second node is `swarm_nodes.rs`'s. Not verified anywhere: NFS homes following a user
+//! across nodes (the mount spec is unit-tested; this kernel has no NFS), encrypted overlays
+//! between nodes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,6 +51,7 @@ fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
         token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
         env: BTreeMap::new(),
         start_timeout: Duration::from_secs(60),
+        node: None,
         contract: labhub_core::Contract::Labhub,
         placement: Vec::new(),
     }
