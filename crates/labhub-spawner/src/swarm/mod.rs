@@ -241,7 +241,11 @@ impl Spawner for SwarmSpawner {
     ) -> Result<ImageInfo, SpawnError> {
         // The task's container, committed by the engine it runs on: this node's.
         let s = SwarmState::from_json(state)?;
-        let task = self.newest_task(&s.service_id).await?;
+        let task = match self.docker.inspect_service(&s.service_id, None).await {
+            Ok(_) => self.newest_task(&s.service_id).await?,
+            Err(e) if crate::error::is_status(&e, 404) => None,
+            Err(e) => return Err(crate::error::runtime_error("inspecting the server's service", e)),
+        };
         let container = task.map(|t| t.status.container_status.container_id).unwrap_or_default();
         if container.is_empty() {
             return Err(SpawnError::Invalid("the server is not running".into()));
