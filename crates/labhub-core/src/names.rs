@@ -341,6 +341,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_names_are_host_names_folded_to_lower_case() {
+        assert_eq!(NodeName::parse("Lab2.example.org").unwrap().as_str(), "lab2.example.org");
+        assert_eq!(NodeName::parse("lhtest-node7").unwrap().as_str(), "lhtest-node7");
+        for bad in ["", "lab 2", "-lab2", "lab2.", "lab/2"] {
+            assert!(NodeName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn user_names_fold_case_and_keep_the_safe_alphabet() {
         assert_eq!(UserName::parse("Alice").unwrap().as_str(), "alice");
         assert_eq!(UserName::parse("a.b_c-d@uni.edu").unwrap().as_str(), "a.b_c-d@uni.edu");

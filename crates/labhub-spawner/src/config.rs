@@ -123,8 +123,8 @@ pub struct SwarmNodeConfig {
     /// Its engine's API (`unix:///…`, `tcp://…`): where images are copied to and where its
     /// servers' addresses are looked up.
     pub docker_host: String,
-    /// The admin keeps servers apart on this node with labhub's rules (the hub enforces them
-    /// on its own node only); until this is set, no server is placed there.
+    /// `labhub swarm guard` runs on this node, keeping servers apart there with labhub's rules
+    /// (the hub enforces them on its own node only); until this is set, the swarm is refused.
     #[serde(default)]
     pub isolated_by_admin: bool,
 }

@@ -5,9 +5,12 @@
 //! (host .1, node .2), with a default route to the host, so the node reaches the manager at
 //! [`MANAGER_ADDR`] (on the host's `lo`) and nothing leaves the machine. Its `dockerd` runs
 //! through `nsenter --net=… unshare --mount --uts` with a fresh `/sys` (the engine reads its
-//! namespace's interfaces there; the host's cgroups bound back into it), a host name of its own (the node's Swarm host name), its
-//! own data root, exec root, pid file, socket and an empty `--config-file` (so it does not
-//! read the host's `daemon.json`), the `vfs` storage driver and iptables in its namespace.
+//! namespace's interfaces there; the host's cgroups bound back into it), a host name of its
+//! own (the node's Swarm host name), its own data root, pid file, socket and an empty
+//! `--config-file` (so it does not read the host's `daemon.json`), the `vfs` storage driver,
+//! iptables in its namespace, and its exec root at `/var/run/docker` on a tmpfs of its mount
+//! namespace, so its overlays' namespaces are where they are on a machine of its own (what
+//! `labhub swarm guard` run inside it, [`SecondEngine::command_inside`], expects).
 //! Before joining, its `docker_gwbridge` is made on 10.254.<k>.128/25 and the host routes
 //! that range through the veth, with one rule in the node's `DOCKER-USER` letting the host's
 //! end of the veth open connections to it: that is how a hub on the manager reaches servers
@@ -48,14 +51,9 @@ pub struct SecondEngine {
     dockerd: Child,
 }
 
-/// A second engine, a worker of the test swarm (see the module docs).
+/// A second engine, a worker of the test swarm (see the module docs); its engine's fields
+/// (host name, API, client) through `Deref`.
 pub struct SwarmNode {
-    /// Its Swarm host name.
-    pub hostname: NodeName,
-    /// Its engine's API.
-    pub docker_host: String,
-    /// Its engine.
-    pub docker: Docker,
     /// Its Swarm node id.
     pub node_id: String,
     // Stopped after the node left the swarm.
@@ -103,8 +101,8 @@ impl SecondEngine {
         let d = dir.display();
         let script = format!(
             "mkdir -p {d}/cgroup && mount --rbind /sys/fs/cgroup {d}/cgroup && mount -t sysfs sysfs /sys && \
-             mount --rbind {d}/cgroup /sys/fs/cgroup && hostname {name} && exec dockerd --config-file {d}/daemon.json \
-             --data-root {d}/data --exec-root {d}/exec --pidfile {d}/dockerd.pid -H unix://{d}/docker.sock \
+             mount --rbind {d}/cgroup /sys/fs/cgroup && mount -t tmpfs tmpfs /var/run/docker && hostname {name} && \
+             exec dockerd --config-file {d}/daemon.json --data-root {d}/data --exec-root /var/run/docker --pidfile {d}/dockerd.pid -H unix://{d}/docker.sock \
              --storage-driver vfs --bridge none --iptables=true"
         );
         let log = File::create(dir.join("dockerd.log")).expect("the node's log");
@@ -193,22 +191,33 @@ impl SwarmNode {
             assert!(Instant::now() < deadline, "the manager does not see node {name} ready");
             std::thread::sleep(Duration::from_millis(200));
         }
-        Self {
-            hostname: engine.hostname.clone(),
-            docker_host: engine.docker_host.clone(),
-            docker: engine.docker.clone(),
-            node_id,
-            engine,
-        }
+        Self { node_id, engine }
     }
 }
 
 impl SecondEngine {
+    /// `program` run inside the engine's network and mount namespaces (as on a machine of its
+    /// own), with `DOCKER_HOST` naming the engine.
+    pub fn command_inside(&self, program: &std::path::Path) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg("-t").arg(self.dockerd.id().to_string()).args(["-m", "-n", "--"]).arg(program);
+        command.env("DOCKER_HOST", &self.docker_host);
+        command
+    }
+
     /// Runs `docker` against this engine; its output.
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {
         let mut all = vec!["-H", self.docker_host.as_str()];
         all.extend_from_slice(args);
         run("docker", &all)
+    }
+}
+
+impl std::ops::Deref for SwarmNode {
+    type Target = SecondEngine;
+
+    fn deref(&self) -> &SecondEngine {
+        &self.engine
     }
 }
 

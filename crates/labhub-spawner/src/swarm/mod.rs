@@ -13,6 +13,7 @@
 //! a single node; on several nodes it sees the manager's share only (the README says so).
 
 mod distribute;
+mod guard;
 mod network;
 mod nodes;
 mod observe;

@@ -102,8 +102,8 @@ fn refuse_multi_node(nodes: &[NodeName], config: &DockerConfig) -> Result<(), Sp
         if !listed.isolated_by_admin {
             missing.push(format!(
                 "isolation: the hub keeps servers apart (from each other, the host and private ranges) on its own \
-                 node only: apply labhub's rules on {} (README, \"Several nodes\") and set isolated_by_admin = true \
-                 in its [[docker.swarm_nodes]] table",
+                 node only: run `labhub swarm guard` on {} and set isolated_by_admin = true in its \
+                 [[docker.swarm_nodes]] table",
                 listed.hostname
             ));
         }
@@ -156,7 +156,10 @@ mod tests {
         };
         config.swarm_nodes = vec![node("lab2", false)];
         let e = refuse_multi_node(&nodes, &config).unwrap_err().to_string();
-        assert!(e.contains("isolation:") && e.contains("rules on lab2") && e.contains("isolated_by_admin"), "{e}");
+        assert!(
+            e.contains("isolation:") && e.contains("`labhub swarm guard` on lab2") && e.contains("isolated_by_admin"),
+            "{e}"
+        );
         config.swarm_nodes = vec![node("lab2", true), node("lab9", true)];
         let e = refuse_multi_node(&nodes, &config).unwrap_err().to_string();
         assert!(e.contains("names lab9, which is not a node") && !e.contains("homes:"), "{e}");

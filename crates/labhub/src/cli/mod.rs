@@ -81,12 +81,27 @@ enum Command {
     /// Check the directory configuration ([auth.ldap]).
     #[command(subcommand)]
     Ldap(LdapCommand),
+    /// Swarm mode on several nodes.
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration with secrets redacted.
     Check,
+}
+
+#[derive(Subcommand)]
+enum SwarmCommand {
+    /// Keep servers apart on this node with labhub's rules, until stopped: run it (as root)
+    /// on every node of [[docker.swarm_nodes]], with the hub's [docker] settings. Needs no
+    /// database.
+    Guard {
+        /// How often the rules are looked at besides every attachment to a network.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        interval: Duration,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -134,6 +149,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ldap(cmd) => ldap(&config, cmd).await,
+        Command::Swarm(SwarmCommand::Guard { interval }) => {
+            tracing::info!(network = %config.docker.swarm_network, "keeping servers apart on this node");
+            labhub_spawner::SwarmSpawner::guard_node(config.docker.clone(), interval).await?;
+            Ok(())
+        }
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let db = Database::open(&config).await?;
