@@ -67,9 +67,15 @@ impl Environments<'_> {
         git_ref: &str,
     ) -> Result<BuildSource, ServiceError> {
         if env.uploaded {
-            let sent = store::upload(self.hub.db(), git_ref).await?.ok_or_else(|| {
-                ServiceError::NotFound(format!("'{}' has no upload {git_ref} to build from", env.name))
-            })?;
+            let missing = || ServiceError::NotFound(format!("'{}' has no upload {git_ref} to build from", env.name));
+            // Only this environment's own uploads: a `sha256:` seen elsewhere (a group's
+            // environment, say) must not copy another's files into one's own.
+            let own = git_ref == env.git_ref
+                || store::builds(self.hub.db(), env.environment_id).await?.iter().any(|b| b.git_ref == git_ref);
+            if !own {
+                return Err(missing());
+            }
+            let sent = store::upload(self.hub.db(), git_ref).await?.ok_or_else(missing)?;
             let checked = upload::check(&sent).await?;
             return Ok(BuildSource::Upload { sha256: checked.sha256, tar: checked.tar });
         }

@@ -422,13 +422,15 @@ impl<'h> Environments<'h> {
         }
         let sent = upload::read(upload, self.settings().max_upload_bytes).await?;
         let checked = upload::check(&sent).await?;
-        let mut tx = self.hub.begin().await?;
-        store::insert_upload(&mut *tx, &checked.sha256, &sent, actor.user_id(), self.hub.now()).await?;
-        store::set_ref(&mut *tx, env.environment_id, &checked.sha256).await?;
-        tx.commit().await?;
+        let sha256 = checked.sha256.clone();
+        // Kept before the build is recorded, so no record names an upload that is not there;
+        // the environment's ref moves only once the build started.
+        store::insert_upload(self.hub.db(), &sha256, &sent, actor.user_id(), self.hub.now()).await?;
         let limits_group = self.limits_group(&env).await?;
         let source = BuildSource::Upload { sha256: checked.sha256, tar: checked.tar };
-        self.start_build(actor, &env, source, limits_group).await
+        let build = self.start_build(actor, &env, source, limits_group).await?;
+        store::set_ref(self.hub.db(), env.environment_id, &sha256).await?;
+        Ok(build)
     }
 
     /// An environment the actor may build again; refused for snapshots.
@@ -581,6 +583,11 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
 }
 
 fn check_source(source: &str) -> Result<(), ServiceError> {
+    if source == UPLOAD_SOURCE {
+        return Err(ServiceError::Invalid(
+            "to build from uploaded files, send them as a tar or tar.gz body instead of JSON".into(),
+        ));
+    }
     if source.is_empty() || source.len() > 2000 || source.starts_with('-') || source.chars().any(char::is_control) {
         return Err(ServiceError::Invalid(
             "the source must be a git repository's URL (https://…) or, where allowed, an absolute path".into(),

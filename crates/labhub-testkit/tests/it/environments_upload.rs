@@ -180,14 +180,19 @@ async fn bad_or_oversized_uploads_are_refused_recording_nothing_and_uploads_foll
     // A member's upload is their personal environment once their group lets them build.
     let a = lead.patch_json("/hub/api/groups/team", &json!({"members_build_environments": true})).await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
-    let a = send(&alice, "/hub/api/environments?name=mine", "application/x-tar", recipe.clone()).await;
+    let own = tar_of(None, &[("Dockerfile", &dockerfile(&root, "mine").await)]);
+    let a = send(&alice, "/hub/api/environments?name=mine", "application/x-tar", own).await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     assert_eq!(a.value()["holder"], json!({"kind": "personal", "name": "alice"}));
     assert!(outcome(&follow(&alice, a.value()["log_url"].as_str().unwrap()).await).ready);
     assert_eq!(lead.get("/hub/api/environments/mine").await.status, StatusCode::NOT_FOUND, "personal");
-    // Members upload nothing into their group's environment.
+    // Members upload nothing into their group's environment, nor build their own from the
+    // group's files by naming its upload.
     let a = send(&alice, "/hub/api/environments/team-upload/builds", "application/x-tar", recipe).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let group_files = alice.get("/hub/api/environments/team-upload").await.value()["ref"].clone();
+    let a = alice.post_json("/hub/api/environments/mine/builds", &json!({"ref": group_files})).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{a:?}");
 
     // The command line packs a folder itself (its .git left out); a link in it is refused.
     let folder = tempfile::tempdir().unwrap();

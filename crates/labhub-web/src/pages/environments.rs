@@ -167,13 +167,22 @@ async fn upload_form(
     typed: &mut NewForm,
 ) -> Result<multer::Field<'static>, ServiceError> {
     let unreadable = |e: multer::Error| ServiceError::Invalid(format!("The form could not be read: {e}."));
-    while let Some(field) = form.next_field().await.map_err(unreadable)? {
-        match field.name() {
-            Some("name") => typed.name = field.text().await.map_err(unreadable)?,
-            Some("group") => typed.group = field.text().await.map_err(unreadable)?,
+    while let Some(mut field) = form.next_field().await.map_err(unreadable)? {
+        let into = match field.name() {
+            Some("name") => &mut typed.name,
+            Some("group") => &mut typed.group,
             Some("archive") => return Ok(field),
-            _ => {}
+            _ => continue,
+        };
+        // A name is short: the field is read in bounded pieces, never whole.
+        let mut text = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(unreadable)? {
+            text.extend_from_slice(&chunk);
+            if text.len() > 1024 {
+                return Err(ServiceError::Invalid("A name or group is at most a few dozen characters.".into()));
+            }
         }
+        *into = String::from_utf8_lossy(&text).into_owned();
     }
     Err(ServiceError::Invalid("Choose an archive (.tar or .tar.gz) of the repository's files.".into()))
 }
