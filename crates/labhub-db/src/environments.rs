@@ -139,6 +139,21 @@ pub async fn insert_upload(
     Ok(())
 }
 
+/// Removes the uploads no environment can build from any more (not an uploaded environment's
+/// ref nor any of its builds': their environments are gone) kept since before `before`; how many.
+pub async fn delete_unused_uploads(db: impl PgExecutor<'_>, before: OffsetDateTime) -> Result<u64, DbError> {
+    let r = sqlx::query(
+        "delete from environment_uploads u where u.uploaded_at < $1
+         and not exists (select 1 from environments e where e.uploaded and e.ref = u.sha256)
+         and not exists (select 1 from environment_builds b join environments e on e.environment_id = b.environment_id
+                         where e.uploaded and b.ref = u.sha256)",
+    )
+    .bind(before)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// An uploaded archive, as it was sent.
 pub async fn upload(db: impl PgExecutor<'_>, sha256: &str) -> Result<Option<Vec<u8>>, DbError> {
     Ok(sqlx::query_scalar("select archive from environment_uploads where sha256 = $1")

@@ -194,6 +194,19 @@ async fn bad_or_oversized_uploads_are_refused_recording_nothing_and_uploads_foll
     let a = alice.post_json("/hub/api/environments/mine/builds", &json!({"ref": group_files})).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{a:?}");
 
+    // Once an environment is removed, the image collector drops its upload (past an hour's
+    // grace, which the test moves behind it); the others' stay.
+    let kept = uploads_kept(&app).await;
+    assert_eq!(root.delete("/hub/api/images/mine").await.status, StatusCode::NO_CONTENT);
+    labhub_db::sqlx::query("update environment_uploads set uploaded_at = uploaded_at - interval '2 hours'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let report = root.post("/hub/api/environments/collect").await.value();
+    assert_eq!(report["uploads_removed"], 1, "{report}");
+    assert_eq!(uploads_kept(&app).await, kept - 1);
+    assert_eq!(lead.get("/hub/api/environments/team-upload").await.value()["status"], "ready");
+
     // The command line packs a folder itself (its .git left out); a link in it is refused.
     let folder = tempfile::tempdir().unwrap();
     std::fs::write(folder.path().join("Dockerfile"), dockerfile(&root, "cli").await).unwrap();

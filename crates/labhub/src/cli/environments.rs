@@ -153,10 +153,11 @@ pub(super) async fn env(
                 );
             }
             println!(
-                "freed {} MiB ({} images removed, {} kept)",
+                "freed {} MiB ({} images removed, {} kept; {} uploads of removed environments dropped)",
                 report.freed_bytes >> 20,
                 report.removed.len(),
-                report.kept
+                report.kept,
+                report.uploads_removed
             );
         }
         EnvCommand::Pin { name, build, unpin } => {
