@@ -3,7 +3,8 @@
 # API ([docker] mode = "swarm") and the hub's own overhead of a start (its labhub::timing
 # events, as bench/spawn.sh measures it; target under 50 ms); baselines in the same run: a
 # plain container start of the same image (engine API and `docker run -d`, from bench/spawn.sh's
-# measuring half) and a plain `docker service create` of the same image to "answers HTTP".
+# measuring half) and a plain `docker service create` of the same image to "answers HTTP";
+# and the image copy to a second node against `docker save | docker load` of the same id.
 # See bench/README.md.
 #
 #   bench/swarm.sh
@@ -109,5 +110,12 @@ for i in $(seq 1 "${RUNS:-5}"); do
 done
 sorted=$(printf '%s\n' "${times[@]}" | sort -n)
 echo "runs: $(echo $sorted | tr ' ' ',') ms; median $(printf '%s\n' $sorted | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') ms"
+
+# An image reaching a second node (swarm_images = "copy"): labhub's copy against a plain
+# `docker save | docker load` of the same id into the same node, in the same run. The node is
+# a second dockerd in a network namespace of its own (not joined: the copy is engine to engine).
+echo
+echo "== an image copied to a second node (a second dockerd in a network namespace) =="
+"$BENCH" image-copy --testserver "$TESTSERVER" --runs "${RUNS:-5}"
 echo
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"

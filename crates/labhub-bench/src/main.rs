@@ -4,6 +4,7 @@
 
 mod api;
 mod frontdoor;
+mod image_copy;
 mod memhub;
 mod proxy;
 mod replicas;
@@ -46,6 +47,8 @@ enum Cmd {
     Proxy(proxy::ProxyArgs),
     /// Issue 21: two hubs on one database: route, stop and revocation propagation.
     Replicas(replicas::ReplicasArgs),
+    /// Issue 21: an image copied to a second Swarm node by labhub vs `docker save | load`.
+    ImageCopy(image_copy::ImageCopyArgs),
     /// The in-process hub with hand-filled routes (used by `proxy`).
     Memhub(memhub::MemhubArgs),
     /// Builds (when absent) the tiny test image from a labhub-testserver binary; prints its tag.
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
             Cmd::Spawn(a) => spawn::run(a).await,
             Cmd::Proxy(a) => proxy::run(a).await,
             Cmd::Replicas(a) => replicas::run(a).await,
+            Cmd::ImageCopy(a) => image_copy::run(a).await,
             Cmd::Image { testserver } => image(testserver).await,
             Cmd::Cleanup { hub_id, network } => cleanup(&hub_id, &network).await,
             Cmd::Login { url, user, password, cookie_name } => {

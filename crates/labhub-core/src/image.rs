@@ -218,6 +218,9 @@ pub struct ImageFields {
     pub recipe: Option<String>,
     /// The contract its servers speak (only a Jupyter image may speak JupyterHub's).
     pub contract: Contract,
+    /// Which Swarm nodes its servers may run on (with `[docker] mode = "swarm"`; one engine
+    /// has one node, so the engine mode has nothing to choose).
+    pub placement: Vec<crate::Placement>,
 }
 
 #[cfg(test)]

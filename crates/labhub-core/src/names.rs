@@ -187,6 +187,10 @@ crate::name_type!(
     ServiceName, error = NameError
 );
 crate::name_type!(
+    /// A Swarm node's host name (`node.hostname`), where a user's servers are pinned.
+    NodeName, error = NameError
+);
+crate::name_type!(
     /// A role's name (`user`, `admin`, `server`, `token` are built in).
     RoleName, error = NameError
 );
@@ -265,6 +269,16 @@ impl ServiceName {
     /// Validates and normalises a service name (the group-name alphabet: a URL segment).
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         validate(raw, "a service name", Self::MAX_LEN, b"._-", "'.', '_', '-'").map(Self)
+    }
+}
+
+impl NodeName {
+    /// The longest host name accepted (DNS's limit).
+    pub const MAX_LEN: usize = 253;
+
+    /// Validates and normalises a node's host name (DNS's alphabet, folded to lower case).
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        validate(raw, "a node's host name", Self::MAX_LEN, b".-_", "'.', '-', '_'").map(Self)
     }
 }
 

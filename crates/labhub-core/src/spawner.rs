@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{GroupId, ImageKind, ImageRef, Resources, Secret, ServerName, UserId, UserName};
+use crate::{GroupId, ImageKind, ImageRef, NodeName, Resources, Secret, ServerName, UserId, UserName};
 
 /// The spawner's own bookkeeping for one server, opaque to the hub.
 pub type SpawnerState = serde_json::Value;
@@ -119,8 +119,13 @@ pub struct ServerSpec {
     /// The contract it speaks: JupyterHub's runs `jupyterhub-singleuser`, which checks who is
     /// asking with the hub rather than trusting the proxy's token.
     pub contract: crate::Contract,
+    /// Swarm placement constraints of its catalogue entry, added to the site's.
+    pub placement: Vec<crate::Placement>,
     /// How long to wait for the server to answer before giving up and cleaning up.
     pub start_timeout: Duration,
+    /// The node the server must run on (its owner's pin, see [`Spawner::place`]); `None`
+    /// lets the runtime choose.
+    pub node: Option<NodeName>,
 }
 
 /// One step of a start, for the progress bar.
@@ -419,6 +424,14 @@ pub trait Spawner: Send + Sync + 'static {
     /// be enforced; any other error, that the runtime could not be asked. The hub calls it
     /// periodically.
     async fn check_isolation(&self) -> Result<Isolation, SpawnError>;
+
+    /// Where to pin a user who has no node yet, when this runtime keeps each user's homes on
+    /// one node (`None` when it does not: one engine, or homes that follow their owner);
+    /// `pinned` is how many users each node holds now. The hub records the answer and sets
+    /// it as [`ServerSpec::node`] on every start of theirs.
+    async fn place(&self, _pinned: &BTreeMap<NodeName, u64>) -> Result<Option<NodeName>, SpawnError> {
+        Ok(None)
+    }
 }
 
 /// Where a server is in its life, as the hub records it.

@@ -249,6 +249,26 @@ pub async fn names_of_users(
 }
 
 /// Turns a group's shared folder on or off, and whether members get it read-only.
+/// The Swarm placement constraints of a group's servers, as stored (checked when written).
+pub async fn placement(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Vec<String>, DbError> {
+    Ok(sqlx::query_scalar("select placement from groups where group_id = $1")
+        .bind(group_id)
+        .fetch_optional(db)
+        .await?
+        .unwrap_or_default())
+}
+
+/// Replaces a group's Swarm placement constraints.
+pub async fn set_placement(db: impl PgExecutor<'_>, group_id: GroupId, placement: &[&str]) -> Result<(), DbError> {
+    sqlx::query("update groups set placement = $2 where group_id = $1")
+        .bind(group_id)
+        .bind(placement)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Sets whether a group has a shared folder and whether members get it read-only.
 pub async fn set_shared_folder(
     db: impl PgExecutor<'_>,
     group_id: GroupId,

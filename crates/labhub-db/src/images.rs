@@ -1,6 +1,6 @@
 //! The `images` table: the catalogue.
 
-use labhub_core::{Contract, ImageFields, ImageId, ImageKind, ImageRef};
+use labhub_core::{Contract, ImageFields, ImageId, ImageKind, ImageRef, Placement};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -31,6 +31,7 @@ struct Row {
     enabled: bool,
     recipe: Option<String>,
     contract: String,
+    placement: Vec<String>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
@@ -51,6 +52,12 @@ impl TryFrom<Row> for Image {
             enabled: r.enabled,
             recipe: r.recipe,
             contract: Contract::parse(&r.contract).ok_or_else(|| bad("contract"))?,
+            placement: r
+                .placement
+                .iter()
+                .map(|p| Placement::parse(p))
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad("placement"))?,
         };
         Ok(Image { image_id: r.image_id, name: r.name, fields, created_at: r.created_at, updated_at: r.updated_at })
     }
@@ -59,7 +66,7 @@ impl TryFrom<Row> for Image {
 macro_rules! columns {
     () => {
         "image_id, name, display_name, description, reference, kind, port, command, cpu_millis, memory_bytes, \
-         enabled, recipe, contract, created_at, updated_at"
+         enabled, recipe, contract, placement, created_at, updated_at"
     };
 }
 
@@ -68,7 +75,7 @@ pub const NAME_KEY: &str = "images_name_key";
 
 type RowQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, Row, sqlx::postgres::PgArguments>;
 
-/// Binds `$1`..`$13` — the name, every field, the time — in the order insert and update share.
+/// Binds `$1`..`$14` — the name, every field, the time — in the order insert and update share.
 fn bind_fields<'q>(q: RowQuery<'q>, name: &'q str, f: &'q ImageFields, now: OffsetDateTime) -> RowQuery<'q> {
     q.bind(name)
         .bind(&f.display_name)
@@ -83,6 +90,7 @@ fn bind_fields<'q>(q: RowQuery<'q>, name: &'q str, f: &'q ImageFields, now: Offs
         .bind(&f.recipe)
         .bind(now)
         .bind(f.contract.as_str())
+        .bind(f.placement.iter().map(Placement::as_str).collect::<Vec<_>>())
 }
 
 /// Adds an entry.
@@ -94,8 +102,8 @@ pub async fn insert(
 ) -> Result<Image, DbError> {
     let q = sqlx::query_as(concat!(
         "insert into images (name, display_name, description, reference, kind, port, command, cpu_millis, memory_bytes,
-                             enabled, recipe, created_at, updated_at, contract)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) returning ",
+                             enabled, recipe, created_at, updated_at, contract, placement)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14) returning ",
         columns!()
     ));
     let row: Row = bind_fields(q, name, f, now).fetch_one(db).await?;
@@ -112,7 +120,7 @@ pub async fn update(
     let q = sqlx::query_as(concat!(
         "update images set display_name = $2, description = $3, reference = $4, kind = $5, port = $6, command = $7,
                 cpu_millis = $8, memory_bytes = $9, enabled = $10, recipe = $11, updated_at = $12,
-                contract = $13
+                contract = $13, placement = $14
          where name = $1 returning ",
         columns!()
     ));

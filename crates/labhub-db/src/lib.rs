@@ -16,6 +16,7 @@ pub mod history;
 pub mod homes;
 pub mod identities;
 pub mod images;
+pub mod node_pins;
 pub mod oauth;
 pub mod quotas;
 pub mod replicas;

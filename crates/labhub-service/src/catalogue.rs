@@ -232,6 +232,7 @@ impl<'h> Catalogue<'h> {
             enabled: true,
             recipe,
             contract: Contract::Labhub,
+            placement: Vec::new(),
         };
         self.add(Actor::System, DEFAULT_IMAGE_NAME, fields).await.map(|_| ())
     }
@@ -334,5 +335,6 @@ fn describe(i: &CatalogueImage) -> serde_json::Value {
         "enabled": f.enabled,
         "recipe": f.recipe,
         "contract": f.contract,
+        "placement": f.placement,
     })
 }

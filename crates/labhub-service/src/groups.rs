@@ -5,7 +5,7 @@
 //! lead and add or remove their members (not other leads); naming leads, creating, renaming
 //! and deleting groups is for admins. Everyone else may do nothing here.
 
-use labhub_core::{GroupId, GroupName, GroupRole, Quota, Storage, UserId, UserName};
+use labhub_core::{GroupId, GroupName, GroupRole, Placement, Quota, Storage, UserId, UserName};
 use labhub_db::ResultExt;
 use labhub_db::groups::{self, Group};
 use labhub_db::quotas::QuotaKind;
@@ -92,12 +92,18 @@ impl<'h> Groups<'h> {
         let (quota, ceiling) = self.quota_and_ceiling(self.hub.db(), group.group_id).await?;
         let members_build_environments =
             labhub_db::environments::members_may_build(self.hub.db(), group.group_id).await?;
+        let placement = groups::placement(self.hub.db(), group.group_id)
+            .await?
+            .iter()
+            .filter_map(|p| Placement::parse(p).ok())
+            .collect();
         Ok(GroupDetail {
             group: group.into(),
             members: members.into_iter().map(Member::from).collect(),
             quota,
             ceiling,
             members_build_environments,
+            placement,
         })
     }
 
@@ -264,6 +270,28 @@ impl<'h> Groups<'h> {
         }
         tx.commit().await?;
         self.detail(Group { shared_folder, shared_read_only: read_only, ..group }).await
+    }
+
+    /// Sets which Swarm nodes the group's servers may run on (admins: nodes are the site's,
+    /// not a group's to choose). Takes effect at each server's next start.
+    pub async fn set_placement(
+        &self,
+        actor: Actor<'_>,
+        name: &GroupName,
+        placement: &[Placement],
+    ) -> Result<GroupDetail, ServiceError> {
+        actor.require_admin()?;
+        let group = groups::by_name(self.hub.db(), name).await?.ok_or_else(|| no_group(name))?;
+        let mut tx = self.hub.begin().await?;
+        let before = groups::placement(&mut *tx, group.group_id).await?;
+        let after: Vec<&str> = placement.iter().map(Placement::as_str).collect();
+        if before != after {
+            groups::set_placement(&mut *tx, group.group_id, &after).await?;
+            let detail = json!({ "before": before, "after": after });
+            self.hub.audit().record(&mut *tx, actor, "group.set_placement", name.as_str(), detail).await?;
+        }
+        tx.commit().await?;
+        self.detail(group).await
     }
 
     /// Looks up accounts by name; refuses the whole list if any is unknown.

@@ -25,6 +25,7 @@ pub mod history;
 pub mod homes;
 mod hub;
 pub mod model;
+pub mod node_pins;
 pub mod progress;
 pub mod quotas;
 pub mod replicas;

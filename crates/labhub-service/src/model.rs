@@ -452,6 +452,8 @@ pub struct GroupDetail {
     pub ceiling: Quota,
     /// Whether its members may build personal environments.
     pub members_build_environments: bool,
+    /// Which Swarm nodes its servers may run on.
+    pub placement: Vec<labhub_core::Placement>,
 }
 
 impl GroupDetail {

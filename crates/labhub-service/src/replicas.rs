@@ -7,7 +7,8 @@
 //!   trigger announces every change of a server's state or address (`labhub_servers`, its id
 //!   only) and every ended session or token or changed account right (`labhub_credentials`,
 //!   nothing else); [`Hub::follow_replicas`] listens and reloads that server's route or forgets
-//!   the recognised credentials. The table is reloaded whole when listening starts, after every
+//!   the recognised credentials and asks the one gate again about every visitor's open
+//!   WebSocket (an account disabled or demoted on another replica). The table is reloaded whole when listening starts, after every
 //!   reconnect (what was announced meanwhile is lost) and every `servers.route_reload_interval`.
 //! - **Background work once**: jobs take a Postgres advisory lock ([`Replicas::lock`]); a
 //!   replica that does not get it skips that pass.
@@ -114,7 +115,14 @@ impl Hub {
                 _ = reload.tick() => missed = true,
                 heard = store::next(l) => match heard {
                     Ok(Some(Some(Heard::Server(id)))) => missed |= replicas.refresh_route(id).await.is_err(),
-                    Ok(Some(Some(Heard::Credentials))) => replicas.forget_credentials(),
+                    Ok(Some(Some(Heard::Credentials))) => {
+                        replicas.forget_credentials();
+                        // An account disabled or demoted elsewhere: what it opened here as a
+                        // visitor closes too.
+                        if let Err(e) = self.shares().recheck_visitors().await {
+                            tracing::warn!(error = %e, "could not recheck visitors' WebSockets");
+                        }
+                    }
                     Ok(Some(None)) => {}
                     // The connection was lost: listen again on a new one, then reload.
                     Ok(None) => listener = None,

@@ -95,6 +95,38 @@ pub enum SwarmHomes {
     /// A volume per home declared with NFS options in the service's mount spec
     /// (`swarm_nfs_addr`, `swarm_nfs_export`), so a home follows its owner to any node.
     Nfs,
+    /// Local volumes, each user pinned to one node (recorded in Postgres, chosen at their
+    /// first start among the manager and `swarm_nodes`), so their servers run where their
+    /// files are.
+    Pinned,
+}
+
+/// How images reach the nodes that run servers in Swarm mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwarmImages {
+    /// labhub copies each image it runs from the manager to every node of `swarm_nodes`
+    /// (`docker save` / `docker load` by content id) before the service is created.
+    #[default]
+    Copy,
+    /// The nodes pull from a registry the admin runs: catalogue images are named in it, and
+    /// services are created with the image's registry digest (`repo@sha256:…`).
+    Registry,
+}
+
+/// A Swarm node besides the manager that may run servers (`[[docker.swarm_nodes]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmNodeConfig {
+    /// Its host name as Swarm knows it (`docker node ls`), used in `node.hostname==`.
+    pub hostname: labhub_core::NodeName,
+    /// Its engine's API (`unix:///…`, `tcp://…`): where images are copied to and where its
+    /// servers' addresses are looked up.
+    pub docker_host: String,
+    /// The admin keeps servers apart on this node with labhub's rules (the hub enforces them
+    /// on its own node only); until this is set, no server is placed there.
+    #[serde(default)]
+    pub isolated_by_admin: bool,
 }
 
 /// Settings of the Docker spawner (`[docker]` in the hub's configuration).
@@ -160,6 +192,10 @@ pub struct DockerConfig {
     pub swarm_gpu_constraint: String,
     /// Swarm mode: the generic resource kind nodes advertise their GPUs as.
     pub swarm_gpu_resource: String,
+    /// Swarm mode: how images reach the other nodes.
+    pub swarm_images: SwarmImages,
+    /// Swarm mode: the nodes besides the manager that may run servers.
+    pub swarm_nodes: Vec<SwarmNodeConfig>,
 }
 
 impl Default for DockerConfig {
@@ -188,6 +224,8 @@ impl Default for DockerConfig {
             swarm_constraints: Vec::new(),
             swarm_gpu_constraint: "node.labels.gpu==true".to_string(),
             swarm_gpu_resource: "NVIDIA-GPU".to_string(),
+            swarm_images: SwarmImages::Copy,
+            swarm_nodes: Vec::new(),
         }
     }
 }

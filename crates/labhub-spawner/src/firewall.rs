@@ -274,7 +274,12 @@ impl Firewall {
         let listed = match self.list(chain).await? {
             Some(lines) => lines,
             None => {
-                self.run_ok(&["-N", chain], &[]).await?;
+                let out = self.run(&["-N", chain], &[]).await?;
+                // Another hub (or a concurrent start) may have created it since we looked:
+                // "Chain already exists" is the state we want.
+                if !out.status.success() && self.list(chain).await?.is_none() {
+                    return Err(self.failed(&["-N", chain], &out));
+                }
                 Vec::new()
             }
         };

@@ -23,11 +23,14 @@ mod spawner;
 mod swarm;
 mod usage;
 
-pub use config::{DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy, RuntimeMode, SwarmHomes};
+pub use config::{
+    DockerConfig, HubId, HubIdError, NetworkName, NetworkNameError, PullPolicy, RuntimeMode, SwarmHomes, SwarmImages,
+    SwarmNodeConfig,
+};
 pub use naming::{
     LABEL_GROUP_ID, LABEL_HUB, LABEL_IMAGE, LABEL_KIND, LABEL_PORT, LABEL_SERVER, LABEL_USER, LABEL_USER_ID,
     LABEL_VOLUME,
 };
 pub use ranges::{PrivateRange, PrivateRangeError};
 pub use spawner::DockerSpawner;
-pub use swarm::{SwarmSpawner, check_swarm_subnet};
+pub use swarm::{Copied, SwarmSpawner, check_swarm_subnet, copy_image};

@@ -429,7 +429,9 @@ mod tests {
             token: Secret::new("s3cret".into()),
             env: BTreeMap::from([("JUPYTER_TOKEN".to_string(), "evil".to_string()), ("A".into(), "b".into())]),
             contract: Contract::Labhub,
+            placement: Vec::new(),
             start_timeout: Duration::from_secs(30),
+            node: None,
         }
     }
 

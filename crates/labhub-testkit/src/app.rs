@@ -291,6 +291,7 @@ impl TestApp {
             enabled: true,
             recipe: None,
             contract: labhub_core::Contract::Labhub,
+            placement: Vec::new(),
         };
         self.hub.catalogue().add(Actor::System, name, fields).await.expect("adding the test image");
     }

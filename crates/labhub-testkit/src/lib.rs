@@ -12,6 +12,7 @@ pub mod docker;
 pub mod fake_forges;
 pub mod http;
 pub mod images;
+pub mod node;
 pub mod oidc;
 pub mod pg;
 pub mod slapd;

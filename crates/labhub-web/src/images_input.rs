@@ -1,12 +1,13 @@
 //! Reading a catalogue entry from a form or a JSON body, with one set of messages.
 
 use labhub_core::resources::Amount;
-use labhub_core::{Contract, ImageFields, ImageKind, ImageRef};
+use labhub_core::{Contract, ImageFields, ImageKind, ImageRef, Placement};
 use serde::Deserialize;
 
 use crate::AppError;
 
-/// A command as words (JSON) or as one line (forms), split on spaces.
+/// A list as words (JSON), or as one text field (forms): a command split on spaces, placement
+/// constraints one per line.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Command {
@@ -38,6 +39,9 @@ pub struct ImageInput {
     /// `labhub` (the default) or `jupyterhub`.
     #[serde(default)]
     pub contract: Option<String>,
+    /// Swarm placement constraints: a list (JSON) or one per line (forms).
+    #[serde(default)]
+    pub placement: Option<Command>,
 }
 
 fn yes() -> bool {
@@ -75,6 +79,16 @@ impl ImageInput {
                 Contract::parse(c).ok_or_else(|| bad(format!("'contract' must be labhub or jupyterhub, not {c:?}")))?
             }
         };
+        let placement = match self.placement {
+            None => Vec::new(),
+            Some(Command::Words(w)) => w,
+            Some(Command::Line(l)) => l.lines().map(str::to_string).collect(),
+        }
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(|p| Placement::parse(p).map_err(|e| bad(e.to_string())))
+        .collect::<Result<_, _>>()?;
         let cpu_millis = self.cpu.cpu_millis()?;
         let memory_bytes = self.memory.memory_bytes()?;
         Ok(ImageFields {
@@ -89,6 +103,7 @@ impl ImageInput {
             enabled: self.enabled,
             recipe: self.recipe.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()),
             contract,
+            placement,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! group's environment starts only for its members, a personal one only for its owner.
 
 mod build;
+mod remove;
 mod settings;
 mod snapshot;
 mod transfer;

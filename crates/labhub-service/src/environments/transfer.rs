@@ -142,6 +142,7 @@ impl Environments<'_> {
             enabled: true,
             recipe: None,
             contract: labhub_core::Contract::Labhub,
+            placement: Vec::new(),
         };
         let now = self.hub.now();
         let source = manifest.source.clone().unwrap_or_else(|| "(imported)".into());

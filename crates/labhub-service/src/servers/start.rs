@@ -73,10 +73,17 @@ impl Servers<'_> {
         // starts holding transactions would wait on each other for the rest.
         let home = self.hub.homes().of(user.user_id, server).await?;
         let mounts = self.hub.datasets().mounts_for(user.user_id).await?;
+        // Asks the runtime (a first start chooses the node), so also before the transaction.
+        let node = self.hub.node_pins().for_start(user.user_id, &spawner).await?;
 
         let mut tx = self.hub.begin().await?;
         // The user's row lock serialises their starts: a double click makes one server.
         users::by_name_for_update(&mut *tx, owner).await?;
+        // An admin's `labhub user pin` takes the same lock: the pin read under it is current.
+        let node = match node {
+            Some(read) => Some(labhub_db::node_pins::get(&mut *tx, user.user_id).await?.unwrap_or(read)),
+            None => None,
+        };
         let row = servers::get_or_create_locked(&mut tx, user.user_id, name, self.hub.now()).await?;
         match row.state {
             ServerState::Pending => return Ok(StartOutcome::AlreadyPending(row.server_id)),
@@ -140,6 +147,12 @@ impl Servers<'_> {
         labhub_db::replicas::claim_start(&mut *tx, row.server_id, self.hub.replicas().id()).await?;
         labhub_db::replicas::clear_events(&mut *tx, row.server_id).await?;
         let group_id = charge.group.as_ref().map(|g| g.0);
+        // The nodes the group's servers may run on, after the catalogue entry's.
+        let mut placement = image.fields.placement.clone();
+        if let Some(id) = group_id {
+            let of_group = labhub_db::groups::placement(&mut *tx, id).await?;
+            placement.extend(of_group.iter().filter_map(|p| labhub_core::Placement::parse(p).ok()));
+        }
         labhub_db::quotas::set_server_group(&mut *tx, row.server_id, group_id).await?;
         if !actor.is(user.user_id) {
             let detail = json!({ "before": "stopped", "after": "pending", "image": image.name,
@@ -170,7 +183,9 @@ impl Servers<'_> {
             token: self.hub.key().server_token(owner.as_str(), name, &spawn_id.to_string()),
             env,
             contract: f.contract,
+            placement,
             start_timeout: self.state().settings.start_timeout,
+            node,
         };
         let hub = self.hub.clone();
         let server_id = row.server_id;

@@ -189,8 +189,15 @@ impl<'h> Shares<'h> {
             (r.owner_id, r.server_name, r.visitor_id, rights)
         })));
         *self.state().index.write().unwrap_or_else(PoisonError::into_inner) = index;
-        // Everyone else with a WebSocket open to a server (through a share, their roles, as an
-        // admin) is decided again by the one gate, as each account now stands.
+        self.recheck_visitors().await
+    }
+
+    /// Closes the WebSockets of visitors the gate no longer lets reach the server they are on:
+    /// everyone but the owner with a WebSocket open (through a share, their roles, as an admin)
+    /// is decided again by the one gate, as each account now stands. Called after every
+    /// rebuild, and when another process announces that an account's rights changed
+    /// (disabled, no longer an admin), which rebuilds nothing here.
+    pub(crate) async fn recheck_visitors(&self) -> Result<(), ServiceError> {
         let mut now = HashMap::new();
         for visitor in self.hub.routes().visitors() {
             now.insert(visitor, self.hub.roles().recheck(visitor).await?);

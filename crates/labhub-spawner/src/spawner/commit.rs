@@ -31,8 +31,20 @@ impl DockerSpawner {
         max_bytes: u64,
     ) -> Result<ImageInfo, SpawnError> {
         let s = DockerState::from_json(state)?;
+        self.commit_container(&s.container_id, tag, labels, max_bytes).await
+    }
+
+    /// Commits the running container `container` of this engine (a server's, or a Swarm
+    /// task's on this node) as `tag`, refused past `max_bytes` of its own layer.
+    pub(crate) async fn commit_container(
+        &self,
+        container: &str,
+        tag: &ImageRef,
+        labels: &BTreeMap<String, String>,
+        max_bytes: u64,
+    ) -> Result<ImageInfo, SpawnError> {
         let options = InspectContainerOptions { size: true };
-        let c = match self.docker.inspect_container(&s.container_id, Some(options)).await {
+        let c = match self.docker.inspect_container(container, Some(options)).await {
             Ok(c) => c,
             Err(e) if is_status(&e, 404) => return Err(SpawnError::Invalid("the server's container is gone".into())),
             Err(e) => return Err(runtime_error("inspecting the container", e)),
@@ -86,7 +98,7 @@ impl DockerSpawner {
         };
         let (repo, tag_part) = split_reference(tag.as_str());
         let options = CommitContainerOptions {
-            container: Some(s.container_id.clone()),
+            container: Some(container.to_string()),
             repo: Some(repo.to_string()),
             tag: Some(tag_part.to_string()),
             comment: Some("saved by labhub from a running server".into()),
@@ -98,7 +110,7 @@ impl DockerSpawner {
             .commit_container(options, config)
             .await
             .map_err(|e| runtime_error("saving the server as an image", e))?;
-        tracing::info!(container = %s.container_name, image = %made.id, %tag, "saved a server as an image");
+        tracing::info!(%container, image = %made.id, %tag, "saved a server as an image");
         self.image_info(tag)
             .await?
             .ok_or_else(|| SpawnError::Runtime(format!("the image {tag} is not there after the commit")))

@@ -4,19 +4,24 @@
 //! The service is built from the engine mode's container plan (`spec`), on a labhub-owned
 //! overlay kept apart as `network` describes; a start follows the task's states as progress
 //! (`start`, `tasks`); `observe` polls, stops and lists services for reconcile; `nodes`
-//! refuses a multi-node swarm that would lose homes. What is node-local is the engine
+//! refuses a multi-node swarm that would lose homes and reaches the other nodes' engines;
+//! `placement` pins users to nodes (`swarm_homes = "pinned"`); `distribute` copies images to
+//! the node a server is pinned to (`swarm_images = "copy"`). What is node-local is the engine
 //! spawner's job on the manager, delegated: images (inspect, build), storage (volumes, their
 //! usage, archives, snapshots, restores, copies), dataset sources, live usage and exit
 //! events (the task containers' `die` events carry the service's labels). That is exact on
 //! a single node; on several nodes it sees the manager's share only (the README says so).
 
+mod distribute;
 mod network;
 mod nodes;
 mod observe;
+mod placement;
 mod spec;
 mod start;
 mod tasks;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,16 +33,17 @@ use labhub_core::spawner::{
     ImageInfo, Isolation, ObservedServer, ProgressSender, ServerExit, ServerSpec, ServerStatus, ServerUsage,
     SpawnError, Spawner, SpawnerState, Started, StoredVolume,
 };
-use labhub_core::{ImageKind, ImageRef, MountSource, Storage};
+use labhub_core::{ImageKind, ImageRef, MountSource, NodeName, Storage};
 use serde::{Deserialize, Serialize};
 
+pub use distribute::{Copied, copy_image};
 pub use network::check_swarm_subnet;
 
 /// How long a swarm and overlay found in order are trusted before a start looks again (as
 /// the engine mode's network): a burst of starts costs one look, not one each.
 const RECHECK: Duration = Duration::from_secs(30);
 
-use crate::config::DockerConfig;
+use crate::config::{DockerConfig, SwarmHomes};
 use crate::http::EngineAddr;
 use crate::spawner::DockerSpawner;
 
@@ -71,6 +77,8 @@ pub struct SwarmSpawner {
     docker: Docker,
     addr: EngineAddr,
     config: DockerConfig,
+    /// The manager's node: its id and host name (where the hub runs).
+    manager: (String, NodeName),
     /// When the swarm, the overlay and the rules were last found in order, and the overlay's
     /// id; the lock also serialises the overlay's creation among concurrent starts.
     checked: tokio::sync::Mutex<Option<(Instant, String)>>,
@@ -100,8 +108,9 @@ impl SwarmSpawner {
             ));
         }
         let docker = engine.docker().clone();
-        nodes::check_manager(&docker).await?;
+        let manager = nodes::check_manager(&docker).await?;
         Ok(Self {
+            manager,
             addr: engine.engine_addr().clone(),
             config: engine.config().clone(),
             docker,
@@ -225,14 +234,30 @@ impl Spawner for SwarmSpawner {
 
     async fn commit_server(
         &self,
-        _state: &SpawnerState,
-        _tag: &ImageRef,
-        _labels: &std::collections::BTreeMap<String, String>,
-        _max_bytes: u64,
+        state: &SpawnerState,
+        tag: &ImageRef,
+        labels: &std::collections::BTreeMap<String, String>,
+        max_bytes: u64,
     ) -> Result<ImageInfo, SpawnError> {
-        Err(SpawnError::Invalid(
-            "saving a server's environment is not available in Swarm mode yet (its container is a task's); use the engine mode".into(),
-        ))
+        // The task's container, committed by the engine it runs on: this node's.
+        let s = SwarmState::from_json(state)?;
+        let task = self.newest_task(&s.service_id).await?;
+        let container = task.map(|t| t.status.container_status.container_id).unwrap_or_default();
+        if container.is_empty() {
+            return Err(SpawnError::Invalid("the server is not running".into()));
+        }
+        match self
+            .docker
+            .inspect_container(&container, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+        {
+            Ok(_) => self.engine.commit_container(&container, tag, labels, max_bytes).await,
+            Err(e) if crate::error::is_status(&e, 404) => Err(SpawnError::Invalid(
+                "this server runs on another Swarm node; saving an environment works for servers on the hub's node"
+                    .into(),
+            )),
+            Err(e) => Err(crate::error::runtime_error("inspecting the server's container", e)),
+        }
     }
 
     async fn restore(
@@ -255,5 +280,21 @@ impl Spawner for SwarmSpawner {
     async fn check_isolation(&self) -> Result<Isolation, SpawnError> {
         self.prepare(true).await?;
         Ok(if self.config.isolate_host { Isolation::Full } else { Isolation::ServersOnly })
+    }
+
+    async fn place(&self, pinned: &BTreeMap<NodeName, u64>) -> Result<Option<NodeName>, SpawnError> {
+        if self.config.swarm_homes != SwarmHomes::Pinned {
+            return Ok(None);
+        }
+        // The nodes the hub places servers on: its own and those it reaches (`swarm_nodes`).
+        let ready = nodes::ready_nodes(&self.docker).await?;
+        let candidates: Vec<NodeName> = std::iter::once(&self.manager.1)
+            .chain(self.config.swarm_nodes.iter().map(|n| &n.hostname))
+            .filter(|n| ready.contains(n))
+            .cloned()
+            .collect();
+        placement::choose(&candidates, pinned).map(Some).ok_or_else(|| {
+            SpawnError::Runtime("no node that may run servers is up (the manager and [[docker.swarm_nodes]])".into())
+        })
     }
 }

@@ -30,12 +30,13 @@ use crate::plan::ContainerPlan;
 /// How long a task may shut down cleanly before Swarm kills it (as the engine mode's stop).
 const STOP_GRACE_NANOS: i64 = 5_000_000_000;
 
-/// Builds the service for `plan`, named `name`, on the overlay; refuses what a service
-/// cannot carry.
+/// Builds the service for `plan`, named `name`, running `image` (the plan's content id, or
+/// its registry digest), on the overlay; refuses what a service cannot carry.
 pub(crate) fn service_spec(
     spec: &ServerSpec,
     plan: &ContainerPlan,
     name: &str,
+    image: &str,
     config: &DockerConfig,
 ) -> Result<ServiceSpec, SpawnError> {
     if !plan.seed.is_empty() {
@@ -61,6 +62,11 @@ pub(crate) fn service_spec(
 
     let mounts = host.mounts.unwrap_or_default().into_iter().map(|m| nfs_mount(m, plan, config)).collect();
     let mut constraints = config.swarm_constraints.clone();
+    constraints.extend(spec.placement.iter().map(|p| p.as_str().to_string()));
+    if let Some(node) = &spec.node {
+        // Where the owner's homes are (`swarm_homes = "pinned"`).
+        constraints.push(format!("node.hostname=={node}"));
+    }
     let mut generic = Vec::new();
     if res.gpus > 0 {
         constraints.push(config.swarm_gpu_constraint.clone());
@@ -73,7 +79,7 @@ pub(crate) fn service_spec(
         });
     }
     let container = TaskSpecContainerSpec {
-        image: body.image.clone(),
+        image: Some(image.to_string()),
         labels: Some(labels.clone()),
         args: body.cmd.clone(),
         env: body.env.clone(),
@@ -133,10 +139,16 @@ pub(crate) fn service_spec(
 }
 
 /// With NFS homes, the home's volume (the plan's first mount) is declared with NFS options,
-/// one export folder per volume name (which carries the owner's id); other mounts as planned.
+/// one export folder per volume name (which carries the owner's id); with pinned homes, with
+/// the hub's labels (a node other than the manager creates it at the first start there);
+/// other mounts as planned.
 fn nfs_mount(mount: Mount, plan: &ContainerPlan, config: &DockerConfig) -> Mount {
     let home = plan.body.host_config.as_ref().and_then(|h| h.mounts.as_ref()).and_then(|m| m.first());
     let is_home = home.is_some_and(|h| h.source == mount.source && h.target == mount.target);
+    if config.swarm_homes == SwarmHomes::Pinned && is_home {
+        let labels = plan.body.labels.clone();
+        return Mount { volume_options: Some(MountVolumeOptions { labels, ..Default::default() }), ..mount };
+    }
     if config.swarm_homes != SwarmHomes::Nfs || !is_home {
         return mount;
     }
@@ -184,7 +196,9 @@ mod tests {
             token: Secret::new("s3cret".into()),
             env: BTreeMap::new(),
             start_timeout: Duration::from_secs(30),
+            node: None,
             contract: labhub_core::Contract::Labhub,
+            placement: Vec::new(),
         }
     }
 
@@ -207,7 +221,7 @@ mod tests {
     fn the_service_carries_the_container_plan_and_the_quota() {
         let s = server(ImageKind::Jupyter, 0);
         let p = plan(&s);
-        let svc = service_spec(&s, &p, "labhub_U7_gpu", &DockerConfig::default()).unwrap();
+        let svc = service_spec(&s, &p, "labhub_U7_gpu", "sha256:abc", &DockerConfig::default()).unwrap();
         assert_eq!(svc.name.as_deref(), Some("labhub_U7_gpu"));
         assert_eq!(svc.mode.unwrap().replicated.unwrap().replicas, Some(1));
         let endpoint = svc.endpoint_spec.unwrap();
@@ -242,7 +256,9 @@ mod tests {
 
     #[test]
     fn gpus_constraints_and_nfs_homes() {
-        let s = server(ImageKind::Jupyter, 2);
+        let mut s = server(ImageKind::Jupyter, 2);
+        s.placement = vec![labhub_core::Placement::parse("node.labels.gpu-model == a100").unwrap()];
+        s.node = Some(labhub_core::NodeName::parse("lab2").unwrap());
         let config = DockerConfig {
             swarm_constraints: vec!["node.labels.lab==yes".into()],
             swarm_homes: SwarmHomes::Nfs,
@@ -250,10 +266,11 @@ mod tests {
             swarm_nfs_export: "/srv/homes/".into(),
             ..DockerConfig::default()
         };
-        let task = service_spec(&s, &plan(&s), "x", &config).unwrap().task_template.unwrap();
+        let task = service_spec(&s, &plan(&s), "x", "sha256:abc", &config).unwrap().task_template.unwrap();
         assert_eq!(
             task.placement.unwrap().constraints.unwrap(),
-            vec!["node.labels.lab==yes".to_string(), "node.labels.gpu==true".to_string()]
+            ["node.labels.lab==yes", "node.labels.gpu-model==a100", "node.hostname==lab2", "node.labels.gpu==true"],
+            "the site's, the catalogue entry's, the owner's node, then the GPUs'"
         );
         let generic = task.resources.unwrap().reservations.unwrap().generic_resources.unwrap();
         let gpu = generic[0].discrete_resource_spec.clone().unwrap();
@@ -270,7 +287,7 @@ mod tests {
     #[test]
     fn a_kind_that_needs_files_before_start_is_refused() {
         let s = server(ImageKind::Rstudio, 0);
-        let e = service_spec(&s, &plan(&s), "x", &DockerConfig::default()).unwrap_err();
+        let e = service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default()).unwrap_err();
         assert!(matches!(&e, SpawnError::Invalid(m) if m.contains("rstudio server cannot run in Swarm mode")), "{e}");
     }
 }

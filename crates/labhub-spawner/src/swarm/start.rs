@@ -11,8 +11,8 @@ use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
 use labhub_core::{ServerName, Storage};
 
 use super::tasks::{self, Phase, Task};
-use super::{SwarmSpawner, SwarmState, network, spec};
-use crate::config::SwarmHomes;
+use super::{SwarmSpawner, SwarmState, distribute, network, nodes, spec};
+use crate::config::{SwarmHomes, SwarmImages};
 use crate::error::{is_status, runtime_error};
 use crate::naming::ServerNames;
 use crate::plan::{PlanContext, container_plan};
@@ -46,8 +46,10 @@ impl SwarmSpawner {
         send(&progress, 42, "preparing the overlay network");
         let network_id = self.prepare(false).await?;
         send(&progress, 45, "preparing your storage");
-        // NFS homes are made by whichever node runs the task, from the mount's options.
-        if self.config.swarm_homes == SwarmHomes::Local {
+        // NFS homes are made by whichever node runs the task, from the mount's options; a
+        // home pinned to another node by that node's engine, from the mount's labels.
+        let here = spec.node.as_ref().is_none_or(|n| *n == self.manager.1);
+        if self.config.swarm_homes == SwarmHomes::Local || (self.config.swarm_homes == SwarmHomes::Pinned && here) {
             let made_for = (!matches!(spec.home, Storage::Volume(_))).then_some(&spec.user);
             self.engine.ensure_storage(&spec.home, made_for).await?;
         }
@@ -61,7 +63,8 @@ impl SwarmSpawner {
             extra: &extra,
         };
         let plan = container_plan(spec, &ctx)?;
-        let service = spec::service_spec(spec, &plan, &names.container, &self.config)?;
+        let image_name = self.image_for_nodes(spec, &facts, &progress).await?;
+        let service = spec::service_spec(spec, &plan, &names.container, &image_name, &self.config)?;
 
         send(&progress, 48, "creating the service");
         self.clear_stale(spec, &names.container).await?;
@@ -174,15 +177,52 @@ impl SwarmSpawner {
         Ok(tasks::list(&self.addr, &filters).await?.into_iter().next())
     }
 
-    /// Where the hub reaches a running task: its address on this node's `docker_gwbridge`
-    /// (see `network`'s docs).
+    /// The image a service names: its content id, copied first to the node the server is
+    /// pinned to (`swarm_images = "copy"`), or its registry digest (`"registry"`), which
+    /// every node pulls alike.
+    async fn image_for_nodes(
+        &self,
+        spec: &ServerSpec,
+        facts: &crate::plan::ImageFacts,
+        progress: &ProgressSender,
+    ) -> Result<String, SpawnError> {
+        if self.config.swarm_images == SwarmImages::Registry {
+            return facts.repo_digest.clone().ok_or_else(|| {
+                SpawnError::Invalid(format!(
+                    "image {} has no registry digest, and swarm_images = \"registry\" runs images from the registry \
+                     only: push it there and name it by its registry reference in the catalogue",
+                    spec.image
+                ))
+            });
+        }
+        if let Some(node) = spec.node.as_ref().filter(|n| **n != self.manager.1) {
+            send(progress, 46, format!("copying the image to node {node}"));
+            let engine = nodes::engine_of(&self.config, node).await?;
+            let copied = distribute::copy_image(&self.docker, &engine, node, &facts.id).await?;
+            if let distribute::Copied::Bytes(bytes) = copied {
+                tracing::info!(node = %node, image = %facts.id, bytes, "copied the image to the node");
+            }
+        }
+        Ok(facts.id.clone())
+    }
+
+    /// Where the hub reaches a running task: its address on its node's `docker_gwbridge`
+    /// (see `network`'s docs), asked of that node's engine when it is not the manager's.
     pub(super) async fn task_address(&self, task: &Task) -> Result<Option<IpAddr>, SpawnError> {
         let container = &task.status.container_status.container_id;
         if container.is_empty() {
             return Ok(None);
         }
-        let net = self
-            .docker
+        let remote = if task.node_id.is_empty() || task.node_id == self.manager.0 {
+            None
+        } else {
+            nodes::hostname_of(&self.docker, &task.node_id).await?
+        };
+        let engine = match &remote {
+            Some(node) => nodes::engine_of(&self.config, node).await?,
+            None => self.docker.clone(),
+        };
+        let net = engine
             .inspect_network(network::GATEWAY_BRIDGE, None::<InspectNetworkOptions>)
             .await
             .map_err(|e| runtime_error("inspecting docker_gwbridge", e))?;

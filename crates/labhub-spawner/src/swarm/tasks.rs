@@ -20,6 +20,9 @@ const TASKS_MAX_BYTES: usize = 4 << 20;
 pub(crate) struct Task {
     #[serde(default)]
     pub created_at: String,
+    /// The node Swarm placed it on (empty until assigned).
+    #[serde(rename = "NodeID", default)]
+    pub node_id: String,
     #[serde(default)]
     pub status: TaskStatus,
 }

@@ -202,6 +202,27 @@ async fn image_commands_manage_the_catalogue() {
     assert!(out.contains("Saved scipy"));
     let image = app.hub.catalogue().get("scipy").await.unwrap().fields;
     assert_eq!((image.cpu_millis, image.memory_bytes, image.enabled), (1500, 3 << 30, false));
+    // Swarm placement: kept as Swarm reads it, refused when Swarm could never match it.
+    let set = |placement: &'static [&'static str]| {
+        let mut args = vec!["image", "set", "scipy"];
+        for p in placement {
+            args.extend(["--placement", p]);
+        }
+        run(labhub(&args).env("DATABASE_URL", &url))
+    };
+    let (code, _, err) = set(&["node.labels.gpu == true", "node.hostname!=lab3"]);
+    assert_eq!(code, 0, "{err}");
+    let placement = app.hub.catalogue().get("scipy").await.unwrap().fields.placement;
+    assert_eq!(
+        placement.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        ["node.labels.gpu==true", "node.hostname!=lab3"]
+    );
+    let (code, _, err) = set(&["gpu"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("must be ATTRIBUTE==VALUE"), "{err}");
+    let (code, _, err) = set(&[""]);
+    assert_eq!(code, 0, "{err}");
+    assert!(app.hub.catalogue().get("scipy").await.unwrap().fields.placement.is_empty(), "--placement '' clears them");
     let (code, out, _) = run(labhub(&["image", "list"]).env("DATABASE_URL", &url));
     assert_eq!(code, 0);
     let line = out.lines().find(|l| l.starts_with("scipy")).expect("listed");

@@ -108,6 +108,30 @@ async fn a_saved_server_starts_again_with_its_files_outside_the_home_and_the_mem
         read_file(&alice, "alice", "home/jovyan/notes.txt").await,
         (StatusCode::OK, "after the snapshot".into())
     );
+
+    // Deleting it: not bob's to delete; alice's server on it keeps running, and her count
+    // frees a place for the next one, which she deletes from its page.
+    assert_eq!(bob.delete("/hub/api/environments/mine").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(alice.delete("/hub/api/environments/mine").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(alice.get("/hub/api/environments/mine").await.status, StatusCode::NOT_FOUND);
+    assert!(alice.user("alice").await.is_ready(None), "the server on it runs on");
+    assert_eq!(crate::groups::audited(&app, "environment.delete").await[0].1, "mine");
+    alice.stop("alice", None).await.unwrap();
+    alice.wait_stopped("alice", None).await;
+    start_on(&alice, "alice", "test-root").await;
+    let again = alice.post_json("/hub/api/users/alice/server/snapshot", &json!({"name": "mine-2"})).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    let browser = app.signed_in("alice", "correct horse").await;
+    let page = browser.get(app.at("/hub/environments/mine-2")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("action=\"/hub/environments/mine-2/delete\""), "{page}");
+    let r = browser
+        .post(app.at("/hub/environments/mine-2/delete"))
+        .form(&[("_csrf", csrf_of(&page).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(alice.get("/hub/api/environments/mine-2").await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,7 +197,7 @@ async fn bad_or_oversized_uploads_are_refused_recording_nothing_and_uploads_foll
     // Once an environment is removed, the image collector drops its upload (past an hour's
     // grace, which the test moves behind it); the others' stay.
     let kept = uploads_kept(&app).await;
-    assert_eq!(root.delete("/hub/api/images/mine").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(alice.delete("/hub/api/environments/mine").await.status, StatusCode::NO_CONTENT);
     labhub_db::sqlx::query("update environment_uploads set uploaded_at = uploaded_at - interval '2 hours'")
         .execute(&app.db)
         .await

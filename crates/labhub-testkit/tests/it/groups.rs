@@ -90,6 +90,20 @@ async fn groups_through_the_api_have_jupyterhubs_shape_and_every_change_is_audit
     assert_eq!(page2.items[0].name, "lab-b");
     assert!(page2.pagination.next.is_none());
 
+    // Swarm placement of the group's servers: admins only (nodes are the site's), checked.
+    let bob = app.api_for("bob").await;
+    let r = bob.patch_json("/hub/api/groups/lab-a", &json!({"placement": ["node.labels.gpu==true"]})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a lead does not choose nodes: {r:?}");
+    let r = root.patch_json("/hub/api/groups/lab-a", &json!({"placement": ["gpu"]})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("ATTRIBUTE==VALUE"), "{r:?}");
+    let r = root.patch_json("/hub/api/groups/lab-a", &json!({"placement": ["node.labels.gpu == true"]})).await;
+    assert_eq!(r.value()["placement"], json!(["node.labels.gpu==true"]));
+    assert_eq!(
+        audited(&app, "group.set_placement").await[0].2,
+        json!({"before": [], "after": ["node.labels.gpu==true"]})
+    );
+
     let r = root.patch_json("/hub/api/groups/lab-b", &json!({"name": "lab-a"})).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     let r = root.patch_json("/hub/api/groups/lab-b", &json!({"name": "genomics"})).await;
@@ -217,6 +231,7 @@ async fn the_role_matrix_members_leads_of_this_group_leads_of_another_group_and_
                 enabled: true,
                 recipe: None,
                 contract: labhub_core::Contract::Labhub,
+                placement: Vec::new(),
             },
         )
         .await

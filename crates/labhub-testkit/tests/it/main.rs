@@ -42,3 +42,4 @@ mod single_user;
 mod spawner;
 mod subdomains;
 mod swarm;
+mod swarm_nodes;

@@ -183,7 +183,9 @@ fn spec(scope: &DockerScope, user: &str) -> ServerSpec {
         token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
         env: Default::default(),
         contract: labhub_core::Contract::Labhub,
+        placement: Vec::new(),
         start_timeout: Duration::from_secs(30),
+        node: None,
     }
 }
 

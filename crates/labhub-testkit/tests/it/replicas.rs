@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::common::{start_ready, test_server_binary};
 use crate::groups::audited;
-use crate::proxied::{echo, ws_connect, ws_end, ws_url};
+use crate::proxied::{HANG, echo, ws_connect, ws_end, ws_url};
 use crate::restart::{HubProcess, Site};
 use labhub_testkit::app::script;
 
@@ -273,6 +273,38 @@ async fn the_culler_stops_an_idle_server_exactly_once_with_three_replicas() {
             .unwrap();
     assert_eq!(closed, 1);
     a.api_for("alice").await.wait_stopped("alice", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_demoted_through_one_replica_loses_the_websocket_another_let_in() {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let apps = replicas(2, Some(scope)).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    a.add_test_image("test").await;
+    a.add_user("alice", "correct horse", false).await;
+    a.add_user("root", "correct horse", true).await;
+    a.add_user("bob", "correct horse", true).await;
+    let alice = a.api_for("alice").await;
+    start_ready(&alice, "alice").await;
+    // B follows A only through Postgres's announcements.
+    tokio::spawn(b.hub.clone().follow_replicas(pending()));
+    let bob = b.api_for("bob").await;
+    let url = ws_url(&b.url, "/user/alice/ws/echo");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut ws = loop {
+        match ws_connect(&url, &[("Authorization", bob.authorization())]).await {
+            Ok(ws) => break ws,
+            Err(e) => assert!(Instant::now() < give_up, "B never routed alice's server: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(echo(&mut ws, "as an admin, through B").await, "as an admin, through B");
+    let mut own = ws_connect(&url, &[("Authorization", alice.authorization())]).await.expect("alice's own, through B");
+
+    let demoted = a.api_for("root").await.patch_json("/hub/api/users/bob", &json!({"admin": false})).await;
+    assert!(demoted.status.is_success(), "{demoted:?}");
+    ws_end(&mut ws, HANG).await;
+    assert_eq!(echo(&mut own, "still mine").await, "still mine", "the owner's WebSocket stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,6 +157,49 @@ async fn a_missing_or_disabled_image_is_a_clear_error_and_leaves_nothing() {
                      "cpu": 1, "memory": "1G"});
     assert_eq!(root.add_image(bad).await.unwrap_err().status, StatusCode::BAD_REQUEST);
     assert_eq!(alice.add_image(json!({})).await.unwrap_err().status, StatusCode::FORBIDDEN);
+    // A Swarm placement Swarm could never match is refused by name; a good one is kept as
+    // Swarm reads it (the engine mode, one node, has nothing to choose: it starts as before).
+    let mut placed = json!({"name": "placed", "display_name": "Placed", "reference": "127.0.0.1:9/labhub-missing:1",
+                            "kind": "jupyter", "cpu": 1, "memory": "512M", "placement": ["node.gpu==true"]});
+    let refused = root.add_image(placed.clone()).await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.message.contains("\"node.gpu==true\"") && refused.message.contains("node.labels.KEY"), "{refused}");
+    placed["placement"] = json!(["node.labels.gpu == true"]);
+    root.add_image(placed).await.unwrap();
+    assert_eq!(root.get("/hub/api/images/placed").await.value()["placement"], json!(["node.labels.gpu==true"]));
+    // The admin form: one constraint per line; a bad one is the form again with the reason.
+    let b = app.signed_in("root", "correct horse").await;
+    let form = b.get(app.at("/hub/admin/images/placed")).send().await.unwrap().text().await.unwrap();
+    assert!(form.contains(">node.labels.gpu==true</textarea>"), "{form}");
+    let csrf = csrf_of(&form);
+    let fields = |placement: &'static str| {
+        [
+            ("_csrf", csrf.clone()),
+            ("display_name", "Placed".into()),
+            ("reference", "127.0.0.1:9/labhub-missing:1".into()),
+            ("kind", "jupyter".into()),
+            ("cpu", "1".into()),
+            ("memory", "512M".into()),
+            ("enabled", "on".into()),
+            ("contract", "labhub".into()),
+            ("placement", placement.into()),
+        ]
+    };
+    let r = b
+        .post(app.at("/hub/admin/images/placed"))
+        .form(&fields("node.labels.gpu==true\r\nnode.role == worker\r\n"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success() || r.status() == StatusCode::SEE_OTHER, "{}", r.status());
+    assert_eq!(
+        root.get("/hub/api/images/placed").await.value()["placement"],
+        json!(["node.labels.gpu==true", "node.role==worker"])
+    );
+    let r = b.post(app.at("/hub/admin/images/placed")).form(&fields("gpu")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("must be ATTRIBUTE==VALUE"));
+    assert_eq!(root.get("/hub/api/images/placed").await.value()["placement"].as_array().unwrap().len(), 2, "kept");
 }
 
 /// A catalogue entry of the test image that listens on 8888 while the hub waits for 9999:

@@ -60,7 +60,9 @@ async fn servers_reach_the_single_user_api_and_no_other_port_of_the_host() {
         token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
         env: Default::default(),
         contract: Contract::Labhub,
+        placement: Vec::new(),
         start_timeout: Duration::from_secs(30),
+        node: None,
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let started = scope.spawner.start(&spec, tx).await.unwrap_or_else(|e| panic!("{e}"));

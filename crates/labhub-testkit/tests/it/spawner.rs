@@ -102,7 +102,9 @@ impl TestHub {
             token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
             env: BTreeMap::new(),
             contract: labhub_core::Contract::Labhub,
+            placement: Vec::new(),
             start_timeout: Duration::from_secs(30),
+            node: None,
         }
     }
 

@@ -2,11 +2,12 @@
 //! engine (`labhub_testkit::swarm`: made for the run when the engine is in none, left again
 //! after the last test): start and readiness from the task's states, a server reached through
 //! the hub's proxy, stop, restart policy none, the quota as limits and reservations, an image
-//! the engine lacks, tasks that fail or cannot be placed, boot reconcile, and what keeps tasks
-//! apart on the overlay.
+//! the engine lacks, tasks that fail or cannot be placed, boot reconcile, a running task saved
+//! as an image, and what keeps tasks apart on the overlay.
 //!
-//! Not verified here (one engine, no second node): a task on a second node, NFS homes
-//! following a user there (the mount spec is unit-tested), encrypted overlays between nodes.
+//! A second node is `swarm_nodes.rs`'s. Not verified anywhere: NFS homes following a user
+//! across nodes (the mount spec is unit-tested; this kernel has no NFS), encrypted overlays
+//! between nodes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,7 +51,9 @@ fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
         token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
         env: BTreeMap::new(),
         start_timeout: Duration::from_secs(60),
+        node: None,
         contract: labhub_core::Contract::Labhub,
+        placement: Vec::new(),
     }
 }
 
@@ -150,6 +153,30 @@ async fn a_server_starts_as_a_service_with_its_quota_answers_and_stops() {
     s.spawner.stop(&started.state).await.expect("stopping again is done");
     // The home stayed; the next start mounts it again.
     assert!(s.spawner.storage_usage(&spec.home).await.unwrap().is_some(), "the home is kept");
+}
+
+#[tokio::test]
+async fn a_running_service_is_saved_as_an_image_without_its_secrets_and_keeps_running() {
+    let s = scope().await;
+    let spec = spec(&s, "erin", 6);
+    let (started, _) = start(&s.spawner, &spec).await.unwrap();
+    let tag = ImageRef::parse(&format!("{}-env/saved:b1", s.config.hub_id)).unwrap();
+    let labels = BTreeMap::from([("io.labhub.environment".to_string(), "saved".to_string())]);
+    let saved =
+        s.spawner.commit_server(&started.state, &tag, &labels, 1 << 30).await.expect("the task's container saved");
+    let image = s.engine().inspect_image(tag.as_str()).await.expect("the tag names the saved image");
+    assert_eq!(image.id.as_deref(), Some(saved.digest.as_str()));
+    let config = image.config.unwrap();
+    assert_eq!(config.labels.unwrap_or_default().get("io.labhub.environment").map(String::as_str), Some("saved"));
+    let token = spec.token.expose().clone();
+    let env = config.env.unwrap_or_default();
+    assert!(!env.iter().any(|kv| kv.contains(&token)), "the server's token is not in the image: {env:?}");
+    // Paused for the commit only: the server answers again.
+    assert_eq!(get(started.endpoint, "/user/erin/api", &token).await.unwrap(), 200);
+    s.spawner.stop(&started.state).await.unwrap();
+    let refused = s.spawner.commit_server(&started.state, &tag, &labels, 1 << 30).await.unwrap_err();
+    assert!(refused.to_string().contains("not running"), "{refused}");
+    let _ = s.engine().remove_image(tag.as_str(), None::<bollard::query_parameters::RemoveImageOptions>, None).await;
 }
 
 #[tokio::test]
@@ -309,4 +336,32 @@ async fn the_hub_proxies_to_a_service_and_stops_it() {
     alice.stop("alice", None).await.unwrap();
     alice.wait_stopped("alice", None).await;
     assert!(services_of(&s).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_servers_placement_is_the_sites_its_catalogue_entrys_and_its_groups() {
+    let s = scope_with(|c| c.swarm_constraints = vec!["node.platform.os==linux".into()]).await;
+    let app = TestApp::builder().docker(s.docker.clone()).spawner(s.spawner.clone()).spawn().await;
+    app.add_test_image("test").await;
+    app.add_user("root", "correct horse", true).await;
+    app.add_user("alice", "correct horse", false).await;
+    let root = app.api_for("root").await;
+    let reference = s.docker.test_image.to_string();
+    let entry = json!({"display_name": "Test", "reference": reference, "kind": "jupyter", "cpu": 0.5,
+                       "memory": "256M", "placement": ["node.role == manager"]});
+    let put = root.put_json("/hub/api/images/test", &entry).await;
+    assert!(put.status.is_success(), "{put:?}");
+    root.post_json("/hub/api/groups", &json!({"groups": ["lab"]})).await;
+    root.post_json("/hub/api/groups/lab/users", &json!({"users": ["alice"]})).await;
+    let patched = root.patch_json("/hub/api/groups/lab", &json!({"placement": ["node.labels.labhub-test!=no"]})).await;
+    assert_eq!(patched.value()["placement"], json!(["node.labels.labhub-test!=no"]), "{patched:?}");
+
+    let alice = app.api_for("alice").await;
+    alice.start("alice", None, json!({"image": "test"})).await.unwrap_or_else(|e| panic!("{e}"));
+    alice.wait_ready("alice", None).await;
+    let service = services_of(&s).await.remove(0);
+    let constraints = service.spec.unwrap().task_template.unwrap().placement.unwrap().constraints.unwrap();
+    assert_eq!(constraints, ["node.platform.os==linux", "node.role==manager", "node.labels.labhub-test!=no"]);
+    alice.stop("alice", None).await.unwrap();
+    alice.wait_stopped("alice", None).await;
 }

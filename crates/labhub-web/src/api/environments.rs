@@ -43,6 +43,17 @@ pub async fn get_one(
     Ok(Json(json!(state.hub().environments().get(Actor::User(&me), &name).await?)))
 }
 
+/// `DELETE /hub/api/environments/{name}`: admins any, a group's leads the group's, a member
+/// their own; 204. The images stay for the sessions that ran them.
+pub async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    state.hub().environments().remove(Actor::User(&me), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The body of `POST /hub/api/environments`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use labhub_core::{GroupName, ImageAllowance, ServerName, UserName};
+use labhub_core::{GroupName, ImageAllowance, Placement, ServerName, UserName};
 use labhub_service::Actor;
 use labhub_service::model::GroupDetail;
 use labhub_service::model::StorageFate;
@@ -39,6 +39,7 @@ fn model(d: &GroupDetail) -> Value {
         "shared_folder": d.group.shared_folder,
         "shared_read_only": d.group.shared_read_only,
         "members_build_environments": d.members_build_environments,
+        "placement": d.placement,
     })
 }
 
@@ -138,10 +139,14 @@ pub struct Patch {
     shared_read_only: Option<bool>,
     #[serde(default)]
     members_build_environments: Option<bool>,
+    /// Swarm placement constraints of the group's servers (admins).
+    #[serde(default)]
+    placement: Option<Vec<String>>,
 }
 
 /// `PATCH /hub/api/groups/{name}`: `{"name": "<new name>"}` (admins), `{"shared_folder": true,
-/// "shared_read_only": false}`, `{"members_build_environments": true}` (admins, its leads).
+/// "shared_read_only": false}`, `{"members_build_environments": true}` (admins, its leads),
+/// `{"placement": ["node.labels.gpu==true"]}` (admins).
 pub async fn patch(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
@@ -155,6 +160,13 @@ pub async fn patch(
         let on = body.shared_folder.unwrap_or(now.shared_folder);
         let read_only = body.shared_read_only.unwrap_or(now.shared_read_only);
         hub.groups().set_shared_folder(Actor::User(&me), &name, on, read_only).await?;
+    }
+    if let Some(placement) = &body.placement {
+        let placement: Vec<Placement> = placement
+            .iter()
+            .map(|p| Placement::parse(p).map_err(|e| AppError::BadRequest(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        hub.groups().set_placement(Actor::User(&me), &name, &placement).await?;
     }
     if let Some(allowed) = body.members_build_environments {
         hub.environments().set_members_may_build(Actor::User(&me), &name, allowed).await?;

@@ -28,6 +28,7 @@ fn model(s: &ImageStatus) -> Value {
         "enabled": i.enabled,
         "recipe": i.recipe,
         "contract": i.contract,
+        "placement": i.placement,
         "local": s.local.as_ref().map(|l| json!({ "digest": l.digest, "size_bytes": l.size_bytes })),
         "build": s.build,
     })

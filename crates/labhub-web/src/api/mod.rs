@@ -69,7 +69,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/hub/api/users/{name}/sessions/{id}/relaunch", post(history::relaunch))
         .route("/hub/api/environments", get(environments::list).post(environments::create))
         .route("/hub/api/environments/collect", post(history::collect))
-        .route("/hub/api/environments/{name}", get(environments::get_one))
+        .route("/hub/api/environments/{name}", get(environments::get_one).delete(environments::delete))
         .route("/hub/api/environments/{name}/builds", post(environments::rebuild))
         .route("/hub/api/environments/{name}/builds/{id}/log", get(environments::log))
         .route("/hub/api/environments/{name}/pin", axum::routing::put(environments::pin))

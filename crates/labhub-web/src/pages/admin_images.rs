@@ -34,6 +34,7 @@ pub struct ImageFormView {
     recipes: Vec<String>,
     enabled: bool,
     contract: String,
+    placement: String,
 }
 
 impl ImageFormView {
@@ -54,6 +55,7 @@ impl ImageFormView {
             recipes,
             enabled: true,
             contract: "labhub".into(),
+            placement: String::new(),
         }
     }
 
@@ -75,6 +77,7 @@ impl ImageFormView {
             recipes,
             enabled: i.enabled,
             contract: i.contract.as_str().into(),
+            placement: i.placement.iter().map(|p| p.as_str()).collect::<Vec<_>>().join("\n"),
         }
     }
 
@@ -95,6 +98,7 @@ impl ImageFormView {
             recipes,
             enabled: f.enabled.is_some(),
             contract: f.contract.clone(),
+            placement: f.placement.clone(),
         }
     }
 }
@@ -205,6 +209,8 @@ pub struct ImageForm {
     enabled: Option<String>,
     #[serde(default)]
     contract: String,
+    #[serde(default)]
+    placement: String,
 }
 
 impl ImageForm {
@@ -221,6 +227,7 @@ impl ImageForm {
             enabled: self.enabled.is_some(),
             recipe: Some(self.recipe.clone()),
             contract: Some(self.contract.clone()),
+            placement: Some(crate::images_input::Command::Line(self.placement.clone())),
         }
     }
 }

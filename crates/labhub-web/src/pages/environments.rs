@@ -234,6 +234,7 @@ struct BuildRow {
 struct EnvPage {
     c: Chrome,
     admin: bool,
+    may_delete: bool,
     env: EnvRow,
     builds: Vec<BuildRow>,
 }
@@ -246,6 +247,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let env = state.hub().environments().get(Actor::User(&me), &name).await?;
+    let may_delete = state.hub().environments().may_remove(Actor::User(&me), &name).await?;
     let now = state.hub().now();
     let builds = env
         .builds
@@ -263,7 +265,7 @@ pub async fn show(
             pinned: env.pinned == Some(b.id),
         })
         .collect();
-    let v = EnvPage { c: page.chrome("environments"), admin: me.admin, env: EnvRow::from(&env), builds };
+    let v = EnvPage { c: page.chrome("environments"), admin: me.admin, may_delete, env: EnvRow::from(&env), builds };
     Ok(page.render(v))
 }
 
@@ -313,6 +315,26 @@ pub async fn rebuild_upload(
             | ServiceError::TooLarge(_)
             | ServiceError::Unavailable(_)),
         ) => Ok(redirect_with_error(&state, &format!("/hub/environments/{name}"), &e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /hub/environments/{name}/delete`: deletes it, back to the list with what happened.
+pub async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    CsrfForm(_): CsrfForm<crate::pages::login::Empty>,
+) -> Result<Response, AppError> {
+    match state.hub().environments().remove(Actor::User(&me), &name).await {
+        Ok(()) => Ok(redirect_with_flash(
+            &state,
+            "/hub/environments",
+            &format!("Deleted {name}. Sessions that ran it keep their images until they are collected."),
+        )),
+        Err(e @ (ServiceError::Conflict(_) | ServiceError::Forbidden(_))) => {
+            Ok(redirect_with_error(&state, &format!("/hub/environments/{name}"), &e.to_string()))
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -76,6 +76,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/environments/{name}/builds", post(environments::rebuild))
         .route("/hub/environments/{name}/builds/{id}", get(environments::build_log))
         .route("/hub/environments/{name}/pin", post(environments::pin))
+        .route("/hub/environments/{name}/delete", post(environments::delete))
         .route("/hub/admin/images", get(admin_images::list).post(admin_images::add))
         .route("/hub/admin/images/{name}", get(admin_images::edit_form).post(admin_images::edit))
         .route("/hub/admin/images/{name}/build", post(admin_images::build))

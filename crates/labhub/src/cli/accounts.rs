@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use labhub_core::Secret;
 use labhub_core::listing::UserFilter;
+use labhub_core::{NodeName, Secret};
 use labhub_service::Actor;
 use labhub_service::accounts::NewAccount;
 use labhub_service::model::StorageFate;
@@ -54,6 +54,9 @@ pub(super) enum UserCommand {
         #[arg(action = clap::ArgAction::Set)]
         admin: bool,
     },
+    /// Swarm mode with swarm_homes = "pinned": run this user's servers on the node HOSTNAME
+    /// from their next start (refused while one runs; their files do not move with them).
+    Pin { name: String, hostname: String },
 }
 
 impl UserCommand {
@@ -144,6 +147,15 @@ pub(super) async fn user(hub: labhub_service::Hub, cmd: UserCommand) -> anyhow::
             let name = name(&raw)?;
             hub.accounts().set_admin(Actor::System, &name, admin).await?;
             println!("{name} is {}an admin.", if admin { "now " } else { "no longer " });
+        }
+        UserCommand::Pin { name: raw, hostname } => {
+            let name = name(&raw)?;
+            let node = NodeName::parse(&hostname).with_context(|| format!("{hostname:?} is not a node's host name"))?;
+            match hub.node_pins().pin(Actor::System, &name, &node).await? {
+                Some(before) if before != node => println!("{name} moves from node {before} to node {node}."),
+                Some(_) => println!("{name} is pinned to node {node} already."),
+                None => println!("{name} is pinned to node {node}."),
+            }
         }
     }
     Ok(())

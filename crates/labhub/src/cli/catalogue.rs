@@ -42,6 +42,10 @@ pub(super) struct ImageArgs {
     /// signing in through the hub's OAuth).
     #[arg(long)]
     contract: Option<String>,
+    /// In Swarm mode, a node its servers may run on, one constraint per --placement (e.g.
+    /// node.labels.gpu==true); --placement '' clears them.
+    #[arg(long = "placement")]
+    placement: Option<Vec<String>>,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +102,15 @@ pub(super) fn image_fields(args: ImageArgs, base: Option<ImageFields>) -> anyhow
         (None, Some(b)) => b.contract,
         (None, None) => Contract::default(),
     };
+    let placement = match (args.placement, &base) {
+        (Some(p), _) => p
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| labhub_core::Placement::parse(p))
+            .collect::<Result<_, _>>()?,
+        (None, Some(b)) => b.placement.clone(),
+        (None, None) => Vec::new(),
+    };
     let display_name = match (args.display_name, &base) {
         (Some(d), _) => d,
         (None, Some(b)) => b.display_name.clone(),
@@ -115,6 +128,7 @@ pub(super) fn image_fields(args: ImageArgs, base: Option<ImageFields>) -> anyhow
         enabled: args.enabled.or_else(|| base.as_ref().map(|b| b.enabled)).unwrap_or(true),
         recipe: args.recipe.filter(|r| !r.is_empty()).or_else(|| base.as_ref().and_then(|b| b.recipe.clone())),
         contract,
+        placement,
     })
 }
 

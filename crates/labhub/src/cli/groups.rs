@@ -37,6 +37,9 @@ pub(super) enum GroupCommand {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Set which Swarm nodes a group's servers may run on (none: no constraint of its own),
+    /// e.g. `labhub group placement gpu-lab node.labels.gpu==true`.
+    Placement { group: String, constraints: Vec<String> },
     /// Rename a group.
     Rename { name: String, new_name: String },
     /// Add users to a group.
@@ -219,6 +222,17 @@ pub(super) async fn group(hub: labhub_service::Hub, cmd: GroupCommand) -> anyhow
                 println!("{name}'s members may build their own environments.");
             } else {
                 println!("{name}'s members no longer build their own environments (what they built stays).");
+            }
+        }
+        GroupCommand::Placement { group, constraints } => {
+            let placement =
+                constraints.iter().map(|c| labhub_core::Placement::parse(c)).collect::<Result<Vec<_>, _>>()?;
+            let g = hub.groups().set_placement(actor, &group_name(&group)?, &placement).await?;
+            if g.placement.is_empty() {
+                println!("{}'s servers may run on any node.", g.group.name);
+            } else {
+                let list: Vec<&str> = g.placement.iter().map(|p| p.as_str()).collect();
+                println!("{}'s servers run where {}.", g.group.name, list.join(" and "));
             }
         }
         GroupCommand::Rename { name, new_name } => {

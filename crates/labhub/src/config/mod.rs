@@ -248,6 +248,17 @@ impl Config {
                 "\"nfs\" needs swarm_nfs_addr (the NFS server) and swarm_nfs_export (an absolute exported path)",
             );
         }
+        for (i, node) in self.docker.swarm_nodes.iter().enumerate() {
+            if !["unix://", "tcp://"].iter().any(|s| node.docker_host.starts_with(s)) {
+                return bad(
+                    "docker.swarm_nodes",
+                    &format!("{}: docker_host must be unix:///path or tcp://host:port", node.hostname),
+                );
+            }
+            if self.docker.swarm_nodes[..i].iter().any(|n| n.hostname == node.hostname) {
+                return bad("docker.swarm_nodes", &format!("lists {} twice", node.hostname));
+            }
+        }
         if self.docker.mode == labhub_spawner::RuntimeMode::Swarm && !self.docker.internet_access {
             return bad("docker.internet_access", "= false is not supported with mode = \"swarm\"");
         }
@@ -505,6 +516,18 @@ mod tests {
         assert!(e.contains("'docker.swarm_subnet' '10.50.0.0/24' must be a /16 or larger"), "{e}");
         let e = load_str("[docker]\nmode = \"swarm\"\nswarm_homes = \"nfs\"\n").unwrap_err().to_string();
         assert!(e.contains("'docker.swarm_homes'") && e.contains("swarm_nfs_addr"), "{e}");
+        let c = load_str(
+            "[docker]\nmode = \"swarm\"\nswarm_homes = \"pinned\"\nswarm_images = \"copy\"\n\
+             [[docker.swarm_nodes]]\nhostname = \"Lab2\"\ndocker_host = \"unix:///run/labhub/lab2.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.docker.swarm_homes, labhub_spawner::SwarmHomes::Pinned);
+        assert_eq!(c.docker.swarm_nodes[0].hostname.as_str(), "lab2");
+        assert_eq!(c.docker.swarm_nodes[0].docker_host, "unix:///run/labhub/lab2.sock");
+        let e = load_str("[[docker.swarm_nodes]]\nhostname = \"lab 2\"\ndocker_host = \"unix:///x\"\n").unwrap_err();
+        assert!(e.to_string().contains("swarm_nodes"), "{e}");
+        let e = load_str("[[docker.swarm_nodes]]\nhostname = \"lab2\"\ndocker_host = \"ssh://lab2\"\n").unwrap_err();
+        assert!(e.to_string().contains("docker_host must be unix:///path or tcp://host:port"), "{e}");
     }
 
     #[test]
