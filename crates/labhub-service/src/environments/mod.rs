@@ -1,6 +1,7 @@
 //! Environments: catalogue entries the hub builds itself from a source (a git repository at
-//! a ref, or an uploaded archive of the same files), with every build's provenance and history. The catalogue entry serves the newest
-//! good build unless an admin pins one; a failed build changes nothing that runs.
+//! a ref, or an uploaded archive of the same files), with every build's provenance and
+//! history. The catalogue entry serves the newest good build unless an admin pins one; a
+//! failed build changes nothing that runs.
 //!
 //! Who: admins build for the lab (and may name the base), a group's leads for their group,
 //! members for themselves when one of their groups lets them (personal environments). A
