@@ -2,7 +2,8 @@
 # Issue 17's benchmark: building an environment through the hub (POST /hub/api/environments,
 # its log followed to the end) against a plain `docker build` of the same steps, in the same
 # run: a cold build, a rebuild with an unchanged recipe (target: under 2 s), and a rebuild
-# after one changed pin in requirements.txt. See bench/README.md.
+# after one changed pin in requirements.txt; and the same files uploaded (a tar.gz body, no
+# git) a second time, which should reuse the image like an unchanged commit. See bench/README.md.
 #
 #   bench/envs.sh
 #
@@ -114,6 +115,14 @@ hub_rebuild() {
     url=$(api -X POST -d '{}' "$API/environments/bench/builds" | python3 -c 'import json,sys; print(json.load(sys.stdin)["log_url"])')
     follow "$url"
 }
+# The repository's files as a tar.gz body (no git), for the environment `bench-upload`.
+upload() {
+    tar czf "$WORK/files.tar.gz" -C "$REPO" --exclude=.git .
+    api -X POST -H 'Content-Type: application/gzip' --data-binary @"$WORK/files.tar.gz" "$1" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["log_url"])'
+}
+hub_upload_first() { follow "$(upload "$API/environments?name=bench-upload&base=bench-base")"; }
+hub_upload_same() { follow "$(upload "$API/environments/bench-upload/builds")"; }
 plain() {
     DOCKER_BUILDKIT=0 docker build "$@" --network "$NETWORK" -q -t "$HUB_ID-plain:1" "$PLAIN/ctx" >/dev/null
 }
@@ -137,6 +146,9 @@ t[hub_cold]=$(timed hub_cold)
 t[plain_cold]=$(timed plain_cold)
 t[hub_same]=$(timed hub_rebuild)
 t[plain_same]=$(timed plain_rebuild)
+# Its first build finds every layer in the engine's cache (the same steps as `bench`'s).
+t[upload_first]=$(timed hub_upload_first)
+t[upload_same]=$(timed hub_upload_same)
 printf 'tabulate==0.8.10\n' >"$REPO/requirements.txt"
 commit "one changed pin"
 plain_context
@@ -148,7 +160,12 @@ for k in cold same pin; do
     case $k in cold) what="cold" ;; same) what="unchanged recipe (target < 2 s)" ;; pin) what="one changed pin" ;; esac
     printf '%-34s %10.2f %10.2f %7sx\n' "$what" "${t[hub_$k]}" "${t[plain_$k]}" "$(ratio "${t[hub_$k]}" "${t[plain_$k]}")"
 done
+printf '%-34s %10.2f\n' "upload, first (engine cache warm)" "${t[upload_first]}"
+printf '%-34s %10.2f %10.2f %7sx\n' "unchanged upload (same files)" "${t[upload_same]}" "${t[plain_same]}" \
+    "$(ratio "${t[upload_same]}" "${t[plain_same]}")"
 echo
 if awk -v t="${t[hub_same]}" 'BEGIN { exit !(t < 2) }'; then verdict=met; else verdict="NOT met"; fi
 echo "target: a rebuild with an unchanged recipe under 2 s: ${t[hub_same]} s [$verdict]"
+if awk -v t="${t[upload_same]}" 'BEGIN { exit !(t < 2) }'; then verdict=met; else verdict="NOT met"; fi
+echo "the same for an unchanged upload: ${t[upload_same]} s [$verdict]"
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -40,15 +40,32 @@ pub struct BuildLimits {
     pub timeout: Duration,
 }
 
+/// Where a build's files come from.
+#[derive(Debug, Clone)]
+pub enum BuildSource {
+    /// A git repository (a URL or a local path) at a branch, tag or commit.
+    Git {
+        /// The repository.
+        repository: String,
+        /// The branch, tag or commit to build.
+        git_ref: String,
+        /// Which local paths `repository` may be.
+        local: LocalSources,
+    },
+    /// Files uploaded to the hub, already checked (regular files only, relative paths).
+    Upload {
+        /// `sha256:…` of `tar`: what the build records as its commit.
+        sha256: String,
+        /// The files as a plain tar.
+        tar: Vec<u8>,
+    },
+}
+
 /// One build of an environment.
 #[derive(Debug, Clone)]
 pub struct EnvBuildSpec {
-    /// A git repository: a URL or a local path.
-    pub source: String,
-    /// The branch, tag or commit to build.
-    pub git_ref: String,
-    /// Which local paths `source` may be.
-    pub local: LocalSources,
+    /// Its files.
+    pub source: BuildSource,
     /// The image the generated recipe builds on (the lab's JupyterLab, or one an admin named).
     pub base: ImageRef,
     /// The catalogue's images: a repository's own `Dockerfile` must start `FROM` one of them.
@@ -82,7 +99,7 @@ pub struct ReusableBuild {
 /// What a build learnt before it ended (also on failure: whatever it got to).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvProvenance {
-    /// The commit the ref resolved to.
+    /// The commit the ref resolved to (an upload: its `sha256:`).
     pub commit: Option<String>,
     /// SHA-256 over the recipe's files and the generated build file.
     pub recipe_hash: Option<String>,

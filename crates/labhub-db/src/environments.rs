@@ -26,6 +26,8 @@ pub struct Environment {
     pub created_at: OffsetDateTime,
     /// Saved from a running server, not built from its source.
     pub snapshot: bool,
+    /// Built from uploaded files (its ref is the upload's `sha256:`), not from git.
+    pub uploaded: bool,
 }
 
 /// One build.
@@ -53,7 +55,7 @@ pub struct Build {
 macro_rules! environments {
     () => {
         "select e.environment_id, e.image_id, i.name, e.source, e.ref, e.group_id, g.name as group_name,
-                e.owner_id, u.name as owner_name, e.pinned_build_id, e.base, e.created_at, e.snapshot
+                e.owner_id, u.name as owner_name, e.pinned_build_id, e.base, e.created_at, e.snapshot, e.uploaded
          from environments e join images i on i.image_id = e.image_id
          left join groups g on g.group_id = e.group_id left join users u on u.user_id = e.owner_id "
     };
@@ -108,6 +110,56 @@ pub async fn insert(
 pub async fn mark_snapshot(db: impl PgExecutor<'_>, id: EnvironmentId) -> Result<(), DbError> {
     sqlx::query("update environments set snapshot = true where environment_id = $1").bind(id).execute(db).await?;
     Ok(())
+}
+
+/// Marks an environment just inserted as built from uploads.
+pub async fn mark_uploaded(db: impl PgExecutor<'_>, id: EnvironmentId) -> Result<(), DbError> {
+    sqlx::query("update environments set uploaded = true where environment_id = $1").bind(id).execute(db).await?;
+    Ok(())
+}
+
+/// Keeps an uploaded archive under the SHA-256 of its files (an equal one already kept stays).
+pub async fn insert_upload(
+    db: impl PgExecutor<'_>,
+    sha256: &str,
+    archive: &[u8],
+    by: Option<UserId>,
+    now: OffsetDateTime,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "insert into environment_uploads (sha256, archive, uploaded_by, uploaded_at) values ($1, $2, $3, $4)
+         on conflict (sha256) do nothing",
+    )
+    .bind(sha256)
+    .bind(archive)
+    .bind(by)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Removes the uploads no environment can build from any more (not an uploaded environment's
+/// ref nor any of its builds': their environments are gone) kept since before `before`; how many.
+pub async fn delete_unused_uploads(db: impl PgExecutor<'_>, before: OffsetDateTime) -> Result<u64, DbError> {
+    let r = sqlx::query(
+        "delete from environment_uploads u where u.uploaded_at < $1
+         and not exists (select 1 from environments e where e.uploaded and e.ref = u.sha256)
+         and not exists (select 1 from environment_builds b join environments e on e.environment_id = b.environment_id
+                         where e.uploaded and b.ref = u.sha256)",
+    )
+    .bind(before)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// An uploaded archive, as it was sent.
+pub async fn upload(db: impl PgExecutor<'_>, sha256: &str) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar("select archive from environment_uploads where sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(db)
+        .await?)
 }
 
 /// How many snapshots `owner` holds.

@@ -37,6 +37,14 @@ impl Actor<'_> {
         }
     }
 
+    /// The account acting, if a person is.
+    pub fn user_id(&self) -> Option<labhub_core::UserId> {
+        match self {
+            Actor::User(p) => Some(p.user_id),
+            Actor::System => None,
+        }
+    }
+
     /// Whether the actor is this account itself.
     pub fn is(&self, user: labhub_core::UserId) -> bool {
         matches!(self, Actor::User(p) if p.user_id == user)

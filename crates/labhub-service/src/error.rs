@@ -27,6 +27,9 @@ pub enum ServiceError {
     /// Too many attempts or too much at once; try again after the given time.
     #[error("{message}")]
     TooMany { message: String, retry_after: Duration },
+    /// What was sent is larger than the hub takes; the message names the limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// A dependency (the database, the container runtime) is unavailable; try again later.
     #[error("{0}")]
     Unavailable(String),

@@ -92,7 +92,13 @@ pub struct CollectReport {
     pub freed_bytes: u64,
     /// Images kept: serving or pinned builds, sessions of the last days, running servers.
     pub kept: usize,
+    /// Uploaded sources removed: their environments are gone.
+    pub uploads_removed: u64,
 }
+
+/// How long an upload is kept whatever refers to it: new files are kept just before the
+/// build that names them is recorded, and the collector must not take them in between.
+const UPLOAD_GRACE: time::Duration = time::Duration::hours(1);
 
 /// One removed image.
 #[derive(Debug, Clone, Serialize)]
@@ -211,7 +217,12 @@ impl History<'_> {
                 }
             }
         }
-        let detail = serde_json::json!({ "removed": report.removed.len(), "freed_bytes": report.freed_bytes });
+        report.uploads_removed = envs::delete_unused_uploads(self.hub.db(), self.hub.now() - UPLOAD_GRACE).await?;
+        let detail = serde_json::json!({
+            "removed": report.removed.len(),
+            "freed_bytes": report.freed_bytes,
+            "uploads_removed": report.uploads_removed,
+        });
         self.hub.audit().record(self.hub.db(), actor, "environment.collect", "images", detail).await?;
         Ok(report)
     }

@@ -65,6 +65,7 @@ impl AppError {
                 ServiceError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                 ServiceError::Forbidden(_) | ServiceError::AboveCeiling(_) => StatusCode::FORBIDDEN,
                 ServiceError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use labhub_core::environment::{BuildLimits, EnvBuildSpec, LocalSources, ReusableBuild};
+use labhub_core::environment::{BuildLimits, BuildSource, EnvBuildSpec, LocalSources, ReusableBuild};
 use labhub_core::spawner::Progress;
 use labhub_core::{BuildId, EnvironmentId, GroupId, ImageRef};
 use labhub_db::environments::{self as store, Finished, NewBuild};
 use labhub_db::images;
 
-use super::{EnvironmentSettings, Environments};
+use super::{EnvironmentSettings, Environments, upload};
 use crate::access::Actor;
 use crate::progress::{ProgressEvent, ProgressLog};
 use crate::{Hub, ServiceError};
@@ -58,14 +58,55 @@ fn built_message(image_id: &str) -> String {
 }
 
 impl Environments<'_> {
+    /// What a build of `env` at `git_ref` reads: its git repository, or the upload that ref
+    /// names (checked again, as it was sent).
+    pub(super) async fn source_of(
+        &self,
+        actor: Actor<'_>,
+        env: &store::Environment,
+        git_ref: &str,
+    ) -> Result<BuildSource, ServiceError> {
+        if env.uploaded {
+            let missing = || ServiceError::NotFound(format!("'{}' has no upload {git_ref} to build from", env.name));
+            // Only this environment's own uploads: a `sha256:` seen elsewhere (a group's
+            // environment, say) must not copy another's files into one's own.
+            let own = git_ref == env.git_ref
+                || store::builds(self.hub.db(), env.environment_id).await?.iter().any(|b| b.git_ref == git_ref);
+            if !own {
+                return Err(missing());
+            }
+            let sent = store::upload(self.hub.db(), git_ref).await?.ok_or_else(missing)?;
+            let checked = upload::check(&sent).await?;
+            return Ok(BuildSource::Upload { sha256: checked.sha256, tar: checked.tar });
+        }
+        Ok(BuildSource::Git {
+            repository: env.source.clone(),
+            git_ref: git_ref.to_string(),
+            // Whose the environment is decides, not who presses build: a group's or a member's
+            // source was written by them, so an admin's rebuild must not read a host folder
+            // for it that they could not.
+            local: if actor.is_admin() && env.group_name.is_none() && env.owner_name.is_none() {
+                LocalSources::Anywhere
+            } else {
+                LocalSources::Under(self.settings().local_sources.clone())
+            },
+        })
+    }
+
     /// Records a build and starts it in a task; refused while the environment has one in flight.
     pub(super) async fn start_build(
         &self,
         actor: Actor<'_>,
         env: &store::Environment,
-        git_ref: &str,
+        source: BuildSource,
         limits_group: Option<GroupId>,
     ) -> Result<BuildId, ServiceError> {
+        // An upload's ref is its `sha256:`, which a rebuild reads again.
+        let recorded_ref = match &source {
+            BuildSource::Git { git_ref, .. } => git_ref.clone(),
+            BuildSource::Upload { sha256, .. } => sha256.clone(),
+        };
+        let git_ref = recorded_ref.as_str();
         let builder = self.hub.0.catalogue.builder.clone().ok_or_else(|| {
             ServiceError::Unavailable("environments cannot be built: the container runtime is not reachable".into())
         })?;
@@ -103,10 +144,7 @@ impl Environments<'_> {
                 git_ref,
                 tag: "",
                 builder_version: BUILDER_VERSION,
-                built_by: match actor {
-                    Actor::User(p) => Some(p.user_id),
-                    Actor::System => None,
-                },
+                built_by: actor.user_id(),
                 built_by_name: actor.name(),
                 started_at: now,
             },
@@ -145,16 +183,7 @@ impl Environments<'_> {
         labels.insert("io.labhub.environment.built-at".into(), rfc3339(now));
         labels.insert("io.labhub.environment.builder".into(), BUILDER_VERSION.into());
         let spec = EnvBuildSpec {
-            source: env.source.clone(),
-            git_ref: git_ref.to_string(),
-            // Whose the environment is decides, not who presses build: a group's or a member's
-            // source was written by them, so an admin's rebuild must not read a host folder
-            // for it that they could not.
-            local: if actor.is_admin() && env.group_name.is_none() && env.owner_name.is_none() {
-                LocalSources::Anywhere
-            } else {
-                LocalSources::Under(settings.local_sources.clone())
-            },
+            source,
             base,
             catalogue,
             tag,

@@ -1,6 +1,7 @@
 //! Environments: catalogue entries the hub builds itself from a source (a git repository at
-//! a ref), with every build's provenance and history. The catalogue entry serves the newest
-//! good build unless an admin pins one; a failed build changes nothing that runs.
+//! a ref, or an uploaded archive of the same files), with every build's provenance and
+//! history. The catalogue entry serves the newest good build unless an admin pins one; a
+//! failed build changes nothing that runs.
 //!
 //! Who: admins build for the lab (and may name the base), a group's leads for their group,
 //! members for themselves when one of their groups lets them (personal environments). A
@@ -11,11 +12,15 @@ mod remove;
 mod settings;
 mod snapshot;
 mod transfer;
+mod upload;
 
 pub(crate) use build::EnvironmentsState;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use labhub_core::environment::BuildSource;
 use labhub_core::{BuildId, GroupId, GroupName, GroupRole, UserId};
 use labhub_db::environments::{self as store, Holder};
 use labhub_db::{ResultExt, groups, images};
@@ -24,6 +29,7 @@ use time::OffsetDateTime;
 
 pub use settings::EnvironmentSettings;
 pub use transfer::{ExportManifest, MANIFEST_FORMAT};
+pub use upload::UPLOAD_SOURCE;
 
 use crate::access::Actor;
 use crate::model::CatalogueImage;
@@ -112,6 +118,9 @@ pub struct EnvironmentView {
     pub holder: Whose,
     /// Saved from a running server (a snapshot): no source to rebuild, no home folder in it.
     pub snapshot: bool,
+    /// Built from uploaded files (`source` reads `upload`; `ref` and `commit` are the
+    /// upload's `sha256:`), not from git.
+    pub uploaded: bool,
     /// The latest build's status: `building`, `ready` or `failed`.
     pub status: String,
     /// The image a start runs now (the pinned build's, else the newest good build's).
@@ -136,6 +145,25 @@ pub struct NewEnvironment {
     pub group: Option<GroupName>,
     /// The catalogue entry to build on (admins); the lab's JupyterLab by default.
     pub base: Option<String>,
+}
+
+/// What creating an environment from an upload asks for (besides the archive).
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    pub name: String,
+    /// For a group (its leads and admins).
+    pub group: Option<GroupName>,
+    /// The catalogue entry to build on (admins); the lab's JupyterLab by default.
+    pub base: Option<String>,
+}
+
+/// An upload as it arrives: a tar or tar.gz of a repository's files.
+pub type UploadStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// Where a new environment's files come from.
+enum Origin<'a> {
+    Git { source: &'a str, git_ref: &'a str },
+    Upload { sent: &'a [u8], sha256: &'a str },
 }
 
 /// A build's log: live while it runs (and for a while after), else what was kept of it.
@@ -236,6 +264,7 @@ impl<'h> Environments<'h> {
             git_ref: env.git_ref,
             holder,
             snapshot: env.snapshot,
+            uploaded: env.uploaded,
             builds,
         })
     }
@@ -248,40 +277,85 @@ impl<'h> Environments<'h> {
     ) -> Result<(EnvironmentView, BuildId), ServiceError> {
         check_name(&new.name)?;
         check_source(&new.source)?;
-        let (holder, limits_group) = self.holder_for(actor, new.group.as_ref()).await?;
+        let holder = self.holder_for(actor, new.group.as_ref()).await?;
+        let git_ref = new.git_ref.clone().unwrap_or_else(|| DEFAULT_REF.to_string());
+        let origin = Origin::Git { source: &new.source, git_ref: &git_ref };
+        self.insert(actor, &new.name, holder, new.base.as_deref(), origin).await
+    }
+
+    /// Creates an environment from an uploaded tar or tar.gz of a repository's files and starts
+    /// its first build. Who may is checked before the upload is read, and the archive before
+    /// anything is recorded.
+    pub async fn create_from_upload(
+        &self,
+        actor: Actor<'_>,
+        new: NewUpload,
+        upload: UploadStream,
+    ) -> Result<(EnvironmentView, BuildId), ServiceError> {
+        check_name(&new.name)?;
+        let holder = self.holder_for(actor, new.group.as_ref()).await?;
         if new.base.is_some() && !actor.is_admin() {
             return Err(ServiceError::Forbidden("only an admin names the base an environment builds on".into()));
         }
-        let base_name = new.base.clone().unwrap_or_else(|| self.settings().base.clone());
-        let base = self
+        let sent = upload::read(upload, self.settings().max_upload_bytes).await?;
+        let checked = upload::check(&sent).await?;
+        let origin = Origin::Upload { sent: &sent, sha256: &checked.sha256 };
+        self.insert(actor, &new.name, holder, new.base.as_deref(), origin).await
+    }
+
+    /// Records a new environment (its catalogue entry, whose it is, where from) and starts its first build.
+    async fn insert(
+        &self,
+        actor: Actor<'_>,
+        name: &str,
+        (holder, limits_group): (Holder, Option<GroupId>),
+        base: Option<&str>,
+        origin: Origin<'_>,
+    ) -> Result<(EnvironmentView, BuildId), ServiceError> {
+        if base.is_some() && !actor.is_admin() {
+            return Err(ServiceError::Forbidden("only an admin names the base an environment builds on".into()));
+        }
+        let base_name = base.map_or_else(|| self.settings().base.clone(), str::to_string);
+        let base_image = self
             .hub
             .catalogue()
             .get(&base_name)
             .await
             .map_err(|_| ServiceError::Invalid(format!("there is no catalogue image '{base_name}' to build on")))?;
-        let git_ref = new.git_ref.clone().unwrap_or_else(|| DEFAULT_REF.to_string());
-        let mut fields = base.fields.clone();
-        fields.display_name = new.name.clone();
-        fields.description = format!("Built from {} at {}", new.source, git_ref);
+        let (source, git_ref) = match origin {
+            Origin::Git { source, git_ref } => (source, git_ref),
+            Origin::Upload { sha256, .. } => (UPLOAD_SOURCE, sha256),
+        };
+        let mut fields = base_image.fields.clone();
+        fields.display_name = name.to_string();
+        fields.description = match origin {
+            Origin::Git { .. } => format!("Built from {source} at {git_ref}"),
+            Origin::Upload { .. } => format!("Built from uploaded files ({git_ref})"),
+        };
         fields.enabled = false;
         fields.recipe = None;
         let now = self.hub.now();
         let mut tx = self.hub.begin().await?;
-        let image: CatalogueImage = images::insert(&mut *tx, &new.name, &fields, now)
+        let image: CatalogueImage = images::insert(&mut *tx, name, &fields, now)
             .await
             .on_constraint(images::NAME_KEY, || {
-                ServiceError::Conflict(format!("there is already a catalogue image named '{}'", new.name))
+                ServiceError::Conflict(format!("there is already a catalogue image named '{name}'"))
             })?
             .into();
-        let id = store::insert(&mut *tx, image.id, &new.source, &git_ref, holder, new.base.as_deref(), now).await?;
-        let detail = serde_json::json!({ "source": new.source, "ref": git_ref, "base": base_name });
-        self.hub.audit().record(&mut *tx, actor, "environment.create", &new.name, detail).await?;
+        let id = store::insert(&mut *tx, image.id, source, git_ref, holder, base, now).await?;
+        if let Origin::Upload { sent, sha256 } = origin {
+            store::insert_upload(&mut *tx, sha256, sent, actor.user_id(), now).await?;
+            store::mark_uploaded(&mut *tx, id).await?;
+        }
+        let detail = serde_json::json!({ "source": source, "ref": git_ref, "base": base_name });
+        self.hub.audit().record(&mut *tx, actor, "environment.create", name, detail).await?;
         tx.commit().await?;
-        let env = store::by_name(self.hub.db(), &new.name)
+        let env = store::by_name(self.hub.db(), name)
             .await?
             .filter(|e| e.environment_id == id)
             .ok_or_else(|| ServiceError::Internal("a new environment vanished".into()))?;
-        let build = self.start_build(actor, &env, &git_ref, limits_group).await?;
+        let source = self.source_of(actor, &env, git_ref).await?;
+        let build = self.start_build(actor, &env, source, limits_group).await?;
         Ok((self.view(env).await?, build))
     }
 
@@ -315,13 +389,54 @@ impl<'h> Environments<'h> {
         }
     }
 
-    /// Builds an environment again, at `git_ref` (its ref by default, which this then becomes).
+    /// Builds an environment again, at `git_ref` (its ref by default, which this then becomes;
+    /// an uploaded environment's refs are its uploads' `sha256:`).
     pub async fn rebuild(
         &self,
         actor: Actor<'_>,
         name: &str,
         git_ref: Option<String>,
     ) -> Result<BuildId, ServiceError> {
+        let env = self.rebuildable(actor, name).await?;
+        let git_ref = git_ref.unwrap_or_else(|| env.git_ref.clone());
+        let source = self.source_of(actor, &env, &git_ref).await?;
+        if git_ref != env.git_ref {
+            store::set_ref(self.hub.db(), env.environment_id, &git_ref).await?;
+        }
+        let limits_group = self.limits_group(&env).await?;
+        self.start_build(actor, &env, source, limits_group).await
+    }
+
+    /// Builds an uploaded environment again from new files (a tar or tar.gz), which later
+    /// rebuilds then use. Who may is checked before the upload is read.
+    pub async fn rebuild_from_upload(
+        &self,
+        actor: Actor<'_>,
+        name: &str,
+        upload: UploadStream,
+    ) -> Result<BuildId, ServiceError> {
+        let env = self.rebuildable(actor, name).await?;
+        if !env.uploaded {
+            return Err(ServiceError::Invalid(format!(
+                "'{name}' is built from the git repository {}: push the files there and build it again",
+                env.source
+            )));
+        }
+        let sent = upload::read(upload, self.settings().max_upload_bytes).await?;
+        let checked = upload::check(&sent).await?;
+        let sha256 = checked.sha256.clone();
+        // Kept before the build is recorded, so no record names an upload that is not there;
+        // the environment's ref moves only once the build started.
+        store::insert_upload(self.hub.db(), &sha256, &sent, actor.user_id(), self.hub.now()).await?;
+        let limits_group = self.limits_group(&env).await?;
+        let source = BuildSource::Upload { sha256: checked.sha256, tar: checked.tar };
+        let build = self.start_build(actor, &env, source, limits_group).await?;
+        store::set_ref(self.hub.db(), env.environment_id, &sha256).await?;
+        Ok(build)
+    }
+
+    /// An environment the actor may build again; refused for snapshots.
+    async fn rebuildable(&self, actor: Actor<'_>, name: &str) -> Result<store::Environment, ServiceError> {
         let env = self.visible(actor, name).await?;
         if env.snapshot {
             return Err(ServiceError::Invalid(format!(
@@ -329,16 +444,16 @@ impl<'h> Environments<'h> {
             )));
         }
         self.require_builder(actor, &env).await?;
-        let git_ref = git_ref.unwrap_or_else(|| env.git_ref.clone());
-        if git_ref != env.git_ref {
-            store::set_ref(self.hub.db(), env.environment_id, &git_ref).await?;
-        }
-        let limits_group = match (env.group_id, env.owner_id) {
+        Ok(env)
+    }
+
+    /// Whose quota limits the environment's builds.
+    async fn limits_group(&self, env: &store::Environment) -> Result<Option<GroupId>, ServiceError> {
+        Ok(match (env.group_id, env.owner_id) {
             (Some(g), _) => Some(g),
             (_, Some(owner)) => self.member_build_group(owner).await?,
             _ => None,
-        };
-        self.start_build(actor, &env, &git_ref, limits_group).await
+        })
     }
 
     /// Pins the build a start runs (admins), or unpins with `None` (the newest good build again).
@@ -470,6 +585,11 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
 }
 
 fn check_source(source: &str) -> Result<(), ServiceError> {
+    if source == UPLOAD_SOURCE {
+        return Err(ServiceError::Invalid(
+            "to build from uploaded files, send them as a tar or tar.gz body instead of JSON".into(),
+        ));
+    }
     if source.is_empty() || source.len() > 2000 || source.starts_with('-') || source.chars().any(char::is_control) {
         return Err(ServiceError::Invalid(
             "the source must be a git repository's URL (https://…) or, where allowed, an absolute path".into(),

@@ -25,6 +25,8 @@ pub struct EnvironmentSettings {
     pub snapshots_per_member: u32,
     /// The most one snapshot may save: the files its server wrote outside the home and mounts.
     pub snapshot_max_bytes: u64,
+    /// The largest upload (a tar or tar.gz of a repository's files, as sent) a build takes.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for EnvironmentSettings {
@@ -38,6 +40,7 @@ impl Default for EnvironmentSettings {
             keep_session_images: Duration::from_secs(30 * 24 * 3600),
             snapshots_per_member: 3,
             snapshot_max_bytes: 20 << 30,
+            max_upload_bytes: 32 << 20,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Building environments: a repository at a ref, read with repo2docker's conventions, built
+//! Building environments: a repository at a ref (or uploaded files), read with repo2docker's conventions, built
 //! by the engine on a catalogue image. `source` fetches, `recipe` writes the build (pure),
 //! this file drives the engine: on the users' network (so the isolation rules apply to the
 //! build's steps too), without pulling, privileges or the engine's socket, within limits, with
@@ -14,7 +14,7 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, ListImagesOptions, RemoveImageOptions, TagImageOptionsBuilder,
 };
 use futures::StreamExt;
-use labhub_core::environment::{BuiltImage, EnvBuildOutcome, EnvBuildSpec, EnvProvenance, ReusableBuild};
+use labhub_core::environment::{BuildSource, BuiltImage, EnvBuildOutcome, EnvBuildSpec, EnvProvenance, ReusableBuild};
 use labhub_core::spawner::{Progress, ProgressSender, SpawnError};
 
 pub use archive::{SavedImage, inspect_saved, write_untagged};
@@ -67,13 +67,26 @@ impl DockerSpawner {
         progress: &ProgressSender,
         provenance: &mut EnvProvenance,
     ) -> Result<(), String> {
-        send(progress, 1, format!("Fetching {} at {}", spec.source, spec.git_ref));
-        let fetched = source::fetch(&spec.source, &spec.git_ref, &spec.local).await?;
-        provenance.commit = Some(fetched.commit.clone());
-        send(progress, 5, format!("{} is commit {}", spec.git_ref, fetched.commit));
-        let files = recipe::read_archive(&fetched.archive)?;
+        let fetched;
+        let (commit, archive): (&str, &[u8]) = match &spec.source {
+            BuildSource::Git { repository, git_ref, local } => {
+                send(progress, 1, format!("Fetching {repository} at {git_ref}"));
+                fetched = source::fetch(repository, git_ref, local).await?;
+                send(progress, 5, format!("{git_ref} is commit {}", fetched.commit));
+                (&fetched.commit, &fetched.archive)
+            }
+            BuildSource::Upload { sha256, tar } => {
+                send(progress, 5, format!("Reading the uploaded files ({sha256})"));
+                (sha256, tar)
+            }
+        };
+        provenance.commit = Some(commit.to_string());
+        let files = recipe::read_archive(archive)?;
         if files.is_empty() {
-            return Err(format!("{} has no files at {}", spec.source, spec.git_ref));
+            return Err(match &spec.source {
+                BuildSource::Git { repository, git_ref, .. } => format!("{repository} has no files at {git_ref}"),
+                BuildSource::Upload { .. } => "the upload has no files".to_string(),
+            });
         }
         let base = self.base_of(spec).await?;
         provenance.base_image_id = Some(base.id.clone());
@@ -86,7 +99,7 @@ impl DockerSpawner {
             debian_mirror: spec.indexes.debian_mirror.clone(),
         };
         let mut labels = spec.labels.clone();
-        labels.insert(LABEL_COMMIT.into(), fetched.commit.clone());
+        labels.insert(LABEL_COMMIT.into(), commit.to_string());
         labels.insert(LABEL_BASE_IMAGE.into(), base.id.clone());
         labels.insert(LABEL_HUB.into(), self.config().hub_id.to_string());
         let plan = recipe::plan(&files, &base, &spec.catalogue, &indexes, &labels)?;

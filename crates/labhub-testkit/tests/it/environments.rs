@@ -80,6 +80,14 @@ impl Repo {
 /// A hub on the real engine with the JupyterLab image in its catalogue as `jupyterlab` (what
 /// environments build on), an admin `root`, and builds that may use folders under `sources`.
 pub(crate) async fn env_hub(sources: &Path) -> (TestApp, Api) {
+    env_hub_with(sources, |_| {}).await
+}
+
+/// The same, with more configuration.
+pub(crate) async fn env_hub_with(
+    sources: &Path,
+    more: impl FnOnce(&mut labhub::Config) + Send + 'static,
+) -> (TestApp, Api) {
     let image = {
         let builder = DockerScope::new(test_server_binary()).await;
         images::jupyterlab_image(&builder.spawner).await.expect("the JupyterLab image exists or builds")
@@ -92,6 +100,7 @@ pub(crate) async fn env_hub(sources: &Path) -> (TestApp, Api) {
             c.servers.start_timeout = SERVER_START;
             c.environments.pip_cert = Some(PathBuf::from(HOST_CA));
             c.environments.local_sources = vec![sources];
+            more(c);
         })
         .spawn()
         .await;
@@ -105,7 +114,7 @@ pub(crate) async fn env_hub(sources: &Path) -> (TestApp, Api) {
 }
 
 /// Follows a build's log to its end: every event.
-async fn follow(api: &Api, log_url: &str) -> Vec<ProgressEvent> {
+pub(crate) async fn follow(api: &Api, log_url: &str) -> Vec<ProgressEvent> {
     let read = async {
         let r = api.request(Method::GET, log_url).send().await.expect("the log request");
         assert_eq!(r.status(), StatusCode::OK, "{log_url}");
@@ -149,7 +158,7 @@ pub(crate) fn outcome(events: &[ProgressEvent]) -> &ProgressEvent {
 }
 
 /// Runs code in a new kernel of `user`'s server (through the hub) and returns what it printed.
-async fn run_in_kernel(app: &TestApp, api: &Api, user: &str, code: &str) -> String {
+pub(crate) async fn run_in_kernel(app: &TestApp, api: &Api, user: &str, code: &str) -> String {
     let auth = api.authorization().to_string();
     let a = api
         .answer(api.request(Method::POST, &format!("/user/{user}/api/kernels")).json(&json!({"name": "python3"})))
@@ -186,7 +195,7 @@ async fn run_in_kernel(app: &TestApp, api: &Api, user: &str, code: &str) -> Stri
 }
 
 /// The labels of a local image.
-async fn labels(app: &TestApp, image: &str) -> Value {
+pub(crate) async fn labels(app: &TestApp, image: &str) -> Value {
     let inspect = app.docker.as_ref().unwrap().docker().inspect_image(image).await.expect("the image is there");
     json!(inspect.config.and_then(|c| c.labels).unwrap_or_default())
 }

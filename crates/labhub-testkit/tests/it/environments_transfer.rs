@@ -15,7 +15,7 @@ use crate::common::test_server_binary;
 use crate::environments::{Repo, SERVER_START, create, env_hub, outcome};
 
 /// The `labhub` command against a test hub's database, with a data folder of its own.
-fn labhub_cli(app: &TestApp, data: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn labhub_cli(app: &TestApp, data: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_labhub-exe"))
         .args(args)
         .env_remove("LABHUB_CONFIG")

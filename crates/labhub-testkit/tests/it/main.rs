@@ -14,6 +14,7 @@ mod db_outage;
 mod environments;
 mod environments_snapshot;
 mod environments_transfer;
+mod environments_upload;
 mod forges;
 mod front_door;
 mod groups;

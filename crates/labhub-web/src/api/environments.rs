@@ -1,18 +1,21 @@
-//! `/hub/api/environments…`: environments built from repositories (labhub's own; JupyterHub
-//! has none). Their model: `{"name", "source", "ref", "holder": {"kind": "lab"|"group"|
-//! "personal", "name"}, "status": "building"|"ready"|"failed", "image_id", "commit",
-//! "serving", "pinned", "snapshot", "builds": [{"id", "ref", "status", "commit", "recipe_hash",
-//! "base_image_id", "image_id", "tag", "builder_version", "built_by", "started", "finished",
-//! "error"}]}`. A build's log is Server-Sent Events in the spawn progress format. A running
-//! server saved as its owner's environment (`…/snapshot`) has the same model.
+//! `/hub/api/environments…`: environments built from repositories or uploaded archives of
+//! their files (labhub's own; JupyterHub has none). Their model: `{"name", "source", "ref",
+//! "uploaded", "holder": {"kind": "lab"|"group"|"personal", "name"}, "status": "building"|
+//! "ready"|"failed", "image_id", "commit", "serving", "pinned", "snapshot", "builds": [{"id",
+//! "ref", "status", "commit", "recipe_hash", "base_image_id", "image_id", "tag",
+//! "builder_version", "built_by", "started", "finished", "error"}]}`; an uploaded one's
+//! `source` is `upload` and its `ref` and `commit` the `sha256:` of its files. A build's log
+//! is Server-Sent Events in the spawn progress format. A running server saved as its owner's
+//! environment (`…/snapshot`) has the same model.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
 use labhub_core::{BuildId, GroupName, ServerName, UserName};
 use labhub_service::Actor;
-use labhub_service::environments::{BuildLog, NewEnvironment};
+use labhub_service::environments::{BuildLog, NewEnvironment, NewUpload, UploadStream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -65,20 +68,55 @@ pub struct NewBody {
     base: Option<String>,
 }
 
-/// `POST /hub/api/environments` `{name, source, ref?, group?, base?}`: 201 with the model and
-/// the first build's `log_url`; the build runs on.
+/// The query of an upload to `POST /hub/api/environments`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    name: String,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    base: Option<String>,
+}
+
+/// Whether a request's body is an archive of files (`application/x-tar`, `application/gzip`,
+/// `application/octet-stream`) rather than JSON.
+fn is_archive(req: &Request) -> bool {
+    let kind = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let kind = kind.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    ["application/x-tar", "application/gzip", "application/x-gzip", "application/octet-stream"].contains(&kind.as_str())
+}
+
+fn group_name(raw: Option<&str>) -> Result<Option<GroupName>, AppError> {
+    raw.map(|g| GroupName::parse(g).map_err(|e| AppError::BadRequest(format!("group {g:?}: {e}")))).transpose()
+}
+
+fn upload_of(req: Request) -> UploadStream {
+    req.into_body().into_data_stream().map_err(std::io::Error::other).boxed()
+}
+
+/// `POST /hub/api/environments` `{name, source, ref?, group?, base?}`, or an archive of the
+/// files (a tar or tar.gz body, `?name=…[&group=…][&base=…]`): 201 with the model and the first build's
+/// `log_url`; the build runs on.
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
-    ApiJson(body): ApiJson<NewBody>,
+    req: Request,
 ) -> Result<Response, AppError> {
-    let group = body
-        .group
-        .as_deref()
-        .map(|g| GroupName::parse(g).map_err(|e| AppError::BadRequest(format!("group {g:?}: {e}"))))
-        .transpose()?;
-    let new = NewEnvironment { name: body.name, source: body.source, git_ref: body.git_ref, group, base: body.base };
-    let (env, build) = state.hub().environments().create(Actor::User(&me), new).await?;
+    let envs = state.hub().environments();
+    let (env, build) = if is_archive(&req) {
+        let Query(q) = Query::<UploadQuery>::try_from_uri(req.uri()).map_err(|e| {
+            AppError::BadRequest(format!("an upload names the environment: ?name=…[&group=…][&base=…] ({e})"))
+        })?;
+        let new = NewUpload { name: q.name, group: group_name(q.group.as_deref())?, base: q.base };
+        envs.create_from_upload(Actor::User(&me), new, upload_of(req)).await?
+    } else {
+        let ApiJson(body) = ApiJson::<NewBody>::from_request(req, &state).await?;
+        let group = group_name(body.group.as_deref())?;
+        let new =
+            NewEnvironment { name: body.name, source: body.source, git_ref: body.git_ref, group, base: body.base };
+        envs.create(Actor::User(&me), new).await?
+    };
     let mut model = json!(env);
     model["build"] = json!(build);
     model["log_url"] = json!(log_url(&env.name, build));
@@ -93,14 +131,21 @@ pub struct BuildBody {
     git_ref: Option<String>,
 }
 
-/// `POST /hub/api/environments/{name}/builds` `{ref?}`: a rebuild; 202 with `{build, log_url}`.
+/// `POST /hub/api/environments/{name}/builds` `{ref?}`, or new files for an uploaded
+/// environment (a tar or tar.gz body): a rebuild; 202 with `{build, log_url}`.
 pub async fn rebuild(
     State(state): State<AppState>,
     CurrentUser(me): CurrentUser,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<BuildBody>,
+    req: Request,
 ) -> Result<Response, AppError> {
-    let build = state.hub().environments().rebuild(Actor::User(&me), &name, body.git_ref).await?;
+    let envs = state.hub().environments();
+    let build = if is_archive(&req) {
+        envs.rebuild_from_upload(Actor::User(&me), &name, upload_of(req)).await?
+    } else {
+        let ApiJson(body) = ApiJson::<BuildBody>::from_request(req, &state).await?;
+        envs.rebuild(Actor::User(&me), &name, body.git_ref).await?
+    };
     Ok((StatusCode::ACCEPTED, Json(json!({ "build": build, "log_url": log_url(&name, build) }))).into_response())
 }
 

@@ -1,18 +1,19 @@
-//! Environment pages: the list with a form to build one, an environment with its build
-//! history (rebuild, and pin for admins), and a build's live log with its progress bar; and
-//! saving a running server of the home page as an environment (a snapshot).
+//! Environment pages: the list with forms to build one (from a git repository, or from an
+//! uploaded archive of its files), an environment with its build history (rebuild, and pin
+//! for admins), and a build's live log with its progress bar; and saving a running server of the home page as an environment (a snapshot).
 
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use futures::{StreamExt, TryStreamExt};
 use labhub_core::{BuildId, GroupName, ServerName};
-use labhub_service::environments::{BuildView, EnvironmentView, NewEnvironment, Whose};
+use labhub_service::environments::{BuildView, EnvironmentView, NewEnvironment, NewUpload, UploadStream, Whose};
 use labhub_service::{Actor, Principal, ServiceError};
 use serde::Deserialize;
 
-use crate::extract::{CsrfForm, CurrentUser};
+use crate::extract::{CsrfForm, CsrfMultipart, CurrentUser};
 use crate::views::{Chrome, Page, When, redirect_with_error, redirect_with_flash};
 use crate::{AppError, AppState};
 
@@ -37,6 +38,7 @@ struct EnvRow {
     source: String,
     git_ref: String,
     snapshot: bool,
+    uploaded: bool,
 }
 
 impl From<&EnvironmentView> for EnvRow {
@@ -50,6 +52,7 @@ impl From<&EnvironmentView> for EnvRow {
             source: e.source.clone(),
             git_ref: e.git_ref.clone(),
             snapshot: e.snapshot,
+            uploaded: e.uploaded,
         }
     }
 }
@@ -125,20 +128,92 @@ pub async fn create(
         }
         Err(e) => Err(e),
     };
+    shown(&state, &me, page, form, result).await
+}
+
+/// A new environment's first build, or the form again as typed with the reason it was refused.
+async fn shown(
+    state: &AppState,
+    me: &Principal,
+    page: Page,
+    form: NewForm,
+    result: Result<(EnvironmentView, BuildId), ServiceError>,
+) -> Result<Response, AppError> {
     match result {
         Ok((env, build)) => Ok(Redirect::to(&build_path(&env.name, build)).into_response()),
         Err(
             e @ (ServiceError::Invalid(_)
             | ServiceError::Conflict(_)
             | ServiceError::NotFound(_)
-            | ServiceError::Forbidden(_)),
+            | ServiceError::Forbidden(_)
+            | ServiceError::TooLarge(_)),
         ) => {
-            let mut v = list_view(&state, &me, &page, form).await?;
+            let mut v = list_view(state, me, &page, form).await?;
             (v.c.flash, v.c.flash_error) = (Some(e.to_string()), true);
-            Ok(page.render_status(StatusCode::BAD_REQUEST, v))
+            // The form comes back as a 400, but an upload past its limit keeps the API's 413.
+            let status = match AppError::from(e).status() {
+                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Ok(page.render_status(status, v))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Reads an upload form's fields up to its file (`archive`), which is left to stream.
+async fn upload_form(
+    form: &mut multer::Multipart<'static>,
+    typed: &mut NewForm,
+) -> Result<multer::Field<'static>, ServiceError> {
+    let unreadable = |e: multer::Error| ServiceError::Invalid(format!("The form could not be read: {e}."));
+    while let Some(mut field) = form.next_field().await.map_err(unreadable)? {
+        let into = match field.name() {
+            Some("name") => &mut typed.name,
+            Some("group") => &mut typed.group,
+            Some("archive") => return Ok(field),
+            _ => continue,
+        };
+        // A name is short: the field is read in bounded pieces, never whole.
+        let mut text = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(unreadable)? {
+            text.extend_from_slice(&chunk);
+            if text.len() > 1024 {
+                return Err(ServiceError::Invalid("A name or group is at most a few dozen characters.".into()));
+            }
+        }
+        *into = String::from_utf8_lossy(&text).into_owned();
+    }
+    Err(ServiceError::Invalid("Choose an archive (.tar or .tar.gz) of the repository's files.".into()))
+}
+
+fn streamed(file: multer::Field<'static>) -> UploadStream {
+    file.map_err(std::io::Error::other).boxed()
+}
+
+/// `POST /hub/environments/upload` (multipart: `_csrf` first, `name`, `group`, `archive`):
+/// creates an environment from uploaded files and shows its first build's live log.
+pub async fn create_upload(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    page: Page,
+    CsrfMultipart(mut form): CsrfMultipart,
+) -> Result<Response, AppError> {
+    let mut typed = NewForm::default();
+    let result = match upload_form(&mut form, &mut typed).await {
+        Ok(file) => {
+            let group = Some(typed.group.trim()).filter(|g| !g.is_empty()).map(GroupName::parse).transpose();
+            match group.map_err(ServiceError::from) {
+                Ok(group) => {
+                    let new = NewUpload { name: typed.name.trim().to_string(), group, base: None };
+                    state.hub().environments().create_from_upload(Actor::User(&me), new, streamed(file)).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    shown(&state, &me, page, typed, result).await
 }
 
 struct BuildRow {
@@ -214,6 +289,32 @@ pub async fn rebuild(
         Err(e @ (ServiceError::Conflict(_) | ServiceError::Forbidden(_) | ServiceError::Unavailable(_))) => {
             Ok(redirect_with_error(&state, &format!("/hub/environments/{name}"), &e.to_string()))
         }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /hub/environments/{name}/upload` (multipart: `_csrf` first, `archive`): builds an
+/// uploaded environment again from new files and shows the live log.
+pub async fn rebuild_upload(
+    State(state): State<AppState>,
+    CurrentUser(me): CurrentUser,
+    Path(name): Path<String>,
+    CsrfMultipart(mut form): CsrfMultipart,
+) -> Result<Response, AppError> {
+    let envs = state.hub().environments();
+    let result = match upload_form(&mut form, &mut NewForm::default()).await {
+        Ok(file) => envs.rebuild_from_upload(Actor::User(&me), &name, streamed(file)).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(build) => Ok(Redirect::to(&build_path(&name, build)).into_response()),
+        Err(
+            e @ (ServiceError::Invalid(_)
+            | ServiceError::Conflict(_)
+            | ServiceError::Forbidden(_)
+            | ServiceError::TooLarge(_)
+            | ServiceError::Unavailable(_)),
+        ) => Ok(redirect_with_error(&state, &format!("/hub/environments/{name}"), &e.to_string())),
         Err(e) => Err(e.into()),
     }
 }

@@ -1,19 +1,20 @@
-//! `labhub env …`: environments built from repositories, from the command line (as the
-//! system: the lab's own environments, or a group's with `--group`).
+//! `labhub env …`: environments built from repositories or uploaded files, from the command
+//! line (as the system: the lab's own environments, or a group's with `--group`).
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use labhub_core::{BuildId, GroupName};
 use labhub_service::Actor;
-use labhub_service::environments::{BuildLog, NewEnvironment};
+use labhub_service::environments::{BuildLog, Environments, NewEnvironment, NewUpload, UploadStream};
 use labhub_service::progress::ProgressLog;
 
 #[derive(Subcommand)]
 pub(super) enum EnvCommand {
-    /// Build an environment from a git repository (a URL or a folder), creating it the first
-    /// time; prints the build's log and waits for its end.
+    /// Build an environment from a git repository (a URL or a folder), or with `--upload` from
+    /// a folder's files or a .tar/.tar.gz of them (no git needed), creating it the first time;
+    /// prints the build's log and waits for its end.
     Build {
-        /// The repository.
+        /// The repository (with `--upload`: a folder, or an archive of its files).
         source: String,
         /// The environment's (catalogue) name.
         #[arg(long)]
@@ -27,6 +28,10 @@ pub(super) enum EnvCommand {
         /// The catalogue image to build on (created only; default: the lab's JupyterLab).
         #[arg(long)]
         base: Option<String>,
+        /// Upload the files instead of reading git: a folder is packed as a tar (its `.git`
+        /// left out), an archive is sent as it is.
+        #[arg(long, conflicts_with = "git_ref")]
+        upload: bool,
     },
     /// List the environments with their state.
     List,
@@ -82,7 +87,24 @@ pub(super) async fn env(
                 manifest.commit.as_deref().unwrap_or("an unknown commit")
             );
         }
-        EnvCommand::Build { source, name, git_ref, group, base } => {
+        EnvCommand::Build { source, name, git_ref: _, group, base, upload: true } => {
+            let files = || -> anyhow::Result<UploadStream> {
+                let archive = upload_archive(std::path::Path::new(&source))?;
+                Ok(Box::pin(tokio_stream::once(Ok(bytes::Bytes::from(archive)))))
+            };
+            let build = match envs.get(Actor::System, &name).await {
+                Ok(_) => envs.rebuild_from_upload(Actor::System, &name, files()?).await?,
+                Err(labhub_service::ServiceError::NotFound(_)) => {
+                    let group =
+                        group.as_deref().map(GroupName::parse).transpose().context("--group is not a group name")?;
+                    let new = NewUpload { name: name.clone(), group, base };
+                    envs.create_from_upload(Actor::System, new, files()?).await?.1
+                }
+                Err(e) => return Err(e.into()),
+            };
+            follow(&envs, &name, build).await?;
+        }
+        EnvCommand::Build { source, name, git_ref, group, base, upload: false } => {
             let build = match envs.get(Actor::System, &name).await {
                 Ok(existing) => {
                     if existing.source != source {
@@ -98,17 +120,7 @@ pub(super) async fn env(
                 }
                 Err(e) => return Err(e.into()),
             };
-            match envs.log(Actor::System, &name, build).await? {
-                BuildLog::Live(log) => print_live(&log).await?,
-                BuildLog::Stored(events) => {
-                    for e in &events {
-                        println!("[{:>3}%] {}", e.progress, e.message);
-                    }
-                    if let Some(e) = events.last().filter(|e| e.failed) {
-                        bail!("{}", e.message);
-                    }
-                }
-            }
+            follow(&envs, &name, build).await?;
         }
         EnvCommand::List => {
             for e in envs.list(Actor::System).await? {
@@ -141,10 +153,11 @@ pub(super) async fn env(
                 );
             }
             println!(
-                "freed {} MiB ({} images removed, {} kept)",
+                "freed {} MiB ({} images removed, {} kept; {} uploads of removed environments dropped)",
                 report.freed_bytes >> 20,
                 report.removed.len(),
-                report.kept
+                report.kept,
+                report.uploads_removed
             );
         }
         EnvCommand::Pin { name, build, unpin } => {
@@ -153,6 +166,59 @@ pub(super) async fn env(
             }
             let e = envs.pin(Actor::System, &name, build.map(BuildId::new)).await?;
             println!("'{name}' serves build {}", e.serving.map_or("-".into(), |b| b.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Prints a build's log to its end; fails with its last message when the build failed.
+async fn follow(envs: &Environments<'_>, name: &str, build: BuildId) -> anyhow::Result<()> {
+    match envs.log(Actor::System, name, build).await? {
+        BuildLog::Live(log) => print_live(&log).await,
+        BuildLog::Stored(events) => {
+            for e in &events {
+                println!("[{:>3}%] {}", e.progress, e.message);
+            }
+            if let Some(e) = events.last().filter(|e| e.failed) {
+                bail!("{}", e.message);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What `--upload` sends: a folder packed as a tar (files and folders, sorted; its `.git` left
+/// out), or an archive file as it is (the hub checks either).
+fn upload_archive(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    pack_folder(&mut tar, path, std::path::Path::new(""))?;
+    tar.into_inner().context("packing the folder")
+}
+
+fn pack_folder(tar: &mut tar::Builder<Vec<u8>>, root: &std::path::Path, rel: &std::path::Path) -> anyhow::Result<()> {
+    let dir = root.join(rel);
+    let mut entries = std::fs::read_dir(&dir)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if rel.as_os_str().is_empty() && entry.file_name() == ".git" {
+            continue;
+        }
+        let name = rel.join(entry.file_name());
+        let kind = entry.file_type().with_context(|| format!("reading {}", entry.path().display()))?;
+        if kind.is_dir() {
+            pack_folder(tar, root, &name)?;
+        } else if kind.is_file() {
+            tar.append_path_with_name(entry.path(), &name)
+                .with_context(|| format!("packing {}", entry.path().display()))?;
+        } else {
+            bail!("{} is not a file or a folder: an upload holds no links", entry.path().display());
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! `[environments]`: building environments from repositories.
+//! `[environments]`: building environments from repositories and uploaded files.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub struct EnvironmentsConfig {
     pub snapshots_per_member: u32,
     /// The most one snapshot may save ("20GiB"): what its server wrote outside the home.
     pub snapshot_max_size: String,
+    /// The largest upload of a repository's files ("32MiB", the tar or tar.gz as sent) a build takes.
+    pub max_upload: String,
 }
 
 impl Default for EnvironmentsConfig {
@@ -48,6 +50,7 @@ impl Default for EnvironmentsConfig {
             keep_session_images: d.keep_session_images,
             snapshots_per_member: d.snapshots_per_member,
             snapshot_max_size: "20GiB".into(),
+            max_upload: "32MiB".into(),
         }
     }
 }
@@ -70,6 +73,7 @@ impl Config {
             snapshots_per_member: e.snapshots_per_member,
             // Checked when the configuration is read (`Config::validate`).
             snapshot_max_bytes: labhub_core::resources::parse_memory(&e.snapshot_max_size).unwrap_or(20 << 30),
+            max_upload_bytes: labhub_core::resources::parse_memory(&e.max_upload).unwrap_or(32 << 20),
         }
     }
 }

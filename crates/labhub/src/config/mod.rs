@@ -153,6 +153,9 @@ impl Config {
         if labhub_core::resources::parse_memory(&self.environments.snapshot_max_size).is_err() {
             return bad("environments.snapshot_max_size", "must be a size such as \"20GiB\"");
         }
+        if labhub_core::resources::parse_memory(&self.environments.max_upload).is_err() {
+            return bad("environments.max_upload", "must be a size such as \"32MiB\"");
+        }
         if self.auth.min_password_length < 8 {
             return bad("auth.min_password_length", "must be at least 8");
         }
