@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::ApiJson;
 use super::models::ServerModel;
-use crate::extract::CurrentUser;
+use crate::extract::{Caller, CurrentUser};
 use crate::{AppError, AppState, sse};
 
 fn owner(raw: &str) -> Result<UserName, AppError> {
@@ -107,11 +107,11 @@ pub(crate) async fn answer_start(
 
 async fn stop(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
 ) -> Result<StatusCode, AppError> {
-    match state.hub().servers().stop(Actor::User(me), &owner, server.as_ref()).await? {
+    match state.hub().servers().stop(me, &owner, server.as_ref()).await? {
         StopOutcome::Stopped => Ok(StatusCode::NO_CONTENT),
         StopOutcome::Stopping => Ok(StatusCode::ACCEPTED),
     }
@@ -131,10 +131,10 @@ pub async fn start_default(
 /// `DELETE /hub/api/users/{name}/server` (that user or an admin): 204 stopped, 202 stopping.
 pub async fn stop_default(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    stop(&state, &me, owner(&name)?, None).await
+    stop(&state, me.actor(), owner(&name)?, None).await
 }
 
 /// `POST /hub/api/users/{name}/servers/{server}` (that user or an admin).
@@ -159,19 +159,19 @@ pub struct StopBody {
 /// also forgets it once stopped.
 pub async fn stop_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
     ApiJson(body): ApiJson<StopBody>,
 ) -> Result<StatusCode, AppError> {
     let (owner, server) = (owner(&name)?, server_name(&server)?);
-    let status = stop(&state, &me, owner.clone(), Some(server.clone())).await?;
+    let status = stop(&state, me.actor(), owner.clone(), Some(server.clone())).await?;
     if body.remove {
         if status == StatusCode::ACCEPTED {
             return Err(AppError::Service(labhub_service::ServiceError::Conflict(
                 "the server is still stopping; remove it once it has stopped".into(),
             )));
         }
-        state.hub().servers().delete_named(Actor::User(&me), &owner, &server).await?;
+        state.hub().servers().delete_named(me.actor(), &owner, &server).await?;
     }
     Ok(status)
 }
@@ -179,11 +179,11 @@ pub async fn stop_named(
 /// `GET /hub/api/users/{name}/servers/{server}` (that user or an admin): the server model.
 pub async fn get_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
 ) -> Result<Json<ServerModel>, AppError> {
     let (owner, server) = (owner(&name)?, server_name(&server)?);
-    let view = state.hub().servers().get(Actor::User(&me), &owner, Some(&server)).await?;
+    let view = state.hub().servers().get(me.actor(), &owner, Some(&server)).await?;
     Ok(Json(ServerModel::of(&view)))
 }
 
