@@ -95,6 +95,7 @@ mod pool;
 #[cfg(test)]
 mod proptests;
 mod route;
+mod service;
 mod settings;
 mod tunnel;
 mod values;
@@ -104,6 +105,7 @@ pub use forward::Proxy;
 pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
 pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable, VisitorWatch};
+pub use service::{ServiceTable, ServiceTarget};
 pub use settings::{ClientInfo, ProxySettings, Scheme};
 pub use values::strip_token_param;
 

@@ -17,6 +17,7 @@ use labhub_auth::tokens::looks_like_token;
 use labhub_auth::{TokenHash, new_token, sha256};
 use labhub_core::{Holder, RoleName, Scope, ScopeSet, ScopeSpec, Secret, ServiceId, ServiceName};
 use labhub_db::{roles, services as store};
+use labhub_proxy::{ServiceTable, ServiceTarget};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -91,13 +92,6 @@ impl TryFrom<store::Service> for ServiceView {
     }
 }
 
-/// Where the proxy sends a service's route: its address and its prefix.
-#[derive(Debug, Clone)]
-pub struct ServiceRoute {
-    pub name: ServiceName,
-    pub endpoint: SocketAddr,
-}
-
 /// A recognised service token, trusted for a short time.
 #[derive(Clone)]
 pub(crate) struct CachedService {
@@ -105,12 +99,13 @@ pub(crate) struct CachedService {
     fetched: OffsetDateTime,
 }
 
-/// Recognised service tokens, by their hashes.
+/// Recognised service tokens, by their hashes, and where the proxy reaches services.
 #[derive(Default)]
 pub(crate) struct ServicesState {
     cache: DashMap<TokenHash, CachedService>,
     /// Bumped before every forgetting (see [`Epoch`]).
     epoch: Epoch,
+    targets: ServiceTable,
 }
 
 /// A service's URL, checked: `http://` with an IP address and a port, since the proxy
@@ -227,12 +222,13 @@ impl<'h> Services<'h> {
     }
 
     /// Where `/services/{name}/` goes, for a principal already admitted to it; `NotFound`
-    /// when there is no such service or it has no URL.
-    pub async fn route(&self, name: &ServiceName) -> Result<ServiceRoute, ServiceError> {
+    /// when there is no such service or it has no URL. Read from Postgres each time (a
+    /// service's route is no hot path), so a new URL counts at once in every hub process.
+    pub async fn route(&self, name: &ServiceName) -> Result<Arc<ServiceTarget>, ServiceError> {
         let no_route = || ServiceError::NotFound(format!("the service {name} has no web address on this hub"));
         let view = self.row(name).await.map_err(|_| no_route())?;
         let (_, endpoint) = check_url(view.url.as_deref().ok_or_else(no_route)?)?;
-        Ok(ServiceRoute { name: view.name, endpoint })
+        Ok(self.state().targets.target(&view.prefix(), endpoint))
     }
 
     /// What [`Services::principal`] would answer when memory alone can say it is a service.
@@ -290,6 +286,7 @@ impl<'h> Services<'h> {
     pub(crate) fn forget_all(&self) {
         self.state().epoch.bump();
         self.state().cache.clear();
+        self.state().targets.clear();
     }
 }
 

@@ -37,7 +37,7 @@ fn page_error(status: StatusCode, message: &str, req: &Request) -> Response {
     resp
 }
 
-fn refuse(status: StatusCode, message: &str, navigation: bool, req: &Request) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: &str, navigation: bool, req: &Request) -> Response {
     if navigation { page_error(status, message, req) } else { json_error(status, message) }
 }
 
@@ -218,7 +218,7 @@ pub(crate) fn authorization_token(value: &[u8]) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")).then(|| token.trim())
 }
 
-fn client_info(state: &AppState, req: &Request) -> ClientInfo {
+pub(crate) fn client_info(state: &AppState, req: &Request) -> ClientInfo {
     let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
     ClientInfo {
