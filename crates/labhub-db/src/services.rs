@@ -86,10 +86,13 @@ pub async fn delete(db: impl PgExecutor<'_>, name: &str) -> Result<bool, DbError
     Ok(r.rows_affected() > 0)
 }
 
-/// Sets or clears where the proxy sends a service's route; whether there is such a service.
-pub async fn set_url(db: impl PgExecutor<'_>, name: &str, url: Option<&str>) -> Result<bool, DbError> {
-    let r = sqlx::query("update services set url = $2 where name = $1").bind(name).bind(url).execute(db).await?;
-    Ok(r.rows_affected() > 0)
+/// Sets or clears where the proxy sends a service's route; the service's id, if there is one.
+pub async fn set_url(db: impl PgExecutor<'_>, name: &str, url: Option<&str>) -> Result<Option<ServiceId>, DbError> {
+    Ok(sqlx::query_scalar("update services set url = $2 where name = $1 returning service_id")
+        .bind(name)
+        .bind(url)
+        .fetch_optional(db)
+        .await?)
 }
 
 /// Gives a role to a service (again: no change).

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use labhub_auth::tokens::looks_like_token;
 use labhub_auth::{TokenHash, new_token, sha256};
 use labhub_core::{Holder, RoleName, Scope, ScopeSet, ScopeSpec, Secret, ServiceId, ServiceName};
-use labhub_db::{roles, services as store};
+use labhub_db::{oauth, roles, services as store};
 use labhub_proxy::{ServiceTable, ServiceTarget};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -75,6 +75,11 @@ impl ServiceView {
 /// `/services/{name}/`.
 pub fn route_prefix(name: &ServiceName) -> String {
     format!("/services/{name}/")
+}
+
+/// JupyterHub's OAuth client id for a service: `service-{name}`.
+pub fn oauth_client_id(name: &ServiceName) -> String {
+    format!("service-{name}")
 }
 
 impl TryFrom<store::Service> for ServiceView {
@@ -160,6 +165,7 @@ impl<'h> Services<'h> {
         for role in &given {
             store::assign(&mut *tx, role.role_id, id).await?;
         }
+        self.register_client(&mut tx, id, name, url.is_some()).await?;
         let detail = json!({ "url": url, "roles": role_names.iter().map(RoleName::as_str).collect::<Vec<_>>() });
         self.hub.audit().record(&mut *tx, actor, "service.add", name.as_str(), detail).await?;
         tx.commit().await?;
@@ -213,11 +219,36 @@ impl<'h> Services<'h> {
         actor.require_admin()?;
         let url = url.map(check_url).transpose()?.map(|(u, _)| u);
         let mut tx = self.hub.begin().await?;
-        if !store::set_url(&mut *tx, name.as_str(), url.as_deref()).await? {
-            return Err(ServiceError::NotFound(format!("no service named {name}")));
-        }
+        let id = store::set_url(&mut *tx, name.as_str(), url.as_deref())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no service named {name}")))?;
+        self.register_client(&mut tx, id, name, url.is_some()).await?;
         self.hub.audit().record(&mut *tx, actor, "service.set_url", name.as_str(), json!({ "url": url })).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Makes a service with a URL the OAuth client `service-{name}` of the hub's provider (its
+    /// secret: its API token; its redirect URI: `/services/{name}/oauth_callback`), and one
+    /// without a URL none, in the caller's transaction.
+    async fn register_client(
+        &self,
+        tx: &mut crate::hub::HubTx<'_>,
+        id: ServiceId,
+        name: &ServiceName,
+        routed: bool,
+    ) -> Result<(), ServiceError> {
+        if !routed {
+            oauth::remove_service(&mut **tx, id).await?;
+            return Ok(());
+        }
+        let client_id = oauth_client_id(name);
+        let redirect = format!("{}oauth_callback", route_prefix(name));
+        // The row's own secret is never used (see migration 0022): random, so no token matches it.
+        let (_, unused) = new_token();
+        if !oauth::register_service(tx, id, &client_id, &redirect, &unused, self.hub.now()).await? {
+            return Err(ServiceError::Conflict(format!("{client_id} is already another OAuth client's id")));
+        }
         Ok(())
     }
 

@@ -206,7 +206,9 @@ async fn forget_single_user_tokens(state: &AppState, req: &mut Request, route: &
         let token = candidate.clone();
         let looked_up = state.hub_call(|hub| async move { hub.single_user().caller(&token).await });
         let caller = Box::pin(looked_up).await.ok().flatten();
-        if caller.is_some_and(|c| c.server_owner == route.owner && c.server == route.key.server) {
+        let this_server =
+            labhub_service::single_user::ClientOf::Server { owner: route.owner, server: route.key.server.clone() };
+        if caller.is_some_and(|c| c.client == this_server) {
             forget_server_token(req, &candidate);
         }
     }

@@ -241,3 +241,81 @@ async fn a_services_route_reaches_its_address_for_those_granted_access_and_no_on
 async fn browser_anonymous(app: &TestApp, path: &str) -> reqwest::Response {
     browser().get(app.at(path)).header("Accept", "text/html").send().await.unwrap()
 }
+
+#[tokio::test]
+async fn a_service_signs_users_in_through_the_hubs_oauth_provider() {
+    let app = TestApp::spawn().await;
+    app.add_user("alice", "correct horse", false).await;
+    app.add_user("bob", "correct horse", false).await;
+    let addr = echo_service().await;
+    let secret = add_service(&app, "board", Some(&format!("http://{addr}")), &[]).await;
+    let scopes = vec!["access:services!service=board".to_string()];
+    app.hub.roles().put(Actor::System, &role("board-viewer"), "", &scopes).await.unwrap();
+    let alice_name = "alice".parse().unwrap();
+    app.hub.roles().assign(Actor::System, &role("board-viewer"), &Assignee::User(alice_name), true).await.unwrap();
+    let query = "client_id=service-board&response_type=code&redirect_uri=/services/board/oauth_callback&state=s1";
+    let authorize_url = app.at(&format!("/hub/api/oauth2/authorize?{query}"));
+    let authorize = |who: reqwest::Client| {
+        let url = authorize_url.clone();
+        async move { who.get(url).send().await.unwrap() }
+    };
+
+    // alice, signed in and granted access, is sent back to the service with a code.
+    let alice = browser();
+    app.login(&alice, "alice", "correct horse").await;
+    let r = authorize(alice.clone()).await;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with("/services/board/oauth_callback?code="), "{location}");
+    assert!(location.ends_with("&state=s1"), "{location}");
+    let code = url::Url::parse(&format!("http://x{location}"))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    // bob holds no access to it.
+    let bob = browser();
+    app.login(&bob, "bob", "correct horse").await;
+    assert_eq!(authorize(bob).await.status(), StatusCode::FORBIDDEN);
+
+    // The service exchanges the code with its API token as the client secret; a wrong secret
+    // is refused (and the code is spent either way).
+    let token_url = app.at("/hub/api/oauth2/token");
+    let exchange = |secret: String, code: String| {
+        let url = token_url.clone();
+        async move {
+            let form = [
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("client_id", "service-board"),
+                ("client_secret", secret.as_str()),
+                ("redirect_uri", "/services/board/oauth_callback"),
+            ];
+            script().post(url).form(&form).send().await.unwrap()
+        }
+    };
+    let wrong = exchange("0".repeat(64), code.clone()).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let r = authorize(alice.clone()).await;
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let code = location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    let r = exchange(secret.clone(), code).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let issued: Value = r.json().await.unwrap();
+    assert_eq!(issued["scope"], "access:services!service=board");
+    let access = issued["access_token"].as_str().unwrap();
+
+    // The access token names alice at /hub/api/user, and is no key to the rest of the API.
+    let user = app.api(access);
+    let me = user.get("/hub/api/user").await.value();
+    assert_eq!((me["kind"].as_str(), me["name"].as_str()), (Some("user"), Some("alice")), "{me}");
+    assert_eq!(me["scopes"], json!(["access:services!service=board"]));
+    assert_eq!(user.get("/hub/api/users/alice").await.status, StatusCode::UNAUTHORIZED);
+
+    // The service's URL cleared: it is no client any more, and what it was given is gone.
+    app.hub.services().set_url(Actor::System, &service("board"), None).await.unwrap();
+    assert_eq!(user.get("/hub/api/user").await.status, StatusCode::UNAUTHORIZED);
+    let r = authorize(alice).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
