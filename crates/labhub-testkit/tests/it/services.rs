@@ -319,3 +319,71 @@ async fn a_service_signs_users_in_through_the_hubs_oauth_provider() {
     let r = authorize(alice).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// `labhub ARGS` against the test's database, as the operator runs it: (status, out, err).
+async fn labhub_cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_labhub-exe"))
+        .args(args)
+        .env_remove("LABHUB_CONFIG")
+        .env("DATABASE_URL", labhub_testkit::pg::TestCluster::get().url(&app.db_name))
+        .env("LABHUB_LOG", "warn")
+        .output()
+        .await
+        .expect("running labhub");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Polls until `path` answers `want` to `api` (another process's change reaching this hub).
+async fn until_status(api: &Api, path: &str, want: StatusCode, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if api.get(path).await.status == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} never reached the running hub");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_services_and_a_running_hub_follows_every_change() {
+    let app = TestApp::spawn().await;
+    app.add_user("alice", "correct horse", false).await;
+    let (code, _, err) = labhub_cli(&app, &["role", "put", "lister", "--scope", "list:users"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, token, err) =
+        labhub_cli(&app, &["service", "add", "stats", "--url", "http://127.0.0.1:9", "--role", "lister"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("shown only now"), "{err}");
+    let stats = app.api(token.trim());
+    assert_eq!(stats.get("/hub/api/users").await.status, StatusCode::OK);
+    let me = stats.get("/hub/api/user").await.value();
+    assert_eq!((me["kind"].as_str(), me["roles"].clone()), (Some("service"), json!(["lister"])), "{me}");
+    let (_, out, _) = labhub_cli(&app, &["service", "list"]).await;
+    assert_eq!(out.trim(), "stats http://127.0.0.1:9 roles: lister");
+    let (code, _, err) = labhub_cli(&app, &["service", "add", "stats"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("exists already"), "{err}");
+    let (code, _, err) = labhub_cli(&app, &["service", "add", "web", "--url", "http://example.org/"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("IP address"), "{err}");
+
+    // Taking its role back, and removing it, reach the running hub at once (Postgres tells it).
+    let (code, _, err) = labhub_cli(&app, &["role", "unassign", "lister", "--service", "stats"]).await;
+    assert_eq!(code, 0, "{err}");
+    until_status(&stats, "/hub/api/users", StatusCode::FORBIDDEN, "the role taken back").await;
+    let (code, _, err) = labhub_cli(&app, &["role", "assign", "lister", "--service", "stats"]).await;
+    assert_eq!(code, 0, "{err}");
+    until_status(&stats, "/hub/api/users", StatusCode::OK, "the role given again").await;
+    let (code, _, err) = labhub_cli(&app, &["service", "remove", "stats"]).await;
+    assert_eq!(code, 0, "{err}");
+    until_status(&stats, "/hub/api/users", StatusCode::UNAUTHORIZED, "the removal").await;
+    let actions: Vec<String> = labhub_db::sqlx::query_scalar(
+        "select action from audit_log where action like 'service.%' or target = 'lister' order by audit_id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(actions, ["role.put", "service.add", "role.unassign", "role.assign", "service.remove"]);
+}
