@@ -6,8 +6,8 @@
 //! `hub.groups()`, `hub.shares()` (who else may reach a server), `hub.quotas()`,
 //! `hub.catalogue()`, `hub.environments()`, `hub.history()`, `hub.usage()`, `hub.culler()`,
 //! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`, `hub.replicas()` (the other
-//! hub processes on the same database), `hub.services()` (registered external services). They take and return the
-//! service's own types (`model`), never database rows.
+//! hub processes on the same database), `hub.services()` (registered external services). They
+//! take and return the service's own types (`model`), never database rows.
 
 pub mod access;
 pub mod accounts;
