@@ -128,6 +128,19 @@ async fn the_real_idle_culler_runs_as_a_service_with_only_its_four_scopes_and_st
     let r = script().get(app.at("/hub/home")).header("Authorization", culler.authorization()).send().await.unwrap();
     assert_ne!(r.status(), StatusCode::OK, "pages take no tokens, a service's neither");
 
+    // A service given `servers!user=alice` starts her server again (and nobody else's).
+    let scopes = vec!["servers!user=alice".to_string()];
+    app.hub.roles().put(Actor::System, &role("alice-launcher"), "", &scopes).await.unwrap();
+    let launcher = app.api(&add_service(&app, "launcher", None, &["alice-launcher"]).await);
+    let (status, _) = launcher.start("alice", None, json!({"image": "test"})).await.unwrap();
+    assert!(matches!(status, StatusCode::CREATED | StatusCode::ACCEPTED), "{status}");
+    root.wait_ready("alice", None).await;
+    assert_eq!(
+        launcher.start("bob", Some("two"), json!({"image": "test"})).await.unwrap_err().status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(audited(&app, "server.start").await.last().map(|a| a.0.clone()), Some("service:launcher".into()));
+
     // Removed: its token is refused at once.
     assert_eq!(culler.get("/hub/api/users").await.status, StatusCode::OK);
     app.hub.services().remove(Actor::System, &service("idle-culler")).await.unwrap();

@@ -1,4 +1,5 @@
 //! `/hub/api/users/{name}/server`, `/hub/api/users/{name}/servers/{server}` and their progress.
+//! A registered service may call them too: the one server gate admits it by its scopes alone.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -7,14 +8,13 @@ use axum::response::{IntoResponse, Response};
 use labhub_core::resources::Amount;
 use labhub_core::{GroupName, ServerName, ServerState, UserName};
 use labhub_service::Actor;
-use labhub_service::Principal;
 use labhub_service::model::{StartOutcome, StartRequest, StopOutcome};
 use labhub_service::progress::ProgressEvent;
 use serde::Deserialize;
 
 use super::ApiJson;
 use super::models::ServerModel;
-use crate::extract::{Caller, CurrentUser};
+use crate::extract::Caller;
 use crate::{AppError, AppState, sse};
 
 fn owner(raw: &str) -> Result<UserName, AppError> {
@@ -66,13 +66,13 @@ impl StartBody {
 
 async fn start(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
     body: StartBody,
 ) -> Result<Response, AppError> {
     let request = body.into_request()?;
-    let outcome = state.hub().servers().start(Actor::User(me), &owner, server.as_ref(), request).await?;
+    let outcome = state.hub().servers().start(me, &owner, server.as_ref(), request).await?;
     answer_start(state, me, owner, server, outcome).await
 }
 
@@ -80,7 +80,7 @@ async fn start(
 /// the hub's patience, 202 while it is still starting, the refusal otherwise.
 pub(crate) async fn answer_start(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
     outcome: StartOutcome,
@@ -101,7 +101,7 @@ pub(crate) async fn answer_start(
         return Err(AppError::SpawnFailed(e.message.clone()));
     }
     let status = if last.is_some_and(|e| e.ready) { StatusCode::CREATED } else { StatusCode::ACCEPTED };
-    let view = servers.get(Actor::User(me), &owner, server.as_ref()).await?;
+    let view = servers.get(me, &owner, server.as_ref()).await?;
     Ok((status, Json(ServerModel::of(&view))).into_response())
 }
 
@@ -121,11 +121,11 @@ async fn stop(
 /// 201 when the server answered within the hub's patience, 202 while it is still starting.
 pub async fn start_default(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Response, AppError> {
-    start(&state, &me, owner(&name)?, None, body).await
+    start(&state, me.actor(), owner(&name)?, None, body).await
 }
 
 /// `DELETE /hub/api/users/{name}/server` (that user or an admin): 204 stopped, 202 stopping.
@@ -140,11 +140,11 @@ pub async fn stop_default(
 /// `POST /hub/api/users/{name}/servers/{server}` (that user or an admin).
 pub async fn start_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Response, AppError> {
-    start(&state, &me, owner(&name)?, Some(server_name(&server)?), body).await
+    start(&state, me.actor(), owner(&name)?, Some(server_name(&server)?), body).await
 }
 
 #[derive(Deserialize, Default)]
@@ -189,12 +189,12 @@ pub async fn get_named(
 
 async fn progress(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let view = hub.servers().get(Actor::User(me), &owner, server.as_ref()).await?;
+    let view = hub.servers().get(me, &owner, server.as_ref()).await?;
     let url = view.url();
     let progress = match view.id {
         Some(id) if matches!(view.state, ServerState::Pending | ServerState::Stopped) => {
@@ -225,17 +225,17 @@ async fn progress(
 /// `{progress, message, ready, failed, url}`.
 pub async fn progress_default(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
-    progress(&state, &me, owner(&name)?, None).await
+    progress(&state, me.actor(), owner(&name)?, None).await
 }
 
 /// `GET /hub/api/users/{name}/servers/{server}/progress` (that user or an admin).
 pub async fn progress_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
-    progress(&state, &me, owner(&name)?, Some(server_name(&server)?)).await
+    progress(&state, me.actor(), owner(&name)?, Some(server_name(&server)?)).await
 }
