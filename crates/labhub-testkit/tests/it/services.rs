@@ -348,8 +348,10 @@ async fn labhub_cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Polls until `path` answers `want` to `api` (another process's change reaching this hub).
+/// The deadline is shorter than the credential cache's life (30 s), so only Postgres's
+/// announcement can make it.
 async fn until_status(api: &Api, path: &str, want: StatusCode, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if api.get(path).await.status == want {
             return;
@@ -362,6 +364,8 @@ async fn until_status(api: &Api, path: &str, want: StatusCode, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_registers_services_and_a_running_hub_follows_every_change() {
     let app = TestApp::spawn().await;
+    // What `labhub serve` runs: the listener for Postgres's announcements.
+    let follower = tokio::spawn(app.hub.clone().follow_shares(std::future::pending()));
     app.add_user("alice", "correct horse", false).await;
     let (code, _, err) = labhub_cli(&app, &["role", "put", "lister", "--scope", "list:users"]).await;
     assert_eq!(code, 0, "{err}");
@@ -399,4 +403,5 @@ async fn the_cli_registers_services_and_a_running_hub_follows_every_change() {
     .await
     .unwrap();
     assert_eq!(actions, ["role.put", "service.add", "role.unassign", "role.assign", "service.remove"]);
+    follower.abort();
 }
