@@ -244,6 +244,15 @@ async fn a_services_route_reaches_its_address_for_those_granted_access_and_no_on
     let r = root.get("/hub/api/services/nosuch").await;
     assert_eq!((r.status, r.message()), (StatusCode::NOT_FOUND, "no service named nosuch".to_string()));
 
+    // The admins' page lists them (read-only); a member is refused it.
+    let page = |cookie: String| script().get(app.at("/hub/admin/services")).header("Cookie", cookie).send();
+    let root_session = session_cookie(&app, "root").await;
+    let r = page(root_session.split(';').next().unwrap().to_string()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(r#"<a href="/services/board/">"#) && html.contains("API only"), "{html}");
+    assert_eq!(page(cookies.clone()).await.unwrap().status(), StatusCode::FORBIDDEN);
+
     // Moved or cleared by an admin, at once.
     app.hub.services().set_url(Actor::System, &service("board"), None).await.unwrap();
     assert_eq!(reach(&alice, "/services/board/").await.0, StatusCode::NOT_FOUND);
