@@ -80,6 +80,12 @@
 //! # Activity
 //! Every request and tunnel traffic stamps its route's last activity (an atomic, written
 //! at most once a second); [`RouteTable::take_activity`] drains it for batched writes.
+//!
+//! # Services
+//! [`Proxy::forward_service`] sends `/services/{name}/…` to a registered service's address
+//! ([`ServiceTable`] keeps one [`ServiceTarget`] and its pool per service), plain HTTP only,
+//! with the same header rules (no `Authorization` of the proxy's: a service authenticates its
+//! users itself) and the path unchanged; its requests count against the total limit only.
 
 mod body;
 mod chunked;
