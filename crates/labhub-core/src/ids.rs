@@ -86,6 +86,10 @@ id_type!(
     /// One build of an environment.
     BuildId
 );
+id_type!(
+    /// A registered service (not an account: it holds no user's things).
+    ServiceId
+);
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,9 @@ pub mod secret;
 pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::{BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, SessionId, ShareCodeId, TokenId, UserId};
+pub use ids::{
+    BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, ServiceId, SessionId, ShareCodeId, TokenId, UserId,
+};
 pub use image::{Contract, ImageFields, ImageKind, ImageRef};
 pub use names::{DatasetName, GroupName, NameError, NodeName, RoleName, ServerName, ServiceName, UserName};
 pub use placement::{Placement, PlacementError};

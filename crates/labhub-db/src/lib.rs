@@ -22,6 +22,7 @@ pub mod quotas;
 pub mod replicas;
 pub mod roles;
 pub mod servers;
+pub mod services;
 pub mod sessions;
 pub mod shares;
 pub mod tokens;

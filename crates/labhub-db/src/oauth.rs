@@ -1,13 +1,14 @@
-//! The OAuth provider's tables: `oauth_clients` (a running server of JupyterHub's contract,
-//! whose secret is its API token), `oauth_codes` and `oauth_tokens`, all by SHA-256.
+//! The OAuth provider's tables: `oauth_clients` (a running server of JupyterHub's contract, or
+//! a registered service with a URL, whose secret is its API token), `oauth_codes` and
+//! `oauth_tokens`, all by SHA-256.
 
-use labhub_core::{ServerId, UserId};
+use labhub_core::{ServerId, ServiceId, UserId};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
 use crate::DbError;
 
-/// A registered client (never its secret).
+/// A server's registered client (never its secret).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Client {
     pub client_id: String,
@@ -17,12 +18,32 @@ pub struct Client {
     pub scopes: Vec<String>,
 }
 
-/// A client with the hash of its secret, for the token exchange to compare.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Whose a client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A running server's.
+    Server(ServerId),
+    /// A registered service's, by its name.
+    Service(String),
+}
+
+/// A client, a server's or a service's, with the hash of its secret (a service's is its API
+/// token's), for the authorization and the token exchange.
+#[derive(Debug, Clone)]
 pub struct ClientWithSecret {
-    #[sqlx(flatten)]
-    pub client: Client,
+    pub client_id: String,
+    pub holder: Holder,
+    pub redirect_uri: String,
     pub secret_hash: Vec<u8>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClientRow {
+    client_id: String,
+    server_id: Option<ServerId>,
+    service: Option<String>,
+    redirect_uri: String,
+    secret_hash: Vec<u8>,
 }
 
 /// Registers a server as a client, replacing what its previous run registered (and, by the
@@ -68,20 +89,81 @@ pub async fn remove_server(db: impl PgExecutor<'_>, server_id: ServerId) -> Resu
 
 /// A client by its id, with its secret's hash.
 pub async fn client(db: impl PgExecutor<'_>, client_id: &str) -> Result<Option<ClientWithSecret>, DbError> {
-    Ok(sqlx::query_as(
-        "select client_id, server_id, redirect_uri, scopes, secret_hash from oauth_clients where client_id = $1",
+    let row: Option<ClientRow> = sqlx::query_as(
+        "select c.client_id, c.server_id, s.name as service, c.redirect_uri,
+                coalesce(s.token_hash, c.secret_hash) as secret_hash
+         from oauth_clients c left join services s on s.service_id = c.service_id where c.client_id = $1",
     )
     .bind(client_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|r| {
+        let holder = match (r.server_id, r.service) {
+            (Some(server), _) => Holder::Server(server),
+            (None, Some(service)) => Holder::Service(service),
+            (None, None) => return None,
+        };
+        Some(ClientWithSecret {
+            client_id: r.client_id,
+            holder,
+            redirect_uri: r.redirect_uri,
+            secret_hash: r.secret_hash,
+        })
+    }))
+}
+
+/// The server client whose secret (its server's API token) has this hash.
+pub async fn client_by_secret(db: impl PgExecutor<'_>, secret_hash: &[u8; 32]) -> Result<Option<Client>, DbError> {
+    Ok(sqlx::query_as(
+        "select client_id, server_id, redirect_uri, scopes from oauth_clients
+         where secret_hash = $1 and server_id is not null",
+    )
+    .bind(&secret_hash[..])
     .fetch_optional(db)
     .await?)
 }
 
-/// The client whose secret (its server's API token) has this hash.
-pub async fn client_by_secret(db: impl PgExecutor<'_>, secret_hash: &[u8; 32]) -> Result<Option<Client>, DbError> {
-    Ok(sqlx::query_as("select client_id, server_id, redirect_uri, scopes from oauth_clients where secret_hash = $1")
-        .bind(&secret_hash[..])
-        .fetch_optional(db)
-        .await?)
+/// Registers a service as the client `client_id` with this redirect URI, replacing its
+/// previous registration (and, by the cascade, the codes and tokens issued to it). Its
+/// `secret_hash` is `unused`, a random value: a service's secret is its API token. `false`,
+/// with nothing changed, when another holder has the client id.
+pub async fn register_service(
+    db: &mut sqlx::PgConnection,
+    service_id: ServiceId,
+    client_id: &str,
+    redirect_uri: &str,
+    unused: &[u8; 32],
+    now: OffsetDateTime,
+) -> Result<bool, DbError> {
+    let taken: bool = sqlx::query_scalar(
+        "select exists (select 1 from oauth_clients where client_id = $2 and service_id is distinct from $1)",
+    )
+    .bind(service_id)
+    .bind(client_id)
+    .fetch_one(&mut *db)
+    .await?;
+    if taken {
+        return Ok(false);
+    }
+    remove_service(&mut *db, service_id).await?;
+    sqlx::query(
+        "insert into oauth_clients (client_id, service_id, secret_hash, redirect_uri, scopes, created_at)
+         values ($1, $2, $3, $4, '{}', $5)",
+    )
+    .bind(client_id)
+    .bind(service_id)
+    .bind(&unused[..])
+    .bind(redirect_uri)
+    .bind(now)
+    .execute(&mut *db)
+    .await?;
+    Ok(true)
+}
+
+/// Forgets a service's client and every code and token issued to it.
+pub async fn remove_service(db: impl PgExecutor<'_>, service_id: ServiceId) -> Result<(), DbError> {
+    sqlx::query("delete from oauth_clients where service_id = $1").bind(service_id).execute(db).await?;
+    Ok(())
 }
 
 /// A code to store.
@@ -157,11 +239,13 @@ pub async fn insert_token(
     Ok(())
 }
 
-/// An access token as it was stored, with its client.
+/// An access token as it was stored, with its client's holder: a server's id, or a
+/// service's name.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Token {
     pub client_id: String,
-    pub server_id: ServerId,
+    pub server_id: Option<ServerId>,
+    pub service: Option<String>,
     pub user_id: UserId,
     pub scopes: Vec<String>,
 }
@@ -169,8 +253,9 @@ pub struct Token {
 /// The access token with this hash.
 pub async fn token(db: impl PgExecutor<'_>, token_hash: &[u8; 32]) -> Result<Option<Token>, DbError> {
     Ok(sqlx::query_as(
-        "select t.client_id, c.server_id, t.user_id, t.scopes
-         from oauth_tokens t join oauth_clients c on c.client_id = t.client_id where t.token_hash = $1",
+        "select t.client_id, c.server_id, s.name as service, t.user_id, t.scopes
+         from oauth_tokens t join oauth_clients c on c.client_id = t.client_id
+         left join services s on s.service_id = c.service_id where t.token_hash = $1",
     )
     .bind(&token_hash[..])
     .fetch_optional(db)

@@ -85,6 +85,11 @@ impl Proxy {
         Lease::try_acquire(route, &self.inner.in_flight, s.max_connections_per_server, s.max_connections_total)
     }
 
+    /// A connection slot counted in total only (a service's request), if one is free.
+    pub(crate) fn lease_total(&self) -> Option<Lease> {
+        Lease::try_acquire_total(&self.inner.in_flight, self.inner.settings.max_connections_total)
+    }
+
     /// Forwards one request (plain HTTP, SSE, long poll, or a WebSocket upgrade) to the
     /// route's server. The caller has authenticated and authorised it (and checked `Origin`
     /// for upgrades); `req`'s path must be under the route's prefix.
@@ -122,7 +127,8 @@ impl Proxy {
             }
             return Err(ProxyError::BadRequest("the path is not under the server's prefix".into()));
         }
-        let uri = upstream_uri(&route, req.uri())?;
+        let rstudio = route.route().kind == ImageKind::Rstudio;
+        let uri = upstream_uri(rstudio.then(|| route.prefix()), req.uri())?;
 
         let lease = self.lease(&route).ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
         route.touch();
@@ -136,7 +142,8 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        prepare_headers(&mut parts.headers, &route, settings, &client, upgrade)?;
+        let own = OwnValues { authorization: route.authorization.as_ref(), root_path: route.root_path.as_ref() };
+        prepare_headers(&mut parts.headers, own, settings, &client, upgrade)?;
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions = Extensions::new();
@@ -180,13 +187,13 @@ impl Proxy {
 }
 
 /// Request line plus header names and values, the size `max_request_header_bytes` limits.
-fn header_bytes(req: &Request) -> usize {
+pub(crate) fn header_bytes(req: &Request) -> usize {
     let uri = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     req.headers().iter().fold(uri, |n, (k, v)| n + k.as_str().len() + v.len())
 }
 
 /// `/user/alice` → `/user/alice/`: servers only answer under their prefix.
-fn add_slash(prefix: &str, query: Option<&str>) -> Response {
+pub(crate) fn add_slash(prefix: &str, query: Option<&str>) -> Response {
     let location = match query {
         Some(q) => format!("{prefix}?{q}"),
         None => prefix.to_string(),
@@ -200,17 +207,20 @@ fn add_slash(prefix: &str, query: Option<&str>) -> Response {
 }
 
 /// The upstream request target (origin form: the connection already goes to the server): the
-/// path (without the prefix for RStudio) and the query without the hub's `token` parameter,
-/// otherwise byte for byte.
-fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
-    let rstudio = route.route().kind == ImageKind::Rstudio;
+/// path (without the prefix `strip`, RStudio's) and the query without the hub's `token`
+/// parameter, otherwise byte for byte.
+pub(crate) fn upstream_uri(strip: Option<&str>, original: &Uri) -> Result<Uri, ProxyError> {
+    let rstudio = strip.is_some();
     let stripped_query = original.query().and_then(values::strip_token_param);
     let path_and_query = if !rstudio && stripped_query.is_none() {
         original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
     } else {
         let path = original.path();
         // Keep the prefix's final '/' so the path stays absolute.
-        let path = if rstudio { path.get(route.prefix().len() - 1..).unwrap_or("/") } else { path };
+        let path = match strip {
+            Some(prefix) => path.get(prefix.len() - 1..).unwrap_or("/"),
+            None => path,
+        };
         let query = match &stripped_query {
             Some(q) => Some(q.as_str()),
             None => original.query(),
@@ -226,12 +236,20 @@ fn upstream_uri(route: &RouteEntry, original: &Uri) -> Result<Uri, ProxyError> {
     Ok(Uri::from(path_and_query))
 }
 
+/// The values of the proxy's own request headers that depend on the upstream: its
+/// `Authorization` and RStudio's root path (none: the header is removed).
+#[derive(Clone, Copy)]
+pub(crate) struct OwnValues<'a> {
+    pub(crate) authorization: Option<&'a HeaderValue>,
+    pub(crate) root_path: Option<&'a HeaderValue>,
+}
+
 /// The request headers as the server must see them ([`headers`]' rules), with the
 /// proxy's own written over whatever the client sent; an upgrade keeps its
 /// `Connection`/`Upgrade` pair.
-fn prepare_headers(
+pub(crate) fn prepare_headers(
     h: &mut http::HeaderMap,
-    route: &RouteEntry,
+    route: OwnValues<'_>,
     settings: &ProxySettings,
     client: &ClientInfo,
     upgrade: bool,
@@ -252,7 +270,7 @@ fn prepare_headers(
     // `insert` replaces every value: no client credential (hub token, basic auth) survives.
     for own in OwnRequestHeader::ALL {
         match own {
-            OwnRequestHeader::Authorization => match &route.authorization {
+            OwnRequestHeader::Authorization => match route.authorization {
                 Some(a) => {
                     h.insert(header::AUTHORIZATION, a.clone());
                 }
@@ -272,7 +290,7 @@ fn prepare_headers(
                 };
                 h.insert(X_FORWARDED_HOST, forwarded_host);
             }
-            OwnRequestHeader::RstudioRootPath => match &route.root_path {
+            OwnRequestHeader::RstudioRootPath => match route.root_path {
                 Some(root) => {
                     h.insert(X_RSTUDIO_ROOT_PATH, root.clone());
                 }

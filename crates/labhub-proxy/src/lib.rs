@@ -80,6 +80,12 @@
 //! # Activity
 //! Every request and tunnel traffic stamps its route's last activity (an atomic, written
 //! at most once a second); [`RouteTable::take_activity`] drains it for batched writes.
+//!
+//! # Services
+//! [`Proxy::forward_service`] sends `/services/{name}/…` to a registered service's address
+//! ([`ServiceTable`] keeps one [`ServiceTarget`] and its pool per service), plain HTTP only,
+//! with the same header rules (no `Authorization` of the proxy's: a service authenticates its
+//! users itself) and the path unchanged; its requests count against the total limit only.
 
 mod body;
 mod chunked;
@@ -95,6 +101,7 @@ mod pool;
 #[cfg(test)]
 mod proptests;
 mod route;
+mod service;
 mod settings;
 mod tunnel;
 mod values;
@@ -104,6 +111,7 @@ pub use forward::Proxy;
 pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
 pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable, VisitorWatch};
+pub use service::{ServiceTable, ServiceTarget};
 pub use settings::{ClientInfo, ProxySettings, Scheme};
 pub use values::strip_token_param;
 

@@ -14,7 +14,8 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 /// One upstream connection's worth of capacity, on the route and in total, held for the
 /// life of a request (until its response body is gone) or of a tunnel.
 pub(crate) struct Lease {
-    route: Arc<RouteEntry>,
+    /// The route whose slot it holds; none for a service's request (counted in total only).
+    route: Option<Arc<RouteEntry>>,
     total: Arc<AtomicUsize>,
 }
 
@@ -33,15 +34,22 @@ impl Lease {
             route.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Self { route: route.clone(), total: total.clone() })
+        Some(Self { route: Some(route.clone()), total: total.clone() })
+    }
+
+    /// Takes a slot in total only, or none.
+    pub(crate) fn try_acquire_total(total: &Arc<AtomicUsize>, max_total: usize) -> Option<Self> {
+        take(total, max_total).then(|| Self { route: None, total: total.clone() })
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         // The end of a response is traffic too: a long download counts until its last byte.
-        self.route.touch();
-        self.route.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(route) = &self.route {
+            route.touch();
+            route.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
         self.total.fetch_sub(1, Ordering::AcqRel);
     }
 }

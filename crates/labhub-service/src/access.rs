@@ -8,14 +8,19 @@
 
 use labhub_core::{Scope, ServerName, Target, UserId, UserName};
 
+use crate::services::ServicePrincipal;
 use crate::shares::Rights;
 use crate::{Hub, Principal, SYSTEM_ACTOR, ServiceError};
 
-/// Who is acting: a signed-in user, or the hub itself (its CLI, its timers).
+/// Who is acting: a signed-in user, a registered service, or the hub itself (its CLI, its
+/// timers).
 #[derive(Debug, Clone, Copy)]
 pub enum Actor<'a> {
     /// A user, through the web or the API.
     User(&'a Principal),
+    /// A registered service with its API token: no account, only its roles' scopes, so it is
+    /// never an owner nor an admin.
+    Service(&'a ServicePrincipal),
     /// The operator at the command line, or the hub's own background work.
     System,
 }
@@ -25,6 +30,7 @@ impl Actor<'_> {
     pub fn name(&self) -> &str {
         match self {
             Actor::User(p) => p.name.as_str(),
+            Actor::Service(s) => s.label.as_str(),
             Actor::System => SYSTEM_ACTOR,
         }
     }
@@ -33,6 +39,7 @@ impl Actor<'_> {
     pub fn is_admin(&self) -> bool {
         match self {
             Actor::User(p) => p.admin,
+            Actor::Service(_) => false,
             Actor::System => true,
         }
     }
@@ -41,7 +48,7 @@ impl Actor<'_> {
     pub fn user_id(&self) -> Option<labhub_core::UserId> {
         match self {
             Actor::User(p) => Some(p.user_id),
-            Actor::System => None,
+            Actor::Service(_) | Actor::System => None,
         }
     }
 
@@ -200,6 +207,18 @@ impl<'h> Access<'h> {
         let p = match actor {
             Actor::System => return Ok(Reach::Admin),
             Actor::User(p) => p,
+            Actor::Service(s) => {
+                // Only its scopes: a service owns no server and shares reach no service.
+                let target = Target::Server { owner: server.owner_name, server: server.server, groups: &[] };
+                return if s.scopes.allows(&need.scope(), &target) {
+                    Ok(Reach::Scoped)
+                } else {
+                    Err(ServiceError::Forbidden(format!(
+                        "Action is not authorized with current scopes; requires any of [{}]",
+                        need.scope()
+                    )))
+                };
+            }
         };
         decide(p, server, need, |o, n, v| self.hub.shares().index().rights(o, n, v)).ok_or_else(|| {
             ServiceError::Forbidden(if p.full {

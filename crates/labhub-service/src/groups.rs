@@ -58,6 +58,7 @@ impl<'h> Groups<'h> {
                 Some(GroupRole::Lead) => Ok(GroupAccess::Lead),
                 _ => Err(not_lead(&group.name)),
             },
+            Actor::Service(_) => Err(not_lead(&group.name)),
         }
     }
 
@@ -117,6 +118,9 @@ impl<'h> Groups<'h> {
     ) -> Result<(Vec<GroupDetail>, i64), ServiceError> {
         let lead_id = match actor {
             Actor::User(p) if !p.admin => Some(p.user_id),
+            Actor::Service(_) => {
+                return Err(ServiceError::Forbidden("listing groups needs an admin or a lead of a group".into()));
+            }
             _ => None,
         };
         let (list, total) = groups::list(self.hub.db(), lead_id, offset, limit).await?;

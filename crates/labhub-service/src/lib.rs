@@ -6,8 +6,8 @@
 //! `hub.groups()`, `hub.shares()` (who else may reach a server), `hub.quotas()`,
 //! `hub.catalogue()`, `hub.environments()`, `hub.history()`, `hub.usage()`, `hub.culler()`,
 //! `hub.homes()`, `hub.datasets()`, `hub.backups()`, `hub.audit()`, `hub.replicas()` (the other
-//! hub processes on the same database). They take and return the
-//! service's own types (`model`), never database rows.
+//! hub processes on the same database), `hub.services()` (registered external services). They
+//! take and return the service's own types (`model`), never database rows.
 
 pub mod access;
 pub mod accounts;
@@ -31,6 +31,7 @@ pub mod quotas;
 pub mod replicas;
 pub mod roles;
 pub mod servers;
+pub mod services;
 pub mod sessions;
 pub mod settings;
 pub mod shares;
@@ -65,6 +66,34 @@ pub struct Principal {
     /// `inherit`): the hub's own checks written for owners and admins hold for it as they are;
     /// a narrowed token is admitted only where its scopes say.
     pub full: bool,
+}
+
+/// Who presented a credential at the API: a user, or a registered service (which is no
+/// account, so it can only be admitted by scopes).
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// A user's session or token.
+    User(Principal),
+    /// A service's API token.
+    Service(services::ServicePrincipal),
+}
+
+impl Requester {
+    /// The actor the service's calls take.
+    pub fn actor(&self) -> Actor<'_> {
+        match self {
+            Requester::User(p) => Actor::User(p),
+            Requester::Service(s) => Actor::Service(s),
+        }
+    }
+
+    /// What it may do, expanded.
+    pub fn scopes(&self) -> &labhub_core::ScopeSet {
+        match self {
+            Requester::User(p) => &p.scopes,
+            Requester::Service(s) => &s.scopes,
+        }
+    }
 }
 
 /// How a request authenticated.

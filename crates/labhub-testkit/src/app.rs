@@ -102,6 +102,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Runs the hub on a clock the test moves by hand, starting at `start`.
+    pub fn manual_clock_at(mut self, start: time::OffsetDateTime) -> Self {
+        self.manual_clock = Some(ManualClock::new(start));
+        self
+    }
+
     /// Runs users' servers in this Docker scope (its hub id and network); the scope lives as
     /// long as the hub.
     pub fn docker(mut self, scope: Arc<DockerScope>) -> Self {

@@ -46,34 +46,38 @@ fn run(cmd: &mut Command) {
 /// the first time, then never again).
 pub fn ensure_venv() -> PathBuf {
     static READY: OnceLock<PathBuf> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            let venv = venv_dir();
-            let marker = venv.join(format!(".oidc-provider-mock-{MOCK_VERSION}"));
-            if marker.is_file() {
-                return venv;
-            }
-            if let Some(parent) = venv.parent() {
-                std::fs::create_dir_all(parent).expect("the venv's folder");
-            }
-            let lock = File::create(venv.with_extension("lock")).expect("the venv lock file");
-            lock.lock().expect("locking the venv");
-            // Another process may have finished it while this one waited for the lock.
-            if !marker.is_file() {
-                let _ = std::fs::remove_dir_all(&venv);
-                let python = std::env::var("LABHUB_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-                run(Command::new(python).args(["-m", "venv"]).arg(&venv));
-                run(Command::new(venv.join("bin/pip")).args([
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    &format!("oidc-provider-mock=={MOCK_VERSION}"),
-                ]));
-                std::fs::write(&marker, MOCK_VERSION).expect("the venv marker");
-            }
-            venv
-        })
-        .clone()
+    READY.get_or_init(|| with_package("oidc-provider-mock", MOCK_VERSION)).clone()
+}
+
+/// The venv with `package==version` installed into it (the venv made first if need be), each
+/// package marked once installed; a file lock keeps parallel test processes apart.
+pub fn with_package(package: &str, version: &str) -> PathBuf {
+    let venv = venv_dir();
+    let marker = venv.join(format!(".{package}-{version}"));
+    if marker.is_file() {
+        return venv;
+    }
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent).expect("the venv's folder");
+    }
+    let lock = File::create(venv.with_extension("lock")).expect("the venv lock file");
+    lock.lock().expect("locking the venv");
+    // Another process may have finished it while this one waited for the lock.
+    if !marker.is_file() {
+        if !venv.join("bin/pip").is_file() {
+            let _ = std::fs::remove_dir_all(&venv);
+            let python = std::env::var("LABHUB_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+            run(Command::new(python).args(["-m", "venv"]).arg(&venv));
+        }
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("{package}=={version}"),
+        ]));
+        std::fs::write(&marker, version).expect("the venv marker");
+    }
+    venv
 }
 
 /// How to run the provider.

@@ -1,15 +1,17 @@
 //! Extractors: who is asking (and with what right), whether a form is genuine, where a
 //! request came from. A handler states the role it needs by the extractor it takes:
-//! [`MaybeUser`] (anyone), [`CurrentUser`] (any signed-in user), [`AdminUser`] (admins).
-//! Group leads get their own checks in the service, per group.
+//! [`MaybeUser`] (anyone), [`CurrentUser`] (any signed-in user), [`AdminUser`] (admins),
+//! [`Caller`] (a user or a registered service: only the scope-checked JupyterHub endpoints
+//! take it; every other extractor refuses a service's token). Group leads get their own
+//! checks in the service, per group.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
-use labhub_service::Principal;
 use labhub_service::sessions::SessionHost;
+use labhub_service::{Principal, Requester};
 use serde::de::DeserializeOwned;
 
 use crate::origins::{HostKind, request_host};
@@ -28,7 +30,7 @@ pub enum Surface {
 
 /// The result of authenticating a request, kept so several extractors share one lookup.
 #[derive(Clone)]
-struct Resolved(Option<Principal>);
+struct Resolved(Option<Requester>);
 
 fn token_from_header(parts: &Parts) -> Result<Option<&str>, AppError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
@@ -108,7 +110,7 @@ pub(crate) fn same_origin(headers: &HeaderMap, state: &AppState) -> bool {
         .is_some_and(|u| u.origin().ascii_serialization() == expected)
 }
 
-async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal>, AppError> {
+async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Requester>, AppError> {
     if let Some(r) = parts.extensions.get::<Resolved>() {
         return Ok(r.0.clone());
     }
@@ -117,9 +119,17 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
     if surface != Surface::Page {
         let header_token = token_from_header(parts)?.map(str::to_string);
         if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
-            principal = state.token_principal(token).await?;
-            if principal.is_none() {
-                return Err(AppError::BadCredentials("the API token is not valid: unknown, expired or revoked".into()));
+            match state.token_requester(token).await? {
+                None => {
+                    return Err(AppError::BadCredentials(
+                        "the API token is not valid: unknown, expired or revoked".into(),
+                    ));
+                }
+                Some(Requester::User(p)) => principal = Some(p),
+                Some(service) => {
+                    parts.extensions.insert(Resolved(Some(service.clone())));
+                    return Ok(Some(service));
+                }
             }
         }
     }
@@ -140,8 +150,21 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Principal
     if principal.is_none() && surface == Surface::Proxy {
         principal = server_token_principal(&parts.headers, state).await?;
     }
-    parts.extensions.insert(Resolved(principal.clone()));
-    Ok(principal)
+    let requester = principal.map(Requester::User);
+    parts.extensions.insert(Resolved(requester.clone()));
+    Ok(requester)
+}
+
+/// The user behind the request, if any; a service's token is refused here, since only the
+/// endpoints that take [`Caller`] serve services.
+async fn resolve_user(parts: &mut Parts, state: &AppState) -> Result<Option<Principal>, AppError> {
+    match resolve(parts, state).await? {
+        None => Ok(None),
+        Some(Requester::User(p)) => Ok(Some(p)),
+        Some(Requester::Service(s)) => {
+            Err(AppError::Forbidden(format!("{} is a service; this endpoint serves users only", s.name)))
+        }
+    }
 }
 
 /// Anyone: the signed-in user if there is one.
@@ -151,7 +174,7 @@ impl FromRequestParts<AppState> for MaybeUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        resolve(parts, state).await.map(MaybeUser)
+        resolve_user(parts, state).await.map(MaybeUser)
     }
 }
 
@@ -162,7 +185,7 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        resolve(parts, state).await?.map(CurrentUser).ok_or(AppError::LoginRequired)
+        resolve_user(parts, state).await?.map(CurrentUser).ok_or(AppError::LoginRequired)
     }
 }
 
@@ -170,7 +193,7 @@ impl OptionalFromRequestParts<AppState> for CurrentUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Option<Self>, Self::Rejection> {
-        Ok(resolve(parts, state).await?.map(CurrentUser))
+        Ok(resolve_user(parts, state).await?.map(CurrentUser))
     }
 }
 
@@ -181,8 +204,31 @@ impl FromRequestParts<AppState> for AdminUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let p = resolve(parts, state).await?.ok_or(AppError::LoginRequired)?;
+        let p = resolve_user(parts, state).await?.ok_or(AppError::LoginRequired)?;
         if p.admin { Ok(AdminUser(p)) } else { Err(AppError::Forbidden("this needs an admin".into())) }
+    }
+}
+
+/// Whoever holds a credential, a user or a registered service: for the JupyterHub endpoints
+/// that scopes alone decide (the API's gate checked them before the handler runs).
+pub struct Caller(pub Requester);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        resolve(parts, state).await?.map(Caller).ok_or(AppError::LoginRequired)
+    }
+}
+
+/// [`Caller`] when there is one.
+pub struct MaybeCaller(pub Option<Requester>);
+
+impl FromRequestParts<AppState> for MaybeCaller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        resolve(parts, state).await.map(MaybeCaller)
     }
 }
 

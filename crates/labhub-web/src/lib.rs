@@ -16,6 +16,7 @@ mod middleware;
 mod origins;
 mod pages;
 mod proxy_route;
+mod service_route;
 mod single_user;
 mod sse;
 mod state;
@@ -57,6 +58,9 @@ fn router(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn(error::render_api_errors)),
         )
         .route("/hub/static/{file}", axum::routing::get(static_files::serve))
+        .route(service_route::ROUTES[0], axum::routing::any(service_route::handle))
+        .route(service_route::ROUTES[1], axum::routing::any(service_route::handle))
+        .route(service_route::ROUTES[2], axum::routing::any(service_route::handle))
         // Outside the host router, so its own answers (the host hand-off) get the headers too.
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route_hosts))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::security_headers))

@@ -17,7 +17,7 @@ use labhub_service::health::IsolationState;
 use labhub_core::Scope;
 use labhub_service::roles::Resource;
 
-use crate::extract::MaybeUser;
+use crate::extract::MaybeCaller;
 use crate::{AppError, AppState};
 
 /// The id of one request; in logs, in the `X-Request-Id` response header and on error pages.
@@ -163,12 +163,12 @@ pub async fn health(State(state): State<AppState>) -> Response {
 
 /// `GET /hub/metrics`: Prometheus text format, to credentials with `read:metrics` unless the
 /// site made them public. Beside labhub's own, the names JupyterHub's Grafana dashboards read.
-pub async fn metrics(State(state): State<AppState>, MaybeUser(who): MaybeUser) -> Response {
+pub async fn metrics(State(state): State<AppState>, MaybeCaller(who): MaybeCaller) -> Response {
     if !state.settings().metrics_public {
         let Some(who) = who else {
             return AppError::LoginRequired.into_response();
         };
-        if let Err(e) = state.hub().roles().require(&who, &[Scope::ReadMetrics], &Resource::Hub).await {
+        if let Err(e) = state.hub().roles().require_of(who.actor(), &[Scope::ReadMetrics], &Resource::Hub).await {
             return AppError::from(e).into_response();
         }
     }

@@ -37,7 +37,7 @@ fn page_error(status: StatusCode, message: &str, req: &Request) -> Response {
     resp
 }
 
-fn refuse(status: StatusCode, message: &str, navigation: bool, req: &Request) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: &str, navigation: bool, req: &Request) -> Response {
     if navigation { page_error(status, message, req) } else { json_error(status, message) }
 }
 
@@ -206,7 +206,9 @@ async fn forget_single_user_tokens(state: &AppState, req: &mut Request, route: &
         let token = candidate.clone();
         let looked_up = state.hub_call(|hub| async move { hub.single_user().caller(&token).await });
         let caller = Box::pin(looked_up).await.ok().flatten();
-        if caller.is_some_and(|c| c.server_owner == route.owner && c.server == route.key.server) {
+        let this_server =
+            labhub_service::single_user::ClientOf::Server { owner: route.owner, server: route.key.server.clone() };
+        if caller.is_some_and(|c| c.client == this_server) {
             forget_server_token(req, &candidate);
         }
     }
@@ -218,7 +220,7 @@ pub(crate) fn authorization_token(value: &[u8]) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")).then(|| token.trim())
 }
 
-fn client_info(state: &AppState, req: &Request) -> ClientInfo {
+pub(crate) fn client_info(state: &AppState, req: &Request) -> ClientInfo {
     let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let scheme = if state.settings().secure_cookies() { Scheme::Https } else { Scheme::Http };
     ClientInfo {

@@ -14,8 +14,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use labhub_core::UserName;
+use labhub_service::Requester;
 use labhub_service::single_user::oauth::{AuthorizeRequest, TokenRequest};
-use labhub_service::single_user::{ActivityReport, Caller};
+use labhub_service::single_user::{ActivityReport, Caller as SingleUserToken};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -23,12 +24,12 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::api::ApiJson;
 use crate::api::models::UserModel;
-use crate::extract::{CurrentUser, token_from_query};
+use crate::extract::{Caller, CurrentUser, token_from_query};
 use crate::{AppError, AppState};
 
 /// The caller, when the request carries a token of the single-user contract
 /// (`Authorization: token|Bearer …` or `?token=`); `None` for anything else.
-pub struct SingleUserCaller(pub Option<Caller>);
+pub struct SingleUserCaller(pub Option<SingleUserToken>);
 
 impl FromRequestParts<AppState> for SingleUserCaller {
     type Rejection = AppError;
@@ -56,7 +57,16 @@ pub async fn me(
     if let Some(c) = caller {
         return Ok(Json(caller_model(&c)).into_response());
     }
-    let CurrentUser(me) = CurrentUser::from_request_parts(&mut parts, &state).await?;
+    let me = match Caller::from_request_parts(&mut parts, &state).await?.0 {
+        Requester::User(me) => me,
+        Requester::Service(s) => {
+            // JupyterHub's answer for a service's own token: the service, with its scopes.
+            let view = state.hub().services().get(labhub_service::Actor::System, &s.name).await?;
+            let mut model = crate::api::services::service_model(&view);
+            model["scopes"] = json!(s.scopes.names());
+            return Ok(Json(model).into_response());
+        }
+    };
     let v = state.hub().accounts().view(labhub_service::Actor::User(&me), &me.name).await?;
     let mut model = UserModel::of(&v);
     model.scopes = Some(me.scopes.names());
@@ -70,7 +80,7 @@ pub async fn internal_me(SingleUserCaller(caller): SingleUserCaller) -> Result<J
 }
 
 /// JupyterHub's user model of a single-user token: the user it speaks for and its scopes.
-fn caller_model(c: &Caller) -> serde_json::Value {
+fn caller_model(c: &SingleUserToken) -> serde_json::Value {
     json!({
         "kind": "user",
         "name": c.name,

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use labhub_auth::CsrfKey;
 use labhub_proxy::Proxy;
 use labhub_service::sessions::SessionHost;
-use labhub_service::{Hub, Principal, ServiceError};
+use labhub_service::{Hub, Principal, Requester, ServiceError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::runtime::Handle;
 use tokio::task::{JoinError, JoinHandle};
@@ -119,6 +119,27 @@ impl AppState {
             Some(known) => Ok(known),
             None => Box::pin(self.hub_call(|hub| async move { hub.tokens().principal(&token).await })).await,
         }
+    }
+
+    /// Who an API token speaks for: a user (as [`AppState::token_principal`] finds them) or a
+    /// registered service, from the caches where the request is, else from the database on
+    /// the hub's runtime (users' tokens first: they are the many).
+    pub(crate) async fn token_requester(&self, token: String) -> Result<Option<Requester>, ServiceError> {
+        match self.hub().tokens().principal_cached(&token) {
+            Some(Some(p)) => return Ok(Some(Requester::User(p))),
+            Some(None) => return Ok(None),
+            None => {}
+        }
+        if let Some(s) = self.hub().services().principal_cached(&token) {
+            return Ok(Some(Requester::Service(s)));
+        }
+        let looked_up = self.hub_call(|hub| async move {
+            match hub.tokens().principal(&token).await? {
+                Some(p) => Ok(Some(Requester::User(p))),
+                None => Ok(hub.services().principal(&token).await?.map(Requester::Service)),
+            }
+        });
+        Box::pin(looked_up).await
     }
 
     /// The proxy to users' servers.

@@ -205,10 +205,12 @@ impl<'h> Environments<'h> {
     }
 
     async fn may_see(&self, actor: Actor<'_>, env: &store::Environment) -> Result<bool, ServiceError> {
-        let Actor::User(p) = actor else { return Ok(true) };
-        if p.admin {
-            return Ok(true);
-        }
+        let p = match actor {
+            Actor::System => return Ok(true),
+            Actor::Service(_) => return Ok(false),
+            Actor::User(p) if p.admin => return Ok(true),
+            Actor::User(p) => p,
+        };
         Ok(match (env.group_id, env.owner_id) {
             (None, None) => true,
             (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await?.is_some(),
@@ -218,10 +220,12 @@ impl<'h> Environments<'h> {
 
     /// Refuses unless the actor may build this environment again (or pin it, `admin_only`).
     async fn require_builder(&self, actor: Actor<'_>, env: &store::Environment) -> Result<(), ServiceError> {
-        let Actor::User(p) = actor else { return Ok(()) };
-        if p.admin {
-            return Ok(());
-        }
+        let p = match actor {
+            Actor::System => return Ok(()),
+            Actor::Service(_) => return Err(ServiceError::Forbidden("services do not build environments".into())),
+            Actor::User(p) if p.admin => return Ok(()),
+            Actor::User(p) => p,
+        };
         let allowed = match (env.group_id, env.owner_id) {
             (None, None) => false,
             (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await? == Some(GroupRole::Lead),
@@ -365,6 +369,9 @@ impl<'h> Environments<'h> {
         actor: Actor<'_>,
         group: Option<&GroupName>,
     ) -> Result<(Holder, Option<GroupId>), ServiceError> {
+        if let Actor::Service(_) = actor {
+            return Err(ServiceError::Forbidden("services do not build environments".into()));
+        }
         if let Some(name) = group {
             let g = groups::by_name(self.hub.db(), name)
                 .await?
@@ -386,6 +393,7 @@ impl<'h> Environments<'h> {
                     "none of your groups lets members build their own environments; ask a lead".into(),
                 )),
             },
+            Actor::Service(_) => Err(ServiceError::Forbidden("services do not build environments".into())),
         }
     }
 
@@ -540,6 +548,9 @@ impl<'h> Environments<'h> {
         let g = groups::by_name(self.hub.db(), group)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("there is no group {group}")))?;
+        if let Actor::Service(_) = actor {
+            return Err(ServiceError::Forbidden(format!("only the group {group}'s leads and admins decide this")));
+        }
         if let Actor::User(p) = actor
             && !p.admin
             && groups::role_of(self.hub.db(), g.group_id, p.user_id).await? != Some(GroupRole::Lead)

@@ -20,10 +20,12 @@ impl Environments<'_> {
     }
 
     async fn may_remove_env(&self, actor: Actor<'_>, env: &store::Environment) -> Result<bool, ServiceError> {
-        let Actor::User(p) = actor else { return Ok(true) };
-        if p.admin {
-            return Ok(true);
-        }
+        let p = match actor {
+            Actor::System => return Ok(true),
+            Actor::Service(_) => return Ok(false),
+            Actor::User(p) if p.admin => return Ok(true),
+            Actor::User(p) => p,
+        };
         Ok(match (env.group_id, env.owner_id) {
             (None, None) => false,
             (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await? == Some(GroupRole::Lead),

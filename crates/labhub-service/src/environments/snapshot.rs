@@ -88,7 +88,7 @@ impl Environments<'_> {
                 builder_version: BUILDER_VERSION,
                 built_by: match actor {
                     Actor::User(p) => Some(p.user_id),
-                    Actor::System => None,
+                    Actor::Service(_) | Actor::System => None,
                 },
                 built_by_name: actor.name(),
                 started_at: now,

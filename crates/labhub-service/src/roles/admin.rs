@@ -2,8 +2,8 @@
 //! Every change takes effect at once: the credential caches are emptied here, and Postgres
 //! announces it to other hub processes.
 
-use labhub_core::{GroupName, RoleName, ScopeSpec, UserName};
-use labhub_db::{groups, roles};
+use labhub_core::{GroupName, RoleName, ScopeSpec, ServiceName, UserName};
+use labhub_db::{groups, roles, services};
 use serde_json::json;
 
 use super::Roles;
@@ -32,6 +32,8 @@ impl From<roles::Role> for RoleView {
 pub enum Assignee {
     User(UserName),
     Group(GroupName),
+    /// A registered service: its token holds exactly its roles' scopes.
+    Service(ServiceName),
 }
 
 impl Roles<'_> {
@@ -75,7 +77,7 @@ impl Roles<'_> {
         Ok(())
     }
 
-    /// Gives a role to a user or a group (admins); `user` and `admin` are not given this way
+    /// Gives a role to a user, a group or a service (admins); `user` and `admin` are not given this way
     /// (every user holds `user`; `admin` is the account's admin flag).
     pub async fn assign(
         &self,
@@ -115,6 +117,18 @@ impl Roles<'_> {
                     roles::unassign_group(&mut *db, role.role_id, row.group_id).await?
                 };
                 (format!("group {group}"), changed)
+            }
+            Assignee::Service(service) => {
+                let row = services::by_name(&mut *db, service.as_str())
+                    .await?
+                    .ok_or_else(|| ServiceError::NotFound(format!("no service named {service}")))?;
+                let changed = if give {
+                    services::assign(&mut *db, role.role_id, row.service_id).await?;
+                    true
+                } else {
+                    services::unassign(&mut *db, role.role_id, row.service_id).await?
+                };
+                (format!("service {service}"), changed)
             }
         };
         if changed {

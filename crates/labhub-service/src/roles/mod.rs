@@ -162,7 +162,12 @@ impl<'h> Roles<'h> {
     /// THE check of the API: refuses unless `who` holds one of `any_of` for `on`. A user's
     /// groups are looked up only when a `!group=` filter could decide it.
     pub async fn require(&self, who: &Principal, any_of: &[Scope], on: &Resource) -> Result<(), ServiceError> {
-        let needs_groups = any_of.iter().any(|s| who.scopes.grant(s).is_some_and(|g| !g.matches(&Target::Hub)));
+        self.require_scopes(&who.scopes, any_of, on).await
+    }
+
+    /// [`Roles::require`] over a set of scopes, whoever holds them.
+    async fn require_scopes(&self, scopes: &ScopeSet, any_of: &[Scope], on: &Resource) -> Result<(), ServiceError> {
+        let needs_groups = any_of.iter().any(|s| scopes.grant(s).is_some_and(|g| !g.matches(&Target::Hub)));
         let groups = match on {
             Resource::User(u) | Resource::Server(u, _) if needs_groups => {
                 roles::group_names_of(self.hub.db(), u.as_str())
@@ -180,7 +185,7 @@ impl<'h> Roles<'h> {
             Resource::Group(g) => Target::Group(g),
             Resource::Service(s) => Target::Service(s),
         };
-        if any_of.iter().any(|s| who.scopes.allows(s, &target)) {
+        if any_of.iter().any(|s| scopes.allows(s, &target)) {
             return Ok(());
         }
         let names: Vec<&str> = any_of.iter().map(Scope::as_str).collect();
@@ -195,6 +200,7 @@ impl<'h> Roles<'h> {
         match actor {
             Actor::System => Ok(()),
             Actor::User(who) => self.require(who, any_of, on).await,
+            Actor::Service(s) => self.require_scopes(&s.scopes, any_of, on).await,
         }
     }
 
@@ -202,6 +208,7 @@ impl<'h> Roles<'h> {
     pub(crate) fn changed(&self) {
         self.hub.sessions().forget_all();
         self.hub.tokens().forget_all();
+        self.hub.services().forget_all();
     }
 }
 

@@ -64,6 +64,9 @@ impl Shares<'_> {
     async fn group_seen_by(&self, actor: Actor<'_>, group: &GroupName) -> Result<GroupId, ServiceError> {
         let nobody = || ServiceError::NotFound(format!("no group named {group}"));
         let g = groups::by_name(self.hub.db(), group).await?.ok_or_else(nobody)?;
+        if let Actor::Service(_) = actor {
+            return Err(nobody());
+        }
         if let Actor::User(p) = actor
             && !p.admin
             && groups::role_of(self.hub.db(), g.group_id, p.user_id).await?.is_none()

@@ -234,6 +234,7 @@ impl<'h> Shares<'h> {
             Actor::User(p) if p.admin => return Ok(Authority::Full { seer: None }),
             Actor::User(p) if p.user_id == owner.user_id => return Ok(Authority::Full { seer: Some(p.user_id) }),
             Actor::User(p) => p,
+            Actor::Service(_) => return Err(ServiceError::Forbidden("services do not share users' servers".into())),
         };
         // A lead's say covers their groups' members, not an admin's servers nor a fellow
         // lead's (a lead of the same group is a peer, not someone they manage).
@@ -534,7 +535,7 @@ impl<'h> Shares<'h> {
                 return Ok(Candidates { users: Vec::new(), groups: led.into_iter().map(|(_, n)| n).collect() });
             }
             (Authority::Full { .. }, Actor::User(p)) => (p.user_id, p.user_id),
-            (Authority::Full { .. }, Actor::System) => (owner_row.user_id, owner_row.user_id),
+            (Authority::Full { .. }, Actor::System | Actor::Service(_)) => (owner_row.user_id, owner_row.user_id),
         };
         let users = shares::co_members(self.hub.db(), seer)
             .await?

@@ -52,10 +52,17 @@ pub struct Caller {
     pub admin: bool,
     /// JupyterHub's scope names with their filters, as `GET /hub/api/user` shows them.
     pub scopes: Vec<String>,
-    /// The server it belongs to (and dies with): its id, its owner's id and its name.
-    pub server_id: ServerId,
-    pub server_owner: UserId,
-    pub server: Option<ServerName>,
+    /// The client it was issued to (and dies with).
+    pub client: ClientOf,
+}
+
+/// The OAuth client a token of the single-user contract belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOf {
+    /// A running server: its owner's id and its name.
+    Server { owner: UserId, server: Option<ServerName> },
+    /// A registered service (only access tokens a user signed in to it with).
+    Service(labhub_core::ServiceName),
 }
 
 /// A server's report of its activity (`POST /hub/api/users/{name}/activity`).
@@ -143,22 +150,32 @@ impl<'h> SingleUser<'h> {
         }
         let hash = sha256(token);
         let db = self.hub.db();
-        let (kind, user_id, scopes, server_id) = if let Some(c) = store::client_by_secret(db, &hash).await? {
-            (CallerKind::Server, None, c.scopes, c.server_id)
+        let (kind, user_id, scopes, server_id, service) = if let Some(c) = store::client_by_secret(db, &hash).await? {
+            (CallerKind::Server, None, c.scopes, Some(c.server_id), None)
         } else if let Some(t) = store::token(db, &hash).await? {
-            (CallerKind::OAuth, Some(t.user_id), t.scopes, t.server_id)
+            (CallerKind::OAuth, Some(t.user_id), t.scopes, t.server_id, t.service)
         } else {
             return Ok(None);
         };
-        let Some(row) = servers::by_id_with_owner(db, server_id).await? else { return Ok(None) };
-        let server_owner = row.server.user_id;
-        let server = ServerName::parse_optional(&row.server.name).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let Some(user) = users::by_id(db, user_id.unwrap_or(server_owner)).await? else { return Ok(None) };
+        let (client, acting_for) = match (server_id, service, user_id) {
+            (Some(server_id), _, _) => {
+                let Some(row) = servers::by_id_with_owner(db, server_id).await? else { return Ok(None) };
+                let owner = row.server.user_id;
+                let server =
+                    ServerName::parse_optional(&row.server.name).map_err(|e| ServiceError::Internal(e.to_string()))?;
+                (ClientOf::Server { owner, server }, user_id.unwrap_or(owner))
+            }
+            (None, Some(service), Some(user_id)) => {
+                (ClientOf::Service(labhub_core::ServiceName::parse(&service)?), user_id)
+            }
+            _ => return Ok(None),
+        };
+        let Some(user) = users::by_id(db, acting_for).await? else { return Ok(None) };
         if user.state != AccountState::Active {
             return Ok(None);
         }
         let (user_id, name, admin) = (user.user_id, user.name, user.admin);
-        Ok(Some(Caller { kind, user_id, name, admin, scopes, server_id, server_owner, server }))
+        Ok(Some(Caller { kind, user_id, name, admin, scopes, client }))
     }
 
     /// Records the activity a server reported for its owner (JupyterHub's

@@ -3,10 +3,12 @@
 //! client's registered redirect URI, and the client exchanges the code (with its secret) at
 //! `/hub/api/oauth2/token` for an access token whose `GET /hub/api/user` names the user.
 //!
-//! Clients are the running servers of JupyterHub's contract. Whether a user may sign in to
-//! one is the one gate's answer (`Access::may_reach`): its owner, an admin, or a visitor it is
-//! shared with — so no consent is asked (JupyterHub asks none for a server the user may access
-//! either). Codes are single-use (taken by the exchange, whatever it decides), live
+//! Clients are the running servers of JupyterHub's contract and the registered services with
+//! a URL (`service-{name}`, whose secret is the service's API token). Whether a user may sign
+//! in to a server is the one gate's answer (`Access::may_reach`): its owner, an admin, or a
+//! visitor it is shared with; to a service, whether their scopes grant `access:services` on
+//! it (the one scope check). No consent is asked (JupyterHub asks none for what the user may
+//! access either). Codes are single-use (taken by the exchange, whatever it decides), live
 //! [`CODE_LIFETIME`] and are stored as their SHA-256; so are the access tokens, which live as
 //! long as the server's run.
 
@@ -14,10 +16,12 @@ use std::time::Duration;
 
 use labhub_auth::tokens::same_hash;
 use labhub_auth::{new_token, sha256};
+use labhub_core::{Scope, ServiceName};
 use labhub_db::oauth as store;
 
 use super::{IssuedToken, SingleUser, access_scope};
 use crate::access::ServerRef;
+use crate::roles::Resource;
 use crate::{Principal, ServiceError};
 
 /// How long an authorization code may wait for its exchange.
@@ -52,19 +56,30 @@ impl SingleUser<'_> {
         }
         let client = store::client(self.hub.db(), &req.client_id)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("there is no OAuth client {:?}", req.client_id)))?
-            .client;
+            .ok_or_else(|| ServiceError::NotFound(format!("there is no OAuth client {:?}", req.client_id)))?;
         if req.redirect_uri.as_ref().is_some_and(|r| *r != client.redirect_uri) {
             return Err(ServiceError::Invalid("redirect_uri is not the one this client registered".into()));
         }
-        let (owner_id, owner, server) = self.server_of(client.server_id).await?;
-        let to = ServerRef { owner: owner_id, owner_name: &owner, server: server.as_ref() };
-        if self.hub.access().may_reach(who, to).is_none() {
-            return Err(ServiceError::Forbidden(format!("{} may not use this server", who.name)));
-        }
+        let scopes = match &client.holder {
+            store::Holder::Server(server_id) => {
+                let (owner_id, owner, server) = self.server_of(*server_id).await?;
+                let to = ServerRef { owner: owner_id, owner_name: &owner, server: server.as_ref() };
+                if self.hub.access().may_reach(who, to).is_none() {
+                    return Err(ServiceError::Forbidden(format!("{} may not use this server", who.name)));
+                }
+                vec![access_scope(&owner, server.as_ref())]
+            }
+            store::Holder::Service(name) => {
+                let name = ServiceName::parse(name)?;
+                let on = Resource::Service(name.clone());
+                if self.hub.roles().require(who, &[Scope::AccessServices], &on).await.is_err() {
+                    return Err(ServiceError::Forbidden(format!("{} may not use the service {name}", who.name)));
+                }
+                vec![format!("access:services!service={name}")]
+            }
+        };
         let (code, hash) = new_token();
         let now = self.hub.now();
-        let scopes = vec![access_scope(&owner, server.as_ref())];
         let new = store::NewCode {
             code_hash: &hash,
             client_id: &client.client_id,
@@ -97,11 +112,11 @@ impl SingleUser<'_> {
         let code = store::take_code(self.hub.db(), &sha256(&req.code)).await?;
         let (Some(client), Some(code)) = (client.filter(|_| secret_ok), code) else { return Err(refused()) };
         let redirect_ok = req.redirect_uri.as_ref().is_none_or(|r| *r == code.redirect_uri);
-        if code.client_id != client.client.client_id || code.expires_at <= self.hub.now() || !redirect_ok {
+        if code.client_id != client.client_id || code.expires_at <= self.hub.now() || !redirect_ok {
             return Err(refused());
         }
         let (token, hash) = new_token();
-        store::insert_token(self.hub.db(), &hash, &client.client.client_id, code.user_id, &code.scopes, self.hub.now())
+        store::insert_token(self.hub.db(), &hash, &client.client_id, code.user_id, &code.scopes, self.hub.now())
             .await?;
         Ok(IssuedToken { access_token: token.into(), scopes: code.scopes })
     }

@@ -35,6 +35,7 @@ mod replicas;
 mod restart;
 mod roles;
 mod servers;
+mod services;
 mod sessions;
 mod shared_servers;
 mod shares;

@@ -3,7 +3,8 @@
 //! decides. Server endpoints are decided by the one server gate (`Access`, through the
 //! service's server calls), which reads the same scopes; labhub's own endpoints (images,
 //! quotas, backups…) have no JupyterHub scope and need a credential with all its account's
-//! powers (a session, a token with `inherit`), then the service's own checks decide.
+//! powers (a session, a token with `inherit`), then the service's own checks decide; a
+//! registered service's token (no account) never has that, so only scopes admit it.
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::Method;
@@ -12,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use labhub_core::{GroupName, Scope, ServerName, ServiceName, UserName};
 use labhub_service::roles::Resource;
 
-use crate::extract::MaybeUser;
+use labhub_service::Requester;
+
+use crate::extract::MaybeCaller;
 use crate::{AppError, AppState};
 
 /// What an endpoint acts on, read from its path parameters.
@@ -109,19 +112,19 @@ pub async fn check(State(state): State<AppState>, req: Request, next: Next) -> R
         return next.run(Request::from_parts(parts, body)).await;
     }
     let params = RawPathParams::from_request_parts(&mut parts, &state).await.ok();
-    let who = match MaybeUser::from_request_parts(&mut parts, &state).await {
-        Ok(MaybeUser(who)) => who,
+    let who = match MaybeCaller::from_request_parts(&mut parts, &state).await {
+        Ok(MaybeCaller(who)) => who,
         Err(e) => return e.into_response(),
     };
     if let Some(who) = who {
         let param = |key: &str| params.as_ref().and_then(|p| p.iter().find(|(k, _)| *k == key).map(|(_, v)| v));
         let refused = match need {
             Nothing | Need::Server => None,
-            Full if who.full => None,
+            Full if matches!(&who, Requester::User(p) if p.full) => None,
             Full => Some(AppError::Forbidden(
                 "this endpoint needs a credential with all of its account's powers (a token without scopes)".into(),
             )),
-            Held(scopes) if scopes.iter().any(|s| who.scopes.grant(s).is_some()) => None,
+            Held(scopes) if scopes.iter().any(|s| who.scopes().grant(s).is_some()) => None,
             Held(scopes) => Some(AppError::Forbidden(format!(
                 "Action is not authorized with current scopes; requires any of [{}]",
                 scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(", ")
@@ -129,7 +132,9 @@ pub async fn check(State(state): State<AppState>, req: Request, next: Next) -> R
             Any(scopes, on) => match resource(on, param) {
                 // A name that cannot exist: the handler answers 404 as before.
                 None => None,
-                Some(resource) => state.hub().roles().require(&who, scopes, &resource).await.err().map(AppError::from),
+                Some(resource) => {
+                    state.hub().roles().require_of(who.actor(), scopes, &resource).await.err().map(AppError::from)
+                }
             },
         };
         if let Some(e) = refused {

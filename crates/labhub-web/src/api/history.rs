@@ -51,7 +51,7 @@ pub async fn relaunch(
         s => Some(ServerName::parse(s).map_err(|e| AppError::BadRequest(e.to_string()))?),
     };
     let outcome = history.relaunch(Actor::User(&me), &owner, id).await?;
-    super::servers::answer_start(&state, &me, owner, server, outcome).await
+    super::servers::answer_start(&state, Actor::User(&me), owner, server, outcome).await
 }
 
 /// `POST /hub/api/environments/collect` (admins): removes built images nothing needs; says

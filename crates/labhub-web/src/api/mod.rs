@@ -11,6 +11,7 @@ mod homes;
 mod images;
 pub(crate) mod models;
 mod servers;
+pub(crate) mod services;
 mod shares;
 mod tokens;
 mod users;
@@ -77,6 +78,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/hub/api/images/{name}", get(images::get_one).put(images::replace).delete(images::delete))
         .route("/hub/api/images/{name}/build", post(images::build))
         .route("/hub/api/images/{name}/build/progress", get(images::build_progress))
+        .route("/hub/api/services", get(services::list))
+        .route("/hub/api/services/{name}", get(services::get_one))
         .route("/hub/api/users/{name}/tokens", get(tokens::list).post(tokens::create))
         .route("/hub/api/users/{name}/tokens/{id}", get(tokens::get_one).delete(tokens::delete))
         .merge(shares_router())

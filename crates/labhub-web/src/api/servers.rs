@@ -1,4 +1,5 @@
 //! `/hub/api/users/{name}/server`, `/hub/api/users/{name}/servers/{server}` and their progress.
+//! A registered service may call them too: the one server gate admits it by its scopes alone.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -7,14 +8,13 @@ use axum::response::{IntoResponse, Response};
 use labhub_core::resources::Amount;
 use labhub_core::{GroupName, ServerName, ServerState, UserName};
 use labhub_service::Actor;
-use labhub_service::Principal;
 use labhub_service::model::{StartOutcome, StartRequest, StopOutcome};
 use labhub_service::progress::ProgressEvent;
 use serde::Deserialize;
 
 use super::ApiJson;
 use super::models::ServerModel;
-use crate::extract::CurrentUser;
+use crate::extract::Caller;
 use crate::{AppError, AppState, sse};
 
 fn owner(raw: &str) -> Result<UserName, AppError> {
@@ -66,13 +66,13 @@ impl StartBody {
 
 async fn start(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
     body: StartBody,
 ) -> Result<Response, AppError> {
     let request = body.into_request()?;
-    let outcome = state.hub().servers().start(Actor::User(me), &owner, server.as_ref(), request).await?;
+    let outcome = state.hub().servers().start(me, &owner, server.as_ref(), request).await?;
     answer_start(state, me, owner, server, outcome).await
 }
 
@@ -80,7 +80,7 @@ async fn start(
 /// the hub's patience, 202 while it is still starting, the refusal otherwise.
 pub(crate) async fn answer_start(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
     outcome: StartOutcome,
@@ -101,17 +101,17 @@ pub(crate) async fn answer_start(
         return Err(AppError::SpawnFailed(e.message.clone()));
     }
     let status = if last.is_some_and(|e| e.ready) { StatusCode::CREATED } else { StatusCode::ACCEPTED };
-    let view = servers.get(Actor::User(me), &owner, server.as_ref()).await?;
+    let view = servers.get(me, &owner, server.as_ref()).await?;
     Ok((status, Json(ServerModel::of(&view))).into_response())
 }
 
 async fn stop(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
 ) -> Result<StatusCode, AppError> {
-    match state.hub().servers().stop(Actor::User(me), &owner, server.as_ref()).await? {
+    match state.hub().servers().stop(me, &owner, server.as_ref()).await? {
         StopOutcome::Stopped => Ok(StatusCode::NO_CONTENT),
         StopOutcome::Stopping => Ok(StatusCode::ACCEPTED),
     }
@@ -121,30 +121,30 @@ async fn stop(
 /// 201 when the server answered within the hub's patience, 202 while it is still starting.
 pub async fn start_default(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Response, AppError> {
-    start(&state, &me, owner(&name)?, None, body).await
+    start(&state, me.actor(), owner(&name)?, None, body).await
 }
 
 /// `DELETE /hub/api/users/{name}/server` (that user or an admin): 204 stopped, 202 stopping.
 pub async fn stop_default(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    stop(&state, &me, owner(&name)?, None).await
+    stop(&state, me.actor(), owner(&name)?, None).await
 }
 
 /// `POST /hub/api/users/{name}/servers/{server}` (that user or an admin).
 pub async fn start_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Response, AppError> {
-    start(&state, &me, owner(&name)?, Some(server_name(&server)?), body).await
+    start(&state, me.actor(), owner(&name)?, Some(server_name(&server)?), body).await
 }
 
 #[derive(Deserialize, Default)]
@@ -159,19 +159,19 @@ pub struct StopBody {
 /// also forgets it once stopped.
 pub async fn stop_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
     ApiJson(body): ApiJson<StopBody>,
 ) -> Result<StatusCode, AppError> {
     let (owner, server) = (owner(&name)?, server_name(&server)?);
-    let status = stop(&state, &me, owner.clone(), Some(server.clone())).await?;
+    let status = stop(&state, me.actor(), owner.clone(), Some(server.clone())).await?;
     if body.remove {
         if status == StatusCode::ACCEPTED {
             return Err(AppError::Service(labhub_service::ServiceError::Conflict(
                 "the server is still stopping; remove it once it has stopped".into(),
             )));
         }
-        state.hub().servers().delete_named(Actor::User(&me), &owner, &server).await?;
+        state.hub().servers().delete_named(me.actor(), &owner, &server).await?;
     }
     Ok(status)
 }
@@ -179,22 +179,22 @@ pub async fn stop_named(
 /// `GET /hub/api/users/{name}/servers/{server}` (that user or an admin): the server model.
 pub async fn get_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
 ) -> Result<Json<ServerModel>, AppError> {
     let (owner, server) = (owner(&name)?, server_name(&server)?);
-    let view = state.hub().servers().get(Actor::User(&me), &owner, Some(&server)).await?;
+    let view = state.hub().servers().get(me.actor(), &owner, Some(&server)).await?;
     Ok(Json(ServerModel::of(&view)))
 }
 
 async fn progress(
     state: &AppState,
-    me: &Principal,
+    me: Actor<'_>,
     owner: UserName,
     server: Option<ServerName>,
 ) -> Result<Response, AppError> {
     let hub = state.hub();
-    let view = hub.servers().get(Actor::User(me), &owner, server.as_ref()).await?;
+    let view = hub.servers().get(me, &owner, server.as_ref()).await?;
     let url = view.url();
     let progress = match view.id {
         Some(id) if matches!(view.state, ServerState::Pending | ServerState::Stopped) => {
@@ -225,17 +225,17 @@ async fn progress(
 /// `{progress, message, ready, failed, url}`.
 pub async fn progress_default(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
-    progress(&state, &me, owner(&name)?, None).await
+    progress(&state, me.actor(), owner(&name)?, None).await
 }
 
 /// `GET /hub/api/users/{name}/servers/{server}/progress` (that user or an admin).
 pub async fn progress_named(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     Path((name, server)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
-    progress(&state, &me, owner(&name)?, Some(server_name(&server)?)).await
+    progress(&state, me.actor(), owner(&name)?, Some(server_name(&server)?)).await
 }

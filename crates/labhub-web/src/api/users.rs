@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::models::UserModel;
 use super::{ApiJson, JUPYTERHUB_API_VERSION, Page, offset_limit, paged};
-use crate::extract::{AdminUser, CurrentUser};
+use crate::extract::{AdminUser, Caller};
 use crate::{AppError, AppState};
 
 /// `GET /hub/api` (anyone): the API version.
@@ -25,7 +25,7 @@ pub async fn root() -> Json<serde_json::Value> {
 }
 
 /// `GET /hub/api/info` (`read:hub`, which the API's gate checks): versions and the plugged-in parts.
-pub async fn info(State(state): State<AppState>, CurrentUser(_): CurrentUser) -> Json<serde_json::Value> {
+pub async fn info(State(state): State<AppState>, Caller(_): Caller) -> Json<serde_json::Value> {
     let settings = state.hub().account_settings();
     Json(json!({
         "version": JUPYTERHUB_API_VERSION,
@@ -77,7 +77,7 @@ fn parse_list_query(q: &HashMap<String, String>) -> Result<UserFilter, AppError>
 /// sees only the users it names, counted in the page as JupyterHub does.
 pub async fn list(
     State(state): State<AppState>,
-    CurrentUser(me): CurrentUser,
+    Caller(me): Caller,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
@@ -86,7 +86,7 @@ pub async fn list(
     let (views, total) = hub.accounts().list_views(Actor::System, &filter).await?;
     let seen = |v: &labhub_service::views::UserView| {
         let groups: Vec<GroupName> = v.groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
-        me.scopes.allows(&Scope::ListUsers, &Target::User { name: &v.account.name, groups: &groups })
+        me.scopes().allows(&Scope::ListUsers, &Target::User { name: &v.account.name, groups: &groups })
     };
     let items: Vec<serde_json::Value> =
         views.iter().filter(|v| seen(v)).map(|v| serde_json::to_value(UserModel::of(v)).unwrap_or_default()).collect();
@@ -150,7 +150,7 @@ fn path_name(raw: &str) -> Result<UserName, AppError> {
 /// member asking about someone else is refused there without learning whether they exist).
 pub async fn get_one(
     State(state): State<AppState>,
-    CurrentUser(_): CurrentUser,
+    Caller(_): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<UserModel>, AppError> {
     let name = path_name(&name)?;

@@ -5,6 +5,7 @@ mod admin;
 mod admin_backups;
 mod admin_datasets;
 mod admin_images;
+mod admin_services;
 mod admin_storage;
 mod environments;
 mod files;
@@ -85,6 +86,7 @@ pub fn router() -> Router<AppState> {
         .route("/hub/admin/storage", get(admin_storage::orphans))
         .route("/hub/admin/datasets", get(admin_datasets::list).post(admin_datasets::add))
         .route("/hub/admin/datasets/{name}/remove", post(admin_datasets::remove))
+        .route("/hub/admin/services", get(admin_services::list))
         .route("/hub/admin/storage/{volume}/remove", post(admin_storage::remove_orphan))
         .route("/hub/admin/storage/{volume}/give", post(admin_storage::give_orphan))
         .route("/hub/admin/storage/{volume}/archive", post(admin_backups::archive_orphan))

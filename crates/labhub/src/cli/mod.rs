@@ -20,6 +20,7 @@ mod environments;
 mod groups;
 mod ldap;
 mod roles;
+mod services;
 mod transfer;
 
 use accounts::{TokenCommand, UserCommand, token, user};
@@ -30,6 +31,7 @@ use environments::{EnvCommand, env};
 use groups::{GroupCommand, group};
 use ldap::{LdapCommand, ldap};
 use roles::{RoleCommand, role};
+use services::{ServiceCommand, service};
 
 /// labhub: a multi-user lab server for Jupyter and RStudio.
 #[derive(Parser)]
@@ -75,6 +77,9 @@ enum Command {
     /// Manage roles (JupyterHub's named lists of scopes) and whom they are given to.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Register external services (JupyterHub's), their tokens, roles and URLs.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -169,6 +174,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Token(cmd) => with_hub(&config, false, |hub| async move { token(hub, cmd).await }).await,
         Command::Role(cmd) => with_hub(&config, false, |hub| async move { role(hub, cmd).await }).await,
+        Command::Service(cmd) => with_hub(&config, false, |hub| async move { service(hub, cmd).await }).await,
         Command::Image(cmd) => with_hub(&config, true, |hub| async move { image(hub, cmd).await }).await,
         Command::Group(cmd) => with_hub(&config, true, |hub| async move { group(hub, cmd).await }).await,
         Command::Dataset(cmd) => with_hub(&config, true, |hub| async move { dataset(hub, cmd).await }).await,

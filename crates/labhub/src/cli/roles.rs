@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use labhub_core::{GroupName, RoleName, UserName};
+use labhub_core::{GroupName, RoleName, ServiceName, UserName};
 use labhub_service::Actor;
 use labhub_service::roles::Assignee;
 
@@ -22,33 +22,49 @@ pub(super) enum RoleCommand {
     },
     /// Remove a role that is not built in.
     Remove { name: String },
-    /// Give a role to a user (--user) or to every member of a group (--group).
+    /// Give a role to a user (--user), to every member of a group (--group) or to a
+    /// registered service (--service).
     Assign {
         name: String,
-        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
-        user: Option<String>,
-        #[arg(long)]
-        group: Option<String>,
+        #[command(flatten)]
+        to: Target,
     },
-    /// Take a role back from a user (--user) or a group (--group).
+    /// Take a role back from a user (--user), a group (--group) or a service (--service).
     Unassign {
         name: String,
-        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
-        user: Option<String>,
-        #[arg(long)]
-        group: Option<String>,
+        #[command(flatten)]
+        to: Target,
     },
+}
+
+/// Exactly one of `--user`, `--group`, `--service`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub(super) struct Target {
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+    #[arg(long)]
+    service: Option<String>,
 }
 
 fn role_name(raw: &str) -> anyhow::Result<RoleName> {
     RoleName::parse(raw).with_context(|| format!("{raw:?} is not a role name"))
 }
 
-fn assignee(user: Option<String>, group: Option<String>) -> anyhow::Result<Assignee> {
-    Ok(match (user, group) {
-        (Some(u), None) => Assignee::User(UserName::parse(&u).with_context(|| format!("{u:?} is not a user name"))?),
-        (None, Some(g)) => Assignee::Group(GroupName::parse(&g).with_context(|| format!("{g:?} is not a group name"))?),
-        _ => bail!("give exactly one of --user and --group"),
+fn assignee(to: Target) -> anyhow::Result<Assignee> {
+    Ok(match (to.user, to.group, to.service) {
+        (Some(u), None, None) => {
+            Assignee::User(UserName::parse(&u).with_context(|| format!("{u:?} is not a user name"))?)
+        }
+        (None, Some(g), None) => {
+            Assignee::Group(GroupName::parse(&g).with_context(|| format!("{g:?} is not a group name"))?)
+        }
+        (None, None, Some(s)) => {
+            Assignee::Service(ServiceName::parse(&s).with_context(|| format!("{s:?} is not a service name"))?)
+        }
+        _ => bail!("give exactly one of --user, --group and --service"),
     })
 }
 
@@ -70,12 +86,12 @@ pub(super) async fn role(hub: labhub_service::Hub, cmd: RoleCommand) -> anyhow::
             roles.delete(Actor::System, &role_name(&name)?).await?;
             println!("Removed role {name}.");
         }
-        RoleCommand::Assign { name, user, group } => {
-            roles.assign(Actor::System, &role_name(&name)?, &assignee(user, group)?, true).await?;
+        RoleCommand::Assign { name, to } => {
+            roles.assign(Actor::System, &role_name(&name)?, &assignee(to)?, true).await?;
             println!("Gave {name}; in effect now.");
         }
-        RoleCommand::Unassign { name, user, group } => {
-            roles.assign(Actor::System, &role_name(&name)?, &assignee(user, group)?, false).await?;
+        RoleCommand::Unassign { name, to } => {
+            roles.assign(Actor::System, &role_name(&name)?, &assignee(to)?, false).await?;
             println!("Took {name} back; in effect now.");
         }
     }
