@@ -11,6 +11,7 @@ mod build;
 mod remove;
 mod settings;
 mod snapshot;
+mod standing;
 mod transfer;
 mod upload;
 
@@ -198,56 +199,6 @@ impl<'h> Environments<'h> {
         self.view(env).await
     }
 
-    async fn visible(&self, actor: Actor<'_>, name: &str) -> Result<store::Environment, ServiceError> {
-        let not_found = || ServiceError::NotFound(format!("there is no environment '{name}'"));
-        let env = store::by_name(self.hub.db(), name).await?.ok_or_else(not_found)?;
-        if self.may_see(actor, &env).await? { Ok(env) } else { Err(not_found()) }
-    }
-
-    async fn may_see(&self, actor: Actor<'_>, env: &store::Environment) -> Result<bool, ServiceError> {
-        let p = match actor {
-            Actor::System => return Ok(true),
-            Actor::Service(_) => return Ok(false),
-            Actor::User(p) if p.admin => return Ok(true),
-            Actor::User(p) => p,
-        };
-        Ok(match (env.group_id, env.owner_id) {
-            (None, None) => true,
-            (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await?.is_some(),
-            (_, Some(owner)) => owner == p.user_id,
-        })
-    }
-
-    /// Refuses unless the actor may build this environment again (or pin it, `admin_only`).
-    async fn require_builder(&self, actor: Actor<'_>, env: &store::Environment) -> Result<(), ServiceError> {
-        let p = match actor {
-            Actor::System => return Ok(()),
-            Actor::Service(_) => return Err(ServiceError::Forbidden("services do not build environments".into())),
-            Actor::User(p) if p.admin => return Ok(()),
-            Actor::User(p) => p,
-        };
-        let allowed = match (env.group_id, env.owner_id) {
-            (None, None) => false,
-            (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await? == Some(GroupRole::Lead),
-            (_, Some(owner)) => owner == p.user_id && self.member_build_group(p.user_id).await?.is_some(),
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(ServiceError::Forbidden(format!("you may not build the environment '{}'", env.name)))
-        }
-    }
-
-    /// The first group of the user's that lets members build personal environments.
-    async fn member_build_group(&self, user: UserId) -> Result<Option<GroupId>, ServiceError> {
-        for m in groups::of_user(self.hub.db(), user).await? {
-            if store::members_may_build(self.hub.db(), m.group.group_id).await? {
-                return Ok(Some(m.group.group_id));
-            }
-        }
-        Ok(None)
-    }
-
     async fn view(&self, env: store::Environment) -> Result<EnvironmentView, ServiceError> {
         let builds: Vec<BuildView> =
             store::builds(self.hub.db(), env.environment_id).await?.into_iter().map(BuildView::from).collect();
@@ -361,40 +312,6 @@ impl<'h> Environments<'h> {
         let source = self.source_of(actor, &env, git_ref).await?;
         let build = self.start_build(actor, &env, source, limits_group).await?;
         Ok((self.view(env).await?, build))
-    }
-
-    /// Whose a new environment is, and whose quota limits its builds; refuses those who may not.
-    async fn holder_for(
-        &self,
-        actor: Actor<'_>,
-        group: Option<&GroupName>,
-    ) -> Result<(Holder, Option<GroupId>), ServiceError> {
-        if let Actor::Service(_) = actor {
-            return Err(ServiceError::Forbidden("services do not build environments".into()));
-        }
-        if let Some(name) = group {
-            let g = groups::by_name(self.hub.db(), name)
-                .await?
-                .ok_or_else(|| ServiceError::NotFound(format!("there is no group {name}")))?;
-            if let Actor::User(p) = actor
-                && !p.admin
-                && groups::role_of(self.hub.db(), g.group_id, p.user_id).await? != Some(GroupRole::Lead)
-            {
-                return Err(ServiceError::Forbidden(format!("only the group {name}'s leads and admins build for it")));
-            }
-            return Ok((Holder::Group(g.group_id), Some(g.group_id)));
-        }
-        match actor {
-            Actor::System => Ok((Holder::Lab, None)),
-            Actor::User(p) if p.admin => Ok((Holder::Lab, None)),
-            Actor::User(p) => match self.member_build_group(p.user_id).await? {
-                Some(g) => Ok((Holder::Owner(p.user_id), Some(g))),
-                None => Err(ServiceError::Forbidden(
-                    "none of your groups lets members build their own environments; ask a lead".into(),
-                )),
-            },
-            Actor::Service(_) => Err(ServiceError::Forbidden("services do not build environments".into())),
-        }
     }
 
     /// Builds an environment again, at `git_ref` (its ref by default, which this then becomes;

@@ -1,12 +1,12 @@
 //! Deleting an environment: its catalogue entry, its record and its build history go; the
 //! images stay for the sessions that ran them until the image collector frees them.
 
-use labhub_core::GroupRole;
 use labhub_db::environments as store;
-use labhub_db::{groups, images};
+use labhub_db::images;
 use serde_json::json;
 
 use super::Environments;
+use super::standing::Standing;
 use crate::ServiceError;
 use crate::access::Actor;
 
@@ -20,17 +20,7 @@ impl Environments<'_> {
     }
 
     async fn may_remove_env(&self, actor: Actor<'_>, env: &store::Environment) -> Result<bool, ServiceError> {
-        let p = match actor {
-            Actor::System => return Ok(true),
-            Actor::Service(_) => return Ok(false),
-            Actor::User(p) if p.admin => return Ok(true),
-            Actor::User(p) => p,
-        };
-        Ok(match (env.group_id, env.owner_id) {
-            (None, None) => false,
-            (Some(g), _) => groups::role_of(self.hub.db(), g, p.user_id).await? == Some(GroupRole::Lead),
-            (_, Some(owner)) => owner == p.user_id,
-        })
+        Ok(matches!(self.standing(actor, env).await?, Standing::Full | Standing::Lead | Standing::Owner(_)))
     }
 
     /// Deletes the environment `name` (see [`Environments::may_remove`]). Refused while one of
