@@ -286,6 +286,20 @@ pub async fn fail_unfinished(db: impl PgExecutor<'_>, now: OffsetDateTime) -> Re
     Ok(r.rows_affected())
 }
 
+/// Locks an environment's row for the transaction (a build's row, which references it,
+/// waits meanwhile) and says whether one of its builds is running.
+pub async fn lock_and_building(db: impl PgExecutor<'_>, id: EnvironmentId) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from environment_builds b where b.environment_id = e.environment_id
+                                                       and b.status = 'building')
+         from environments e where e.environment_id = $1 for update of e",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .unwrap_or(false))
+}
+
 /// An environment's builds, newest first.
 pub async fn builds(db: impl PgExecutor<'_>, id: EnvironmentId) -> Result<Vec<Build>, DbError> {
     let sql = concat!(

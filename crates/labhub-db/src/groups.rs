@@ -1,6 +1,6 @@
 //! The `groups` and `group_members` tables.
 
-use labhub_core::{GroupId, GroupName, GroupRole, UserId, UserName};
+use labhub_core::{GroupId, GroupName, GroupRole, Placement, UserId, UserName};
 use std::collections::HashMap;
 
 use sqlx::PgExecutor;
@@ -249,13 +249,18 @@ pub async fn names_of_users(
 }
 
 /// Turns a group's shared folder on or off, and whether members get it read-only.
-/// The Swarm placement constraints of a group's servers, as stored (checked when written).
-pub async fn placement(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Vec<String>, DbError> {
-    Ok(sqlx::query_scalar("select placement from groups where group_id = $1")
+/// The Swarm placement constraints of a group's servers (checked when written; one that no
+/// longer reads is an error, never a constraint silently dropped).
+pub async fn placement(db: impl PgExecutor<'_>, group_id: GroupId) -> Result<Vec<Placement>, DbError> {
+    let stored: Vec<String> = sqlx::query_scalar("select placement from groups where group_id = $1")
         .bind(group_id)
         .fetch_optional(db)
         .await?
-        .unwrap_or_default())
+        .unwrap_or_default();
+    stored
+        .iter()
+        .map(|p| Placement::parse(p).map_err(|e| DbError::Other(format!("group {group_id}'s placement: {e}"))))
+        .collect()
 }
 
 /// Replaces a group's Swarm placement constraints.

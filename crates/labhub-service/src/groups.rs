@@ -93,11 +93,7 @@ impl<'h> Groups<'h> {
         let (quota, ceiling) = self.quota_and_ceiling(self.hub.db(), group.group_id).await?;
         let members_build_environments =
             labhub_db::environments::members_may_build(self.hub.db(), group.group_id).await?;
-        let placement = groups::placement(self.hub.db(), group.group_id)
-            .await?
-            .iter()
-            .filter_map(|p| Placement::parse(p).ok())
-            .collect();
+        let placement = groups::placement(self.hub.db(), group.group_id).await?;
         Ok(GroupDetail {
             group: group.into(),
             members: members.into_iter().map(Member::from).collect(),
@@ -287,7 +283,8 @@ impl<'h> Groups<'h> {
         actor.require_admin()?;
         let group = groups::by_name(self.hub.db(), name).await?.ok_or_else(|| no_group(name))?;
         let mut tx = self.hub.begin().await?;
-        let before = groups::placement(&mut *tx, group.group_id).await?;
+        let before: Vec<String> =
+            groups::placement(&mut *tx, group.group_id).await?.into_iter().map(String::from).collect();
         let after: Vec<&str> = placement.iter().map(Placement::as_str).collect();
         if before != after {
             groups::set_placement(&mut *tx, group.group_id, &after).await?;

@@ -114,7 +114,8 @@ pub(crate) struct ServicesState {
 }
 
 /// A service's URL, checked: `http://` with an IP address and a port, since the proxy
-/// connects to it directly on the hub's host (no name is looked up on the way).
+/// connects to it directly on the hub's host (no name is looked up on the way), and no path:
+/// requests keep theirs (`/services/{name}/…`), so a path here would be ignored.
 fn check_url(raw: &str) -> Result<(String, SocketAddr), ServiceError> {
     let bad = || {
         ServiceError::Invalid(format!(
@@ -122,7 +123,13 @@ fn check_url(raw: &str) -> Result<(String, SocketAddr), ServiceError> {
         ))
     };
     let url = url::Url::parse(raw).map_err(|_| bad())?;
-    if url.scheme() != "http" || !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+    if url.scheme() != "http"
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || url.path() != "/"
+    {
         return Err(bad());
     }
     let ip: std::net::IpAddr = match url.host() {
@@ -330,7 +337,15 @@ mod tests {
         let (url, addr) = check_url("http://127.0.0.1:8181/").unwrap();
         assert_eq!((url.as_str(), addr.to_string().as_str()), ("http://127.0.0.1:8181", "127.0.0.1:8181"));
         assert_eq!(check_url("http://[::1]:9000").unwrap().1.to_string(), "[::1]:9000");
-        for bad in ["https://127.0.0.1:1", "http://example.org:80", "http://u:p@127.0.0.1:1", "ftp://1.2.3.4", "nope"] {
+        for bad in [
+            "https://127.0.0.1:1",
+            "http://example.org:80",
+            "http://u:p@127.0.0.1:1",
+            "ftp://1.2.3.4",
+            "nope",
+            "http://10.0.0.5:8000/board",
+            "http://10.0.0.5:8000/#x",
+        ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
     }

@@ -32,12 +32,14 @@ impl Environments<'_> {
             return Err(ServiceError::Forbidden(format!("you may not delete the environment '{name}'")));
         }
         let builds = store::builds(self.hub.db(), env.environment_id).await?;
-        if builds.iter().any(|b| b.status == "building") {
+        let mut tx = self.hub.begin().await?;
+        // Under the row's lock: a build recorded from now on waits for this transaction, and
+        // then finds no environment to build.
+        if store::lock_and_building(&mut *tx, env.environment_id).await? {
             return Err(ServiceError::Conflict(format!(
                 "'{name}' is being built; delete it once the build has finished"
             )));
         }
-        let mut tx = self.hub.begin().await?;
         images::delete(&mut *tx, name).await?;
         let detail = json!({ "source": env.source, "snapshot": env.snapshot, "builds": builds.len(),
                              "images": builds.iter().filter_map(|b| b.image_id.clone()).collect::<Vec<_>>() });

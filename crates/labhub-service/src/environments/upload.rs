@@ -60,8 +60,24 @@ pub(super) async fn read(
     Ok(sent)
 }
 
-/// Checks an archive as sent (gzip undone when its first bytes say so) and packs its files.
+/// Checks running at once: each inflates and packs up to [`MAX_UNPACKED`] in memory.
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Checks an archive as sent (gzip undone when its first bytes say so) and packs its files,
+/// on a blocking thread (inflating, parsing and hashing never yield), two at a time: more
+/// are refused with "try again" rather than queued in memory.
 pub(super) async fn check(sent: &[u8]) -> Result<Checked, ServiceError> {
+    let _slot = CHECKS.try_acquire().map_err(|_| ServiceError::TooMany {
+        message: "Other uploads are being checked right now. Try again in a few seconds.".into(),
+        retry_after: std::time::Duration::from_secs(5),
+    })?;
+    let sent = sent.to_vec();
+    tokio::task::spawn_blocking(move || futures::executor::block_on(check_here(&sent)))
+        .await
+        .map_err(|e| ServiceError::Internal(format!("checking an upload failed: {e}")))?
+}
+
+async fn check_here(sent: &[u8]) -> Result<Checked, ServiceError> {
     let mut tar = Vec::new();
     if sent.starts_with(&GZIP_MAGIC) {
         GzipDecoder::new(sent)

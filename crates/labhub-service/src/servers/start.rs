@@ -150,8 +150,7 @@ impl Servers<'_> {
         // The nodes the group's servers may run on, after the catalogue entry's.
         let mut placement = image.fields.placement.clone();
         if let Some(id) = group_id {
-            let of_group = labhub_db::groups::placement(&mut *tx, id).await?;
-            placement.extend(of_group.iter().filter_map(|p| labhub_core::Placement::parse(p).ok()));
+            placement.extend(labhub_db::groups::placement(&mut *tx, id).await?);
         }
         labhub_db::quotas::set_server_group(&mut *tx, row.server_id, group_id).await?;
         if !actor.is(user.user_id) {

@@ -155,18 +155,19 @@ pub async fn patch(
 ) -> Result<Json<Value>, AppError> {
     let mut name = group_name(&name)?;
     let hub = state.hub();
-    if body.shared_folder.is_some() || body.shared_read_only.is_some() {
-        let now = hub.groups().get(Actor::User(&me), &name).await?.group;
-        let on = body.shared_folder.unwrap_or(now.shared_folder);
-        let read_only = body.shared_read_only.unwrap_or(now.shared_read_only);
-        hub.groups().set_shared_folder(Actor::User(&me), &name, on, read_only).await?;
-    }
+    // First: admins' only, so a lead's request that also asks for it changes nothing.
     if let Some(placement) = &body.placement {
         let placement: Vec<Placement> = placement
             .iter()
             .map(|p| Placement::parse(p).map_err(|e| AppError::BadRequest(e.to_string())))
             .collect::<Result<_, _>>()?;
         hub.groups().set_placement(Actor::User(&me), &name, &placement).await?;
+    }
+    if body.shared_folder.is_some() || body.shared_read_only.is_some() {
+        let now = hub.groups().get(Actor::User(&me), &name).await?.group;
+        let on = body.shared_folder.unwrap_or(now.shared_folder);
+        let read_only = body.shared_read_only.unwrap_or(now.shared_read_only);
+        hub.groups().set_shared_folder(Actor::User(&me), &name, on, read_only).await?;
     }
     if let Some(allowed) = body.members_build_environments {
         hub.environments().set_members_may_build(Actor::User(&me), &name, allowed).await?;

@@ -249,10 +249,15 @@ impl Config {
             );
         }
         for (i, node) in self.docker.swarm_nodes.iter().enumerate() {
-            if !["unix://", "tcp://"].iter().any(|s| node.docker_host.starts_with(s)) {
+            // An engine's API is root on its node: only a socket the hub alone opens (one
+            // forwarded over SSH, say), never a TCP port anyone on the network could reach.
+            if !node.docker_host.starts_with("unix:///") {
                 return bad(
                     "docker.swarm_nodes",
-                    &format!("{}: docker_host must be unix:///path or tcp://host:port", node.hostname),
+                    &format!(
+                        "{}: docker_host must be a unix:///path socket (forward the node's engine over SSH;                          an engine's TCP API is root on that node)",
+                        node.hostname
+                    ),
                 );
             }
             if self.docker.swarm_nodes[..i].iter().any(|n| n.hostname == node.hostname) {
@@ -527,7 +532,10 @@ mod tests {
         let e = load_str("[[docker.swarm_nodes]]\nhostname = \"lab 2\"\ndocker_host = \"unix:///x\"\n").unwrap_err();
         assert!(e.to_string().contains("swarm_nodes"), "{e}");
         let e = load_str("[[docker.swarm_nodes]]\nhostname = \"lab2\"\ndocker_host = \"ssh://lab2\"\n").unwrap_err();
-        assert!(e.to_string().contains("docker_host must be unix:///path or tcp://host:port"), "{e}");
+        assert!(e.to_string().contains("docker_host must be a unix:///path socket"), "{e}");
+        let e = load_str("[[docker.swarm_nodes]]\nhostname = \"lab2\"\ndocker_host = \"tcp://10.0.0.2:2375\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("docker_host must be a unix:///path socket"), "{e}");
     }
 
     #[test]
