@@ -63,8 +63,11 @@ docker network create "$NETWORK" >/dev/null
 say "preparing the admin, its token and the catalogue ..."
 cli user add benchadmin --admin --password-stdin <<<"bench-admin-$$-password" >/dev/null
 TOKEN=$(cli token create benchadmin --note bench)
+# A service reserves what its quota gives (reservations = limits): half a core each, so the
+# CONCURRENT servers of a round all fit on a two-core node (at 2 cores each, Swarm would place
+# one and leave the others pending for want of resources).
 cli image add bench-test --display-name "Test server" --reference "$TEST_IMAGE" --kind jupyter \
-    --cpu 2 --memory 512M >/dev/null
+    --cpu 0.5 --memory 512M >/dev/null
 
 echo "== bench/swarm.sh: starting servers as Swarm services =="
 machine_line

@@ -177,14 +177,34 @@ pub(crate) async fn isolate_overlay(network_id: &str) -> Result<bool, SpawnError
     }
     let out = child.wait_with_output().await.map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
-        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if namespace_gone(&why) {
+            // The overlay's last task here just left: the engine unmounted the namespace and
+            // its file is about to go. Nothing runs in it to keep apart; a new task makes a
+            // new namespace, which its start fills before the server counts as ready.
+            return Ok(false);
+        }
+        return Err(fail(why));
     }
     Ok(true)
+}
+
+/// Whether nsenter failed because the file no longer holds a namespace (`setns` answers
+/// EINVAL for anything else), as opposed to lacking the right to enter it.
+fn namespace_gone(nsenter_stderr: &str) -> bool {
+    nsenter_stderr.contains("reassociate to namespace") && nsenter_stderr.contains("Invalid argument")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_torn_down_is_nothing_to_isolate_but_a_refused_entry_is_an_error() {
+        assert!(namespace_gone("nsenter: reassociate to namespace 'ns/net' failed: Invalid argument"));
+        assert!(!namespace_gone("nsenter: reassociate to namespace 'ns/net' failed: Operation not permitted"));
+        assert!(!namespace_gone("Error: Could not process rule: No such file or directory"));
+    }
 
     #[test]
     fn subnets_must_be_large_ipv4_ranges() {
