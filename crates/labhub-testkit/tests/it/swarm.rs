@@ -3,7 +3,8 @@
 //! after the last test): start and readiness from the task's states, a server reached through
 //! the hub's proxy, stop, restart policy none, the quota as limits and reservations, an image
 //! the engine lacks, tasks that fail or cannot be placed, boot reconcile, a running task saved
-//! as an image, and what keeps tasks apart on the overlay.
+//! as an image, placement from the site, the catalogue entry and the group, and what keeps
+//! tasks apart on the overlay.
 //!
 //! A second node is `swarm_nodes.rs`'s. Not verified anywhere: NFS homes following a user
 //! across nodes (the mount spec is unit-tested; this kernel has no NFS), encrypted overlays
