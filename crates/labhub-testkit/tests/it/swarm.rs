@@ -34,7 +34,8 @@ async fn scope_with(adjust: impl FnOnce(&mut DockerConfig)) -> SwarmScope {
     SwarmScope::with(test_server_binary(), adjust).await
 }
 
-fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
+/// A server of the test image with the quota these tests check.
+pub(crate) fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
     let owner = UserId::new(owner);
     let user = UserName::parse(user).unwrap();
     ServerSpec {
@@ -82,7 +83,7 @@ async fn services_of(s: &SwarmScope) -> Vec<bollard::models::Service> {
 }
 
 /// The status of `GET path` on a server, with its token.
-async fn get(addr: SocketAddr, path: &str, token: &str) -> Result<u16, reqwest::Error> {
+pub(crate) async fn get(addr: SocketAddr, path: &str, token: &str) -> Result<u16, reqwest::Error> {
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
     let r = client.get(format!("http://{addr}{path}")).header("Authorization", format!("token {token}")).send().await?;
     Ok(r.status().as_u16())
@@ -103,7 +104,7 @@ async fn task_pid(s: &SwarmScope, started: &Started) -> i64 {
 }
 
 /// Whether a TCP connection from inside the network namespace of `pid` to `addr` succeeds.
-fn connects_from(pid: i64, addr: SocketAddr) -> bool {
+pub(crate) fn connects_from(pid: i64, addr: SocketAddr) -> bool {
     let out = std::process::Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-n", "curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}"])
         .arg(format!("http://{addr}/"))

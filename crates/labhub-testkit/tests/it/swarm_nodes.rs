@@ -11,12 +11,12 @@
 //! `nfsd`: `/proc/filesystems` lists neither), the `registry` image mode (no registry runs
 //! here).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use labhub_core::spawner::{ServerSpec, SpawnError, Spawner};
-use labhub_core::{ImageKind, NodeName, Resources, Secret, Storage, UserId, UserName};
+use labhub_core::{NodeName, UserName};
 use labhub_service::Actor;
 use labhub_spawner::{DockerConfig, DockerSpawner, SwarmHomes, SwarmNodeConfig, SwarmSpawner};
 use labhub_testkit::TestApp;
@@ -26,6 +26,7 @@ use labhub_testkit::swarm::SwarmScope;
 use serde_json::json;
 
 use crate::common::test_server_binary;
+use crate::swarm::connects_from;
 
 /// A scope on two nodes whose hub pins homes and places servers on both.
 async fn two_nodes() -> SwarmScope {
@@ -42,28 +43,9 @@ fn listed(node: &SwarmNode) -> SwarmNodeConfig {
     SwarmNodeConfig { hostname: node.hostname.clone(), docker_host: node.docker_host.clone(), isolated_by_admin: true }
 }
 
+/// The swarm tests' server, with time for an image copy to the second node.
 fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
-    let owner = UserId::new(owner);
-    let user = UserName::parse(user).unwrap();
-    ServerSpec {
-        owner,
-        home: Storage::Home { owner, server: None },
-        mounts: Vec::new(),
-        server: None,
-        image: s.docker.test_image.clone(),
-        kind: ImageKind::Jupyter,
-        port: ImageKind::Jupyter.default_port(),
-        command: None,
-        resources: Resources { cpu_millis: 500, memory_bytes: 256 << 20, gpus: 0 },
-        base_url: format!("/user/{user}/"),
-        user,
-        token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
-        env: BTreeMap::new(),
-        start_timeout: Duration::from_secs(120),
-        contract: labhub_core::Contract::Labhub,
-        placement: Vec::new(),
-        node: None,
-    }
+    ServerSpec { start_timeout: Duration::from_secs(120), ..crate::swarm::spec(s, user, owner) }
 }
 
 /// The node id and container id of a service's task.
@@ -78,9 +60,7 @@ async fn task_of(s: &SwarmScope, service_id: &str) -> (String, String) {
 }
 
 async fn get(addr: SocketAddr, path: &str, token: &str) -> u16 {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
-    let r = client.get(format!("http://{addr}{path}")).header("Authorization", format!("token {token}")).send().await;
-    r.unwrap().status().as_u16()
+    crate::swarm::get(addr, path, token).await.unwrap()
 }
 
 #[tokio::test]
@@ -227,16 +207,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Whether a TCP connection from the network namespace of `pid` to `addr` succeeds.
-fn connects_from(pid: i64, addr: SocketAddr) -> bool {
-    let out = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "curl", "-s", "-o", "/dev/null", "-m", "3", "-w", "%{http_code}"])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .expect("nsenter and curl run");
-    String::from_utf8_lossy(&out.stdout).trim() != "000"
 }
 
 /// The address of `container` on `network`, as the node's engine has it.
