@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::access::Actor;
 use crate::roles::Resource;
-use crate::sessions::{CACHE_MAX, CACHE_TTL};
+use crate::sessions::CACHE_TTL;
 use crate::state::Epoch;
 use crate::{Hub, ServiceError};
 
@@ -309,14 +309,7 @@ impl<'h> Services<'h> {
             scopes: Arc::new(scopes),
             roles: row.roles,
         };
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(hash, CachedService { principal: principal.clone(), fetched: now });
-        if self.state().epoch.now() != epoch {
-            // Forgotten while it was read: not cached (this request was already on its way).
-            cache.remove(&hash);
-        }
+        self.state().epoch.remember(epoch, cache, hash, CachedService { principal: principal.clone(), fetched: now });
         Ok(Some(principal))
     }
 

@@ -184,9 +184,6 @@ impl<'h> Sessions<'h> {
         }
         let principal =
             self.hub.roles().principal(user, AuthVia::Session { session_id: session.session_id }, None).await?;
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
-        }
         let entry = CachedSession {
             session_id: session.session_id,
             principal: principal.clone(),
@@ -195,11 +192,7 @@ impl<'h> Sessions<'h> {
             last_seen,
             fetched: now,
         };
-        cache.insert(hash, entry);
-        if self.state().epoch.now() != epoch {
-            // Forgotten while it was read: not cached (this request was already on its way).
-            cache.remove(&hash);
-        }
+        self.state().epoch.remember(epoch, cache, hash, entry);
         Ok(Some(principal))
     }
 

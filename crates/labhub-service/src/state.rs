@@ -76,6 +76,19 @@ impl Epoch {
     pub(crate) fn bump(&self) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Caches `value` under `key` unless a forgetting began since `read_at` (this lookup's
+    /// [`Epoch::now`] from before it asked Postgres); a full cache is emptied first.
+    pub(crate) fn remember<V>(&self, read_at: u64, cache: &DashMap<TokenHash, V>, key: TokenHash, value: V) {
+        if cache.len() >= crate::sessions::CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, value);
+        if self.now() != read_at {
+            // Forgotten while it was read: not cached (this request was already on its way).
+            cache.remove(&key);
+        }
+    }
 }
 
 /// A recognised token, trusted for a short time.

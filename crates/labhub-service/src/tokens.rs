@@ -10,7 +10,7 @@ use labhub_db::tokens;
 use crate::access::Actor;
 use crate::model::TokenInfo;
 use crate::roles::Resource;
-use crate::sessions::{CACHE_MAX, CACHE_TTL};
+use crate::sessions::CACHE_TTL;
 use crate::state::{CachedToken, TokensState};
 use crate::words::format_duration;
 use crate::{AuthVia, Hub, Principal, ServiceError};
@@ -79,14 +79,8 @@ impl<'h> Tokens<'h> {
         let via = AuthVia::Token { token_id: tok.token_id };
         let principal = self.hub.roles().principal(user, via, Some(&tok.scopes)).await?;
         self.record_use(&principal);
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(hash, CachedToken { principal: principal.clone(), expires_at: tok.expires_at, fetched: now });
-        if self.state().epoch.now() != epoch {
-            // Forgotten while it was read: not cached (this request was already on its way).
-            cache.remove(&hash);
-        }
+        let entry = CachedToken { principal: principal.clone(), expires_at: tok.expires_at, fetched: now };
+        self.state().epoch.remember(epoch, cache, hash, entry);
         Ok(Some(principal))
     }
 
