@@ -106,6 +106,9 @@ pub enum AuthVia {
     /// No request: the hub deciding again, with the account's own powers, about a connection
     /// it let in earlier (a visitor's WebSocket, after a change of shares or roles).
     Recheck,
+    /// A token of JupyterHub's single-user contract (a server's own, or an OAuth access token
+    /// the hub issued to a server or service), narrowed to the scopes it was issued with.
+    SingleUser,
 }
 
 /// The actor recorded in the audit log for actions that no user took (CLI, the hub itself).

@@ -19,13 +19,16 @@ use crate::{AppError, AppState, cookies};
 
 /// Which surface a request came through; set by a layer on each router. It decides which
 /// credentials count: pages take the session cookie only; the API and the proxy also take
-/// API tokens (`Authorization: token|Bearer …`, or `?token=`); the proxy, last, the token a
-/// browser opened a server with (its server-token cookie).
+/// API tokens (`Authorization: token|Bearer …`, or `?token=`); the API, failing those, the
+/// tokens of JupyterHub's single-user contract (narrowed to their scopes); the proxy, last,
+/// the token a browser opened a server with (its server-token cookie). The internal address
+/// users' servers call takes the single-user contract's tokens and nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
     Page,
     Api,
     Proxy,
+    Internal,
 }
 
 /// The result of authenticating a request, kept so several extractors share one lookup.
@@ -116,10 +119,25 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Requester
     }
     let surface = parts.extensions.get::<Surface>().copied().unwrap_or(Surface::Page);
     let mut principal = None;
+    if surface == Surface::Internal {
+        let header_token = token_from_header(parts)?.map(str::to_string);
+        if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
+            principal = Some(state.single_user_principal(token).await?.ok_or_else(|| {
+                AppError::BadCredentials("only a server's tokens are answered on this address".into())
+            })?);
+        }
+        let requester = principal.map(Requester::User);
+        parts.extensions.insert(Resolved(requester.clone()));
+        return Ok(requester);
+    }
     if surface != Surface::Page {
         let header_token = token_from_header(parts)?.map(str::to_string);
         if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
-            match state.token_requester(token).await? {
+            let known = match state.token_requester(token.clone()).await? {
+                None if surface == Surface::Api => state.single_user_principal(token).await?.map(Requester::User),
+                known => known,
+            };
+            match known {
                 None => {
                     return Err(AppError::BadCredentials(
                         "the API token is not valid: unknown, expired or revoked".into(),

@@ -3,7 +3,9 @@
 //! activity reports (`POST /hub/api/users/{name}/activity`).
 //!
 //! The tokens of that contract (a server's own, and the access tokens the provider issues)
-//! count only here: every other endpoint treats them as unknown.
+//! are answered here by who they are; elsewhere on the API they stand for their account
+//! narrowed to their scopes (`access:servers!server=…`, and `shares!server=…` for whoever may
+//! manage that server's shares), so the one scope check admits them to little else.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -92,18 +94,28 @@ fn caller_model(c: &SingleUserToken) -> serde_json::Value {
     })
 }
 
-/// The internal address's router: only what `jupyterhub-singleuser` asks the hub (the API's
-/// version, who a token is, activity, the OAuth token exchange); everything else is 404.
+/// The internal address's router: only what `jupyterhub-singleuser` and the extensions in a
+/// server ask the hub (the API's version, who a token is, activity, the OAuth token exchange,
+/// and one server's shares and share codes, for a token whose scopes reach them); everything
+/// else is 404. The API's one scope check decides the shares as on the public address.
 pub fn internal_router(state: AppState) -> axum::Router {
+    use crate::api::shares;
     use axum::routing::{get, post};
+    let one = || get(shares::list).post(shares::grant).patch(shares::revoke).delete(shares::revoke_all);
+    let codes = || get(shares::list_codes).post(shares::create_code).delete(shares::revoke_codes);
     axum::Router::new()
         .route("/hub/api", get(crate::api::version))
         .route("/hub/api/", get(crate::api::version))
         .route("/hub/api/user", get(internal_me))
         .route("/hub/api/users/{name}/activity", post(activity))
         .route("/hub/api/oauth2/token", post(token))
+        .route("/hub/api/shares/{owner}/", one())
+        .route("/hub/api/shares/{owner}/{server}", one())
+        .route("/hub/api/share-codes/{owner}/", codes())
+        .route("/hub/api/share-codes/{owner}/{server}", codes())
         .fallback(|| async { AppError::NotFound("only the single-user endpoints are served on this address".into()) })
-        .layer(axum::Extension(crate::extract::Surface::Api))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::api::gate::check))
+        .layer(axum::Extension(crate::extract::Surface::Internal))
         .layer(axum::middleware::from_fn(crate::error::render_api_errors))
         .with_state(state)
 }

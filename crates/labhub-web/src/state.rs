@@ -142,6 +142,11 @@ impl AppState {
         Box::pin(looked_up).await
     }
 
+    /// The account behind a token of JupyterHub's single-user contract, narrowed to its scopes.
+    pub(crate) async fn single_user_principal(&self, token: String) -> Result<Option<Principal>, ServiceError> {
+        Box::pin(self.hub_call(|hub| async move { hub.single_user().principal(&token).await })).await
+    }
+
     /// The proxy to users' servers.
     pub fn proxy(&self) -> &Proxy {
         &self.0.proxy

@@ -240,7 +240,7 @@ impl<'h> Accounts<'h> {
         users::set_password_hash(&mut *tx, user.user_id, Some(&hash)).await?;
         let current = match principal.via {
             AuthVia::Session { session_id } => Some(session_id),
-            AuthVia::Token { .. } | AuthVia::Recheck => None,
+            AuthVia::Token { .. } | AuthVia::Recheck | AuthVia::SingleUser => None,
         };
         let ended = labhub_db::sessions::delete_for_user_except(&mut *tx, user.user_id, current).await?;
         let actor = Actor::User(principal);

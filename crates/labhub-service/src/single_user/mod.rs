@@ -87,6 +87,11 @@ pub fn access_scope(owner: &UserName, server: Option<&ServerName>) -> String {
     format!("access:servers!server={owner}/{}", server.map_or("", ServerName::as_str))
 }
 
+/// JupyterHub's scope for managing one server's shares: `shares!server={owner}/{server}`.
+pub fn share_scope(owner: &UserName, server: Option<&ServerName>) -> String {
+    format!("shares!server={owner}/{}", server.map_or("", ServerName::as_str))
+}
+
 /// The scopes of a server's own token: JupyterHub's `server` role, filtered to the server and
 /// its owner (report activity, reach itself, read its owner's name).
 fn server_scopes(owner: &UserName, server: Option<&ServerName>) -> Vec<String> {
@@ -145,6 +150,19 @@ impl<'h> SingleUser<'h> {
     /// Who a token of the single-user contract speaks for; `None` for any other string (an
     /// ordinary API token included), a revoked token, or an account that is not active.
     pub async fn caller(&self, token: &str) -> Result<Option<Caller>, ServiceError> {
+        Ok(self.lookup(token).await?.map(|(caller, _)| caller))
+    }
+
+    /// The principal a token of the single-user contract stands for at the API: its account,
+    /// narrowed to the scopes the token was issued with (as any token's are), so only the
+    /// scope-checked endpoints those scopes reach admit it. `None` as for [`Self::caller`].
+    pub async fn principal(&self, token: &str) -> Result<Option<crate::Principal>, ServiceError> {
+        let Some((caller, user)) = self.lookup(token).await? else { return Ok(None) };
+        let via = crate::AuthVia::SingleUser;
+        Ok(Some(self.hub.roles().principal(user, via, Some(&caller.scopes)).await?))
+    }
+
+    async fn lookup(&self, token: &str) -> Result<Option<(Caller, users::User)>, ServiceError> {
         if !looks_like_token(token) {
             return Ok(None);
         }
@@ -174,8 +192,8 @@ impl<'h> SingleUser<'h> {
         if user.state != AccountState::Active {
             return Ok(None);
         }
-        let (user_id, name, admin) = (user.user_id, user.name, user.admin);
-        Ok(Some(Caller { kind, user_id, name, admin, scopes, client }))
+        let caller = Caller { kind, user_id: user.user_id, name: user.name.clone(), admin: user.admin, scopes, client };
+        Ok(Some((caller, user)))
     }
 
     /// Records the activity a server reported for its owner (JupyterHub's

@@ -19,7 +19,7 @@ use labhub_auth::{new_token, sha256};
 use labhub_core::{Scope, ServiceName};
 use labhub_db::oauth as store;
 
-use super::{IssuedToken, SingleUser, access_scope};
+use super::{IssuedToken, SingleUser, access_scope, share_scope};
 use crate::access::ServerRef;
 use crate::roles::Resource;
 use crate::{Principal, ServiceError};
@@ -67,7 +67,16 @@ impl SingleUser<'_> {
                 if self.hub.access().may_reach(who, to).is_none() {
                     return Err(ServiceError::Forbidden(format!("{} may not use this server", who.name)));
                 }
-                vec![access_scope(&owner, server.as_ref())]
+                let mut scopes = vec![access_scope(&owner, server.as_ref())];
+                // Whoever may manage this server's shares may do so from inside it (JupyterHub's
+                // `oauth_client_allowed_scopes = ["access:servers!server", "shares!server"]`,
+                // which JupyterLab's share dialogs use): the owner, an admin, the owner's lead.
+                // A visitor's token never carries it, so a share does not pass itself on.
+                let on = Resource::Server(owner.clone(), server.clone());
+                if self.hub.roles().require(who, &[Scope::Shares], &on).await.is_ok() {
+                    scopes.push(share_scope(&owner, server.as_ref()));
+                }
+                scopes
             }
             store::Holder::Service(name) => {
                 let name = ServiceName::parse(name)?;

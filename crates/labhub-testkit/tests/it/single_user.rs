@@ -232,7 +232,7 @@ async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
 
 /// What a start of alice's default server of JupyterHub's contract registers (the start
 /// itself is the test above's): returns the server's id and its API token.
-async fn register_alices_server(app: &TestApp) -> (labhub_core::ServerId, String) {
+pub(crate) async fn register_alices_server(app: &TestApp) -> (labhub_core::ServerId, String) {
     let alice = labhub_db::users::by_name(&app.db, &UserName::parse("alice").unwrap()).await.unwrap().unwrap();
     let now = app.hub.now();
     let mut conn = app.db.acquire().await.unwrap();
@@ -330,14 +330,15 @@ async fn the_oauth_provider_keeps_jupyterhubs_rules_and_activity_merges_newest_f
     let stored = labhub_db::oauth::token(&app.db, &labhub_auth::sha256(&access)).await.unwrap();
     assert!(stored.is_some(), "the access token is stored as its SHA-256");
 
-    // The access token says who signed in, with its scopes; it is no key to the rest of the API.
+    // The access token says who signed in, with its scopes (the owner's may manage the
+    // server's shares); its scopes reach nothing else of the API, nor do the server's own.
     let api =
         |token: &str, path: &str| client.get(app.at(path)).header("Authorization", format!("Bearer {token}")).send();
     let me: Value = api(&access, "/hub/api/user").await.unwrap().json().await.unwrap();
     assert_eq!(me["name"], "alice");
-    assert_eq!(me["scopes"], json!(["access:servers!server=alice/"]));
-    assert_eq!(api(&access, "/hub/api/users/alice").await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(api(&secret, "/hub/api/users/alice").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(me["scopes"], json!(["access:servers!server=alice/", "shares!server=alice/"]));
+    assert_eq!(api(&access, "/hub/api/users/alice").await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(api(&secret, "/hub/api/users/alice").await.unwrap().status(), StatusCode::FORBIDDEN);
 
     // Activity from the server's own token: the newer time wins, a time ahead counts as now.
     let post = |name: &str, body: Value| {

@@ -4,7 +4,7 @@
 mod backups;
 mod datasets;
 mod environments;
-mod gate;
+pub(crate) mod gate;
 mod groups;
 mod history;
 mod homes;
@@ -12,7 +12,7 @@ mod images;
 pub(crate) mod models;
 mod servers;
 pub(crate) mod services;
-mod shares;
+pub(crate) mod shares;
 mod tokens;
 mod users;
 

@@ -53,7 +53,7 @@ async fn account_page(
     let now = hub.now();
     let current = match me.via {
         AuthVia::Session { session_id } => Some(session_id),
-        AuthVia::Token { .. } | AuthVia::Recheck => None,
+        AuthVia::Token { .. } | AuthVia::Recheck | AuthVia::SingleUser => None,
     };
     let sessions = hub
         .sessions()
