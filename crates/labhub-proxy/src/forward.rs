@@ -74,6 +74,11 @@ impl Proxy {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
+    /// A watch that trips when the proxy goes: its tunnels end with it.
+    pub(crate) fn tunnels_shutdown(&self) -> Arc<crate::closer::Watch> {
+        self.inner.tunnels_closer.watch()
+    }
+
     /// How this proxy talks to servers, and its limits.
     pub fn settings(&self) -> &ProxySettings {
         &self.inner.settings
@@ -176,8 +181,11 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
-            let ends = tunnel::Ends { shutdown: self.inner.tunnels_closer.watch(), visitor: visitor.map(|v| v.0) };
-            return Ok(switch_protocols(route, &client, lease, client_upgrade, response, ends, &self.inner.settings));
+            let closed = visitor.map_or_else(|| route.closer.watch(), |v| v.0);
+            let ends = tunnel::Ends { shutdown: self.inner.tunnels_closer.watch(), closed };
+            let location = location_rewrite(&route, &client);
+            let through = tunnel::Through::Server(route.clone());
+            return Ok(switch_protocols(through, &location, lease, client_upgrade, response, ends, settings));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
@@ -328,9 +336,9 @@ fn upstream_error(e: SendError, route: &RouteEntry) -> ProxyError {
 
 /// The upstream agreed to a WebSocket: answer the client 101 with the upstream's handshake
 /// headers (accept key, subprotocol, extensions) and tunnel once both sides switched.
-fn switch_protocols(
-    route: Arc<RouteEntry>,
-    client: &ClientInfo,
+pub(crate) fn switch_protocols(
+    through: tunnel::Through,
+    location: &LocationRewrite<'_>,
     lease: Lease,
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: http::Response<Incoming>,
@@ -340,11 +348,11 @@ fn switch_protocols(
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
     let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
-    headers::apply_to_response(&mut parts.headers, &settings.strip_cookies, &location_rewrite(&route, client));
+    headers::apply_to_response(&mut parts.headers, &settings.strip_cookies, location);
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade_to.unwrap_or_else(|| HeaderValue::from_static("websocket")));
     parts.extensions = Extensions::new();
-    tunnel::spawn(route, lease, client_upgrade, upstream_upgrade, ends);
+    tunnel::spawn(through, lease, client_upgrade, upstream_upgrade, ends);
     Response::from_parts(parts, Body::empty())
 }
 

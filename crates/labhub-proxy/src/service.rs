@@ -3,8 +3,10 @@
 //! never reach it, `X-Forwarded-*` are the proxy's own) and the path unchanged (JupyterHub's
 //! proxy sends services the full path too). The web layer decides who may; this forwards.
 //!
-//! Plain HTTP only: an upgrade is forwarded as an ordinary request (its `Upgrade` header is
-//! hop-by-hop and dropped), so a service answers it as it answers any GET.
+//! WebSockets are tunnelled as to users' servers. Each is held by a watch taken for the one
+//! who opened it before the gate let them in ([`ServiceTarget::watch_visitor`]): it closes
+//! when the service is removed or moves, and when the service's rechecks find that its user
+//! lost `access:services` ([`ServiceTable::close_visitors_where`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -15,14 +17,18 @@ use axum::response::Response;
 use dashmap::DashMap;
 use http::{Extensions, Version};
 
+use http::{Method, StatusCode};
+use labhub_core::UserId;
+
+use crate::VisitorWatch;
 use crate::body::ProxiedBody;
 use crate::closer::Closer;
 use crate::error::ProxyError;
-use crate::forward::{OwnValues, Proxy, add_slash, header_bytes, prepare_headers, upstream_uri};
-use crate::headers;
+use crate::forward::{OwnValues, Proxy, add_slash, header_bytes, prepare_headers, switch_protocols, upstream_uri};
 use crate::pool::{Pool, SendError};
 use crate::settings::ClientInfo;
 use crate::values::LocationRewrite;
+use crate::{headers, tunnel};
 
 /// A service's address with its pool of connections, which close when the target goes
 /// (the service removed or moved).
@@ -49,6 +55,18 @@ impl ServiceTarget {
     /// The path the hub serves it under: `/services/{name}/`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Where the proxy reaches it.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.endpoint
+    }
+
+    /// The hold of whoever is about to be let in (`None` for a registered service, which is
+    /// no account), to be taken BEFORE the gate decides: a WebSocket opened with it closes
+    /// when they lose access, even if that happened while its upgrade was on its way.
+    pub fn watch_visitor(&self, visitor: Option<UserId>) -> VisitorWatch {
+        VisitorWatch(self.closer.watch_for(visitor))
     }
 }
 
@@ -82,20 +100,40 @@ impl ServiceTable {
         fresh
     }
 
-    /// Forgets every target (services were removed or changed).
-    pub fn clear(&self) {
-        self.targets.clear();
+    /// Every target in use.
+    pub fn targets(&self) -> Vec<Arc<ServiceTarget>> {
+        self.targets.iter().map(|t| t.value().clone()).collect()
+    }
+
+    /// Removes the target for `prefix` (the service was removed or moved): its connections and
+    /// WebSockets close at once.
+    pub fn remove(&self, prefix: &str) {
+        if let Some((_, target)) = self.targets.remove(prefix) {
+            target.closer.close();
+        }
+    }
+
+    /// The users with a WebSocket open to the service at `prefix` (each once).
+    pub fn visitors(&self, prefix: &str) -> Vec<UserId> {
+        self.targets.get(prefix).map(|t| t.closer.visitors()).unwrap_or_default()
+    }
+
+    /// Closes the WebSockets to the service at `prefix` of the users `lost` picks; how many.
+    pub fn close_visitors_where(&self, prefix: &str, lost: impl FnMut(UserId) -> bool) -> usize {
+        self.targets.get(prefix).map_or(0, |t| t.closer.close_visitors(lost))
     }
 }
 
 impl Proxy {
-    /// Forwards one request under a service's prefix to it. The caller has authenticated and
-    /// authorised it.
+    /// Forwards one request under a service's prefix to it (a WebSocket upgrade becomes a
+    /// tunnel held by `watch`). The caller has authenticated and authorised it, with `watch`
+    /// taken before it decided.
     pub async fn forward_service(
         &self,
         target: Arc<ServiceTarget>,
         req: Request,
         client: ClientInfo,
+        watch: VisitorWatch,
     ) -> Result<Response, ProxyError> {
         let settings = self.settings();
         if header_bytes(&req) > settings.max_request_header_bytes {
@@ -111,12 +149,19 @@ impl Proxy {
         }
         let uri = upstream_uri(None, req.uri())?;
         let lease = self.lease_total().ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
+        let mut req = req;
+        // As to users' servers: without hyper's upgrade handle there is nothing to tunnel into.
+        let upgrade = req.method() == Method::GET
+            && headers::is_websocket_upgrade(req.headers())
+            && req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let own = OwnValues { authorization: None, root_path: None };
-        prepare_headers(&mut parts.headers, own, settings, &client, false)?;
+        prepare_headers(&mut parts.headers, own, settings, &client, upgrade)?;
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions = Extensions::new();
+        let body = if upgrade { Body::empty() } else { body };
         let pool = target.pool.get_or_init(|| {
             Arc::new(Pool::new(
                 target.endpoint,
@@ -133,12 +178,20 @@ impl Proxy {
                 SendError::Connect(_) => ProxyError::Unreachable,
                 SendError::Http(h) => ProxyError::Upstream(h.to_string()),
             })?;
-        let (mut parts, body) = response.into_parts();
         let location = LocationRewrite {
             internal_origin: &target.internal_origin,
             browser_host: &client.host,
             rstudio_prefix: None,
         };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
+            };
+            let ends = tunnel::Ends { shutdown: self.tunnels_shutdown(), closed: watch.0 };
+            let through = tunnel::Through::Service(target.prefix.clone());
+            return Ok(switch_protocols(through, &location, lease, client_upgrade, response, ends, settings));
+        }
+        let (mut parts, body) = response.into_parts();
         headers::apply_to_response(&mut parts.headers, &settings.strip_cookies, &location);
         parts.extensions = Extensions::new();
         Ok(Response::from_parts(parts, Body::new(ProxiedBody::new(body, lease, lent))))

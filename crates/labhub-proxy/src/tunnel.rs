@@ -23,38 +23,61 @@ const ACTIVITY_EVERY: Duration = Duration::from_secs(1);
 /// Per direction; WebSocket frames larger than this simply take several reads.
 const BUFFER: usize = 8 * 1024;
 
-/// What ends a tunnel besides its two sides and its route.
+/// What a tunnel goes to.
+pub(crate) enum Through {
+    /// A user's server: the tunnel counts on its route and keeps it active.
+    Server(Arc<RouteEntry>),
+    /// A registered service, by its prefix (for the log): nothing to count or keep active.
+    Service(String),
+}
+
+impl Through {
+    fn label(&self) -> String {
+        match self {
+            Self::Server(route) => route.key().to_string(),
+            Self::Service(prefix) => prefix.clone(),
+        }
+    }
+}
+
+/// What ends a tunnel besides its two sides.
 pub(crate) struct Ends {
     /// Trips when the proxy itself goes.
     pub(crate) shutdown: Arc<Watch>,
-    /// The watch of the visitor it was opened for (not the owner, not an admin), taken before
-    /// they were let in: it closes when they lose access ([`crate::RouteTable::close_visitors_where`]),
-    /// also if that happened while the upgrade was on its way.
-    pub(crate) visitor: Option<Arc<Watch>>,
+    /// Trips when what it goes to is removed, or when the one it was opened for loses access
+    /// ([`crate::RouteTable::close_visitors_where`], [`crate::ServiceTable::close_visitors_where`]);
+    /// taken before they were let in, so also if that happened while the upgrade was on its way.
+    pub(crate) closed: Arc<Watch>,
 }
 
-/// Starts the tunnel between the client's and the server's upgraded connections. The lease
-/// and the tunnel count are held by the task and released however it ends. It ends when
-/// either side closes, the route goes, its visitor loses access, or the proxy itself went.
-pub(crate) fn spawn(route: Arc<RouteEntry>, lease: Lease, client: OnUpgrade, upstream: OnUpgrade, ends: Ends) {
-    let guard = TunnelGuard::new(route.clone());
-    let closed = ends.visitor.unwrap_or_else(|| route.closer.watch());
-    let shutdown = ends.shutdown;
+/// Starts the tunnel between the client's and the upstream's upgraded connections. The lease
+/// (and for a server the tunnel count) is held by the task and released however it ends. It
+/// ends when either side closes, or `ends` trips.
+pub(crate) fn spawn(through: Through, lease: Lease, client: OnUpgrade, upstream: OnUpgrade, ends: Ends) {
+    let guard = match &through {
+        Through::Server(route) => Some(TunnelGuard::new(route.clone())),
+        Through::Service(_) => None,
+    };
+    let Ends { shutdown, closed } = ends;
     tokio::spawn(async move {
         let _held = (lease, guard);
-        let key = route.key().clone();
+        let key = through.label();
+        let route = match &through {
+            Through::Server(route) => Some(&**route),
+            Through::Service(_) => None,
+        };
         let run = async {
             let (client, upstream) = tokio::try_join!(client, upstream).map_err(io::Error::other)?;
-            pipe(TokioIo::new(client), TokioIo::new(upstream), &route).await
+            pipe(TokioIo::new(client), TokioIo::new(upstream), route).await
         };
         tokio::select! {
             biased;
-            () = closed.closed() => tracing::debug!(route = %key, "tunnel closed: the route was removed or its visitor lost access"),
-            () = shutdown.closed() => tracing::debug!(route = %key, "tunnel closed: the hub is shutting down"),
+            () = closed.closed() => tracing::debug!(to = %key, "tunnel closed: its target was removed or its visitor lost access"),
+            () = shutdown.closed() => tracing::debug!(to = %key, "tunnel closed: the hub is shutting down"),
             done = run => match done {
-                Ok(()) => tracing::debug!(route = %key, "tunnel closed"),
+                Ok(()) => tracing::debug!(to = %key, "tunnel closed"),
                 // A hang-up on either side is how tunnels usually end.
-                Err(e) => tracing::debug!(route = %key, error = %e, "tunnel ended"),
+                Err(e) => tracing::debug!(to = %key, error = %e, "tunnel ended"),
             },
         }
     });
@@ -63,8 +86,8 @@ pub(crate) fn spawn(route: Arc<RouteEntry>, lease: Lease, client: OnUpgrade, ups
 /// Copies both ways until one side's stream ends (everything it sent is passed on and the
 /// other side gets the end too) or fails. Unlike `copy_bidirectional`, it does not wait for
 /// the second side: a WebSocket whose peer is gone is over, and a client that keeps its
-/// socket open must not keep the tunnel (and its slot) alive.
-async fn pipe<C, U>(mut client: C, mut upstream: U, route: &RouteEntry) -> io::Result<()>
+/// socket open must not keep the tunnel (and its slot) alive. Traffic keeps `route` active.
+async fn pipe<C, U>(mut client: C, mut upstream: U, route: Option<&RouteEntry>) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -76,7 +99,7 @@ where
         let mut moved = false;
         let sent = up.poll(cx, Pin::new(&mut client), Pin::new(&mut upstream), &mut moved);
         let received = down.poll(cx, Pin::new(&mut upstream), Pin::new(&mut client), &mut moved);
-        if moved {
+        if let Some(route) = route.filter(|_| moved) {
             let now = Instant::now();
             if now >= next_touch {
                 route.touch();
@@ -175,7 +198,7 @@ mod tests {
         );
         table.insert(route).unwrap();
         let entry = table.get("a", None).unwrap();
-        let tunnel = tokio::spawn(async move { pipe(client, upstream, &entry).await });
+        let tunnel = tokio::spawn(async move { pipe(client, upstream, Some(&entry)).await });
 
         let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let writer = {

@@ -232,6 +232,8 @@ impl<'h> Services<'h> {
         self.register_client(&mut tx, id, name, url.is_some()).await?;
         self.hub.audit().record(&mut *tx, actor, "service.set_url", name.as_str(), json!({ "url": url })).await?;
         tx.commit().await?;
+        // The old address's WebSockets close here at once (elsewhere on `labhub_roles`).
+        self.hub.shares().changed().await;
         Ok(())
     }
 
@@ -317,7 +319,48 @@ impl<'h> Services<'h> {
     pub(crate) fn forget_all(&self) {
         self.state().epoch.bump();
         self.state().cache.clear();
-        self.state().targets.clear();
+    }
+
+    /// After a change of roles, memberships or services: the proxy's targets of services that
+    /// are gone or moved are dropped (closing their connections and WebSockets), and the
+    /// WebSockets of users who no longer hold `access:services` on a service are closed, each
+    /// account decided again as it now stands. A service's own WebSockets to another close
+    /// only with the target (a service is no account to decide again).
+    pub(crate) async fn recheck_tunnels(&self) -> Result<(), ServiceError> {
+        let table = &self.state().targets;
+        for target in table.targets() {
+            let prefix = target.prefix();
+            let name = prefix.strip_prefix("/services/").map(|n| n.trim_end_matches('/'));
+            let Some(name) = name.and_then(|n| ServiceName::parse(n).ok()) else {
+                table.remove(prefix);
+                continue;
+            };
+            let still = match self.row(&name).await {
+                Ok(view) => view.url.as_deref().and_then(|u| check_url(u).ok()).map(|(_, at)| at),
+                Err(ServiceError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if still != Some(target.endpoint()) {
+                table.remove(prefix);
+                continue;
+            }
+            let on = Resource::Service(name);
+            let mut lost = std::collections::HashSet::new();
+            for user in table.visitors(prefix) {
+                let keeps = match self.hub.roles().recheck(user).await? {
+                    Some(who) => self.hub.roles().require(&who, &[Scope::AccessServices], &on).await.is_ok(),
+                    None => false,
+                };
+                if !keeps {
+                    lost.insert(user);
+                }
+            }
+            if !lost.is_empty() {
+                let closed = table.close_visitors_where(prefix, |u| lost.contains(&u));
+                tracing::info!(service = %prefix, tunnels = closed, "closed WebSockets of users who lost access to a service");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,8 +4,10 @@
 //! the hub's own network, which no user may choose.
 //!
 //! Authenticated like the proxy to users' servers (session cookie, API token, `?token=`);
-//! cookie-authenticated requests that change state must come from the hub's own origin. The
-//! hub's cookies and the client's `Authorization` are not sent on (the proxy's header rules).
+//! cookie-authenticated requests that change state, and WebSocket handshakes, must come from
+//! the hub's own origin. The hub's cookies and the client's `Authorization` are not sent on
+//! (the proxy's header rules). A WebSocket closes when its user loses `access:services` on
+//! the service, or the service is removed or moves.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{Method, StatusCode, header};
@@ -46,26 +48,40 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
         }
         Err(e) => return refuse(e.status(), &e.to_string(), navigation, &req),
     };
-    let resource = Resource::Service(name.clone());
+    // The target, and the caller's hold on it, come before the decision (a WebSocket of
+    // someone whose access ends meanwhile closes); whether there is one is told only to
+    // those let in.
+    let wanted = name.clone();
+    let looked_up = Box::pin(state.hub_call(|hub| async move { hub.services().route(&wanted).await })).await;
+    let visitor = match &who {
+        Requester::User(p) => Some(p.user_id),
+        Requester::Service(_) => None,
+    };
+    let watch = looked_up.as_ref().ok().map(|t| t.watch_visitor(visitor));
+    let resource = Resource::Service(name);
     if let Err(e) = state.hub().roles().require_of(who.actor(), &[Scope::AccessServices], &resource).await {
         return refuse(StatusCode::FORBIDDEN, &e.to_string(), navigation, &req);
     }
     let by_cookie = matches!(&who, Requester::User(p) if matches!(p.via, AuthVia::Session { .. }));
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if by_cookie && unsafe_method && !same_origin(req.headers(), &state) {
+    // A WebSocket's handshake is a GET, but browsers let any page open one (with the
+    // hub's cookies): one from a browser must come from the hub's own pages, as a change must.
+    let upgrade = crate::extract::is_upgrade(&req);
+    let has_origin = req.headers().contains_key(header::ORIGIN);
+    if (by_cookie && (unsafe_method || upgrade) || has_origin && upgrade) && !same_origin(req.headers(), &state) {
         let message = "This request did not come from the hub's own pages (Origin check failed).";
         return refuse(StatusCode::FORBIDDEN, message, navigation, &req);
     }
-    let looked_up = state.hub_call(|hub| async move { hub.services().route(&name).await });
-    let target = match Box::pin(looked_up).await {
-        Ok(t) => t,
-        Err(ServiceError::NotFound(m)) => return refuse(StatusCode::NOT_FOUND, &m, navigation, &req),
-        Err(e) => {
+    let (target, watch) = match (looked_up, watch) {
+        (Ok(t), Some(w)) => (t, w),
+        (Err(ServiceError::NotFound(m)), _) => return refuse(StatusCode::NOT_FOUND, &m, navigation, &req),
+        (Err(e), _) => {
             return refuse(crate::AppError::from(e).status(), "the service's address is not known", navigation, &req);
         }
+        (Ok(_), None) => unreachable!("a watch is taken on every target found"),
     };
     let client = client_info(&state, &req);
-    match state.proxy().forward_service(target, req, client).await {
+    match state.proxy().forward_service(target, req, client, watch).await {
         Ok(resp) => resp,
         Err(ProxyError::Unreachable) => json_error(StatusCode::BAD_GATEWAY, "the service is not answering"),
         Err(e) => {

@@ -194,9 +194,10 @@ impl<'h> Shares<'h> {
 
     /// Closes the WebSockets of visitors the gate no longer lets reach the server they are on:
     /// everyone but the owner with a WebSocket open (through a share, their roles, as an admin)
-    /// is decided again by the one gate, as each account now stands. Called after every
-    /// rebuild, and when another process announces that an account's rights changed
-    /// (disabled, no longer an admin), which rebuilds nothing here.
+    /// is decided again by the one gate, as each account now stands; then the same for the
+    /// WebSockets to registered services. Called after every rebuild, and when another
+    /// process announces that an account's rights changed (disabled, no longer an admin),
+    /// which rebuilds nothing here.
     pub(crate) async fn recheck_visitors(&self) -> Result<(), ServiceError> {
         let mut now = HashMap::new();
         for visitor in self.hub.routes().visitors() {
@@ -215,7 +216,7 @@ impl<'h> Shares<'h> {
         if closed > 0 {
             tracing::info!(tunnels = closed, "closed WebSockets of visitors who lost access");
         }
-        Ok(())
+        self.hub.services().recheck_tunnels().await
     }
 
     /// After a committed change to shares or group memberships: the index must follow before

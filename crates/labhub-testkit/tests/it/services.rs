@@ -28,16 +28,16 @@ const CULLER_VERSION: &str = "2.0.0";
 /// The scopes its README says it needs to cull servers (no user culling).
 const CULLER_SCOPES: [&str; 4] = ["list:users", "read:users:activity", "read:servers", "delete:servers"];
 
-fn role(name: &str) -> RoleName {
+pub(crate) fn role(name: &str) -> RoleName {
     RoleName::parse(name).unwrap()
 }
 
-fn service(name: &str) -> ServiceName {
+pub(crate) fn service(name: &str) -> ServiceName {
     ServiceName::parse(name).unwrap()
 }
 
 /// Registers a service (as the CLI does) with these roles; its API token.
-async fn add_service(app: &TestApp, name: &str, url: Option<&str>, roles: &[&str]) -> String {
+pub(crate) async fn add_service(app: &TestApp, name: &str, url: Option<&str>, roles: &[&str]) -> String {
     let roles: Vec<RoleName> = roles.iter().map(|r| role(r)).collect();
     let (token, view) = app.hub.services().add(Actor::System, &service(name), url, &roles).await.unwrap();
     assert_eq!(view.name.as_str(), name);
@@ -328,12 +328,12 @@ async fn a_service_signs_users_in_through_the_hubs_oauth_provider() {
     assert_eq!(issued["scope"], "access:services!service=board");
     let access = issued["access_token"].as_str().unwrap();
 
-    // The access token names alice at /hub/api/user, and is no key to the rest of the API.
+    // The access token names alice at /hub/api/user; its scope reaches nothing else of the API.
     let user = app.api(access);
     let me = user.get("/hub/api/user").await.value();
     assert_eq!((me["kind"].as_str(), me["name"].as_str()), (Some("user"), Some("alice")), "{me}");
     assert_eq!(me["scopes"], json!(["access:services!service=board"]));
-    assert_eq!(user.get("/hub/api/users/alice").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(user.get("/hub/api/users/alice").await.status, StatusCode::FORBIDDEN);
 
     // The service's URL cleared: it is no client any more, and what it was given is gone.
     app.hub.services().set_url(Actor::System, &service("board"), None).await.unwrap();
