@@ -57,7 +57,10 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
         Requester::User(p) => Some(p.user_id),
         Requester::Service(_) => None,
     };
-    let watch = looked_up.as_ref().ok().map(|t| t.watch_visitor(visitor));
+    let looked_up = looked_up.map(|t| {
+        let watch = t.watch_visitor(visitor);
+        (t, watch)
+    });
     let resource = Resource::Service(name);
     if let Err(e) = state.hub().roles().require_of(who.actor(), &[Scope::AccessServices], &resource).await {
         return refuse(StatusCode::FORBIDDEN, &e.to_string(), navigation, &req);
@@ -72,13 +75,12 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
         let message = "This request did not come from the hub's own pages (Origin check failed).";
         return refuse(StatusCode::FORBIDDEN, message, navigation, &req);
     }
-    let (target, watch) = match (looked_up, watch) {
-        (Ok(t), Some(w)) => (t, w),
-        (Err(ServiceError::NotFound(m)), _) => return refuse(StatusCode::NOT_FOUND, &m, navigation, &req),
-        (Err(e), _) => {
+    let (target, watch) = match looked_up {
+        Ok(found) => found,
+        Err(ServiceError::NotFound(m)) => return refuse(StatusCode::NOT_FOUND, &m, navigation, &req),
+        Err(e) => {
             return refuse(crate::AppError::from(e).status(), "the service's address is not known", navigation, &req);
         }
-        (Ok(_), None) => unreachable!("a watch is taken on every target found"),
     };
     let client = client_info(&state, &req);
     match state.proxy().forward_service(target, req, client, watch).await {
