@@ -160,3 +160,26 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# CPU time per proxied request: what the processes in $CPU_PIDS spend (user and system), read
+# from /proc across a wrk run of $SECONDS_PER_RUN s (64 connections; after 1 s of warm-up).
+#   CPU_PIDS="pid…" cpu_per_request NAME URL [wrk options…]
+cpu_ticks() {
+    local p total_u=0 total_s=0 u s
+    for p in "$@"; do
+        read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
+        total_u=$((total_u + u)) total_s=$((total_s + s))
+    done
+    echo "$total_u $total_s"
+}
+cpu_per_request() {
+    local name=$1 url=$2 pids u0 s0 u1 s1 n
+    shift 2
+    read -r -a pids <<<"$CPU_PIDS"
+    wrk -t1 -c64 -d1s "$@" "$url" >/dev/null
+    read -r u0 s0 < <(cpu_ticks "${pids[@]}")
+    n=$(wrk -t1 -c64 -d"${SECONDS_PER_RUN:-5}s" "$@" "$url" | awk '/requests in/ {print $1}')
+    read -r u1 s1 < <(cpu_ticks "${pids[@]}")
+    local tick_us=$((1000000 / $(getconf CLK_TCK)))
+    printf '%-8s %10d %14d %14d\n' "$name" "$n" $(((u1 - u0) * tick_us * 1000 / n)) $(((s1 - s0) * tick_us * 1000 / n))
+}

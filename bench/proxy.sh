@@ -115,27 +115,6 @@ fi
     --ws-seconds "${WS_SECONDS:-5}" --hub-pid "$HUB_PID" --user bench \
     ${MEM_HUB:+--data-dir "$DATA" --endpoint "$UP_IP:$UP_PORT" --admin-token "$ADMIN_TOKEN"}
 
-# CPU time per proxied request: what each proxy itself spends (user and system), read from
-# /proc across a wrk run; the hub is one process, nginx its worker processes.
-cpu_ticks() {
-    local p total_u=0 total_s=0 u s
-    for p in "$@"; do
-        read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
-        total_u=$((total_u + u)) total_s=$((total_s + s))
-    done
-    echo "$total_u $total_s"
-}
-cpu_per_request() {
-    local name=$1 url=$2 pids u0 s0 u1 s1 n
-    shift 2
-    read -r -a pids <<<"$CPU_PIDS"
-    wrk -t1 -c64 -d1s "$@" "$url" >/dev/null
-    read -r u0 s0 < <(cpu_ticks "${pids[@]}")
-    n=$(wrk -t1 -c64 -d"${SECONDS_PER_RUN:-5}s" "$@" "$url" | awk '/requests in/ {print $1}')
-    read -r u1 s1 < <(cpu_ticks "${pids[@]}")
-    local tick_us=$((1000000 / $(getconf CLK_TCK)))
-    printf '%-8s %10d %14d %14d\n' "$name" "$n" $(((u1 - u0) * tick_us * 1000 / n)) $(((s1 - s0) * tick_us * 1000 / n))
-}
 echo
 echo "== CPU per proxied request (1 KiB, 64 connections, ${SECONDS_PER_RUN:-5} s; utime/stime of the proxy's own processes) =="
 printf '%-8s %10s %14s %14s\n' "proxy" "requests" "user ns/req" "system ns/req"

@@ -137,4 +137,17 @@ else
     echo "  [NOT met] two replicas behind nginx at least 0.9x one hub: $ratio"
 fi
 echo
+# Where the difference goes: the hubs' CPU per request (A's process alone, then A's and B's
+# together) and nginx's, through the same two ports. Equal figures mean the replicas cost no
+# more work per request and the difference is two processes sharing the same cores.
+echo "== CPU per proxied request through nginx (1 KiB, 64 connections, ${SECONDS_PER_RUN:-5} s; utime/stime) =="
+printf '%-8s %10s %14s %14s\n' "hubs" "requests" "user ns/req" "system ns/req"
+NGINX_WORKERS_PIDS="$(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+for port in "$ONE_PORT" "$TWO_PORT"; do
+    if [ "$port" = "$ONE_PORT" ]; then hubs="$HUB_PID" name="A"; else hubs="$HUB_PID $B_PID" name="A+B"; fi
+    CPU_PIDS="$hubs" cpu_per_request "$name" "http://127.0.0.1:$port/user/bench/download?bytes=1024" -H "Cookie: $COOKIE"
+    CPU_PIDS="$NGINX_WORKERS_PIDS" cpu_per_request "nginx" "http://127.0.0.1:$port/user/bench/download?bytes=1024" \
+        -H "Cookie: $COOKIE"
+done
+echo
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -251,6 +251,14 @@ impl Firewall {
         self.delete_all("INPUT", &self.host_rule()).await
     }
 
+    /// Deletes the exception for the hub's single-user API alone (every copy).
+    pub(crate) async fn remove_exception(&self) -> Result<(), FirewallError> {
+        match self.hub_api_rule() {
+            Some(api) => self.delete_all("INPUT", &api).await,
+            None => Ok(()),
+        }
+    }
+
     /// Deletes every copy of `rule` from `chain`.
     async fn delete_all(&self, chain: &str, rule: &Rule) -> Result<(), FirewallError> {
         while self.has(chain, rule).await? {

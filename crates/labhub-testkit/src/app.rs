@@ -131,6 +131,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Runs the hub in Swarm mode on `swarm` (over the scope's engine), as `labhub serve`
+    /// does, the single-user API included; after [`Self::docker`].
+    pub fn swarm(mut self, swarm: Arc<labhub_spawner::SwarmSpawner>) -> Self {
+        self.runtime = app::Runtime::swarm(swarm);
+        self
+    }
+
     /// Runs the hub with this secret key (replicas of one lab share theirs); a new one otherwise.
     pub fn key(mut self, key: HubKey) -> Self {
         self.key = Some(key);

@@ -40,6 +40,8 @@ pub struct Runtime {
     pub builder: Option<Arc<dyn ImageBuilder>>,
     /// The Docker spawner itself, for what only it does (the single-user API's address).
     pub docker: Option<Arc<labhub_spawner::DockerSpawner>>,
+    /// The Swarm spawner itself in Swarm mode, for the same.
+    pub swarm: Option<Arc<labhub_spawner::SwarmSpawner>>,
     /// Where the hub's single-user API listens on the users' network, once bound.
     pub hub_api: Option<std::net::SocketAddr>,
 }
@@ -47,15 +49,26 @@ pub struct Runtime {
 impl Runtime {
     /// Servers run and images built by this Docker spawner.
     pub fn of(d: Arc<labhub_spawner::DockerSpawner>) -> Self {
-        Self { spawner: Some(d.clone()), builder: Some(d.clone()), docker: Some(d), hub_api: None }
+        Self { spawner: Some(d.clone()), builder: Some(d.clone()), docker: Some(d), swarm: None, hub_api: None }
     }
 
-    /// Listens for the hub's single-user API on the users' network's gateway at `port` (0:
-    /// any free one), when there is a Docker spawner; the hub tells servers of JupyterHub's
-    /// contract this address unless `servers.hub_api_url` names another.
+    /// Servers run as services of this swarm; images built on its manager's engine.
+    pub fn swarm(s: Arc<labhub_spawner::SwarmSpawner>) -> Self {
+        let builder: Arc<dyn ImageBuilder> = s.engine().clone();
+        Self { spawner: Some(s.clone()), builder: Some(builder), docker: None, swarm: Some(s), hub_api: None }
+    }
+
+    /// Listens for the hub's single-user API at `port` (0: any free one) where servers reach
+    /// it — the users' network's gateway, or in Swarm mode the hub's node's `docker_gwbridge`
+    /// gateway — when there is a spawner; the hub tells servers of JupyterHub's contract this
+    /// address unless `servers.hub_api_url` names another.
     pub async fn bind_hub_api(&mut self, port: u16) -> anyhow::Result<Option<TcpListener>> {
-        let Some(docker) = &self.docker else { return Ok(None) };
-        let listener = docker.bind_hub_api(port).await.context("the hub's single-user API")?;
+        let listener = match (&self.docker, &self.swarm) {
+            (Some(docker), _) => docker.bind_hub_api(port).await,
+            (None, Some(swarm)) => swarm.bind_hub_api(port).await,
+            (None, None) => return Ok(None),
+        };
+        let listener = listener.context("the hub's single-user API")?;
         self.hub_api = Some(listener.local_addr()?);
         Ok(Some(listener))
     }
@@ -67,16 +80,8 @@ impl Runtime {
         let connected = match labhub_spawner::DockerSpawner::connect(config.clone()).await {
             Ok(d) => match config.mode {
                 labhub_spawner::RuntimeMode::Engine => Ok(Self::of(Arc::new(d))),
-                // The single-user API's address is on the engine's users' bridge, which Swarm
-                // tasks are not on: servers of JupyterHub's contract are engine mode's only.
                 labhub_spawner::RuntimeMode::Swarm => {
-                    let d = Arc::new(d);
-                    labhub_spawner::SwarmSpawner::on(d.clone()).await.map(|s| Self {
-                        spawner: Some(Arc::new(s)),
-                        builder: Some(d),
-                        docker: None,
-                        hub_api: None,
-                    })
+                    labhub_spawner::SwarmSpawner::on(Arc::new(d)).await.map(|s| Self::swarm(Arc::new(s)))
                 }
             },
             Err(e) => Err(e),

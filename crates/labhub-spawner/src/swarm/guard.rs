@@ -55,7 +55,8 @@ impl SwarmSpawner {
 /// Puts the node's rules in place once.
 async fn guard_once(docker: &Docker, config: &DockerConfig) -> Result<(), SpawnError> {
     if config.isolate_host {
-        let added = network::enforce_gateway_rules(config).await?;
+        // The hub's single-user API is on the hub's node, whose own rules let its tasks reach it.
+        let added = network::enforce_gateway_rules(config, None).await?;
         if !added.is_empty() {
             tracing::info!(?added, "Swarm tasks of this node are kept off the host, link-local and private ranges");
         }

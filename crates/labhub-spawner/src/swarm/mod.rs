@@ -83,6 +83,8 @@ pub struct SwarmSpawner {
     /// When the swarm, the overlay and the rules were last found in order, and the overlay's
     /// id; the lock also serialises the overlay's creation among concurrent starts.
     checked: tokio::sync::Mutex<Option<(Instant, String)>>,
+    /// The hub's single-user API on this node's `docker_gwbridge` gateway, once bound.
+    hub_api: std::sync::OnceLock<std::net::SocketAddrV4>,
 }
 
 impl std::fmt::Debug for SwarmSpawner {
@@ -117,7 +119,39 @@ impl SwarmSpawner {
             docker,
             engine,
             checked: tokio::sync::Mutex::new(None),
+            hub_api: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Listens for the hub's single-user API on this node's `docker_gwbridge` gateway at
+    /// `port` (0: any free one), the one address of the host its tasks may open connections
+    /// to (the firewall gets exactly that exception). Servers of JupyterHub's contract run on
+    /// this node only (see `spec.rs`): elsewhere the gateway is another host.
+    pub async fn bind_hub_api(&self, port: u16) -> Result<tokio::net::TcpListener, SpawnError> {
+        let gateway = network::gateway_address(&self.docker).await?;
+        let listener = tokio::net::TcpListener::bind((gateway, port))
+            .await
+            .map_err(|e| SpawnError::Runtime(format!("cannot listen on {gateway}:{port}: {e}")))?;
+        let bound = match listener.local_addr() {
+            Ok(std::net::SocketAddr::V4(a)) => a,
+            _ => return Err(SpawnError::Runtime(format!("{gateway}:{port} has no IPv4 local address"))),
+        };
+        self.hub_api
+            .set(bound)
+            .map_err(|_| SpawnError::Invalid("the hub's single-user API is bound already".into()))?;
+        // The next start puts the exception in place with the other rules.
+        *self.checked.lock().await = None;
+        Ok(listener)
+    }
+
+    /// Removes the firewall's exception for this hub's single-user API (a test harness
+    /// leaving, uninstalling); the other rules on `docker_gwbridge` stay for the node's hubs.
+    pub async fn remove_hub_api_rule(&self) -> Result<(), SpawnError> {
+        let Some(api) = self.hub_api.get() else { return Ok(()) };
+        crate::firewall::Firewall::new(&self.config, network::GATEWAY_BRIDGE, Some(*api))
+            .remove_exception()
+            .await
+            .map_err(|e| SpawnError::Runtime(e.to_string()))
     }
 
     /// The engine spawner on the manager (builds images, holds volumes).
@@ -140,7 +174,7 @@ impl SwarmSpawner {
         nodes::check_cluster(&self.docker, &self.config).await?;
         let id = network::ensure_overlay(&self.docker, &self.config).await?;
         if self.config.isolate_host {
-            let added = network::enforce_gateway_rules(&self.config).await?;
+            let added = network::enforce_gateway_rules(&self.config, self.hub_api.get().copied()).await?;
             if !added.is_empty() {
                 tracing::info!(?added, "Swarm tasks are kept off the host, link-local and private ranges");
             }

@@ -20,6 +20,7 @@
 //!   host while the rules above refuse those from the task.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -145,9 +146,27 @@ fn checked_overlay(net: &NetworkInspect, config: &DockerConfig) -> Result<String
 }
 
 /// Keeps tasks off the host and the ranges they may not reach (the firewall rules on
-/// `docker_gwbridge`); returns the rules added.
-pub(crate) async fn enforce_gateway_rules(config: &DockerConfig) -> Result<Vec<String>, SpawnError> {
-    Firewall::new(config, GATEWAY_BRIDGE, None).enforce().await.map_err(|e| SpawnError::Isolation(e.to_string()))
+/// `docker_gwbridge`), but for the hub's single-user API at `hub_api` when given; returns the
+/// rules added.
+pub(crate) async fn enforce_gateway_rules(
+    config: &DockerConfig,
+    hub_api: Option<SocketAddrV4>,
+) -> Result<Vec<String>, SpawnError> {
+    Firewall::new(config, GATEWAY_BRIDGE, hub_api).enforce().await.map_err(|e| SpawnError::Isolation(e.to_string()))
+}
+
+/// This node's `docker_gwbridge` gateway: the host's address where its tasks reach it.
+pub(crate) async fn gateway_address(docker: &Docker) -> Result<Ipv4Addr, SpawnError> {
+    let net = docker
+        .inspect_network(GATEWAY_BRIDGE, None::<InspectNetworkOptions>)
+        .await
+        .map_err(|e| runtime_error("inspecting docker_gwbridge", e))?;
+    net.ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .iter()
+        .find_map(|c| c.gateway.as_deref()?.parse().ok())
+        .ok_or_else(|| SpawnError::Runtime("docker_gwbridge has no IPv4 gateway".into()))
 }
 
 /// The namespace of the overlay's bridge on this node, while a task of it runs here.

@@ -22,6 +22,7 @@ use bollard::models::{
     ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecPrivileges,
     TaskSpecLogDriver, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
+use labhub_core::NodeName;
 use labhub_core::spawner::{ServerSpec, SpawnError};
 
 use crate::config::{DockerConfig, SwarmHomes};
@@ -38,6 +39,7 @@ pub(crate) fn service_spec(
     name: &str,
     image: &str,
     config: &DockerConfig,
+    manager: &(String, NodeName),
 ) -> Result<ServiceSpec, SpawnError> {
     if !plan.seed.is_empty() {
         // The rstudio kind places rserver's private state in the container before it starts;
@@ -46,12 +48,6 @@ pub(crate) fn service_spec(
             "a {} server cannot run in Swarm mode yet (it needs files placed before it starts); use the engine mode",
             spec.kind.as_str()
         )));
-    }
-    if spec.contract == labhub_core::Contract::Jupyterhub {
-        // Its single-user API listens on the engine's users' bridge, which tasks are not on.
-        return Err(SpawnError::Invalid(
-            "a server of JupyterHub's contract cannot run in Swarm mode yet (the hub's single-user API is not on the overlay); use the engine mode".into(),
-        ));
     }
     let body = &plan.body;
     let host = body.host_config.clone().unwrap_or_default();
@@ -66,6 +62,18 @@ pub(crate) fn service_spec(
     if let Some(node) = &spec.node {
         // Where the owner's homes are (`swarm_homes = "pinned"`).
         constraints.push(format!("node.hostname=={node}"));
+    }
+    if spec.contract == labhub_core::Contract::Jupyterhub {
+        // Its task reaches the hub's single-user API at its own node's docker_gwbridge
+        // gateway, which is the hub's host only on the hub's node.
+        let (id, hostname) = manager;
+        if spec.node.as_ref().is_some_and(|n| n != hostname) {
+            return Err(SpawnError::Invalid(format!(
+                "a server of JupyterHub's contract runs on the hub's node ({hostname}) only, where it reaches the hub's single-user API, but {}'s homes are pinned to another node; pin them to {hostname} (labhub user pin) or use another catalogue entry",
+                spec.user
+            )));
+        }
+        constraints.push(format!("node.id=={id}"));
     }
     let mut generic = Vec::new();
     if res.gpus > 0 {
@@ -202,6 +210,11 @@ mod tests {
         }
     }
 
+    /// The hub's node.
+    fn manager() -> (String, labhub_core::NodeName) {
+        ("m4n4g3r".into(), labhub_core::NodeName::parse("hub-node").unwrap())
+    }
+
     fn plan(spec: &ServerSpec) -> ContainerPlan {
         let hub = HubId::parse("labhub").unwrap();
         let names = ServerNames::new(&hub, spec.owner, spec.server.as_ref(), "labhub-home_U7_gpu".into());
@@ -221,7 +234,7 @@ mod tests {
     fn the_service_carries_the_container_plan_and_the_quota() {
         let s = server(ImageKind::Jupyter, 0);
         let p = plan(&s);
-        let svc = service_spec(&s, &p, "labhub_U7_gpu", "sha256:abc", &DockerConfig::default()).unwrap();
+        let svc = service_spec(&s, &p, "labhub_U7_gpu", "sha256:abc", &DockerConfig::default(), &manager()).unwrap();
         assert_eq!(svc.name.as_deref(), Some("labhub_U7_gpu"));
         assert_eq!(svc.mode.unwrap().replicated.unwrap().replicas, Some(1));
         let endpoint = svc.endpoint_spec.unwrap();
@@ -266,7 +279,7 @@ mod tests {
             swarm_nfs_export: "/srv/homes/".into(),
             ..DockerConfig::default()
         };
-        let task = service_spec(&s, &plan(&s), "x", "sha256:abc", &config).unwrap().task_template.unwrap();
+        let task = service_spec(&s, &plan(&s), "x", "sha256:abc", &config, &manager()).unwrap().task_template.unwrap();
         assert_eq!(
             task.placement.unwrap().constraints.unwrap(),
             ["node.labels.lab==yes", "node.labels.gpu-model==a100", "node.hostname==lab2", "node.labels.gpu==true"],
@@ -287,7 +300,23 @@ mod tests {
     #[test]
     fn a_kind_that_needs_files_before_start_is_refused() {
         let s = server(ImageKind::Rstudio, 0);
-        let e = service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default()).unwrap_err();
+        let e = service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default(), &manager()).unwrap_err();
         assert!(matches!(&e, SpawnError::Invalid(m) if m.contains("rstudio server cannot run in Swarm mode")), "{e}");
+    }
+
+    #[test]
+    fn a_server_of_jupyterhubs_contract_runs_on_the_hubs_node_only() {
+        let mut s = server(ImageKind::Jupyter, 0);
+        s.contract = labhub_core::Contract::Jupyterhub;
+        let task = service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default(), &manager())
+            .unwrap()
+            .task_template
+            .unwrap();
+        assert_eq!(task.placement.unwrap().constraints.unwrap(), ["node.id==m4n4g3r"]);
+        s.node = Some(labhub_core::NodeName::parse("hub-node").unwrap());
+        assert!(service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default(), &manager()).is_ok());
+        s.node = Some(labhub_core::NodeName::parse("lab2").unwrap());
+        let e = service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default(), &manager()).unwrap_err();
+        assert!(matches!(&e, SpawnError::Invalid(m) if m.contains("hub's node (hub-node) only")), "{e}");
     }
 }

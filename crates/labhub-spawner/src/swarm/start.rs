@@ -64,7 +64,7 @@ impl SwarmSpawner {
         };
         let plan = container_plan(spec, &ctx)?;
         let image_name = self.image_for_nodes(spec, &facts, &progress).await?;
-        let service = spec::service_spec(spec, &plan, &names.container, &image_name, &self.config)?;
+        let service = spec::service_spec(spec, &plan, &names.container, &image_name, &self.config, &self.manager)?;
 
         send(&progress, 48, "creating the service");
         self.clear_stale(spec, &names.container).await?;

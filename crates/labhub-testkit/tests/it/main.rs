@@ -45,4 +45,5 @@ mod single_user_shares;
 mod spawner;
 mod subdomains;
 mod swarm;
+mod swarm_contract;
 mod swarm_nodes;

@@ -102,7 +102,7 @@ async fn container_env(scope: &DockerScope, state: &Value, name: &str) -> String
 
 /// Follows a browser's redirects by hand (keeping its cookies), returning each address it
 /// visited and the last answer.
-async fn follow(client: &reqwest::Client, app: &TestApp, path: &str) -> (Vec<String>, reqwest::Response) {
+pub(crate) async fn follow(client: &reqwest::Client, app: &TestApp, path: &str) -> (Vec<String>, reqwest::Response) {
     let mut visited = vec![path.to_string()];
     let mut url = app.at(path);
     for _ in 0..10 {

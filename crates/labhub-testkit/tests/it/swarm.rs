@@ -73,7 +73,7 @@ fn service_id(started: &Started) -> String {
     started.state["service_id"].as_str().unwrap().to_string()
 }
 
-async fn services_of(s: &SwarmScope) -> Vec<bollard::models::Service> {
+pub(crate) async fn services_of(s: &SwarmScope) -> Vec<bollard::models::Service> {
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
         vec![format!("{}={}", labhub_spawner::LABEL_HUB, s.config.hub_id)],

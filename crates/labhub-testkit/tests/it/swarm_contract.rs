@@ -1,0 +1,69 @@
+//! Servers of JupyterHub's contract in Swarm mode: the real `jupyterhub-singleuser` as a
+//! one-task service, placed on the hub's node, reaching the hub's single-user API at that
+//! node's `docker_gwbridge` gateway (the one exception to the rule that keeps tasks off the
+//! host), reporting activity and signing a browser in through the hub's OAuth provider.
+
+use std::time::Duration;
+
+use labhub_core::UserName;
+use labhub_testkit::TestApp;
+use labhub_testkit::app::browser;
+use labhub_testkit::swarm::SwarmScope;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::test_server_binary;
+use crate::single_user::follow;
+use crate::swarm::services_of;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jupyterhub_singleuser_runs_as_a_service_on_the_hubs_node_and_signs_in_through_the_hub() {
+    let s = SwarmScope::with(test_server_binary(), |_| {}).await;
+    let image = labhub_testkit::images::jupyterhub_image(&s.docker.spawner).await.unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::builder().docker(s.docker.clone()).swarm(s.spawner.clone()).hub_api().spawn().await;
+    let internal = app.internal_url.clone().expect("the single-user API is bound in Swarm mode");
+    app.add_user("root", "correct horse", true).await;
+    app.add_user("alice", "correct horse", false).await;
+    let admin = app.api_for("root").await;
+    admin
+        .add_image(json!({
+            "name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
+            "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub",
+        }))
+        .await
+        .unwrap();
+    let alice_name = UserName::parse("alice").unwrap();
+    let account = || async { labhub_db::users::by_name(&app.db, &alice_name).await.unwrap().unwrap() };
+
+    admin.start("alice", None, json!({"image": "hub"})).await.unwrap_or_else(|e| panic!("{e}"));
+    admin.wait_ready("alice", None).await;
+    // A service on the hub's node, told the internal address on that node's gateway.
+    let service = services_of(&s).await.remove(0);
+    let task = service.spec.unwrap().task_template.unwrap();
+    let manager = s.engine().info().await.unwrap().swarm.unwrap().node_id.unwrap();
+    assert_eq!(task.placement.unwrap().constraints.unwrap(), [format!("node.id=={manager}")]);
+    let env = task.container_spec.unwrap().env.unwrap();
+    assert!(env.contains(&format!("JUPYTERHUB_API_URL={internal}/hub/api")), "{env:?}");
+
+    // Its activity report crosses from the task to the hub.
+    let mut tries = 0;
+    while account().await.last_activity.is_none() {
+        tries += 1;
+        assert!(tries < 600, "her server never reported activity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A browser opens it through the OAuth round trip (the code exchanged by the task over the
+    // internal address).
+    let alice = browser();
+    app.login(&alice, "alice", "correct horse").await;
+    let (visited, lab) = follow(&alice, &app, "/user/alice/lab").await;
+    assert_eq!(lab.status(), StatusCode::OK, "{visited:?}");
+    assert!(visited[1].starts_with("/hub/api/oauth2/authorize?"), "{visited:?}");
+    assert!(visited[2].starts_with("/user/alice/oauth_callback?code="), "{visited:?}");
+    assert!(lab.text().await.unwrap().contains(r#""hubUser": "alice""#));
+
+    admin.stop("alice", None).await.unwrap();
+    admin.wait_stopped("alice", None).await;
+    assert!(services_of(&s).await.is_empty());
+    s.spawner.remove_hub_api_rule().await.unwrap();
+}
