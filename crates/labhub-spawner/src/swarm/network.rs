@@ -182,15 +182,20 @@ pub(crate) async fn isolate_overlay(network_id: &str) -> Result<bool, SpawnError
         .spawn()
         .map_err(|e| fail(format!("running nsenter nft: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(OVERLAY_RULES.as_bytes()).await.map_err(|e| fail(e.to_string()))?;
+        // An nsenter that cannot enter (the namespace's file made but not mounted yet, or
+        // torn down) exits without reading: its status and stderr below say why, not the
+        // broken pipe.
+        let _ = stdin.write_all(OVERLAY_RULES.as_bytes()).await;
     }
     let out = child.wait_with_output().await.map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if namespace_gone(&why) {
             // The overlay's last task here just left: the engine unmounted the namespace and
-            // its file is about to go. Nothing runs in it to keep apart; a new task makes a
-            // new namespace, which its start fills before the server counts as ready.
+            // its file is about to go; or its first is arriving: the engine makes the file,
+            // then mounts the namespace on it. Nothing runs in it to keep apart; a task's start
+            // fills its namespace before the server counts as ready (on other nodes, the
+            // guard's next look does).
             return Ok(false);
         }
         return Err(fail(why));
