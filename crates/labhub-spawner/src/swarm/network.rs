@@ -46,9 +46,18 @@ const ALLOCATION_WAIT: Duration = Duration::from_secs(5);
 /// The overlay option that turns on IPsec between nodes.
 const OPT_ENCRYPTED: &str = "encrypted";
 /// The nftables table of ours in the overlay's namespace: nothing forwarded between tasks.
+/// Its chain runs at the bridge family's `filter` priority (-200), ahead of `br_netfilter`'s
+/// forward hook (priority 0, registered when the namespace's first bridge appears). At 0 it
+/// would tie with that hook, and a chain made before `br0` (the guard can come between the
+/// namespace's creation and its bridge's) is then ordered after it: that hook hands IP frames
+/// to iptables and resumes past priority 0, so the chain is never consulted and tasks reach
+/// each other (seen on a second node). The table is deleted and made anew in one transaction
+/// (atomic: no frame passes in between), so a chain left at another priority is replaced,
+/// not refused.
 const OVERLAY_RULES: &str = "add table bridge labhub
-flush table bridge labhub
-add chain bridge labhub forward { type filter hook forward priority 0; policy accept; }
+delete table bridge labhub
+add table bridge labhub
+add chain bridge labhub forward { type filter hook forward priority filter; policy accept; }
 add rule bridge labhub forward ether type { ip, ip6 } counter drop comment \"labhub: servers may not reach each other\"
 ";
 
@@ -176,7 +185,7 @@ fn overlay_namespace(network_id: &str) -> Option<PathBuf> {
 }
 
 /// Puts the rules that keep the overlay's tasks apart in place on this node (idempotent: the
-/// table is flushed and filled in one transaction). `false` when no task of the overlay runs
+/// table is made anew in one transaction). `false` when no task of the overlay runs
 /// here (there is nothing to keep apart).
 pub(crate) async fn isolate_overlay(network_id: &str) -> Result<bool, SpawnError> {
     let Some(ns) = overlay_namespace(network_id) else { return Ok(false) };
@@ -192,15 +201,20 @@ pub(crate) async fn isolate_overlay(network_id: &str) -> Result<bool, SpawnError
         .spawn()
         .map_err(|e| fail(format!("running nsenter nft: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(OVERLAY_RULES.as_bytes()).await.map_err(|e| fail(e.to_string()))?;
+        // An nsenter that cannot enter (the namespace's file made but not mounted yet, or
+        // torn down) exits without reading: its status and stderr below say why, not the
+        // broken pipe.
+        let _ = stdin.write_all(OVERLAY_RULES.as_bytes()).await;
     }
     let out = child.wait_with_output().await.map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if namespace_gone(&why) {
             // The overlay's last task here just left: the engine unmounted the namespace and
-            // its file is about to go. Nothing runs in it to keep apart; a new task makes a
-            // new namespace, which its start fills before the server counts as ready.
+            // its file is about to go; or its first is arriving: the engine makes the file,
+            // then mounts the namespace on it. Nothing runs in it to keep apart; a task's start
+            // fills its namespace before the server counts as ready (on other nodes, the
+            // guard's next look does).
             return Ok(false);
         }
         return Err(fail(why));
