@@ -10,7 +10,8 @@
 #
 #   bench/replicas.sh
 #
-# Environment: ROUNDS (20 propagation rounds), WRK_ROUNDS (3), SECONDS_PER_RUN (5).
+# Environment: ROUNDS (20 propagation rounds), WRK_ROUNDS (3), SECONDS_PER_RUN (5),
+#   TWO_KEEPALIVE (64: the idle upstream connections nginx keeps for the two replicas).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -83,7 +84,7 @@ http {
     scgi_temp_path $WORK/nginx/scgi;
     map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
     upstream one { server 127.0.0.1:$HUB_PORT; keepalive 64; }
-    upstream two { server 127.0.0.1:$HUB_PORT; server 127.0.0.1:$B_PORT; keepalive 64; }
+    upstream two { server 127.0.0.1:$HUB_PORT; server 127.0.0.1:$B_PORT; keepalive ${TWO_KEEPALIVE:-64}; }
     server {
         listen 127.0.0.1:$ONE_PORT;
         location / {
@@ -112,10 +113,16 @@ nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/nginx/error.log" &
 NGINX_PID=$!
 for _ in $(seq 1 50); do curl -s --noproxy '*' -o /dev/null "http://127.0.0.1:$TWO_PORT/" && break; sleep 0.1; done
 
-# Requests per second of one wrk run (1 KiB, 64 connections) through one of nginx's ports.
+# Requests per second of one wrk run (1 KiB, 64 connections) through one of nginx's ports;
+# the TCP connections opened meanwhile on this machine (wrk's 64, and nginx's to the hubs when
+# its idle cache of upstream connections cannot hold them) are kept in $WORK/opens-<port>.
 rps() {
-    wrk -t1 -c64 -d"${SECONDS_PER_RUN:-5}s" -H "Cookie: $COOKIE" "http://127.0.0.1:$1/user/bench/download?bytes=1024" \
-        | awk '/Requests\/sec/ {print $2}'
+    local before after out
+    before=$(nstat -az TcpActiveOpens | awk '/TcpActiveOpens/ {print $2}')
+    out=$(wrk -t1 -c64 -d"${SECONDS_PER_RUN:-5}s" -H "Cookie: $COOKIE" "http://127.0.0.1:$1/user/bench/download?bytes=1024")
+    after=$(nstat -az TcpActiveOpens | awk '/TcpActiveOpens/ {print $2}')
+    echo "$((after - before))" >>"$WORK/opens-$1"
+    awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 echo
 echo "== proxy throughput through nginx (worker_processes 1, keepalive 64): 1 KiB, wrk -t1 -c64, ${SECONDS_PER_RUN:-5} s, alternating =="
@@ -124,8 +131,9 @@ for _ in $(seq 1 "${WRK_ROUNDS:-3}"); do
     ONE+=("$(rps "$ONE_PORT")")
     TWO+=("$(rps "$TWO_PORT")")
 done
-printf '%-28s %s\n' "one hub (A)" "${ONE[*]} req/s"
-printf '%-28s %s\n' "two replicas (A, B)" "${TWO[*]} req/s"
+printf '%-28s %s\n' "one hub (A)" "${ONE[*]} req/s; TCP connections opened per run: $(tr '\n' ' ' <"$WORK/opens-$ONE_PORT")"
+printf '%-28s %s\n' "two replicas (A, B)" "${TWO[*]} req/s; TCP connections opened per run: $(tr '\n' ' ' <"$WORK/opens-$TWO_PORT")"
+echo "(nginx's upstream block: keepalive 64 for one hub, ${TWO_KEEPALIVE:-64} for two; TWO_KEEPALIVE sets it)"
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 m1=$(median "${ONE[@]}")
 m2=$(median "${TWO[@]}")
