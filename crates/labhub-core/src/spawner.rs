@@ -427,9 +427,14 @@ pub trait Spawner: Send + Sync + 'static {
 
     /// Where to pin a user who has no node yet, when this runtime keeps each user's homes on
     /// one node (`None` when it does not: one engine, or homes that follow their owner);
-    /// `pinned` is how many users each node holds now. The hub records the answer and sets
-    /// it as [`ServerSpec::node`] on every start of theirs.
-    async fn place(&self, _pinned: &BTreeMap<NodeName, u64>) -> Result<Option<NodeName>, SpawnError> {
+    /// `pinned` is how many users each node holds now, `contract` what the server they are
+    /// starting speaks (a runtime may run some only on certain nodes). The hub records the
+    /// answer and sets it as [`ServerSpec::node`] on every start of theirs.
+    async fn place(
+        &self,
+        _pinned: &BTreeMap<NodeName, u64>,
+        _contract: crate::Contract,
+    ) -> Result<Option<NodeName>, SpawnError> {
         Ok(None)
     }
 }

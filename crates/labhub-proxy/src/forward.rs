@@ -90,9 +90,16 @@ impl Proxy {
         Lease::try_acquire(route, &self.inner.in_flight, s.max_connections_per_server, s.max_connections_total)
     }
 
-    /// A connection slot counted in total only (a service's request), if one is free.
-    pub(crate) fn lease_total(&self) -> Option<Lease> {
-        Lease::try_acquire_total(&self.inner.in_flight, self.inner.settings.max_connections_total)
+    /// A connection slot of a service's (its count `service`, capped like a server's) and in
+    /// total, if both are free.
+    pub(crate) fn lease_service(&self, service: &Arc<AtomicUsize>) -> Option<Lease> {
+        let s = &self.inner.settings;
+        Lease::try_acquire_service(
+            service,
+            &self.inner.in_flight,
+            s.max_connections_per_server,
+            s.max_connections_total,
+        )
     }
 
     /// Forwards one request (plain HTTP, SSE, long poll, or a WebSocket upgrade) to the

@@ -83,9 +83,10 @@
 //!
 //! # Services
 //! [`Proxy::forward_service`] sends `/services/{name}/…` to a registered service's address
-//! ([`ServiceTable`] keeps one [`ServiceTarget`] and its pool per service), plain HTTP only,
-//! with the same header rules (no `Authorization` of the proxy's: a service authenticates its
-//! users itself) and the path unchanged; its requests count against the total limit only.
+//! ([`ServiceTable`] keeps one [`ServiceTarget`] and its pool per service), HTTP and
+//! WebSockets, with the same header rules (no `Authorization` of the proxy's: a service
+//! authenticates its users itself) and the path unchanged; its requests count against its own
+//! limit (as a server's) and the total.
 
 mod body;
 mod chunked;

@@ -1,4 +1,4 @@
-//! Connection slots per route and in total, and the count of open tunnels, each released by
+//! Connection slots per route, per service and in total, and the count of open tunnels, each released by
 //! a guard's `Drop` so that no exit path (finished, failed, hung up, cancelled) can leak one.
 
 use std::sync::Arc;
@@ -14,8 +14,10 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 /// One upstream connection's worth of capacity, on the route and in total, held for the
 /// life of a request (until its response body is gone) or of a tunnel.
 pub(crate) struct Lease {
-    /// The route whose slot it holds; none for a service's request (counted in total only).
+    /// The route whose slot it holds; none for a service's request.
     route: Option<Arc<RouteEntry>>,
+    /// A service's count of slots in use, for a service's request.
+    service: Option<Arc<AtomicUsize>>,
     total: Arc<AtomicUsize>,
 }
 
@@ -34,12 +36,25 @@ impl Lease {
             route.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Self { route: Some(route.clone()), total: total.clone() })
+        Some(Self { route: Some(route.clone()), service: None, total: total.clone() })
     }
 
-    /// Takes a slot in total only, or none.
-    pub(crate) fn try_acquire_total(total: &Arc<AtomicUsize>, max_total: usize) -> Option<Self> {
-        take(total, max_total).then(|| Self { route: None, total: total.clone() })
+    /// Takes a slot of a service's (`service`, at most `max_per_service`) and one in total,
+    /// or neither: one user's WebSockets to a service cannot take every slot of the proxy.
+    pub(crate) fn try_acquire_service(
+        service: &Arc<AtomicUsize>,
+        total: &Arc<AtomicUsize>,
+        max_per_service: usize,
+        max_total: usize,
+    ) -> Option<Self> {
+        if !take(service, max_per_service) {
+            return None;
+        }
+        if !take(total, max_total) {
+            service.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self { route: None, service: Some(service.clone()), total: total.clone() })
     }
 }
 
@@ -49,6 +64,9 @@ impl Drop for Lease {
         if let Some(route) = &self.route {
             route.touch();
             route.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(service) = &self.service {
+            service.fetch_sub(1, Ordering::AcqRel);
         }
         self.total.fetch_sub(1, Ordering::AcqRel);
     }

@@ -6,9 +6,11 @@
 //! WebSockets are tunnelled as to users' servers. Each is held by a watch taken for the one
 //! who opened it before the gate let them in ([`ServiceTarget::watch_visitor`]): it closes
 //! when the service is removed or moves, and when the service's rechecks find that its user
-//! lost `access:services` ([`ServiceTable::close_visitors_where`]).
+//! lost `access:services` ([`ServiceTarget::close_visitors_where`]). Requests and WebSockets
+//! to one service are capped as a server's are (`max_connections_per_server`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
@@ -38,6 +40,8 @@ pub struct ServiceTarget {
     internal_origin: String,
     pool: OnceLock<Arc<Pool>>,
     closer: Arc<Closer>,
+    /// Requests and WebSockets in progress to it, capped as a server's are.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for ServiceTarget {
@@ -49,7 +53,14 @@ impl std::fmt::Debug for ServiceTarget {
 impl ServiceTarget {
     fn new(prefix: String, endpoint: SocketAddr) -> Self {
         let internal_origin = format!("http://{endpoint}");
-        Self { prefix, endpoint, internal_origin, pool: OnceLock::new(), closer: Arc::new(Closer::default()) }
+        Self {
+            prefix,
+            endpoint,
+            internal_origin,
+            pool: OnceLock::new(),
+            closer: Arc::new(Closer::default()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The path the hub serves it under: `/services/{name}/`.
@@ -67,6 +78,16 @@ impl ServiceTarget {
     /// when they lose access, even if that happened while its upgrade was on its way.
     pub fn watch_visitor(&self, visitor: Option<UserId>) -> VisitorWatch {
         VisitorWatch(self.closer.watch_for(visitor))
+    }
+
+    /// The users with a WebSocket open to it (each once).
+    pub fn visitors(&self) -> Vec<UserId> {
+        self.closer.visitors()
+    }
+
+    /// Closes the WebSockets to it of the users `lost` picks; how many.
+    pub fn close_visitors_where(&self, lost: impl FnMut(UserId) -> bool) -> usize {
+        self.closer.close_visitors(lost)
     }
 }
 
@@ -95,9 +116,14 @@ impl ServiceTable {
         if let Some(t) = self.targets.get(prefix).filter(|t| t.endpoint == endpoint) {
             return t.clone();
         }
-        let fresh = Arc::new(ServiceTarget::new(prefix.to_string(), endpoint));
-        self.targets.insert(prefix.to_string(), fresh.clone());
-        fresh
+        // Decided under the entry's lock: two first requests at once share one target (the
+        // other's would close its WebSocket the moment its own request ended).
+        let fresh = || Arc::new(ServiceTarget::new(prefix.to_string(), endpoint));
+        let mut entry = self.targets.entry(prefix.to_string()).or_insert_with(fresh);
+        if entry.endpoint != endpoint {
+            *entry = fresh();
+        }
+        entry.clone()
     }
 
     /// Every target in use.
@@ -105,35 +131,24 @@ impl ServiceTable {
         self.targets.iter().map(|t| t.value().clone()).collect()
     }
 
-    /// Removes the target for `prefix` (the service was removed or moved): its connections and
-    /// WebSockets close at once.
-    pub fn remove(&self, prefix: &str) {
-        if let Some((_, target)) = self.targets.remove(prefix) {
-            target.closer.close();
-        }
-    }
-
-    /// The users with a WebSocket open to the service at `prefix` (each once).
-    pub fn visitors(&self, prefix: &str) -> Vec<UserId> {
-        self.targets.get(prefix).map(|t| t.closer.visitors()).unwrap_or_default()
-    }
-
-    /// Closes the WebSockets to the service at `prefix` of the users `lost` picks; how many.
-    pub fn close_visitors_where(&self, prefix: &str, lost: impl FnMut(UserId) -> bool) -> usize {
-        self.targets.get(prefix).map_or(0, |t| t.closer.close_visitors(lost))
+    /// Removes `target` (its service was removed or moved), if it is still the one in use, and
+    /// closes its connections and WebSockets at once either way.
+    pub fn remove(&self, target: &Arc<ServiceTarget>) {
+        self.targets.remove_if(&target.prefix, |_, t| Arc::ptr_eq(t, target));
+        target.closer.close();
     }
 }
 
 impl Proxy {
     /// Forwards one request under a service's prefix to it (a WebSocket upgrade becomes a
-    /// tunnel held by `watch`). The caller has authenticated and authorised it, with `watch`
-    /// taken before it decided.
+    /// tunnel held by `watch`, or else by the target alone). The caller has authenticated and
+    /// authorised it, with `watch` taken before it decided.
     pub async fn forward_service(
         &self,
         target: Arc<ServiceTarget>,
         req: Request,
         client: ClientInfo,
-        watch: VisitorWatch,
+        watch: Option<VisitorWatch>,
     ) -> Result<Response, ProxyError> {
         let settings = self.settings();
         if header_bytes(&req) > settings.max_request_header_bytes {
@@ -148,7 +163,8 @@ impl Proxy {
             return Err(ProxyError::BadRequest("the path is not under the service's prefix".into()));
         }
         let uri = upstream_uri(None, req.uri())?;
-        let lease = self.lease_total().ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
+        let lease =
+            self.lease_service(&target.in_flight).ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
         let mut req = req;
         // As to users' servers: without hyper's upgrade handle there is nothing to tunnel into.
         let upgrade = req.method() == Method::GET
@@ -187,7 +203,8 @@ impl Proxy {
             let Some(client_upgrade) = client_upgrade else {
                 return Err(ProxyError::Upstream("it switched protocols without being asked to".into()));
             };
-            let ends = tunnel::Ends { shutdown: self.tunnels_shutdown(), closed: watch.0 };
+            let closed = watch.map_or_else(|| target.closer.watch(), |w| w.0);
+            let ends = tunnel::Ends { shutdown: self.tunnels_shutdown(), closed };
             let through = tunnel::Through::Service(target.prefix.clone());
             return Ok(switch_protocols(through, &location, lease, client_upgrade, response, ends, settings));
         }

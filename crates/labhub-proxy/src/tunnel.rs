@@ -45,7 +45,7 @@ pub(crate) struct Ends {
     /// Trips when the proxy itself goes.
     pub(crate) shutdown: Arc<Watch>,
     /// Trips when what it goes to is removed, or when the one it was opened for loses access
-    /// ([`crate::RouteTable::close_visitors_where`], [`crate::ServiceTable::close_visitors_where`]);
+    /// ([`crate::RouteTable::close_visitors_where`], [`crate::ServiceTarget::close_visitors_where`]);
     /// taken before they were let in, so also if that happened while the upgrade was on its way.
     pub(crate) closed: Arc<Watch>,
 }

@@ -31,18 +31,21 @@ pub struct NodePins<'h> {
 }
 
 impl<'h> NodePins<'h> {
-    /// The node a start of `user`'s must run on: their pin, or a new one the runtime chooses;
-    /// `None` when the runtime does not pin homes.
+    /// The node a start of `user`'s must run on: their pin, or a new one the runtime chooses
+    /// for a server of `contract`; `None` when the runtime does not pin homes.
     pub(crate) async fn for_start(
         &self,
         user: UserId,
         spawner: &Arc<dyn Spawner>,
+        contract: labhub_core::Contract,
     ) -> Result<Option<NodeName>, ServiceError> {
         if let Some(node) = node_pins::get(self.hub.db(), user).await? {
             return Ok(Some(node));
         }
         let pinned: BTreeMap<NodeName, u64> = node_pins::counts(self.hub.db()).await?.into_iter().collect();
-        let Some(chosen) = spawner.place(&pinned).await.map_err(|e| ServiceError::Unavailable(e.to_string()))? else {
+        let Some(chosen) =
+            spawner.place(&pinned, contract).await.map_err(|e| ServiceError::Unavailable(e.to_string()))?
+        else {
             return Ok(None);
         };
         let mut tx = self.hub.begin().await?;

@@ -329,10 +329,9 @@ impl<'h> Services<'h> {
     pub(crate) async fn recheck_tunnels(&self) -> Result<(), ServiceError> {
         let table = &self.state().targets;
         for target in table.targets() {
-            let prefix = target.prefix();
-            let name = prefix.strip_prefix("/services/").map(|n| n.trim_end_matches('/'));
+            let name = target.prefix().strip_prefix("/services/").map(|n| n.trim_end_matches('/'));
             let Some(name) = name.and_then(|n| ServiceName::parse(n).ok()) else {
-                table.remove(prefix);
+                table.remove(&target);
                 continue;
             };
             let still = match self.row(&name).await {
@@ -341,12 +340,12 @@ impl<'h> Services<'h> {
                 Err(e) => return Err(e),
             };
             if still != Some(target.endpoint()) {
-                table.remove(prefix);
+                table.remove(&target);
                 continue;
             }
             let on = Resource::Service(name);
             let mut lost = std::collections::HashSet::new();
-            for user in table.visitors(prefix) {
+            for user in target.visitors() {
                 let keeps = match self.hub.roles().recheck(user).await? {
                     Some(who) => self.hub.roles().require(&who, &[Scope::AccessServices], &on).await.is_ok(),
                     None => false,
@@ -356,8 +355,8 @@ impl<'h> Services<'h> {
                 }
             }
             if !lost.is_empty() {
-                let closed = table.close_visitors_where(prefix, |u| lost.contains(&u));
-                tracing::info!(service = %prefix, tunnels = closed, "closed WebSockets of users who lost access to a service");
+                let closed = target.close_visitors_where(|u| lost.contains(&u));
+                tracing::info!(service = %target.prefix(), tunnels = closed, "closed WebSockets of users who lost access to a service");
             }
         }
         Ok(())

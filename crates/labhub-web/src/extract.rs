@@ -25,9 +25,13 @@ use crate::{AppError, AppState, cookies};
 /// users' servers call takes the single-user contract's tokens and nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
+    /// The hub's pages.
     Page,
+    /// The REST API under `/hub/api/`.
     Api,
+    /// The proxy to users' servers and services.
     Proxy,
+    /// The internal address users' servers of JupyterHub's contract call.
     Internal,
 }
 

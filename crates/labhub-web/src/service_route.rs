@@ -48,17 +48,18 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
         }
         Err(e) => return refuse(e.status(), &e.to_string(), navigation, &req),
     };
-    // The target, and the caller's hold on it, come before the decision (a WebSocket of
-    // someone whose access ends meanwhile closes); whether there is one is told only to
-    // those let in.
+    // The target, and for a WebSocket the caller's hold on it, come before the decision (a
+    // WebSocket of someone whose access ends meanwhile closes); whether there is one is told
+    // only to those let in.
     let wanted = name.clone();
     let looked_up = Box::pin(state.hub_call(|hub| async move { hub.services().route(&wanted).await })).await;
     let visitor = match &who {
         Requester::User(p) => Some(p.user_id),
         Requester::Service(_) => None,
     };
+    let upgrade = crate::extract::is_upgrade(&req);
     let looked_up = looked_up.map(|t| {
-        let watch = t.watch_visitor(visitor);
+        let watch = upgrade.then(|| t.watch_visitor(visitor));
         (t, watch)
     });
     let resource = Resource::Service(name);
@@ -69,7 +70,6 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     // A WebSocket's handshake is a GET, but browsers let any page open one (with the
     // hub's cookies): one from a browser must come from the hub's own pages, as a change must.
-    let upgrade = crate::extract::is_upgrade(&req);
     let has_origin = req.headers().contains_key(header::ORIGIN);
     if (by_cookie && (unsafe_method || upgrade) || has_origin && upgrade) && !same_origin(req.headers(), &state) {
         let message = "This request did not come from the hub's own pages (Origin check failed).";

@@ -115,6 +115,7 @@ pub fn internal_router(state: AppState) -> axum::Router {
         .route("/hub/api/share-codes/{owner}/{server}", codes())
         .fallback(|| async { AppError::NotFound("only the single-user endpoints are served on this address".into()) })
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::api::gate::check))
+        .layer(axum::extract::DefaultBodyLimit::max(state.settings().max_body_bytes))
         .layer(axum::Extension(crate::extract::Surface::Internal))
         .layer(axum::middleware::from_fn(crate::error::render_api_errors))
         .with_state(state)

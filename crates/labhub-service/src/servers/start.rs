@@ -74,7 +74,7 @@ impl Servers<'_> {
         let home = self.hub.homes().of(user.user_id, server).await?;
         let mounts = self.hub.datasets().mounts_for(user.user_id).await?;
         // Asks the runtime (a first start chooses the node), so also before the transaction.
-        let node = self.hub.node_pins().for_start(user.user_id, &spawner).await?;
+        let node = self.hub.node_pins().for_start(user.user_id, &spawner, image.fields.contract).await?;
 
         let mut tx = self.hub.begin().await?;
         // The user's row lock serialises their starts: a double click makes one server.

@@ -141,7 +141,8 @@ impl<'h> SingleUser<'h> {
             ("JUPYTERHUB_OAUTH_CALLBACK_URL", client.redirect_uri.clone()),
             ("JUPYTERHUB_OAUTH_SCOPES", access.to_string()),
             ("JUPYTERHUB_OAUTH_ACCESS_SCOPES", access.to_string()),
-            ("JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES", "[]".to_string()),
+            // What the hub may grant a sign-in beyond access (its owner's only; see `oauth.rs`).
+            ("JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES", serde_json::json!([share_scope(owner, server)]).to_string()),
             ("JUPYTERHUB_ACTIVITY_URL", format!("{api_url}/users/{owner}/activity")),
         ];
         Ok(vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect())

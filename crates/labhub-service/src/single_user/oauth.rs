@@ -68,12 +68,14 @@ impl SingleUser<'_> {
                     return Err(ServiceError::Forbidden(format!("{} may not use this server", who.name)));
                 }
                 let mut scopes = vec![access_scope(&owner, server.as_ref())];
-                // Whoever may manage this server's shares may do so from inside it (JupyterHub's
+                // Its owner may manage its shares from inside it (JupyterHub's
                 // `oauth_client_allowed_scopes = ["access:servers!server", "shares!server"]`,
-                // which JupyterLab's share dialogs use): the owner, an admin, the owner's lead.
-                // A visitor's token never carries it, so a share does not pass itself on.
+                // which JupyterLab's share dialogs use), if their roles let them share it. No one
+                // else's token carries it: code in the server is the owner's, so a visitor's
+                // (an admin's, a lead's) powers would be theirs to use, and a share does not
+                // pass itself on.
                 let on = Resource::Server(owner.clone(), server.clone());
-                if self.hub.roles().require(who, &[Scope::Shares], &on).await.is_ok() {
+                if who.user_id == owner_id && self.hub.roles().require(who, &[Scope::Shares], &on).await.is_ok() {
                     scopes.push(share_scope(&owner, server.as_ref()));
                 }
                 scopes

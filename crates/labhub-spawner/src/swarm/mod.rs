@@ -321,9 +321,17 @@ impl Spawner for SwarmSpawner {
         Ok(if self.config.isolate_host { Isolation::Full } else { Isolation::ServersOnly })
     }
 
-    async fn place(&self, pinned: &BTreeMap<NodeName, u64>) -> Result<Option<NodeName>, SpawnError> {
+    async fn place(
+        &self,
+        pinned: &BTreeMap<NodeName, u64>,
+        contract: labhub_core::Contract,
+    ) -> Result<Option<NodeName>, SpawnError> {
         if self.config.swarm_homes != SwarmHomes::Pinned {
             return Ok(None);
+        }
+        if contract == labhub_core::Contract::Jupyterhub {
+            // Such a server runs on the hub's node only (see `spec.rs`): so do its owner's homes.
+            return Ok(Some(self.manager.1.clone()));
         }
         // The nodes the hub places servers on: its own and those it reaches (`swarm_nodes`).
         let ready = nodes::ready_nodes(&self.docker).await?;

@@ -204,7 +204,9 @@ pub(crate) async fn isolate_overlay(network_id: &str) -> Result<bool, SpawnError
         // An nsenter that cannot enter (the namespace's file made but not mounted yet, or
         // torn down) exits without reading: its status and stderr below say why, not the
         // broken pipe.
-        let _ = stdin.write_all(OVERLAY_RULES.as_bytes()).await;
+        if let Err(e) = stdin.write_all(OVERLAY_RULES.as_bytes()).await {
+            tracing::debug!(error = %e, "nsenter did not take the overlay's rules");
+        }
     }
     let out = child.wait_with_output().await.map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {

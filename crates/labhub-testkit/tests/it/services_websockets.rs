@@ -83,3 +83,42 @@ async fn websockets_to_a_service_open_for_those_granted_access_and_close_when_it
     ws_end(&mut moved, HANG).await;
     assert!(ws_connect(&url, &[("Authorization", alice.authorization())]).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_takes_no_more_connections_than_a_server_may() {
+    let app = TestApp::builder().config(|c| c.proxy.max_connections_per_server = 2).spawn().await;
+    app.add_user("alice", "correct horse", false).await;
+    let alice = app.api_for("alice").await;
+    let addr = echo_over_websockets().await;
+    add_service(&app, "board", Some(&format!("http://{addr}")), &[]).await;
+    let roles = app.hub.roles();
+    roles.put(Actor::System, &role("board-viewer"), "", &["access:services!service=board".to_string()]).await.unwrap();
+    roles.assign(Actor::System, &role("board-viewer"), &Assignee::User("alice".parse().unwrap()), true).await.unwrap();
+    let url = ws_url(&app.url, "/services/board/ws");
+    let headers = [("Authorization", alice.authorization())];
+    let open = || ws_connect(&url, &headers);
+
+    let mut first = open().await.expect("the first");
+    let mut second = open().await.expect("the second");
+    assert_eq!(echo(&mut second, "two").await, "two");
+    // Both slots are held: a third is answered 503 at once, not queued.
+    assert_eq!(refused_status(&open().await.expect_err("past the limit")), 503);
+    // One closed frees its slot.
+    first.close(None).await.unwrap();
+    ws_end(&mut first, HANG).await;
+    // Freed when the tunnel's task sees the close: asked again until then (the limit is no
+    // measure of time; a generous number of tries).
+    let mut tries = 0;
+    let mut again = loop {
+        match open().await {
+            Ok(ws) => break ws,
+            Err(e) => {
+                assert_eq!(refused_status(&e), 503);
+                tries += 1;
+                assert!(tries < 200, "the slot was never freed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(echo(&mut again, "again").await, "again");
+}

@@ -65,6 +65,8 @@ async fn an_owners_sign_in_manages_the_servers_shares_from_inside_it_and_a_visit
     assert_eq!(owners_scopes, "access:servers!server=alice/ shares!server=alice/");
     let (visitors, visitors_scopes) = signs_in(&app, "bob", &secret).await;
     assert_eq!(visitors_scopes, "access:servers!server=alice/", "a share does not pass itself on");
+    let (_, admins_scopes) = signs_in(&app, "root", &secret).await;
+    assert_eq!(admins_scopes, "access:servers!server=alice/", "an admin's powers stay out of alice's server");
 
     let internal = app.internal_url.clone().unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -3,9 +3,11 @@
 //! node's `docker_gwbridge` gateway (the one exception to the rule that keeps tasks off the
 //! host), reporting activity and signing a browser in through the hub's OAuth provider.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use labhub_core::UserName;
+use labhub_spawner::SwarmSpawner;
 use labhub_testkit::TestApp;
 use labhub_testkit::app::browser;
 use labhub_testkit::swarm::SwarmScope;
@@ -16,11 +18,28 @@ use crate::common::test_server_binary;
 use crate::single_user::follow;
 use crate::swarm::services_of;
 
+/// Takes the firewall's exception for the test hub's single-user API out however the test
+/// ends (`docker_gwbridge` outlives it).
+struct ApiRule(Arc<SwarmSpawner>);
+
+impl Drop for ApiRule {
+    fn drop(&mut self) {
+        let swarm = self.0.clone();
+        let removed = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move { swarm.remove_hub_api_rule().await })
+        });
+        if let Err(e) = removed {
+            eprintln!("removing the single-user API's firewall exception: {e}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jupyterhub_singleuser_runs_as_a_service_on_the_hubs_node_and_signs_in_through_the_hub() {
     let s = SwarmScope::with(test_server_binary(), |_| {}).await;
     let image = labhub_testkit::images::jupyterhub_image(&s.docker.spawner).await.unwrap_or_else(|e| panic!("{e}"));
     let app = TestApp::builder().docker(s.docker.clone()).swarm(s.spawner.clone()).hub_api().spawn().await;
+    let _rule = ApiRule(s.spawner.clone());
     let internal = app.internal_url.clone().expect("the single-user API is bound in Swarm mode");
     app.add_user("root", "correct horse", true).await;
     app.add_user("alice", "correct horse", false).await;
@@ -65,5 +84,4 @@ async fn jupyterhub_singleuser_runs_as_a_service_on_the_hubs_node_and_signs_in_t
     admin.stop("alice", None).await.unwrap();
     admin.wait_stopped("alice", None).await;
     assert!(services_of(&s).await.is_empty());
-    s.spawner.remove_hub_api_rule().await.unwrap();
 }
