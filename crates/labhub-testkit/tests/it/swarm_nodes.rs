@@ -142,8 +142,15 @@ async fn users_are_pinned_at_their_first_start_stay_there_and_an_admin_moves_the
         }
     };
 
-    // The first start pins alice (to the node with fewest users: a tie, broken by name).
+    // A new user goes where fewest are; but one whose first server speaks JupyterHub's
+    // contract goes to the hub's node, the only one where such a server may run.
     let manager = s.engine().info().await.unwrap().name.unwrap();
+    let crowded = std::collections::BTreeMap::from([(NodeName::parse(&manager).unwrap(), 5)]);
+    let placed = |contract| s.spawner.place(&crowded, contract);
+    assert_eq!(placed(labhub_core::Contract::Labhub).await.unwrap(), Some(node.clone()));
+    assert_eq!(placed(labhub_core::Contract::Jupyterhub).await.unwrap(), Some(NodeName::parse(&manager).unwrap()));
+
+    // The first start pins alice (to the node with fewest users: a tie, broken by name).
     let first = NodeName::parse(std::cmp::min(manager.as_str(), node.as_str())).unwrap();
     run(first.clone()).await;
     assert_eq!(pins.of(Actor::System, &alice).await.unwrap(), Some(first.clone()), "the pin is recorded");
