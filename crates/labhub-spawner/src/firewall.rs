@@ -78,7 +78,12 @@ pub(crate) struct Firewall {
     dns: Vec<Ipv4Addr>,
     /// The hub's single-user API on the bridge's gateway, which servers may connect to.
     hub_api: Option<SocketAddrV4>,
+    /// Whose exception it is (several hubs may share a bridge: Swarm's `docker_gwbridge`).
+    hub_id: String,
 }
+
+/// The comment of the single-user API's exception before it named its hub.
+const LEGACY_EXCEPTION: &str = "labhub: the hub's single-user API";
 
 /// One rule: its chain and its match and target, as `iptables` takes them after the chain.
 type Rule = Vec<String>;
@@ -97,6 +102,7 @@ impl Firewall {
             allow: config.allow_private.clone(),
             dns: config.dns_servers.clone().unwrap_or_else(host_resolvers),
             hub_api,
+            hub_id: config.hub_id.as_str().to_string(),
         }
     }
 
@@ -127,8 +133,22 @@ impl Firewall {
     /// `INPUT`, above the host rule: new connections to the hub's single-user API, exactly
     /// its address and port.
     fn hub_api_rule(&self) -> Option<Rule> {
-        let api = self.hub_api?;
-        Some(words(&[
+        Some(self.exception(self.hub_api?))
+    }
+
+    /// The comment that marks this hub's exceptions.
+    fn exception_comment(&self) -> String {
+        format!("labhub: the single-user API of hub {}", self.hub_id)
+    }
+
+    /// The exception for `api`, with this hub's comment.
+    fn exception(&self, api: SocketAddrV4) -> Rule {
+        self.exception_marked(api, &self.exception_comment())
+    }
+
+    /// The exception for `api` with `comment`.
+    fn exception_marked(&self, api: SocketAddrV4, comment: &str) -> Rule {
+        words(&[
             "-i",
             &self.bridge,
             "-d",
@@ -144,10 +164,36 @@ impl Firewall {
             "-m",
             "comment",
             "--comment",
-            "labhub: the hub's single-user API",
+            comment,
             "-j",
             "ACCEPT",
-        ]))
+        ])
+    }
+
+    /// This hub's exceptions on the bridge for another address or port than `hub_api`'s (an
+    /// earlier run's: the port or the gateway changed), as `iptables -S INPUT` lists them.
+    /// Those made before exceptions named their hub count too (only a hub's own users'
+    /// bridge had one then).
+    async fn stale_exceptions(&self) -> Result<Vec<Rule>, FirewallError> {
+        let ours = self.exception_comment();
+        let bridge = format!("-i {} ", self.bridge);
+        let mut stale = Vec::new();
+        for line in self.list("INPUT").await?.unwrap_or_default() {
+            // `iptables -S` prints a comment's apostrophe escaped.
+            let line = line.replace("\\'", "'");
+            let comment = [ours.as_str(), LEGACY_EXCEPTION].into_iter().find(|c| line.contains(&format!("\"{c}\"")));
+            let Some(comment) = comment.filter(|_| line.contains(&bridge)) else { continue };
+            let field = |flag: &str| line.split(flag).nth(1)?.split_whitespace().next().map(str::to_string);
+            let ip = field("-d ").and_then(|d| d.trim_end_matches("/32").parse::<Ipv4Addr>().ok());
+            let port = field("--dport ").and_then(|p| p.parse::<u16>().ok());
+            if let (Some(ip), Some(port)) = (ip, port) {
+                let listed = SocketAddrV4::new(ip, port);
+                if Some(listed) != self.hub_api || comment == LEGACY_EXCEPTION {
+                    stale.push(self.exception_marked(listed, comment));
+                }
+            }
+        }
+        Ok(stale)
     }
 
     /// `DOCKER-USER`: everything forwarded from the bridge goes through our chain.
@@ -211,6 +257,9 @@ impl Firewall {
             self.run_ok(&["-I", "INPUT"], &host).await?;
             added.push("the rule that keeps servers off the host (INPUT)".to_string());
         }
+        for old in self.stale_exceptions().await? {
+            self.delete_all("INPUT", &old).await?;
+        }
         if let Some(api) = &api
             && self.ensure_rule("INPUT", api).await?
         {
@@ -245,18 +294,19 @@ impl Firewall {
             self.run_ok(&["-F", &chain], &[]).await?;
             self.run_ok(&["-X", &chain], &[]).await?;
         }
-        if let Some(api) = self.hub_api_rule() {
-            self.delete_all("INPUT", &api).await?;
-        }
+        self.remove_exception().await?;
         self.delete_all("INPUT", &self.host_rule()).await
     }
 
-    /// Deletes the exception for the hub's single-user API alone (every copy).
+    /// Deletes this hub's exceptions for its single-user API alone (every copy, any address).
     pub(crate) async fn remove_exception(&self) -> Result<(), FirewallError> {
-        match self.hub_api_rule() {
-            Some(api) => self.delete_all("INPUT", &api).await,
-            None => Ok(()),
+        if let Some(api) = self.hub_api_rule() {
+            self.delete_all("INPUT", &api).await?;
         }
+        for old in self.stale_exceptions().await? {
+            self.delete_all("INPUT", &old).await?;
+        }
+        Ok(())
     }
 
     /// Deletes every copy of `rule` from `chain`.
@@ -414,7 +464,48 @@ mod tests {
         let f = Firewall::new(&DockerConfig::default(), "lh-0123456789ab", Some(api));
         let rule = f.hub_api_rule().unwrap().join(" ");
         assert!(rule.starts_with("-i lh-0123456789ab -d 172.30.0.1/32 -p tcp --dport 8081 "), "{rule}");
-        assert!(rule.ends_with("-j ACCEPT"), "{rule}");
+        assert!(rule.ends_with("--comment labhub: the single-user API of hub labhub -j ACCEPT"), "{rule}");
+    }
+
+    /// Against the host's real iptables (the suite runs as root beside Docker), on a bridge
+    /// name no interface has, so the rules match nothing while they exist.
+    #[tokio::test]
+    async fn a_hubs_earlier_exception_goes_when_its_address_changes_and_another_hubs_stays() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let bridge = format!("lh-t{:08x}", std::process::id() ^ nanos);
+        let hub = |id: &str, port: u16| {
+            let config = DockerConfig { hub_id: crate::config::HubId::parse(id).unwrap(), ..DockerConfig::default() };
+            Firewall::new(&config, &bridge, Some(SocketAddrV4::new(Ipv4Addr::new(172, 31, 0, 1), port)))
+        };
+        let (a1, a2, b) = (hub("lab-a", 18081), hub("lab-a", 18082), hub("lab-b", 18083));
+        let exceptions = |f: &Firewall| {
+            let f = f.clone();
+            async move {
+                f.list("INPUT")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|l| l.contains(&f.bridge))
+                    .collect::<Vec<_>>()
+            }
+        };
+        a1.enforce().await.unwrap();
+        // One made before exceptions named their hub, on this hub's bridge.
+        let legacy = a1.exception_marked(SocketAddrV4::new(Ipv4Addr::new(172, 31, 0, 1), 18080), LEGACY_EXCEPTION);
+        a1.run_ok(&["-I", "INPUT"], &legacy).await.unwrap();
+        b.enforce().await.unwrap();
+        a2.enforce().await.unwrap();
+        let now = exceptions(&a2).await.join("\n");
+        assert!(!now.contains("--dport 18081"), "lab-a's earlier port is closed: {now}");
+        assert!(!now.contains("--dport 18080"), "and the one from before: {now}");
+        assert!(now.contains("--dport 18082") && now.contains("--dport 18083"), "{now}");
+        a2.remove_exception().await.unwrap();
+        let now = exceptions(&a2).await.join("\n");
+        assert!(!now.contains("--dport 18082") && now.contains("--dport 18083"), "{now}");
+        b.remove().await.unwrap();
+        a2.remove().await.unwrap();
+        assert!(exceptions(&a2).await.is_empty(), "nothing of the test's is left");
     }
 
     #[tokio::test]

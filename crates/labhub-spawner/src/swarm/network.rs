@@ -164,12 +164,36 @@ pub(crate) async fn enforce_gateway_rules(
     Firewall::new(config, GATEWAY_BRIDGE, hub_api).enforce().await.map_err(|e| SpawnError::Isolation(e.to_string()))
 }
 
-/// This node's `docker_gwbridge` gateway: the host's address where its tasks reach it.
+/// This node's `docker_gwbridge` gateway: the host's address where its tasks reach it. The
+/// engine makes that bridge with the node's first task; before it, the hub makes it as the
+/// engine would (and as Docker's documentation makes it by hand: ICC off, masquerading on),
+/// so its single-user API has an address from the start.
 pub(crate) async fn gateway_address(docker: &Docker) -> Result<Ipv4Addr, SpawnError> {
-    let net = docker
-        .inspect_network(GATEWAY_BRIDGE, None::<InspectNetworkOptions>)
-        .await
-        .map_err(|e| runtime_error("inspecting docker_gwbridge", e))?;
+    let inspect = || docker.inspect_network(GATEWAY_BRIDGE, None::<InspectNetworkOptions>);
+    let net = match inspect().await {
+        Err(e) if is_status(&e, 404) => {
+            let options = HashMap::from([
+                ("com.docker.network.bridge.name".to_string(), GATEWAY_BRIDGE.to_string()),
+                ("com.docker.network.bridge.enable_icc".to_string(), "false".to_string()),
+                ("com.docker.network.bridge.enable_ip_masquerade".to_string(), "true".to_string()),
+            ]);
+            let request = NetworkCreateRequest {
+                name: GATEWAY_BRIDGE.to_string(),
+                driver: Some("bridge".into()),
+                options: Some(options),
+                ..Default::default()
+            };
+            match docker.create_network(request).await {
+                Ok(_) => tracing::info!("created docker_gwbridge, as the engine would with the node's first task"),
+                // Made meanwhile by the engine or another hub: as good.
+                Err(e) if is_status(&e, 409) => {}
+                Err(e) => return Err(runtime_error("creating docker_gwbridge", e)),
+            }
+            inspect().await
+        }
+        other => other,
+    };
+    let net = net.map_err(|e| runtime_error("inspecting docker_gwbridge", e))?;
     net.ipam
         .and_then(|i| i.config)
         .unwrap_or_default()
