@@ -230,7 +230,16 @@ impl Job {
 /// A held job lock: a transaction holding the advisory lock, on a pooled connection.
 /// Released when dropped (or the holder dies: the transaction ends with its connection).
 pub struct JobLock {
-    _tx: crate::Tx,
+    tx: crate::Tx,
+}
+
+impl JobLock {
+    /// Lets the lock go now. Dropped instead, it goes only when its connection is next used
+    /// (the rollback of a dropped transaction waits for that), so a job run right after would
+    /// find it still held and skip its turn.
+    pub async fn release(self) -> Result<(), DbError> {
+        Ok(self.tx.rollback().await?)
+    }
 }
 
 impl std::fmt::Debug for JobLock {
@@ -244,5 +253,5 @@ pub async fn try_lock(pool: &sqlx::PgPool, job: Job) -> Result<Option<JobLock>, 
     let mut tx = pool.begin().await?;
     let got: bool =
         sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(job.key()).fetch_one(&mut *tx).await?;
-    Ok(got.then_some(JobLock { _tx: tx }))
+    Ok(got.then_some(JobLock { tx }))
 }

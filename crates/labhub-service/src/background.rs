@@ -101,17 +101,21 @@ impl Hub {
                 _ = &mut shutdown => return,
                 _ = usage_tick.tick() => {
                     // One replica samples at a time; the others skip this tick.
-                    if let Ok(Some(_sampling)) = self.replicas().lock(Job::UsageSample).await
-                        && let Err(e) = self.usage().sample().await
-                    {
-                        tracing::debug!(error = %e, "usage not sampled this time");
+                    if let Ok(Some(sampling)) = self.replicas().lock(Job::UsageSample).await {
+                        if let Err(e) = self.usage().sample().await {
+                            tracing::debug!(error = %e, "usage not sampled this time");
+                        }
+                        // Failing, the lock goes with its connection instead.
+                        let _ = sampling.release().await;
                     }
                 }
                 _ = storage_tick.tick() => {
-                    if let Ok(Some(_measuring)) = self.replicas().lock(Job::StorageMeasure).await
-                        && let Err(e) = self.quotas().measure_storage().await
-                    {
-                        tracing::debug!(error = %e, "storage not measured this time");
+                    if let Ok(Some(measuring)) = self.replicas().lock(Job::StorageMeasure).await {
+                        if let Err(e) = self.quotas().measure_storage().await {
+                            tracing::debug!(error = %e, "storage not measured this time");
+                        }
+                        // Failing, the lock goes with its connection instead.
+                        let _ = measuring.release().await;
                     }
                 }
             }

@@ -182,7 +182,7 @@ impl History<'_> {
         let builder = self.hub.0.catalogue.builder.clone().ok_or_else(|| {
             ServiceError::Unavailable("images cannot be collected: the container runtime is not reachable".into())
         })?;
-        let Some(_collecting) = self.hub.replicas().lock(labhub_db::replicas::Job::ImageCollector).await? else {
+        let Some(collecting) = self.hub.replicas().lock(labhub_db::replicas::Job::ImageCollector).await? else {
             return Err(ServiceError::Conflict("another hub process is collecting images right now".into()));
         };
         let keep_for = self.hub.0.environments.settings.keep_session_images;
@@ -224,6 +224,7 @@ impl History<'_> {
             "uploads_removed": report.uploads_removed,
         });
         self.hub.audit().record(self.hub.db(), actor, "environment.collect", "images", detail).await?;
+        collecting.release().await?;
         Ok(report)
     }
 }

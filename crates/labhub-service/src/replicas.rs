@@ -237,7 +237,7 @@ impl Replicas<'_> {
             tx.commit().await?;
         }
         store::forget_silent_since(self.hub.db(), now - FORGET_AFTER).await?;
-        drop(lock);
+        lock.release().await?;
         Ok(orphans.len())
     }
 

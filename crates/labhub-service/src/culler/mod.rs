@@ -81,12 +81,13 @@ impl<'h> Culler<'h> {
     pub async fn cull_once(&self) -> Result<Vec<Culled>, ServiceError> {
         self.hub.servers().flush_activity().await?;
         // One replica's pass at a time (and each stop re-checks the row under its lock).
-        let Some(_pass) = self.hub.replicas().lock(labhub_db::replicas::Job::Culler).await? else {
+        let Some(pass) = self.hub.replicas().lock(labhub_db::replicas::Job::Culler).await? else {
             return Ok(Vec::new());
         };
         let mut running: Vec<ChargedServer> =
             usage::active(self.hub.db()).await?.into_iter().filter(|s| s.state == ServerState::Running).collect();
         if running.is_empty() {
+            pass.release().await?;
             return Ok(Vec::new());
         }
         let mut group_ids: Vec<GroupId> = running.iter().filter_map(|s| s.group_id).collect();
@@ -149,6 +150,7 @@ impl<'h> Culler<'h> {
             metrics::counter!("labhub_culls_total").increment(1);
             culled.push(Culled { server: label, reason: text });
         }
+        pass.release().await?;
         Ok(culled)
     }
 

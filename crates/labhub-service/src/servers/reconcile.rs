@@ -122,7 +122,7 @@ impl Servers<'_> {
             tracing::warn!(containers = ?report.strangers, "containers labelled for this hub match no running server; left untouched");
         }
         *self.state().strangers.lock().unwrap_or_else(|e| e.into_inner()) = report.strangers.clone();
-        drop(lock);
+        lock.release().await?;
         tracing::info!(
             adopted = report.adopted.len(),
             vanished = report.vanished.len(),
