@@ -102,7 +102,7 @@ async fn container_env(scope: &DockerScope, state: &Value, name: &str) -> String
 
 /// Follows a browser's redirects by hand (keeping its cookies), returning each address it
 /// visited and the last answer.
-pub(crate) async fn follow(client: &reqwest::Client, app: &TestApp, path: &str) -> (Vec<String>, reqwest::Response) {
+async fn follow(client: &reqwest::Client, app: &TestApp, path: &str) -> (Vec<String>, reqwest::Response) {
     let mut visited = vec![path.to_string()];
     let mut url = app.at(path);
     for _ in 0..10 {
@@ -154,26 +154,9 @@ async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
     let stored = labhub_db::oauth::client_by_secret(&app.db, &labhub_auth::sha256(&token)).await.unwrap();
     assert_eq!(stored.unwrap().client_id, "jupyterhub-user-alice", "the server's token is stored as its SHA-256");
 
-    // jupyterhub-singleuser reports activity as it starts (its first report is not delayed).
-    let mut tries = 0;
-    while account().await.last_activity.is_none() {
-        tries += 1;
-        assert!(tries < 600, "her server never reported activity");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // A browser signed in to the hub opens the server: the server sends it to the hub's
-    // OAuth provider, which sends it back with a code; the server exchanges the code (over the
-    // internal address) and lets the browser in to JupyterLab.
-    let alice = browser();
-    app.login(&alice, "alice", "correct horse").await;
-    let (visited, lab) = follow(&alice, &app, "/user/alice/lab").await;
-    assert_eq!(lab.status(), StatusCode::OK, "{visited:?}");
-    assert!(visited[1].starts_with("/hub/api/oauth2/authorize?"), "{visited:?}");
+    let (alice, visited, page) = alice_reports_activity_and_signs_in(&app).await;
     assert!(visited[1].contains("client_id=jupyterhub-user-alice"), "{visited:?}");
-    assert!(visited[2].starts_with("/user/alice/oauth_callback?code="), "{visited:?}");
     assert_eq!(visited.last().unwrap(), "/user/alice/lab", "{visited:?}");
-    let page = lab.text().await.unwrap();
     assert!(page.contains("jupyter-config-data"), "JupyterLab's page: {page}");
     // The hub menu's "Hub Control Panel" and "Log Out" go to the hub's home and logout.
     assert!(page.contains(r#""hubPrefix": "/hub/""#), "{page}");
@@ -228,6 +211,29 @@ async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
     admin.wait_stopped("alice", None).await;
     let gone = client.get(format!("{internal}/hub/api/user")).header("Authorization", format!("token {token}")).send();
     assert_eq!(gone.await.unwrap().status(), StatusCode::FORBIDDEN, "revoked when the server stopped");
+}
+
+/// Waits for alice's running server of JupyterHub's contract to report activity (its first
+/// report is not delayed), then opens `/user/alice/lab` in a browser signed in to the hub as
+/// alice: the server sends it to the hub's OAuth provider, which sends it back with a code;
+/// the server exchanges the code (over the internal address) and lets the browser in. Returns
+/// the browser, the addresses it visited and JupyterLab's page.
+pub(crate) async fn alice_reports_activity_and_signs_in(app: &TestApp) -> (reqwest::Client, Vec<String>, String) {
+    let name = UserName::parse("alice").unwrap();
+    let mut tries = 0;
+    while labhub_db::users::by_name(&app.db, &name).await.unwrap().unwrap().last_activity.is_none() {
+        tries += 1;
+        assert!(tries < 600, "her server never reported activity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alice = browser();
+    app.login(&alice, "alice", "correct horse").await;
+    let (visited, lab) = follow(&alice, app, "/user/alice/lab").await;
+    assert_eq!(lab.status(), StatusCode::OK, "{visited:?}");
+    assert!(visited[1].starts_with("/hub/api/oauth2/authorize?"), "{visited:?}");
+    assert!(visited[2].starts_with("/user/alice/oauth_callback?code="), "{visited:?}");
+    let page = lab.text().await.unwrap();
+    (alice, visited, page)
 }
 
 /// What a start of alice's default server of JupyterHub's contract registers (the start

@@ -4,18 +4,14 @@
 //! host), reporting activity and signing a browser in through the hub's OAuth provider.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use labhub_core::UserName;
 use labhub_spawner::SwarmSpawner;
 use labhub_testkit::TestApp;
-use labhub_testkit::app::browser;
 use labhub_testkit::swarm::SwarmScope;
-use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::common::test_server_binary;
-use crate::single_user::follow;
+use crate::single_user::alice_reports_activity_and_signs_in;
 use crate::swarm::services_of;
 
 /// Takes the firewall's exception for the test hub's single-user API out however the test
@@ -51,8 +47,6 @@ async fn jupyterhub_singleuser_runs_as_a_service_on_the_hubs_node_and_signs_in_t
         }))
         .await
         .unwrap();
-    let alice_name = UserName::parse("alice").unwrap();
-    let account = || async { labhub_db::users::by_name(&app.db, &alice_name).await.unwrap().unwrap() };
 
     admin.start("alice", None, json!({"image": "hub"})).await.unwrap_or_else(|e| panic!("{e}"));
     admin.wait_ready("alice", None).await;
@@ -64,22 +58,10 @@ async fn jupyterhub_singleuser_runs_as_a_service_on_the_hubs_node_and_signs_in_t
     let env = task.container_spec.unwrap().env.unwrap();
     assert!(env.contains(&format!("JUPYTERHUB_API_URL={internal}/hub/api")), "{env:?}");
 
-    // Its activity report crosses from the task to the hub.
-    let mut tries = 0;
-    while account().await.last_activity.is_none() {
-        tries += 1;
-        assert!(tries < 600, "her server never reported activity");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A browser opens it through the OAuth round trip (the code exchanged by the task over the
-    // internal address).
-    let alice = browser();
-    app.login(&alice, "alice", "correct horse").await;
-    let (visited, lab) = follow(&alice, &app, "/user/alice/lab").await;
-    assert_eq!(lab.status(), StatusCode::OK, "{visited:?}");
-    assert!(visited[1].starts_with("/hub/api/oauth2/authorize?"), "{visited:?}");
-    assert!(visited[2].starts_with("/user/alice/oauth_callback?code="), "{visited:?}");
-    assert!(lab.text().await.unwrap().contains(r#""hubUser": "alice""#));
+    // Its activity report crosses from the task to the hub, and a browser opens it through
+    // the OAuth round trip (the code exchanged by the task over the internal address).
+    let (_, _, page) = alice_reports_activity_and_signs_in(&app).await;
+    assert!(page.contains(r#""hubUser": "alice""#), "{page}");
 
     admin.stop("alice", None).await.unwrap();
     admin.wait_stopped("alice", None).await;
