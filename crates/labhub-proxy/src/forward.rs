@@ -128,16 +128,8 @@ impl Proxy {
         if route.is_removed() {
             return Err(ProxyError::Unreachable);
         }
-        if header_bytes(&req) > settings.max_request_header_bytes {
-            return Err(ProxyError::HeadersTooLarge);
-        }
-        let prefix = route.prefix();
-        let path = req.uri().path();
-        if !path.starts_with(prefix) {
-            if path == prefix.trim_end_matches('/') {
-                return Ok(add_slash(prefix, req.uri().query()));
-            }
-            return Err(ProxyError::BadRequest("the path is not under the server's prefix".into()));
+        if let Some(answer) = check_head(&req, route.prefix(), "server", settings)? {
+            return Ok(answer);
         }
         let rstudio = route.route().kind == ImageKind::Rstudio;
         let uri = upstream_uri(rstudio.then(|| route.prefix()), req.uri())?;
@@ -146,12 +138,8 @@ impl Proxy {
         route.touch();
 
         let mut req = req;
-        // Without hyper's upgrade handle (HTTP/2, or a caller that consumed it) there is
-        // nothing to tunnel into: forward it as a plain request.
-        let upgrade = req.method() == Method::GET
-            && headers::is_websocket_upgrade(req.headers())
-            && req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = take_upgrade(&mut req);
+        let upgrade = client_upgrade.is_some();
 
         let (mut parts, body) = req.into_parts();
         let own = OwnValues { authorization: route.authorization.as_ref(), root_path: route.root_path.as_ref() };
@@ -199,6 +187,38 @@ impl Proxy {
         }
         Ok(pass_response(&route, &client, lease, lent, response, &self.inner.settings))
     }
+}
+
+/// What every forwarded request passes first: its head within `max_request_header_bytes`,
+/// and its path under `prefix` (a `what`'s: server or service). `Some` answers the bare
+/// prefix at once with a redirect to it with its slash.
+pub(crate) fn check_head(
+    req: &Request,
+    prefix: &str,
+    what: &str,
+    settings: &ProxySettings,
+) -> Result<Option<Response>, ProxyError> {
+    if header_bytes(req) > settings.max_request_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let path = req.uri().path();
+    if path.starts_with(prefix) {
+        return Ok(None);
+    }
+    if path == prefix.trim_end_matches('/') {
+        return Ok(Some(add_slash(prefix, req.uri().query())));
+    }
+    Err(ProxyError::BadRequest(format!("the path is not under the {what}'s prefix")))
+}
+
+/// The client's side of a WebSocket upgrade `req` asks for, taken from it; `None` for any
+/// other request, and without hyper's upgrade handle (HTTP/2, or a caller that consumed it),
+/// where there is nothing to tunnel into and it goes as a plain request.
+pub(crate) fn take_upgrade(req: &mut Request) -> Option<hyper::upgrade::OnUpgrade> {
+    let upgrade = req.method() == Method::GET
+        && headers::is_websocket_upgrade(req.headers())
+        && req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
+    upgrade.then(|| hyper::upgrade::on(req))
 }
 
 /// Request line plus header names and values, the size `max_request_header_bytes` limits.

@@ -11,6 +11,18 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
     counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
 }
 
+/// Takes one slot of `own` and one of `total`, or neither.
+fn take_both(own: &AtomicUsize, max_own: usize, total: &AtomicUsize, max_total: usize) -> bool {
+    if !take(own, max_own) {
+        return false;
+    }
+    if !take(total, max_total) {
+        own.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    true
+}
+
 /// One upstream connection's worth of capacity, on the route and in total, held for the
 /// life of a request (until its response body is gone) or of a tunnel.
 pub(crate) struct Lease {
@@ -29,14 +41,11 @@ impl Lease {
         max_per_route: usize,
         max_total: usize,
     ) -> Option<Self> {
-        if !take(&route.in_flight, max_per_route) {
-            return None;
-        }
-        if !take(total, max_total) {
-            route.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Self { route: Some(route.clone()), service: None, total: total.clone() })
+        take_both(&route.in_flight, max_per_route, total, max_total).then(|| Self {
+            route: Some(route.clone()),
+            service: None,
+            total: total.clone(),
+        })
     }
 
     /// Takes a slot of a service's (`service`, at most `max_per_service`) and one in total,
@@ -47,14 +56,11 @@ impl Lease {
         max_per_service: usize,
         max_total: usize,
     ) -> Option<Self> {
-        if !take(service, max_per_service) {
-            return None;
-        }
-        if !take(total, max_total) {
-            service.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Self { route: None, service: Some(service.clone()), total: total.clone() })
+        take_both(service, max_per_service, total, max_total).then(|| Self {
+            route: None,
+            service: Some(service.clone()),
+            total: total.clone(),
+        })
     }
 }
 

@@ -19,14 +19,14 @@ use axum::response::Response;
 use dashmap::DashMap;
 use http::{Extensions, Version};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use labhub_core::UserId;
 
 use crate::VisitorWatch;
 use crate::body::ProxiedBody;
 use crate::closer::Closer;
 use crate::error::ProxyError;
-use crate::forward::{OwnValues, Proxy, add_slash, header_bytes, prepare_headers, switch_protocols, upstream_uri};
+use crate::forward::{OwnValues, Proxy, check_head, prepare_headers, switch_protocols, take_upgrade, upstream_uri};
 use crate::pool::{Pool, SendError};
 use crate::settings::ClientInfo;
 use crate::values::LocationRewrite;
@@ -151,26 +151,15 @@ impl Proxy {
         watch: Option<VisitorWatch>,
     ) -> Result<Response, ProxyError> {
         let settings = self.settings();
-        if header_bytes(&req) > settings.max_request_header_bytes {
-            return Err(ProxyError::HeadersTooLarge);
-        }
-        let prefix = target.prefix();
-        let path = req.uri().path();
-        if !path.starts_with(prefix) {
-            if path == prefix.trim_end_matches('/') {
-                return Ok(add_slash(prefix, req.uri().query()));
-            }
-            return Err(ProxyError::BadRequest("the path is not under the service's prefix".into()));
+        if let Some(answer) = check_head(&req, target.prefix(), "service", settings)? {
+            return Ok(answer);
         }
         let uri = upstream_uri(None, req.uri())?;
         let lease =
             self.lease_service(&target.in_flight).ok_or(ProxyError::Busy { retry_after: settings.busy_retry_after })?;
         let mut req = req;
-        // As to users' servers: without hyper's upgrade handle there is nothing to tunnel into.
-        let upgrade = req.method() == Method::GET
-            && headers::is_websocket_upgrade(req.headers())
-            && req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = take_upgrade(&mut req);
+        let upgrade = client_upgrade.is_some();
         let (mut parts, body) = req.into_parts();
         let own = OwnValues { authorization: None, root_path: None };
         prepare_headers(&mut parts.headers, own, settings, &client, upgrade)?;

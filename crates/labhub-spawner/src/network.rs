@@ -126,6 +126,21 @@ fn checked_bridge(net: &NetworkInspect, config: &DockerConfig) -> Result<String,
     })
 }
 
+/// Listens at `gateway:port` (`port` 0: any free one) for the hub's single-user API: the
+/// listener and the address it got.
+pub(crate) async fn listen_on_gateway(
+    gateway: std::net::Ipv4Addr,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddrV4), SpawnError> {
+    let listener = tokio::net::TcpListener::bind((gateway, port))
+        .await
+        .map_err(|e| SpawnError::Runtime(format!("cannot listen on {gateway}:{port}: {e}")))?;
+    match listener.local_addr() {
+        Ok(std::net::SocketAddr::V4(bound)) => Ok((listener, bound)),
+        _ => Err(SpawnError::Runtime(format!("{gateway}:{port} has no IPv4 local address"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

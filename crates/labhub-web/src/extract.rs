@@ -122,36 +122,34 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Option<Requester
         return Ok(r.0.clone());
     }
     let surface = parts.extensions.get::<Surface>().copied().unwrap_or(Surface::Page);
-    let mut principal = None;
+    let token = match surface {
+        Surface::Page => None,
+        _ => token_from_header(parts)?.map(str::to_string).or_else(|| token_from_query(parts)),
+    };
     if surface == Surface::Internal {
-        let header_token = token_from_header(parts)?.map(str::to_string);
-        if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
-            principal = Some(state.single_user_principal(token).await?.ok_or_else(|| {
+        let requester = match token {
+            Some(token) => Some(Requester::User(state.single_user_principal(token).await?.ok_or_else(|| {
                 AppError::BadCredentials("only a server's tokens are answered on this address".into())
-            })?);
-        }
-        let requester = principal.map(Requester::User);
+            })?)),
+            None => None,
+        };
         parts.extensions.insert(Resolved(requester.clone()));
         return Ok(requester);
     }
-    if surface != Surface::Page {
-        let header_token = token_from_header(parts)?.map(str::to_string);
-        if let Some(token) = header_token.or_else(|| token_from_query(parts)) {
-            let known = match state.token_requester(token.clone()).await? {
-                None if surface == Surface::Api => state.single_user_principal(token).await?.map(Requester::User),
-                known => known,
-            };
-            match known {
-                None => {
-                    return Err(AppError::BadCredentials(
-                        "the API token is not valid: unknown, expired or revoked".into(),
-                    ));
-                }
-                Some(Requester::User(p)) => principal = Some(p),
-                Some(service) => {
-                    parts.extensions.insert(Resolved(Some(service.clone())));
-                    return Ok(Some(service));
-                }
+    let mut principal = None;
+    if let Some(token) = token {
+        let known = match state.token_requester(token.clone()).await? {
+            None if surface == Surface::Api => state.single_user_principal(token).await?.map(Requester::User),
+            known => known,
+        };
+        match known {
+            None => {
+                return Err(AppError::BadCredentials("the API token is not valid: unknown, expired or revoked".into()));
+            }
+            Some(Requester::User(p)) => principal = Some(p),
+            Some(service) => {
+                parts.extensions.insert(Resolved(Some(service.clone())));
+                return Ok(Some(service));
             }
         }
     }

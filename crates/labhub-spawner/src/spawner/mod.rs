@@ -21,7 +21,7 @@ mod volumes;
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -189,13 +189,7 @@ impl DockerSpawner {
         let gateway = net.gateway.ok_or_else(|| {
             SpawnError::Runtime(format!("the engine names no IPv4 gateway of network {}", self.config.network.as_str()))
         })?;
-        let listener = tokio::net::TcpListener::bind((gateway, port))
-            .await
-            .map_err(|e| SpawnError::Runtime(format!("cannot listen on {gateway}:{port}: {e}")))?;
-        let bound = match listener.local_addr() {
-            Ok(SocketAddr::V4(a)) => a,
-            _ => return Err(SpawnError::Runtime(format!("{gateway}:{port} has no IPv4 local address"))),
-        };
+        let (listener, bound) = network::listen_on_gateway(gateway, port).await?;
         self.hub_api
             .set(bound)
             .map_err(|_| SpawnError::Invalid("the hub's single-user API is bound already".into()))?;

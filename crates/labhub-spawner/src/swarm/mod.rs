@@ -129,13 +129,7 @@ impl SwarmSpawner {
     /// this node only (see `spec.rs`): elsewhere the gateway is another host.
     pub async fn bind_hub_api(&self, port: u16) -> Result<tokio::net::TcpListener, SpawnError> {
         let gateway = network::gateway_address(&self.docker).await?;
-        let listener = tokio::net::TcpListener::bind((gateway, port))
-            .await
-            .map_err(|e| SpawnError::Runtime(format!("cannot listen on {gateway}:{port}: {e}")))?;
-        let bound = match listener.local_addr() {
-            Ok(std::net::SocketAddr::V4(a)) => a,
-            _ => return Err(SpawnError::Runtime(format!("{gateway}:{port} has no IPv4 local address"))),
-        };
+        let (listener, bound) = crate::network::listen_on_gateway(gateway, port).await?;
         self.hub_api
             .set(bound)
             .map_err(|_| SpawnError::Invalid("the hub's single-user API is bound already".into()))?;

@@ -126,13 +126,7 @@ async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
     app.add_user("alice", "correct horse", false).await;
     app.add_user("bob", "correct horse", false).await;
     let admin = app.api_for("root").await;
-    admin
-        .add_image(json!({
-            "name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
-            "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub",
-        }))
-        .await
-        .unwrap();
+    add_hub_entry(&admin, &image).await;
     assert_eq!(admin.get("/hub/api/images/hub").await.value()["contract"], "jupyterhub");
 
     // Started by an admin: alice has not signed in and nothing went through the proxy, so only
@@ -211,6 +205,18 @@ async fn jupyterhub_singleuser_signs_in_through_the_hub_and_reports_activity() {
     admin.wait_stopped("alice", None).await;
     let gone = client.get(format!("{internal}/hub/api/user")).header("Authorization", format!("token {token}")).send();
     assert_eq!(gone.await.unwrap().status(), StatusCode::FORBIDDEN, "revoked when the server stopped");
+}
+
+/// Adds the catalogue entry `hub`: `image` (labhub's JupyterLab with `jupyterhub-singleuser`)
+/// speaking JupyterHub's contract.
+pub(crate) async fn add_hub_entry(admin: &labhub_testkit::Api, image: &labhub_core::ImageRef) {
+    admin
+        .add_image(json!({
+            "name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
+            "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub",
+        }))
+        .await
+        .unwrap();
 }
 
 /// Waits for alice's running server of JupyterHub's contract to report activity (its first
@@ -395,11 +401,7 @@ async fn in_chromium_the_hub_signs_in_to_jupyterhub_singleuser_and_its_hub_menu_
     app.add_user("root", "correct horse", true).await;
     app.add_user("alice", "correct horse", false).await;
     let admin = app.api_for("root").await;
-    admin
-        .add_image(json!({"name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
-                          "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub"}))
-        .await
-        .unwrap();
+    add_hub_entry(&admin, &image).await;
     admin.start("alice", None, json!({"image": "hub"})).await.unwrap();
     admin.wait_ready("alice", None).await;
 

@@ -11,7 +11,7 @@ use labhub_testkit::swarm::SwarmScope;
 use serde_json::json;
 
 use crate::common::test_server_binary;
-use crate::single_user::alice_reports_activity_and_signs_in;
+use crate::single_user::{add_hub_entry, alice_reports_activity_and_signs_in};
 use crate::swarm::services_of;
 
 /// Takes the firewall's exception for the test hub's single-user API out however the test
@@ -40,13 +40,7 @@ async fn jupyterhub_singleuser_runs_as_a_service_on_the_hubs_node_and_signs_in_t
     app.add_user("root", "correct horse", true).await;
     app.add_user("alice", "correct horse", false).await;
     let admin = app.api_for("root").await;
-    admin
-        .add_image(json!({
-            "name": "hub", "display_name": "JupyterHub single-user", "reference": image.as_str(),
-            "kind": "jupyter", "cpu": 1, "memory": "1G", "contract": "jupyterhub",
-        }))
-        .await
-        .unwrap();
+    add_hub_entry(&admin, &image).await;
 
     admin.start("alice", None, json!({"image": "hub"})).await.unwrap_or_else(|e| panic!("{e}"));
     admin.wait_ready("alice", None).await;
