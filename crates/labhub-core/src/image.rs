@@ -223,8 +223,95 @@ pub struct ImageFields {
     pub placement: Vec<crate::Placement>,
 }
 
+/// A registry path that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a registry path: write a registry host and a lower-case path, like registry.example.org:5000/lab (no tag or digest)"
+)]
+pub struct RegistryPathError(pub String);
+
+/// A repository prefix in a registry, `host[:port]/path`: where labhub pushes the images that
+/// the nodes of a swarm pull.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct RegistryPath(String);
+
+impl RegistryPath {
+    /// Validates `host[:port]/path` (a host with a '.' or ':', or `localhost`; no tag or digest).
+    pub fn parse(raw: &str) -> Result<Self, RegistryPathError> {
+        let err = || RegistryPathError(raw.to_string());
+        let (host, path) = raw.split_once('/').ok_or_else(err)?;
+        let has_host = host.contains('.') || host.contains(':') || host == "localhost";
+        let last = path.rsplit('/').next().unwrap_or_default();
+        if !has_host || path.is_empty() || raw.contains('@') || last.contains(':') {
+            return Err(err());
+        }
+        ImageRef::parse(&format!("{raw}/image:tag")).map_err(|_| err())?;
+        Ok(Self(raw.to_string()))
+    }
+
+    /// The reference under which `image`, of content id `id` (`sha256:…`), is kept here:
+    /// `{path}/{last part of its name}:sha256-{hex}`, so one tag never names two contents.
+    pub fn reference_for(&self, image: &ImageRef, id: &str) -> ImageRef {
+        let name = image.as_str().split('@').next().unwrap_or_default();
+        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+        let base = name[last_slash..].split(':').next().unwrap_or_default();
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        ImageRef::parse(&format!("{}/{base}:sha256-{hex}", self.0))
+            .expect("a valid path, name and hex make a valid reference")
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RegistryPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RegistryPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistryPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn registry_paths_name_a_registry_and_keep_one_content_per_tag() {
+        let path = RegistryPath::parse("registry.lab.example:5000/labhub").unwrap();
+        let image = ImageRef::parse("lab-env/scipy-stack:b7").unwrap();
+        let id = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            path.reference_for(&image, &id).as_str(),
+            format!("registry.lab.example:5000/labhub/scipy-stack:sha256-{}", "ab".repeat(32))
+        );
+        let pinned = ImageRef::parse(&format!("quay.io/jupyter/base:1@sha256:{}", "cd".repeat(32))).unwrap();
+        assert!(path.reference_for(&pinned, &id).as_str().starts_with("registry.lab.example:5000/labhub/base:sha256-"));
+        assert!(RegistryPath::parse("localhost/lab").is_ok());
+        for bad in [
+            "labhub",
+            "lab/images",
+            "registry.lab:5000",
+            "registry.lab:5000/lab:1",
+            "registry.lab/Lab",
+            "r.lab/x@sha256:00",
+        ] {
+            assert!(RegistryPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -22,7 +22,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{
     BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, ServiceId, SessionId, ShareCodeId, TokenId, UserId,
 };
-pub use image::{Contract, ImageFields, ImageKind, ImageRef};
+pub use image::{Contract, ImageFields, ImageKind, ImageRef, RegistryPath, RegistryPathError};
 pub use names::{DatasetName, GroupName, NameError, NodeName, RoleName, ServerName, ServiceName, UserName};
 pub use placement::{Placement, PlacementError};
 pub use quota::{ImageAllowance, Quota};

@@ -109,8 +109,9 @@ pub enum SwarmImages {
     /// (`docker save` / `docker load` by content id) before the service is created.
     #[default]
     Copy,
-    /// The nodes pull from a registry the admin runs: catalogue images are named in it, and
-    /// services are created with the image's registry digest (`repo@sha256:…`).
+    /// The nodes pull from a registry the admin runs: services are created with the image's
+    /// registry digest (`repo@sha256:…`); an image from no registry is pushed to
+    /// `swarm_registry` first.
     Registry,
 }
 
@@ -194,6 +195,10 @@ pub struct DockerConfig {
     pub swarm_gpu_resource: String,
     /// Swarm mode: how images reach the other nodes.
     pub swarm_images: SwarmImages,
+    /// Swarm mode with `swarm_images = "registry"`: where labhub pushes the images it runs that
+    /// came from no registry (built or imported here, environments, snapshots), so the nodes
+    /// can pull them; unset, such images are refused.
+    pub swarm_registry: Option<labhub_core::RegistryPath>,
     /// Swarm mode: the nodes besides the manager that may run servers.
     pub swarm_nodes: Vec<SwarmNodeConfig>,
 }
@@ -225,6 +230,7 @@ impl Default for DockerConfig {
             swarm_gpu_constraint: "node.labels.gpu==true".to_string(),
             swarm_gpu_resource: "NVIDIA-GPU".to_string(),
             swarm_images: SwarmImages::Copy,
+            swarm_registry: None,
             swarm_nodes: Vec::new(),
         }
     }

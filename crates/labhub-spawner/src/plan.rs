@@ -31,8 +31,10 @@
 //! `--www-verify-user-agent=0`, `--www-frame-origin=same`, and its writable state (sqlite
 //! database config, server data dir, secure-cookie key) in a private temporary directory
 //! instead of `/var/lib/rstudio-server`, which only root may write (jupyterhub/repo2docker#1557).
-//! The directory and the database config are placed in the container before it starts
-//! (Docker's archive upload), so no shell is needed. It lives in the container's `/tmp`, not
+//! The directory and the database config are made by a `/bin/sh` prologue of the server's
+//! command, run as the server's user (so they are its own, mode 0700) before it `exec`s
+//! rserver: the one way that serves both runtimes, since a Swarm service has no step between
+//! creating its container and starting it. Every rocker image has a shell. It lives in the container's `/tmp`, not
 //! in the user's volume, like jupyter-rsession-proxy's `mkdtemp()`: a stale server
 //! database must not survive into the next start. So the rstudio kind adds back no
 //! capability at all. The user matches rocker's default `USERID`/`GROUPID` (1000:1000),
@@ -43,8 +45,8 @@
 //! accepts exactly these flags together, creates the secure-cookie key file when it is
 //! missing, writes no pid file when not daemonised, and that skipping rocker's `/init` loses
 //! nothing a session needs beyond the `Renviron.site` lines `userconf` appends. What is
-//! verified: the container spec (inspect), the files placed in `/tmp`, and readiness against
-//! the test server's rserver stand-in.
+//! verified: the container spec (inspect), the files made in `/tmp`, and readiness against
+//! the test server's rserver stand-in, in both runtimes.
 
 use std::collections::HashMap;
 
@@ -70,7 +72,7 @@ const RSTUDIO_UID_GID: (u64, u64) = (1000, 1000);
 const RSTUDIO_USER: &str = "rstudio";
 /// Where rocker installs rserver.
 const RSERVER: &str = "/usr/lib/rstudio-server/bin/rserver";
-/// rserver's private writable state, placed before start (see the module docs).
+/// rserver's private writable state, made by the command's prologue (see the module docs).
 const RSERVER_STATE_DIR: &str = "/tmp/labhub-rserver";
 /// Home when nothing better is known: docker-stacks' layout.
 const DEFAULT_HOME: &str = "/home/jovyan";
@@ -144,28 +146,11 @@ pub(crate) enum Readiness {
     Below500 { path: String },
 }
 
-/// A file or directory placed in the container after creation, before start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SeedEntry {
-    /// Absolute path inside the container.
-    pub path: String,
-    /// File contents; `None` makes a directory.
-    pub contents: Option<String>,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u64,
-    /// Owner gid.
-    pub gid: u64,
-}
-
 /// The container to create for one server.
 #[derive(Debug, Clone)]
 pub(crate) struct ContainerPlan {
     /// The create request.
     pub body: ContainerCreateBody,
-    /// Files to place before start.
-    pub seed: Vec<SeedEntry>,
     /// How readiness is checked.
     pub readiness: Readiness,
 }
@@ -181,31 +166,31 @@ pub(crate) fn container_plan(spec: &ServerSpec, ctx: &PlanContext<'_>) -> Result
     // replace the token or the prefix the proxy relies on.
     env.insert("JUPYTERHUB_USER".into(), spec.user.to_string());
     env.insert("JUPYTERHUB_SERVICE_PREFIX".into(), spec.base_url.clone());
-    let (cmd, working_dir, readiness, seed) = match spec.kind {
+    let (cmd, working_dir, readiness) = match spec.kind {
         ImageKind::Jupyter if spec.contract == Contract::Jupyterhub => {
             // jupyterhub-singleuser signs users in through the hub and reads its address,
             // prefix and port from the `JUPYTERHUB_*` variables; its API root answers anyone.
             let cmd = spec.command.clone().unwrap_or_else(singleuser_command);
             let readiness = Readiness::Below500 { path: format!("{}api", spec.base_url) };
-            (Some(cmd), Some(home.clone()), readiness, Vec::new())
+            (Some(cmd), Some(home.clone()), readiness)
         }
         ImageKind::Jupyter => {
             env.insert("JUPYTER_TOKEN".into(), spec.token.expose().clone());
             let cmd = spec.command.clone().unwrap_or_else(|| jupyter_command(spec));
             let readiness = Readiness::TokenApi { path: format!("{}api", spec.base_url), token: spec.token.clone() };
-            (Some(cmd), Some(home.clone()), readiness, Vec::new())
+            (Some(cmd), Some(home.clone()), readiness)
         }
         ImageKind::Rstudio => {
             env.insert("USER".into(), RSTUDIO_USER.into());
             env.insert("HOME".into(), home.clone());
             let cmd = spec.command.clone().unwrap_or_else(|| rserver_command(spec.port));
-            (Some(cmd), Some(home.clone()), Readiness::AnyAnswer { path: "/".into() }, rserver_seed())
+            (Some(with_rserver_state(cmd)), Some(home.clone()), Readiness::AnyAnswer { path: "/".into() })
         }
         ImageKind::Custom => {
             // Custom servers get Jupyter's conventions too (as JupyterHub's spawners give
             // every server): those that understand them can check the token themselves.
             env.insert("JUPYTER_TOKEN".into(), spec.token.expose().clone());
-            (spec.command.clone(), None, Readiness::Below500 { path: spec.base_url.clone() }, Vec::new())
+            (spec.command.clone(), None, Readiness::Below500 { path: spec.base_url.clone() })
         }
     };
     let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -281,7 +266,7 @@ pub(crate) fn container_plan(spec: &ServerSpec, ctx: &PlanContext<'_>) -> Result
         open_stdin: Some(false),
         ..Default::default()
     };
-    Ok(ContainerPlan { body, seed, readiness })
+    Ok(ContainerPlan { body, readiness })
 }
 
 fn validate(spec: &ServerSpec) -> Result<(), SpawnError> {
@@ -375,21 +360,15 @@ fn rserver_command(port: u16) -> Vec<String> {
     ]
 }
 
-fn rserver_seed() -> Vec<SeedEntry> {
-    let (uid, gid) = RSTUDIO_UID_GID;
-    let dir = |path: String| SeedEntry { path, contents: None, mode: 0o700, uid, gid };
-    vec![
-        dir(RSERVER_STATE_DIR.to_string()),
-        dir(format!("{RSERVER_STATE_DIR}/data")),
-        dir(format!("{RSERVER_STATE_DIR}/db")),
-        SeedEntry {
-            path: format!("{RSERVER_STATE_DIR}/database.conf"),
-            contents: Some(format!("provider=sqlite\ndirectory={RSERVER_STATE_DIR}/db\n")),
-            mode: 0o600,
-            uid,
-            gid,
-        },
-    ]
+/// `cmd` behind a prologue that makes rserver's private state as the server's own user
+/// (folders 0700, the database config 0600, by `umask`) and then `exec`s it; `cmd`'s words
+/// reach it as the shell's positional parameters, never parsed by the shell.
+fn with_rserver_state(cmd: Vec<String>) -> Vec<String> {
+    let d = RSERVER_STATE_DIR;
+    let script = format!(
+        "umask 077 && mkdir -p {d}/data {d}/db && printf 'provider=sqlite\\ndirectory={d}/db\\n' >{d}/database.conf && exec \"$@\""
+    );
+    ["/bin/sh".to_string(), "-c".into(), script, "labhub-rserver".into()].into_iter().chain(cmd).collect()
 }
 
 /// Words for how a container ended, for the user.
@@ -512,7 +491,6 @@ mod tests {
             plan.readiness,
             Readiness::TokenApi { path: "/user/alice/gpu/api".into(), token: Secret::new("s3cret".into()) }
         );
-        assert!(plan.seed.is_empty());
     }
 
     #[test]
@@ -534,7 +512,9 @@ mod tests {
         assert_eq!(plan.body.user.as_deref(), Some("1000:1000"));
         assert_eq!(home(&plan), "/home/rstudio");
         let cmd = plan.body.cmd.unwrap();
-        assert_eq!(cmd[0], RSERVER);
+        assert_eq!(cmd[..2], ["/bin/sh", "-c"]);
+        assert!(cmd[2].contains("provider=sqlite") && cmd[2].ends_with("exec \"$@\""), "{}", cmd[2]);
+        assert_eq!(cmd[4], RSERVER, "rserver is the prologue's first argument after $0");
         for flag in ["--auth-none=1", "--server-user=rstudio", "--www-port=8787", "--server-daemonize=0"] {
             assert!(cmd.contains(&flag.to_string()), "{flag}");
         }
@@ -542,8 +522,6 @@ mod tests {
         assert!(!env.iter().any(|e| e.contains("s3cret")), "rserver has no use for the token");
         assert!(env.contains(&"USER=rstudio".to_string()));
         assert_eq!(plan.readiness, Readiness::AnyAnswer { path: "/".into() });
-        assert!(plan.seed.iter().all(|e| e.uid == 1000 && e.gid == 1000 && e.path.starts_with(RSERVER_STATE_DIR)));
-        assert!(plan.seed.iter().any(|e| e.contents.as_deref().is_some_and(|c| c.contains("provider=sqlite"))));
     }
 
     #[test]

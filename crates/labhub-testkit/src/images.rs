@@ -1,7 +1,8 @@
 //! Images the Docker tests run, built locally (no registry is reachable).
 //!
 //! - [`test_server_image`]: a tiny image `FROM scratch` holding the `labhub-testserver`
-//!   binary, its shared libraries, and just enough of a root filesystem for a non-root user.
+//!   binary, the host's `/bin/sh` and `mkdir`, their shared libraries, and just enough of a
+//!   root filesystem for a non-root user.
 //!   Tagged by a hash of the binary, so it is built once per binary and reused.
 //! - [`jupyterlab_image`]: the real JupyterLab image, built from its recipe when absent
 //!   (minutes).
@@ -29,7 +30,11 @@ use sha2::{Digest, Sha256};
 pub const TEST_IMAGE_REPO: &str = "labhub-test/testserver";
 
 /// Changes whenever the image's layout below changes, so old tags are not reused.
-const LAYOUT_VERSION: &[u8] = b"labhub-testserver-image/1";
+const LAYOUT_VERSION: &[u8] = b"labhub-testserver-image/2";
+
+/// The host's programs the image carries besides the test server, at the same paths: the
+/// shell and `mkdir` that the rstudio kind's command prologue runs, as in rocker's images.
+const HOST_PROGRAMS: [&str; 2] = ["/bin/sh", "/bin/mkdir"];
 
 /// The test image's user: docker-stacks' `jovyan`.
 const JOVYAN: (u64, u64) = (1000, 100);
@@ -145,10 +150,13 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
 fn test_rootfs(binary_path: &Path, binary: &[u8]) -> Result<Vec<u8>, ImageError> {
     let mut tar = tar::Builder::new(Vec::new());
     let io = |e: std::io::Error| fail("packing the test image", e);
-    let libraries = shared_libraries(binary_path)?;
+    let mut libraries = BTreeSet::new();
+    for program in std::iter::once(binary_path).chain(HOST_PROGRAMS.iter().map(Path::new)) {
+        libraries.extend(shared_libraries(program)?);
+    }
 
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for fixed in ["etc", "usr/local/bin", "usr/lib/rstudio-server/bin"] {
+    for fixed in ["bin", "etc", "usr/local/bin", "usr/lib/rstudio-server/bin"] {
         dirs.extend(Path::new(fixed).ancestors().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf));
     }
     for lib in &libraries {
@@ -164,6 +172,11 @@ fn test_rootfs(binary_path: &Path, binary: &[u8]) -> Result<Vec<u8>, ImageError>
     append_dir(&mut tar, Path::new("tmp"), 0o1777, (0, 0)).map_err(io)?;
 
     append_file(&mut tar, Path::new("labhub-testserver"), binary, 0o755).map_err(io)?;
+    for program in HOST_PROGRAMS {
+        // `read` follows symlinks (`/bin/sh` is dash's): the program lands at its own path.
+        let contents = std::fs::read(program).map_err(|e| fail(&format!("reading {program}"), e))?;
+        append_file(&mut tar, Path::new(program.trim_start_matches('/')), &contents, 0o755).map_err(io)?;
+    }
     append_symlink(&mut tar, Path::new("usr/local/bin/jupyter"), "/labhub-testserver").map_err(io)?;
     append_symlink(&mut tar, Path::new("usr/lib/rstudio-server/bin/rserver"), "/labhub-testserver").map_err(io)?;
     let passwd = "root:x:0:0:root:/root:/sbin/nologin\njovyan:x:1000:100:jovyan:/home/jovyan:/sbin/nologin\n";

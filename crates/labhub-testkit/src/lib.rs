@@ -15,6 +15,7 @@ pub mod images;
 pub mod node;
 pub mod oidc;
 pub mod pg;
+pub mod registry;
 pub mod slapd;
 pub mod swarm;
 

@@ -7,7 +7,6 @@ use bollard::Docker;
 use bollard::models::ImageInspect;
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions, StartContainerOptions,
-    UploadToContainerOptions,
 };
 use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
 use labhub_core::{MountSource, ServerName, Storage};
@@ -15,7 +14,7 @@ use labhub_core::{MountSource, ServerName, Storage};
 use super::{DockerSpawner, DockerState, send};
 use crate::error::{is_status, runtime_error};
 use crate::naming::ServerNames;
-use crate::plan::{ContainerPlan, ImageFacts, PlanContext, ResolvedMount, SeedEntry, container_plan};
+use crate::plan::{ContainerPlan, ImageFacts, PlanContext, ResolvedMount, container_plan};
 
 impl DockerSpawner {
     /// `Spawner::start`: every step up to a server that answers, with progress; on failure
@@ -153,19 +152,6 @@ impl DockerSpawner {
         self.remove_container(&id).await
     }
 
-    /// Places the plan's seed files into a created container.
-    async fn upload_seed(&self, id: &str, seed: &[SeedEntry]) -> Result<(), SpawnError> {
-        if seed.is_empty() {
-            return Ok(());
-        }
-        let archive = seed_archive(seed).map_err(|e| runtime_error("packing the server's start files", e))?;
-        let options = UploadToContainerOptions { path: "/".into(), ..Default::default() };
-        self.docker
-            .upload_to_container(id, Some(options), bollard::body_full(archive.into()))
-            .await
-            .map_err(|e| runtime_error("placing the server's start files", e))
-    }
-
     /// Everything of a start after the container exists; the caller removes it on failure.
     async fn run_container(
         &self,
@@ -174,7 +160,6 @@ impl DockerSpawner {
         plan: &ContainerPlan,
         progress: &ProgressSender,
     ) -> Result<SocketAddr, SpawnError> {
-        self.upload_seed(id, &plan.seed).await?;
         send(progress, 65, "starting the container");
         self.docker
             .start_container(id, None::<StartContainerOptions>)
@@ -195,7 +180,7 @@ impl DockerSpawner {
 pub(crate) fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<ImageFacts, SpawnError> {
     Ok(ImageFacts {
         id: image.id.clone().ok_or_else(|| SpawnError::Runtime(format!("image {} has no id", spec.image)))?,
-        repo_digest: repo_digest(image),
+        repo_digest: repo_digest(image, &spec.image),
         user: image.config.as_ref().and_then(|c| c.user.clone()).filter(|u| !u.is_empty()),
         home: image
             .config
@@ -205,40 +190,21 @@ pub(crate) fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<Ima
     })
 }
 
-/// The image's repository digest, when a registry gave it one (the first, if several).
-fn repo_digest(image: &ImageInspect) -> Option<String> {
-    image.repo_digests.as_ref()?.iter().find(|d| d.contains("@sha256:")).cloned()
+/// The image's repository digest, when a registry gave it one: the one in the repository
+/// `named` names, if any (the same bytes may have come from, or gone to, several), else the
+/// first.
+fn repo_digest(image: &ImageInspect, named: &labhub_core::ImageRef) -> Option<String> {
+    let name = named.as_str().split('@').next().unwrap_or_default();
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let repo = name[last_slash..].rfind(':').map_or(name, |i| &name[..last_slash + i]);
+    let digests: Vec<&String> = image.repo_digests.as_ref()?.iter().filter(|d| d.contains("@sha256:")).collect();
+    let same_repo = digests.iter().find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo));
+    same_repo.or(digests.first()).map(|d| (*d).clone())
 }
 
 fn already_running(spec: &ServerSpec, name: &str) -> SpawnError {
     let which = spec.server.as_ref().map_or_else(|| "default server".to_string(), |s| format!("server {s}"));
     SpawnError::Invalid(format!("{}'s {which} is already running (container {name}); stop it first", spec.user))
-}
-
-/// A tar archive of the seed entries, paths relative to `/`.
-fn seed_archive(seed: &[SeedEntry]) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for entry in seed {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(entry.mode);
-        header.set_uid(entry.uid);
-        header.set_gid(entry.gid);
-        header.set_mtime(0);
-        let path = entry.path.trim_start_matches('/');
-        match &entry.contents {
-            None => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_size(0);
-                builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
-            }
-            Some(text) => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(text.len() as u64);
-                builder.append_data(&mut header, path, text.as_bytes())?;
-            }
-        }
-    }
-    builder.into_inner()
 }
 
 /// Removes a container if the start that made it is abandoned (its future dropped).
@@ -278,27 +244,25 @@ mod tests {
             repo_digests: Some(vec!["quay.io/jupyter/base-notebook@sha256:0123".into()]),
             ..Default::default()
         };
-        assert_eq!(repo_digest(&pulled).as_deref(), Some("quay.io/jupyter/base-notebook@sha256:0123"));
-        assert_eq!(repo_digest(&ImageInspect { repo_digests: Some(vec![]), ..Default::default() }), None);
-        assert_eq!(repo_digest(&ImageInspect::default()), None, "built here");
-    }
-
-    #[test]
-    fn seed_archives_keep_owner_and_mode() {
-        let seed = vec![
-            SeedEntry { path: "/tmp/x".into(), contents: None, mode: 0o700, uid: 1000, gid: 1000 },
-            SeedEntry { path: "/tmp/x/f".into(), contents: Some("hi".into()), mode: 0o600, uid: 1000, gid: 1000 },
-        ];
-        let bytes = seed_archive(&seed).unwrap();
-        let mut archive = tar::Archive::new(&bytes[..]);
-        let entries: Vec<(String, u32, u64)> = archive
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.header().mode().unwrap(), e.header().uid().unwrap())
-            })
-            .collect();
-        assert_eq!(entries, vec![("tmp/x/".into(), 0o700, 1000), ("tmp/x/f".into(), 0o600, 1000)]);
+        let named = |r: &str| labhub_core::ImageRef::parse(r).unwrap();
+        let base = named("quay.io/jupyter/base-notebook:2026-01");
+        assert_eq!(repo_digest(&pulled, &base).as_deref(), Some("quay.io/jupyter/base-notebook@sha256:0123"));
+        let empty = ImageInspect { repo_digests: Some(vec![]), ..Default::default() };
+        assert_eq!(repo_digest(&empty, &base), None);
+        assert_eq!(repo_digest(&ImageInspect::default(), &base), None, "built here");
+        let both = ImageInspect {
+            repo_digests: Some(vec![
+                "mirror.lab:5000/base-notebook@sha256:0123".into(),
+                pulled.repo_digests.unwrap()[0].clone(),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(
+            repo_digest(&both, &base).as_deref(),
+            Some("quay.io/jupyter/base-notebook@sha256:0123"),
+            "the catalogue's own"
+        );
+        let mirror = named("mirror.lab:5000/base-notebook");
+        assert_eq!(repo_digest(&both, &mirror).as_deref(), Some("mirror.lab:5000/base-notebook@sha256:0123"));
     }
 }

@@ -18,6 +18,7 @@ mod network;
 mod nodes;
 mod observe;
 mod placement;
+mod registry;
 mod spec;
 mod start;
 mod tasks;

@@ -41,14 +41,6 @@ pub(crate) fn service_spec(
     config: &DockerConfig,
     manager: &(String, NodeName),
 ) -> Result<ServiceSpec, SpawnError> {
-    if !plan.seed.is_empty() {
-        // The rstudio kind places rserver's private state in the container before it starts;
-        // a service has no such step.
-        return Err(SpawnError::Invalid(format!(
-            "a {} server cannot run in Swarm mode yet (it needs files placed before it starts); use the engine mode",
-            spec.kind.as_str()
-        )));
-    }
     let body = &plan.body;
     let host = body.host_config.clone().unwrap_or_default();
     let labels = body.labels.clone().unwrap_or_default();
@@ -298,10 +290,18 @@ mod tests {
     }
 
     #[test]
-    fn a_kind_that_needs_files_before_start_is_refused() {
+    fn an_rstudio_service_makes_its_private_state_in_its_own_command() {
         let s = server(ImageKind::Rstudio, 0);
-        let e = service_spec(&s, &plan(&s), "x", "sha256:abc", &DockerConfig::default(), &manager()).unwrap_err();
-        assert!(matches!(&e, SpawnError::Invalid(m) if m.contains("rstudio server cannot run in Swarm mode")), "{e}");
+        let p = plan(&s);
+        let task = service_spec(&s, &p, "x", "sha256:abc", &DockerConfig::default(), &manager())
+            .unwrap()
+            .task_template
+            .unwrap();
+        let container = task.container_spec.unwrap();
+        let words = [container.command.unwrap_or_default(), container.args.unwrap_or_default()].concat();
+        assert_eq!(words, p.body.cmd.unwrap(), "the container plan's command, prologue and all");
+        assert_eq!(&words[..2], ["/bin/sh", "-c"]);
+        assert_eq!(container.user.as_deref(), Some("1000:1000"), "the prologue runs as the server's user");
     }
 
     #[test]

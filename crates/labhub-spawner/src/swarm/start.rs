@@ -11,7 +11,7 @@ use labhub_core::spawner::{ProgressSender, ServerSpec, SpawnError, Started};
 use labhub_core::{ServerName, Storage};
 
 use super::tasks::{self, Phase, Task};
-use super::{SwarmSpawner, SwarmState, distribute, network, nodes, spec};
+use super::{SwarmSpawner, SwarmState, distribute, network, nodes, registry, spec};
 use crate::config::{SwarmHomes, SwarmImages};
 use crate::error::{is_status, runtime_error};
 use crate::naming::ServerNames;
@@ -91,7 +91,9 @@ impl SwarmSpawner {
                     port: spec.port,
                     kind: spec.kind,
                 };
-                Ok(Started { endpoint, state: state.to_json(), image_digest: facts.id, repo_digest: facts.repo_digest })
+                // A digest the service names is where the bytes came from, for a relaunch.
+                let repo_digest = if image_name.contains("@sha256:") { Some(image_name) } else { facts.repo_digest };
+                Ok(Started { endpoint, state: state.to_json(), image_digest: facts.id, repo_digest })
             }
             Err(e) => {
                 tracing::info!(service = %names.container, error = %e, "start failed; removing the service");
@@ -178,8 +180,9 @@ impl SwarmSpawner {
     }
 
     /// The image a service names: its content id, copied first to the node the server is
-    /// pinned to (`swarm_images = "copy"`), or its registry digest (`"registry"`), which
-    /// every node pulls alike.
+    /// pinned to (`swarm_images = "copy"`), or a registry digest (`"registry"`), which every
+    /// node pulls alike: the one in `swarm_registry`, pushed there if need be, or else the
+    /// one the image came with.
     async fn image_for_nodes(
         &self,
         spec: &ServerSpec,
@@ -187,10 +190,14 @@ impl SwarmSpawner {
         progress: &ProgressSender,
     ) -> Result<String, SpawnError> {
         if self.config.swarm_images == SwarmImages::Registry {
+            if let Some(path) = &self.config.swarm_registry {
+                return registry::publish(&self.docker, path, &spec.image, &facts.id, progress).await;
+            }
             return facts.repo_digest.clone().ok_or_else(|| {
                 SpawnError::Invalid(format!(
-                    "image {} has no registry digest, and swarm_images = \"registry\" runs images from the registry \
-                     only: push it there and name it by its registry reference in the catalogue",
+                    "image {} came from no registry, and swarm_images = \"registry\" runs images from a registry \
+                     only: set swarm_registry so labhub pushes such images there, or push it yourself and name \
+                     it by its registry reference in the catalogue",
                     spec.image
                 ))
             });

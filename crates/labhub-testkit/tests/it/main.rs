@@ -47,3 +47,4 @@ mod subdomains;
 mod swarm;
 mod swarm_contract;
 mod swarm_nodes;
+mod swarm_registry;

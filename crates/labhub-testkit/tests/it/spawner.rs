@@ -636,14 +636,15 @@ async fn rstudio_kind_runs_rserver_as_the_rocker_user() {
     let config = c.config.as_ref().unwrap();
     assert_eq!(config.user.as_deref(), Some("1000:1000"));
     let cmd = config.cmd.clone().unwrap();
-    assert_eq!(cmd[0], "/usr/lib/rstudio-server/bin/rserver");
+    assert_eq!(cmd[..2], ["/bin/sh", "-c"], "a prologue makes rserver's private state");
+    assert_eq!(cmd[4], "/usr/lib/rstudio-server/bin/rserver");
     assert!(cmd.contains(&"--server-user=rstudio".to_string()) && cmd.contains(&"--auth-none=1".to_string()));
     assert!(!config.env.as_ref().unwrap().iter().any(|e| e.contains(spec.token.expose().as_str())));
     assert_eq!(c.mounts.as_ref().unwrap()[0].destination.as_deref(), Some("/home/rstudio"));
     let resp = http().get(format!("http://{}/", started.endpoint)).send().await.unwrap();
     assert!(resp.status().as_u16() < 500, "{}", resp.status());
 
-    // rserver's private state dir was placed before start, owned by the rstudio user.
+    // rserver's private state was made by the prologue, owned by the rstudio user, private.
     let options = DownloadFromContainerOptions { path: "/tmp/labhub-rserver".into() };
     let tarball: Vec<u8> = hub
         .docker()
@@ -664,6 +665,7 @@ async fn rstudio_kind_runs_rserver_as_the_rocker_user() {
         ));
     }
     assert!(entries.contains(&("labhub-rserver/".into(), 1000, 1000, 0o700)), "{entries:?}");
+    assert!(entries.contains(&("labhub-rserver/db/".into(), 1000, 1000, 0o700)), "{entries:?}");
     assert!(entries.contains(&("labhub-rserver/database.conf".into(), 1000, 1000, 0o600)), "{entries:?}");
 }
 

@@ -3,7 +3,7 @@
 //! after the last test): start and readiness from the task's states, a server reached through
 //! the hub's proxy, stop, restart policy none, the quota as limits and reservations, an image
 //! the engine lacks, tasks that fail or cannot be placed, boot reconcile, a running task saved
-//! as an image, placement from the site, the catalogue entry and the group, and what keeps
+//! as an image, an rstudio server, placement from the site, the catalogue entry and the group, and what keeps
 //! tasks apart on the overlay.
 //!
 //! A second node is `swarm_nodes.rs`'s. Not verified anywhere: NFS homes following a user
@@ -59,7 +59,7 @@ pub(crate) fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
     }
 }
 
-async fn start(spawner: &SwarmSpawner, spec: &ServerSpec) -> Result<(Started, Vec<Progress>), SpawnError> {
+pub(crate) async fn start(spawner: &SwarmSpawner, spec: &ServerSpec) -> Result<(Started, Vec<Progress>), SpawnError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let started = spawner.start(spec, tx).await;
     let mut events = Vec::new();
@@ -69,7 +69,7 @@ async fn start(spawner: &SwarmSpawner, spec: &ServerSpec) -> Result<(Started, Ve
     started.map(|s| (s, events))
 }
 
-fn service_id(started: &Started) -> String {
+pub(crate) fn service_id(started: &Started) -> String {
     started.state["service_id"].as_str().unwrap().to_string()
 }
 
@@ -89,8 +89,8 @@ pub(crate) async fn get(addr: SocketAddr, path: &str, token: &str) -> Result<u16
     Ok(r.status().as_u16())
 }
 
-/// The PID of the task container behind a started server (on this node).
-async fn task_pid(s: &SwarmScope, started: &Started) -> i64 {
+/// The task container behind a started server (on this node).
+async fn task_container(s: &SwarmScope, started: &Started) -> String {
     let tasks = s
         .engine()
         .list_tasks(Some(bollard::query_parameters::ListTasksOptions {
@@ -98,8 +98,12 @@ async fn task_pid(s: &SwarmScope, started: &Started) -> i64 {
         }))
         .await
         .unwrap();
-    let container = tasks[0].status.as_ref().unwrap().container_status.as_ref().unwrap().container_id.clone().unwrap();
-    let c = s.engine().inspect_container(&container, None).await.unwrap();
+    tasks[0].status.as_ref().unwrap().container_status.as_ref().unwrap().container_id.clone().unwrap()
+}
+
+/// The PID of the task container behind a started server (on this node).
+async fn task_pid(s: &SwarmScope, started: &Started) -> i64 {
+    let c = s.engine().inspect_container(&task_container(s, started).await, None).await.unwrap();
     c.state.unwrap().pid.unwrap()
 }
 
@@ -155,6 +159,40 @@ async fn a_server_starts_as_a_service_with_its_quota_answers_and_stops() {
     s.spawner.stop(&started.state).await.expect("stopping again is done");
     // The home stayed; the next start mounts it again.
     assert!(s.spawner.storage_usage(&spec.home).await.unwrap().is_some(), "the home is kept");
+}
+
+#[tokio::test]
+async fn an_rstudio_server_runs_as_a_service_with_its_private_state_made_by_its_own_user() {
+    let s = scope().await;
+    let mut spec = spec(&s, "lea", 9);
+    spec.kind = ImageKind::Rstudio;
+    spec.port = ImageKind::Rstudio.default_port();
+    let (started, _) = start(&s.spawner, &spec).await.expect("an rstudio server starts in Swarm mode");
+    assert_eq!(started.endpoint.port(), 8787);
+    // The rserver stand-in answers at its own root (its sign-in redirect).
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let status = client.get(format!("http://{}/", started.endpoint)).send().await.unwrap().status();
+    assert!(status.as_u16() < 500, "{status}");
+
+    // What a service cannot have placed before start, the task's prologue made: rserver's
+    // state, the rstudio user's own and private.
+    let container = task_container(&s, &started).await;
+    let options = bollard::query_parameters::DownloadFromContainerOptions { path: "/tmp/labhub-rserver".into() };
+    let chunks = s.engine().download_from_container(&container, Some(options));
+    let tarball: Vec<u8> = futures::StreamExt::concat(futures::StreamExt::map(chunks, |c| c.unwrap().to_vec())).await;
+    let mut entries = Vec::new();
+    for entry in tar::Archive::new(&tarball[..]).entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let path = entry.path().unwrap().display().to_string();
+        entries.push((path, h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o777));
+    }
+    for dir in ["labhub-rserver/", "labhub-rserver/data/", "labhub-rserver/db/"] {
+        assert!(entries.contains(&(dir.into(), 1000, 1000, 0o700)), "{dir}: {entries:?}");
+    }
+    assert!(entries.contains(&("labhub-rserver/database.conf".into(), 1000, 1000, 0o600)), "{entries:?}");
+    s.spawner.stop(&started.state).await.unwrap();
+    assert!(services_of(&s).await.is_empty());
 }
 
 #[tokio::test]

@@ -248,6 +248,9 @@ impl Config {
                 "\"nfs\" needs swarm_nfs_addr (the NFS server) and swarm_nfs_export (an absolute exported path)",
             );
         }
+        if self.docker.swarm_registry.is_some() && self.docker.swarm_images != labhub_spawner::SwarmImages::Registry {
+            return bad("docker.swarm_registry", "is where images are pushed with swarm_images = \"registry\" only");
+        }
         for (i, node) in self.docker.swarm_nodes.iter().enumerate() {
             // An engine's API is root on its node: only a socket the hub alone opens (one
             // forwarded over SSH, say), never a TCP port anyone on the network could reach.
@@ -521,6 +524,13 @@ mod tests {
         assert!(e.contains("'docker.swarm_subnet' '10.50.0.0/24' must be a /16 or larger"), "{e}");
         let e = load_str("[docker]\nmode = \"swarm\"\nswarm_homes = \"nfs\"\n").unwrap_err().to_string();
         assert!(e.contains("'docker.swarm_homes'") && e.contains("swarm_nfs_addr"), "{e}");
+        let c =
+            load_str("[docker]\nswarm_images = \"registry\"\nswarm_registry = \"registry.lab:5000/labhub\"\n").unwrap();
+        assert_eq!(c.docker.swarm_registry.unwrap().as_str(), "registry.lab:5000/labhub");
+        let e = load_str("[docker]\nswarm_registry = \"registry.lab:5000/labhub\"\n").unwrap_err().to_string();
+        assert!(e.contains("'docker.swarm_registry'") && e.contains("swarm_images"), "{e}");
+        let e = load_str("[docker]\nswarm_images = \"registry\"\nswarm_registry = \"labhub\"\n").unwrap_err();
+        assert!(e.to_string().contains("not a registry path"), "{e}");
         let c = load_str(
             "[docker]\nmode = \"swarm\"\nswarm_homes = \"pinned\"\nswarm_images = \"copy\"\n\
              [[docker.swarm_nodes]]\nhostname = \"Lab2\"\ndocker_host = \"unix:///run/labhub/lab2.sock\"\n",
