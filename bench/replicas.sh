@@ -4,14 +4,17 @@
 #   - propagation from A to B (labhub-bench replicas): a start answered 201 (ready) by A to
 #     the first 200 through B (target p99 < 100 ms), a stop to B's first 503, a token revoked
 #     on A to B's first refusal (target < 1 s);
-#   - proxy throughput through nginx (1 KiB, wrk -c64) to one hub vs round robin over both
-#     replicas, the same nginx, the same server (target: at least 0.9×; on two cores replicas
-#     cannot add capacity, but they must not cost it).
+#   - proxy throughput through nginx (1 KiB, wrk -c64) to one hub (A) vs round robin over two
+#     replicas (B and C, both on the same database), the same nginx, the same server (target:
+#     at least 0.9×; on two cores replicas cannot add capacity, but they must not cost it).
 #
 #   bench/replicas.sh
+#   REPLICA_THREADS=1 bench/replicas.sh   # each replica with one runtime thread
 #
 # Environment: ROUNDS (20 propagation rounds), WRK_ROUNDS (3), SECONDS_PER_RUN (5),
-#   TWO_KEEPALIVE (64: the idle upstream connections nginx keeps for the two replicas).
+#   TWO_KEEPALIVE (64: the idle upstream connections nginx keeps for the two replicas),
+#   REPLICA_THREADS (unset: B and C run as many runtime threads as A, one per core; set, each
+#   runs that many, through tokio's TOKIO_WORKER_THREADS, as replicas sharing a machine would).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -22,42 +25,56 @@ need curl curl
 build
 test_image
 HUB_PORT=$(free_port)
-B_PORT=$(free_port)
+C_PORT=$(free_port)
 ONE_PORT=$(free_port)
 TWO_PORT=$(free_port)
-B_PID=""
-B_LOG="$WORK/hub-b.log"
+REPLICA_PIDS=()
 hub_env
 
-# B is this script's own; lib.sh's cleanup knows A and nginx.
-stop_b() {
-    local rc=$?
-    if [ -n "$B_PID" ] && kill -0 "$B_PID" 2>/dev/null; then
-        kill -TERM "$B_PID" 2>/dev/null || true
-        wait "$B_PID" 2>/dev/null || true
-    fi
+# B and C are this script's own; lib.sh's cleanup knows A and nginx.
+stop_replicas() {
+    local rc=$? pid
+    for pid in "${REPLICA_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     (exit "$rc")
     cleanup
 }
-trap stop_b EXIT
+trap stop_replicas EXIT
 
 say "preparing users, a token and the catalogue ..."
 proxy_fixture
 
-echo "== bench/replicas.sh: two hubs on one Postgres =="
+echo "== bench/replicas.sh: hubs on one Postgres =="
 machine_line
 start_hub
 A="http://127.0.0.1:$HUB_PORT"
 B="http://127.0.0.1:$B_PORT"
-DATABASE_URL="postgres://postgres@localhost/labhub?host=$DATA/postgres/run" LABHUB_BIND="127.0.0.1:$B_PORT" \
-    "$LABHUB" serve >>"$B_LOG" 2>&1 &
-B_PID=$!
-for _ in $(seq 1 600); do
-    curl -fsS --noproxy '*' -o /dev/null "$B/hub/health" 2>/dev/null && break
-    kill -0 "$B_PID" 2>/dev/null || { tail -20 "$B_LOG" >&2; die "replica B exited; log: $B_LOG"; }
-    sleep 0.1
-done
-echo "replicas: A $A (embedded Postgres), B $B (the same database through its socket), release builds"
+C="http://127.0.0.1:$C_PORT"
+
+# A replica on PORT reaching A's embedded cluster by its socket.
+start_replica() {
+    local port=$1 log="$WORK/hub-$1.log" pid
+    (
+        [ -n "${REPLICA_THREADS:-}" ] && export TOKIO_WORKER_THREADS="$REPLICA_THREADS"
+        DATABASE_URL="postgres://postgres@localhost/labhub?host=$DATA/postgres/run" LABHUB_BIND="127.0.0.1:$port" \
+            exec "$LABHUB" serve >>"$log" 2>&1
+    ) &
+    pid=$!
+    REPLICA_PIDS+=("$pid")
+    for _ in $(seq 1 600); do
+        curl -fsS --noproxy '*' -o /dev/null "http://127.0.0.1:$port/hub/health" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; die "the replica on $port exited; log: $log"; }
+        sleep 0.1
+    done
+    die "the replica on $port did not answer; log: $log"
+}
+start_replica "$B_PORT"
+start_replica "$C_PORT"
+echo "hubs: A $A (embedded Postgres), replicas B $B and C $C (the same database through its socket; runtime threads: ${REPLICA_THREADS:-one per core, as A}), release builds"
 echo
 
 "$BENCH" replicas --a "$A" --b "$B" --admin-token "$ADMIN_TOKEN" --rounds "${ROUNDS:-20}"
@@ -84,7 +101,7 @@ http {
     scgi_temp_path $WORK/nginx/scgi;
     map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
     upstream one { server 127.0.0.1:$HUB_PORT; keepalive 64; }
-    upstream two { server 127.0.0.1:$HUB_PORT; server 127.0.0.1:$B_PORT; keepalive ${TWO_KEEPALIVE:-64}; }
+    upstream two { server 127.0.0.1:$B_PORT; server 127.0.0.1:$C_PORT; keepalive ${TWO_KEEPALIVE:-64}; }
     server {
         listen 127.0.0.1:$ONE_PORT;
         location / {
@@ -132,7 +149,7 @@ for _ in $(seq 1 "${WRK_ROUNDS:-3}"); do
     TWO+=("$(rps "$TWO_PORT")")
 done
 printf '%-28s %s\n' "one hub (A)" "${ONE[*]} req/s; TCP connections opened per run: $(tr '\n' ' ' <"$WORK/opens-$ONE_PORT")"
-printf '%-28s %s\n' "two replicas (A, B)" "${TWO[*]} req/s; TCP connections opened per run: $(tr '\n' ' ' <"$WORK/opens-$TWO_PORT")"
+printf '%-28s %s\n' "two replicas (B, C)" "${TWO[*]} req/s; TCP connections opened per run: $(tr '\n' ' ' <"$WORK/opens-$TWO_PORT")"
 echo "(nginx's upstream block: keepalive 64 for one hub, ${TWO_KEEPALIVE:-64} for two; TWO_KEEPALIVE sets it)"
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 m1=$(median "${ONE[@]}")
@@ -152,7 +169,7 @@ echo "== CPU per proxied request through nginx (1 KiB, 64 connections, ${SECONDS
 printf '%-8s %10s %14s %14s\n' "hubs" "requests" "user ns/req" "system ns/req"
 NGINX_WORKERS_PIDS="$(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 for port in "$ONE_PORT" "$TWO_PORT"; do
-    if [ "$port" = "$ONE_PORT" ]; then hubs="$HUB_PID" name="A"; else hubs="$HUB_PID $B_PID" name="A+B"; fi
+    if [ "$port" = "$ONE_PORT" ]; then hubs="$HUB_PID" name="A"; else hubs="${REPLICA_PIDS[*]}" name="B+C"; fi
     CPU_PIDS="$hubs" cpu_per_request "$name" "http://127.0.0.1:$port/user/bench/download?bytes=1024" -H "Cookie: $COOKIE"
     CPU_PIDS="$NGINX_WORKERS_PIDS" cpu_per_request "nginx" "http://127.0.0.1:$port/user/bench/download?bytes=1024" \
         -H "Cookie: $COOKIE"

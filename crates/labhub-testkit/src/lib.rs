@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod browser;
+pub mod certs;
 pub mod docker;
 pub mod fake_forges;
 pub mod http;

@@ -1,34 +1,70 @@
 //! A real container registry for tests: Debian's `docker-registry` (the CNCF distribution
-//! registry), started by the test on a free loopback port with its storage in a temporary
-//! folder, no authentication. The engine pushes to and pulls from `127.0.0.1:<port>` over
-//! plain HTTP, as it does for any registry on a loopback address (Docker treats 127.0.0.0/8
-//! as insecure registries by default). Each registry is its own process, port and folder.
+//! registry), started by the test with its storage in a temporary folder, no authentication.
+//! Each registry is its own process, port and folder.
+//!
+//! - [`Registry::start`]: on a free loopback port, plain HTTP, which the engine pushes to and
+//!   pulls from as it does for any registry on 127.0.0.0/8 (insecure by default).
+//! - [`Registry::start_tls`]: on another address of this machine (the swarm's manager address,
+//!   which a second node reaches), with TLS from a CA the test makes. Every engine of this
+//!   machine trusts that CA for exactly that address and port through
+//!   `/etc/docker/certs.d/<address>:<port>/ca.crt`, which the engine reads at each connection
+//!   (no restart) and which is removed again on drop. A second node's engine runs in a mount
+//!   namespace copied from the host's, so it reads the same folder.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs::make_certificates;
 use crate::pg::free_port;
 
 /// Where Debian installs the registry.
 const PROGRAM: &str = "/usr/bin/docker-registry";
+/// Where the engine looks for the CA of a registry it reaches by TLS.
+const ENGINE_CERTS: &str = "/etc/docker/certs.d";
 
-/// A running registry. Dropping it kills the process and removes its storage.
+/// A running registry. Dropping it kills the process and removes its storage (and the
+/// engines' trust in it).
 pub struct Registry {
     child: Child,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
+    /// Its `address:port`, as image references name it.
+    host: String,
+    /// The CA's certificate, with TLS.
+    ca_pem: Option<Vec<u8>>,
+    /// The engines' folder trusting it, with TLS.
+    trusted: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts a registry and waits until it answers `/v2/`.
+    /// A plain-HTTP registry on a free loopback port, answering once this returns.
     pub async fn start() -> Self {
+        Self::launch("127.0.0.1", free_port(), false).await
+    }
+
+    /// A TLS registry on `ip:port` (an address of this machine), trusted by this machine's
+    /// engines (see the module docs), answering once this returns.
+    pub async fn start_tls(ip: &str, port: u16) -> Self {
+        Self::launch(ip, port, true).await
+    }
+
+    async fn launch(ip: &str, port: u16, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("a folder for the registry");
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        let host = format!("{ip}:{port}");
+        let mut config = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
             dir.path().join("storage").display()
         );
+        let (mut ca_pem, mut trusted) = (None, None);
+        if tls {
+            let (ca, cert, key) = make_certificates(dir.path(), ip);
+            config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+            let pem = std::fs::read(&ca).expect("the registry's CA");
+            let folder = PathBuf::from(ENGINE_CERTS).join(&host);
+            std::fs::create_dir_all(&folder).expect("the engines' folder for the registry's CA");
+            std::fs::write(folder.join("ca.crt"), &pem).expect("the engines' trust in the registry");
+            (ca_pem, trusted) = (Some(pem), Some(folder));
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("the registry's configuration");
         let child = Command::new(PROGRAM)
@@ -40,35 +76,36 @@ impl Registry {
             .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("the registry's log"))
             .spawn()
             .unwrap_or_else(|e| panic!("could not run {PROGRAM} (is docker-registry installed?): {e}"));
-        let registry = Self { child, port, _dir: dir };
+        let registry = Self { child, host, ca_pem, trusted, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = registry.get("/v2/").await
+            if let Ok(r) = registry.client().get(registry.url("/v2/")).send().await
                 && r.status().is_success()
             {
                 return registry;
             }
-            assert!(Instant::now() < deadline, "the registry on port {port} did not answer within 30 s");
+            assert!(Instant::now() < deadline, "the registry on {} did not answer within 30 s", registry.host);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Its address as image references name it: `127.0.0.1:<port>`.
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+    /// Its address as image references name it: `address:port`.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The repositories it holds (`/v2/_catalog`).
     pub async fn repositories(&self) -> Vec<String> {
-        let body: serde_json::Value = self.get("/v2/_catalog").await.unwrap().json().await.unwrap();
+        let r = self.client().get(self.url("/v2/_catalog")).send().await.unwrap();
+        let body: serde_json::Value = r.json().await.unwrap();
         body["repositories"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect()
     }
 
     /// The digest of the manifest `repository:reference` names, as the registry serves it.
     pub async fn manifest_digest(&self, repository: &str, reference: &str) -> Option<String> {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let r = client
-            .head(format!("http://{}/v2/{repository}/manifests/{reference}", self.host()))
+        let r = self
+            .client()
+            .head(self.url(&format!("/v2/{repository}/manifests/{reference}")))
             .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
             .send()
             .await
@@ -79,9 +116,17 @@ impl Registry {
         r.headers().get("Docker-Content-Digest").map(|d| d.to_str().unwrap().to_string())
     }
 
-    async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
-        client.get(format!("http://{}{path}", self.host())).send().await
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.ca_pem.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.host)
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5));
+        if let Some(pem) = &self.ca_pem {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem).expect("the CA parses"));
+        }
+        builder.build().expect("a client")
     }
 }
 
@@ -89,5 +134,11 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(folder) = &self.trusted {
+            let _ = std::fs::remove_dir_all(folder);
+            // The engines' folder itself goes too when nothing else is in it (as it was found
+            // on a machine that trusts no other registry).
+            let _ = std::fs::remove_dir(ENGINE_CERTS);
+        }
     }
 }

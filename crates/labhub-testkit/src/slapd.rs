@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs::{make_certificates, run};
 use crate::pg::free_port;
 
 /// The suffix of every test directory.
@@ -49,73 +50,6 @@ impl Drop for Slapd {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn run(cmd: &mut Command, input: Option<&str>) {
-    let mut child = cmd
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not run {cmd:?} (are slapd and ldap-utils installed?): {e}"));
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        use std::io::Write;
-        stdin.write_all(text.as_bytes()).expect("writing to the command");
-    }
-    let out = child.wait_with_output().expect("waiting for the command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1 and localhost, in `dir`.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |name: &str| dir.join(name);
-    let s = |path: PathBuf| path.to_str().expect("a UTF-8 path").to_string();
-    run(
-        Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]).args([
-            "-subj",
-            "/CN=labhub test CA",
-            "-keyout",
-            &s(p("ca.key")),
-            "-out",
-            &s(p("ca.pem")),
-        ]),
-        None,
-    );
-    run(
-        Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"]).args([
-            "-keyout",
-            &s(p("server.key")),
-            "-out",
-            &s(p("server.csr")),
-        ]),
-        None,
-    );
-    std::fs::write(
-        p("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("the certificate extensions");
-    run(
-        Command::new("openssl").args(["x509", "-req", "-days", "2", "-CAcreateserial"]).args([
-            "-in",
-            &s(p("server.csr")),
-            "-CA",
-            &s(p("ca.pem")),
-            "-CAkey",
-            &s(p("ca.key")),
-            "-extfile",
-            &s(p("ext.cnf")),
-            "-out",
-            &s(p("server.pem")),
-        ]),
-        None,
-    );
-    (p("ca.pem"), p("server.pem"), p("server.key"))
 }
 
 /// The server's configuration as LDIF for `slapadd -n0`.
@@ -198,7 +132,7 @@ impl Slapd {
         let ca_file = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(path.join("slapd.d")).expect("slapd.d");
             std::fs::create_dir_all(path.join("db")).expect("the database folder");
-            let certs = options.tls.then(|| make_certificates(&path));
+            let certs = options.tls.then(|| make_certificates(&path, "127.0.0.1"));
             let config = config_ldif(&path, certs.as_ref().map(|(_, cert, key)| (cert.as_path(), key.as_path())));
             run(Command::new(sbin("slapadd")).args(["-n0", "-F"]).arg(path.join("slapd.d")), Some(&config));
             certs.map(|(ca, _, _)| ca)

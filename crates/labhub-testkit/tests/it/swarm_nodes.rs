@@ -7,9 +7,9 @@
 //! what to configure; and `labhub swarm guard`, run inside the second node, keeps servers
 //! there apart from each other and off that node's host.
 //!
-//! Not verified here: NFS homes following a user across nodes (this kernel has no `nfs` or
-//! `nfsd`: `/proc/filesystems` lists neither), the `registry` image mode (no registry runs
-//! here).
+//! The `registry` image mode on the second node is `swarm_registry.rs`'s. Not verified here:
+//! NFS homes following a user across nodes (this kernel has no `nfs` or `nfsd`:
+//! `/proc/filesystems` lists neither).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,17 +39,17 @@ async fn two_nodes() -> SwarmScope {
 
 /// The node as the hub's configuration lists it. Declared guarded: most tests here are about
 /// placement, images and reach, and run no guard; the guard's own test runs one.
-fn listed(node: &SwarmNode) -> SwarmNodeConfig {
+pub(crate) fn listed(node: &SwarmNode) -> SwarmNodeConfig {
     SwarmNodeConfig { hostname: node.hostname.clone(), docker_host: node.docker_host.clone(), isolated_by_admin: true }
 }
 
 /// The swarm tests' server, with time for an image copy to the second node.
-fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
+pub(crate) fn spec(s: &SwarmScope, user: &str, owner: i64) -> ServerSpec {
     ServerSpec { start_timeout: Duration::from_secs(120), ..crate::swarm::spec(s, user, owner) }
 }
 
 /// The node id and container id of a service's task.
-async fn task_of(s: &SwarmScope, service_id: &str) -> (String, String) {
+pub(crate) async fn task_of(s: &SwarmScope, service_id: &str) -> (String, String) {
     let options = bollard::query_parameters::ListTasksOptions {
         filters: Some(HashMap::from([("service".to_string(), vec![service_id.to_string()])])),
     };

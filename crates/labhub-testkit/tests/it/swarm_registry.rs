@@ -1,19 +1,20 @@
-//! `swarm_images = "registry"` against a real registry: Debian's `docker-registry` on a
-//! loopback port of the test's own (`labhub_testkit::registry`), which this machine's engine
-//! pushes to and pulls from. On the single-node swarm: an image from no registry is pushed by
-//! the hub and its service names the registry's digest; one the admin pushed is pulled and
-//! run by its digest; without `swarm_registry` the first is refused. Not verified here: a
-//! second node pulling (the test's second engine cannot reach a loopback registry, and the
-//! manager's engine would need TLS or `insecure-registries` for any other address).
+//! `swarm_images = "registry"` against a real registry: Debian's `docker-registry`, started by
+//! each test (`labhub_testkit::registry`). On the single-node swarm, with the registry on a
+//! loopback port: an image from no registry is pushed by the hub and its service names the
+//! registry's digest; one the admin pushed is pulled and run by its digest; without
+//! `swarm_registry` the first is refused. On two nodes, with the registry on the manager's
+//! address over TLS (the second node's engine reaches it there): a server pinned to the
+//! second node runs from the bytes that node pulled itself, by digest.
 
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptions, RemoveImageOptions, TagImageOptions};
 use futures::StreamExt;
 use labhub_core::spawner::{Progress, SpawnError, Spawner, Started};
 use labhub_core::{ImageRef, RegistryPath};
-use labhub_spawner::SwarmImages;
+use labhub_spawner::{SwarmHomes, SwarmImages};
+use labhub_testkit::pg::free_port;
 use labhub_testkit::registry::Registry;
-use labhub_testkit::swarm::SwarmScope;
+use labhub_testkit::swarm::{MANAGER_ADDR, SwarmScope};
 
 use crate::common::test_server_binary;
 use crate::swarm::{get, service_id, services_of, spec, start};
@@ -100,4 +101,44 @@ async fn without_a_registry_path_an_image_from_no_registry_is_refused_and_one_fr
     assert_eq!(get(started.endpoint, "/user/sam/api", spec.token.expose()).await.unwrap(), 200);
     s.spawner.stop(&started.state).await.unwrap();
     untag(&s, &format!("{named}:1")).await;
+}
+
+#[tokio::test]
+async fn a_server_on_the_second_node_runs_from_the_bytes_that_node_pulled_from_the_registry() {
+    let port = free_port();
+    let path = RegistryPath::parse(&format!("{MANAGER_ADDR}:{port}/labhub")).unwrap();
+    let s = SwarmScope::with_node(test_server_binary(), |c, node| {
+        c.swarm_homes = SwarmHomes::Pinned;
+        c.swarm_nodes = vec![crate::swarm_nodes::listed(node)];
+        c.swarm_images = SwarmImages::Registry;
+        c.swarm_registry = Some(path.clone());
+    })
+    .await;
+    // On the manager's address, which exists while the swarm does and the node reaches.
+    let registry = Registry::start_tls(MANAGER_ADDR, port).await;
+    let node = s.node.as_ref().unwrap();
+    let id = s.engine().inspect_image(s.docker.test_image.as_str()).await.unwrap().id.unwrap();
+    assert!(node.docker.inspect_image(&id).await.is_err(), "the second node starts without the image");
+
+    let mut spec = crate::swarm_nodes::spec(&s, "tess", 23);
+    spec.node = Some(node.hostname.clone());
+    let (started, progress) = start(&s.spawner, &spec).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(said(&progress, "pushing image"), "{progress:?}");
+    assert!(!said(&progress, "copying the image"), "the registry, not labhub, brings it: {progress:?}");
+
+    // The task runs on the second node, from the bytes that node pulled by the digest the
+    // registry serves; the hub reaches it there.
+    let target = path.reference_for(&spec.image, &id);
+    let digest = registry.manifest_digest("labhub/testserver", target.as_str().rsplit_once(':').unwrap().1).await;
+    let pinned = format!("{}/labhub/testserver@{}", registry.host(), digest.expect("the pushed manifest"));
+    assert_eq!(service_image(&s, &started).await, pinned);
+    let (task_node, container) = crate::swarm_nodes::task_of(&s, &service_id(&started)).await;
+    assert_eq!(task_node, node.node_id, "the task runs on the second node");
+    let pulled = node.docker.inspect_image(&id).await.expect("the node pulled the image");
+    assert!(pulled.repo_digests.unwrap_or_default().contains(&pinned), "pulled from the registry by that digest");
+    let c = node.docker.inspect_container(&container, None).await.unwrap();
+    assert_eq!(c.image.as_deref(), Some(id.as_str()), "the same bytes as the manager's");
+    assert_eq!(get(started.endpoint, "/user/tess/api", spec.token.expose()).await.unwrap(), 200);
+    s.spawner.stop(&started.state).await.unwrap();
+    untag(&s, target.as_str()).await;
 }
