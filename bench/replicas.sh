@@ -9,12 +9,14 @@
 #     at least 0.9×; on two cores replicas cannot add capacity, but they must not cost it).
 #
 #   bench/replicas.sh
-#   REPLICA_THREADS=1 bench/replicas.sh   # each replica with one runtime thread
+#   REPLICA_THREADS=1 REPLICA_PIN=1 TWO_KEEPALIVE=128 bench/replicas.sh   # replicas sharing
+#                                         # two cores: one thread each, each on its own core
 #
 # Environment: ROUNDS (20 propagation rounds), WRK_ROUNDS (3), SECONDS_PER_RUN (5),
 #   TWO_KEEPALIVE (64: the idle upstream connections nginx keeps for the two replicas),
 #   REPLICA_THREADS (unset: B and C run as many runtime threads as A, one per core; set, each
-#   runs that many, through tokio's TOKIO_WORKER_THREADS, as replicas sharing a machine would).
+#   runs that many: LABHUB_WORKER_THREADS), REPLICA_PIN (set: B runs on core 0 only, C on
+#   core 1, by taskset), as replicas sharing a machine would be run.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -25,6 +27,7 @@ need curl curl
 build
 test_image
 HUB_PORT=$(free_port)
+B_PORT=$(free_port)
 C_PORT=$(free_port)
 ONE_PORT=$(free_port)
 TWO_PORT=$(free_port)
@@ -57,11 +60,13 @@ C="http://127.0.0.1:$C_PORT"
 
 # A replica on PORT reaching A's embedded cluster by its socket.
 start_replica() {
-    local port=$1 log="$WORK/hub-$1.log" pid
+    local port=$1 cpu=$2 log="$WORK/hub-$1.log" pid
     (
-        [ -n "${REPLICA_THREADS:-}" ] && export TOKIO_WORKER_THREADS="$REPLICA_THREADS"
+        [ -n "${REPLICA_THREADS:-}" ] && export LABHUB_WORKER_THREADS="$REPLICA_THREADS"
+        pin=()
+        [ -n "${REPLICA_PIN:-}" ] && pin=(taskset -c "$cpu")
         DATABASE_URL="postgres://postgres@localhost/labhub?host=$DATA/postgres/run" LABHUB_BIND="127.0.0.1:$port" \
-            exec "$LABHUB" serve >>"$log" 2>&1
+            exec "${pin[@]}" "$LABHUB" serve >>"$log" 2>&1
     ) &
     pid=$!
     REPLICA_PIDS+=("$pid")
@@ -72,9 +77,9 @@ start_replica() {
     done
     die "the replica on $port did not answer; log: $log"
 }
-start_replica "$B_PORT"
-start_replica "$C_PORT"
-echo "hubs: A $A (embedded Postgres), replicas B $B and C $C (the same database through its socket; runtime threads: ${REPLICA_THREADS:-one per core, as A}), release builds"
+start_replica "$B_PORT" 0
+start_replica "$C_PORT" 1
+echo "hubs: A $A (embedded Postgres), replicas B $B and C $C (the same database through its socket; runtime threads: ${REPLICA_THREADS:-one per core, as A}${REPLICA_PIN:+, pinned to cores 0 and 1}), release builds"
 echo
 
 "$BENCH" replicas --a "$A" --b "$B" --admin-token "$ADMIN_TOKEN" --rounds "${ROUNDS:-20}"

@@ -120,7 +120,11 @@ pub fn run() -> ExitCode {
         }
     };
     crate::telemetry::init_logging(if cli.log_json { LogFormat::Json } else { config.log_format });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        builder.worker_threads(threads.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("labhub: could not start the async runtime: {e}");

@@ -45,6 +45,9 @@ pub struct Config {
     pub secret_key: Option<Secret<String>>,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// Threads of the hub's runtime; unset, one per core. Replicas sharing a machine each
+    /// take their share of its cores.
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// The database.
     pub database: DatabaseConfig,
     /// Browser sessions.
@@ -79,6 +82,7 @@ impl Default for Config {
             data_dir: PathBuf::from("labhub-data"),
             secret_key: None,
             log_format: LogFormat::Text,
+            worker_threads: None,
             database: DatabaseConfig::default(),
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
@@ -518,6 +522,8 @@ mod tests {
         }
         let e = load_str("[docker]\niptables = \"\"\n").unwrap_err().to_string();
         assert!(e.contains("'docker.iptables'"), "{e}");
+        assert_eq!(load_str("worker_threads = 1\n").unwrap().worker_threads.map(|n| n.get()), Some(1));
+        assert!(load_str("worker_threads = 0\n").unwrap_err().to_string().contains("worker_threads"));
         let c = load_str("[docker]\nmode = \"swarm\"\nswarm_subnet = \"10.50.0.0/16\"\n").unwrap();
         assert_eq!(c.docker.mode, labhub_spawner::RuntimeMode::Swarm);
         let e = load_str("[docker]\nswarm_subnet = \"10.50.0.0/24\"\n").unwrap_err().to_string();
