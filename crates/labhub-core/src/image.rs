@@ -69,6 +69,14 @@ impl ImageRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Its repository: the name without tag or digest (`host:5000/lab/scipy`).
+    pub fn repository(&self) -> &str {
+        let name = self.0.split('@').next().unwrap_or_default();
+        // A tag is after a ':' that comes after the last '/' (a registry port has '/' after it).
+        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+        name[last_slash..].rfind(':').map_or(name, |i| &name[..last_slash + i])
+    }
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
@@ -223,6 +231,12 @@ pub struct ImageFields {
     pub placement: Vec<crate::Placement>,
 }
 
+/// The longest registry path: with a name part of [`NAME_PART_MAX`], `:sha256-` and 64 hex
+/// digits, a reference stays within Docker's 255 characters.
+pub const REGISTRY_PATH_MAX: usize = 128;
+/// The longest name part of a reference in a registry path.
+const NAME_PART_MAX: usize = 48;
+
 /// A registry path that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -237,28 +251,38 @@ pub struct RegistryPathError(pub String);
 pub struct RegistryPath(String);
 
 impl RegistryPath {
-    /// Validates `host[:port]/path` (a host with a '.' or ':', or `localhost`; no tag or digest).
+    /// Validates `host[:port]/path` (a host with a '.' or ':', or `localhost`; no tag or
+    /// digest; at most [`REGISTRY_PATH_MAX`] characters, leaving room for a name and a tag).
     pub fn parse(raw: &str) -> Result<Self, RegistryPathError> {
         let err = || RegistryPathError(raw.to_string());
         let (host, path) = raw.split_once('/').ok_or_else(err)?;
         let has_host = host.contains('.') || host.contains(':') || host == "localhost";
         let last = path.rsplit('/').next().unwrap_or_default();
-        if !has_host || path.is_empty() || raw.contains('@') || last.contains(':') {
+        if !has_host || path.is_empty() || raw.contains('@') || last.contains(':') || raw.len() > REGISTRY_PATH_MAX {
             return Err(err());
         }
         ImageRef::parse(&format!("{raw}/image:tag")).map_err(|_| err())?;
         Ok(Self(raw.to_string()))
     }
 
-    /// The reference under which `image`, of content id `id` (`sha256:…`), is kept here:
-    /// `{path}/{last part of its name}:sha256-{hex}`, so one tag never names two contents.
-    pub fn reference_for(&self, image: &ImageRef, id: &str) -> ImageRef {
-        let name = image.as_str().split('@').next().unwrap_or_default();
-        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-        let base = name[last_slash..].split(':').next().unwrap_or_default();
-        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    /// Whether its host is a loopback one, which each node would take for its own.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.0.split('/').next().unwrap_or_default();
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        name == "localhost" || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The reference under which `image`, of content id `id` (`sha256:` and 64 hex digits),
+    /// is kept here: `{path}/{last part of its name}:sha256-{hex}`, so one tag never names two
+    /// contents; the name part is shortened to keep the reference within Docker's limit.
+    pub fn reference_for(&self, image: &ImageRef, id: &str) -> Result<ImageRef, ImageRefError> {
+        let repository = image.repository();
+        let base = &repository[repository.rfind('/').map_or(0, |i| i + 1)..];
+        let mut base = &base[..base.len().min(NAME_PART_MAX)];
+        // A cut name must still end in a letter or digit.
+        base = base.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        let hex = id.strip_prefix("sha256:").filter(|h| h.len() == 64).ok_or_else(|| ImageRefError(id.to_string()))?;
         ImageRef::parse(&format!("{}/{base}:sha256-{hex}", self.0))
-            .expect("a valid path, name and hex make a valid reference")
     }
 
     /// The path as written.
@@ -288,17 +312,24 @@ impl<'de> Deserialize<'de> for RegistryPath {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn registry_paths_name_a_registry_and_keep_one_content_per_tag() {
         let path = RegistryPath::parse("registry.lab.example:5000/labhub").unwrap();
         let image = ImageRef::parse("lab-env/scipy-stack:b7").unwrap();
         let id = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(
-            path.reference_for(&image, &id).as_str(),
+            path.reference_for(&image, &id).unwrap().as_str(),
             format!("registry.lab.example:5000/labhub/scipy-stack:sha256-{}", "ab".repeat(32))
         );
         let pinned = ImageRef::parse(&format!("quay.io/jupyter/base:1@sha256:{}", "cd".repeat(32))).unwrap();
-        assert!(path.reference_for(&pinned, &id).as_str().starts_with("registry.lab.example:5000/labhub/base:sha256-"));
+        assert!(
+            path.reference_for(&pinned, &id)
+                .unwrap()
+                .as_str()
+                .starts_with("registry.lab.example:5000/labhub/base:sha256-")
+        );
         assert!(RegistryPath::parse("localhost/lab").is_ok());
         for bad in [
             "labhub",
@@ -310,9 +341,33 @@ mod tests {
         ] {
             assert!(RegistryPath::parse(bad).is_err(), "{bad}");
         }
+        assert!(RegistryPath::parse("localhost:5000/lab").unwrap().is_loopback());
+        assert!(RegistryPath::parse("127.0.0.1:5000/lab").unwrap().is_loopback());
+        assert!(!path.is_loopback());
+        // A long name is shortened to fit; a long path is refused; an id must be a sha256.
+        let long = ImageRef::parse(&format!("lab/{}-x:1", "n".repeat(120))).unwrap();
+        let r = path.reference_for(&long, &id).unwrap();
+        assert!(r.as_str().len() <= 255 && r.as_str().contains(&format!("/{}:sha256-", "n".repeat(48))), "{r}");
+        let longest = RegistryPath::parse(&format!("r.lab/{}", "p".repeat(REGISTRY_PATH_MAX - 6))).unwrap();
+        assert!(longest.reference_for(&long, &id).is_ok());
+        assert!(RegistryPath::parse(&format!("r.lab/{}", "p".repeat(REGISTRY_PATH_MAX))).is_err());
+        assert!(path.reference_for(&image, "abc").is_err());
     }
 
-    use super::*;
+    #[test]
+    fn the_repository_is_the_name_without_tag_or_digest() {
+        for (reference, repository) in [
+            ("labhub/jupyterlab:1", "labhub/jupyterlab"),
+            ("jupyter/base", "jupyter/base"),
+            ("127.0.0.1:9/labhub-missing:1", "127.0.0.1:9/labhub-missing"),
+            ("localhost:5000/img", "localhost:5000/img"),
+        ] {
+            assert_eq!(ImageRef::parse(reference).unwrap().repository(), repository);
+        }
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(ImageRef::parse(&format!("rocker/rstudio:4.4@{d}")).unwrap().repository(), "rocker/rstudio");
+        assert_eq!(ImageRef::parse(&format!("host:5/img@{d}")).unwrap().repository(), "host:5/img");
+    }
 
     #[test]
     fn image_references() {

@@ -109,9 +109,8 @@ pub enum SwarmImages {
     /// (`docker save` / `docker load` by content id) before the service is created.
     #[default]
     Copy,
-    /// The nodes pull from a registry the admin runs: services are created with the image's
-    /// registry digest (`repo@sha256:…`); an image from no registry is pushed to
-    /// `swarm_registry` first.
+    /// The nodes pull from a registry: services are created with an image's registry digest
+    /// (`repo@sha256:…`), in `swarm_registry` (pushed there first) when that is set.
     Registry,
 }
 
@@ -144,7 +143,7 @@ pub struct DockerConfig {
     pub pids_limit: u32,
     /// Whether an absent image may be pulled.
     pub pull_policy: PullPolicy,
-    /// Longest time a pull may take before the start fails.
+    /// Longest time a pull (or, with `swarm_registry`, a push) may take before the start fails.
     #[serde(with = "humantime_serde")]
     pub pull_timeout: Duration,
     /// Keep servers off the host itself, link-local addresses (the cloud metadata service) and
@@ -195,9 +194,9 @@ pub struct DockerConfig {
     pub swarm_gpu_resource: String,
     /// Swarm mode: how images reach the other nodes.
     pub swarm_images: SwarmImages,
-    /// Swarm mode with `swarm_images = "registry"`: where labhub pushes the images it runs that
-    /// came from no registry (built or imported here, environments, snapshots), so the nodes
-    /// can pull them; unset, such images are refused.
+    /// Swarm mode with `swarm_images = "registry"`: the lab's registry, where labhub pushes
+    /// every image it runs so the nodes pull them from there; unset, images are run by the
+    /// digest they came with, and those from no registry are refused.
     pub swarm_registry: Option<labhub_core::RegistryPath>,
     /// Swarm mode: the nodes besides the manager that may run servers.
     pub swarm_nodes: Vec<SwarmNodeConfig>,

@@ -34,9 +34,9 @@
 //! The directory and the database config are made by a `/bin/sh` prologue of the server's
 //! command, run as the server's user (so they are its own, mode 0700) before it `exec`s
 //! rserver: the one way that serves both runtimes, since a Swarm service has no step between
-//! creating its container and starting it. Every rocker image has a shell. It lives in the container's `/tmp`, not
-//! in the user's volume, like jupyter-rsession-proxy's `mkdtemp()`: a stale server
-//! database must not survive into the next start. So the rstudio kind adds back no
+//! creating its container and starting it. Every rocker image has a shell. The directory
+//! lives in the container's `/tmp`, not in the user's volume, like jupyter-rsession-proxy's
+//! `mkdtemp()`: a stale server database must not survive into the next start. So the rstudio kind adds back no
 //! capability at all. The user matches rocker's default `USERID`/`GROUPID` (1000:1000),
 //! which is who owns `/home/rstudio` in the image, so a new volume is writable.
 //! `USER` and `HOME` are set as rsession expects them (jupyter-rsession-proxy sets `USER`).
@@ -361,12 +361,18 @@ fn rserver_command(port: u16) -> Vec<String> {
 }
 
 /// `cmd` behind a prologue that makes rserver's private state as the server's own user
-/// (folders 0700, the database config 0600, by `umask`) and then `exec`s it; `cmd`'s words
-/// reach it as the shell's positional parameters, never parsed by the shell.
+/// (see [`state_prologue`]).
 fn with_rserver_state(cmd: Vec<String>) -> Vec<String> {
-    let d = RSERVER_STATE_DIR;
+    state_prologue(RSERVER_STATE_DIR, cmd)
+}
+
+/// `cmd` behind a `/bin/sh` prologue that makes `dir` with `data/` and `db/` (0700) and the
+/// sqlite database config (0600) under `umask 077` in a subshell, so the umask ends there and
+/// `cmd` runs under the container's own; `cmd`'s words reach `exec` as the shell's positional
+/// parameters, never parsed by the shell.
+fn state_prologue(dir: &str, cmd: Vec<String>) -> Vec<String> {
     let script = format!(
-        "umask 077 && mkdir -p {d}/data {d}/db && printf 'provider=sqlite\\ndirectory={d}/db\\n' >{d}/database.conf && exec \"$@\""
+        "(umask 077 && mkdir -p {dir}/data {dir}/db && printf 'provider=sqlite\\ndirectory={dir}/db\\n' >{dir}/database.conf) && exec \"$@\""
     );
     ["/bin/sh".to_string(), "-c".into(), script, "labhub-rserver".into()].into_iter().chain(cmd).collect()
 }
@@ -522,6 +528,32 @@ mod tests {
         assert!(!env.iter().any(|e| e.contains("s3cret")), "rserver has no use for the token");
         assert!(env.contains(&"USER=rstudio".to_string()));
         assert_eq!(plan.readiness, Readiness::AnyAnswer { path: "/".into() });
+    }
+
+    #[test]
+    fn the_state_prologue_makes_private_state_and_runs_the_command_verbatim_under_the_usual_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let dir_s = dir.to_str().unwrap();
+        let show = "printf '%s|' \"$@\"; umask";
+        let words = ["/bin/sh", "-c", show, "sh", "a b", "$HOME", "'q'"].map(String::from).to_vec();
+        let out = std::process::Command::new("/bin/sh").args(&state_prologue(dir_s, words)[1..]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let outer = std::process::Command::new("/bin/sh").args(["-c", "umask"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text,
+            format!("a b|$HOME|'q'|{}", String::from_utf8_lossy(&outer.stdout)),
+            "words verbatim, umask kept"
+        );
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [dir.clone(), dir.join("data"), dir.join("db")] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        assert_eq!(mode(&dir.join("database.conf")), 0o600);
+        let conf = std::fs::read_to_string(dir.join("database.conf")).unwrap();
+        assert_eq!(conf, format!("provider=sqlite\ndirectory={dir_s}/db\n"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Registry {
     ca_pem: Option<Vec<u8>>,
     /// The engines' folder trusting it, with TLS.
     trusted: Option<PathBuf>,
+    /// Whether `/etc/docker/certs.d` itself was made for it (and goes with it).
+    made_certs_dir: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -55,15 +57,11 @@ impl Registry {
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
             dir.path().join("storage").display()
         );
-        let (mut ca_pem, mut trusted) = (None, None);
+        let mut ca_pem = None;
         if tls {
             let (ca, cert, key) = make_certificates(dir.path(), ip);
             config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
-            let pem = std::fs::read(&ca).expect("the registry's CA");
-            let folder = PathBuf::from(ENGINE_CERTS).join(&host);
-            std::fs::create_dir_all(&folder).expect("the engines' folder for the registry's CA");
-            std::fs::write(folder.join("ca.crt"), &pem).expect("the engines' trust in the registry");
-            (ca_pem, trusted) = (Some(pem), Some(folder));
+            ca_pem = Some(std::fs::read(&ca).expect("the registry's CA"));
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("the registry's configuration");
@@ -76,7 +74,15 @@ impl Registry {
             .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("the registry's log"))
             .spawn()
             .unwrap_or_else(|e| panic!("could not run {PROGRAM} (is docker-registry installed?): {e}"));
-        let registry = Self { child, host, ca_pem, trusted, _dir: dir };
+        // Made before the engines' trust is written, so its drop takes that away again.
+        let mut registry = Self { child, host, ca_pem, trusted: None, made_certs_dir: false, _dir: dir };
+        if let Some(pem) = &registry.ca_pem {
+            registry.made_certs_dir = !std::path::Path::new(ENGINE_CERTS).exists();
+            let folder = PathBuf::from(ENGINE_CERTS).join(&registry.host);
+            registry.trusted = Some(folder.clone());
+            std::fs::create_dir_all(&folder).expect("the engines' folder for the registry's CA");
+            std::fs::write(folder.join("ca.crt"), pem).expect("the engines' trust in the registry");
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = registry.client().get(registry.url("/v2/")).send().await
@@ -106,7 +112,13 @@ impl Registry {
         let r = self
             .client()
             .head(self.url(&format!("/v2/{repository}/manifests/{reference}")))
-            .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+            // What an engine pushes: Docker's manifest or list, or OCI's manifest or index.
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json, \
+                 application/vnd.docker.distribution.manifest.list.v2+json, \
+                 application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+            )
             .send()
             .await
             .unwrap();
@@ -136,9 +148,10 @@ impl Drop for Registry {
         let _ = self.child.wait();
         if let Some(folder) = &self.trusted {
             let _ = std::fs::remove_dir_all(folder);
-            // The engines' folder itself goes too when nothing else is in it (as it was found
-            // on a machine that trusts no other registry).
-            let _ = std::fs::remove_dir(ENGINE_CERTS);
+            if self.made_certs_dir {
+                // Only if empty: another registry's trust may have come meanwhile.
+                let _ = std::fs::remove_dir(ENGINE_CERTS);
+            }
         }
     }
 }

@@ -96,7 +96,7 @@ impl DockerSpawner {
             labels: Some(all_labels),
             ..Default::default()
         };
-        let (repo, tag_part) = split_reference(tag.as_str());
+        let (repo, tag_part) = split_reference(tag);
         let options = CommitContainerOptions {
             container: Some(container.to_string()),
             repo: Some(repo.to_string()),

@@ -46,7 +46,7 @@ impl DockerSpawner {
 
     /// Pulls `image`, mapping the layers' download progress to 5–40 %.
     async fn pull(&self, image: &ImageRef, progress: &ProgressSender) -> Result<(), DockerError> {
-        let (from_image, tag) = split_reference(image.as_str());
+        let (from_image, tag) = split_reference(image);
         let options =
             CreateImageOptions { from_image: Some(from_image.into()), tag: Some(tag.into()), ..Default::default() };
         let mut pulled = self.docker.create_image(Some(options), None, None);
@@ -91,19 +91,13 @@ impl DockerSpawner {
 
 /// `name[:tag]` / `name@digest` → what the pull API wants: the name, and a tag or digest
 /// (never empty: an empty tag would pull every tag of the repository).
-pub(super) fn split_reference(reference: &str) -> (&str, &str) {
-    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
-    if let Some((name_tag, digest)) = reference.split_once('@') {
-        let name = match name_tag[last_slash.min(name_tag.len())..].rfind(':') {
-            Some(i) => &name_tag[..last_slash + i],
-            None => name_tag,
-        };
-        return (name, digest);
-    }
-    match reference[last_slash..].rfind(':') {
-        Some(i) => (&reference[..last_slash + i], &reference[last_slash + i + 1..]),
-        None => (reference, "latest"),
-    }
+pub(super) fn split_reference(image: &ImageRef) -> (&str, &str) {
+    let name = image.repository();
+    let rest = match image.as_str().split_once('@') {
+        Some((_, digest)) => digest,
+        None => image.as_str()[name.len()..].strip_prefix(':').unwrap_or("latest"),
+    };
+    (name, rest)
 }
 
 fn seconds(d: Duration) -> String {
@@ -114,14 +108,18 @@ fn seconds(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    fn r(reference: &str) -> ImageRef {
+        ImageRef::parse(reference).unwrap()
+    }
+
     #[test]
     fn references_split_for_the_pull_api() {
-        assert_eq!(split_reference("labhub/jupyterlab:1"), ("labhub/jupyterlab", "1"));
-        assert_eq!(split_reference("jupyter/base"), ("jupyter/base", "latest"));
-        assert_eq!(split_reference("127.0.0.1:9/labhub-missing:1"), ("127.0.0.1:9/labhub-missing", "1"));
-        assert_eq!(split_reference("localhost:5000/img"), ("localhost:5000/img", "latest"));
+        assert_eq!(split_reference(&r("labhub/jupyterlab:1")), ("labhub/jupyterlab", "1"));
+        assert_eq!(split_reference(&r("jupyter/base")), ("jupyter/base", "latest"));
+        assert_eq!(split_reference(&r("127.0.0.1:9/labhub-missing:1")), ("127.0.0.1:9/labhub-missing", "1"));
+        assert_eq!(split_reference(&r("localhost:5000/img")), ("localhost:5000/img", "latest"));
         let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(split_reference(&format!("rocker/rstudio:4.4@{d}")), ("rocker/rstudio", d));
-        assert_eq!(split_reference(&format!("host:5/img@{d}")), ("host:5/img", d));
+        assert_eq!(split_reference(&r(&format!("rocker/rstudio:4.4@{d}"))), ("rocker/rstudio", d));
+        assert_eq!(split_reference(&r(&format!("host:5/img@{d}"))), ("host:5/img", d));
     }
 }

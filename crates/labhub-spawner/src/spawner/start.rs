@@ -194,9 +194,7 @@ pub(crate) fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<Ima
 /// `named` names, if any (the same bytes may have come from, or gone to, several), else the
 /// first.
 fn repo_digest(image: &ImageInspect, named: &labhub_core::ImageRef) -> Option<String> {
-    let name = named.as_str().split('@').next().unwrap_or_default();
-    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-    let repo = name[last_slash..].rfind(':').map_or(name, |i| &name[..last_slash + i]);
+    let repo = named.repository();
     let digests: Vec<&String> = image.repo_digests.as_ref()?.iter().filter(|d| d.contains("@sha256:")).collect();
     let same_repo = digests.iter().find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo));
     same_repo.or(digests.first()).map(|d| (*d).clone())

@@ -298,9 +298,10 @@ mod tests {
             .task_template
             .unwrap();
         let container = task.container_spec.unwrap();
-        let words = [container.command.unwrap_or_default(), container.args.unwrap_or_default()].concat();
-        assert_eq!(words, p.body.cmd.unwrap(), "the container plan's command, prologue and all");
-        assert_eq!(&words[..2], ["/bin/sh", "-c"]);
+        assert_eq!(container.command, None, "the image's entrypoint is kept");
+        let args = container.args.unwrap();
+        assert_eq!(args, p.body.cmd.unwrap(), "the container plan's command, prologue and all");
+        assert_eq!(&args[..2], ["/bin/sh", "-c"]);
         assert_eq!(container.user.as_deref(), Some("1000:1000"), "the prologue runs as the server's user");
     }
 

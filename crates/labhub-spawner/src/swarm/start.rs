@@ -181,8 +181,9 @@ impl SwarmSpawner {
 
     /// The image a service names: its content id, copied first to the node the server is
     /// pinned to (`swarm_images = "copy"`), or a registry digest (`"registry"`), which every
-    /// node pulls alike: the one in `swarm_registry`, pushed there if need be, or else the
-    /// one the image came with.
+    /// node pulls alike: the one in `swarm_registry`, pushed there if need be (whatever
+    /// registry the image came from, so the nodes need reach only that one), or else the one
+    /// the image came with.
     async fn image_for_nodes(
         &self,
         spec: &ServerSpec,
@@ -191,7 +192,8 @@ impl SwarmSpawner {
     ) -> Result<String, SpawnError> {
         if self.config.swarm_images == SwarmImages::Registry {
             if let Some(path) = &self.config.swarm_registry {
-                return registry::publish(&self.docker, path, &spec.image, &facts.id, progress).await;
+                let timeout = self.config.pull_timeout;
+                return registry::publish(&self.docker, path, &spec.image, &facts.id, timeout, progress).await;
             }
             return facts.repo_digest.clone().ok_or_else(|| {
                 SpawnError::Invalid(format!(

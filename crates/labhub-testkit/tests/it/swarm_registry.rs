@@ -49,7 +49,7 @@ async fn an_image_from_no_registry_is_pushed_to_the_labs_registry_and_runs_by_it
 
     // The registry holds it under a tag naming its content, and the service names the
     // digest the registry serves for that tag: what every node would pull.
-    let target = path.reference_for(&spec.image, &id);
+    let target = path.reference_for(&spec.image, &id).unwrap();
     let tag = target.as_str().rsplit_once(':').unwrap().1.to_string();
     assert!(registry.repositories().await.contains(&"labhub/testserver".to_string()));
     let digest = registry.manifest_digest("labhub/testserver", &tag).await.expect("the pushed manifest");
@@ -128,7 +128,7 @@ async fn a_server_on_the_second_node_runs_from_the_bytes_that_node_pulled_from_t
 
     // The task runs on the second node, from the bytes that node pulled by the digest the
     // registry serves; the hub reaches it there.
-    let target = path.reference_for(&spec.image, &id);
+    let target = path.reference_for(&spec.image, &id).unwrap();
     let digest = registry.manifest_digest("labhub/testserver", target.as_str().rsplit_once(':').unwrap().1).await;
     let pinned = format!("{}/labhub/testserver@{}", registry.host(), digest.expect("the pushed manifest"));
     assert_eq!(service_image(&s, &started).await, pinned);
