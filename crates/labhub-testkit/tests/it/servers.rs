@@ -292,6 +292,9 @@ async fn past_the_spawn_limit_starts_are_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(n, 1, "the refused start left nothing pending");
+    // The deaf start ends by its timeout, which removes its container, before the hub goes: a
+    // start abandoned with the test's runtime would leave it running on the engine.
+    alice.wait_stopped("alice", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
