@@ -36,9 +36,10 @@
 //! rserver: the one way that serves both runtimes, since a Swarm service has no step between
 //! creating its container and starting it. Every rocker image has a shell. The directory
 //! lives in the container's `/tmp`, not in the user's volume, like jupyter-rsession-proxy's
-//! `mkdtemp()`: a stale server database must not survive into the next start. So the rstudio kind adds back no
-//! capability at all. The user matches rocker's default `USERID`/`GROUPID` (1000:1000),
-//! which is who owns `/home/rstudio` in the image, so a new volume is writable.
+//! `mkdtemp()`: a stale server database must not survive into the next start. So the
+//! rstudio kind adds back no capability at all. The user matches rocker's default
+//! `USERID`/`GROUPID` (1000:1000), which is who owns `/home/rstudio` in the image, so a new
+//! volume is writable.
 //! `USER` and `HOME` are set as rsession expects them (jupyter-rsession-proxy sets `USER`).
 //!
 //! Not verified against a real rserver (none can be obtained here): that a current rserver
