@@ -24,7 +24,9 @@ use crate::restart::{HubProcess, Site};
 use labhub_testkit::app::script;
 
 /// A real nginx on a loopback port in front of some hubs (round robin, or the first one with
-/// the others as `backup`), with its configuration and logs in a folder of its own.
+/// the others as `backup`), with its configuration and logs in a folder of its own. It runs as
+/// one process (`master_process off`), so killing it on drop leaves no worker behind holding
+/// its port.
 struct Nginx {
     child: tokio::process::Child,
     url: String,
@@ -45,7 +47,7 @@ impl Nginx {
             .collect();
         let d = dir.path().display();
         let conf = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
+            "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
              upstream hubs {{\n{servers}    keepalive 32;\n  }}\n\
