@@ -322,9 +322,34 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
     }
 }
 
+/// How much of a refused upload is read and dropped before the answer: a socket closed with
+/// unread data resets the connection, and the browser would show that instead of the page.
+/// Enough for an ordinary form; a larger or slower upload is cut off.
+const DRAIN_BYTES: usize = 1 << 20;
+/// How long that reading may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `e`, once up to [`DRAIN_BYTES`] of the rest of `form` was read and dropped (never kept).
+async fn refused(mut form: multer::Multipart<'static>, e: AppError) -> AppError {
+    let drain = async {
+        let mut read = 0;
+        while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                read += chunk.len();
+                if read > DRAIN_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    e
+}
+
 /// A `multipart/form-data` form (a file upload) whose first part is `_csrf` and matched the
 /// browser it came from, checked before any other part is read; the rest of the parts are
-/// read as they arrive (a file is never held whole in memory).
+/// read as they arrive (a file is never held whole in memory). A refused form's rest is read
+/// and dropped, up to [`DRAIN_BYTES`], before the refusal is answered.
 pub struct CsrfMultipart(pub multer::Multipart<'static>);
 
 impl FromRequest<AppState> for CsrfMultipart {
@@ -332,20 +357,25 @@ impl FromRequest<AppState> for CsrfMultipart {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let binding = csrf_binding(&parts, state).ok_or(AppError::Csrf(EXPIRED))?;
+        let binding = csrf_binding(&parts, state);
         let content_type = parts.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let boundary = content_type
-            .and_then(|ct| multer::parse_boundary(ct).ok())
-            .ok_or_else(|| AppError::BadRequest("The form must be sent as multipart/form-data.".into()))?;
+        let Some(boundary) = content_type.and_then(|ct| multer::parse_boundary(ct).ok()) else {
+            return Err(match binding {
+                None => AppError::Csrf(EXPIRED),
+                Some(_) => AppError::BadRequest("The form must be sent as multipart/form-data.".into()),
+            });
+        };
         let limits = multer::Constraints::new().size_limit(multer::SizeLimit::new().for_field("_csrf", 1024));
         let mut form = multer::Multipart::with_constraints(body.into_data_stream(), boundary, limits);
-        let first = form.next_field().await.map_err(|_| AppError::Csrf(EXPIRED))?;
-        let token = match first {
-            Some(field) if field.name() == Some("_csrf") => field.text().await.map_err(|_| AppError::Csrf(EXPIRED))?,
-            _ => return Err(AppError::Csrf(EXPIRED)),
+        let Some(binding) = binding else {
+            return Err(refused(form, AppError::Csrf(EXPIRED)).await);
         };
-        if !state.csrf().verify(&binding, &token) {
-            return Err(AppError::Csrf(EXPIRED));
+        let token = match form.next_field().await {
+            Ok(Some(field)) if field.name() == Some("_csrf") => field.text().await.ok(),
+            _ => None,
+        };
+        if !token.is_some_and(|t| state.csrf().verify(&binding, &t)) {
+            return Err(refused(form, AppError::Csrf(EXPIRED)).await);
         }
         Ok(Self(form))
     }
