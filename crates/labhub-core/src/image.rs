@@ -1,7 +1,5 @@
 //! Container image references and the kinds of server an image can run.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 /// An image reference that failed validation.
@@ -11,10 +9,10 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct ImageRefError(pub String);
 
-/// A validated container image reference: `[host[:port]/]path[:tag][@sha256:hex]`.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct ImageRef(String);
+crate::name_type!(
+    /// A validated container image reference: `[host[:port]/]path[:tag][@sha256:hex]`.
+    ImageRef, error = ImageRefError
+);
 
 impl ImageRef {
     /// Validates a reference against Docker's grammar (simplified: no uppercase in the path).
@@ -65,11 +63,6 @@ impl ImageRef {
         Ok(Self(raw.to_string()))
     }
 
-    /// The reference as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// Its repository: the name without tag or digest (`host:5000/lab/scipy`).
     pub fn repository(&self) -> &str {
         let name = self.0.split('@').next().unwrap_or_default();
@@ -106,25 +99,6 @@ fn valid_path_component(p: &str) -> bool {
 
 fn is_alnum(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-impl fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ImageRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl<'de> Deserialize<'de> for ImageRef {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
-    }
 }
 
 /// What kind of server an image runs; decides the command, port, work directory and
@@ -244,11 +218,11 @@ const NAME_PART_MAX: usize = 48;
 )]
 pub struct RegistryPathError(pub String);
 
-/// A repository prefix in a registry, `host[:port]/path`: where labhub pushes the images that
-/// the nodes of a swarm pull.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct RegistryPath(String);
+crate::name_type!(
+    /// A repository prefix in a registry, `host[:port]/path`: where labhub pushes the images
+    /// that the nodes of a swarm pull.
+    RegistryPath, error = RegistryPathError
+);
 
 impl RegistryPath {
     /// Validates `host[:port]/path` (a host with a '.' or ':', or `localhost`; no tag or
@@ -283,30 +257,6 @@ impl RegistryPath {
         base = base.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
         let hex = id.strip_prefix("sha256:").filter(|h| h.len() == 64).ok_or_else(|| ImageRefError(id.to_string()))?;
         ImageRef::parse(&format!("{}/{base}:sha256-{hex}", self.0))
-    }
-
-    /// The path as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for RegistryPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for RegistryPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl<'de> Deserialize<'de> for RegistryPath {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
