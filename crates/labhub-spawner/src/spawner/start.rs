@@ -194,10 +194,14 @@ pub(crate) fn image_facts(spec: &ServerSpec, image: &ImageInspect) -> Result<Ima
 /// `named` names, if any (the same bytes may have come from, or gone to, several), else the
 /// first.
 fn repo_digest(image: &ImageInspect, named: &labhub_core::ImageRef) -> Option<String> {
-    let repo = named.repository();
     let digests: Vec<&String> = image.repo_digests.as_ref()?.iter().filter(|d| d.contains("@sha256:")).collect();
-    let same_repo = digests.iter().find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo));
-    same_repo.or(digests.first()).map(|d| (*d).clone())
+    digest_in_repository(image, named.repository()).or(digests.first().copied()).cloned()
+}
+
+/// The image's digest in repository `repo` (`host/path/name`), as the engine recorded it from
+/// a push or pull.
+pub(crate) fn digest_in_repository<'a>(image: &'a ImageInspect, repo: &str) -> Option<&'a String> {
+    image.repo_digests.as_ref()?.iter().find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo))
 }
 
 fn already_running(spec: &ServerSpec, name: &str) -> SpawnError {

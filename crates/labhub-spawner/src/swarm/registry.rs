@@ -21,6 +21,7 @@ use labhub_core::{ImageRef, RegistryPath};
 
 use crate::error::runtime_error;
 use crate::spawner::send;
+use crate::spawner::start::digest_in_repository;
 
 /// The registry digest of image `id` (`sha256:…`, known as `image`) under `registry`,
 /// pushing it there first unless the manager's engine already holds one; a push may take
@@ -81,13 +82,8 @@ async fn push(
     Ok(())
 }
 
-/// The digest of image `id` in repository `repo` (`host/path/name`), as the engine recorded
-/// it from a push or pull.
+/// The digest of image `id` in repository `repo`, asked of the manager's engine.
 async fn digest_in(docker: &Docker, id: &str, repo: &str) -> Result<Option<String>, SpawnError> {
     let inspected = docker.inspect_image(id).await.map_err(|e| runtime_error(&format!("inspecting image {id}"), e))?;
-    Ok(inspected
-        .repo_digests
-        .unwrap_or_default()
-        .into_iter()
-        .find(|d| d.split_once('@').is_some_and(|(r, _)| r == repo)))
+    Ok(digest_in_repository(&inspected, repo).cloned())
 }
