@@ -46,3 +46,20 @@ pub async fn start_ready(api: &Api, user: &str) -> ServerModel {
     assert!(matches!(status, StatusCode::CREATED | StatusCode::ACCEPTED), "{status}");
     api.wait_ready(user, None).await
 }
+
+/// What lies under `path` in a container (read with the engine's archive API): each entry's
+/// path relative to `path`'s parent, owner uid and gid, and permission bits.
+pub async fn owned_entries(docker: &bollard::Docker, container: &str, path: &str) -> Vec<(String, u64, u64, u32)> {
+    use futures::StreamExt;
+    let options = bollard::query_parameters::DownloadFromContainerOptions { path: path.into() };
+    let tarball: Vec<u8> =
+        docker.download_from_container(container, Some(options)).map(|chunk| chunk.unwrap().to_vec()).concat().await;
+    let mut entries = Vec::new();
+    for entry in tar::Archive::new(&tarball[..]).entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let path = entry.path().unwrap().display().to_string();
+        entries.push((path, h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o777));
+    }
+    entries
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::query_parameters::{DownloadFromContainerOptions, InspectContainerOptions, KillContainerOptions};
+use bollard::query_parameters::{InspectContainerOptions, KillContainerOptions};
 use futures::StreamExt;
 use labhub_core::spawner::{ImageBuilder, Progress, ServerSpec, ServerStatus, SpawnError, Spawner, Started};
 use labhub_core::{ImageKind, ImageRef, Owner, Resources, Secret, ServerName, Storage, UserId, UserName};
@@ -645,25 +645,7 @@ async fn rstudio_kind_runs_rserver_as_the_rocker_user() {
     assert!(resp.status().as_u16() < 500, "{}", resp.status());
 
     // rserver's private state was made by the prologue, owned by the rstudio user, private.
-    let options = DownloadFromContainerOptions { path: "/tmp/labhub-rserver".into() };
-    let tarball: Vec<u8> = hub
-        .docker()
-        .download_from_container(&container_id(&started), Some(options))
-        .map(|chunk| chunk.unwrap().to_vec())
-        .concat()
-        .await;
-    let mut archive = tar::Archive::new(&tarball[..]);
-    let mut entries = Vec::new();
-    for entry in archive.entries().unwrap() {
-        let entry = entry.unwrap();
-        let h = entry.header();
-        entries.push((
-            entry.path().unwrap().display().to_string(),
-            h.uid().unwrap(),
-            h.gid().unwrap(),
-            h.mode().unwrap() & 0o777,
-        ));
-    }
+    let entries = crate::common::owned_entries(hub.docker(), &container_id(&started), "/tmp/labhub-rserver").await;
     assert!(entries.contains(&("labhub-rserver/".into(), 1000, 1000, 0o700)), "{entries:?}");
     assert!(entries.contains(&("labhub-rserver/db/".into(), 1000, 1000, 0o700)), "{entries:?}");
     assert!(entries.contains(&("labhub-rserver/database.conf".into(), 1000, 1000, 0o600)), "{entries:?}");

@@ -177,16 +177,7 @@ async fn an_rstudio_server_runs_as_a_service_with_its_private_state_made_by_its_
     // What a service cannot have placed before start, the task's prologue made: rserver's
     // state, the rstudio user's own and private.
     let container = task_container(&s, &started).await;
-    let options = bollard::query_parameters::DownloadFromContainerOptions { path: "/tmp/labhub-rserver".into() };
-    let chunks = s.engine().download_from_container(&container, Some(options));
-    let tarball: Vec<u8> = futures::StreamExt::concat(futures::StreamExt::map(chunks, |c| c.unwrap().to_vec())).await;
-    let mut entries = Vec::new();
-    for entry in tar::Archive::new(&tarball[..]).entries().unwrap() {
-        let entry = entry.unwrap();
-        let h = entry.header();
-        let path = entry.path().unwrap().display().to_string();
-        entries.push((path, h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o777));
-    }
+    let entries = crate::common::owned_entries(s.engine(), &container, "/tmp/labhub-rserver").await;
     for dir in ["labhub-rserver/", "labhub-rserver/data/", "labhub-rserver/db/"] {
         assert!(entries.contains(&(dir.into(), 1000, 1000, 0o700)), "{dir}: {entries:?}");
     }
