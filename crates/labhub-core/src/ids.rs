@@ -91,6 +91,16 @@ id_type!(
     ServiceId
 );
 
+/// A credential a request was let in with, by its id: what a connection it opened is closed
+/// with when that credential ends (signed out, revoked, expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Credential {
+    /// A browser session.
+    Session(SessionId),
+    /// An API token.
+    Token(TokenId),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

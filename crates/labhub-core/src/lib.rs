@@ -20,7 +20,8 @@ pub mod spawner;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{
-    BackupId, BuildId, EnvironmentId, GroupId, ImageId, ServerId, ServiceId, SessionId, ShareCodeId, TokenId, UserId,
+    BackupId, BuildId, Credential, EnvironmentId, GroupId, ImageId, ServerId, ServiceId, SessionId, ShareCodeId,
+    TokenId, UserId,
 };
 pub use image::{Contract, ImageFields, ImageKind, ImageRef, RegistryPath, RegistryPathError};
 pub use names::{DatasetName, GroupName, NameError, NodeName, RoleName, ServerName, ServiceName, UserName};

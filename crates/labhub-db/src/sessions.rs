@@ -73,6 +73,19 @@ pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<O
     Ok(Some((Session::from_row(&row)?, users::from_prefixed_row(&row)?)))
 }
 
+/// Of `ids`, the sessions that still exist, of accounts still active (a WebSocket opened with
+/// any other closes). Expiry is not looked at here: an expired session is removed by the
+/// reaper, and that removal is announced like a sign-out.
+pub async fn live_ids(db: impl PgExecutor<'_>, ids: &[SessionId]) -> Result<Vec<SessionId>, DbError> {
+    Ok(sqlx::query_scalar(
+        "select s.session_id from sessions s join users u on u.user_id = s.user_id
+         where s.session_id = any($1) and u.state = 'active'",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?)
+}
+
 /// Marks a session, and the session it was handed out by, as used now (the idle limit counts
 /// from here: working in a server on its own host keeps the hub session alive).
 pub async fn touch(db: impl PgExecutor<'_>, session_id: SessionId, now: OffsetDateTime) -> Result<(), DbError> {

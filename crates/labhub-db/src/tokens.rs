@@ -73,6 +73,19 @@ pub async fn by_token_hash(db: impl PgExecutor<'_>, hash: &[u8; 32]) -> Result<O
     Ok(Some((ApiToken::from_row(&row)?, users::from_prefixed_row(&row)?)))
 }
 
+/// Of `ids`, the tokens that still exist, unexpired at `now`, of accounts still active (a
+/// WebSocket opened with any other closes).
+pub async fn live_ids(db: impl PgExecutor<'_>, ids: &[TokenId], now: OffsetDateTime) -> Result<Vec<TokenId>, DbError> {
+    Ok(sqlx::query_scalar(
+        "select t.token_id from api_tokens t join users u on u.user_id = t.user_id
+         where t.token_id = any($1) and (t.expires_at is null or t.expires_at > $2) and u.state = 'active'",
+    )
+    .bind(ids)
+    .bind(now)
+    .fetch_all(db)
+    .await?)
+}
+
 /// A user's tokens, newest first.
 pub async fn list_for_user(db: impl PgExecutor<'_>, user_id: UserId) -> Result<Vec<ApiToken>, DbError> {
     Ok(sqlx::query_as(concat!(

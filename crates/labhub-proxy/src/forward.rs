@@ -114,15 +114,15 @@ impl Proxy {
         self.forward_for(route, req, client, None).await
     }
 
-    /// [`Proxy::forward`] for a visitor reaching someone else's server through a share: a
-    /// WebSocket it opens closes when `visitor`'s watch trips (taken from the route before
-    /// the gate let them in, see [`RouteEntry::watch_visitor`]).
+    /// [`Proxy::forward`] with the holder's watch: a WebSocket it opens closes when `holder`
+    /// trips (taken from the route before the gate let them in, see
+    /// [`RouteEntry::watch_holder`]), or else only when the route goes.
     pub async fn forward_for(
         &self,
         route: Arc<RouteEntry>,
         req: Request,
         client: ClientInfo,
-        visitor: Option<crate::VisitorWatch>,
+        holder: Option<crate::TunnelWatch>,
     ) -> Result<Response, ProxyError> {
         let settings = &self.inner.settings;
         if route.is_removed() {
@@ -176,7 +176,7 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
-            let closed = visitor.map_or_else(|| route.closer.watch(), |v| v.0);
+            let closed = holder.map_or_else(|| route.closer.watch(), |h| h.0);
             let ends = tunnel::Ends { shutdown: self.inner.tunnels_closer.watch(), closed };
             let location = location_rewrite(&route, &client);
             let through = tunnel::Through::Server(route.clone());

@@ -55,9 +55,10 @@
 //! with the server's `Sec-WebSocket-Accept`/`-Protocol`/`-Extensions`. A refusal (403, 404…)
 //! is passed back as it is. Then bytes are copied both ways untouched (so compression and
 //! close codes are end to end) until either side closes, the route is removed, the visitor it
-//! was opened for loses access (a tunnel opened through [`Proxy::forward_for`] is tagged with
-//! the visitor; [`RouteTable::close_visitors_where`] closes exactly those), or the proxy
-//! itself is dropped (the hub shut down: its tunnels do not outlive it). Tunnels are counted
+//! was opened for loses access or the credential it was opened with ends (a tunnel opened
+//! through [`Proxy::forward_for`] is tagged with its holder; [`RouteTable::close_visitors_where`]
+//! and [`RouteTable::close_credentials_where`] close exactly those), or the proxy itself is
+//! dropped (the hub shut down: its tunnels do not outlive it). Tunnels are counted
 //! per route and in total by guards that decrement on drop.
 //!
 //! # Limits and timeouts
@@ -111,7 +112,7 @@ pub use error::ProxyError;
 pub use forward::Proxy;
 pub use lane::{Lane, LaneError, PlainGet, Relayed};
 pub use path::{PathError, UserPath, parse_user_path};
-pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable, VisitorWatch};
+pub use route::{Route, RouteEntry, RouteError, RouteKey, RouteTable, TunnelWatch};
 pub use service::{ServiceTable, ServiceTarget};
 pub use settings::{ClientInfo, ProxySettings, Scheme};
 pub use values::strip_token_param;

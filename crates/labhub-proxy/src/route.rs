@@ -13,7 +13,7 @@ use crate::settings::ProxySettings;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use http::HeaderValue;
-use labhub_core::{Clock, Contract, ImageKind, Secret, ServerName, UserId, UserName};
+use labhub_core::{Clock, Contract, Credential, ImageKind, Secret, ServerName, UserId, UserName};
 use time::OffsetDateTime;
 
 /// Activity timestamps are written at most this often per route (or tunnel): the culler
@@ -110,8 +110,17 @@ pub(crate) struct TableShared {
     pub(crate) open_tunnels: AtomicUsize,
 }
 
-/// What closes a visitor's WebSocket when their access ends ([`RouteEntry::watch_visitor`]).
-pub struct VisitorWatch(pub(crate) Arc<crate::closer::Watch>);
+/// What closes a WebSocket when the access or the credential it was opened with ends
+/// ([`RouteEntry::watch_holder`], [`crate::ServiceTarget::watch_holder`]).
+pub struct TunnelWatch(pub(crate) Arc<crate::closer::Watch>);
+
+impl TunnelWatch {
+    /// Records that the gate let its holder in as the server's owner: no change of shares or
+    /// roles closes it, only the route going or their credential ending.
+    pub fn mark_owner(&self) {
+        self.0.mark_owner();
+    }
+}
 
 /// A route as the proxy uses it: the route plus its pool, what closes its sockets, its
 /// counters and its last activity. Handed out as `Arc`; stays usable (but closed) after
@@ -199,12 +208,14 @@ impl RouteEntry {
         self.tunnels.load(Ordering::Acquire)
     }
 
-    /// A visitor's hold on this route (anyone but its owner), to be taken BEFORE the gate lets
-    /// them in: a share or role revoked after this call trips it (through [`RouteTable::close_visitors_where`]), so a
-    /// WebSocket opened with it closes even if the revoke landed while its upgrade was still
-    /// on its way to the server. Dropped, it is forgotten.
-    pub fn watch_visitor(&self, visitor: UserId) -> VisitorWatch {
-        VisitorWatch(self.closer.watch_for(Some(visitor)))
+    /// The hold on this route of `user`, let in with `credential`, to be taken BEFORE the gate
+    /// lets them in: a share or role revoked after this call (through
+    /// [`RouteTable::close_visitors_where`], unless [`TunnelWatch::mark_owner`]), or the
+    /// credential ending (through [`RouteTable::close_credentials_where`]), trips it, so a
+    /// WebSocket opened with it closes even if that landed while its upgrade was still on its
+    /// way to the server. Dropped, it is forgotten.
+    pub fn watch_holder(&self, user: UserId, credential: Option<Credential>) -> TunnelWatch {
+        TunnelWatch(self.closer.watch_for(Some(user), credential))
     }
 
     /// Whether the route was removed or replaced: its sockets and tunnels are closed.
@@ -391,6 +402,17 @@ impl RouteTable {
         self.inner.routes.iter().map(|entry| entry.value().closer.close_visitors(|v| lost(entry.value(), v))).sum()
     }
 
+    /// The credentials that WebSockets (or their upgrades) to any server were opened with.
+    pub fn credentials(&self) -> std::collections::HashSet<Credential> {
+        self.inner.routes.iter().flat_map(|entry| entry.value().closer.credentials()).collect()
+    }
+
+    /// Closes the WebSocket tunnels opened with a credential `ended` picks, the owners' too;
+    /// how many it closed.
+    pub fn close_credentials_where(&self, ended: impl Fn(Credential) -> bool) -> usize {
+        self.inner.routes.iter().map(|entry| entry.value().closer.close_credentials(&ended)).sum()
+    }
+
     /// The last traffic time of each route that saw traffic since the previous call
     /// (including routes removed meanwhile), for a batched write to the database.
     pub fn take_activity(&self) -> Vec<(RouteKey, OffsetDateTime)> {
@@ -435,11 +457,15 @@ mod tests {
         let entry = t.get("alice", None).unwrap();
         let (bob, carol) = (UserId::new(2), UserId::new(3));
         // Taken, then the gate let them in; the upgrade is still on its way when the share ends.
-        let bobs = entry.watch_visitor(bob);
-        let carols = entry.watch_visitor(carol);
+        let carols_token = Credential::Token(labhub_core::TokenId::new(5));
+        let bobs = entry.watch_holder(bob, None);
+        let carols = entry.watch_holder(carol, Some(carols_token));
         assert_eq!(t.close_visitors_where(|_, v| v == bob), 1);
         assert!(bobs.0.closed.load(std::sync::atomic::Ordering::Acquire), "the revoke reached the tunnel-to-be");
         assert!(!carols.0.closed.load(std::sync::atomic::Ordering::Acquire), "only the visitor who lost access");
+        assert_eq!(t.credentials(), [carols_token].into());
+        assert_eq!(t.close_credentials_where(|c| c == carols_token), 1, "her token was revoked");
+        assert!(carols.0.closed.load(std::sync::atomic::Ordering::Acquire));
         drop(carols);
         assert_eq!(t.close_visitors_where(|_, _| true), 0, "a dropped watch is forgotten");
     }

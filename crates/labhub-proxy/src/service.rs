@@ -4,9 +4,10 @@
 //! proxy sends services the full path too). The web layer decides who may; this forwards.
 //!
 //! WebSockets are tunnelled as to users' servers. Each is held by a watch taken for the one
-//! who opened it before the gate let them in ([`ServiceTarget::watch_visitor`]): it closes
-//! when the service is removed or moves, and when the service's rechecks find that its user
-//! lost `access:services` ([`ServiceTarget::close_visitors_where`]). Requests and WebSockets
+//! who opened it before the gate let them in ([`ServiceTarget::watch_holder`]): it closes
+//! when the service is removed or moves, when the service's rechecks find that its user
+//! lost `access:services` ([`ServiceTarget::close_visitors_where`]), and when the credential
+//! it was opened with ends ([`ServiceTarget::close_credentials_where`]). Requests and WebSockets
 //! to one service are capped as a server's are (`max_connections_per_server`).
 
 use std::net::SocketAddr;
@@ -20,9 +21,9 @@ use dashmap::DashMap;
 use http::{Extensions, Version};
 
 use http::StatusCode;
-use labhub_core::UserId;
+use labhub_core::{Credential, UserId};
 
-use crate::VisitorWatch;
+use crate::TunnelWatch;
 use crate::body::ProxiedBody;
 use crate::closer::Closer;
 use crate::error::ProxyError;
@@ -73,11 +74,12 @@ impl ServiceTarget {
         self.endpoint
     }
 
-    /// The hold of whoever is about to be let in (`None` for a registered service, which is
-    /// no account), to be taken BEFORE the gate decides: a WebSocket opened with it closes
-    /// when they lose access, even if that happened while its upgrade was on its way.
-    pub fn watch_visitor(&self, visitor: Option<UserId>) -> VisitorWatch {
-        VisitorWatch(self.closer.watch_for(visitor))
+    /// The hold of whoever is about to be let in (`user` is `None` for a registered service,
+    /// which is no account), with the credential they came with, to be taken BEFORE the gate
+    /// decides: a WebSocket opened with it closes when they lose access or that credential
+    /// ends, even if that happened while its upgrade was on its way.
+    pub fn watch_holder(&self, user: Option<UserId>, credential: Option<Credential>) -> TunnelWatch {
+        TunnelWatch(self.closer.watch_for(user, credential))
     }
 
     /// The users with a WebSocket open to it (each once).
@@ -88,6 +90,16 @@ impl ServiceTarget {
     /// Closes the WebSockets to it of the users `lost` picks; how many.
     pub fn close_visitors_where(&self, lost: impl FnMut(UserId) -> bool) -> usize {
         self.closer.close_visitors(lost)
+    }
+
+    /// The credentials that WebSockets to it were opened with (each once).
+    pub fn credentials(&self) -> Vec<Credential> {
+        self.closer.credentials()
+    }
+
+    /// Closes the WebSockets to it opened with a credential `ended` picks; how many.
+    pub fn close_credentials_where(&self, ended: impl FnMut(Credential) -> bool) -> usize {
+        self.closer.close_credentials(ended)
     }
 }
 
@@ -148,7 +160,7 @@ impl Proxy {
         target: Arc<ServiceTarget>,
         req: Request,
         client: ClientInfo,
-        watch: Option<VisitorWatch>,
+        watch: Option<TunnelWatch>,
     ) -> Result<Response, ProxyError> {
         let settings = self.settings();
         if let Some(answer) = check_head(&req, target.prefix(), "service", settings)? {

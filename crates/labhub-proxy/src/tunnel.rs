@@ -44,9 +44,10 @@ impl Through {
 pub(crate) struct Ends {
     /// Trips when the proxy itself goes.
     pub(crate) shutdown: Arc<Watch>,
-    /// Trips when what it goes to is removed, or when the one it was opened for loses access
-    /// ([`crate::RouteTable::close_visitors_where`], [`crate::ServiceTarget::close_visitors_where`]);
-    /// taken before they were let in, so also if that happened while the upgrade was on its way.
+    /// Trips when what it goes to is removed, when the one it was opened for loses access
+    /// ([`crate::RouteTable::close_visitors_where`], [`crate::ServiceTarget::close_visitors_where`]),
+    /// or when the credential it was opened with ends (`close_credentials_where`); taken before
+    /// they were let in, so also if that happened while the upgrade was on its way.
     pub(crate) closed: Arc<Watch>,
 }
 
@@ -72,7 +73,7 @@ pub(crate) fn spawn(through: Through, lease: Lease, client: OnUpgrade, upstream:
         };
         tokio::select! {
             biased;
-            () = closed.closed() => tracing::debug!(to = %key, "tunnel closed: its target was removed or its visitor lost access"),
+            () = closed.closed() => tracing::debug!(to = %key, "tunnel closed: its target was removed, or its holder lost access or signed out"),
             () = shutdown.closed() => tracing::debug!(to = %key, "tunnel closed: the hub is shutting down"),
             done = run => match done {
                 Ok(()) => tracing::debug!(to = %key, "tunnel closed"),

@@ -76,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) environments: crate::environments::EnvironmentsState,
     /// This process among the replicas sharing the database.
     pub(crate) replica: crate::replicas::ReplicaState,
+    pub(crate) tunnels: crate::tunnels::TunnelsState,
 }
 
 impl std::fmt::Debug for Hub {
@@ -108,6 +109,7 @@ impl Hub {
             backups: crate::backups::BackupsState::new(parts.backups, booted),
             environments: crate::environments::EnvironmentsState::new(parts.environments),
             replica: crate::replicas::ReplicaState::new(booted),
+            tunnels: crate::tunnels::TunnelsState::default(),
         }))
     }
 

@@ -39,6 +39,7 @@ pub mod single_user;
 pub mod sso;
 mod state;
 pub mod tokens;
+pub mod tunnels;
 pub mod usage;
 pub mod views;
 pub mod words;

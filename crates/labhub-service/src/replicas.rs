@@ -7,8 +7,9 @@
 //!   trigger announces every change of a server's state or address (`labhub_servers`, its id
 //!   only) and every ended session or token or changed account right (`labhub_credentials`,
 //!   nothing else); [`Hub::follow_replicas`] listens and reloads that server's route or forgets
-//!   the recognised credentials and asks the one gate again about every visitor's open
-//!   WebSocket (an account disabled or demoted on another replica). The table is reloaded whole when listening starts, after every
+//!   the recognised credentials, closes the WebSockets opened with a session or token that
+//!   ended, and asks the one gate again about every visitor's open WebSocket (an account
+//!   disabled or demoted on another replica): see [`crate::tunnels`]. The table is reloaded whole when listening starts, after every
 //!   reconnect (what was announced meanwhile is lost) and every `servers.route_reload_interval`.
 //! - **Background work once**: jobs take a Postgres advisory lock ([`Replicas::lock`]); a
 //!   replica that does not get it skips that pass.
@@ -102,6 +103,11 @@ impl Hub {
             if missed {
                 replicas.forget_credentials();
                 missed = replicas.reload_routes().await.is_err();
+                // What ended while no one listened (or since the last reload) closes now.
+                if !missed && let Err(e) = self.tunnels().credentials_changed().await {
+                    tracing::debug!(error = %e, "open WebSockets not decided again this time");
+                    missed = true;
+                }
             }
             let Some(l) = listener.as_mut() else {
                 tokio::select! {
@@ -117,10 +123,11 @@ impl Hub {
                     Ok(Some(Some(Heard::Server(id)))) => missed |= replicas.refresh_route(id).await.is_err(),
                     Ok(Some(Some(Heard::Credentials))) => {
                         replicas.forget_credentials();
-                        // An account disabled or demoted elsewhere: what it opened here as a
-                        // visitor closes too.
-                        if let Err(e) = self.shares().recheck_visitors().await {
-                            tracing::warn!(error = %e, "could not recheck visitors' WebSockets");
+                        // A session or token ended, an account disabled or demoted, here or
+                        // elsewhere: the WebSockets opened with them close too.
+                        if let Err(e) = self.tunnels().credentials_changed().await {
+                            tracing::warn!(error = %e, "could not decide open WebSockets again");
+                            missed = true;
                         }
                     }
                     Ok(Some(None)) => {}

@@ -326,6 +326,11 @@ impl<'h> Services<'h> {
     /// WebSockets of users who no longer hold `access:services` on a service are closed, each
     /// account decided again as it now stands. A service's own WebSockets to another close
     /// only with the target (a service is no account to decide again).
+    /// The proxy's targets of services in use.
+    pub(crate) fn targets(&self) -> Vec<std::sync::Arc<labhub_proxy::ServiceTarget>> {
+        self.state().targets.targets()
+    }
+
     pub(crate) async fn recheck_tunnels(&self) -> Result<(), ServiceError> {
         let table = &self.state().targets;
         for target in table.targets() {

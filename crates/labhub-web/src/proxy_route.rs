@@ -18,7 +18,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use labhub_core::{Contract, ServerName, UserName};
-use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path, strip_token_param};
+use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, TunnelWatch, parse_user_path, strip_token_param};
 use labhub_service::{Actor, AuthVia, Need, Principal, Reach, ServerRef, ServiceError};
 
 use crate::error::json_error;
@@ -68,6 +68,8 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
             Contract::Jupyterhub => forget_single_user_tokens(&state, &mut req, route.route()).await,
         }
     }
+    // Read before the credential is looked up (see `labhub_service::tunnels`).
+    let changes = state.hub().tunnels().changes();
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Surface::Proxy);
     let principal = match MaybeUser::from_request_parts(&mut parts, &state).await {
@@ -86,18 +88,22 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
         return json_error(StatusCode::UNAUTHORIZED, "sign in, or send an API token, to reach this server");
     };
     // Without a route, the "not running" answer asks the service, which checks the same gate.
-    let mut visitor = None;
+    let mut holder = None;
     if let Some(r) = &route {
-        // A visitor's WebSockets close when their share or role ends. The watch is taken
-        // before the gate reads the share index, so a revoke between the two still reaches
-        // the tunnel.
-        let watch = is_upgrade(&req).then(|| r.watch_visitor(me.user_id));
+        // A WebSocket closes when its credential ends, and a visitor's when their share or
+        // role ends. The watch is taken before the gate reads the share index, so a revoke
+        // between the two still reaches the tunnel.
+        let watch = is_upgrade(&req).then(|| r.watch_holder(me.user_id, me.via.credential()));
         let to = ServerRef { owner: r.route().owner, owner_name: &r.key().user, server: r.key().server.as_ref() };
         match state.hub().access().may_reach(&me, to) {
             None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
-            Some(Reach::Owner) => {}
-            Some(Reach::Shared(_) | Reach::Admin | Reach::Scoped) => visitor = watch,
+            Some(Reach::Owner) => watch.iter().for_each(TunnelWatch::mark_owner),
+            Some(Reach::Shared(_) | Reach::Admin | Reach::Scoped) => {}
         }
+        holder = watch;
+    }
+    if holder.is_some() && !still_valid_since(&state, changes, me.via).await {
+        return refuse(StatusCode::UNAUTHORIZED, "This sign-in has ended; sign in again.", navigation, &req);
     }
     let token_in_url = req.uri().query().and_then(token_in_query).is_some();
     let token_in_header = req.headers().contains_key(header::AUTHORIZATION);
@@ -129,7 +135,7 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     let server = route.key().server.clone();
     // Kept only to render the "not running" page if the server turns out to be gone.
     let cookies = if navigation { req.headers().get(header::COOKIE).cloned() } else { None };
-    match state.proxy().forward_for(route, req, client, visitor).await {
+    match state.proxy().forward_for(route, req, client, holder).await {
         Ok(resp) => resp,
         Err(ProxyError::Unreachable) => Box::pin(not_running(&state, me, owner, server, navigation, cookies)).await,
         Err(e) => {
@@ -140,6 +146,17 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
             resp
         }
     }
+}
+
+/// Whether the credential an upgrade came with may still hold its WebSocket open, its watch
+/// now taken: asks Postgres only if credentials were announced ended since `changes` was read
+/// (the watch may have missed that pass). Refuses if Postgres cannot say.
+pub(crate) async fn still_valid_since(state: &AppState, changes: u64, via: AuthVia) -> bool {
+    if state.hub().tunnels().changes() == changes {
+        return true;
+    }
+    let asked = state.hub_call(move |hub| async move { hub.tunnels().still_valid(via).await });
+    Box::pin(asked).await.unwrap_or(false)
 }
 
 /// The answer to a navigation that a `?token=` in its address authenticated: the same address

@@ -20,7 +20,7 @@ use labhub_service::{AuthVia, Requester, ServiceError};
 use crate::AppState;
 use crate::error::json_error;
 use crate::extract::{MaybeCaller, Surface, is_navigation, same_origin};
-use crate::proxy_route::{client_info, refuse};
+use crate::proxy_route::{client_info, refuse, still_valid_since};
 use crate::views::login_url;
 
 /// The route's paths (the bare prefix gets its slash from the proxy).
@@ -33,6 +33,8 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
     let Ok(name) = ServiceName::parse(segment) else {
         return refuse(StatusCode::NOT_FOUND, "There is no such service.", navigation, &req);
     };
+    // Read before the credential is looked up (see `labhub_service::tunnels`).
+    let changes = state.hub().tunnels().changes();
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Surface::Proxy);
     let who = MaybeCaller::from_request_parts(&mut parts, &state).await;
@@ -53,13 +55,13 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
     // only to those let in.
     let wanted = name.clone();
     let looked_up = Box::pin(state.hub_call(|hub| async move { hub.services().route(&wanted).await })).await;
-    let visitor = match &who {
-        Requester::User(p) => Some(p.user_id),
-        Requester::Service(_) => None,
+    let (user, via) = match &who {
+        Requester::User(p) => (Some(p.user_id), Some(p.via)),
+        Requester::Service(_) => (None, None),
     };
     let upgrade = crate::extract::is_upgrade(&req);
     let looked_up = looked_up.map(|t| {
-        let watch = upgrade.then(|| t.watch_visitor(visitor));
+        let watch = upgrade.then(|| t.watch_holder(user, via.and_then(|v| v.credential())));
         (t, watch)
     });
     let resource = Resource::Service(name);
@@ -82,6 +84,11 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
             return refuse(crate::AppError::from(e).status(), "the service's address is not known", navigation, &req);
         }
     };
+    if let (Some(_), Some(via)) = (&watch, via)
+        && !still_valid_since(&state, changes, via).await
+    {
+        return refuse(StatusCode::UNAUTHORIZED, "This sign-in has ended; sign in again.", navigation, &req);
+    }
     let client = client_info(&state, &req);
     match state.proxy().forward_service(target, req, client, watch).await {
         Ok(resp) => resp,

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::common::{start_ready, test_server_binary};
 use crate::groups::audited;
-use crate::proxied::{HANG, echo, ws_connect, ws_end, ws_url};
+use crate::proxied::{HANG, echo, refused_status, session_cookie, ws_connect, ws_end, ws_url};
 use crate::restart::{HubProcess, Site};
 use labhub_testkit::app::script;
 
@@ -307,6 +307,51 @@ async fn an_admin_demoted_through_one_replica_loses_the_websocket_another_let_in
     assert!(demoted.status.is_success(), "{demoted:?}");
     ws_end(&mut ws, HANG).await;
     assert_eq!(echo(&mut own, "still mine").await, "still mine", "the owner's WebSocket stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_or_session_ended_through_one_replica_closes_the_websockets_another_let_in_with_it() {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let apps = replicas(2, Some(scope)).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    a.add_test_image("test").await;
+    a.add_user("alice", "correct horse", false).await;
+    let alice = a.api_for("alice").await;
+    start_ready(&alice, "alice").await;
+    // B follows A only through Postgres's announcements; its clock never moves, so nothing
+    // it recognised expires on its own.
+    tokio::spawn(b.hub.clone().follow_replicas(pending()));
+    let revoked = alice.create_token("alice", json!({"note": "to revoke"})).await.unwrap_or_else(|e| panic!("{e}"));
+    let revoked_auth = format!("token {}", revoked.token.as_deref().expect("the new token"));
+    let url = ws_url(&b.url, "/user/alice/ws/echo");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut by_revoked = loop {
+        match ws_connect(&url, &[("Authorization", revoked_auth.as_str())]).await {
+            Ok(ws) => break ws,
+            Err(e) => assert!(Instant::now() < give_up, "B never routed alice's server: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut by_kept =
+        ws_connect(&url, &[("Authorization", alice.authorization())]).await.expect("with her other token");
+    let cookie = session_cookie(a, "alice").await;
+    let headers = [("Cookie", cookie.as_str()), ("Origin", b.url.as_str())];
+    let mut by_session = ws_connect(&url, &headers).await.expect("with A's session cookie, through B");
+    for ws in [&mut by_revoked, &mut by_kept, &mut by_session] {
+        assert_eq!(echo(ws, "open").await, "open");
+    }
+
+    alice.revoke_token("alice", &revoked.id).await.unwrap_or_else(|e| panic!("{e}"));
+    ws_end(&mut by_revoked, HANG).await;
+    assert_eq!(echo(&mut by_session, "still signed in").await, "still signed in");
+    let refused = ws_connect(&url, &[("Authorization", revoked_auth.as_str())]).await.expect_err("a revoked token");
+    assert!([401, 403].contains(&refused_status(&refused)), "{refused}");
+
+    // Signing out on A ends the browser's WebSocket through B; her other token's stays.
+    let value = cookie.split_once('=').expect("name=value").1;
+    a.hub.sessions().end(value).await.unwrap();
+    ws_end(&mut by_session, HANG).await;
+    assert_eq!(echo(&mut by_kept, "still mine").await, "still mine", "a WebSocket of a credential still valid stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! WebSockets to a registered service through `/services/{name}/`: tunnelled as to users'
 //! servers, opened only by those granted `access:services` on it (a browser's only from the
-//! hub's own pages), and closed the moment that access ends, or the service moves or goes.
+//! hub's own pages), and closed the moment that access ends, the session or token it was
+//! opened with ends, or the service moves or goes.
 
 use std::net::SocketAddr;
 
@@ -36,6 +37,8 @@ async fn echo_over_websockets() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_to_a_service_open_for_those_granted_access_and_close_when_it_ends() {
     let app = TestApp::spawn().await;
+    // As `labhub serve` does: what Postgres announces (a session ended) is acted on.
+    tokio::spawn(app.hub.clone().follow_replicas(std::future::pending()));
     for name in ["alice", "bob", "carol"] {
         app.add_user(name, "correct horse", false).await;
     }
@@ -69,12 +72,15 @@ async fn websockets_to_a_service_open_for_those_granted_access_and_close_when_it
     roles.assign(Actor::System, &role("board-viewer"), &Assignee::User("bob".parse().unwrap()), false).await.unwrap();
     ws_end(&mut bob_ws, HANG).await;
     assert_eq!(echo(&mut alice_ws, "still here").await, "still here");
+    // That browser signed out: its WebSocket closes, her token's stays.
+    app.hub.sessions().end(cookie.split_once('=').expect("name=value").1).await.unwrap();
+    ws_end(&mut by_cookie, HANG).await;
+    assert_eq!(echo(&mut alice_ws, "signed out elsewhere").await, "signed out elsewhere");
 
     // The service moved: what went to the old address closes; the new one is reached.
     let second = echo_over_websockets().await;
     app.hub.services().set_url(Actor::System, &service("board"), Some(&format!("http://{second}"))).await.unwrap();
     ws_end(&mut alice_ws, HANG).await;
-    ws_end(&mut by_cookie, HANG).await;
     let mut moved = ws_connect(&url, &[("Authorization", alice.authorization())]).await.expect("the new address");
     assert_eq!(echo(&mut moved, "moved").await, "moved");
 
