@@ -59,6 +59,9 @@ pub struct FrontDoor {
     /// Open connections at most; past it, new connections are answered 503 and closed at
     /// once. `None`: derived from the process's open-file limit.
     pub max_connections: Option<usize>,
+    /// HTTP threads (each serving its own connections). `None`: one per core the process
+    /// may use.
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for FrontDoor {
@@ -67,6 +70,7 @@ impl Default for FrontDoor {
             request_head_timeout: Duration::from_secs(20),
             keep_alive_timeout: Duration::from_secs(30),
             max_connections: None,
+            threads: None,
         }
     }
 }

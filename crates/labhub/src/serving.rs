@@ -1,5 +1,6 @@
-//! Serving the hub's HTTP: one thread per core, each with a single-threaded runtime that owns
-//! the connections given to it (as nginx has one worker process per core).
+//! Serving the hub's HTTP: one thread per core (or `worker_threads` of them), each with a
+//! single-threaded runtime that owns the connections given to it (as nginx has one worker
+//! process per core).
 //!
 //! A proxied request crosses two sockets and several tasks (the client's connection, the
 //! server's connection, the body); on a work-stealing runtime each hand-over between them is
@@ -43,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::rewind::Rewind;
 
-/// How many HTTP threads to run: one per core the hub may use.
-fn thread_count() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+/// How many HTTP threads to run: as configured, else one per core the hub may use.
+fn thread_count(configured: Option<std::num::NonZeroUsize>) -> usize {
+    configured.or_else(|| std::thread::available_parallelism().ok()).map_or(1, usize::from)
 }
 
 /// One HTTP thread as the acceptor sees it.
@@ -68,7 +69,7 @@ pub(crate) async fn serve(
 ) -> io::Result<()> {
     let max_connections = connection_cap(service.front_door().max_connections, open_file_limit());
     let mut workers = Vec::new();
-    for i in 0..thread_count() {
+    for i in 0..thread_count(service.front_door().threads) {
         workers.push(start_worker(i, service.clone(), drain)?);
     }
     tokio::pin!(shutdown);

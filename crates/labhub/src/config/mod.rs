@@ -45,8 +45,8 @@ pub struct Config {
     pub secret_key: Option<Secret<String>>,
     /// `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
-    /// Threads of the hub's runtime; unset, one per core. Replicas sharing a machine each
-    /// take their share of its cores.
+    /// Threads of the hub's runtime, and as many HTTP threads; unset, one per core of each.
+    /// Replicas sharing a machine each take their share of its cores.
     pub worker_threads: Option<std::num::NonZeroUsize>,
     /// The database.
     pub database: DatabaseConfig,

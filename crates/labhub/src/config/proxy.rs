@@ -86,12 +86,14 @@ impl Default for ProxyConfig {
 }
 
 impl Config {
-    /// The front door's connection limits.
+    /// The front door's connection limits and threads.
     pub fn front_door(&self) -> labhub_web::FrontDoor {
         labhub_web::FrontDoor {
             request_head_timeout: self.http.request_head_timeout,
             keep_alive_timeout: self.http.keep_alive_timeout,
             max_connections: self.http.max_connections,
+            // A share of the machine's cores is a share for both kinds of thread.
+            threads: self.worker_threads,
         }
     }
 

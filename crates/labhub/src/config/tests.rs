@@ -148,7 +148,9 @@ fn allowed_private_ranges_are_checked_and_name_their_key() {
     }
     let e = load_str("[docker]\niptables = \"\"\n").unwrap_err().to_string();
     assert!(e.contains("'docker.iptables'"), "{e}");
-    assert_eq!(load_str("worker_threads = 1\n").unwrap().worker_threads.map(|n| n.get()), Some(1));
+    let one = load_str("worker_threads = 1\n").unwrap();
+    assert_eq!(one.worker_threads.map(|n| n.get()), Some(1));
+    assert_eq!(one.front_door().threads.map(|n| n.get()), Some(1), "as many HTTP threads");
     assert!(load_str("worker_threads = 0\n").unwrap_err().to_string().contains("worker_threads"));
     let c = load_str("[docker]\nmode = \"swarm\"\nswarm_subnet = \"10.50.0.0/16\"\n").unwrap();
     assert_eq!(c.docker.mode, labhub_spawner::RuntimeMode::Swarm);
