@@ -43,21 +43,34 @@ const FROM: &str = "/from";
 /// Where a file-handling container mounts what it writes.
 const INTO: &str = "/into";
 
-/// A created, never started container; removed (in the background) when dropped.
+/// A created, never started container: removed by [`Helper::remove`] once its work is done,
+/// or in the background if it is dropped before (a failed or abandoned step).
 struct Helper {
     docker: Docker,
     id: String,
 }
 
+impl Helper {
+    /// Removes it and waits for that: a short-lived process (a CLI command) ends right after,
+    /// and would take a removal left to the background with it.
+    async fn remove(mut self) {
+        remove_helper(self.docker.clone(), std::mem::take(&mut self.id)).await;
+    }
+}
+
+async fn remove_helper(docker: Docker, id: String) {
+    let options = RemoveContainerOptions { force: true, v: false, ..Default::default() };
+    if let Err(e) = docker.remove_container(&id, Some(options)).await {
+        tracing::warn!(container = %id, error = %e, "could not remove a file-handling container");
+    }
+}
+
 impl Drop for Helper {
     fn drop(&mut self) {
-        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
-        let remove = async move {
-            let options = RemoveContainerOptions { force: true, v: false, ..Default::default() };
-            if let Err(e) = docker.remove_container(&id, Some(options)).await {
-                tracing::warn!(container = %id, error = %e, "could not remove a file-handling container");
-            }
-        };
+        if self.id.is_empty() {
+            return;
+        }
+        let remove = remove_helper(self.docker.clone(), std::mem::take(&mut self.id));
         // Without a runtime (the process ending) there is nobody to remove it: the next list
         // of this hub's containers shows it, and it holds nothing but its mounts.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -118,7 +131,7 @@ impl DockerSpawner {
     /// first start) could not write there. A volume that already has files keeps its root.
     pub(super) async fn seed_root(&self, volume: &str, group: bool) -> Result<(), SpawnError> {
         let at = format!("/{}", if group { SEED_GROUP.0 } else { SEED_HOME.0 });
-        drop(self.helper(&[(volume, &at, false, MountType::VOLUME)]).await?);
+        self.helper(&[(volume, &at, false, MountType::VOLUME)]).await?.remove().await;
         Ok(())
     }
 
@@ -151,13 +164,10 @@ impl DockerSpawner {
         let helper = self.helper(&[(&volume, FROM, true, MountType::VOLUME)]).await?;
         let read = DownloadFromContainerOptions { path: format!("{FROM}/.") };
         let files = self.docker.download_from_container(&helper.id, Some(read));
-        // The helper lives as long as the stream: dropping it ends the read and removes the helper.
-        Ok(files
-            .map(move |r| {
-                let _alive = &helper;
-                r.map_err(|e| runtime_error("reading the files", e))
-            })
-            .boxed())
+        // The helper lives as long as the stream: read to its end, the stream removes it
+        // before it ends; dropped before, it is removed in the background.
+        let removed = futures::stream::once(helper.remove()).filter_map(|()| std::future::ready(None));
+        Ok(files.map(|r| r.map_err(|e| runtime_error("reading the files", e))).chain(removed).boxed())
     }
 
     /// `Spawner::restore`: unpacks a tar stream into `subdir` of `storage`.
@@ -197,6 +207,7 @@ impl DockerSpawner {
         });
         let at = if subdir.is_empty() { INTO.to_string() } else { format!("{INTO}/{subdir}") };
         self.put(&helper, at, body).await?;
+        helper.remove().await;
         self.df_cache.lock().await.take();
         Ok(read.load(Ordering::Relaxed))
     }
@@ -233,6 +244,7 @@ impl DockerSpawner {
             counter.fetch_add(b.len() as u64, Ordering::Relaxed);
         });
         self.put(&helper, format!("{INTO}/{subdir}"), body).await?;
+        helper.remove().await;
         self.df_cache.lock().await.take();
         Ok(copied.load(Ordering::Relaxed))
     }
@@ -272,7 +284,10 @@ impl DockerSpawner {
                     return Err(SpawnError::Invalid(format!("{path:?} is not an absolute path")));
                 }
                 match self.helper(&[(path, FROM, true, MountType::BIND)]).await {
-                    Ok(_) => Ok(()),
+                    Ok(helper) => {
+                        helper.remove().await;
+                        Ok(())
+                    }
                     Err(SpawnError::Runtime(detail)) if detail.contains("does not exist") => Err(SpawnError::Invalid(
                         format!("the folder {path} does not exist on the machine the servers run on"),
                     )),

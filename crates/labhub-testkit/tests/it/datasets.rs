@@ -70,6 +70,13 @@ async fn the_dataset_commands_check_sources_and_say_what_is_missing() {
     assert!(out.contains("Removed census"), "{out}");
     let (_, out, _) = labhub(&["dataset", "list"], &db, &hub_id);
     assert!(!out.contains("census"), "{out}");
+    // Each check of a folder creates a container that mounts it; the commands ended, and
+    // left none of them on the engine.
+    let left = Command::new("docker")
+        .args(["ps", "--all", "--quiet", "--filter", &format!("label=io.labhub.hub={hub_id}")])
+        .output()
+        .expect("running docker");
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "containers left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
