@@ -9,14 +9,14 @@
 #     at least 0.9×; on two cores replicas cannot add capacity, but they must not cost it).
 #
 #   bench/replicas.sh
-#   REPLICA_THREADS=1 REPLICA_PIN=1 TWO_KEEPALIVE=128 bench/replicas.sh   # replicas sharing
-#                                         # two cores: one thread each, each on its own core
+#   REPLICA_THREADS=1 TWO_KEEPALIVE=128 WRK_ROUNDS=15 bench/replicas.sh   # replicas sharing
+#                                         # two cores, as the README says to run them
 #
 # Environment: ROUNDS (20 propagation rounds), WRK_ROUNDS (3), SECONDS_PER_RUN (5),
 #   TWO_KEEPALIVE (64: the idle upstream connections nginx keeps for the two replicas),
-#   REPLICA_THREADS (unset: B and C run as many runtime threads as A, one per core; set, each
-#   runs that many: LABHUB_WORKER_THREADS), REPLICA_PIN (set: B runs on core 0 only, C on
-#   core 1, by taskset), as replicas sharing a machine would be run.
+#   REPLICA_THREADS (unset: B and C run as many runtime and HTTP threads as A, one per core;
+#   set, each runs that many: LABHUB_WORKER_THREADS), REPLICA_PIN (set: B runs on core 0
+#   only, C on core 1, by taskset).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

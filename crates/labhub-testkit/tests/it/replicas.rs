@@ -105,6 +105,19 @@ async fn until_status(url: &str, auth: &str, want: StatusCode, what: &str) {
     }
 }
 
+/// A WebSocket to `url` with `auth`, once the replica it goes through has routed the server
+/// (it hears of the start through Postgres); a hang guard, never a timing assertion.
+async fn ws_once_routed(url: &str, auth: &str) -> crate::proxied::Ws {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ws_connect(url, &[("Authorization", auth)]).await {
+            Ok(ws) => return ws,
+            Err(e) => assert!(Instant::now() < give_up, "the replica never routed the server: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn test_image(site: &Site) -> serde_json::Value {
     json!({"name": "test", "display_name": "Test server", "reference": site.scope.test_image.to_string(),
            "kind": "jupyter", "cpu": 0.5, "memory": "256M"})
@@ -209,6 +222,18 @@ async fn replicas(n: usize, scope: Option<Arc<DockerScope>>) -> Vec<TestApp> {
     apps
 }
 
+/// `n` replicas on one database with the engine, and alice's server started and ready
+/// through the first; her API client there.
+async fn alices_server_on(n: usize) -> (Vec<TestApp>, Api) {
+    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
+    let apps = replicas(n, Some(scope)).await;
+    apps[0].add_test_image("test").await;
+    apps[0].add_user("alice", "correct horse", false).await;
+    let alice = apps[0].api_for("alice").await;
+    start_ready(&alice, "alice").await;
+    (apps, alice)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_made_on_one_replica_works_on_another_and_a_revocation_reaches_it_through_notify() {
     let apps = replicas(2, None).await;
@@ -249,12 +274,8 @@ async fn a_session_made_on_one_replica_works_on_another_and_a_revocation_reaches
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_culler_stops_an_idle_server_exactly_once_with_three_replicas() {
-    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
-    let apps = replicas(3, Some(scope)).await;
+    let (apps, alice) = alices_server_on(3).await;
     let a = &apps[0];
-    a.add_test_image("test").await;
-    a.add_user("alice", "correct horse", false).await;
-    start_ready(&a.api_for("alice").await, "alice").await;
     // Past the site's idle timeout (an hour) on every replica's clock.
     for app in &apps {
         app.clock.as_ref().expect("a manual clock").advance(time::Duration::hours(2));
@@ -274,32 +295,20 @@ async fn the_culler_stops_an_idle_server_exactly_once_with_three_replicas() {
             .await
             .unwrap();
     assert_eq!(closed, 1);
-    a.api_for("alice").await.wait_stopped("alice", None).await;
+    alice.wait_stopped("alice", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_demoted_through_one_replica_loses_the_websocket_another_let_in() {
-    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
-    let apps = replicas(2, Some(scope)).await;
+    let (apps, alice) = alices_server_on(2).await;
     let (a, b) = (&apps[0], &apps[1]);
-    a.add_test_image("test").await;
-    a.add_user("alice", "correct horse", false).await;
     a.add_user("root", "correct horse", true).await;
     a.add_user("bob", "correct horse", true).await;
-    let alice = a.api_for("alice").await;
-    start_ready(&alice, "alice").await;
     // B follows A only through Postgres's announcements.
     tokio::spawn(b.hub.clone().follow_replicas(pending()));
     let bob = b.api_for("bob").await;
     let url = ws_url(&b.url, "/user/alice/ws/echo");
-    let give_up = Instant::now() + Duration::from_secs(10);
-    let mut ws = loop {
-        match ws_connect(&url, &[("Authorization", bob.authorization())]).await {
-            Ok(ws) => break ws,
-            Err(e) => assert!(Instant::now() < give_up, "B never routed alice's server: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut ws = ws_once_routed(&url, bob.authorization()).await;
     assert_eq!(echo(&mut ws, "as an admin, through B").await, "as an admin, through B");
     let mut own = ws_connect(&url, &[("Authorization", alice.authorization())]).await.expect("alice's own, through B");
 
@@ -311,27 +320,15 @@ async fn an_admin_demoted_through_one_replica_loses_the_websocket_another_let_in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_or_session_ended_through_one_replica_closes_the_websockets_another_let_in_with_it() {
-    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
-    let apps = replicas(2, Some(scope)).await;
+    let (apps, alice) = alices_server_on(2).await;
     let (a, b) = (&apps[0], &apps[1]);
-    a.add_test_image("test").await;
-    a.add_user("alice", "correct horse", false).await;
-    let alice = a.api_for("alice").await;
-    start_ready(&alice, "alice").await;
     // B follows A only through Postgres's announcements; its clock never moves, so nothing
     // it recognised expires on its own.
     tokio::spawn(b.hub.clone().follow_replicas(pending()));
     let revoked = alice.create_token("alice", json!({"note": "to revoke"})).await.unwrap_or_else(|e| panic!("{e}"));
     let revoked_auth = format!("token {}", revoked.token.as_deref().expect("the new token"));
     let url = ws_url(&b.url, "/user/alice/ws/echo");
-    let give_up = Instant::now() + Duration::from_secs(10);
-    let mut by_revoked = loop {
-        match ws_connect(&url, &[("Authorization", revoked_auth.as_str())]).await {
-            Ok(ws) => break ws,
-            Err(e) => assert!(Instant::now() < give_up, "B never routed alice's server: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut by_revoked = ws_once_routed(&url, &revoked_auth).await;
     let mut by_kept =
         ws_connect(&url, &[("Authorization", alice.authorization())]).await.expect("with her other token");
     let cookie = session_cookie(a, "alice").await;
@@ -418,14 +415,9 @@ async fn a_start_left_by_a_replica_silent_for_15_seconds_is_failed_and_its_follo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_through_one_replica_ends_a_start_running_on_another() {
-    let scope = Arc::new(DockerScope::new(test_server_binary()).await);
-    let apps = replicas(2, Some(scope)).await;
-    let (a, b) = (&apps[0], &apps[1]);
-    a.add_test_image("test").await;
-    a.add_user("alice", "correct horse", false).await;
-    let on_a = a.api_for("alice").await;
     // A ran an earlier start of the server (and remembers it).
-    start_ready(&on_a, "alice").await;
+    let (apps, on_a) = alices_server_on(2).await;
+    let b = &apps[1];
     on_a.stop("alice", None).await.unwrap_or_else(|e| panic!("{e}"));
     on_a.wait_stopped("alice", None).await;
 
