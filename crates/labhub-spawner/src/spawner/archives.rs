@@ -52,16 +52,21 @@ struct Helper {
 
 impl Helper {
     /// Removes it and waits for that: a short-lived process (a CLI command) ends right after,
-    /// and would take a removal left to the background with it.
+    /// and would take a removal left to the background with it. Dropped while waiting, the
+    /// removal is made again in the background.
     async fn remove(mut self) {
-        remove_helper(self.docker.clone(), std::mem::take(&mut self.id)).await;
+        remove_helper(self.docker.clone(), self.id.clone()).await;
+        self.id.clear();
     }
 }
 
 async fn remove_helper(docker: Docker, id: String) {
     let options = RemoveContainerOptions { force: true, v: false, ..Default::default() };
-    if let Err(e) = docker.remove_container(&id, Some(options)).await {
-        tracing::warn!(container = %id, error = %e, "could not remove a file-handling container");
+    match docker.remove_container(&id, Some(options)).await {
+        // Removed by an earlier attempt that was cut short.
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => tracing::warn!(container = %id, error = %e, "could not remove a file-handling container"),
+        Ok(()) => {}
     }
 }
 
@@ -180,9 +185,22 @@ impl DockerSpawner {
         check_subdir(subdir)?;
         let volume = self.writable(storage).await?;
         let helper = self.helper(&[(&volume, INTO, false, MountType::VOLUME)]).await?;
+        let restored = self.unpack(&helper, subdir, tar).await;
+        // Whether or not it worked: a CLI command ends right after.
+        helper.remove().await;
+        self.df_cache.lock().await.take();
+        restored
+    }
+
+    /// `restore_files` once its helper is made: the bytes read.
+    async fn unpack(
+        &self,
+        helper: &Helper,
+        subdir: &str,
+        mut tar: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> Result<u64, SpawnError> {
         // The archive's first entry, when it is its root (`./`, as the hub's archives have),
         // gives the folders on the way to `subdir` their owner and mode.
-        let mut tar = tar;
         let mut first = Vec::with_capacity(512);
         while first.len() < 512 {
             match tar.next().await {
@@ -197,7 +215,7 @@ impl DockerSpawner {
                 .filter(|h| h.entry_type().is_dir() && h.path_bytes().as_ref() == b"./");
             let folders =
                 folders_archive(root.as_ref(), subdir).map_err(|e| runtime_error("preparing the folder", e))?;
-            self.put_small(&helper, INTO.to_string(), folders).await?;
+            self.put_small(helper, INTO.to_string(), folders).await?;
         }
         let read = Arc::new(AtomicU64::new(0));
         let counter = read.clone();
@@ -206,9 +224,7 @@ impl DockerSpawner {
             counter.fetch_add(b.len() as u64, Ordering::Relaxed);
         });
         let at = if subdir.is_empty() { INTO.to_string() } else { format!("{INTO}/{subdir}") };
-        self.put(&helper, at, body).await?;
-        helper.remove().await;
-        self.df_cache.lock().await.take();
+        self.put(helper, at, body).await?;
         Ok(read.load(Ordering::Relaxed))
     }
 
@@ -224,6 +240,15 @@ impl DockerSpawner {
         let target = self.writable(into).await?;
         let helper =
             self.helper(&[(&source, FROM, true, MountType::VOLUME), (&target, INTO, false, MountType::VOLUME)]).await?;
+        let copied = self.copy_through(&helper, subdir).await;
+        // Whether or not it worked: a CLI command ends right after.
+        helper.remove().await;
+        self.df_cache.lock().await.take();
+        copied
+    }
+
+    /// `copy_between` once its helper is made: the bytes copied.
+    async fn copy_through(&self, helper: &Helper, subdir: &str) -> Result<u64, SpawnError> {
         let read = DownloadFromContainerOptions { path: format!("{FROM}/.") };
         let mut files = self.docker.download_from_container(&helper.id, Some(read));
         let mut first = Vec::with_capacity(512);
@@ -236,16 +261,14 @@ impl DockerSpawner {
         }
         let root = tar::Header::from_byte_slice(&first[..512]).clone();
         let folders = folders_archive(Some(&root), subdir).map_err(|e| runtime_error("preparing the copy", e))?;
-        self.put_small(&helper, INTO.to_string(), folders).await?;
+        self.put_small(helper, INTO.to_string(), folders).await?;
         let copied = Arc::new(AtomicU64::new(0));
         let counter = copied.clone();
         let head = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(first)) });
         let body = head.chain(files.map_err(std::io::Error::other)).inspect_ok(move |b| {
             counter.fetch_add(b.len() as u64, Ordering::Relaxed);
         });
-        self.put(&helper, format!("{INTO}/{subdir}"), body).await?;
-        helper.remove().await;
-        self.df_cache.lock().await.take();
+        self.put(helper, format!("{INTO}/{subdir}"), body).await?;
         Ok(copied.load(Ordering::Relaxed))
     }
 

@@ -76,6 +76,7 @@ async fn the_dataset_commands_check_sources_and_say_what_is_missing() {
         .args(["ps", "--all", "--quiet", "--filter", &format!("label=io.labhub.hub={hub_id}")])
         .output()
         .expect("running docker");
+    assert!(left.status.success(), "{}", String::from_utf8_lossy(&left.stderr));
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "containers left behind");
 }
 
