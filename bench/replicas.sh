@@ -79,7 +79,7 @@ start_replica() {
 }
 start_replica "$B_PORT" 0
 start_replica "$C_PORT" 1
-echo "hubs: A $A (embedded Postgres), replicas B $B and C $C (the same database through its socket; runtime threads: ${REPLICA_THREADS:-one per core, as A}${REPLICA_PIN:+, pinned to cores 0 and 1}), release builds"
+echo "hubs: A $A (embedded Postgres), replicas B $B and C $C (the same database through its socket; runtime and HTTP threads: ${REPLICA_THREADS:-one per core, as A}${REPLICA_PIN:+, pinned to cores 0 and 1}), release builds"
 echo
 
 "$BENCH" replicas --a "$A" --b "$B" --admin-token "$ADMIN_TOKEN" --rounds "${ROUNDS:-20}"

@@ -15,10 +15,9 @@ use labhub_core::{Credential, UserId};
 
 /// Who holds a tunnel open, as the hub decides about it again later.
 pub(crate) struct Holder {
-    /// The account, if a user's (a registered service is none).
-    user: Option<UserId>,
-    /// Set once the gate found the account to be the owner: never a visitor to pick.
-    owner: AtomicBool,
+    /// The account, unless it owns what the tunnel goes to (an owner's access never ends
+    /// while the route lasts) or is no account (a registered service).
+    visitor: Option<UserId>,
     /// What they were let in with, if it can end (a session or an API token).
     credential: Option<Credential>,
 }
@@ -40,11 +39,10 @@ impl Closer {
         self.make(None)
     }
 
-    /// A watch that trips when the route closes, when [`Closer::close_visitors`] picks `user`
-    /// (unless [`Watch::mark_owner`] was called), or when [`Closer::close_credentials`] picks
-    /// `credential`.
-    pub(crate) fn watch_for(&self, user: Option<UserId>, credential: Option<Credential>) -> Arc<Watch> {
-        self.make(Some(Holder { user, owner: AtomicBool::new(false), credential }))
+    /// A watch that trips when the route closes, when [`Closer::close_visitors`] picks
+    /// `visitor`, or when [`Closer::close_credentials`] picks `credential`.
+    pub(crate) fn watch_for(&self, visitor: Option<UserId>, credential: Option<Credential>) -> Arc<Watch> {
+        self.make(Some(Holder { visitor, credential }))
     }
 
     fn make(&self, holder: Option<Holder>) -> Arc<Watch> {
@@ -94,7 +92,7 @@ impl Closer {
     /// Trips the watches of the visitors `lost` picks (anyone but the owner: through a share,
     /// their roles or as an admin); how many it tripped.
     pub(crate) fn close_visitors(&self, mut lost: impl FnMut(UserId) -> bool) -> usize {
-        self.close_where(|h| h.visitor().is_some_and(&mut lost))
+        self.close_where(|h| h.visitor.is_some_and(&mut lost))
     }
 
     /// Trips the watches of the holders whose credential `ended` picks; how many it tripped.
@@ -104,7 +102,7 @@ impl Closer {
 
     /// The visitors whose watches are still held (each once).
     pub(crate) fn visitors(&self) -> Vec<UserId> {
-        let mut out: Vec<UserId> = self.holders(Holder::visitor);
+        let mut out: Vec<UserId> = self.holders(|h| h.visitor);
         out.sort_unstable();
         out.dedup();
         out
@@ -128,12 +126,6 @@ impl Closer {
     }
 }
 
-impl Holder {
-    fn visitor(&self) -> Option<UserId> {
-        if self.owner.load(Ordering::Acquire) { None } else { self.user }
-    }
-}
-
 /// One socket's or tunnel's view of its route closing.
 pub(crate) struct Watch {
     pub(crate) closed: AtomicBool,
@@ -145,14 +137,6 @@ impl Watch {
     fn trip(&self) {
         self.closed.store(true, Ordering::Release);
         self.waker.wake();
-    }
-
-    /// Records that the gate let the holder in as the owner: no change of shares or roles
-    /// closes it (their credential ending still does).
-    pub(crate) fn mark_owner(&self) {
-        if let Some(h) = &self.holder {
-            h.owner.store(true, Ordering::Release);
-        }
     }
 
     /// Ready once the route closed; otherwise wakes `cx` when it does.
@@ -192,8 +176,7 @@ mod tests {
         let (bob, carol, alice) = (UserId::new(2), UserId::new(3), UserId::new(1));
         let bobs = closer.watch_for(Some(bob), None);
         let carols = closer.watch_for(Some(carol), Some(Credential::Token(TokenId::new(7))));
-        let owners = closer.watch_for(Some(alice), Some(Credential::Session(SessionId::new(9))));
-        owners.mark_owner();
+        let owners = closer.watch_for(None, Some(Credential::Session(SessionId::new(9))));
         assert_eq!(closer.visitors(), [bob, carol], "the owner is no visitor");
         assert_eq!(closer.close_visitors(|v| v == bob || v == alice), 1);
         tokio::time::timeout(Duration::from_secs(1), bobs.closed()).await.unwrap();

@@ -114,14 +114,6 @@ pub(crate) struct TableShared {
 /// ([`RouteEntry::watch_holder`], [`crate::ServiceTarget::watch_holder`]).
 pub struct TunnelWatch(pub(crate) Arc<crate::closer::Watch>);
 
-impl TunnelWatch {
-    /// Records that the gate let its holder in as the server's owner: no change of shares or
-    /// roles closes it, only the route going or their credential ending.
-    pub fn mark_owner(&self) {
-        self.0.mark_owner();
-    }
-}
-
 /// A route as the proxy uses it: the route plus its pool, what closes its sockets, its
 /// counters and its last activity. Handed out as `Arc`; stays usable (but closed) after
 /// removal, so in-flight requests finish with an error rather than a panic.
@@ -209,13 +201,14 @@ impl RouteEntry {
     }
 
     /// The hold on this route of `user`, let in with `credential`, to be taken BEFORE the gate
-    /// lets them in: a share or role revoked after this call (through
-    /// [`RouteTable::close_visitors_where`], unless [`TunnelWatch::mark_owner`]), or the
-    /// credential ending (through [`RouteTable::close_credentials_where`]), trips it, so a
-    /// WebSocket opened with it closes even if that landed while its upgrade was still on its
-    /// way to the server. Dropped, it is forgotten.
+    /// lets them in: the credential ending (through [`RouteTable::close_credentials_where`])
+    /// trips it, and so does, unless `user` owns the server, a share or role revoked after
+    /// this call (through [`RouteTable::close_visitors_where`]), so a WebSocket opened with
+    /// it closes even if that landed while its upgrade was still on its way to the server.
+    /// Dropped, it is forgotten.
     pub fn watch_holder(&self, user: UserId, credential: Option<Credential>) -> TunnelWatch {
-        TunnelWatch(self.closer.watch_for(Some(user), credential))
+        let visitor = (user != self.route.owner).then_some(user);
+        TunnelWatch(self.closer.watch_for(visitor, credential))
     }
 
     /// Whether the route was removed or replaced: its sockets and tunnels are closed.
@@ -460,7 +453,11 @@ mod tests {
         let carols_token = Credential::Token(labhub_core::TokenId::new(5));
         let bobs = entry.watch_holder(bob, None);
         let carols = entry.watch_holder(carol, Some(carols_token));
-        assert_eq!(t.close_visitors_where(|_, v| v == bob), 1);
+        // The owner's own: no visitor, whatever the recheck says of her.
+        let alices = entry.watch_holder(UserId::new(1), None);
+        assert_eq!(t.visitors(), [bob, carol].into());
+        assert_eq!(t.close_visitors_where(|_, v| v == bob || v == UserId::new(1)), 1);
+        assert!(!alices.0.closed.load(std::sync::atomic::Ordering::Acquire));
         assert!(bobs.0.closed.load(std::sync::atomic::Ordering::Acquire), "the revoke reached the tunnel-to-be");
         assert!(!carols.0.closed.load(std::sync::atomic::Ordering::Acquire), "only the visitor who lost access");
         assert_eq!(t.credentials(), [carols_token].into());

@@ -76,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) environments: crate::environments::EnvironmentsState,
     /// This process among the replicas sharing the database.
     pub(crate) replica: crate::replicas::ReplicaState,
+    /// The passes over open WebSockets, counted.
     pub(crate) tunnels: crate::tunnels::TunnelsState,
 }
 

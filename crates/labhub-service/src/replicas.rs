@@ -9,8 +9,9 @@
 //!   nothing else); [`Hub::follow_replicas`] listens and reloads that server's route or forgets
 //!   the recognised credentials, closes the WebSockets opened with a session or token that
 //!   ended, and asks the one gate again about every visitor's open WebSocket (an account
-//!   disabled or demoted on another replica): see [`crate::tunnels`]. The table is reloaded whole when listening starts, after every
-//!   reconnect (what was announced meanwhile is lost) and every `servers.route_reload_interval`.
+//!   disabled or demoted on another replica): see [`crate::tunnels`]. The table is reloaded
+//!   whole, and open WebSockets decided again, when listening starts, after every reconnect
+//!   (what was announced meanwhile is lost) and every `servers.route_reload_interval`.
 //! - **Background work once**: jobs take a Postgres advisory lock ([`Replicas::lock`]); a
 //!   replica that does not get it skips that pass.
 

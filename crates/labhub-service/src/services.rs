@@ -321,16 +321,16 @@ impl<'h> Services<'h> {
         self.state().cache.clear();
     }
 
-    /// After a change of roles, memberships or services: the proxy's targets of services that
-    /// are gone or moved are dropped (closing their connections and WebSockets), and the
-    /// WebSockets of users who no longer hold `access:services` on a service are closed, each
-    /// account decided again as it now stands. A service's own WebSockets to another close
-    /// only with the target (a service is no account to decide again).
     /// The proxy's targets of services in use.
     pub(crate) fn targets(&self) -> Vec<std::sync::Arc<labhub_proxy::ServiceTarget>> {
         self.state().targets.targets()
     }
 
+    /// After a change of roles, memberships or services: the proxy's targets of services that
+    /// are gone or moved are dropped (closing their connections and WebSockets), and the
+    /// WebSockets of users who no longer hold `access:services` on a service are closed, each
+    /// account decided again as it now stands. A service's own WebSockets to another close
+    /// only with the target (a service is no account to decide again).
     pub(crate) async fn recheck_tunnels(&self) -> Result<(), ServiceError> {
         let table = &self.state().targets;
         for target in table.targets() {

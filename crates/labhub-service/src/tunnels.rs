@@ -2,14 +2,18 @@
 //! holder and the credential it came with (`labhub_proxy::TunnelWatch`, taken before the gate
 //! decides). When shares, roles or accounts change, visitors are decided again by the one gate
 //! (`Shares::recheck_visitors`); when a session or an API token ends on any replica (signed
-//! out, revoked, expired and reaped: Postgres announces it), every WebSocket opened with it
-//! closes, the owner's own too, as every new request with it is refused.
+//! out, revoked, a session reaped past its limits: Postgres announces it), every WebSocket
+//! opened with it closes, the owner's own too, as every new request with it is refused. An
+//! API token past its expiry is deleted by no one, so nothing announces it: its WebSockets
+//! close at the next whole reload (`servers.route_reload_interval`, which runs the same pass
+//! as a safety net for anything an announcement could not say).
 //!
 //! One window is left by the order of things: an upgrade whose credential was looked up just
 //! before an announcement, and whose watch was taken just after this process acted on it, is
-//! seen by neither. [`Tunnels::changes`] counts the announcements acted on; an upgrade that
-//! saw the count move between its lookup and its watch asks Postgres about its own credential
-//! ([`Tunnels::still_valid`]) before it is forwarded.
+//! seen by neither. [`Tunnels::changes`] counts the passes made; an upgrade that saw the count
+//! move between its lookup and its watch asks Postgres about its own credential
+//! ([`Tunnels::still_valid`]) before it is forwarded. (A visitor's rights changed in that
+//! window are not asked about again: the next pass decides about them.)
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,14 +54,15 @@ impl AuthVia {
 }
 
 impl Tunnels<'_> {
-    /// How many credential announcements this process has acted on: read it before the
-    /// credential of an upgrade is looked up, and again once its watch is taken.
+    /// How many passes over open WebSockets this process has begun (on announcements and
+    /// whole reloads): read it before the credential of an upgrade is looked up, and again
+    /// once its watch is taken.
     pub fn changes(&self) -> u64 {
         self.hub.0.tunnels.changes.load(Ordering::SeqCst)
     }
 
     /// Whether a connection let in by `via` may still be held open: its session or token
-    /// still exists, unexpired, for an active account. Asks Postgres.
+    /// still exists (a token also unexpired), for an active account. Asks Postgres.
     pub async fn still_valid(&self, via: AuthVia) -> Result<bool, ServiceError> {
         let Some(credential) = via.credential() else { return Ok(true) };
         Ok(self.live(&HashSet::from([credential])).await?.contains(&credential))
@@ -77,7 +82,8 @@ impl Tunnels<'_> {
     }
 
     /// Closes the WebSockets, to users' servers and to services, whose credential ended; how
-    /// many. Only credentials asked about are judged: a watch taken meanwhile is left alone.
+    /// many. Only the credentials asked about are judged: one first held meanwhile waits for
+    /// the next pass (its upgrade saw the count move and asked for itself).
     async fn close_ended(&self) -> Result<usize, ServiceError> {
         let routes = self.hub.routes();
         let targets = self.hub.services().targets();

@@ -18,8 +18,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::CookieJar;
 use labhub_core::{Contract, ServerName, UserName};
-use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, TunnelWatch, parse_user_path, strip_token_param};
-use labhub_service::{Actor, AuthVia, Need, Principal, Reach, ServerRef, ServiceError};
+use labhub_proxy::{ClientInfo, PathError, ProxyError, Scheme, parse_user_path, strip_token_param};
+use labhub_service::{Actor, AuthVia, Need, Principal, ServerRef, ServiceError};
 
 use crate::error::json_error;
 use crate::extract::{MaybeUser, Surface, client_addr, is_navigation, is_upgrade, same_origin, token_in_query};
@@ -68,8 +68,8 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
             Contract::Jupyterhub => forget_single_user_tokens(&state, &mut req, route.route()).await,
         }
     }
-    // Read before the credential is looked up (see `labhub_service::tunnels`).
-    let changes = state.hub().tunnels().changes();
+    // For an upgrade, read before the credential is looked up (see `labhub_service::tunnels`).
+    let changes = is_upgrade(&req).then(|| state.hub().tunnels().changes());
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Surface::Proxy);
     let principal = match MaybeUser::from_request_parts(&mut parts, &state).await {
@@ -95,15 +95,10 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
         // between the two still reaches the tunnel.
         let watch = is_upgrade(&req).then(|| r.watch_holder(me.user_id, me.via.credential()));
         let to = ServerRef { owner: r.route().owner, owner_name: &r.key().user, server: r.key().server.as_ref() };
-        match state.hub().access().may_reach(&me, to) {
-            None => return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req),
-            Some(Reach::Owner) => watch.iter().for_each(TunnelWatch::mark_owner),
-            Some(Reach::Shared(_) | Reach::Admin | Reach::Scoped) => {}
+        if state.hub().access().may_reach(&me, to).is_none() {
+            return refuse(StatusCode::FORBIDDEN, SOMEONE_ELSES, navigation, &req);
         }
         holder = watch;
-    }
-    if holder.is_some() && !still_valid_since(&state, changes, me.via).await {
-        return refuse(StatusCode::UNAUTHORIZED, "This sign-in has ended; sign in again.", navigation, &req);
     }
     let token_in_url = req.uri().query().and_then(token_in_query).is_some();
     let token_in_header = req.headers().contains_key(header::AUTHORIZATION);
@@ -120,6 +115,11 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
             navigation,
             &req,
         );
+    }
+    if let (Some(changes), Some(_)) = (changes, &holder)
+        && let Some((status, message)) = ended_since(&state, changes, me.via).await
+    {
+        return refuse(status, message, navigation, &req);
     }
     if navigation && token_in_url && !token_in_header {
         return forget_url_token(&state, &req, &user_path.user);
@@ -148,15 +148,23 @@ pub(crate) async fn handle(state: AppState, req: Request) -> Response {
     }
 }
 
-/// Whether the credential an upgrade came with may still hold its WebSocket open, its watch
-/// now taken: asks Postgres only if credentials were announced ended since `changes` was read
-/// (the watch may have missed that pass). Refuses if Postgres cannot say.
-pub(crate) async fn still_valid_since(state: &AppState, changes: u64, via: AuthVia) -> bool {
+/// Why an upgrade is refused whose credential ended, its watch now taken; `None` lets it on.
+/// Postgres is asked only if credentials were announced ended since `changes` was read (the
+/// pass that closed their WebSockets may have missed this watch); if it cannot say, the
+/// upgrade is refused too (503).
+pub(crate) async fn ended_since(state: &AppState, changes: u64, via: AuthVia) -> Option<(StatusCode, &'static str)> {
     if state.hub().tunnels().changes() == changes {
-        return true;
+        return None;
     }
     let asked = state.hub_call(move |hub| async move { hub.tunnels().still_valid(via).await });
-    Box::pin(asked).await.unwrap_or(false)
+    match Box::pin(asked).await {
+        Ok(true) => None,
+        Ok(false) => Some((StatusCode::UNAUTHORIZED, "This sign-in has ended; sign in again.")),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the credential of a WebSocket upgrade");
+            Some((StatusCode::SERVICE_UNAVAILABLE, "The hub could not check this sign-in just now; try again."))
+        }
+    }
 }
 
 /// The answer to a navigation that a `?token=` in its address authenticated: the same address

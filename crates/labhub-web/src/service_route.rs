@@ -20,7 +20,7 @@ use labhub_service::{AuthVia, Requester, ServiceError};
 use crate::AppState;
 use crate::error::json_error;
 use crate::extract::{MaybeCaller, Surface, is_navigation, same_origin};
-use crate::proxy_route::{client_info, refuse, still_valid_since};
+use crate::proxy_route::{client_info, ended_since, refuse};
 use crate::views::login_url;
 
 /// The route's paths (the bare prefix gets its slash from the proxy).
@@ -33,8 +33,8 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
     let Ok(name) = ServiceName::parse(segment) else {
         return refuse(StatusCode::NOT_FOUND, "There is no such service.", navigation, &req);
     };
-    // Read before the credential is looked up (see `labhub_service::tunnels`).
-    let changes = state.hub().tunnels().changes();
+    // For an upgrade, read before the credential is looked up (see `labhub_service::tunnels`).
+    let changes = crate::extract::is_upgrade(&req).then(|| state.hub().tunnels().changes());
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(Surface::Proxy);
     let who = MaybeCaller::from_request_parts(&mut parts, &state).await;
@@ -84,10 +84,10 @@ pub(crate) async fn handle(axum::extract::State(state): axum::extract::State<App
             return refuse(crate::AppError::from(e).status(), "the service's address is not known", navigation, &req);
         }
     };
-    if let (Some(_), Some(via)) = (&watch, via)
-        && !still_valid_since(&state, changes, via).await
+    if let (Some(changes), Some(_), Some(via)) = (changes, &watch, via)
+        && let Some((status, message)) = ended_since(&state, changes, via).await
     {
-        return refuse(StatusCode::UNAUTHORIZED, "This sign-in has ended; sign in again.", navigation, &req);
+        return refuse(status, message, navigation, &req);
     }
     let client = client_info(&state, &req);
     match state.proxy().forward_service(target, req, client, watch).await {

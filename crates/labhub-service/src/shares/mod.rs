@@ -205,7 +205,14 @@ impl<'h> Shares<'h> {
         }
         let access = self.hub.access();
         let closed = self.hub.routes().close_visitors_where(|route, visitor| {
-            let Some(Some(who)) = now.get(&visitor) else { return true };
+            let who = match now.get(&visitor) {
+                Some(Some(who)) => who,
+                // The account is gone or disabled.
+                Some(None) => return true,
+                // A visitor whose watch came after the list was taken: the gate decided about
+                // them after this pass began, so on what it rechecks.
+                None => return false,
+            };
             let to = ServerRef {
                 owner: route.route().owner,
                 owner_name: &route.key().user,

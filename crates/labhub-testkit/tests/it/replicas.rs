@@ -338,7 +338,11 @@ async fn a_token_or_session_ended_through_one_replica_closes_the_websockets_anot
         assert_eq!(echo(ws, "open").await, "open");
     }
 
+    let token_id = labhub_core::TokenId::new(revoked.id.trim_start_matches('a').parse().expect("a<number>"));
+    let via = labhub_service::AuthVia::Token { token_id };
+    assert!(b.hub.tunnels().still_valid(via).await.unwrap(), "what an upgrade in the window asks");
     alice.revoke_token("alice", &revoked.id).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!b.hub.tunnels().still_valid(via).await.unwrap());
     ws_end(&mut by_revoked, HANG).await;
     assert_eq!(echo(&mut by_session, "still signed in").await, "still signed in");
     let refused = ws_connect(&url, &[("Authorization", revoked_auth.as_str())]).await.expect_err("a revoked token");
