@@ -23,7 +23,7 @@ use labhub_db::{sessions, tokens};
 
 use crate::{AuthVia, Hub, ServiceError};
 
-/// This process's count of credential announcements acted on.
+/// This process's count of passes over open WebSockets begun.
 #[derive(Default)]
 pub(crate) struct TunnelsState {
     changes: AtomicU64,
