@@ -9,13 +9,18 @@ fn load_str(toml: &str) -> Result<Config, ConfigError> {
     Config::load(Some(&p))
 }
 
+/// The message a configuration is refused with.
+fn refusal(toml: &str) -> String {
+    load_str(toml).unwrap_err().to_string()
+}
+
 #[test]
 fn the_activity_flush_interval_and_the_busy_cull_policy_are_configuration() {
     let c = load_str("[servers]\nactivity_flush_interval = \"2s\"\n[quota]\ncull_busy = true\n").unwrap();
     assert_eq!(c.server_settings().activity_flush_interval, Duration::from_secs(2));
     assert!(c.quota_settings().site_default.cull_busy);
     assert!(!Config::default().quota_settings().site_default.cull_busy, "busy servers are spared by default");
-    let e = load_str("[servers]\nactivity_flush_interval = \"0s\"\n").unwrap_err().to_string();
+    let e = refusal("[servers]\nactivity_flush_interval = \"0s\"\n");
     assert!(e.contains("'servers.activity_flush_interval'"), "{e}");
 }
 
@@ -52,17 +57,17 @@ fn defaults_and_durations() {
 
 #[test]
 fn unknown_keys_and_bad_values_name_the_key() {
-    let e = load_str("[session]\nidel_timeout = \"2h\"\n").unwrap_err().to_string();
+    let e = refusal("[session]\nidel_timeout = \"2h\"\n");
     assert!(e.contains("'session") && e.contains("idel_timeout"), "{e}");
-    let e = load_str("bind = \"nonsense\"\n").unwrap_err().to_string();
+    let e = refusal("bind = \"nonsense\"\n");
     assert!(e.contains("'bind'"), "{e}");
-    let e = load_str("[auth]\nadmin_users = [\"Bad Name\"]\n").unwrap_err().to_string();
+    let e = refusal("[auth]\nadmin_users = [\"Bad Name\"]\n");
     assert!(e.contains("'auth.admin_users"), "{e}");
-    let e = load_str("[auth]\nadmin_users = [\"GitHub:bob\"]\n").unwrap_err().to_string();
+    let e = refusal("[auth]\nadmin_users = [\"GitHub:bob\"]\n");
     assert!(e.contains("'auth.admin_users") && e.contains("write a name, or provider:name"), "{e}");
-    let e = load_str("[auth]\nadmin_users = [\"github:bob\"]\n").unwrap_err().to_string();
+    let e = refusal("[auth]\nadmin_users = [\"github:bob\"]\n");
     assert!(e.contains("'auth.admin_users[0]' names the provider 'github', which is not one of"), "{e}");
-    let e = load_str("public_url = \"ftp://x\"\n").unwrap_err().to_string();
+    let e = refusal("public_url = \"ftp://x\"\n");
     assert!(e.contains("'public_url'"), "{e}");
 }
 
@@ -76,19 +81,14 @@ fn providers_are_read_and_checked_by_key() {
     assert_eq!(p.id.as_str(), "lab");
     assert_eq!(p.timeout, Duration::from_secs(5));
     assert!(!c.to_toml().contains("s3cret"), "the client secret is redacted");
-    let e = load_str("[[auth.providers]]\nid = \"lab\"\nkind = \"oidc\"\nclient_id = \"x\"\nclient_secret = \"y\"\n")
-        .unwrap_err()
-        .to_string();
+    let e = refusal("[[auth.providers]]\nid = \"lab\"\nkind = \"oidc\"\nclient_id = \"x\"\nclient_secret = \"y\"\n");
     assert!(e.contains("'auth.providers[0].issuer'"), "{e}");
-    let e =
-        load_str("[[auth.providers]]\nid = \"Lab!\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n")
-            .unwrap_err()
-            .to_string();
+    let e = refusal("[[auth.providers]]\nid = \"Lab!\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n");
     assert!(e.contains("auth.providers") && e.contains("not a provider id"), "{e}");
     let twice = "[[auth.providers]]\nid = \"gh\"\nkind = \"github\"\nclient_id = \"x\"\nclient_secret = \"y\"\n";
-    let e = load_str(&format!("{twice}{twice}")).unwrap_err().to_string();
+    let e = refusal(&format!("{twice}{twice}"));
     assert!(e.contains("'auth.providers[1].id'"), "{e}");
-    let e = load_str("[auth]\npassword_login = false\n").unwrap_err().to_string();
+    let e = refusal("[auth]\npassword_login = false\n");
     assert!(e.contains("'auth.password_login'"), "{e}");
 }
 
@@ -125,9 +125,9 @@ fn the_site_quota_reads_amounts_as_people_write_them_and_prints_them_back() {
     let p = dir.path().join("again.toml");
     std::fs::write(&p, &printed).unwrap();
     assert_eq!(Config::load(Some(&p)).unwrap().quota_settings().site_default, q, "what is printed reads back");
-    let e = load_str("[quota]\nmax_memory = \"lots\"\n").unwrap_err().to_string();
+    let e = refusal("[quota]\nmax_memory = \"lots\"\n");
     assert!(e.contains("'quota.max_memory'"), "{e}");
-    let e = load_str("[quota]\nidle_timeout = \"soon\"\n").unwrap_err().to_string();
+    let e = refusal("[quota]\nidle_timeout = \"soon\"\n");
     assert!(e.contains("'quota.idle_timeout'") && e.contains("never"), "{e}");
 }
 
@@ -143,24 +143,24 @@ fn allowed_private_ranges_are_checked_and_name_their_key() {
         ("10.1.2.3/24", "did you mean 10.1.2.0/24?"),
         ("8.8.8.0/24", "not inside one of the private ranges"),
     ] {
-        let e = load_str(&format!("[docker]\nallow_private = [\"{bad}\"]\n")).unwrap_err().to_string();
+        let e = refusal(&format!("[docker]\nallow_private = [\"{bad}\"]\n"));
         assert!(e.contains("'docker.allow_private") && e.contains(why), "{e}");
     }
-    let e = load_str("[docker]\niptables = \"\"\n").unwrap_err().to_string();
+    let e = refusal("[docker]\niptables = \"\"\n");
     assert!(e.contains("'docker.iptables'"), "{e}");
     let one = load_str("worker_threads = 1\n").unwrap();
     assert_eq!(one.worker_threads.map(|n| n.get()), Some(1));
     assert_eq!(one.front_door().threads.map(|n| n.get()), Some(1), "as many HTTP threads");
-    assert!(load_str("worker_threads = 0\n").unwrap_err().to_string().contains("worker_threads"));
+    assert!(refusal("worker_threads = 0\n").contains("worker_threads"));
     let c = load_str("[docker]\nmode = \"swarm\"\nswarm_subnet = \"10.50.0.0/16\"\n").unwrap();
     assert_eq!(c.docker.mode, labhub_spawner::RuntimeMode::Swarm);
-    let e = load_str("[docker]\nswarm_subnet = \"10.50.0.0/24\"\n").unwrap_err().to_string();
+    let e = refusal("[docker]\nswarm_subnet = \"10.50.0.0/24\"\n");
     assert!(e.contains("'docker.swarm_subnet' '10.50.0.0/24' must be a /16 or larger"), "{e}");
-    let e = load_str("[docker]\nmode = \"swarm\"\nswarm_homes = \"nfs\"\n").unwrap_err().to_string();
+    let e = refusal("[docker]\nmode = \"swarm\"\nswarm_homes = \"nfs\"\n");
     assert!(e.contains("'docker.swarm_homes'") && e.contains("swarm_nfs_addr"), "{e}");
     let c = load_str("[docker]\nswarm_images = \"registry\"\nswarm_registry = \"registry.lab:5000/labhub\"\n").unwrap();
     assert_eq!(c.docker.swarm_registry.unwrap().as_str(), "registry.lab:5000/labhub");
-    let e = load_str("[docker]\nswarm_registry = \"registry.lab:5000/labhub\"\n").unwrap_err().to_string();
+    let e = refusal("[docker]\nswarm_registry = \"registry.lab:5000/labhub\"\n");
     assert!(e.contains("'docker.swarm_registry'") && e.contains("swarm_images"), "{e}");
     let e = load_str(
         "[docker]\nswarm_images = \"registry\"\nswarm_registry = \"127.0.0.1:5000/lab\"\n\
@@ -196,7 +196,7 @@ fn password_login_reads_old_and_new_words_and_fits_the_directory() {
     assert_eq!(off.password_login(), PasswordLogin::Off, "the old boolean still reads");
     assert_eq!(load_str("[auth]\npassword_login = true\n").unwrap().password_login(), PasswordLogin::Local);
     let ldap = "[auth.ldap]\nurl = \"ldaps://dir.example.org\"\nbind_dn_template = \"uid={username},dc=x\"\nbind_password_file = \"/nonexistent\"\n";
-    let e = load_str(ldap).unwrap_err().to_string();
+    let e = refusal(ldap);
     assert!(e.contains("'auth.ldap.bind_dn'"), "{e}");
     let ldap = "[auth.ldap]\nurl = \"ldaps://dir.example.org\"\nbind_dn_template = \"uid={username},dc=x\"\n";
     let c = load_str(&format!("[auth]\nadmin_users = [\"ldap:alice\"]\n{ldap}")).unwrap();
@@ -204,16 +204,16 @@ fn password_login_reads_old_and_new_words_and_fits_the_directory() {
     assert!(c.to_toml().contains("[auth.ldap]"), "{}", c.to_toml());
     let only = load_str(&format!("[auth]\npassword_login = \"ldap\"\n{ldap}")).unwrap();
     assert_eq!(only.password_login(), PasswordLogin::Directory);
-    let e = load_str("[auth]\npassword_login = \"ldap\"\n").unwrap_err().to_string();
+    let e = refusal("[auth]\npassword_login = \"ldap\"\n");
     assert!(e.contains("'auth.password_login'") && e.contains("needs [auth.ldap]"), "{e}");
-    let e = load_str(&format!("[auth]\npassword_login = \"local\"\n{ldap}")).unwrap_err().to_string();
+    let e = refusal(&format!("[auth]\npassword_login = \"local\"\n{ldap}"));
     assert!(e.contains("leaves [auth.ldap] unused"), "{e}");
-    let e = load_str("[auth]\npassword_login = \"sometimes\"\n").unwrap_err().to_string();
+    let e = refusal("[auth]\npassword_login = \"sometimes\"\n");
     assert!(e.contains("'auth.password_login'") && e.contains("local+ldap"), "{e}");
-    let e = load_str("[auth]\nadmin_users = [\"ldap:alice\"]\n").unwrap_err().to_string();
+    let e = refusal("[auth]\nadmin_users = [\"ldap:alice\"]\n");
     assert!(e.contains("'auth.admin_users[0]'"), "{e}");
     let named_ldap = gh.replace("id = \"gh\"", "id = \"ldap\"");
-    let e = load_str(&format!("{ldap}{named_ldap}")).unwrap_err().to_string();
+    let e = refusal(&format!("{ldap}{named_ldap}"));
     assert!(e.contains("'auth.providers[0].id'"), "{e}");
 }
 
@@ -228,9 +228,9 @@ fn backups_are_off_without_a_directory_and_read_their_time_and_retention() {
     assert_eq!(s.at, time::Time::from_hms(3, 30, 0).unwrap());
     assert_eq!((s.keep.daily, s.keep.weekly, s.keep.monthly), (3, 4, 0));
     assert!(c.to_toml().contains("[backups]\ndir = \"/srv/backups\"\ntime = \"03:30\""), "{}", c.to_toml());
-    let e = load_str("[backups]\ntime = \"25:00\"\n").unwrap_err().to_string();
+    let e = refusal("[backups]\ntime = \"25:00\"\n");
     assert!(e.contains("'backups.time'") && e.contains("HH:MM"), "{e}");
-    let e = load_str("[backups]\ndir = \"backups\"\n").unwrap_err().to_string();
+    let e = refusal("[backups]\ndir = \"backups\"\n");
     assert!(e.contains("'backups.dir'"), "{e}");
 }
 
